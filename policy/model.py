@@ -1,0 +1,757 @@
+"""Group policy in protocol terms: immutable values the key server and members act on.
+
+Everything here is a frozen, slotted dataclass that checks its own invariants in
+`__post_init__` (raising `ValueError`), so hand-built policies (tests, tools) obey the same
+rules as loaded ones. `policy.config` turns TOML into these objects and reports problems with
+key paths; this module does no I/O.
+
+Decisions
+---------
+Group identity
+    A group is identified by a 32-bit number, `group_id`, because RFC 6407 section 5.1 makes
+    ID_KEY_ID with a 4-octet group identifier the one ID type every GDOI implementation must
+    support. It is carried big-endian (`GroupPolicy.id_payload_data`). 0 is refused: it is what
+    a forgotten field decodes to. A group may also have a `name`, a local label for logs and
+    `msecctl`; it never goes on the wire.
+
+Mode
+    `TUNNEL` is always tunnel mode with RFC 5374 address preservation of source *and*
+    destination (RFC 6407 section 5.5.1.1.1 value 4): the outer header copies the inner
+    addresses, so multicast stays routable as multicast. Therefore the destination must be a
+    multicast address. `TRANSPORT` is plain transport mode; address preservation does not apply.
+
+Senders, direction and replay
+    A TEK with `senders=None` is multi-sender: every member may send, and every member gets the
+    SA as `SYMMETRIC` (RFC 6407 section 5.5.1.1.2). All senders share one SA, i.e. one
+    (destination, SPI) in every receiver's kernel, and each sender's kernel numbers its packets
+    from 1 independently. A receiver's anti-replay window would therefore see sender B's
+    packet 5 after sender A's packet 900 as a replay and drop it: multi-sender TEKs must have
+    `replay_window == 0` (RFC 5374 section 5.1.3, anti-replay "MUST be disabled" when shared).
+    A TEK with `senders` set is single-sender: members matching `senders` get `SENDER_ONLY`,
+    everybody else `RECEIVER_ONLY`; only then may the window be non-zero, and only if
+    `senders` names exactly one identity (one rule, no wildcard, no network wider than a host).
+
+Authorization
+    `Authorization` is a list of rules, any of which admits a peer (deny by default). Rules
+    match what phase 1 authenticated (`Identity`): PSK identity (ID_KEY_ID, exact), FQDN
+    (ID_FQDN, case-insensitive, `*` matches within one label: `*.example.org`, `gm*.lab`),
+    peer address in a network (the address phase 1 was authenticated from), certificate
+    subject DN (ID_DER_ASN1_DN as RFC 4514 text; same attributes in the same order; attribute
+    types case-insensitive; values case-insensitive with `*` matching any run of characters
+    inside one RDN value).
+
+Secrets
+    `Secret` never shows its value in `repr`/`str`/`format`; compare with `==`
+    (constant time). Use `reveal()` where the bytes are really needed.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from policy.suites import EspSuite, KekCipher, SignatureSuite
+
+__all__ = [
+    "IPNetwork",
+    "IPAddress",
+    "Mode",
+    "EncapsulationMode",
+    "AddressPreservation",
+    "SaDirection",
+    "IdType",
+    "IdKind",
+    "Secret",
+    "TrafficSelector",
+    "TekPolicy",
+    "KekPolicy",
+    "Identity",
+    "Decision",
+    "PskIdMatch",
+    "FqdnMatch",
+    "AddressMatch",
+    "SubjectMatch",
+    "Matcher",
+    "Authorization",
+    "GroupPolicy",
+    "PskCredential",
+    "CertCredential",
+    "Credentials",
+    "DaemonSettings",
+    "KeyServerSettings",
+    "KeyServerAddress",
+    "MemberGroup",
+    "MemberSettings",
+    "DaemonConfig",
+    "GDOI_PORT",
+    "MIN_GROUP_ID",
+    "MAX_GROUP_ID",
+    "TEK_LIFETIME_RANGE",
+    "KEK_LIFETIME_RANGE",
+    "REKEY_INTERVAL_RANGE",
+    "MAX_REPLAY_WINDOW",
+    "MIN_PSK_BYTES",
+    "PORT_PROTOCOLS",
+    "parse_dn",
+]
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+GDOI_PORT = 848  # RFC 6407 section 5: UDP port 848
+MIN_GROUP_ID = 1
+MAX_GROUP_ID = 2**32 - 1
+TEK_LIFETIME_RANGE = (60, 86_400)  # seconds
+KEK_LIFETIME_RANGE = (300, 7 * 86_400)
+REKEY_INTERVAL_RANGE = (30, 86_400)
+MAX_REPLAY_WINDOW = 4096  # XFRM bitmap replay state (xfrm_replay_state_esn without ESN)
+MIN_PSK_BYTES = 16
+PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # TCP, UDP, DCCP, SCTP, UDP-Lite
+
+
+class Mode(enum.Enum):
+    TUNNEL = "tunnel"  # with RFC 5374 address preservation (source and destination)
+    TRANSPORT = "transport"
+
+
+class EncapsulationMode(enum.IntEnum):
+    """RFC 2407 section 4.5 "Encapsulation Mode" attribute values."""
+
+    TUNNEL = 1
+    TRANSPORT = 2
+
+
+class AddressPreservation(enum.IntEnum):
+    """RFC 6407 section 5.5.1.1.1."""
+
+    NONE = 1
+    SOURCE_ONLY = 2
+    DESTINATION_ONLY = 3
+    SOURCE_AND_DESTINATION = 4
+
+
+class SaDirection(enum.IntEnum):
+    """RFC 6407 section 5.5.1.1.2."""
+
+    SENDER_ONLY = 1
+    RECEIVER_ONLY = 2
+    SYMMETRIC = 3
+
+
+class IdType(enum.IntEnum):
+    """RFC 2407 section 4.6.2.1 identification types used by msec."""
+
+    ID_IPV4_ADDR = 1
+    ID_FQDN = 2
+    ID_USER_FQDN = 3
+    ID_IPV4_ADDR_SUBNET = 4
+    ID_IPV6_ADDR = 5
+    ID_IPV6_ADDR_SUBNET = 6
+    ID_DER_ASN1_DN = 9
+    ID_KEY_ID = 11
+
+
+class IdKind(enum.Enum):
+    """What phase 1 authenticated a peer as."""
+
+    KEY_ID = "key-id"  # PSK identity (ID_KEY_ID)
+    FQDN = "fqdn"
+    ADDRESS = "address"  # ID_IPV4_ADDR / ID_IPV6_ADDR
+    DN = "dn"  # certificate subject
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+class Secret:
+    """Bytes that must not leak: redacted repr/str, constant-time equality."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        if not isinstance(value, (bytes, bytearray)):
+            raise TypeError("Secret holds bytes")
+        object.__setattr__(self, "_value", bytes(value))
+
+    def __setattr__(self, name, value):  # immutable
+        raise AttributeError("Secret is immutable")
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(hashlib.sha256(b"msec-secret" + self._value).digest())
+
+    def __reduce__(self):
+        raise TypeError("Secret is not picklable")
+
+
+# --------------------------------------------------------------------------- selectors
+
+
+def _id_type(net: IPNetwork) -> IdType:
+    if net.version == 4:
+        return IdType.ID_IPV4_ADDR if net.prefixlen == 32 else IdType.ID_IPV4_ADDR_SUBNET
+    return IdType.ID_IPV6_ADDR if net.prefixlen == 128 else IdType.ID_IPV6_ADDR_SUBNET
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSelector:
+    """What a TEK protects: the SA TEK payload's SRC/DST ID, protocol and ports.
+
+    Protocol 0 and port 0 mean "any" (RFC 6407 section 5.5.1). Ports need a protocol that
+    has ports.
+    """
+
+    src: IPNetwork
+    dst: IPNetwork
+    protocol: int = 0
+    src_port: int = 0
+    dst_port: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("src", "dst"):
+            if not isinstance(getattr(self, name), (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                raise ValueError(f"{name} must be an IPv4Network or IPv6Network")
+        if self.src.version != self.dst.version:
+            raise ValueError(
+                f"source {self.src} and destination {self.dst} are of different address families"
+            )
+        if not 0 <= self.protocol <= 255:
+            raise ValueError(f"protocol {self.protocol} is not in 0..255")
+        for name in ("src_port", "dst_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} {port} is not in 0..65535")
+            if port and self.protocol not in PORT_PROTOCOLS:
+                raise ValueError(f"{name} needs a protocol with ports (tcp, udp, sctp, ...)")
+
+    @property
+    def family(self) -> int:
+        return self.src.version
+
+    @property
+    def dst_is_multicast(self) -> bool:
+        return self.dst.is_multicast
+
+    @property
+    def src_id_type(self) -> IdType:
+        return _id_type(self.src)
+
+    @property
+    def dst_id_type(self) -> IdType:
+        return _id_type(self.dst)
+
+
+# --------------------------------------------------------------------------- identities
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A peer as phase 1 authenticated it: ID kind and value, and the peer's address."""
+
+    kind: IdKind
+    value: str
+    address: IPAddress | None = None
+
+    def __str__(self) -> str:
+        at = f" from {self.address}" if self.address is not None else ""
+        return f"{self.kind.value} {self.value!r}{at}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+_DN_SPLIT_RE = re.compile(r"(?:\\.|[^,;\\])+")
+
+
+def parse_dn(text: str) -> tuple[tuple[str, str], ...]:
+    """Parse an RFC 4514-style DN string into ((TYPE, value), ...), types upper-cased.
+
+    Separators are `,` or `;`; a backslash escapes the next character. Values keep their
+    escapes' meaning (the backslash is dropped). Raises ValueError on a malformed DN.
+    """
+    rdns: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    current: list[str] = []
+    parts: list[str] = []
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            if i + 1 >= n:
+                raise ValueError("DN ends with a lone backslash")
+            current.append(text[i : i + 2])
+            i += 2
+            continue
+        if c in ",;":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+        i += 1
+    parts.append("".join(current))
+    for part in parts:
+        part = part.strip()
+        if not part:
+            raise ValueError("DN has an empty RDN")
+        if "=" not in part:
+            raise ValueError(f"RDN {part!r} has no '='")
+        typ, _, value = part.partition("=")
+        typ = typ.strip()
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+", typ):
+            raise ValueError(f"RDN attribute type {typ!r} is not valid")
+        value = re.sub(r"\\(.)", r"\1", value.strip())
+        rdns.append((typ.upper(), value))
+    return tuple(rdns)
+
+
+def _wildcard_re(pattern: str, star: str) -> re.Pattern[str]:
+    return re.compile(
+        "".join(star if ch == "*" else re.escape(ch) for ch in pattern), re.IGNORECASE | re.DOTALL
+    )
+
+
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9*_-]{1,63}(?<!-)")
+
+
+@dataclass(frozen=True, slots=True)
+class PskIdMatch:
+    """Peer authenticated with a PSK under this ID_KEY_ID identity (exact match)."""
+
+    identity: str
+
+    def __post_init__(self) -> None:
+        if not self.identity:
+            raise ValueError("PSK identity must not be empty")
+
+    def matches(self, peer: Identity) -> bool:
+        return peer.kind is IdKind.KEY_ID and peer.value == self.identity
+
+    def __str__(self) -> str:
+        return f"psk:{self.identity}"
+
+    @property
+    def single(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class FqdnMatch:
+    """Peer's ID_FQDN matches `pattern`; `*` matches within one label."""
+
+    pattern: str
+
+    def __post_init__(self) -> None:
+        name = self.pattern.rstrip(".")
+        labels = name.split(".")
+        if not name or not all(_LABEL_RE.fullmatch(lbl) for lbl in labels):
+            raise ValueError(f"{self.pattern!r} is not a valid FQDN pattern")
+
+    def matches(self, peer: Identity) -> bool:
+        if peer.kind is not IdKind.FQDN:
+            return False
+        return _wildcard_re(self.pattern.rstrip("."), "[^.]*").fullmatch(
+            peer.value.rstrip(".")
+        ) is not None
+
+    def __str__(self) -> str:
+        return f"fqdn:{self.pattern}"
+
+    @property
+    def single(self) -> bool:
+        return "*" not in self.pattern
+
+
+@dataclass(frozen=True, slots=True)
+class AddressMatch:
+    """The address phase 1 was authenticated from lies in `network`."""
+
+    network: IPNetwork
+
+    def matches(self, peer: Identity) -> bool:
+        a = peer.address
+        if a is None and peer.kind is IdKind.ADDRESS:
+            try:
+                a = ipaddress.ip_address(peer.value)
+            except ValueError:
+                return False
+        return a is not None and a.version == self.network.version and a in self.network
+
+    def __str__(self) -> str:
+        return f"address:{self.network}"
+
+    @property
+    def single(self) -> bool:
+        return self.network.num_addresses == 1
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectMatch:
+    """Certificate subject DN matches `pattern` RDN by RDN (see module docstring)."""
+
+    pattern: str
+
+    def __post_init__(self) -> None:
+        parse_dn(self.pattern)  # raises ValueError
+
+    def matches(self, peer: Identity) -> bool:
+        if peer.kind is not IdKind.DN:
+            return False
+        try:
+            subject = parse_dn(peer.value)
+        except ValueError:
+            return False
+        pattern = parse_dn(self.pattern)
+        if len(subject) != len(pattern):
+            return False
+        for (ptype, pvalue), (stype, svalue) in zip(pattern, subject):
+            if ptype != stype or not _wildcard_re(pvalue, ".*").fullmatch(svalue):
+                return False
+        return True
+
+    def __str__(self) -> str:
+        return f"dn:{self.pattern}"
+
+    @property
+    def single(self) -> bool:
+        return "*" not in self.pattern
+
+
+Matcher = Union[PskIdMatch, FqdnMatch, AddressMatch, SubjectMatch]
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """Who may join (or send): any matching rule admits; no rules admits nobody."""
+
+    rules: tuple[Matcher, ...] = ()
+
+    def decide(self, peer: Identity) -> Decision:
+        for rule in self.rules:
+            if rule.matches(peer):
+                return Decision(True, f"{peer} matches {rule}")
+        if not self.rules:
+            return Decision(False, f"{peer}: no authorization rules, nobody may join")
+        return Decision(False, f"{peer} matches none of {len(self.rules)} rules")
+
+    def __str__(self) -> str:
+        return ", ".join(str(r) for r in self.rules) or "nobody"
+
+
+# --------------------------------------------------------------------------- TEK / KEK
+
+
+@dataclass(frozen=True, slots=True)
+class TekPolicy:
+    """One data-security SA of a group (one SA TEK payload)."""
+
+    name: str
+    selector: TrafficSelector
+    suite: EspSuite
+    mode: Mode = Mode.TUNNEL
+    lifetime_s: int = 3600
+    senders: Authorization | None = None  # None: every member sends (multi-sender)
+    replay_window: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("TEK name must not be empty")
+        lo, hi = TEK_LIFETIME_RANGE
+        if not lo <= self.lifetime_s <= hi:
+            raise ValueError(f"TEK lifetime {self.lifetime_s} s is not in {lo}..{hi}")
+        if self.mode is Mode.TUNNEL and not self.selector.dst_is_multicast:
+            raise ValueError(
+                f"tunnel mode with address preservation needs a multicast destination, "
+                f"{self.selector.dst} is not"
+            )
+        if not 0 <= self.replay_window <= MAX_REPLAY_WINDOW:
+            raise ValueError(f"replay window {self.replay_window} is not in 0..{MAX_REPLAY_WINDOW}")
+        if self.replay_window:
+            if self.senders is None:
+                raise ValueError(
+                    "replay window must be 0 for a multi-sender TEK: senders share one SA and "
+                    "number packets independently, so receivers would drop valid packets"
+                )
+            rules = self.senders.rules
+            if len(rules) != 1 or not rules[0].single:
+                raise ValueError(
+                    "replay window needs exactly one sender (one rule, no wildcard, no network)"
+                )
+        if self.senders is not None and not self.senders.rules:
+            raise ValueError("senders, when given, must name at least one sender")
+
+    @property
+    def multi_sender(self) -> bool:
+        return self.senders is None
+
+    @property
+    def encapsulation_mode(self) -> EncapsulationMode:
+        return EncapsulationMode.TUNNEL if self.mode is Mode.TUNNEL else EncapsulationMode.TRANSPORT
+
+    @property
+    def address_preservation(self) -> AddressPreservation:
+        if self.mode is Mode.TUNNEL:
+            return AddressPreservation.SOURCE_AND_DESTINATION
+        return AddressPreservation.NONE
+
+    def direction_for(self, peer: Identity) -> SaDirection:
+        """The SA Direction to send this member in a GROUPKEY-PULL."""
+        if self.senders is None:
+            return SaDirection.SYMMETRIC
+        if self.senders.decide(peer).allowed:
+            return SaDirection.SENDER_ONLY
+        return SaDirection.RECEIVER_ONLY
+
+
+@dataclass(frozen=True, slots=True)
+class KekPolicy:
+    """The rekey SA: how GROUPKEY-PUSH messages are encrypted, signed and sent."""
+
+    cipher: KekCipher
+    signature: SignatureSuite
+    signing_key: Path
+    rekey_address: IPAddress
+    rekey_port: int = GDOI_PORT
+    lifetime_s: int = 86_400
+    rekey_interval_s: int = 3000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rekey_port <= 65535:
+            raise ValueError(f"rekey port {self.rekey_port} is not in 1..65535")
+        lo, hi = KEK_LIFETIME_RANGE
+        if not lo <= self.lifetime_s <= hi:
+            raise ValueError(f"KEK lifetime {self.lifetime_s} s is not in {lo}..{hi}")
+        lo, hi = REKEY_INTERVAL_RANGE
+        if not lo <= self.rekey_interval_s <= hi:
+            raise ValueError(f"rekey interval {self.rekey_interval_s} s is not in {lo}..{hi}")
+        if self.rekey_interval_s >= self.lifetime_s:
+            raise ValueError(
+                f"rekey interval {self.rekey_interval_s} s must be shorter than the KEK "
+                f"lifetime {self.lifetime_s} s"
+            )
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPolicy:
+    """A group as its key server sees it."""
+
+    group_id: int
+    teks: tuple[TekPolicy, ...]
+    authorization: Authorization
+    kek: KekPolicy | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
+            raise ValueError(f"group id {self.group_id} is not in {MIN_GROUP_ID}..{MAX_GROUP_ID}")
+        if not self.teks:
+            raise ValueError("a group needs at least one TEK")
+        names = [t.name for t in self.teks]
+        if len(set(names)) != len(names):
+            raise ValueError("TEK names must be unique within a group")
+        if self.kek is not None:
+            shortest = min(t.lifetime_s for t in self.teks)
+            if self.kek.rekey_interval_s >= shortest:
+                raise ValueError(
+                    f"rekey interval {self.kek.rekey_interval_s} s must be shorter than the "
+                    f"shortest TEK lifetime {shortest} s (new TEKs go out before old ones expire)"
+                )
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.group_id})" if self.name else str(self.group_id)
+
+    @property
+    def id_payload_data(self) -> bytes:
+        """Identification Data of the GDOI ID payload (type ID_KEY_ID, RFC 6407 5.1)."""
+        return self.group_id.to_bytes(4, "big")
+
+    def authorizes(self, peer: Identity) -> Decision:
+        d = self.authorization.decide(peer)
+        verdict = "may join" if d.allowed else "may not join"
+        return Decision(d.allowed, f"group {self.label}: {verdict}: {d.reason}")
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PskCredential:
+    """A pre-shared key and the ID_KEY_ID identity it belongs to."""
+
+    identity: str
+    secret: Secret
+    source: Path | None = None  # file it was read from, None if inline
+
+    def __post_init__(self) -> None:
+        if not self.identity:
+            raise ValueError("PSK identity must not be empty")
+        if len(self.secret) < MIN_PSK_BYTES:
+            raise ValueError(f"PSK is shorter than {MIN_PSK_BYTES} bytes")
+
+    def __repr__(self) -> str:
+        src = f", source={str(self.source)!r}" if self.source else ""
+        return f"PskCredential(identity={self.identity!r}, secret=<redacted>{src})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class CertCredential:
+    """Certificate, its private key file (mode 0600) and the trust anchors for peers."""
+
+    cert_file: Path
+    key_file: Path
+    trust_anchors: tuple[Path, ...]
+
+    def __post_init__(self) -> None:
+        if not self.trust_anchors:
+            raise ValueError("certificate credentials need at least one trust anchor")
+
+
+Credentials = Union[PskCredential, CertCredential]
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    state_dir: Path = Path("/var/lib/msec")
+    control_socket: Path = Path("/run/msec/control.sock")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class KeyServerSettings:
+    listen: tuple[IPAddress, ...]
+    port: int = GDOI_PORT
+    psks: tuple[PskCredential, ...] = ()
+    certificate: CertCredential | None = None
+    groups: tuple[GroupPolicy, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not in 1..65535")
+        ids = [g.group_id for g in self.groups]
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate key server group id")
+
+    def group(self, group_id: int) -> GroupPolicy | None:
+        return next((g for g in self.groups if g.group_id == group_id), None)
+
+    def psk_for(self, identity: str) -> PskCredential | None:
+        return next((p for p in self.psks if p.identity == identity), None)
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyServerSettings(listen={self.listen!r}, port={self.port}, psks={self.psks!r}, "
+            f"certificate={self.certificate!r}, groups={self.groups!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyServerAddress:
+    """Where a member registers: an IP literal or a DNS name, and a UDP port."""
+
+    host: str
+    port: int = GDOI_PORT
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not in 1..65535")
+
+    @property
+    def address(self) -> IPAddress | None:
+        try:
+            return ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class MemberGroup:
+    """A group this daemon joins as a member."""
+
+    group_id: int
+    key_servers: tuple[KeyServerAddress, ...]
+    credentials: Credentials
+    name: str | None = None
+    interface: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
+            raise ValueError(f"group id {self.group_id} is not in {MIN_GROUP_ID}..{MAX_GROUP_ID}")
+        if not self.key_servers:
+            raise ValueError("a member group needs at least one key server")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.group_id})" if self.name else str(self.group_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"MemberGroup(group_id={self.group_id}, name={self.name!r}, "
+            f"key_servers={self.key_servers!r}, credentials={self.credentials!r}, "
+            f"interface={self.interface!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSettings:
+    groups: tuple[MemberGroup, ...] = ()
+
+    def __post_init__(self) -> None:
+        ids = [g.group_id for g in self.groups]
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate member group id")
+
+    def group(self, group_id: int) -> MemberGroup | None:
+        return next((g for g in self.groups if g.group_id == group_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """One msecd configuration: daemon settings and either or both roles."""
+
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    keyserver: KeyServerSettings | None = None
+    member: MemberSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.keyserver is None and self.member is None:
+            raise ValueError("configure at least one role: [keyserver] or [member]")
