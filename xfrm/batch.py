@@ -1,0 +1,130 @@
+"""Requests to the kernel as values, and their encoding to bytes (sans-I/O).
+
+A :class:`Batch` collects operations; :meth:`Batch.encode` turns them into netlink messages,
+each with ``NLM_F_REQUEST | NLM_F_ACK`` and its own sequence number. ``XfrmSocket.run`` sends
+them, many per ``sendmsg``, and checks one ACK per message. :meth:`Batch.encode` is public so a
+benchmark (or a caller that installs the same set repeatedly) can pre-encode and use
+``XfrmSocket.send_encoded``.
+
+Validation (structure in the model, algorithms, ownership) happens in the ``add_*``/``update_*``
+calls, so nothing invalid is ever encoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import messages as m
+from .algorithms import check_algorithms
+from .errors import InvalidArgument
+from .model import Mode, Policy, PolicyId, Proto, SaId, State
+from .owner import MSEC, Owner
+
+__all__ = ["Op", "Batch", "encode_op", "check_state_for_install"]
+
+_ACK = m.NLM_F_REQUEST | m.NLM_F_ACK
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One request: operation name, message type, flags, payload and the item it is about."""
+
+    name: str
+    kind: int
+    flags: int
+    payload: bytes = field(repr=False)
+    item: State | Policy | SaId | PolicyId = field(repr=False)
+    index: int = 0  # policy index for delete-by-index
+
+    def describe(self) -> str:
+        it = self.item
+        if isinstance(it, State):
+            return str(it.id)
+        if isinstance(it, Policy):
+            return str(it.id)
+        return str(it)
+
+
+def check_state_for_install(state: State, owner: Owner) -> None:
+    if not isinstance(state, State):
+        raise InvalidArgument("state", f"must be a State, got {type(state).__name__}")
+    if state.proto != Proto.ESP:
+        raise InvalidArgument("state.proto", "msec installs ESP states only")
+    check_algorithms(state.aead, state.cipher, state.auth)
+    owner.check_state(state)
+
+
+def _check_policy(policy: Policy, owner: Owner) -> None:
+    if not isinstance(policy, Policy):
+        raise InvalidArgument("policy", f"must be a Policy, got {type(policy).__name__}")
+    if policy.index:
+        raise InvalidArgument("policy.index", "is assigned by the kernel; leave it 0")
+    for i, t in enumerate(policy.templates):
+        if t.family != policy.selector.family and t.mode == Mode.TRANSPORT:
+            raise InvalidArgument(f"policy.templates[{i}]",
+                                  "a transport template must match the selector's family")
+    owner.check_policy(policy)
+
+
+def encode_op(op: Op, seq: int) -> bytes:
+    return m.nlmsg(op.kind, op.flags, seq, op.payload)
+
+
+class Batch:
+    """An ordered list of validated requests."""
+
+    __slots__ = ("ops", "owner")
+
+    def __init__(self, owner: Owner = MSEC) -> None:
+        self.ops: list[Op] = []
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def add_state(self, state: State) -> Batch:
+        check_state_for_install(state, self.owner)
+        self.ops.append(Op("add_state", m.XFRM_MSG_NEWSA, _ACK | m.NLM_F_CREATE | m.NLM_F_EXCL,
+                           m.state_payload(state), state))
+        return self
+
+    def update_state(self, state: State) -> Batch:
+        """UPDSA: the kernel changes lifetimes, replay and flags; not keys or algorithms."""
+        check_state_for_install(state, self.owner)
+        self.ops.append(Op("update_state", m.XFRM_MSG_UPDSA, _ACK, m.state_payload(state),
+                           state))
+        return self
+
+    def delete_state(self, sa: SaId) -> Batch:
+        if not isinstance(sa, SaId):
+            raise InvalidArgument("sa", f"must be a SaId, got {type(sa).__name__}")
+        self.ops.append(Op("delete_state", m.XFRM_MSG_DELSA, _ACK, m.sa_id_payload(sa), sa))
+        return self
+
+    def add_policy(self, policy: Policy) -> Batch:
+        _check_policy(policy, self.owner)
+        self.ops.append(Op("add_policy", m.XFRM_MSG_NEWPOLICY,
+                           _ACK | m.NLM_F_CREATE | m.NLM_F_EXCL, m.policy_payload(policy),
+                           policy))
+        return self
+
+    def update_policy(self, policy: Policy) -> Batch:
+        """UPDPOLICY: replace the policy with the same selector/direction/mark, or add it."""
+        _check_policy(policy, self.owner)
+        self.ops.append(Op("update_policy", m.XFRM_MSG_UPDPOLICY, _ACK,
+                           m.policy_payload(policy), policy))
+        return self
+
+    def delete_policy(self, pid: PolicyId, index: int = 0) -> Batch:
+        """Delete by (selector, direction, mark, if_id), or by kernel ``index`` if non-zero."""
+        if not isinstance(pid, PolicyId):
+            raise InvalidArgument("policy", f"must be a PolicyId, got {type(pid).__name__}")
+        self.ops.append(Op("delete_policy", m.XFRM_MSG_DELPOLICY, _ACK,
+                           m.policy_id_payload(pid, index), pid, index))
+        return self
+
+    def encode(self, first_seq: int = 1) -> list[bytes]:
+        """One netlink message per request, numbered from ``first_seq``."""
+        nlmsg = m.nlmsg
+        return [nlmsg(op.kind, op.flags, (first_seq + i) & 0xFFFFFFFF, op.payload)
+                for i, op in enumerate(self.ops)]
