@@ -195,7 +195,11 @@ class LkhUpdate:
                 chain = []
                 chains.append(chain)
             chain.append(e)
-            tail_of.setdefault(e.new.handle, chain)
+            # Several entries carry the same new key (one per child); let the longest chain
+            # continue with the entry wrapped under that key.
+            other = tail_of.get(e.new.handle)
+            if other is None or len(other) < len(chain):
+                tail_of[e.new.handle] = chain
         return chains
 
     def wire_size(self) -> int:
@@ -327,6 +331,11 @@ class LkhTree:
         self._next_handle = first + count
         return first
 
+    def _reserve(self, count: int) -> None:
+        """Fail before changing anything if ``count`` more handles are not available."""
+        if self._next_handle + count - 1 > _MAX_HANDLE:
+            raise LkhError("key handle space exhausted: rebuild the tree (members re-register)")
+
     def _new_level(self, level: int, size: int) -> _Level:
         first = self._alloc_handles(size)
         return _Level(
@@ -425,6 +434,7 @@ class LkhTree:
         if member_id in self._leaf_of:
             raise LkhError(f"member {member_id!r} already in the tree")
         d = self.degree
+        self._reserve(2 * (self.depth + 2))
         entries: list[LkhEntry] = []
         grown: set[int] = set()
         if self._vacant:
@@ -492,6 +502,7 @@ class LkhTree:
         if len(set(ids)) != len(ids):
             raise LkhError("duplicate member IDs in eviction batch")
         leaves = [self.leaf_of(m) for m in ids]  # validate all before changing anything
+        self._reserve(len(leaves) * self.depth)
         d, k = self.degree, self.key_len
         leaf_level = self._levels[0]
         affected: set[int] = set()
