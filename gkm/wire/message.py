@@ -1,0 +1,229 @@
+"""Whole messages: payload chains in both directions and the framing of encrypted bodies.
+
+Reading (RFC 2408 §3.1-3.2, §5.1)::
+
+    header, next_payload, length = decode_header(datagram)   # cookies, exchange, E flag
+    if header.encrypted:                                      # the engine decrypts
+        datagram = datagram[:28] + decrypt(datagram[28:])
+    message = decode_message(datagram, block_size=16)         # typed payloads
+
+Writing::
+
+    plain = encode_message(header, payloads, block_size=16)  # header + chain + zero padding
+    datagram = plain[:28] + encrypt(plain[28:])               # CBC keeps the length
+
+Padding (decision, RFC 2409 Appendix B and §5.3; RFC 2408 §3.1): the encoder pads the chain
+with 0x00 bytes to the next multiple of ``block_size`` (nothing if already aligned), and the
+header Length counts the padding.  The decoder finds the end of the chain by walking Next
+Payload / Payload Length; what follows in an encrypted message is padding, kept verbatim in
+``Message.padding`` (so re-encoding is exact) and not checked for content (some
+implementations follow the §5.3 "last byte = pad length" rule), but it must be shorter than
+256 bytes and, with ``block_size``, the body length must be a multiple of it.  A cleartext
+message (E flag clear) must end exactly with its last payload.  The header Length must equal
+the number of bytes given (RFC 2408 §5.1; an IKE datagram carries one message).
+
+Unknown payload types are skipped and reported: see :class:`~gkm.wire.ikev1.UnknownPayload`.
+Proposal/Transform (2, 3) and SAK/SAT (15, 16) are known types that may only appear inside an
+SA; at the top level they are refused.  GAP (22) is allowed at both levels (RFC 6407 §3.2
+message 3 carries it at the top level, §5.2 inside the SA).
+
+Bounds: the reader never recurses (the deepest nesting is SA > Proposal > Transform > attribute
+or SA > SAT > attribute or KD > key packet > attribute), every element takes at least 4 bytes
+of input and no count field is used to allocate, so time and memory are linear in the input.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterable, Union
+
+from .constants import HEADER_LENGTH, Doi, ExchangeType, Flags, PayloadType
+from .errors import WireError
+from .gdoi import GdoiSa, Gap, KeyDownload, SaKek, SaTek, SaTekOther, Sequence
+from .header import Header, decode_header, encode_header
+from .ikev1 import (
+    Certificate,
+    CertificateRequest,
+    Delete,
+    Hash,
+    Identification,
+    KeyExchange,
+    Nonce,
+    Notification,
+    SecurityAssociation,
+    Signature,
+    UnknownPayload,
+    VendorId,
+    _gen_header,
+    _gen_unpack,
+)
+
+Payload = Union[
+    SecurityAssociation, GdoiSa, KeyExchange, Identification, Certificate, CertificateRequest, Hash,
+    Signature, Nonce, Notification, Delete, VendorId, KeyDownload, Sequence, Gap, UnknownPayload,
+]
+
+MAX_PADDING = 255
+_GDOI_EXCHANGES = frozenset((ExchangeType.GROUPKEY_PULL, ExchangeType.GROUPKEY_PUSH))
+_NAMES = {t: t.name for t in PayloadType}
+_INNER_ONLY = frozenset((PayloadType.PROPOSAL, PayloadType.TRANSFORM, PayloadType.SA_KEK, PayloadType.SA_TEK))
+_II = struct.Struct("!I")
+
+
+def _decode_sa(buf: bytes, pos: int, end: int, exchange: int):
+    # Decision (RFC 6407 §2.1 / §5.2): the GDOI SA layout (SA Attribute Next Payload) is used
+    # when DOI = 2 in GROUPKEY-PULL / GROUPKEY-PUSH; every other SA, including the DOI-2 SA of
+    # phase 1 (Main/Aggressive Mode) has the RFC 2408 §3.4 proposal layout.
+    if exchange in _GDOI_EXCHANGES and end - pos >= 4 and _II.unpack_from(buf, pos)[0] == Doi.GDOI:
+        return GdoiSa.decode(buf, pos, end)
+    return SecurityAssociation.decode(buf, pos, end)
+
+
+_DECODERS = {
+    PayloadType.KE: KeyExchange.decode,
+    PayloadType.ID: Identification.decode,
+    PayloadType.CERT: Certificate.decode,
+    PayloadType.CR: CertificateRequest.decode,
+    PayloadType.HASH: Hash.decode,
+    PayloadType.SIG: Signature.decode,
+    PayloadType.NONCE: Nonce.decode,
+    PayloadType.NOTIFICATION: Notification.decode,
+    PayloadType.DELETE: Delete.decode,
+    PayloadType.VENDOR_ID: VendorId.decode,
+    PayloadType.KD: KeyDownload.decode,
+    PayloadType.SEQ: Sequence.decode,
+    PayloadType.GAP: Gap.decode,  # top level in GROUPKEY-PULL message 3 (RFC 6407 §3.2)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded ISAKMP message: header, payloads in wire order, encryption padding."""
+
+    header: Header
+    payloads: tuple[Payload, ...]
+    padding: bytes = b""
+
+    @property
+    def unknown(self) -> tuple[UnknownPayload, ...]:
+        """Payloads of unknown types that were skipped (RFC 2408 §5.1: INVALID-PAYLOAD-TYPE)."""
+        return tuple(p for p in self.payloads if type(p) is UnknownPayload)
+
+    def get(self, cls: type, default=None):
+        """First payload of class ``cls``."""
+        for p in self.payloads:
+            if isinstance(p, cls):
+                return p
+        return default
+
+    def all(self, cls: type) -> tuple:
+        return tuple(p for p in self.payloads if isinstance(p, cls))
+
+    def types(self) -> tuple[int, ...]:
+        """The payload type numbers in order (for per-exchange allowed-payload tables)."""
+        return tuple(p.TYPE for p in self.payloads)
+
+    def to_bytes(self) -> bytes:
+        """Exact re-encoding (including the padding that was received)."""
+        return encode_message(self.header, self.payloads, padding=self.padding)
+
+
+def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange: int) -> tuple[tuple[Payload, ...], int]:
+    """Decode the chain starting at ``buf[pos]`` with type ``next_payload``, inside ``[pos, end)``.
+
+    Returns the payloads and the offset where the chain ended (Next Payload 0).  ``exchange``
+    chooses the SA layout.  Offsets are absolute in ``buf``.
+    """
+    payloads = []
+    append = payloads.append
+    np = next_payload
+    decoders = _DECODERS
+    while np:
+        if end - pos < 4:
+            raise WireError(_NAMES.get(np, str(np)), pos, f"truncated generic payload header ({end - pos} bytes left)")
+        nnp, reserved, length = _gen_unpack(buf, pos)
+        if reserved:
+            # RFC 2408 §2.5.2/§3.2: RESERVED, not a critical bit as in IKEv2 (RFC 7296 §3.2).
+            raise WireError(_NAMES.get(np, str(np)), pos + 1, "RESERVED octet not zero (RFC 2408 §2.5.2)")
+        pend = pos + length
+        if length < 4 or pend > end:
+            raise WireError(_NAMES.get(np, str(np)), pos + 2, f"payload length {length} outside 4..{end - pos}")
+        dec = decoders.get(np)
+        if dec is not None:
+            append(dec(buf, pos + 4, pend))
+        elif np == PayloadType.SA:
+            append(_decode_sa(buf, pos + 4, pend, exchange))
+        elif np in _INNER_ONLY:
+            raise WireError(_NAMES[np], pos, "payload allowed only inside an SA payload")
+        else:
+            append(UnknownPayload(np, buf[pos + 4 : pend]))
+        np = nnp
+        pos = pend
+    return tuple(payloads), pos
+
+
+def encode_payloads(payloads: Iterable[Payload]) -> tuple[int, bytes]:
+    """Encode a chain: ``(type of the first payload, bytes)``; Next Payload fields filled in."""
+    payloads = tuple(payloads)
+    parts = []
+    np = PayloadType.NONE
+    for p in reversed(payloads):
+        body = p.encode()
+        parts.append(body)
+        parts.append(_gen_header(np, len(body), type(p).__name__))
+        np = p.TYPE
+    parts.reverse()
+    return np, b"".join(parts)
+
+
+def encode_payload(payload: Payload, next_payload: int = PayloadType.NONE) -> bytes:
+    """One payload with its generic header (e.g. for HASH inputs)."""
+    body = payload.encode()
+    return _gen_header(next_payload, len(body), type(payload).__name__) + body
+
+
+def decode_message(data: bytes, *, block_size: int | None = None) -> Message:
+    """Decode a whole message.  If the E flag is set, ``data`` must be the header followed by the
+    decrypted body (see the module docstring); ``block_size`` then checks the body length."""
+    header, np, length = decode_header(data)
+    n = len(data)
+    if length != n:
+        raise WireError("header", 24, f"Length field {length} but the message has {n} bytes")
+    data = bytes(data)
+    payloads, pos = decode_payloads(data, np, HEADER_LENGTH, n, header.exchange)
+    padding = b""
+    if pos != n:
+        if not header.flags & Flags.ENCRYPTION:
+            raise WireError("message", pos, f"{n - pos} bytes after the last payload of a cleartext message")
+        if n - pos > MAX_PADDING:
+            raise WireError("message", pos, f"{n - pos} bytes of padding (more than {MAX_PADDING})")
+        padding = data[pos:]
+    if block_size and header.flags & Flags.ENCRYPTION and (n - HEADER_LENGTH) % block_size:
+        raise WireError("message", HEADER_LENGTH, f"encrypted body of {n - HEADER_LENGTH} bytes is not a multiple of {block_size}")
+    return Message(header, payloads, padding)
+
+
+def encode_message(
+    header: Header, payloads: Iterable[Payload], *, block_size: int | None = None, padding: bytes | None = None
+) -> bytes:
+    """Header + payload chain (+ padding).
+
+    ``block_size``: pad the chain with zeros to a multiple of it (E flag must be set); the caller
+    encrypts everything after the 28-byte header.  ``padding``: use these bytes verbatim instead.
+    Without either, the Length field counts header and payloads only, which is also the
+    GROUPKEY-PUSH header as signed by gdoid (RFC 6407 §4; digest §3.2).
+    """
+    np, body = encode_payloads(payloads)
+    if block_size is not None or padding:
+        if not header.flags & Flags.ENCRYPTION:
+            raise WireError("message", -1, "padding requested for a message without the E flag")
+        if padding is None:
+            if block_size <= 0:
+                raise WireError("message", -1, f"block size {block_size}")
+            padding = bytes(-len(body) % block_size)
+        elif len(padding) > MAX_PADDING:
+            raise WireError("message", -1, f"{len(padding)} bytes of padding")
+        body += padding
+    length = HEADER_LENGTH + len(body)
+    return encode_header(header, np, length) + body
