@@ -1,0 +1,481 @@
+"""policy.config: TOML -> DaemonConfig, every problem reported with its key path."""
+
+import copy
+import ipaddress as ip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from policy.config import ConfigError, Problem, diff, load_config, parse_config
+from policy.model import CertCredential, IdKind, Identity, PskCredential, SaDirection
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PSK = "0123456789abcdef-very-secret"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def toml(value) -> str:
+    """A tiny TOML writer: everything as inline tables / arrays (enough for tests)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def dump(doc: dict) -> str:
+    return "\n".join(f"{json.dumps(k)} = {toml(v)}" for k, v in doc.items()) + "\n"
+
+
+def write_private(path: Path, data: bytes, mode=0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def pem(key) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A directory with every file the base configuration references."""
+    write_private(tmp_path / "gm1.psk", PSK.encode() + b"\n")
+    write_private(tmp_path / "cam1.psk", b"another-long-enough-secret")
+    write_private(tmp_path / "sign.pem", pem(ec.generate_private_key(ec.SECP256R1())))
+    write_private(tmp_path / "ks.key", pem(ec.generate_private_key(ec.SECP256R1())))
+    (tmp_path / "ks.crt").write_text("cert")
+    (tmp_path / "ca.crt").write_text("ca")
+    return tmp_path
+
+
+def base() -> dict:
+    return {
+        "daemon": {"state_dir": "state", "control_socket": "/run/msec/c.sock"},
+        "keyserver": {
+            "listen": ["0.0.0.0"],
+            "psk": [
+                {"identity": "gm1", "secret_file": "gm1.psk"},
+                {"identity": "cam1", "secret_file": "cam1.psk"},
+            ],
+            "certificate": {"cert_file": "ks.crt", "key_file": "ks.key", "trust_anchors": ["ca.crt"]},
+            "group": [
+                {
+                    "id": 1001,
+                    "name": "video",
+                    "authorize": {"psk_identities": ["gm1", "cam1"], "addresses": ["192.0.2.0/24"]},
+                    "tek": [
+                        {"src": "10.1.0.0/16", "dst": "239.1.1.1", "protocol": "udp",
+                         "dst_port": 5004, "cipher": "aes-gcm-128", "lifetime": "1h"},
+                    ],
+                    "kek": {"signature": "ecdsa-p256", "signing_key": "sign.pem",
+                            "rekey_address": "239.192.0.1", "rekey_interval": "50m"},
+                },
+                {
+                    "id": 1002,
+                    "authorize": {"subjects": ["O=Example, CN=gm-*"]},
+                    "tek": [
+                        {"name": "cam", "src": "2001:db8::10", "dst": "ff3e::1",
+                         "cipher": "aes-cbc-128-hmac-sha512", "lifetime": 600,
+                         "senders": {"psk_identities": ["cam1"]}, "replay_window": 64},
+                    ],
+                },
+            ],
+        },
+        "member": {
+            "group": [
+                {"id": 2001, "key_servers": ["192.0.2.1", "[2001:db8::1]:1848", "ks.example.org"],
+                 "credentials": {"psk_identity": "gm1", "psk_file": "gm1.psk"},
+                 "interface": "eth0"},
+            ]
+        },
+    }
+
+
+def load(doc, files, **kw):
+    return parse_config(dump(doc), "test.toml", base_dir=files, **kw)
+
+
+def problems(doc, files) -> list[Problem]:
+    with pytest.raises(ConfigError) as ei:
+        load(doc, files)
+    return ei.value.problems
+
+
+def only(doc, files) -> Problem:
+    ps = problems(doc, files)
+    assert len(ps) == 1, [str(p) for p in ps]
+    return ps[0]
+
+
+# ---------------------------------------------------------------- valid configurations
+
+
+def test_base_loads(files):
+    c = load(base(), files)
+    ks = c.keyserver
+    assert c.daemon.state_dir == files / "state"
+    assert [g.group_id for g in ks.groups] == [1001, 1002]
+    t = ks.groups[0].teks[0]
+    assert t.name == "tek0" and t.lifetime_s == 3600 and t.selector.dst_port == 5004
+    assert t.selector.dst == ip.ip_network("239.1.1.1/32") and t.suite.transform_id == 20
+    assert ks.groups[0].kek.rekey_interval_s == 3000 and ks.groups[0].kek.rekey_port == 848
+    assert ks.psk_for("gm1").secret.reveal() == PSK.encode()  # trailing newline stripped
+    cam = ks.groups[1].teks[0]
+    assert cam.direction_for(Identity(IdKind.KEY_ID, "cam1")) == SaDirection.SENDER_ONLY
+    mg = c.member.groups[0]
+    assert [str(k) for k in mg.key_servers] == ["192.0.2.1:848", "[2001:db8::1]:1848",
+                                                "ks.example.org:848"]
+    assert isinstance(mg.credentials, PskCredential)
+
+
+def test_single_role_and_defaults(files):
+    doc = {"member": base()["member"]}
+    c = load(doc, files)
+    assert c.keyserver is None and str(c.daemon.state_dir) == "/var/lib/msec"
+
+
+def test_authorizes_from_config(files):
+    g = load(base(), files).keyserver.groups
+    assert g[0].authorizes(Identity(IdKind.KEY_ID, "zz", ip.ip_address("192.0.2.77"))).allowed
+    assert not g[0].authorizes(Identity(IdKind.KEY_ID, "zz", ip.ip_address("198.51.100.1"))).allowed
+    assert g[1].authorizes(Identity(IdKind.DN, "O=Example, CN=gm-3")).allowed
+
+
+def test_examples_parse_without_files():
+    for name in ("keyserver.toml", "member.toml"):
+        c = load_config(EXAMPLES / name, check_files=False)
+        assert c.keyserver or c.member
+
+
+def test_examples_load_with_their_files(tmp_path):
+    for name in ("keyserver.toml", "member.toml"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    for psk in ("gm1", "cam1"):
+        write_private(tmp_path / "secrets" / f"{psk}.psk", b"example-secret-of-enough-length")
+    for key in ("ks.key", "gm1.key", "rekey-p256.pem"):
+        write_private(tmp_path / "pki" / key, pem(ec.generate_private_key(ec.SECP256R1())))
+    for crt in ("ks.crt", "gm1.crt", "ca.crt"):
+        (tmp_path / "pki" / crt).write_text("certificate")
+    ks = load_config(tmp_path / "keyserver.toml")
+    assert {g.name for g in ks.keyserver.groups} == {"video", "camera"}
+    mem = load_config(tmp_path / "member.toml")
+    assert isinstance(mem.member.groups[1].credentials, CertCredential)
+
+
+# ---------------------------------------------------------------- each kind of problem
+
+
+def tek0(doc):
+    return doc["keyserver"]["group"][0]["tek"][0]
+
+
+T0 = "keyserver.group[0].tek[0]"
+
+
+@pytest.mark.parametrize(
+    "mutate, path, reason",
+    [
+        (lambda d: tek0(d).update(cipher="aes-gcm-129"), f"{T0}.cipher", "unknown value 'aes-gcm-129'"),
+        (lambda d: tek0(d).update(ciphr="x"), f"{T0}.ciphr", "did you mean 'cipher'"),
+        (lambda d: tek0(d).update(lifetime=10), f"{T0}.lifetime", "not in 60..86400"),
+        (lambda d: tek0(d).update(lifetime="1 fortnight"), f"{T0}.lifetime", "not a duration"),
+        (lambda d: tek0(d).update(lifetime=True), f"{T0}.lifetime", "got a boolean"),
+        (lambda d: tek0(d).update(dst_port=70000), f"{T0}.dst_port", "not in 0..65535"),
+        (lambda d: tek0(d).update(protocol="icmp"), f"{T0}.dst_port", "a port needs protocol"),
+        (lambda d: tek0(d).update(protocol="carrier-pigeon"), f"{T0}.protocol", "unknown protocol"),
+        (lambda d: tek0(d).update(src="10.1.0.1/16"), f"{T0}.src", "host bits set"),
+        (lambda d: tek0(d).update(src="10.1.0.300"), f"{T0}.src", "not an IPv4 or IPv6"),
+        (lambda d: tek0(d).update(dst="ff0e::1"), f"{T0}.dst", "is IPv6 but source"),
+        (lambda d: tek0(d).update(dst="10.9.9.9"), f"{T0}.dst", "needs a multicast destination"),
+        (lambda d: tek0(d).update(replay_window=32), f"{T0}.replay_window", "multi-sender"),
+        (lambda d: tek0(d).update(mode="beet"), f"{T0}.mode", "choose one of tunnel, transport"),
+        (lambda d: tek0(d).pop("cipher"), f"{T0}.cipher", "missing required key"),
+        (lambda d: d["keyserver"]["group"][1]["tek"][0].update(senders={"fqdns": ["*.x.org"]}),
+         "keyserver.group[1].tek[0].replay_window", "exactly one sender"),
+        (lambda d: d["keyserver"]["group"][1].update(id=1001), "keyserver.group[1].id",
+         "duplicate group id 1001"),
+        (lambda d: d["keyserver"]["group"][1].update(id=0), "keyserver.group[1].id", "not in 1..4294967295"),
+        (lambda d: d["keyserver"]["group"][1].update(id="1002"), "keyserver.group[1].id",
+         "expected an integer, got a string"),
+        (lambda d: d["keyserver"]["group"][1].update(authorize={}), "keyserver.group[1].authorize",
+         "admits nobody"),
+        (lambda d: d["keyserver"]["group"][1]["authorize"].update(subjects=["CN"]),
+         "keyserver.group[1].authorize.subjects[0]", "has no '='"),
+        (lambda d: d["keyserver"]["group"][0]["authorize"].update(psk_identities=["gm9"]),
+         "keyserver.group[0].authorize.psk_identities[0]", "no [[keyserver.psk]] entry"),
+        (lambda d: d["keyserver"]["group"][0]["authorize"].update(addresses=["192.0.2.0/33"]),
+         "keyserver.group[0].authorize.addresses[0]", "not an IPv4 or IPv6"),
+        (lambda d: d["keyserver"]["group"][0]["authorize"].update(fqdns=["-bad-.org"]),
+         "keyserver.group[0].authorize.fqdns[0]", "not a valid FQDN pattern"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(cipher="aes-gcm-128"),
+         "keyserver.group[0].kek.cipher", "RFC 6407 defines no AES-GCM"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(signature="rsa-pss"),
+         "keyserver.group[0].kek.signature", "no SIG_ALGORITHM value for RSA-PSS"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_address="192.0.2.1"),
+         "keyserver.group[0].kek.rekey_address", "not a multicast address"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_interval="2h"),
+         "keyserver.group[0].kek.rekey_interval", "shortest TEK lifetime"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(lifetime=3000),
+         "keyserver.group[0].kek.rekey_interval", "shorter than the KEK lifetime"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(signature="ecdsa-p384"),
+         "keyserver.group[0].kek.signing_key", "needs curve secp384r1"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(signature="rsa-pkcs1-sha256"),
+         "keyserver.group[0].kek.signing_key", "needs an RSA key"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(signing_key="nope.pem"),
+         "keyserver.group[0].kek.signing_key", "does not exist"),
+        (lambda d: d["keyserver"].update(port=0), "keyserver.port", "not in 1..65535"),
+        (lambda d: d["keyserver"].update(listen=["localhost"]), "keyserver.listen[0]",
+         "not an IPv4 or IPv6 address"),
+        (lambda d: d["keyserver"]["psk"].append({"identity": "gm1", "secret_file": "cam1.psk"}),
+         "keyserver.psk[2].identity", "duplicate PSK identity"),
+        (lambda d: d["keyserver"]["psk"][0].update(secret=PSK), "keyserver.psk[0]",
+         "exactly one of 'secret' or 'secret_file'"),
+        (lambda d: d["keyserver"]["certificate"].update(trust_anchors=[]),
+         "keyserver.certificate.trust_anchors", "at least one trust anchor"),
+        (lambda d: d["member"]["group"][0].update(key_servers=[]), "member.group[0].key_servers",
+         "at least one key server"),
+        (lambda d: d["member"]["group"][0].pop("key_servers"), "member.group[0].key_servers",
+         "missing required key"),
+        (lambda d: d["member"]["group"][0].update(key_servers=["[10.0.0.1]:848"]),
+         "member.group[0].key_servers[0]", "not an IPv6 address"),
+        (lambda d: d["member"]["group"][0].update(key_servers=["192.0.2.1:99999"]),
+         "member.group[0].key_servers[0]", "not in 1..65535"),
+        (lambda d: d["member"]["group"][0].update(key_servers=["bad_host!"]),
+         "member.group[0].key_servers[0]", "host name"),
+        (lambda d: d["member"]["group"][0].update(interface="a-very-long-ifname0"),
+         "member.group[0].interface", "not a Linux interface name"),
+        (lambda d: d["member"]["group"][0]["credentials"].update(cert_file="ks.crt"),
+         "member.group[0].credentials", "not both"),
+        (lambda d: d["member"]["group"][0].update(credentials={}), "member.group[0].credentials",
+         "no credentials"),
+        (lambda d: d.update(extra={"x": 1}), "extra", "unknown key"),
+        (lambda d: d["daemon"].update(state_dir=5), "daemon.state_dir", "expected a string"),
+    ],
+)
+def test_problem_reported_with_key_path(files, mutate, path, reason):
+    doc = base()
+    mutate(doc)
+    p = only(doc, files)
+    assert p.path == path and reason in p.reason, str(p)
+    assert str(p).startswith(f"test.toml: {path}: ")
+
+
+def test_no_role(files):
+    p = only({"daemon": {}}, files)
+    assert "at least one role" in p.reason
+
+
+def test_keyserver_without_credentials(files):
+    doc = base()
+    del doc["keyserver"]["psk"], doc["keyserver"]["certificate"]
+    doc["keyserver"]["group"] = [doc["keyserver"]["group"][0]]
+    doc["keyserver"]["group"][0]["authorize"] = {"fqdns": ["*.example.org"]}
+    p = only(doc, files)
+    assert p.path == "keyserver" and "no credentials" in p.reason
+
+
+def test_many_problems_reported_together(files):
+    doc = base()
+    tek0(doc).update(cipher="des", lifetime=1)
+    doc["keyserver"]["group"][1]["id"] = 1001
+    doc["keyserver"]["group"][0]["kek"]["rekey_port"] = -1
+    doc["member"]["group"][0]["key_servers"] = []
+    doc["keyserver"]["colour"] = "blue"
+    ps = problems(doc, files)
+    paths = {p.path for p in ps}
+    assert {f"{T0}.cipher", f"{T0}.lifetime", "keyserver.group[0].kek.rekey_port",
+            "member.group[0].key_servers", "keyserver.colour"} <= paths
+    with pytest.raises(ConfigError) as ei:
+        load(doc, files)
+    assert len(str(ei.value).splitlines()) == len(ps) >= 5
+
+
+def test_toml_syntax_error(files):
+    with pytest.raises(ConfigError) as ei:
+        parse_config("[keyserver\nport = 848\n", "bad.toml", base_dir=files)
+    (p,) = ei.value.problems
+    assert p.source == "bad.toml" and "not valid TOML" in p.reason and "line 1" in p.reason
+
+
+def test_wrong_section_types(files):
+    ps = problems({"keyserver": [1, 2], "member": {"group": [5]}}, files)
+    assert {(p.path, p.reason) for p in ps} >= {
+        ("keyserver", "expected a table, got an array"),
+        ("member.group[0]", "expected a table, got an integer"),
+    }
+
+
+# ---------------------------------------------------------------- files and secrets
+
+
+def test_private_key_readable_by_others(files):
+    (files / "sign.pem").chmod(0o640)
+    p = only(base(), files)
+    assert p.path == "keyserver.group[0].kek.signing_key"
+    assert "readable by group or others (mode 0640)" in p.reason and "chmod 600" in p.reason
+
+
+def test_psk_file_world_readable(files):
+    (files / "gm1.psk").chmod(0o604)
+    ps = problems(base(), files)
+    assert {p.path for p in ps} == {"keyserver.psk[0].secret_file",
+                                    "member.group[0].credentials.psk_file"}
+
+
+def test_encrypted_and_small_signing_keys(files):
+    key = ec.generate_private_key(ec.SECP256R1())
+    enc = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.BestAvailableEncryption(b"pw"))
+    write_private(files / "sign.pem", enc)
+    assert "encrypted" in only(base(), files).reason
+    write_private(files / "sign.pem", pem(rsa.generate_private_key(65537, 1024)))
+    doc = base()
+    doc["keyserver"]["group"][0]["kek"]["signature"] = "rsa-pkcs1-sha256"
+    assert "needs at least 2048" in only(doc, files).reason
+    write_private(files / "sign.pem", b"junk")
+    assert "not a PEM private key" in only(base(), files).reason
+
+
+def test_short_psk_not_echoed(files):
+    secret = "hunter2-short"
+    doc = base()
+    doc["member"]["group"][0]["credentials"] = {"psk_identity": "gm1", "psk": secret}
+    with pytest.raises(ConfigError) as ei:
+        load(doc, files)
+    (p,) = ei.value.problems
+    assert p.path == "member.group[0].credentials.psk" and "shorter than 16" in p.reason
+    assert secret not in str(ei.value) and secret not in repr(ei.value.problems)
+
+
+def test_psk_of_wrong_type_not_echoed(files):
+    doc = base()
+    doc["keyserver"]["psk"][0] = {"identity": "gm1", "secret": 987654321987654321}
+    p = only(doc, files)
+    assert p.path == "keyserver.psk[0].secret" and "987654321" not in str(p)
+
+
+def test_inline_psk_needs_private_config_file(files):
+    doc = base()
+    doc["member"]["group"][0]["credentials"] = {"psk_identity": "gm1", "psk": PSK}
+    cfg = write_private(files / "msecd.toml", dump(doc).encode(), mode=0o644)
+    with pytest.raises(ConfigError) as ei:
+        load_config(cfg)
+    (p,) = ei.value.problems
+    assert p.path == "member.group[0].credentials.psk" and "mode 0644" in p.reason
+    assert PSK not in str(ei.value)
+    cfg.chmod(0o600)
+    c = load_config(cfg)
+    cred = c.member.groups[0].credentials
+    assert cred.secret.reveal() == PSK.encode() and cred.source is None
+    for text in (repr(c), str(c), repr(cred)):
+        assert PSK not in text
+
+
+def test_config_repr_has_no_secret(files):
+    c = load(base(), files)
+    assert PSK not in repr(c) and "another-long-enough-secret" not in repr(c)
+
+
+def test_load_config_unreadable(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        load_config(tmp_path / "missing.toml")
+    assert "cannot read" in str(ei.value)
+
+
+# ---------------------------------------------------------------- diff
+
+
+def test_diff(files):
+    old = load(base(), files)
+    assert diff(old, old).empty
+    doc = base()
+    doc["keyserver"]["group"][0]["tek"][0]["cipher"] = "aes-gcm-256"
+    doc["keyserver"]["group"][0]["authorize"]["addresses"] = []
+    del doc["keyserver"]["group"][1]
+    doc["keyserver"]["group"].append(
+        {"id": 1003, "authorize": {"psk_identities": ["gm1"]},
+         "tek": [{"src": "10.0.0.0/8", "dst": "239.3.3.3", "cipher": "aes-gcm-128"}]})
+    doc["keyserver"]["port"] = 1848
+    doc["member"]["group"][0]["interface"] = "eth1"
+    doc["member"]["group"].append(dict(doc["member"]["group"][0], id=2002))
+    new = load(doc, files)
+    d = diff(old, new)
+    assert d.keyserver_added == (1003,) and d.keyserver_removed == (1002,)
+    assert [(c.group_id, c.fields) for c in d.keyserver_changed] == [
+        (1001, ("teks", "authorization"))]
+    assert d.member_added == (2002,) and d.member_removed == ()
+    assert [(c.group_id, c.fields) for c in d.member_changed] == [(2001, ("interface",))]
+    assert d.settings_changed == ("keyserver.port",)
+    assert not d.empty
+
+
+def test_diff_role_removed_and_psk_change(files):
+    old = load(base(), files)
+    doc = base()
+    del doc["member"]
+    write_private(files / "cam1.psk", b"a-rotated-secret-of-length")
+    new = load(doc, files)
+    d = diff(old, new)
+    assert d.member_removed == (2001,) and "member" in d.settings_changed
+    assert "keyserver.psks" in d.settings_changed
+    assert "a-rotated" not in repr(d)
+
+
+# ---------------------------------------------------------------- robustness
+
+
+def _leaves(obj, path=()):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, path + (i,))
+    yield path
+
+
+junk = st.one_of(
+    st.integers(-(2**40), 2**40), st.booleans(), st.text(max_size=12),
+    st.lists(st.integers(0, 5), max_size=2), st.dictionaries(st.sampled_from("ab"), st.integers(), max_size=1),
+    st.sampled_from(["any", "udp", "239.1.1.1", "::", "10.0.0.0/8", "1h", "aes-gcm-128", "gm1"]),
+)
+LEAVES = [p for p in _leaves(base()) if p]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(LEAVES), junk), min_size=1, max_size=3))
+def test_mutations_load_or_raise_config_error(files, edits):
+    doc = copy.deepcopy(base())
+    for path, value in edits:
+        target = doc
+        try:
+            for k in path[:-1]:
+                target = target[k]
+            target[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    try:
+        load(doc, files)
+    except ConfigError as e:
+        assert e.problems and all(isinstance(p, Problem) and p.reason for p in e.problems)
+        assert PSK not in str(e)
