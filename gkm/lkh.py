@@ -74,6 +74,9 @@ Secrecy
   key wrapped under the node's previous key (RFC 2627 section 5.4 join), and hands the new member
   only the renewed keys.  When the tree grows a level, the new root is always sent to the existing
   members wrapped under the old root (the group KEK changes on that join in any case).
+  Without the flag a joiner receives the current keys of its path, and those keys wrapped earlier
+  group keys in past rekey messages: whoever recorded them can recover group keys back to the
+  last renewal of each node on the path.  That is what "no backward secrecy" means here.
 
 Ordering: every update carries an ``epoch`` (tree generation, +1 per update).  A member view
 refuses updates at or below its epoch (replay) and above epoch + 1 (it missed one and must
@@ -462,10 +465,14 @@ class LkhTree:
         # gets a new key wrapped under its previous key (RFC 2627 5.4 join); a root created by
         # growth is fresh and goes to the existing members wrapped under the old root's
         # (possibly just renewed) key.
+        # Nodes nobody holds yet (count 0) are renewed too under backward secrecy: the joiner
+        # must not learn a key that existed before it joined, even one nobody held.
         index = leaf
         for level in range(1, self.depth + 1):
             index //= d
             if self._levels[level].counts[index] == 0:
+                if self.backward_secrecy and level not in grown:
+                    self._renew(level, index)
                 continue
             if level in grown:
                 entries.append(self._wrap(self.key_id(level - 1, 0), self.key_id(level, 0), self._key(level, 0)))
