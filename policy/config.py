@@ -676,8 +676,9 @@ class _Checker:
         """Rules must be satisfiable: PSK identities known, subjects need certificates."""
         if not isinstance(raw_group, dict):
             return
-        known = {p.get("identity") for p in raw_psks if isinstance(p, dict)} if isinstance(
-            raw_psks, list) else set()
+        known = {p.get("identity") for p in raw_psks
+                 if isinstance(p, dict) and isinstance(p.get("identity"), str)
+                 } if isinstance(raw_psks, list) else set()
         places = [("authorize", raw_group.get("authorize"))]
         for i, t in enumerate(raw_group.get("tek", []) if isinstance(raw_group.get("tek"), list)
                               else []):

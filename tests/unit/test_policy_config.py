@@ -462,7 +462,7 @@ junk = st.one_of(
 LEAVES = [p for p in _leaves(base()) if p]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("MSEC_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(LEAVES), junk), min_size=1, max_size=3))
 def test_mutations_load_or_raise_config_error(files, edits):
     doc = copy.deepcopy(base())
