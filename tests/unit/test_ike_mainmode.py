@@ -1,0 +1,40 @@
+"""Main Mode initiator against the responder server, in memory."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from gkm.ike import AuthMethod, HashAlg, Phase1Established, State
+from tests.unit.ike_data.helpers import T0, config, events, pair, pump
+
+METHODS = [AuthMethod.PRE_SHARED_KEY, AuthMethod.RSA_SIG, AuthMethod.ECDSA_256, AuthMethod.ECDSA_384]
+GROUPS = [14, 19, 20, 21]
+HASHES = [HashAlg.SHA2_256, HashAlg.SHA2_384, HashAlg.SHA2_512]
+
+
+def _establish(method, group, hash_alg, key_bits=128):
+    ini, srv = pair(config(method, group, hash_alg, role="gm", key_bits=key_bits), config(method, group, hash_alg, role="ks", key_bits=key_bits))
+    pump(ini, srv, T0 + 0.01)
+    ie, se = events(ini), events(srv)
+    assert ini.state is State.ESTABLISHED, (ini.failure, ie, se)
+    assert len(ie) == 1 and isinstance(ie[0], Phase1Established), ie
+    assert len(se) == 1 and isinstance(se[0], Phase1Established), se
+    a, b = ie[0].sa, se[0].sa
+    assert (a.icookie, a.rcookie) == (b.icookie, b.rcookie)
+    assert (a.skeyid_a, a.skeyid_e, a.skeyid_d, a.enc_key, a.last_block) == (b.skeyid_a, b.skeyid_e, b.skeyid_d, b.enc_key, b.last_block)
+    assert a.peer_id == b.local_id and b.peer_id == a.local_id
+    assert a.proposal == b.proposal and a.proposal.group == group and a.prf.hash_alg == hash_alg
+    assert a.skeyid_a.hex() not in repr(a)
+    return ini, srv, a, b
+
+
+@pytest.mark.parametrize("method,group,hash_alg", list(itertools.product(METHODS, GROUPS, HASHES)),
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_every_combination_establishes(method, group, hash_alg):
+    _establish(method, group, hash_alg)
+
+
+def test_aes256():
+    _establish(AuthMethod.PRE_SHARED_KEY, 19, HashAlg.SHA2_256, key_bits=256)
