@@ -341,8 +341,12 @@ class LkhTree:
 
     def _new_level(self, level: int, size: int) -> _Level:
         first = self._alloc_handles(size)
+        keys = bytearray(size * self.key_len)
+        step = 1 << 20  # fill in 1 MiB slices: no second full-size copy at build time
+        for off in range(0, len(keys), step):
+            keys[off:off + step] = self._random(min(step, len(keys) - off))
         return _Level(
-            bytearray(self._random(size * self.key_len)) if size else bytearray(),
+            keys,
             array("I", range(first, first + size)),
             array("I", bytes(4 * size)),
         )
