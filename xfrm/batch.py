@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from . import messages as m
 from .algorithms import check_algorithms
 from .errors import InvalidArgument
-from .model import Mode, Policy, PolicyId, Proto, SaId, State
+from .model import Direction, Mode, Policy, PolicyId, Proto, SaId, State
 from .owner import MSEC, Owner
 
 __all__ = ["Op", "Batch", "encode_op", "check_state_for_install"]
@@ -63,6 +63,9 @@ def _check_policy(policy: Policy, owner: Owner) -> None:
         if t.family != policy.selector.family and t.mode == Mode.TRANSPORT:
             raise InvalidArgument(f"policy.templates[{i}]",
                                   "a transport template must match the selector's family")
+        if t.optional and t.mode != Mode.TRANSPORT and policy.direction == Direction.OUT:
+            raise InvalidArgument(f"policy.templates[{i}].optional", "the kernel refuses "
+                                  "optional tunnel templates on outbound policies")
     owner.check_policy(policy)
 
 

@@ -89,7 +89,7 @@ ADDRESS_FILTER = struct.Struct("<16s16sHBB")
 
 _ZERO_SEL = bytes(SELECTOR.size)
 _ZERO_ADDR = bytes(16)
-_INF_LFT = (0xFFFFFFFFFFFFFFFF,) * 8
+_INF_LFT = (0xFFFFFFFFFFFFFFFF,) * 4 + (0,) * 4
 
 
 def _swap16(v: int) -> int:

@@ -165,11 +165,20 @@ class Lifetime:
                 raise InvalidArgument(f"lifetime.{soft}", f"{s} exceeds {hard} {h}")
 
     def as_wire(self) -> tuple[int, ...]:
-        """The eight values in ``struct xfrm_lifetime_cfg`` order, INF for None."""
-        return tuple(INF if v is None else v for v in (
-            self.soft_bytes, self.hard_bytes, self.soft_packets, self.hard_packets,
-            self.soft_add_seconds, self.hard_add_seconds,
-            self.soft_use_seconds, self.hard_use_seconds))
+        """The eight values in ``struct xfrm_lifetime_cfg`` order.
+
+        No limit is XFRM_INF for bytes and packets but 0 for seconds: the kernel's timers add
+        the seconds to the start time, so INF would wrap and expire at once (iproute2 does
+        the same).
+        """
+        return (
+            INF if self.soft_bytes is None else self.soft_bytes,
+            INF if self.hard_bytes is None else self.hard_bytes,
+            INF if self.soft_packets is None else self.soft_packets,
+            INF if self.hard_packets is None else self.hard_packets,
+            self.soft_add_seconds or 0, self.hard_add_seconds or 0,
+            self.soft_use_seconds or 0, self.hard_use_seconds or 0,
+        )
 
     @classmethod
     def from_wire(cls, values: tuple[int, ...]) -> Lifetime:

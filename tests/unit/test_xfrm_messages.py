@@ -121,7 +121,8 @@ def group_policy(**kw) -> Policy:
     dict(direction=Direction.FWD, mark=Mark(3), if_id=9),
     dict(action=Action.BLOCK),
     dict(lifetime=Lifetime(hard_add_seconds=60)),
-    dict(selector=Selector(IPv6Network("2001:db8::/64"), IPv6Network("ff0e::/16"), 6, 80, 443),
+    dict(direction=Direction.IN,
+         selector=Selector(IPv6Network("2001:db8::/64"), IPv6Network("ff0e::/16"), 6, 80, 443),
          templates=(Template(A("2001:db8::1"), A("ff0e::1"), Mode.TUNNEL, R, spi=0x99,
                              optional=True),)),
 ])
@@ -199,6 +200,7 @@ def test_pyroute2_oracle_decodes_state_and_policy():
     (tmpl,) = pol_msg.get_attr("XFRMA_TMPL")
     assert tmpl["reqid"] == R and tmpl["mode"] == 1 and tmpl["id_proto"] == 50
     assert pol_msg.get_attr("XFRMA_MARK") == {"v": 5, "m": 0xFF}
+    assert pol_msg["lft_hard_byte_limit"] == 2**64 - 1 and pol_msg["lft_hard_add_expires_seconds"] == 0
     assert del_msg["dir"] == 1 and del_msg["sel_prefixlen_d"] == 32
 
 

@@ -96,7 +96,7 @@ def test_selector_and_lifetime_and_mark():
     refused("lifetime.soft_bytes", Lifetime, soft_bytes=10, hard_bytes=5)
     refused("lifetime.hard_packets", Lifetime, hard_packets=0)
     refused("mark.value", Mark, 0x100, 0xFF)
-    assert Lifetime().as_wire() == ((1 << 64) - 1,) * 8
+    assert Lifetime().as_wire() == ((1 << 64) - 1,) * 4 + (0,) * 4
 
 
 def test_policy_refusals():
@@ -110,6 +110,9 @@ def test_policy_refusals():
     refused("policy.templates", Batch().add_policy, Policy(sel, Direction.OUT))
     foreign = Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, 1)
     refused("policy.templates", Batch().add_policy, Policy(sel, Direction.OUT, templates=(foreign,)))
+    opt = Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, R, optional=True)
+    refused("policy.templates[0].optional", Batch().add_policy,
+            Policy(sel, Direction.OUT, templates=(opt,)))
     refused("policy.index", Batch().add_policy, Policy(sel, Direction.OUT, templates=(t,), index=8))
 
 
