@@ -190,11 +190,13 @@ class SaTek:
 
     @classmethod
     def decode(cls, buf: bytes, pos: int, end: int) -> "SaTek | SaTekOther":
-        if end - pos < 2:
-            raise WireError("SAT", pos, f"body of {end - pos} bytes, need at least 2")
+        if end - pos < 1:
+            raise WireError("SAT", pos, "empty body, need the Protocol-ID")
         pid = buf[pos]
         if pid not in (TekProtocol.IPSEC_ESP, TekProtocol.IPSEC_AH):
             return SaTekOther(_TEK_PROTO.get(pid, pid), buf[pos + 1 : end])
+        if end - pos < 2:
+            raise WireError("SAT", pos + 1, "ESP/AH TEK without Protocol")
         protocol = buf[pos + 1]
         src, pos = _decode_group_id(buf, pos + 2, end, "SAT/SRC ID")
         dst, pos = _decode_group_id(buf, pos, end, "SAT/DST ID")

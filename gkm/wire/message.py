@@ -214,6 +214,15 @@ def encode_message(
     Without either, the Length field counts header and payloads only, which is also the
     GROUPKEY-PUSH header as signed by gdoid (RFC 6407 §4; digest §3.2).
     """
+    payloads = tuple(payloads)
+    gdoi_exchange = header.exchange in _GDOI_EXCHANGES
+    for p in payloads:
+        # The SA layout follows from DOI and exchange (see _decode_sa); refuse what would not
+        # decode back to the same value.
+        if type(p) is GdoiSa and not gdoi_exchange:
+            raise WireError("SA", -1, "a GDOI SA payload belongs to GROUPKEY-PULL/PUSH only (RFC 6407 §5.2)")
+        if type(p) is SecurityAssociation and gdoi_exchange and p.doi == Doi.GDOI:
+            raise WireError("SA", -1, "a DOI-2 SA in GROUPKEY-PULL/PUSH must be a GdoiSa")
     np, body = encode_payloads(payloads)
     if block_size is not None or padding:
         if not header.flags & Flags.ENCRYPTION:
