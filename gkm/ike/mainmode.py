@@ -402,9 +402,11 @@ class MainMode:
                 self._out.append((self._last_sent, self.peer_addr))
                 log.debug("ike %s: retransmitted message %d answered from the stored reply", self._spi_str(), dup)
             return
+        got = self._classify(hdr)
         entry = RECEIVE_TRANSITIONS.get((self.role, self.state))
-        if entry is None:
-            raise _Drop(f"unexpected Main Mode message in state {self.state.value}")
+        if entry is None or got != entry[0]:
+            what = f"message {got}" if got else "unrecognisable Main Mode message"
+            raise _Drop(f"unexpected {what} in state {self.state.value}")
         number, handler, next_state = entry
         getattr(self, handler)(hdr, data, now)
         self._last_received = data
@@ -414,6 +416,17 @@ class MainMode:
             self._retx_at = None
             self._deadline = self.sa.expires_at
             self._events.append(Phase1Established(self.sa))
+
+    def _classify(self, hdr: m.Header) -> int | None:
+        """Main Mode message number from its shape (the role says which direction)."""
+        r = self.role is Role.RESPONDER
+        if hdr.flags & m.FLAG_E:
+            return 5 if r else 6
+        if hdr.next_payload == m.SA:
+            return 1 if r else 2
+        if hdr.next_payload == m.KE:
+            return 3 if r else 4
+        return None
 
     def _clear_payloads(self, hdr: m.Header, data: bytes, number: int) -> dict[int, list[bytes]]:
         if hdr.flags & m.FLAG_E:
@@ -680,13 +693,12 @@ class MainMode:
         if (len(data) - m.HEADER_LEN) % bs or len(data) == m.HEADER_LEN:
             raise _Drop("message 6 ciphertext length not a multiple of the block size")
         try:
-            payloads, next_iv = self._decrypt_body(hdr, data, self._keys, self._iv)
-            p = _payload_map(payloads, 6)
-        except (m.MessageError, _Drop) as e:
-            raise _Fail(f"message 6 does not decrypt to valid payloads (wrong key or tampered): {e}", None) from None
-        id_b = p[m.ID][0]
-        self._iv = next_iv
-        try:
+            try:
+                payloads, next_iv = self._decrypt_body(hdr, data, self._keys, self._iv)
+                p = _payload_map(payloads, 6)
+            except (m.MessageError, _Drop) as e:
+                raise _Fail(f"message 6 does not decrypt to valid payloads (wrong key or tampered): {e}", N_PAYLOAD_MALFORMED) from None
+            id_b = p[m.ID][0]
             if self._proposal.auth is AuthMethod.PRE_SHARED_KEY:
                 if not p.get(m.HASH) or p.get(m.SIG):
                     raise _Fail("PSK method but no HASH_R", N_AUTHENTICATION_FAILED)
@@ -698,15 +710,19 @@ class MainMode:
             else:
                 peer_id, cert = self._check_signature(p, id_b, now, initiator=False)
         except _Fail as f:
-            # The keys are agreed, so tell the responder (which believes the SA is up) with a
-            # protected Informational: the notification plus a Delete of the ISAKMP SA.
+            # The keys are agreed and the responder believes the SA is up: tell it with a
+            # protected Informational (the notification plus a Delete of the ISAKMP SA).  Its IV
+            # comes from the last block of message 6 as received.
+            self._iv = data[-bs:]
             self._make_sa(self._local_id, Identity(0, b""), None, now)
             assert self.sa is not None
             notes = (Notification(f.notify, m.PROTO_ISAKMP, self.spi),) if f.notify else ()
-            self._out.append((build_informational(self.sa, notes, (DeleteRequest(m.PROTO_ISAKMP, (self.spi,)),), self._random), self.peer_addr))
+            info = build_informational(self.sa, notes, (DeleteRequest(m.PROTO_ISAKMP, (self.spi,)),), self._random)
+            self._out.append((info, self.peer_addr))
             self.sa = None
             self._fail(f.reason, f.notify, now, send=False)
-            raise _Drop("failed") from None
+            raise _Drop("exchange failed") from None
+        self._iv = next_iv
         self._make_sa(self._local_id, peer_id, cert, now)
 
     # -- Informational
