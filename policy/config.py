@@ -14,11 +14,15 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     [keyserver]                               # this daemon is GCKS for the groups below
     listen = ["0.0.0.0", "::"]                # default; IP literals
     port = 848                                # default (RFC 6407)
+    identity = "fqdn:ks.example.org"          # optional phase 1 ID with PSKs: key-id:, fqdn:,
+                                              # address:; default: the address asked
 
     [[keyserver.psk]]                         # PSKs of members, by ID_KEY_ID identity
     identity = "gm1"
     secret_file = "secrets/gm1.psk"           # mode 0600; or secret = "..." inline (then
                                               # the config file itself must be mode 0600)
+    addresses = ["192.0.2.10"]                # optional: Main Mode finds the PSK by source
+                                              # address (else by bounded trial decryption)
     [keyserver.certificate]                   # optional: certificate authentication
     cert_file = "ks.crt"
     key_file = "ks.key"                       # mode 0600
@@ -33,7 +37,7 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     [[keyserver.group.tek]]                   # one or more data-security SAs
     name = "rtp"                              # optional, default "tek<N>"
     src = "10.1.0.0/16"                       # address or prefix
-    dst = "239.1.1.1"                         # multicast for tunnel mode
+    dst = "239.1.1.1"                         # tunnel mode: one multicast address
     protocol = "udp"                          # name or number, default "any"
     src_port = 0                              # default 0 (any)
     dst_port = 5004
@@ -60,6 +64,8 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     credentials = { psk_identity = "gm1", psk_file = "gm1.psk" }
     # or credentials = { cert_file = "gm.crt", key_file = "gm.key", trust_anchors = ["ca.crt"] }
     # or an inline psk = "..." (then the config file must be mode 0600)
+    key_server_identity = { subjects = ["O=Example, CN=ks1"] }  # who may act as key server;
+                                              # same keys as authorize; required with certificates
 
 Relative paths are relative to the configuration file's directory (`base_dir` for
 `parse_config`). `diff(old, new)` says what a reload changes.
@@ -474,10 +480,16 @@ class _Checker:
                 self.problem(_join(path, key),
                              "a port needs protocol tcp, udp, sctp, dccp or udplite")
         mode = self.choice(tbl, path, "mode", {x.value: x for x in m.Mode}, default=m.Mode.TUNNEL)
-        if mode is m.Mode.TUNNEL and dst is not BAD and not dst.is_multicast:
-            self.problem(_join(path, "dst"),
-                         f"tunnel mode with address preservation (RFC 5374) needs a multicast "
-                         f"destination; {dst} is not multicast")
+        if mode is m.Mode.TUNNEL and dst is not BAD:
+            if not dst.is_multicast:
+                self.problem(_join(path, "dst"),
+                             f"tunnel mode with address preservation (RFC 5374) needs a multicast "
+                             f"destination; {dst} is not multicast")
+            elif dst.num_addresses != 1:
+                self.problem(_join(path, "dst"),
+                             f"tunnel mode with address preservation needs one multicast address, "
+                             f"not the prefix {dst}: the outer destination (and the kernel SA) "
+                             f"is one address")
         suite = self.choice(tbl, path, "cipher", ESP_SUITES)
         lo, hi = m.TEK_LIFETIME_RANGE
         life = self.duration(tbl, path, "lifetime", lo, hi, 3600)
@@ -594,19 +606,25 @@ class _Checker:
 
     def psk_entry(self, raw: Any, path: str) -> m.PskCredential | None:
         n0 = len(self.problems)
-        tbl = self.table(raw, path, {"identity", "secret", "secret_file"}, required=("identity",))
+        tbl = self.table(raw, path, {"identity", "secret", "secret_file", "addresses"},
+                         required=("identity",))
         if tbl is None:
             return None
         ident = self.value(tbl, path, "identity", str)
         if ident == "":
             ident = self.problem(_join(path, "identity"), "must not be empty")
         sec = self.secret_from(tbl, path, "secret", "secret_file")
-        if BAD in (ident, sec):
+        addrs = self.string_list(tbl, path, "addresses", [])
+        if addrs is not BAD:
+            addrs = [self.ip_address(a, f"{_join(path, 'addresses')}[{i}]")
+                     for i, a in enumerate(addrs)]
+        if len(self.problems) > n0:
             return None
         secret, source = sec
         if secret is None:
             secret = _placeholder_secret()
-        return self.build(path, m.PskCredential, identity=ident, secret=secret, source=source)
+        return self.build(path, m.PskCredential, identity=ident, secret=secret, source=source,
+                          addresses=tuple(addrs))
 
     def certificate(self, raw: Any, path: str) -> m.CertCredential | None:
         n0 = len(self.problems)
@@ -630,7 +648,7 @@ class _Checker:
 
     def keyserver(self, raw: Any, path: str) -> m.KeyServerSettings | None:
         n0 = len(self.problems)
-        tbl = self.table(raw, path, {"listen", "port", "psk", "certificate", "group"})
+        tbl = self.table(raw, path, {"listen", "port", "identity", "psk", "certificate", "group"})
         if tbl is None:
             return None
         listen = self.string_list(tbl, path, "listen", ["0.0.0.0", "::"])
@@ -640,6 +658,9 @@ class _Checker:
             listen = [self.ip_address(a, f"{_join(path, 'listen')}[{i}]")
                       for i, a in enumerate(listen)]
         port = self.integer(tbl, path, "port", 1, 65535, m.GDOI_PORT)
+        identity = self.value(tbl, path, "identity", str, None)
+        if isinstance(identity, str):
+            identity = self.local_identity(identity, _join(path, "identity"))
         psks: list[m.PskCredential | None] = []
         raw_psks = self.value(tbl, path, "psk", list, [])
         if raw_psks is not BAD:
@@ -652,6 +673,14 @@ class _Checker:
                     self.problem(f"{_join(path, 'psk')}[{i}].identity",
                                  f"duplicate PSK identity {p.identity!r} (also psk[{seen[p.identity]}])")
                 seen.setdefault(p.identity, i)
+        owner: dict = {}
+        for i, p in enumerate(psks):
+            for j, a in enumerate(p.addresses if p is not None else ()):
+                if a in owner and owner[a] != i:
+                    self.problem(f"{_join(path, 'psk')}[{i}].addresses[{j}]",
+                                 f"{a} already has a PSK (psk[{owner[a]}]); Main Mode picks the "
+                                 f"key by address, so it must be unique")
+                owner.setdefault(a, i)
         cert = None
         if "certificate" in tbl:
             cert = self.certificate(tbl["certificate"], _join(path, "certificate"))
@@ -664,13 +693,39 @@ class _Checker:
                 groups.append(g)
                 self._check_auth_credentials(g, rg, gp, tbl, raw_psks)
         self._duplicate_ids(groups, _join(path, "group"))
+        self._duplicate_selectors(groups, _join(path, "group"))
         if raw_groups and "psk" not in tbl and "certificate" not in tbl:
             self.problem(path, "no credentials: add [[keyserver.psk]] entries or "
                                "[keyserver.certificate]")
         if len(self.problems) > n0:
             return None
         return self.build(path, m.KeyServerSettings, listen=tuple(listen), port=port,
-                          psks=tuple(psks), certificate=cert, groups=tuple(groups))
+                          psks=tuple(psks), certificate=cert, groups=tuple(groups),
+                          identity=identity)
+
+    def local_identity(self, text: str, p: str) -> Any:
+        kind, sep, value = text.partition(":")
+        kinds = {"key-id": m.IdKind.KEY_ID, "fqdn": m.IdKind.FQDN, "address": m.IdKind.ADDRESS}
+        if not sep or kind not in kinds or not value:
+            return self.problem(p, f"{text!r} is not KIND:VALUE with KIND one of "
+                                   f"{', '.join(kinds)} (e.g. 'fqdn:ks.example.org')")
+        if kind == "address":
+            a = self.ip_address(value, p)
+            return BAD if a is BAD else m.Identity(m.IdKind.ADDRESS, str(a))
+        if kind == "fqdn" and not _HOSTNAME_RE.fullmatch(value):
+            return self.problem(p, f"{value!r} is not a host name")
+        return m.Identity(kinds[kind], value)
+
+    def _duplicate_selectors(self, groups, path: str) -> None:
+        """Two TEKs with the same selector would compete for the same kernel policy."""
+        seen: dict = {}
+        for i, g in enumerate(groups):
+            for j, t in enumerate(g.teks if g is not None else ()):
+                here = f"{path}[{i}].tek[{j}]"
+                if t.selector in seen:
+                    self.problem(f"{here}.dst", f"same traffic selector as {seen[t.selector]}; the "
+                                                f"kernel can hold only one policy for it")
+                seen.setdefault(t.selector, here)
 
     def _check_auth_credentials(self, g, raw_group, gp, ks_tbl, raw_psks) -> None:
         """Rules must be satisfiable: PSK identities known, subjects need certificates."""
@@ -773,7 +828,7 @@ class _Checker:
         return self.build(path, m.PskCredential, identity=ident, secret=secret, source=source)
 
     def member_group(self, raw: Any, path: str) -> m.MemberGroup | None:
-        keys = {"id", "name", "key_servers", "credentials", "interface"}
+        keys = {"id", "name", "key_servers", "credentials", "interface", "key_server_identity"}
         n0 = len(self.problems)
         tbl = self.table(raw, path, keys, required=("id", "key_servers", "credentials"))
         if tbl is None:
@@ -789,6 +844,16 @@ class _Checker:
         creds = None
         if "credentials" in tbl:
             creds = self.member_credentials(tbl["credentials"], _join(path, "credentials"))
+        ks_auth = None
+        if "key_server_identity" in tbl:
+            ks_auth = self.matchers(tbl["key_server_identity"], _join(path, "key_server_identity"))
+            if ks_auth is not None and not ks_auth.rules:
+                self.problem(_join(path, "key_server_identity"), "names nobody; list the key "
+                                                                 "server's subject or FQDN")
+        elif isinstance(creds, m.CertCredential):
+            self.problem(_join(path, "key_server_identity"),
+                         "required with certificate credentials: otherwise any certificate under "
+                         "the trust anchors, another member's too, could pose as the key server")
         iface = self.value(tbl, path, "interface", str, None)
         if isinstance(iface, str) and not re.fullmatch(r"[^/\s:\x00]{1,15}", iface):
             self.problem(_join(path, "interface"),
@@ -797,7 +862,8 @@ class _Checker:
         if len(self.problems) > n0:
             return None
         return self.build(path, m.MemberGroup, group_id=gid, key_servers=tuple(servers),
-                          credentials=creds, name=name, interface=iface)
+                          credentials=creds, name=name, interface=iface,
+                          key_server_authorization=ks_auth)
 
     def member(self, raw: Any, path: str) -> m.MemberSettings | None:
         n0 = len(self.problems)

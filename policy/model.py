@@ -38,7 +38,10 @@ Authorization
     peer address in a network (the address phase 1 was authenticated from), certificate
     subject DN (ID_DER_ASN1_DN as RFC 4514 text; same attributes in the same order; attribute
     types case-insensitive; values case-insensitive with `*` matching any run of characters
-    inside one RDN value).
+    inside one RDN value). The subject may be written in either RDN order (RFC 4514 puts the
+    most specific RDN first, OpenSSL-style strings last); `Identity.from_x509_name` gives the
+    RFC 4514 form. Identity kinds without a rule type (ID_USER_FQDN) can only be admitted by
+    an address rule.
 
 Secrets
     `Secret` never shows its value in `repr`/`str`/`format`; compare with `==`
@@ -162,6 +165,7 @@ class IdKind(enum.Enum):
 
     KEY_ID = "key-id"  # PSK identity (ID_KEY_ID)
     FQDN = "fqdn"
+    USER_FQDN = "user-fqdn"  # no rule matches it except an address rule
     ADDRESS = "address"  # ID_IPV4_ADDR / ID_IPV6_ADDR
     DN = "dn"  # certificate subject
 
@@ -279,6 +283,36 @@ class Identity:
     def __str__(self) -> str:
         at = f" from {self.address}" if self.address is not None else ""
         return f"{self.kind.value} {self.value!r}{at}"
+
+    @classmethod
+    def from_id_payload(
+        cls, id_type: int, data: bytes, address: IPAddress | None = None
+    ) -> "Identity":
+        """An identity from a phase 1 ID payload (RFC 2407 section 4.6.2).
+
+        ID_KEY_ID data is taken as UTF-8 text (PSK identities are configured as text; data
+        that is not UTF-8 becomes "0x" + hex). ID_DER_ASN1_DN is refused here: use
+        `from_x509_name` with the subject of the certificate phase 1 verified.
+        """
+        t = int(id_type)
+        if t == IdType.ID_KEY_ID:
+            try:
+                value = data.decode("utf-8")
+            except UnicodeDecodeError:
+                value = "0x" + data.hex()
+            return cls(IdKind.KEY_ID, value, address)
+        if t == IdType.ID_FQDN:
+            return cls(IdKind.FQDN, data.decode("ascii", "replace"), address)
+        if t == IdType.ID_USER_FQDN:
+            return cls(IdKind.USER_FQDN, data.decode("ascii", "replace"), address)
+        if t in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
+            return cls(IdKind.ADDRESS, str(ipaddress.ip_address(data)), address)
+        raise ValueError(f"ID type {t} is not usable for authorization here")
+
+    @classmethod
+    def from_x509_name(cls, name, address: IPAddress | None = None) -> "Identity":
+        """An identity from a verified certificate's subject (a cryptography x509.Name)."""
+        return cls(IdKind.DN, name.rfc4514_string(), address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,10 +466,9 @@ class SubjectMatch:
         pattern = parse_dn(self.pattern)
         if len(subject) != len(pattern):
             return False
-        for (ptype, pvalue), (stype, svalue) in zip(pattern, subject):
-            if ptype != stype or not _wildcard_re(pvalue, ".*").fullmatch(svalue):
-                return False
-        return True
+        # RFC 4514 strings list the most specific RDN first, OpenSSL-style ones last: accept
+        # the subject in either order, never a mix.
+        return _rdns_match(pattern, subject) or _rdns_match(pattern, subject[::-1])
 
     def __str__(self) -> str:
         return f"dn:{self.pattern}"
@@ -443,6 +476,13 @@ class SubjectMatch:
     @property
     def single(self) -> bool:
         return "*" not in self.pattern
+
+
+def _rdns_match(pattern, subject) -> bool:
+    return all(
+        ptype == stype and _wildcard_re(pvalue, ".*").fullmatch(svalue)
+        for (ptype, pvalue), (stype, svalue) in zip(pattern, subject)
+    )
 
 
 Matcher = Union[PskIdMatch, FqdnMatch, AddressMatch, SubjectMatch]
@@ -487,11 +527,18 @@ class TekPolicy:
         lo, hi = TEK_LIFETIME_RANGE
         if not lo <= self.lifetime_s <= hi:
             raise ValueError(f"TEK lifetime {self.lifetime_s} s is not in {lo}..{hi}")
-        if self.mode is Mode.TUNNEL and not self.selector.dst_is_multicast:
-            raise ValueError(
-                f"tunnel mode with address preservation needs a multicast destination, "
-                f"{self.selector.dst} is not"
-            )
+        if self.mode is Mode.TUNNEL:
+            dst = self.selector.dst
+            if not dst.is_multicast:
+                raise ValueError(
+                    f"tunnel mode with address preservation needs a multicast destination, "
+                    f"{dst} is not"
+                )
+            if dst.num_addresses != 1:
+                raise ValueError(
+                    f"tunnel mode with address preservation needs one multicast address, not "
+                    f"the prefix {dst}: the outer destination (and the kernel SA) is one address"
+                )
         if not 0 <= self.replay_window <= MAX_REPLAY_WINDOW:
             raise ValueError(f"replay window {self.replay_window} is not in 0..{MAX_REPLAY_WINDOW}")
         if self.replay_window:
@@ -608,11 +655,17 @@ class GroupPolicy:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class PskCredential:
-    """A pre-shared key and the ID_KEY_ID identity it belongs to."""
+    """A pre-shared key and the ID_KEY_ID identity it belongs to.
+
+    In Main Mode the responder must choose the PSK before it can decrypt the peer's ID
+    (RFC 2409 section 5.4). `addresses` lets the key server pick it by the peer's source
+    address; PSKs without addresses are found by trial (gkm.ike.PskStore, bounded).
+    """
 
     identity: str
     secret: Secret
     source: Path | None = None  # file it was read from, None if inline
+    addresses: tuple[IPAddress, ...] = ()  # key server: peers using this PSK, see below
 
     def __post_init__(self) -> None:
         if not self.identity:
@@ -622,7 +675,8 @@ class PskCredential:
 
     def __repr__(self) -> str:
         src = f", source={str(self.source)!r}" if self.source else ""
-        return f"PskCredential(identity={self.identity!r}, secret=<redacted>{src})"
+        at = f", addresses={self.addresses!r}" if self.addresses else ""
+        return f"PskCredential(identity={self.identity!r}, secret=<redacted>{src}{at})"
 
     __str__ = __repr__
 
@@ -654,11 +708,16 @@ class DaemonSettings:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class KeyServerSettings:
+    """The key server role. `identity` is the phase 1 ID it presents with PSKs (with
+    certificates the subject DN is used); None lets the daemon use the address a request
+    arrived on (ID_IPV4_ADDR / ID_IPV6_ADDR)."""
+
     listen: tuple[IPAddress, ...]
     port: int = GDOI_PORT
     psks: tuple[PskCredential, ...] = ()
     certificate: CertCredential | None = None
     groups: tuple[GroupPolicy, ...] = ()
+    identity: Identity | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -676,7 +735,8 @@ class KeyServerSettings:
     def __repr__(self) -> str:
         return (
             f"KeyServerSettings(listen={self.listen!r}, port={self.port}, psks={self.psks!r}, "
-            f"certificate={self.certificate!r}, groups={self.groups!r})"
+            f"certificate={self.certificate!r}, groups={self.groups!r}, "
+            f"identity={self.identity!r})"
         )
 
 
@@ -705,19 +765,42 @@ class KeyServerAddress:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class MemberGroup:
-    """A group this daemon joins as a member."""
+    """A group this daemon joins as a member.
+
+    `key_server_authorization` says which authenticated identities may act as key server.
+    It is required with certificate credentials: otherwise any certificate under the trust
+    anchors, including another member's, could pose as the key server.
+    """
 
     group_id: int
     key_servers: tuple[KeyServerAddress, ...]
     credentials: Credentials
     name: str | None = None
     interface: str | None = None
+    key_server_authorization: Authorization | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
             raise ValueError(f"group id {self.group_id} is not in {MIN_GROUP_ID}..{MAX_GROUP_ID}")
         if not self.key_servers:
             raise ValueError("a member group needs at least one key server")
+        if isinstance(self.credentials, CertCredential) and (
+            self.key_server_authorization is None or not self.key_server_authorization.rules
+        ):
+            raise ValueError(
+                "certificate credentials need key_server_authorization: otherwise any "
+                "certificate under the trust anchors could pose as the key server"
+            )
+
+    def accepts_key_server(self, peer: Identity) -> Decision:
+        """Is the authenticated peer acceptable as this group's key server?"""
+        if self.key_server_authorization is None:
+            # only possible with a PSK (see __post_init__): holding it authenticates the peer
+            return Decision(True, f"group {self.label}: key server {peer} proved the group's "
+                                  f"pre-shared key")
+        d = self.key_server_authorization.decide(peer)
+        verdict = "accepted" if d.allowed else "refused"
+        return Decision(d.allowed, f"group {self.label}: key server {verdict}: {d.reason}")
 
     @property
     def label(self) -> str:
@@ -727,7 +810,8 @@ class MemberGroup:
         return (
             f"MemberGroup(group_id={self.group_id}, name={self.name!r}, "
             f"key_servers={self.key_servers!r}, credentials={self.credentials!r}, "
-            f"interface={self.interface!r})"
+            f"interface={self.interface!r}, "
+            f"key_server_authorization={self.key_server_authorization!r})"
         )
 
 

@@ -269,6 +269,23 @@ T0 = "keyserver.group[0].tek[0]"
         (lambda d: d["member"]["group"][0].update(credentials={}), "member.group[0].credentials",
          "no credentials"),
         (lambda d: d.update(extra={"x": 1}), "extra", "unknown key"),
+        (lambda d: tek0(d).update(dst="239.1.0.0/16"), f"{T0}.dst", "not the prefix 239.1.0.0/16"),
+        (lambda d: d["keyserver"]["group"][1]["tek"].append(
+            dict(d["keyserver"]["group"][1]["tek"][0], name="again")),
+         "keyserver.group[1].tek[1].dst", "same traffic selector as keyserver.group[1].tek[0]"),
+        (lambda d: d["keyserver"].update(identity="ks.example.org"), "keyserver.identity",
+         "not KIND:VALUE"),
+        (lambda d: d["keyserver"].update(identity="address:ks"), "keyserver.identity",
+         "not an IPv4 or IPv6 address"),
+        (lambda d: d["keyserver"]["psk"][0].update(addresses=["192.0.2.1", "nope"]),
+         "keyserver.psk[0].addresses[1]", "not an IPv4 or IPv6 address"),
+        (lambda d: [p.update(addresses=["192.0.2.1"]) for p in d["keyserver"]["psk"]],
+         "keyserver.psk[1].addresses[0]", "already has a PSK (psk[0])"),
+        (lambda d: d["member"]["group"][0].update(
+            credentials={"cert_file": "ks.crt", "key_file": "ks.key", "trust_anchors": ["ca.crt"]}),
+         "member.group[0].key_server_identity", "required with certificate credentials"),
+        (lambda d: d["member"]["group"][0].update(key_server_identity={"subjects": []}),
+         "member.group[0].key_server_identity", "names nobody"),
         (lambda d: d["daemon"].update(state_dir=5), "daemon.state_dir", "expected a string"),
     ],
 )
@@ -479,3 +496,26 @@ def test_mutations_load_or_raise_config_error(files, edits):
     except ConfigError as e:
         assert e.problems and all(isinstance(p, Problem) and p.reason for p in e.problems)
         assert PSK not in str(e)
+
+
+def test_keyserver_identity_and_psk_addresses(files):
+    doc = base()
+    doc["keyserver"]["identity"] = "fqdn:ks.example.org"
+    doc["keyserver"]["psk"][0]["addresses"] = ["192.0.2.11", "2001:db8::11"]
+    ks = load(doc, files).keyserver
+    assert ks.identity == Identity(IdKind.FQDN, "ks.example.org")
+    assert ks.psks[0].addresses == (ip.ip_address("192.0.2.11"), ip.ip_address("2001:db8::11"))
+    assert "192.0.2.11" in repr(ks.psks[0]) and PSK not in repr(ks)
+
+
+def test_member_key_server_identity(files):
+    doc = base()
+    doc["member"]["group"][0].update(
+        credentials={"cert_file": "ks.crt", "key_file": "ks.key", "trust_anchors": ["ca.crt"]},
+        key_server_identity={"subjects": ["O=Example, CN=ks*"]})
+    g = load(doc, files).member.groups[0]
+    assert g.accepts_key_server(Identity(IdKind.DN, "CN=ks1,O=Example")).allowed
+    d = g.accepts_key_server(Identity(IdKind.DN, "CN=gm7,O=Example"))
+    assert not d.allowed and "refused" in d.reason
+    psk_group = load(base(), files).member.groups[0]
+    assert psk_group.accepts_key_server(Identity(IdKind.KEY_ID, "ks")).allowed

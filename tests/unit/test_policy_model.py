@@ -124,6 +124,12 @@ def test_tunnel_needs_multicast_destination():
     assert tek().address_preservation == AddressPreservation.SOURCE_AND_DESTINATION == 4
 
 
+def test_tunnel_needs_single_destination_address():
+    with pytest.raises(ValueError, match="one multicast address"):
+        tek(selector=sel(dst="239.1.0.0/16"))
+    assert tek(selector=sel(dst="239.1.0.0/16"), mode=Mode.TRANSPORT).mode is Mode.TRANSPORT
+
+
 def test_multi_sender_replay_window_must_be_zero():
     with pytest.raises(ValueError, match="multi-sender"):
         tek(replay_window=64)
@@ -212,6 +218,30 @@ def test_dn_patterns():
     assert parse_dn(r"cn=a\,b ; o=c") == (("CN", "a,b"), ("O", "c"))
     with pytest.raises(ValueError):
         SubjectMatch("CN")
+    # either RDN order: RFC 4514 (most specific first) or OpenSSL style
+    assert m.matches(ident(IdKind.DN, "CN=gm-1,OU=Video,O=Example GmbH,C=DE"))
+    assert not m.matches(ident(IdKind.DN, "CN=gm-1,C=DE,OU=Video,O=Example GmbH"))
+
+
+def test_identity_from_id_payload_and_x509():
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    a = addr("192.0.2.5")
+    assert Identity.from_id_payload(11, b"gm1", a) == Identity(IdKind.KEY_ID, "gm1", a)
+    assert Identity.from_id_payload(11, b"\xff\x00").value == "0xff00"
+    assert Identity.from_id_payload(2, b"gm.example.org").kind is IdKind.FQDN
+    assert Identity.from_id_payload(5, addr("2001:db8::1").packed).value == "2001:db8::1"
+    assert Identity.from_id_payload(3, b"a@b.org").kind is IdKind.USER_FQDN
+    with pytest.raises(ValueError):
+        Identity.from_id_payload(9, b"\x30\x00")
+    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example, Inc."),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "gm-9")])
+    peer = Identity.from_x509_name(name, a)
+    assert SubjectMatch("C=DE, O=Example\\, Inc., CN=gm-*").matches(peer)
+    assert GroupPolicy(1, (tek(),), Authorization((SubjectMatch("CN=gm-*, O=*, C=DE"),))
+                       ).authorizes(peer).allowed
 
 
 def test_group_authorizes_reason():
