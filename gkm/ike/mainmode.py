@@ -172,8 +172,10 @@ class MainMode:
         icookie: bytes | None = None,
         rcookie: bytes | None = None,
         random: Callable[[int], bytes] = os.urandom,
+        offer_cache: dict | None = None,
     ) -> None:
         self.config = config
+        self._offer_cache = offer_cache
         self.role = role
         self.peer_addr = peer_addr
         self._random = random
@@ -442,32 +444,46 @@ class MainMode:
     def _recv_mm1(self, hdr: m.Header, data: bytes, now: float) -> None:
         p = self._clear_payloads(hdr, data, 1)
         sa_b = p[m.SA][0]
+        cache = self._offer_cache
+        choice = cache.get(sa_b) if cache is not None else None
+        if choice is None:
+            choice = self._choose(sa_b)
+            if cache is not None:
+                if len(cache) >= 1024:
+                    cache.clear()
+                cache[sa_b] = choice
+        prop, reply, failure = choice
+        if prop is None:
+            raise _Fail(failure[0], failure[1])
+        self._proposal = prop
+        self._sai_b = sa_b
+        self._started = now
+        self._deadline = now + self.config.half_open_timeout
+        self._send(self._message(m.EXCH_MAIN, 0, [(m.SA, reply)]), now, retransmit=False)
+
+    def _choose(self, sa_b: bytes) -> tuple[Proposal | None, bytes, tuple[str, int]]:
+        """Pick the first local proposal that one of the offered transforms matches.  A pure
+        function of (config, SA body), so the server caches it per distinct offer."""
         try:
             offer = m.decode_sa(sa_b)
         except m.MessageError as e:
-            raise _Fail(f"malformed SA: {e}", N_PAYLOAD_MALFORMED) from None
+            return None, b"", (f"malformed SA: {e}", N_PAYLOAD_MALFORMED)
         if offer.doi not in (m.DOI_GDOI, m.DOI_IPSEC):
-            raise _Fail(f"DOI {offer.doi} not supported", 2)
+            return None, b"", (f"DOI {offer.doi} not supported", 2)
         if offer.doi == m.DOI_IPSEC:
-            log.info("ike %s: peer offers phase 1 under DOI 1, GDOI needs 2 (RFC 6407 §2.1); accepted", self._spi_str())
+            log.info("ike: peer offers phase 1 under DOI 1, GDOI needs 2 (RFC 6407 §2.1); accepted")
         parsed: list[tuple[int, tuple[tuple[int, int], ...], Proposal]] = []
         for tnum, attrs in offer.transforms:
             try:
                 parsed.append((tnum, attrs, Proposal.from_attributes(attrs)))
             except ValueError as e:
-                log.debug("ike %s: transform %d skipped: %s", self._spi_str(), tnum, e)
+                log.debug("ike: offered transform %d skipped: %s", tnum, e)
         for local in self.config.proposals:
             for tnum, attrs, prop in parsed:
                 if local.matches(prop):
-                    self._proposal = prop
-                    self._sai_b = sa_b
-                    reply = m.encode_sa([list(attrs)], doi=offer.doi, numbers=[tnum])
-                    self._started = now
-                    self._deadline = now + self.config.half_open_timeout
-                    self._send(self._message(m.EXCH_MAIN, 0, [(m.SA, reply)]), now, retransmit=False)
-                    return
+                    return prop, m.encode_sa([list(attrs)], doi=offer.doi, numbers=[tnum]), ("", 0)
         offered = ", ".join(str(p) for _t, _a, p in parsed) or "nothing usable"
-        raise _Fail(f"no acceptable proposal (offered: {offered})", N_NO_PROPOSAL_CHOSEN)
+        return None, b"", (f"no acceptable proposal (offered: {offered})", N_NO_PROPOSAL_CHOSEN)
 
     # -- message 2 (initiator)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
-import ipaddress
 import itertools
 import logging
 import os
@@ -48,11 +47,6 @@ def _host(addr: Address) -> str:
 
 
 def _addr_bytes(addr: Address) -> bytes:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        try:
-            return ipaddress.ip_address(addr[0]).packed + int(addr[1]).to_bytes(2, "big")
-        except (ValueError, TypeError):
-            pass
     return repr(addr).encode()
 
 
@@ -73,6 +67,7 @@ class Phase1Server:
         self._seq = itertools.count()
         self._scheduled: dict[tuple[bytes, bytes], float] = {}
         self.stats: Counter[str] = Counter()
+        self._offer_cache: dict = {}  # SA body of message 1 -> selection (pure per config)
 
     # ----------------------------------------------------------------- inputs
 
@@ -197,7 +192,7 @@ class Phase1Server:
             old, _ = self._half_open.popitem(last=False)
             self.stats["evicted_half_open"] += 1
             self._forget(old, evicted=True)
-        ex = MainMode(self.config, Role.RESPONDER, addr, icookie=icookie, rcookie=rcookie, random=self._random)
+        ex = MainMode(self.config, Role.RESPONDER, addr, icookie=icookie, rcookie=rcookie, random=self._random, offer_cache=self._offer_cache)
         ex.receive_datagram(data, addr, now)
         if ex.state is State.MM2_SENT:
             self._exchanges[key] = ex
