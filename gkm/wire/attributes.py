@@ -95,17 +95,19 @@ def decode_attributes(
 def encode_attributes(attributes: Iterable[Attribute], where: str) -> bytes:
     parts = []
     append = parts.append
-    for t, v in attributes:
-        if not 0 <= t < 0x8000:
-            raise WireError(where, -1, f"attribute type {t} out of range 0..32767")
-        if isinstance(v, int):
-            if not 0 <= v <= 0xFFFF:
-                raise WireError(where, -1, f"basic attribute {t} value {v} out of range 0..65535")
-            append(_hh_pack(0x8000 | t, v))
-        else:
-            n = len(v)
-            if n > 0xFFFF:
-                raise WireError(where, -1, f"attribute {t} value too long ({n} bytes)")
-            append(_hh_pack(t, n))
-            append(bytes(v))
+    try:
+        for t, v in attributes:
+            if t >> 15:  # also catches negative types
+                raise WireError(where, -1, f"attribute type {t} out of range 0..32767")
+            if v.__class__ is bytes:
+                append(_hh_pack(t, len(v)))  # struct.error past 65535 bytes
+                append(v)
+            elif isinstance(v, int):
+                append(_hh_pack(0x8000 | t, v))  # struct.error outside 0..65535
+            else:
+                v = bytes(v)
+                append(_hh_pack(t, len(v)))
+                append(v)
+    except struct.error:
+        raise WireError(where, -1, f"attribute {t} value out of range (TV: 0..65535, TLV: up to 65535 bytes)") from None
     return b"".join(parts)

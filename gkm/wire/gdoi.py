@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from .attributes import Attribute, decode_attributes, encode_attributes
 from .constants import (
+    ID_DATA_LENGTH,
     Doi,
     GapAttr,
     IdType,
@@ -33,6 +34,7 @@ _I = struct.Struct("!I")
 _II = struct.Struct("!II")
 _IIHH = struct.Struct("!IIHH")
 _BHB = struct.Struct("!BHB")
+_GEN = struct.Struct("!BBH")
 _B = struct.Struct("!B")
 _BB = struct.Struct("!BB")
 _HHI = struct.Struct("!HHI")
@@ -43,6 +45,7 @@ _LKH_KEY = struct.Struct("!HBBIII")
 _LKH_UPD = struct.Struct("!BHBHHI")
 
 _ID_TYPES = IdType._value2member_map_
+_ID_LEN = {int(k): v for k, v in ID_DATA_LENGTH.items()}
 _KEK_ATTRS = KekAttr._value2member_map_
 _GAP_ATTRS = GapAttr._value2member_map_
 _IPSEC_ATTRS = IpsecAttr._value2member_map_
@@ -81,8 +84,16 @@ class GroupId:
         return id_value(self.id_type, self.data)
 
     def encode(self, where: str) -> bytes:
-        check_id_data(self.id_type, self.data, where, -1)
-        return _pack(where, _BHB, self.id_type, self.port, len(self.data)) + bytes(self.data)
+        data = self.data
+        need = _ID_LEN.get(self.id_type)
+        if need is not None and len(data) != need:
+            check_id_data(self.id_type, data, where, -1)
+        try:
+            return _BHB.pack(self.id_type, self.port, len(data)) + data
+        except (struct.error, TypeError) as e:
+            raise WireError(where, -1, str(e)) from None
+
+
 
 
 def _decode_group_id(buf: bytes, pos: int, end: int, where: str) -> tuple[GroupId, int]:
@@ -90,11 +101,13 @@ def _decode_group_id(buf: bytes, pos: int, end: int, where: str) -> tuple[GroupI
         raise WireError(where, pos, f"truncated identity ({end - pos} bytes left, need 4)")
     t, port, n = _BHB.unpack_from(buf, pos)
     pos += 4
-    if n > end - pos:
+    e = pos + n
+    if e > end:
         raise WireError(where, pos - 1, f"ID Data Len {n} exceeds the payload")
-    data = buf[pos : pos + n]
-    check_id_data(t, data, where, pos)
-    return GroupId(_ID_TYPES.get(t, t), data, port), pos + n
+    need = _ID_LEN.get(t)
+    if need is not None and n != need:
+        check_id_data(t, buf[pos:e], where, pos)
+    return GroupId(_ID_TYPES.get(t, t), buf[pos:e], port), e
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +152,13 @@ class SaKek:
     def encode(self) -> bytes:
         if len(self.spi) != 16:
             raise WireError("SAK", -1, f"SPI must be 16 bytes, not {len(self.spi)}")
-        return b"".join((
-            _pack("SAK", _B, self.protocol), self.src.encode("SAK/SRC ID"), self.dst.encode("SAK/DST ID"),
-            bytes(self.spi), b"\0\0\0\0", encode_attributes(self.attributes, "SAK"),
-        ))
+        try:
+            return b"".join((
+                _B.pack(self.protocol), self.src.encode("SAK/SRC ID"), self.dst.encode("SAK/DST ID"),
+                bytes(self.spi), b"\0\0\0\0", encode_attributes(self.attributes, "SAK"),
+            ))
+        except struct.error as e:
+            raise WireError("SAK", -1, str(e)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,11 +224,14 @@ class SaTek:
     def encode(self) -> bytes:
         if self.protocol_id not in (TekProtocol.IPSEC_ESP, TekProtocol.IPSEC_AH):
             raise WireError("SAT", -1, f"SaTek is for ESP/AH, not protocol {self.protocol_id}; use SaTekOther")
-        return b"".join((
-            _pack("SAT", _BB, self.protocol_id, self.protocol), self.src.encode("SAT/SRC ID"),
-            self.dst.encode("SAT/DST ID"), _pack("SAT", _BI, self.transform_id, self.spi),
-            encode_attributes(self.attributes, "SAT"),
-        ))
+        try:
+            return b"".join((
+                _BB.pack(self.protocol_id, self.protocol), self.src.encode("SAT/SRC ID"),
+                self.dst.encode("SAT/DST ID"), _BI.pack(self.transform_id, self.spi),
+                encode_attributes(self.attributes, "SAT"),
+            ))
+        except struct.error as e:
+            raise WireError("SAT", -1, str(e)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,13 +283,18 @@ class GdoiSa:
             raise WireError("SA", pos + 10, "RESERVED2 not zero")
         pos += 12
         children = []
+        append = children.append
         while np:
             child = _SA_CHILDREN.get(np)
-            where = f"SA/{PayloadType(np).name if child else np}[{len(children)}]"
             if child is None:
-                raise WireError(where, pos, f"payload type {np} not allowed inside a GDOI SA (RFC 6407 §5.2)")
-            nnp, cend = _generic(buf, pos, end, where)
-            children.append(child.decode(buf, pos + 4, cend))
+                raise WireError(f"SA/{np}[{len(children)}]", pos, f"payload type {np} not allowed inside a GDOI SA (RFC 6407 §5.2)")
+            if end - pos < 4:
+                raise WireError(f"SA/{child.__name__}[{len(children)}]", pos, f"truncated generic payload header ({end - pos} bytes left)")
+            nnp, reserved, length = _GEN.unpack_from(buf, pos)
+            cend = pos + length
+            if reserved or length < 4 or cend > end:
+                _generic(buf, pos, end, f"SA/{child.__name__}[{len(children)}]")  # raises the precise error
+            append(child.decode(buf, pos + 4, cend))
             np, pos = nnp, cend
         if pos != end:
             raise WireError("SA", pos, f"{end - pos} bytes after the last SA attribute payload")
@@ -315,10 +339,11 @@ class KeyPacket:
 
     def encode(self) -> bytes:
         attrs = encode_attributes(self.attributes, "KD/packet")
-        n = 5 + len(self.spi) + len(attrs)
-        if len(self.spi) > 255 or n > 0xFFFF:
-            raise WireError("KD/packet", -1, "SPI or key packet too long")
-        return _pack("KD/packet", _BBHB, self.kd_type, 0, n, len(self.spi)) + bytes(self.spi) + attrs
+        spi = self.spi
+        try:
+            return _BBHB.pack(self.kd_type, 0, 5 + len(spi) + len(attrs), len(spi)) + spi + attrs
+        except (struct.error, TypeError) as e:
+            raise WireError("KD/packet", -1, f"key packet does not fit: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,19 +367,20 @@ class KeyDownload:
             raise WireError("KD", pos + 2, "RESERVED2 not zero")
         pos += 4
         packets = []
+        append = packets.append
+        kd_attrs = _KD_ATTRS
         while pos < end:
-            where = f"KD/packet[{len(packets)}]"
             if end - pos < 5:
-                raise WireError(where, pos, f"truncated key packet header ({end - pos} bytes left)")
+                raise WireError(f"KD/packet[{len(packets)}]", pos, f"truncated key packet header ({end - pos} bytes left)")
             kd_type, res, length, spi_size = _BBHB.unpack_from(buf, pos)
             if res:
-                raise WireError(where, pos + 1, "RESERVED not zero")
+                raise WireError(f"KD/packet[{len(packets)}]", pos + 1, "RESERVED not zero")
             pend = pos + length
-            if length < 5 + spi_size or pend > end:
-                raise WireError(where, pos + 2, f"KD Length {length} does not fit (SPI size {spi_size}, {end - pos} bytes left)")
             s = pos + 5 + spi_size
-            attrs = decode_attributes(buf, s, pend, _KD_ATTRS.get(kd_type, _NO_ENUM), where)
-            packets.append(KeyPacket(_KD_TYPES.get(kd_type, kd_type), buf[pos + 5 : s], attrs))
+            if length < 5 + spi_size or pend > end:
+                raise WireError(f"KD/packet[{len(packets)}]", pos + 2, f"KD Length {length} does not fit (SPI size {spi_size}, {end - pos} bytes left)")
+            attrs = decode_attributes(buf, s, pend, kd_attrs.get(kd_type, _NO_ENUM), "KD/packet")
+            append(KeyPacket(_KD_TYPES.get(kd_type, kd_type), buf[pos + 5 : s], attrs))
             pos = pend
         if count != len(packets):
             raise WireError("KD", pos, f"Number of Key Packets says {count}, found {len(packets)}")

@@ -180,13 +180,13 @@ class Proposal:
         pos += spi_size
         attr_types = _PHASE1_ATTRS if proto == ProtocolId.ISAKMP else _IPSEC_ATTRS
         transforms = []
+        append = transforms.append
         np = PayloadType.TRANSFORM if pos < end else PayloadType.NONE
         while np:
-            tw = f"{where}/Transform[{len(transforms)}]"
             if np != PayloadType.TRANSFORM:
-                raise WireError(tw, pos, f"next payload {np} inside a Proposal, expected 3 or 0")
-            np, tend = _generic(buf, pos, end, tw)
-            transforms.append(Transform.decode(buf, pos + 4, tend, attr_types, tw))
+                raise WireError(f"{where}/Transform[{len(transforms)}]", pos, f"next payload {np} inside a Proposal, expected 3 or 0")
+            np, tend = _generic(buf, pos, end, where, "Transform", len(transforms))
+            append(Transform.decode(buf, pos + 4, tend, attr_types, where))
             pos = tend
         if pos != end:
             raise WireError(where, pos, f"{end - pos} bytes after the last Transform")
@@ -238,11 +238,10 @@ class SecurityAssociation:
         proposals = []
         np = PayloadType.PROPOSAL if pos < end else PayloadType.NONE
         while np:
-            pw = f"SA/Proposal[{len(proposals)}]"
             if np != PayloadType.PROPOSAL:
-                raise WireError(pw, pos, f"next payload {np} inside an SA, expected 2 or 0")
-            np, pend = _generic(buf, pos, end, pw)
-            proposals.append(Proposal.decode(buf, pos + 4, pend, pw))
+                raise WireError(f"SA/Proposal[{len(proposals)}]", pos, f"next payload {np} inside an SA, expected 2 or 0")
+            np, pend = _generic(buf, pos, end, "SA", "Proposal", len(proposals))
+            proposals.append(Proposal.decode(buf, pos + 4, pend, f"SA/Proposal[{len(proposals)}]"))
             pos = pend
         if pos != end:
             raise WireError("SA", pos, f"{end - pos} bytes after the last Proposal")
@@ -496,19 +495,26 @@ class Delete:
 # helpers shared with gdoi.py and message.py
 
 
-def _generic(buf: bytes, pos: int, end: int, where: str) -> tuple[int, int]:
-    """Read a generic payload header at ``pos`` inside ``[.., end)``: ``(next_payload, payload_end)``."""
+def _generic(buf: bytes, pos: int, end: int, where: str, kind: str = "", index: int = 0) -> tuple[int, int]:
+    """Read a generic payload header at ``pos`` inside ``[.., end)``: ``(next_payload, payload_end)``.
+
+    The error names ``where/kind[index]`` (built only when raising).
+    """
     if end - pos < 4:
-        raise WireError(where, pos, f"truncated generic payload header ({end - pos} bytes left)")
+        raise WireError(_name(where, kind, index), pos, f"truncated generic payload header ({end - pos} bytes left)")
     np, reserved, length = _gen_unpack(buf, pos)
     if reserved:
-        raise WireError(where, pos + 1, "RESERVED octet not zero (RFC 2408 §2.5.2, §3.2)")
+        raise WireError(_name(where, kind, index), pos + 1, "RESERVED octet not zero (RFC 2408 §2.5.2, §3.2)")
     if length < 4:
-        raise WireError(where, pos + 2, f"payload length {length} < 4")
+        raise WireError(_name(where, kind, index), pos + 2, f"payload length {length} < 4")
     pend = pos + length
     if pend > end:
-        raise WireError(where, pos + 2, f"payload length {length} exceeds its container by {pend - end}")
+        raise WireError(_name(where, kind, index), pos + 2, f"payload length {length} exceeds its container by {pend - end}")
     return np, pend
+
+
+def _name(where: str, kind: str, index: int) -> str:
+    return f"{where}/{kind}[{index}]" if kind else where
 
 
 def _gen_header(next_payload: int, body_length: int, where: str) -> bytes:
