@@ -282,12 +282,12 @@ class _Checker:
     def ip_network(self, text: str, path: str) -> Any:
         try:
             return ipaddress.ip_network(text, strict=True)
-        except ValueError as e:
+        except ValueError:
             try:
                 ipaddress.ip_network(text, strict=False)
             except ValueError:
                 return self.problem(path, f"{text!r} is not an IPv4 or IPv6 address or prefix")
-            return self.problem(path, f"{text!r} has host bits set ({e})")
+            return self.problem(path, f"{text!r} has host bits set (prefix length too short?)")
 
     # ------------------------------------------------------------------ files
 
@@ -318,7 +318,7 @@ class _Checker:
         if private and st.st_mode & 0o077:
             return self.problem(
                 p,
-                f"{str(fp)!r} holds a secret but is readable by group or others "
+                f"{str(fp)!r} holds a secret but group or others have access "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it",
             )
         if not os.access(fp, os.R_OK):
@@ -329,7 +329,7 @@ class _Checker:
         if self.file_mode is not None and self.file_mode & 0o077:
             self.problem(
                 p,
-                f"inline secret in a configuration file readable by group or others "
+                f"inline secret in a configuration file that group or others have access to "
                 f"(mode {self.file_mode:04o}); chmod 600 the file or use a *_file key",
             )
             return False
@@ -345,9 +345,12 @@ class _Checker:
             v = tbl[inline_key]
             if not isinstance(v, str):
                 return self.problem(p, f"expected a string, got {_type_name(v)}")
-            if not self.inline_secret_allowed(p):
-                return BAD
+            exposed = not self.inline_secret_allowed(p)
             data, source = v.encode(), None
+            if exposed:  # still check the length, so both problems show at once
+                if len(data) < m.MIN_PSK_BYTES:
+                    self.problem(p, f"PSK is shorter than {m.MIN_PSK_BYTES} bytes")
+                return BAD
         else:
             fp = self.file(tbl, path, file_key, private=True)
             if fp is BAD:
@@ -934,8 +937,10 @@ def parse_config(
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        # tomllib's messages carry line and column but not the offending text
-        raise ConfigError([Problem(source_name, "", f"not valid TOML: {e}")]) from None
+        # tomllib's messages carry line and column; a few quote the offending character,
+        # which may sit inside a secret: drop it
+        msg = re.sub(r"(character) (?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")", r"\1", str(e))
+        raise ConfigError([Problem(source_name, "", f"not valid TOML: {msg}")]) from None
     config = checker.document(doc)
     if checker.problems or config is None:
         raise ConfigError(checker.problems or [Problem(source_name, "", "invalid")])

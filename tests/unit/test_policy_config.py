@@ -334,6 +334,15 @@ def test_toml_syntax_error(files):
     assert p.source == "bad.toml" and "not valid TOML" in p.reason and "line 1" in p.reason
 
 
+@pytest.mark.parametrize("bad", ["\x07", "\x01", "\x7f", '"'])
+def test_toml_error_does_not_quote_secret_characters(files, bad):
+    text = f'[keyserver]\npsk = [{{ identity = "gm1", secret = "abc{bad}xyz-secret-material" }}]\n'
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, "bad.toml", base_dir=files)
+    msg = str(ei.value)
+    assert "not valid TOML" in msg and "xyz" not in msg and repr(bad)[1:-1] not in msg
+
+
 def test_wrong_section_types(files):
     ps = problems({"keyserver": [1, 2], "member": {"group": [5]}}, files)
     assert {(p.path, p.reason) for p in ps} >= {
@@ -349,7 +358,7 @@ def test_private_key_readable_by_others(files):
     (files / "sign.pem").chmod(0o640)
     p = only(base(), files)
     assert p.path == "keyserver.group[0].kek.signing_key"
-    assert "readable by group or others (mode 0640)" in p.reason and "chmod 600" in p.reason
+    assert "group or others have access (mode 0640)" in p.reason and "chmod 600" in p.reason
 
 
 def test_psk_file_world_readable(files):
