@@ -462,6 +462,8 @@ class _Checker:
         dst = self.value(tbl, path, "dst", str)
         src = BAD if src is BAD else self.ip_network(src, _join(path, "src"))
         dst = BAD if dst is BAD else self.ip_network(dst, _join(path, "dst"))
+        if src is not BAD and src.is_multicast:
+            src = self.problem(_join(path, "src"), f"{src} is multicast; a source is unicast")
         if src is not BAD and dst is not BAD and src.version != dst.version:
             self.problem(_join(path, "dst"),
                          f"destination {dst} is IPv{dst.version} but source {src} is "
@@ -968,10 +970,29 @@ def load_config(path: Path | str, *, check_files: bool = True) -> m.DaemonConfig
 
 @dataclass(frozen=True, slots=True)
 class GroupChange:
-    """A group present before and after a reload, and which of its fields differ."""
+    """A group present before and after a reload, and which of its fields differ.
+
+    Field names are those of `GroupPolicy` (key server role) or `MemberGroup` (member role).
+    """
 
     group_id: int
     fields: tuple[str, ...]
+
+    @property
+    def needs_rekey(self) -> bool:
+        """Key server: TEK or KEK policy changed; members need new SAs (push or re-pull)."""
+        return bool({"teks", "kek"} & set(self.fields))
+
+    @property
+    def needs_reauthorization(self) -> bool:
+        """Key server: who may join (or send) changed; current members must be re-checked,
+        and any no longer admitted evicted (which itself needs a rekey)."""
+        return "authorization" in self.fields or "teks" in self.fields
+
+    @property
+    def needs_reregistration(self) -> bool:
+        """Member: key servers or credentials changed; register again with the new ones."""
+        return bool({"key_servers", "credentials", "key_server_authorization"} & set(self.fields))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1011,6 +1032,12 @@ def diff(old: m.DaemonConfig, new: m.DaemonConfig) -> ConfigDiff:
     A group whose role disappears entirely counts as removed. `settings_changed` names fields
     outside the groups (e.g. "daemon.state_dir", "keyserver.listen", "keyserver.psks") and the
     appearance or disappearance of a role ("keyserver", "member").
+
+    Intended reload semantics (the daemon applies them): removed key server groups stop
+    (their members' SAs expire or are deleted by a push); added ones start; changed ones
+    rekey when `needs_rekey` and re-check members when `needs_reauthorization`; a change of
+    "daemon.*", "keyserver.listen" or "keyserver.port" rebinds sockets; "keyserver.psks" and
+    "keyserver.certificate" apply to new phase 1 exchanges only.
     """
     settings: list[str] = []
     for f in dataclasses.fields(m.DaemonSettings):

@@ -243,6 +243,8 @@ class TrafficSelector:
             raise ValueError(
                 f"source {self.src} and destination {self.dst} are of different address families"
             )
+        if self.src.is_multicast:
+            raise ValueError(f"source {self.src} is multicast; senders have unicast addresses")
         if not 0 <= self.protocol <= 255:
             raise ValueError(f"protocol {self.protocol} is not in 0..255")
         for name in ("src_port", "dst_port"):

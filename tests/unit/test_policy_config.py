@@ -269,6 +269,7 @@ T0 = "keyserver.group[0].tek[0]"
         (lambda d: d["member"]["group"][0].update(credentials={}), "member.group[0].credentials",
          "no credentials"),
         (lambda d: d.update(extra={"x": 1}), "extra", "unknown key"),
+        (lambda d: tek0(d).update(src="224.0.0.0/4"), f"{T0}.src", "is multicast"),
         (lambda d: tek0(d).update(dst="239.1.0.0/16"), f"{T0}.dst", "not the prefix 239.1.0.0/16"),
         (lambda d: d["keyserver"]["group"][1]["tek"].append(
             dict(d["keyserver"]["group"][1]["tek"][0], name="again")),
@@ -453,6 +454,9 @@ def test_diff(files):
     assert [(c.group_id, c.fields) for c in d.member_changed] == [(2001, ("interface",))]
     assert d.settings_changed == ("keyserver.port",)
     assert not d.empty
+    ks_change, m_change = d.keyserver_changed[0], d.member_changed[0]
+    assert ks_change.needs_rekey and ks_change.needs_reauthorization
+    assert not m_change.needs_reregistration
 
 
 def test_diff_role_removed_and_psk_change(files):
