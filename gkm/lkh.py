@@ -205,6 +205,29 @@ class LkhUpdate:
                 tail_of[e.new.handle] = chain
         return chains
 
+    def to_arrays(self) -> list[tuple[tuple[int, int], list[tuple[int, int, bytes]]]]:
+        """The RFC 6407 LKH_UPDATE_ARRAY field values, one per chain:
+        ``((LKH ID, Key Handle) of the key wrapping the first LKH Key,
+        [(LKH ID, Key Handle, Key Data = wrapped key), ...])``, LKH ID being the node's level.
+        (Key Type :data:`KEY_TYPE_AES_KEYWRAP`, dates zero: the codec's business.)"""
+        return [
+            ((chain[0].wrap.level, chain[0].wrap.handle), [(e.new.level, e.new.handle, e.wrapped) for e in chain])
+            for chain in self.chains()
+        ]
+
+    @classmethod
+    def from_arrays(cls, epoch: int, arrays: Iterable[tuple[tuple[int, int], Sequence[tuple[int, int, bytes]]]]) -> "LkhUpdate":
+        """Inverse of :meth:`to_arrays` for a member: node indices are not on the wire and are
+        set to -1 (members position keys by level)."""
+        entries = []
+        for (lvl, handle), keys in arrays:
+            wrap = KeyId(lvl, -1, handle)
+            for new_level, new_handle, data in keys:
+                new = KeyId(new_level, -1, new_handle)
+                entries.append(LkhEntry(wrap, new, bytes(data)))
+                wrap = new
+        return cls(epoch, tuple(entries))
+
     def wire_size(self) -> int:
         """Bytes of the KD payload's LKH key packet: one TLV LKH_UPDATE_ARRAY per chain."""
         return sum(
@@ -227,6 +250,11 @@ class JoinResult:
     update: LkhUpdate | None
     epoch: int
     degree: int
+
+    def download_array(self) -> list[tuple[int, int, bytes]]:
+        """RFC 6407 LKH_DOWNLOAD_ARRAY field values, leaf first: (LKH ID = level, Key Handle,
+        Key Data = key in clear; the GROUPKEY-PULL that carries it is encrypted)."""
+        return [(kid.level, kid.handle, key) for kid, key in self.path]
 
     def view(self) -> "LkhMemberView":
         return LkhMemberView(self.path, epoch=self.epoch, degree=self.degree)
@@ -642,6 +670,11 @@ class LkhTree:
 
 class LkhMemberView:
     """A member's keys: one per level, leaf (level 0) first, group KEK last."""
+
+    @classmethod
+    def from_download_array(cls, keys: Sequence[tuple[int, int, bytes]], *, epoch: int) -> "LkhMemberView":
+        """From RFC 6407 LKH_DOWNLOAD_ARRAY values (see :meth:`JoinResult.download_array`)."""
+        return cls([(KeyId(level, -1, handle), bytes(key)) for level, handle, key in keys], epoch=epoch)
 
     def __init__(self, path: Sequence[tuple[KeyId, bytes]], *, epoch: int, degree: int = 2):
         if not path:

@@ -386,3 +386,29 @@ def test_forged_entry_without_key_cannot_reach_member():
     forged = LkhEntry(leaf, KeyId(1, 0, 10**6), os.urandom(40))
     with pytest.raises(LkhUpdateError, match="integrity"):
         view.apply(LkhUpdate(update.epoch, (forged,) + update.entries))
+
+
+def test_wire_field_round_trip_drives_a_member():
+    """Through the RFC 6407 field values only (no node indices): download, update arrays."""
+    tree = LkhTree.build(range(1000), degree=2)
+    r = tree.join("wire")
+    view = LkhMemberView.from_download_array(r.download_array(), epoch=r.epoch)
+    assert [lvl for lvl, _, _ in r.download_array()] == list(range(tree.depth + 1))
+    for batch in ([3], [10, 11, 500, 999], [7]):
+        u = tree.evict(batch)
+        arrays = u.to_arrays()
+        assert len(arrays) == len(u.chains())
+        for (lvl, handle), keys in arrays:
+            assert 0 <= lvl <= 0xFFFF and 0 < handle <= 0xFFFFFFFF
+            assert all(len(data) == 40 for _, _, data in keys)
+        view.apply(LkhUpdate.from_arrays(u.epoch, arrays))
+        assert view.group_key[1] == tree.group_key()[1]
+        assert view.group_key[0].handle == tree.group_key()[0].handle
+    # and an evicted member driven the same way is refused
+    gone = LkhMemberView.from_download_array(
+        [(k.level, k.handle, key) for k, key in tree.path(42)], epoch=tree.epoch)
+    u = tree.evict([42])
+    with pytest.raises(LkhEvicted):
+        gone.apply(LkhUpdate.from_arrays(u.epoch, u.to_arrays()))
+    view.apply(LkhUpdate.from_arrays(u.epoch, u.to_arrays()))
+    assert view.group_key[1] == tree.group_key()[1]
