@@ -1,0 +1,1 @@
+"""Benchmarks run by `tools/bench NAME` (tools/benchmarks/NAME.py, `main(argv)`)."""
