@@ -7,10 +7,22 @@
   problem), and `diff(old, new)` for reloads. The schema is documented there and in examples/.
 """
 
-from policy.config import ConfigDiff, ConfigError, GroupChange, Problem, diff, load_config, parse_config
+from policy.config import (
+    Advisory,
+    ConfigDiff,
+    ConfigError,
+    GroupChange,
+    Problem,
+    advisories,
+    diff,
+    load_config,
+    parse_config,
+)
 from policy.model import DaemonConfig, Decision, GroupPolicy, Identity, IdKind, MemberGroup, TekPolicy
 
 __all__ = [
+    "Advisory",
+    "advisories",
     "ConfigDiff",
     "ConfigError",
     "GroupChange",

@@ -102,6 +102,9 @@ __all__ = [
     "GroupChange",
     "ConfigDiff",
     "diff",
+    "Advisory",
+    "advisories",
+    "PSK_TRIAL_LIMIT",
     "PROTOCOLS",
 ]
 
@@ -963,6 +966,50 @@ def load_config(path: Path | str, *, check_files: bool = True) -> m.DaemonConfig
         raise ConfigError([Problem(str(p), "", f"not UTF-8 (byte {e.start})")]) from None
     return parse_config(text, str(p), base_dir=p.resolve().parent, check_files=check_files,
                         _file_mode=stat.S_IMODE(st.st_mode))
+
+
+# --------------------------------------------------------------------------- advice
+
+PSK_TRIAL_LIMIT = 16
+"""How many PSKs without addresses Main Mode tries (gkm.ike.PskStore.max_trials default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Advisory:
+    """Something valid but worth a second look (printed by msecctl, logged by msecd)."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+def advisories(config: m.DaemonConfig) -> list[Advisory]:
+    """Non-fatal remarks on a loaded configuration."""
+    out: list[Advisory] = []
+    ks = config.keyserver
+    if ks is not None:
+        unaddressed = [p for p in ks.psks if not p.addresses]
+        if len(unaddressed) > PSK_TRIAL_LIMIT:
+            out.append(Advisory(
+                "keyserver.psk",
+                f"{len(unaddressed)} PSKs have no addresses; Main Mode tries at most "
+                f"{PSK_TRIAL_LIMIT} by trial decryption, so give members' addresses"))
+        for i, g in enumerate(ks.groups):
+            gp = f"keyserver.group[{i}]"
+            if g.kek is None:
+                out.append(Advisory(
+                    gp, "no [kek]: no GROUPKEY-PUSH; members re-register before TEKs expire and "
+                        "an evicted member keeps the keys until the TEK lifetime ends"))
+            for j, t in enumerate(g.teks):
+                if t.suite.counter_mode and t.multi_sender:
+                    out.append(Advisory(
+                        f"{gp}.tek[{j}].cipher",
+                        f"{t.suite.name} with several senders sharing one key: IV uniqueness "
+                        f"across senders rests on the kernel's random per-SA IV offset (no "
+                        f"RFC 6054 sender IDs yet); prefer aes-cbc-*-hmac-* for large groups"))
+    return out
 
 
 # --------------------------------------------------------------------------- reload

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from policy.config import ConfigError, Problem, diff, load_config, parse_config
+from policy.config import ConfigError, Problem, advisories, diff, load_config, parse_config
 from policy.model import CertCredential, IdKind, Identity, PskCredential, SaDirection
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -532,3 +532,15 @@ def test_member_key_server_identity(files):
     assert not d.allowed and "refused" in d.reason
     psk_group = load(base(), files).member.groups[0]
     assert psk_group.accepts_key_server(Identity(IdKind.KEY_ID, "ks")).allowed
+
+
+def test_advisories(files):
+    doc = base()
+    doc["keyserver"]["psk"] += [
+        {"identity": f"gm{i}", "secret_file": "cam1.psk"} for i in range(100, 117)]
+    notes = {a.path: a.reason for a in advisories(load(doc, files))}
+    assert "IV uniqueness" in notes["keyserver.group[0].tek[0].cipher"]
+    assert "no [kek]" in notes["keyserver.group[1]"]
+    assert "Main Mode tries at most 16" in notes["keyserver.psk"]
+    assert "keyserver.group[1].tek[0].cipher" not in notes  # single sender, CBC
+    assert advisories(load({"member": base()["member"]}, files)) == []
