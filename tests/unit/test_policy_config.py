@@ -544,3 +544,20 @@ def test_advisories(files):
     assert "Main Mode tries at most 16" in notes["keyserver.psk"]
     assert "keyserver.group[1].tek[0].cipher" not in notes  # single sender, CBC
     assert advisories(load({"member": base()["member"]}, files)) == []
+
+
+def test_transport_mode_protocol_number_and_durations(files):
+    doc = base()
+    tek0(doc).update(mode="transport", dst="10.9.0.0/16", protocol=132, lifetime="90m")
+    doc["keyserver"]["group"][0]["kek"].update(lifetime="2d", rekey_interval="1800s")
+    g = load(doc, files).keyserver.groups[0]
+    t = g.teks[0]
+    assert t.selector.protocol == 132 and t.lifetime_s == 5400 and t.encapsulation_mode == 2
+    assert g.kek.lifetime_s == 172800 and g.kek.rekey_interval_s == 1800
+
+
+def test_check_files_false_reads_nothing(tmp_path):
+    c = load(base(), tmp_path, check_files=False)  # none of the files exist
+    a, b = c.keyserver.psks[0].secret, load(base(), tmp_path, check_files=False).keyserver.psks[0].secret
+    assert a != b  # random placeholders: a lint-only config authenticates nobody
+    assert c.keyserver.groups[0].kek.signing_key == tmp_path / "sign.pem"

@@ -299,3 +299,25 @@ def test_key_server_address_str():
     assert str(KeyServerAddress("2001:db8::1")) == "[2001:db8::1]:848"
     assert KeyServerAddress("192.0.2.1", 1848).address == addr("192.0.2.1")
     assert KeyServerAddress("ks.example.org").address is None
+
+
+dn_type = st.sampled_from(["C", "O", "OU", "CN", "L", "ST", "emailAddress", "2.5.4.5"])
+dn_value = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12
+).map(str.strip).filter(bool)
+
+
+def _escape(v: str) -> str:
+    return "".join("\\" + c if c in ",;\\" else c for c in v)
+
+
+@given(st.lists(st.tuples(dn_type, dn_value), min_size=1, max_size=5), st.sampled_from([",", ", ", ";"]))
+def test_dn_parse_roundtrip_and_self_match(rdns, sep):
+    text = sep.join(f"{t}={_escape(v)}" for t, v in rdns)
+    assert parse_dn(text) == tuple((t.upper(), v) for t, v in rdns)
+    peer = Identity(IdKind.DN, text)
+    assert SubjectMatch(text).matches(peer)
+    star = sep.join(f"{t}=*" for t, _ in rdns)
+    assert SubjectMatch(star).matches(peer)
+    if len(rdns) > 1:
+        assert not SubjectMatch(sep.join(f"{t}=*" for t, _ in rdns[1:])).matches(peer)
