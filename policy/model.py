@@ -26,7 +26,8 @@ Senders, direction and replay
     (destination, SPI) in every receiver's kernel, and each sender's kernel numbers its packets
     from 1 independently. A receiver's anti-replay window would therefore see sender B's
     packet 5 after sender A's packet 900 as a replay and drop it: multi-sender TEKs must have
-    `replay_window == 0` (RFC 5374 section 5.1.3, anti-replay "MUST be disabled" when shared).
+    `replay_window == 0` (RFC 5374 section 4.2.1: only a group that does not rely on
+    anti-replay can share one SA among its senders; RFC 6054 sender IDs are the other way).
     A TEK with `senders` set is single-sender: members matching `senders` get `SENDER_ONLY`,
     everybody else `RECEIVER_ONLY`; only then may the window be non-zero, and only if
     `senders` names exactly one identity (one rule, no wildcard, no network wider than a host).
