@@ -727,6 +727,7 @@ class LkhMemberView:
             seen_new.add(nw.handle)
         path = list(self._path)
         changed_top = False
+        renewed: set[int] = set()
         i = 0
         while i < len(path):
             held, key = path[i]
@@ -746,6 +747,8 @@ class LkhMemberView:
                         if not hmac.compare_digest(new_key, path[pos][1]):
                             raise LkhUpdateError(f"entry {n}: conflicting keys for {e.new}")
                         continue
+                    if pos in renewed:
+                        raise LkhUpdateError(f"entry {n}: second new key {e.new} for level {pos}")
                     if e.new.handle < old.handle:
                         raise LkhUpdateError(f"entry {n}: key {e.new} is older than held {old}")
                     if pos == i:
@@ -756,6 +759,7 @@ class LkhMemberView:
                 else:  # pragma: no cover - excluded by the level check above
                     raise LkhUpdateError(f"entry {n}: level {pos} beyond path")
                 new_entry = (e.new, new_key)
+                renewed.add(pos)
                 if pos < len(path):
                     path[pos] = new_entry
                 else:
@@ -766,5 +770,11 @@ class LkhMemberView:
                 i += 1
         if top_touched and not changed_top:
             raise LkhEvicted("the update renews the group key and none of this member's keys can unwrap it (evicted)")
+        # A renewed node implies renewed ancestors (eviction and backward-secret joins renew
+        # whole paths up to the root): a gap means the update was truncated or forged.
+        if renewed and min(renewed) <= top:
+            missing = [lvl for lvl in range(min(renewed), top + 1) if lvl not in renewed]
+            if missing:
+                raise LkhUpdateError(f"incomplete update: new key at level {min(renewed)} but none at levels {missing}")
         self._path = path
         self.epoch = update.epoch

@@ -412,3 +412,25 @@ def test_wire_field_round_trip_drives_a_member():
         gone.apply(LkhUpdate.from_arrays(u.epoch, u.to_arrays()))
     view.apply(LkhUpdate.from_arrays(u.epoch, u.to_arrays()))
     assert view.group_key[1] == tree.group_key()[1]
+
+
+def test_truncated_update_refused():
+    tree = LkhTree.build(range(16))
+    view = LkhMemberView(tree.path(14), epoch=tree.epoch)  # sibling of the evicted leaf
+    update = tree.evict([15])
+    # drop the entries that renew the root: the member would renew lower keys only
+    root_level = tree.depth
+    cut = LkhUpdate(update.epoch, tuple(e for e in update.entries if e.new.level != root_level))
+    with pytest.raises(LkhUpdateError, match="incomplete"):
+        view.apply(cut)
+    view.apply(update)
+    assert view.group_key == tree.group_key()
+
+
+def test_two_new_keys_for_one_level_refused():
+    tree, view, update = _setup()
+    n = _mine(update, view)
+    e = update.entries[n]
+    dup = e._replace(new=e.new._replace(handle=e.new.handle + 1000))
+    with pytest.raises(LkhUpdateError, match="second"):
+        view.apply(LkhUpdate(update.epoch, update.entries + (dup,)))
