@@ -228,6 +228,13 @@ class _Checker:
             return self.problem(p, f"expected {_kinds(kinds)}, got {got}")
         return v
 
+    def table_array(self, tbl: dict, path: str, key: str) -> Any:
+        """An array of tables ([[path.key]]); [] if absent."""
+        if isinstance(tbl.get(key), dict):
+            return self.problem(_join(path, key), f"expected an array of tables: write "
+                                                  f"[[{_join(path, key)}]], not [{_join(path, key)}]")
+        return self.value(tbl, path, key, list, [])
+
     def string_list(self, tbl: dict, path: str, key: str, default: Any = _MISSING) -> Any:
         v = self.value(tbl, path, key, list, default)
         if v is BAD or v is default:
@@ -583,7 +590,7 @@ class _Checker:
             if auth is not None and not auth.rules:
                 self.problem(_join(path, "authorize"), "admits nobody; list who may join")
         teks: list[m.TekPolicy | None] = []
-        raw_teks = self.value(tbl, path, "tek", list, [])
+        raw_teks = self.table_array(tbl, path, "tek")
         if raw_teks is not BAD:
             if not raw_teks and "tek" in tbl:
                 self.problem(_join(path, "tek"), "a group needs at least one TEK")
@@ -670,7 +677,7 @@ class _Checker:
         if isinstance(identity, str):
             identity = self.local_identity(identity, _join(path, "identity"))
         psks: list[m.PskCredential | None] = []
-        raw_psks = self.value(tbl, path, "psk", list, [])
+        raw_psks = self.table_array(tbl, path, "psk")
         if raw_psks is not BAD:
             for i, rp in enumerate(raw_psks):
                 psks.append(self.psk_entry(rp, f"{_join(path, 'psk')}[{i}]"))
@@ -693,7 +700,7 @@ class _Checker:
         if "certificate" in tbl:
             cert = self.certificate(tbl["certificate"], _join(path, "certificate"))
         groups: list[m.GroupPolicy | None] = []
-        raw_groups = self.value(tbl, path, "group", list, [])
+        raw_groups = self.table_array(tbl, path, "group")
         if raw_groups is not BAD:
             for i, rg in enumerate(raw_groups):
                 gp = f"{_join(path, 'group')}[{i}]"
@@ -702,7 +709,7 @@ class _Checker:
                 self._check_auth_credentials(g, rg, gp, tbl, raw_psks)
         self._duplicate_ids(groups, _join(path, "group"))
         self._duplicate_selectors(groups, _join(path, "group"))
-        if raw_groups and "psk" not in tbl and "certificate" not in tbl:
+        if isinstance(raw_groups, list) and raw_groups and "psk" not in tbl and "certificate" not in tbl:
             self.problem(path, "no credentials: add [[keyserver.psk]] entries or "
                                "[keyserver.certificate]")
         if len(self.problems) > n0:
@@ -879,7 +886,7 @@ class _Checker:
         if tbl is None:
             return None
         groups = []
-        raw_groups = self.value(tbl, path, "group", list, [])
+        raw_groups = self.table_array(tbl, path, "group")
         if raw_groups is not BAD:
             if not raw_groups and "group" in tbl:
                 self.problem(_join(path, "group"), "list at least one group")

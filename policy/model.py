@@ -770,9 +770,11 @@ class KeyServerAddress:
 class MemberGroup:
     """A group this daemon joins as a member.
 
-    `key_server_authorization` says which authenticated identities may act as key server.
-    It is required with certificate credentials: otherwise any certificate under the trust
-    anchors, including another member's, could pose as the key server.
+    `key_server_authorization` says which authenticated identities may act as key server
+    (the GCKS identifiers of RFC 5374 section 4.1.3's GPAD). It is required with certificate
+    credentials: otherwise any certificate under the trust anchors, including another
+    member's, could pose as the key server. `interface` is where the member joins the rekey
+    multicast group and the group's data traffic flows (None: chosen by routing).
     """
 
     group_id: int

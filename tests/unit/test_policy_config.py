@@ -298,6 +298,21 @@ def test_problem_reported_with_key_path(files, mutate, path, reason):
     assert str(p).startswith(f"test.toml: {path}: ")
 
 
+def test_single_table_instead_of_array(files):
+    text = """
+[keyserver]
+[[keyserver.psk]]
+identity = "gm1"
+secret_file = "gm1.psk"
+[keyserver.group]
+id = 1
+"""
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, "t.toml", base_dir=files)
+    (p,) = ei.value.problems
+    assert p.path == "keyserver.group" and "write [[keyserver.group]]" in p.reason
+
+
 def test_no_role(files):
     p = only({"daemon": {}}, files)
     assert "at least one role" in p.reason
