@@ -145,7 +145,7 @@ def _algo_name(name: str) -> bytes:
 
 def state_payload(st: State) -> bytes:
     """``xfrm_usersa_info`` plus the attributes of a NEWSA/UPDSA message (no header)."""
-    esn_attr = st.esn or st.replay_window > 255
+    esn_attr = st.esn or st.replay_window > 32
     info = USERSA_INFO.pack(
         *selector_fields(st.selector),
         _addr(st.dst), _swap32(st.spi), st.proto,

@@ -254,8 +254,9 @@ class SaId:
 class State:
     """An XFRM state (SA).
 
-    ``replay_window`` is in packets; with ``esn`` false and a window up to 255 the classic
-    replay state is used, otherwise XFRMA_REPLAY_ESN_VAL. Multi-sender group SAs use window 0
+    ``replay_window`` is in packets; with ``esn`` false and a window up to 32 (the classic
+    replay bitmap's size; the kernel caps larger classic windows to 32) the classic replay
+    state is used, otherwise XFRMA_REPLAY_ESN_VAL, as iproute2 does. Multi-sender group SAs use window 0
     on receivers and ``oseq_may_wrap`` on the sender.
     """
 
@@ -315,7 +316,7 @@ class State:
     @property
     def uses_esn_attr(self) -> bool:
         """Whether the replay state goes in XFRMA_REPLAY_ESN_VAL instead of the fixed struct."""
-        return self.esn or self.replay_window > 255
+        return self.esn or self.replay_window > 32
 
 
 @dataclass(frozen=True, slots=True)
