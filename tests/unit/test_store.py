@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gkm.lkh import LkhMemberView, LkhTree
+from gkm.lkh import LkhTree
 from gkm.store import (
     DB_NAME,
     SCHEMA_VERSION,
