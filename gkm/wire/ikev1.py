@@ -104,9 +104,12 @@ def id_value(id_type: int, data: bytes):
             return ipaddress.ip_address(data)
         if t in (IdType.IPV4_ADDR_SUBNET, IdType.IPV6_ADDR_SUBNET):
             half = len(data) // 2
-            addr = ipaddress.ip_address(data[:half])
-            mask = ipaddress.ip_address(data[half:])
-            return ipaddress.ip_network(f"{addr}/{mask}", strict=False)
+            bits = half * 8
+            mask = int.from_bytes(data[half:], "big")
+            prefix = bin(mask).count("1")
+            if mask != ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1):
+                raise ValueError(f"non-contiguous mask {data[half:].hex()}")
+            return ipaddress.ip_network((ipaddress.ip_address(data[:half]), prefix), strict=False)
         if t in (IdType.IPV4_ADDR_RANGE, IdType.IPV6_ADDR_RANGE):
             half = len(data) // 2
             return ipaddress.ip_address(data[:half]), ipaddress.ip_address(data[half:])
