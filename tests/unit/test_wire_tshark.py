@@ -21,7 +21,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from gkm.wire import (
-    Certificate, CertificateRequest, Delete, Doi, Flags, Gap, GdoiSa, Hash, Header, Identification,
+    Certificate, CertificateRequest, Delete, Doi, ExchangeType, Flags, Gap, GdoiSa, Hash, Header, Identification, IdType,
+    NotifyType, ProtocolId,
     KeyDownload, KeyExchange, Message, Nonce, Notification, SaKek, SaTek, SecurityAssociation,
     Sequence, Signature, VendorId, decode_message, encode_message,
 )
@@ -167,12 +168,13 @@ def _payload_fields(p):
         Nonce: lambda p: [("isakmp.nonce", p.data.hex())],
         KeyExchange: lambda p: [("isakmp.key_exchange.data", p.data.hex())],
         VendorId: lambda p: [("isakmp.vid_bytes", p.data.hex())],
-        Identification: lambda p: [("isakmp.id.type", h(p.id_type, 1)), ("isakmp.id.protoid", h(p.protocol, 1)), ("isakmp.id.port", h(p.port, 2))],
+        Identification: lambda p: [("isakmp.id.type", h(p.id_type, 1)), ("isakmp.id.protoid", h(p.protocol, 1)), ("isakmp.id.port", h(p.port, 2))]
+        + _id_data_fields(p.id_type, p.data),
         Certificate: lambda p: [("isakmp.cert.encoding", h(p.encoding, 1))],
         CertificateRequest: lambda p: [("isakmp.certreq.type", h(p.encoding, 1))],
         Notification: lambda p: [("isakmp.notify.doi", h(p.doi, 4)), ("isakmp.notify.protoid", h(p.protocol_id, 1)),
                                  ("isakmp.spisize", h(len(p.spi), 1)), ("isakmp.notify.msgtype", h(p.notify_type, 2))]
-        + ([("isakmp.spi", p.spi.hex())] if p.spi else []),
+        + ([("isakmp.spi", p.spi.hex())] if p.spi else []) + ([("isakmp.notify.data", p.data.hex())] if p.data else []),
         Delete: lambda p: [("isakmp.delete.doi", h(p.doi, 4)), ("isakmp.delete.protoid", h(p.protocol_id, 1)),
                            ("isakmp.spisize", h(p.spi_size, 1)), ("isakmp.spinum", h(len(p.spis), 2))]
         + [("isakmp.delete.spi", s.hex()) for s in p.spis],
@@ -180,6 +182,22 @@ def _payload_fields(p):
         Gap: lambda p: [("isakmp.datapayload", p.encode().hex())],
     }
     return simple[type(p)](p)
+
+
+_ID_FIELDS = {
+    IdType.IPV4_ADDR: ("ipv4_addr",), IdType.IPV6_ADDR: ("ipv6_addr",),
+    IdType.IPV4_ADDR_SUBNET: ("ipv4_addr", "ipv4_subnet"), IdType.IPV6_ADDR_SUBNET: ("ipv6_addr", "ipv6_subnet"),
+    IdType.IPV4_ADDR_RANGE: ("ipv4_range_start", "ipv4_range_end"), IdType.IPV6_ADDR_RANGE: ("ipv6_range_start", "ipv6_range_end"),
+    IdType.FQDN: ("fqdn",), IdType.USER_FQDN: ("user_fqdn",), IdType.KEY_ID: ("key_id",),
+}
+
+
+def _id_data_fields(id_type, data):
+    names = _ID_FIELDS.get(id_type, ())
+    if not names:
+        return []
+    step = len(data) // len(names)
+    return [(f"isakmp.id.data.{n}", data[i * step : (i + 1) * step].hex()) for i, n in enumerate(names)]
 
 
 def _compare(fields, expected):
@@ -251,3 +269,41 @@ def test_sa_tek_id_length_wireshark_deviation(tmp_path):
     assert d["isakmp.sat.src_id_type"][0] == h(sat.src.id_type, 1)
     assert d["isakmp.sak.spi"] == [ps[1].payloads[0].spi.hex()]
     assert d["isakmp.seq.seq"] == [h(ps[0].number, 4)]
+
+
+def _certificate_der() -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gks-01")])
+    t = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(t).not_valid_after(t + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_identification_types_notify_delete_match_tshark(tmp_path):
+    """Every ID type of the brief (RFC 2407 §4.6.2), CERT/CR with an authority, a Notification
+    with SPI and data, an ISAKMP Delete (16-byte SPI), in an Aggressive Mode message."""
+    dn = bytes.fromhex("3011310f300d06035504030c06676b732d3031")
+    ids = [
+        Identification.of(IdType.IPV4_ADDR, "192.0.2.7", 17, 500), Identification.of(IdType.IPV6_ADDR, "2001:db8::1"),
+        Identification.of(IdType.IPV4_ADDR_SUBNET, "10.0.0.0/8"), Identification.of(IdType.IPV6_ADDR_SUBNET, "2001:db8::/32"),
+        Identification.of(IdType.IPV4_ADDR_RANGE, ("10.0.0.1", "10.0.0.9")), Identification.of(IdType.FQDN, "gcks.example.net"),
+        Identification.of(IdType.USER_FQDN, "gm@example.net"), Identification.of(IdType.KEY_ID, b"\x01\x02\x03"),
+        Identification.of(IdType.DER_ASN1_DN, dn),
+    ]
+    payloads = tuple(ids) + (
+        Certificate(4, _certificate_der()), CertificateRequest(4, dn),
+        Notification(Doi.IPSEC, ProtocolId.IPSEC_ESP, NotifyType.RESPONDER_LIFETIME, b"\x01\x02\x03\x04", bytes.fromhex("80010001")),
+        Delete(Doi.IPSEC, ProtocolId.ISAKMP, 16, (ex.ICOOKIE + ex.RCOOKIE,)),
+    )
+    data = encode_message(Header(ex.ICOOKIE, ex.RCOOKIE, ExchangeType.AGGRESSIVE), payloads)
+    ((fields, problems),) = dissect(tmp_path, [data], 500)
+    assert problems == []
+    _compare(fields, expected_fields(decode_message(data), data))
