@@ -212,6 +212,32 @@ class MainMode:
         self._deadline: float | None = None
         self._seen_mids: set[int] = set()
 
+    @classmethod
+    def responder_after_message1(
+        cls,
+        config: Phase1Config,
+        peer_addr: Address,
+        icookie: bytes,
+        rcookie: bytes,
+        *,
+        message1: bytes,
+        message2: bytes,
+        sai_b: bytes,
+        proposal: Proposal,
+        deadline: float,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> "MainMode":
+        """A responder in state MM2_SENT rebuilt from the compact half-open record the server
+        keeps for message 1 (see :mod:`gkm.ike.server`): same state as after ``_recv_mm1``."""
+        ex = cls(config, Role.RESPONDER, peer_addr, icookie=icookie, rcookie=rcookie, random=random)
+        ex.state = State.MM2_SENT
+        ex._proposal = proposal
+        ex._sai_b = sai_b
+        ex._last_received = message1
+        ex._last_sent = message2
+        ex._deadline = deadline
+        return ex
+
     # ------------------------------------------------------------------ public inputs
 
     def start(self, now: float) -> None:
@@ -462,28 +488,8 @@ class MainMode:
         self._send(self._message(m.EXCH_MAIN, 0, [(m.SA, reply)]), now, retransmit=False)
 
     def _choose(self, sa_b: bytes) -> tuple[Proposal | None, bytes, tuple[str, int]]:
-        """Pick the first local proposal that one of the offered transforms matches.  A pure
-        function of (config, SA body), so the server caches it per distinct offer."""
-        try:
-            offer = m.decode_sa(sa_b)
-        except m.MessageError as e:
-            return None, b"", (f"malformed SA: {e}", N_PAYLOAD_MALFORMED)
-        if offer.doi not in (m.DOI_GDOI, m.DOI_IPSEC):
-            return None, b"", (f"DOI {offer.doi} not supported", 2)
-        if offer.doi == m.DOI_IPSEC:
-            log.info("ike: peer offers phase 1 under DOI 1, GDOI needs 2 (RFC 6407 §2.1); accepted")
-        parsed: list[tuple[int, tuple[tuple[int, int], ...], Proposal]] = []
-        for tnum, attrs in offer.transforms:
-            try:
-                parsed.append((tnum, attrs, Proposal.from_attributes(attrs)))
-            except ValueError as e:
-                log.debug("ike: offered transform %d skipped: %s", tnum, e)
-        for local in self.config.proposals:
-            for tnum, attrs, prop in parsed:
-                if local.matches(prop):
-                    return prop, m.encode_sa([list(attrs)], doi=offer.doi, numbers=[tnum]), ("", 0)
-        offered = ", ".join(str(p) for _t, _a, p in parsed) or "nothing usable"
-        return None, b"", (f"no acceptable proposal (offered: {offered})", N_NO_PROPOSAL_CHOSEN)
+        return choose_proposal(self.config, sa_b)
+
 
     # -- message 2 (initiator)
 
@@ -782,6 +788,32 @@ class MainMode:
                 log.info("ike %s: status notification %s ignored", self._spi_str(), notify_name(ntype))
                 return
         raise _Drop("Informational without a notification")
+
+
+def choose_proposal(config: Phase1Config, sa_b: bytes) -> tuple[Proposal | None, bytes, tuple[str, int]]:
+    """Responder policy: the first local proposal (in configured order) that one of the offered
+    transforms matches.  Returns ``(proposal, reply SA body, ("", 0))`` or
+    ``(None, b"", (reason, notify))``.  A pure function of (config, SA body): cacheable."""
+    try:
+        offer = m.decode_sa(sa_b)
+    except m.MessageError as e:
+        return None, b"", (f"malformed SA: {e}", N_PAYLOAD_MALFORMED)
+    if offer.doi not in (m.DOI_GDOI, m.DOI_IPSEC):
+        return None, b"", (f"DOI {offer.doi} not supported", 2)
+    if offer.doi == m.DOI_IPSEC:
+        log.info("ike: peer offers phase 1 under DOI 1, GDOI needs 2 (RFC 6407 §2.1); accepted")
+    parsed: list[tuple[int, tuple[tuple[int, int], ...], Proposal]] = []
+    for tnum, attrs in offer.transforms:
+        try:
+            parsed.append((tnum, attrs, Proposal.from_attributes(attrs)))
+        except ValueError as e:
+            log.debug("ike: offered transform %d skipped: %s", tnum, e)
+    for local in config.proposals:
+        for tnum, attrs, prop in parsed:
+            if local.matches(prop):
+                return prop, m.encode_sa([list(attrs)], doi=offer.doi, numbers=[tnum]), ("", 0)
+    offered = ", ".join(str(p) for _t, _a, p in parsed) or "nothing usable"
+    return None, b"", (f"no acceptable proposal (offered: {offered})", N_NO_PROPOSAL_CHOSEN)
 
 
 # ---------------------------------------------------------------------------- Informational codec

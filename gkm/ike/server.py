@@ -6,8 +6,11 @@ flood could exhaust.  Denial-of-service design (RFC 2522 "Photuris" cookies, Fre
 
 * **Message 1 is cheap.**  The responder cookie is ``HMAC(secret, CKY-I | peer address)[:8]``, so
   it is deterministic (a retransmitted message 1 gets the same cookie and the stored message 2)
-  and bound to the source address.  Message 1 costs a header + SA parse, one HMAC and a small
-  half-open record (the initiator's SA body, <= ``MAX_SA_BODY`` bytes).  No Diffie-Hellman.
+  and bound to the source address.  Message 1 costs a header and chain walk, one HMAC, a lookup
+  in a cache of proposal decisions (keyed by the SA body, so a flood of identical offers is not
+  re-parsed) and a compact :class:`_HalfOpen` record (message 1 and 2 bytes, the chosen
+  proposal): no engine object, no Diffie-Hellman.  The engine (:class:`MainMode`, state
+  MM2_SENT) is built only when a valid message 3 arrives.
 * **Half-open state is bounded.**  At most ``max_half_open`` records (FIFO; when full the oldest
   is evicted, so legitimate initiators survive as long as their round trip is shorter than
   ``max_half_open / spoofed rate``), at most ``max_half_open_per_peer`` per source address, and
@@ -32,14 +35,16 @@ from typing import Callable
 
 from . import _msg as m
 from .config import Phase1Config
-from .events import Address, DeleteRequest, Event, Notification, Phase1SA, Role
-from .mainmode import LocalProtocolError, MainMode, State
+from .events import Address, DeleteRequest, Event, Notification, Phase1Failed, Phase1SA
+from .config import Proposal
+from .mainmode import LocalProtocolError, MainMode, State, choose_proposal
 
 log = logging.getLogger("gkm.ike")
 
 __all__ = ["Phase1Server", "MAX_SA_BODY"]
 
 MAX_SA_BODY = 4096
+_ZERO8 = bytes(8)
 
 
 def _host(addr: Address) -> str:
@@ -50,6 +55,21 @@ def _addr_bytes(addr: Address) -> bytes:
     return repr(addr).encode()
 
 
+class _HalfOpen:
+    """What the responder keeps between messages 1 and 3 (about 200 bytes + the messages)."""
+
+    __slots__ = ("addr", "host", "message1", "message2", "sai_b", "proposal", "deadline")
+
+    def __init__(self, addr: Address, host: str, message1: bytes, message2: bytes, sai_b: bytes, proposal: Proposal, deadline: float) -> None:
+        self.addr = addr
+        self.host = host
+        self.message1 = message1
+        self.message2 = message2
+        self.sai_b = sai_b
+        self.proposal = proposal
+        self.deadline = deadline
+
+
 class Phase1Server:
     """Main Mode responder for any number of peers (the key server side)."""
 
@@ -58,7 +78,8 @@ class Phase1Server:
         self._secret = secret or random(32)
         self._random = random
         self._exchanges: dict[tuple[bytes, bytes], MainMode] = {}
-        self._half_open: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+        # half-open records in arrival order (= deadline order: one timeout for all)
+        self._half_open: OrderedDict[tuple[bytes, bytes], _HalfOpen] = OrderedDict()
         self._per_peer: Counter[str] = Counter()
         self._pending: set[tuple[bytes, bytes]] = set()
         self._events: deque[Event] = deque()
@@ -67,7 +88,7 @@ class Phase1Server:
         self._seq = itertools.count()
         self._scheduled: dict[tuple[bytes, bytes], float] = {}
         self.stats: Counter[str] = Counter()
-        self._offer_cache: dict = {}  # SA body of message 1 -> selection (pure per config)
+        self._offer_cache: dict[bytes, tuple] = {}  # SA body of message 1 -> choose_proposal()
 
     # ----------------------------------------------------------------- inputs
 
@@ -79,6 +100,15 @@ class Phase1Server:
             self.stats["internal_error"] += 1
 
     def handle_timer(self, now: float) -> None:
+        ho = self._half_open
+        while ho:
+            key, rec = next(iter(ho.items()))
+            if rec.deadline > now:
+                break
+            del ho[key]
+            self._dec_peer(rec.host)
+            self.stats["expired_half_open"] += 1
+            log.debug("ike server: half-open exchange %s:%s from %r expired", key[0].hex(), key[1].hex(), rec.addr)
         while self._heap and self._heap[0][0] <= now:
             t, _s, key = heapq.heappop(self._heap)
             ex = self._exchanges.get(key)
@@ -87,7 +117,6 @@ class Phase1Server:
             del self._scheduled[key]
             ex.handle_timer(now)
             self._after(key, ex)
-        # drop stale heads so get_timer() stays exact
         self._clean_heap()
 
     # ----------------------------------------------------------------- outputs
@@ -101,7 +130,11 @@ class Phase1Server:
 
     def get_timer(self) -> float | None:
         self._clean_heap()
-        return self._heap[0][0] if self._heap else None
+        t = self._heap[0][0] if self._heap else None
+        if self._half_open:
+            h = next(iter(self._half_open.values())).deadline
+            t = h if t is None else min(t, h)
+        return t
 
     # ----------------------------------------------------------------- SA access
 
@@ -149,98 +182,132 @@ class Phase1Server:
             log.debug("ike server: dropped %d-byte datagram from %r: shorter than a header", len(data), addr)
             return
         icookie, rcookie = data[:8], data[8:16]
-        if rcookie == bytes(8):
+        if rcookie == _ZERO8:
             self._message1(data, icookie, addr, now)
             return
         key = (icookie, rcookie)
         ex = self._exchanges.get(key)
         if ex is None:
+            rec = self._half_open.get(key)
+            if rec is not None:
+                self._message3(key, rec, data, addr, now)
+                return
             self.stats["dropped_unknown_spi"] += 1
             log.info("ike server: dropped datagram from %r: unknown cookie pair %s:%s", addr, icookie.hex(), rcookie.hex())
             return
-        if ex.state is State.MM2_SENT and key not in self._pending:
-            # message 3: this is where Diffie-Hellman happens; check the budget first
-            if data[18] == m.EXCH_MAIN and addr == ex.peer_addr and len(self._pending) >= self.config.max_pending:
-                self.stats["dropped_pending_full"] += 1
-                log.warning("ike server: dropped message 3 from %r: %d exchanges pending", addr, len(self._pending))
-                return
         ex.receive_datagram(data, addr, now)
         self._after(key, ex)
 
     def _message1(self, data: bytes, icookie: bytes, addr: Address, now: float) -> None:
-        if data[18] != m.EXCH_MAIN or data[19] & m.FLAG_E or icookie == bytes(8):
+        """Main Mode message 1, checked and answered without building an engine."""
+        try:
+            hdr = m.decode_header(data)
+            if hdr.exchange != m.EXCH_MAIN or hdr.flags & m.FLAG_E or hdr.message_id or icookie == _ZERO8:
+                raise m.MessageError("header", 18, "zero responder cookie but not a Main Mode message 1")
+            if hdr.next_payload != m.SA:
+                raise m.MessageError("header", 16, "message 1 must start with an SA payload")
+            if len(data) > m.HEADER_LEN + MAX_SA_BODY + 1024:
+                raise m.MessageError("message", 24, f"oversized message 1 ({len(data)} bytes)")
+            chain = m.decode_chain(data[m.HEADER_LEN :], hdr.next_payload, m.HEADER_LEN)
+            if len(chain) > 17 or any(t != m.VID for t, _b in chain[1:]):
+                raise m.MessageError("message", m.HEADER_LEN, "message 1 may hold only SA [, VID...]")
+        except m.MessageError as e:
             self.stats["dropped_bad_mm1"] += 1
-            log.debug("ike server: dropped datagram from %r: zero responder cookie but not a Main Mode message 1", addr)
-            return
-        if len(data) > m.HEADER_LEN + MAX_SA_BODY + 1024:
-            self.stats["dropped_bad_mm1"] += 1
-            log.debug("ike server: dropped oversized message 1 (%d bytes) from %r", len(data), addr)
+            log.debug("ike server: dropped message 1 from %r: %s", addr, e)
             return
         rcookie = self._cookie(icookie, addr)
         key = (icookie, rcookie)
-        ex = self._exchanges.get(key)
-        if ex is not None:  # retransmitted message 1: MainMode answers from its stored reply
-            ex.receive_datagram(data, addr, now)
-            self._after(key, ex)
+        rec = self._half_open.get(key)
+        if rec is not None:
+            if rec.addr == addr and hmac.compare_digest(rec.message1, data):
+                self._out.append((rec.message2, addr))  # retransmission: the stored answer
+                self.stats["duplicate_mm1"] += 1
+            else:
+                self.stats["dropped_bad_mm1"] += 1
+                log.debug("ike server: dropped message 1 from %r: differs from the first one with this cookie", addr)
+            return
+        if key in self._exchanges:
+            self.stats["dropped_bad_mm1"] += 1
+            log.info("ike server: dropped message 1 from %r: exchange %s:%s is past message 2", addr, icookie.hex(), rcookie.hex())
             return
         host = _host(addr)
         if self._per_peer[host] >= self.config.max_half_open_per_peer:
             self.stats["dropped_peer_limit"] += 1
             log.debug("ike server: dropped message 1 from %r: %d half-open exchanges from this address", addr, self._per_peer[host])
             return
-        while len(self._half_open) >= self.config.max_half_open:
-            old, _ = self._half_open.popitem(last=False)
+        sa_b = chain[0][1]
+        choice = self._offer_cache.get(sa_b)
+        if choice is None:
+            choice = choose_proposal(self.config, sa_b)
+            if len(self._offer_cache) >= 1024:
+                self._offer_cache.clear()
+            self._offer_cache[sa_b] = choice
+        prop, reply, (reason, notify) = choice
+        if prop is None:
+            self.stats["no_proposal"] += 1
+            log.warning("ike server: exchange %s:%s with %r failed: %s", icookie.hex(), rcookie.hex(), addr, reason)
+            mid = int.from_bytes(self._random(4), "big") or 1
+            n = m.encode_notify(notify, icookie + rcookie)
+            self._out.append((m.build(icookie, rcookie, m.EXCH_INFO, 0, mid, [(m.N, n)]), addr))
+            self._events.append(Phase1Failed(icookie, rcookie, addr, reason, notify))
+            return
+        ho = self._half_open
+        while len(ho) >= self.config.max_half_open:
+            _old, old = ho.popitem(last=False)
+            self._dec_peer(old.host)
             self.stats["evicted_half_open"] += 1
-            self._forget(old, evicted=True)
-        ex = MainMode(self.config, Role.RESPONDER, addr, icookie=icookie, rcookie=rcookie, random=self._random, offer_cache=self._offer_cache)
+        message2 = m.build(icookie, rcookie, m.EXCH_MAIN, 0, 0, [(m.SA, reply)])
+        ho[key] = _HalfOpen(addr, host, data, message2, sa_b, prop, now + self.config.half_open_timeout)
+        self._per_peer[host] += 1
+        self.stats["half_open_created"] += 1
+        self._out.append((message2, addr))
+
+    def _message3(self, key: tuple[bytes, bytes], rec: _HalfOpen, data: bytes, addr: Address, now: float) -> None:
+        """A datagram for a half-open exchange: build the engine (state MM2_SENT) and let it
+        judge.  Only if it moves on does the record become an exchange."""
+        if addr != rec.addr:
+            self.stats["dropped_wrong_addr"] += 1
+            log.info("ike server: dropped datagram for %s:%s from %r: message 2 went to %r", key[0].hex(), key[1].hex(), addr, rec.addr)
+            return
+        if len(self._pending) >= self.config.max_pending:
+            self.stats["dropped_pending_full"] += 1
+            log.warning("ike server: dropped message 3 from %r: %d exchanges pending", addr, len(self._pending))
+            return
+        ex = MainMode.responder_after_message1(
+            self.config, addr, key[0], key[1], message1=rec.message1, message2=rec.message2,
+            sai_b=rec.sai_b, proposal=rec.proposal, deadline=rec.deadline, random=self._random,
+        )
         ex.receive_datagram(data, addr, now)
-        if ex.state is State.MM2_SENT:
-            self._exchanges[key] = ex
-            self._half_open[key] = None
-            self._per_peer[host] += 1
-            self.stats["half_open_created"] += 1
-        self._drain(ex)
-        if key in self._exchanges:
-            self._schedule(key, ex)
+        if ex.state is State.MM2_SENT:  # dropped (malformed, wrong shape): keep the record only
+            self._out.extend(ex.datagrams_to_send())
+            return
+        del self._half_open[key]
+        self._dec_peer(rec.host)
+        self._exchanges[key] = ex
+        self._after(key, ex)
 
     def _after(self, key: tuple[bytes, bytes], ex: MainMode) -> None:
         """Bookkeeping after an exchange handled an input."""
-        if key in self._half_open and ex.state is not State.MM2_SENT:
-            del self._half_open[key]
-            self._dec_peer(ex.peer_addr)
-            if ex.state is State.MM4_SENT:
-                self._pending.add(key)
-        if key in self._pending and ex.state is not State.MM4_SENT:
-            self._pending.discard(key)
-        self._drain(ex)
-        if ex.state in (State.FAILED, State.DELETED):
-            self._forget(key)
+        if ex.state is State.MM4_SENT:
+            self._pending.add(key)
         else:
-            self._schedule(key, ex)
-
-    def _drain(self, ex: MainMode) -> None:
+            self._pending.discard(key)
         self._out.extend(ex.datagrams_to_send())
         while (ev := ex.next_event()) is not None:
             self._events.append(ev)
+        if ex.state in (State.FAILED, State.DELETED):
+            self._exchanges.pop(key, None)
+            self._scheduled.pop(key, None)
+            self._pending.discard(key)
+        else:
+            self._schedule(key, ex)
 
-    def _dec_peer(self, addr: Address) -> None:
-        host = _host(addr)
-        self._per_peer[host] -= 1
-        if self._per_peer[host] <= 0:
+    def _dec_peer(self, host: str) -> None:
+        n = self._per_peer[host] - 1
+        if n <= 0:
             del self._per_peer[host]
-
-    def _forget(self, key: tuple[bytes, bytes], evicted: bool = False) -> None:
-        ex = self._exchanges.pop(key, None)
-        self._scheduled.pop(key, None)
-        if key in self._half_open:
-            del self._half_open[key]
-            if ex is not None:
-                self._dec_peer(ex.peer_addr)
-        elif evicted and ex is not None:
-            self._dec_peer(ex.peer_addr)
-        self._pending.discard(key)
-        if evicted:
-            log.debug("ike server: evicted half-open exchange %s:%s", key[0].hex(), key[1].hex())
+        else:
+            self._per_peer[host] = n
 
     def _schedule(self, key: tuple[bytes, bytes], ex: MainMode) -> None:
         t = ex.get_timer()
