@@ -427,10 +427,11 @@ class LkhTree:
     def path(self, member_id: Hashable) -> tuple[tuple[KeyId, bytes], ...]:
         """The member's keys, leaf first, for its LKH_DOWNLOAD_ARRAY."""
         index = self.leaf_of(member_id)
+        d, k = self.degree, self.key_len
         out = []
-        for level in range(len(self._levels)):
-            out.append((self.key_id(level, index), self._key(level, index)))
-            index //= self.degree
+        for level, lv in enumerate(self._levels):
+            out.append((KeyId(level, index, lv.handles[index]), bytes(lv.keys[index * k:(index + 1) * k])))
+            index //= d
         return tuple(out)
 
     def node_count(self) -> int:
@@ -486,12 +487,14 @@ class LkhTree:
                 self._levels[-1].counts[0] = self._levels[old_top].counts[0]
                 self._dirty.add((old_top + 1, 0))
                 grown.add(old_top + 1)
-            span = 1
-            for level in range(self.depth):
-                need = _ceil_div(slots, span)
-                while len(self._levels[level]) < need:
-                    self._append_node(level)
-                span *= d
+            # New nodes from the leaf up, only where the leaf starts a new subtree.
+            self._append_node(0)
+            index = leaf
+            for level in range(1, self.depth):
+                index //= d
+                if index < len(self._levels[level]):
+                    break
+                self._append_node(level)
             self._member_at.append(member_id)
         # Bottom-up over the ancestors that already have members: with backward secrecy each
         # gets a new key wrapped under its previous key (RFC 2627 5.4 join); a root created by
