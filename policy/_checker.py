@@ -411,7 +411,10 @@ class Checker:
                                                                "every member send")
             elif senders is None:
                 senders = BAD
-        window = self.integer(tbl, path, "replay_window", 0, m.MAX_REPLAY_WINDOW, 0)
+        one_sender = (isinstance(senders, m.Authorization) and len(senders.rules) == 1
+                      and senders.rules[0].single)
+        window = self.integer(tbl, path, "replay_window", 0, m.MAX_REPLAY_WINDOW,
+                              m.DEFAULT_REPLAY_WINDOW if one_sender else 0)
         if window not in (0, BAD) and senders is not BAD:
             if senders is None:
                 self.problem(_join(path, "replay_window"),

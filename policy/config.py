@@ -44,7 +44,8 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     mode = "tunnel"                           # tunnel (RFC 5374 address preservation) | transport
     cipher = "aes-gcm-128"                    # see policy.suites.ESP_SUITES
     lifetime = "1h"                           # seconds or "90s", "10m", "1h", "1d"
-    replay_window = 0                         # must be 0 unless exactly one sender
+    replay_window = 0                         # must be 0 unless exactly one sender;
+                                              # default: 64 with one sender, else 0
     senders = { psk_identities = ["cam1"] }   # optional; absent: every member sends
 
     [keyserver.group.kek]                     # optional: rekey SA for GROUPKEY-PUSH

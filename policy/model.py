@@ -103,6 +103,7 @@ __all__ = [
     "KEK_LIFETIME_RANGE",
     "REKEY_INTERVAL_RANGE",
     "MAX_REPLAY_WINDOW",
+    "DEFAULT_REPLAY_WINDOW",
     "MIN_PSK_BYTES",
     "PORT_PROTOCOLS",
     "parse_dn",
@@ -117,6 +118,7 @@ MAX_GROUP_ID = 2**32 - 1
 TEK_LIFETIME_RANGE = (60, 86_400)  # seconds
 KEK_LIFETIME_RANGE = (300, 7 * 86_400)
 REKEY_INTERVAL_RANGE = (30, 86_400)
+DEFAULT_REPLAY_WINDOW = 64  # configuration default for a TEK with exactly one sender
 MAX_REPLAY_WINDOW = 4096  # XFRM bitmap replay state (xfrm_replay_state_esn without ESN)
 MIN_PSK_BYTES = 16
 PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # TCP, UDP, DCCP, SCTP, UDP-Lite

@@ -43,6 +43,12 @@ def advisories(config: m.DaemonConfig) -> list[Advisory]:
                 out.append(Advisory(
                     gp, "no [kek]: no GROUPKEY-PUSH; members re-register before TEKs expire and "
                         "an evicted member keeps the keys until the TEK lifetime ends"))
+            for rule in g.authorization.rules:
+                if isinstance(rule, m.AddressMatch) and rule.network.prefixlen == 0:
+                    out.append(Advisory(
+                        f"{gp}.authorize.addresses",
+                        f"{rule.network} admits every peer that completes phase 1 with any "
+                        f"configured PSK or any certificate under the trust anchors"))
             for j, t in enumerate(g.teks):
                 if t.suite.counter_mode and t.multi_sender:
                     out.append(Advisory(

@@ -553,7 +553,9 @@ def test_advisories(files):
     doc = base()
     doc["keyserver"]["psk"] += [
         {"identity": f"gm{i}", "secret_file": "cam1.psk"} for i in range(100, 117)]
+    doc["keyserver"]["group"][0]["authorize"]["addresses"] = ["::/0"]
     notes = {a.path: a.reason for a in advisories(load(doc, files))}
+    assert "admits every peer" in notes["keyserver.group[0].authorize.addresses"]
     assert "IV uniqueness" in notes["keyserver.group[0].tek[0].cipher"]
     assert "no [kek]" in notes["keyserver.group[1]"]
     assert "Main Mode tries at most 16" in notes["keyserver.psk"]
@@ -576,3 +578,13 @@ def test_check_files_false_reads_nothing(tmp_path):
     a, b = c.keyserver.psks[0].secret, load(base(), tmp_path, check_files=False).keyserver.psks[0].secret
     assert a != b  # random placeholders: a lint-only config authenticates nobody
     assert c.keyserver.groups[0].kek.signing_key == tmp_path / "sign.pem"
+
+
+def test_replay_window_defaults(files):
+    doc = base()
+    del doc["keyserver"]["group"][1]["tek"][0]["replay_window"]
+    c = load(doc, files)
+    assert c.keyserver.groups[1].teks[0].replay_window == 64  # exactly one sender
+    assert c.keyserver.groups[0].teks[0].replay_window == 0  # every member sends
+    doc["keyserver"]["group"][1]["tek"][0]["senders"] = {"psk_identities": ["cam1", "gm1"]}
+    assert load(doc, files).keyserver.groups[1].teks[0].replay_window == 0
