@@ -228,10 +228,13 @@ class PskStore:
         return f"PskStore(<{len(self.by_address)} by address, {len(self.by_id)} by id>)"
 
     def candidates(self, addr: object) -> list[tuple[bytes, Identity | None]]:
-        try:
-            k = self.by_address.get(_addr_key(addr))
-        except ValueError:
-            k = None
+        host = addr[0] if isinstance(addr, tuple) else addr
+        k = self.by_address.get(host) if isinstance(host, str) else None
+        if k is None:
+            try:
+                k = self.by_address.get(_addr_key(addr))
+            except ValueError:
+                k = None
         if k is not None:
             return [(k, None)]
         return [(v, i) for i, v in list(self.by_id.items())[: self.max_trials]]

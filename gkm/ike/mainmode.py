@@ -525,12 +525,18 @@ class MainMode:
         ke, nonce = p[m.KE][0], p[m.NONCE][0]
         if not 8 <= len(nonce) <= 256:
             raise _Fail(f"nonce length {len(nonce)} outside 8..256", N_PAYLOAD_MALFORMED)
-        try:
-            crypto.dh_group(self._proposal.group).check_public(ke)
-        except crypto.CryptoError as e:
-            raise _Fail(f"bad KE: {e}", N_INVALID_KEY_INFORMATION) from None
+        want = crypto.dh_group(self._proposal.group).public_len
+        if len(ke) != want:
+            raise _Fail(f"KE length {len(ke)}, group {self._proposal.group} needs {want}", N_INVALID_KEY_INFORMATION)
         self._peer_cr = bool(p.get(m.CR))
         return ke, nonce
+
+    def _dh_exchange(self, dh: crypto.DhPrivate, peer: bytes) -> bytes:
+        """g^xy; the peer's value is validated here (range / on the curve)."""
+        try:
+            return dh.exchange(peer)
+        except crypto.CryptoError as e:
+            raise _Fail(f"bad KE: {e}", N_INVALID_KEY_INFORMATION) from None
 
     def _recv_mm3(self, hdr: m.Header, data: bytes, now: float) -> None:
         assert self._proposal is not None
@@ -540,7 +546,7 @@ class MainMode:
         self._dh = crypto.dh_group(self._proposal.group).generate()  # DH deferred until here
         self._gxr = self._dh.public
         self._nr = self._random(self.config.nonce_size)
-        self._gxy = self._dh.exchange(self._gxi)
+        self._gxy = self._dh_exchange(self._dh, self._gxi)
         self._dh = None
         payloads = [(m.KE, self._gxr), (m.NONCE, self._nr)]
         if self._proposal.auth.is_signature and self.config.send_cert_request:
@@ -561,7 +567,7 @@ class MainMode:
         assert self._proposal is not None and self._dh is not None and self._prf is not None
         p = self._clear_payloads(hdr, data, 4)
         self._gxr, self._nr = self._ke_nonce(p)
-        self._gxy = self._dh.exchange(self._gxr)
+        self._gxy = self._dh_exchange(self._dh, self._gxr)
         self._dh = None
         method = self._proposal.auth
         psk = None

@@ -10,6 +10,7 @@ from gkm.ike import (
     AuthMethod, ConfigError, HashAlg, Identity, MainMode, Phase1Config, Phase1Deleted, Phase1Established,
     Phase1Failed, Phase1Server, Proposal, PskStore, Role, State,
 )
+from gkm.ike import _msg as m
 from tests.unit.ike_data.helpers import GM_ADDR, KS_ADDR, PSK, T0, ca, config, events, leaf, pair, pump
 
 NOW = T0 + 0.01
@@ -319,6 +320,24 @@ def test_every_state_rejects_messages_not_in_the_table():
             e.receive_datagram(mm[k], KS_ADDR, NOW)
             assert e.state is state, (state, k)
     assert (Role.RESPONDER, State.ESTABLISHED) not in RECEIVE_TRANSITIONS
+    # responder engines in MM2_SENT / MM4_SENT given every message of another shape: state
+    # unchanged.  (IKEv1 headers carry no direction bit, so message 4 has the shape of message 3
+    # -- a reflected message 4 would be taken as 3 and fail at message 5.)
+    from gkm.ike.mainmode import choose_proposal
+
+    rcfg = config(AuthMethod.PRE_SHARED_KEY, role="ks")
+    prop = choose_proposal(rcfg, m.decode_chain(mm[1][28:], 1)[0][1])[0]
+    for state, number in ((State.MM2_SENT, 3), (State.MM4_SENT, 5)):
+        for k in (1, 2, 3, 4, 5, 6):
+            if (k + 1) // 2 == (number + 1) // 2 or (state, k) == (State.MM2_SENT, 1):
+                continue
+            e = MainMode.responder_after_message1(
+                rcfg, GM_ADDR, mm[1][:8], mm[2][8:16], message1=mm[1], message2=mm[2],
+                sai_b=m.decode_chain(mm[1][28:], 1)[0][1], proposal=prop, deadline=T0 + 10,
+            )
+            e.state = state
+            e.receive_datagram(mm[k], GM_ADDR, NOW)
+            assert e.state is state, (state, k)
 
 
 def test_start_twice_is_a_local_error():

@@ -133,7 +133,7 @@ def run_exchanges(method, pki, n, spoof_per_exchange=0):
 
 
 def crypto_floor(pki, n):
-    """Per-exchange public-key work of the responder, straight on cryptography."""
+    """Per-exchange public-key work of the responder, straight on cryptography (CPU seconds)."""
     ca, ca_key, (kc, kk), (gc, gk) = pki
     peer = ec.generate_private_key(ec.SECP256R1()).public_key()
     digest = os.urandom(32)
@@ -141,37 +141,56 @@ def crypto_floor(pki, n):
 
     sig_alg = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
     peer_sig = gk.sign(digest, sig_alg)
-    perf = time.process_time  # CPU time of this process: robust against other load on the host
+    perf = time.process_time
     t = perf()
     for _ in range(n):
         k = ec.generate_private_key(ec.SECP256R1())
         k.exchange(ec.ECDH(), peer)
-    t_dh = (perf() - t) / n
+    t_dh = perf() - t
     t = perf()
     for _ in range(n):
         kk.sign(digest, sig_alg)
-    t_sign = (perf() - t) / n
+    t_sign = perf() - t
     tbs_alg = ec.ECDSA(gc.signature_hash_algorithm)
     t = perf()
     for _ in range(n):
         ca_key.public_key().verify(gc.signature, gc.tbs_certificate_bytes, tbs_alg)  # chain: CA -> leaf
         gc.public_key().verify(peer_sig, digest, sig_alg)  # SIG_I
-    t_verify = (perf() - t) / n
-    return {"ecdh_ms": t_dh * 1e3, "sign_ms": t_sign * 1e3, "verify_chain_and_sig_ms": t_verify * 1e3,
-            "psk_floor_per_s": 1 / t_dh, "ecdsa_floor_per_s": 1 / (t_dh + t_sign + t_verify)}
+    t_verify = perf() - t
+    return {"n": n, "dh_s": t_dh, "sign_s": t_sign, "verify_s": t_verify}
+
+
+def _merge(acc, r):
+    for k, v in r.items():
+        acc[k] = acc.get(k, 0) + v if isinstance(v, (int, float)) else v
+    return acc
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--exchanges", type=int, default=400)
     ap.add_argument("--spoof-per-exchange", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=5, help="alternate baseline and measurement this many times")
     args = ap.parse_args(argv)
     pki = _pki()
     n = args.exchanges
-    floor = crypto_floor(pki, max(200, n))
-    psk = run_exchanges(AuthMethod.PRE_SHARED_KEY, pki, n)
-    cert = run_exchanges(AuthMethod.ECDSA_256, pki, n)
-    flood = run_exchanges(AuthMethod.PRE_SHARED_KEY, pki, max(50, n // 4), args.spoof_per_exchange)
+    rounds = max(1, args.rounds)
+    # Interleave the baseline with the measured runs so that a varying load on the host hits
+    # both sides of the ratio alike.
+    fl: dict = {}
+    psk: dict = {}
+    cert: dict = {}
+    flood: dict = {}
+    for _ in range(rounds):
+        _merge(fl, crypto_floor(pki, max(40, n // rounds)))
+        _merge(psk, run_exchanges(AuthMethod.PRE_SHARED_KEY, pki, max(1, n // rounds)))
+        _merge(cert, run_exchanges(AuthMethod.ECDSA_256, pki, max(1, n // rounds)))
+        _merge(flood, run_exchanges(AuthMethod.PRE_SHARED_KEY, pki, max(10, n // (4 * rounds)), args.spoof_per_exchange))
+    for r in (psk, cert, flood):
+        r["per_s"] = r["exchanges"] / r["server_s"]
+    t_dh, t_sign, t_verify = fl["dh_s"] / fl["n"], fl["sign_s"] / fl["n"], fl["verify_s"] / fl["n"]
+    floor = {"ecdh_ms": t_dh * 1e3, "sign_ms": t_sign * 1e3, "verify_chain_and_sig_ms": t_verify * 1e3,
+             "psk_floor_per_s": 1 / t_dh, "ecdsa_floor_per_s": 1 / (t_dh + t_sign + t_verify)}
     legit_s = flood["server_s"] - flood["spoof_s"]
     print(f"crypto floor: ECDH P-256 {floor['ecdh_ms']:.3f} ms, sign {floor['sign_ms']:.3f} ms, "
           f"verify cert+SIG {floor['verify_chain_and_sig_ms']:.3f} ms")
