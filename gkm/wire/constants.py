@@ -292,6 +292,8 @@ class KekAlgorithm(IntEnum):
 
 
 class SigHashAlgorithm(IntEnum):
+    """RFC 6407 §5.3.5.  gdoid maps SHA384 and SHA512 to 3 (digest §7); the RFC numbers win."""
+
     MD5 = 1
     SHA1 = 2
     SHA256 = 3
@@ -317,8 +319,13 @@ class GapAttr(IntEnum):
 
 
 class TekProtocol(IntEnum):
-    """SA TEK Protocol-ID, RFC 6407 §5.5; IEC 61850 from RFC 8052."""
+    """SA TEK Protocol-ID, RFC 6407 §5.5; IEC 61850 from RFC 8052.
 
+    Under DOI 2 these are also the Protocol-IDs of Delete (and Notification) payloads, with 0
+    naming the KEK (RFC 6407 §5.9).
+    """
+
+    KEK = 0  # Delete payloads only (RFC 6407 §5.9)
     IPSEC_ESP = 1
     IPSEC_AH = 2
     IEC61850 = 3

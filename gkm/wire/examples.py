@@ -193,7 +193,7 @@ def delete_push(seq: int = 9) -> tuple[Header, tuple]:
     return header, (
         Sequence(seq),
         Delete(Doi.GDOI, TekProtocol.IPSEC_ESP, 4, ((0x11111111).to_bytes(4, "big"),)),
-        Delete(Doi.GDOI, 0, 16, (KEK_SPI,)),
+        Delete(Doi.GDOI, TekProtocol.KEK, 16, (KEK_SPI,)),
         Signature(bytes(256)),
     )
 

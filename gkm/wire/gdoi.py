@@ -58,6 +58,7 @@ _KD_ATTRS = {
     KdType.SID: SidKeyAttr._value2member_map_,
 }
 _NO_ENUM: dict = {}
+MAX_SA_CHILDREN = 128  # SA KEK + GAP + SA TEKs in one GDOI SA
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +286,8 @@ class GdoiSa:
         children = []
         append = children.append
         while np:
+            if len(children) == MAX_SA_CHILDREN:
+                raise WireError(f"SA/{np}[{MAX_SA_CHILDREN}]", pos, f"more than {MAX_SA_CHILDREN} SA KEK/GAP/SA TEK payloads")
             child = _SA_CHILDREN.get(np)
             if child is None:
                 raise WireError(f"SA/{np}[{len(children)}]", pos, f"payload type {np} not allowed inside a GDOI SA (RFC 6407 §5.2)")
@@ -370,6 +373,8 @@ class KeyDownload:
         append = packets.append
         kd_attrs = _KD_ATTRS
         while pos < end:
+            if len(packets) == count:
+                raise WireError(f"KD/packet[{count}]", pos, f"more key packets than Number of Key Packets ({count})")
             if end - pos < 5:
                 raise WireError(f"KD/packet[{len(packets)}]", pos, f"truncated key packet header ({end - pos} bytes left)")
             kd_type, res, length, spi_size = _BBHB.unpack_from(buf, pos)

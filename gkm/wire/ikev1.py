@@ -30,6 +30,7 @@ from .constants import (
     PayloadType,
     Phase1Attr,
     ProtocolId,
+    TekProtocol,
 )
 from .errors import WireError
 
@@ -45,6 +46,9 @@ _B = struct.Struct("!B")
 
 _ID_TYPES = IdType._value2member_map_
 _PROTO = ProtocolId._value2member_map_
+# Delete/Notification Protocol-ID registry by DOI: RFC 2407 §4.4.1 for DOI 0/1, the TEK
+# protocols of RFC 6407 §5.5 (0 = KEK) for DOI 2 (RFC 6407 §5.9).
+_PROTO_BY_DOI = {Doi.GDOI: TekProtocol._value2member_map_}
 _NOTIFY = NotifyType._value2member_map_
 _DOI = Doi._value2member_map_
 _CERT = CertEncoding._value2member_map_
@@ -52,6 +56,7 @@ _PHASE1_ATTRS = Phase1Attr._value2member_map_
 _IPSEC_ATTRS = IpsecAttr._value2member_map_
 
 SIT_IDENTITY_ONLY = 1  # RFC 2407 §4.2
+MAX_PROPOSALS = 64  # bound on proposals in one SA (Proposal # is one octet; real offers have a few)
 
 
 def _pack(where: str, st: struct.Struct, *values) -> bytes:
@@ -188,6 +193,8 @@ class Proposal:
         while np:
             if np != PayloadType.TRANSFORM:
                 raise WireError(f"{where}/Transform[{len(transforms)}]", pos, f"next payload {np} inside a Proposal, expected 3 or 0")
+            if len(transforms) == count:
+                raise WireError(f"{where}/Transform[{count}]", pos, f"more Transforms than # of Transforms ({count})")
             np, tend = _generic(buf, pos, end, where, "Transform", len(transforms))
             append(Transform.decode(buf, pos + 4, tend, attr_types, where))
             pos = tend
@@ -243,6 +250,8 @@ class SecurityAssociation:
         while np:
             if np != PayloadType.PROPOSAL:
                 raise WireError(f"SA/Proposal[{len(proposals)}]", pos, f"next payload {np} inside an SA, expected 2 or 0")
+            if len(proposals) == MAX_PROPOSALS:
+                raise WireError(f"SA/Proposal[{MAX_PROPOSALS}]", pos, f"more than {MAX_PROPOSALS} proposals")
             np, pend = _generic(buf, pos, end, "SA", "Proposal", len(proposals))
             proposals.append(Proposal.decode(buf, pos + 4, pend, f"SA/Proposal[{len(proposals)}]"))
             pos = pend
@@ -449,7 +458,7 @@ class Notification:
         if spi_size > end - pos:
             raise WireError("N", pos - 3, f"SPI size {spi_size} exceeds the payload")
         return cls(
-            _DOI.get(doi, doi), _PROTO.get(proto, proto), _NOTIFY.get(ntype, ntype),
+            _DOI.get(doi, doi), _PROTO_BY_DOI.get(doi, _PROTO).get(proto, proto), _NOTIFY.get(ntype, ntype),
             buf[pos : pos + spi_size], buf[pos + spi_size : end],
         )
 
@@ -486,7 +495,7 @@ class Delete:
         if size * count != end - pos:
             raise WireError("D", pos - 2, f"{count} SPIs of {size} bytes do not fill the {end - pos} bytes left")
         spis = tuple(buf[i : i + size] for i in range(pos, end, size)) if size else ()
-        return cls(_DOI.get(doi, doi), _PROTO.get(proto, proto), size, spis)
+        return cls(_DOI.get(doi, doi), _PROTO_BY_DOI.get(doi, _PROTO).get(proto, proto), size, spis)
 
     def encode(self) -> bytes:
         if any(len(s) != self.spi_size for s in self.spis) or (self.spis and not self.spi_size):

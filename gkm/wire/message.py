@@ -65,6 +65,11 @@ Payload = Union[
 ]
 
 MAX_PADDING = 255
+#: Largest message accepted: an ISAKMP message travels in one UDP datagram (RFC 2408 §2.5.1).
+MAX_MESSAGE_LENGTH = 65535
+#: Most payloads in one chain.  Real messages have fewer than 20; the bound keeps a 64 KiB
+#: datagram of empty payloads from becoming 16,000 objects.
+MAX_PAYLOADS = 128
 _GDOI_EXCHANGES = frozenset((ExchangeType.GROUPKEY_PULL, ExchangeType.GROUPKEY_PUSH))
 _NAMES = {t: t.name for t in PayloadType}
 _INNER_ONLY = frozenset((PayloadType.PROPOSAL, PayloadType.TRANSFORM, PayloadType.SA_KEK, PayloadType.SA_TEK))
@@ -142,6 +147,8 @@ def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange:
     while np:
         if end - pos < 4:
             raise WireError(_NAMES.get(np, str(np)), pos, f"truncated generic payload header ({end - pos} bytes left)")
+        if len(payloads) == MAX_PAYLOADS:
+            raise WireError(_NAMES.get(np, str(np)), pos, f"more than {MAX_PAYLOADS} payloads in one message")
         nnp, reserved, length = _gen_unpack(buf, pos)
         if reserved:
             # RFC 2408 §2.5.2/§3.2: RESERVED, not a critical bit as in IKEv2 (RFC 7296 §3.2).
@@ -188,6 +195,8 @@ def decode_message(data: bytes, *, block_size: int | None = None) -> Message:
     decrypted body (see the module docstring); ``block_size`` then checks the body length."""
     header, np, length = decode_header(data)
     n = len(data)
+    if n > MAX_MESSAGE_LENGTH:
+        raise WireError("header", 24, f"message of {n} bytes, more than {MAX_MESSAGE_LENGTH}")
     if length != n:
         raise WireError("header", 24, f"Length field {length} but the message has {n} bytes")
     data = bytes(data)
@@ -235,4 +244,6 @@ def encode_message(
             raise WireError("message", -1, f"{len(padding)} bytes of padding")
         body += padding
     length = HEADER_LENGTH + len(body)
+    if length > MAX_MESSAGE_LENGTH:
+        raise WireError("message", -1, f"message of {length} bytes, more than {MAX_MESSAGE_LENGTH}")
     return encode_header(header, np, length) + body

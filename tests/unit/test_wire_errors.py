@@ -104,7 +104,9 @@ def test_sa_refusals():
     # Transform count mismatch
     off = mm1.index(bytes([1, 1, 0, 3]))  # proposal #1, ISAKMP, SPI size 0, 3 transforms
     bad = mm1[:off + 3] + b"\x02" + mm1[off + 4:]
-    refuse(bad, "SA/Proposal[0]", None, "# of Transforms says 2")
+    refuse(bad, "SA/Proposal[0]/Transform[2]", None, "more Transforms than # of Transforms (2)")
+    bad = mm1[:off + 3] + b"\x04" + mm1[off + 4:]
+    refuse(bad, "SA/Proposal[0]", None, "# of Transforms says 4, found 3")
     # Transform RESERVED2
     t0 = off + 4 + 4
     bad = mm1[:t0 + 2] + b"\x00\x01" + mm1[t0 + 4:]
