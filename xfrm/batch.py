@@ -12,7 +12,7 @@ calls, so nothing invalid is ever encoded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import messages as m
 from .algorithms import check_algorithms
@@ -25,22 +25,22 @@ __all__ = ["Op", "Batch", "encode_op", "check_state_for_install"]
 _ACK = m.NLM_F_REQUEST | m.NLM_F_ACK
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
+class Op(NamedTuple):
     """One request: operation name, message type, flags, payload and the item it is about."""
 
     name: str
     kind: int
     flags: int
-    payload: bytes = field(repr=False)
-    item: State | Policy | SaId | PolicyId = field(repr=False)
+    payload: bytes
+    item: State | Policy | SaId | PolicyId
     index: int = 0  # policy index for delete-by-index
+
+    def __repr__(self) -> str:  # the payload may hold keys
+        return f"Op({self.name}, {self.describe()})"
 
     def describe(self) -> str:
         it = self.item
-        if isinstance(it, State):
-            return str(it.id)
-        if isinstance(it, Policy):
+        if isinstance(it, (State, Policy)):
             return str(it.id)
         return str(it)
 

@@ -18,7 +18,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from .errors import DecodeError
 from .model import (
-    Action, Aead, Auth, Cipher, Direction, Lifetime, Mark, Mode, Policy, PolicyId, SaId,
+    NO_LIFETIME, Action, Aead, Auth, Cipher, Direction, Lifetime, Mark, Mode, Policy, PolicyId,
+    SaId,
     Selector, State, Template,
 )
 
@@ -100,8 +101,14 @@ def _swap32(v: int) -> int:
     return int.from_bytes(v.to_bytes(4, "big"), "little")
 
 
+_PAD12 = bytes(12)
+
+
 def _addr(a: IPv4Address | IPv6Address) -> bytes:
-    return a.packed if a.version == 6 else a.packed + bytes(12)
+    """An address as ``xfrm_address_t`` (16 bytes, IPv4 in the first 4)."""
+    if a.__class__ is IPv4Address:
+        return int(a).to_bytes(4, "big") + _PAD12
+    return int(a).to_bytes(16, "big")
 
 
 def _family(version: int) -> int:
@@ -150,7 +157,7 @@ def state_payload(st: State) -> bytes:
         *selector_fields(st.selector),
         _addr(st.dst), _swap32(st.spi), st.proto,
         _addr(st.src),
-        *(_INF_LFT if st.lifetime == _NO_LIFETIME else st.lifetime.as_wire()),
+        *(_INF_LFT if st.lifetime is NO_LIFETIME else st.lifetime.as_wire()),
         0, 0, 0, 0,
         0, 0, 0,
         0, st.reqid, AF_INET if st.dst.version == 4 else AF_INET6, st.mode,
@@ -182,12 +189,43 @@ def state_payload(st: State) -> bytes:
     return b"".join(parts)
 
 
-_NO_LIFETIME = Lifetime()
+
+
+def address_filter_attr(src: IPv4Network | IPv6Network | None,
+                        dst: IPv4Network | IPv6Network | None) -> bytes:
+    """XFRMA_ADDRESS_FILTER for state dumps: keep states whose addresses fall in src/dst."""
+    net = src if src is not None else dst
+    if net is None:
+        return b""
+    any_net = IPv4Network("0.0.0.0/0") if net.version == 4 else IPv6Network("::/0")
+    s, d = src or any_net, dst or any_net
+    return nlattr(XFRMA_ADDRESS_FILTER, ADDRESS_FILTER.pack(
+        _addr(s.network_address), _addr(d.network_address), _family(net.version),
+        s.prefixlen, d.prefixlen))
 
 
 def sa_id_payload(sa: SaId) -> bytes:
     return USERSA_ID.pack(_addr(sa.dst), _swap32(sa.spi), _family(sa.dst.version),
                           sa.proto) + _mark_attrs(sa.mark, 0)
+
+
+_TMPL_CACHE: dict[int, tuple[tuple, bytes]] = {}
+
+
+def templates_attr(templates: tuple[Template, ...]) -> bytes:
+    """The XFRMA_TMPL attribute.
+
+    Cached by the identity of the (immutable) tuple, since a group's policies share one
+    templates tuple; the cache holds the tuple, so its id cannot be reused while cached.
+    """
+    hit = _TMPL_CACHE.get(id(templates))
+    if hit is not None and hit[0] is templates:
+        return hit[1]
+    data = nlattr(XFRMA_TMPL, b"".join(template_bytes(t) for t in templates))
+    if len(_TMPL_CACHE) >= 1024:
+        _TMPL_CACHE.clear()
+    _TMPL_CACHE[id(templates)] = (templates, data)
+    return data
 
 
 def template_bytes(t: Template) -> bytes:
@@ -200,13 +238,13 @@ def policy_payload(p: Policy) -> bytes:
     """``xfrm_userpolicy_info`` plus attributes of a NEWPOLICY/UPDPOLICY message."""
     info = USERPOLICY_INFO.pack(
         *selector_fields(p.selector),
-        *(_INF_LFT if p.lifetime == _NO_LIFETIME else p.lifetime.as_wire()),
+        *(_INF_LFT if p.lifetime is NO_LIFETIME else p.lifetime.as_wire()),
         0, 0, 0, 0,
         p.priority, p.index, p.direction, p.action, 0, 0,
     )
     out = info
     if p.templates:
-        out += nlattr(XFRMA_TMPL, b"".join(template_bytes(t) for t in p.templates))
+        out += templates_attr(p.templates)
     if p.mark is not None or p.if_id:
         out += _mark_attrs(p.mark, p.if_id)
     return out

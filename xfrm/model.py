@@ -19,6 +19,7 @@ from .errors import InvalidArgument
 __all__ = [
     "Address", "Network", "Mode", "Proto", "Direction", "Action", "Mark", "Selector", "Lifetime",
     "Aead", "Cipher", "Auth", "State", "SaId", "Template", "Policy", "PolicyId", "INF",
+    "NO_LIFETIME",
 ]
 
 Address = IPv4Address | IPv6Address
@@ -185,6 +186,9 @@ class Lifetime:
         return cls(*(None if v in (INF, 0) else v for v in values))
 
 
+NO_LIFETIME = Lifetime()
+
+
 def _key(where: str, key: object) -> None:
     if not isinstance(key, bytes):
         raise InvalidArgument(where, "must be bytes")
@@ -272,7 +276,7 @@ class State:
     replay_window: int = 0
     esn: bool = False
     oseq_may_wrap: bool = False
-    lifetime: Lifetime = Lifetime()
+    lifetime: Lifetime = NO_LIFETIME
     mark: Mark | None = None
     if_id: int = 0
     selector: Selector | None = None
@@ -376,7 +380,7 @@ class Policy:
     templates: tuple[Template, ...] = ()
     mark: Mark | None = None
     if_id: int = 0
-    lifetime: Lifetime = Lifetime()
+    lifetime: Lifetime = NO_LIFETIME
     index: int = 0
 
     def __post_init__(self) -> None:

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Sequence
 
 from . import messages as m
 from .batch import Batch, Op
-from .errors import KernelError, KernelLacksFeature
-from .model import Policy, PolicyId, Proto, SaId, State
+from .errors import InvalidArgument, KernelError, KernelLacksFeature
+from .model import Network, Policy, PolicyId, Proto, SaId, State
 from .netns import NetnsSpec, run_in_netns
 from .owner import MSEC, Owner
 
@@ -170,9 +170,14 @@ class XfrmSocket:
         return m.decode_newpolicy(data, off, n)
 
     # -- dumps -------------------------------------------------------------------------------
-    def dump_states(self, proto: int | None = None, owned: bool = False) -> list[State]:
-        """Every state (or only ``proto``); ``owned`` keeps only msec's."""
+    def dump_states(self, proto: int | None = None, owned: bool = False,
+                    src: Network | None = None, dst: Network | None = None) -> list[State]:
+        """Every state, filtered in the kernel by ``proto`` and by addresses within ``src`` /
+        ``dst`` (XFRMA_ADDRESS_FILTER); ``owned`` keeps only msec's."""
+        if src is not None and dst is not None and src.version != dst.version:
+            raise InvalidArgument("dump_states.dst", "mixes address families with src")
         payload = m.nlattr(m.XFRMA_PROTO, bytes([proto])) if proto else b""
+        payload += m.address_filter_attr(src, dst)
         out = []
         for data, off, n in self._dump(m.XFRM_MSG_GETSA, payload):
             st = m.decode_newsa(data, off, n)

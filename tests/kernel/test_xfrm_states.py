@@ -156,6 +156,10 @@ def test_each_suite_add_get_dump_delete_and_iproute2_reads_it(netns, ends):
         assert sorted(x.dump_states(), key=lambda s: s.spi) == states
         assert sorted(x.dump_states(proto=Proto.ESP, owned=True), key=lambda s: s.spi) == states
         assert x.dump_states(proto=Proto.AH) == []
+        src, dst, _ = ENDPOINTS[ends]
+        net = N(f"{dst}/{dst.max_prefixlen}")
+        assert len(x.dump_states(dst=net)) == len(states)
+        assert x.dump_states(src=N(f"{dst}/{dst.max_prefixlen}")) == []
         seen = parse_ip_states(ip(netns, "-s", "xfrm", "state"))
         for st in states:
             assert_seen_by_iproute2(st, seen)

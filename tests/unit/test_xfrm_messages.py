@@ -210,3 +210,25 @@ def test_decode_rejects_truncated():
         list(m.split_messages(msg[:-4]))
     with pytest.raises(m.DecodeError):
         m.decode_newpolicy(msg, 0, 100)
+
+
+@pytest.mark.parametrize("window, esn, attr", [(0, False, False), (32, False, False),
+                                               (33, False, True), (0, True, True)])
+def test_replay_esn_attribute_threshold(window, esn, attr):
+    """Classic replay bitmaps are 32 bits; the kernel caps a larger classic window to 32."""
+    (msg,) = Batch().add_state(gcm_state(replay_window=window, esn=esn)).encode()
+    attrs = m.attrs_dict(msg, 16 + 224, len(msg), "t")
+    assert (m.XFRMA_REPLAY_ESN_VAL in attrs) is attr
+
+
+def test_address_filter_attr():
+    raw = m.address_filter_attr(None, IPv4Network("239.0.0.0/8"))
+    assert m.NLATTR.unpack_from(raw) == (40, m.XFRMA_ADDRESS_FILTER)
+    assert m.ADDRESS_FILTER.unpack_from(raw, 4) == (bytes(16), bytes([239]) + bytes(15), 2, 0, 8)
+    assert m.address_filter_attr(None, None) == b""
+
+
+def test_templates_attr_cache_is_by_identity():
+    t1 = (Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, R),)
+    t2 = (Template(A("10.0.0.1"), A("239.1.1.2"), Mode.TUNNEL, R),)
+    assert m.templates_attr(t1) == m.templates_attr(t1) != m.templates_attr(t2)
