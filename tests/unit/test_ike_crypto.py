@@ -156,3 +156,43 @@ def test_bad_public_values_rejected(gid):
         with pytest.raises(crypto.CryptoError):
             k.exchange((g.p - 1).to_bytes(256, "big"))
     assert "DhPrivate" in repr(k)
+
+
+def _rfc4754():
+    return json.loads((DATA / "rfc4754_ecdsa.json").read_text())["vectors"]
+
+
+@pytest.mark.parametrize("v", _rfc4754(), ids=lambda v: v["curve"])
+def test_rfc4754_ecdsa_r_s_encoding(v):
+    """RFC 4754 section 8: the fixed-length r||s signature verifies over the given hash."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gkm.ike import AuthMethod, auth
+
+    curve = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}[v["curve"]]
+    pub = ec.EllipticCurvePublicKey.from_encoded_point(curve, b"\x04" + H(v["gwx"] + v["gwy"]))
+    method = AuthMethod(v["method"])
+    sig = H(v["r"] + v["s"])
+    auth.verify(pub, method, H(v["h"]), sig)
+    with pytest.raises(auth.AuthError):
+        auth.verify(pub, method, H(v["h"]), sig[:-1] + bytes([sig[-1] ^ 1]))
+    with pytest.raises(auth.AuthError):
+        auth.verify(pub, method, H(v["h"]), sig[1:])
+    other = AuthMethod.ECDSA_384 if method is AuthMethod.ECDSA_256 else AuthMethod.ECDSA_256
+    with pytest.raises(auth.AuthError, match="does not fit"):
+        auth.verify(pub, other, H(v["h"]), sig)
+
+
+def test_rsa_signature_is_pkcs1_type1_without_digestinfo():
+    """RFC 2409 section 5.1: the RSA signature is the bare HASH_I/R in a PKCS#1 type 1 block."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from gkm.ike import AuthMethod, auth
+    from tests.unit.ike_data.helpers import leaf
+
+    cert, key = leaf("rsa", "gm1")
+    cred = auth.CertCredential(cert, key)
+    digest = bytes(range(32))
+    sig = auth.sign(cred, AuthMethod.RSA_SIG, digest)
+    assert cert.public_key().recover_data_from_signature(sig, padding.PKCS1v15(), None) == digest
+    auth.verify(cert.public_key(), AuthMethod.RSA_SIG, digest, sig)
