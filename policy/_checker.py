@@ -810,7 +810,7 @@ class Checker:
         """Construct a model object; its own invariant checks are a last line of defence."""
         try:
             return cls(**kw)
-        except (ValueError, TypeError) as e:
+        except ValueError as e:
             self.problem(path, str(e))
             return None
 
