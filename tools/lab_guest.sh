@@ -67,6 +67,15 @@ done
 stty -F /dev/tty1 raw -echo 2>/dev/null
 stty -F /dev/tty2 raw -echo 2>/dev/null
 
-sh "$msec_run/job.sh" </dev/null >/dev/tty1 2>/dev/tty2
-echo $? >"$msec_run/rc.tmp" && mv "$msec_run/rc.tmp" "$msec_run/rc"
+# The job writes into pipes (as under a CI runner), not into the tty consoles directly: a
+# program that sees a terminal would colour and page its output.
+mkfifo /run/.lab-out /run/.lab-err
+cat /run/.lab-out >/dev/tty1 &
+out_pid=$!
+cat /run/.lab-err >/dev/tty2 &
+err_pid=$!
+sh "$msec_run/job.sh" </dev/null >/run/.lab-out 2>/run/.lab-err
+rc=$?
+wait $out_pid $err_pid
+echo $rc >"$msec_run/rc.tmp" && mv "$msec_run/rc.tmp" "$msec_run/rc"
 poweroff_now
