@@ -76,12 +76,19 @@ def encode_header(icookie: bytes, rcookie: bytes, next_payload: int, exchange: i
 
 
 def encode_chain(payloads: list[tuple[int, bytes]]) -> tuple[int, bytes]:
-    """``(first next-payload, chain bytes)`` for a list of ``(type, body)``."""
-    try:
-        np, chain = wire.encode_payloads(wire.UnknownPayload(t, b) for t, b in payloads)
-    except WireError as e:
-        raise MessageError.of(e) from None
-    return int(np), chain
+    """``(first next-payload, chain bytes)`` for a list of ``(type, body)``: generic headers
+    (RFC 2408 §3.2) with Next Payload chained and RESERVED 0 -- what
+    ``gkm.wire.encode_payloads`` produces, without building payload objects (hot path)."""
+    out = []
+    n = len(payloads)
+    pack = _GEN.pack
+    for i in range(n):
+        t, body = payloads[i]
+        if len(body) > 0xFFFB:
+            raise MessageError(f"payload {t}", -1, f"body of {len(body)} bytes is too long")
+        out.append(pack(payloads[i + 1][0] if i + 1 < n else 0, 0, len(body) + 4))
+        out.append(body)
+    return (payloads[0][0] if payloads else 0), b"".join(out)
 
 
 def decode_chain(data: bytes, first: int, offset: int = 0, allow_trailing: bool = False) -> list[tuple[int, bytes]]:

@@ -72,3 +72,12 @@ def test_messages_decode_with_the_wire_codec():
     assert kinds[4] == (5, 6, 9) and kinds[5] == (5, 6, 9)
     sa1 = wire.decode_message(seen[0][2]).get(wire.SecurityAssociation)
     assert sa1.doi == wire.Doi.GDOI and sa1.proposals[0].protocol_id == wire.ProtocolId.ISAKMP
+
+
+def test_chain_framing_matches_wire_encoder():
+    from gkm import wire
+    from gkm.ike import _msg
+
+    pl = [(4, b"\x01" * 64), (10, b"\x02" * 32), (7, b"\x04")]
+    assert _msg.encode_chain(pl) == tuple(wire.encode_payloads(wire.UnknownPayload(t, b) for t, b in pl))
+    assert _msg.decode_chain(_msg.encode_chain(pl)[1], 4) == pl
