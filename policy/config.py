@@ -31,8 +31,11 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     [[keyserver.group]]
     id = 1001                                 # GDOI group id, 1..2^32-1 (ID_KEY_ID)
     name = "video"                            # optional local label
-    authorize = { psk_identities = ["gm1"], fqdns = ["*.example.org"],
-                  addresses = ["192.0.2.0/24"], subjects = ["O=Example, CN=gm-*"] }
+    [keyserver.group.authorize]               # who may join: any rule admits
+    psk_identities = ["gm1"]                  # exact ID_KEY_ID (must have a [[keyserver.psk]])
+    fqdns = ["*.example.org"]                 # '*' within one label
+    addresses = ["192.0.2.0/24"]              # peer address phase 1 came from
+    subjects = ["O=Example, CN=gm-*"]         # certificate subject; '*' within one RDN value
 
     [[keyserver.group.tek]]                   # one or more data-security SAs
     name = "rtp"                              # optional, default "tek<N>"
@@ -46,16 +49,18 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     lifetime = "1h"                           # seconds or "90s", "10m", "1h", "1d"
     replay_window = 0                         # must be 0 unless exactly one sender;
                                               # default: 64 with one sender, else 0
-    senders = { psk_identities = ["cam1"] }   # optional; absent: every member sends
+    senders = { psk_identities = ["gm1"] }    # optional, keys as in authorize; absent:
+                                              # every member sends (SA direction symmetric)
 
     [keyserver.group.kek]                     # optional: rekey SA for GROUPKEY-PUSH
-    cipher = "aes-cbc-128"                    # aes-cbc-128 | aes-cbc-256
-    signature = "ecdsa-p256"                  # rsa-pkcs1-sha256/384/512, ecdsa-p256/384/521
-    signing_key = "ks-sign.pem"               # PEM, unencrypted, mode 0600
+    cipher = "aes-cbc-128"                    # default; aes-cbc-128 | aes-cbc-256
+    signature = "ecdsa-p256"                  # default rsa-pkcs1-sha256; rsa-pkcs1-sha256/
+                                              # 384/512, ecdsa-p256/384/521
+    signing_key = "ks-sign.pem"               # PEM, unencrypted, mode 0600, fits signature
     rekey_address = "239.192.0.1"             # multicast
-    rekey_port = 848
-    lifetime = "1d"
-    rekey_interval = "50m"                    # < every TEK lifetime, < KEK lifetime
+    rekey_port = 848                          # default
+    lifetime = "1d"                           # default
+    rekey_interval = "50m"                    # default; < every TEK lifetime, < KEK lifetime
 
     [[member.group]]                          # this daemon joins these groups
     id = 1001

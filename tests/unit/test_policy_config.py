@@ -588,3 +588,13 @@ def test_replay_window_defaults(files):
     assert c.keyserver.groups[0].teks[0].replay_window == 0  # every member sends
     doc["keyserver"]["group"][1]["tek"][0]["senders"] = {"psk_identities": ["cam1", "gm1"]}
     assert load(doc, files).keyserver.groups[1].teks[0].replay_window == 0
+
+
+def test_schema_in_module_docstring_is_valid(tmp_path):
+    import policy.config as pc
+
+    doc = pc.__doc__
+    block = doc[doc.index("Schema"):doc.index("Relative paths")].split("::", 1)[1]
+    text = "\n".join(line[4:] for line in block.splitlines())
+    c = parse_config(text, "docstring", base_dir=tmp_path, check_files=False)
+    assert c.keyserver.groups[0].teks[0].name == "rtp" and c.member.groups[0].group_id == 1001
