@@ -74,21 +74,24 @@ def decode_attributes(
     out = []
     append = out.append
     get = types.get
-    while pos < end:
-        if end - pos < 4:
-            raise WireError(where, pos, f"truncated attribute header ({end - pos} bytes left)")
-        t, v = _hh_unpack(buf, pos)
+    unpack = _hh_unpack
+    tnew = _tnew
+    cls = Attribute
+    last = end - 4
+    while pos <= last:
+        t, v = unpack(buf, pos)
+        pos += 4
         if t & 0x8000:
             t &= 0x7FFF
-            append(_tnew(Attribute, (get(t, t), v)))
-            pos += 4
+            append(tnew(cls, (get(t, t), v)))
         else:
-            pos += 4
             e = pos + v
             if e > end:
                 raise WireError(where, pos - 2, f"attribute {t} length {v} exceeds its container by {e - end}")
-            append(_tnew(Attribute, (get(t, t), buf[pos:e])))
+            append(tnew(cls, (get(t, t), buf[pos:e])))
             pos = e
+    if pos != end:
+        raise WireError(where, pos, f"truncated attribute header ({end - pos} bytes left)")
     return tuple(out)
 
 
