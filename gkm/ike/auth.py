@@ -8,8 +8,8 @@ and is given to ECDSA as the digest (strongSwan's convention; see gdoi-ikev1-wir
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -87,7 +87,7 @@ def validate_chain(
     leaf: x509.Certificate,
     intermediates: list[x509.Certificate],
     anchors: tuple[x509.Certificate, ...],
-    when: datetime.datetime,
+    when: datetime,
 ) -> None:
     """Path validation against the trust anchors at time ``when``; AuthError on failure."""
     if not anchors:

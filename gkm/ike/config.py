@@ -62,7 +62,7 @@ WEAK_GROUPS = frozenset({1, 2, 5})
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """One phase 1 transform: cipher, hash (and HMAC PRF), auth method, DH group, lifetime."""
+    """One phase 1 transform: cipher, hash (and HMAC PRF), auth method, DH group, SA lifetime (s)."""
 
     auth: AuthMethod
     group: int
@@ -279,7 +279,7 @@ class Phase1Config:
     """Everything one endpoint needs for Main Mode.  Times are seconds.
 
     ``wall_time_offset``: added to the engine's ``now`` to get Unix time for certificate validity
-    (the engine reads no clock; a daemon passes ``time.time() - time.monotonic()``).
+    (the engine reads no clock; a daemon passes its wall clock minus its monotonic clock).
     """
 
     proposals: tuple[Proposal, ...]

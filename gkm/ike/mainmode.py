@@ -3,7 +3,7 @@
 Sans-I/O, in the aioquic/h11 style.  Inputs: :meth:`MainMode.start` (initiator),
 :meth:`MainMode.receive_datagram` and :meth:`MainMode.handle_timer`, each with the caller's
 ``now`` (a monotonic float).  Outputs are pulled: :meth:`datagrams_to_send`, :meth:`next_event`,
-:meth:`get_timer`.  No clock, no socket.
+:meth:`get_timer`.  No clock reads, no network I/O.
 
 The protocol is on one screen in :data:`RECEIVE_TRANSITIONS` (what each role accepts in each
 state and where it goes) and :data:`DUPLICATE_OF` (which identical retransmission a responder
@@ -27,13 +27,14 @@ exchange with a reason saying that it was unauthenticated.
 
 from __future__ import annotations
 
-import datetime
 import enum
 import hmac
 import logging
 import os
 import struct
 from collections import deque
+from datetime import datetime as _DT
+from datetime import timezone as _TZ
 from typing import Callable
 
 from cryptography import x509
@@ -674,7 +675,7 @@ class MainMode:
         if not certs:
             raise _Fail("peer sent no X.509 certificate", N_INVALID_CERTIFICATE)
         leaf = certs[0]
-        when = datetime.datetime.fromtimestamp(now + self.config.wall_time_offset, datetime.timezone.utc)
+        when = _DT.fromtimestamp(now + self.config.wall_time_offset, _TZ.utc)
         peer_id = self._identity(id_b)
         try:
             auth.validate_chain(leaf, certs[1:], self.config.trust_anchors, when)

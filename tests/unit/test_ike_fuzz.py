@@ -54,3 +54,26 @@ def test_mutated_messages(index, data):
     for ev in events(ini) + events(srv):
         assert "internal error" not in getattr(ev, "reason", "")
     assert srv.stats["internal_error"] == 0
+
+
+def test_engine_modules_do_no_io():
+    """HACKING.md: no sockets, asyncio or clocks inside gkm/ike (imports and calls checked)."""
+    import ast
+    import pathlib
+
+    import gkm.ike
+
+    banned_modules = {"socket", "asyncio", "time", "select", "selectors", "threading", "pyroute2"}
+    banned_calls = {"now", "utcnow", "today", "monotonic", "perf_counter"}
+    for path in pathlib.Path(gkm.ike.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[0]}
+            else:
+                names = set()
+            assert not names & banned_modules, (path.name, names)
+            if isinstance(node, ast.Attribute) and node.attr in banned_calls:
+                raise AssertionError(f"{path.name}: .{node.attr}")
