@@ -36,8 +36,32 @@ def test_every_combination_establishes(method, group, hash_alg):
     _establish(method, group, hash_alg)
 
 
-def test_aes256():
-    _establish(AuthMethod.PRE_SHARED_KEY, 19, HashAlg.SHA2_256, key_bits=256)
+@pytest.mark.parametrize("key_bits", [192, 256])
+def test_aes_key_lengths(key_bits):
+    _, _, a, _ = _establish(AuthMethod.PRE_SHARED_KEY, 19, HashAlg.SHA2_256, key_bits=key_bits)
+    assert len(a.enc_key) == key_bits // 8
+
+
+def test_ecdsa_p521_with_sha512_and_key_expansion():
+    _, _, a, _ = _establish(AuthMethod.ECDSA_521, 21, HashAlg.SHA2_512, key_bits=256)
+    assert a.enc_key == a.skeyid_e[:32]
+
+
+def test_weak_hash_only_when_both_sides_allow_it(caplog):
+    """SHA-1 works when explicitly configured on both sides (with a warning); SKEYID_e is 20
+    bytes, so the AES-256 key comes from the RFC 2409 Appendix B expansion."""
+    from gkm.ike import Identity, Phase1Config, Proposal, PskStore
+    from gkm.ike.crypto import expand_key
+    from tests.unit.ike_data.helpers import GM_ADDR, KS_ADDR, PSK
+
+    prop = (Proposal(AuthMethod.PRE_SHARED_KEY, 19, HashAlg.SHA1, key_bits=256),)
+    gm = Phase1Config(prop, local_id=Identity.ip(GM_ADDR[0]), psk=PskStore({KS_ADDR[0]: PSK}), allow_weak=True)
+    ks = Phase1Config(prop, local_id=Identity.ip(KS_ADDR[0]), psk=PskStore({GM_ADDR[0]: PSK}), allow_weak=True)
+    ini, srv = pair(gm, ks)
+    pump(ini, srv, T0)
+    (ev,) = events(srv)
+    assert isinstance(ev, Phase1Established) and len(ev.sa.skeyid_e) == 20
+    assert ev.sa.enc_key == expand_key(ev.sa.prf, ev.sa.skeyid_e, 32)
 
 
 def test_messages_decode_with_the_wire_codec():

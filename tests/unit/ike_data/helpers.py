@@ -28,7 +28,7 @@ def _name(cn: str) -> x509.Name:
 def _key(kind: str):
     if kind == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return ec.generate_private_key({"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}[kind])
+    return ec.generate_private_key({"p256": ec.SECP256R1(), "p384": ec.SECP384R1(), "p521": ec.SECP521R1()}[kind])
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,7 +75,7 @@ def leaf(kind: str, cn: str, issuer: str = "Test Root CA", *, expired: bool = Fa
     return cert, key
 
 
-METHOD_KIND = {AuthMethod.RSA_SIG: "rsa", AuthMethod.ECDSA_256: "p256", AuthMethod.ECDSA_384: "p384"}
+METHOD_KIND = {AuthMethod.RSA_SIG: "rsa", AuthMethod.ECDSA_256: "p256", AuthMethod.ECDSA_384: "p384", AuthMethod.ECDSA_521: "p521"}
 
 PSK = b"correct horse battery staple"
 
