@@ -40,7 +40,7 @@ from typing import Iterable, Union
 
 from .constants import HEADER_LENGTH, Doi, ExchangeType, Flags, PayloadType
 from .errors import WireError
-from .gdoi import GdoiSa, Gap, KeyDownload, SaKek, SaTek, SaTekOther, Sequence
+from .gdoi import Gap, GdoiSa, KeyDownload, Sequence
 from .header import Header, decode_header, encode_header
 from .ikev1 import (
     Certificate,

@@ -8,7 +8,7 @@ import pytest
 
 from gkm.wire import (
     Attribute, Delete, Doi, ExchangeType, Flags, GdoiSa, GroupId, Header, Identification, IdType,
-    KeyPacket, LkhArray, LkhKey, Message, PayloadType, SaKek, SaTek, SaTekOther, SecurityAssociation, Sequence,
+    LkhArray, LkhKey, Message, PayloadType, SaKek, SaTek, SaTekOther, SecurityAssociation, Sequence,
     Signature, UnknownPayload, VendorId, WireError, decode_header, decode_lkh_array, decode_message,
     encode_message, encode_payload,
 )

@@ -9,7 +9,7 @@ import ipaddress
 from gkm.wire import (
     Attribute, Doi, ExchangeType, GdoiSa, GroupId, Header, Identification, IdType, IpsecAttr,
     Phase1Attr, Proposal, ProtocolId, SaTek, SecurityAssociation, TekProtocol, Transform,
-    decode_message, decode_payloads, encode_payload,
+    decode_payloads, encode_payload,
 )
 from gkm.wire.constants import EspTransformId
 
