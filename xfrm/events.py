@@ -171,10 +171,14 @@ def parse_event(data, kind: int, off: int, n: int) -> Event | None:
 
 
 def parse_events(data: bytes) -> list[Event]:
-    """Every event in one datagram read from a NETLINK_XFRM socket (sans-I/O)."""
+    """Every event in one datagram read from a NETLINK_XFRM socket (sans-I/O).
+
+    Raises only :class:`DecodeError`.
+    """
     out = []
     for kind, _flags, _seq, off, n in m.split_messages(data):
-        ev = parse_event(data, kind, off, n)
+        with m.decoding(f"XFRM message type {kind}", off):
+            ev = parse_event(data, kind, off, n)
         if ev is not None:
             out.append(ev)
     return out

@@ -13,6 +13,7 @@ independent decoder in tests.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -391,14 +392,27 @@ def decode_newsa(data, off: int, n: int) -> State:
     start = off + 16
     if n < 16 + USERSA_INFO.size:
         raise DecodeError("XFRM_MSG_NEWSA", off, f"too short ({n} bytes)")
-    return decode_state(data, start, attrs_dict(data, start + USERSA_INFO.size, off + n,
-                                                "XFRM_MSG_NEWSA"))
+    with decoding("XFRM_MSG_NEWSA", off):
+        return decode_state(data, start, attrs_dict(data, start + USERSA_INFO.size, off + n,
+                                                    "XFRM_MSG_NEWSA"))
 
 
 def decode_newpolicy(data, off: int, n: int) -> Policy:
     start = off + 16
     if n < 16 + USERPOLICY_INFO.size:
         raise DecodeError("XFRM_MSG_NEWPOLICY", off, f"too short ({n} bytes)")
-    return decode_policy(data, start, attrs_dict(data, start + USERPOLICY_INFO.size, off + n,
-                                                 "XFRM_MSG_NEWPOLICY"))
+    with decoding("XFRM_MSG_NEWPOLICY", off):
+        return decode_policy(data, start, attrs_dict(data, start + USERPOLICY_INFO.size,
+                                                     off + n, "XFRM_MSG_NEWPOLICY"))
+
+
+@contextlib.contextmanager
+def decoding(what: str, offset: int):
+    """Turn any failure while decoding ``what`` into a :class:`DecodeError`."""
+    try:
+        yield
+    except DecodeError:
+        raise
+    except (ValueError, KeyError, IndexError, struct.error) as exc:
+        raise DecodeError(what, offset, str(exc)) from exc
 

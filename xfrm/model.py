@@ -32,6 +32,8 @@ PORT_PROTOS = frozenset({6, 17, 33, 132, 136})  # tcp, udp, dccp, sctp, udplite
 class Mode(enum.IntEnum):
     TRANSPORT = 0
     TUNNEL = 1
+    ROUTEOPTIMIZATION = 2  # MIPv6; decoded, never installed by msec
+    IN_TRIGGER = 3
     BEET = 4
 
 

@@ -13,19 +13,21 @@ is matched by sequence number; a failure names the item's index in the batch.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket as _socket
 from collections.abc import Iterable, Sequence
 
 from . import messages as m
 from .batch import Batch, Op
-from .errors import InvalidArgument, KernelError, KernelLacksFeature
+from .errors import InvalidArgument, KernelError, KernelLacksFeature, XfrmError
 from .model import Network, Policy, PolicyId, Proto, SaId, State
 from .netns import NetnsSpec, run_in_netns
 from .owner import MSEC, Owner
 
 __all__ = ["XfrmSocket", "open_netlink"]
 
+log = logging.getLogger(__name__)
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
@@ -34,6 +36,7 @@ SO_SNDBUFFORCE = 32
 NLM_F_DUMP_INTR = 0x10
 BUF_BYTES = 8 << 20
 CHUNK_BYTES = 256 << 10
+REPLY_TIMEOUT = 60.0  # seconds; the kernel answers synchronously, this only guards hangs
 ACK_TRUESIZE = 1024  # generous skb truesize of one capped ACK, to size chunks
 
 
@@ -115,7 +118,12 @@ class XfrmSocket:
         self._seq = int.from_bytes(os.urandom(2), "little") << 8
         self._buf = bytearray(1 << 20)
         rcv = self._sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF)
+        snd = self._sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF)
+        # every ACK of a chunk is queued before sendmsg returns: they must fit in rcvbuf;
+        # one sendmsg must fit in sndbuf (the kernel refuses len > sndbuf - 32)
         self._chunk_count = max(16, min(4096, rcv // ACK_TRUESIZE))
+        self._chunk_bytes = max(4096, min(CHUNK_BYTES, snd // 2))
+        self._sock.settimeout(REPLY_TIMEOUT)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -180,7 +188,15 @@ class XfrmSocket:
         payload += m.address_filter_attr(src, dst)
         out = []
         for data, off, n in self._dump(m.XFRM_MSG_GETSA, payload):
-            st = m.decode_newsa(data, off, n)
+            try:
+                st = m.decode_newsa(data, off, n)
+            except XfrmError as exc:
+                # one odd foreign state must not hide the rest; msec's own must decode
+                if n >= 16 + 224 and self.owner.owns_reqid(
+                        m.USERSA_INFO.unpack_from(data, off + 16)[32]):
+                    raise
+                log.warning("skipping a state that does not decode: %s", exc)
+                continue
             if not owned or self.owner.owns_state(st):
                 out.append(st)
         return out
@@ -189,7 +205,11 @@ class XfrmSocket:
         """Every policy of the main type (``index`` filled in); ``owned`` keeps only msec's."""
         out = []
         for data, off, n in self._dump(m.XFRM_MSG_GETPOLICY, b""):
-            p = m.decode_newpolicy(data, off, n)
+            try:
+                p = m.decode_newpolicy(data, off, n)
+            except XfrmError as exc:
+                log.warning("skipping a policy that does not decode: %s", exc)
+                continue
             if not owned or self.owner.owns_policy(p):
                 out.append(p)
         return out
@@ -242,14 +262,15 @@ class XfrmSocket:
     def _send_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            # one sendto per netlink skb; split on message boundaries if over CHUNK_BYTES
-            if len(view) <= CHUNK_BYTES:
+            # one sendto per netlink skb; split on message boundaries if over the chunk size
+            limit = self._chunk_bytes
+            if len(view) <= limit:
                 self._sock.sendto(view, (0, 0))
                 return
             cut = 0
             while cut < len(view):
                 n = int.from_bytes(view[cut:cut + 4], "little")
-                if cut and cut + n > CHUNK_BYTES:
+                if cut and cut + n > limit:
                     break
                 cut += (n + 3) & ~3
             self._sock.sendto(view[:cut], (0, 0))
@@ -260,7 +281,13 @@ class XfrmSocket:
         failures: list[tuple[int, int, str | None]] = []
         buf = self._buf
         while pending:
-            size = self._sock.recv_into(buf)
+            try:
+                size = self._sock.recv_into(buf)
+            except OSError as exc:
+                # ENOBUFS: ACKs were dropped, so the outcome of some requests is unknown
+                raise KernelError("batch", exc.errno or errno.EIO,
+                                  f"{len(pending)} ACKs missing ({exc}); re-read the kernel "
+                                  "state with a dump") from exc
             view = memoryview(buf)[:size]
             for kind, _flags, seq, off, n in m.split_messages(view):
                 if kind != m.NLMSG_ERROR:

@@ -19,7 +19,7 @@ import pytest
 from xfrm import algorithms as alg
 from xfrm import messages as m
 from xfrm.errors import KernelError
-from xfrm.events import SaExpired, XfrmEvents
+from xfrm.events import SaAdded, SaDeleted, SaExpired, SaUpdated, XfrmEvents
 from xfrm.model import Lifetime, Mark, Mode, Proto, SaId, Selector, State
 from xfrm.owner import MSEC
 from xfrm.socket import XfrmSocket
@@ -274,3 +274,23 @@ def test_batch_many_states_and_failure_index(netns):
             x.run(b)
         assert info.value.index == 0 and info.value.errname == "EEXIST"
         assert x.remove_owned() == (501, 0)
+
+
+def test_sa_events(netns):
+    st = make("chacha20-poly1305", "v6-tunnel", 0x600)
+    longer = State(**{f: getattr(st, f) for f in st.__dataclass_fields__ if f != "lifetime"},
+                   lifetime=Lifetime(hard_add_seconds=500))
+
+    async def main():
+        async with XfrmEvents.open(netns, groups=(m.XFRMNLGRP_SA,)) as events:
+            with XfrmSocket(netns) as x:
+                x.add_state(st)
+                x.update_state(longer)
+                x.delete_state(st.id)
+            return [await asyncio.wait_for(anext(events), 10) for _ in range(3)]
+
+    added, updated, deleted = asyncio.run(main())
+    assert added == SaAdded(st)
+    assert updated == SaUpdated(longer)
+    assert isinstance(deleted, SaDeleted) and deleted.id == st.id
+    assert deleted.state is not None and deleted.state.spi == st.spi

@@ -94,3 +94,18 @@ def test_async_iterator_over_a_socketpair():
     finally:
         events.close()
         b.close()
+
+
+def test_garbage_raises_decode_error_only():
+    import pytest
+    from xfrm.errors import DecodeError
+
+    info, attrs = split(m.state_payload(ST), 224)
+    bad_mode = bytearray(info)
+    bad_mode[214] = 9
+    for blob in (m.nlmsg(m.XFRM_MSG_NEWSA, 0, 0, bytes(bad_mode) + attrs),
+                 m.nlmsg(m.XFRM_MSG_NEWPOLICY, 0, 0, bytes(100)),
+                 m.nlmsg(m.XFRM_MSG_EXPIRE, 0, 0, info),
+                 m.nlmsg(m.XFRM_MSG_NEWSA, 0, 0, info + b"\x50\x00\x12\x00")):
+        with pytest.raises(DecodeError):
+            ev.parse_events(blob)
