@@ -290,6 +290,7 @@ class Phase1Config:
     peer_id: Identity | None = None  # required peer identity (initiator: the responder's)
     allow_weak: bool = False
     send_cert_request: bool = True
+    initial_contact: bool = True  # initiator: send INITIAL-CONTACT in message 5 (RFC 2407 §4.6.3.3)
     wall_time_offset: float = 0.0
     nonce_size: int = 32
     # initiator retransmission: first timeout, multiplied by 2 up to max_retransmits times

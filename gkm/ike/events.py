@@ -47,6 +47,7 @@ class Phase1SA:
     peer_certificate: x509.Certificate | None
     established_at: float
     expires_at: float
+    initial_contact: bool = False  # the peer sent INITIAL-CONTACT (RFC 2407 §4.6.3.3) in message 5
 
     def __repr__(self) -> str:
         return (

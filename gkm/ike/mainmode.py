@@ -212,6 +212,7 @@ class MainMode:
         self._retx_count = 0
         self._deadline: float | None = None
         self._seen_mids: set[int] = set()
+        self._initial_contact = False
 
     @classmethod
     def responder_after_message1(
@@ -582,6 +583,10 @@ class MainMode:
         my_id = self.config.identity_for(method)
         id_b = m.encode_id(my_id.type, my_id.data)
         payloads = [(m.ID, id_b)] + self._auth_payloads(id_b, initiator=True)
+        if self.config.initial_contact:
+            # RFC 2407 §4.6.3.3 (IPsec DOI number): "forget the SAs you had with me"
+            n = m.encode_notify(N_INITIAL_CONTACT, self.icookie + self.rcookie, doi=m.DOI_IPSEC)
+            payloads.append((m.N, n))
         self._local_id = my_id
         self._send(self._encrypted_message(payloads), now, retransmit=True)
 
@@ -637,7 +642,7 @@ class MainMode:
                         raise _Fail(f"peer ID {peer_id} is not the configured {self.config.peer_id}", N_INVALID_ID_INFORMATION)
                     self._keys = keys
                     self._iv = next_iv
-                    self._complete(peer_id, None, id_b, now)
+                    self._complete(peer_id, None, id_b, now, p.get(m.N, []))
                     return
             raise _Fail("HASH_I does not verify (wrong pre-shared key or tampered message)", N_AUTHENTICATION_FAILED)
         keys = self._derive(None)
@@ -650,7 +655,7 @@ class MainMode:
         id_b = p[m.ID][0]
         peer_id, cert = self._check_signature(p, id_b, now, initiator=True)
         self._iv = next_iv
-        self._complete(peer_id, cert, id_b, now)
+        self._complete(peer_id, cert, id_b, now, p.get(m.N, []))
 
     def _identity(self, id_b: bytes) -> Identity:
         try:
@@ -689,8 +694,14 @@ class MainMode:
             raise _Fail(e.reason, e.notify) from None
         return peer_id, leaf
 
-    def _complete(self, peer_id: Identity, cert: x509.Certificate | None, peer_id_b: bytes, now: float) -> None:
+    def _complete(self, peer_id: Identity, cert: x509.Certificate | None, peer_id_b: bytes, now: float, notes: list[bytes] = ()) -> None:
         """Responder: send message 6 and build the SA."""
+        for body in notes:
+            try:
+                if m.decode_notify(body)[2] == N_INITIAL_CONTACT:
+                    self._initial_contact = True
+            except m.MessageError:
+                log.info("ike %s: malformed notification in message 5 ignored", self._spi_str())
         assert self._proposal is not None
         method = self._proposal.auth
         my_id = self.config.identity_for(method)
@@ -708,6 +719,7 @@ class MainMode:
             skeyid_d=k.skeyid_d, skeyid_a=k.skeyid_a, skeyid_e=k.skeyid_e, enc_key=k.enc_key,
             last_block=self._iv, local_id=my_id, peer_id=peer_id, peer_certificate=cert,
             established_at=now, expires_at=now + self._proposal.life_seconds,
+            initial_contact=self._initial_contact,
         )
         # exchange secrets no longer needed
         self._gxy = b""

@@ -35,7 +35,7 @@ from typing import Callable
 
 from . import _msg as m
 from .config import Phase1Config
-from .events import Address, DeleteRequest, Event, Notification, Phase1Failed, Phase1SA
+from .events import Address, DeleteRequest, Event, Notification, Phase1Deleted, Phase1Established, Phase1Failed, Phase1SA
 from .config import Proposal
 from .mainmode import LocalProtocolError, MainMode, State, choose_proposal
 
@@ -295,12 +295,25 @@ class Phase1Server:
         self._out.extend(ex.datagrams_to_send())
         while (ev := ex.next_event()) is not None:
             self._events.append(ev)
+            if isinstance(ev, Phase1Established) and ev.sa.initial_contact:
+                self._initial_contact(key, ev.sa)
         if ex.state in (State.FAILED, State.DELETED):
             self._exchanges.pop(key, None)
             self._scheduled.pop(key, None)
             self._pending.discard(key)
         else:
             self._schedule(key, ex)
+
+    def _initial_contact(self, key: tuple[bytes, bytes], sa: Phase1SA) -> None:
+        """The peer has rebooted: forget its older ISAKMP SAs (same identity), without telling it
+        (it has no state for them)."""
+        for other_key, other in list(self._exchanges.items()):
+            if other_key != key and other.state is State.ESTABLISHED and other.sa is not None and other.sa.peer_id == sa.peer_id:
+                other.state = State.DELETED
+                self._exchanges.pop(other_key, None)
+                self._scheduled.pop(other_key, None)
+                self._events.append(Phase1Deleted(other_key[0], other_key[1], other.peer_addr, f"replaced by {key[0].hex()}:{key[1].hex()} (INITIAL-CONTACT)"))
+                log.info("ike server: SA %s:%s of %s replaced after INITIAL-CONTACT", other_key[0].hex(), other_key[1].hex(), sa.peer_id)
 
     def _dec_peer(self, host: str) -> None:
         n = self._per_peer[host] - 1

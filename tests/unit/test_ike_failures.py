@@ -139,12 +139,12 @@ def test_psk_by_identity_trial():
     assert "does not own the pre-shared key" in _failed(events(srv)).reason
 
 
-@pytest.mark.parametrize("index,where", [(1, "message 3 nonce"), (2, "message 5"), (0, "message 1 attribute")])
-def test_tampered_initiator_message(index, where):
+@pytest.mark.parametrize("index,pos,where", [(1, -1, "message 3 nonce"), (2, 33, "message 5 ID"), (0, -3, "message 1 attribute")])
+def test_tampered_initiator_message(index, pos, where):
     def tamper(direction, n, data):
         if direction == "i2r" and n == index:
             b = bytearray(data)
-            b[-1 if index != 0 else -3] ^= 0x01
+            b[pos] ^= 0x01
             return bytes(b)
         return data
 
@@ -154,6 +154,22 @@ def test_tampered_initiator_message(index, where):
     i = _failed(events(ini))
     assert r.reason and i.reason
     assert ini.state is State.FAILED and not srv.established()
+
+
+def test_tampered_message_5_tail():
+    """The last block of message 5 holds the unauthenticated INITIAL-CONTACT notification (HASH_I
+    covers only SA and ID): the responder accepts, but its message 6 is chained from the tampered
+    block, so the initiator cannot decrypt it, fails, and deletes the SA at the responder."""
+
+    def tamper(direction, n, data):
+        return data[:-1] + bytes([data[-1] ^ 1]) if (direction, n) == ("i2r", 2) else data
+
+    ini, srv = pair(config(AuthMethod.PRE_SHARED_KEY, role="gm"), config(AuthMethod.PRE_SHARED_KEY, role="ks"))
+    pump(ini, srv, NOW, tamper=tamper)
+    assert "message 6" in _failed(events(ini)).reason
+    se = events(srv)
+    assert isinstance(se[0], Phase1Established) and isinstance(se[-1], Phase1Deleted)
+    assert not srv.established()
 
 
 @pytest.mark.parametrize("offset", [31, -1])

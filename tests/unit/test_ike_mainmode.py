@@ -93,7 +93,7 @@ def test_messages_decode_with_the_wire_codec():
         kinds.append(msg.types())
     assert kinds[0] == (1,) and kinds[1] == (1,)
     assert kinds[2][:2] == (4, 10) and kinds[3][:2] == (4, 10)
-    assert kinds[4] == (5, 6, 9) and kinds[5] == (5, 6, 9)
+    assert kinds[4] == (5, 6, 9, 11) and kinds[5] == (5, 6, 9)  # MM5 carries INITIAL-CONTACT
     sa1 = wire.decode_message(seen[0][2]).get(wire.SecurityAssociation)
     assert sa1.doi == wire.Doi.GDOI and sa1.proposals[0].protocol_id == wire.ProtocolId.ISAKMP
 

@@ -142,3 +142,22 @@ def test_pending_limit_protects_dh():
         (d, _), = g.datagrams_to_send()
         srv.receive_datagram(d, GM_ADDR, T0)
     assert srv.pending_count == 1 and srv.stats["dropped_pending_full"] == 1
+
+
+def test_initial_contact_replaces_older_sa_of_the_same_peer():
+    ini1, srv, isa1, ssa1 = _up()
+    assert ssa1.initial_contact
+    ini2 = MainMode(config(AuthMethod.PRE_SHARED_KEY, role="gm"), Role.INITIATOR, KS_ADDR)
+    ini2.start(NOW)
+    pump(ini2, srv, NOW)
+    evs = events(srv)
+    assert isinstance(evs[0], Phase1Established) and isinstance(evs[1], Phase1Deleted)
+    assert evs[1].icookie == ssa1.icookie and "INITIAL-CONTACT" in evs[1].reason
+    assert srv.sa(ssa1.spi) is None and len(srv.established()) == 1
+    # without INITIAL-CONTACT both stay
+    quiet = config(AuthMethod.PRE_SHARED_KEY, role="gm", initial_contact=False)
+    ini3 = MainMode(quiet, Role.INITIATOR, KS_ADDR)
+    ini3.start(NOW)
+    pump(ini3, srv, NOW)
+    (ev,) = events(srv)
+    assert not ev.sa.initial_contact and len(srv.established()) == 2
