@@ -305,10 +305,15 @@ class Phase1Server:
             self._schedule(key, ex)
 
     def _initial_contact(self, key: tuple[bytes, bytes], sa: Phase1SA) -> None:
-        """The peer has rebooted: forget its older ISAKMP SAs (same identity), without telling it
-        (it has no state for them)."""
+        """The peer has rebooted: forget its older ISAKMP SAs (same identity *and* same source host:
+        with address-keyed PSKs the ID is not bound to the key, so the ID alone must not let one
+        member delete another's SAs), without telling it (it has no state for them)."""
+        host = _host(sa.peer_addr)
         for other_key, other in list(self._exchanges.items()):
-            if other_key != key and other.state is State.ESTABLISHED and other.sa is not None and other.sa.peer_id == sa.peer_id:
+            if (
+                other_key != key and other.state is State.ESTABLISHED and other.sa is not None
+                and other.sa.peer_id == sa.peer_id and _host(other.peer_addr) == host
+            ):
                 other.state = State.DELETED
                 self._exchanges.pop(other_key, None)
                 self._scheduled.pop(other_key, None)
