@@ -162,7 +162,10 @@ def crypto_floor(pki, n):
 
 def _merge(acc, r):
     for k, v in r.items():
-        acc[k] = acc.get(k, 0) + v if isinstance(v, (int, float)) else v
+        if k == "half_open_end":
+            acc[k] = max(acc.get(k, 0), v)  # per server (one per round), not a sum
+        else:
+            acc[k] = acc.get(k, 0) + v
     return acc
 
 
@@ -200,7 +203,7 @@ def main(argv=None) -> int:
           f"ratio {cert['per_s'] / floor['ecdsa_floor_per_s']:.3f})")
     print(f"flood: {flood['spoofed']} spoofed message 1s absorbed at {flood['spoofed'] / flood['spoof_s']:.0f}/s "
           f"while completing {flood['exchanges']} PSK exchanges ({flood['exchanges'] / flood['server_s']:.0f}/s of server time "
-          f"incl. the flood); half-open at the end {flood['half_open_end']}")
+          f"incl. the flood); half-open records held at the end: {flood['half_open_end']} (limit {Phase1Config.__dataclass_fields__['max_half_open'].default})")
     summary = {
         "name": "phase1",
         "exchanges": n,
