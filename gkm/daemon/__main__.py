@@ -1,0 +1,127 @@
+"""msecd: ``msecd --config FILE [--foreground] [--log-level LEVEL] [--no-kernel]``.
+
+Exit status: 0 after a clean shutdown, 2 when the configuration is refused (every problem is
+printed on stderr, nothing was changed), 1 when the daemon cannot start (state directory
+locked, port in use, control socket taken, missing component).
+
+Without ``--foreground`` msecd detaches (double fork, ``setsid``, stdio to /dev/null) after the
+configuration was validated and logs to syslog (``/dev/log``) when available; with it, logs go
+to stderr.  Signals: SIGHUP reloads, SIGTERM/SIGINT stop (member SAs stay in the kernel).
+``--no-kernel`` makes members skip SA installation (they register and log what they would
+install), for hosts whose kernel lacks ESP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from pathlib import Path
+
+from policy.config import ConfigError, load_config
+
+__all__ = ["main", "parse_args"]
+
+DEFAULT_CONFIG = "/etc/msec/msecd.toml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="msecd", description="msec group key manager daemon")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
+    p.add_argument("--foreground", "-f", action="store_true", help="do not detach; log to stderr")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], type=str.lower)
+    p.add_argument("--control-socket", default=None,
+                   help="override [daemon] control_socket")
+    p.add_argument("--no-kernel", action="store_true",
+                   help="members do not install SAs in the kernel (log them instead)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the configuration and exit (0 valid, 2 refused)")
+    return p.parse_args(argv)
+
+
+def _setup_logging(level: str, foreground: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level.upper()))
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if foreground or not os.path.exists("/dev/log"):
+        h: logging.Handler = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s msecd[%(process)d] %(levelname)s %(message)s"))
+    else:
+        h = logging.handlers.SysLogHandler(address="/dev/log",
+                                           facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        h.setFormatter(logging.Formatter("msecd[%(process)d]: %(levelname)s %(message)s"))
+    root.addHandler(h)
+
+
+def _daemonize() -> None:
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    fd = os.open(os.devnull, os.O_RDWR)
+    for i in (0, 1, 2):
+        os.dup2(fd, i)
+    if fd > 2:
+        os.close(fd)
+
+
+async def _run(args: argparse.Namespace, config) -> int:
+    from .daemon import Daemon, StartupError
+    from .engines import GdoiFactory
+
+    daemon = Daemon(args.config, config, factory=GdoiFactory(kernel=not args.no_kernel),
+                    control_socket=args.control_socket)
+    try:
+        await daemon.start()
+    except StartupError as e:
+        logging.getLogger("msecd").error("cannot start: %s", e)
+        return 1
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task] = set()
+
+    def on_hup() -> None:
+        t = loop.create_task(daemon.reload())
+        reloads.add(t)
+        t.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, daemon.request_stop, "SIGINT")
+    await daemon.wait_stopped()
+    await daemon.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"msecd: configuration {args.config} refused, {len(e.problems)} problem(s):",
+              file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"msecd: configuration {args.config} is valid")
+        return 0
+    args.config = str(Path(args.config).resolve())
+    if not args.foreground:
+        _daemonize()
+    _setup_logging(args.log_level, args.foreground)
+    try:
+        return asyncio.run(_run(args, config))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""A thin asyncio shell around one sans-I/O engine (aioquic's ``QuicConnectionProtocol`` shape).
+
+The engine is driven by three inputs, ``receive_datagram(data, addr, now)``,
+``handle_timer(now)`` and whatever user calls the owner makes, and its outputs are pulled:
+``datagrams_to_send()``, ``next_event()`` and ``get_timer()``.  After every input the shell calls
+:meth:`EngineShell.transmit`, which sends the queued datagrams, hands the events to
+``on_event`` and re-arms a single ``loop.call_at`` only when the deadline changed.
+
+Time: engines are given wall-clock seconds (``clock()``, default :func:`time.time`), because
+they compare it with certificate validity and store key lifetimes as wall-clock values.  A
+deadline ``d`` is armed at ``loop.time() + (d - clock())``, so the loop's monotonic clock does
+the waiting.
+
+An engine may be reachable over several UDP sockets (a key server listening on 0.0.0.0 and ::,
+or on several addresses): replies go out through the socket the peer last used, else the first
+socket of the peer's address family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from typing import Any, Callable, Protocol
+
+log = logging.getLogger("msecd")
+
+__all__ = ["Engine", "EngineShell", "UdpEndpoint", "normalize_addr"]
+
+
+class Engine(Protocol):
+    """What the shell needs from a sans-I/O engine (MemberRegistration, KeyServerEngine)."""
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def datagrams_to_send(self) -> list[tuple[bytes, Any]]: ...
+    def next_event(self) -> Any: ...
+    def get_timer(self) -> float | None: ...
+
+
+def normalize_addr(addr: Any) -> tuple[str, int]:
+    """asyncio gives IPv6 peers as 4-tuples; engines see (host, port)."""
+    return (addr[0], addr[1])
+
+
+def _family(host: str) -> int:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).version
+    except ValueError:
+        return 4
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    """One UDP socket feeding an :class:`EngineShell`."""
+
+    def __init__(self, shell: "EngineShell") -> None:
+        self.shell = shell
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.shell.attach(transport)
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.shell.datagram_received(data, addr, self.transport)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and the like
+        log.debug("%s: socket error: %s", self.shell.name, exc)
+
+    def connection_lost(self, exc) -> None:
+        self.shell.detach(self.transport)
+
+
+class EngineShell:
+    """Drives one engine: datagrams in and out, one timer, events to ``on_event``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        name: str,
+        on_event: Callable[[Any], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.name = name
+        self.on_event = on_event
+        self.loop = loop or asyncio.get_event_loop()
+        self.clock = clock
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._route: dict[tuple[str, int], asyncio.DatagramTransport] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.closed = False
+        self.sent = 0
+        self.received = 0
+
+    # -- sockets
+    def attach(self, transport: asyncio.DatagramTransport) -> None:
+        self._transports.append(transport)
+
+    def detach(self, transport) -> None:
+        if transport in self._transports:
+            self._transports.remove(transport)
+        for k in [k for k, t in self._route.items() if t is transport]:
+            del self._route[k]
+
+    def _transport_for(self, addr: tuple[str, int]) -> asyncio.DatagramTransport | None:
+        t = self._route.get(addr)
+        if t is not None and not t.is_closing():
+            return t
+        fam = _family(addr[0])
+        fallback = None
+        for t in self._transports:
+            if t.is_closing():
+                continue
+            sock = t.get_extra_info("socket")
+            sfam = 6 if sock is not None and sock.family == socket.AF_INET6 else 4
+            if sfam == fam:
+                return t
+            fallback = fallback or t
+        return fallback
+
+    # -- inputs
+    def datagram_received(self, data: bytes, addr, transport=None) -> None:
+        if self.closed:
+            return
+        peer = normalize_addr(addr)
+        if transport is not None:
+            self._route[peer] = transport
+        self.received += 1
+        try:
+            self.engine.receive_datagram(data, peer, self.clock())
+        except Exception:  # an engine bug must not take the daemon down
+            log.exception("%s: engine failed on a datagram from %s", self.name, peer[0])
+        self.transmit()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.closed:
+            return
+        try:
+            self.engine.handle_timer(self.clock())
+        except Exception:
+            log.exception("%s: engine failed in its timer", self.name)
+        self.transmit()
+
+    def kick(self) -> None:
+        """Call after a user call on the engine (connect, start, ...)."""
+        self.transmit()
+
+    # -- outputs
+    def transmit(self) -> None:
+        if self.closed:
+            return
+        for data, addr in self.engine.datagrams_to_send():
+            peer = normalize_addr(addr)
+            t = self._transport_for(peer)
+            if t is None:
+                log.warning("%s: no socket to send to %s", self.name, peer[0])
+                continue
+            t.sendto(data, peer)
+            self.sent += 1
+        while (ev := self.engine.next_event()) is not None:
+            try:
+                self.on_event(ev)
+            except Exception:
+                log.exception("%s: handling %s failed", self.name, type(ev).__name__)
+            if self.closed:
+                return
+        self._arm(self.engine.get_timer())
+
+    def _arm(self, deadline: float | None) -> None:
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - self.clock())
+            self._timer = self.loop.call_at(self.loop.time() + delay, self._on_timer)
+
+    @property
+    def timer_deadline(self) -> float | None:
+        return self._timer_at
+
+    def close(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+        for t in list(self._transports):
+            t.close()
+        self._transports.clear()
+        self._route.clear()

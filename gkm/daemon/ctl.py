@@ -1,0 +1,230 @@
+"""msecctl: talk to msecd over its control socket.
+
+    msecctl [--socket PATH | --config FILE] [--json] status
+    msecctl groups
+    msecctl group show ID
+    msecctl members ID
+    msecctl reload
+
+``--json`` prints the daemon's response object as one JSON line; otherwise readable text.
+Exit status: 0 success; 1 the daemon said no (``"ok": false``, e.g. a refused reload, whose
+problems are printed) or is not running; 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "request", "render", "NotRunning", "DEFAULT_SOCKET"]
+
+DEFAULT_SOCKET = "/run/msec/control.sock"
+
+
+class NotRunning(Exception):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"msecd is not running (no control socket at {path})")
+        self.path = path
+
+
+def request(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise NotRunning(path) from None
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    if not buf:
+        raise ConnectionError("msecd closed the connection without answering")
+    return json.loads(buf)
+
+
+# --------------------------------------------------------------------------- text output
+
+
+def _when(t: Any) -> str:
+    if not isinstance(t, (int, float)):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    cols = [header] + rows
+    widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in cols)
+
+
+def _status(r: dict[str, Any]) -> str:
+    lines = [f"msecd running, pid {r.get('pid')}, up {r.get('uptime_s')} s",
+             f"config: {r.get('config')}",
+             f"roles: {', '.join(r.get('roles') or []) or 'none'}"]
+    ks = r.get("keyserver")
+    if ks:
+        lines.append(f"key server: {ks.get('groups')} group(s), listening on "
+                     f"{', '.join(ks.get('listen') or [])}; {ks.get('registrations')} "
+                     f"registration(s), {ks.get('refusals')} refusal(s) since start")
+    mb = r.get("member")
+    if mb:
+        lines.append(f"member: {mb.get('registered')}/{mb.get('groups')} group(s) registered"
+                     + ("" if mb.get("kernel") else " (kernel SA installation off)"))
+    lr = r.get("last_reload")
+    if lr:
+        lines.append(f"last reload: {_when(lr.get('at'))} "
+                     + ("applied" if lr.get("ok") else
+                        f"REFUSED ({len(lr.get('problems') or [])} problem(s))"))
+    return "\n".join(lines)
+
+
+def _groups(r: dict[str, Any]) -> str:
+    gs = r.get("groups") or []
+    if not gs:
+        return "no groups"
+    rows = []
+    for g in gs:
+        extra = (f"{g.get('members')} member(s)" if g.get("role") == "keyserver"
+                 else f"key server {g.get('key_server') or '-'}")
+        rows.append([str(g.get("id")), g.get("name") or "-", g.get("role"), g.get("state"),
+                     extra])
+    return _table(rows, ["ID", "NAME", "ROLE", "STATE", ""])
+
+
+def _group(r: dict[str, Any]) -> str:
+    out = []
+    for g in r.get("roles") or []:
+        out.append(f"group {g.get('id')} ({g.get('name') or 'unnamed'}): {g.get('role')}, "
+                   f"{g.get('state')}")
+        if g.get("role") == "keyserver":
+            out.append(f"  members: {g.get('members')}")
+            for t in (g.get("policy") or {}).get("teks", []):
+                out.append(f"  policy {t['name']}: {t['src']} -> {t['dst']} {t['cipher']} "
+                           f"{t['mode']} lifetime {t['lifetime_s']} s")
+            for t in g.get("teks") or []:
+                out.append(f"  TEK {t['spi']} {t['algorithm']} {t['state']} expires "
+                           f"{_when(t.get('expires'))}")
+        else:
+            out.append(f"  key servers: {', '.join(g.get('key_servers') or [])}")
+            if g.get("registered_at"):
+                out.append(f"  registered with {g.get('key_server')} at "
+                           f"{_when(g.get('registered_at'))}"
+                           f" ({g.get('registrations')} registration(s))")
+            if g.get("adopted"):
+                out.append("  adopted SAs left by an earlier msecd")
+            for t in g.get("teks") or []:
+                desc = " ".join(str(t[k]) for k in ("name", "src", "dst") if k in t)
+                out.append(f"  TEK {t.get('spi', '?')} {desc}".rstrip())
+            if g.get("last_error"):
+                out.append(f"  last error: {g['last_error']}")
+            if g.get("next_attempt"):
+                out.append(f"  next attempt: {_when(g['next_attempt'])}")
+    return "\n".join(out)
+
+
+def _members(r: dict[str, Any]) -> str:
+    ms = r.get("members") or []
+    if not ms:
+        return f"group {r.get('id')}: no members"
+    return _table([[m["identity"], m["address"], _when(m.get("registered_at"))] for m in ms],
+                  ["IDENTITY", "ADDRESS", "REGISTERED"])
+
+
+def _reload(r: dict[str, Any]) -> str:
+    ch = r.get("changes") or []
+    lines = ["configuration reloaded" + ("" if ch else " (no changes)")]
+    lines += [f"  {c}" for c in ch]
+    for s in r.get("restart_needed") or []:
+        lines.append(f"  {s} changed: takes effect at the next restart")
+    return "\n".join(lines)
+
+
+_RENDER = {"status": _status, "groups": _groups, "group": _group, "members": _members,
+           "reload": _reload}
+
+
+def render(cmd: str, r: dict[str, Any]) -> str:
+    """Readable text for a response (an error response too)."""
+    if not r.get("ok"):
+        lines = [f"error: {r.get('error', 'unknown error')}"]
+        lines += [f"  {p}" for p in r.get("problems") or []]
+        return "\n".join(lines)
+    return _RENDER[cmd](r)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msecctl", description="control msecd")
+    p.add_argument("--socket", "-s", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--config", "-c", default=None,
+                   help="take the control socket from this msecd configuration")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("status", help="daemon status")
+    sub.add_parser("groups", help="list groups")
+    g = sub.add_parser("group", help="one group")
+    gs = g.add_subparsers(dest="action", required=True)
+    show = gs.add_parser("show")
+    show.add_argument("id", type=int)
+    m = sub.add_parser("members", help="members of a group this daemon serves")
+    m.add_argument("id", type=int)
+    sub.add_parser("reload", help="reload the configuration (refused if invalid)")
+    for sp in sub.choices.values():  # --json after the command too
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    return p
+
+
+def _socket_path(args) -> str:
+    if args.socket:
+        return args.socket
+    if args.config:
+        from policy.config import ConfigError, load_config
+
+        try:
+            return str(load_config(args.config, check_files=False).daemon.control_socket)
+        except ConfigError as e:
+            raise SystemExit(f"msecctl: {e}")
+    return DEFAULT_SOCKET
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = _socket_path(args)
+    req: dict[str, Any] = {"cmd": args.cmd}
+    if args.cmd in ("group", "members"):
+        req["id"] = args.id
+    try:
+        resp = request(path, req)
+    except NotRunning as e:
+        print(f"msecctl: {e}", file=sys.stderr)
+        return 1
+    except PermissionError:
+        print(f"msecctl: permission denied on {path} (msecctl needs root)", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"msecctl: {path}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(resp, sort_keys=True))
+    else:
+        print(render(args.cmd, resp), file=sys.stdout if resp.get("ok") else sys.stderr)
+    return 0 if resp.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

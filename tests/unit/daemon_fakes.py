@@ -1,0 +1,224 @@
+"""Tiny fake engines and installer for the daemon's unit tests (the real gkm.gdoi engines are
+exercised by the host and kernel tiers).  Same shape as the real ones: sans-I/O,
+``receive_datagram(data, addr, now)``, ``handle_timer(now)``, pulled outputs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FakeTek:
+    spi: int
+    name: str
+    lifetime_s: int
+    key: bytes = field(default=b"\x11" * 16, repr=False)
+
+
+@dataclass(frozen=True)
+class Registered:
+    group_id: int
+    teks: tuple
+
+
+@dataclass(frozen=True)
+class RegistrationFailed:
+    group_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class MemberRegistered:
+    group_id: int
+    identity: str
+    peer_addr: tuple
+
+
+@dataclass(frozen=True)
+class MemberRefused:
+    group_id: int
+    identity: str
+    peer_addr: tuple
+    reason: str
+
+
+class FakeMember:
+    """Sends b"PULL <gid>" (retransmitted every `rto` s), waits for b"OK <spi>" / b"NO why"."""
+
+    def __init__(self, group, ks, now, rto=0.05, tries=3, lifetime=3600):
+        self.group_id = group.group_id
+        self.ks = ks
+        self.rto = rto
+        self.tries = tries
+        self.lifetime = lifetime
+        self._out = [(b"PULL %d" % self.group_id, ks)]
+        self._events = []
+        self._timer = now + rto
+        self.done = False
+
+    def receive_datagram(self, data, addr, now):
+        if self.done:
+            return
+        word, _, rest = data.partition(b" ")
+        self.done = True
+        self._timer = None
+        if word == b"OK":
+            self._events.append(Registered(self.group_id, (FakeTek(int(rest), "rtp", self.lifetime),)))
+        else:
+            self._events.append(RegistrationFailed(self.group_id, rest.decode()))
+
+    def handle_timer(self, now):
+        if self._timer is None or now < self._timer:
+            return
+        self.tries -= 1
+        if self.tries <= 0:
+            self.done = True
+            self._timer = None
+            self._events.append(RegistrationFailed(self.group_id, "no answer from key server"))
+        else:
+            self._out.append((b"PULL %d" % self.group_id, self.ks))
+            self._timer = now + self.rto
+
+    def datagrams_to_send(self):
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self):
+        return self._events.pop(0) if self._events else None
+
+    def get_timer(self):
+        return self._timer
+
+
+class FakeKeyServer:
+    """Answers b"PULL <gid>" with b"OK <spi>" for configured groups, b"NO ..." otherwise."""
+
+    def __init__(self, settings, store, now):
+        self.settings = settings
+        self.store = store
+        self._out = []
+        self._events = []
+        self.refuse = set()
+
+    def receive_datagram(self, data, addr, now):
+        word, _, rest = data.partition(b" ")
+        if word != b"PULL":
+            return
+        gid = int(rest)
+        if self.settings.group(gid) is None or gid in self.refuse:
+            self._out.append((b"NO not authorized", addr))
+            self._events.append(MemberRefused(gid, "gm1", addr, "not authorized"))
+            return
+        if self.store.group(gid) is None:
+            self.store.add_group(gid, b"digest")
+        if not self.store.teks(gid):
+            self.store.add_tek(gid, 0x1234, "aes-gcm-128", os.urandom(20), created=int(now),
+                               expires=int(now) + 3600, state="current")
+        if self.store.member(gid, "gm1") is None:
+            self.store.add_member(gid, "gm1", addr[0], registered_at=int(now))
+        spi = self.store.teks(gid)[0].spi
+        self._out.append((b"OK %d" % spi, addr))
+        self._events.append(MemberRegistered(gid, "gm1", addr))
+
+    def handle_timer(self, now):
+        pass
+
+    def datagrams_to_send(self):
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self):
+        return self._events.pop(0) if self._events else None
+
+    def get_timer(self):
+        return None
+
+
+class RecordingInstaller:
+    def __init__(self, fail: Exception | None = None, adopted=None):
+        self.calls = []
+        self.fail = fail
+        self._groups = dict(adopted or {})
+
+    def install(self, group_id, teks):
+        self.calls.append(("install", group_id, tuple(teks)))
+        if self.fail:
+            raise self.fail
+        self._groups[group_id] = tuple(teks)
+
+    def rollover(self, group_id, teks):
+        self.calls.append(("rollover", group_id, tuple(teks)))
+        self._groups[group_id] = tuple(teks)
+
+    def remove(self, group_id):
+        self.calls.append(("remove", group_id))
+        self._groups.pop(group_id, None)
+
+    def adopt(self):
+        self.calls.append(("adopt",))
+        return dict(self._groups)
+
+    def installed(self):
+        return dict(self._groups)
+
+
+class FakeFactory:
+    def __init__(self, installer=None, member_kwargs=None):
+        self.inst = installer or RecordingInstaller()
+        self.members = []
+        self.keyservers = []
+        self.member_kwargs = member_kwargs or {}
+
+    def keyserver(self, settings, store, now):
+        ks = FakeKeyServer(settings, store, now)
+        self.keyservers.append(ks)
+        return ks
+
+    def member(self, group, key_server, now):
+        m = FakeMember(group, key_server, now, **self.member_kwargs)
+        self.members.append(m)
+        return m
+
+    def installer(self):
+        return self.inst
+
+
+PSK = "0123456789abcdef0123456789abcdef"
+
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def write_config(tmp: Path, *, ks_port: int | None = None, member_port: int | None = None,
+                 member_groups=(1001,), ks_groups=(1001,), extra: str = "",
+                 name: str = "msecd.toml") -> Path:
+    """A config in `tmp` (mode 0600: inline PSKs) with a key server and/or member role."""
+    text = (f'[daemon]\nstate_dir = "{tmp}/state"\n'
+            f'control_socket = "{tmp}/run/control.sock"\n\n')
+    if ks_port is not None:
+        text += (f'[keyserver]\nlisten = ["127.0.0.1"]\nport = {ks_port}\n'
+                 f'[[keyserver.psk]]\nidentity = "gm1"\nsecret = "{PSK}"\n')
+        for gid in ks_groups:
+            text += (f'[[keyserver.group]]\nid = {gid}\nname = "g{gid}"\n'
+                     f'authorize = {{ psk_identities = ["gm1"] }}\n'
+                     f'[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.1.0.0/16"\n'
+                     f'dst = "239.1.1.{gid % 250}"\ncipher = "aes-gcm-128"\n')
+    if member_port is not None:
+        for gid in member_groups:
+            text += (f'[[member.group]]\nid = {gid}\nname = "m{gid}"\n'
+                     f'key_servers = ["127.0.0.1:{member_port}"]\n'
+                     f'credentials = {{ psk_identity = "gm1", psk = "{PSK}" }}\n')
+    text += extra
+    p = tmp / name
+    p.write_text(text)
+    os.chmod(p, stat.S_IRUSR | stat.S_IWUSR)
+    return p

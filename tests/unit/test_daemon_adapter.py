@@ -1,0 +1,148 @@
+"""gkm.daemon.adapter: the asyncio shell around a sans-I/O engine, with a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gkm.daemon.adapter import EngineShell, UdpEndpoint, normalize_addr
+
+
+class ScriptedEngine:
+    def __init__(self):
+        self.timer = None
+        self.out = []
+        self.events = []
+        self.received = []
+        self.timer_calls = []
+
+    def receive_datagram(self, data, addr, now):
+        self.received.append((data, addr))
+        self.out.append((b"echo:" + data, addr))
+        self.events.append(("got", data))
+
+    def handle_timer(self, now):
+        self.timer_calls.append(now)
+        self.timer = None
+
+    def datagrams_to_send(self):
+        out, self.out = self.out, []
+        return out
+
+    def next_event(self):
+        return self.events.pop(0) if self.events else None
+
+    def get_timer(self):
+        return self.timer
+
+
+class FakeTransport:
+    def __init__(self):
+        self.sent = []
+        self.closed = False
+
+    def sendto(self, data, addr):
+        self.sent.append((data, addr))
+
+    def is_closing(self):
+        return self.closed
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def close(self):
+        self.closed = True
+
+
+def test_datagrams_sent_and_events_delivered():
+    async def run():
+        eng = ScriptedEngine()
+        events = []
+        shell = EngineShell(eng, name="t", on_event=events.append)
+        tr = FakeTransport()
+        shell.attach(tr)
+        shell.datagram_received(b"hi", ("192.0.2.1", 848, 0, 0), tr)
+        assert eng.received == [(b"hi", ("192.0.2.1", 848))]  # IPv6-style 4-tuples normalized
+        assert tr.sent == [(b"echo:hi", ("192.0.2.1", 848))]
+        assert events == [("got", b"hi")]
+        shell.close()
+    asyncio.run(run())
+
+
+def test_timer_rearmed_only_when_deadline_changes():
+    async def run():
+        loop = asyncio.get_running_loop()
+        now = [1000.0]
+        eng = ScriptedEngine()
+        shell = EngineShell(eng, name="t", on_event=lambda e: None, clock=lambda: now[0])
+        eng.timer = 1000.02
+        shell.transmit()
+        first = shell._timer
+        assert shell.timer_deadline == 1000.02 and first is not None
+        shell.transmit()  # same deadline: same handle
+        assert shell._timer is first
+        eng.timer = 1000.03  # changed: old handle cancelled, new one armed
+        shell.transmit()
+        assert first.cancelled() and shell._timer is not first
+        # the deadline is converted to loop time: fires about 30 ms from now
+        assert abs(shell._timer.when() - (loop.time() + 0.03)) < 0.02
+        now[0] = 1000.03
+        await asyncio.sleep(0.06)
+        assert eng.timer_calls == [1000.03]
+        assert shell.timer_deadline is None and shell._timer is None
+        eng.timer = None
+        shell.transmit()
+        assert shell._timer is None
+        shell.close()
+    asyncio.run(run())
+
+
+def test_timer_cleared_when_engine_drops_deadline():
+    async def run():
+        eng = ScriptedEngine()
+        shell = EngineShell(eng, name="t", on_event=lambda e: None)
+        eng.timer = shell.clock() + 100
+        shell.transmit()
+        h = shell._timer
+        eng.timer = None
+        shell.transmit()
+        assert h.cancelled() and shell._timer is None
+        shell.close()
+    asyncio.run(run())
+
+
+def test_engine_exception_does_not_kill_shell(caplog):
+    async def run():
+        class Boom(ScriptedEngine):
+            def receive_datagram(self, data, addr, now):
+                raise RuntimeError("bug")
+        shell = EngineShell(Boom(), name="t", on_event=lambda e: None)
+        shell.datagram_received(b"x", ("192.0.2.1", 848))
+        shell.close()
+    asyncio.run(run())
+    assert "engine failed" in caplog.text
+
+
+def test_real_udp_roundtrip():
+    async def run():
+        loop = asyncio.get_running_loop()
+        eng = ScriptedEngine()
+        shell = EngineShell(eng, name="t", on_event=lambda e: None)
+        tr, _ = await loop.create_datagram_endpoint(lambda: UdpEndpoint(shell),
+                                                    local_addr=("127.0.0.1", 0))
+        port = tr.get_extra_info("sockname")[1]
+        got = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                got.set_result(data)
+        ctr, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+        ctr.sendto(b"ping")
+        assert await asyncio.wait_for(got, 2) == b"echo:ping"
+        assert shell.sent == 1 and shell.received == 1
+        ctr.close()
+        shell.close()
+    asyncio.run(run())
+
+
+def test_normalize_addr():
+    assert normalize_addr(("::1", 848, 0, 0)) == ("::1", 848)
