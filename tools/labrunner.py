@@ -184,6 +184,7 @@ def job_env(env: dict[str, str], backend: str, out: str) -> dict[str, str]:
     e.update(MSEC_LAB="1", MSEC_LAB_KERNEL=backend, MSEC_LAB_OUT=out,
              PYTHONDONTWRITEBYTECODE="1")
     e.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    e.setdefault("PYTHONUNBUFFERED", "1")  # output through the console pipes arrives live
     return e
 
 
@@ -273,8 +274,21 @@ def _tail(path: str, n: int = 30) -> str:
         return "  | (no console log)"
 
 
+def prune_old_runs(base: str, max_age: float = 86400.0) -> None:
+    """Run folders kept after failures pile up; drop those older than a day."""
+    now = time.time()
+    for d in glob.glob(os.path.join(base, "run-*")):
+        try:
+            if now - os.stat(d).st_mtime > max_age:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def run_uml(job: Job) -> int:
-    rundir = tempfile.mkdtemp(prefix="run-", dir=lab_dir())
+    base = lab_dir()
+    prune_old_runs(base)
+    rundir = tempfile.mkdtemp(prefix="run-", dir=base)
     umldir = tempfile.mkdtemp(prefix="msec-uml-")
     umid = "msec-" + os.path.basename(rundir)
     out = os.path.join(rundir, "out")

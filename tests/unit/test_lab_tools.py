@@ -122,3 +122,22 @@ def test_stale_name_pattern():
     assert netlab._NAME_RE.match("msec-123-ab12-br")
     assert not netlab._NAME_RE.match("msec-probe-123")
     assert not netlab._NAME_RE.match("other-123-ab12-h1")
+
+
+def test_kernel_tier_is_deselected_outside_the_lab_with_a_message():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "MSEC_LAB"}
+    r = subprocess.run([os.sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                        "tests/kernel/test_lab_kernel.py"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 5, r.stdout  # nothing selected: tools/test counts that as failure
+    assert "deselected" in r.stdout and "kernel lab" in r.stdout
+
+
+def test_prune_old_runs(tmp_path):
+    old, new = tmp_path / "run-old", tmp_path / "run-new"
+    old.mkdir()
+    new.mkdir()
+    os.utime(old, (0, 0))
+    labrunner.prune_old_runs(str(tmp_path))
+    assert not old.exists() and new.exists()
