@@ -338,6 +338,8 @@ class KeyServerRole:
     def _on_event(self, ev: Any) -> None:
         name = _ev(ev)
         gid = getattr(ev, "group_id", None)
+        g = self.settings.group(gid) if isinstance(gid, int) else None
+        label = g.label if g is not None else gid
         who = getattr(ev, "identity", None) or getattr(ev, "peer_id", None) or "?"
         addr = _fmt_addr(getattr(ev, "peer_addr", None) or getattr(ev, "address", None) or "?")
         if name == "MemberRegistered":
@@ -345,10 +347,10 @@ class KeyServerRole:
             teks = getattr(ev, "teks", None)
             spis = (" (SPI " + ", ".join(tek_summary(t).get("spi", "?") for t in teks) + ")"
                     if teks else "")
-            log.info("group %s: member %s (%s) registered%s", gid, who, addr, spis)
+            log.info("group %s: member %s (%s) registered%s", label, who, addr, spis)
         elif name == "MemberRefused":
             self.refusals += 1
-            log.warning("group %s: member %s (%s) refused: %s", gid, who, addr,
+            log.warning("group %s: member %s (%s) refused: %s", label, who, addr,
                         getattr(ev, "reason", "not authorized"))
         else:
             log.debug("key server: %s", name)
