@@ -80,7 +80,7 @@ def main() -> int:
 
         step(4, f"{sender.name} sends {COUNT} plain UDP datagrams to {GROUP}:{PORT}; "
                 "a capture runs on the bridge")
-        with lab.capture() as cap:
+        with lab.capture(os.environ.get("MSEC_DEMO_PCAP") or None) as cap:
             for i in range(COUNT):
                 sender.send(GROUP, PORT, f"group message {i + 1}".encode())
                 time.sleep(0.05)
@@ -112,8 +112,8 @@ def main() -> int:
         if not all(p.get("spi") == spi for p in esp_pkts):
             ok = False
             say("    unexpected SPI on the wire")
-        if os.environ.get("MSEC_DEMO_KEEP_PCAP"):
-            say(f"    capture: {cap.path}")
+        if os.environ.get("MSEC_DEMO_PCAP"):
+            say(f"    capture saved: {os.path.relpath(cap.path)}")
 
     say("\nResult: " + ("OK: every receiver got every datagram, and only ESP crossed the wire."
                         if ok else "FAILED (see above)"))
