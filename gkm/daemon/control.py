@@ -92,6 +92,8 @@ class ControlServer:
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
+        if self._server is None:
+            return  # never bound: the path may be another daemon's socket
         if self._server is not None:
             self._server.close()
             for t in list(self._clients):

@@ -193,12 +193,18 @@ def _socket_path(args) -> str:
     if args.socket:
         return args.socket
     if args.config:
-        from policy.config import ConfigError, load_config
+        # only [daemon] control_socket matters here: read it even from a file msecd would
+        # refuse (that is when `msecctl reload` is most useful)
+        import tomllib
 
         try:
-            return str(load_config(args.config, check_files=False).daemon.control_socket)
-        except ConfigError as e:
-            raise SystemExit(f"msecctl: {e}")
+            with open(args.config, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise SystemExit(f"msecctl: cannot read {args.config}: {e}")
+        d = doc.get("daemon")
+        sock = d.get("control_socket") if isinstance(d, dict) else None
+        return sock if isinstance(sock, str) else DEFAULT_SOCKET
     return DEFAULT_SOCKET
 
 

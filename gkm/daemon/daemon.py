@@ -56,29 +56,36 @@ def _fmt_addr(addr: Any) -> str:
     return str(addr)
 
 
+def _plain(v: Any) -> Any:
+    if isinstance(v, (str, int, float)) and not isinstance(v, bool):
+        return v
+    if isinstance(getattr(v, "value", None), str):
+        return v.value
+    return getattr(v, "name", None) or str(v)
+
+
 def tek_summary(t: Any) -> dict[str, Any]:
-    """What may be shown about a TEK: SPI, name, selector, algorithm and lifetime. Never keys."""
+    """What may be shown about a TEK: SPI, name, selector, suite, lifetime. Never keys."""
     out: dict[str, Any] = {}
     spi = getattr(t, "spi", None)
     if isinstance(spi, (bytes, bytearray)):
         spi = int.from_bytes(spi, "big")
     if isinstance(spi, int):
         out["spi"] = f"0x{spi:08x}"
-    for attr in ("name", "algorithm", "cipher", "state"):
+    for attr in ("name", "suite", "algorithm", "cipher", "mode", "direction", "state"):
         v = getattr(t, attr, None)
         if v is not None:
-            out[attr] = getattr(v, "name", None) if not isinstance(v, (str, int)) else v
-            if out[attr] is None:
-                out[attr] = str(v)
-            if hasattr(v, "value") and isinstance(v.value, str):
-                out[attr] = v.value
+            out[attr] = _plain(v)
     policy = getattr(t, "policy", None)
-    sel = getattr(t, "selector", None) or getattr(policy, "selector", None)
-    if sel is not None:
-        out["src"] = str(getattr(sel, "src", ""))
-        out["dst"] = str(getattr(sel, "dst", ""))
+    sel = getattr(t, "selector", None) or getattr(policy, "selector", None) or t
+    for attr in ("src", "dst"):
+        v = getattr(sel, attr, None)
+        if v is not None:
+            out[attr] = str(v)
     for attr in ("lifetime_s", "lifetime"):
-        v = getattr(t, attr, None) or getattr(policy, attr, None)
+        v = getattr(t, attr, None)
+        if v is None:
+            v = getattr(policy, attr, None)
         if isinstance(v, (int, float)):
             out["lifetime_s"] = v
             break
@@ -341,12 +348,12 @@ class KeyServerRole:
         g = self.settings.group(gid) if isinstance(gid, int) else None
         label = g.label if g is not None else gid
         who = getattr(ev, "identity", None) or getattr(ev, "peer_id", None) or "?"
-        addr = _fmt_addr(getattr(ev, "peer_addr", None) or getattr(ev, "address", None) or "?")
+        addr = _fmt_addr(getattr(ev, "addr", None) or getattr(ev, "peer_addr", None) or "?")
         if name == "MemberRegistered":
             self.registrations += 1
-            teks = getattr(ev, "teks", None)
-            spis = (" (SPI " + ", ".join(tek_summary(t).get("spi", "?") for t in teks) + ")"
-                    if teks else "")
+            spis = getattr(ev, "tek_spis", None) or [
+                int(tek_summary(t).get("spi", "0"), 16) for t in getattr(ev, "teks", None) or ()]
+            spis = (" (TEK SPI " + ", ".join(f"0x{x:08x}" for x in spis) + ")") if spis else ""
             log.info("group %s: member %s (%s) registered%s", label, who, addr, spis)
         elif name == "MemberRefused":
             self.refusals += 1

@@ -1,0 +1,199 @@
+"""msecd and msecctl as real processes: config refusal, control socket, SIGHUP, SIGTERM.
+
+Member daemons run in a private network namespace (netlab host) so nothing here can touch the
+host's XFRM state; the host kernel has no ESP, so SA installation is either switched off
+(``--no-kernel``) or expected to fail with the clear "lacks esp4" error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tests.host.daemon_proc import MSECCTL, REPO, Msecd
+from tests.unit.daemon_fakes import free_udp_port, write_config
+
+
+def _gdoi_ready() -> bool:
+    try:
+        import gkm.gdoi as g
+    except ImportError:
+        return False
+    return hasattr(g, "KeyServerEngine") and hasattr(g, "MemberRegistration")
+
+
+def test_bad_config_exits_2_listing_every_problem(tmp_path):
+    cfg = write_config(tmp_path, ks_port=free_udp_port(), member_port=848)
+    cfg.write_text(cfg.read_text().replace('cipher = "aes-gcm-128"', 'cipher = "rot13"')
+                   .replace("port = ", "port = 0x1ffff #") + "\n[surprise]\n")
+    os.chmod(cfg, 0o644)  # inline PSKs in a readable file: two more problems
+    r = subprocess.run([sys.executable, "-m", "gkm.daemon", "--config", str(cfg), "--foreground"],
+                       capture_output=True, text=True, cwd=str(REPO), timeout=60)
+    assert r.returncode == 2, r
+    assert "refused" in r.stderr
+    for where in ("keyserver.port", "keyserver.group[0].tek[0].cipher", "surprise",
+                  "keyserver.psk[0].secret", "member.group[0].credentials.psk"):
+        assert where in r.stderr, (where, r.stderr)
+    assert "0123456789abcdef" not in r.stderr  # the PSK is never echoed
+    assert not (tmp_path / "state").exists() and not (tmp_path / "run").exists()
+
+
+def test_check_option(tmp_path):
+    cfg = write_config(tmp_path, member_port=848)
+    r = subprocess.run([sys.executable, "-m", "gkm.daemon", "--config", str(cfg), "--check"],
+                       capture_output=True, text=True, cwd=str(REPO), timeout=60)
+    assert r.returncode == 0 and "valid" in r.stdout
+
+
+def test_msecctl_when_not_running(tmp_path):
+    sock = tmp_path / "run" / "control.sock"
+    r = subprocess.run([*MSECCTL, "--socket", str(sock), "status"], capture_output=True,
+                       text=True, cwd=str(REPO), timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"msecctl: msecd is not running (no control socket at {sock})"
+    # the console script is installed by tools/setup
+    exe = os.path.join(os.path.dirname(sys.executable), "msecctl")
+    if os.path.exists(exe):
+        r = subprocess.run([exe, "--socket", str(sock), "--json", "groups"], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 1 and "msecd is not running" in r.stderr
+
+
+def test_member_daemon_status_reload_and_shutdown(tmp_path, netns):
+    """A member-only daemon (key server unreachable, SA install off): control socket, msecctl
+    text and --json, SIGHUP with a bad file keeps the old policy, a good one applies,
+    SIGTERM stops it cleanly."""
+    dead = free_udp_port()
+    cfg = write_config(tmp_path, member_port=dead)
+    d = Msecd(cfg, host=netns, args=["--no-kernel"])
+    try:
+        d.start()
+        sock = tmp_path / "run" / "control.sock"
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+
+        st = d.ctl_json("status")
+        assert st["ok"] and st["roles"] == ["member"] and st["pid"] == d.proc.pid
+        assert st["member"]["kernel"] is False
+        r = d.ctl("status", check=True)
+        assert "roles: member" in r.stdout and "kernel SA installation off" in r.stdout
+        gs = d.ctl_json("groups")["groups"]
+        assert [(g["id"], g["role"]) for g in gs] == [(1001, "member")]
+        r = d.ctl("group", "show", "1001", check=True)
+        assert f"key servers: 127.0.0.1:{dead}" in r.stdout
+        r = d.ctl("members", "1001")
+        assert r.returncode == 1 and "not the key server of group 1001" in r.stderr
+
+        # a bad file: SIGHUP is refused, the problems are logged, the old policy stays
+        good = cfg.read_text()
+        cfg.write_text(good.replace("id = 1001", "id = 0") + "\n[oops]\n")
+        d.signal(signal.SIGHUP)
+        log = d.wait_log("reload refused, keeping the running configuration")
+        assert "member.group[0].id" in log and "oops" in log
+        assert d.proc.poll() is None
+        st = d.ctl_json("status")
+        assert st["last_reload"]["ok"] is False and len(st["last_reload"]["problems"]) >= 2
+        assert [g["id"] for g in d.ctl_json("groups")["groups"]] == [1001]
+        # msecctl reload says the same, exit 1
+        r = d.ctl("reload")
+        assert r.returncode == 1 and "configuration refused" in r.stderr and "oops" in r.stderr
+
+        # a good file adding a group applies
+        write_config(tmp_path, member_port=dead, member_groups=(1001, 1002))
+        d.signal(signal.SIGHUP)
+        d.wait_log("reload: member group 1002 added")
+        assert [g["id"] for g in d.ctl_json("groups")["groups"]] == [1001, 1002]
+        r = d.ctl_json("reload")
+        assert r == {"ok": True, "changes": []}
+
+        assert d.stop() == 0
+        log = d.log()
+        assert "SIGTERM: shutting down" in log and "stay in the kernel" in log
+        assert not sock.exists()
+        assert "0123456789abcdef" not in log
+    finally:
+        d.stop()
+
+
+def test_second_daemon_on_same_socket_refused(tmp_path, netns):
+    cfg = write_config(tmp_path, member_port=free_udp_port())
+    a = Msecd(cfg, host=netns, args=["--no-kernel"])
+    b = Msecd(cfg, host=netns, args=["--no-kernel"], log=tmp_path / "b.log")
+    try:
+        a.start()
+        b.start(wait=False)
+        assert b.proc.wait(30) == 1
+        assert "another msecd is listening" in b.log()
+        assert a.ctl_json("status")["ok"]
+    finally:
+        b.stop()
+        a.stop()
+
+
+@pytest.mark.skipif(not _gdoi_ready(), reason="gkm.gdoi engines have not landed yet")
+def test_keyserver_and_member_register_on_loopback(tmp_path, netns):
+    port = free_udp_port()
+    ks_cfg = write_config(tmp_path, ks_port=port, name="ks.toml")
+    gm_dir = tmp_path / "gm"
+    gm_dir.mkdir()
+    gm_cfg = write_config(gm_dir, member_port=port)
+    ks = Msecd(ks_cfg, host=netns)
+    gm = Msecd(gm_cfg, host=netns, args=["--no-kernel"])
+    try:
+        ks.start()
+        gm.start()
+        gm.wait_log("registered with key server")
+        ks.wait_log("member gm1")
+        groups = gm.ctl_json("groups")["groups"]
+        assert groups[0]["state"] == "registered"
+        members = ks.ctl_json("members", "1001")["members"]
+        assert [m["identity"] for m in members] and "127.0.0.1" in members[0]["address"]
+        show = ks.ctl_json("group", "show", "1001")
+        spis = {t["spi"] for t in show["roles"][0]["teks"]}
+        gshow = gm.ctl_json("group", "show", "1001")
+        assert {t["spi"] for t in gshow["roles"][0]["teks"]} <= spis
+
+        # key server restart keeps the keys
+        assert ks.stop() == 0
+        ks2 = Msecd(ks_cfg, host=netns, log=tmp_path / "ks2.log")
+        ks2.start()
+        try:
+            show2 = ks2.ctl_json("group", "show", "1001")
+            assert {t["spi"] for t in show2["roles"][0]["teks"]} == spis
+        finally:
+            ks2.stop()
+    finally:
+        gm.stop()
+        ks.stop()
+    for d in (ks, gm):
+        assert "0123456789abcdef" not in d.log()
+
+
+@pytest.mark.skipif(not _gdoi_ready(), reason="gkm.gdoi engines have not landed yet")
+def test_member_without_esp_logs_clear_error(tmp_path, netns):
+    """Host kernel: no ESP. The member registers, installation fails with a clear error, the
+    daemon keeps running and retries."""
+    port = free_udp_port()
+    ks_cfg = write_config(tmp_path, ks_port=port, name="ks.toml")
+    gm_dir = tmp_path / "gm"
+    gm_dir.mkdir()
+    gm_cfg = write_config(gm_dir, member_port=port)
+    ks = Msecd(ks_cfg, host=netns)
+    gm = Msecd(gm_cfg, host=netns)
+    try:
+        ks.start()
+        gm.start()
+        log = gm.wait_log("cannot install SAs")
+        assert "lacks" in log and "esp" in log
+        g = gm.ctl_json("group", "show", "1001")["roles"][0]
+        assert "SA installation failed" in g["last_error"]
+        assert gm.proc.poll() is None
+    finally:
+        gm.stop()
+        ks.stop()
