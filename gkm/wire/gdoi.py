@@ -95,8 +95,6 @@ class GroupId:
             raise WireError(where, -1, str(e)) from None
 
 
-
-
 def _decode_group_id(buf: bytes, pos: int, end: int, where: str) -> tuple[GroupId, int]:
     if end - pos < 4:
         raise WireError(where, pos, f"truncated identity ({end - pos} bytes left, need 4)")
@@ -412,7 +410,6 @@ class Sequence:
 
     def encode(self) -> bytes:
         return _pack("SEQ", _I, self.number)
-
 
 
 # --------------------------------------------------------------------------------------------
