@@ -222,6 +222,15 @@ def uml_cmdline(job: Job, rundir: str, umldir: str, umid: str,
     return args
 
 
+def _die_with_parent() -> None:
+    """preexec: the kernel gets SIGKILL if tools/lab itself is killed (no orphaned UML)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -285,10 +294,51 @@ def prune_old_runs(base: str, max_age: float = 86400.0) -> None:
             pass
 
 
+def reap_orphans() -> list[int]:
+    """Kill UML processes of lab runs whose tools/lab is gone (it was SIGKILLed: the kernel's
+    main process dies with it, its helper processes may not). Runs of live owners are left."""
+    killed = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if not args or not args[0].endswith(b"linux.uml"):
+            continue
+        run = next((a[len(b"msec_run="):].decode() for a in args if a.startswith(b"msec_run=")),
+                   None)
+        if not run:
+            continue
+        try:
+            owner = int(open(os.path.join(run, "owner")).read())
+        except (OSError, ValueError):
+            continue  # unknown owner: not ours to judge
+        if not _alive(owner):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def run_uml(job: Job) -> int:
     base = lab_dir()
     prune_old_runs(base)
     rundir = tempfile.mkdtemp(prefix="run-", dir=base)
+    with open(os.path.join(rundir, "owner"), "w") as f:
+        f.write(str(os.getpid()))
     umldir = tempfile.mkdtemp(prefix="msec-uml-")
     umid = "msec-" + os.path.basename(rundir)
     out = os.path.join(rundir, "out")
@@ -308,7 +358,7 @@ def run_uml(job: Job) -> int:
         argv = uml_cmdline(job, rundir, umldir, umid, w_out, w_err, con_fd)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=con_fd, stderr=con_fd,
                                 pass_fds=(w_out, w_err, con_fd), start_new_session=True,
-                                cwd="/")
+                                cwd="/", preexec_fn=_die_with_parent)
         for fd in (w_out, w_err, con_fd):
             os.close(fd)
         w_out = w_err = con_fd = -1
@@ -391,6 +441,7 @@ def run_direct(job: Job, backend: str) -> int:
 
 
 def run(job: Job, want: str = "auto", quiet: bool = True) -> int:
+    reap_orphans()
     backend, why = choose_kernel(want)
     if not quiet:
         log(f"kernel: {why}")

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -66,3 +67,32 @@ def test_exec_timeout_kills_the_kernel_and_fails_loudly():
 def test_exec_without_command_is_a_usage_error():
     r = lab("exec")
     assert r.returncode != 0
+
+
+def test_killing_tools_lab_leaves_no_kernel_behind():
+    labdir = os.path.join(ROOT, ".lab", f"test-kill-{os.getpid()}")
+    env = dict(os.environ, MSEC_LAB_DIR=labdir)
+    env.pop("MSEC_LAB", None)
+    p = subprocess.Popen([LAB, "exec", "--kernel", "uml", "--", "sleep", "120"], env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _lab_pids(labdir):
+            time.sleep(0.2)
+        assert _lab_pids(labdir), "the kernel did not start"
+        time.sleep(2)
+        p.kill()  # SIGKILL: no cleanup code runs in tools/lab
+        p.wait()
+        lab("exec", "--", "true")  # the next run reaps what a killed run left
+        time.sleep(1)
+        assert _lab_pids(labdir) == []
+    finally:
+        for pid in _lab_pids(labdir):
+            os.kill(int(pid), 9)
+        shutil.rmtree(labdir, ignore_errors=True)
+
+
+def _lab_pids(labdir):
+    return subprocess.run(["pgrep", "-f", f"msec_run={labdir}/"], capture_output=True,
+                          text=True).stdout.split()
