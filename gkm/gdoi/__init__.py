@@ -1,0 +1,32 @@
+"""GDOI (RFC 6407) exchanges: GROUPKEY-PULL in both roles (sans-I/O), group key values.
+
+Public API::
+
+    MemberRegistration(phase1_config, group_id, ks_addr, authorize_key_server=..., allowed_suites=...)
+        .start(now) / .receive_datagram(data, addr, now) / .handle_timer(now)
+        .datagrams_to_send() / .next_event() / .get_timer()
+        events: Registered(group_id, teks, kek, seq, lkh, key_server, ...), RegistrationFailed(group_id, reason, notify)
+    KeyServerEngine(groups, keys_provider, phase1_config, rekey_source=..., max_pending=...)
+        same inputs/outputs; events: MemberRegistered, MemberRefused (+ phase 1 events)
+    StoreKeysProvider(KeyStore, lkh=False)            group keys provider over gkm.store
+    phase1_config(KeyServerSettings | MemberGroup, ...)  gkm.ike.Phase1Config from the policy
+    GroupTek, GroupKek, LkhKeys                       keys in protocol terms (for xfrm.groupsa)
+    PullInitiator, PullResponder                      the GROUPKEY-PULL engines on a phase 1 SA
+    gkm.gdoi.policy_wire                              the policy <-> SA TEK/SA KEK/KD mapping
+"""
+
+from .engines import KeyServerEngine, MemberRegistration, RegistrationState
+from .events import MemberRefused, MemberRegistered, Registered, RegistrationFailed
+from .keys import GroupKek, GroupTek, LkhKeys
+from .phase1 import phase1_config
+from .provider import Enrollment, GroupKeys, GroupKeysProvider, KekKeys, StaleKeys, StoreKeysProvider, TekKeys
+from .pull import PullInitiator, PullResponder, PullState, peer_identity
+
+__all__ = [
+    "KeyServerEngine", "MemberRegistration", "RegistrationState",
+    "MemberRefused", "MemberRegistered", "Registered", "RegistrationFailed",
+    "GroupKek", "GroupTek", "LkhKeys",
+    "phase1_config",
+    "Enrollment", "GroupKeys", "GroupKeysProvider", "KekKeys", "StaleKeys", "StoreKeysProvider", "TekKeys",
+    "PullInitiator", "PullResponder", "PullState", "peer_identity",
+]

@@ -1,0 +1,61 @@
+"""Events pulled from the GDOI engines (frozen values; no key material in ``repr``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gkm.lkh import LkhUpdate
+from policy.model import Identity
+
+from .keys import GroupKek, GroupTek, LkhKeys
+
+Address = Any
+
+__all__ = ["Registered", "RegistrationFailed", "MemberRegistered", "MemberRefused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """Member: GROUPKEY-PULL completed.  Hand ``teks`` to the group SA installer, keep ``kek``,
+    ``seq`` (reject PUSH with SEQ <= it for ``kek.spi``) and ``lkh`` for GROUPKEY-PUSH."""
+
+    group_id: int
+    teks: tuple[GroupTek, ...]
+    kek: GroupKek | None
+    seq: int | None
+    lkh: LkhKeys | None
+    key_server: Address
+    key_server_id: Identity | None = None
+    phase1_spi: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationFailed:
+    """Member: registration ended without keys (phase 1 failure, refusal, timeout, bad reply)."""
+
+    group_id: int
+    reason: str
+    notify: int | None = None  # notification type sent or received, if any
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRegistered:
+    """Key server: a member completed GROUPKEY-PULL (its record and keys are persisted)."""
+
+    group_id: int
+    identity: Identity
+    addr: Address
+    tek_spis: tuple[int, ...] = ()
+    lkh_update: LkhUpdate | None = field(default=None, repr=False)  # to PUSH to the other members
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRefused:
+    """Key server: a GROUPKEY-PULL was refused (unknown group, not authorized); the member was told."""
+
+    group_id: int
+    identity: Identity | None
+    addr: Address
+    reason: str
+    notify: int | None = None

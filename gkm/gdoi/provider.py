@@ -1,0 +1,289 @@
+"""Group keys for the key server: the "group keys provider" interface and its store-backed form.
+
+The GROUPKEY-PULL responder asks for keys twice:
+
+* :meth:`GroupKeysProvider.peek` when it builds message 2 (the SA payload needs the SPIs).  It
+  must change **no persistent state** (RFC 6407 section 3.2: nothing changes before the
+  member proves liveness with HASH(3)).  When the group has no keys yet, the store-backed
+  provider generates them *tentatively*, in memory only, and hands the same tentative keys to
+  every concurrent first registration, so they all see the same SPIs.
+* :meth:`GroupKeysProvider.enroll` after a valid message 3: persist the tentative keys (if
+  still tentative), record the member, join it to the LKH tree; all in one store transaction,
+  committed (fsync'ed) before it returns, i.e. before message 4 is sent.  A restarted key
+  server therefore hands out the same TEKs/KEK.
+
+Store conventions (``gkm.store``; the rekey engine must use the same): a TEK row's
+``algorithm`` is ``"<TekPolicy.name>/<suite name>"`` (a group may have several TEKs with the
+same suite), ``key`` is TEK_ALGORITHM_KEY (AES-GCM: key || salt) and ``auth_key`` the
+TEK_INTEGRITY_KEY; a KEK row's ``algorithm`` is the KEK cipher name and ``key`` is
+KEK_ALGORITHM_KEY = IV || key.  SPIs are random 32-bit values >= 256, unique across every TEK
+in the store (so also per group and destination).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from cryptography.hazmat.primitives import serialization
+
+from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LkhTree, LkhUpdate
+from gkm.store import KeyState, KeyStore
+from policy.model import GroupPolicy
+
+from .keys import new_kek_keymat, new_tek_keymat, random_spi
+
+log = logging.getLogger("gkm.gdoi")
+
+__all__ = ["TekKeys", "KekKeys", "GroupKeys", "Enrollment", "GroupKeysProvider", "StoreKeysProvider", "StaleKeys", "tek_label", "load_signing_public_key"]
+
+
+class StaleKeys(Exception):
+    """The keys announced in message 2 are no longer the group's current keys."""
+
+
+@dataclass(frozen=True, slots=True)
+class TekKeys:
+    name: str  # TekPolicy.name
+    spi: int
+    suite: str
+    enc_keymat: bytes = field(repr=False)  # TEK_ALGORITHM_KEY
+    auth_key: bytes = field(repr=False)  # TEK_INTEGRITY_KEY (b"" for AEAD)
+    expires: int  # Unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class KekKeys:
+    spi: bytes
+    cipher: str
+    keymat: bytes = field(repr=False)  # IV || key
+    expires: int
+    public_key: bytes  # DER SubjectPublicKeyInfo of the PUSH signing key
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKeys:
+    group_id: int
+    teks: tuple[TekKeys, ...]
+    kek: KekKeys | None
+    tentative: bool  # generated for message 2, not persisted yet
+
+    def tek(self, name: str) -> TekKeys:
+        return next(t for t in self.teks if t.name == name)
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """What message 4 needs beyond the keys: SEQ (None without a KEK) and the LKH path."""
+
+    seq: int | None
+    lkh_path: tuple[tuple[int, int, bytes], ...] | None = field(default=None, repr=False)
+    lkh_key_type: int = KEY_TYPE_AES_KEYWRAP
+    lkh_update: LkhUpdate | None = None  # for the existing members (tree grew / backward secrecy)
+
+
+class GroupKeysProvider(Protocol):
+    def peek(self, group: GroupPolicy, now: int) -> GroupKeys:
+        """Current keys of the group (tentative if new).  No persistent change."""
+
+    def enroll(self, group: GroupPolicy, keys: GroupKeys, member: str, address: str, now: int) -> Enrollment:
+        """Persist ``keys`` if tentative, record the member (LKH join); durable on return.
+        Raises :class:`StaleKeys` if ``keys`` are no longer current."""
+
+
+def tek_label(name: str, suite: str) -> str:
+    return f"{name}/{suite}"
+
+
+_PUBKEY_CACHE: dict[Path, bytes] = {}
+
+
+def load_signing_public_key(path: Path) -> bytes:
+    """DER SubjectPublicKeyInfo of the PEM private key at ``path`` (the PUSH signing key)."""
+    path = Path(path)
+    der = _PUBKEY_CACHE.get(path)
+    if der is None:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        _PUBKEY_CACHE[path] = der
+    return der
+
+
+def _policy_digest(group: GroupPolicy) -> bytes:
+    return hashlib.sha256(repr(group).encode()).digest()
+
+
+class StoreKeysProvider:
+    """:class:`GroupKeysProvider` over :class:`gkm.store.KeyStore`.
+
+    ``lkh``: groups with a KEK get an LKH tree (created on the first enrollment); a group whose
+    tree is already in the store always uses it.  ``signing_public_key(group)`` gives the DER
+    public key sent in the KD KEK packet (default: derived from ``KekPolicy.signing_key``).
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        lkh: bool = False,
+        lkh_degree: int = 2,
+        backward_secrecy: bool = False,
+        signing_public_key: Callable[[GroupPolicy], bytes] | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.store = store
+        self._lkh = lkh
+        self._lkh_degree = lkh_degree
+        self._backward_secrecy = backward_secrecy
+        self._pubkey = signing_public_key or (lambda g: load_signing_public_key(g.kek.signing_key))
+        self._random = random
+        self._tentative: dict[int, GroupKeys] = {}
+        self._trees: dict[int, LkhTree | None] = {}
+
+    # -- GroupKeysProvider
+
+    def peek(self, group: GroupPolicy, now: int) -> GroupKeys:
+        gid = group.group_id
+        t = self._tentative.get(gid)
+        if t is not None and self._fits(group, t):
+            return t
+        stored = self._stored(group)
+        if stored is not None:
+            self._tentative.pop(gid, None)
+            return stored
+        t = self._generate(group, now)
+        self._tentative[gid] = t
+        return t
+
+    def enroll(self, group: GroupPolicy, keys: GroupKeys, member: str, address: str, now: int) -> Enrollment:
+        gid = group.group_id
+        st = self.store
+        tree = None
+        try:
+            with st.transaction():
+                if st.group(gid) is None:
+                    st.add_group(gid, _policy_digest(group))
+                current = {t.algorithm: t for t in st.teks(gid, KeyState.CURRENT)}
+                for tk in keys.teks:
+                    cur = current.get(tek_label(tk.name, tk.suite))
+                    if cur is None and keys.tentative:
+                        st.add_tek(gid, tk.spi, tek_label(tk.name, tk.suite), tk.enc_keymat, auth_key=tk.auth_key or None,
+                                   created=now, expires=tk.expires, state=KeyState.CURRENT)
+                    elif cur is None or cur.spi != tk.spi:
+                        raise StaleKeys(f"group {gid}: TEK {tk.name} changed since message 2")
+                if keys.kek is not None:
+                    ck = st.current_kek(gid)
+                    if ck is None and keys.tentative:
+                        st.add_kek(gid, keys.kek.spi, keys.kek.cipher, keys.kek.keymat, created=now,
+                                   expires=keys.kek.expires, state=KeyState.CURRENT)
+                    elif ck is None or ck.spi != keys.kek.spi:
+                        raise StaleKeys(f"group {gid}: KEK changed since message 2")
+                old = st.member(gid, member)
+                if old is not None:
+                    st.remove_member(gid, member)
+                lkh_path = update = None
+                tree = self._tree(group) if keys.kek is not None else None
+                leaf = None
+                if tree is not None:
+                    if member in tree:
+                        leaf = tree.leaf_of(member)
+                        epoch = tree.epoch
+                    else:
+                        jr = tree.join(member)
+                        leaf, update, epoch = jr.leaf, jr.update, jr.epoch
+                    lkh_path = tuple((kid.level, kid.handle, key) for kid, key in tree.path(member))
+                st.add_member(gid, member, address, registered_at=now, leaf=leaf)
+                if tree is not None:
+                    st.save_lkh(gid, tree)
+                seq = st.current_seq(gid) if keys.kek is not None else None
+        except BaseException:
+            self._trees.pop(gid, None)  # the in-memory tree may be ahead of the store: reload
+            raise
+        if keys.tentative:
+            self._tentative.pop(gid, None)
+        return Enrollment(seq, lkh_path, KEY_TYPE_AES_KEYWRAP, update)
+
+    # -- internals
+
+    def _fits(self, group: GroupPolicy, keys: GroupKeys) -> bool:
+        names = {(t.name, t.suite.name) for t in group.teks}
+        have = {(t.name, t.suite) for t in keys.teks}
+        kek_ok = (group.kek is None) == (keys.kek is None) and (keys.kek is None or keys.kek.cipher == group.kek.cipher.name)
+        return names == have and kek_ok
+
+    def _stored(self, group: GroupPolicy) -> GroupKeys | None:
+        gid = group.group_id
+        st = self.store
+        if st.group(gid) is None:
+            return None
+        current = {t.algorithm: t for t in st.teks(gid, KeyState.CURRENT)}
+        teks = []
+        for tp in group.teks:
+            t = current.get(tek_label(tp.name, tp.suite.name))
+            if t is None:
+                return None
+            teks.append(TekKeys(tp.name, t.spi, tp.suite.name, t.key, t.auth_key or b"", t.expires))
+        kek = None
+        if group.kek is not None:
+            k = st.current_kek(gid)
+            if k is None or k.algorithm != group.kek.cipher.name:
+                return None
+            kek = KekKeys(k.spi, k.algorithm, k.key, k.expires, self._pubkey(group))
+        return GroupKeys(gid, tuple(teks), kek, False)
+
+    def _taken(self, extra: set[int]) -> Callable[[int], bool]:
+        st = self.store
+        in_store: set[int] = set()
+        for g in st.groups():
+            in_store.update(t.spi for t in st.teks(g.group_id))
+        for tk in self._tentative.values():
+            in_store.update(t.spi for t in tk.teks)
+        return lambda spi: spi in in_store or spi in extra
+
+    def _generate(self, group: GroupPolicy, now: int) -> GroupKeys:
+        """Tentative keys: the stored current ones where they exist, fresh ones for the rest."""
+        gid = group.group_id
+        st = self.store
+        known = st.group(gid) is not None
+        current = {t.algorithm: t for t in st.teks(gid, KeyState.CURRENT)} if known else {}
+        used: set[int] = set()
+        taken = self._taken(used)
+        teks = []
+        for tp in group.teks:
+            t = current.get(tek_label(tp.name, tp.suite.name))
+            if t is not None:
+                teks.append(TekKeys(tp.name, t.spi, tp.suite.name, t.key, t.auth_key or b"", t.expires))
+                continue
+            spi = random_spi(taken, self._random)
+            used.add(spi)
+            enc, auth = new_tek_keymat(tp.suite, self._random)
+            teks.append(TekKeys(tp.name, spi, tp.suite.name, enc, auth, now + tp.lifetime_s))
+        kek = None
+        if group.kek is not None:
+            k = st.current_kek(gid) if known else None
+            if k is not None and k.algorithm == group.kek.cipher.name:
+                kek = KekKeys(k.spi, k.algorithm, k.key, k.expires, self._pubkey(group))
+            else:
+                spi = self._random(16)
+                while not any(spi[:8]) or not any(spi[8:]):
+                    spi = self._random(16)
+                kek = KekKeys(spi, group.kek.cipher.name, new_kek_keymat(group.kek.cipher, self._random),
+                              now + group.kek.lifetime_s, self._pubkey(group))
+        log.info("gdoi: group %s: new %s keys generated (persisted at the first registration)",
+                 group.label, "TEK/KEK" if kek else "TEK")
+        return GroupKeys(gid, tuple(teks), kek, True)
+
+    def _tree(self, group: GroupPolicy) -> LkhTree | None:
+        gid = group.group_id
+        if gid in self._trees:
+            return self._trees[gid]
+        tree = self.store.load_lkh(gid)
+        if tree is None and self._lkh:
+            tree = LkhTree(degree=self._lkh_degree, backward_secrecy=self._backward_secrecy, random=self._random)
+        self._trees[gid] = tree
+        return tree
+
