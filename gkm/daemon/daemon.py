@@ -291,6 +291,7 @@ class KeyServerRole:
         self.listen: list[str] = []
         self.registrations = 0
         self.refusals = 0
+        self.phase1_failures = 0
 
     async def start(self) -> None:
         from gkm.store import KeyStore, StoreError
@@ -332,8 +333,15 @@ class KeyServerRole:
                  ", ".join(g.label for g in self.settings.groups) or "none")
         shell.kick()
 
-    async def reconfigure(self, settings: pm.KeyServerSettings) -> None:
-        """A reload changed the key server role: new engine (keys stay in the store)."""
+    async def reconfigure(self, settings: pm.KeyServerSettings, groups_only: bool) -> None:
+        """A reload changed the key server role.  Only the groups: the running engine takes the
+        new policies (exchanges under way keep theirs).  Otherwise (PSKs, certificate,
+        listen addresses): a new engine and sockets; keys stay in the store."""
+        update = getattr(self.daemon.factory, "update_keyserver_groups", None)
+        if groups_only and self.shell is not None and update is not None \
+                and update(self.shell.engine, settings.groups):
+            self.settings = settings
+            return
         old_shell = self.shell
         if old_shell is not None:
             old_shell.close()
@@ -359,8 +367,12 @@ class KeyServerRole:
             self.refusals += 1
             log.warning("group %s: member %s (%s) refused: %s", label, who, addr,
                         getattr(ev, "reason", "not authorized"))
+        elif name == "Phase1Failed":
+            self.phase1_failures += 1
+            log.warning("key server: phase 1 with %s failed: %s", addr,
+                        getattr(ev, "reason", "?"))
         else:
-            log.debug("key server: %s", name)
+            log.debug("key server: %s from %s", name, addr)
 
     def group_info(self, g: pm.GroupPolicy) -> dict[str, Any]:
         info: dict[str, Any] = {"id": g.group_id, "name": g.name, "role": "keyserver",
@@ -597,7 +609,9 @@ class Daemon:
             elif new.keyserver is not None and (
                     d.keyserver_added or d.keyserver_removed or d.keyserver_changed
                     or any(s.startswith("keyserver.") for s in d.settings_changed)):
-                await self.keyserver.reconfigure(new.keyserver)
+                await self.keyserver.reconfigure(
+                    new.keyserver,
+                    groups_only=not any(s.startswith("keyserver.") for s in d.settings_changed))
                 changes.append("keyserver reconfigured")
         except (StartupError, EngineUnavailable, OSError) as e:
             log.error("reload: key server role failed: %s", e)
@@ -670,7 +684,8 @@ class Daemon:
                                 "groups": len(self.keyserver.settings.groups),
                                 "state_dir": str(self.config.daemon.state_dir),
                                 "registrations": self.keyserver.registrations,
-                                "refusals": self.keyserver.refusals}
+                                "refusals": self.keyserver.refusals,
+                                "phase1_failures": self.keyserver.phase1_failures}
         if self.sessions:
             out["member"] = {
                 "groups": len(self.sessions),

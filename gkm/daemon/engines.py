@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any, Protocol
 
@@ -55,17 +54,6 @@ class NullInstaller:
         return dict(self._groups)
 
 
-def _call(fn, /, *args, **kwargs):
-    """Call ``fn`` with the keyword arguments it accepts (the gdoi constructors are young)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(*args, **kwargs)
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **kwargs)
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
-
-
 class GdoiFactory:
     """The real engines (gkm.gdoi) and installer (xfrm.groupsa)."""
 
@@ -83,20 +71,24 @@ class GdoiFactory:
 
     def keyserver(self, settings, store, now: float):
         gdoi = self._gdoi()
-        cls = getattr(gdoi, "KeyServerEngine", None)
-        if cls is None:
-            raise EngineUnavailable("gkm.gdoi has no KeyServerEngine yet")
-        return _call(cls, settings, store, now=now)
+        provider = gdoi.StoreKeysProvider(store)
+        phase1 = gdoi.phase1_config(settings)
+        return gdoi.KeyServerEngine(settings.groups, provider, phase1)
+
+    def update_keyserver_groups(self, engine, groups) -> bool:
+        """Give a running key server engine new group policies; False if it cannot."""
+        update = getattr(engine, "update_groups", None)
+        if update is None:
+            return False
+        update(groups)
+        return True
 
     def member(self, group, key_server: tuple[str, int], now: float):
         gdoi = self._gdoi()
-        cls = getattr(gdoi, "MemberRegistration", None)
-        if cls is None:
-            raise EngineUnavailable("gkm.gdoi has no MemberRegistration yet")
-        engine = _call(cls, group, key_server, now=now)
-        start = getattr(engine, "start", None)
-        if callable(start):
-            start(now)
+        phase1 = gdoi.phase1_config(group, key_server=key_server)
+        engine = gdoi.MemberRegistration(phase1, group.group_id, key_server,
+                                         authorize_key_server=group.accepts_key_server)
+        engine.start(now)
         return engine
 
     def installer(self):
