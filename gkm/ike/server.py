@@ -24,7 +24,6 @@ flood could exhaust.  Denial-of-service design (RFC 2522 "Photuris" cookies, Fre
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import hmac
 import itertools
@@ -34,7 +33,8 @@ from collections import Counter, OrderedDict, deque
 from typing import Callable
 
 from . import _msg as m
-from .config import Phase1Config
+from . import crypto
+from .config import Identity, Phase1Config
 from .events import Address, DeleteRequest, Event, Notification, Phase1Deleted, Phase1Established, Phase1Failed, Phase1SA
 from .config import Proposal
 from .mainmode import LocalProtocolError, MainMode, State, choose_proposal
@@ -53,6 +53,10 @@ def _host(addr: Address) -> str:
 
 def _addr_bytes(addr: Address) -> bytes:
     return repr(addr).encode()
+
+
+def _peer_key(sa: Phase1SA) -> tuple[Identity, str]:
+    return sa.peer_id, _host(sa.peer_addr)
 
 
 class _HalfOpen:
@@ -89,6 +93,10 @@ class Phase1Server:
         self._scheduled: dict[tuple[bytes, bytes], float] = {}
         self.stats: Counter[str] = Counter()
         self._offer_cache: dict[bytes, tuple] = {}  # SA body of message 1 -> choose_proposal()
+        self._cookie_prf = crypto.Prf(crypto.HashAlg.SHA2_256).keyed(self._secret)
+        # established SAs by (peer identity, peer host), in order of establishment: INITIAL-CONTACT
+        # looks here instead of scanning every exchange
+        self._by_peer: dict[tuple[Identity, str], dict[tuple[bytes, bytes], None]] = {}
 
     # ----------------------------------------------------------------- inputs
 
@@ -172,7 +180,7 @@ class Phase1Server:
     # ----------------------------------------------------------------- internals
 
     def _cookie(self, icookie: bytes, addr: Address) -> bytes:
-        c = hmac.digest(self._secret, icookie + _addr_bytes(addr), hashlib.sha256)[:8]
+        c = self._cookie_prf(icookie + _addr_bytes(addr))[:8]
         return c if any(c) else b"\x00" * 7 + b"\x01"
 
     def _receive(self, data: bytes, addr: Address, now: float) -> None:
@@ -295,28 +303,39 @@ class Phase1Server:
         self._out.extend(ex.datagrams_to_send())
         while (ev := ex.next_event()) is not None:
             self._events.append(ev)
-            if isinstance(ev, Phase1Established) and ev.sa.initial_contact:
-                self._initial_contact(key, ev.sa)
+            if isinstance(ev, Phase1Established):
+                if ev.sa.initial_contact:
+                    self._initial_contact(key, ev.sa)
+                self._by_peer.setdefault(_peer_key(ev.sa), {})[key] = None
         if ex.state in (State.FAILED, State.DELETED):
-            self._exchanges.pop(key, None)
-            self._scheduled.pop(key, None)
+            self._forget(key, ex)
             self._pending.discard(key)
         else:
             self._schedule(key, ex)
+
+    def _forget(self, key: tuple[bytes, bytes], ex: MainMode) -> None:
+        self._exchanges.pop(key, None)
+        self._scheduled.pop(key, None)
+        if ex.sa is not None:
+            pk = _peer_key(ex.sa)
+            keys = self._by_peer.get(pk)
+            if keys is not None:
+                keys.pop(key, None)
+                if not keys:
+                    del self._by_peer[pk]
 
     def _initial_contact(self, key: tuple[bytes, bytes], sa: Phase1SA) -> None:
         """The peer has rebooted: forget its older ISAKMP SAs (same identity *and* same source host:
         with address-keyed PSKs the ID is not bound to the key, so the ID alone must not let one
         member delete another's SAs), without telling it (it has no state for them)."""
-        host = _host(sa.peer_addr)
-        for other_key, other in list(self._exchanges.items()):
+        for other_key in list(self._by_peer.get(_peer_key(sa), ())):
+            other = self._exchanges.get(other_key)
             if (
-                other_key != key and other.state is State.ESTABLISHED and other.sa is not None
-                and other.sa.peer_id == sa.peer_id and _host(other.peer_addr) == host
+                other_key != key and other is not None and other.state is State.ESTABLISHED and other.sa is not None
+                and other.sa.peer_id == sa.peer_id and _host(other.peer_addr) == _host(sa.peer_addr)
             ):
                 other.state = State.DELETED
-                self._exchanges.pop(other_key, None)
-                self._scheduled.pop(other_key, None)
+                self._forget(other_key, other)
                 self._events.append(Phase1Deleted(other_key[0], other_key[1], other.peer_addr, f"replaced by {key[0].hex()}:{key[1].hex()} (INITIAL-CONTACT)"))
                 log.info("ike server: SA %s:%s of %s replaced after INITIAL-CONTACT", other_key[0].hex(), other_key[1].hex(), sa.peer_id)
 
