@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gkm import wire
 from gkm.wire import WireError
@@ -50,8 +51,9 @@ class MessageError(ValueError):
         return cls(e.payload, e.offset + base if e.offset >= 0 else e.offset, e.reason)
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
+    """The fields of a received ISAKMP header, all plain ints/bytes (a tuple: cheap to build)."""
+
     icookie: bytes
     rcookie: bytes
     next_payload: int
@@ -61,17 +63,34 @@ class Header:
     length: int
 
 
+_HDR = struct.Struct("!8s8sBBBBII")
+_KNOWN_FLAGS = 0x07
+
+
 def decode_header(data: bytes) -> Header:
+    """The header, checked as :func:`gkm.wire.decode_header` does (major version 1, no undefined
+    flag bits), plus the length field against the datagram size.  The common case is unpacked
+    here directly; anything unusual goes through :mod:`gkm.wire` for its exact error."""
+    if len(data) >= HEADER_LEN:
+        icookie, rcookie, np, version, exchange, flags, message_id, length = _HDR.unpack_from(data)
+        if version >> 4 == 1 and not flags & ~_KNOWN_FLAGS:
+            if length != len(data):
+                raise MessageError("header", 24, f"length field {length} != datagram size {len(data)}")
+            return Header(icookie, rcookie, np, exchange, flags, message_id, length)
     try:
         h, np, length = wire.decode_header(data)
     except WireError as e:
         raise MessageError.of(e) from None
-    if length != len(data):
-        raise MessageError("header", 24, f"length field {length} != datagram size {len(data)}")
-    return Header(h.icookie, h.rcookie, np, int(h.exchange), int(h.flags), h.message_id, length)
+    raise AssertionError("gkm.wire accepted a header that the fast path refused")  # pragma: no cover
 
 
 def encode_header(icookie: bytes, rcookie: bytes, next_payload: int, exchange: int, flags: int, message_id: int, length: int) -> bytes:
+    if len(icookie) == 8 and len(rcookie) == 8 and not flags & ~_KNOWN_FLAGS:
+        try:
+            return _HDR.pack(icookie, rcookie, next_payload, VERSION, exchange, flags, message_id, length)
+        except struct.error:
+            pass
+    # the same error as before for out-of-range values
     return wire.encode_header(wire.Header(icookie, rcookie, exchange, flags, message_id), next_payload, length)
 
 

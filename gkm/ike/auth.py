@@ -19,7 +19,7 @@ from cryptography.x509 import verification as xv
 from cryptography.x509.oid import ExtensionOID
 
 from .config import AuthMethod, CertCredential, Identity, IdType, key_fits_method
-from .crypto import HashAlg, Prf
+from .crypto import HashAlg, Prf, prf_of
 
 __all__ = ["AuthError", "signature_prf", "sign", "verify", "validate_chain", "id_matches_certificate"]
 
@@ -43,7 +43,7 @@ _ECDSA = {
 def signature_prf(method: AuthMethod, negotiated: Prf) -> Prf:
     """The PRF used for the HASH_I/R that is signed: the curve's hash for ECDSA."""
     if method in _ECDSA:
-        return Prf(_ECDSA[method][0])
+        return prf_of(_ECDSA[method][0])
     return negotiated
 
 

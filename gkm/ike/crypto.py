@@ -31,6 +31,7 @@ __all__ = [
     "EncAlg",
     "Prf",
     "KeyedPrf",
+    "prf_of",
     "DhGroup",
     "DhPrivate",
     "dh_group",
@@ -156,6 +157,14 @@ class Prf:
     @property
     def size(self) -> int:
         return self.hash_alg.digest_size
+
+
+_PRFS = {h: Prf(h) for h in HashAlg}
+
+
+def prf_of(hash_alg: HashAlg) -> Prf:
+    """The (immutable, shared) :class:`Prf` of a hash algorithm."""
+    return _PRFS[hash_alg]
 
 
 # --------------------------------------------------------------------------------------------

@@ -281,8 +281,10 @@ class MainMode:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        t = [x for x in (self._retx_at, self._deadline) if x is not None]
-        return min(t) if t else None
+        r, d = self._retx_at, self._deadline
+        if r is None:
+            return d
+        return r if d is None or r < d else d
 
     @property
     def spi(self) -> bytes:
@@ -511,7 +513,7 @@ class MainMode:
             raise _Fail(f"responder chose a transform we did not offer: {chosen}", N_NO_PROPOSAL_CHOSEN)
         self.rcookie = hdr.rcookie
         self._proposal = chosen
-        self._prf = crypto.Prf(chosen.hash)
+        self._prf = crypto.prf_of(chosen.hash)
         self._dh = crypto.dh_group(chosen.group).generate()
         self._gxi = self._dh.public
         self._ni = self._random(self.config.nonce_size)
@@ -544,7 +546,7 @@ class MainMode:
         assert self._proposal is not None
         p = self._clear_payloads(hdr, data, 3)
         self._gxi, self._ni = self._ke_nonce(p)
-        self._prf = crypto.Prf(self._proposal.hash)
+        self._prf = crypto.prf_of(self._proposal.hash)
         self._dh = crypto.dh_group(self._proposal.group).generate()  # DH deferred until here
         self._gxr = self._dh.public
         self._nr = self._random(self.config.nonce_size)
