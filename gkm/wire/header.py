@@ -54,7 +54,7 @@ class Header:
 
     @property
     def encrypted(self) -> bool:
-        return bool(self.flags & Flags.ENCRYPTION)
+        return bool(int(self.flags) & 1)  # int(): Flag.__and__ is slow Python code
 
     @property
     def spi(self) -> bytes:
@@ -86,8 +86,8 @@ def encode_header(header: Header, next_payload: int, length: int) -> bytes:
             raise WireError("header", -1, "cookies must be 8 bytes each")
         if header.version >> 4 != 1:
             raise WireError("header", -1, f"major version must be 1, not {header.version >> 4}")
-        if header.flags & ~_KNOWN_FLAGS:
-            raise WireError("header", -1, f"undefined flag bits 0x{header.flags:02x}")
+        if int(header.flags) & ~_KNOWN_FLAGS:
+            raise WireError("header", -1, f"undefined flag bits 0x{int(header.flags):02x}")
         return _header_pack(
             header.icookie, header.rcookie, next_payload, header.version, header.exchange,
             header.flags, header.message_id, length,

@@ -74,6 +74,7 @@ _GDOI_EXCHANGES = frozenset((ExchangeType.GROUPKEY_PULL, ExchangeType.GROUPKEY_P
 _NAMES = {t: t.name for t in PayloadType}
 _INNER_ONLY = frozenset((PayloadType.PROPOSAL, PayloadType.TRANSFORM, PayloadType.SA_KEK, PayloadType.SA_TEK))
 _II = struct.Struct("!I")
+_E = int(Flags.ENCRYPTION)
 
 
 def _decode_sa(buf: bytes, pos: int, end: int, exchange: int):
@@ -201,14 +202,15 @@ def decode_message(data: bytes, *, block_size: int | None = None) -> Message:
         raise WireError("header", 24, f"Length field {length} but the message has {n} bytes")
     data = bytes(data)
     payloads, pos = decode_payloads(data, np, HEADER_LENGTH, n, header.exchange)
+    encrypted = int(header.flags) & _E  # int(): Flag.__and__ is slow Python code
     padding = b""
     if pos != n:
-        if not header.flags & Flags.ENCRYPTION:
+        if not encrypted:
             raise WireError("message", pos, f"{n - pos} bytes after the last payload of a cleartext message")
         if n - pos > MAX_PADDING:
             raise WireError("message", pos, f"{n - pos} bytes of padding (more than {MAX_PADDING})")
         padding = data[pos:]
-    if block_size and header.flags & Flags.ENCRYPTION and (n - HEADER_LENGTH) % block_size:
+    if block_size and encrypted and (n - HEADER_LENGTH) % block_size:
         raise WireError("message", HEADER_LENGTH, f"encrypted body of {n - HEADER_LENGTH} bytes is not a multiple of {block_size}")
     return Message(header, payloads, padding)
 
@@ -234,7 +236,7 @@ def encode_message(
             raise WireError("SA", -1, "a DOI-2 SA in GROUPKEY-PULL/PUSH must be a GdoiSa")
     np, body = encode_payloads(payloads)
     if block_size is not None or padding:
-        if not header.flags & Flags.ENCRYPTION:
+        if not int(header.flags) & _E:
             raise WireError("message", -1, "padding requested for a message without the E flag")
         if padding is None:
             if block_size <= 0:
