@@ -17,7 +17,7 @@ from typing import NamedTuple
 from . import messages as m
 from .algorithms import check_algorithms
 from .errors import InvalidArgument
-from .model import Direction, Mode, Policy, PolicyId, Proto, SaId, State
+from .model import Direction, Mode, Policy, PolicyId, Proto, SaId, State, Template
 from .owner import MSEC, Owner
 
 __all__ = ["Op", "Batch", "encode_op", "check_state_for_install"]
@@ -54,19 +54,62 @@ def check_state_for_install(state: State, owner: Owner) -> None:
     owner.check_state(state)
 
 
-def _check_policy(policy: Policy, owner: Owner) -> None:
-    if not isinstance(policy, Policy):
+class _Templates(NamedTuple):
+    """What a policy's templates imply, computed once per set of Template objects."""
+
+    templates: tuple[Template, ...]
+    owner: Owner
+    owned: bool
+    optional_tunnel: int  # index + 1 of the first optional non-transport template, or 0
+    transport_families: tuple[tuple[int, int], ...]  # (index, family) of transport templates
+    attr: bytes  # the encoded XFRMA_TMPL attribute (b"" without templates)
+
+
+_TEMPLATES: dict[tuple[int, ...], _Templates] = {}
+
+
+def _templates(templates: tuple[Template, ...], owner: Owner) -> _Templates:
+    """Facts about a policy's templates, cached by the identity of the Template objects.
+
+    A group's policies share their Template values, so a batch of thousands validates and
+    encodes them once; hashing Templates by value would cost more than encoding them. The
+    cache holds the objects, so their ids stay unique while cached.
+    """
+    key = tuple(map(id, templates))
+    hit = _TEMPLATES.get(key)
+    if hit is not None and hit.owner is owner and all(
+            a is b for a, b in zip(hit.templates, templates)):
+        return hit
+    opt = next((i + 1 for i, t in enumerate(templates)
+                if t.optional and t.mode != Mode.TRANSPORT), 0)
+    info = _Templates(templates, owner, any(owner.owns_reqid(t.reqid) for t in templates), opt,
+                      tuple((i, t.family) for i, t in enumerate(templates)
+                            if t.mode == Mode.TRANSPORT),
+                      m.templates_attr(templates) if templates else b"")
+    if len(_TEMPLATES) >= 4096:
+        _TEMPLATES.clear()
+    _TEMPLATES[key] = info
+    return info
+
+
+def _check_policy(policy: Policy, owner: Owner) -> bytes:
+    """Refuse what msec does not install; return the encoded templates attribute."""
+    if policy.__class__ is not Policy:
         raise InvalidArgument("policy", f"must be a Policy, got {type(policy).__name__}")
     if policy.index:
         raise InvalidArgument("policy.index", "is assigned by the kernel; leave it 0")
-    for i, t in enumerate(policy.templates):
-        if t.family != policy.selector.family and t.mode == Mode.TRANSPORT:
+    info = _templates(policy.templates, owner)
+    if not info.owned:
+        owner.check_policy(policy)  # raises, naming the owner's range
+    if info.optional_tunnel and policy.direction == Direction.OUT:
+        raise InvalidArgument(f"policy.templates[{info.optional_tunnel - 1}].optional",
+                              "the kernel refuses optional tunnel templates on outbound "
+                              "policies")
+    for i, family in info.transport_families:
+        if family != policy.selector.family:
             raise InvalidArgument(f"policy.templates[{i}]",
                                   "a transport template must match the selector's family")
-        if t.optional and t.mode != Mode.TRANSPORT and policy.direction == Direction.OUT:
-            raise InvalidArgument(f"policy.templates[{i}].optional", "the kernel refuses "
-                                  "optional tunnel templates on outbound policies")
-    owner.check_policy(policy)
+    return info.attr
 
 
 def encode_op(op: Op, seq: int) -> bytes:
@@ -105,17 +148,17 @@ class Batch:
         return self
 
     def add_policy(self, policy: Policy) -> Batch:
-        _check_policy(policy, self.owner)
+        tmpl = _check_policy(policy, self.owner)
         self.ops.append(Op("add_policy", m.XFRM_MSG_NEWPOLICY,
-                           _ACK | m.NLM_F_CREATE | m.NLM_F_EXCL, m.policy_payload(policy),
-                           policy))
+                           _ACK | m.NLM_F_CREATE | m.NLM_F_EXCL,
+                           m.policy_payload(policy, tmpl), policy))
         return self
 
     def update_policy(self, policy: Policy) -> Batch:
         """UPDPOLICY: replace the policy with the same selector/direction/mark, or add it."""
-        _check_policy(policy, self.owner)
+        tmpl = _check_policy(policy, self.owner)
         self.ops.append(Op("update_policy", m.XFRM_MSG_UPDPOLICY, _ACK,
-                           m.policy_payload(policy), policy))
+                           m.policy_payload(policy, tmpl), policy))
         return self
 
     def delete_policy(self, pid: PolicyId, index: int = 0) -> Batch:

@@ -92,6 +92,7 @@ ADDRESS_FILTER = struct.Struct("<16s16sHBB")
 _ZERO_SEL = bytes(SELECTOR.size)
 _ZERO_ADDR = bytes(16)
 _INF_LFT = (0xFFFFFFFFFFFFFFFF,) * 4 + (0,) * 4
+_INF_LFT_BYTES = struct.pack("<8Q", *_INF_LFT)
 
 
 def _swap16(v: int) -> int:
@@ -117,16 +118,51 @@ def _family(version: int) -> int:
 
 
 # --- encoding --------------------------------------------------------------------------------
+_ZERO_SEL_FIELDS = (_ZERO_ADDR, _ZERO_ADDR, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
 def selector_fields(sel: Selector | None) -> tuple:
-    """The 12 values of ``struct xfrm_selector`` (ports byte-swapped for the LE struct)."""
+    """The 12 values of ``struct xfrm_selector`` (ports byte-swapped for the LE struct).
+
+    On the hot path: written out by hand rather than through helpers.
+    """
     if sel is None:
-        return (_ZERO_ADDR, _ZERO_ADDR, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    return (
-        _addr(sel.dst.network_address), _addr(sel.src.network_address),
-        _swap16(sel.dport or 0), 0xFFFF if sel.dport is not None else 0,
-        _swap16(sel.sport or 0), 0xFFFF if sel.sport is not None else 0,
-        sel.family, sel.dst.prefixlen, sel.src.prefixlen, sel.proto, sel.ifindex, 0,
-    )
+        return _ZERO_SEL_FIELDS
+    d, s, dport, sport = sel.dst, sel.src, sel.dport, sel.sport
+    if d.__class__ is IPv4Network:
+        da = int(d.network_address).to_bytes(4, "big") + _PAD12
+        sa = int(s.network_address).to_bytes(4, "big") + _PAD12
+        family = AF_INET
+    else:
+        da = int(d.network_address).to_bytes(16, "big")
+        sa = int(s.network_address).to_bytes(16, "big")
+        family = AF_INET6
+    if dport is None:
+        dp = dm = 0
+    else:
+        dp, dm = ((dport & 0xFF) << 8) | (dport >> 8), 0xFFFF
+    if sport is None:
+        sp = sm = 0
+    else:
+        sp, sm = ((sport & 0xFF) << 8) | (sport >> 8), 0xFFFF
+    return (da, sa, dp, dm, sp, sm, family, d.prefixlen, s.prefixlen, sel.proto, sel.ifindex, 0)
+
+
+def selector_bytes(sel: Selector | None) -> bytes:
+    """``struct xfrm_selector`` (56 bytes)."""
+    if sel is None:
+        return _ZERO_SEL
+    return SELECTOR.pack(*selector_fields(sel))
+
+
+# encoding pieces: usersa_info = selector + _SA_ID + lifetime + curlft/stats (zero) + _SA_TAIL,
+# userpolicy_info = selector + lifetime + curlft (zero) + _POL_TAIL
+_SA_ID = struct.Struct("<16sIB3x16s")  # xfrm_id {daddr, spi, proto, pad}, saddr
+_LFT = struct.Struct("<8Q")
+_SA_TAIL = struct.Struct("<IIHBBB7x")  # seq, reqid, family, mode, replay_window, flags, pad
+_POL_TAIL = struct.Struct("<IIBBBB4x")  # priority, index, dir, action, flags, share, pad
+_CUR_STATS_ZERO = bytes(32 + 12)
+_CUR_ZERO = bytes(32)
 
 
 def nlattr(kind: int, payload: bytes) -> bytes:
@@ -154,17 +190,19 @@ def _algo_name(name: str) -> bytes:
 def state_payload(st: State) -> bytes:
     """``xfrm_usersa_info`` plus the attributes of a NEWSA/UPDSA message (no header)."""
     esn_attr = st.esn or st.replay_window > 32
-    info = USERSA_INFO.pack(
-        *selector_fields(st.selector),
-        _addr(st.dst), _swap32(st.spi), st.proto,
-        _addr(st.src),
-        *(_INF_LFT if st.lifetime is NO_LIFETIME else st.lifetime.as_wire()),
-        0, 0, 0, 0,
-        0, 0, 0,
-        0, st.reqid, AF_INET if st.dst.version == 4 else AF_INET6, st.mode,
-        0 if esn_attr else st.replay_window,
-        st.flags | (XFRM_STATE_ESN if st.esn else 0),
-    )
+    dst = st.dst
+    v4 = dst.__class__ is IPv4Address
+    lt = st.lifetime
+    info = b"".join((
+        _ZERO_SEL if st.selector is None else selector_bytes(st.selector),
+        _SA_ID.pack(int(dst).to_bytes(4, "big") + _PAD12 if v4 else int(dst).to_bytes(16, "big"),
+                    _swap32(st.spi), st.proto, _addr(st.src)),
+        _INF_LFT_BYTES if lt is NO_LIFETIME else _LFT.pack(*lt.as_wire()),
+        _CUR_STATS_ZERO,
+        _SA_TAIL.pack(0, st.reqid, AF_INET if v4 else AF_INET6, st.mode,
+                      0 if esn_attr else st.replay_window,
+                      st.flags | (XFRM_STATE_ESN if st.esn else 0)),
+    ))
     parts = [info]
     if st.aead is not None:
         a = st.aead
@@ -210,23 +248,9 @@ def sa_id_payload(sa: SaId) -> bytes:
                           sa.proto) + _mark_attrs(sa.mark, 0)
 
 
-_TMPL_CACHE: dict[int, tuple[tuple, bytes]] = {}
-
-
 def templates_attr(templates: tuple[Template, ...]) -> bytes:
-    """The XFRMA_TMPL attribute.
-
-    Cached by the identity of the (immutable) tuple, since a group's policies share one
-    templates tuple; the cache holds the tuple, so its id cannot be reused while cached.
-    """
-    hit = _TMPL_CACHE.get(id(templates))
-    if hit is not None and hit[0] is templates:
-        return hit[1]
-    data = nlattr(XFRMA_TMPL, b"".join(template_bytes(t) for t in templates))
-    if len(_TMPL_CACHE) >= 1024:
-        _TMPL_CACHE.clear()
-    _TMPL_CACHE[id(templates)] = (templates, data)
-    return data
+    """The XFRMA_TMPL attribute: the templates back to back (cached by ``xfrm.batch``)."""
+    return nlattr(XFRMA_TMPL, b"".join(template_bytes(t) for t in templates))
 
 
 def template_bytes(t: Template) -> bytes:
@@ -235,16 +259,22 @@ def template_bytes(t: Template) -> bytes:
                           ALL_ALGS, ALL_ALGS, ALL_ALGS)
 
 
-def policy_payload(p: Policy) -> bytes:
-    """``xfrm_userpolicy_info`` plus attributes of a NEWPOLICY/UPDPOLICY message."""
-    info = USERPOLICY_INFO.pack(
-        *selector_fields(p.selector),
-        *(_INF_LFT if p.lifetime is NO_LIFETIME else p.lifetime.as_wire()),
-        0, 0, 0, 0,
-        p.priority, p.index, p.direction, p.action, 0, 0,
-    )
+def policy_payload(p: Policy, templates: bytes | None = None) -> bytes:
+    """``xfrm_userpolicy_info`` plus attributes of a NEWPOLICY/UPDPOLICY message.
+
+    ``templates`` is the encoded XFRMA_TMPL attribute if the caller has it already.
+    """
+    lt = p.lifetime
+    info = b"".join((
+        selector_bytes(p.selector),
+        _INF_LFT_BYTES if lt is NO_LIFETIME else _LFT.pack(*lt.as_wire()),
+        _CUR_ZERO,
+        _POL_TAIL.pack(p.priority, p.index, p.direction, p.action, 0, 0),
+    ))
     out = info
-    if p.templates:
+    if templates is not None:
+        out += templates
+    elif p.templates:
         out += templates_attr(p.templates)
     if p.mark is not None or p.if_id:
         out += _mark_attrs(p.mark, p.if_id)

@@ -36,6 +36,7 @@ SO_SNDBUFFORCE = 32
 NLM_F_DUMP_INTR = 0x10
 BUF_BYTES = 8 << 20
 CHUNK_BYTES = 256 << 10
+_PLAIN_ACK = m.struct.Struct("<IHHIIi")  # nlmsghdr + nlmsgerr.error of a capped ACK
 REPLY_TIMEOUT = 60.0  # seconds; the kernel answers synchronously, this only guards hangs
 ACK_TRUESIZE = 1024  # generous skb truesize of one capped ACK, to size chunks
 
@@ -280,19 +281,27 @@ class XfrmSocket:
                       ignore: Sequence[int]) -> list[tuple[int, int, str | None]]:
         failures: list[tuple[int, int, str | None]] = []
         buf = self._buf
+        recv_into = self._sock.recv_into
+        unpack_ack = _PLAIN_ACK.unpack_from
+        pop = pending.pop
         while pending:
             try:
-                size = self._sock.recv_into(buf)
+                size = recv_into(buf)
             except OSError as exc:
                 # ENOBUFS: ACKs were dropped, so the outcome of some requests is unknown
                 raise KernelError("batch", exc.errno or errno.EIO,
                                   f"{len(pending)} ACKs missing ({exc}); re-read the kernel "
                                   "state with a dump") from exc
+            if size == 36:  # fast path: one capped, successful ACK per datagram
+                _n, kind, _f, seq, _p, err = unpack_ack(buf)
+                if kind == m.NLMSG_ERROR and err == 0:
+                    pop(seq, None)
+                    continue
             view = memoryview(buf)[:size]
             for kind, _flags, seq, off, n in m.split_messages(view):
                 if kind != m.NLMSG_ERROR:
                     continue
-                idx = pending.pop(seq, None)
+                idx = pop(seq, None)
                 if idx is None:
                     continue
                 code, extack = parse_ack(view, off, n)

@@ -228,7 +228,12 @@ def test_address_filter_attr():
     assert m.address_filter_attr(None, None) == b""
 
 
-def test_templates_attr_cache_is_by_identity():
-    t1 = (Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, R),)
-    t2 = (Template(A("10.0.0.1"), A("239.1.1.2"), Mode.TUNNEL, R),)
-    assert m.templates_attr(t1) == m.templates_attr(t1) != m.templates_attr(t2)
+def test_templates_cache_is_by_identity_and_checks_each_tuple():
+    from xfrm.batch import _templates
+    t = Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, R)
+    t_equal = Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, R)
+    foreign = Template(A("10.0.0.1"), A("239.1.1.2"), Mode.TUNNEL, 5)
+    assert _templates((t,), MSEC) is _templates((t,), MSEC)  # new tuple, same objects
+    assert _templates((t_equal,), MSEC).attr == _templates((t,), MSEC).attr
+    assert not _templates((foreign,), MSEC).owned and _templates((t, foreign), MSEC).owned
+    assert m.templates_attr((t,)) != m.templates_attr((foreign,))
