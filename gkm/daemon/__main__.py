@@ -57,6 +57,10 @@ def _setup_logging(level: str, foreground: bool) -> None:
                                            facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         h.setFormatter(logging.Formatter("msecd[%(process)d]: %(levelname)s %(message)s"))
     root.addHandler(h)
+    # msecd logs one line per registration, refusal and SA change itself; the engines' own
+    # lines (gkm.ike, gkm.gdoi) would repeat them, so they show only at debug level (and
+    # their errors always)
+    logging.getLogger("gkm").setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
 
 
 def _daemonize() -> None:

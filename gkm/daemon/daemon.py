@@ -478,16 +478,18 @@ class Daemon:
         return r
 
     def _adopt(self) -> None:
+        configured = {g.group_id for g in self.config.member.groups}
         try:
-            adopted = self.installer.adopt()
+            adopted = self.installer.adopt(sorted(configured))
         except Exception as e:
             log.warning("cannot look for SAs left by an earlier msecd: %s", e)
             return
-        groups = adopted.keys() if isinstance(adopted, dict) else (adopted or ())
-        configured = {g.group_id for g in self.config.member.groups}
+        groups = set(adopted)
         for gid in sorted(groups):
             if gid in configured:
-                log.info("group %s: adopted the SAs an earlier msecd left in the kernel", gid)
+                spis = ", ".join(f"0x{x:08x}" for x in adopted[gid])
+                log.info("group %s: adopted the SAs an earlier msecd left in the kernel "
+                         "(SPI %s)", gid, spis)
             else:
                 log.info("group %s: not configured any more: removing its SAs", gid)
                 self._remove_sas(gid)
@@ -510,9 +512,10 @@ class Daemon:
         await self._stop.wait()
 
     async def stop(self) -> None:
-        kept = len(self.sessions)
+        kept = sum(1 for s in self.sessions.values() if s.teks or s.adopted)
+        kernel = getattr(self.installer, "kernel", False)
         await self._teardown()
-        if kept:
+        if kept and kernel:
             log.info("msecd stopped; the SAs of %d member group(s) stay in the kernel: traffic "
                      "keeps flowing across a daemon restart", kept)
         else:
@@ -527,14 +530,12 @@ class Daemon:
         if self.keyserver is not None:
             self.keyserver.close()
             self.keyserver = None
-        inst = self.installer
-        port = getattr(inst, "port", None) or getattr(inst, "_port", None)
-        close = getattr(port, "close", None)
-        if callable(close):
+        if self.installer is not None:
             try:
-                close()
+                self.installer.close()
             except Exception:
                 pass
+            self.installer = None
 
     # -- SAs
     def install(self, group_id: int, teks, label: str) -> None:
@@ -542,20 +543,16 @@ class Daemon:
         if inst is None:
             return
         try:
-            present = group_id in (inst.installed() or {})
-        except Exception:
-            present = False
-        try:
-            if present:
-                inst.rollover(group_id, teks)
-            else:
-                inst.install(group_id, teks)
+            action = inst.install(group_id, teks)
         except Exception as e:
             log.error("group %s: cannot install SAs: %s", label, e)
             raise
         spis = ", ".join(tek_summary(t).get("spi", "?") for t in teks)
-        log.info("group %s: %s %d SA(s) (SPI %s)", label,
-                 "rolled over to" if present else "installed", len(teks), spis)
+        where = "" if getattr(inst, "kernel", True) else " (kernel installation off)"
+        if action == "unchanged":
+            log.info("group %s: SAs unchanged (SPI %s)%s", label, spis, where)
+        else:
+            log.info("group %s: %s %d SA(s) (SPI %s)%s", label, action, len(teks), spis, where)
 
     def _remove_sas(self, group_id: int) -> None:
         if self.installer is None:
@@ -690,8 +687,7 @@ class Daemon:
             out["member"] = {
                 "groups": len(self.sessions),
                 "registered": sum(1 for s in self.sessions.values() if s.state == "registered"),
-                "kernel": self.installer is not None
-                and type(self.installer).__name__ != "NullInstaller",
+                "kernel": bool(getattr(self.installer, "kernel", False)),
             }
         return out
 

@@ -8,18 +8,24 @@
   GROUPKEY-PULL responder) for the key server role, keys persisted in ``store``;
 * ``member(group, key_server, now) -> engine``: a started ``MemberRegistration`` towards
   ``key_server`` = (host, port), datagrams queued;
-* ``installer() -> installer``: a ``GroupSaInstaller`` on an ``XfrmSocket`` in the daemon's
-  network namespace (or :class:`NullInstaller` with ``--no-kernel``).
+* ``installer() -> installer``: :class:`KernelInstaller` (``xfrm.groupsa`` on an
+  ``XfrmSocket`` in the daemon's network namespace) or :class:`NullInstaller` with
+  ``--no-kernel``.  The daemon's installer interface: ``install(group_id, teks) -> "installed"
+  | "rolled over" | "unchanged"``, ``remove(group_id)``, ``adopt(group_ids) -> {group_id:
+  [spi, ...]}``, ``close()``, attribute ``kernel``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
 from typing import Any, Protocol
 
 log = logging.getLogger("msecd")
 
-__all__ = ["EngineFactory", "GdoiFactory", "NullInstaller", "EngineUnavailable"]
+__all__ = ["EngineFactory", "GdoiFactory", "KernelInstaller", "NullInstaller", "EngineUnavailable",
+           "local_addresses"]
 
 
 class EngineUnavailable(RuntimeError):
@@ -35,23 +41,99 @@ class EngineFactory(Protocol):
 class NullInstaller:
     """``--no-kernel``: remembers what would be installed and touches no kernel state."""
 
+    kernel = False
+
     def __init__(self) -> None:
-        self._groups: dict[int, tuple] = {}
+        self._groups: dict[int, frozenset[int]] = {}
 
-    def install(self, group_id: int, teks) -> None:
-        self._groups[group_id] = tuple(teks)
-
-    def rollover(self, group_id: int, teks) -> None:
-        self._groups[group_id] = tuple(teks)
+    def install(self, group_id: int, teks) -> str:
+        spis = frozenset(t.spi for t in teks)
+        have = self._groups.get(group_id, frozenset())
+        self._groups[group_id] = have | spis
+        return "unchanged" if spis <= have else ("rolled over" if have else "installed")
 
     def remove(self, group_id: int) -> None:
         self._groups.pop(group_id, None)
 
-    def adopt(self):
+    def adopt(self, group_ids=()) -> dict[int, list[int]]:
         return {}
 
-    def installed(self):
-        return dict(self._groups)
+    def close(self) -> None:
+        pass
+
+
+def local_addresses() -> list[str]:
+    """This network namespace's unicast addresses (``ip -j addr``), for the installer to pick
+    a sender's source address inside a TEK's source network."""
+    try:
+        out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout
+        links = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    addrs = []
+    for link in links:
+        for a in link.get("addr_info", []):
+            if a.get("family") in ("inet", "inet6") and a.get("scope") != "link" \
+                    and "local" in a:
+                addrs.append(a["local"])
+    return addrs
+
+
+class KernelInstaller:
+    """msecd's use of ``xfrm.groupsa.GroupSaInstaller`` on an ``XfrmSocket`` in the daemon's
+    network namespace: msec's states and policies carry msec's reqid range (``xfrm.owner``).
+
+    Converts gkm.gdoi's TEKs (selector fields, key || salt kept apart) to the installer's
+    ``GroupTek``.  Replay window: GDOI does not carry one; multicast group SAs are shared by
+    several senders, so receivers get 0 (RFC 5374 section 3).  Re-registration hands back the
+    same SPIs with a shorter remaining lifetime: SPIs already in the kernel are left alone
+    (an SA's parameters cannot change), new SPIs are added make-before-break, and old ones
+    stay until their hard lifetime.
+    """
+
+    kernel = True
+
+    def __init__(self, netns=None) -> None:
+        try:
+            from xfrm.groupsa import GroupSaInstaller
+        except ImportError as e:  # pragma: no cover
+            raise EngineUnavailable(f"xfrm.groupsa is not available: {e}") from None
+        from xfrm import XfrmSocket
+
+        self.port = XfrmSocket(netns)
+        self.sa = GroupSaInstaller(self.port, local=local_addresses())
+
+    @staticmethod
+    def convert(t):
+        from policy.model import TrafficSelector
+        from xfrm.groupsa import GroupTek
+
+        if hasattr(t, "selector"):
+            return t
+        sel = TrafficSelector(t.src, t.dst, t.protocol, t.src_port, t.dst_port)
+        keymat = getattr(t, "keymat", None)
+        return GroupTek(group_id=t.group_id, spi=t.spi, selector=sel, mode=t.mode,
+                        direction=t.direction, suite=t.suite,
+                        enc_key=keymat if keymat is not None else t.enc_key,
+                        auth_key=t.auth_key, lifetime_s=t.lifetime_s, replay_window=0)
+
+    def install(self, group_id: int, teks) -> str:
+        have = self.sa.installed(group_id).spis
+        new = [self.convert(t) for t in teks if t.spi not in have]
+        if not new:
+            return "unchanged"
+        self.sa.install(group_id, new)
+        return "rolled over" if have else "installed"
+
+    def remove(self, group_id: int) -> None:
+        self.sa.remove(group_id)
+
+    def adopt(self, group_ids=()) -> dict[int, list[int]]:
+        return {g: sorted(v.spis) for g, v in self.sa.adopt(group_ids).items()}
+
+    def close(self) -> None:
+        self.port.close()
 
 
 class GdoiFactory:
@@ -92,12 +174,4 @@ class GdoiFactory:
         return engine
 
     def installer(self):
-        if not self.kernel:
-            return NullInstaller()
-        try:
-            from xfrm.groupsa import GroupSaInstaller
-        except ImportError as e:  # pragma: no cover
-            raise EngineUnavailable(f"xfrm.groupsa is not available: {e}") from None
-        from xfrm import XfrmSocket
-
-        return GroupSaInstaller(XfrmSocket(self.netns))
+        return KernelInstaller(self.netns) if self.kernel else NullInstaller()

@@ -122,7 +122,7 @@ def test_member_daemon_status_reload_and_shutdown(tmp_path, netns):
 
         assert d.stop() == 0
         log = d.log()
-        assert "SIGTERM: shutting down" in log and "stay in the kernel" in log
+        assert "SIGTERM: shutting down" in log and "msecd stopped" in log
         assert not sock.exists()
         assert "0123456789abcdef" not in log
     finally:
@@ -189,7 +189,9 @@ def test_member_without_esp_logs_clear_error(tmp_path, netns):
     """Host kernel: no ESP. The member registers, installation fails with a clear error, the
     daemon keeps running and retries."""
     port = free_udp_port()
-    ks_cfg = write_config(tmp_path, ks_port=port, name="ks.toml")
+    tek = ('[[keyserver.group.tek]]\nsrc = "10.77.0.0/24"\ndst = "239.1.1.1"\n'
+           'cipher = "aes-gcm-128"\n')  # the netlab host sends from 10.77.0.1
+    ks_cfg = write_config(tmp_path, ks_port=port, name="ks.toml", tek=tek)
     gm_dir = tmp_path / "gm"
     gm_dir.mkdir()
     gm_cfg = write_config(gm_dir, member_port=port)
@@ -206,3 +208,38 @@ def test_member_without_esp_logs_clear_error(tmp_path, netns):
     finally:
         gm.stop()
         ks.stop()
+
+
+@pytest.mark.skipif(not _gdoi_ready(), reason="gkm.gdoi engines have not landed yet")
+def test_unauthorized_and_wrong_psk_members_get_nothing(tmp_path, netns):
+    """gm2 has a PSK but is not authorized for the group; gm3 presents a wrong PSK. Both are
+    refused (logged on both sides, one line each), neither gets TEKs, and they retry."""
+    port = free_udp_port()
+    other = "fedcba9876543210fedcba9876543210"
+    ks_cfg = write_config(tmp_path, ks_port=port, name="ks.toml",
+                          ks_psks={"gm1": "0123456789abcdef0123456789abcdef", "gm2": other,
+                                   "gm3": other})
+    daemons = [Msecd(ks_cfg, host=netns)]
+    for ident, psk in (("gm2", other), ("gm3", "0" * 32)):
+        d = tmp_path / ident
+        d.mkdir()
+        daemons.append(Msecd(write_config(d, member_port=port, identity=ident, psk=psk),
+                             host=netns, args=["--no-kernel"]))
+    ks, gm2, gm3 = daemons
+    try:
+        for d in daemons:
+            d.start()
+        gm2.wait_log("registration with", count=1)
+        gm3.wait_log("registration with", count=1)
+        ks.wait_log("refused")
+        for gm in (gm2, gm3):
+            g = gm.ctl_json("group", "show", "1001")["roles"][0]
+            assert g["state"] in ("backoff", "registering") and g["teks"] == []
+            assert g["last_error"]
+        assert ks.ctl_json("members", "1001")["members"] == []
+        st = ks.ctl_json("status")["keyserver"]
+        assert st["registrations"] == 0 and st["refusals"] >= 1
+    finally:
+        for d in daemons:
+            d.stop()
+    assert "0123456789abcdef" not in ks.log() and other not in ks.log()

@@ -139,31 +139,33 @@ class FakeKeyServer:
 
 
 class RecordingInstaller:
+    kernel = True
+
     def __init__(self, fail: Exception | None = None, adopted=None):
         self.calls = []
         self.fail = fail
-        self._groups = dict(adopted or {})
+        self._groups = {g: set(v) for g, v in (adopted or {}).items()}
 
     def install(self, group_id, teks):
         self.calls.append(("install", group_id, tuple(teks)))
         if self.fail:
             raise self.fail
-        self._groups[group_id] = tuple(teks)
-
-    def rollover(self, group_id, teks):
-        self.calls.append(("rollover", group_id, tuple(teks)))
-        self._groups[group_id] = tuple(teks)
+        have = self._groups.setdefault(group_id, set())
+        new = {t.spi for t in teks} - have
+        action = "unchanged" if not new else ("rolled over" if have else "installed")
+        have |= new
+        return action
 
     def remove(self, group_id):
         self.calls.append(("remove", group_id))
         self._groups.pop(group_id, None)
 
-    def adopt(self):
-        self.calls.append(("adopt",))
-        return dict(self._groups)
+    def adopt(self, group_ids=()):
+        self.calls.append(("adopt", tuple(group_ids)))
+        return {g: sorted(v) for g, v in self._groups.items()}
 
-    def installed(self):
-        return dict(self._groups)
+    def close(self):
+        self.calls.append(("close",))
 
 
 class FakeFactory:
@@ -200,23 +202,28 @@ def free_udp_port() -> int:
 
 def write_config(tmp: Path, *, ks_port: int | None = None, member_port: int | None = None,
                  member_groups=(1001,), ks_groups=(1001,), extra: str = "",
-                 name: str = "msecd.toml") -> Path:
+                 name: str = "msecd.toml", ks_psks: dict[str, str] | None = None,
+                 authorize=("gm1",), identity: str = "gm1", psk: str = PSK,
+                 listen: str = "127.0.0.1", ks_host: str = "127.0.0.1",
+                 tek: str = "") -> Path:
     """A config in `tmp` (mode 0600: inline PSKs) with a key server and/or member role."""
     text = (f'[daemon]\nstate_dir = "{tmp}/state"\n'
             f'control_socket = "{tmp}/run/control.sock"\n\n')
     if ks_port is not None:
-        text += (f'[keyserver]\nlisten = ["127.0.0.1"]\nport = {ks_port}\n'
-                 f'[[keyserver.psk]]\nidentity = "gm1"\nsecret = "{PSK}"\n')
+        text += f'[keyserver]\nlisten = ["{listen}"]\nport = {ks_port}\n'
+        for ident, secret in (ks_psks or {"gm1": PSK}).items():
+            text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{secret}"\n'
+        auth = ", ".join(f'"{a}"' for a in authorize)
         for gid in ks_groups:
             text += (f'[[keyserver.group]]\nid = {gid}\nname = "g{gid}"\n'
-                     f'authorize = {{ psk_identities = ["gm1"] }}\n'
-                     f'[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.1.0.0/16"\n'
-                     f'dst = "239.1.1.{gid % 250}"\ncipher = "aes-gcm-128"\n')
+                     f'authorize = {{ psk_identities = [{auth}] }}\n'
+                     + (tek or f'[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.1.0.0/16"\n'
+                               f'dst = "239.1.1.{gid % 250}"\ncipher = "aes-gcm-128"\n'))
     if member_port is not None:
         for gid in member_groups:
             text += (f'[[member.group]]\nid = {gid}\nname = "m{gid}"\n'
-                     f'key_servers = ["127.0.0.1:{member_port}"]\n'
-                     f'credentials = {{ psk_identity = "gm1", psk = "{PSK}" }}\n')
+                     f'key_servers = ["{ks_host}:{member_port}"]\n'
+                     f'credentials = {{ psk_identity = "{identity}", psk = "{psk}" }}\n')
     text += extra
     p = tmp / name
     p.write_text(text)

@@ -107,7 +107,7 @@ def test_keyserver_and_member_register_and_report(tmp_path, caplog):
         await d.start()
         sock = str(tmp_path / "run" / "control.sock")
         await _until(lambda: d.sessions[1001].state == "registered")
-        assert fac.inst.calls[0] == ("adopt",)
+        assert fac.inst.calls[0] == ("adopt", (1001,))
         assert fac.inst.calls[1][0:2] == ("install", 1001)
 
         rc, out, err = await _ctl("--socket", sock, "--json", "status")
@@ -242,20 +242,23 @@ def test_adopted_sas_kept_unconfigured_removed(tmp_path, caplog):
     cfg = write_config(tmp_path, ks_port=port, member_port=port)
 
     async def run():
-        inst = RecordingInstaller(adopted={1001: ("old",), 4242: ("stale",)})
+        inst = RecordingInstaller(adopted={1001: {0x999}, 4242: {0x777}})
         fac = FakeFactory(installer=inst)
         d = _daemon(cfg, fac)
         await d.start()
         assert ("remove", 4242) in inst.calls and ("remove", 1001) not in inst.calls
         assert d.sessions[1001].adopted
         await _until(lambda: d.sessions[1001].state == "registered")
-        assert ("rollover", 1001) == inst.calls[-1][:2]  # new keys replace the adopted ones
+        assert ("install", 1001) == inst.calls[-1][:2]  # new keys next to the adopted ones
         await d.stop()
     _run(run())
-    assert "group 1001: adopted the SAs" in caplog.text
+    assert "group 1001: adopted the SAs an earlier msecd left in the kernel (SPI 0x00000999)" \
+        in caplog.text
+    assert "group m1001 (1001): rolled over 1 SA(s) (SPI 0x00001234)" in caplog.text
 
 
-def test_reregisters_before_teks_expire(tmp_path):
+def test_reregisters_before_teks_expire(tmp_path, caplog):
+    caplog.set_level("INFO")
     port = free_udp_port()
     cfg = write_config(tmp_path, ks_port=port, member_port=port)
 
@@ -264,9 +267,10 @@ def test_reregisters_before_teks_expire(tmp_path):
         d = _daemon(cfg, fac, reregister_fraction=0.05)  # pull again after max(1 s, ...)
         await d.start()
         await _until(lambda: d.sessions[1001].registrations >= 2, timeout=5)
-        assert [c[0] for c in fac.inst.calls if c[0] != "adopt"][:2] == ["install", "rollover"]
+        assert [c[0] for c in fac.inst.calls][:3] == ["adopt", "install", "install"]
         await d.stop()
     _run(run())
+    assert "group m1001 (1001): SAs unchanged (SPI 0x00001234)" in caplog.text
 
 
 # --------------------------------------------------------------------------- reload
