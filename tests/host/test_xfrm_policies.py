@@ -32,9 +32,8 @@ R = MSEC.reqid(1)
 
 
 @pytest.fixture
-def netns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+def xns():
+    """A private, empty network namespace, by name (root is checked by tests/conftest.py)."""
     name = f"msec-test-{uuid.uuid4().hex[:10]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -124,12 +123,12 @@ def strip_index(p: Policy) -> Policy:
                   p.if_id, p.lifetime)
 
 
-def test_binding_policies_read_back_in_iproute2(netns):
+def test_binding_policies_read_back_in_iproute2(xns):
     pols = group_policies()
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         for p in pols:
             x.add_policy(p)
-    seen = parse_ip_policies(ip(netns, "-s", "xfrm", "policy"))
+    seen = parse_ip_policies(ip(xns, "-s", "xfrm", "policy"))
     assert len(seen) == len(pols)
     for d in seen:
         d.pop("index")
@@ -137,18 +136,18 @@ def test_binding_policies_read_back_in_iproute2(netns):
         assert as_ip_fields(p) in seen, as_ip_fields(p)
 
 
-def test_iproute2_policies_decode_in_binding(netns):
-    ip(netns, "xfrm", "policy", "add", "src", "10.0.0.0/24", "dst", "239.1.1.1/32", "proto",
+def test_iproute2_policies_decode_in_binding(xns):
+    ip(xns, "xfrm", "policy", "add", "src", "10.0.0.0/24", "dst", "239.1.1.1/32", "proto",
        "udp", "sport", "1000", "dport", "5000", "dir", "fwd", "priority", "55", "mark", "5",
        "mask", "0xff", "if_id", "9", "action", "block", "limit", "time-hard", "60", "tmpl",
        "src", "10.0.0.1", "dst", "239.1.1.1", "proto", "esp", "reqid", "7", "mode", "tunnel",
        "level", "use")
-    ip(netns, "xfrm", "policy", "add", "src", "2001:db8::/64", "dst", "ff0e::1/128", "dir",
+    ip(xns, "xfrm", "policy", "add", "src", "2001:db8::/64", "dst", "ff0e::1/128", "dir",
        "in", "tmpl", "src", "2001:db8::1", "dst", "ff0e::1", "proto", "esp", "spi", "0x99",
        "mode", "transport", "reqid", "3")
-    ip(netns, "xfrm", "policy", "add", "src", "0.0.0.0/0", "dst", "0.0.0.0/0", "dir", "out",
+    ip(xns, "xfrm", "policy", "add", "src", "0.0.0.0/0", "dst", "0.0.0.0/0", "dir", "out",
        "action", "block")
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         got = {strip_index(p) for p in x.dump_policies()}
         assert x.dump_policies(owned=True) == []
     assert got == {
@@ -162,9 +161,9 @@ def test_iproute2_policies_decode_in_binding(netns):
     }
 
 
-def test_get_update_delete_and_errors(netns):
+def test_get_update_delete_and_errors(xns):
     p = group_policies()[0]
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         x.add_policy(p)
         got = x.get_policy(p.id)
         assert strip_index(got) == p and got.index > 0
@@ -189,12 +188,12 @@ def test_get_update_delete_and_errors(netns):
         assert len(x.dump_policies()) == 2
 
 
-def test_state_add_needs_esp(netns):
+def test_state_add_needs_esp(xns):
     cbc = State(A("10.0.0.1"), A("239.1.1.1"), 0x100, Mode.TUNNEL, R,
                 cipher=alg.aes_cbc(bytes(16)), auth=alg.hmac_sha2(256, bytes(32)))
     gcm = State(A("2001:db8::1"), A("ff0e::1"), 0x101, Mode.TUNNEL, R,
                 aead=alg.aes_gcm(bytes(20)))
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         with pytest.raises(KernelLacksFeature) as info:
             x.add_state(cbc)
         e = info.value
@@ -208,20 +207,20 @@ def test_state_add_needs_esp(netns):
         assert x.dump_states() == []
 
 
-def test_invalid_refused_before_kernel(netns):
+def test_invalid_refused_before_kernel(xns):
     sel = Selector.host(A("10.0.0.1"), A("239.1.1.1"))
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         with pytest.raises(InvalidArgument) as info:
             x.add_policy(Policy(sel, Direction.OUT))  # no owned template
         assert info.value.field == "policy.templates"
         assert x.dump_policies() == []
 
 
-def test_batch_thousands_and_failure_index(netns):
+def test_batch_thousands_and_failure_index(xns):
     t = Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, R)
     pols = [Policy(Selector(N(f"10.{i >> 8}.{i & 255}.0/24"), N("239.1.1.1/32")),
                    Direction.OUT, priority=10, templates=(t,)) for i in range(3000)]
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         b = x.batch()
         for p in pols:
             b.add_policy(p)
@@ -241,9 +240,9 @@ def test_batch_thousands_and_failure_index(netns):
         assert x.dump_policies() == []
 
 
-def test_pre_encoded_send(netns):
+def test_pre_encoded_send(xns):
     t = Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, R)
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         b = x.batch()
         for i in range(100):
             b.add_policy(Policy(Selector(N(f"10.0.{i}.0/24"), N("239.1.1.1/32")),
@@ -254,13 +253,13 @@ def test_pre_encoded_send(netns):
         assert len(x.dump_policies()) == 100
 
 
-def test_remove_owned_leaves_foreign(netns):
-    ip(netns, "xfrm", "policy", "add", "src", "10.0.0.1/32", "dst", "239.1.1.1/32", "proto",
+def test_remove_owned_leaves_foreign(xns):
+    ip(xns, "xfrm", "policy", "add", "src", "10.0.0.1/32", "dst", "239.1.1.1/32", "proto",
        "udp", "dport", "5000", "dir", "out", "tmpl", "src", "10.0.0.1", "dst", "239.1.1.1",
        "proto", "esp", "reqid", "1", "mode", "tunnel")
-    ip(netns, "xfrm", "policy", "add", "src", "10.1.0.0/16", "dst", "10.2.0.0/16", "dir",
+    ip(xns, "xfrm", "policy", "add", "src", "10.1.0.0/16", "dst", "10.2.0.0/16", "dir",
        "in", "action", "block")
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         for p in group_policies():
             x.add_policy(Policy(p.selector, p.direction, p.action, p.priority, p.templates,
                                 Mark(0x77) if p.mark is None else p.mark, p.if_id,
@@ -269,20 +268,20 @@ def test_remove_owned_leaves_foreign(netns):
         assert x.remove_owned() == (0, 4)
         left = x.dump_policies()
     assert len(left) == 2 and all(not MSEC.owns_policy(p) for p in left)
-    assert len(parse_ip_policies(ip(netns, "-s", "xfrm", "policy"))) == 2
+    assert len(parse_ip_policies(ip(xns, "-s", "xfrm", "policy"))) == 2
 
 
 def _ns_inode() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-def test_netns_by_name_and_fd_leave_caller_alone(netns):
+def test_netns_by_name_and_fd_leave_caller_alone(xns):
     before = _ns_inode()
     p = group_policies()[0]
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         x.add_policy(p)
     assert _ns_inode() == before
-    fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+    fd = os.open(f"/var/run/netns/{xns}", os.O_RDONLY)
     try:
         with XfrmSocket(fd) as x:
             assert [strip_index(q) for q in x.dump_policies()] == [p]
@@ -293,12 +292,12 @@ def test_netns_by_name_and_fd_leave_caller_alone(netns):
         XfrmSocket("msec-test-does-not-exist")
 
 
-def test_policy_events_async(netns):
+def test_policy_events_async(xns):
     p = group_policies()[0]
 
     async def main():
-        async with XfrmEvents.open(netns) as events:
-            with XfrmSocket(netns) as x:
+        async with XfrmEvents.open(xns) as events:
+            with XfrmSocket(xns) as x:
                 x.add_policy(p)
                 x.delete_policy(p.id)
             first = await asyncio.wait_for(anext(events), 5)

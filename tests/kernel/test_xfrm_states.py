@@ -8,7 +8,6 @@ a soft-expire event through the async event API, and coexistence with ``ip xfrm`
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import uuid
@@ -30,9 +29,8 @@ R = MSEC.reqid(1)
 
 
 @pytest.fixture
-def netns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+def xns():
+    """A private, empty network namespace, by name (root is checked by tests/conftest.py)."""
     name = f"msec-test-{uuid.uuid4().hex[:10]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -143,10 +141,10 @@ def make(suite: str, ends: str, spi: int = 0x1000, **kw) -> State:
 
 
 @pytest.mark.parametrize("ends", sorted(ENDPOINTS))
-def test_each_suite_add_get_dump_delete_and_iproute2_reads_it(netns, ends):
+def test_each_suite_add_get_dump_delete_and_iproute2_reads_it(xns, ends):
     states = [make(s, ends, 0x1000 + i, replay_window=32 * (i % 3))
               for i, s in enumerate(sorted(SUITES))]
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         b = x.batch()
         for st in states:
             b.add_state(st)
@@ -160,7 +158,7 @@ def test_each_suite_add_get_dump_delete_and_iproute2_reads_it(netns, ends):
         net = N(f"{dst}/{dst.max_prefixlen}")
         assert len(x.dump_states(dst=net)) == len(states)
         assert x.dump_states(src=N(f"{dst}/{dst.max_prefixlen}")) == []
-        seen = parse_ip_states(ip(netns, "-s", "xfrm", "state"))
+        seen = parse_ip_states(ip(xns, "-s", "xfrm", "state"))
         for st in states:
             assert_seen_by_iproute2(st, seen)
         for st in states:
@@ -171,7 +169,7 @@ def test_each_suite_add_get_dump_delete_and_iproute2_reads_it(netns, ends):
         assert x.dump_states() == []
 
 
-def test_group_sender_and_receiver_options(netns):
+def test_group_sender_and_receiver_options(xns):
     gcm = SUITES["gcm256-icv16"]
     sender = State(A("10.0.0.1"), A("239.1.1.1"), 0x200, Mode.TUNNEL, R, **gcm,
                    replay_window=0, oseq_may_wrap=True)
@@ -186,11 +184,11 @@ def test_group_sender_and_receiver_options(netns):
                                      hard_packets=2000, soft_add_seconds=100,
                                      hard_add_seconds=200, soft_use_seconds=50,
                                      hard_use_seconds=60))
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         for st in (sender, esn, wide, marked):
             x.add_state(st)
             assert x.get_state(st.id) == st
-        seen = parse_ip_states(ip(netns, "-s", "xfrm", "state"))
+        seen = parse_ip_states(ip(xns, "-s", "xfrm", "state"))
         for st in (sender, esn, wide, marked):
             assert_seen_by_iproute2(st, seen)
         # the marked state is only found with its mark
@@ -204,18 +202,18 @@ def test_group_sender_and_receiver_options(netns):
         assert x.get_state(marked.id).lifetime == longer.lifetime
 
 
-def test_iproute2_states_decode_in_binding(netns):
+def test_iproute2_states_decode_in_binding(xns):
     k = key(20)
-    ip(netns, "xfrm", "state", "add", "src", "10.0.0.1", "dst", "239.1.1.1", "proto", "esp",
+    ip(xns, "xfrm", "state", "add", "src", "10.0.0.1", "dst", "239.1.1.1", "proto", "esp",
        "spi", "0x300", "reqid", "7", "mode", "tunnel", "replay-window", "32", "aead",
        "rfc4106(gcm(aes))", "0x" + k.hex(), "96", "mark", "5", "mask", "0xff", "if_id", "3",
        "limit", "time-soft", "100", "limit", "time-hard", "200", "limit", "byte-hard", "9000")
-    ip(netns, "xfrm", "state", "add", "src", "2001:db8::1", "dst", "2001:db8::2", "proto",
+    ip(xns, "xfrm", "state", "add", "src", "2001:db8::1", "dst", "2001:db8::2", "proto",
        "esp", "spi", "0x301", "reqid", "8", "mode", "transport", "flag", "esn",
        "replay-window", "64", "enc", "cbc(aes)", "0x" + key(16).hex(), "auth-trunc",
        "hmac(sha256)", "0x" + key(32).hex(), "128", "sel", "src", "2001:db8::/64", "dst",
        "2001:db8::2/128", "proto", "udp", "dport", "848")
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         got = {st.spi: st for st in x.dump_states()}
         assert x.dump_states(owned=True) == []
     assert got[0x300] == State(
@@ -228,14 +226,14 @@ def test_iproute2_states_decode_in_binding(netns):
         esn=True, selector=Selector(N("2001:db8::/64"), N("2001:db8::2/128"), 17, None, 848))
 
 
-def test_soft_expire_event(netns):
+def test_soft_expire_event(xns):
     st = State(A("10.0.0.1"), A("239.1.1.1"), 0x400, Mode.TUNNEL, R,
                **SUITES["gcm128-icv8"], lifetime=Lifetime(soft_add_seconds=2,
                                                            hard_add_seconds=60))
 
     async def main():
-        async with XfrmEvents.open(netns, groups=(m.XFRMNLGRP_EXPIRE,)) as events:
-            with XfrmSocket(netns) as x:
+        async with XfrmEvents.open(xns, groups=(m.XFRMNLGRP_EXPIRE,)) as events:
+            with XfrmSocket(xns) as x:
                 x.add_state(st)
             return await asyncio.wait_for(anext(events), 30)
 
@@ -244,25 +242,25 @@ def test_soft_expire_event(netns):
     assert ev.state.id == st.id and ev.state.reqid == R
 
 
-def test_coexists_with_iproute2_states(netns):
-    ip(netns, "xfrm", "state", "add", "src", "10.0.0.1", "dst", "239.1.1.1", "proto", "esp",
+def test_coexists_with_iproute2_states(xns):
+    ip(xns, "xfrm", "state", "add", "src", "10.0.0.1", "dst", "239.1.1.1", "proto", "esp",
        "spi", "0x500", "reqid", "1", "mode", "tunnel", "aead", "rfc4106(gcm(aes))",
        "0x" + key(20).hex(), "128")
     mine = [make("gcm128-icv8", "v4-tunnel", 0x501 + i) for i in range(3)]
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         for st in mine:
             x.add_state(st)
         assert len(x.dump_states()) == 4
         assert x.remove_owned() == (3, 0)
         (left,) = x.dump_states()
     assert left.spi == 0x500 and left.reqid == 1
-    assert [d["spi"] for d in parse_ip_states(ip(netns, "xfrm", "state"))] == [0x500]
+    assert [d["spi"] for d in parse_ip_states(ip(xns, "xfrm", "state"))] == [0x500]
 
 
-def test_batch_many_states_and_failure_index(netns):
+def test_batch_many_states_and_failure_index(xns):
     states = [State(A("10.0.0.1"), A("239.1.1.1"), 0x10000 + i, Mode.TUNNEL, R,
                     aead=alg.aes_gcm(key(20, i))) for i in range(500)]
-    with XfrmSocket(netns) as x:
+    with XfrmSocket(xns) as x:
         b = x.batch()
         for st in states:
             b.add_state(st)
@@ -276,14 +274,14 @@ def test_batch_many_states_and_failure_index(netns):
         assert x.remove_owned() == (501, 0)
 
 
-def test_sa_events(netns):
+def test_sa_events(xns):
     st = make("chacha20-poly1305", "v6-tunnel", 0x600)
     longer = State(**{f: getattr(st, f) for f in st.__dataclass_fields__ if f != "lifetime"},
                    lifetime=Lifetime(hard_add_seconds=500))
 
     async def main():
-        async with XfrmEvents.open(netns, groups=(m.XFRMNLGRP_SA,)) as events:
-            with XfrmSocket(netns) as x:
+        async with XfrmEvents.open(xns, groups=(m.XFRMNLGRP_SA,)) as events:
+            with XfrmSocket(xns) as x:
                 x.add_state(st)
                 x.update_state(longer)
                 x.delete_state(st.id)

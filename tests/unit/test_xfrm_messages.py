@@ -12,7 +12,7 @@ from xfrm import algorithms as alg
 from xfrm import messages as m
 from xfrm.batch import Batch
 from xfrm.model import (
-    Action, Direction, Lifetime, Mark, Mode, Policy, PolicyId, SaId, Selector, State, Template,
+    Action, Direction, Lifetime, Mark, Mode, Policy, SaId, Selector, State, Template,
 )
 from xfrm.nlmsgs import MarshalXfrm
 from xfrm.owner import MSEC
