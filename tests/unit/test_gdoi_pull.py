@@ -224,3 +224,34 @@ def test_key_server_not_authorized_by_member(tmp_path):
     (fail,) = events(m)
     assert isinstance(fail, RegistrationFailed) and "not authorized" in fail.reason
     assert store.group(GID) is None
+
+
+def test_reregistration_same_identity_one_record(tmp_path):
+    ks, store = key_server(tmp_path, lkh=True)
+    m1 = member(tmp_path, "gm1")
+    register(ks, {member_addr(0): m1})
+    r1 = _registered(m1)
+    m2 = member(tmp_path, "gm1")  # the same member after a reboot, from another address
+    register(ks, {member_addr(1): m2}, NOW + 10)
+    r2 = _registered(m2)
+    assert [t.spi for t in r1.teks] == [t.spi for t in r2.teks]
+    (rec,) = store.members(GID)
+    assert rec.identity == "key-id:gm1" and rec.address == member_addr(1)[0]
+    assert r1.lkh.keys == r2.lkh.keys  # same leaf, same path
+    assert len(store.load_lkh(GID)) == 1
+
+
+def test_member_refuses_policy_and_deletes_phase1(tmp_path):
+    """A suite the member did not ask for: RegistrationFailed, Delete of the phase 1 SA sent
+    (RFC 6407 section 3.3), and the key server registered nobody."""
+    from gkm.ike import Phase1Deleted
+
+    ks, store = key_server(tmp_path)
+    m = member(tmp_path, "gm1", allowed_suites=frozenset({"aes-cbc-128-hmac-sha256"}))
+    register(ks, {member_addr(0): m})
+    (fail,) = events(m)
+    assert isinstance(fail, RegistrationFailed) and "aes-gcm-128 was not asked for" in fail.reason
+    kev = events(ks)
+    assert any(isinstance(e, Phase1Deleted) for e in kev)
+    assert not any(isinstance(e, MemberRegistered) for e in kev)
+    assert store.group(GID) is None and ks.pending_count == 0

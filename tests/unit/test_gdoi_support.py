@@ -33,7 +33,7 @@ from tests.unit.ike_data.helpers import T0, ca, leaf
 
 KS = ("192.0.2.1", 848)
 GID = 1234
-PSKS = {"gm1": b"gm1 secret key 0123456789", "gm2": b"gm2 secret key 0123456789", "intruder": b"intruder key 0123456789abc"}
+PSKS = {"gm1": b"gm1 secret key 0123456789", "gm2": b"gm2 secret key 0123456789", "gm3": b"gm3 secret key 0123456789", "intruder": b"intruder key 0123456789abc"}
 NOW = T0
 
 
@@ -68,7 +68,7 @@ def group_policy(tmp_path: Path, *, gid: int = GID, kek: bool = True, suites=("a
     if kek:
         k = KekPolicy(KEK_CIPHERS["aes-cbc-128"], SIGNATURE_SUITES["ecdsa-p256"], signing_key(tmp_path),
                       ipaddress.ip_address("239.192.0.1"))
-    auth = Authorization((PskIdMatch("gm1"), PskIdMatch("gm2"), SubjectMatch("O=msec test,CN=gm*")))
+    auth = Authorization((PskIdMatch("gm1"), PskIdMatch("gm2"), PskIdMatch("gm3"), SubjectMatch("O=msec test,CN=gm*")))
     return GroupPolicy(gid, teks, auth, k, name="test")
 
 
