@@ -9,10 +9,15 @@ Key management calls this module and nothing else in ``xfrm``::
     groups = installer.adopt()               # on daemon start: what msec left in the kernel
     installer.installed(group_id)            # what the kernel holds for a group, as TEKs
 
-A TEK is anything with the attributes of :class:`GroupTek` (a :class:`TekLike`): SPI, traffic
-selector (:class:`policy.model.TrafficSelector`), mode, direction
-(:class:`policy.model.SaDirection`), suite name (a key of :data:`policy.suites.ESP_SUITES`,
-the one table mapping suites to crypto-API names, key and ICV lengths), keys and lifetime.
+A TEK is :class:`gkm.gdoi.GroupTek` (what GROUPKEY-PULL/PUSH hand over: selector fields,
+``keymat`` = key || salt, no replay window), this module's :class:`GroupTek` (a
+:class:`policy.model.TrafficSelector`, ``enc_key`` = the whole TEK_ALGORITHM_KEY, a replay
+window), or anything with either set of attributes (:class:`TekLike`): SPI, selector, mode,
+direction (:class:`policy.model.SaDirection`), suite name (a key of
+:data:`policy.suites.ESP_SUITES`, the one table mapping suites to crypto-API names, key and ICV
+lengths), keys and lifetime. :func:`as_group_tek` converts; a TEK without ``replay_window``
+gets 0 (multi-sender group SAs, RFC 5374 section 3). Tunnel mode is installed with address
+preservation of source and destination only; a TEK asking for another preservation is refused.
 
 What is installed, per TEK
     * one ESP state ``(dst = group address, SPI)``; its selector is the TEK's selector, its hard
@@ -61,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from policy.model import Mode as TekMode
-from policy.model import SaDirection, TrafficSelector
+from policy.model import AddressPreservation, SaDirection, TrafficSelector
 from policy.suites import ESP_SUITES, EspSuite
 
 from .batch import Batch
@@ -72,7 +77,7 @@ from .model import (
 from .owner import Owner
 
 __all__ = ["GroupTek", "TekLike", "XfrmPort", "InstalledGroup", "GroupSaInstaller",
-           "DEFAULT_PRIORITY", "suite_of_state"]
+           "DEFAULT_PRIORITY", "suite_of_state", "as_group_tek"]
 
 DEFAULT_PRIORITY = 1000
 """Priority of msec's policies (lower wins in XFRM); strongSwan's automatic priorities start
@@ -87,17 +92,17 @@ _GONE = (errno.ENOENT, errno.ESRCH)
 
 @runtime_checkable
 class TekLike(Protocol):
-    """What the installer reads from a TEK (gkm.gdoi's value or :class:`GroupTek`)."""
+    """What the installer reads from a TEK: these, plus either ``selector`` (a
+    TrafficSelector) or ``src``/``dst``/``protocol``/``src_port``/``dst_port``, and either
+    ``enc_key`` (whole KEYMAT) or ``keymat``; optional ``replay_window``, ``group_id``,
+    ``address_preservation``, ``esp``."""
 
     spi: int
-    selector: TrafficSelector
     mode: TekMode
     direction: SaDirection
     suite: str
-    enc_key: bytes
     auth_key: bytes
     lifetime_s: int
-    replay_window: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,42 @@ class GroupTek:
         if not isinstance(self.group_id, int) or not 0 < self.group_id <= 0xFFFFFFFF:
             raise InvalidArgument("tek.group_id", f"must be 1..2**32-1, got {self.group_id!r}")
         _check_tek(self, "tek")
+        for name in ("enc_key", "auth_key"):  # policy.model.Secret -> bytes
+            object.__setattr__(self, name, _key_bytes(getattr(self, name)))
+
+
+def as_group_tek(tek: object, group_id: int | None = None, where: str = "tek") -> GroupTek:
+    """This module's :class:`GroupTek` for any :class:`TekLike` (gkm.gdoi's included)."""
+    if isinstance(tek, GroupTek):
+        return tek
+    gid = getattr(tek, "group_id", group_id)
+    if gid is None:
+        raise InvalidArgument(f"{where}.group_id", "missing")
+    if getattr(tek, "esp", True) is not True:
+        raise InvalidArgument(f"{where}.esp", "msec installs ESP TEKs only")
+    ap = getattr(tek, "address_preservation", None)
+    if ap is not None and getattr(tek, "mode", None) is TekMode.TUNNEL \
+            and ap != AddressPreservation.SOURCE_AND_DESTINATION:
+        raise InvalidArgument(f"{where}.address_preservation", f"{ap!r}: tunnel-mode group SAs "
+                              "are installed with source and destination preserved (RFC 5374)")
+    sel = getattr(tek, "selector", None)
+    if sel is None:
+        try:
+            sel = TrafficSelector(tek.src, tek.dst, getattr(tek, "protocol", 0),
+                                  getattr(tek, "src_port", 0), getattr(tek, "dst_port", 0))
+        except (AttributeError, ValueError) as e:
+            raise InvalidArgument(f"{where}.selector", str(e)) from None
+    keymat = getattr(tek, "keymat", None)
+    enc = keymat if keymat is not None else getattr(tek, "enc_key", None)
+    if enc is None:
+        raise InvalidArgument(f"{where}.enc_key", "missing (enc_key or keymat)")
+    try:
+        return GroupTek(gid, getattr(tek, "spi", None), sel, getattr(tek, "mode", None),
+                        getattr(tek, "direction", None), getattr(tek, "suite", None),
+                        _key_bytes(enc), _key_bytes(getattr(tek, "auth_key", b"")),
+                        getattr(tek, "lifetime_s", None), getattr(tek, "replay_window", 0))
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{where}.{e.field.partition('.')[2]}", e.reason) from None
 
 
 def _key_bytes(value: object) -> bytes:
@@ -296,9 +337,10 @@ class GroupSaInstaller:
         spis: set[tuple[Address, int]] = set()
         for i, tek in enumerate(teks):
             where = f"teks[{i}]"
-            tid = getattr(tek, "group_id", group_id)
-            if tid != group_id:
-                raise InvalidArgument(f"{where}.group_id", f"is {tid}, installing {group_id}")
+            tek = as_group_tek(tek, group_id, where)
+            if tek.group_id != group_id:
+                raise InvalidArgument(f"{where}.group_id",
+                                      f"is {tek.group_id}, installing {group_id}")
             suite = _check_tek(tek, where)
             ts: TrafficSelector = tek.selector
             sel = _xfrm_selector(ts)
@@ -311,7 +353,7 @@ class GroupSaInstaller:
             if (group, tek.spi) in spis:
                 raise InvalidArgument(f"{where}.spi", f"0x{tek.spi:08x} twice for {group}")
             spis.add((group, tek.spi))
-            enc, auth = _key_bytes(tek.enc_key), _key_bytes(getattr(tek, "auth_key", b""))
+            enc, auth = tek.enc_key, tek.auth_key
             if suite.aead:
                 algs = dict(aead=Aead(suite.xfrm_aead.name, enc, suite.xfrm_aead.icv_bits))
             else:
@@ -319,7 +361,7 @@ class GroupSaInstaller:
                             auth=Auth(suite.xfrm_auth.name, auth, suite.xfrm_auth.icv_bits))
             life = tek.lifetime_s
             states.append(State(src, group, tek.spi, mode, reqid, **algs,
-                                replay_window=getattr(tek, "replay_window", 0),
+                                replay_window=tek.replay_window,
                                 oseq_may_wrap=sends, selector=sel,
                                 lifetime=Lifetime(soft_add_seconds=(life * 9 // 10) or None,
                                                   hard_add_seconds=life)))

@@ -281,3 +281,26 @@ def test_selector_destination_must_be_one_address(gsa):
 def test_repr_hides_keys():
     t = tek()
     assert t.enc_key.hex() not in repr(t) and "enc_key" not in repr(t)
+
+
+def test_gdoi_group_tek_is_installed_as_handed_over(port, gsa):
+    from gkm.gdoi import GroupTek as GdoiTek
+    from policy.model import AddressPreservation
+
+    key, salt = bytes(range(16)), b"salt"
+    g = GdoiTek(group_id=10, spi=0x4242, src=N(f"{ME}/32"), dst=N("239.1.1.1/32"), protocol=17,
+                src_port=0, dst_port=5000, mode=TekMode.TUNNEL,
+                address_preservation=AddressPreservation.SOURCE_AND_DESTINATION,
+                direction=BOTH, suite="aes-gcm-128", enc_key=key, auth_key=b"", salt=salt,
+                lifetime_s=300)
+    view = gsa.install(10, [g])
+    assert view.teks == (GroupTek(
+        10, 0x4242, TrafficSelector(N(f"{ME}/32"), N("239.1.1.1/32"), 17, 0, 5000),
+        TekMode.TUNNEL, BOTH, "aes-gcm-128", key + salt, b"", 300, 0),)
+    assert port.dump_states()[0].aead.key == key + salt
+    # GDOI values that this kernel mapping cannot honour are refused
+    bad = replace(g, address_preservation=AddressPreservation.NONE)
+    with pytest.raises(InvalidArgument, match="address_preservation"):
+        gsa.install(10, [bad])
+    with pytest.raises(InvalidArgument, match="esp"):
+        gsa.install(10, [replace(g, esp=False)])
