@@ -50,6 +50,8 @@ def check_state_for_install(state: State, owner: Owner) -> None:
         raise InvalidArgument("state", f"must be a State, got {type(state).__name__}")
     if state.proto != Proto.ESP:
         raise InvalidArgument("state.proto", "msec installs ESP states only")
+    if state.spi < 256:  # RFC 4303: 1-255 reserved by IANA, 0 never on the wire
+        raise InvalidArgument("state.spi", f"must be 256..2**32-1, got {state.spi}")
     check_algorithms(state.aead, state.cipher, state.auth)
     owner.check_state(state)
 

@@ -38,7 +38,12 @@ DEFAULT_GROUPS = (m.XFRMNLGRP_ACQUIRE, m.XFRMNLGRP_EXPIRE, m.XFRMNLGRP_SA, m.XFR
 
 @dataclass(frozen=True, slots=True)
 class SaExpired:
-    """XFRM_MSG_EXPIRE: a state reached its soft (``hard`` False) or hard lifetime."""
+    """XFRM_MSG_EXPIRE: a state reached its soft (``hard`` False) or hard lifetime.
+
+    ``state`` has the identity, reqid, mode, lifetimes, mark and if_id; the kernel sends no
+    algorithms or keys in EXPIRE messages. A hard expiry of a larval state (SPI 0) means an
+    ACQUIRE went unanswered.
+    """
 
     state: State
     hard: bool

@@ -288,9 +288,7 @@ class State:
         _address("state.src", self.src)
         _address("state.dst", self.dst)
         _same_family("state", self.src, self.dst)
-        _u32("state.spi", self.spi)
-        if self.spi == 0 and self.proto != Proto.COMP:
-            raise InvalidArgument("state.spi", "must not be 0")
+        _u32("state.spi", self.spi)  # 0 only in the kernel's larval (acquire) states
         if not isinstance(self.mode, Mode):
             raise InvalidArgument("state.mode", f"must be a Mode, got {self.mode!r}")
         _u32("state.reqid", self.reqid)

@@ -180,15 +180,19 @@ class XfrmSocket:
 
     # -- dumps -------------------------------------------------------------------------------
     def dump_states(self, proto: int | None = None, owned: bool = False,
-                    src: Network | None = None, dst: Network | None = None) -> list[State]:
+                    src: Network | None = None, dst: Network | None = None,
+                    larval: bool = False) -> list[State]:
         """Every state, filtered in the kernel by ``proto`` and by addresses within ``src`` /
-        ``dst`` (XFRMA_ADDRESS_FILTER); ``owned`` keeps only msec's."""
+        ``dst`` (XFRMA_ADDRESS_FILTER); ``owned`` keeps only msec's. The kernel's larval
+        states (SPI 0, made for an ACQUIRE, no keys) are left out unless ``larval``."""
         if src is not None and dst is not None and src.version != dst.version:
             raise InvalidArgument("dump_states.dst", "mixes address families with src")
         payload = m.nlattr(m.XFRMA_PROTO, bytes([proto])) if proto else b""
         payload += m.address_filter_attr(src, dst)
         out = []
         for data, off, n in self._dump(m.XFRM_MSG_GETSA, payload):
+            if not larval and n >= 16 + 224 and m.USERSA_INFO.unpack_from(data, off + 16)[13] == 0:
+                continue
             try:
                 st = m.decode_newsa(data, off, n)
             except XfrmError as exc:

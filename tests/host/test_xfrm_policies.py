@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import uuid
 from ipaddress import ip_address, ip_network
 
@@ -19,7 +20,8 @@ import pytest
 
 from xfrm import algorithms as alg
 from xfrm.errors import InvalidArgument, KernelError, KernelLacksFeature
-from xfrm.events import PolicyAdded, PolicyDeleted, XfrmEvents
+from xfrm import messages as m
+from xfrm.events import Acquire, PolicyAdded, PolicyDeleted, XfrmEvents
 from xfrm.model import (
     Action, Direction, Lifetime, Mark, Mode, Policy, Selector, State, Template,
 )
@@ -307,3 +309,34 @@ def test_policy_events_async(xns):
     added, deleted = asyncio.run(main())
     assert isinstance(added, PolicyAdded) and strip_index(added.policy) == p
     assert isinstance(deleted, PolicyDeleted) and deleted.id == p.id
+
+
+def test_acquire_event_and_larval_state(xns):
+    """Outbound traffic matching a policy without a state makes the kernel ask for one."""
+    for cmd in (["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+                ["addr", "add", "10.0.0.1/24", "dev", "v0"], ["link", "set", "v0", "up"],
+                ["link", "set", "v1", "up"]):
+        ip(xns, *cmd)
+    s, d = A("10.0.0.1"), A("10.0.0.2")
+    p = Policy(Selector.host(s, d, 17, dport=9), Direction.OUT,
+               templates=(Template(s, d, Mode.TUNNEL, R),))
+    send = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "try: s.sendto(b'x', ('10.0.0.2', 9))\nexcept OSError: pass")
+
+    async def main():
+        async with XfrmEvents.open(xns, groups=(m.XFRMNLGRP_ACQUIRE,)) as events:
+            with XfrmSocket(xns) as x:
+                x.add_policy(p)
+            subprocess.run(["ip", "netns", "exec", xns, sys.executable, "-c", send], check=True)
+            return await asyncio.wait_for(anext(events), 10)
+
+    acq = asyncio.run(main())
+    assert isinstance(acq, Acquire)
+    assert (acq.dst, acq.src, acq.proto) == (d, s, 50)
+    assert acq.selector.dst == N("10.0.0.2/32") and acq.selector.dport == 9
+    assert strip_index(acq.policy) == p
+    with XfrmSocket(xns) as x:
+        assert x.dump_states() == []  # the larval state is left out
+        (larval,) = x.dump_states(larval=True)
+        assert larval.spi == 0 and larval.reqid == R and larval.aead is None
+        assert x.remove_owned() == (0, 1)

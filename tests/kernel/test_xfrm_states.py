@@ -226,20 +226,23 @@ def test_iproute2_states_decode_in_binding(xns):
         esn=True, selector=Selector(N("2001:db8::/64"), N("2001:db8::2/128"), 17, None, 848))
 
 
-def test_soft_expire_event(xns):
+def test_soft_then_hard_expire_events(xns):
     st = State(A("10.0.0.1"), A("239.1.1.1"), 0x400, Mode.TUNNEL, R,
                **SUITES["gcm128-icv8"], lifetime=Lifetime(soft_add_seconds=2,
-                                                           hard_add_seconds=60))
+                                                           hard_add_seconds=4))
 
     async def main():
         async with XfrmEvents.open(xns, groups=(m.XFRMNLGRP_EXPIRE,)) as events:
             with XfrmSocket(xns) as x:
                 x.add_state(st)
-            return await asyncio.wait_for(anext(events), 30)
+            return [await asyncio.wait_for(anext(events), 30) for _ in range(2)]
 
-    ev = asyncio.run(main())
-    assert isinstance(ev, SaExpired) and ev.hard is False
-    assert ev.state.id == st.id and ev.state.reqid == R
+    soft, hard = asyncio.run(main())
+    assert isinstance(soft, SaExpired) and soft.hard is False
+    assert soft.state.id == st.id and soft.state.reqid == R  # EXPIRE carries no keys
+    assert isinstance(hard, SaExpired) and hard.hard is True and hard.state.id == st.id
+    with XfrmSocket(xns) as x:
+        assert x.dump_states() == []  # a hard expiry deletes the state
 
 
 def test_coexists_with_iproute2_states(xns):
@@ -267,7 +270,7 @@ def test_batch_many_states_and_failure_index(xns):
         x.run(b)
         assert len(x.dump_states(owned=True)) == 500
         b = x.batch().add_state(states[7]).add_state(
-            State(A("10.0.0.1"), A("239.1.1.1"), 0x9, Mode.TUNNEL, R, aead=alg.aes_gcm(key(20))))
+            State(A("10.0.0.1"), A("239.1.1.1"), 0x999, Mode.TUNNEL, R, aead=alg.aes_gcm(key(20))))
         with pytest.raises(KernelError) as info:
             x.run(b)
         assert info.value.index == 0 and info.value.errname == "EEXIST"
