@@ -128,6 +128,7 @@ class MemberSession:
         self._shell: EngineShell | None = None
         self._task: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._lock: asyncio.Lock | None = None
 
     @property
     def group_id(self) -> int:
@@ -166,6 +167,12 @@ class MemberSession:
         if self._shell is not None:
             self._shell.close()
             self._shell = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _schedule(self, delay: float) -> None:
         if self.state == "stopped":
@@ -192,6 +199,15 @@ class MemberSession:
                 raise OSError(f"cannot resolve {ks.host}")
             family, _, _, _, sockaddr = infos[0]
             addr = (sockaddr[0], sockaddr[1])
+            # one registration at a time per (key server, our identity): a phase 1 with
+            # INITIAL-CONTACT replaces the key server's other SAs of that identity, which
+            # would cut a concurrent registration of another group short
+            lock = self.daemon.registration_lock(addr, self.group.credentials)
+            await lock.acquire()
+            self._lock = lock
+            if self.state == "stopped":
+                self._release()
+                return
             engine = self.daemon.factory.member(self.group, addr, self.daemon.clock())
             shell = EngineShell(engine, name=f"member {self.label}", on_event=self._on_event,
                                 loop=self.daemon.loop, clock=self.daemon.clock)
@@ -205,6 +221,7 @@ class MemberSession:
             log.info("group %s: registering with key server %s", self.label, ks)
             shell.kick()
         except asyncio.CancelledError:
+            self._release()
             raise
         except EngineUnavailable as e:
             self._failed(str(e))
@@ -438,6 +455,7 @@ class Daemon:
         self.last_reload: dict[str, Any] | None = None
         self._stop: asyncio.Event | None = None
         self._adopted: set[int] = set()
+        self._reg_locks: dict[tuple, asyncio.Lock] = {}
         self._reload_lock: asyncio.Lock | None = None
 
     # -- life cycle
@@ -467,6 +485,10 @@ class Daemon:
             self._add_session(g)
         log.info("msecd started (pid %d): %s; control socket %s", os.getpid(),
                  ", ".join(self.roles) or "no roles", self.control_path)
+
+    def registration_lock(self, key_server: tuple[str, int], credentials: Any) -> asyncio.Lock:
+        ident = getattr(credentials, "identity", None) or str(getattr(credentials, "cert_file", ""))
+        return self._reg_locks.setdefault((key_server, ident), asyncio.Lock())
 
     @property
     def roles(self) -> list[str]:

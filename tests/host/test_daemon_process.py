@@ -14,26 +14,8 @@ import stat
 import subprocess
 import sys
 
-import pytest
-
 from tests.host.daemon_proc import MSECCTL, REPO, Msecd
 from tests.unit.daemon_fakes import free_udp_port, write_config
-
-
-def _gdoi_ready() -> bool:
-    try:
-        import gkm.gdoi as g
-    except ImportError:
-        return False
-    return hasattr(g, "KeyServerEngine") and hasattr(g, "MemberRegistration")
-
-
-def _groupsa_ready() -> bool:
-    try:
-        import xfrm.groupsa  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_bad_config_exits_2_listing_every_problem(tmp_path):
@@ -144,7 +126,6 @@ def test_second_daemon_on_same_socket_refused(tmp_path, netns):
         a.stop()
 
 
-@pytest.mark.skipif(not _gdoi_ready(), reason="gkm.gdoi engines have not landed yet")
 def test_keyserver_and_member_register_on_loopback(tmp_path, netns):
     port = free_udp_port()
     ks_cfg = write_config(tmp_path, ks_port=port, name="ks.toml")
@@ -183,8 +164,6 @@ def test_keyserver_and_member_register_on_loopback(tmp_path, netns):
         assert "0123456789abcdef" not in d.log()
 
 
-@pytest.mark.skipif(not (_gdoi_ready() and _groupsa_ready()),
-                    reason="gkm.gdoi engines or xfrm.groupsa have not landed yet")
 def test_member_without_esp_logs_clear_error(tmp_path, netns):
     """Host kernel: no ESP. The member registers, installation fails with a clear error, the
     daemon keeps running and retries."""
@@ -210,7 +189,6 @@ def test_member_without_esp_logs_clear_error(tmp_path, netns):
         ks.stop()
 
 
-@pytest.mark.skipif(not _gdoi_ready(), reason="gkm.gdoi engines have not landed yet")
 def test_unauthorized_and_wrong_psk_members_get_nothing(tmp_path, netns):
     """gm2 has a PSK but is not authorized for the group; gm3 presents a wrong PSK. Both are
     refused (logged on both sides, one line each), neither gets TEKs, and they retry."""

@@ -354,3 +354,33 @@ def test_msecctl_usage_errors():
     with pytest.raises(SystemExit) as e:
         ctl.main(["frobnicate"])
     assert e.value.code == 2
+
+
+# --------------------------------------------------------------------------- real engines
+
+
+def test_real_gdoi_engines_in_one_daemon(tmp_path, caplog):
+    """gkm.gdoi's KeyServerEngine and MemberRegistration behind the daemon's shells, both
+    roles in one process over loopback, SA installation off (NullInstaller)."""
+    from gkm.daemon.engines import GdoiFactory
+    caplog.set_level("INFO")
+    port = free_udp_port()
+    cfg = write_config(tmp_path, ks_port=port, member_port=port, member_groups=(1001, 1002),
+                       ks_groups=(1001,))
+
+    async def run():
+        d = _daemon(cfg, GdoiFactory(kernel=False))
+        await d.start()
+        await _until(lambda: d.sessions[1001].state == "registered", timeout=15)
+        await _until(lambda: d.sessions[1002].last_error is not None, timeout=15)
+        ks_spis = {t["spi"] for t in d.group(1001)["roles"][0]["teks"]}
+        assert {t["spi"] for t in d.sessions[1001].teks} == ks_spis
+        assert d.sessions[1001].teks[0]["suite"] == "aes-gcm-128"
+        assert d.members(1001)["members"][0]["address"] == "127.0.0.1"
+        assert d.status()["member"]["kernel"] is False
+        await d.stop()
+    _run(run(), timeout=40)
+    text = caplog.text
+    assert "(kernel installation off)" in text
+    assert "group 1002: member key-id 'gm1'" in text and "refused" in text
+    assert "0123456789abcdef" not in text
