@@ -39,7 +39,7 @@ def test_install_without_esp_fails_plainly_and_leaves_nothing(netns):
                    TekMode.TUNNEL, SaDirection.SYMMETRIC, s.name, bytes(s.enc_key_bytes))
     with XfrmSocket(netns.ns) as x:
         gsa = GroupSaInstaller(x, local=["10.77.0.1"])
-        probe = State(A("10.77.0.1"), A("239.1.1.1"), 0x99, Mode.TUNNEL, MSEC.reqid(9),
+        probe = State(A("10.77.0.1"), A("239.1.1.1"), 0x999, Mode.TUNNEL, MSEC.reqid(9),
                       aead=aes_gcm(bytes(20)))
         try:
             x.add_state(probe)
