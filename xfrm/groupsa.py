@@ -398,10 +398,13 @@ class GroupSaInstaller:
                 enc, auth = st.aead.key, b""
             else:
                 enc, auth = st.cipher.key, st.auth.key
-            teks.append(GroupTek(
-                group_id, st.spi, _traffic_selector(st.selector),
-                TekMode.TUNNEL if st.mode == Mode.TUNNEL else TekMode.TRANSPORT, direction,
-                suite.name, enc, auth, st.lifetime.hard_add_seconds or 0, st.replay_window))
+            try:
+                teks.append(GroupTek(
+                    group_id, st.spi, _traffic_selector(st.selector),
+                    TekMode.TUNNEL if st.mode == Mode.TUNNEL else TekMode.TRANSPORT, direction,
+                    suite.name, enc, auth, st.lifetime.hard_add_seconds or 0, st.replay_window))
+            except (InvalidArgument, ValueError):  # not installed by this module
+                unknown.append(st)
         return InstalledGroup(group_id, reqid, tuple(teks), sending, mine, pols, tuple(unknown))
 
     def _policy_reqid(self, p: Policy) -> int | None:
@@ -441,8 +444,10 @@ class GroupSaInstaller:
         """Install ``teks`` for ``group_id``: states first, then policies.
 
         Idempotent: TEKs already installed with the same parameters are left alone (so a daemon
-        can install again what :meth:`adopt` found). An SPI installed with other parameters is
-        refused: the kernel cannot change an SA's keys, and new keys come with a new SPI.
+        can install again what :meth:`adopt` found, or what a re-registration hands back with a
+        shorter remaining lifetime: the kernel's SA keeps counting from when it was added). An
+        SPI installed with other parameters is refused: the kernel cannot change an SA's keys,
+        and new keys come with a new SPI.
         Sending TEKs switch their selector's outbound policy to their SPI (the last one listed
         wins when several share a selector).
         """
@@ -455,7 +460,7 @@ class GroupSaInstaller:
             old = have.get((st.dst, st.spi))
             if old is None:
                 new_states.append(st)
-            elif old != st:
+            elif _replace_lifetime(old, st.lifetime) != st:
                 what = "another group's or another TEK's" if old.reqid != reqid else "other"
                 raise InvalidArgument("teks.spi", f"0x{st.spi:08x} to {st.dst} is installed "
                                       f"with {what} parameters; new keys need a new SPI")
@@ -575,6 +580,12 @@ class GroupSaInstaller:
                     undo.delete_policy(cur.id, cur.index)
             self.port.run(undo, ignore=_GONE)
             raise
+
+
+def _replace_lifetime(st: State, lifetime: Lifetime) -> State:
+    fields = {f: getattr(st, f) for f in State.__dataclass_fields__}
+    fields["lifetime"] = lifetime
+    return State(**fields)
 
 
 def _without_index(p: Policy) -> Policy:

@@ -304,3 +304,21 @@ def test_gdoi_group_tek_is_installed_as_handed_over(port, gsa):
         gsa.install(10, [bad])
     with pytest.raises(InvalidArgument, match="esp"):
         gsa.install(10, [replace(g, esp=False)])
+
+
+def test_same_spi_with_a_shorter_remaining_lifetime_is_left_alone(port, gsa):
+    """Re-registration hands back installed TEKs with less lifetime left: nothing changes."""
+    gsa.install(10, [tek(lifetime_s=600)])
+    port.log.clear()
+    gsa.install(10, [tek(lifetime_s=420)])
+    assert port.log == []
+    assert port.dump_states()[0].lifetime.hard_add_seconds == 600
+
+
+def test_states_in_the_range_not_made_here_are_reported_as_unknown(port, gsa):
+    odd = State(A(ME), A("239.1.1.1"), 0x5000, Mode.TUNNEL, MSEC.reqid(10),
+                aead=aes_gcm(bytes(20)))  # no selector, no lifetime
+    port.add_state(odd)
+    gsa.install(10, [tek()])
+    view = gsa.installed(10)
+    assert len(view.teks) == 1 and view.unknown == (odd,)
