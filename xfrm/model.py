@@ -262,8 +262,8 @@ class State:
 
     ``replay_window`` is in packets; with ``esn`` false and a window up to 32 (the classic
     replay bitmap's size; the kernel caps larger classic windows to 32) the classic replay
-    state is used, otherwise XFRMA_REPLAY_ESN_VAL, as iproute2 does. Multi-sender group SAs use window 0
-    on receivers and ``oseq_may_wrap`` on the sender.
+    state is used, otherwise XFRMA_REPLAY_ESN_VAL, as iproute2 does. Multi-sender group SAs
+    use window 0 on receivers and ``oseq_may_wrap`` on the sender.
     """
 
     src: Address

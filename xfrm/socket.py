@@ -207,7 +207,7 @@ class XfrmSocket:
         return out
 
     def dump_policies(self, owned: bool = False) -> list[Policy]:
-        """Every policy of the main type (``index`` filled in); ``owned`` keeps only msec's."""
+        """Every policy (``index`` filled in); ``owned`` keeps only msec's."""
         out = []
         for data, off, n in self._dump(m.XFRM_MSG_GETPOLICY, b""):
             try:

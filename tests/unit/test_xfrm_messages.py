@@ -48,9 +48,12 @@ SUITES = {
     "gcm192-icv12": dict(aead=alg.aes_gcm(bytes(28), 12)),
     "gcm256-icv16": dict(aead=alg.aes_gcm(bytes(36), 16)),
     "chacha": dict(aead=alg.chacha20_poly1305(bytes(36))),
-    "cbc-sha256": dict(aead=None, cipher=alg.aes_cbc(bytes(16)), auth=alg.hmac_sha2(256, bytes(32))),
-    "cbc-sha384": dict(aead=None, cipher=alg.aes_cbc(bytes(24)), auth=alg.hmac_sha2(384, bytes(48))),
-    "cbc-sha512": dict(aead=None, cipher=alg.aes_cbc(bytes(32)), auth=alg.hmac_sha2(512, bytes(64))),
+    "cbc-sha256": dict(aead=None, cipher=alg.aes_cbc(bytes(16)),
+                       auth=alg.hmac_sha2(256, bytes(32))),
+    "cbc-sha384": dict(aead=None, cipher=alg.aes_cbc(bytes(24)),
+                       auth=alg.hmac_sha2(384, bytes(48))),
+    "cbc-sha512": dict(aead=None, cipher=alg.aes_cbc(bytes(32)),
+                       auth=alg.hmac_sha2(512, bytes(64))),
 }
 
 
@@ -200,7 +203,8 @@ def test_pyroute2_oracle_decodes_state_and_policy():
     (tmpl,) = pol_msg.get_attr("XFRMA_TMPL")
     assert tmpl["reqid"] == R and tmpl["mode"] == 1 and tmpl["id_proto"] == 50
     assert pol_msg.get_attr("XFRMA_MARK") == {"v": 5, "m": 0xFF}
-    assert pol_msg["lft_hard_byte_limit"] == 2**64 - 1 and pol_msg["lft_hard_add_expires_seconds"] == 0
+    assert pol_msg["lft_hard_byte_limit"] == 2**64 - 1
+    assert pol_msg["lft_hard_add_expires_seconds"] == 0
     assert del_msg["dir"] == 1 and del_msg["sel_prefixlen_d"] == 32
 
 

@@ -110,7 +110,8 @@ def test_policy_refusals():
     # ownership: a policy without an owned template is not msec's to install
     refused("policy.templates", Batch().add_policy, Policy(sel, Direction.OUT))
     foreign = Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, 1)
-    refused("policy.templates", Batch().add_policy, Policy(sel, Direction.OUT, templates=(foreign,)))
+    refused("policy.templates", Batch().add_policy,
+            Policy(sel, Direction.OUT, templates=(foreign,)))
     opt = Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, R, optional=True)
     refused("policy.templates[0].optional", Batch().add_policy,
             Policy(sel, Direction.OUT, templates=(opt,)))
