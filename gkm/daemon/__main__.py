@@ -5,7 +5,8 @@ printed on stderr, nothing was changed), 1 when the daemon cannot start (state d
 locked, port in use, control socket taken, missing component).
 
 Without ``--foreground`` msecd detaches (double fork, ``setsid``, stdio to /dev/null) after the
-configuration was validated and logs to syslog (``/dev/log``) when available; with it, logs go
+configuration was validated, logs to syslog (``/dev/log``) when available, and the command
+returns once the daemon is up (0) or failed to start (1, reason on stderr); with it, logs go
 to stderr.  Signals: SIGHUP reloads, SIGTERM/SIGINT stop (member SAs stay in the kernel).
 ``--no-kernel`` makes members skip SA installation (they register and log what they would
 install), for hosts whose kernel lacks ESP.
@@ -63,9 +64,21 @@ def _setup_logging(level: str, foreground: bool) -> None:
     logging.getLogger("gkm").setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
 
 
-def _daemonize() -> None:
+def _daemonize() -> int:
+    """Detach; the original process waits until the daemon reports that it started (exit 0)
+    or failed (exit 1), so ``msecd`` in a boot script returns an honest status.  Returns the
+    write end of that report pipe, in the daemon."""
+    r, w = os.pipe()
     if os.fork() > 0:
-        os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            report = f.read()
+        if report.startswith(b"ok"):
+            os._exit(0)
+        sys.stderr.write("msecd: " + (report.decode(errors="replace").strip()
+                                      or "failed to start") + "\n")
+        os._exit(1)
+    os.close(r)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
@@ -75,6 +88,17 @@ def _daemonize() -> None:
         os.dup2(fd, i)
     if fd > 2:
         os.close(fd)
+    return w
+
+
+def _report(fd: int | None, text: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, text.encode())
+        os.close(fd)
+    except OSError:
+        pass
 
 
 async def _run(args: argparse.Namespace, config) -> int:
@@ -87,7 +111,9 @@ async def _run(args: argparse.Namespace, config) -> int:
         await daemon.start()
     except StartupError as e:
         logging.getLogger("msecd").error("cannot start: %s", e)
+        _report(args.ready_fd, f"cannot start: {e}")
         return 1
+    _report(args.ready_fd, "ok")
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task] = set()
 
@@ -118,13 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"msecd: configuration {args.config} is valid")
         return 0
     args.config = str(Path(args.config).resolve())
-    if not args.foreground:
-        _daemonize()
+    args.ready_fd = None if args.foreground else _daemonize()
     _setup_logging(args.log_level, args.foreground)
     try:
         return asyncio.run(_run(args, config))
     except KeyboardInterrupt:
         return 0
+    except BaseException as e:
+        _report(args.ready_fd, f"cannot start: {e}")
+        raise
 
 
 if __name__ == "__main__":

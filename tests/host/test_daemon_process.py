@@ -7,12 +7,12 @@ host's XFRM state; the host kernel has no ESP, so SA installation is either swit
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import time
 
 from tests.host.daemon_proc import MSECCTL, REPO, Msecd
 from tests.unit.daemon_fakes import free_udp_port, write_config
@@ -221,3 +221,25 @@ def test_unauthorized_and_wrong_psk_members_get_nothing(tmp_path, netns):
         for d in daemons:
             d.stop()
     assert "0123456789abcdef" not in ks.log() and other not in ks.log()
+
+
+def test_detached_daemon_reports_start_and_failure(tmp_path, netns):
+    """Without --foreground: the command returns 0 once the daemon is up, 1 with the reason
+    when it cannot start."""
+    cfg = write_config(tmp_path, member_port=free_udp_port())
+    argv = [sys.executable, "-m", "gkm.daemon", "--config", str(cfg), "--no-kernel"]
+    r = netns.run(*argv, check=False, cwd=str(REPO))
+    assert r.returncode == 0, r.stderr
+    d = Msecd(cfg)
+    pid = d.ctl_json("status")["pid"]
+    try:
+        r = netns.run(*argv, check=False, cwd=str(REPO))
+        assert r.returncode == 1 and "another msecd is listening" in r.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not (tmp_path / "run" / "control.sock").exists():
+            break
+        time.sleep(0.1)
+    r = d.ctl("status")
+    assert r.returncode == 1 and "msecd is not running" in r.stderr
