@@ -211,9 +211,18 @@ class MemberSession:
             engine = self.daemon.factory.member(self.group, addr, self.daemon.clock())
             shell = EngineShell(engine, name=f"member {self.label}", on_event=self._on_event,
                                 loop=self.daemon.loop, clock=self.daemon.clock)
-            local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
-            await self.daemon.loop.create_datagram_endpoint(
-                lambda: UdpEndpoint(shell), local_addr=local, family=family)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                if self.group.interface:  # registration leaves through the group's interface
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                    self.group.interface.encode())
+                sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+                await self.daemon.loop.create_datagram_endpoint(lambda: UdpEndpoint(shell),
+                                                                sock=sock)
+            except BaseException:
+                sock.close()
+                shell.close()
+                raise
             if self.state == "stopped":
                 shell.close()
                 return
@@ -260,7 +269,10 @@ class MemberSession:
         expiries = [x for x in (_tek_expiry(t, now) for t in teks) if x is not None]
         if expiries:
             # no GROUPKEY-PUSH here: pull again well before the first TEK expires
-            delay = max(1.0, (min(expiries) - now) * self.daemon.reregister_fraction)
+            # (at least reregister_min apart: until the key server rotates its TEKs it hands
+            # out the same ones with less and less lifetime left)
+            delay = max(self.daemon.reregister_min,
+                        (min(expiries) - now) * self.daemon.reregister_fraction)
             self._schedule(delay)
 
     def _failed(self, reason: str) -> None:
@@ -435,6 +447,7 @@ class Daemon:
         backoff: tuple[float, float] = (1.0, 60.0),
         jitter: bool = True,
         reregister_fraction: float = 0.8,
+        reregister_min: float = 30.0,
         loader: Callable[[Path], pm.DaemonConfig] = load_config,
     ) -> None:
         self.config_path = Path(config_path)
@@ -445,6 +458,7 @@ class Daemon:
         self.backoff = backoff
         self.jitter = jitter
         self.reregister_fraction = reregister_fraction
+        self.reregister_min = reregister_min
         self.loader = loader
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.keyserver: KeyServerRole | None = None

@@ -264,7 +264,7 @@ def test_reregisters_before_teks_expire(tmp_path, caplog):
 
     async def run():
         fac = FakeFactory(member_kwargs={"lifetime": 1})
-        d = _daemon(cfg, fac, reregister_fraction=0.05)  # pull again after max(1 s, ...)
+        d = _daemon(cfg, fac, reregister_fraction=0.5, reregister_min=0.2)  # after 0.5 s
         await d.start()
         await _until(lambda: d.sessions[1001].registrations >= 2, timeout=5)
         assert [c[0] for c in fac.inst.calls][:3] == ["adopt", "install", "install"]
@@ -384,3 +384,17 @@ def test_real_gdoi_engines_in_one_daemon(tmp_path, caplog):
     assert "(kernel installation off)" in text
     assert "group 1002: member key-id 'gm1'" in text and "refused" in text
     assert "0123456789abcdef" not in text
+
+
+def test_member_interface_that_does_not_exist_is_a_logged_failure(tmp_path, caplog):
+    port = free_udp_port()
+    cfg = write_config(tmp_path, ks_port=port, member_port=port)
+    cfg.write_text(cfg.read_text().replace('name = "m1001"', 'name = "m1001"\ninterface = "nosuch0"'))
+
+    async def run():
+        d = _daemon(cfg, FakeFactory())
+        await d.start()
+        await _until(lambda: d.sessions[1001].last_error is not None)
+        assert "OSError" in d.sessions[1001].last_error
+        await d.stop()
+    _run(run())
