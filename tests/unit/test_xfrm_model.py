@@ -146,3 +146,15 @@ def test_kernel_error_names_missing_esp_and_algorithms():
     e = kernel_error(op, "add_state", errno.EEXIST, None, 2)
     assert type(e) is KernelError and e.errname == "EEXIST" and e.errno == errno.EEXIST
     assert "item 2" in str(e) and "spi 0x00000100" in str(e)
+
+
+def test_netns_arguments():
+    from xfrm.netns import netns_path, run_in_netns
+
+    assert run_in_netns(None, lambda: 42) == 42
+    assert netns_path("blue") == "/var/run/netns/blue"
+    assert netns_path("/proc/1/ns/net") == "/proc/1/ns/net"
+    refused("netns", run_in_netns, True, lambda: 0)
+    refused("netns", run_in_netns, 1.5, lambda: 0)
+    refused("netns", netns_path, "")
+    refused("netns", run_in_netns, "msec-test-surely-missing", lambda: 0)
