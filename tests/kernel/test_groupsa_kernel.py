@@ -26,7 +26,7 @@ from tests.host.test_xfrm_policies import as_ip_fields, parse_ip_policies
 from tests.kernel.test_group_esp import MARKER, PORT, listen, send_burst, seqs
 from tests.kernel.test_xfrm_states import assert_seen_by_iproute2, parse_ip_states
 from tests.unit.test_groupsa_contract import CONTRACT
-from xfrm.groupsa import GroupSaInstaller, GroupTek
+from xfrm.groupsa import GroupSaInstaller, GroupTek, as_group_tek
 from xfrm.socket import XfrmSocket
 
 pytestmark = pytest.mark.kernel
@@ -187,23 +187,39 @@ def test_sender_and_receivers_traffic_fields_rollover_adopt_and_remove(netlab_fa
         inst.port.close()
 
 
-def test_symmetric_multi_sender_group(netlab_factory):
-    """Every member sends and receives on one TEK (source: the subnet, replay window 0)."""
+@pytest.mark.parametrize("group, suite", [("239.1.1.7", "aes-cbc-128-hmac-sha256"),
+                                          ("ff0e::1:7", "aes-gcm-256")], ids=["v4", "v6"])
+def test_symmetric_multi_sender_group_from_gdoi_teks(netlab_factory, group, suite):
+    """Every member sends and receives on one TEK (source: the subnet, replay window 0),
+    installed from the value GROUPKEY-PULL hands over (gkm.gdoi.GroupTek)."""
+    from gkm.gdoi import GroupTek as GdoiTek
+    from policy.model import AddressPreservation
+
     lab = netlab_factory(3)
-    gid, group = 7, "239.1.1.7"
-    t = make_tek(gid, 0x3000 | secrets.randbits(12), BOTH, str(lab.net4), group,
-                 suite="aes-cbc-128-hmac-sha256")
+    gid = 7
+    s = ESP_SUITES[suite]
+    salt = 4 if s.aead else 0
+    enc = secrets.token_bytes(s.enc_key_bytes)
+    g = A(group)
+    t = GdoiTek(group_id=gid, spi=0x3000 | secrets.randbits(12),
+                src=lab.net4 if g.version == 4 else lab.net6, dst=N(f"{g}/{g.max_prefixlen}"),
+                protocol=17, src_port=0, dst_port=PORT, mode=TekMode.TUNNEL,
+                address_preservation=AddressPreservation.SOURCE_AND_DESTINATION,
+                direction=BOTH, suite=suite, enc_key=enc[:len(enc) - salt],
+                auth_key=secrets.token_bytes(s.integrity_key_bytes), salt=enc[len(enc) - salt:],
+                lifetime_s=600)
+    want = as_group_tek(t)
     insts = [installer(h) for h in lab.hosts]
     for inst in insts:
-        assert inst.install(gid, [t]).teks == (t,)
+        assert inst.install(gid, [t]).teks == (want,)
     listeners = {h.name: listen(h, group) for h in lab.hosts}
     for h in lab.hosts:
         send_burst(h, group, 10, tag=h.name.encode())
     for h in lab.hosts:
         got = listeners[h.name].wait(20, timeout=10)
         for other in lab.hosts:
-            want = [] if other is h else list(range(10))
-            assert seqs(got, other.name.encode()) == want, (h.name, other.name)
+            expected = [] if other is h else list(range(10))
+            assert seqs(got, other.name.encode()) == expected, (h.name, other.name)
     assert all(MARKER in d for lst in listeners.values() for d, _ in lst.received)
     for inst in insts:
         assert inst.remove(gid) == (1, 2)
