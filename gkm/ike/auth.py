@@ -40,6 +40,12 @@ _ECDSA = {
 }
 
 
+#: signature algorithm objects, built once (they are immutable)
+_ECDSA_PREHASHED = {method: ec.ECDSA(utils.Prehashed(alg)) for method, (_h, alg, _s) in _ECDSA.items()}
+_PKCS1 = padding.PKCS1v15()
+_NO_DIGEST_INFO = utils.NoDigestInfo()
+
+
 def signature_prf(method: AuthMethod, negotiated: Prf) -> Prf:
     """The PRF used for the HASH_I/R that is signed: the curve's hash for ECDSA."""
     if method in _ECDSA:
@@ -50,10 +56,10 @@ def signature_prf(method: AuthMethod, negotiated: Prf) -> Prf:
 def sign(credential: CertCredential, method: AuthMethod, digest: bytes) -> bytes:
     key = credential.private_key
     if method is AuthMethod.RSA_SIG and isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(digest, padding.PKCS1v15(), utils.NoDigestInfo())
+        return key.sign(digest, _PKCS1, _NO_DIGEST_INFO)
     if method in _ECDSA and isinstance(key, ec.EllipticCurvePrivateKey):
-        _h, alg, size = _ECDSA[method]
-        der = key.sign(digest, ec.ECDSA(utils.Prehashed(alg)))
+        size = _ECDSA[method][2]
+        der = key.sign(digest, _ECDSA_PREHASHED[method])
         r, s = utils.decode_dss_signature(der)
         return r.to_bytes(size, "big") + s.to_bytes(size, "big")
     raise AuthError(f"local key cannot sign with {method.name}")
@@ -65,14 +71,14 @@ def verify(public_key: object, method: AuthMethod, digest: bytes, signature: byt
         raise AuthError(f"peer certificate key does not fit {method.name}", 25)
     try:
         if method is AuthMethod.RSA_SIG:
-            public_key.verify(signature, digest, padding.PKCS1v15(), utils.NoDigestInfo())  # type: ignore[union-attr]
+            public_key.verify(signature, digest, _PKCS1, _NO_DIGEST_INFO)  # type: ignore[union-attr]
             return
-        _h, alg, size = _ECDSA[method]
+        size = _ECDSA[method][2]
         if len(signature) != 2 * size:
             raise AuthError(f"ECDSA signature length {len(signature)} != {2 * size}", 25)
         r = int.from_bytes(signature[:size], "big")
         s = int.from_bytes(signature[size:], "big")
-        public_key.verify(utils.encode_dss_signature(r, s), digest, ec.ECDSA(utils.Prehashed(alg)))  # type: ignore[union-attr]
+        public_key.verify(utils.encode_dss_signature(r, s), digest, _ECDSA_PREHASHED[method])  # type: ignore[union-attr]
     except (InvalidSignature, ValueError) as exc:
         raise AuthError(f"invalid {method.name} signature", 25) from exc
 
@@ -81,6 +87,32 @@ def _ee_policy() -> xv.ExtensionPolicy:
     # Leaf certificates of IKE peers rarely carry the web-PKI extensions (SAN, EKU serverAuth/
     # clientAuth); accept any extension set, then check key usage ourselves.
     return xv.ExtensionPolicy.permit_all()
+
+
+#: trust anchors -> (Unix second, verifier for that second).  The verifier compares validity at
+#: whole seconds (``PolicyBuilder.time`` drops the fraction; tested), so one built for the second
+#: of ``when`` decides exactly as a fresh one would, and building one (store indexing, loading the
+#: anchors' keys on first use) costs more than a third of a verification.
+_VERIFIERS: dict[tuple[x509.Certificate, ...], tuple[int, xv.ClientVerifier]] = {}
+
+
+def _verifier(anchors: tuple[x509.Certificate, ...], when: datetime) -> xv.ClientVerifier:
+    second = when.replace(microsecond=0)
+    key = int(second.timestamp())
+    hit = _VERIFIERS.get(anchors)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    verifier = (
+        xv.PolicyBuilder()
+        .store(xv.Store(list(anchors)))
+        .time(second)
+        .extension_policies(ca_policy=xv.ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy())
+        .build_client_verifier()
+    )
+    if len(_VERIFIERS) >= 16:
+        _VERIFIERS.clear()
+    _VERIFIERS[anchors] = (key, verifier)
+    return verifier
 
 
 def validate_chain(
@@ -98,14 +130,7 @@ def validate_chain(
     if when > leaf.not_valid_after_utc:
         raise AuthError(f"certificate {leaf.subject.rfc4514_string()} expired", 20)
     try:
-        verifier = (
-            xv.PolicyBuilder()
-            .store(xv.Store(list(anchors)))
-            .time(when)
-            .extension_policies(ca_policy=xv.ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy())
-            .build_client_verifier()
-        )
-        verifier.verify(leaf, intermediates)
+        _verifier(tuple(anchors), when).verify(leaf, intermediates)
     except xv.VerificationError as exc:
         raise AuthError(f"certificate {leaf.subject.rfc4514_string()} not trusted: {exc}", 22) from exc
     except Exception as exc:  # malformed certificates can raise ValueError and friends

@@ -12,10 +12,12 @@ import enum
 import ipaddress
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from .crypto import SUPPORTED_GROUPS, EncAlg, HashAlg
 
@@ -262,6 +264,11 @@ class CertCredential:
     def supports(self, method: AuthMethod) -> bool:
         return key_fits_method(self.private_key.public_key(), method)
 
+    @cached_property
+    def der_chain(self) -> tuple[bytes, ...]:
+        """DER of the certificate and the chain, leaf first (encoded once, sent in every exchange)."""
+        return tuple(c.public_bytes(Encoding.DER) for c in (self.certificate, *self.chain))
+
 
 _CURVE_FOR = {AuthMethod.ECDSA_256: "secp256r1", AuthMethod.ECDSA_384: "secp384r1", AuthMethod.ECDSA_521: "secp521r1"}
 
@@ -336,4 +343,9 @@ class Phase1Config:
             return self.local_id
         if self.credential is None:
             raise ConfigError("local_id", "no local identity and no certificate")
+        return self._certificate_identity
+
+    @cached_property
+    def _certificate_identity(self) -> Identity:
+        assert self.credential is not None
         return Identity.dn(self.credential.certificate.subject)

@@ -157,6 +157,21 @@ def _payload_map(payloads: list[tuple[int, bytes]], number: int) -> dict[int, li
     return out
 
 
+_CERT_X509 = bytes([m.CERT_X509_SIG])
+_ID_PAYLOADS: dict[Identity, bytes] = {}
+
+
+def _id_payload(identity: Identity) -> bytes:
+    """Our own ID payload body (the same few identities in every exchange: encoded once)."""
+    b = _ID_PAYLOADS.get(identity)
+    if b is None:
+        b = m.encode_id(identity.type, identity.data)
+        if len(_ID_PAYLOADS) >= 64:
+            _ID_PAYLOADS.clear()
+        _ID_PAYLOADS[identity] = b
+    return b
+
+
 class MainMode:
     """One Main Mode exchange and, once established, its ISAKMP SA (Informational exchanges).
 
@@ -583,7 +598,7 @@ class MainMode:
         self._keys = self._derive(psk)
         self._iv = crypto.phase1_iv(self._prf, self._gxi, self._gxr, self._proposal.enc.block_size)
         my_id = self.config.identity_for(method)
-        id_b = m.encode_id(my_id.type, my_id.data)
+        id_b = _id_payload(my_id)
         payloads = [(m.ID, id_b)] + self._auth_payloads(id_b, initiator=True)
         if self.config.initial_contact:
             # RFC 2407 §4.6.3.3 (IPsec DOI number): "forget the SAs you had with me"
@@ -600,7 +615,7 @@ class MainMode:
         cred = self.config.credential
         assert cred is not None
         digest = self._hash(auth.signature_prf(method, self._prf), id_b, initiator)
-        out = [(m.CERT, bytes([m.CERT_X509_SIG]) + c.public_bytes(_DER)) for c in (cred.certificate, *cred.chain)]
+        out = [(m.CERT, _CERT_X509 + der) for der in cred.der_chain]
         out.append((m.SIG, auth.sign(cred, method, digest)))
         return out
 
@@ -707,7 +722,7 @@ class MainMode:
         assert self._proposal is not None
         method = self._proposal.auth
         my_id = self.config.identity_for(method)
-        id_b = m.encode_id(my_id.type, my_id.data)
+        id_b = _id_payload(my_id)
         msg6 = self._encrypted_message([(m.ID, id_b)] + self._auth_payloads(id_b, initiator=False))
         self._send(msg6, now, retransmit=False)
         self._make_sa(my_id, peer_id, cert, now)
@@ -838,11 +853,6 @@ def choose_proposal(config: Phase1Config, sa_b: bytes) -> tuple[Proposal | None,
 
 
 # ---------------------------------------------------------------------------- Informational codec
-
-from cryptography.hazmat.primitives.serialization import Encoding as _Encoding  # noqa: E402
-
-_DER = _Encoding.DER
-
 
 class InformationalError(Exception):
     pass
