@@ -115,7 +115,7 @@ class MemberSession:
     def __init__(self, daemon: "Daemon", group: pm.MemberGroup) -> None:
         self.daemon = daemon
         self.group = group
-        self.state = "idle"  # idle, registering, registered, backoff, stopped
+        self.state = "idle"  # idle, (re-)registering, registered, backoff, stopped
         self.ks_index = 0
         self.failures = 0  # consecutive failed rounds over all key servers
         self.key_server: str | None = None
@@ -191,7 +191,9 @@ class MemberSession:
     async def _attempt(self) -> None:
         ks = self.group.key_servers[self.ks_index % len(self.group.key_servers)]
         self.key_server = str(ks)
-        self.state = "registering"
+        # with keys from an earlier registration (or adopted SAs) in the kernel, traffic
+        # flows meanwhile: this is a refresh
+        self.state = "re-registering" if (self.teks or self.adopted) else "registering"
         self._close_shell()
         try:
             infos = await self.daemon.loop.getaddrinfo(ks.host, ks.port, type=socket.SOCK_DGRAM)
