@@ -55,6 +55,9 @@ break); if the state batch fails, the states it added are deleted again; if the 
 fails, the policies it added or replaced are restored, and the states added are deleted.
 ``remove`` changes policies before it deletes states. Removing a group's outbound policy means
 the application's traffic to the group is no longer protected: that is leaving the group.
+When the SA an outbound policy names reaches its hard lifetime, the kernel deletes it and the
+policy stays: the group's outgoing traffic is dropped (fail closed; the kernel sends ACQUIRE)
+until a rollover names a new SPI.
 """
 
 from __future__ import annotations

@@ -224,3 +224,31 @@ def test_symmetric_multi_sender_group_from_gdoi_teks(netlab_factory, group, suit
     for inst in insts:
         assert inst.remove(gid) == (1, 2)
         inst.port.close()
+
+
+def test_hard_expiry_fails_closed(netlab_factory):
+    """When the sender's SA expires the policy stays: nothing leaves, least of all plaintext."""
+    lab = netlab_factory(2)
+    sender, receiver = lab.hosts
+    gid, group = 9, "239.1.1.9"
+    t = make_tek(gid, 0x4000 | secrets.randbits(12), SENDER, f"{sender.ip4}/32", group,
+                 lifetime_s=2)
+    tx, rx = installer(sender), installer(receiver)
+    tx.install(gid, [t])
+    rx.install(gid, [role(t, RECEIVER)])
+    lst = listen(receiver, group)
+    send_burst(sender, group, 3)
+    assert seqs(lst.wait(3, timeout=5)) == [0, 1, 2]
+    deadline = time.monotonic() + 10
+    while tx.installed(gid).states and time.monotonic() < deadline:
+        time.sleep(0.2)
+    view = tx.installed(gid)
+    assert view.states == () and dict(view.sending) == {t.selector: t.spi}
+    with lab.capture() as cap:
+        send_burst(sender, group, 5, tag=b"late")
+        time.sleep(0.3)
+    assert [p for p in cap.packets() if p.get("dst") == group] == []
+    assert lst.count(timeout=0.3) == 3
+    for inst in (tx, rx):
+        inst.remove(gid)
+        inst.port.close()
