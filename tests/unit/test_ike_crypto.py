@@ -196,3 +196,86 @@ def test_rsa_signature_is_pkcs1_type1_without_digestinfo():
     sig = auth.sign(cred, AuthMethod.RSA_SIG, digest)
     assert cert.public_key().recover_data_from_signature(sig, padding.PKCS1v15(), None) == digest
     auth.verify(cert.public_key(), AuthMethod.RSA_SIG, digest, sig)
+
+
+@pytest.mark.parametrize("hash_alg", list(HashAlg))
+def test_keyed_prf_is_hmac(hash_alg):
+    """The copied-state HMAC equals hmac.digest for keys shorter than, equal to and longer than
+    the hash block (64 or 128 bytes), and one keyed object serves several messages."""
+    import hmac
+    import os
+
+    for n in (0, 1, 16, 32, 63, 64, 65, 127, 128, 129, 300):
+        key = os.urandom(n)
+        keyed = Prf(hash_alg).keyed(key)
+        for data in (b"", b"x", os.urandom(200)):
+            want = hmac.digest(key, data, hash_alg.hashlib_name)
+            assert Prf(hash_alg)(key, data) == want
+            assert keyed(data) == want
+    assert key.hex() not in repr(keyed)
+
+
+def test_cached_path_verifier_decides_like_a_fresh_one():
+    """auth keeps one verifier per trust-anchor set and second; the verifier compares validity
+    at whole seconds, so around a CA's notAfter the cached one and a fresh one built for the
+    exact time agree (and the leaf's own validity is checked at the exact time before)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509 import verification as xv
+    from cryptography.x509.oid import NameOID
+
+    from gkm.ike import auth
+
+    utc = datetime.timezone.utc
+    t = datetime.datetime(2026, 5, 28, 12, 0, 0, tzinfo=utc)
+    day = datetime.timedelta(days=1)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ck, lk = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("CA")).issuer_name(name("CA")).public_key(ck.public_key())
+        .serial_number(1).not_valid_before(t - day).not_valid_after(t)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ck.public_key()), critical=False)
+        .sign(ck, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder().subject_name(name("gm")).issuer_name(name("CA")).public_key(lk.public_key())
+        .serial_number(2).not_valid_before(t - day).not_valid_after(t + day)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ck.public_key()), critical=False)
+        .sign(ck, hashes.SHA256())
+    )
+
+    def fresh(when):
+        v = (
+            xv.PolicyBuilder().store(xv.Store([ca])).time(when)
+            .extension_policies(ca_policy=xv.ExtensionPolicy.webpki_defaults_ca(), ee_policy=xv.ExtensionPolicy.permit_all())
+            .build_client_verifier()
+        )
+        try:
+            v.verify(leaf, [])
+            return True
+        except xv.VerificationError:
+            return False
+
+    def cached(when):
+        try:
+            auth.validate_chain(leaf, [], (ca,), when)
+            return True
+        except auth.AuthError as e:
+            assert e.notify == 22
+            return False
+
+    results = []
+    for dt in (-1.5, -0.5, -0.25, 0.0, 0.25, 0.5, 0.999999, 1.0, 1.5, 0.5):
+        when = t + datetime.timedelta(seconds=dt)
+        assert cached(when) == cached(when) == fresh(when), dt
+        results.append(cached(when))
+    assert results == [True] * 7 + [False, False, True]

@@ -77,3 +77,44 @@ def test_engine_modules_do_no_io():
             assert not names & banned_modules, (path.name, names)
             if isinstance(node, ast.Attribute) and node.attr in banned_calls:
                 raise AssertionError(f"{path.name}: .{node.attr}")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.binary(max_size=40),
+    st.sampled_from([0x10, 0x11, 0x1F, 0x20, 0x00]),
+    st.integers(0, 255),
+    st.booleans(),
+)
+def test_header_fast_path_matches_wire(raw, version, flags, fix_length):
+    """gkm.ike._msg unpacks headers itself; results and errors equal the gkm.wire decoder's."""
+    import struct
+
+    from gkm import wire
+    from gkm.ike import _msg as m
+
+    data = bytearray(raw)
+    if len(data) >= 28:
+        data[17], data[19] = version, flags
+        if fix_length:
+            data[24:28] = struct.pack("!I", len(data))
+    data = bytes(data)
+
+    def reference():
+        h, np, length = wire.decode_header(data)
+        if length != len(data):
+            raise m.MessageError("header", 24, f"length field {length} != datagram size {len(data)}")
+        return (h.icookie, h.rcookie, np, int(h.exchange), int(h.flags), h.message_id, length)
+
+    def outcome(f):
+        try:
+            return tuple(f())
+        except m.MessageError as e:
+            return str(e)
+        except wire.WireError as e:
+            return str(m.MessageError.of(e))
+
+    assert outcome(lambda: m.decode_header(data)) == outcome(reference)
+    if len(data) >= 28 and not isinstance(outcome(reference), str):
+        h = m.decode_header(data)
+        assert m.encode_header(h.icookie, h.rcookie, h.next_payload, h.exchange, h.flags, h.message_id, h.length) == data[:17] + b"\x10" + data[18:28]

@@ -161,3 +161,31 @@ def test_initial_contact_replaces_older_sa_of_the_same_peer():
     pump(ini3, srv, NOW)
     (ev,) = events(srv)
     assert not ev.sa.initial_contact and len(srv.established()) == 2
+
+
+def test_initial_contact_index_forgets_deleted_sas():
+    """The (identity, host) index behind INITIAL-CONTACT drops SAs that are gone, and another
+    host with the same identity (certificates: the ID is not bound to the address) is not
+    touched."""
+    method = AuthMethod.ECDSA_256
+    _ini1, srv, _isa1, ssa1 = _up(method)
+    srv.delete_sa(ssa1.spi, NOW)
+    srv.datagrams_to_send()
+    assert [type(e) for e in events(srv)] == [Phase1Deleted]
+    assert srv._by_peer == {}
+    ini2 = MainMode(config(method, role="gm"), Role.INITIATOR, KS_ADDR)
+    ini2.start(NOW)
+    pump(ini2, srv, NOW)
+    (ev,) = events(srv)  # nothing else to replace
+    assert isinstance(ev, Phase1Established) and len(srv._by_peer) == 1
+    other = ("192.0.2.11", 848)
+    ini3 = MainMode(config(method, role="gm"), Role.INITIATOR, KS_ADDR)
+    ini3.start(NOW)
+    for _ in range(3):
+        for d, _a in ini3.datagrams_to_send():
+            srv.receive_datagram(d, other, NOW)
+        for d, _a in srv.datagrams_to_send():
+            ini3.receive_datagram(d, KS_ADDR, NOW)
+    (ev,) = events(srv)
+    assert isinstance(ev, Phase1Established) and ev.sa.initial_contact
+    assert len(srv.established()) == 2 and len(srv._by_peer) == 2
