@@ -22,12 +22,13 @@ in the store (so also per group and destination).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, ContextManager, Iterator, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
@@ -91,8 +92,13 @@ class GroupKeysProvider(Protocol):
         """Current keys of the group (tentative if new).  No persistent change."""
 
     def enroll(self, group: GroupPolicy, keys: GroupKeys, member: str, address: str, now: int) -> Enrollment:
-        """Persist ``keys`` if tentative, record the member (LKH join); durable on return.
-        Raises :class:`StaleKeys` if ``keys`` are no longer current."""
+        """Persist ``keys`` if tentative, record the member (LKH join); durable on return
+        (inside :meth:`batch`: durable when the batch ends).  Raises :class:`StaleKeys`, before
+        changing anything, if ``keys`` are no longer current."""
+
+    def batch(self) -> ContextManager[object]:
+        """Group several :meth:`enroll` calls into one durable commit (at the end of the block;
+        an exception undoes them all)."""
 
 
 def tek_label(name: str, suite: str) -> str:
@@ -125,6 +131,9 @@ class StoreKeysProvider:
     public key sent in the KD KEK packet (default: derived from ``KekPolicy.signing_key``).
     """
 
+    #: how long (wall seconds) keys read from the store are reused without reading again
+    CACHE_SECONDS = 2
+
     def __init__(
         self,
         store: KeyStore,
@@ -143,6 +152,16 @@ class StoreKeysProvider:
         self._random = random
         self._tentative: dict[int, GroupKeys] = {}
         self._trees: dict[int, LkhTree | None] = {}
+        self._cache: dict[int, tuple[GroupPolicy, GroupKeys, int]] = {}  # group -> (policy, keys, read at)
+
+    def invalidate(self, group_id: int | None = None) -> None:
+        """Forget cached keys (all groups with None).  Whoever changes a group's keys in the
+        store (rekey) calls this; without it the cache is trusted for ``CACHE_SECONDS`` and a
+        registration that raced a rekey ends in :class:`StaleKeys` (the member retries)."""
+        if group_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(group_id, None)
 
     # -- GroupKeysProvider
 
@@ -151,9 +170,13 @@ class StoreKeysProvider:
         t = self._tentative.get(gid)
         if t is not None and self._fits(group, t):
             return t
+        c = self._cache.get(gid)
+        if c is not None and c[0] is group and 0 <= now - c[2] < self.CACHE_SECONDS:
+            return c[1]
         stored = self._stored(group)
         if stored is not None:
             self._tentative.pop(gid, None)
+            self._cache[gid] = (group, stored, now)
             return stored
         t = self._generate(group, now)
         self._tentative[gid] = t
@@ -165,23 +188,25 @@ class StoreKeysProvider:
         tree = None
         try:
             with st.transaction():
-                if st.group(gid) is None:
-                    st.add_group(gid, _policy_digest(group))
-                current = {t.algorithm: t for t in st.teks(gid, KeyState.CURRENT)}
+                known = st.group(gid) is not None
+                current = {t.algorithm: t for t in st.teks(gid, KeyState.CURRENT)} if known else {}
+                ck = st.current_kek(gid) if known and keys.kek is not None else None
+                # check everything before the first write (a batch must not keep half of it)
                 for tk in keys.teks:
                     cur = current.get(tek_label(tk.name, tk.suite))
-                    if cur is None and keys.tentative:
+                    if (cur is None and not keys.tentative) or (cur is not None and cur.spi != tk.spi):
+                        raise StaleKeys(f"group {gid}: TEK {tk.name} changed since message 2")
+                if keys.kek is not None and ((ck is None and not keys.tentative) or (ck is not None and ck.spi != keys.kek.spi)):
+                    raise StaleKeys(f"group {gid}: KEK changed since message 2")
+                if not known:
+                    st.add_group(gid, _policy_digest(group))
+                for tk in keys.teks:
+                    if tek_label(tk.name, tk.suite) not in current:
                         st.add_tek(gid, tk.spi, tek_label(tk.name, tk.suite), tk.enc_keymat, auth_key=tk.auth_key or None,
                                    created=now, expires=tk.expires, state=KeyState.CURRENT)
-                    elif cur is None or cur.spi != tk.spi:
-                        raise StaleKeys(f"group {gid}: TEK {tk.name} changed since message 2")
-                if keys.kek is not None:
-                    ck = st.current_kek(gid)
-                    if ck is None and keys.tentative:
-                        st.add_kek(gid, keys.kek.spi, keys.kek.cipher, keys.kek.keymat, created=now,
-                                   expires=keys.kek.expires, state=KeyState.CURRENT)
-                    elif ck is None or ck.spi != keys.kek.spi:
-                        raise StaleKeys(f"group {gid}: KEK changed since message 2")
+                if keys.kek is not None and ck is None:
+                    st.add_kek(gid, keys.kek.spi, keys.kek.cipher, keys.kek.keymat, created=now,
+                               expires=keys.kek.expires, state=KeyState.CURRENT)
                 old = st.member(gid, member)
                 if old is not None:
                     st.remove_member(gid, member)
@@ -200,12 +225,25 @@ class StoreKeysProvider:
                 if tree is not None:
                     st.save_lkh(gid, tree)
                 seq = st.current_seq(gid) if keys.kek is not None else None
+        except StaleKeys:
+            self._cache.pop(gid, None)
+            raise  # nothing was changed
         except BaseException:
             self._trees.pop(gid, None)  # the in-memory tree may be ahead of the store: reload
             raise
         if keys.tentative:
             self._tentative.pop(gid, None)
+            self._cache.pop(gid, None)
         return Enrollment(seq, lkh_path, KEY_TYPE_AES_KEYWRAP, update)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator["StoreKeysProvider"]:
+        try:
+            with self.store.transaction():
+                yield self
+        except BaseException:
+            self._trees.clear()  # trees may hold joins that were rolled back: reload from the store
+            raise
 
     # -- internals
 

@@ -37,6 +37,7 @@ no exception escapes an input method.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hmac
 import ipaddress
@@ -76,6 +77,19 @@ ALLOWED_PAYLOADS: dict[int, dict[int, tuple[int, int]]] = {
     3: {PayloadType.GAP: (0, 1)},
     4: {PayloadType.SEQ: (0, 1), PayloadType.KD: (1, 1)},
 }
+
+
+class _Encoded:
+    """A payload body encoded once (the SA payload, reused across members)."""
+
+    __slots__ = ("TYPE", "body")
+
+    def __init__(self, payload_type: int, body: bytes) -> None:
+        self.TYPE = payload_type
+        self.body = body
+
+    def encode(self) -> bytes:
+        return self.body
 
 
 class PullDrop(Exception):
@@ -499,6 +513,8 @@ class PullResponder:
         self._out: list[tuple[bytes, Any]] = []
         self._events: deque = deque()
         self._sig_bits: dict[bytes, int] = {}
+        self._enroll: list = []
+        self._sa_cache: dict = {}
         self.stats: Counter[str] = Counter()
 
     # -- inputs
@@ -539,10 +555,14 @@ class PullResponder:
     # -- outputs
 
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        """Also where verified messages 3 are enrolled (one commit for all of them): a shell
+        that reads every datagram waiting on its socket before calling this gets group commit."""
+        self._flush()
         out, self._out = self._out, []
         return out
 
     def next_event(self):
+        self._flush()
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
@@ -632,9 +652,17 @@ class PullResponder:
         self._pending[(sa.spi, mid)] = _Pending(sa, addr, group, identity, ni, nr, data, msg2, iv2, keys, now + self.pending_timeout)
         self._per_sa[sa.spi] += 1
         self._out.append((msg2, addr))
-        log.debug("gdoi ks: GROUPKEY-PULL %s/%08x: %s asks for group %s", sa.spi.hex(), mid, identity, group.label)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("gdoi ks: GROUPKEY-PULL %s/%08x: %s asks for group %s", sa.spi.hex(), mid, identity, group.label)
 
-    def _sa_payload(self, group: GroupPolicy, keys: GroupKeys, identity: Identity, wall: int) -> GdoiSa:
+    def _sa_payload(self, group: GroupPolicy, keys: GroupKeys, identity: Identity, wall: int) -> "_Encoded":
+        """The SA payload for this member, encoded.  Cached by everything it depends on (group
+        policy, SPIs, the member's SA directions, remaining lifetimes in whole seconds)."""
+        dirs = tuple(tp.direction_for(identity) for tp in group.teks)
+        ck = (id(group), tuple(t.spi for t in keys.teks), keys.kek.spi if keys.kek else None, dirs, wall)
+        hit = self._sa_cache.get(ck)
+        if hit is not None and hit[0] is group:  # the reference keeps id(group) from being reused
+            return hit[1]
         kids: list = []
         if group.kek is not None and keys.kek is not None:
             pub = keys.kek.public_key
@@ -642,17 +670,21 @@ class PullResponder:
             if bits is None:
                 bits = self._sig_bits[pub] = pw.signature_key_bits(pub)
             kids.append(pw.sa_kek(group.kek, keys.kek.spi, self.rekey_source, keys.kek.expires - wall, bits))
-        for tp in group.teks:
+        for tp, direction in zip(group.teks, dirs):
             tk = keys.tek(tp.name)
             remaining = tk.expires - wall
             if remaining <= 0:
                 log.warning("gdoi ks: group %s TEK %s (SPI %#010x) is past its lifetime; the rekey engine should have replaced it",
                             group.label, tp.name, tk.spi)
-            kids.append(pw.sa_tek(tp, tk.spi, tp.direction_for(identity), remaining))
-        return GdoiSa(tuple(kids))
+            kids.append(pw.sa_tek(tp, tk.spi, direction, remaining))
+        enc = _Encoded(PayloadType.SA, GdoiSa(tuple(kids)).encode())
+        if len(self._sa_cache) >= 64:
+            self._sa_cache.clear()
+        self._sa_cache[ck] = (group, enc)
+        return enc
 
     def _message3(self, key: tuple[bytes, int], p: _Pending, data: bytes, addr: Any, now: float) -> None:
-        rest, _iv = open_message(p.sa, data, p.iv, 3, p.ni + p.nr)
+        rest, iv = open_message(p.sa, data, p.iv, 3, p.ni + p.nr)
         # From here the member is live (HASH(3) covers Nr): state may change.
         gap = _get(rest, Gap)
         if gap is not None:
@@ -661,14 +693,37 @@ class PullResponder:
         self._per_sa[key[0]] -= 1
         if self._per_sa[key[0]] <= 0:
             del self._per_sa[key[0]]
-        group, keys = p.group, p.keys
-        wall = self._wall(now)
-        try:
-            enr = self.keys.enroll(group, keys, member_key(p.identity), _host(addr), wall)
-        except StaleKeys as e:
-            self.stats["stale"] += 1
-            log.warning("gdoi ks: registration of %s in group %s abandoned: %s (the member will retry)", p.identity, group.label, e)
+        self._enroll.append((key, p, data, addr, now, iv))
+
+    def _flush(self) -> None:
+        """Enroll the members whose message 3 arrived, in one durable commit, then build their
+        messages 4 (group commit: nothing is sent before the commit returned)."""
+        queue, self._enroll = self._enroll, []
+        if not queue:
             return
+        done = []
+        batch = getattr(self.keys, "batch", None)
+        try:
+            with batch() if batch is not None else contextlib.nullcontext():
+                for item in queue:
+                    key, p, data, addr, now, iv = item
+                    try:
+                        enr = self.keys.enroll(p.group, p.keys, member_key(p.identity), _host(addr), self._wall(now))
+                    except StaleKeys as e:
+                        self.stats["stale"] += 1
+                        log.warning("gdoi ks: registration of %s in group %s abandoned: %s (the member will retry)",
+                                    p.identity, p.group.label, e)
+                        continue
+                    done.append((item, enr))
+        except Exception:
+            self.stats["store_error"] += len(queue)
+            log.exception("gdoi ks: enrolling %d member(s) failed; nothing was registered (they will retry)", len(queue))
+            return
+        for (key, p, data, addr, now, iv), enr in done:
+            self._reply4(key, p, data, addr, now, iv, enr)
+
+    def _reply4(self, key, p: _Pending, data: bytes, addr: Any, now: float, iv: bytes, enr) -> None:
+        group, keys = p.group, p.keys
         packets = [pw.tek_packet(tk.spi, tk.enc_keymat, tk.auth_key) for tk in keys.teks]
         payloads: list = []
         if keys.kek is not None and group.kek is not None:
@@ -677,13 +732,13 @@ class PullResponder:
             if enr.lkh_path:
                 packets.append(pw.lkh_packet(keys.kek.spi, list(enr.lkh_path), enr.lkh_key_type))
         payloads.append(KeyDownload(tuple(packets)))
-        msg4, _ = seal(p.sa, key[1], _iv, tuple(payloads), p.ni + p.nr)
+        msg4, _ = seal(p.sa, key[1], iv, tuple(payloads), p.ni + p.nr)
         self._completed[key] = (data, msg4, now + self.completed_timeout)
         while len(self._completed) > self.max_completed:
             self._completed.popitem(last=False)
         self._out.append((msg4, addr))
         self.stats["registered"] += 1
-        log.info("gdoi ks: %s from %r registered in group %s", p.identity, addr, group.label)
+        log.info("gdoi ks: %s from %r registered in group %s", p.identity, addr, group.group_id)
         self._events.append(MemberRegistered(group.group_id, p.identity, addr, tuple(t.spi for t in keys.teks), enr.lkh_update))
 
     def _refuse(self, sa: Phase1SA, mid: int, gid: int, identity: Identity | None, addr: Any, reason: str, notify: int) -> None:

@@ -255,3 +255,61 @@ def test_member_refuses_policy_and_deletes_phase1(tmp_path):
     assert any(isinstance(e, Phase1Deleted) for e in kev)
     assert not any(isinstance(e, MemberRegistered) for e in kev)
     assert store.group(GID) is None and ks.pending_count == 0
+
+
+def test_group_commit(tmp_path, monkeypatch):
+    """Messages 3 read before the output is pulled are enrolled in one store transaction (one
+    fsync'ed commit), and their messages 4 leave only after it."""
+    ks, store = key_server(tmp_path)
+    ms = {member_addr(i): member(tmp_path, w) for i, w in enumerate(["gm1", "gm2", "gm3"])}
+    for m in ms.values():
+        m.start(NOW)
+    held = []
+
+    def drop(direction, n, data):
+        if direction == "up" and data[18] == 32 and len(data) == 28 + 48:  # message 3: HASH only
+            held.append(data)
+            return True
+        return False
+
+    pump(ks, ms, drop=drop)
+    assert len(held) == 3 and ks.pending_count == 3
+    outermost = []
+    real = store.transaction
+
+    def counting():
+        outermost.append(not store.in_transaction)
+        return real()
+
+    monkeypatch.setattr(store, "transaction", counting)
+    for addr, data in zip(ms, held):
+        ks.receive_datagram(data, addr, NOW)
+    assert outermost == [] and store.group(GID) is None  # nothing before the output is pulled
+    out = ks.datagrams_to_send()
+    assert len(out) == 3 and outermost.count(True) == 1
+    assert len(store.members(GID)) == 3
+    for data, to in out:
+        ms[to].receive_datagram(data, KS, NOW)
+    assert all(isinstance(_registered(m), Registered) for m in ms.values())
+
+
+def test_store_failure_registers_nobody(tmp_path, monkeypatch):
+    ks, store = key_server(tmp_path)
+    m = member(tmp_path, "gm1")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "add_member", boom)
+    register(ks, {member_addr(0): m})
+    assert events(m) == [] and store.group(GID) is None
+    assert ks.pull.stats["store_error"] == 1
+    monkeypatch.undo()
+    for t in (NOW + 1, NOW + 3, NOW + 7, NOW + 15, NOW + 31):
+        m.handle_timer(t)
+        pump(ks, {member_addr(0): m}, t)
+    (fail,) = events(m)
+    assert isinstance(fail, RegistrationFailed)  # message 3 is not answered: the exchange is gone
+    m2 = member(tmp_path, "gm1")  # the daemon registers again
+    register(ks, {member_addr(0): m2}, NOW + 40)
+    assert isinstance(_registered(m2), Registered) and len(store.members(GID)) == 1

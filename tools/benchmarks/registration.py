@@ -32,6 +32,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -77,24 +78,34 @@ def _group(signing_key: Path) -> GroupPolicy:
 # ------------------------------------------------------------------------------ key server process
 
 
-class _Shell(asyncio.DatagramProtocol):
-    def __init__(self, engine) -> None:
+class _Shell:
+    """Minimal UDP shell: on readable, read every datagram waiting (up to ``burst``), feed them,
+    then pull the engine's output once, so the registrations of one burst share one store
+    commit (see :meth:`gkm.gdoi.pull.PullResponder.datagrams_to_send`)."""
+
+    def __init__(self, engine, sock: socket.socket, burst: int = 64) -> None:
         self.engine = engine
-        self.transport = None
+        self.sock = sock
+        self.burst = burst
         self.timer = None
         self.deadline = None
         self.busy = 0.0
         self.cpu0: float | None = None
         self.registered = 0
+        self.bursts = 0
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data, addr) -> None:
+    def readable(self) -> None:
         t = time.perf_counter()
         if self.cpu0 is None:
             self.cpu0 = time.process_time()
-        self.engine.receive_datagram(data, addr, time.time())
+        now = time.time()
+        for _ in range(self.burst):
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            self.engine.receive_datagram(data, addr, now)
+        self.bursts += 1
         self._transmit()
         self.busy += time.perf_counter() - t
 
@@ -107,7 +118,10 @@ class _Shell(asyncio.DatagramProtocol):
 
     def _transmit(self) -> None:
         for data, addr in self.engine.datagrams_to_send():
-            self.transport.sendto(data, addr)
+            try:
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                pass  # UDP: a full socket buffer drops, the member retransmits
         while (ev := self.engine.next_event()) is not None:
             if isinstance(ev, MemberRegistered):
                 self.registered += 1
@@ -140,21 +154,27 @@ async def _serve(mode: str, workdir: Path, floor_n: int) -> None:
     engine = KeyServerEngine([group], StoreKeysProvider(store), cfg, rekey_source=(HOST, 848), max_pending_per_sa=4)
     floor_before = _floor(floor_n)
     loop = asyncio.get_running_loop()
-    transport, shell = await loop.create_datagram_endpoint(lambda: _Shell(engine), local_addr=(HOST, 0))
-    print(f"READY {transport.get_extra_info('sockname')[1]}", flush=True)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind((HOST, 0))
+    sock.setblocking(False)
+    shell = _Shell(engine, sock)
+    loop.add_reader(sock.fileno(), shell.readable)
+    print(f"READY {sock.getsockname()[1]}", flush=True)
     done = asyncio.Event()
     loop.add_reader(sys.stdin.fileno(), done.set)
     await done.wait()
     sys.stdin.readline()
     loop.remove_reader(sys.stdin.fileno())
     cpu = time.process_time() - (shell.cpu0 or time.process_time())
-    transport.close()
+    loop.remove_reader(sock.fileno())
+    sock.close()
     floor_after = _floor(floor_n)
     fl = {k: floor_before[k] + floor_after[k] for k in floor_before}
     per = {"dh": fl["dh_s"] / fl["n"], "sign": fl["sign_s"] / fl["n"], "verify": fl["verify_s"] / fl["n"]}
     floor_s = per["dh"] + (per["sign"] + per["verify"] if mode == "ecdsa" else 0.0)
     print(json.dumps({"registered": shell.registered, "busy_s": shell.busy, "cpu_s": cpu, "floor_s": floor_s,
-                      "floor_parts_ms": {k: v * 1e3 for k, v in per.items()}, "members_in_store": store.member_count(GID),
+                      "floor_parts_ms": {k: v * 1e3 for k, v in per.items()}, "members_in_store": store.member_count(GID), "bursts": shell.bursts,
                       "stats": dict(engine.pull.stats)}), flush=True)
     store.close()
 
