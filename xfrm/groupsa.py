@@ -285,7 +285,7 @@ def _traffic_selector(sel: Selector) -> TrafficSelector:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     states: tuple[State, ...]
-    out: dict[Selector, Policy]   # selector -> outbound policy (last sending TEK wins)
+    out: dict[Selector, list[Policy]]  # selector -> outbound policy per sending TEK, in order
     inbound: dict[Selector, Policy]  # selector -> inbound policy
 
 
@@ -335,7 +335,7 @@ class GroupSaInstaller:
     def _plan(self, group_id: int, teks: Sequence[TekLike]) -> _Plan:
         reqid = self.reqid(group_id)
         states: list[State] = []
-        out: dict[Selector, Policy] = {}
+        out: dict[Selector, list[Policy]] = {}
         inbound: dict[Selector, Policy] = {}
         spis: set[tuple[Address, int]] = set()
         for i, tek in enumerate(teks):
@@ -369,12 +369,17 @@ class GroupSaInstaller:
                                 lifetime=Lifetime(soft_add_seconds=(life * 9 // 10) or None,
                                                   hard_add_seconds=life)))
             if sends:
-                out[sel] = Policy(sel, Direction.OUT, priority=self.priority, templates=(
-                    Template(src, group, mode, reqid, spi=tek.spi),))
+                out.setdefault(sel, []).append(self._out_policy(sel, src, group, mode, reqid,
+                                                                tek.spi))
             if receives:
                 tmpl = (Template(peer, group, mode, reqid),)
                 inbound[sel] = Policy(sel, Direction.IN, priority=self.priority, templates=tmpl)
         return _Plan(tuple(states), out, inbound)
+
+    def _out_policy(self, sel: Selector, src: Address, group: Address, mode: Mode, reqid: int,
+                    spi: int) -> Policy:
+        return Policy(sel, Direction.OUT, priority=self.priority, templates=(
+            Template(src, group, mode, reqid, spi=spi),))
 
     # -- reading -----------------------------------------------------------------------------
     def _dump(self) -> tuple[list[State], list[Policy]]:
@@ -443,7 +448,8 @@ class GroupSaInstaller:
         return found
 
     # -- changing ----------------------------------------------------------------------------
-    def install(self, group_id: int, teks: Sequence[TekLike]) -> InstalledGroup:
+    def install(self, group_id: int, teks: Sequence[TekLike], *,
+                switch: bool = True) -> InstalledGroup:
         """Install ``teks`` for ``group_id``: states first, then policies.
 
         Idempotent: TEKs already installed with the same parameters are left alone (so a daemon
@@ -451,8 +457,11 @@ class GroupSaInstaller:
         shorter remaining lifetime: the kernel's SA keeps counting from when it was added). An
         SPI installed with other parameters is refused: the kernel cannot change an SA's keys,
         and new keys come with a new SPI.
-        Sending TEKs switch their selector's outbound policy to their SPI (the last one listed
-        wins when several share a selector).
+        Outbound: a selector without an outbound policy gets one naming its last listed sending
+        TEK. With ``switch`` (the default) a selector's outbound policy moves to the last
+        sending TEK *added by this call*; TEKs already installed never move it back. With
+        ``switch=False`` new sending TEKs are installed but not used yet (:meth:`send_on`
+        switches later), so every member can hold the new SA before any sender uses it.
         """
         plan = self._plan(group_id, teks)
         reqid = self.reqid(group_id)
@@ -471,7 +480,18 @@ class GroupSaInstaller:
         mine = {p.id: p for p in policies if self._policy_reqid(p) == reqid}
         ours_other = {p.id: p for p in policies
                       if self._policy_reqid(p) not in (None, reqid)}
-        wanted: list[Policy] = list(plan.out.values())
+        added = {st.spi for st in new_states}
+        held = {s.spi for s in states if s.reqid == reqid}
+        wanted: list[Policy] = []
+        for cands in plan.out.values():
+            prev = mine.get(cands[0].id)
+            fresh = [p for p in cands if p.templates[0].spi in added]
+            if prev is None:
+                wanted.append(cands[-1])
+            elif fresh and switch:
+                wanted.append(fresh[-1])
+            elif prev.templates[0].spi not in held | added:  # names an SA that is gone
+                wanted.append(cands[-1])
         for p in plan.inbound.values():
             wanted.append(p)
             if self.forward:
@@ -495,12 +515,28 @@ class GroupSaInstaller:
             raise
         return self.installed(group_id)
 
-    def rollover(self, group_id: int, new_teks: Sequence[TekLike]) -> InstalledGroup:
-        """Make before break: add the new TEKs' states, then switch each outbound policy to
-        its new SPI and add inbound policies for new selectors. Old states stay (receivers keep
-        taking packets still in flight under old SPIs) until :meth:`remove` or their hard
-        lifetime; the returned view's ``sending`` shows the SPIs now used."""
-        return self.install(group_id, new_teks)
+    def rollover(self, group_id: int, new_teks: Sequence[TekLike], *,
+                 switch: bool = True) -> InstalledGroup:
+        """Make before break: add the new TEKs' states, then (``switch``) move each outbound
+        policy to its new SPI, and add inbound policies for new selectors. Old states stay
+        (receivers keep taking packets still in flight under old SPIs) until :meth:`remove` or
+        their hard lifetime; the returned view's ``sending`` shows the SPIs now used."""
+        return self.install(group_id, new_teks, switch=switch)
+
+    def send_on(self, group_id: int, spi: int) -> InstalledGroup:
+        """Switch the outbound policy of the selector of the group's sending TEK ``spi`` to it
+        (after ``rollover(..., switch=False)``)."""
+        reqid = self.reqid(group_id)
+        view = self.installed(group_id)
+        st = next((s for s in view.states if s.spi == spi and s.oseq_may_wrap
+                   and s.selector is not None), None)
+        if st is None:
+            raise InvalidArgument("spi", f"group {group_id} has no sending TEK 0x{spi:08x}")
+        pol = self._out_policy(st.selector, st.src, st.dst, st.mode, reqid, spi)
+        prev = next((p for p in view.policies if p.id == pol.id), None)
+        if prev is None or _without_index(prev) != pol:
+            self._apply_policies(reqid, [(pol, prev)])
+        return self.installed(group_id)
 
     def remove(self, group_id: int, spis: Iterable[int] | None = None) -> tuple[int, int]:
         """Remove the group's states (all, or those with ``spis``) and the policies left

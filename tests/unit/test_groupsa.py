@@ -322,3 +322,34 @@ def test_states_in_the_range_not_made_here_are_reported_as_unknown(port, gsa):
     gsa.install(10, [tek()])
     view = gsa.installed(10)
     assert len(view.teks) == 1 and view.unknown == (odd,)
+
+
+def test_installing_known_teks_again_never_moves_the_sender_back(port, gsa):
+    old, new = tek(spi=0x1000, direction=SENDER), tek(spi=0x2000, direction=SENDER, seed=2)
+    gsa.install(10, [old])
+    gsa.rollover(10, [new])
+    port.log.clear()
+    assert dict(gsa.install(10, [new, old]).sending) == {old.selector: 0x2000}
+    assert port.log == []
+
+
+def test_rollover_without_switch_then_send_on(port, gsa):
+    old, new = tek(spi=0x1000, direction=BOTH), tek(spi=0x2000, direction=BOTH, seed=2)
+    gsa.install(10, [old])
+    port.log.clear()
+    view = gsa.rollover(10, [new], switch=False)
+    assert port.log == ["add_state"] and dict(view.sending) == {old.selector: 0x1000}
+    assert dict(gsa.send_on(10, 0x2000).sending) == {old.selector: 0x2000}
+    assert port.log == ["add_state", "update_policy"]
+    gsa.send_on(10, 0x2000)  # already: nothing to do
+    assert len(port.log) == 2
+    with pytest.raises(InvalidArgument, match="no sending TEK"):
+        gsa.send_on(10, 0x3000)
+
+
+def test_an_outbound_policy_naming_an_expired_sa_is_repaired_by_install(port, gsa):
+    a = tek(spi=0x1000, direction=SENDER)
+    gsa.install(10, [a])
+    port.expire(port.dump_states()[0].id)
+    b = tek(spi=0x2000, direction=SENDER, seed=2)
+    assert dict(gsa.install(10, [b], switch=False).sending) == {a.selector: 0x2000}
