@@ -17,9 +17,13 @@ before it in the same exchange (RFC 2409 Appendix B).
 Key server (:class:`PullResponder`): **no state changes before a valid HASH(3)** (RFC 6407
 section 3.2).  Message 1 and 2 live in a bounded table of pending exchanges keyed by (phase 1
 SPI, M-ID) with a timeout; keys for message 2 come from
-:meth:`~gkm.gdoi.provider.GroupKeysProvider.peek` (no persistent change); only message 3
-calls :meth:`~gkm.gdoi.provider.GroupKeysProvider.enroll`, which persists before message 4 is
-built.  A byte-identical retransmission of message 1 (or 3) is answered with the stored
+:meth:`~gkm.gdoi.provider.GroupKeysProvider.peek` (no persistent change).  A verified message
+3 is queued; the queue is enrolled (:meth:`~gkm.gdoi.provider.GroupKeysProvider.enroll`, all
+of it inside one :meth:`~gkm.gdoi.provider.GroupKeysProvider.batch`, i.e. one durable commit)
+when the caller pulls the output (``datagrams_to_send``/``next_event``), and messages 4 are
+built only after that commit returned.  A shell that reads every datagram waiting on its
+socket before pulling the output thus gets group commit; one that pulls after each datagram
+commits once per registration.  A byte-identical retransmission of message 1 (or 3) is answered with the stored
 message 2 (or 4), without new crypto or state.
 
 Refusals (RFC 6407 defines no notify type of its own; digest section 4): an unknown group or

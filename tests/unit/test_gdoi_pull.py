@@ -290,7 +290,10 @@ def test_group_commit(tmp_path, monkeypatch):
     assert len(store.members(GID)) == 3
     for data, to in out:
         ms[to].receive_datagram(data, KS, NOW)
-    assert all(isinstance(_registered(m), Registered) for m in ms.values())
+    regs = [_registered(m) for m in ms.values()]
+    # all three saw the tentative keys of message 2; the first enrollment persisted exactly those
+    assert len({tuple(t.spi for t in r.teks) for r in regs}) == 1
+    assert [t.spi for t in regs[0].teks] == [t.spi for t in store.teks(GID)]
 
 
 def test_store_failure_registers_nobody(tmp_path, monkeypatch):

@@ -1,0 +1,95 @@
+"""The store-backed group keys provider: no persistent change before enroll, one set of
+tentative keys shared by concurrent first registrations, SPIs, key lengths, restart, staleness."""
+
+from __future__ import annotations
+
+import pytest
+
+from gkm.gdoi import StaleKeys, StoreKeysProvider
+from gkm.gdoi.keys import MIN_SPI
+from gkm.store import KeyState, KeyStore
+from policy.suites import ESP_SUITES
+from tests.unit.test_gdoi_support import GID, group_policy, store_snapshot
+
+NOW = 1_780_000_000
+
+
+def test_peek_changes_nothing_and_is_shared(tmp_path):
+    store = KeyStore(tmp_path / "s")
+    prov = StoreKeysProvider(store)
+    g = group_policy(tmp_path)
+    before = store_snapshot(store)
+    a = prov.peek(g, NOW)
+    b = prov.peek(g, NOW + 1)
+    assert a is b and a.tentative
+    assert store_snapshot(store) == before and store.group(GID) is None
+    prov.enroll(g, a, "key-id:gm1", "192.0.2.10", NOW)
+    c = prov.peek(g, NOW + 2)
+    assert not c.tentative and [t.spi for t in c.teks] == [t.spi for t in a.teks] and c.kek.spi == a.kek.spi
+    # a second enrollment with the keys announced before the first one persisted them
+    prov.enroll(g, a, "key-id:gm2", "192.0.2.11", NOW)
+    assert len(store.members(GID)) == 2 and len(store.teks(GID)) == 2 and len(store.keks(GID)) == 1
+
+
+def test_key_lengths_and_spis(tmp_path):
+    store = KeyStore(tmp_path / "s")
+    g = group_policy(tmp_path, suites=("aes-gcm-256", "aes-cbc-128-hmac-sha384"))
+    k = StoreKeysProvider(store).peek(g, NOW)
+    gcm, cbc = k.teks
+    assert len(gcm.enc_keymat) == 32 + 4 and gcm.auth_key == b""
+    assert len(cbc.enc_keymat) == 16 and len(cbc.auth_key) == 48
+    assert len(k.kek.keymat) == 16 + 16 and len(k.kek.spi) == 16
+    assert all(t.spi >= MIN_SPI for t in k.teks) and gcm.spi != cbc.spi
+    assert gcm.expires == NOW + g.teks[0].lifetime_s and k.kek.expires == NOW + g.kek.lifetime_s
+    assert ESP_SUITES[gcm.suite].aead
+
+
+def test_spi_unique_across_store(tmp_path):
+    store = KeyStore(tmp_path / "s")
+    other = group_policy(tmp_path, gid=77)
+    p1 = StoreKeysProvider(store)
+    k1 = p1.peek(other, NOW)
+    p1.enroll(other, k1, "key-id:gm1", "192.0.2.10", NOW)
+    taken = k1.teks[0].spi
+    seq = [taken.to_bytes(4, "big"), (5).to_bytes(4, "big"), taken.to_bytes(4, "big"),
+           (0x10000).to_bytes(4, "big"), (0x10000).to_bytes(4, "big"), (0x20000).to_bytes(4, "big")]
+
+    def rnd(n):
+        return seq.pop(0) if n == 4 and seq else bytes(range(1, n + 1))
+
+    k2 = StoreKeysProvider(store, random=rnd).peek(group_policy(tmp_path), NOW)
+    assert [t.spi for t in k2.teks] == [0x10000, 0x20000]  # taken, reserved and repeated SPIs skipped
+
+
+def test_restart_keeps_keys(tmp_path):
+    g = group_policy(tmp_path)
+    store = KeyStore(tmp_path / "s")
+    prov = StoreKeysProvider(store)
+    k = prov.peek(g, NOW)
+    prov.enroll(g, k, "key-id:gm1", "192.0.2.10", NOW)
+    store.close()
+    store2 = KeyStore(tmp_path / "s")
+    k2 = StoreKeysProvider(store2).peek(g, NOW + 100)
+    assert not k2.tentative
+    assert [(t.spi, t.enc_keymat, t.auth_key) for t in k2.teks] == [(t.spi, t.enc_keymat, t.auth_key) for t in k.teks]
+    assert (k2.kek.spi, k2.kek.keymat) == (k.kek.spi, k.kek.keymat)
+    store2.close()
+
+
+def test_stale_keys_refused_without_change(tmp_path):
+    g = group_policy(tmp_path)
+    store = KeyStore(tmp_path / "s")
+    prov = StoreKeysProvider(store)
+    k = prov.peek(g, NOW)
+    prov.enroll(g, k, "key-id:gm1", "192.0.2.10", NOW)
+    announced = prov.peek(g, NOW)
+    # a rekey replaces the first TEK between message 2 and message 3
+    store.add_tek(GID, 0x7777, f"video/{g.teks[0].suite.name}", bytes(20), created=NOW, expires=NOW + 600, state=KeyState.NEXT)
+    store.rotate_teks(GID)
+    before = store_snapshot(store)
+    with pytest.raises(StaleKeys):
+        prov.enroll(g, announced, "key-id:gm2", "192.0.2.11", NOW)
+    assert store_snapshot(store) == before
+    prov.invalidate(GID)
+    fresh = prov.peek(g, NOW)
+    assert fresh.teks[0].spi == 0x7777
