@@ -196,7 +196,10 @@ class StoreKeysProvider:
                     cur = current.get(tek_label(tk.name, tk.suite))
                     if (cur is None and not keys.tentative) or (cur is not None and cur.spi != tk.spi):
                         raise StaleKeys(f"group {gid}: TEK {tk.name} changed since message 2")
-                if keys.kek is not None and ((ck is None and not keys.tentative) or (ck is not None and ck.spi != keys.kek.spi)):
+                # a tentative KEK with another cipher than the stored one: the policy changed it
+                replace_kek = keys.kek is not None and keys.tentative and ck is not None and ck.algorithm != keys.kek.cipher
+                if keys.kek is not None and not replace_kek and (
+                        (ck is None and not keys.tentative) or (ck is not None and ck.spi != keys.kek.spi)):
                     raise StaleKeys(f"group {gid}: KEK changed since message 2")
                 if not known:
                     st.add_group(gid, _policy_digest(group))
@@ -204,7 +207,7 @@ class StoreKeysProvider:
                     if tek_label(tk.name, tk.suite) not in current:
                         st.add_tek(gid, tk.spi, tek_label(tk.name, tk.suite), tk.enc_keymat, auth_key=tk.auth_key or None,
                                    created=now, expires=tk.expires, state=KeyState.CURRENT)
-                if keys.kek is not None and ck is None:
+                if keys.kek is not None and (ck is None or replace_kek):
                     st.add_kek(gid, keys.kek.spi, keys.kek.cipher, keys.kek.keymat, created=now,
                                expires=keys.kek.expires, state=KeyState.CURRENT)
                 old = st.member(gid, member)

@@ -93,3 +93,22 @@ def test_stale_keys_refused_without_change(tmp_path):
     prov.invalidate(GID)
     fresh = prov.peek(g, NOW)
     assert fresh.teks[0].spi == 0x7777
+
+
+def test_policy_changes_kek_cipher(tmp_path):
+    import dataclasses
+
+    from policy.suites import KEK_CIPHERS
+
+    g = group_policy(tmp_path)
+    store = KeyStore(tmp_path / "s")
+    prov = StoreKeysProvider(store)
+    prov.enroll(g, prov.peek(g, NOW), "key-id:gm1", "192.0.2.10", NOW)
+    old = store.current_kek(GID)
+    g2 = dataclasses.replace(g, kek=dataclasses.replace(g.kek, cipher=KEK_CIPHERS["aes-cbc-256"]))
+    k = prov.peek(g2, NOW + 5)
+    assert k.tentative and k.kek.cipher == "aes-cbc-256" and len(k.kek.keymat) == 16 + 32
+    prov.enroll(g2, k, "key-id:gm2", "192.0.2.11", NOW + 5)
+    cur = store.current_kek(GID)
+    assert cur.spi == k.kek.spi and cur.algorithm == "aes-cbc-256"
+    assert [x.state for x in store.keks(GID) if x.spi == old.spi] == [KeyState.OLD]
