@@ -120,7 +120,7 @@ def test_sender_and_receivers_traffic_fields_rollover_adopt_and_remove(netlab_fa
     esp = [p for p in cap.packets() if p.get("dst") == GROUP]
     assert {p["proto"] for p in esp} == {"esp"} and {p["spi"] for p in esp} == {old.spi}
 
-    # rollover under continuous traffic: receivers first, then the sender switches
+    # rollover under continuous traffic: everyone holds the new SA, then the sender switches
     new = make_tek(gid, 0x2000 | secrets.randbits(12), SENDER, f"{sender.ip4}/32",
                    lifetime_s=900)
     stop, sent = threading.Event(), []
@@ -129,9 +129,11 @@ def test_sender_and_receivers_traffic_fields_rollover_adopt_and_remove(netlab_fa
         t.start()
         while len(sent) < 30:
             time.sleep(0.01)
+        held = tx.rollover(gid, [new], switch=False)  # the sender holds it, still sends old
+        assert dict(held.sending) == {old.selector: old.spi}
         for rx in rxs:
             rx.rollover(gid, [role(new, RECEIVER)])
-        view = tx.rollover(gid, [new])
+        view = tx.send_on(gid, new.spi)
         stop.set()
         t.join()
         count = len(sent)
