@@ -17,7 +17,7 @@ import hmac
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -41,6 +41,8 @@ __all__ = [
     "expand_key",
     "hash_i",
     "hash_r",
+    "hash_i_input",
+    "hash_r_input",
     "phase1_iv",
     "phase2_iv",
     "cbc_encrypt",
@@ -336,7 +338,10 @@ def skeyid_sig(prf: Prf, ni_b: bytes, nr_b: bytes, gxy: bytes) -> bytes:
 
 def skeyid_dae(prf: Prf, skeyid: bytes, gxy: bytes, cky_i: bytes, cky_r: bytes) -> tuple[bytes, bytes, bytes]:
     """(SKEYID_d, SKEYID_a, SKEYID_e)."""
-    k = prf.keyed(skeyid)
+    return _skeyid_dae(prf.keyed(skeyid), gxy, cky_i, cky_r)
+
+
+def _skeyid_dae(k: KeyedPrf, gxy: bytes, cky_i: bytes, cky_r: bytes) -> tuple[bytes, bytes, bytes]:
     tail = gxy + cky_i + cky_r
     d = k(tail + b"\x00")
     a = k(d + tail + b"\x01")
@@ -358,14 +363,24 @@ def expand_key(prf: Prf, skeyid_e: bytes, key_len: int) -> bytes:
         block = k(block)
 
 
+def hash_i_input(gxi: bytes, gxr: bytes, cky_i: bytes, cky_r: bytes, sai_b: bytes, idii_b: bytes) -> bytes:
+    """What HASH_I is computed over: g^xi | g^xr | CKY-I | CKY-R | SAi_b | IDii_b."""
+    return gxi + gxr + cky_i + cky_r + sai_b + idii_b
+
+
+def hash_r_input(gxi: bytes, gxr: bytes, cky_i: bytes, cky_r: bytes, sai_b: bytes, idir_b: bytes) -> bytes:
+    """What HASH_R is computed over: g^xr | g^xi | CKY-R | CKY-I | SAi_b | IDir_b."""
+    return gxr + gxi + cky_r + cky_i + sai_b + idir_b
+
+
 def hash_i(prf: Prf, skeyid: bytes, gxi: bytes, gxr: bytes, cky_i: bytes, cky_r: bytes, sai_b: bytes, idii_b: bytes) -> bytes:
     """HASH_I = prf(SKEYID, g^xi | g^xr | CKY-I | CKY-R | SAi_b | IDii_b)."""
-    return prf(skeyid, gxi + gxr + cky_i + cky_r + sai_b + idii_b)
+    return prf(skeyid, hash_i_input(gxi, gxr, cky_i, cky_r, sai_b, idii_b))
 
 
 def hash_r(prf: Prf, skeyid: bytes, gxi: bytes, gxr: bytes, cky_i: bytes, cky_r: bytes, sai_b: bytes, idir_b: bytes) -> bytes:
     """HASH_R = prf(SKEYID, g^xr | g^xi | CKY-R | CKY-I | SAi_b | IDir_b)."""
-    return prf(skeyid, gxr + gxi + cky_r + cky_i + sai_b + idir_b)
+    return prf(skeyid, hash_r_input(gxi, gxr, cky_i, cky_r, sai_b, idir_b))
 
 
 def phase1_iv(prf: Prf, gxi: bytes, gxr: bytes, block_size: int) -> bytes:
@@ -404,13 +419,15 @@ def cbc_decrypt(enc: EncAlg, key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Phase1Keys:
-    """SKEYID family plus the expanded cipher key.  repr shows no key material."""
+    """SKEYID family plus the expanded cipher key.  repr shows no key material.
+    ``skeyid_prf`` is prf(SKEYID, .) keyed once (for HASH_I and HASH_R), if the deriver kept it."""
 
     skeyid: bytes
     skeyid_d: bytes
     skeyid_a: bytes
     skeyid_e: bytes
     enc_key: bytes
+    skeyid_prf: KeyedPrf | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return "Phase1Keys(<redacted>)"
@@ -429,5 +446,6 @@ def derive_phase1_keys(
 ) -> Phase1Keys:
     """All phase 1 keys.  ``psk`` None means signature authentication."""
     skeyid = skeyid_psk(prf, psk, ni_b, nr_b) if psk is not None else skeyid_sig(prf, ni_b, nr_b, gxy)
-    d, a, e = skeyid_dae(prf, skeyid, gxy, cky_i, cky_r)
-    return Phase1Keys(skeyid, d, a, e, expand_key(prf, e, key_len))
+    keyed = prf.keyed(skeyid)
+    d, a, e = _skeyid_dae(keyed, gxy, cky_i, cky_r)
+    return Phase1Keys(skeyid, d, a, e, expand_key(prf, e, key_len), keyed)

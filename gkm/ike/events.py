@@ -19,6 +19,8 @@ class Role(enum.Enum):
     INITIATOR = "initiator"
     RESPONDER = "responder"
 
+    __hash__ = object.__hash__  # identity hash, in C (members are singletons compared by identity)
+
 
 @dataclass(frozen=True, slots=True)
 class Phase1SA:

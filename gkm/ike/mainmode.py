@@ -97,6 +97,10 @@ class State(enum.Enum):
     FAILED = "FAILED"
     DELETED = "DELETED"
 
+    # Members are singletons compared by identity, so the identity hash is consistent with ==;
+    # it is computed in C (Enum's own hashes the name in Python) for the per-datagram table lookups.
+    __hash__ = object.__hash__
+
 
 #: (role, state) -> (Main Mode message number accepted, handler name, next state)
 RECEIVE_TRANSITIONS: dict[tuple[Role, State], tuple[int, str, State]] = {
@@ -620,10 +624,14 @@ class MainMode:
         return out
 
     def _hash(self, prf: crypto.Prf, id_b: bytes, initiator: bool, keys: crypto.Phase1Keys | None = None) -> bytes:
+        """HASH_I or HASH_R under ``prf`` (the negotiated one, or the curve's hash for ECDSA)."""
         k = keys or self._keys
         assert k is not None
-        f = crypto.hash_i if initiator else crypto.hash_r
-        return f(prf, k.skeyid, self._gxi, self._gxr, self.icookie, self.rcookie, self._sai_b, id_b)
+        f = crypto.hash_i_input if initiator else crypto.hash_r_input
+        data = f(self._gxi, self._gxr, self.icookie, self.rcookie, self._sai_b, id_b)
+        if prf is self._prf and k.skeyid_prf is not None:
+            return k.skeyid_prf(data)  # SKEYID keyed once for the whole exchange
+        return prf(k.skeyid, data)
 
     # -- message 5 (responder)
 

@@ -84,7 +84,7 @@ class Phase1Server:
         self._exchanges: dict[tuple[bytes, bytes], MainMode] = {}
         # half-open records in arrival order (= deadline order: one timeout for all)
         self._half_open: OrderedDict[tuple[bytes, bytes], _HalfOpen] = OrderedDict()
-        self._per_peer: Counter[str] = Counter()
+        self._per_peer: dict[str, int] = {}  # half-open records per source host
         self._pending: set[tuple[bytes, bytes]] = set()
         self._events: deque[Event] = deque()
         self._out: list[tuple[bytes, Address]] = []
@@ -239,9 +239,10 @@ class Phase1Server:
             log.info("ike server: dropped message 1 from %r: exchange %s:%s is past message 2", addr, icookie.hex(), rcookie.hex())
             return
         host = _host(addr)
-        if self._per_peer[host] >= self.config.max_half_open_per_peer:
+        n_peer = self._per_peer.get(host, 0)
+        if n_peer >= self.config.max_half_open_per_peer:
             self.stats["dropped_peer_limit"] += 1
-            log.debug("ike server: dropped message 1 from %r: %d half-open exchanges from this address", addr, self._per_peer[host])
+            log.debug("ike server: dropped message 1 from %r: %d half-open exchanges from this address", addr, n_peer)
             return
         sa_b = chain[0][1]
         choice = self._offer_cache.get(sa_b)
@@ -266,7 +267,7 @@ class Phase1Server:
             self.stats["evicted_half_open"] += 1
         message2 = m.build(icookie, rcookie, m.EXCH_MAIN, 0, 0, [(m.SA, reply)])
         ho[key] = _HalfOpen(addr, host, data, message2, sa_b, prop, now + self.config.half_open_timeout)
-        self._per_peer[host] += 1
+        self._per_peer[host] = n_peer + 1
         self.stats["half_open_created"] += 1
         self._out.append((message2, addr))
 
@@ -340,9 +341,9 @@ class Phase1Server:
                 log.info("ike server: SA %s:%s of %s replaced after INITIAL-CONTACT", other_key[0].hex(), other_key[1].hex(), sa.peer_id)
 
     def _dec_peer(self, host: str) -> None:
-        n = self._per_peer[host] - 1
+        n = self._per_peer.get(host, 0) - 1
         if n <= 0:
-            del self._per_peer[host]
+            self._per_peer.pop(host, None)
         else:
             self._per_peer[host] = n
 
