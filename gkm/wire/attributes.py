@@ -98,18 +98,22 @@ def decode_attributes(
 def encode_attributes(attributes: Iterable[Attribute], where: str) -> bytes:
     parts = []
     append = parts.append
+    pack = _hh_pack
     try:
         for t, v in attributes:
             if t >> 15:  # also catches negative types
                 raise WireError(where, -1, f"attribute type {t} out of range 0..32767")
-            if v.__class__ is bytes:
-                append(_hh_pack(t, len(v)))  # struct.error past 65535 bytes
+            c = v.__class__
+            if c is int:
+                append(pack(0x8000 | t, v))  # struct.error outside 0..65535
+            elif c is bytes:
+                append(pack(t, len(v)))  # struct.error past 65535 bytes
                 append(v)
             elif isinstance(v, int):
-                append(_hh_pack(0x8000 | t, v))  # struct.error outside 0..65535
+                append(pack(0x8000 | t, v))
             else:
                 v = bytes(v)
-                append(_hh_pack(t, len(v)))
+                append(pack(t, len(v)))
                 append(v)
     except struct.error:
         raise WireError(where, -1, f"attribute {t} value out of range (TV: 0..65535, TLV: up to 65535 bytes)") from None

@@ -27,6 +27,7 @@ from .constants import (
     TekKeyAttr,
     TekProtocol,
 )
+from ._fast import maker
 from .errors import WireError
 from .ikev1 import _gen_header, _generic, _pack, check_id_data, id_data, id_value
 
@@ -43,6 +44,16 @@ _BBHB = struct.Struct("!BBHB")
 _BI = struct.Struct("!BI")
 _LKH_KEY = struct.Struct("!HBBIII")
 _LKH_UPD = struct.Struct("!BHBHHI")
+_bhb_unpack = _BHB.unpack_from
+_bi_unpack = _BI.unpack_from
+_iihh_unpack = _IIHH.unpack_from
+_gen_unpack = _GEN.unpack_from
+_gen_pack = _GEN.pack
+_hh_unpack = _HH.unpack_from
+_hh_pack = _HH.pack
+_bbhb_unpack = _BBHB.unpack_from
+_bbhb_pack = _BBHB.pack
+_i_unpack = _I.unpack_from
 
 _ID_TYPES = IdType._value2member_map_
 _ID_LEN = {int(k): v for k, v in ID_DATA_LENGTH.items()}
@@ -98,15 +109,33 @@ class GroupId:
 def _decode_group_id(buf: bytes, pos: int, end: int, where: str) -> tuple[GroupId, int]:
     if end - pos < 4:
         raise WireError(where, pos, f"truncated identity ({end - pos} bytes left, need 4)")
-    t, port, n = _BHB.unpack_from(buf, pos)
+    t, port, n = _bhb_unpack(buf, pos)
     pos += 4
     e = pos + n
     if e > end:
         raise WireError(where, pos - 1, f"ID Data Len {n} exceeds the payload")
-    need = _ID_LEN.get(t)
-    if need is not None and n != need:
+    if n != _ID_LEN.get(t, n):
         check_id_data(t, buf[pos:e], where, pos)
-    return GroupId(_ID_TYPES.get(t, t), buf[pos:e], port), e
+    return _make_group_id(_ID_TYPES.get(t, t), buf[pos:e], port), e
+
+
+def _decode_group_ids(buf: bytes, pos: int, end: int, where: str) -> tuple[GroupId, GroupId, int]:
+    """SRC and DST identities (the common case inline, errors from :func:`_decode_group_id`)."""
+    if end - pos >= 8:
+        t, port, n = _bhb_unpack(buf, pos)
+        s = pos + 4
+        e = s + n
+        if e + 4 <= end and n == _ID_LEN.get(t, n):
+            t2, port2, n2 = _bhb_unpack(buf, e)
+            s2 = e + 4
+            e2 = s2 + n2
+            if e2 <= end and n2 == _ID_LEN.get(t2, n2):
+                get = _ID_TYPES.get
+                make = _make_group_id
+                return make(get(t, t), buf[s:e], port), make(get(t2, t2), buf[s2:e2], port2), e2
+    src, pos = _decode_group_id(buf, pos, end, f"{where}/SRC ID")
+    dst, pos = _decode_group_id(buf, pos, end, f"{where}/DST ID")
+    return src, dst, pos
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +168,12 @@ class SaKek:
         if end - pos < 1:
             raise WireError("SAK", pos, "empty body")
         protocol = buf[pos]
-        src, pos = _decode_group_id(buf, pos + 1, end, "SAK/SRC ID")
-        dst, pos = _decode_group_id(buf, pos, end, "SAK/DST ID")
+        src, dst, pos = _decode_group_ids(buf, pos + 1, end, "SAK")
         if end - pos < 20:
             raise WireError("SAK", pos, f"{end - pos} bytes left for SPI and RESERVED2, need 20")
-        if _I.unpack_from(buf, pos + 16)[0]:
+        if buf[pos + 16 : pos + 20] != b"\0\0\0\0":
             raise WireError("SAK", pos + 16, "RESERVED2 not zero (RFC 6407 §5.3)")
-        spi = buf[pos : pos + 16]
-        return cls(protocol, src, dst, spi, decode_attributes(buf, pos + 20, end, _KEK_ATTRS, "SAK"))
+        return _make_sak(protocol, src, dst, buf[pos : pos + 16], decode_attributes(buf, pos + 20, end, _KEK_ATTRS, "SAK"))
 
     def encode(self) -> bytes:
         if len(self.spi) != 16:
@@ -154,7 +181,8 @@ class SaKek:
         try:
             return b"".join((
                 _B.pack(self.protocol), self.src.encode("SAK/SRC ID"), self.dst.encode("SAK/DST ID"),
-                bytes(self.spi), b"\0\0\0\0", encode_attributes(self.attributes, "SAK"),
+                self.spi if self.spi.__class__ is bytes else bytes(self.spi), b"\0\0\0\0",
+                encode_attributes(self.attributes, "SAK"),
             ))
         except struct.error as e:
             raise WireError("SAK", -1, str(e)) from None
@@ -169,7 +197,7 @@ class Gap:
 
     @classmethod
     def decode(cls, buf: bytes, pos: int, end: int) -> "Gap":
-        return cls(decode_attributes(buf, pos, end, _GAP_ATTRS, "GAP"))
+        return _make_gap(decode_attributes(buf, pos, end, _GAP_ATTRS, "GAP"))
 
     def encode(self) -> bytes:
         return encode_attributes(self.attributes, "GAP")
@@ -208,17 +236,16 @@ class SaTek:
         if end - pos < 1:
             raise WireError("SAT", pos, "empty body, need the Protocol-ID")
         pid = buf[pos]
-        if pid not in (TekProtocol.IPSEC_ESP, TekProtocol.IPSEC_AH):
-            return SaTekOther(_TEK_PROTO.get(pid, pid), buf[pos + 1 : end])
+        if pid != 1 and pid != 2:  # TekProtocol.IPSEC_ESP, IPSEC_AH
+            return _make_sat_other(_TEK_PROTO.get(pid, pid), buf[pos + 1 : end])
         if end - pos < 2:
             raise WireError("SAT", pos + 1, "ESP/AH TEK without Protocol")
         protocol = buf[pos + 1]
-        src, pos = _decode_group_id(buf, pos + 2, end, "SAT/SRC ID")
-        dst, pos = _decode_group_id(buf, pos, end, "SAT/DST ID")
+        src, dst, pos = _decode_group_ids(buf, pos + 2, end, "SAT")
         if end - pos < 5:
             raise WireError("SAT", pos, f"{end - pos} bytes left for Transform ID and SPI, need 5")
-        tid, spi = _BI.unpack_from(buf, pos)
-        return cls(_TEK_PROTO[pid], protocol, src, dst, tid, spi, decode_attributes(buf, pos + 5, end, _IPSEC_ATTRS, "SAT"))
+        tid, spi = _bi_unpack(buf, pos)
+        return _make_sat(_TEK_PROTO[pid], protocol, src, dst, tid, spi, decode_attributes(buf, pos + 5, end, _IPSEC_ATTRS, "SAT"))
 
     def encode(self) -> bytes:
         if self.protocol_id not in (TekProtocol.IPSEC_ESP, TekProtocol.IPSEC_AH):
@@ -277,43 +304,58 @@ class GdoiSa:
     def decode(cls, buf: bytes, pos: int, end: int) -> "GdoiSa":
         if end - pos < 12:
             raise WireError("SA", pos, f"body of {end - pos} bytes, need 12")
-        doi, sit, np, res2 = _IIHH.unpack_from(buf, pos)
+        doi, sit, np, res2 = _iihh_unpack(buf, pos)
         if res2:
             raise WireError("SA", pos + 10, "RESERVED2 not zero")
         pos += 12
         children = []
         append = children.append
+        decoders = _SA_CHILD_DECODERS
+        gen = _gen_unpack
         while np:
-            if len(children) == MAX_SA_CHILDREN:
-                raise WireError(f"SA/{np}[{MAX_SA_CHILDREN}]", pos, f"more than {MAX_SA_CHILDREN} SA KEK/GAP/SA TEK payloads")
-            child = _SA_CHILDREN.get(np)
-            if child is None:
-                raise WireError(f"SA/{np}[{len(children)}]", pos, f"payload type {np} not allowed inside a GDOI SA (RFC 6407 §5.2)")
-            if end - pos < 4:
-                raise WireError(f"SA/{child.__name__}[{len(children)}]", pos, f"truncated generic payload header ({end - pos} bytes left)")
-            nnp, reserved, length = _GEN.unpack_from(buf, pos)
+            dec = decoders.get(np)
+            if dec is None or end - pos < 4 or len(children) == MAX_SA_CHILDREN:
+                _sa_child_error(buf, pos, end, np, len(children))
+            nnp, reserved, length = gen(buf, pos)
             cend = pos + length
             if reserved or length < 4 or cend > end:
-                _generic(buf, pos, end, f"SA/{child.__name__}[{len(children)}]")  # raises the precise error
-            append(child.decode(buf, pos + 4, cend))
-            np, pos = nnp, cend
+                _generic(buf, pos, end, f"SA/{_SA_CHILDREN[np].__name__}[{len(children)}]")  # raises the precise error
+            append(dec(buf, pos + 4, cend))
+            np = nnp
+            pos = cend
         if pos != end:
             raise WireError("SA", pos, f"{end - pos} bytes after the last SA attribute payload")
-        return cls(tuple(children), sit)
+        return _make_gdoi_sa(tuple(children), sit)
 
     def encode(self) -> bytes:
         parts = [b""]
-        np = PayloadType.NONE
+        append = parts.append
+        gen = _gen_pack
+        np = 0  # PayloadType.NONE
         for child in reversed(self.payloads):
-            if child.TYPE not in _SA_CHILDREN:
+            t = child.TYPE
+            if t != 16 and t != 15 and t != 22:  # SA_TEK, SA_KEK, GAP (_SA_CHILDREN)
                 raise WireError("SA", -1, f"{type(child).__name__} not allowed inside a GDOI SA")
             body = child.encode()
-            parts.append(body)
-            parts.append(_gen_header(np, len(body), f"SA/{type(child).__name__}"))
-            np = child.TYPE
-        parts.append(_pack("SA", _IIHH, Doi.GDOI, self.situation, np, 0))
+            n = len(body) + 4
+            if n > 0xFFFF:
+                raise WireError(f"SA/{type(child).__name__}", -1, f"payload too long ({n} bytes)")
+            append(body)
+            append(gen(np, 0, n))
+            np = t
+        append(_pack("SA", _IIHH, Doi.GDOI, self.situation, np, 0))
         parts.reverse()
         return b"".join(parts)
+
+
+def _sa_child_error(buf: bytes, pos: int, end: int, np: int, index: int) -> None:
+    """Raise the error for the child header at ``pos`` of a GDOI SA (in the order of the checks)."""
+    if index == MAX_SA_CHILDREN:
+        raise WireError(f"SA/{np}[{MAX_SA_CHILDREN}]", pos, f"more than {MAX_SA_CHILDREN} SA KEK/GAP/SA TEK payloads")
+    child = _SA_CHILDREN.get(np)
+    if child is None:
+        raise WireError(f"SA/{np}[{index}]", pos, f"payload type {np} not allowed inside a GDOI SA (RFC 6407 §5.2)")
+    raise WireError(f"SA/{child.__name__}[{index}]", pos, f"truncated generic payload header ({end - pos} bytes left)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,36 +405,56 @@ class KeyDownload:
     def decode(cls, buf: bytes, pos: int, end: int) -> "KeyDownload":
         if end - pos < 4:
             raise WireError("KD", pos, f"body of {end - pos} bytes, need 4")
-        count, res2 = _HH.unpack_from(buf, pos)
+        count, res2 = _hh_unpack(buf, pos)
         if res2:
             raise WireError("KD", pos + 2, "RESERVED2 not zero")
         pos += 4
         packets = []
         append = packets.append
         kd_attrs = _KD_ATTRS
+        kd_types = _KD_TYPES
+        unpack = _bbhb_unpack
+        make = _make_key_packet
         while pos < end:
-            if len(packets) == count:
+            n = len(packets)
+            if n == count:
                 raise WireError(f"KD/packet[{count}]", pos, f"more key packets than Number of Key Packets ({count})")
             if end - pos < 5:
-                raise WireError(f"KD/packet[{len(packets)}]", pos, f"truncated key packet header ({end - pos} bytes left)")
-            kd_type, res, length, spi_size = _BBHB.unpack_from(buf, pos)
+                raise WireError(f"KD/packet[{n}]", pos, f"truncated key packet header ({end - pos} bytes left)")
+            kd_type, res, length, spi_size = unpack(buf, pos)
             if res:
-                raise WireError(f"KD/packet[{len(packets)}]", pos + 1, "RESERVED not zero")
+                raise WireError(f"KD/packet[{n}]", pos + 1, "RESERVED not zero")
             pend = pos + length
             s = pos + 5 + spi_size
             if length < 5 + spi_size or pend > end:
-                raise WireError(f"KD/packet[{len(packets)}]", pos + 2, f"KD Length {length} does not fit (SPI size {spi_size}, {end - pos} bytes left)")
+                raise WireError(f"KD/packet[{n}]", pos + 2, f"KD Length {length} does not fit (SPI size {spi_size}, {end - pos} bytes left)")
             attrs = decode_attributes(buf, s, pend, kd_attrs.get(kd_type, _NO_ENUM), "KD/packet")
-            append(KeyPacket(_KD_TYPES.get(kd_type, kd_type), buf[pos + 5 : s], attrs))
+            append(make(kd_types.get(kd_type, kd_type), buf[pos + 5 : s], attrs))
             pos = pend
         if count != len(packets):
             raise WireError("KD", pos, f"Number of Key Packets says {count}, found {len(packets)}")
-        return cls(tuple(packets))
+        return _make_kd(tuple(packets))
 
     def encode(self) -> bytes:
-        if len(self.packets) > 0xFFFF:
+        packets = self.packets
+        if len(packets) > 0xFFFF:
             raise WireError("KD", -1, "too many key packets")
-        return _HH.pack(len(self.packets), 0) + b"".join(p.encode() for p in self.packets)
+        parts = [_hh_pack(len(packets), 0)]
+        append = parts.append
+        pack = _bbhb_pack
+        for p in packets:
+            spi = p.spi
+            if spi.__class__ is not bytes:
+                append(p.encode())  # the general path (and its errors)
+                continue
+            attrs = encode_attributes(p.attributes, "KD/packet")
+            try:
+                append(pack(p.kd_type, 0, 5 + len(spi) + len(attrs), len(spi)))
+            except (struct.error, TypeError) as e:
+                raise WireError("KD/packet", -1, f"key packet does not fit: {e}") from None
+            append(spi)
+            append(attrs)
+        return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,10 +468,23 @@ class Sequence:
     def decode(cls, buf: bytes, pos: int, end: int) -> "Sequence":
         if end - pos != 4:
             raise WireError("SEQ", pos - 2, f"payload length {end - pos + 4}, must be 8 (RFC 6407 §5.7)")
-        return cls(_I.unpack_from(buf, pos)[0])
+        return _make_seq(_i_unpack(buf, pos)[0])
 
     def encode(self) -> bytes:
         return _pack("SEQ", _I, self.number)
+
+
+# Decoder fast path (see _fast.py).
+_make_group_id = maker(GroupId)
+_make_sak = maker(SaKek)
+_make_gap = maker(Gap)
+_make_sat = maker(SaTek)
+_make_sat_other = maker(SaTekOther)
+_make_gdoi_sa = maker(GdoiSa)
+_make_key_packet = maker(KeyPacket)
+_make_kd = maker(KeyDownload)
+_make_seq = maker(Sequence)
+_SA_CHILD_DECODERS = {PayloadType.SA_KEK: SaKek.decode, PayloadType.GAP: Gap.decode, PayloadType.SA_TEK: SaTek.decode}
 
 
 # --------------------------------------------------------------------------------------------

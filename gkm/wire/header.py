@@ -30,6 +30,7 @@ import struct
 from dataclasses import dataclass
 
 from .constants import HEADER_LENGTH, ISAKMP_VERSION, ExchangeType, Flags
+from ._fast import maker
 from .errors import WireError
 
 _HEADER = struct.Struct("!8s8sBBBBII")
@@ -62,6 +63,9 @@ class Header:
         return self.icookie + self.rcookie
 
 
+_make_header = maker(Header)
+
+
 def decode_header(data: bytes) -> tuple[Header, int, int]:
     """Decode the 28-byte header: ``(header, next_payload, length)``.
 
@@ -76,8 +80,7 @@ def decode_header(data: bytes) -> tuple[Header, int, int]:
         raise WireError("header", 17, f"unsupported major version {version >> 4}")
     if flags & ~_KNOWN_FLAGS:
         raise WireError("header", 19, f"undefined flag bits 0x{flags:02x}")
-    header = Header(icookie, rcookie, _EXCHANGE.get(exchange, exchange), _FLAG_CACHE[flags], message_id, version)
-    return header, np, length
+    return _make_header(icookie, rcookie, _EXCHANGE.get(exchange, exchange), _FLAG_CACHE[flags], message_id, version), np, length
 
 
 def encode_header(header: Header, next_payload: int, length: int) -> bytes:

@@ -32,6 +32,7 @@ from .constants import (
     ProtocolId,
     TekProtocol,
 )
+from ._fast import maker
 from .errors import WireError
 
 _GEN = struct.Struct("!BBH")  # generic payload header, RFC 2408 §3.2
@@ -150,7 +151,7 @@ class Transform:
         number, tid, res2 = _BBH.unpack_from(buf, pos)
         if res2:
             raise WireError(where, pos + 2, "RESERVED2 not zero (RFC 2408 §2.5.2)")
-        return cls(number, tid, decode_attributes(buf, pos + 4, end, attr_types, where))
+        return _make_transform(number, tid, decode_attributes(buf, pos + 4, end, attr_types, where))
 
     def encode(self) -> bytes:
         return _pack("Transform", _BBH, self.number, self.transform_id, 0) + encode_attributes(
@@ -202,7 +203,7 @@ class Proposal:
             raise WireError(where, pos, f"{end - pos} bytes after the last Transform")
         if count != len(transforms):
             raise WireError(where, pos, f"# of Transforms says {count}, found {len(transforms)}")
-        return cls(number, _PROTO.get(proto, proto), spi, tuple(transforms))
+        return _make_proposal(number, _PROTO.get(proto, proto), spi, tuple(transforms))
 
     def encode(self) -> bytes:
         parts = [_pack("Proposal", _BBBB, self.number, self.protocol_id, len(self.spi), len(self.transforms)), self.spi]
@@ -257,7 +258,7 @@ class SecurityAssociation:
             pos = pend
         if pos != end:
             raise WireError("SA", pos, f"{end - pos} bytes after the last Proposal")
-        return cls(_DOI[doi], sit, tuple(proposals))
+        return _make_sa(_DOI[doi], sit, tuple(proposals))
 
     def encode(self) -> bytes:
         if self.doi not in (Doi.IPSEC, Doi.GDOI):
@@ -280,7 +281,7 @@ class _Opaque:
 
     @classmethod
     def decode(cls, buf: bytes, pos: int, end: int):
-        return cls(buf[pos:end])
+        return cls._make(buf[pos:end])
 
     def encode(self) -> bytes:
         return bytes(self.data)
@@ -383,7 +384,7 @@ class Identification:
         t, proto, port = _BBH.unpack_from(buf, pos)
         data = buf[pos + 4 : end]
         check_id_data(t, data, "ID", pos + 4)
-        return cls(_ID_TYPES.get(t, t), data, proto, port)
+        return _make_id(_ID_TYPES.get(t, t), data, proto, port)
 
     def encode(self) -> bytes:
         check_id_data(self.id_type, self.data, "ID", -1)
@@ -403,7 +404,7 @@ class Certificate:
         if end - pos < 1:
             raise WireError("CERT", pos, "empty body, need the encoding octet")
         e = buf[pos]
-        return cls(_CERT.get(e, e), buf[pos + 1 : end])
+        return _make_cert(_CERT.get(e, e), buf[pos + 1 : end])
 
     def encode(self) -> bytes:
         return _pack("CERT", _B, self.encoding) + bytes(self.data)
@@ -422,7 +423,7 @@ class CertificateRequest:
         if end - pos < 1:
             raise WireError("CR", pos, "empty body, need the certificate type octet")
         e = buf[pos]
-        return cls(_CERT.get(e, e), buf[pos + 1 : end])
+        return _make_cr(_CERT.get(e, e), buf[pos + 1 : end])
 
     def encode(self) -> bytes:
         return _pack("CR", _B, self.encoding) + bytes(self.authority)
@@ -457,7 +458,7 @@ class Notification:
         pos += 8
         if spi_size > end - pos:
             raise WireError("N", pos - 3, f"SPI size {spi_size} exceeds the payload")
-        return cls(
+        return _make_notification(
             _DOI.get(doi, doi), _PROTO_BY_DOI.get(doi, _PROTO).get(proto, proto), _NOTIFY.get(ntype, ntype),
             buf[pos : pos + spi_size], buf[pos + spi_size : end],
         )
@@ -495,12 +496,29 @@ class Delete:
         if size * count != end - pos:
             raise WireError("D", pos - 2, f"{count} SPIs of {size} bytes do not fill the {end - pos} bytes left")
         spis = tuple(buf[i : i + size] for i in range(pos, end, size)) if size else ()
-        return cls(_DOI.get(doi, doi), _PROTO_BY_DOI.get(doi, _PROTO).get(proto, proto), size, spis)
+        return _make_delete(_DOI.get(doi, doi), _PROTO_BY_DOI.get(doi, _PROTO).get(proto, proto), size, spis)
 
     def encode(self) -> bytes:
         if any(len(s) != self.spi_size for s in self.spis) or (self.spis and not self.spi_size):
             raise WireError("D", -1, f"every SPI must be {self.spi_size} bytes (and not empty)")
         return _pack("D", _IBBH, self.doi, self.protocol_id, self.spi_size, len(self.spis)) + b"".join(self.spis)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoder fast path (see _fast.py): the decoders above build their values with these.
+
+_make_transform = maker(Transform)
+_make_proposal = maker(Proposal)
+_make_sa = maker(SecurityAssociation)
+_make_id = maker(Identification)
+_make_cert = maker(Certificate)
+_make_cr = maker(CertificateRequest)
+_make_notification = maker(Notification)
+_make_delete = maker(Delete)
+_make_unknown = maker(UnknownPayload)
+for _cls in (KeyExchange, Hash, Signature, Nonce, VendorId):
+    _cls._make = staticmethod(maker(_cls))  # used by _Opaque.decode
+del _cls
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Iterable, Union
 
 from .constants import HEADER_LENGTH, Doi, ExchangeType, Flags, PayloadType
+from ._fast import maker
 from .errors import WireError
 from .gdoi import Gap, GdoiSa, KeyDownload, Sequence
 from .header import Header, decode_header, encode_header
@@ -56,7 +57,9 @@ from .ikev1 import (
     UnknownPayload,
     VendorId,
     _gen_header,
+    _gen_pack,
     _gen_unpack,
+    _make_unknown,
 )
 
 Payload = Union[
@@ -75,28 +78,38 @@ _NAMES = {t: t.name for t in PayloadType}
 _INNER_ONLY = frozenset((PayloadType.PROPOSAL, PayloadType.TRANSFORM, PayloadType.SA_KEK, PayloadType.SA_TEK))
 _II = struct.Struct("!I")
 _E = int(Flags.ENCRYPTION)
+_GDOI_DOI = Doi.GDOI.to_bytes(4, "big")
 
 
 def _decode_sa(buf: bytes, pos: int, end: int, exchange: int):
     # Decision (RFC 6407 §2.1 / §5.2): the GDOI SA layout (SA Attribute Next Payload) is used
     # when DOI = 2 in GROUPKEY-PULL / GROUPKEY-PUSH; every other SA, including the DOI-2 SA of
     # phase 1 (Main/Aggressive Mode) has the RFC 2408 §3.4 proposal layout.
-    if exchange in _GDOI_EXCHANGES and end - pos >= 4 and _II.unpack_from(buf, pos)[0] == Doi.GDOI:
+    if exchange in _GDOI_EXCHANGES and end - pos >= 4 and buf[pos : pos + 4] == _GDOI_DOI:
         return GdoiSa.decode(buf, pos, end)
     return SecurityAssociation.decode(buf, pos, end)
 
 
+def _opaque(cls):
+    make = cls._make
+
+    def decode(buf: bytes, pos: int, end: int):
+        return make(buf[pos:end])
+
+    return decode
+
+
 _DECODERS = {
-    PayloadType.KE: KeyExchange.decode,
+    PayloadType.KE: _opaque(KeyExchange),
     PayloadType.ID: Identification.decode,
     PayloadType.CERT: Certificate.decode,
     PayloadType.CR: CertificateRequest.decode,
-    PayloadType.HASH: Hash.decode,
-    PayloadType.SIG: Signature.decode,
-    PayloadType.NONCE: Nonce.decode,
+    PayloadType.HASH: _opaque(Hash),
+    PayloadType.SIG: _opaque(Signature),
+    PayloadType.NONCE: _opaque(Nonce),
     PayloadType.NOTIFICATION: Notification.decode,
     PayloadType.DELETE: Delete.decode,
-    PayloadType.VENDOR_ID: VendorId.decode,
+    PayloadType.VENDOR_ID: _opaque(VendorId),
     PayloadType.KD: KeyDownload.decode,
     PayloadType.SEQ: Sequence.decode,
     PayloadType.GAP: Gap.decode,  # top level in GROUPKEY-PULL message 3 (RFC 6407 §3.2)
@@ -135,6 +148,9 @@ class Message:
         return encode_message(self.header, self.payloads, padding=self.padding)
 
 
+_make_message = maker(Message)
+
+
 def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange: int) -> tuple[tuple[Payload, ...], int]:
     """Decode the chain starting at ``buf[pos]`` with type ``next_payload``, inside ``[pos, end)``.
 
@@ -145,12 +161,13 @@ def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange:
     append = payloads.append
     np = next_payload
     decoders = _DECODERS
+    gen = _gen_unpack
     while np:
         if end - pos < 4:
             raise WireError(_NAMES.get(np, str(np)), pos, f"truncated generic payload header ({end - pos} bytes left)")
         if len(payloads) == MAX_PAYLOADS:
             raise WireError(_NAMES.get(np, str(np)), pos, f"more than {MAX_PAYLOADS} payloads in one message")
-        nnp, reserved, length = _gen_unpack(buf, pos)
+        nnp, reserved, length = gen(buf, pos)
         if reserved:
             # RFC 2408 §2.5.2/§3.2: RESERVED, not a critical bit as in IKEv2 (RFC 7296 §3.2).
             raise WireError(_NAMES.get(np, str(np)), pos + 1, "RESERVED octet not zero (RFC 2408 §2.5.2)")
@@ -165,7 +182,7 @@ def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange:
         elif np in _INNER_ONLY:
             raise WireError(_NAMES[np], pos, "payload allowed only inside an SA payload")
         else:
-            append(UnknownPayload(np, buf[pos + 4 : pend]))
+            append(_make_unknown(np, buf[pos + 4 : pend]))
         np = nnp
         pos = pend
     return tuple(payloads), pos
@@ -173,16 +190,26 @@ def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange:
 
 def encode_payloads(payloads: Iterable[Payload]) -> tuple[int, bytes]:
     """Encode a chain: ``(type of the first payload, bytes)``; Next Payload fields filled in."""
-    payloads = tuple(payloads)
     parts = []
-    np = PayloadType.NONE
-    for p in reversed(payloads):
-        body = p.encode()
-        parts.append(body)
-        parts.append(_gen_header(np, len(body), type(p).__name__))
-        np = p.TYPE
+    np = _encode_chain(tuple(payloads), parts)
     parts.reverse()
     return np, b"".join(parts)
+
+
+def _encode_chain(payloads: tuple, parts: list) -> int:
+    """Append the chain to ``parts`` in reverse order (last payload first); return the first type."""
+    append = parts.append
+    pack = _gen_pack
+    np = 0  # PayloadType.NONE
+    for p in reversed(payloads):
+        body = p.encode()
+        n = len(body) + 4
+        if n > 0xFFFF:
+            raise WireError(type(p).__name__, -1, f"payload too long ({n} bytes)")
+        append(body)
+        append(pack(np, 0, n))
+        np = p.TYPE
+    return np
 
 
 def encode_payload(payload: Payload, next_payload: int = PayloadType.NONE) -> bytes:
@@ -212,7 +239,7 @@ def decode_message(data: bytes, *, block_size: int | None = None) -> Message:
         padding = data[pos:]
     if block_size and encrypted and (n - HEADER_LENGTH) % block_size:
         raise WireError("message", HEADER_LENGTH, f"encrypted body of {n - HEADER_LENGTH} bytes is not a multiple of {block_size}")
-    return Message(header, payloads, padding)
+    return _make_message(header, payloads, padding)
 
 
 def encode_message(
@@ -230,22 +257,28 @@ def encode_message(
     for p in payloads:
         # The SA layout follows from DOI and exchange (see _decode_sa); refuse what would not
         # decode back to the same value.
-        if type(p) is GdoiSa and not gdoi_exchange:
+        c = p.__class__
+        if c is GdoiSa and not gdoi_exchange:
             raise WireError("SA", -1, "a GDOI SA payload belongs to GROUPKEY-PULL/PUSH only (RFC 6407 §5.2)")
-        if type(p) is SecurityAssociation and gdoi_exchange and p.doi == Doi.GDOI:
+        if c is SecurityAssociation and gdoi_exchange and p.doi == Doi.GDOI:
             raise WireError("SA", -1, "a DOI-2 SA in GROUPKEY-PULL/PUSH must be a GdoiSa")
-    np, body = encode_payloads(payloads)
+    parts = []
+    np = _encode_chain(payloads, parts)
+    n = sum(map(len, parts))
     if block_size is not None or padding:
         if not int(header.flags) & _E:
             raise WireError("message", -1, "padding requested for a message without the E flag")
         if padding is None:
             if block_size <= 0:
                 raise WireError("message", -1, f"block size {block_size}")
-            padding = bytes(-len(body) % block_size)
+            padding = bytes(-n % block_size)
         elif len(padding) > MAX_PADDING:
             raise WireError("message", -1, f"{len(padding)} bytes of padding")
-        body += padding
-    length = HEADER_LENGTH + len(body)
+        n += len(padding)
+        parts.insert(0, padding)
+    length = HEADER_LENGTH + n
     if length > MAX_MESSAGE_LENGTH:
         raise WireError("message", -1, f"message of {length} bytes, more than {MAX_MESSAGE_LENGTH}")
-    return encode_header(header, np, length) + body
+    parts.append(encode_header(header, np, length))
+    parts.reverse()
+    return b"".join(parts)
