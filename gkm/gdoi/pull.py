@@ -721,7 +721,12 @@ class PullResponder:
                     done.append((item, enr))
         except Exception:
             self.stats["store_error"] += len(queue)
-            log.exception("gdoi ks: enrolling %d member(s) failed; nothing was registered (they will retry)", len(queue))
+            log.exception("gdoi ks: enrolling %d member(s) failed; nothing was registered (a retransmitted "
+                          "message 3 tries again)", len(queue))
+            for key, p, _data, _addr, _now, _iv in queue:  # back to pending: nothing was changed
+                if key not in self._pending and len(self._pending) < self.max_pending:
+                    self._pending[key] = p
+                    self._per_sa[key[0]] += 1
             return
         for (key, p, data, addr, now, iv), enr in done:
             self._reply4(key, p, data, addr, now, iv, enr)
