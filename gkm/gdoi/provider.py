@@ -105,17 +105,22 @@ def tek_label(name: str, suite: str) -> str:
     return f"{name}/{suite}"
 
 
-_PUBKEY_CACHE: dict[Path, bytes] = {}
+_PUBKEY_CACHE: dict[tuple, bytes] = {}
 
 
 def load_signing_public_key(path: Path) -> bytes:
-    """DER SubjectPublicKeyInfo of the PEM private key at ``path`` (the PUSH signing key)."""
+    """DER SubjectPublicKeyInfo of the PEM private key at ``path`` (the PUSH signing key);
+    cached while the file is unchanged (same inode, size and mtime)."""
     path = Path(path)
-    der = _PUBKEY_CACHE.get(path)
+    st = path.stat()
+    ck = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    der = _PUBKEY_CACHE.get(ck)
     if der is None:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        _PUBKEY_CACHE[path] = der
+        if len(_PUBKEY_CACHE) > 64:
+            _PUBKEY_CACHE.clear()
+        _PUBKEY_CACHE[ck] = der
     return der
 
 

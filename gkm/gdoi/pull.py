@@ -649,8 +649,13 @@ class PullResponder:
             self._refuse(sa, mid, gid, identity, addr, decision.reason, NotifyType.AUTHENTICATION_FAILED)
             return
         wall = self._wall(now)
-        keys = self.keys.peek(group, wall)
-        sa_payload = self._sa_payload(group, keys, identity, wall)
+        try:
+            keys = self.keys.peek(group, wall)
+            sa_payload = self._sa_payload(group, keys, identity, wall)
+        except Exception as e:  # store or signing key trouble: ours, not the member's
+            self.stats["keys_unavailable"] += 1
+            log.error("gdoi ks: group %s: keys unavailable, %s not answered: %r", group.group_id, identity, e)
+            return
         nr = self._random(self._nonce_size)
         msg2, iv2 = seal(sa, mid, iv, (Nonce(nr), sa_payload), ni)
         self._pending[(sa.spi, mid)] = _Pending(sa, addr, group, identity, ni, nr, data, msg2, iv2, keys, now + self.pending_timeout)

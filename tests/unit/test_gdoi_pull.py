@@ -314,3 +314,14 @@ def test_store_failure_registers_nobody_then_retry(tmp_path, monkeypatch):
     m.handle_timer(NOW + 1.5)  # retransmits message 3
     pump(ks, {member_addr(0): m}, NOW + 1.5)
     assert isinstance(_registered(m), Registered) and len(store.members(GID)) == 1
+
+
+def test_missing_signing_key_is_logged_not_raised(tmp_path, caplog):
+    ks, store = key_server(tmp_path)
+    (tmp_path / "push-signing.pem").unlink()
+    m = member(tmp_path, "gm1", max_retransmits=0)
+    with caplog.at_level(logging.ERROR, logger="gkm.gdoi"):
+        register(ks, {member_addr(0): m})
+    assert ks.pull.stats["keys_unavailable"] == 1 and ks.pull.stats["internal_error"] == 0
+    assert any("keys unavailable" in r.getMessage() for r in caplog.records)
+    assert store.group(GID) is None and ks.pending_count == 0
