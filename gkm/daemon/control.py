@@ -94,15 +94,14 @@ class ControlServer:
     async def close(self) -> None:
         if self._server is None:
             return  # never bound: the path may be another daemon's socket
-        if self._server is not None:
-            self._server.close()
-            for t in list(self._clients):
-                t.cancel()
-            try:
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            except (asyncio.TimeoutError, Exception):
-                pass
-            self._server = None
+        self._server.close()
+        for t in list(self._clients):
+            t.cancel()
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        except Exception:
+            pass
+        self._server = None
         try:
             if self.path.exists() and stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()

@@ -18,7 +18,6 @@ import json
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "request", "render", "NotRunning", "DEFAULT_SOCKET"]

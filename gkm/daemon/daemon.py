@@ -20,7 +20,6 @@ and policies' reprs are redacted, and only SPIs, names and lifetimes are logged 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import random

@@ -18,11 +18,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 from typing import Any, Protocol
-
-log = logging.getLogger("msecd")
 
 __all__ = ["EngineFactory", "GdoiFactory", "KernelInstaller", "NullInstaller", "EngineUnavailable",
            "local_addresses"]
