@@ -333,3 +333,57 @@ def test_tampered_in_flight_dropped_then_recovered(tmp_path, which, pos):
     assert len(evs) == 1 and isinstance(evs[0], Registered), evs
     assert len(store.members(GID)) == 1
     assert ks.pull.stats["internal_error"] == 0 and ks.pull.stats["dropped"] >= (1 if which % 2 == 0 else 0)
+
+
+def test_member_state_table_walk(sas):
+    """Every (state, input) pair: only MEMBER_TRANSITIONS moves the exchange; everything else is
+    dropped with the state unchanged, and start() outside START is refused."""
+    from gkm.gdoi.pull import MEMBER_TRANSITIONS
+
+    isa, ssa = sas
+    assert MEMBER_TRANSITIONS == {PullState.M1_SENT: (2, "_recv_m2", PullState.M3_SENT),
+                                  PullState.M3_SENT: (4, "_recv_m4", PullState.DONE)}
+    nr = bytes(range(32))
+
+    def messages(mid, ni, iv1):
+        msg2, iv2 = seal(ssa, mid, iv1, (Nonce(nr), GdoiSa((_sat(),))), ni)
+        return msg2, iv2
+
+    def exchange_at(state):
+        gm, mid, ni, iv = _gm_and_msg1(isa, ssa)
+        msg2, _ = messages(mid, ni, iv)
+        msg4 = None
+        if state in (PullState.M3_SENT, PullState.DONE):
+            gm.receive_datagram(msg2, KS, NOW)
+            (msg3, _a), = gm.datagrams_to_send()
+            msg4, _ = seal(ssa, mid, msg3[-16:], (KeyDownload((_tek_kd(),)),), ni + nr)
+            if state is PullState.DONE:
+                gm.receive_datagram(msg4, KS, NOW)
+        if state is PullState.FAILED:
+            gm.fail("test")
+        events(gm)
+        assert gm.state is state
+        return gm, msg2, msg4
+
+    for state in (PullState.M1_SENT, PullState.M3_SENT, PullState.DONE, PullState.FAILED):
+        gm, msg2, msg4 = exchange_at(state)
+        inputs = {"message 2": msg2, "message 4": msg4, "garbage": bytes(60), "header only": msg2[:28]}
+        for name, data in inputs.items():
+            if data is None:
+                continue
+            legal = (state, name) in ((PullState.M1_SENT, "message 2"), (PullState.M3_SENT, "message 4"))
+            probe, p2, p4 = exchange_at(state)
+            data = {"message 2": p2, "message 4": p4}.get(name, data)
+            if data is None:
+                continue
+            probe.receive_datagram(data, KS, NOW)
+            if legal:
+                assert probe.state is MEMBER_TRANSITIONS[state][2], (state, name)
+            else:
+                assert probe.state is state and events(probe) == [], (state, name)
+        with pytest.raises(RuntimeError):
+            gm.start(NOW)
+    idle = PullInitiator(isa, GID)
+    idle.receive_datagram(bytes(60), KS, NOW)
+    idle.handle_timer(NOW + 100)
+    assert idle.state is PullState.START and idle.get_timer() is None and idle.datagrams_to_send() == []
