@@ -378,6 +378,14 @@ def test_real_gdoi_engines_in_one_daemon(tmp_path, caplog):
         assert d.sessions[1001].teks[0]["suite"] == "aes-gcm-128"
         assert d.members(1001)["members"][0]["address"] == "127.0.0.1"
         assert d.status()["member"]["kernel"] is False
+        # a reload that adds a group to the key server: the running engine takes it
+        engine = d.keyserver.shell.engine
+        write_config(tmp_path, ks_port=port, member_port=port, member_groups=(1001, 1002),
+                     ks_groups=(1001, 1002))
+        r = await d.reload()
+        assert r["ok"] and "keyserver group 1002 added" in r["changes"], r
+        assert d.keyserver.shell.engine is engine
+        await _until(lambda: d.sessions[1002].state == "registered", timeout=15)
         await d.stop()
     _run(run(), timeout=40)
     text = caplog.text
