@@ -328,7 +328,8 @@ class Phase1Server:
     def _initial_contact(self, key: tuple[bytes, bytes], sa: Phase1SA) -> None:
         """The peer has rebooted: forget its older ISAKMP SAs (same identity *and* same source host:
         with address-keyed PSKs the ID is not bound to the key, so the ID alone must not let one
-        member delete another's SAs), without telling it (it has no state for them)."""
+        member delete another's SAs), without telling it (it has no state for them).  The
+        candidates come from the (identity, host) index, not from a scan of every exchange."""
         for other_key in list(self._by_peer.get(_peer_key(sa), ())):
             other = self._exchanges.get(other_key)
             if (
