@@ -711,6 +711,7 @@ class PullResponder:
         if not queue:
             return
         done = []
+        self.stats["commits"] += 1
         batch = getattr(self.keys, "batch", None)
         try:
             with batch() if batch is not None else contextlib.nullcontext():

@@ -336,7 +336,8 @@ def main(argv=None) -> int:
         print(f"{label:22s} {r['per_s']:7.0f} registrations/s of key server busy time "
               f"({r['busy_s'] / n * 1e3:.2f} ms each, CPU {r['cpu_s'] / n * 1e3:.2f} ms); "
               f"wall {n / r['wall_s']:.0f}/s with {args.window} in flight; "
-              f"floor {r['floor_per_s']:.0f}/s ({parts}); ratio {r['ratio']:.3f}")
+              f"floor {r['floor_per_s']:.0f}/s ({parts}); ratio {r['ratio']:.3f}; "
+              f"{r['registered'] / max(1, r['stats'].get('commits', 1)):.1f} registrations per store commit")
     summary = {
         "name": "registration",
         "registrations": n,
