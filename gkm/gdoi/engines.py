@@ -34,6 +34,7 @@ from gkm.ike import (
     Phase2Datagram,
     Role,
 )
+from gkm.ike.mainmode import State as MainModeState
 from gkm.ike.mainmode import notify_name
 from gkm.wire.constants import ExchangeType
 from policy.model import Decision, GroupPolicy, Identity
@@ -94,6 +95,20 @@ class MemberRegistration:
         self.phase1.start(now)
         self.state = RegistrationState.PHASE1
         self._pump(now)
+
+    def reregister(self, now: float) -> None:
+        """Register again (e.g. a GROUPKEY-PUSH was missed): a new GROUPKEY-PULL on the same
+        phase 1 SA while it lives (RFC 6407 section 3: several PULLs may share one), else a new
+        Main Mode first.  Ends, as :meth:`start` does, with one Registered/RegistrationFailed."""
+        if self.state in (RegistrationState.START, RegistrationState.PHASE1, RegistrationState.PULL):
+            raise RuntimeError(f"reregister() while {self.state.value}")
+        self.result = None
+        if self.phase1.state is MainModeState.ESTABLISHED and self.phase1.sa is not None:
+            self._start_pull(self.phase1.sa, now)
+            return
+        self.phase1 = MainMode(self.phase1.config, Role.INITIATOR, self.ks_addr, random=self._random)
+        self.pull = None
+        self.start(now)
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         try:
@@ -200,6 +215,9 @@ class MemberRegistration:
                 log.warning("gdoi member group %s: key server %r not authorized: %s", self.group_id, sa.peer_addr, decision.reason)
                 self._fail(f"key server not authorized: {decision.reason}", None, now, delete=True)
                 return
+        self._start_pull(sa, now)
+
+    def _start_pull(self, sa, now: float) -> None:
         self.pull = PullInitiator(sa, self.group_id, allowed_suites=self._allowed, random=self._random, **self._pull_options)
         self.pull.start(now)
         self.state = RegistrationState.PULL

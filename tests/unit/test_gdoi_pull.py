@@ -325,3 +325,28 @@ def test_missing_signing_key_is_logged_not_raised(tmp_path, caplog):
     assert ks.pull.stats["keys_unavailable"] == 1 and ks.pull.stats["internal_error"] == 0
     assert any("keys unavailable" in r.getMessage() for r in caplog.records)
     assert store.group(GID) is None and ks.pending_count == 0
+
+
+def test_reregister_on_same_phase1_sa_then_new_one(tmp_path):
+    ks, store = key_server(tmp_path)
+    m = member(tmp_path, "gm1")
+    register(ks, {member_addr(0): m})
+    r1 = _registered(m)
+    spi = m.phase1_sa.spi
+    m.reregister(NOW + 5)
+    pump(ks, {member_addr(0): m}, NOW + 5)
+    r2 = _registered(m)
+    assert m.phase1_sa.spi == spi and [t.spi for t in r2.teks] == [t.spi for t in r1.teks]
+    assert len([e for e in events(ks) if isinstance(e, MemberRegistered)]) == 2
+    # the phase 1 SA is deleted by the key server: the next reregister runs Main Mode again
+    ks.phase1.delete_sa(spi, NOW + 6)
+    pump(ks, {member_addr(0): m}, NOW + 6)
+    assert events(m) == []  # already registered: nothing to report
+    m.reregister(NOW + 7)
+    pump(ks, {member_addr(0): m}, NOW + 7)
+    r3 = _registered(m)
+    assert m.phase1_sa.spi != spi and [t.spi for t in r3.teks] == [t.spi for t in r1.teks]
+    with pytest.raises(RuntimeError):
+        m2 = member(tmp_path, "gm2")
+        m2.start(NOW)
+        m2.reregister(NOW)
