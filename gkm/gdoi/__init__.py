@@ -3,16 +3,23 @@
 Public API::
 
     MemberRegistration(phase1_config, group_id, ks_addr, authorize_key_server=..., allowed_suites=...)
-        .start(now) / .receive_datagram(data, addr, now) / .handle_timer(now)
+        .start(now) / .reregister(now) / .receive_datagram(data, addr, now) / .handle_timer(now)
         .datagrams_to_send() / .next_event() / .get_timer()
         events: Registered(group_id, teks, kek, seq, lkh, key_server, ...), RegistrationFailed(group_id, reason, notify)
     KeyServerEngine(groups, keys_provider, phase1_config, rekey_source=..., max_pending=...)
         same inputs/outputs; events: MemberRegistered, MemberRefused (+ phase 1 events)
-    StoreKeysProvider(KeyStore, lkh=False)            group keys provider over gkm.store
+    StoreKeysProvider(KeyStore, lkh=False)            group keys provider over gkm.store (.invalidate(gid)
+                                                      after changing a group's keys in the store)
     phase1_config(KeyServerSettings | MemberGroup, ...)  gkm.ike.Phase1Config from the policy
     GroupTek, GroupKek, LkhKeys                       keys in protocol terms (for xfrm.groupsa)
     PullInitiator, PullResponder                      the GROUPKEY-PULL engines on a phase 1 SA
     gkm.gdoi.policy_wire                              the policy <-> SA TEK/SA KEK/KD mapping
+
+Driving them (the shape of gkm.daemon.adapter): after every input, send
+``datagrams_to_send()``, hand ``next_event()`` out until None, re-arm one timer at
+``get_timer()``.  The key server enrolls verified messages 3 (one durable store commit) when
+its output is pulled, so reading every datagram waiting on the socket before pulling the output
+gives group commit.
 """
 
 from .engines import KeyServerEngine, MemberRegistration, RegistrationState
