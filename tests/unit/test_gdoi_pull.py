@@ -83,18 +83,20 @@ def test_registration_with_lkh_download_array(tmp_path):
     assert len(ev) == 2  # a binary tree of depth 1 holds both: no update for gm1
 
 
-def test_unauthorized_identity_gets_notify_and_no_state(tmp_path, caplog):
-    ks, store = key_server(tmp_path)
+@pytest.mark.parametrize("cert", [False, True], ids=["psk", "ecdsa"])
+def test_unauthorized_identity_gets_notify_and_no_state(tmp_path, caplog, cert):
+    ks, store = key_server(tmp_path, cert=cert)
     before = store_snapshot(store)
-    m = member(tmp_path, "intruder")
+    m = member(tmp_path, "intruder", cert=cert)
     with caplog.at_level(logging.WARNING, logger="gkm.gdoi"):
         register(ks, {member_addr(0): m})
     (fail,) = events(m)
     assert isinstance(fail, RegistrationFailed) and fail.notify == 24 and "AUTHENTICATION-FAILED" in fail.reason
     refused = [e for e in events(ks) if isinstance(e, MemberRefused)]
-    assert len(refused) == 1 and refused[0].identity.value == "intruder" and refused[0].group_id == GID
+    want = "CN=intruder,O=msec test" if cert else "intruder"
+    assert len(refused) == 1 and refused[0].identity.value == want and refused[0].group_id == GID
     assert store_snapshot(store) == before
-    assert any("refused key-id 'intruder'" in r.getMessage() for r in caplog.records)
+    assert any(f"refused {'dn' if cert else 'key-id'} '{want}'" in r.getMessage() for r in caplog.records)
     assert not any("secret" in r.getMessage() for r in caplog.records)
 
 
