@@ -53,13 +53,12 @@ from typing import Any, Callable, Mapping
 
 from gkm import wire
 from gkm.ike import Notification, Phase1SA, build_informational
-from gkm.wire import Gap, GdoiSa, Hash, Identification, KeyDownload, Nonce, SaKek, SaTek, Sequence
+from gkm.wire import Gap, GdoiSa, Hash, Identification, KeyDownload, Nonce, SaKek, Sequence
 from gkm.wire.constants import ExchangeType, Flags, IdType, KdType, NotifyType, PayloadType
-from policy.model import GroupPolicy, Identity, IdKind
+from policy.model import GroupPolicy, Identity
 
 from . import policy_wire as pw
 from .events import MemberRefused, MemberRegistered, Registered, RegistrationFailed
-from .keys import GroupKek, GroupTek, LkhKeys
 from .provider import GroupKeys, GroupKeysProvider, StaleKeys
 
 log = logging.getLogger("gkm.gdoi")

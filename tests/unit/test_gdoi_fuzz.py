@@ -16,7 +16,7 @@ from gkm.gdoi import PullInitiator, PullResponder, PullState, Registered, Regist
 from gkm.gdoi.pull import seal
 from gkm.ike import Phase1Established
 from gkm.store import KeyStore
-from gkm.wire import GdoiSa, KeyDownload, Nonce, Sequence
+from gkm.wire import Nonce
 from tests.unit.test_gdoi_support import GID, KS, NOW, events, group_policy, key_server, member, member_addr, pump
 
 _TMP = Path(tempfile.mkdtemp(prefix="gdoi-fuzz-"))

@@ -9,7 +9,7 @@ import pytest
 
 from gkm.gdoi import MemberRefused, MemberRegistered, Registered, RegistrationFailed, RegistrationState
 from gkm.ike import Phase1Established
-from gkm.store import KeyState, KeyStore
+from gkm.store import KeyState
 from policy.model import AddressPreservation, Mode, SaDirection
 from tests.unit.test_gdoi_support import (
     GID, KS, NOW, events, group_policy, key_server, member, member_addr, pump, register, store_snapshot,

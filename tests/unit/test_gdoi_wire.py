@@ -16,7 +16,7 @@ from gkm.gdoi import policy_wire as pw
 from gkm.gdoi.pull import seal
 from gkm.ike import Phase1Established
 from gkm.store import KeyState
-from gkm.wire import Attribute, GdoiSa, Hash, Identification, KeyDownload, KeyPacket, Nonce, SaKek, SaTek, Sequence, var_int
+from gkm.wire import Attribute, GdoiSa, KeyDownload, KeyPacket, Nonce, SaKek, SaTek, Sequence, var_int
 from gkm.wire.constants import IdType, IpsecAttr, KdType, KekAttr, KekKeyAttr, PayloadType, TekKeyAttr
 from policy.model import SaDirection
 from tests.unit.test_gdoi_support import GID, KS, NOW, events, group_policy, key_server, member, member_addr, pump, register
