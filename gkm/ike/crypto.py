@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
 import os
 import struct
 import warnings
