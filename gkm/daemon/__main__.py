@@ -132,6 +132,7 @@ async def _run(args: argparse.Namespace, config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload handler is in place
     try:
         config = load_config(args.config)
     except ConfigError as e:
