@@ -18,6 +18,7 @@ deadline in the caller's clock, or None).  No I/O, no clock reads, no exception 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 import os
 from collections import deque
@@ -230,7 +231,8 @@ class KeyServerEngine:
     :class:`~gkm.gdoi.provider.StoreKeysProvider`); ``phase1``: from
     :func:`gkm.gdoi.phase1.phase1_config`.  ``responder_options`` go to
     :class:`PullResponder` (bounds, ``rekey_source``); its ``wall_time_offset`` defaults to
-    the phase 1 one.
+    the phase 1 one, ``rekey_source`` (the SA KEK source, where PUSH comes from) to the key
+    server's phase 1 ID when that is an address (port 848).
     """
 
     def __init__(
@@ -243,6 +245,11 @@ class KeyServerEngine:
         **responder_options: Any,
     ) -> None:
         responder_options.setdefault("wall_time_offset", phase1.wall_time_offset)
+        if "rekey_source" not in responder_options:
+            # default: the address the key server authenticates as, if it is one (SA KEK SRC ID)
+            lid = phase1.local_id
+            if lid is not None and lid.type in (1, 5):  # ID_IPV4_ADDR, ID_IPV6_ADDR
+                responder_options["rekey_source"] = (str(ipaddress.ip_address(lid.data)), 848)
         self.phase1 = Phase1Server(phase1, random=random)
         self.pull = PullResponder({g.group_id: g for g in groups}, keys, random=random, **responder_options)
         self._events: deque = deque()

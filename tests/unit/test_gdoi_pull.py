@@ -9,7 +9,7 @@ import pytest
 
 from gkm.gdoi import MemberRefused, MemberRegistered, Registered, RegistrationFailed, RegistrationState
 from gkm.ike import Phase1Established
-from gkm.store import KeyState
+from gkm.store import KeyState, KeyStore
 from policy.model import AddressPreservation, Mode, SaDirection
 from tests.unit.test_gdoi_support import (
     GID, KS, NOW, events, group_policy, key_server, member, member_addr, pump, register, store_snapshot,
@@ -352,3 +352,16 @@ def test_reregister_on_same_phase1_sa_then_new_one(tmp_path):
         m2 = member(tmp_path, "gm2")
         m2.start(NOW)
         m2.reregister(NOW)
+
+
+def test_rekey_source_defaults_to_phase1_address(tmp_path):
+    from gkm.gdoi import KeyServerEngine, StoreKeysProvider, phase1_config
+    from tests.unit.test_gdoi_support import ks_settings
+
+    groups = [group_policy(tmp_path)]
+    store = KeyStore(tmp_path / "s")
+    ks = KeyServerEngine(groups, StoreKeysProvider(store), phase1_config(ks_settings(tmp_path, groups)))
+    m = member(tmp_path, "gm1")
+    register(ks, {member_addr(0): m})
+    reg = _registered(m)
+    assert reg.kek.src == ipaddress.ip_network(KS[0] + "/32") and reg.kek.src_port == 848
