@@ -660,7 +660,11 @@ class Daemon:
         self.config = new
         new_groups = {g.group_id: g for g in (new.member.groups if new.member else ())}
         if new_groups and self.installer is None:
-            self.installer = self.factory.installer()
+            try:
+                self.installer = self.factory.installer()
+            except (EngineUnavailable, OSError) as e:
+                log.error("reload: cannot open the SA installer: %s", e)
+                changes.append(f"member SA installation unavailable: {e}")
         for gid in d.member_removed:
             s = self.sessions.pop(gid, None)
             if s is not None:
