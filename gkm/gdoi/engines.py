@@ -201,8 +201,8 @@ class MemberRegistration:
                     self.state = RegistrationState.REGISTERED
                     self._events.append(ev)
                 elif isinstance(ev, RegistrationFailed):
-                    delete = ev.notify is not None  # a policy we refused: tell the key server (RFC 6407 3.3)
-                    self._fail(ev.reason, ev.notify, now, delete=delete)
+                    # a reply we refused: tell the key server with a Delete (RFC 6407 section 3.3)
+                    self._fail(ev.reason, ev.notify, now, delete=self.pull.refused)
 
     def _established(self, ev: Phase1Established, now: float) -> None:
         sa = ev.sa

@@ -258,6 +258,7 @@ class PullInitiator:
         self._kek: pw.KekParams | None = None
         self.result: Registered | None = None
         self.failure: str | None = None
+        self.refused = False  # the key server's reply was refused (not a timeout)
 
     # -- inputs
 
@@ -279,6 +280,7 @@ class PullInitiator:
             log.info("gdoi member group %s M-ID %08x: dropped message from %r in state %s: %s",
                      self.group_id, self.mid, addr, self.state.value, d)
         except _Refuse as r:
+            self.refused = True
             self._fail(r.reason, r.notify)
         except Exception as exc:  # never let the peer's bytes raise out of the engine
             log.exception("gdoi member group %s: internal error", self.group_id)

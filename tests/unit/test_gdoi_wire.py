@@ -387,3 +387,14 @@ def test_member_state_table_walk(sas):
     idle.receive_datagram(bytes(60), KS, NOW)
     idle.handle_timer(NOW + 100)
     assert idle.state is PullState.START and idle.get_timer() is None and idle.datagrams_to_send() == []
+
+
+def test_refused_reply_sets_refused_timeout_does_not(sas):
+    isa, ssa = sas
+    gm, mid, ni, iv = _gm_and_msg1(isa, ssa)
+    _run(ssa, gm, mid, ni, iv, [_sat()], [Sequence(0), KeyDownload((_tek_kd(),))])
+    assert gm.state is PullState.FAILED and gm.refused
+    quiet = PullInitiator(isa, GID, max_retransmits=0)
+    quiet.start(NOW)
+    quiet.handle_timer(NOW + 2)
+    assert quiet.state is PullState.FAILED and not quiet.refused
