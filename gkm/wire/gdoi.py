@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar
 
 from .attributes import Attribute, decode_attributes, encode_attributes
@@ -69,6 +70,9 @@ _KD_ATTRS = {
     KdType.SID: SidKeyAttr._value2member_map_,
 }
 _NO_ENUM: dict = {}
+# Enum members used on the hot paths, bound once (EnumType attribute access is slow).
+_ESP_AH = (TekProtocol.IPSEC_ESP, TekProtocol.IPSEC_AH)
+_GDOI = Doi.GDOI
 MAX_SA_CHILDREN = 128  # SA KEK + GAP + SA TEKs in one GDOI SA
 
 
@@ -104,6 +108,14 @@ class GroupId:
             return _BHB.pack(self.id_type, self.port, len(data)) + data
         except (struct.error, TypeError) as e:
             raise WireError(where, -1, str(e)) from None
+
+
+# Structs of the part of SA KEK / SA TEK bodies before the attributes, by the ID Data lengths
+# of SRC and DST (key n1 << 8 | n2), for the address sizes (RFC 2407 §4.6.2: 4, 8, 16, 32) and
+# empty data.  Fixed at import (decoding keeps no state); other lengths take the general path.
+_ID_SIZES = (0, 4, 8, 16, 32)
+_SAK_HEADS = MappingProxyType({a << 8 | b: struct.Struct(f"!BBHB{a}sBHB{b}s16sI") for a in _ID_SIZES for b in _ID_SIZES})
+_SAT_HEADS = MappingProxyType({a << 8 | b: struct.Struct(f"!BBBHB{a}sBHB{b}sBI") for a in _ID_SIZES for b in _ID_SIZES})
 
 
 def _decode_group_id(buf: bytes, pos: int, end: int, where: str) -> tuple[GroupId, int]:
@@ -165,6 +177,25 @@ class SaKek:
 
     @classmethod
     def decode(cls, buf: bytes, pos: int, end: int) -> "SaKek":
+        # Fast path: Protocol, both identities, SPI and RESERVED2 in one unpack.  Anything
+        # unusual (short body, wrong address size, RESERVED2) takes the step-by-step path
+        # below, which raises the precise error.
+        if end - pos >= 29:  # 1 + 4 + 4 + 20 with empty ID data
+            n1 = buf[pos + 4]
+            q = pos + 8 + n1  # DST ID Data Len
+            if q < end:
+                n2 = buf[q]
+                a = q + 21 + n2  # attributes
+                st = _SAK_HEADS.get(n1 << 8 | n2)
+                if a <= end and st is not None:
+                    protocol, t1, port1, _, d1, t2, port2, _, d2, spi, res2 = st.unpack_from(buf, pos)
+                    get = _ID_LEN.get
+                    if not res2 and n1 == get(t1, n1) and n2 == get(t2, n2):
+                        get = _ID_TYPES.get
+                        return _make_sak(
+                            protocol, _make_group_id(get(t1, t1), d1, port1), _make_group_id(get(t2, t2), d2, port2),
+                            spi, decode_attributes(buf, a, end, _KEK_ATTRS, "SAK"),
+                        )
         if end - pos < 1:
             raise WireError("SAK", pos, "empty body")
         protocol = buf[pos]
@@ -176,6 +207,25 @@ class SaKek:
         return _make_sak(protocol, src, dst, buf[pos : pos + 16], decode_attributes(buf, pos + 20, end, _KEK_ATTRS, "SAK"))
 
     def encode(self) -> bytes:
+        src = self.src
+        dst = self.dst
+        d1 = src.data
+        d2 = dst.data
+        spi = self.spi
+        if d1.__class__ is bytes and d2.__class__ is bytes and spi.__class__ is bytes and len(spi) == 16:
+            # Fast path: everything before the attributes in one pack; on any doubt the
+            # general path below gives the precise error.
+            n1 = len(d1)
+            n2 = len(d2)
+            st = _SAK_HEADS.get(n1 << 8 | n2)
+            get = _ID_LEN.get
+            if st is not None and n1 == get(src.id_type, n1) and n2 == get(dst.id_type, n2):
+                try:
+                    head = st.pack(self.protocol, src.id_type, src.port, n1, d1, dst.id_type, dst.port, n2, d2, spi, 0)
+                except (struct.error, TypeError):
+                    pass
+                else:
+                    return head + encode_attributes(self.attributes, "SAK")
         if len(self.spi) != 16:
             raise WireError("SAK", -1, f"SPI must be 16 bytes, not {len(self.spi)}")
         try:
@@ -236,8 +286,26 @@ class SaTek:
         if end - pos < 1:
             raise WireError("SAT", pos, "empty body, need the Protocol-ID")
         pid = buf[pos]
-        if pid != 1 and pid != 2:  # TekProtocol.IPSEC_ESP, IPSEC_AH
+        if pid not in _ESP_AH:
             return _make_sat_other(_TEK_PROTO.get(pid, pid), buf[pos + 1 : end])
+        # Fast path as in SaKek.decode: everything before the attributes in one unpack.
+        if end - pos >= 15:  # 2 + 4 + 4 + 5 with empty ID data
+            n1 = buf[pos + 5]
+            q = pos + 9 + n1  # DST ID Data Len
+            if q < end:
+                n2 = buf[q]
+                a = q + 6 + n2  # attributes
+                st = _SAT_HEADS.get(n1 << 8 | n2)
+                if a <= end and st is not None:
+                    pid, protocol, t1, port1, _, d1, t2, port2, _, d2, tid, spi = st.unpack_from(buf, pos)
+                    get = _ID_LEN.get
+                    if n1 == get(t1, n1) and n2 == get(t2, n2):
+                        get = _ID_TYPES.get
+                        return _make_sat(
+                            _TEK_PROTO[pid], protocol, _make_group_id(get(t1, t1), d1, port1),
+                            _make_group_id(get(t2, t2), d2, port2), tid, spi,
+                            decode_attributes(buf, a, end, _IPSEC_ATTRS, "SAT"),
+                        )
         if end - pos < 2:
             raise WireError("SAT", pos + 1, "ESP/AH TEK without Protocol")
         protocol = buf[pos + 1]
@@ -248,8 +316,28 @@ class SaTek:
         return _make_sat(_TEK_PROTO[pid], protocol, src, dst, tid, spi, decode_attributes(buf, pos + 5, end, _IPSEC_ATTRS, "SAT"))
 
     def encode(self) -> bytes:
-        if self.protocol_id not in (TekProtocol.IPSEC_ESP, TekProtocol.IPSEC_AH):
+        if self.protocol_id not in _ESP_AH:
             raise WireError("SAT", -1, f"SaTek is for ESP/AH, not protocol {self.protocol_id}; use SaTekOther")
+        src = self.src
+        dst = self.dst
+        d1 = src.data
+        d2 = dst.data
+        if d1.__class__ is bytes and d2.__class__ is bytes:
+            # Fast path as in SaKek.encode.
+            n1 = len(d1)
+            n2 = len(d2)
+            st = _SAT_HEADS.get(n1 << 8 | n2)
+            get = _ID_LEN.get
+            if st is not None and n1 == get(src.id_type, n1) and n2 == get(dst.id_type, n2):
+                try:
+                    head = st.pack(
+                        self.protocol_id, self.protocol, src.id_type, src.port, n1, d1,
+                        dst.id_type, dst.port, n2, d2, self.transform_id, self.spi,
+                    )
+                except (struct.error, TypeError):
+                    pass
+                else:
+                    return head + encode_attributes(self.attributes, "SAT")
         try:
             return b"".join((
                 _BB.pack(self.protocol_id, self.protocol), self.src.encode("SAT/SRC ID"),
@@ -269,7 +357,7 @@ class SaTekOther:
     body: bytes
 
     def encode(self) -> bytes:
-        if self.protocol_id in (TekProtocol.IPSEC_ESP, TekProtocol.IPSEC_AH):
+        if self.protocol_id in _ESP_AH:
             raise WireError("SAT", -1, "ESP/AH TEKs must be SaTek")
         return _pack("SAT", _B, self.protocol_id) + bytes(self.body)
 
@@ -343,7 +431,7 @@ class GdoiSa:
             append(body)
             append(gen(np, 0, n))
             np = t
-        append(_pack("SA", _IIHH, Doi.GDOI, self.situation, np, 0))
+        append(_pack("SA", _IIHH, _GDOI, self.situation, np, 0))
         parts.reverse()
         return b"".join(parts)
 

@@ -56,6 +56,15 @@ _CERT = CertEncoding._value2member_map_
 _PHASE1_ATTRS = Phase1Attr._value2member_map_
 _IPSEC_ATTRS = IpsecAttr._value2member_map_
 
+# Enum members used on the hot paths, bound once: reading an attribute of an Enum class costs
+# several times a global lookup (EnumType attribute access).
+_NONE = PayloadType.NONE
+_PROPOSAL = PayloadType.PROPOSAL
+_TRANSFORM = PayloadType.TRANSFORM
+_ISAKMP = ProtocolId.ISAKMP
+_DOI_IPSEC = Doi.IPSEC
+_SA_DOIS = (Doi.IPSEC, Doi.GDOI)
+
 SIT_IDENTITY_ONLY = 1  # RFC 2407 §4.2
 MAX_PROPOSALS = 64  # bound on proposals in one SA (Proposal # is one octet; real offers have a few)
 
@@ -187,12 +196,12 @@ class Proposal:
             raise WireError(where, pos - 2, f"SPI size {spi_size} exceeds the payload")
         spi = buf[pos : pos + spi_size]
         pos += spi_size
-        attr_types = _PHASE1_ATTRS if proto == ProtocolId.ISAKMP else _IPSEC_ATTRS
+        attr_types = _PHASE1_ATTRS if proto == _ISAKMP else _IPSEC_ATTRS
         transforms = []
         append = transforms.append
-        np = PayloadType.TRANSFORM if pos < end else PayloadType.NONE
+        np = _TRANSFORM if pos < end else _NONE
         while np:
-            if np != PayloadType.TRANSFORM:
+            if np != _TRANSFORM:
                 raise WireError(f"{where}/Transform[{len(transforms)}]", pos, f"next payload {np} inside a Proposal, expected 3 or 0")
             if len(transforms) == count:
                 raise WireError(f"{where}/Transform[{count}]", pos, f"more Transforms than # of Transforms ({count})")
@@ -210,7 +219,7 @@ class Proposal:
         last = len(self.transforms) - 1
         for i, t in enumerate(self.transforms):
             body = t.encode()
-            parts.append(_gen_header(PayloadType.NONE if i == last else PayloadType.TRANSFORM, len(body), "Transform"))
+            parts.append(_gen_header(_NONE if i == last else _TRANSFORM, len(body), "Transform"))
             parts.append(body)
         return b"".join(parts)
 
@@ -241,15 +250,15 @@ class SecurityAssociation:
         if end - pos < 8:
             raise WireError("SA", pos, f"body of {end - pos} bytes, need 8")
         doi, sit = _II.unpack_from(buf, pos)
-        if doi not in (Doi.IPSEC, Doi.GDOI):
+        if doi not in _SA_DOIS:
             raise WireError("SA", pos, f"unsupported DOI {doi}")
-        if doi == Doi.IPSEC and sit & ~SIT_IDENTITY_ONLY:
+        if doi == _DOI_IPSEC and sit & ~SIT_IDENTITY_ONLY:
             raise WireError("SA", pos + 4, f"unsupported IPsec situation 0x{sit:x} (secrecy/integrity)")
         pos += 8
         proposals = []
-        np = PayloadType.PROPOSAL if pos < end else PayloadType.NONE
+        np = _PROPOSAL if pos < end else _NONE
         while np:
-            if np != PayloadType.PROPOSAL:
+            if np != _PROPOSAL:
                 raise WireError(f"SA/Proposal[{len(proposals)}]", pos, f"next payload {np} inside an SA, expected 2 or 0")
             if len(proposals) == MAX_PROPOSALS:
                 raise WireError(f"SA/Proposal[{MAX_PROPOSALS}]", pos, f"more than {MAX_PROPOSALS} proposals")
@@ -261,13 +270,13 @@ class SecurityAssociation:
         return _make_sa(_DOI[doi], sit, tuple(proposals))
 
     def encode(self) -> bytes:
-        if self.doi not in (Doi.IPSEC, Doi.GDOI):
+        if self.doi not in _SA_DOIS:
             raise WireError("SA", -1, f"unsupported DOI {self.doi}")
         parts = [_pack("SA", _II, self.doi, self.situation)]
         last = len(self.proposals) - 1
         for i, p in enumerate(self.proposals):
             body = p.encode()
-            parts.append(_gen_header(PayloadType.NONE if i == last else PayloadType.PROPOSAL, len(body), "Proposal"))
+            parts.append(_gen_header(_NONE if i == last else _PROPOSAL, len(body), "Proposal"))
             parts.append(body)
         return b"".join(parts)
 

@@ -79,6 +79,9 @@ _INNER_ONLY = frozenset((PayloadType.PROPOSAL, PayloadType.TRANSFORM, PayloadTyp
 _II = struct.Struct("!I")
 _E = int(Flags.ENCRYPTION)
 _GDOI_DOI = Doi.GDOI.to_bytes(4, "big")
+# Enum members used on the hot paths, bound once (EnumType attribute access is slow).
+_SA = PayloadType.SA
+_GDOI = Doi.GDOI
 
 
 def _decode_sa(buf: bytes, pos: int, end: int, exchange: int):
@@ -177,7 +180,7 @@ def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange:
         dec = decoders.get(np)
         if dec is not None:
             append(dec(buf, pos + 4, pend))
-        elif np == PayloadType.SA:
+        elif np == _SA:
             append(_decode_sa(buf, pos + 4, pend, exchange))
         elif np in _INNER_ONLY:
             raise WireError(_NAMES[np], pos, "payload allowed only inside an SA payload")
@@ -260,7 +263,7 @@ def encode_message(
         c = p.__class__
         if c is GdoiSa and not gdoi_exchange:
             raise WireError("SA", -1, "a GDOI SA payload belongs to GROUPKEY-PULL/PUSH only (RFC 6407 §5.2)")
-        if c is SecurityAssociation and gdoi_exchange and p.doi == Doi.GDOI:
+        if c is SecurityAssociation and gdoi_exchange and p.doi == _GDOI:
             raise WireError("SA", -1, "a DOI-2 SA in GROUPKEY-PULL/PUSH must be a GdoiSa")
     parts = []
     np = _encode_chain(payloads, parts)
