@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from . import messages as m
-from .algorithms import check_algorithms
+from .algorithms import AEADS, check_algorithms
 from .errors import InvalidArgument
 from .model import Direction, Mode, Policy, PolicyId, Proto, SaId, State, Template
 from .owner import MSEC, Owner
@@ -23,6 +23,9 @@ from .owner import MSEC, Owner
 __all__ = ["Op", "Batch", "encode_op", "check_state_for_install"]
 
 _ACK = m.NLM_F_REQUEST | m.NLM_F_ACK
+_ADD = _ACK | m.NLM_F_CREATE | m.NLM_F_EXCL
+_op = tuple.__new__  # Op(...) without NamedTuple.__new__'s Python-level call: _op(Op, (...))
+_FAST = m.FAST_IPADDRESS
 
 
 class Op(NamedTuple):
@@ -118,6 +121,48 @@ def encode_op(op: Op, seq: int) -> bytes:
     return m.nlmsg(op.kind, op.flags, seq, op.payload)
 
 
+def _state_payload(state: State, owner: Owner) -> bytes:
+    """Check ``state`` as :func:`check_state_for_install` does, and encode it.
+
+    The common shape (an AEAD msec knows, key and ICV lengths allowed, the owner's reqid, no
+    selector, classic replay window) is checked inline and packed in one call; anything else
+    takes the general checks (which raise) and the general encoder.
+    """
+    if (state.__class__ is State and _FAST and owner.__class__ is Owner
+            and state.proto == Proto.ESP and state.spi >= 256
+            and owner.reqid_min <= state.reqid <= owner.reqid_max):
+        a = state.aead
+        if a is not None and state.cipher is None and state.auth is None:
+            rule = AEADS.get(a.name)
+            if rule is not None and len(a.key) in rule[0] and a.icv_bits in rule[1]:
+                if state.selector is None and not state.esn and state.replay_window <= 32:
+                    return m.state_payload_aead(state)
+                return m.state_payload(state)
+    check_state_for_install(state, owner)
+    return m.state_payload(state)
+
+
+def _policy_payload(policy: Policy, owner: Owner) -> bytes:
+    """Check ``policy`` as :func:`_check_policy` does, and encode it.
+
+    The common shape (one tunnel template in the owner's reqid range, not optional on an
+    outbound policy) is checked inline and packed in one call; anything else takes the general
+    checks (which raise) and the general encoder.
+    """
+    if policy.__class__ is Policy and _FAST and owner.__class__ is Owner and not policy.index:
+        tmpls = policy.templates
+        if len(tmpls) == 1:
+            t = tmpls[0]
+            if (t.mode == _TUNNEL and owner.reqid_min <= t.reqid <= owner.reqid_max
+                    and not (t.optional and policy.direction == _OUT)):
+                return m.policy_payload_1tmpl(policy, t)
+    return m.policy_payload(policy, _check_policy(policy, owner))
+
+
+_TUNNEL = Mode.TUNNEL
+_OUT = Direction.OUT
+
+
 class Batch:
     """An ordered list of validated requests."""
 
@@ -131,16 +176,14 @@ class Batch:
         return len(self.ops)
 
     def add_state(self, state: State) -> Batch:
-        check_state_for_install(state, self.owner)
-        self.ops.append(Op("add_state", m.XFRM_MSG_NEWSA, _ACK | m.NLM_F_CREATE | m.NLM_F_EXCL,
-                           m.state_payload(state), state))
+        self.ops.append(_op(Op, ("add_state", m.XFRM_MSG_NEWSA, _ADD,
+                                 _state_payload(state, self.owner), state, 0)))
         return self
 
     def update_state(self, state: State) -> Batch:
         """UPDSA: the kernel changes lifetimes, replay and flags; not keys or algorithms."""
-        check_state_for_install(state, self.owner)
-        self.ops.append(Op("update_state", m.XFRM_MSG_UPDSA, _ACK, m.state_payload(state),
-                           state))
+        self.ops.append(_op(Op, ("update_state", m.XFRM_MSG_UPDSA, _ACK,
+                                 _state_payload(state, self.owner), state, 0)))
         return self
 
     def delete_state(self, sa: SaId) -> Batch:
@@ -150,17 +193,14 @@ class Batch:
         return self
 
     def add_policy(self, policy: Policy) -> Batch:
-        tmpl = _check_policy(policy, self.owner)
-        self.ops.append(Op("add_policy", m.XFRM_MSG_NEWPOLICY,
-                           _ACK | m.NLM_F_CREATE | m.NLM_F_EXCL,
-                           m.policy_payload(policy, tmpl), policy))
+        self.ops.append(_op(Op, ("add_policy", m.XFRM_MSG_NEWPOLICY, _ADD,
+                                 _policy_payload(policy, self.owner), policy, 0)))
         return self
 
     def update_policy(self, policy: Policy) -> Batch:
         """UPDPOLICY: replace the policy with the same selector/direction/mark, or add it."""
-        tmpl = _check_policy(policy, self.owner)
-        self.ops.append(Op("update_policy", m.XFRM_MSG_UPDPOLICY, _ACK,
-                           m.policy_payload(policy, tmpl), policy))
+        self.ops.append(_op(Op, ("update_policy", m.XFRM_MSG_UPDPOLICY, _ACK,
+                                 _policy_payload(policy, self.owner), policy, 0)))
         return self
 
     def delete_policy(self, pid: PolicyId, index: int = 0) -> Batch:
