@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
-from .attributes import Attribute, decode_attributes, encode_attributes
+from .attributes import Attribute, attribute_types, decode_attributes, encode_attributes
 from .constants import (
     ID_DATA_LENGTH,
     Doi,
@@ -58,16 +58,16 @@ _i_unpack = _I.unpack_from
 
 _ID_TYPES = IdType._value2member_map_
 _ID_LEN = {int(k): v for k, v in ID_DATA_LENGTH.items()}
-_KEK_ATTRS = KekAttr._value2member_map_
-_GAP_ATTRS = GapAttr._value2member_map_
-_IPSEC_ATTRS = IpsecAttr._value2member_map_
+_KEK_ATTRS = attribute_types(KekAttr._value2member_map_)
+_GAP_ATTRS = attribute_types(GapAttr._value2member_map_)
+_IPSEC_ATTRS = attribute_types(IpsecAttr._value2member_map_)
 _TEK_PROTO = TekProtocol._value2member_map_
 _KD_TYPES = KdType._value2member_map_
 _KD_ATTRS = {
-    KdType.TEK: TekKeyAttr._value2member_map_,
-    KdType.KEK: KekKeyAttr._value2member_map_,
-    KdType.LKH: LkhKeyAttr._value2member_map_,
-    KdType.SID: SidKeyAttr._value2member_map_,
+    KdType.TEK: attribute_types(TekKeyAttr._value2member_map_),
+    KdType.KEK: attribute_types(KekKeyAttr._value2member_map_),
+    KdType.LKH: attribute_types(LkhKeyAttr._value2member_map_),
+    KdType.SID: attribute_types(SidKeyAttr._value2member_map_),
 }
 _NO_ENUM: dict = {}
 # Enum members used on the hot paths, bound once (EnumType attribute access is slow).

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .attributes import Attribute, decode_attributes, encode_attributes
+from .attributes import Attribute, attribute_types, decode_attributes, encode_attributes
 from .constants import (
     ID_DATA_LENGTH,
     CertEncoding,
@@ -53,8 +53,8 @@ _PROTO_BY_DOI = {Doi.GDOI: TekProtocol._value2member_map_}
 _NOTIFY = NotifyType._value2member_map_
 _DOI = Doi._value2member_map_
 _CERT = CertEncoding._value2member_map_
-_PHASE1_ATTRS = Phase1Attr._value2member_map_
-_IPSEC_ATTRS = IpsecAttr._value2member_map_
+_PHASE1_ATTRS = attribute_types(Phase1Attr._value2member_map_)
+_IPSEC_ATTRS = attribute_types(IpsecAttr._value2member_map_)
 
 # Enum members used on the hot paths, bound once: reading an attribute of an Enum class costs
 # several times a global lookup (EnumType attribute access).

@@ -152,6 +152,8 @@ class Message:
 
 
 _make_message = maker(Message)
+_gdoi_sa_decode = GdoiSa.decode
+_sa_decode = SecurityAssociation.decode
 
 
 def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange: int) -> tuple[tuple[Payload, ...], int]:
@@ -165,23 +167,28 @@ def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange:
     np = next_payload
     decoders = _DECODERS
     gen = _gen_unpack
+    gdoi_layout = exchange in _GDOI_EXCHANGES
     while np:
-        if end - pos < 4:
-            raise WireError(_NAMES.get(np, str(np)), pos, f"truncated generic payload header ({end - pos} bytes left)")
-        if len(payloads) == MAX_PAYLOADS:
+        if end - pos < 4 or len(payloads) == MAX_PAYLOADS:
+            if end - pos < 4:
+                raise WireError(_NAMES.get(np, str(np)), pos, f"truncated generic payload header ({end - pos} bytes left)")
             raise WireError(_NAMES.get(np, str(np)), pos, f"more than {MAX_PAYLOADS} payloads in one message")
         nnp, reserved, length = gen(buf, pos)
-        if reserved:
-            # RFC 2408 §2.5.2/§3.2: RESERVED, not a critical bit as in IKEv2 (RFC 7296 §3.2).
-            raise WireError(_NAMES.get(np, str(np)), pos + 1, "RESERVED octet not zero (RFC 2408 §2.5.2)")
         pend = pos + length
-        if length < 4 or pend > end:
+        if reserved or length < 4 or pend > end:
+            if reserved:
+                # RFC 2408 §2.5.2/§3.2: RESERVED, not a critical bit as in IKEv2 (RFC 7296 §3.2).
+                raise WireError(_NAMES.get(np, str(np)), pos + 1, "RESERVED octet not zero (RFC 2408 §2.5.2)")
             raise WireError(_NAMES.get(np, str(np)), pos + 2, f"payload length {length} outside 4..{end - pos}")
         dec = decoders.get(np)
         if dec is not None:
             append(dec(buf, pos + 4, pend))
         elif np == _SA:
-            append(_decode_sa(buf, pos + 4, pend, exchange))
+            # The SA layout: see _decode_sa (inline here).
+            if gdoi_layout and length >= 8 and buf[pos + 4 : pos + 8] == _GDOI_DOI:
+                append(_gdoi_sa_decode(buf, pos + 4, pend))
+            else:
+                append(_sa_decode(buf, pos + 4, pend))
         elif np in _INNER_ONLY:
             raise WireError(_NAMES[np], pos, "payload allowed only inside an SA payload")
         else:
