@@ -12,6 +12,8 @@ calls, so nothing invalid is ever encoded.
 
 from __future__ import annotations
 
+import operator
+from itertools import repeat
 from typing import NamedTuple
 
 from . import messages as m
@@ -24,7 +26,11 @@ __all__ = ["Op", "Batch", "encode_op", "check_state_for_install"]
 
 _ACK = m.NLM_F_REQUEST | m.NLM_F_ACK
 _ADD = _ACK | m.NLM_F_CREATE | m.NLM_F_EXCL
+_WIDTH = 6  # slots per request in Batch._flat: the fields of Op
+_PLUS_HDR = (16).__add__  # payload length -> nlmsg_len
 _op = tuple.__new__  # Op(...) without NamedTuple.__new__'s Python-level call: _op(Op, (...))
+_NEWSA, _UPDSA = m.XFRM_MSG_NEWSA, m.XFRM_MSG_UPDSA
+_NEWPOLICY, _UPDPOLICY = m.XFRM_MSG_NEWPOLICY, m.XFRM_MSG_UPDPOLICY
 _FAST = m.FAST_IPADDRESS
 
 
@@ -46,6 +52,9 @@ class Op(NamedTuple):
         if isinstance(it, (State, Policy)):
             return str(it.id)
         return str(it)
+
+
+assert len(Op._fields) == _WIDTH
 
 
 def check_state_for_install(state: State, owner: Owner) -> None:
@@ -164,55 +173,76 @@ _OUT = Direction.OUT
 
 
 class Batch:
-    """An ordered list of validated requests."""
+    """An ordered list of validated requests.
 
-    __slots__ = ("ops", "owner")
+    The requests are kept flat, :data:`_WIDTH` slots each in :attr:`_flat` (the fields of
+    :class:`Op`): adding one allocates no object that the garbage collector tracks, which
+    matters when a user builds thousands. :attr:`ops` gives them as :class:`Op` values.
+    """
+
+    __slots__ = ("_flat", "_ops", "owner")
 
     def __init__(self, owner: Owner = MSEC) -> None:
-        self.ops: list[Op] = []
+        self._flat: list = []
+        self._ops: list[Op] | None = None
         self.owner = owner
 
+    @property
+    def ops(self) -> list[Op]:
+        """The requests in order, as :class:`Op` values (read-only view, made on demand)."""
+        ops, flat = self._ops, self._flat
+        if ops is None or len(ops) * _WIDTH != len(flat):
+            ops = self._ops = [_op(Op, flat[i:i + _WIDTH]) for i in range(0, len(flat), _WIDTH)]
+        return ops
+
     def __len__(self) -> int:
-        return len(self.ops)
+        return len(self._flat) // _WIDTH
+
+    def columns(self, start: int = 0, stop: int | None = None):
+        """(kinds, flags, payloads) of requests ``start:stop``, as lists (for the socket)."""
+        flat = self._flat
+        a = start * _WIDTH
+        b = len(flat) if stop is None else min(len(flat), stop * _WIDTH)
+        return flat[a + 1:b:_WIDTH], flat[a + 2:b:_WIDTH], flat[a + 3:b:_WIDTH]
 
     def add_state(self, state: State) -> Batch:
-        self.ops.append(_op(Op, ("add_state", m.XFRM_MSG_NEWSA, _ADD,
-                                 _state_payload(state, self.owner), state, 0)))
+        self._flat += ("add_state", _NEWSA, _ADD, _state_payload(state, self.owner), state, 0)
         return self
 
     def update_state(self, state: State) -> Batch:
         """UPDSA: the kernel changes lifetimes, replay and flags; not keys or algorithms."""
-        self.ops.append(_op(Op, ("update_state", m.XFRM_MSG_UPDSA, _ACK,
-                                 _state_payload(state, self.owner), state, 0)))
+        self._flat += ("update_state", _UPDSA, _ACK, _state_payload(state, self.owner), state,
+                       0)
         return self
 
     def delete_state(self, sa: SaId) -> Batch:
         if not isinstance(sa, SaId):
             raise InvalidArgument("sa", f"must be a SaId, got {type(sa).__name__}")
-        self.ops.append(Op("delete_state", m.XFRM_MSG_DELSA, _ACK, m.sa_id_payload(sa), sa))
+        self._flat += ("delete_state", m.XFRM_MSG_DELSA, _ACK, m.sa_id_payload(sa), sa, 0)
         return self
 
     def add_policy(self, policy: Policy) -> Batch:
-        self.ops.append(_op(Op, ("add_policy", m.XFRM_MSG_NEWPOLICY, _ADD,
-                                 _policy_payload(policy, self.owner), policy, 0)))
+        self._flat += ("add_policy", _NEWPOLICY, _ADD, _policy_payload(policy, self.owner),
+                       policy, 0)
         return self
 
     def update_policy(self, policy: Policy) -> Batch:
         """UPDPOLICY: replace the policy with the same selector/direction/mark, or add it."""
-        self.ops.append(_op(Op, ("update_policy", m.XFRM_MSG_UPDPOLICY, _ACK,
-                                 _policy_payload(policy, self.owner), policy, 0)))
+        self._flat += ("update_policy", _UPDPOLICY, _ACK, _policy_payload(policy, self.owner),
+                       policy, 0)
         return self
 
     def delete_policy(self, pid: PolicyId, index: int = 0) -> Batch:
         """Delete by (selector, direction, mark, if_id), or by kernel ``index`` if non-zero."""
         if not isinstance(pid, PolicyId):
             raise InvalidArgument("policy", f"must be a PolicyId, got {type(pid).__name__}")
-        self.ops.append(Op("delete_policy", m.XFRM_MSG_DELPOLICY, _ACK,
-                           m.policy_id_payload(pid, index), pid, index))
+        self._flat += ("delete_policy", m.XFRM_MSG_DELPOLICY, _ACK,
+                       m.policy_id_payload(pid, index), pid, index)
         return self
 
     def encode(self, first_seq: int = 1) -> list[bytes]:
         """One netlink message per request, numbered from ``first_seq``."""
-        nlmsg = m.nlmsg
-        return [nlmsg(op.kind, op.flags, (first_seq + i) & 0xFFFFFFFF, op.payload)
-                for i, op in enumerate(self.ops)]
+        kinds, flags, payloads = self.columns()
+        seqs = [(first_seq + i) & 0xFFFFFFFF for i in range(len(payloads))]
+        return list(map(operator.add, map(m.NLMSGHDR.pack, map(_PLUS_HDR, map(len, payloads)),
+                                          kinds, flags, seqs, repeat(0)), payloads))

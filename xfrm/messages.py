@@ -299,20 +299,40 @@ def _probe_ipaddress() -> bool:
 
 
 FAST_IPADDRESS = _probe_ipaddress()
-_TMPL1_ATTR_HDR = (4 + USER_TMPL.size, XFRMA_TMPL)
-# userpolicy_info (selector, lft, curlft zero, tail) + XFRMA_TMPL header + one xfrm_user_tmpl
-POLICY_1TMPL = struct.Struct("<" + _SEL + "8Q32xIIBBBB4x" + "HH" + USER_TMPL.format[1:])
-# usersa_info with a zero selector + XFRMA_ALG_AEAD header + xfrm_algo_aead, per key length
-_SA_AEAD: dict[int, struct.Struct] = {}
+# Per address family: an IPv4 address is "4s12x" (xfrm_address_t), so no padding is joined on;
+# fields that msec always sends as zero (selector user, policy flags/share, template share,
+# usersa seq) are pad bytes; constant attribute headers and the template's algorithm masks
+# are one bytes argument each.
+_A4, _A16 = "4s12x", "16s"
 
 
-def _sa_aead_struct(key_len: int) -> struct.Struct:
-    st = _SA_AEAD.get(key_len)
-    if st is None:
-        pad = -(4 + ALGO_AEAD.size + key_len) & 3
-        st = struct.Struct(f"<56x16sIB3x16s8Q44xIIHBBB7xHH64sII{key_len}s{pad}x")
-        _SA_AEAD[key_len] = st
-    return st
+def _policy_1tmpl_struct(sel_v4: bool, tmpl_v4: bool) -> struct.Struct:
+    """userpolicy_info (selector, lft, curlft zero, tail) + XFRMA_TMPL header + one
+    xfrm_user_tmpl."""
+    sa, ta = (_A4 if sel_v4 else _A16), (_A4 if tmpl_v4 else _A16)
+    return struct.Struct(f"<{sa}{sa}HHHHHBBB3xi4x" "64s32xIIBB6x" "4s"
+                         f"{ta}IB3xH2x{ta}IBxBx12s")
+
+
+_POLICY_1TMPL = {(sv, tv): _policy_1tmpl_struct(sv, tv) for sv in (True, False)
+                 for tv in (True, False)}
+_POLICY_1TMPL_PACK = {k: v.pack for k, v in _POLICY_1TMPL.items()}
+_TMPL1_HDR = NLATTR.pack(4 + USER_TMPL.size, XFRMA_TMPL)
+_ALL_ALGS3 = U32.pack(ALL_ALGS) * 3
+# usersa_info with a zero selector + XFRMA_ALG_AEAD + xfrm_algo_aead, per key length
+_SA_AEAD: tuple[dict[int, tuple[struct.Struct, bytes]], ...] = ({}, {})  # IPv6, IPv4
+
+
+def _sa_aead_struct(v4: bool, key_len: int) -> tuple[struct.Struct, bytes]:
+    a = _A4 if v4 else _A16
+    n = 4 + ALGO_AEAD.size + key_len
+    entry = (struct.Struct(f"<56x{a}IB3x{a}64s48xIHBBB7x4s64sII{key_len}s{-n & 3}x"),
+             NLATTR.pack(n, XFRMA_ALG_AEAD))
+    _SA_AEAD[v4][key_len] = entry
+    return entry
+
+
+_NAMES: dict[str, bytes] = {}
 
 
 def policy_payload_1tmpl(p: Policy, t: Template) -> bytes:
@@ -320,15 +340,10 @@ def policy_payload_1tmpl(p: Policy, t: Template) -> bytes:
     shape: a group's policy names the group's SA), in one ``Struct.pack``."""
     sel = p.selector
     d, s, dport, sport = sel.dst, sel.src, sel.dport, sel.sport
-    dn, sn = d.network_address, s.network_address
-    if dn._version == 4:
-        da = dn._ip.to_bytes(4, "big") + _PAD12
-        sa = sn._ip.to_bytes(4, "big") + _PAD12
-        family = AF_INET
-    else:
-        da = dn._ip.to_bytes(16, "big")
-        sa = sn._ip.to_bytes(16, "big")
-        family = AF_INET6
+    td, ts = t.dst, t.src
+    n, family = (4, AF_INET) if d._version == 4 else (16, AF_INET6)
+    tn, tfamily = (4, AF_INET) if td._version == 4 else (16, AF_INET6)
+    pack = _POLICY_1TMPL_PACK[n == 4, tn == 4]
     if dport is None:
         dp = dm = 0
     else:
@@ -338,19 +353,16 @@ def policy_payload_1tmpl(p: Policy, t: Template) -> bytes:
     else:
         sp, sm = ((sport & 0xFF) << 8) | (sport >> 8), 0xFFFF
     lt = p.lifetime
-    td, ts = t.dst, t.src
-    v4 = td._version == 4
     spi = t.spi
-    out = POLICY_1TMPL.pack(
-        da, sa, dp, dm, sp, sm, family, d._prefixlen, s._prefixlen, sel.proto, sel.ifindex, 0,
-        *(_INF_LFT if lt is NO_LIFETIME else lt.as_wire()),
-        p.priority, p.index, p.direction, p.action, 0, 0,
-        68, XFRMA_TMPL,
-        td._ip.to_bytes(4, "big") + _PAD12 if v4 else td._ip.to_bytes(16, "big"),
-        int.from_bytes(spi.to_bytes(4, "big"), "little") if spi else 0, t.proto,
-        AF_INET if v4 else AF_INET6,
-        ts._ip.to_bytes(4, "big") + _PAD12 if v4 else ts._ip.to_bytes(16, "big"),
-        t.reqid, t.mode, 0, 1 if t.optional else 0, ALL_ALGS, ALL_ALGS, ALL_ALGS)
+    out = pack(
+        d.network_address._ip.to_bytes(n, "big"), s.network_address._ip.to_bytes(n, "big"),
+        dp, dm, sp, sm, family, d._prefixlen, s._prefixlen, sel.proto, sel.ifindex,
+        _INF_LFT_BYTES if lt is NO_LIFETIME else _LFT.pack(*lt.as_wire()),
+        p.priority, p.index, p.direction, p.action,
+        _TMPL1_HDR,
+        td._ip.to_bytes(tn, "big"), int.from_bytes(spi.to_bytes(4, "big"), "little"), t.proto,
+        tfamily, ts._ip.to_bytes(tn, "big"), t.reqid, t.mode, 1 if t.optional else 0,
+        _ALL_ALGS3)
     if p.mark is not None or p.if_id:
         out += _mark_attrs(p.mark, p.if_id)
     return out
@@ -363,15 +375,20 @@ def state_payload_aead(st: State) -> bytes:
     key = a.key
     lt = st.lifetime
     v4 = dst._version == 4
-    src = st.src
-    out = _sa_aead_struct(len(key)).pack(
-        dst._ip.to_bytes(4, "big") + _PAD12 if v4 else dst._ip.to_bytes(16, "big"),
-        int.from_bytes(st.spi.to_bytes(4, "big"), "little"), st.proto,
-        src._ip.to_bytes(4, "big") + _PAD12 if v4 else src._ip.to_bytes(16, "big"),
-        *(_INF_LFT if lt is NO_LIFETIME else lt.as_wire()),
-        0, st.reqid, AF_INET if v4 else AF_INET6, st.mode, st.replay_window, st.flags,
-        4 + ALGO_AEAD.size + len(key), XFRMA_ALG_AEAD, a.name.encode(), len(key) * 8,
-        a.icv_bits, key)
+    n = 4 if v4 else 16
+    try:
+        packer, hdr = _SA_AEAD[v4][len(key)]
+    except KeyError:
+        packer, hdr = _sa_aead_struct(v4, len(key))
+    name = _NAMES.get(a.name)
+    if name is None:
+        name = _NAMES.setdefault(a.name, a.name.encode()) if len(_NAMES) < 64 else a.name.encode()
+    out = packer.pack(
+        dst._ip.to_bytes(n, "big"), int.from_bytes(st.spi.to_bytes(4, "big"), "little"),
+        st.proto, st.src._ip.to_bytes(n, "big"),
+        _INF_LFT_BYTES if lt is NO_LIFETIME else _LFT.pack(*lt.as_wire()),
+        st.reqid, AF_INET if v4 else AF_INET6, st.mode, st.replay_window, st.flags,
+        hdr, name, len(key) * 8, a.icv_bits, key)
     if st.oseq_may_wrap:
         out += nlattr(XFRMA_SA_EXTRA_FLAGS, U32.pack(XFRM_SA_XFLAG_OSEQ_MAY_WRAP))
     if st.mark is not None or st.if_id:

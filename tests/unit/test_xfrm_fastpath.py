@@ -48,6 +48,7 @@ def policies(draw):
                    net((draw(addresses(v6)), draw(hs.integers(0, bits))), strict=False),
                    proto, draw(ports), draw(ports), draw(hs.sampled_from([0, 5])))
     direction = draw(hs.sampled_from(list(Direction)))
+    v6 = draw(hs.booleans())  # a tunnel template's family may differ from the selector's
     t = Template(draw(addresses(v6)), draw(addresses(v6)), Mode.TUNNEL,
                  MSEC.reqid(draw(hs.integers(0, 0xFFFF))), spi=draw(hs.integers(0, 2**32 - 1)),
                  optional=direction != Direction.OUT and draw(hs.booleans()))
@@ -140,3 +141,23 @@ def test_other_owner_and_shapes_take_the_general_path():
     assert b.Batch().add_policy(two).ops[0].payload == m.policy_payload(two)
     st = _state(selector=Selector.host(s, g), replay_window=64)
     assert b.Batch().add_state(st).ops[0].payload == m.state_payload(st)
+
+
+def test_batch_ops_columns_and_encode_agree():
+    s, g = A("10.0.0.1"), A("239.1.1.1")
+    batch = b.Batch()
+    batch.add_state(_state()).add_policy(_policy()).update_policy(_policy())
+    batch.delete_policy(_policy().id, 7).delete_state(_state().id).update_state(_state())
+    assert len(batch) == 6
+    ops = batch.ops
+    assert [op.name for op in ops] == ["add_state", "add_policy", "update_policy",
+                                       "delete_policy", "delete_state", "update_state"]
+    assert ops[3].index == 7 and ops[3].item == _policy().id and ops[0].item == _state()
+    assert all(isinstance(op, b.Op) for op in ops) and batch.ops is ops  # cached until changed
+    kinds, flags, payloads = batch.columns(1, 3)
+    assert kinds == [m.XFRM_MSG_NEWPOLICY, m.XFRM_MSG_UPDPOLICY]
+    assert payloads == [ops[1].payload, ops[2].payload] and flags[0] & m.NLM_F_EXCL
+    msgs = batch.encode(0xFFFFFFFF)  # sequence numbers wrap at 2**32
+    assert msgs == [b.encode_op(op, (0xFFFFFFFF + i) & 0xFFFFFFFF) for i, op in enumerate(ops)]
+    batch.add_policy(_policy(selector=Selector.host(g, s)))
+    assert len(batch.ops) == 7 and batch.ops[6].name == "add_policy"
