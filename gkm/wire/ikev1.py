@@ -44,6 +44,7 @@ _BBH = struct.Struct("!BBH")
 _IBBH = struct.Struct("!IBBH")
 _BBBB = struct.Struct("!BBBB")
 _B = struct.Struct("!B")
+_transform_unpack = struct.Struct("!BBHBBH").unpack_from  # generic header + Transform fixed part
 
 _ID_TYPES = IdType._value2member_map_
 _PROTO = ProtocolId._value2member_map_
@@ -205,6 +206,13 @@ class Proposal:
                 raise WireError(f"{where}/Transform[{len(transforms)}]", pos, f"next payload {np} inside a Proposal, expected 3 or 0")
             if len(transforms) == count:
                 raise WireError(f"{where}/Transform[{count}]", pos, f"more Transforms than # of Transforms ({count})")
+            if end - pos >= 8:  # generic header + Transform #, Transform-Id, RESERVED2 inline
+                np, reserved, length, number_t, tid, res2 = _transform_unpack(buf, pos)
+                tend = pos + length
+                if not reserved and not res2 and 8 <= length and tend <= end:
+                    append(_make_transform(number_t, tid, decode_attributes(buf, pos + 8, tend, attr_types, where)))
+                    pos = tend
+                    continue
             np, tend = _generic(buf, pos, end, where, "Transform", len(transforms))
             append(Transform.decode(buf, pos + 4, tend, attr_types, where))
             pos = tend
