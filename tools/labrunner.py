@@ -274,6 +274,23 @@ def _pump(proc: subprocess.Popen, fds: dict[int, int], deadline: float | None) -
     return True
 
 
+KERNEL_TROUBLE = re.compile(r"\b(BUG:|WARNING:|Oops|Kernel panic|general protection|"
+                            r"kernel BUG|Call Trace:|page allocation failure|soft lockup)")
+
+
+def kernel_trouble(console: str, limit: int = 40) -> list[str]:
+    """Lines of the guest's kernel log that show a kernel bug, warning or panic."""
+    try:
+        with open(console, "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    hits = [i for i, ln in enumerate(lines) if KERNEL_TROUBLE.search(ln)]
+    if not hits:
+        return []
+    return lines[hits[0]:hits[0] + limit]
+
+
 def _tail(path: str, n: int = 30) -> str:
     try:
         with open(path, "rb") as f:
@@ -374,6 +391,10 @@ def run_uml(job: Job) -> int:
             proc.wait(timeout=max(5.0, (deadline - time.monotonic()) if deadline else 60.0))
         except subprocess.TimeoutExpired:
             log("the guest finished but the UML kernel did not halt; killed it")
+        trouble = kernel_trouble(console)
+        if trouble:
+            log("the kernel logged trouble during the run (console.log):\n"
+                + "\n".join("  | " + ln for ln in trouble))
         rcfile = os.path.join(rundir, "rc")
         missing_file = os.path.join(rundir, "modules.missing")
         if os.path.exists(missing_file):

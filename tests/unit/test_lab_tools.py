@@ -141,3 +141,14 @@ def test_prune_old_runs(tmp_path):
     os.utime(old, (0, 0))
     labrunner.prune_old_runs(str(tmp_path))
     assert not old.exists() and new.exists()
+
+
+def test_kernel_trouble_finds_warnings_in_the_console_log(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_text("Linux version 6.1\nesp4 loaded\n")
+    assert labrunner.kernel_trouble(str(log)) == []
+    log.write_text("boot\n------------[ cut here ]------------\nWARNING: CPU: 0 PID: 1 at x\n"
+                   "Call Trace:\n fn+0x1\n")
+    got = labrunner.kernel_trouble(str(log))
+    assert got[0].startswith("WARNING:") and "Call Trace:" in got
+    assert labrunner.kernel_trouble(str(tmp_path / "missing")) == []
