@@ -54,3 +54,19 @@ def test_group_esp_demo_end_to_end(capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "only ESP crossed the wire" in out
+
+
+@pytest.mark.skipif(os.environ.get("MSEC_LAB_KERNEL") != "uml", reason="UML guest layout only")
+def test_uml_guest_protects_the_host_file_system():
+    import errno
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    mounts = {ln.split()[1]: ln.split()[2] for ln in open("/proc/mounts")}
+    assert mounts["/"] == "hostfs"
+    assert mounts["/tmp"] == "tmpfs" and mounts["/run"] == "tmpfs"
+    assert mounts.get(root) == "overlay"  # writes in the tree vanish with the guest
+    with pytest.raises(OSError) as e:
+        open("/usr/msec-lab-write-probe", "w")
+    assert e.value.errno == errno.EROFS
+    out = os.environ["MSEC_LAB_OUT"]
+    with open(os.path.join(out, "probe"), "w") as f:  # the one writable host folder
+        f.write("ok")
