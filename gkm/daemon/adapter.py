@@ -14,6 +14,14 @@ the waiting.
 An engine may be reachable over several UDP sockets (a key server listening on 0.0.0.0 and ::,
 or on several addresses): replies go out through the socket the peer last used, else the first
 socket of the peer's address family.
+
+Bursts (group commit): asyncio hands a :class:`UdpEndpoint` one datagram per event-loop turn.
+The endpoint then reads every further datagram already waiting on that socket (up to
+:attr:`UdpEndpoint.burst`, through a duplicate of the socket's descriptor, non-blocking) and
+feeds them all to the engine before the shell pulls its output once: a key server enrolls all
+the verified messages 3 of a burst in one durable store commit, and the loop's per-datagram
+overhead (a poll and a callback) is paid once per burst.  Replies are written straight to the
+socket; only when its send buffer is full do they go through the transport (which queues).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import time
 from typing import Any, Callable, Protocol
@@ -53,24 +62,64 @@ def _family(host: str) -> int:
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    """One UDP socket feeding an :class:`EngineShell`."""
+    """One UDP socket feeding an :class:`EngineShell`; drains the socket per burst."""
+
+    #: datagrams fed to the engine before its output is pulled (one loop turn)
+    burst = 256
 
     def __init__(self, shell: "EngineShell") -> None:
         self.shell = shell
         self.transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.shell.attach(transport)
+        self._sock = _dup_socket(transport)
+        self.shell.attach(transport, self._sock)
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.shell.datagram_received(data, addr, self.transport)
+        shell = self.shell
+        transport = self.transport
+        now = shell.clock()
+        shell.feed(data, addr, transport, now)
+        sock = self._sock
+        if sock is not None and not shell.closed:
+            recvfrom = sock.recvfrom
+            feed = shell.feed
+            for _ in range(self.burst - 1):
+                try:
+                    data, addr = recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. an ICMP error queued on the socket
+                    self.error_received(exc)
+                    break
+                feed(data, addr, transport, now)
+        shell.transmit()
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and the like
         log.debug("%s: socket error: %s", self.shell.name, exc)
 
     def connection_lost(self, exc) -> None:
         self.shell.detach(self.transport)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _dup_socket(transport) -> socket.socket | None:
+    """A second socket object on the transport's UDP socket (same open file: same queue), for
+    reading the rest of a burst and writing replies without a loop turn each; None if the
+    transport has no real socket (tests' fakes)."""
+    ts = transport.get_extra_info("socket") if transport is not None else None
+    try:
+        if ts is None or ts.type != socket.SOCK_DGRAM:
+            return None
+        s = socket.socket(ts.family, ts.type, ts.proto, fileno=os.dup(ts.fileno()))
+        s.setblocking(False)
+        return s
+    except (OSError, AttributeError, TypeError, ValueError):
+        return None
 
 
 class EngineShell:
@@ -91,6 +140,7 @@ class EngineShell:
         self.loop = loop or asyncio.get_event_loop()
         self.clock = clock
         self._transports: list[asyncio.DatagramTransport] = []
+        self._raw: dict[asyncio.DatagramTransport, socket.socket] = {}
         self._route: dict[tuple[str, int], asyncio.DatagramTransport] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -99,16 +149,23 @@ class EngineShell:
         self.received = 0
 
     # -- sockets
-    def attach(self, transport: asyncio.DatagramTransport) -> None:
+    def attach(self, transport: asyncio.DatagramTransport, sock: socket.socket | None = None) -> None:
+        """``sock``: the same UDP socket, written to directly (see the module docstring)."""
         self._transports.append(transport)
+        if sock is not None:
+            self._raw[transport] = sock
 
     def detach(self, transport) -> None:
         if transport in self._transports:
             self._transports.remove(transport)
+        self._raw.pop(transport, None)
         for k in [k for k, t in self._route.items() if t is transport]:
             del self._route[k]
 
     def _transport_for(self, addr: tuple[str, int]) -> asyncio.DatagramTransport | None:
+        ts = self._transports
+        if len(ts) == 1 and not ts[0].is_closing():
+            return ts[0]
         t = self._route.get(addr)
         if t is not None and not t.is_closing():
             return t
@@ -126,17 +183,28 @@ class EngineShell:
 
     # -- inputs
     def datagram_received(self, data: bytes, addr, transport=None) -> None:
+        """One datagram: feed it, then pull the engine's output."""
         if self.closed:
             return
-        peer = normalize_addr(addr)
-        if transport is not None:
-            self._route[peer] = transport
+        self.feed(data, addr, transport, self.clock())
+        self.transmit()
+
+    def feed(self, data: bytes, addr, transport, now: float) -> None:
+        """Give the engine one datagram without pulling its output (a burst is fed first, then
+        :meth:`transmit` once)."""
+        if self.closed:
+            return
+        peer = (addr[0], addr[1])
+        if transport is not None and len(self._transports) > 1:
+            route = self._route
+            if len(route) >= 65536 and peer not in route:  # bounded: a hint, not state
+                route.clear()
+            route[peer] = transport
         self.received += 1
         try:
-            self.engine.receive_datagram(data, peer, self.clock())
+            self.engine.receive_datagram(data, peer, now)
         except Exception:  # an engine bug must not take the daemon down
             log.exception("%s: engine failed on a datagram from %s", self.name, peer[0])
-        self.transmit()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -158,12 +226,22 @@ class EngineShell:
         if self.closed:
             return
         for data, addr in self.engine.datagrams_to_send():
-            peer = normalize_addr(addr)
+            peer = (addr[0], addr[1])
             t = self._transport_for(peer)
             if t is None:
                 log.warning("%s: no socket to send to %s", self.name, peer[0])
                 continue
-            t.sendto(data, peer)
+            raw = self._raw.get(t)
+            if raw is None:
+                t.sendto(data, peer)
+            else:
+                try:
+                    raw.sendto(data, peer)
+                except (BlockingIOError, InterruptedError):
+                    t.sendto(data, peer)  # buffer full: the transport queues it
+                except OSError as exc:
+                    log.debug("%s: sending to %s failed: %s", self.name, peer[0], exc)
+                    continue
             self.sent += 1
         while (ev := self.engine.next_event()) is not None:
             try:
@@ -198,4 +276,5 @@ class EngineShell:
         for t in list(self._transports):
             t.close()
         self._transports.clear()
+        self._raw.clear()
         self._route.clear()

@@ -1,37 +1,55 @@
-"""GDOI registration (Main Mode + GROUPKEY-PULL) throughput of a key server over loopback UDP.
+"""GDOI registration (Main Mode + GROUPKEY-PULL) throughput of a real ``msecd`` key server.
 
-Run as ``tools/bench registration``.  ``msecd`` itself is not used (it did not exist when this was
-written; this measures the engines): the key server is a
-:class:`gkm.gdoi.KeyServerEngine` (with :class:`gkm.gdoi.StoreKeysProvider` over a
-:class:`gkm.store.KeyStore` in a temporary directory, fsync'ed SQLite as in production) behind
-a minimal asyncio UDP shell, in a **separate process** (``--serve``).  This process simulates
-the members: sans-I/O :class:`gkm.gdoi.MemberRegistration` engines, ``--window`` of them in
-flight at a time, each on its own UDP socket, every registration a new member (new identity;
-with certificates a new leaf certificate generated before timing), so nothing per member can
-be cached by the key server.  Two runs: PSK + DH group 19, and ECDSA-P256 certificates + group 19.
+Run as ``tools/bench registration [--members N] [--ecdsa-members N] [--window W]``.
 
-**Achieved** = registrations / key server busy time: the wall time the key server process
-spends inside the engine and the socket sends (``time.perf_counter`` around each datagram and
-timer callback), which includes the SQLite commit (fsync) of every registration and excludes
-the time it waits for members (the members run on the other core of a 2-core host and are
-often the slower side).  Wall-clock registrations/s of the whole run and the key server's CPU
-time are printed too.
+**Key server**: one real ``msecd`` process per mode (``python -m gkm.daemon --config FILE
+--foreground``, default log level, its log in a file), configured in a temporary directory:
+``[keyserver]`` on 127.0.0.1 and a free high port, its state directory (the fsync'ed SQLite
+store, as in production) and control socket in the same temporary directory, one group with
+two TEKs and a KEK (so messages 4 carry SEQ and the KEK too).  ``--no-kernel`` is not given:
+a key server installs no SA, only members do.  Two modes, a fresh daemon each: PSK + DH
+group 19 (the PSK found by the members' source address, members authorized by address) and
+ECDSA-P256 certificates + DH group 19 (members authorized by subject ``CN=gm*``).
 
-**Crypto floor**, measured in the key server process in the same run (before and after the
-registrations, averaged) with :func:`tools.benchmarks.phase1.crypto_floor`: the public-key
+**Members** (the load): sans-I/O :class:`gkm.gdoi.MemberRegistration` engines in
+``--generators`` separate processes (they share the host's cores with the key server; each
+generator drives its share of the ``--window`` registrations in flight, every one on its own
+UDP socket).  Every registration is a new member: new identity (``gm<i>``); with certificates
+a new leaf certificate, generated before timing, so nothing per member can be cached by the
+key server.  A member finishing starts the next one (a fixed window: no bursts beyond it, no
+retransmission storms; retransmissions and failures are counted).  All members come from
+127.0.0.1, so the window must stay below the key server's half-open limit per peer address
+(64).
+
+**Achieved** = registrations / key server **CPU time**: ``utime + stime`` of the msecd process
+from ``/proc/<pid>/stat``, read when the load starts and when the last member finished.  It
+includes everything the daemon does for the registrations (asyncio, sockets, both engines,
+the store's SQLite commits and the CPU side of their fsyncs, its log line per registration)
+and nothing the members do; time the key server waits (for members or for the disk) does not
+count, which makes the figure fair on a 2-core host where the load generators run next to
+it.  The wall-clock rate of the run is printed too (bounded by the members, which do as much
+public-key work per registration as the key server).
+
+**Crypto floor**, measured in this process in the same run (before and after the
+registrations, CPU time) with :func:`tools.benchmarks.phase1.crypto_floor`: the public-key
 operations a key server cannot avoid per registration (ECDH P-256 keygen/encode/validate/derive;
-with certificates also one ECDSA sign and two ECDSA verifies).  GROUPKEY-PULL adds no public-key
-operation, so everything else (HMACs, AES-CBC, payload coding, SQLite, sockets, asyncio) is
-overhead.  ``ratio`` (last line) = min over the two runs of achieved / floor.
+with certificates also one ECDSA sign and two ECDSA verifies).  GROUPKEY-PULL adds no
+public-key operation, so everything else is overhead.  ``ratio`` (last line) = min over the two
+modes of achieved / floor.
+
+The run fails (exit 1, ``FAILED`` on stderr) unless every member registered, the key server
+counted every one and its store holds every member.  ``--profile FILE`` runs the PSK key
+server under cProfile (stats written to FILE; the CPU figures are then inflated).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
+import datetime
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -39,155 +57,165 @@ import tempfile
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from gkm.gdoi import KeyServerEngine, MemberRegistered, MemberRegistration, Registered, RegistrationFailed, StoreKeysProvider
-from gkm.ike import AuthMethod, CertCredential, HashAlg, Identity, Phase1Config, Proposal, PskStore
-from gkm.store import KeyStore
-from policy.model import AddressMatch, Authorization, GroupPolicy, KekPolicy, SubjectMatch, TekPolicy, TrafficSelector
-from policy.suites import ESP_SUITES, KEK_CIPHERS, SIGNATURE_SUITES
-from tools.benchmarks.phase1 import _pki, crypto_floor
-
 GID = 4242
-PSK = b"registration benchmark pre-shared key"
+PSK = "registration benchmark pre-shared key"
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[2]
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _pem_cert(c: x509.Certificate) -> bytes:
+# ------------------------------------------------------------------------------ setup
+
+
+def _pem_cert(c) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return c.public_bytes(serialization.Encoding.PEM)
 
 
 def _pem_key(k) -> bytes:
-    return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    from cryptography.hazmat.primitives import serialization
+
+    return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption())
 
 
-def _group(signing_key: Path) -> GroupPolicy:
-    teks = (
-        TekPolicy("data", TrafficSelector(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("239.1.1.1/32")),
-                  ESP_SUITES["aes-gcm-128"]),
-        TekPolicy("control", TrafficSelector(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("239.1.1.2/32")),
-                  ESP_SUITES["aes-cbc-128-hmac-sha256"]),
-    )
-    kek = KekPolicy(KEK_CIPHERS["aes-cbc-128"], SIGNATURE_SUITES["ecdsa-p256"], signing_key, ipaddress.ip_address("239.192.0.1"))
-    auth = Authorization((AddressMatch(ipaddress.ip_network("127.0.0.0/8")), SubjectMatch("CN=gm*")))
-    return GroupPolicy(GID, teks, auth, kek, name="bench")
+def _write_private(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    os.chmod(path, 0o600)
 
 
-# ------------------------------------------------------------------------------ key server process
+def _free_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
-class _Shell:
-    """Minimal UDP shell: on readable, read every datagram waiting (up to ``burst``), feed them,
-    then pull the engine's output once, so the registrations of one burst share one store
-    commit (see :meth:`gkm.gdoi.pull.PullResponder.datagrams_to_send`)."""
+def write_pki(workdir: Path) -> None:
+    """CA (certificate and key, the generators sign their members' leaves with it), the key
+    server's leaf and the group's PUSH signing key, PEM files mode 0600 in ``workdir``."""
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    def __init__(self, engine, sock: socket.socket, burst: int = 64) -> None:
-        self.engine = engine
-        self.sock = sock
-        self.burst = burst
-        self.timer = None
-        self.deadline = None
-        self.busy = 0.0
-        self.cpu0: float | None = None
-        self.registered = 0
-        self.bursts = 0
+    from tools.benchmarks.phase1 import _pki
 
-    def readable(self) -> None:
-        t = time.perf_counter()
-        if self.cpu0 is None:
-            self.cpu0 = time.process_time()
-        now = time.time()
-        for _ in range(self.burst):
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            self.engine.receive_datagram(data, addr, now)
-        self.bursts += 1
-        self._transmit()
-        self.busy += time.perf_counter() - t
-
-    def _fire(self) -> None:
-        t = time.perf_counter()
-        self.timer = self.deadline = None
-        self.engine.handle_timer(time.time())
-        self._transmit()
-        self.busy += time.perf_counter() - t
-
-    def _transmit(self) -> None:
-        for data, addr in self.engine.datagrams_to_send():
-            try:
-                self.sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                pass  # UDP: a full socket buffer drops, the member retransmits
-        while (ev := self.engine.next_event()) is not None:
-            if isinstance(ev, MemberRegistered):
-                self.registered += 1
-        d = self.engine.get_timer()
-        if d != self.deadline:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.deadline = d
-            loop = asyncio.get_running_loop()
-            self.timer = None if d is None else loop.call_at(loop.time() + max(0.0, d - time.time()), self._fire)
+    ca, ca_key, (kc, kk), _ = _pki(0)
+    _write_private(workdir / "ca.pem", _pem_cert(ca))
+    _write_private(workdir / "ca.key", _pem_key(ca_key))
+    _write_private(workdir / "ks.pem", _pem_cert(kc))
+    _write_private(workdir / "ks.key", _pem_key(kk))
+    _write_private(workdir / "signing.pem", _pem_key(ec.generate_private_key(ec.SECP256R1())))
 
 
-def _floor(n: int) -> dict:
-    return crypto_floor(_pki(n), n)
-
-
-async def _serve(mode: str, workdir: Path, floor_n: int) -> None:
-    signing = workdir / "signing.pem"
-    group = _group(signing)
-    prop = (Proposal(AuthMethod.PRE_SHARED_KEY if mode == "psk" else AuthMethod.ECDSA_256, 19, HashAlg.SHA2_256),)
-    limits = dict(max_half_open_per_peer=1 << 16, max_half_open=1 << 16)
+def write_config(workdir: Path, mode: str, port: int, state_dir: Path) -> Path:
+    d = workdir / mode
+    d.mkdir(mode=0o700)
+    text = (f'[daemon]\nstate_dir = "{state_dir}"\ncontrol_socket = "{d}/run/control.sock"\n\n'
+            f'[keyserver]\nlisten = ["{HOST}"]\nport = {port}\n')
     if mode == "psk":
-        cfg = Phase1Config(prop, local_id=Identity.ip(HOST), psk=PskStore({HOST: PSK}), **limits)
+        text += (f'identity = "address:{HOST}"\n\n[[keyserver.psk]]\nidentity = "gm"\n'
+                 f'secret = "{PSK}"\naddresses = ["{HOST}"]\n\n')
+        authorize = 'addresses = ["127.0.0.0/8"]'
     else:
-        ca = x509.load_pem_x509_certificate((workdir / "ca.pem").read_bytes())
-        cert = x509.load_pem_x509_certificate((workdir / "ks.pem").read_bytes())
-        key = serialization.load_pem_private_key((workdir / "ks.key").read_bytes(), password=None)
-        cfg = Phase1Config(prop, credential=CertCredential(cert, key), trust_anchors=(ca,), **limits)
-    store = KeyStore(workdir / f"state-{mode}")
-    engine = KeyServerEngine([group], StoreKeysProvider(store), cfg, rekey_source=(HOST, 848), max_pending_per_sa=4)
-    floor_before = _floor(floor_n)
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sock.bind((HOST, 0))
-    sock.setblocking(False)
-    shell = _Shell(engine, sock)
-    loop.add_reader(sock.fileno(), shell.readable)
-    print(f"READY {sock.getsockname()[1]}", flush=True)
-    done = asyncio.Event()
-    loop.add_reader(sys.stdin.fileno(), done.set)
-    await done.wait()
-    sys.stdin.readline()
-    loop.remove_reader(sys.stdin.fileno())
-    cpu = time.process_time() - (shell.cpu0 or time.process_time())
-    loop.remove_reader(sock.fileno())
-    sock.close()
-    floor_after = _floor(floor_n)
-    fl = {k: floor_before[k] + floor_after[k] for k in floor_before}
-    per = {"dh": fl["dh_s"] / fl["n"], "sign": fl["sign_s"] / fl["n"], "verify": fl["verify_s"] / fl["n"]}
-    floor_s = per["dh"] + (per["sign"] + per["verify"] if mode == "ecdsa" else 0.0)
-    print(json.dumps({"registered": shell.registered, "busy_s": shell.busy, "cpu_s": cpu, "floor_s": floor_s,
-                      "floor_parts_ms": {k: v * 1e3 for k, v in per.items()}, "members_in_store": store.member_count(GID), "bursts": shell.bursts,
-                      "stats": dict(engine.pull.stats)}), flush=True)
-    store.close()
+        text += (f'\n[keyserver.certificate]\ncert_file = "{workdir}/ks.pem"\n'
+                 f'key_file = "{workdir}/ks.key"\ntrust_anchors = ["{workdir}/ca.pem"]\n\n')
+        authorize = 'subjects = ["CN=gm*"]'
+    text += (f'[[keyserver.group]]\nid = {GID}\nname = "bench"\nauthorize = {{ {authorize} }}\n\n'
+             '[[keyserver.group.tek]]\nname = "data"\nsrc = "10.0.0.0/8"\ndst = "239.1.1.1"\n'
+             'cipher = "aes-gcm-128"\nlifetime = "1h"\n\n'
+             '[[keyserver.group.tek]]\nname = "control"\nsrc = "10.0.0.0/8"\ndst = "239.1.1.2"\n'
+             'cipher = "aes-cbc-128-hmac-sha256"\nlifetime = "1h"\n\n'
+             f'[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+             f'signing_key = "{workdir}/signing.pem"\nrekey_address = "239.192.0.1"\n'
+             'lifetime = "1d"\nrekey_interval = "50m"\n')
+    cfg = d / "msecd.toml"
+    _write_private(cfg, text.encode())
+    return cfg
 
 
-# ------------------------------------------------------------------------------ members (this process)
+# ------------------------------------------------------------------------------ the key server
+
+
+def fs_type(path: Path) -> str:
+    """The file system type ``path`` is on (from /proc/mounts: the longest mount point prefix)."""
+    best, kind = "", "?"
+    p = str(path.resolve())
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and (p == parts[1] or p.startswith(parts[1].rstrip("/") + "/")) and len(parts[1]) >= len(best):
+                    best, kind = parts[1], parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of process ``pid`` (all its threads), seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+class KeyServer:
+    """One msecd process (key server role only) and its control socket."""
+
+    def __init__(self, cfg: Path, log: Path, profile: Path | None = None) -> None:
+        self.cfg = cfg
+        self.log_path = log
+        self.socket = cfg.parent / "run" / "control.sock"
+        runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        argv = [sys.executable, *runner, "-m", "gkm.daemon", "--config", str(cfg), "--foreground"]
+        self._log = open(log, "ab")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        end = time.monotonic() + 60
+        while "msecd started" not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.stop()
+                raise SystemExit(f"msecd did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cpu(self) -> tuple[float, float]:
+        return cpu_seconds(self.proc.pid)
+
+    def ctl(self, *argv: str) -> dict:
+        r = subprocess.run([sys.executable, "-m", "gkm.daemon.ctl", "--socket", str(self.socket), "--json", *argv],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL)
+        try:
+            return json.loads(r.stdout)
+        except ValueError:
+            return {"ok": False, "error": (r.stderr or r.stdout).strip()}
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+# ------------------------------------------------------------------------------ members (generator processes)
 
 
 class _Slot(asyncio.DatagramProtocol):
-    def __init__(self, run) -> None:
+    """One registration in flight at a time on its own UDP socket; the next one starts when it ends."""
+
+    def __init__(self, run: "_Run") -> None:
         self.run = run
         self.transport = None
         self.engine = None
         self.timer = None
+        self.deadline = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -206,55 +234,69 @@ class _Slot(asyncio.DatagramProtocol):
             self.transmit()
 
     def _fire(self) -> None:
-        self.timer = None
+        self.timer = self.deadline = None
         if self.engine is not None:
             self.engine.handle_timer(time.time())
             self.transmit()
 
     def transmit(self) -> None:
+        from gkm.gdoi import Registered, RegistrationFailed
+
         e = self.engine
         for data, _addr in e.datagrams_to_send():
+            self.run.sent += 1
             self.transport.sendto(data)
         finished = False
         while (ev := e.next_event()) is not None:
             if isinstance(ev, (Registered, RegistrationFailed)):
                 self.run.finished(ev)
                 finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if finished:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.deadline = None
+            self.engine = None
             asyncio.get_running_loop().call_soon(self.next)
             return
         d = e.get_timer()
-        if d is not None:
+        if d != self.deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.deadline = d
             loop = asyncio.get_running_loop()
-            self.timer = loop.call_at(loop.time() + max(0.0, d - time.time()), self._fire)
+            self.timer = None if d is None else loop.call_at(loop.time() + max(0.0, d - time.time()), self._fire)
 
 
 class _Run:
-    def __init__(self, mode: str, n: int, ks, pki) -> None:
-        self.mode, self.n, self.ks, self.pki = mode, n, ks, pki
-        self.started = 0
-        self.ok = 0
+    def __init__(self, mode: str, first: int, n: int, ks, members) -> None:
+        from gkm.ike import AuthMethod, CertCredential, HashAlg, Identity, Phase1Config, Proposal, PskStore
+
+        self.mode, self.first, self.n, self.ks, self.members = mode, first, n, ks, members
+        self.started = self.ok = self.sent = 0
         self.failed: list[str] = []
         self.all_done = asyncio.Event()
+        self.prop = (Proposal(AuthMethod.PRE_SHARED_KEY if mode == "psk" else AuthMethod.ECDSA_256, 19, HashAlg.SHA2_256),)
+        self._cls = (Phase1Config, CertCredential, Identity, PskStore)
+        self.psk = PskStore({HOST: PSK.encode()})
 
     def new_member(self):
+        from gkm.gdoi import MemberRegistration
+
         if self.started >= self.n:
             return None
+        Phase1Config, CertCredential, Identity, _ = self._cls
         i = self.started
         self.started += 1
-        prop = (Proposal(AuthMethod.PRE_SHARED_KEY if self.mode == "psk" else AuthMethod.ECDSA_256, 19, HashAlg.SHA2_256),)
         if self.mode == "psk":
-            cfg = Phase1Config(prop, local_id=Identity.key_id(f"gm{i}".encode()), psk=PskStore({HOST: PSK}))
+            cfg = Phase1Config(self.prop, local_id=Identity.key_id(f"gm{self.first + i}".encode()), psk=self.psk)
         else:
-            ca, _ca_key, _ks, members = self.pki
-            c, k = members[i]
-            cfg = Phase1Config(prop, credential=CertCredential(c, k), trust_anchors=(ca,))
+            ca, c, k = self.members[i]
+            cfg = Phase1Config(self.prop, credential=CertCredential(c, k), trust_anchors=(ca,))
         return MemberRegistration(cfg, GID, self.ks)
 
     def finished(self, ev) -> None:
+        from gkm.gdoi import Registered
+
         if isinstance(ev, Registered):
             self.ok += 1
         else:
@@ -263,97 +305,200 @@ class _Run:
             self.all_done.set()
 
 
-async def _members(mode: str, n: int, window: int, ks, pki) -> dict:
+def _member_certs(workdir: Path, first: int, n: int):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca = x509.load_pem_x509_certificate((workdir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((workdir / "ca.key").read_bytes(), password=None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    out = []
+    for i in range(first, first + n):
+        k = ec.generate_private_key(ec.SECP256R1())
+        c = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"gm{i}")]))
+             .issuer_name(ca.subject).public_key(k.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+             .add_extension(aki, critical=False)
+             .sign(ca_key, hashes.SHA256()))
+        out.append((ca, c, k))
+    return out
+
+
+async def _generate(mode: str, port: int, first: int, n: int, window: int, members) -> dict:
     loop = asyncio.get_running_loop()
-    run = _Run(mode, n, ks, pki)
+    ks = (HOST, port)
+    run = _Run(mode, first, n, ks, members)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     transports = []
     for _ in range(min(window, n)):
         t, _p = await loop.create_datagram_endpoint(lambda: _Slot(run), remote_addr=ks)
         transports.append(t)
-    await asyncio.wait_for(run.all_done.wait(), timeout=60 + n)
+    try:
+        await asyncio.wait_for(run.all_done.wait(), timeout=120 + n)
+    except asyncio.TimeoutError:
+        run.failed.extend(["no result (benchmark timeout)"] * (n - run.ok - len(run.failed)))
     wall = time.perf_counter() - t0
     for t in transports:
         t.close()
-    return {"ok": run.ok, "failed": len(run.failed), "first_failure": run.failed[0] if run.failed else None, "wall_s": wall}
+    expected = n * 5  # MM1, MM3, MM5, PULL1, PULL3
+    return {"ok": run.ok, "failed": len(run.failed), "failures": sorted(set(run.failed))[:5], "wall_s": wall,
+            "retransmissions": max(0, run.sent - expected), "cpu_s": time.process_time() - cpu0}
 
 
-def _run_mode(mode: str, n: int, window: int, floor_n: int, workdir: Path, pki) -> dict:
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "tools.benchmarks.registration", "--serve", mode, str(workdir), str(floor_n)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root)
+def generator_main(mode: str, port: int, first: int, n: int, window: int, workdir: Path) -> None:
+    """``--generate``: build the members (certificates) first, say READY, wait for GO on stdin,
+    register them, print one JSON line."""
+    members = _member_certs(workdir, first, n) if mode == "ecdsa" else None
+    print("READY", flush=True)
+    sys.stdin.readline()
+    r = asyncio.run(_generate(mode, port, first, n, window, members))
+    print(json.dumps(r), flush=True)
+
+
+# ------------------------------------------------------------------------------ one mode
+
+
+def _floor(n: int) -> dict:
+    from tools.benchmarks.phase1 import _pki, crypto_floor
+
+    return crypto_floor(_pki(n), n)
+
+
+def run_mode(mode: str, n: int, window: int, generators: int, workdir: Path, state_parent: Path,
+             profile: Path | None = None) -> dict:
+    port = _free_port()
+    cfg = write_config(workdir, mode, port, state_parent / f"{mode}-state")
+    ks = KeyServer(cfg, workdir / f"msecd-{mode}.log", profile)
+    gens = []
     try:
-        line = proc.stdout.readline()
-        if not line.startswith("READY "):
-            raise SystemExit(f"key server process did not start: {line!r}")
-        ks = (HOST, int(line.split()[1]))
-        members = asyncio.run(_members(mode, n, window, ks, pki))
-        proc.stdin.write("REPORT\n")
-        proc.stdin.flush()
-        server = json.loads(proc.stdout.readline())
+        k = max(1, min(generators, n))
+        shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        windows = [max(1, window // k + (1 if i < window % k else 0)) for i in range(k)]
+        first = 0
+        for share, w in zip(shares, windows):
+            p = subprocess.Popen([sys.executable, "-m", "tools.benchmarks.registration", "--generate", mode, str(port),
+                                  str(first), str(share), str(w), str(workdir)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            gens.append(p)
+            first += share
+        for p in gens:
+            line = p.stdout.readline()
+            if line.strip() != "READY":
+                raise SystemExit(f"{mode}: load generator did not start: {line!r}")
+        cpu0 = ks.cpu()
+        t0 = time.perf_counter()
+        for p in gens:
+            p.stdin.write("GO\n")
+            p.stdin.flush()
+        results = []
+        for p in gens:
+            line = p.stdout.readline()
+            if not line:
+                raise SystemExit(f"{mode}: load generator died (exit {p.wait()})")
+            results.append(json.loads(line))
+        wall = time.perf_counter() - t0
+        cpu1 = ks.cpu()
+        user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        cpu = user + system
+        status = ks.ctl("status").get("keyserver", {})
+        group = ks.ctl("group", "show", str(GID))
+        members_in_store = next((r.get("members") for r in group.get("roles", []) if r.get("role") == "keyserver"), None)
     finally:
-        proc.stdin.close()
-        proc.wait(timeout=120)
-    return {**members, **server}
+        for p in gens:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        rc = ks.stop()
+    log = ks.log()
+    return {
+        "mode": mode, "members": n, "ok": sum(r["ok"] for r in results), "failed": sum(r["failed"] for r in results),
+        "failures": sorted({f for r in results for f in r["failures"]})[:5],
+        "retransmissions": sum(r["retransmissions"] for r in results),
+        "ks_cpu_s": cpu, "ks_user_s": user, "ks_system_s": system, "wall_s": wall, "generator_cpu_s": sum(r["cpu_s"] for r in results),
+        "ks_registrations": status.get("registrations"), "ks_refusals": status.get("refusals"),
+        "ks_phase1_failures": status.get("phase1_failures"), "members_in_store": members_in_store,
+        "msecd_exit": rc, "log_errors": [line for line in log.splitlines() if " ERROR " in line][:5],
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--registrations", type=int, default=300)
-    ap.add_argument("--window", type=int, default=16, help="registrations in flight")
-    ap.add_argument("--floor-n", type=int, default=100, help="crypto floor iterations (before and after)")
-    ap.add_argument("--serve", nargs=3, metavar=("MODE", "DIR", "FLOOR_N"), help=argparse.SUPPRESS)
+    ap.add_argument("--members", type=int, default=10000, help="PSK members to register (default 10000)")
+    ap.add_argument("--ecdsa-members", type=int, default=None, help="certificate members (default: --members)")
+    ap.add_argument("--window", type=int, default=48, help="registrations in flight in total (< 64, the per-address half-open limit)")
+    ap.add_argument("--generators", type=int, default=2, help="load generator processes")
+    ap.add_argument("--floor-n", type=int, default=200, help="crypto floor iterations (before and after)")
+    ap.add_argument("--modes", default="psk,ecdsa", help="comma-separated: psk, ecdsa")
+    ap.add_argument("--state-parent", type=Path, default=ROOT,
+                    help="where the key server's state directory goes (default: the repository, i.e. a disk: "
+                         "/tmp is often tmpfs, where fsync costs nothing)")
+    ap.add_argument("--profile", type=Path, default=None, help="run the PSK key server under cProfile, stats to this file")
+    ap.add_argument("--generate", nargs=6, metavar=("MODE", "PORT", "FIRST", "N", "WINDOW", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.serve:
-        mode, workdir, floor_n = args.serve
-        asyncio.run(_serve(mode, Path(workdir), int(floor_n)))
+    if args.generate:
+        mode, port, first, n, window, workdir = args.generate
+        generator_main(mode, int(port), int(first), int(n), int(window), Path(workdir))
         return 0
-    n = args.registrations
-    pki = _pki(n)
-    ca, _ca_key, (kc, kk), _members = pki
+    modes = [m for m in args.modes.split(",") if m]
+    counts = {"psk": args.members, "ecdsa": args.members if args.ecdsa_members is None else args.ecdsa_members}
+    floor_before = _floor(args.floor_n)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="msec-bench-registration-") as d:
+    with tempfile.TemporaryDirectory(prefix="msec-bench-registration-") as d, \
+            tempfile.TemporaryDirectory(prefix=".msec-bench-registration-state-", dir=args.state_parent) as sd:
         workdir = Path(d)
-        (workdir / "ca.pem").write_bytes(_pem_cert(ca))
-        (workdir / "ks.pem").write_bytes(_pem_cert(kc))
-        (workdir / "ks.key").write_bytes(_pem_key(kk))
-        (workdir / "signing.pem").write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1())))
-        for p in workdir.iterdir():
-            os.chmod(p, 0o600)
-        for mode in ("psk", "ecdsa"):
-            r = _run_mode(mode, n, args.window, args.floor_n, workdir, pki)
-            if r["ok"] != n or r["registered"] != n:
-                raise SystemExit(f"{mode}: {r['ok']} of {n} members registered ({r['failed']} failed, first: {r['first_failure']}); "
-                                 f"key server counted {r['registered']}")
-            r["per_s"] = r["registered"] / r["busy_s"]
-            r["floor_per_s"] = 1 / r["floor_s"]
-            r["ratio"] = r["per_s"] / r["floor_per_s"]
-            results[mode] = r
-    print("key server: KeyServerEngine in a minimal asyncio UDP shell (not msecd), store fsync'ed per commit")
-    for mode, label in (("psk", "PSK + group 19"), ("ecdsa", "ECDSA-P256 + group 19")):
+        os.chmod(workdir, 0o700)
+        write_pki(workdir)
+        fs = fs_type(Path(sd))
+        for mode in modes:
+            results[mode] = run_mode(mode, counts[mode], args.window, args.generators, workdir, Path(sd),
+                                     args.profile if mode == "psk" else None)
+    floor_after = _floor(args.floor_n)
+    fl = {k: floor_before[k] + floor_after[k] for k in floor_before}
+    per = {"dh": fl["dh_s"] / fl["n"], "sign": fl["sign_s"] / fl["n"], "verify": fl["verify_s"] / fl["n"]}
+    failures = 0
+    print(f"key server: a real msecd process per mode (store fsync'ed on {fs}, log level info); "
+          "achieved = registrations / its CPU time (utime+stime)")
+    for mode in modes:
         r = results[mode]
-        parts = ", ".join(f"{k} {v:.3f} ms" for k, v in r["floor_parts_ms"].items() if mode == "ecdsa" or k == "dh")
-        print(f"{label:22s} {r['per_s']:7.0f} registrations/s of key server busy time "
-              f"({r['busy_s'] / n * 1e3:.2f} ms each, CPU {r['cpu_s'] / n * 1e3:.2f} ms); "
-              f"wall {n / r['wall_s']:.0f}/s with {args.window} in flight; "
-              f"floor {r['floor_per_s']:.0f}/s ({parts}); ratio {r['ratio']:.3f}; "
-              f"{r['registered'] / max(1, r['stats'].get('commits', 1)):.1f} registrations per store commit")
-    summary = {
-        "name": "registration",
-        "registrations": n,
-        "window": args.window,
-        "psk_g19_per_s": round(results["psk"]["per_s"], 1),
-        "ecdsa_p256_g19_per_s": round(results["ecdsa"]["per_s"], 1),
-        "psk_wall_per_s": round(n / results["psk"]["wall_s"], 1),
-        "ecdsa_wall_per_s": round(n / results["ecdsa"]["wall_s"], 1),
-        "crypto_floor_psk_per_s": round(results["psk"]["floor_per_s"], 1),
-        "crypto_floor_ecdsa_per_s": round(results["ecdsa"]["floor_per_s"], 1),
-        "ratio_psk": round(results["psk"]["ratio"], 3),
-        "ratio_ecdsa": round(results["ecdsa"]["ratio"], 3),
-        "ratio": round(min(results["psk"]["ratio"], results["ecdsa"]["ratio"]), 3),
-    }
+        n = r["members"]
+        floor_s = per["dh"] + (per["sign"] + per["verify"] if mode == "ecdsa" else 0.0)
+        r["floor_per_s"] = 1 / floor_s
+        r["per_s"] = r["ok"] / r["ks_cpu_s"] if r["ks_cpu_s"] > 0 else 0.0
+        r["ratio"] = r["per_s"] / r["floor_per_s"]
+        bad = r["failed"] + (n - r["ok"] - r["failed"])
+        if r["ks_registrations"] != n or r["members_in_store"] != n:
+            bad = max(bad, 1)
+        failures += bad
+        parts = ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in per.items() if mode == "ecdsa" or k == "dh")
+        label = "PSK + group 19" if mode == "psk" else "ECDSA-P256 + group 19"
+        print(f"{label:22s} {r['ok']}/{n} registered, {r['failed']} failed, {r['retransmissions']} retransmissions; "
+              f"{r['per_s']:6.0f}/s of key server CPU ({r['ks_cpu_s'] / max(1, r['ok']) * 1e3:.3f} ms each: "
+              f"user {r['ks_user_s'] / max(1, r['ok']) * 1e3:.3f}, system {r['ks_system_s'] / max(1, r['ok']) * 1e3:.3f}); "
+              f"wall {r['ok'] / r['wall_s']:.0f}/s with {args.window} in flight, {args.generators} generators "
+              f"({r['generator_cpu_s'] / max(1, r['ok']) * 1e3:.2f} ms member CPU each); "
+              f"floor {r['floor_per_s']:.0f}/s ({parts}); ratio {r['ratio']:.3f}")
+        if bad:
+            print(f"FAILED: {mode}: {r['ok']} of {n} members registered, {r['failed']} failed "
+                  f"(first reasons: {r['failures']}); key server counted {r['ks_registrations']}, "
+                  f"store holds {r['members_in_store']}; msecd errors: {r['log_errors']}", file=sys.stderr)
+    summary = {"name": "registration", "window": args.window, "generators": args.generators, "state_fs": fs,
+               "failures": failures}
+    for mode in modes:
+        r = results[mode]
+        summary[mode] = {"members": r["members"], "registered": r["ok"], "failed": r["failed"],
+                         "retransmissions": r["retransmissions"], "per_s": round(r["per_s"], 1),
+                         "ks_cpu_ms_per_registration": round(r["ks_cpu_s"] / max(1, r["ok"]) * 1e3, 3),
+                         "wall_per_s": round(r["ok"] / r["wall_s"], 1), "floor_per_s": round(r["floor_per_s"], 1),
+                         "ratio": round(r["ratio"], 3)}
+    summary["ratio"] = round(min(results[m]["ratio"] for m in modes), 3) if modes else 0.0
     print(json.dumps(summary, separators=(",", ":")))
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
