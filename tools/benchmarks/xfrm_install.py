@@ -31,7 +31,7 @@ Two kernels (compare rates only within one kernel):
   policies, best of ``--lab-repeat`` runs per way (default 2: UML is slow, about 1,000 to
   7,000 objects/s; a whole lab run takes about two minutes). UML traps every system call and
   page fault, which flatters batching and penalises a cold heap.
-* **host_policies**: the host kernel (no ESP), N policies only, best of ``--repeat`` (default 3),
+* **host_policies**: the host kernel (no ESP), N policies only, best of ``--repeat`` (default 5),
   the ways interleaved so that machine load hits them alike.
 
 The data: group i has sender 10.78.x.y, group address 239.1.x.y (i+1 in the low 16 bits, then
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tools/bench xfrm-install", description=__doc__.split(
         "\n")[0])
     ap.add_argument("--count", type=int, default=10_000, help="group SAs (default 10000)")
-    ap.add_argument("--repeat", type=int, default=3, help="host runs per way, best kept")
+    ap.add_argument("--repeat", type=int, default=5, help="host runs per way, best kept")
     ap.add_argument("--lab-repeat", type=int, default=2, help="lab runs per way, best kept")
     ap.add_argument("--only", choices=("host", "lab"), help="run one part only")
     ap.add_argument("--lab-part", action="store_true",
