@@ -498,6 +498,24 @@ class KeyStore:
                 raise StoreError(f"group {group_id}: member {identity!r} or leaf {leaf} already registered") from None
         return Member(group_id, identity, address, registered_at, leaf)
 
+    def put_member(self, group_id: int, identity: str, address: str, *, registered_at: int) -> Member:
+        """Record a member without an LKH leaf, replacing its earlier record (re-registration):
+        :meth:`remove_member` + :meth:`add_member` in one statement.  For the registration hot
+        path, inside a :meth:`transaction` whose caller checked that the group exists (an
+        unknown group still fails, by the foreign key).  Refuses, changing nothing, when the
+        member's earlier record has a leaf (LKH: the tree must be updated with it)."""
+        with self.transaction():
+            try:
+                cur = self._conn.execute(
+                    "INSERT INTO members VALUES (?, ?, ?, ?, NULL) ON CONFLICT (group_id, identity) DO UPDATE "
+                    "SET address = excluded.address, registered_at = excluded.registered_at WHERE leaf IS NULL",
+                    (group_id, identity, address, registered_at))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"unknown group {group_id}") from None
+            if cur.rowcount != 1:
+                raise StoreError(f"group {group_id}: member {identity!r} has an LKH leaf")
+        return Member(group_id, identity, address, registered_at, None)
+
     def remove_members(self, group_id: int, identities: Iterable[str]) -> int:
         """Forget members; returns how many were removed."""
         ids = list(identities)

@@ -33,7 +33,7 @@ from typing import Callable, ContextManager, Iterator, Protocol
 from cryptography.hazmat.primitives import serialization
 
 from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LkhTree, LkhUpdate
-from gkm.store import KeyState, KeyStore
+from gkm.store import KeyState, KeyStore, StoreError
 from policy.model import GroupPolicy
 
 from .keys import new_kek_keymat, new_tek_keymat, random_spi
@@ -158,6 +158,7 @@ class StoreKeysProvider:
         self._tentative: dict[int, GroupKeys] = {}
         self._trees: dict[int, LkhTree | None] = {}
         self._cache: dict[int, tuple[GroupPolicy, GroupKeys, int]] = {}  # group -> (policy, keys, read at)
+        self._checked: dict[int, tuple[GroupKeys, int | None]] | None = None  # inside batch(): group -> (keys, SEQ)
 
     def invalidate(self, group_id: int | None = None) -> None:
         """Forget cached keys (all groups with None).  Whoever changes a group's keys in the
@@ -190,6 +191,17 @@ class StoreKeysProvider:
     def enroll(self, group: GroupPolicy, keys: GroupKeys, member: str, address: str, now: int) -> Enrollment:
         gid = group.group_id
         st = self.store
+        checked = self._checked.get(gid) if self._checked is not None else None
+        if checked is not None and checked[0] is keys:
+            # same batch, same keys already checked and persisted by an earlier enrollment, no
+            # LKH tree: only the member's row changes (SEQ cannot change inside the batch's
+            # transaction: KeyStore.next_seq refuses to run in one)
+            try:
+                st.put_member(gid, member, address, registered_at=now)
+            except StoreError:
+                pass  # e.g. an earlier record with an LKH leaf: the general path below
+            else:
+                return Enrollment(checked[1], None, KEY_TYPE_AES_KEYWRAP, None)
         tree = None
         try:
             with st.transaction():
@@ -242,16 +254,27 @@ class StoreKeysProvider:
         if keys.tentative:
             self._tentative.pop(gid, None)
             self._cache.pop(gid, None)
+        if self._checked is not None and tree is None:
+            self._checked[gid] = (keys, seq)
         return Enrollment(seq, lkh_path, KEY_TYPE_AES_KEYWRAP, update)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator["StoreKeysProvider"]:
+        """One transaction for several :meth:`enroll` calls.  Inside it, the keys an enrollment
+        checked (and persisted) are not checked again for the group's next members: nothing
+        else writes to the store while the batch runs (one writer, the daemon's loop)."""
+        outer = self._checked is None
+        if outer:
+            self._checked = {}
         try:
             with self.store.transaction():
                 yield self
         except BaseException:
             self._trees.clear()  # trees may hold joins that were rolled back: reload from the store
             raise
+        finally:
+            if outer:
+                self._checked = None
 
     # -- internals
 

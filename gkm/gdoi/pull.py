@@ -109,17 +109,23 @@ class _Refuse(Exception):
 # ---------------------------------------------------------------------------------- codec
 
 
+# ISAKMP header (RFC 2408 section 3.1) of an encrypted GROUPKEY-PULL message starting with HASH:
+# cookies, next payload, version 1.0, exchange, flags, M-ID, length
+_PULL_HDR = struct.Struct("!16sBBBBII")
+_GEN = struct.Struct("!BBH")  # generic payload header (RFC 2408 section 3.2)
+
+
 def seal(sa: Phase1SA, mid: int, iv: bytes, payloads: tuple, prefix: bytes) -> tuple[bytes, bytes]:
     """``HDR*, HASH(n), payloads`` encrypted; returns (datagram, last ciphertext block).
 
     HASH(n) = prf(SKEYID_a, M-ID | prefix | payloads as encoded)."""
     np, rest = wire.encode_payloads(payloads)
     h = sa.hash_a(_I.pack(mid) + prefix + rest)
-    chain = wire.encode_payload(Hash(h), np) + rest
+    chain = _GEN.pack(np, 0, 4 + len(h)) + h + rest
     bs = sa.block_size
     chain += bytes(-len(chain) % bs)
     ct = sa.encrypt(iv, chain)
-    hdr = wire.encode_header(wire.Header(sa.icookie, sa.rcookie, EXCHANGE, Flags.ENCRYPTION, mid), PayloadType.HASH, 28 + len(ct))
+    hdr = _PULL_HDR.pack(sa.icookie + sa.rcookie, PayloadType.HASH, 0x10, EXCHANGE, Flags.ENCRYPTION, mid, 28 + len(ct))
     return hdr + ct, ct[-bs:]
 
 
@@ -145,15 +151,18 @@ def open_message(sa: Phase1SA, data: bytes, iv: bytes, number: int, prefix: Call
         raise PullDrop(f"message {number} does not start with HASH")
     rest = msg.payloads[1:]
     allowed = ALLOWED_PAYLOADS[number]
-    counts = Counter(p.TYPE for p in rest)
-    for t, n in counts.items():
+    counts: dict[int, int] = {}
+    for p in rest:
+        t = p.TYPE
+        n = counts.get(t, 0) + 1
         lim = allowed.get(t)
         if lim is None:
             raise PullDrop(f"payload type {t} not allowed in message {number}")
         if n > lim[1]:
             raise PullDrop(f"payload type {t} repeated in message {number}")
+        counts[t] = n
     for t, (lo, _hi) in allowed.items():
-        if counts.get(t, 0) < lo:
+        if lo and counts.get(t, 0) < lo:
             raise PullDrop(f"message {number} lacks payload type {t}")
     hash_len = 4 + len(msg.payloads[0].data)
     end = len(pt) - len(msg.padding)
@@ -520,6 +529,7 @@ class PullResponder:
         self._sig_bits: dict[bytes, int] = {}
         self._enroll: list = []
         self._sa_cache: dict = {}
+        self._kd_cache: dict = {}  # (id(GroupKeys), with KEK) -> (keys, encoded KD payload): holds key material, in memory only
         self.stats: Counter[str] = Counter()
 
     # -- inputs
@@ -740,14 +750,15 @@ class PullResponder:
 
     def _reply4(self, key, p: _Pending, data: bytes, addr: Any, now: float, iv: bytes, enr) -> None:
         group, keys = p.group, p.keys
-        packets = [pw.tek_packet(tk.spi, tk.enc_keymat, tk.auth_key) for tk in keys.teks]
-        payloads: list = []
-        if keys.kek is not None and group.kek is not None:
-            payloads.append(Sequence(enr.seq or 0))
+        with_kek = keys.kek is not None and group.kek is not None
+        payloads: list = [Sequence(enr.seq or 0)] if with_kek else []
+        if with_kek and enr.lkh_path:
+            packets = [pw.tek_packet(tk.spi, tk.enc_keymat, tk.auth_key) for tk in keys.teks]
             packets.append(pw.kek_packet(keys.kek.spi, keys.kek.keymat, keys.kek.public_key))
-            if enr.lkh_path:
-                packets.append(pw.lkh_packet(keys.kek.spi, list(enr.lkh_path), enr.lkh_key_type))
-        payloads.append(KeyDownload(tuple(packets)))
+            packets.append(pw.lkh_packet(keys.kek.spi, list(enr.lkh_path), enr.lkh_key_type))
+            payloads.append(KeyDownload(tuple(packets)))
+        else:
+            payloads.append(self._kd_payload(keys, with_kek))
         msg4, _ = seal(p.sa, key[1], iv, tuple(payloads), p.ni + p.nr)
         self._completed[key] = (data, msg4, now + self.completed_timeout)
         while len(self._completed) > self.max_completed:
@@ -756,6 +767,23 @@ class PullResponder:
         self.stats["registered"] += 1
         log.info("gdoi ks: %s from %r registered in group %s", p.identity, addr, group.group_id)
         self._events.append(MemberRegistered(group.group_id, p.identity, addr, tuple(t.spi for t in keys.teks), enr.lkh_update))
+
+    def _kd_payload(self, keys: GroupKeys, with_kek: bool) -> "_Encoded":
+        """The KD payload without an LKH path: the same bytes for every member getting these
+        keys, encoded once per keys value (the reference in the entry keeps id(keys) from being
+        reused while it is cached)."""
+        ck = (id(keys), with_kek)
+        hit = self._kd_cache.get(ck)
+        if hit is not None and hit[0] is keys:
+            return hit[1]
+        packets = [pw.tek_packet(tk.spi, tk.enc_keymat, tk.auth_key) for tk in keys.teks]
+        if with_kek:
+            packets.append(pw.kek_packet(keys.kek.spi, keys.kek.keymat, keys.kek.public_key))
+        enc = _Encoded(PayloadType.KD, KeyDownload(tuple(packets)).encode())
+        if len(self._kd_cache) >= 16:
+            self._kd_cache.clear()
+        self._kd_cache[ck] = (keys, enc)
+        return enc
 
     def _refuse(self, sa: Phase1SA, mid: int, gid: int, identity: Identity | None, addr: Any, reason: str, notify: int) -> None:
         self.stats["refused"] += 1
