@@ -81,24 +81,21 @@ def decode_attributes(
 ) -> tuple[Attribute, ...]:
     """Decode the attributes in ``buf[pos:end]`` (all of it).  ``types`` (from
     :func:`attribute_types`) maps the raw type words to enum members; others stay ``int``."""
+    # Globals and direct method calls: CPython 3.11 specializes ``list.append`` / ``dict.get``
+    # calls and global loads, which beats binding them to locals first.
     out = []
-    append = out.append
-    get = types.get
-    unpack = _hh_unpack
-    tnew = _tnew
-    cls = Attribute
     last = end - 4
     while pos <= last:
-        t, v = unpack(buf, pos)
+        t, v = _hh_unpack(buf, pos)
         if t >= 0x8000:  # AF=1, TV (a compare is cheaper than a mask in CPython 3.11)
             pos += 4
-            append(tnew(cls, (get(t, t - 0x8000), v)))
+            out.append(_tnew(Attribute, (types.get(t, t - 0x8000), v)))
         else:
             s = pos + 4
             pos = s + v
             if pos > end:
                 raise WireError(where, s - 2, f"attribute {t} length {v} exceeds its container by {pos - end}")
-            append(tnew(cls, (get(t, t), buf[s:pos])))
+            out.append(_tnew(Attribute, (types.get(t, t), buf[s:pos])))
     if pos != end:
         raise WireError(where, pos, f"truncated attribute header ({end - pos} bytes left)")
     return tuple(out)
@@ -106,24 +103,22 @@ def decode_attributes(
 
 def encode_attributes(attributes: Iterable[Attribute], where: str) -> bytes:
     parts = []
-    append = parts.append
-    pack = _hh_pack
     try:
         for t, v in attributes:
             if t >> 15:  # also catches negative types
                 raise WireError(where, -1, f"attribute type {t} out of range 0..32767")
             c = v.__class__
             if c is int:
-                append(pack(0x8000 | t, v))  # struct.error outside 0..65535
+                parts.append(_hh_pack(0x8000 | t, v))  # struct.error outside 0..65535
             elif c is bytes:
-                append(pack(t, len(v)))  # struct.error past 65535 bytes
-                append(v)
+                parts.append(_hh_pack(t, len(v)))  # struct.error past 65535 bytes
+                parts.append(v)
             elif isinstance(v, int):
-                append(pack(0x8000 | t, v))
+                parts.append(_hh_pack(0x8000 | t, v))
             else:
                 v = bytes(v)
-                append(pack(t, len(v)))
-                append(v)
+                parts.append(_hh_pack(t, len(v)))
+                parts.append(v)
     except struct.error:
         raise WireError(where, -1, f"attribute {t} value out of range (TV: 0..65535, TLV: up to 65535 bytes)") from None
     return b"".join(parts)

@@ -397,18 +397,15 @@ class GdoiSa:
             raise WireError("SA", pos + 10, "RESERVED2 not zero")
         pos += 12
         children = []
-        append = children.append
-        decoders = _SA_CHILD_DECODERS
-        gen = _gen_unpack
         while np:
-            dec = decoders.get(np)
+            dec = _SA_CHILD_DECODERS.get(np)
             if dec is None or end - pos < 4 or len(children) == MAX_SA_CHILDREN:
                 _sa_child_error(buf, pos, end, np, len(children))
-            nnp, reserved, length = gen(buf, pos)
+            nnp, reserved, length = _gen_unpack(buf, pos)
             cend = pos + length
             if reserved or length < 4 or cend > end:
                 _generic(buf, pos, end, f"SA/{_SA_CHILDREN[np].__name__}[{len(children)}]")  # raises the precise error
-            append(dec(buf, pos + 4, cend))
+            children.append(dec(buf, pos + 4, cend))
             np = nnp
             pos = cend
         if pos != end:
@@ -417,8 +414,6 @@ class GdoiSa:
 
     def encode(self) -> bytes:
         parts = [b""]
-        append = parts.append
-        gen = _gen_pack
         np = 0  # PayloadType.NONE
         for child in reversed(self.payloads):
             t = child.TYPE
@@ -428,10 +423,10 @@ class GdoiSa:
             n = len(body) + 4
             if n > 0xFFFF:
                 raise WireError(f"SA/{type(child).__name__}", -1, f"payload too long ({n} bytes)")
-            append(body)
-            append(gen(np, 0, n))
+            parts.append(body)
+            parts.append(_gen_pack(np, 0, n))
             np = t
-        append(_pack("SA", _IIHH, _GDOI, self.situation, np, 0))
+        parts.append(_pack("SA", _IIHH, _GDOI, self.situation, np, 0))
         parts.reverse()
         return b"".join(parts)
 
@@ -498,26 +493,21 @@ class KeyDownload:
             raise WireError("KD", pos + 2, "RESERVED2 not zero")
         pos += 4
         packets = []
-        append = packets.append
-        kd_attrs = _KD_ATTRS
-        kd_types = _KD_TYPES
-        unpack = _bbhb_unpack
-        make = _make_key_packet
         while pos < end:
             n = len(packets)
             if n == count:
                 raise WireError(f"KD/packet[{count}]", pos, f"more key packets than Number of Key Packets ({count})")
             if end - pos < 5:
                 raise WireError(f"KD/packet[{n}]", pos, f"truncated key packet header ({end - pos} bytes left)")
-            kd_type, res, length, spi_size = unpack(buf, pos)
+            kd_type, res, length, spi_size = _bbhb_unpack(buf, pos)
             if res:
                 raise WireError(f"KD/packet[{n}]", pos + 1, "RESERVED not zero")
             pend = pos + length
             s = pos + 5 + spi_size
             if length < 5 + spi_size or pend > end:
                 raise WireError(f"KD/packet[{n}]", pos + 2, f"KD Length {length} does not fit (SPI size {spi_size}, {end - pos} bytes left)")
-            attrs = decode_attributes(buf, s, pend, kd_attrs.get(kd_type, _NO_ENUM), "KD/packet")
-            append(make(kd_types.get(kd_type, kd_type), buf[pos + 5 : s], attrs))
+            attrs = decode_attributes(buf, s, pend, _KD_ATTRS.get(kd_type, _NO_ENUM), "KD/packet")
+            packets.append(_make_key_packet(_KD_TYPES.get(kd_type, kd_type), buf[pos + 5 : s], attrs))
             pos = pend
         if count != len(packets):
             raise WireError("KD", pos, f"Number of Key Packets says {count}, found {len(packets)}")
@@ -528,20 +518,18 @@ class KeyDownload:
         if len(packets) > 0xFFFF:
             raise WireError("KD", -1, "too many key packets")
         parts = [_hh_pack(len(packets), 0)]
-        append = parts.append
-        pack = _bbhb_pack
         for p in packets:
             spi = p.spi
             if spi.__class__ is not bytes:
-                append(p.encode())  # the general path (and its errors)
+                parts.append(p.encode())  # the general path (and its errors)
                 continue
             attrs = encode_attributes(p.attributes, "KD/packet")
             try:
-                append(pack(p.kd_type, 0, 5 + len(spi) + len(attrs), len(spi)))
+                parts.append(_bbhb_pack(p.kd_type, 0, 5 + len(spi) + len(attrs), len(spi)))
             except (struct.error, TypeError) as e:
                 raise WireError("KD/packet", -1, f"key packet does not fit: {e}") from None
-            append(spi)
-            append(attrs)
+            parts.append(spi)
+            parts.append(attrs)
         return b"".join(parts)
 
 

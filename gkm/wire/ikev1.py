@@ -199,7 +199,6 @@ class Proposal:
         pos += spi_size
         attr_types = _PHASE1_ATTRS if proto == _ISAKMP else _IPSEC_ATTRS
         transforms = []
-        append = transforms.append
         np = _TRANSFORM if pos < end else _NONE
         while np:
             if np != _TRANSFORM:
@@ -210,11 +209,11 @@ class Proposal:
                 np, reserved, length, number_t, tid, res2 = _transform_unpack(buf, pos)
                 tend = pos + length
                 if not reserved and not res2 and 8 <= length and tend <= end:
-                    append(_make_transform(number_t, tid, decode_attributes(buf, pos + 8, tend, attr_types, where)))
+                    transforms.append(_make_transform(number_t, tid, decode_attributes(buf, pos + 8, tend, attr_types, where)))
                     pos = tend
                     continue
             np, tend = _generic(buf, pos, end, where, "Transform", len(transforms))
-            append(Transform.decode(buf, pos + 4, tend, attr_types, where))
+            transforms.append(Transform.decode(buf, pos + 4, tend, attr_types, where))
             pos = tend
         if pos != end:
             raise WireError(where, pos, f"{end - pos} bytes after the last Transform")

@@ -163,36 +163,33 @@ def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange:
     chooses the SA layout.  Offsets are absolute in ``buf``.
     """
     payloads = []
-    append = payloads.append
     np = next_payload
-    decoders = _DECODERS
-    gen = _gen_unpack
     gdoi_layout = exchange in _GDOI_EXCHANGES
     while np:
         if end - pos < 4 or len(payloads) == MAX_PAYLOADS:
             if end - pos < 4:
                 raise WireError(_NAMES.get(np, str(np)), pos, f"truncated generic payload header ({end - pos} bytes left)")
             raise WireError(_NAMES.get(np, str(np)), pos, f"more than {MAX_PAYLOADS} payloads in one message")
-        nnp, reserved, length = gen(buf, pos)
+        nnp, reserved, length = _gen_unpack(buf, pos)
         pend = pos + length
         if reserved or length < 4 or pend > end:
             if reserved:
                 # RFC 2408 §2.5.2/§3.2: RESERVED, not a critical bit as in IKEv2 (RFC 7296 §3.2).
                 raise WireError(_NAMES.get(np, str(np)), pos + 1, "RESERVED octet not zero (RFC 2408 §2.5.2)")
             raise WireError(_NAMES.get(np, str(np)), pos + 2, f"payload length {length} outside 4..{end - pos}")
-        dec = decoders.get(np)
+        dec = _DECODERS.get(np)
         if dec is not None:
-            append(dec(buf, pos + 4, pend))
+            payloads.append(dec(buf, pos + 4, pend))
         elif np == _SA:
             # The SA layout: see _decode_sa (inline here).
             if gdoi_layout and length >= 8 and buf[pos + 4 : pos + 8] == _GDOI_DOI:
-                append(_gdoi_sa_decode(buf, pos + 4, pend))
+                payloads.append(_gdoi_sa_decode(buf, pos + 4, pend))
             else:
-                append(_sa_decode(buf, pos + 4, pend))
+                payloads.append(_sa_decode(buf, pos + 4, pend))
         elif np in _INNER_ONLY:
             raise WireError(_NAMES[np], pos, "payload allowed only inside an SA payload")
         else:
-            append(_make_unknown(np, buf[pos + 4 : pend]))
+            payloads.append(_make_unknown(np, buf[pos + 4 : pend]))
         np = nnp
         pos = pend
     return tuple(payloads), pos
@@ -208,16 +205,14 @@ def encode_payloads(payloads: Iterable[Payload]) -> tuple[int, bytes]:
 
 def _encode_chain(payloads: tuple, parts: list) -> int:
     """Append the chain to ``parts`` in reverse order (last payload first); return the first type."""
-    append = parts.append
-    pack = _gen_pack
     np = 0  # PayloadType.NONE
     for p in reversed(payloads):
         body = p.encode()
         n = len(body) + 4
         if n > 0xFFFF:
             raise WireError(type(p).__name__, -1, f"payload too long ({n} bytes)")
-        append(body)
-        append(pack(np, 0, n))
+        parts.append(body)
+        parts.append(_gen_pack(np, 0, n))
         np = p.TYPE
     return np
 
