@@ -17,6 +17,9 @@ Timing uses process CPU time (time.process_time), a warm-up run, and the best of
 repeats, so other load on the machine disturbs the result less (still compare before/after in
 the same conditions).  The last line is JSON; "ratio" is msec PUSH rounds per second divided by
 scapy's, "push_per_s" the PUSH decode+encode rate and "goal_push_per_s" the goal of issue 3.
+"python_loop_ns" (CPU time of one iteration of an empty ``for`` loop) tells how fast this
+interpreter and core are, to compare figures from different machines.  ``--parts`` also prints
+where the PUSH time goes (per payload, and the attribute blocks alone).
 """
 
 from __future__ import annotations
@@ -44,6 +47,74 @@ def rate(fn, seconds: float, repeat: int) -> float:
     return number / min(t.repeat(repeat=repeat, number=number))
 
 
+def python_loop_ns(repeat: int) -> float:
+    """CPU ns per iteration of ``for _ in range(n): pass`` (best of ``repeat``)."""
+    n = 200_000
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.process_time()
+        for _ in range(n):
+            pass
+        best = min(best, time.process_time() - t)
+    return best / n * 1e9
+
+
+def push_parts(data: bytes, seconds: float, repeat: int) -> dict[str, float]:
+    """Microseconds per part of the PUSH round (decode of each payload body, encode of each)."""
+    from gkm.wire import GdoiSa, KeyDownload, SaKek, SaTek, Sequence, Signature, decode_header, encode_header
+    from gkm.wire.attributes import decode_attributes, encode_attributes
+    from gkm.wire.gdoi import _IPSEC_ATTRS, _KD_ATTRS, _KEK_ATTRS
+    from gkm.wire.message import encode_payload
+
+    msg = decode_message(data)
+    seq, sa, kd, sig = msg.payloads
+    spans, pos = [], 28
+    for p in msg.payloads:
+        n = len(encode_payload(p))
+        spans.append((pos + 4, pos + n))
+        pos += n
+    kids, pos = [], spans[1][0] + 12
+    for c in sa.payloads:
+        n = len(c.encode()) + 4
+        kids.append((c, pos + 4, pos + n))
+        pos += n
+    blocks = [(c.attributes, _KEK_ATTRS if type(c) is SaKek else _IPSEC_ATTRS) for c in sa.payloads]
+    blocks += [(k.attributes, _KD_ATTRS[k.kd_type]) for k in kd.packets]
+    raw = [(encode_attributes(a, "x"), t) for a, t in blocks]
+    n_attrs = sum(len(a) for a, _ in blocks)
+
+    def attrs_decode():
+        for b, t in raw:
+            decode_attributes(b, 0, len(b), t, "x")
+
+    def attrs_encode():
+        for a, _ in blocks:
+            encode_attributes(a, "x")
+
+    (sak, sak_s, sak_e), (sat1, sat1_s, sat1_e), (sat2, sat2_s, sat2_e) = kids
+    parts = {
+        "decode header": lambda: decode_header(data),
+        "decode SEQ": lambda: Sequence.decode(data, *spans[0]),
+        "decode SA": lambda: GdoiSa.decode(data, *spans[1]),
+        "decode  SA KEK": lambda: SaKek.decode(data, sak_s, sak_e),
+        "decode  SA TEK 1": lambda: SaTek.decode(data, sat1_s, sat1_e),
+        "decode  SA TEK 2": lambda: SaTek.decode(data, sat2_s, sat2_e),
+        f"decode KD ({len(kd.packets)} packets)": lambda: KeyDownload.decode(data, *spans[2]),
+        "decode SIG": lambda: Signature.decode(data, *spans[3]),
+        "encode header": lambda: encode_header(msg.header, seq.TYPE, len(data)),
+        "encode SEQ": seq.encode,
+        "encode SA": sa.encode,
+        "encode  SA KEK": sak.encode,
+        "encode  SA TEK 1": sat1.encode,
+        "encode  SA TEK 2": sat2.encode,
+        "encode KD": kd.encode,
+        "encode SIG": sig.encode,
+        f"[{n_attrs} attributes, {len(blocks)} blocks] decode": attrs_decode,
+        f"[{n_attrs} attributes, {len(blocks)} blocks] encode": attrs_encode,
+    }
+    return {name: 1e6 / rate(fn, seconds, repeat) for name, fn in parts.items()}
+
+
 def _rebuilt(value):
     """A deep copy of a decoded value made with the public constructors (no decoder objects)."""
     if dataclasses.is_dataclass(value):
@@ -61,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=0.2, help="CPU seconds per repeat (default 0.2)")
     ap.add_argument("--repeat", type=int, default=5, help="repeats, best one counts (default 5)")
     ap.add_argument("--no-scapy", action="store_true", help="skip the scapy baseline")
+    ap.add_argument("--parts", action="store_true", help="also time the parts of the PUSH round")
     args = ap.parse_args(argv)
 
     messages = {"push": push_message(encrypted=False), "main_mode": main_mode_message(0)}
@@ -81,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"msec  {name:9} {len(data):5} B  decode+encode {msec:10,.0f}/s  ({1e6 / msec:6.1f} us)"
               f"  decode {1e6 / dec:6.1f} us  encode {1e6 / enc:6.1f} us")
 
+    if args.parts:
+        for name, us in push_parts(messages["push"], args.seconds / 4, args.repeat).items():
+            print(f"      push part  {name:34} {us:6.2f} us")
+
     if not args.no_scapy:
         from scapy.config import conf
 
@@ -98,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             result[f"{name}_ratio"] = round(result[f"{name}_per_s"] / sc, 2)
             print(f"scapy {name:9} {len(data):5} B  decode+bytes() {sc:10,.0f}/s  ({1e6 / sc:6.1f} us)  re-encoding exact: {exact}")
         result["ratio"] = result["push_ratio"]
+    result["push_per_s"] = result.pop("push_per_s")  # next to the goal in the JSON line
     result["goal_push_per_s"] = GOAL_PUSH_PER_S
     result["goal_met"] = result["push_per_s"] >= GOAL_PUSH_PER_S
-    print(f"PUSH decode+encode: {result['push_per_s']:,}/s on one core (goal {GOAL_PUSH_PER_S:,}/s)")
+    result["python_loop_ns"] = round(python_loop_ns(args.repeat), 1)
+    print(f"PUSH decode+encode: {result['push_per_s']:,}/s on one core (goal {GOAL_PUSH_PER_S:,}/s);"
+          f" this interpreter: {result['python_loop_ns']} ns per empty loop iteration")
     print(json.dumps(result, sort_keys=False))
     return 0
 
