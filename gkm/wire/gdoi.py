@@ -132,19 +132,7 @@ def _decode_group_id(buf: bytes, pos: int, end: int, where: str) -> tuple[GroupI
 
 
 def _decode_group_ids(buf: bytes, pos: int, end: int, where: str) -> tuple[GroupId, GroupId, int]:
-    """SRC and DST identities (the common case inline, errors from :func:`_decode_group_id`)."""
-    if end - pos >= 8:
-        t, port, n = _bhb_unpack(buf, pos)
-        s = pos + 4
-        e = s + n
-        if e + 4 <= end and n == _ID_LEN.get(t, n):
-            t2, port2, n2 = _bhb_unpack(buf, e)
-            s2 = e + 4
-            e2 = s2 + n2
-            if e2 <= end and n2 == _ID_LEN.get(t2, n2):
-                get = _ID_TYPES.get
-                make = _make_group_id
-                return make(get(t, t), buf[s:e], port), make(get(t2, t2), buf[s2:e2], port2), e2
+    """SRC and DST identities, step by step (the general path of SaKek/SaTek.decode)."""
     src, pos = _decode_group_id(buf, pos, end, f"{where}/SRC ID")
     dst, pos = _decode_group_id(buf, pos, end, f"{where}/DST ID")
     return src, dst, pos

@@ -34,7 +34,6 @@ of input and no count field is used to allocate, so time and memory are linear i
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Iterable, Union
 
@@ -76,21 +75,11 @@ MAX_PAYLOADS = 128
 _GDOI_EXCHANGES = frozenset((ExchangeType.GROUPKEY_PULL, ExchangeType.GROUPKEY_PUSH))
 _NAMES = {t: t.name for t in PayloadType}
 _INNER_ONLY = frozenset((PayloadType.PROPOSAL, PayloadType.TRANSFORM, PayloadType.SA_KEK, PayloadType.SA_TEK))
-_II = struct.Struct("!I")
 _E = int(Flags.ENCRYPTION)
 _GDOI_DOI = Doi.GDOI.to_bytes(4, "big")
 # Enum members used on the hot paths, bound once (EnumType attribute access is slow).
 _SA = PayloadType.SA
 _GDOI = Doi.GDOI
-
-
-def _decode_sa(buf: bytes, pos: int, end: int, exchange: int):
-    # Decision (RFC 6407 §2.1 / §5.2): the GDOI SA layout (SA Attribute Next Payload) is used
-    # when DOI = 2 in GROUPKEY-PULL / GROUPKEY-PUSH; every other SA, including the DOI-2 SA of
-    # phase 1 (Main/Aggressive Mode) has the RFC 2408 §3.4 proposal layout.
-    if exchange in _GDOI_EXCHANGES and end - pos >= 4 and buf[pos : pos + 4] == _GDOI_DOI:
-        return GdoiSa.decode(buf, pos, end)
-    return SecurityAssociation.decode(buf, pos, end)
 
 
 def _opaque(cls):
@@ -181,7 +170,9 @@ def decode_payloads(buf: bytes, next_payload: int, pos: int, end: int, exchange:
         if dec is not None:
             payloads.append(dec(buf, pos + 4, pend))
         elif np == _SA:
-            # The SA layout: see _decode_sa (inline here).
+            # Decision (RFC 6407 §2.1 / §5.2): the GDOI SA layout (SA Attribute Next Payload) is
+            # used when DOI = 2 in GROUPKEY-PULL / GROUPKEY-PUSH; every other SA, including the
+            # DOI-2 SA of phase 1 (Main/Aggressive Mode) has the RFC 2408 §3.4 proposal layout.
             if gdoi_layout and length >= 8 and buf[pos + 4 : pos + 8] == _GDOI_DOI:
                 payloads.append(_gdoi_sa_decode(buf, pos + 4, pend))
             else:
@@ -260,7 +251,7 @@ def encode_message(
     payloads = tuple(payloads)
     gdoi_exchange = header.exchange in _GDOI_EXCHANGES
     for p in payloads:
-        # The SA layout follows from DOI and exchange (see _decode_sa); refuse what would not
+        # The SA layout follows from DOI and exchange (see decode_payloads); refuse what would not
         # decode back to the same value.
         c = p.__class__
         if c is GdoiSa and not gdoi_exchange:
