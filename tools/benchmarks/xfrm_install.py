@@ -41,7 +41,9 @@ sender/32 -> group/32, priority 2000, template = the SA (address preservation).
 
 Last line: JSON ``{"name": "xfrm-install", "lab": {...}, "host_policies": {...}, "ratio": min
 msec/iproute2, "floor_ratio": min msec/floor}``; each part has ``msec_per_s``, ``iproute2_per_s``,
-``floor_per_s`` (objects per second) and ``installed`` (what each way's dump read back).
+``floor_per_s`` (objects per second, best run), ``installed`` (what each way's dump read back),
+``runs_s`` (every run's seconds) and ``msec_build_s`` (of each msec run, the seconds spent
+building the values and the batch before ``run``).
 """
 
 from __future__ import annotations
@@ -180,12 +182,16 @@ def read_back(ns: str, inp: Inputs, states: bool) -> dict[str, int]:
 
 
 # -- the three ways ---------------------------------------------------------------------------
-def run_msec(ns: str, inp: Inputs, states: bool) -> float:
+def run_msec(ns: str, inp: Inputs, states: bool) -> tuple[float, float]:
+    """(total, of which building the values and the batch) in seconds."""
     with XfrmSocket(ns) as sock:
         gc.collect()
         t0 = time.perf_counter()
-        sock.run(build_batch(inp, states))
-        return time.perf_counter() - t0
+        batch = build_batch(inp, states)
+        t1 = time.perf_counter()
+        sock.run(batch)
+        t2 = time.perf_counter()
+        return t2 - t0, t1 - t0
 
 
 def run_iproute2(ns: str, path: str) -> float:
@@ -213,6 +219,7 @@ def measure(n: int, states: bool, repeat: int, label: str) -> dict:
     msgs = build_batch(inp, states).encode(1)
     times: dict[str, list[float]] = {w: [] for w in WAYS}
     installed: dict[str, dict[str, int]] = {}
+    build_s: list[float] = []  # msec way: values + Batch, before run()
     with tempfile.TemporaryDirectory(prefix="msec-bench-xi-") as tmp:
         path = os.path.join(tmp, "batch")
         with open(path, "w") as f:
@@ -229,7 +236,8 @@ def measure(n: int, states: bool, repeat: int, label: str) -> dict:
             for way in WAYS[r % 3:] + WAYS[:r % 3]:
                 with fresh_netns() as ns:
                     if way == "msec":
-                        t = run_msec(ns, inp, states)
+                        t, build = run_msec(ns, inp, states)
+                        build_s.append(build)
                     elif way == "iproute2":
                         t = run_iproute2(ns, path)
                     else:
@@ -241,6 +249,7 @@ def measure(n: int, states: bool, repeat: int, label: str) -> dict:
     rates = {f"{w}_per_s": round(objects / min(times[w])) for w in WAYS}
     return {**rates, "objects": objects, "kernel": os.uname().release,
             "runs_s": {w: [round(t, 4) for t in times[w]] for w in WAYS},
+            "msec_build_s": [round(t, 4) for t in build_s],
             "installed": installed}
 
 
