@@ -5,6 +5,7 @@ Run by tools/demo inside the kernel lab. For now the SAs and policies are instal
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -44,6 +45,46 @@ def install_group_sa(host, sender_ip: str, spi: int, key: bytes, direction: str)
               "mode", "tunnel", "level", "required"]
     host.run(*policy)
     return state, policy
+
+
+def save_demo_key(path: str, spi: int, key: bytes, src: str) -> None:
+    """The demo's throwaway group key, so an independent ESP implementation can check the
+    capture afterwards (file mode 0600; the key protected nothing but this demo)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"spi": spi, "key": key.hex(), "src": src, "dst": GROUP}, f)
+
+
+def verify_capture(pcap: str, keyfile: str) -> int:
+    """Decrypt the captured ESP with scapy (not the kernel) and show the datagrams inside."""
+    from scapy.layers.inet import IP, UDP, Ether
+    from scapy.layers.ipsec import ESP, SecurityAssociation
+
+    from tools.netlab import read_pcap
+
+    with open(keyfile) as f:
+        k = json.load(f)
+    sa = SecurityAssociation(ESP, spi=k["spi"], crypt_algo="AES-GCM",
+                             crypt_key=bytes.fromhex(k["key"]), crypt_icv_size=16,
+                             tunnel_header=IP(src=k["src"], dst=k["dst"]))
+    n = ok = 0
+    for _ts, frame, _lt in read_pcap(pcap):
+        pkt = Ether(frame)
+        if not pkt.haslayer(ESP) or pkt[IP].dst != k["dst"]:
+            continue
+        n += 1
+        seq = pkt[ESP].seq
+        try:
+            inner = sa.decrypt(pkt[IP])
+        except Exception as e:  # noqa: BLE001 - scapy raises several kinds; report them
+            say(f"    ESP seq {seq}: does not decrypt ({type(e).__name__}: {e})")
+            continue
+        data = bytes(inner[UDP].payload)
+        ok += data.startswith(b"group message")
+        say(f"    ESP seq {seq}: inner {inner[IP].src} > {inner[IP].dst} "
+            f"UDP {inner[UDP].dport}: {data.decode(errors='replace')!r}")
+    say(f"    scapy decrypted {ok}/{n} ESP packets to the datagrams that were sent")
+    return 0 if n and ok == n else 1
 
 
 def main() -> int:
@@ -114,6 +155,7 @@ def main() -> int:
             say("    unexpected SPI on the wire")
         if os.environ.get("MSEC_DEMO_PCAP"):
             say(f"    capture saved: {os.path.relpath(cap.path)}")
+            save_demo_key(cap.path + ".key", spi, key, sender.ip4)
 
     say("\nResult: " + ("OK: every receiver got every datagram, and only ESP crossed the wire."
                         if ok else "FAILED (see above)"))
@@ -122,6 +164,8 @@ def main() -> int:
 
 if __name__ == "__main__":
     try:
+        if sys.argv[1:2] == ["--verify"]:
+            sys.exit(verify_capture(sys.argv[2], sys.argv[3]))
         sys.exit(main())
     except subprocess.CalledProcessError as e:
         print(f"demo failed: {e}", file=sys.stderr)

@@ -152,3 +152,29 @@ def test_kernel_trouble_finds_warnings_in_the_console_log(tmp_path):
     got = labrunner.kernel_trouble(str(log))
     assert got[0].startswith("WARNING:") and "Call Trace:" in got
     assert labrunner.kernel_trouble(str(tmp_path / "missing")) == []
+
+
+def test_demo_verify_capture_decrypts_group_esp(tmp_path, capsys):
+    from scapy.layers.inet import IP, UDP, Ether
+    from scapy.layers.ipsec import ESP, SecurityAssociation
+
+    from tools import demo_group_esp as demo
+
+    key, spi = bytes(range(20)), 0x10000001
+    sa = SecurityAssociation(ESP, spi=spi, crypt_algo="AES-GCM", crypt_key=key,
+                             crypt_icv_size=16, tunnel_header=IP(src="10.77.0.1",
+                                                                 dst="239.1.1.1"))
+    frames = []
+    for i in range(3):
+        inner = IP(src="10.77.0.1", dst="239.1.1.1") / UDP(sport=4000, dport=5000) / \
+            f"group message {i + 1}".encode()
+        frames.append(bytes(Ether(dst="01:00:5e:01:01:01") / sa.encrypt(inner)))
+    pcap = tmp_path / "c.pcap"
+    pcap.write_bytes(_pcap(frames))
+    demo.save_demo_key(str(pcap) + ".key", spi, key, "10.77.0.1")
+    assert os.stat(str(pcap) + ".key").st_mode & 0o777 == 0o600
+    assert demo.verify_capture(str(pcap), str(pcap) + ".key") == 0
+    assert "scapy decrypted 3/3" in capsys.readouterr().out
+    demo.save_demo_key(str(pcap) + ".key", spi, bytes(20), "10.77.0.1")  # wrong key
+    assert demo.verify_capture(str(pcap), str(pcap) + ".key") == 1
+    assert "does not decrypt" in capsys.readouterr().out
