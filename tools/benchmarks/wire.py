@@ -13,9 +13,11 @@ fields, attribute tuples; the padding is the one verbatim part), so ``to_bytes()
 field again.  The benchmark checks this by re-encoding a copy rebuilt with the public
 constructors and comparing the bytes.
 
-Timing uses process CPU time (time.process_time), a warm-up run, and the best of several
-repeats, so other load on the machine disturbs the result less (still compare before/after in
-the same conditions).  The last line is JSON; "ratio" is msec PUSH rounds per second divided by
+Timing uses process CPU time (time.process_time), a warm-up run per function, then many short
+samples taken in turn across all the functions of a group; the fastest sample counts.  Bursts of
+other load on the machine then hit every function alike and mostly miss the best samples (still
+compare before/after in the same conditions).  As timeit does, samples run with the garbage
+collector off.  The last line is JSON; "ratio" is msec PUSH rounds per second divided by
 scapy's, "push_per_s" the PUSH decode+encode rate and "goal_push_per_s" the goal of issue 3.
 "python_loop_ns" (CPU time of one iteration of an empty ``for`` loop) tells how fast this
 interpreter and core are, to compare figures from different machines.  ``--parts`` also prints
@@ -30,6 +32,7 @@ import json
 import sys
 import time
 import timeit
+from typing import Callable
 
 from gkm.wire import decode_message, encode_message
 from gkm.wire.examples import main_mode_message, push_message
@@ -37,21 +40,27 @@ from gkm.wire.examples import main_mode_message, push_message
 GOAL_PUSH_PER_S = 50_000
 
 
-def rate(fn, seconds: float, repeat: int) -> float:
-    """Best rounds per CPU second of ``fn`` over ``repeat`` runs of about ``seconds`` each,
-    after a warm-up (autorange: at least 0.2 s of calls)."""
-    t = timeit.Timer(fn, timer=time.process_time)
-    number, _ = t.autorange()  # warm-up and calibration
-    per = t.timeit(number) / number
-    number = max(1, int(seconds / max(per, 1e-9)))
-    return number / min(t.repeat(repeat=repeat, number=number))
+def rates(fns: dict[str, Callable[[], object]], seconds: float, samples: int) -> dict[str, float]:
+    """Best rounds per CPU second of each function: after a warm-up (timeit's autorange, at
+    least 0.2 s of calls), ``samples`` samples of about ``seconds / samples`` CPU seconds per
+    function, interleaved; the fastest sample counts."""
+    timers = {}
+    for name, fn in fns.items():
+        t = timeit.Timer(fn, timer=time.process_time)
+        number, took = t.autorange()  # warm-up and calibration
+        timers[name] = (t, max(1, int(seconds / samples / max(took / number, 1e-9))))
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(samples):
+        for name, (t, number) in timers.items():
+            best[name] = min(best[name], t.timeit(number) / number)
+    return {name: 1 / b for name, b in best.items()}
 
 
-def python_loop_ns(repeat: int) -> float:
-    """CPU ns per iteration of ``for _ in range(n): pass`` (best of ``repeat``)."""
-    n = 200_000
+def python_loop_ns(samples: int) -> float:
+    """CPU ns per iteration of ``for _ in range(n): pass`` (best of ``samples``)."""
+    n = 100_000
     best = float("inf")
-    for _ in range(repeat):
+    for _ in range(samples):
         t = time.process_time()
         for _ in range(n):
             pass
@@ -59,7 +68,7 @@ def python_loop_ns(repeat: int) -> float:
     return best / n * 1e9
 
 
-def push_parts(data: bytes, seconds: float, repeat: int) -> dict[str, float]:
+def push_parts(data: bytes, seconds: float, samples: int) -> dict[str, float]:
     """Microseconds per part of the PUSH round (decode of each payload body, encode of each)."""
     from gkm.wire import GdoiSa, KeyDownload, SaKek, SaTek, Sequence, Signature, decode_header, encode_header
     from gkm.wire.attributes import decode_attributes, encode_attributes
@@ -112,7 +121,7 @@ def push_parts(data: bytes, seconds: float, repeat: int) -> dict[str, float]:
         f"[{n_attrs} attributes, {len(blocks)} blocks] decode": attrs_decode,
         f"[{n_attrs} attributes, {len(blocks)} blocks] encode": attrs_encode,
     }
-    return {name: 1e6 / rate(fn, seconds, repeat) for name, fn in parts.items()}
+    return {name: 1e6 / r for name, r in rates(parts, seconds, samples).items()}
 
 
 def _rebuilt(value):
@@ -129,8 +138,8 @@ def _rebuilt(value):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tools/bench wire", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=0.2, help="CPU seconds per repeat (default 0.2)")
-    ap.add_argument("--repeat", type=int, default=5, help="repeats, best one counts (default 5)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="CPU seconds of samples per function (default 1)")
+    ap.add_argument("--samples", type=int, default=50, help="samples per function, the best counts (default 50)")
     ap.add_argument("--no-scapy", action="store_true", help="skip the scapy baseline")
     ap.add_argument("--parts", action="store_true", help="also time the parts of the PUSH round")
     args = ap.parse_args(argv)
@@ -143,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         if msg.to_bytes() != data or encode_message(copy.header, copy.payloads, padding=copy.padding) != data:
             print(f"{name}: msec round trip differs", file=sys.stderr)
             return 1
-        msec = rate(lambda: decode_message(data).to_bytes(), args.seconds, args.repeat)
-        dec = rate(lambda: decode_message(data), args.seconds, args.repeat)
-        enc = rate(msg.to_bytes, args.seconds, args.repeat)
+        r = rates({
+            "both": lambda: decode_message(data).to_bytes(), "decode": lambda: decode_message(data), "encode": msg.to_bytes,
+        }, args.seconds, args.samples)
+        msec, dec, enc = r["both"], r["decode"], r["encode"]
         result[f"{name}_bytes"] = len(data)
         result[f"{name}_per_s"] = round(msec)
         result[f"{name}_decode_per_s"] = round(dec)
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  decode {1e6 / dec:6.1f} us  encode {1e6 / enc:6.1f} us")
 
     if args.parts:
-        for name, us in push_parts(messages["push"], args.seconds / 4, args.repeat).items():
+        for name, us in push_parts(messages["push"], args.seconds / 2, args.samples).items():
             print(f"      push part  {name:34} {us:6.2f} us")
 
     if not args.no_scapy:
@@ -166,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("scapy").setLevel(logging.ERROR)
         from scapy.layers.isakmp import ISAKMP
 
+        sc_rates = rates({name: (lambda data=data: bytes(ISAKMP(data))) for name, data in messages.items()}, args.seconds, args.samples)
         for name, data in messages.items():
             exact = bytes(ISAKMP(data)) == data
-            sc = rate(lambda: bytes(ISAKMP(data)), args.seconds, args.repeat)
+            sc = sc_rates[name]
             result[f"scapy_{name}_per_s"] = round(sc)
             result[f"scapy_{name}_exact"] = exact
             result[f"{name}_ratio"] = round(result[f"{name}_per_s"] / sc, 2)
@@ -177,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     result["push_per_s"] = result.pop("push_per_s")  # next to the goal in the JSON line
     result["goal_push_per_s"] = GOAL_PUSH_PER_S
     result["goal_met"] = result["push_per_s"] >= GOAL_PUSH_PER_S
-    result["python_loop_ns"] = round(python_loop_ns(args.repeat), 1)
+    result["python_loop_ns"] = round(python_loop_ns(args.samples), 1)
     print(f"PUSH decode+encode: {result['push_per_s']:,}/s on one core (goal {GOAL_PUSH_PER_S:,}/s);"
           f" this interpreter: {result['python_loop_ns']} ns per empty loop iteration")
     print(json.dumps(result, sort_keys=False))
