@@ -138,7 +138,7 @@ def _state_payload(state: State, owner: Owner) -> bytes:
     takes the general checks (which raise) and the general encoder.
     """
     if (state.__class__ is State and _FAST and owner.__class__ is Owner
-            and state.proto == Proto.ESP and state.spi >= 256
+            and state.proto == _ESP and state.spi >= 256
             and owner.reqid_min <= state.reqid <= owner.reqid_max):
         a = state.aead
         if a is not None and state.cipher is None and state.auth is None:
@@ -168,8 +168,9 @@ def _policy_payload(policy: Policy, owner: Owner) -> bytes:
     return m.policy_payload(policy, _check_policy(policy, owner))
 
 
-_TUNNEL = Mode.TUNNEL
-_OUT = Direction.OUT
+_TUNNEL = int(Mode.TUNNEL)
+_OUT = int(Direction.OUT)
+_ESP = int(Proto.ESP)
 
 
 class Batch:

@@ -316,7 +316,8 @@ def _policy_1tmpl_struct(sel_v4: bool, tmpl_v4: bool) -> struct.Struct:
 
 _POLICY_1TMPL = {(sv, tv): _policy_1tmpl_struct(sv, tv) for sv in (True, False)
                  for tv in (True, False)}
-_POLICY_1TMPL_PACK = {k: v.pack for k, v in _POLICY_1TMPL.items()}
+_PACK_44, _PACK_46 = _POLICY_1TMPL[True, True].pack, _POLICY_1TMPL[True, False].pack
+_PACK_64, _PACK_66 = _POLICY_1TMPL[False, True].pack, _POLICY_1TMPL[False, False].pack
 _TMPL1_HDR = NLATTR.pack(4 + USER_TMPL.size, XFRMA_TMPL)
 _ALL_ALGS3 = U32.pack(ALL_ALGS) * 3
 # usersa_info with a zero selector + XFRMA_ALG_AEAD + xfrm_algo_aead, per key length
@@ -341,9 +342,18 @@ def policy_payload_1tmpl(p: Policy, t: Template) -> bytes:
     sel = p.selector
     d, s, dport, sport = sel.dst, sel.src, sel.dport, sel.sport
     td, ts = t.dst, t.src
-    n, family = (4, AF_INET) if d._version == 4 else (16, AF_INET6)
-    tn, tfamily = (4, AF_INET) if td._version == 4 else (16, AF_INET6)
-    pack = _POLICY_1TMPL_PACK[n == 4, tn == 4]
+    if d._version == 4:
+        n, family = 4, AF_INET
+        if td._version == 4:
+            tn, tfamily, pack = 4, AF_INET, _PACK_44
+        else:
+            tn, tfamily, pack = 16, AF_INET6, _PACK_46
+    else:
+        n, family = 16, AF_INET6
+        if td._version == 4:
+            tn, tfamily, pack = 4, AF_INET, _PACK_64
+        else:
+            tn, tfamily, pack = 16, AF_INET6, _PACK_66
     if dport is None:
         dp = dm = 0
     else:
@@ -360,7 +370,8 @@ def policy_payload_1tmpl(p: Policy, t: Template) -> bytes:
         _INF_LFT_BYTES if lt is NO_LIFETIME else _LFT.pack(*lt.as_wire()),
         p.priority, p.index, p.direction, p.action,
         _TMPL1_HDR,
-        td._ip.to_bytes(tn, "big"), int.from_bytes(spi.to_bytes(4, "big"), "little"), t.proto,
+        td._ip.to_bytes(tn, "big"),
+        int.from_bytes(spi.to_bytes(4, "big"), "little") if spi else 0, t.proto,
         tfamily, ts._ip.to_bytes(tn, "big"), t.reqid, t.mode, 1 if t.optional else 0,
         _ALL_ALGS3)
     if p.mark is not None or p.if_id:
