@@ -19,7 +19,7 @@ N = 20
 @pytest.mark.timeout(300)
 def test_registration_bench_small_run(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tools.benchmarks.registration", "--members", str(N),
-                          "--window", "8", "--floor-n", "5", "--state-parent", str(tmp_path)],
+                          "--window", "8", "--floor-n", "5", "--breakdown", "10", "--state-parent", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "FAILED" not in res.stderr
@@ -33,6 +33,8 @@ def test_registration_bench_small_run(tmp_path):
         for key in ("per_s", "wall_per_s", "floor_per_s", "ratio", "ks_cpu_ms_per_registration"):
             assert isinstance(r[key], (int, float)) and r[key] >= 0, (mode, key, r[key])
         assert r["floor_per_s"] > 0
+        assert set(r["breakdown_ms"]) == {"phase1", "pull", "commit_and_m4"}
+        assert all(v > 0 for v in r["breakdown_ms"].values())
     assert out["ratio"] == min(out["psk"]["ratio"], out["ecdsa"]["ratio"])
     # the state directory was temporary
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".msec-bench-registration-state-")]

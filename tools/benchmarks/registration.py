@@ -37,9 +37,25 @@ with certificates also one ECDSA sign and two ECDSA verifies).  GROUPKEY-PULL ad
 public-key operation, so everything else is overhead.  ``ratio`` (last line) = min over the two
 modes of achieved / floor.
 
+The key server's state directory is created under ``--state-parent`` (default: the
+repository, i.e. a disk; /tmp is often tmpfs, where fsync costs nothing) and removed after the
+run; the file system type is printed.  Per registration the output also gives the key server's
+user/system split and how often it went to sleep (voluntary context switches: waiting in epoll
+or for fsync), and the generators' CPU.
+
+**Breakdown** (``--breakdown N``, default 1000, 0 skips): afterwards the same configuration's
+engine runs in this process (no msecd, no sockets) for N more registrations per mode, in
+lockstep rounds of ``--breakdown-burst`` (one store commit per round), timed by component:
+phase 1 (Main Mode datagrams), GROUPKEY-PULL messages 1 and 3, and enrollment + store commit +
+messages 4.  msecd's CPU per registration minus that sum is what the daemon adds (asyncio,
+sockets, events, logging, smaller commits at lighter load, and running next to the load
+generators on shared cores).
+
 The run fails (exit 1, ``FAILED`` on stderr) unless every member registered, the key server
-counted every one and its store holds every member.  ``--profile FILE`` runs the PSK key
-server under cProfile (stats written to FILE; the CPU figures are then inflated).
+counted every one and its store holds every member; the last line's ``"failures"`` counts
+them.  ``--profile FILE`` runs the PSK key server under cProfile (stats written to FILE; the
+CPU figures are then inflated).  ``--pin`` puts the key server on the first CPU and the
+generators on the others (default off: on a 2-core host that halves the generators' share).
 """
 
 from __future__ import annotations
@@ -108,8 +124,8 @@ def write_pki(workdir: Path) -> None:
     _write_private(workdir / "signing.pem", _pem_key(ec.generate_private_key(ec.SECP256R1())))
 
 
-def write_config(workdir: Path, mode: str, port: int, state_dir: Path) -> Path:
-    d = workdir / mode
+def write_config(workdir: Path, mode: str, port: int, state_dir: Path, name: str | None = None) -> Path:
+    d = workdir / (name or mode)
     d.mkdir(mode=0o700)
     text = (f'[daemon]\nstate_dir = "{state_dir}"\ncontrol_socket = "{d}/run/control.sock"\n\n'
             f'[keyserver]\nlisten = ["{HOST}"]\nport = {port}\n')
@@ -137,6 +153,19 @@ def write_config(workdir: Path, mode: str, port: int, state_dir: Path) -> Path:
 # ------------------------------------------------------------------------------ the key server
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary context switches of ``pid`` (its main thread): about one per time the event
+    loop went to sleep in epoll (or the store waited for fsync)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def fs_type(path: Path) -> str:
     """The file system type ``path`` is on (from /proc/mounts: the longest mount point prefix)."""
     best, kind = "", "?"
@@ -162,7 +191,7 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 class KeyServer:
     """One msecd process (key server role only) and its control socket."""
 
-    def __init__(self, cfg: Path, log: Path, profile: Path | None = None) -> None:
+    def __init__(self, cfg: Path, log: Path, profile: Path | None = None, cpus: set[int] | None = None) -> None:
         self.cfg = cfg
         self.log_path = log
         self.socket = cfg.parent / "run" / "control.sock"
@@ -171,6 +200,8 @@ class KeyServer:
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        if cpus:
+            os.sched_setaffinity(self.proc.pid, cpus)
         end = time.monotonic() + 60
         while "msecd started" not in self.log():
             if self.proc.poll() is not None or time.monotonic() > end:
@@ -361,6 +392,68 @@ def generator_main(mode: str, port: int, first: int, n: int, window: int, workdi
     print(json.dumps(r), flush=True)
 
 
+# ------------------------------------------------------------------------------ breakdown (in process)
+
+
+def breakdown(mode: str, n: int, burst: int, workdir: Path, state_parent: Path) -> dict:
+    """Key server engine CPU per registration by component, without msecd: the same
+    configuration's :class:`gkm.gdoi.KeyServerEngine` (built as msecd builds it) driven in this
+    process by ``n`` members in lockstep rounds of ``burst`` registrations (each round: every
+    member's datagrams in, then the output pulled once, i.e. one store commit per round).
+    ``thread_time`` around: Main Mode datagrams (phase 1), GROUPKEY-PULL datagrams (messages 1
+    and 3: decrypt, check, authorize, message 2), pulling the output (enrollment, the store
+    commit and messages 4).  What msecd spends beyond the sum is its shell: asyncio, sockets,
+    events and logging, plus commits of fewer registrations each when the load is lighter."""
+    from gkm.daemon.engines import GdoiFactory
+    from gkm.gdoi import MemberRegistered, MemberRegistration
+    from gkm.ike import AuthMethod, CertCredential, HashAlg, Identity, Phase1Config, Proposal, PskStore
+    from gkm.store import KeyStore
+    from policy.config import load_config
+
+    state = state_parent / f"breakdown-{mode}-state"
+    cfg = load_config(write_config(workdir, mode, 848, state, name=f"breakdown-{mode}"))
+    store = KeyStore(state)
+    ks = GdoiFactory(kernel=False).keyserver(cfg.keyserver, store, time.time())
+    ks_addr = (HOST, 848)
+    prop = (Proposal(AuthMethod.PRE_SHARED_KEY if mode == "psk" else AuthMethod.ECDSA_256, 19, HashAlg.SHA2_256),)
+    certs = _member_certs(workdir, 0, n) if mode == "ecdsa" else None
+    psk = PskStore({HOST: PSK.encode()})
+    clock = time.thread_time
+    t = {"phase1": 0.0, "pull": 0.0, "commit_and_m4": 0.0}
+    registered = 0
+    for b0 in range(0, n, burst):
+        members = {}
+        for i in range(b0, min(n, b0 + burst)):
+            if mode == "psk":
+                c = Phase1Config(prop, local_id=Identity.key_id(f"gm{i}".encode()), psk=psk)
+            else:
+                ca, cert, key = certs[i]
+                c = Phase1Config(prop, credential=CertCredential(cert, key), trust_anchors=(ca,))
+            m = MemberRegistration(c, GID, ks_addr)
+            m.start(time.time())
+            members[(HOST, 20000 + i)] = m
+        while True:
+            inbox = [(d, a) for a, m in members.items() for d, _ in m.datagrams_to_send()]
+            if not inbox:
+                break
+            now = time.time()
+            for d, a in inbox:
+                t0 = clock()
+                ks.receive_datagram(d, a, now)
+                t["pull" if d[18] == 32 else "phase1"] += clock() - t0
+            t0 = clock()
+            out = ks.datagrams_to_send()
+            while (ev := ks.next_event()) is not None:
+                registered += isinstance(ev, MemberRegistered)
+            t["commit_and_m4"] += clock() - t0
+            for d, a in out:
+                members[a].receive_datagram(d, ks_addr, time.time())
+    store.close()
+    if registered != n:
+        raise SystemExit(f"breakdown {mode}: {registered} of {n} members registered")
+    return {"registered": registered, **{k: v / max(1, registered) * 1e3 for k, v in t.items()}}
+
+
 # ------------------------------------------------------------------------------ one mode
 
 
@@ -370,11 +463,20 @@ def _floor(n: int) -> dict:
     return crypto_floor(_pki(n), n)
 
 
+def _cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """With ``pin`` and at least 2 CPUs: the key server on the first, the generators on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
 def run_mode(mode: str, n: int, window: int, generators: int, workdir: Path, state_parent: Path,
-             profile: Path | None = None) -> dict:
+             profile: Path | None = None, pin: bool = False) -> dict:
     port = _free_port()
     cfg = write_config(workdir, mode, port, state_parent / f"{mode}-state")
-    ks = KeyServer(cfg, workdir / f"msecd-{mode}.log", profile)
+    ks_cpus, gen_cpus = _cpu_split(pin)
+    ks = KeyServer(cfg, workdir / f"msecd-{mode}.log", profile, ks_cpus)
     gens = []
     try:
         k = max(1, min(generators, n))
@@ -385,6 +487,8 @@ def run_mode(mode: str, n: int, window: int, generators: int, workdir: Path, sta
             p = subprocess.Popen([sys.executable, "-m", "tools.benchmarks.registration", "--generate", mode, str(port),
                                   str(first), str(share), str(w), str(workdir)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            if gen_cpus:
+                os.sched_setaffinity(p.pid, gen_cpus)
             gens.append(p)
             first += share
         for p in gens:
@@ -392,6 +496,7 @@ def run_mode(mode: str, n: int, window: int, generators: int, workdir: Path, sta
             if line.strip() != "READY":
                 raise SystemExit(f"{mode}: load generator did not start: {line!r}")
         cpu0 = ks.cpu()
+        sw0 = context_switches(ks.proc.pid)
         t0 = time.perf_counter()
         for p in gens:
             p.stdin.write("GO\n")
@@ -404,6 +509,7 @@ def run_mode(mode: str, n: int, window: int, generators: int, workdir: Path, sta
             results.append(json.loads(line))
         wall = time.perf_counter() - t0
         cpu1 = ks.cpu()
+        switches = context_switches(ks.proc.pid) - sw0
         user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
         cpu = user + system
         status = ks.ctl("status").get("keyserver", {})
@@ -420,7 +526,7 @@ def run_mode(mode: str, n: int, window: int, generators: int, workdir: Path, sta
         "mode": mode, "members": n, "ok": sum(r["ok"] for r in results), "failed": sum(r["failed"] for r in results),
         "failures": sorted({f for r in results for f in r["failures"]})[:5],
         "retransmissions": sum(r["retransmissions"] for r in results),
-        "ks_cpu_s": cpu, "ks_user_s": user, "ks_system_s": system, "wall_s": wall, "generator_cpu_s": sum(r["cpu_s"] for r in results),
+        "ks_cpu_s": cpu, "ks_user_s": user, "ks_system_s": system, "ks_sleeps": switches, "wall_s": wall, "generator_cpu_s": sum(r["cpu_s"] for r in results),
         "ks_registrations": status.get("registrations"), "ks_refusals": status.get("refusals"),
         "ks_phase1_failures": status.get("phase1_failures"), "members_in_store": members_in_store,
         "msecd_exit": rc, "log_errors": [line for line in log.splitlines() if " ERROR " in line][:5],
@@ -439,6 +545,11 @@ def main(argv=None) -> int:
                     help="where the key server's state directory goes (default: the repository, i.e. a disk: "
                          "/tmp is often tmpfs, where fsync costs nothing)")
     ap.add_argument("--profile", type=Path, default=None, help="run the PSK key server under cProfile, stats to this file")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the key server to the first CPU and the load generators to the others")
+    ap.add_argument("--breakdown", type=int, default=1000, metavar="N",
+                    help="afterwards, N registrations per mode against the engine in this process, timed by component (0: skip)")
+    ap.add_argument("--breakdown-burst", type=int, default=8, help="registrations per store commit in the breakdown")
     ap.add_argument("--generate", nargs=6, metavar=("MODE", "PORT", "FIRST", "N", "WINDOW", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.generate:
@@ -457,7 +568,9 @@ def main(argv=None) -> int:
         fs = fs_type(Path(sd))
         for mode in modes:
             results[mode] = run_mode(mode, counts[mode], args.window, args.generators, workdir, Path(sd),
-                                     args.profile if mode == "psk" else None)
+                                     args.profile if mode == "psk" else None, pin=args.pin)
+        breakdowns = {mode: breakdown(mode, args.breakdown, args.breakdown_burst, workdir, Path(sd))
+                 for mode in modes} if args.breakdown > 0 else {}
     floor_after = _floor(args.floor_n)
     fl = {k: floor_before[k] + floor_after[k] for k in floor_before}
     per = {"dh": fl["dh_s"] / fl["n"], "sign": fl["sign_s"] / fl["n"], "verify": fl["verify_s"] / fl["n"]}
@@ -479,10 +592,18 @@ def main(argv=None) -> int:
         label = "PSK + group 19" if mode == "psk" else "ECDSA-P256 + group 19"
         print(f"{label:22s} {r['ok']}/{n} registered, {r['failed']} failed, {r['retransmissions']} retransmissions; "
               f"{r['per_s']:6.0f}/s of key server CPU ({r['ks_cpu_s'] / max(1, r['ok']) * 1e3:.3f} ms each: "
-              f"user {r['ks_user_s'] / max(1, r['ok']) * 1e3:.3f}, system {r['ks_system_s'] / max(1, r['ok']) * 1e3:.3f}); "
+              f"user {r['ks_user_s'] / max(1, r['ok']) * 1e3:.3f}, system {r['ks_system_s'] / max(1, r['ok']) * 1e3:.3f}; "
+              f"{r['ks_sleeps'] / max(1, r['ok']):.1f} sleeps); "
               f"wall {r['ok'] / r['wall_s']:.0f}/s with {args.window} in flight, {args.generators} generators "
               f"({r['generator_cpu_s'] / max(1, r['ok']) * 1e3:.2f} ms member CPU each); "
               f"floor {r['floor_per_s']:.0f}/s ({parts}); ratio {r['ratio']:.3f}")
+        if mode in breakdowns:
+            b = breakdowns[mode]
+            engine = b["phase1"] + b["pull"] + b["commit_and_m4"]
+            print(f"{'':22s} breakdown (engine in process, {args.breakdown_burst} per commit): phase 1 {b['phase1']:.3f} ms "
+                  f"(floor {floor_s * 1e3:.3f}), GROUPKEY-PULL messages 1+3 {b['pull']:.3f} ms, enrollment + commit + "
+                  f"message 4 {b['commit_and_m4']:.3f} ms; msecd beyond the engine: "
+                  f"{r['ks_cpu_s'] / max(1, r['ok']) * 1e3 - engine:.3f} ms")
         if bad:
             print(f"FAILED: {mode}: {r['ok']} of {n} members registered, {r['failed']} failed "
                   f"(first reasons: {r['failures']}); key server counted {r['ks_registrations']}, "
@@ -496,6 +617,8 @@ def main(argv=None) -> int:
                          "ks_cpu_ms_per_registration": round(r["ks_cpu_s"] / max(1, r["ok"]) * 1e3, 3),
                          "wall_per_s": round(r["ok"] / r["wall_s"], 1), "floor_per_s": round(r["floor_per_s"], 1),
                          "ratio": round(r["ratio"], 3)}
+        if mode in breakdowns:
+            summary[mode]["breakdown_ms"] = {k: round(v, 3) for k, v in breakdowns[mode].items() if k != "registered"}
     summary["ratio"] = round(min(results[m]["ratio"] for m in modes), 3) if modes else 0.0
     print(json.dumps(summary, separators=(",", ":")))
     return 1 if failures else 0
