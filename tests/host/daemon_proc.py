@@ -25,7 +25,7 @@ class Msecd:
         self.socket = socket
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: bool = True, timeout: float = 30.0) -> "Msecd":
+    def start(self, wait: bool = True, timeout: float = 120.0) -> "Msecd":
         argv = [sys.executable, "-m", "gkm.daemon", "--config", str(self.config),
                 "--foreground", "--log-level", "debug", *self.args]
         self._log = open(self.log_path, "ab")
@@ -40,7 +40,7 @@ class Msecd:
             self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -56,7 +56,7 @@ class Msecd:
         except FileNotFoundError:
             return ""
 
-    def wait_log(self, text: str, timeout: float = 30.0, count: int = 1) -> str:
+    def wait_log(self, text: str, timeout: float = 120.0, count: int = 1) -> str:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             log = self.log()
@@ -82,7 +82,7 @@ class Msecd:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, timeout: float = 60.0) -> int:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:

@@ -65,7 +65,7 @@ def test_non_root_peer_refused():
             os.chmod(path, 0o666)
             rfd = _ask_as(65534, str(path))
             loop = asyncio.get_running_loop()
-            data = await asyncio.wait_for(loop.run_in_executor(None, os.read, rfd, 65536), 20)
+            data = await asyncio.wait_for(loop.run_in_executor(None, os.read, rfd, 65536), 60)
             os.close(rfd)
             await loop.run_in_executor(None, os.waitpid, _ask_as.pid, 0)
             assert json.loads(data) == {"ok": False, "error": "permission denied"}, data

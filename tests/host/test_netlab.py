@@ -32,8 +32,8 @@ def test_ipv4_and_ipv6_multicast_reach_every_joined_host(netlab):
     h1.send("239.1.1.1", 5000, b"v4", count=3)
     h1.send("ff15::77", 5001, b"v6")
     for r in rx:
-        assert r.wait(3, timeout=5) == [b"v4"] * 3
-    assert rx6.wait(1, timeout=5) == [b"v6"]
+        assert r.wait(3, timeout=30) == [b"v4"] * 3
+    assert rx6.wait(1, timeout=30) == [b"v6"]
     assert rx[0].count(timeout=0.2) == 3  # nothing extra
 
 
@@ -86,7 +86,7 @@ def test_capture_sees_the_traffic_once(netlab):
     rx = h2.listen("239.1.1.1", 5000)
     with netlab.capture() as cap:
         h1.send("239.1.1.1", 5000, b"x" * 10, count=4)
-        assert len(rx.wait(4, timeout=5)) == 4
+        assert len(rx.wait(4, timeout=30)) == 4
     assert os.path.getsize(cap.path) > 24
     udp = [p for p in cap.packets() if p.get("dport") == 5000]
     assert len(udp) == 4 and all(p["src"] == "10.77.0.1" for p in udp)
@@ -128,7 +128,7 @@ def test_parallel_labs_do_not_collide(netlab_factory):
     rx = b.hosts[1].listen("239.1.1.1", 5000)
     a.hosts[0].send("239.1.1.1", 5000, b"a")  # a different bridge: must not arrive
     b.hosts[0].send("239.1.1.1", 5000, b"b")
-    assert rx.wait(1, timeout=5) == [b"b"] and rx.count(timeout=0.3) == 1
+    assert rx.wait(1, timeout=30) == [b"b"] and rx.count(timeout=0.3) == 1
 
 
 def test_netns_fixture_is_a_private_namespace(netns):

@@ -302,8 +302,8 @@ def test_policy_events_async(xns):
             with XfrmSocket(xns) as x:
                 x.add_policy(p)
                 x.delete_policy(p.id)
-            first = await asyncio.wait_for(anext(events), 5)
-            second = await asyncio.wait_for(anext(events), 5)
+            first = await asyncio.wait_for(anext(events), 30)
+            second = await asyncio.wait_for(anext(events), 30)
             return first, second
 
     added, deleted = asyncio.run(main())
@@ -328,7 +328,7 @@ def test_acquire_event_and_larval_state(xns):
             with XfrmSocket(xns) as x:
                 x.add_policy(p)
             subprocess.run(["ip", "netns", "exec", xns, sys.executable, "-c", send], check=True)
-            return await asyncio.wait_for(anext(events), 10)
+            return await asyncio.wait_for(anext(events), 60)
 
     acq = asyncio.run(main())
     assert isinstance(acq, Acquire)

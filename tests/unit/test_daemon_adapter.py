@@ -88,9 +88,8 @@ def test_timer_rearmed_only_when_deadline_changes():
         # the deadline is converted to loop time: 30 ms after arming
         assert t0 + 0.03 - 1e-6 <= shell._timer.when() <= t1 + 0.03 + 1e-6
         now[0] = 1000.03
-        for _ in range(500):
-            if eng.timer_calls:
-                break
+        end = loop.time() + 60  # generous deadline, polled
+        while not eng.timer_calls and loop.time() < end:
             await asyncio.sleep(0.01)
         assert eng.timer_calls == [1000.03]
         assert shell.timer_deadline is None and shell._timer is None
@@ -142,7 +141,7 @@ def test_real_udp_roundtrip():
                 got.set_result(data)
         ctr, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
         ctr.sendto(b"ping")
-        assert await asyncio.wait_for(got, 2) == b"echo:ping"
+        assert await asyncio.wait_for(got, 30) == b"echo:ping"
         assert shell.sent == 1 and shell.received == 1
         ctr.close()
         shell.close()

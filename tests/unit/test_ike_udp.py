@@ -77,14 +77,14 @@ def test_main_mode_over_udp(method):
         try:
             gm_engine.start(loop.time())
             gm.transmit()
-            ie = await asyncio.wait_for(gm.events.get(), 10)
-            se = await asyncio.wait_for(ks.events.get(), 10)
+            ie = await asyncio.wait_for(gm.events.get(), 60)
+            se = await asyncio.wait_for(ks.events.get(), 60)
             assert isinstance(ie, Phase1Established) and isinstance(se, Phase1Established), (ie, se)
             assert ie.sa.enc_key == se.sa.enc_key and se.sa.peer_addr == gm.transport.get_extra_info("sockname")[:2]
             # a protected notification from the key server reaches the member over UDP
             server.send_informational(se.sa.spi, loop.time(), notifications=(Notification(16384, 1, se.sa.spi, b"hi"),))
             ks.transmit()
-            ev = await asyncio.wait_for(gm.events.get(), 10)
+            ev = await asyncio.wait_for(gm.events.get(), 60)
             assert isinstance(ev, InformationalReceived) and ev.notifications[0].data == b"hi"
         finally:
             gm.close()

@@ -5,7 +5,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from policy.model import (
     AddressMatch,
@@ -254,6 +254,7 @@ def test_group_authorizes_reason():
     assert not nobody.authorizes(ident(IdKind.KEY_ID, "gm1")).allowed
 
 
+@settings(deadline=None)  # no per-example time limit (loaded machines)
 @given(st.integers(0, 2**32 - 1), st.integers(0, 32))
 def test_address_match_agrees_with_ipaddress(a, plen):
     network = ip.IPv4Network((a, plen), strict=False)
@@ -264,6 +265,7 @@ def test_address_match_agrees_with_ipaddress(a, plen):
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 
 
+@settings(deadline=None)  # no per-example time limit (loaded machines)
 @given(st.lists(label, min_size=1, max_size=4), label)
 def test_fqdn_star_matches_exactly_one_more_label(labels, first):
     base = ".".join(labels)
@@ -311,6 +313,7 @@ def _escape(v: str) -> str:
     return "".join("\\" + c if c in ",;\\" else c for c in v)
 
 
+@settings(deadline=None)  # no per-example time limit (loaded machines)
 @given(st.lists(st.tuples(dn_type, dn_value), min_size=1, max_size=5), st.sampled_from([",", ", ", ";"]))
 def test_dn_parse_roundtrip_and_self_match(rdns, sep):
     text = sep.join(f"{t}={_escape(v)}" for t, v in rdns)

@@ -87,7 +87,7 @@ def messages(draw):
     return Message(header, payloads, padding)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages())
 def test_message_round_trip(msg):
     data = msg.to_bytes()
@@ -97,7 +97,7 @@ def test_message_round_trip(msg):
     assert decoded.unknown == tuple(p for p in msg.payloads if isinstance(p, UnknownPayload))
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(messages(), st.sampled_from([8, 16]))
 def test_block_padding(msg, block):
     header = Header(msg.header.icookie, msg.header.rcookie, msg.header.exchange, Flags.ENCRYPTION, msg.header.message_id)
@@ -111,6 +111,7 @@ def test_block_padding(msg, block):
 lkh_key = st.builds(LkhKey, u16, u8, u32, u32, u32)
 
 
+@settings(deadline=None)  # no per-example time limit: a loaded machine is not a bug
 @given(st.lists(lkh_key, max_size=8), st.integers(0, 40).flatmap(lambda n: st.lists(st.binary(min_size=n, max_size=n), min_size=8, max_size=8)),
        st.one_of(st.none(), st.tuples(u16, u32)), st.booleans())
 def test_lkh_array_round_trip(keys, datas, update, give_length):
