@@ -1,0 +1,32 @@
+"""The demo (tools/demo -> tools/demo_msec.py) inside the kernel lab: real msecd daemons, a key
+server and three members; it must succeed and say so. Kept light: two datagrams, no pcap
+kept (tests/kernel/test_registration.py checks registration in depth)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.mark.timeout(300)
+def test_demo_runs_the_daemons_end_to_end(capsys):
+    from tools import demo_msec
+
+    before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    rc = demo_msec.main(count=2)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for gm in ("gm1", "gm2", "gm3"):  # each registration, from both sides' logs
+        assert re.search(rf"{gm}: registered with key server 10\.77\.0\.1", out), out
+        assert re.search(rf"key server: member key-id '{gm}' .* registered", out), out
+    assert re.search(r"of them ESP with SPI 0x[0-9a-f]{8}: 2; plaintext UDP to port 5000: 0",
+                     out), out
+    assert "ESP only" in out and "Result" in out and "OK:" in out
+    assert "msecctl members 1001" in out and "key-id:gm3" in out
+    assert "psk = \"...\"" in out  # secrets elided
+    after = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    assert after <= before  # namespaces removed

@@ -1,0 +1,314 @@
+"""The msec demo: a key server and three members, real msecd daemons, group ESP in the kernel.
+
+Run by tools/demo inside the kernel lab (`tools/lab exec`). Four netlab hosts on one bridge:
+h1 runs msecd as key server, h2..h4 run msecd as members gm1..gm3, each from a TOML file the
+demo writes. The members register (GDOI: IKEv1 phase 1, then GROUPKEY-PULL) and install the
+group SA into their kernels; gm1 then sends multicast, gm2 and gm3 receive it decrypted, and
+a bridge capture sees only ESP with the group SPI. `main(count)` returns 0 when every check
+passed; its output is meant for a person reading it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tools.demo_group_esp import save_demo_key  # noqa: E402
+from tools.netlab import Netlab  # noqa: E402
+
+GROUP = "239.1.1.1"
+PORT = 5000
+COUNT = 5
+GROUP_ID = 1001
+MESSAGE = "group message"
+MEMBERS = ("gm1", "gm2", "gm3")
+TIMEOUT = 120.0  # generous: Python inside User-mode Linux is slow on a loaded machine
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def step(n: int, msg: str) -> None:
+    say(f"\n[{n}] {msg}")
+
+
+def _write_secret_file(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # inline PSKs: 0600
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def ks_config(ks_ip: str, d: Path, psks: dict[str, str]) -> str:
+    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/control.sock"\n\n'
+            f'[keyserver]\nlisten = ["{ks_ip}"]\nport = 848\n\n')
+    for ident, secret in psks.items():
+        text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{secret}"\n\n'
+    members = ", ".join(f'"{m}"' for m in psks)
+    text += (f'[[keyserver.group]]\nid = {GROUP_ID}\nname = "demo"\n'
+             f'authorize = {{ psk_identities = [{members}] }}\n\n'
+             '[[keyserver.group.tek]]\nname = "data"\nsrc = "10.77.0.0/24"\n'
+             f'dst = "{GROUP}"\nprotocol = "udp"\ndst_port = {PORT}\nmode = "tunnel"\n'
+             'cipher = "aes-gcm-128"\nlifetime = "1h"\n')
+    return text
+
+
+def gm_config(ks_ip: str, d: Path, ident: str, secret: str) -> str:
+    return (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/control.sock"\n\n'
+            f'[[member.group]]\nid = {GROUP_ID}\nname = "demo"\nkey_servers = ["{ks_ip}"]\n'
+            f'credentials = {{ psk_identity = "{ident}", psk = "{secret}" }}\n')
+
+
+def elide_secrets(text: str) -> str:
+    return re.sub(r'((?:secret|psk) = )"[^"]*"', r'\1"..."', text)
+
+
+class Daemon:
+    """One msecd in a netlab host, logging (at info level) to a file next to its config."""
+
+    def __init__(self, name: str, host, d: Path, config_text: str) -> None:
+        self.name, self.host, self.dir = name, host, d
+        d.mkdir(parents=True)
+        self.config = _write_secret_file(d / "msecd.toml", config_text)
+        self.log_path = d / "msecd.log"
+        self.socket = str(d / "control.sock")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = self.host.popen(sys.executable, "-m", "gkm.daemon", "--config",
+                                    str(self.config), "--foreground", stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=str(REPO),
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def messages(self) -> list[str]:
+        """The log's messages, without time stamp and pid."""
+        return [re.sub(r"^\S+ \S+ msecd\[\d+\] \w+ ", "", ln) for ln in self.log().splitlines()]
+
+    def wait_log(self, pattern: str, deadline: float) -> str | None:
+        """The first message matching `pattern` (regex), or None at the deadline or when
+        msecd exited."""
+        while True:
+            for m in self.messages():
+                if re.search(pattern, m):
+                    return m
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
+
+    def ctl(self, *argv: str) -> tuple[bool, str]:
+        """What `msecctl --socket SOCK ARGV` prints (msecctl's own request and rendering)."""
+        from gkm.daemon.ctl import render, request
+        req: dict = {"cmd": argv[0]}
+        if argv[0] in ("group", "members"):
+            req["id"] = int(argv[-1])
+        try:
+            r = request(self.socket, req, timeout=30)
+        except Exception as e:  # noqa: BLE001 - shown to the reader
+            return False, f"msecctl: {e}"
+        return bool(r.get("ok")), render(argv[0], r)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def tail(self, n: int = 8) -> str:
+        return "\n".join("      | " + ln for ln in self.messages()[-n:])
+
+
+def _indent(text: str, pad: str = "      ") -> str:
+    return "\n".join((pad + ln).rstrip() for ln in text.replace("\t", "  ").splitlines())
+
+
+def main(count: int = COUNT, pcap: str | None = None) -> int:
+    pcap = pcap if pcap is not None else os.environ.get("MSEC_DEMO_PCAP") or None
+    t0 = time.monotonic()
+    say("msec demo: a GDOI key server and three group members (real msecd daemons) set up")
+    say("a multicast group; the members' kernels then carry its traffic as group ESP.")
+    esp = "loaded" if os.path.isdir("/sys/module/esp4") else "not loaded"
+    say(f"kernel {os.uname().release} ({os.environ.get('MSEC_LAB_KERNEL', 'host')}), esp4 {esp}")
+    checks: list[tuple[str, bool]] = []
+
+    def check(what: str, good: bool) -> bool:
+        checks.append((what, good))
+        if not good:
+            say(f"    FAILED: {what}")
+        return good
+
+    work = Path(tempfile.mkdtemp(prefix="msec-demo-"))
+    daemons: list[Daemon] = []
+    try:
+        with Netlab(4, workdir=str(work)) as lab:
+            ks_host, gm_hosts = lab.hosts[0], lab.hosts[1:]
+            step(1, "Network: four hosts (network namespaces) on one bridge")
+            say(f"    {ks_host.name}  {ks_host.ip4:<10}  key server")
+            for h, name in zip(gm_hosts, MEMBERS):
+                say(f"    {h.name}  {h.ip4:<10}  member {name}")
+
+            step(2, "Configuration: one TOML file per msecd (PSKs are fresh random values)")
+            psks = {m: os.urandom(16).hex() for m in MEMBERS}
+            ks_text = ks_config(ks_host.ip4, work / "ks", psks)
+            ks = Daemon("key server", ks_host, work / "ks", ks_text)
+            gms = [Daemon(name, h, work / name, gm_config(ks_host.ip4, work / name, name,
+                                                           psks[name]))
+                   for h, name in zip(gm_hosts, MEMBERS)]
+            daemons = [ks, *gms]
+            say(f"    key server ({ks.config}): listens on {ks_host.ip4}:848, knows the "
+                f"members' PSKs ({len(psks)} [[keyserver.psk]] entries), and defines:")
+            group_part = ks_text[ks_text.index("[[keyserver.group]]"):]
+            say(_indent(elide_secrets(group_part).strip()))
+            say(f"    members ({work}/gmN/msecd.toml): group {GROUP_ID}, key server "
+                f"{ks_host.ip4}, own PSK identity gmN:")
+            gm1_text = gms[0].config.read_text()
+            say(_indent(elide_secrets(gm1_text[gm1_text.index("[[member.group]]"):]).strip()))
+
+            step(3, "Starting msecd: the key server, then the three members at once")
+            deadline = time.monotonic() + TIMEOUT
+            ks.start()
+            line = ks.wait_log(r"key server: listening on", deadline)
+            if not check("the key server starts", line is not None):
+                say(ks.tail())
+                return 1
+            say(f"    {ks_host.name} key server: {line.removeprefix('key server: ')}")
+            for d in gms:
+                d.start()
+            say(f"    {', '.join(h.name for h in gm_hosts)}: msecd started as members "
+                f"{', '.join(MEMBERS)}")
+
+            step(4, "Registration: each member runs IKEv1 phase 1 (PSK), then GDOI "
+                    "GROUPKEY-PULL, and installs the group SA")
+            for d, h in zip(gms, gm_hosts):
+                inst = d.wait_log(r": installed \d+ SA\(s\)", deadline)
+                reg = d.wait_log(r"registered with key server", deadline)
+                ok = check(f"{d.name} registers and installs the SA",
+                           inst is not None and reg is not None)
+                if ok:
+                    say(f"    {h.name} {d.name}: {reg.split(': ', 1)[1]}")
+                    say(f"    {' ' * len(h.name)} {d.name}: {inst.split(': ', 1)[1]}")
+                else:
+                    say(d.tail())
+            reg_lines = [m for m in ks.messages() if re.search(r"member \S+ .* registered", m)]
+            for m in reg_lines:
+                say(f"    {ks_host.name} key server: {m.split(': ', 1)[1]}")
+            check("the key server logs three registrations", len(reg_lines) == len(MEMBERS))
+            ks_spis = set(re.findall(r"SPI (0x[0-9a-f]{8})", " ".join(reg_lines)))
+            spi = int(ks_spis.pop(), 16) if len(ks_spis) == 1 else None
+            check("every member got the same TEK", spi is not None)
+            state = gm_hosts[1].run("ip", "xfrm", "state").stdout
+            say(f"    {gm_hosts[1].name}'s kernel now holds (ip xfrm state, key elided):")
+            say(_indent("\n".join(ln for ln in state.splitlines()
+                                  if ln.strip() and "aead" not in ln and "anti-replay" not in
+                                  ln and not ln.strip().startswith("sel"))))
+
+            sender, receivers = gm_hosts[0], gm_hosts[1:]
+            step(5, f"{sender.name} ({MEMBERS[0]}) sends {count} plain UDP datagrams to "
+                    f"{GROUP}:{PORT}; {', '.join(h.name for h in receivers)} listen; "
+                    "a capture runs on the bridge")
+            listeners = [h.listen(GROUP, PORT) for h in receivers]
+            with lab.capture(pcap) as cap:
+                time.sleep(0.2)
+                for i in range(count):
+                    sender.send(GROUP, PORT, f"{MESSAGE} {i + 1}".encode())
+                    time.sleep(0.02)
+                for lst in listeners:
+                    lst.wait(count, timeout=10)
+                time.sleep(0.2)
+            want = [f"{MESSAGE} {i + 1}" for i in range(count)]
+            for h, name, lst in zip(receivers, MEMBERS[1:], listeners):
+                got = [d.decode(errors="replace") for d, _ in lst.received]
+                good = check(f"{h.name} receives every datagram", got == want)
+                say(f"    {h.name} ({name}) application got {len(got)}/{count} "
+                    f"{'OK' if good else 'MISSING'}: {got[:2]}{' ...' if len(got) > 2 else ''}")
+                lst.close()
+
+            step(6, "On the wire (the bridge capture): ESP with the group SPI, no plaintext")
+            pkts = cap.packets()
+            to_group = [p for p in pkts if p.get("dst") == GROUP]
+            esp_pkts = [p for p in to_group if p["proto"] == "esp"]
+            plain = [p for p in pkts if p.get("dport") == PORT]
+            raw = Path(cap.path).read_bytes()
+            for p in to_group[:3]:
+                say(f"    {p['src']} > {p['dst']}  {p['proto'].upper()}  "
+                    f"spi {p.get('spi', 0):#010x}  seq {p.get('seq', '?')}  {p['len']} bytes")
+            if len(to_group) > 3:
+                say(f"    ... {len(to_group) - 3} more")
+            say(f"    packets to {GROUP}: {len(to_group)}, of them ESP with SPI "
+                f"{spi if spi is None else f'{spi:#010x}'}: "
+                f"{sum(p.get('spi') == spi for p in esp_pkts)}; plaintext UDP to port "
+                f"{PORT}: {len(plain)}; the text '{MESSAGE}' in the capture: "
+                f"{'yes' if MESSAGE.encode() in raw else 'no'}")
+            wire_ok = (len(esp_pkts) == count == len(to_group) and not plain
+                       and all(p.get("spi") == spi for p in esp_pkts)
+                       and MESSAGE.encode() not in raw)
+            check("only ESP with the group SPI on the wire", wire_ok)
+            if wire_ok:
+                say("    ESP only: the group's traffic crossed the wire encrypted")
+            if pcap:
+                say(f"    capture saved: {os.path.relpath(cap.path)}")
+                m = re.search(r"aead rfc4106\(gcm\(aes\)\) (0x[0-9a-f]+) 128", state)
+                if m and spi is not None:  # for the independent decryption on the host
+                    save_demo_key(cap.path + ".key", spi, bytes.fromhex(m.group(1)[2:]),
+                                  sender.ip4)
+
+            step(7, "What msecctl reports (over each daemon's control socket)")
+            for d, h, argv in ((ks, ks_host, ("status",)), (ks, ks_host, ("groups",)),
+                               (ks, ks_host, ("members", str(GROUP_ID))),
+                               (gms[1], gm_hosts[1], ("group", "show", str(GROUP_ID)))):
+                ok, text = d.ctl(*argv)
+                check(f"msecctl {' '.join(argv)} on {h.name}", ok)
+                say(f"    {h.name} ({d.name})$ msecctl {' '.join(argv)}")
+                say(_indent(text))
+
+            step(8, "Cleaning up: stopping the daemons, removing the namespaces")
+            codes = [d.stop() for d in daemons]
+            check("every msecd stops cleanly", codes == [0] * len(daemons))
+            say(f"    msecd exit statuses: {', '.join(f'{d.name} {c}' for d, c in zip(daemons, codes))}")
+            for d in daemons:
+                for secret in psks.values():
+                    if secret in d.log():
+                        check(f"no PSK in {d.name}'s log", False)
+    finally:
+        for d in daemons:  # on failure: before the namespaces go
+            d.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    leftover = [n for n in os.listdir("/run/netns") if n.startswith(f"msec-{os.getpid()}-")] \
+        if os.path.isdir("/run/netns") else []
+    check("namespaces removed", not leftover)
+    failed = [w for w, good in checks if not good]
+    say(f"\nResult ({time.monotonic() - t0:.0f} s): " + (
+        f"OK: {len(MEMBERS)} members registered with the key server, every receiver got "
+        "every datagram, and only ESP crossed the wire." if not failed else
+        f"FAILED: {'; '.join(failed)}"))
+    return 0 if not failed else 1
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if sys.argv[1:] else COUNT
+    try:
+        sys.exit(main(n))
+    except subprocess.CalledProcessError as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        sys.exit(1)
