@@ -1,7 +1,9 @@
 """Group ESP demonstration: one sender, three receivers, one multicast group SA.
 
-Run by tools/demo inside the kernel lab. For now the SAs and policies are installed with
-`ip xfrm`; later this switches to the project's xfrm binding, then to the msec daemons.
+The data plane alone: the SAs and policies are installed with `ip xfrm`, no daemons (run it
+inside the kernel lab: `tools/lab exec -- .venv/bin/python tools/demo_group_esp.py`). The demo
+proper (tools/demo) runs the msec daemons: tools/demo_msec.py. It reuses `save_demo_key` and
+`verify_capture` (`--verify PCAP KEYFILE`: scapy decrypts the capture on the host) from here.
 """
 from __future__ import annotations
 
