@@ -78,7 +78,7 @@ def traffic(lab, sender, receivers, n=20, marker=MARKER):
         with lab.capture() as cap:
             time.sleep(0.3)
             sender.send(GROUP, PORT, marker, count=n, interval=0.01)
-            got = [lst.wait(n, timeout=10) for lst in listeners]
+            got = [lst.wait(n, timeout=60) for lst in listeners]
             time.sleep(0.3)
     finally:
         for lst in listeners:
@@ -180,7 +180,7 @@ def test_registration_end_to_end(lab, tmp_path):
         gm1b = Msecd(gms[0].config, host=h2, log=dirs["gm1"] / "again.log")
         everyone.append(gm1b)
         gm1b.start(timeout=120)
-        gm1b.wait_log("adopted the SAs", timeout=60)
+        gm1b.wait_log("adopted the SAs", timeout=120)
         gm1b.wait_log("SAs unchanged", timeout=120)
         assert states(h2) == [(GROUP, spi, "esp")]
 
