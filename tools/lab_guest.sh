@@ -5,6 +5,8 @@
 #   msec_run=/abs/host/dir   run folder (job.sh, rc, modules report); mounted read-write
 #   msec_ovl=/abs/dir        optional: overlay this read-only tree with a throwaway tmpfs
 #   msec_rw=/a:/b            optional: more host folders mounted read-write at the same path
+#   msec_ro=/a:/b            optional: host folders below /tmp, /run or /var/tmp (hidden by the
+#                            tmpfs mounts here) mounted again read-only at the same path
 # The root file system is the host's, read-only (hostfs). stdout/stderr of the job are
 # /dev/tty1 and /dev/tty2, which tools/lab wired to pipes on the host (con1/con2).
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -32,6 +34,15 @@ mount -t tmpfs -o mode=1777 vartmp /var/tmp
 mkdir -p /run/netns /run/lock
 [ -L /var/run ] || mount -t tmpfs -o mode=755 varrun /var/run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+
+if [ -n "$msec_ro" ]; then
+    old_ifs=$IFS; IFS=:
+    for d in $msec_ro; do
+        mkdir -p "$d" && mount -r -t hostfs none "$d" -o "$d" \
+            || echo "lab: cannot show $d inside the lab" >/dev/tty2
+    done
+    IFS=$old_ifs
+fi
 
 if [ -n "$msec_ovl" ] && [ -d "$msec_ovl" ]; then
     modprobe -q overlay 2>/dev/null

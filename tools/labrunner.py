@@ -54,8 +54,25 @@ ENV_DROP = {
     "OLDPWD", "PWD", "SHLVL", "_", "TMPDIR", "TMUX", "TMUX_PANE", "LS_COLORS", "STY",
 }
 
-# Host paths the guest replaces with tmpfs: a working directory there is not visible inside.
+# Host paths the guest replaces with tmpfs. A folder below the first three (a checkout in /tmp,
+# as a CI runner may make) is mounted again from the host, read-only, at the same path
+# (msec_ro); below the kernel's own file systems nothing can be shown.
 GUEST_TMPFS = ("/tmp", "/run", "/var/tmp", "/dev", "/proc", "/sys")
+GUEST_REMOUNTABLE = ("/tmp", "/run", "/var/tmp")
+GUEST_HIDDEN = ("/dev", "/proc", "/sys")
+
+
+def _below(path: str, tops) -> bool:
+    return any(path == t or path.startswith(t + "/") for t in tops)
+
+
+def guest_ro_mounts(*paths: str) -> list[str]:
+    """Host folders under the guest's tmpfs that must be mounted again (outermost first)."""
+    out: list[str] = []
+    for p in sorted({os.path.abspath(x) for x in paths}, key=len):
+        if _below(p, GUEST_REMOUNTABLE) and not any(_below(p, [o]) for o in out):
+            out.append(p)
+    return out
 
 EXIT_TIMEOUT = 124
 EXIT_LAB_ERROR = 125
@@ -201,15 +218,16 @@ def job_script(job: Job, env: dict[str, str]) -> str:
 def lab_dir() -> str:
     d = os.environ.get("MSEC_LAB_DIR") or os.path.join(PROJECT, ".lab")
     d = os.path.abspath(d)
-    if any(d == p or d.startswith(p + "/") for p in GUEST_TMPFS):
-        raise LabError(f"MSEC_LAB_DIR={d} is under a folder the guest replaces with tmpfs")
+    if _below(d, GUEST_HIDDEN):
+        raise LabError(f"MSEC_LAB_DIR={d} is under a kernel file system the guest mounts anew")
     os.makedirs(d, exist_ok=True)
     return d
 
 
 def uml_cmdline(job: Job, rundir: str, umldir: str, umid: str,
                 fd_out: int, fd_err: int, fd_con: int) -> list[str]:
-    for p in [rundir, PROJECT, *job.rw]:
+    ro = guest_ro_mounts(PROJECT, job.cwd)
+    for p in [rundir, PROJECT, *job.rw, *ro]:
         if re.search(r"[\s:\"']", p):
             raise LabError(f"path {p!r} contains blanks, quotes or ':'; the kernel command line "
                            "cannot carry it")
@@ -219,6 +237,8 @@ def uml_cmdline(job: Job, rundir: str, umldir: str, umid: str,
             f"umid={umid}", f"uml_dir={umldir}", f"msec_run={rundir}", f"msec_ovl={PROJECT}"]
     if job.rw:
         args.append("msec_rw=" + ":".join(job.rw))
+    if ro:
+        args.append("msec_ro=" + ":".join(ro))
     return args
 
 
@@ -467,8 +487,9 @@ def run(job: Job, want: str = "auto", quiet: bool = True) -> int:
     if not quiet:
         log(f"kernel: {why}")
     cwd = os.path.abspath(job.cwd)
-    if backend == "uml" and any(cwd == p or cwd.startswith(p + "/") for p in GUEST_TMPFS):
-        raise LabError(f"working directory {cwd} is not visible in the lab (tmpfs there)")
+    if backend == "uml" and _below(cwd, GUEST_HIDDEN):
+        raise LabError(f"working directory {cwd} is not visible in the lab (the guest mounts "
+                       "its own kernel file systems there)")
     if backend == "uml":
         return run_uml(job)
     return run_direct(job, backend)

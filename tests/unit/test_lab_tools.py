@@ -178,3 +178,14 @@ def test_demo_verify_capture_decrypts_group_esp(tmp_path, capsys):
     demo.save_demo_key(str(pcap) + ".key", spi, bytes(20), "10.77.0.1")  # wrong key
     assert demo.verify_capture(str(pcap), str(pcap) + ".key") == 1
     assert "does not decrypt" in capsys.readouterr().out
+
+
+def test_checkouts_below_the_guests_tmpfs_are_mounted_again_read_only():
+    # A CI runner may clone into /tmp, which the guest covers with tmpfs.
+    assert labrunner.guest_ro_mounts("/tmp/ci/msec", "/tmp/ci/msec/tests") == ["/tmp/ci/msec"]
+    assert labrunner.guest_ro_mounts("/work/msec", "/var/tmp/job") == ["/var/tmp/job"]
+    assert labrunner.guest_ro_mounts("/work/msec", "/work/msec/tests") == []
+    assert labrunner.guest_ro_mounts("/tmpfoo/msec") == []
+    job = labrunner.Job(argv=["true"], cwd="/tmp/ci/msec", env={})
+    args = labrunner.uml_cmdline(job, "/tmp/ci/msec/.lab/run-1", "/u", "id", 3, 4, 5)
+    assert "msec_ro=/tmp/ci/msec" in args
