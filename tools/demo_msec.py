@@ -251,9 +251,10 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
 
             sender, receivers = gm_hosts[0], gm_hosts[1:]
             step(5, f"{sender.name} ({MEMBERS[0]}) sends {count} plain UDP datagrams to "
-                    f"{GROUP}:{PORT}; {', '.join(h.name for h in receivers)} listen; "
-                    "a capture runs on the bridge")
+                    f"{GROUP}:{PORT}; {', '.join(h.name for h in receivers)} (members) and "
+                    f"{ks_host.name} (no SA) listen; a capture runs on the bridge")
             listeners = [h.listen(GROUP, PORT) for h in receivers]
+            outsider = ks_host.listen(GROUP, PORT)
             with lab.capture(pcap) as cap:
                 time.sleep(0.2)
                 for i in range(count):
@@ -269,6 +270,11 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
                 say(f"    {h.name} ({name}) application got {len(got)}/{count} "
                     f"{'OK' if good else 'MISSING'}: {got[:2]}{' ...' if len(got) > 2 else ''}")
                 lst.close()
+            n_out = len(outsider.received)
+            outsider.close()
+            check(f"{ks_host.name} (no SA) gets nothing", n_out == 0)
+            say(f"    {ks_host.name} (key server, no SA in its kernel) application got "
+                f"{n_out}/{count}: its kernel drops ESP it has no SA for")
 
             step(6, "On the wire (the bridge capture): ESP with the group SPI, no plaintext")
             pkts = cap.packets()
