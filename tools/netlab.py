@@ -536,7 +536,10 @@ class Capture:
         """Stop capturing (flushes the file) and return the pcap's path."""
         p = self.proc
         if p and p.poll() is None:
-            time.sleep(0.2)  # let in-flight frames land
+            # let in-flight frames land: tcpdump (-U) writes each frame as it takes it, and on
+            # SIGINT drops what it has not taken yet, which on a loaded machine can be more than
+            # a fixed pause covers. Wait until the file stops growing (bounded).
+            self._settle()
             try:
                 os.killpg(p.pid, signal.SIGINT)
             except ProcessLookupError:
@@ -549,6 +552,23 @@ class Capture:
         if p and p.stderr:
             p.stderr.close()
         return self.path
+
+    def _settle(self, quiet: float = 0.3, limit: float = 5.0) -> None:
+        def size() -> int:
+            try:
+                return os.path.getsize(self.path)
+            except OSError:
+                return -1
+        end = time.monotonic() + limit
+        last, since = size(), time.monotonic()
+        time.sleep(0.2)
+        while time.monotonic() < end:
+            now = size()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.05)
 
     def packets(self) -> list[dict]:
         """Every captured frame, classified (see classify()), with 'time' and 'len'."""
