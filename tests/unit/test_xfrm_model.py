@@ -11,7 +11,8 @@ from xfrm import algorithms as alg
 from xfrm.batch import Batch
 from xfrm.errors import InvalidArgument, KernelError, KernelLacksFeature
 from xfrm.model import (
-    Aead, Auth, Cipher, Direction, Lifetime, Mark, Mode, Policy, Selector, State, Template,
+    Action, Aead, Auth, Cipher, Direction, Lifetime, Mark, Mode, Policy, SaId, Selector, State,
+    Template,
 )
 from xfrm.owner import MSEC, Owner
 from xfrm.socket import kernel_error
@@ -158,3 +159,98 @@ def test_netns_arguments():
     refused("netns", run_in_netns, 1.5, lambda: 0)
     refused("netns", netns_path, "")
     refused("netns", run_in_netns, "msec-test-surely-missing", lambda: 0)
+
+
+def _values():
+    """One of each value class, built by hand (the constructors' fast paths)."""
+    sel = Selector.host(A("10.0.0.1"), A("239.1.1.1"))
+    t = Template(A("10.0.0.1"), A("239.1.1.1"), Mode.TUNNEL, R)
+    return [
+        sel, t, Mark(5), Lifetime(soft_bytes=1, hard_bytes=2), alg.aes_gcm(bytes(20)),
+        Cipher("cbc(aes)", bytes(16)), Auth("hmac(sha256)", bytes(32), 128),
+        SaId(A("239.1.1.1"), 0x100), state(), state().id,
+        Policy(sel, Direction.IN, priority=2000, templates=(t,)),
+        Policy(sel, Direction.IN).id,
+    ]
+
+
+@pytest.mark.parametrize("v", _values(), ids=lambda v: type(v).__name__)
+def test_values_are_frozen_dataclasses(v):
+    import copy
+    import dataclasses
+    import pickle
+
+    cls = type(v)
+    assert dataclasses.is_dataclass(v) and cls.__module__ == "xfrm.model"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(v, dataclasses.fields(v)[0].name, None)
+    with pytest.raises((AttributeError, TypeError)):  # TypeError: CPython 3.11, frozen+slots
+        v.not_a_field = 1
+    twin = dataclasses.replace(v)
+    assert type(twin) is cls and twin == v and hash(twin) == hash(v) and twin is not v
+    assert pickle.loads(pickle.dumps(v)) == v and copy.copy(v) == v and copy.deepcopy(v) == v
+    assert repr(v).startswith(cls.__name__ + "(")
+
+
+def test_general_checks_behind_fast_paths():
+    """What the constructors' exact-type tests do not cover takes the general checks."""
+    net4, net6 = IPv4Network("10.0.0.0/8"), IPv6Network("2001:db8::/32")
+    a6, b6 = A("2001:db8::1"), A("ff0e::1")
+    # valid but unusual: IPv6, IntEnum protocol numbers, ports, non-zero ifindex, subclasses
+    assert Selector(net6, net6, 17, 53, None, 4).sport == 53
+    assert Template(a6, b6, Mode.TRANSPORT, R, proto=50, spi=7, optional=True).proto == 50
+    st = state(src=a6, dst=b6, proto=50, esn=True, replay_window=64, if_id=9, flags=1,
+               mark=Mark(1, 3), lifetime=Lifetime(hard_packets=10),
+               selector=Selector(net6, net6))
+    assert st.uses_esn_attr and st.id.mark == Mark(1, 3)
+    assert Policy(Selector(net4, net4), Direction.OUT, Action.BLOCK,
+                  templates=(Template(A("10.0.0.1"), A("10.0.0.2"), Mode.TUNNEL, R),) * 2
+                  ).action == Action.BLOCK
+    assert Aead("rfc4106(gcm(aes))", bytes(20), 128) == alg.aes_gcm(bytes(20))
+    # refused, naming the field, whichever path finds it
+    refused("selector.ifindex", Selector, net4, net4, 0, None, None, 2**31)
+    refused("selector.proto", Selector, net4, net4, 1.0)
+    refused("template.proto", Template, a6, b6, Mode.TUNNEL, R, proto=0)
+    refused("template.spi", Template, a6, b6, Mode.TUNNEL, R, spi=True)
+    refused("template.reqid", Template, a6, b6, Mode.TUNNEL, 2**32)
+    refused("template.mode", Template, a6, b6, 1, R)
+    refused("state.esn", state, proto=51, esn=True)
+    refused("state.flags", state, flags=256)
+    refused("state.lifetime", state, lifetime=None)
+    refused("state.selector", state, selector=IPv4Network("10.0.0.0/8"))
+    refused("state.spi", state, spi=True)
+    sel = Selector(net4, net4)
+    refused("policy.selector", Policy, "10.0.0.0/8", Direction.IN)
+    refused("policy.action", Policy, sel, Direction.IN, 0)
+    refused("policy.priority", Policy, sel, Direction.IN, priority=-1)
+    refused("policy.templates", Policy, sel, Direction.IN, templates=(sel,))
+    refused("policy.mark", Policy, sel, Direction.IN, mark=1)
+    refused("policy.if_id", Policy, sel, Direction.IN, if_id=2**32)
+    refused("policy.lifetime", Policy, sel, Direction.IN, lifetime=None)
+    refused("policy.index", Policy, sel, Direction.IN, index=False)
+    refused("aead.name", Aead, "", bytes(20), 128)
+    refused("aead.name", Aead, "é" * 32, bytes(20), 128)  # 64 bytes in UTF-8
+    assert Aead("é" * 31, bytes(20), 128).name == "é" * 31
+    refused("aead.key", Aead, "x", bytearray(20), 128)
+    refused("aead.icv_bits", Aead, "x", bytes(20), True)
+    refused("cipher.key", Cipher, "cbc(aes)", "k")
+    refused("auth.trunc_bits", Auth, "hmac(sha256)", bytes(32), -1)
+    refused("sa.dst", SaId, "239.1.1.1", 1)
+    refused("sa.spi", SaId, A("239.1.1.1"), 2**32)
+    refused("mark.mask", Mark, 0, 2**32)
+    refused("mark.value", Mark, True)
+    refused("lifetime.soft_use_seconds", Lifetime, soft_use_seconds=True)
+    assert Lifetime(hard_add_seconds=5).as_wire()[5] == 5
+
+
+def test_subclasses_construct_through_the_general_path():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, init=False)
+    class Tagged(Selector):
+        pass
+
+    s = Tagged(IPv4Network("10.0.0.0/8"), IPv4Network("10.0.0.0/8"), 6, 1, 2)
+    assert type(s) is Tagged and (s.src, s.proto, s.sport, s.dport, s.ifindex) == (
+        IPv4Network("10.0.0.0/8"), 6, 1, 2, 0)
+    refused("selector.dport", Tagged, s.src, s.dst, 0, None, 80)
