@@ -247,3 +247,26 @@ class Batch:
         seqs = [(first_seq + i) & 0xFFFFFFFF for i in range(len(payloads))]
         return list(map(operator.add, map(m.NLMSGHDR.pack, map(_PLUS_HDR, map(len, payloads)),
                                           kinds, flags, seqs, repeat(0)), payloads))
+
+
+class SingleOperations:
+    """One-message operations as one-item batches, for every port that has ``batch()`` and
+    ``run(batch)`` (the kernel socket and the in-memory stand-in): one code path for both."""
+
+    def add_state(self, state: State) -> None:
+        self.run(self.batch().add_state(state))
+
+    def update_state(self, state: State) -> None:
+        self.run(self.batch().update_state(state))
+
+    def delete_state(self, sa: SaId) -> None:
+        self.run(self.batch().delete_state(sa))
+
+    def add_policy(self, policy: Policy) -> None:
+        self.run(self.batch().add_policy(policy))
+
+    def update_policy(self, policy: Policy) -> None:
+        self.run(self.batch().update_policy(policy))
+
+    def delete_policy(self, pid: PolicyId) -> None:
+        self.run(self.batch().delete_policy(pid))

@@ -26,7 +26,7 @@ import errno
 from collections.abc import Sequence
 from dataclasses import replace
 
-from .batch import Batch
+from .batch import Batch, SingleOperations
 from .errors import KernelError
 from .model import Network, Policy, PolicyId, SaId, State
 from .owner import MSEC, Owner
@@ -38,7 +38,7 @@ def _sa_key(sa: SaId) -> tuple:
     return (sa.dst, sa.spi, sa.proto, sa.mark)
 
 
-class MemoryXfrm:
+class MemoryXfrm(SingleOperations):
     """One namespace's SAD and SPD in memory, owned by ``owner`` like an XfrmSocket."""
 
     def __init__(self, owner: Owner = MSEC) -> None:
@@ -115,23 +115,6 @@ class MemoryXfrm:
         return (self._index << 3) | int(p.direction)
 
     # -- single operations --------------------------------------------------------------------
-    def add_state(self, state: State) -> None:
-        self.run(self.batch().add_state(state))
-
-    def update_state(self, state: State) -> None:
-        self.run(self.batch().update_state(state))
-
-    def delete_state(self, sa: SaId) -> None:
-        self.run(self.batch().delete_state(sa))
-
-    def add_policy(self, policy: Policy) -> None:
-        self.run(self.batch().add_policy(policy))
-
-    def update_policy(self, policy: Policy) -> None:
-        self.run(self.batch().update_policy(policy))
-
-    def delete_policy(self, pid: PolicyId) -> None:
-        self.run(self.batch().delete_policy(pid))
 
     def get_state(self, sa: SaId) -> State:
         st = self.states.get(_sa_key(sa))

@@ -21,7 +21,7 @@ from itertools import repeat
 from operator import itemgetter
 
 from . import messages as m
-from .batch import Batch, Op
+from .batch import Batch, Op, SingleOperations
 from .errors import InvalidArgument, KernelError, KernelLacksFeature, XfrmError
 from .model import Network, Policy, PolicyId, Proto, SaId, State
 from .netns import NetnsSpec, run_in_netns
@@ -111,7 +111,7 @@ def kernel_error(op: Op | None, opname: str, code: int, extack: str | None,
     return KernelError(opname, code, extack, index, label)
 
 
-class XfrmSocket:
+class XfrmSocket(SingleOperations):
     """States and policies in one network namespace's XFRM, owned by ``owner``.
 
     Use as a context manager or call :meth:`close`. Not thread-safe: one socket per thread.
@@ -155,23 +155,6 @@ class XfrmSocket:
     def batch(self) -> Batch:
         return Batch(self.owner)
 
-    def add_state(self, state: State) -> None:
-        self.run(self.batch().add_state(state))
-
-    def update_state(self, state: State) -> None:
-        self.run(self.batch().update_state(state))
-
-    def delete_state(self, sa: SaId) -> None:
-        self.run(self.batch().delete_state(sa))
-
-    def add_policy(self, policy: Policy) -> None:
-        self.run(self.batch().add_policy(policy))
-
-    def update_policy(self, policy: Policy) -> None:
-        self.run(self.batch().update_policy(policy))
-
-    def delete_policy(self, pid: PolicyId) -> None:
-        self.run(self.batch().delete_policy(pid))
 
     def get_state(self, sa: SaId) -> State:
         """The state (dst, spi, proto, mark); KernelError ESRCH if there is none."""
