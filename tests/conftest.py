@@ -9,6 +9,8 @@
           `tools/lab exec -- .venv/bin/python -m pytest tests/kernel`.
 """
 import os
+import subprocess
+import uuid
 
 import pytest
 
@@ -61,3 +63,14 @@ def netns(netlab_factory):
     """A private network namespace (a one-host netlab: eth0 on a bridge, lo up).
     The value is the tools.netlab.Host: .ns is its name, .run()/.call()/.inside() work there."""
     return netlab_factory(1).hosts[0]
+
+
+@pytest.fixture
+def xns():
+    """A private, empty network namespace (its name), for XFRM tests that need no interfaces."""
+    name = f"msec-test-{uuid.uuid4().hex[:10]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import uuid
 from ipaddress import ip_address, ip_network
 
 import pytest
@@ -31,17 +30,6 @@ from xfrm.socket import XfrmSocket
 pytestmark = pytest.mark.host
 A, N = ip_address, ip_network
 R = MSEC.reqid(1)
-
-
-@pytest.fixture
-def xns():
-    """A private, empty network namespace, by name (root is checked by tests/conftest.py)."""
-    name = f"msec-test-{uuid.uuid4().hex[:10]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def ip(ns: str, *args: str) -> str:
