@@ -13,6 +13,9 @@ Public API::
     phase1_config(KeyServerSettings | MemberGroup, ...)  gkm.ike.Phase1Config from the policy
     GroupTek, GroupKek, LkhKeys                       keys in protocol terms (for xfrm.groupsa)
     PullInitiator, PullResponder                      the GROUPKEY-PULL engines on a phase 1 SA
+    build_push(group, kek=, signing_key=, seq=, new_teks=, new_kek=, lkh_update=, deletes=, now=) -> bytes
+    PushReceiver(group_id, kek, lkh, last_seq).receive_datagram(data, addr, now) / .next_event()
+        events: Rekeyed, TeksDeleted, KekDeleted, Evicted, PushRejected   (GROUPKEY-PUSH, gkm.gdoi.push)
     gkm.gdoi.policy_wire                              the policy <-> SA TEK/SA KEK/KD mapping
 
 Driving them (the shape of gkm.daemon.adapter): after every input, send
@@ -28,6 +31,7 @@ from .keys import GroupKek, GroupTek, LkhKeys
 from .phase1 import phase1_config
 from .provider import Enrollment, GroupKeys, GroupKeysProvider, KekKeys, StaleKeys, StoreKeysProvider, TekKeys
 from .pull import PullInitiator, PullResponder, PullState, peer_identity
+from .push import Evicted, KekDeleted, PushReceiver, PushRejected, Rekeyed, TeksDeleted, build_push, lkh_kek_keymat
 
 __all__ = [
     "KeyServerEngine", "MemberRegistration", "RegistrationState",
@@ -36,4 +40,5 @@ __all__ = [
     "phase1_config",
     "Enrollment", "GroupKeys", "GroupKeysProvider", "KekKeys", "StaleKeys", "StoreKeysProvider", "TekKeys",
     "PullInitiator", "PullResponder", "PullState", "peer_identity",
+    "build_push", "lkh_kek_keymat", "PushReceiver", "Rekeyed", "TeksDeleted", "KekDeleted", "Evicted", "PushRejected",
 ]

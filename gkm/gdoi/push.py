@@ -1,0 +1,638 @@
+"""GROUPKEY-PUSH (RFC 6407 section 4), both roles, sans-I/O, engine level.
+
+::
+
+    GCKS -> GM   HDR*, SEQ, [D,] [SA, KD,] SIG      (* encrypted with the current KEK)
+
+Key server: :func:`build_push` returns one datagram.  Member: :class:`PushReceiver` takes
+datagrams (``receive_datagram``) and hands out events (``next_event``): :class:`Rekeyed`,
+:class:`TeksDeleted`, :class:`KekDeleted`, :class:`Evicted`, :class:`PushRejected`.
+
+SEQ contract (RFC 6407 sections 4.3, 3.2): the caller passes ``seq``, obtained from
+``KeyStore.next_seq(group)``, which is committed and fsync'ed before it returns; so a SEQ is
+never sent twice, even across a crash.  ``build_push`` itself is pure (no store, no clock).
+After a PUSH that introduces a new KEK the caller activates that KEK in the store, whose SEQ
+starts at 0: the first PUSH under it carries SEQ 1 (RFC 6407 section 4, "the first packet for
+the given Rekey SA encrypted with the new KEK attribute will have a Sequence number of 1").
+
+Decisions (ambiguities; the digest is /work/shared/specs/gdoi-ikev1-wire.md):
+
+* Signed bytes (RFC 6407 section 4: "the string 'rekey', the GROUPKEY-PUSH HDR, followed by all
+  payloads preceding the SIG payload"): ``b"rekey"`` (5 ASCII octets, no NUL; the RFC says
+  'rekey', not "GDOI REKEY") || HDR || payloads before SIG, verbatim, no padding.  HDR is the
+  header as gdoid hashes it (digest section 3.2, ambiguity 1): E flag set, Length = 28 + all
+  payloads including SIG, excluding padding.  The receiver also accepts the header as sent
+  (Length including padding), the other plausible reading.
+* Hash = the signature suite's hash (SIG_HASH_ALGORITHM; implied by the curve for ECDSA,
+  RFC 6407 section 5.3.5).  ECDSA: r || s, each left-padded to the coordinate size (RFC 4754
+  section 7, RFC 6407 section 5.3.6).  RSA: EMSA-PKCS1-v1_5 with DigestInfo (RFC 6407 section
+  5.3.6.1) when signing; the receiver also accepts gdoid's PKCS#1 type 1 over the bare hash
+  (digest ambiguity 2).  Signing key: RFC 6407 section 4.1 says it SHOULD differ from the
+  phase 1 key; that is the caller's (policy's) business: ``KekPolicy.signing_key``.
+* Encryption (RFC 6407 sections 4, 5.3.2, 5.6.2.1): AES-CBC with the current KEK key, the IV
+  being the IV half of KEK_ALGORITHM_KEY (IV || key), the same for every PUSH under one KEK (no
+  per-message IV exists on the wire; gdoid does the same; digest ambiguity 3).  The first
+  plaintext block holds the SEQ payload, unique per KEK, so equal plaintext prefixes are not
+  revealed across messages.  Zero padding to the block (RFC 2409 appendix B).
+* Check order on receipt (RFC 6407 section 4.4): cookies = KEK SPI, decrypt, parse and
+  validate the form, SEQ > last accepted for this KEK, SIG, then process.  The SEQ test before
+  the signature is only a cheap filter: the receiver's state changes only after the signature
+  verified and the whole message was processed successfully (all or nothing).
+* First PUSH after PULL: ``last_seq`` = the SEQ of GROUPKEY-PULL message 4 (the most recently
+  *used* number, RFC 6407 section 3.2), so the PUSH must carry a larger one.  A new KEK resets
+  ``last_seq`` to 0 (RFC 6407 sections 4 and 4.3).  PUSH under the previous KEK is no longer
+  accepted after the switch.
+* LKH (RFC 6407 sections 4.3, 4.4, 5.6.3): an eviction PUSH carries an SA KEK (new SPI) and a KD
+  with an LKH key packet of LKH_UPDATE_ARRAYs (:meth:`gkm.lkh.LkhUpdate.to_arrays`, Key Type
+  :data:`gkm.lkh.KEY_TYPE_AES_KEYWRAP`) plus a KEK key packet with the signing public key
+  only.  The new KEK_ALGORITHM_KEY is *not* sent: the evicted members can decrypt the PUSH
+  (they hold the current KEK).  "The final decryption yields the new group KEK" (section 4.4):
+  the new KEK_ALGORITHM_KEY (IV || key) = HKDF-Expand-SHA-256(new LKH root key, "msec GDOI LKH
+  KEK" || new KEK SPI) (:func:`lkh_kek_keymat`; our choice: the RFC does not say how the
+  root key maps onto a KEK with its IV).  A member whose keys cannot unwrap the new root is
+  told :class:`Evicted`.  The wire carries no LKH epoch: the receiver applies the update as
+  epoch + 1 (SEQ provides the ordering).
+* SA TEK direction in PUSH (RFC 6407 section 5.5.1.1.2): one SA payload goes to every member,
+  so it cannot carry the per-member directions of GROUPKEY-PULL.  It carries SYMMETRIC for TEKs
+  without a sender restriction, else RECEIVER_ONLY (the safe value); a member keeps the
+  direction it was given for the same selector at registration (so a restricted sender keeps
+  sending and a receiver-only member never starts), and takes the PUSH's value otherwise.
+* Delete payloads (RFC 6407 section 5.9): TEK deletes (protocol ESP, SPI size 4; no SPI =
+  all) give :class:`TeksDeleted`; a KEK delete (protocol 0, SPI size 16) :class:`KekDeleted`,
+  after which the receiver accepts nothing more (re-register).
+* Not done here: GROUPKEY-PUSH-ACK (RFC 8263), GAP/SID (RFC 6054; TEKs are handed over as the
+  PULL does), splitting large LKH arrays over several datagrams.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence as Seq
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding as apadding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from gkm import wire
+from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LkhError, LkhEvicted, LkhMemberView, LkhUpdate
+from gkm.wire import (
+    Attribute, Delete, GdoiSa, Header, KeyDownload, KeyPacket, SaKek, SaTek, Sequence, Signature, attr_bytes,
+)
+from gkm.wire.constants import Doi, ExchangeType, Flags, KdType, KekKeyAttr, LkhKeyAttr, PayloadType, TekProtocol
+from policy.model import GroupPolicy, SaDirection
+from policy.suites import KEK_CIPHERS, SIGNATURE_SUITES, KekCipher, SignatureSuite
+
+from . import policy_wire as pw
+from .keys import GroupKek, GroupTek, LkhKeys
+from .provider import KekKeys, TekKeys
+
+log = logging.getLogger("gkm.gdoi")
+
+__all__ = [
+    "build_push", "PushReceiver", "Rekeyed", "TeksDeleted", "KekDeleted", "Evicted", "PushRejected",
+    "lkh_kek_keymat", "sign_push", "verify_push_signature", "REKEY_PREFIX",
+]
+
+#: RFC 6407 section 4: the string prefixed to the signed data.
+REKEY_PREFIX = b"rekey"
+HEADER_LEN = 28
+_LKH_KEK_INFO = b"msec GDOI LKH KEK"
+_KEYWRAP_OVERHEAD = 8
+
+
+# ------------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class Rekeyed:
+    """Member: a GROUPKEY-PUSH was accepted.  ``teks``: new TEKs (install them); ``kek``: the
+    Rekey SA now in force (new or unchanged); ``seq``: the PUSH's SEQ (persist as last_seq);
+    ``lkh``: the member's LKH path after the update (None without LKH)."""
+
+    group_id: int
+    teks: tuple[GroupTek, ...]
+    kek: GroupKek
+    seq: int
+    lkh: LkhKeys | None = None
+    new_kek: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TeksDeleted:
+    """Member: the key server deleted TEKs (``spis``; empty with ``all`` = every TEK)."""
+
+    group_id: int
+    spis: tuple[int, ...]
+    all: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KekDeleted:
+    """Member: the key server deleted the Rekey SA; no more PUSH under it (re-register)."""
+
+    group_id: int
+    spi: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """Member: an LKH update renewed the group KEK and this member cannot derive it."""
+
+    group_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PushRejected:
+    """Member: a datagram was dropped (logged); the receiver's state is unchanged."""
+
+    group_id: int
+    reason: str
+
+
+class _Reject(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------ crypto
+
+
+def _cbc(key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:
+    c = Cipher(algorithms.AES(key), modes.CBC(iv))
+    op = c.encryptor() if encrypt else c.decryptor()
+    return op.update(data) + op.finalize()
+
+
+def lkh_kek_keymat(root_key: bytes, spi: bytes, cipher: KekCipher | str) -> bytes:
+    """KEK_ALGORITHM_KEY (IV || key) of a KEK distributed by an LKH update: derived from the
+    new LKH root key and the new KEK SPI (see the module docstring)."""
+    c = KEK_CIPHERS[cipher] if isinstance(cipher, str) else cipher
+    return HKDFExpand(hashes.SHA256(), c.block_bytes + c.key_bytes, _LKH_KEK_INFO + bytes(spi)).derive(bytes(root_key))
+
+
+def _hash(suite: SignatureSuite) -> hashes.HashAlgorithm:
+    return {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[suite.hash_name]()
+
+
+def _coord_bytes(curve: ec.EllipticCurve) -> int:
+    return (curve.key_size + 7) // 8
+
+
+def signature_length(suite: SignatureSuite, public_key: Any) -> int:
+    if suite.key_type == "ec":
+        return 2 * _coord_bytes(public_key.curve)
+    return (public_key.key_size + 7) // 8
+
+
+def sign_push(suite: SignatureSuite, private_key: Any, data: bytes) -> bytes:
+    """SIG data over ``data`` (= "rekey" || HDR || payloads before SIG)."""
+    h = _hash(suite)
+    if suite.key_type == "ec":
+        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or private_key.curve.name != suite.curve:
+            raise ValueError(f"signing key does not fit {suite.name}")
+        r, s = decode_dss_signature(private_key.sign(data, ec.ECDSA(h)))
+        n = _coord_bytes(private_key.curve)
+        return r.to_bytes(n, "big") + s.to_bytes(n, "big")
+    if not isinstance(private_key, rsa.RSAPrivateKey):
+        raise ValueError(f"signing key does not fit {suite.name}")
+    return private_key.sign(data, apadding.PKCS1v15(), h)
+
+
+def verify_push_signature(suite: SignatureSuite, public_key: Any, data: bytes, sig: bytes) -> bool:
+    h = _hash(suite)
+    try:
+        if suite.key_type == "ec":
+            if not isinstance(public_key, ec.EllipticCurvePublicKey):
+                return False
+            n = _coord_bytes(public_key.curve)
+            if len(sig) != 2 * n:
+                return False
+            r, s = int.from_bytes(sig[:n], "big"), int.from_bytes(sig[n:], "big")
+            if not (r and s):
+                return False
+            public_key.verify(encode_dss_signature(r, s), data, ec.ECDSA(h))
+            return True
+        if not isinstance(public_key, rsa.RSAPublicKey) or len(sig) != (public_key.key_size + 7) // 8:
+            return False
+        try:
+            public_key.verify(sig, data, apadding.PKCS1v15(), h)
+            return True
+        except InvalidSignature:
+            # gdoid: PKCS#1 type 1 over the bare hash, no DigestInfo (digest ambiguity 2)
+            digest = hashes.Hash(_hash(suite))
+            digest.update(data)
+            got = public_key.recover_data_from_signature(sig, apadding.PKCS1v15(), None)
+            return hmac.compare_digest(got, digest.finalize())
+    except (InvalidSignature, ValueError, OverflowError):
+        return False
+
+
+# ------------------------------------------------------------------------------------ key server
+
+
+def _push_direction(tp) -> SaDirection:
+    return SaDirection.SYMMETRIC if tp.senders is None else SaDirection.RECEIVER_ONLY
+
+
+def build_push(
+    group: GroupPolicy,
+    *,
+    kek: KekKeys,
+    signing_key: Any,
+    seq: int,
+    new_teks: Seq[TekKeys] = (),
+    new_kek: KekKeys | None = None,
+    lkh_update: LkhUpdate | None = None,
+    lkh_root_key: bytes | None = None,
+    lkh_key_type: int = KEY_TYPE_AES_KEYWRAP,
+    deletes: Seq[int] = (),
+    delete_kek: bool = False,
+    now: int,
+    rekey_source: tuple[str, int] | None = None,
+) -> bytes:
+    """One GROUPKEY-PUSH datagram: ``HDR*, SEQ, [D...,] [SA, KD,] SIG`` (RFC 6407 section 4).
+
+    ``kek``: the current Rekey SA (its SPI is the cookie pair, its key encrypts).  ``seq``: from
+    ``KeyStore.next_seq`` (durable before this is called; see the module docstring).
+    ``new_teks``: TEKs of ``group``'s TEK policies (by name) to announce.  ``new_kek``: a
+    replacement Rekey SA.  ``lkh_update`` (with ``new_kek`` and ``lkh_root_key``, the tree's new
+    group key): the KEK is sent as an LKH update and ``new_kek.keymat`` must be
+    :func:`lkh_kek_keymat` of the root key.  ``deletes``: TEK SPIs to delete (``[0]`` = all).
+    ``signing_key``: the group's PUSH private key (``KekPolicy.signing_key`` loaded).
+    ``now``: wall seconds (remaining lifetimes).  Raises ValueError on inconsistent input.
+    """
+    if group.kek is None:
+        raise ValueError(f"group {group.group_id} has no KEK policy: no GROUPKEY-PUSH")
+    if not 1 <= seq <= 0xFFFFFFFF:
+        raise ValueError(f"SEQ {seq} out of range")
+    if len(kek.spi) != 16:
+        raise ValueError("KEK SPI must be 16 octets")
+    cipher = KEK_CIPHERS[kek.cipher]
+    suite = group.kek.signature
+    if lkh_update is not None:
+        if new_kek is None or lkh_root_key is None:
+            raise ValueError("an LKH update needs the new KEK and the new root key")
+        if not hmac.compare_digest(new_kek.keymat, lkh_kek_keymat(lkh_root_key, new_kek.spi, new_kek.cipher)):
+            raise ValueError("new KEK keymat is not derived from the LKH root key (lkh_kek_keymat)")
+    if new_kek is not None and new_kek.spi == kek.spi:
+        raise ValueError("a new KEK needs a new SPI (RFC 6407 section 4)")
+
+    payloads: list = [Sequence(seq)]
+    tek_dels = tuple(int(s) for s in deletes)
+    if tek_dels:
+        spis = () if tek_dels == (0,) else tuple(s.to_bytes(4, "big") for s in tek_dels)
+        payloads.append(Delete(Doi.GDOI, TekProtocol.IPSEC_ESP, 4, spis))
+    if delete_kek:
+        payloads.append(Delete(Doi.GDOI, TekProtocol.KEK, 16, (bytes(kek.spi),)))
+    kids: list = []
+    packets: list = []
+    if new_kek is not None:
+        pub = new_kek.public_key
+        kids.append(pw.sa_kek(group.kek, new_kek.spi, rekey_source, new_kek.expires - now, pw.signature_key_bits(pub)))
+    policies = {tp.name: tp for tp in group.teks}
+    for tk in new_teks:
+        tp = policies.get(tk.name)
+        if tp is None:
+            raise ValueError(f"TEK {tk.name!r} is not in group {group.group_id}'s policy")
+        kids.append(pw.sa_tek(tp, tk.spi, _push_direction(tp), tk.expires - now))
+        packets.append(pw.tek_packet(tk.spi, tk.enc_keymat, tk.auth_key))
+    if new_kek is not None:
+        if lkh_update is None:
+            packets.append(pw.kek_packet(new_kek.spi, new_kek.keymat, new_kek.public_key))
+        else:
+            packets.append(KeyPacket(KdType.KEK, bytes(new_kek.spi), (Attribute(KekKeyAttr.SIG_ALGORITHM_KEY, bytes(new_kek.public_key)),)))
+            attrs = []
+            for (lkh_id, handle), keys in lkh_update.to_arrays():
+                arr = wire.LkhArray(tuple(wire.LkhKey(lvl, lkh_key_type, 0, 0, h, data) for lvl, h, data in keys), (lkh_id, handle))
+                attrs.append(Attribute(LkhKeyAttr.LKH_UPDATE_ARRAY, arr.encode()))
+            packets.append(KeyPacket(KdType.LKH, bytes(new_kek.spi), tuple(attrs)))
+    if kids:
+        payloads.append(GdoiSa(tuple(kids)))
+        payloads.append(KeyDownload(tuple(packets)))
+    if len(payloads) == 1:
+        raise ValueError("a GROUPKEY-PUSH without SA, KD or Delete says nothing")
+
+    header = Header(bytes(kek.spi[:8]), bytes(kek.spi[8:]), ExchangeType.GROUPKEY_PUSH, Flags.ENCRYPTION)
+    priv_pub = signing_key.public_key()
+    sig_len = signature_length(suite, priv_pub)
+    # HDR as signed: Length = 28 + payloads incl. SIG (4 + sig_len), no padding (gdoid)
+    signed_msg = wire.encode_message(header, (*payloads, Signature(bytes(sig_len))))
+    sig_start = len(signed_msg) - 4 - sig_len
+    sig = sign_push(suite, signing_key, REKEY_PREFIX + signed_msg[:sig_start])
+    assert len(sig) == sig_len
+    bs = cipher.block_bytes
+    plain = wire.encode_message(header, (*payloads, Signature(sig)), block_size=bs)
+    key = kek.keymat[bs:]
+    iv = kek.keymat[:bs]
+    return plain[:HEADER_LEN] + _cbc(key, iv, plain[HEADER_LEN:], True)
+
+
+# ------------------------------------------------------------------------------------ member
+
+
+def _selector(t) -> tuple:
+    return (t.src, t.dst, t.protocol, t.src_port, t.dst_port)
+
+
+class PushReceiver:
+    """Member side of GROUPKEY-PUSH for one group (RFC 6407 section 4.4).
+
+    ``kek``, ``last_seq`` and ``lkh`` come from :class:`~gkm.gdoi.events.Registered` (or the
+    previous :class:`Rekeyed`); ``teks``: the TEKs held (to keep their SA direction).  Inputs:
+    ``receive_datagram(data, addr, now)``; outputs: ``next_event()``.  No exception escapes an
+    input; any rejection leaves ``kek``/``last_seq``/``lkh_view`` unchanged.
+    """
+
+    def __init__(
+        self,
+        group_id: int,
+        kek: GroupKek,
+        lkh_view: LkhMemberView | LkhKeys | None = None,
+        last_seq: int = 0,
+        *,
+        teks: Iterable[GroupTek] = (),
+        allowed_suites: frozenset[str] | None = None,
+        check_source: bool = False,
+    ) -> None:
+        self.group_id = group_id
+        self.kek = kek
+        if isinstance(lkh_view, LkhKeys):
+            lkh_view = LkhMemberView.from_download_array(lkh_view.keys, epoch=0)
+        self.lkh_view: LkhMemberView | None = lkh_view
+        self.last_seq = int(last_seq or 0)
+        self.allowed_suites = allowed_suites
+        self.check_source = check_source
+        self.evicted = False
+        self.closed = False
+        self._directions = {_selector(t): t.direction for t in teks}
+        self._events: deque = deque()
+        self.stats = {"accepted": 0, "rejected": 0}
+
+    def __repr__(self) -> str:
+        return f"PushReceiver(group={self.group_id}, kek={self.kek.spi.hex()}, last_seq={self.last_seq})"
+
+    def next_event(self):
+        return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self) -> list:
+        return []  # GROUPKEY-PUSH-ACK (RFC 8263) is not implemented
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        try:
+            events = self._receive(bytes(data), addr)
+        except _Reject as e:
+            self._reject(str(e), addr)
+        except Exception as e:  # noqa: BLE001 - no exception escapes an input
+            self._reject(f"internal error: {type(e).__name__}: {e}", addr)
+        else:
+            self.stats["accepted"] += 1
+            self._events.extend(events)
+
+    def _reject(self, reason: str, addr: Any) -> None:
+        self.stats["rejected"] += 1
+        log.warning("gdoi member group %s: GROUPKEY-PUSH from %r dropped: %s", self.group_id, addr, reason)
+        self._events.append(PushRejected(self.group_id, reason))
+
+    # -- the checks, in RFC 6407 section 4.4 order; state is assigned only at the end
+
+    def _receive(self, data: bytes, addr: Any) -> list:
+        if self.closed:
+            raise _Reject("the Rekey SA was deleted: re-register")
+        if self.evicted:
+            raise _Reject("evicted from the group: re-register")
+        try:
+            header, np, length = wire.decode_header(data)
+        except wire.WireError as e:
+            raise _Reject(f"bad header: {e}") from None
+        if header.exchange != ExchangeType.GROUPKEY_PUSH:
+            raise _Reject(f"exchange {header.exchange} is not GROUPKEY-PUSH")
+        if int(header.flags) != int(Flags.ENCRYPTION) or header.message_id != 0:
+            raise _Reject("flags must be E only and Message ID 0 (RFC 6407 section 4.2)")
+        if not hmac.compare_digest(header.icookie + header.rcookie, self.kek.spi):
+            raise _Reject("cookies do not match the KEK SPI")
+        if self.check_source and addr is not None:
+            try:
+                host = addr[0] if isinstance(addr, tuple) else addr
+                ok = self.kek.src.num_addresses > 2 ** 32 or ipaddress.ip_address(host) in self.kek.src
+            except ValueError:
+                ok = False
+            if not ok:
+                raise _Reject(f"source {addr!r} is not the Rekey SA's source")
+        kc = self.kek.kek_cipher
+        bs = kc.block_bytes
+        if length != len(data):
+            raise _Reject(f"header Length {length} but {len(data)} bytes")
+        body = data[HEADER_LEN:]
+        if not body or len(body) % bs:
+            raise _Reject(f"encrypted body of {len(body)} bytes is not a multiple of {bs}")
+        plain = _cbc(self.kek.key, self.kek.iv, body, False)
+        try:
+            msg = wire.decode_message(data[:HEADER_LEN] + plain, block_size=bs)
+        except wire.WireError as e:
+            raise _Reject(f"malformed: {e}") from None
+        pl = msg.payloads
+        # form: SEQ first, SIG last, Deletes, then at most one SA followed by one KD
+        if len(pl) < 2 or type(pl[0]) is not Sequence or type(pl[-1]) is not Signature:
+            raise _Reject("not SEQ ... SIG (RFC 6407 section 4)")
+        mid = pl[1:-1]
+        kinds = [type(p) for p in mid]
+        dels = [p for p in mid if type(p) is Delete]
+        rest = [p for p in mid if type(p) is not Delete]
+        if [type(p) for p in rest] not in ([], [GdoiSa, KeyDownload]):
+            raise _Reject(f"payloads {[getattr(t, '__name__', t) for t in kinds]} are not [D...] [SA, KD]")
+        if not mid:
+            raise _Reject("neither SA/KD nor Delete")
+        seq = pl[0].number
+        if seq <= self.last_seq:
+            raise _Reject(f"SEQ {seq} not greater than {self.last_seq} (replay)")
+        # signature: "rekey" || HDR || payloads before SIG (see the module docstring)
+        sig = pl[-1].data
+        chain_len = len(plain) - len(msg.padding)
+        sig_start = chain_len - 4 - len(sig)
+        before = plain[:sig_start]
+        if sig_start < 0 or plain[sig_start + 4:chain_len] != sig:
+            raise _Reject("SIG payload position")
+        suite = SIGNATURE_SUITES.get(self.kek.signature)
+        if suite is None:
+            raise _Reject(f"signature suite {self.kek.signature!r} unknown")
+        try:
+            pub = load_der_public_key(self.kek.signing_public_key)
+        except ValueError:
+            raise _Reject("the KEK's signing public key does not load") from None
+        hdr_signed = wire.encode_header(msg.header, np, HEADER_LEN + chain_len)
+        ok = verify_push_signature(suite, pub, REKEY_PREFIX + hdr_signed + before, sig)
+        if not ok:
+            hdr_sent = data[:HEADER_LEN]
+            ok = verify_push_signature(suite, pub, REKEY_PREFIX + hdr_sent + before, sig)
+        if not ok:
+            raise _Reject("signature does not verify")
+        # -- authentic: process into new values, assign at the end
+        events: list = []
+        closed = False
+        deleted_teks: list[int] = []
+        delete_all = False
+        for d in dels:
+            if d.doi != Doi.GDOI:
+                raise _Reject(f"Delete DOI {d.doi}")
+            if d.protocol_id == TekProtocol.KEK:
+                if d.spi_size != 16 or any(s != self.kek.spi for s in d.spis):
+                    raise _Reject("KEK Delete for another SPI")
+                closed = True
+            elif d.protocol_id == TekProtocol.IPSEC_ESP:
+                if d.spi_size != 4:
+                    raise _Reject("TEK Delete SPI size is not 4")
+                if not d.spis:
+                    delete_all = True
+                for s in d.spis:
+                    v = int.from_bytes(s, "big")
+                    if v == 0:
+                        delete_all = True
+                    else:
+                        deleted_teks.append(v)
+            else:
+                raise _Reject(f"Delete of protocol {d.protocol_id} not supported")
+        teks: tuple[GroupTek, ...] = ()
+        new_kek = None
+        new_view = None
+        evicted = False
+        if rest:
+            teks, new_kek, new_view, evicted = self._process_sa_kd(rest[0], rest[1])
+        if delete_all or deleted_teks:
+            events.append(TeksDeleted(self.group_id, () if delete_all else tuple(deleted_teks), delete_all))
+        if evicted:
+            self.evicted = True
+            self.last_seq = seq
+            log.warning("gdoi member group %s: evicted by LKH update (SEQ %d)", self.group_id, seq)
+            return [*events, Evicted(self.group_id)]
+        # commit
+        for t in teks:
+            self._directions[_selector(t)] = t.direction
+        lkh = None
+        if new_view is not None:
+            self.lkh_view = new_view
+        if self.lkh_view is not None:
+            lkh = LkhKeys(tuple((k.level, k.handle, key) for k, key in self.lkh_view.path))
+        if new_kek is not None:
+            self.kek = new_kek
+            self.last_seq = 0  # RFC 6407 sections 4, 4.3: SEQ restarts at 1 under a new KEK
+        else:
+            self.last_seq = seq
+        if rest:
+            events.append(Rekeyed(self.group_id, teks, self.kek, seq, lkh, new_kek is not None))
+        if closed:
+            self.closed = True
+            events.append(KekDeleted(self.group_id, self.kek.spi))
+        log.info("gdoi member group %s: GROUPKEY-PUSH SEQ %d accepted: %d TEK(s)%s%s", self.group_id, seq, len(teks),
+                 ", new KEK" if new_kek else "", ", deletes" if dels else "")
+        return events
+
+    def _process_sa_kd(self, sa: GdoiSa, kd: KeyDownload):
+        kids = sa.payloads
+        saks = [p for p in kids if type(p) is SaKek]
+        sats = [p for p in kids if p.TYPE == PayloadType.SA_TEK]
+        if len(saks) > 1:
+            raise _Reject("more than one SA KEK (RFC 6407 section 5.2.1)")
+        order = [0 if type(p) is SaKek else 1 if p.TYPE == PayloadType.GAP else 2 for p in kids]
+        if order != sorted(order):
+            raise _Reject("SA KEK / GAP / SA TEK out of order (RFC 6407 section 5.2.1)")
+        try:
+            tparams = [pw.read_sa_tek(s, self.allowed_suites) for s in sats]
+            kparams = pw.read_sa_kek(saks[0]) if saks else None
+        except pw.MappingError as e:
+            raise _Reject(f"unacceptable policy: {e}") from None
+        by_spi: dict[int, KeyPacket] = {}
+        kek_pkt = lkh_pkt = None
+        for p in kd.packets:
+            if p.kd_type == KdType.TEK:
+                if len(p.spi) != 4:
+                    raise _Reject("TEK key packet SPI is not 4 octets")
+                spi = int.from_bytes(p.spi, "big")
+                if spi in by_spi:
+                    raise _Reject(f"two key packets for TEK {spi:#010x}")
+                by_spi[spi] = p
+            elif p.kd_type == KdType.KEK:
+                if kek_pkt is not None:
+                    raise _Reject("two KEK key packets")
+                kek_pkt = p
+            elif p.kd_type == KdType.LKH:
+                if lkh_pkt is not None:
+                    raise _Reject("two LKH key packets")
+                lkh_pkt = p
+            else:
+                raise _Reject(f"key packet type {p.kd_type} not supported in PUSH")
+        if sorted(by_spi) != sorted(t.spi for t in tparams) or len(tparams) != len(by_spi):
+            raise _Reject("key packets do not match the SA TEK SPIs")
+        try:
+            teks = []
+            for t in tparams:
+                g = pw.group_tek(self.group_id, t, by_spi[t.spi])
+                held = self._directions.get(_selector(g))
+                if held is not None and held != g.direction:
+                    g = _replace_direction(g, held)
+                teks.append(g)
+        except (pw.MappingError, ValueError) as e:
+            raise _Reject(f"unusable TEK: {e}") from None
+        new_kek = new_view = None
+        if kparams is None:
+            if kek_pkt is not None or lkh_pkt is not None:
+                raise _Reject("KEK/LKH key packet without an SA KEK")
+            return tuple(teks), None, None, False
+        if kparams.spi == self.kek.spi:
+            raise _Reject("new SA KEK with the current SPI (RFC 6407 section 4: new cookie pair)")
+        if kek_pkt is None or kek_pkt.spi != kparams.spi:
+            raise _Reject("no KEK key packet for the SA KEK SPI")
+        if lkh_pkt is not None and lkh_pkt.spi != kparams.spi:
+            raise _Reject("LKH key packet for another SPI")
+        keymat = attr_bytes(kek_pkt.attributes, KekKeyAttr.KEK_ALGORITHM_KEY)
+        pub = attr_bytes(kek_pkt.attributes, KekKeyAttr.SIG_ALGORITHM_KEY) or self.kek.signing_public_key
+        if lkh_pkt is not None:
+            if keymat is not None:
+                raise _Reject("LKH update and a clear KEK_ALGORITHM_KEY (readable by evicted members)")
+            if self.lkh_view is None:
+                raise _Reject("LKH update but this member holds no LKH keys")
+            key_len = len(self.lkh_view.path[0][1])
+            arrays = []
+            for t, v in lkh_pkt.attributes:
+                if t != LkhKeyAttr.LKH_UPDATE_ARRAY or not isinstance(v, bytes):
+                    raise _Reject(f"LKH key packet attribute {t} not supported in PUSH")
+                try:
+                    arr = wire.decode_lkh_array(v, update=True, key_data_length=key_len + _KEYWRAP_OVERHEAD)
+                except wire.WireError as e:
+                    raise _Reject(f"LKH update array: {e}") from None
+                if any(k.key_type != KEY_TYPE_AES_KEYWRAP for k in arr.keys):
+                    raise _Reject("LKH key type is not AES key wrap")
+                arrays.append((arr.update, [(k.lkh_id, k.handle, k.key_data) for k in arr.keys]))
+            view = LkhMemberView(self.lkh_view.path, epoch=self.lkh_view.epoch, degree=self.lkh_view.degree)
+            try:
+                view.apply(LkhUpdate.from_arrays(view.epoch + 1, arrays))
+            except LkhEvicted:
+                return (), None, None, True
+            except LkhError as e:
+                raise _Reject(f"LKH update: {e}") from None
+            if view.group_key[0].handle == self.lkh_view.group_key[0].handle:
+                raise _Reject("LKH update does not renew the group key")
+            keymat = lkh_kek_keymat(view.group_key[1], kparams.spi, kparams.cipher)
+            new_view = view
+        elif keymat is None:
+            raise _Reject("new KEK without KEK_ALGORITHM_KEY")
+        attrs = (Attribute(KekKeyAttr.KEK_ALGORITHM_KEY, keymat), Attribute(KekKeyAttr.SIG_ALGORITHM_KEY, pub))
+        try:
+            new_kek = pw.group_kek(self.group_id, kparams, KeyPacket(KdType.KEK, kparams.spi, attrs))
+        except pw.MappingError as e:
+            raise _Reject(f"unusable KEK: {e}") from None
+        return tuple(teks), new_kek, new_view, False
+
+
+def _replace_direction(t: GroupTek, direction: SaDirection) -> GroupTek:
+    return GroupTek(t.group_id, t.spi, t.src, t.dst, t.protocol, t.src_port, t.dst_port, t.mode, t.address_preservation,
+                    direction, t.suite, t.enc_key, t.auth_key, t.salt, t.lifetime_s, t.esp)
