@@ -70,8 +70,8 @@ import hmac
 import ipaddress
 import logging
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence as Seq
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence as Seq
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -84,7 +84,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from gkm import wire
 from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LkhError, LkhEvicted, LkhMemberView, LkhUpdate
 from gkm.wire import (
-    Attribute, Delete, GdoiSa, Header, KeyDownload, KeyPacket, SaKek, SaTek, Sequence, Signature, attr_bytes,
+    Attribute, Delete, GdoiSa, Header, KeyDownload, KeyPacket, SaKek, Sequence, Signature, attr_bytes,
 )
 from gkm.wire.constants import Doi, ExchangeType, Flags, KdType, KekKeyAttr, LkhKeyAttr, PayloadType, TekProtocol
 from policy.model import GroupPolicy, SaDirection
@@ -423,7 +423,7 @@ class PushReceiver:
         if self.check_source and addr is not None:
             try:
                 host = addr[0] if isinstance(addr, tuple) else addr
-                ok = self.kek.src.num_addresses > 2 ** 32 or ipaddress.ip_address(host) in self.kek.src
+                ok = self.kek.src.prefixlen == 0 or ipaddress.ip_address(host) in self.kek.src
             except ValueError:
                 ok = False
             if not ok:

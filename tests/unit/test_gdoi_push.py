@@ -371,3 +371,34 @@ def test_forgery_by_a_kek_holder_rejected(tmp_path):
     ev = _one(r)
     assert isinstance(ev, PushRejected) and "signature" in ev.reason
     assert _state(r) == before
+
+
+def test_source_check(tmp_path):
+    """Optional: PUSH only from the SA KEK's SRC ID (our key server registers its address)."""
+    s = Setup(tmp_path)
+    reg = s.regs["gm1"]
+    r = PushReceiver(GID, reg.kek, None, reg.seq, check_source=True)
+    data = s.push(new_teks=[s.new_tek()])
+    r.receive_datagram(data, ("198.51.100.9", 848), NOW)
+    assert isinstance(_one(r), PushRejected) and r.last_seq == 0
+    r.receive_datagram(data, ("192.0.2.1", 848), NOW)
+    assert isinstance(_one(r), Rekeyed)
+
+
+@pytest.mark.parametrize("suite,key", [
+    ("ecdsa-p384", lambda: ec.generate_private_key(ec.SECP384R1())),
+    ("rsa-pkcs1-sha256", lambda: rsa.generate_private_key(65537, 2048)),
+])
+def test_push_with_other_signature_suites(tmp_path, suite, key):
+    s = Setup(tmp_path)
+    k = key()
+    pub = k.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    s.group = dataclasses.replace(s.group, kek=dataclasses.replace(s.group.kek, signature=SIGNATURE_SUITES[suite]))
+    reg = s.regs["gm1"]
+    r = PushReceiver(GID, dataclasses.replace(reg.kek, signature=suite, signing_public_key=pub), None, reg.seq)
+    r.receive_datagram(s.push(signing_key=k, new_teks=[s.new_tek()]), None, NOW)
+    assert isinstance(_one(r), Rekeyed)
+    r.receive_datagram(s.push(signing_key=key(), new_teks=[s.new_tek()]), None, NOW)  # another key
+    assert isinstance(_one(r), PushRejected) and r.last_seq == 1
+    with pytest.raises(ValueError):  # the group's P-256 key does not fit the suite
+        s.push(new_teks=[s.new_tek()])
