@@ -123,6 +123,8 @@ def _group(r: dict[str, Any]) -> str:
                            f" ({g.get('registrations')} registration(s))")
             if g.get("adopted"):
                 out.append("  adopted SAs left by an earlier msecd")
+            if g.get("last_seq") is not None:
+                out.append(f"  last SEQ: {g['last_seq']} ({g.get('rekeys', 0)} rekey(s))")
             for t in g.get("teks") or []:
                 desc = " ".join(str(t[k]) for k in ("name", "src", "dst") if k in t)
                 out.append(f"  TEK {t.get('spi', '?')} {desc}".rstrip())
@@ -150,8 +152,14 @@ def _reload(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rekey(r: dict[str, Any]) -> str:
+    spis = ", ".join(r.get("teks") or []) or "none"
+    return (f"group {r.get('id')} rekeyed: SEQ {r.get('seq')}, new TEK SPI {spis}; "
+            f"GROUPKEY-PUSH sent to {', '.join(r.get('sent_to') or []) or 'nobody'}")
+
+
 _RENDER = {"status": _status, "groups": _groups, "group": _group, "members": _members,
-           "reload": _reload}
+           "reload": _reload, "rekey": _rekey}
 
 
 def render(cmd: str, r: dict[str, Any]) -> str:
@@ -182,6 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("members", help="members of a group this daemon serves")
     m.add_argument("id", type=int)
     sub.add_parser("reload", help="reload the configuration (refused if invalid)")
+    rk = sub.add_parser("rekey", help="key server: new TEKs for a group, sent by GROUPKEY-PUSH")
+    rk.add_argument("id", type=int)
     for sp in sub.choices.values():  # --json after the command too
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = _socket_path(args)
     req: dict[str, Any] = {"cmd": args.cmd}
-    if args.cmd in ("group", "members"):
+    if args.cmd in ("group", "members", "rekey"):
         req["id"] = args.id
     try:
         resp = request(path, req)

@@ -6,7 +6,11 @@
 * Member role: one :class:`MemberSession` per ``[[member.group]]``: a registration engine
   towards the first key server, the next one after a failure, with exponential backoff
   between rounds; TEKs go to the kernel through the SA installer (``xfrm.groupsa``), and
-  registration is repeated before the TEKs expire.
+  registration is repeated before the TEKs expire.  With a KEK (Rekey SA), a member also
+  listens for GROUPKEY-PUSH on the KEK's rekey port (joined to the rekey group if multicast)
+  and installs the TEKs a verified PUSH brings.
+* ``msecctl rekey ID`` (key server): new TEKs, SEQ, one GROUPKEY-PUSH to the rekey address
+  and, unicast, to each registered member (``KeyServerRole.rekey``).
 * On start, SAs msec left in the kernel are adopted, not removed; on SIGTERM/SIGINT they stay
   (traffic keeps flowing across a restart); a group dropped from the configuration by a reload
   has its SAs removed.
@@ -53,6 +57,26 @@ def _fmt_addr(addr: Any) -> str:
         host = str(addr[0])
         return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
     return str(addr)
+
+
+def _host_of(address: str) -> str | None:
+    """A member's stored address ("a.b.c.d", "a.b.c.d:port", "[v6]:port", "v6") -> host."""
+    import ipaddress
+
+    a = str(address).strip()
+    for cand in (a, a.rsplit(":", 1)[0].strip("[]")):
+        try:
+            return str(ipaddress.ip_address(cand))
+        except ValueError:
+            continue
+    return None
+
+
+def _send_push(data: bytes, host: str, port: int) -> None:
+    """One GROUPKEY-PUSH datagram (multicast TTL: the system default, 1)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.sendto(data, (host, port))
 
 
 def _plain(v: Any) -> Any:
@@ -124,6 +148,10 @@ class MemberSession:
         self.teks: list[dict[str, Any]] = []
         self.adopted = False
         self.registrations = 0
+        self.last_seq: int | None = None  # GROUPKEY-PUSH: SEQ of the registration or last PUSH
+        self.rekeys = 0
+        self._push: EngineShell | None = None  # the rekey socket's PushReceiver
+        self._push_key: tuple | None = None  # (address, port) it is bound/joined to
         self._shell: EngineShell | None = None
         self._task: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -144,10 +172,12 @@ class MemberSession:
         self.state = "stopped"
         self._cancel()
         self._close_shell()
+        self._close_push()
 
     def restart(self, group: pm.MemberGroup) -> None:
         self._cancel()
         self._close_shell()
+        self._close_push()
         self.group = group
         self.ks_index = 0
         self.failures = 0
@@ -167,6 +197,95 @@ class MemberSession:
             self._shell.close()
             self._shell = None
         self._release()
+
+    def _close_push(self) -> None:
+        if self._push is not None:
+            self._push.close()
+            self._push = None
+            self._push_key = None
+
+    # -- GROUPKEY-PUSH (member side)
+    def _start_push(self, ev: Any) -> None:
+        """After Registered: a PushReceiver on a socket bound to the KEK's rekey port (joined
+        to the rekey group if it is multicast, on the group's interface).  A re-registration
+        under the same rekey address keeps the socket and swaps the receiver."""
+        kek = getattr(ev, "kek", None)
+        make = getattr(self.daemon.factory, "push_receiver", None)
+        if kek is None or make is None:
+            return
+        try:
+            receiver = make(self.group, ev)
+        except Exception as e:
+            log.warning("group %s: cannot receive GROUPKEY-PUSH: %s", self.label, e)
+            return
+        self.last_seq = getattr(ev, "seq", None)
+        dst = getattr(kek.dst, "network_address", kek.dst)
+        key = (str(dst), int(kek.dst_port))
+        if self._push is not None and self._push_key == key:
+            self._push.engine = receiver
+            return
+        self._close_push()
+        shell = EngineShell(receiver, name=f"rekey {self.label}", on_event=self._on_push_event,
+                            loop=self.daemon.loop, clock=self.daemon.clock)
+        self._push = shell
+        self._push_key = key
+        self.daemon.loop.create_task(self._open_push_socket(shell, dst, key[1]))
+
+    async def _open_push_socket(self, shell: EngineShell, dst: Any, port: int) -> None:
+        import ipaddress
+
+        addr = ipaddress.ip_address(str(dst))
+        v6 = addr.version == 6
+        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("::" if v6 else "0.0.0.0", port))
+            if addr.is_multicast:
+                ifindex = socket.if_nametoindex(self.group.interface) if self.group.interface else 0
+                try:
+                    if v6:
+                        mreq = addr.packed + ifindex.to_bytes(4, "little")
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+                    else:  # struct ip_mreqn
+                        mreq = addr.packed + bytes(4) + ifindex.to_bytes(4, "little")
+                        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+                except OSError as e:
+                    log.warning("group %s: cannot join rekey group %s: %s (unicast PUSH only)",
+                                self.label, addr, e.strerror or e)
+            await self.daemon.loop.create_datagram_endpoint(lambda: UdpEndpoint(shell), sock=sock)
+        except Exception as e:
+            sock.close()
+            log.warning("group %s: cannot listen for GROUPKEY-PUSH on port %d: %s",
+                        self.label, port, e)
+            if self._push is shell:
+                self._push = None
+                self._push_key = None
+            shell.close()
+            return
+        if self._push is not shell:  # replaced or stopped meanwhile
+            shell.close()
+            return
+        log.info("group %s: listening for GROUPKEY-PUSH on %s", self.label,
+                 _fmt_addr((str(addr), port)))
+
+    def _on_push_event(self, ev: Any) -> None:
+        name = _ev(ev)
+        if name == "Rekeyed":
+            teks = tuple(ev.teks)
+            self.last_seq = ev.seq
+            self.rekeys += 1
+            self.teks = [tek_summary(t) for t in teks]
+            spis = ", ".join(t.get("spi", "?") for t in self.teks) or "none"
+            log.info("group %s rekeyed: SEQ %d, new TEK SPIs %s", self.label, ev.seq, spis)
+            try:
+                self.daemon.install(self.group_id, teks, self.label)
+            except Exception as e:
+                self.last_error = f"SA installation failed: {e}"
+        elif name == "PushRejected":
+            log.warning("group %s: GROUPKEY-PUSH rejected: %s", self.label,
+                        getattr(ev, "reason", "?"))
+        else:  # TeksDeleted, KekDeleted, Evicted: not acted on yet (re-registration covers)
+            log.info("group %s: GROUPKEY-PUSH: %s (not acted on)", self.label, name)
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -267,9 +386,10 @@ class MemberSession:
             return
         self.state = "registered"
         self.last_error = None
+        self._start_push(ev)
         expiries = [x for x in (_tek_expiry(t, now) for t in teks) if x is not None]
         if expiries:
-            # no GROUPKEY-PUSH here: pull again well before the first TEK expires
+            # no TEK rotation at expiry by PUSH yet: pull again well before the first TEK expires
             # (at least reregister_min apart: until the key server rotates its TEKs it hands
             # out the same ones with less and less lifetime left)
             delay = max(self.daemon.reregister_min,
@@ -305,7 +425,7 @@ class MemberSession:
             "key_server": self.key_server, "registered_at": self.registered_at,
             "registrations": self.registrations, "adopted": self.adopted,
             "next_attempt": self.next_attempt, "last_error": self.last_error,
-            "teks": self.teks,
+            "teks": self.teks, "last_seq": self.last_seq, "rekeys": self.rekeys,
         }
 
 
@@ -417,6 +537,43 @@ class KeyServerRole:
                              "state": t.state.value, "created": t.created,
                              "expires": t.expires} for t in self.store.teks(g.group_id)]
         return info
+
+    def rekey(self, g: pm.GroupPolicy) -> dict[str, Any]:
+        """``msecctl rekey``: new TEKs, a GROUPKEY-PUSH to the KEK's rekey address and, unicast,
+        to every registered member's address (at the rekey port: helps where multicast does
+        not reach, e.g. loopback tests)."""
+        from gkm.store import StoreError
+
+        from .engines import RekeyError
+
+        make = getattr(self.daemon.factory, "rekey", None)
+        if make is None or self.store is None:
+            return {"ok": False, "error": "rekey is not available in this daemon"}
+        try:
+            plan = make(g, self.store, self.daemon.clock())
+        except (RekeyError, StoreError, ValueError) as e:
+            log.warning("group %s: rekey refused: %s", g.label, e)
+            return {"ok": False, "error": str(e)}
+        port = g.kek.rekey_port
+        dests = [(str(g.kek.rekey_address), port)]
+        for m in self.store.members(g.group_id):
+            host = _host_of(m.address)
+            if host and (host, port) not in dests:
+                dests.append((host, port))
+        sent, failed = [], []
+        for host, p in dests:
+            try:
+                _send_push(plan.datagram, host, p)
+                sent.append(_fmt_addr((host, p)))
+            except OSError as e:
+                failed.append(f"{_fmt_addr((host, p))}: {e.strerror or e}")
+        spis = [f"0x{x:08x}" for x in plan.spis]
+        log.info("group %s: rekeyed: SEQ %d, new TEK SPI %s; GROUPKEY-PUSH sent to %s",
+                 g.label, plan.seq, ", ".join(spis) or "none", ", ".join(sent) or "nobody")
+        for f in failed:
+            log.warning("group %s: GROUPKEY-PUSH not sent to %s", g.label, f)
+        return {"ok": True, "id": g.group_id, "seq": plan.seq, "teks": spis, "sent_to": sent,
+                "failed": failed}
 
     def members(self, group_id: int) -> list[dict[str, Any]]:
         if self.store is None:
@@ -697,12 +854,14 @@ class Daemon:
             return self.status()
         if cmd == "groups":
             return {"ok": True, "groups": self.groups()}
-        if cmd in ("group", "members"):
+        if cmd in ("group", "members", "rekey"):
             gid = req.get("id")
             if isinstance(gid, str) and gid.strip().isdigit():
                 gid = int(gid)
             if not isinstance(gid, int) or isinstance(gid, bool):
                 return {"ok": False, "error": f'"{cmd}" needs "id": a group id'}
+            if cmd == "rekey":
+                return self.rekey(gid)
             return self.group(gid) if cmd == "group" else self.members(gid)
         if cmd == "reload":
             return await self.reload()
@@ -756,6 +915,11 @@ class Daemon:
         if not found:
             return {"ok": False, "error": f"no group {gid} in the configuration"}
         return {"ok": True, "id": gid, "roles": found}
+
+    def rekey(self, gid: int) -> dict[str, Any]:
+        if self.keyserver is None or self.keyserver.settings.group(gid) is None:
+            return {"ok": False, "error": f"this daemon is not the key server of group {gid}"}
+        return self.keyserver.rekey(self.keyserver.settings.group(gid))
 
     def members(self, gid: int) -> dict[str, Any]:
         if self.keyserver is None or self.keyserver.settings.group(gid) is None:

@@ -13,20 +13,46 @@
   ``--no-kernel``.  The daemon's installer interface: ``install(group_id, teks) -> "installed"
   | "rolled over" | "unchanged"``, ``remove(group_id)``, ``adopt(group_ids) -> {group_id:
   [spi, ...]}``, ``close()``, attribute ``kernel``.
+
+Optional (GROUPKEY-PUSH; a factory without them has no rekey):
+
+* ``rekey(group, store, now) -> RekeyPlan``: new TEKs for ``group`` persisted as current (the
+  old ones kept as 'old'), SEQ reserved (durable) and the signed PUSH datagram built;
+* ``push_receiver(group, registered) -> engine``: a ``PushReceiver`` from a ``Registered``
+  event (KEK, SEQ, LKH path, TEKs).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = ["EngineFactory", "GdoiFactory", "KernelInstaller", "NullInstaller", "EngineUnavailable",
-           "local_addresses"]
+           "RekeyError", "RekeyPlan", "local_addresses"]
 
 
 class EngineUnavailable(RuntimeError):
     """This build of msec lacks a component the configuration needs."""
+
+
+class RekeyError(RuntimeError):
+    """A rekey cannot be done (no KEK policy, no keys yet); nothing was changed."""
+
+
+@dataclass(frozen=True)
+class RekeyPlan:
+    """A GROUPKEY-PUSH ready to send: its SEQ, the new TEK SPIs, the datagram."""
+
+    group_id: int
+    seq: int
+    spis: tuple[int, ...]
+    datagram: bytes
+
+    def __repr__(self) -> str:
+        return f"RekeyPlan(group={self.group_id}, seq={self.seq}, spis={self.spis})"
 
 
 class EngineFactory(Protocol):
@@ -151,6 +177,7 @@ class GdoiFactory:
     def keyserver(self, settings, store, now: float):
         gdoi = self._gdoi()
         provider = gdoi.StoreKeysProvider(store)
+        self.provider = provider  # the key server role's (one per daemon): rekey invalidates it
         phase1 = gdoi.phase1_config(settings)
         return gdoi.KeyServerEngine(settings.groups, provider, phase1)
 
@@ -169,6 +196,59 @@ class GdoiFactory:
                                          authorize_key_server=group.accepts_key_server)
         engine.start(now)
         return engine
+
+    def rekey(self, group, store, now: float) -> RekeyPlan:
+        """New TEKs for every TEK policy of ``group``: persisted as current (the previous ones
+        become 'old', kept until their lifetime ends), then SEQ (``store.next_seq``, durable),
+        then the signed, KEK-encrypted GROUPKEY-PUSH.  The keys provider's cache is dropped so
+        registrations hand out the new TEKs."""
+        from cryptography.hazmat.primitives import serialization
+
+        from gkm.gdoi.keys import new_tek_keymat, random_spi
+        from gkm.gdoi.provider import KekKeys, TekKeys, load_signing_public_key, tek_label
+        from gkm.store import KeyState
+
+        gdoi = self._gdoi()
+        gid = group.group_id
+        now = int(now)
+        if group.kek is None:
+            raise RekeyError(f"group {gid} has no KEK policy ([keyserver.group.kek]): "
+                             "no GROUPKEY-PUSH")
+        k = store.current_kek(gid) if store.group(gid) is not None else None
+        if k is None or k.algorithm != group.kek.cipher.name:
+            raise RekeyError(f"group {gid} has no keys yet: no member has registered")
+        try:
+            signing = serialization.load_pem_private_key(
+                open(group.kek.signing_key, "rb").read(), password=None)
+            pub = load_signing_public_key(group.kek.signing_key)
+        except (OSError, ValueError) as e:
+            raise RekeyError(f"group {gid}: cannot load the PUSH signing key: {e}") from None
+        kek = KekKeys(k.spi, k.algorithm, k.key, k.expires, pub)
+        taken = {t.spi for g in store.groups() for t in store.teks(g.group_id)}
+        teks = []
+        for tp in group.teks:
+            spi = random_spi(lambda s: s in taken, os.urandom)
+            taken.add(spi)
+            enc, auth = new_tek_keymat(tp.suite, os.urandom)
+            teks.append(TekKeys(tp.name, spi, tp.suite.name, enc, auth, now + tp.lifetime_s))
+        with store.transaction():
+            for tk in teks:
+                store.add_tek(gid, tk.spi, tek_label(tk.name, tk.suite), tk.enc_keymat,
+                              auth_key=tk.auth_key or None, created=now, expires=tk.expires,
+                              state=KeyState.NEXT)
+            store.rotate_teks(gid)
+        provider = getattr(self, "provider", None)
+        if provider is not None:
+            provider.invalidate(gid)
+        seq = store.next_seq(gid)  # committed and fsync'ed before the PUSH exists
+        data = gdoi.build_push(group, kek=kek, signing_key=signing, seq=seq, new_teks=teks,
+                               now=now)
+        return RekeyPlan(gid, seq, tuple(t.spi for t in teks), data)
+
+    def push_receiver(self, group, registered):
+        gdoi = self._gdoi()
+        return gdoi.PushReceiver(group.group_id, registered.kek, registered.lkh,
+                                 registered.seq or 0, teks=registered.teks)
 
     def installer(self):
         return KernelInstaller(self.netns) if self.kernel else NullInstaller()

@@ -242,3 +242,71 @@ def test_detached_daemon_reports_start_and_failure(tmp_path, netns):
         time.sleep(0.1)
     r = d.ctl("status")
     assert r.returncode == 1 and "msecd is not running" in r.stderr
+
+
+def _push_signing_key(path) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def test_rekey_push_reaches_member_on_loopback(tmp_path, netns):
+    """msecctl rekey: the key server makes new TEKs, sends a GROUPKEY-PUSH (to the rekey
+    address and unicast to each member); the member (--no-kernel) accepts it: new SPIs, SEQ
+    up.  Unknown group: a clear error."""
+    port = free_udp_port()
+    rport = free_udp_port()
+    signing = _push_signing_key(tmp_path / "push.pem")
+    tek = ('[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.1.0.0/16"\ndst = "239.1.1.1"\n'
+           'cipher = "aes-gcm-128"\n'
+           '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+           f'signing_key = "{signing}"\nrekey_address = "239.192.0.1"\nrekey_port = {rport}\n'
+           'lifetime = "1d"\n')
+    ks_cfg = write_config(tmp_path, ks_port=port, name="ks.toml", tek=tek)
+    gm_dir = tmp_path / "gm"
+    gm_dir.mkdir()
+    gm_cfg = write_config(gm_dir, member_port=port)
+    ks = Msecd(ks_cfg, host=netns)
+    gm = Msecd(gm_cfg, host=netns, args=["--no-kernel"])
+    try:
+        ks.start()
+        r = ks.ctl("rekey", "1001")  # nobody registered yet: no keys to replace
+        assert r.returncode == 1 and "no keys yet" in r.stderr
+        gm.start()
+        gm.wait_log("listening for GROUPKEY-PUSH")
+        before = gm.ctl_json("group", "show", "1001")["roles"][0]
+        old_spis = {t["spi"] for t in before["teks"]}
+        seq0 = before["last_seq"]
+        assert old_spis and seq0 is not None
+
+        r = ks.ctl_json("rekey", "1001")
+        assert r["ok"] and r["seq"] == seq0 + 1 and r["sent_to"], r
+        new_spis = set(r["teks"])
+        assert new_spis and not new_spis & old_spis
+        log = gm.wait_log(") rekeyed: SEQ")
+        assert f"SEQ {seq0 + 1}" in log and all(s in log for s in new_spis)
+        after = gm.ctl_json("group", "show", "1001")["roles"][0]
+        assert {t["spi"] for t in after["teks"]} == new_spis
+        assert after["last_seq"] == seq0 + 1 and after["rekeys"] == 1
+        assert "last SEQ: " in gm.ctl("group", "show", "1001", check=True).stdout
+        # the key server keeps the old TEKs as 'old' and hands out the new ones
+        states = {t["spi"]: t["state"] for t in
+                  ks.ctl_json("group", "show", "1001")["roles"][0]["teks"]}
+        assert all(states[s] == "current" for s in new_spis)
+        assert all(states[s] == "old" for s in old_spis)
+
+        r = ks.ctl("rekey", "4242")
+        assert r.returncode == 1 and "not the key server of group 4242" in r.stderr
+        r = gm.ctl_json("rekey", "1001")
+        assert r["ok"] is False and "not the key server of group 1001" in r["error"]
+    finally:
+        gm.stop()
+        ks.stop()
+    for d in (ks, gm):
+        assert "0123456789abcdef" not in d.log()

@@ -1,0 +1,206 @@
+"""msecd GROUPKEY-PUSH plumbing with fake engines: `msecctl rekey` on the key server (plan from
+the factory, sent to the rekey address and each member), the member's rekey socket and its
+receiver's events (Rekeyed -> install + `group show`, PushRejected -> logged)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gkm.daemon.engines import RekeyError, RekeyPlan
+from tests.unit.daemon_fakes import FakeFactory, FakeTek, free_udp_port, write_config
+from tests.unit.test_daemon_core import _ctl, _daemon, _run, _until
+
+
+@dataclass(frozen=True)
+class Registered:
+    group_id: int
+    teks: tuple
+    kek: object = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Rekeyed:
+    group_id: int
+    teks: tuple
+    seq: int
+
+
+@dataclass(frozen=True)
+class PushRejected:
+    group_id: int
+    reason: str
+
+
+class FakePushReceiver:
+    """b"PUSH <seq> <spi>" -> Rekeyed if seq > last_seq, else PushRejected."""
+
+    def __init__(self, group_id, last_seq):
+        self.group_id = group_id
+        self.last_seq = last_seq
+        self._events = []
+
+    def receive_datagram(self, data, addr, now):
+        _, seq, spi = data.split()
+        seq, spi = int(seq), int(spi)
+        if seq <= self.last_seq:
+            self._events.append(PushRejected(self.group_id, f"SEQ {seq} not greater than "
+                                                            f"{self.last_seq} (replay)"))
+            return
+        self.last_seq = seq
+        self._events.append(Rekeyed(self.group_id, (FakeTek(spi, "rtp", 3600),), seq))
+
+    def handle_timer(self, now):
+        pass
+
+    def datagrams_to_send(self):
+        return []
+
+    def next_event(self):
+        return self._events.pop(0) if self._events else None
+
+    def get_timer(self):
+        return None
+
+
+class PushFactory(FakeFactory):
+    def __init__(self, rekey_port, **kw):
+        super().__init__(**kw)
+        self.rekey_port = rekey_port
+        self.seq = 0
+        self.receivers = []
+        self.fail = None
+
+    def member(self, group, key_server, now):
+        m = super().member(group, key_server, now)
+        kek = SimpleNamespace(dst=ipaddress.ip_network("127.0.0.1/32"), dst_port=self.rekey_port)
+        nxt = m.next_event
+
+        def next_event():
+            ev = nxt()
+            if type(ev).__name__ == "Registered":
+                return Registered(ev.group_id, ev.teks, kek, 0)
+            return ev
+        m.next_event = next_event
+        return m
+
+    def rekey(self, group, store, now):
+        if self.fail:
+            raise RekeyError(self.fail)
+        self.seq += 1
+        spi = 0x5000 + self.seq
+        return RekeyPlan(group.group_id, self.seq, (spi,), b"PUSH %d %d" % (self.seq, spi))
+
+    def push_receiver(self, group, registered):
+        r = FakePushReceiver(group.group_id, registered.seq or 0)
+        self.receivers.append(r)
+        return r
+
+
+def _kek_config(tmp_path, port, rport):
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = tmp_path / "push.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    pem.chmod(0o600)
+    tek = ('[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.1.0.0/16"\ndst = "239.1.1.1"\n'
+           'cipher = "aes-gcm-128"\n'
+           '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+           f'signing_key = "{pem}"\nrekey_address = "239.192.0.1"\nrekey_port = {rport}\n'
+           'lifetime = "1d"\n')
+    return write_config(tmp_path, ks_port=port, member_port=port, tek=tek)
+
+
+def _no_multicast(monkeypatch):
+    """Unit tests stay on loopback: multicast sends are recorded, not made."""
+    from gkm.daemon import daemon as dmod
+
+    real = dmod._send_push
+    skipped = []
+
+    def send(data, host, port):
+        if ipaddress.ip_address(host).is_multicast:
+            skipped.append((host, port))
+            return
+        real(data, host, port)
+    monkeypatch.setattr(dmod, "_send_push", send)
+    return skipped
+
+
+def test_rekey_command_push_received_and_shown(tmp_path, caplog, monkeypatch):
+    caplog.set_level("INFO")
+    multicast = _no_multicast(monkeypatch)
+    port, rport = free_udp_port(), free_udp_port()
+    cfg = _kek_config(tmp_path, port, rport)
+    fac = PushFactory(rport)
+
+    async def run():
+        d = _daemon(cfg, fac)
+        await d.start()
+        sock = str(tmp_path / "run" / "control.sock")
+        s = d.sessions[1001]
+        await _until(lambda: "listening for GROUPKEY-PUSH" in caplog.text)
+        assert s.describe()["last_seq"] == 0
+
+        rc, out, err = await _ctl("--socket", sock, "--json", "rekey", "1001")
+        r = json.loads(out)
+        assert rc == 0 and r["ok"] and r["seq"] == 1 and r["teks"] == ["0x00005001"]
+        # sent to the rekey address and (unicast) to the member's address
+        assert r["sent_to"] == [f"239.192.0.1:{rport}", f"127.0.0.1:{rport}"]
+        assert multicast == [("239.192.0.1", rport)]
+        await _until(lambda: s.rekeys == 1)
+        g = s.describe()
+        assert g["last_seq"] == 1 and [t["spi"] for t in g["teks"]] == ["0x00005001"]
+        assert ("install", 1001) == fac.inst.calls[-1][0:2]
+        rc, out, _ = await _ctl("--socket", sock, "group", "show", "1001")
+        assert "last SEQ: 1 (1 rekey(s))" in out and "TEK 0x00005001" in out
+
+        rc, out, _ = await _ctl("--socket", sock, "rekey", "1001")
+        assert rc == 0 and "group 1001 rekeyed: SEQ 2, new TEK SPI 0x00005002" in out
+        await _until(lambda: s.rekeys == 2)
+
+        # a replayed PUSH is rejected and logged
+        import socket
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.sendto(b"PUSH 2 20482", ("127.0.0.1", rport))
+        await _until(lambda: "GROUPKEY-PUSH rejected: SEQ 2 not greater than 2" in caplog.text)
+        assert s.rekeys == 2
+
+        fac.fail = "group 1001 has no keys yet: no member has registered"
+        rc, out, err = await _ctl("--socket", sock, "rekey", "1001")
+        assert rc == 1 and "no keys yet" in err
+        rc, out, err = await _ctl("--socket", sock, "rekey", "77")
+        assert rc == 1 and "not the key server of group 77" in err
+
+        d.request_stop("test")
+        await d.wait_stopped()
+        await d.stop()
+        assert s._push is None
+    _run(run())
+    text = caplog.text
+    assert "group m1001 (1001) rekeyed: SEQ 1, new TEK SPIs 0x00005001" in text
+    assert "group g1001 (1001): rekeyed: SEQ 1, new TEK SPI 0x00005001" in text
+
+
+def test_rekey_without_factory_support_is_an_error(tmp_path):
+    port, rport = free_udp_port(), free_udp_port()
+    cfg = _kek_config(tmp_path, port, rport)
+
+    async def run():
+        d = _daemon(cfg, FakeFactory())
+        await d.start()
+        r = await d.handle_request({"cmd": "rekey", "id": 1001})
+        assert r["ok"] is False and "not available" in r["error"]
+        r = await d.handle_request({"cmd": "rekey"})
+        assert r["ok"] is False and "needs" in r["error"]
+        d.request_stop("test")
+        await d.wait_stopped()
+        await d.stop()
+    _run(run())
