@@ -12,17 +12,24 @@ line naming the state and the reason; a message that proves the exchange cannot 
 proposal, authentication failure, bad public value) ends it with :class:`Phase1Failed` and,
 where the protocol has a way, a notification to the peer.  No exception escapes an input method.
 
-Messages (signatures: CERT payloads and SIG instead of HASH; CR in 3 and 4)::
+Messages (signatures: CERT payloads and SIG instead of HASH; CR in 3 to 6)::
 
     1 I->R  SA                     2 R->I  SA (one transform)
     3 I->R  KE, Ni [,CR]           4 R->I  KE, Nr [,CR]
-    5 I->R  E{IDii, [CERT,] HASH_I|SIG_I}
-    6 R->I  E{IDir, [CERT,] HASH_R|SIG_R}
+    5 I->R  E{IDii, [CERT,] [CR,] HASH_I|SIG_I}
+    6 R->I  E{IDir, [CERT,] [CR,] HASH_R|SIG_R}
 
-Failure notifications before the SA exists are clear-text Informational exchanges (RFC 2409
-section 5.7: no keys are agreed yet); after it exists they are encrypted with HASH(1).  A
-clear-text notification can only be sent by someone who saw the cookies (on path), and ends the
-exchange with a reason saying that it was unauthenticated.
+Failure notifications: a failure in which the peer can read what we send, so that it stops at
+once instead of retransmitting until it gives up.  Once both sides hold the same keys (message 5
+decrypted to a valid payload chain, or message 6), the notification is a protected
+Informational exchange (HASH(1), the notification and a Delete of the ISAKMP SA; RFC 2409
+section 5.7), its IV derived from the last CBC block of Main Mode as the peer has it; many IKEv1
+implementations discard clear-text notifications at that point.  Before that (messages 1 to 4,
+or a message 5 that does not decrypt under any key we hold: a wrong PSK) no keys are shared, so
+it is a clear-text Informational, the only form the peer can read at all.  A clear-text
+notification can only be sent by someone who saw the cookies (on path), and ends the exchange
+with a reason saying that it was unauthenticated.  An initiator waiting for message 6 accepts a
+protected notification under the keys of the exchange.
 """
 
 from __future__ import annotations
@@ -122,9 +129,12 @@ ALLOWED_PAYLOADS: dict[int, dict[int, tuple[int, int]]] = {
     2: {m.SA: (1, 1), m.VID: (0, 16)},
     3: {m.KE: (1, 1), m.NONCE: (1, 1), m.CR: (0, 8), m.VID: (0, 16)},
     4: {m.KE: (1, 1), m.NONCE: (1, 1), m.CR: (0, 8), m.VID: (0, 16)},
-    5: {m.ID: (1, 1), m.HASH: (0, 1), m.CERT: (0, 8), m.SIG: (0, 1), m.N: (0, 4), m.VID: (0, 16)},
-    6: {m.ID: (1, 1), m.HASH: (0, 1), m.CERT: (0, 8), m.SIG: (0, 1), m.N: (0, 4), m.VID: (0, 16)},
+    5: {m.ID: (1, 1), m.HASH: (0, 1), m.CERT: (0, 8), m.CR: (0, 8), m.SIG: (0, 1), m.N: (0, 4), m.VID: (0, 16)},
+    6: {m.ID: (1, 1), m.HASH: (0, 1), m.CERT: (0, 8), m.CR: (0, 8), m.SIG: (0, 1), m.N: (0, 4), m.VID: (0, 16)},
 }
+# A Certificate Request may come "at any point during the exchange" (RFC 2408 section 3.10):
+# IKEv1 initiators with certificates commonly put one into message 5.  We always send our
+# certificate with signature authentication, so a request is accepted and needs no answer.
 
 #: states in which the exchange is in progress
 IN_PROGRESS = frozenset({State.MM1_SENT, State.MM3_SENT, State.MM5_SENT, State.MM2_SENT, State.MM4_SENT})
@@ -147,17 +157,25 @@ class _Fail(Exception):
         self.notify = notify
 
 
+class _BadPayloads(_Drop):
+    """A message's payload set is not allowed; ``notify`` says how to report it."""
+
+    def __init__(self, reason: str, notify: int) -> None:
+        super().__init__(reason)
+        self.notify = notify
+
+
 def _payload_map(payloads: list[tuple[int, bytes]], number: int) -> dict[int, list[bytes]]:
     allowed = ALLOWED_PAYLOADS[number]
     out: dict[int, list[bytes]] = {}
     for ptype, body in payloads:
         if ptype not in allowed:
-            raise _Drop(f"payload type {ptype} not allowed in message {number}")
+            raise _BadPayloads(f"payload type {ptype} not allowed in message {number}", N_INVALID_PAYLOAD_TYPE)
         out.setdefault(ptype, []).append(body)
     for ptype, (lo, hi) in allowed.items():
         n = len(out.get(ptype, ()))
         if not lo <= n <= hi:
-            raise _Drop(f"message {number} has {n} payloads of type {ptype} (allowed {lo}..{hi})")
+            raise _BadPayloads(f"message {number} has {n} payloads of type {ptype} (allowed {lo}..{hi})", N_PAYLOAD_MALFORMED)
     return out
 
 
@@ -660,11 +678,16 @@ class MainMode:
                     continue
                 id_b = p[m.ID][0]
                 if hmac.compare_digest(p[m.HASH][0], self._hash(self._prf, id_b, True, keys)):
-                    peer_id = self._identity(id_b)
-                    if psk_id is not None and peer_id != psk_id:
-                        raise _Fail(f"peer ID {peer_id} does not own the pre-shared key it used", N_INVALID_ID_INFORMATION)
-                    if self.config.peer_id is not None and peer_id != self.config.peer_id:
-                        raise _Fail(f"peer ID {peer_id} is not the configured {self.config.peer_id}", N_INVALID_ID_INFORMATION)
+                    # HASH_I proves that the peer holds this key: from here on it can read a
+                    # protected notification
+                    try:
+                        peer_id = self._identity(id_b)
+                        if psk_id is not None and peer_id != psk_id:
+                            raise _Fail(f"peer ID {peer_id} does not own the pre-shared key it used", N_INVALID_ID_INFORMATION)
+                        if self.config.peer_id is not None and peer_id != self.config.peer_id:
+                            raise _Fail(f"peer ID {peer_id} is not the configured {self.config.peer_id}", N_INVALID_ID_INFORMATION)
+                    except _Fail as f:
+                        self._fail_protected(f, keys, data[-bs:], now)
                     self._keys = keys
                     self._iv = next_iv
                     self._complete(peer_id, None, id_b, now, p.get(m.N, []))
@@ -673,14 +696,44 @@ class MainMode:
         keys = self._derive(None)
         try:
             payloads, next_iv = self._decrypt_body(hdr, data, keys, iv)
-            p = _payload_map(payloads, 5)
-        except (m.MessageError, _Drop) as e:
+        except m.MessageError as e:
+            # garbage under the keys of this exchange: nothing shows that the peer has them
             raise _Fail(f"message 5 does not decrypt to valid payloads (tampered?): {e}", N_PAYLOAD_MALFORMED) from None
-        self._keys = keys
-        id_b = p[m.ID][0]
-        peer_id, cert = self._check_signature(p, id_b, now, initiator=True)
+        try:
+            try:
+                p = _payload_map(payloads, 5)
+            except _BadPayloads as e:
+                raise _Fail(f"message 5: {e}", e.notify) from None
+            id_b = p[m.ID][0]
+            self._keys = keys
+            peer_id, cert = self._check_signature(p, id_b, now, initiator=True)
+        except _Fail as f:
+            self._fail_protected(f, keys, data[-bs:], now)
         self._iv = next_iv
         self._complete(peer_id, cert, id_b, now, p.get(m.N, []))
+
+    def _provisional_sa(self, keys: crypto.Phase1Keys, last_block: bytes, now: float) -> Phase1SA:
+        """The ISAKMP SA of an exchange that will not complete, for one protected notification:
+        keys as agreed, ``last_block`` the last CBC block of Main Mode as the peer has it."""
+        assert self._proposal is not None and self._prf is not None
+        nobody = Identity(0, b"")
+        return Phase1SA(
+            icookie=self.icookie, rcookie=self.rcookie, role=self.role, peer_addr=self.peer_addr,
+            proposal=self._proposal, prf=self._prf, cipher=self._proposal.enc,
+            skeyid_d=keys.skeyid_d, skeyid_a=keys.skeyid_a, skeyid_e=keys.skeyid_e, enc_key=keys.enc_key,
+            last_block=last_block, local_id=nobody, peer_id=nobody,
+            peer_certificate=None, established_at=now, expires_at=now,
+        )
+
+    def _fail_protected(self, f: _Fail, keys: crypto.Phase1Keys, last_block: bytes, now: float) -> None:
+        """End the exchange with a protected Informational (the notification, if any, and a
+        Delete of the ISAKMP SA), which a peer holding ``keys`` reads; raise _Drop."""
+        sa = self._provisional_sa(keys, last_block, now)
+        notes = (Notification(f.notify, m.PROTO_ISAKMP, self.spi),) if f.notify else ()
+        info = build_informational(sa, notes, (DeleteRequest(m.PROTO_ISAKMP, (self.spi,)),), self._random)
+        self._out.append((info, self.peer_addr))
+        self._fail(f.reason, f.notify, now, send=False)
+        raise _Drop("exchange failed") from None
 
     def _identity(self, id_b: bytes) -> Identity:
         try:
@@ -777,17 +830,8 @@ class MainMode:
                 peer_id, cert = self._check_signature(p, id_b, now, initiator=False)
         except _Fail as f:
             # The keys are agreed and the responder believes the SA is up: tell it with a
-            # protected Informational (the notification plus a Delete of the ISAKMP SA).  Its IV
-            # comes from the last block of message 6 as received.
-            self._iv = data[-bs:]
-            self._make_sa(self._local_id, Identity(0, b""), None, now)
-            assert self.sa is not None
-            notes = (Notification(f.notify, m.PROTO_ISAKMP, self.spi),) if f.notify else ()
-            info = build_informational(self.sa, notes, (DeleteRequest(m.PROTO_ISAKMP, (self.spi,)),), self._random)
-            self._out.append((info, self.peer_addr))
-            self.sa = None
-            self._fail(f.reason, f.notify, now, send=False)
-            raise _Drop("exchange failed") from None
+            # protected Informational.  Its IV comes from the last block of message 6 as received.
+            self._fail_protected(f, self._keys, data[-bs:], now)
         self._iv = next_iv
         self._make_sa(self._local_id, peer_id, cert, now)
 
@@ -816,6 +860,9 @@ class MainMode:
         if self.state not in IN_PROGRESS:
             raise _Drop(f"Informational in state {self.state.value}")
         if hdr.flags & m.FLAG_E:
+            if self.state is State.MM5_SENT and self._keys is not None:
+                self._recv_protected_refusal(data, now)
+                return
             raise _Drop("encrypted Informational before phase 1 is established")
         try:
             chain = m.decode_chain(data[m.HEADER_LEN :], hdr.next_payload, m.HEADER_LEN)
@@ -832,6 +879,23 @@ class MainMode:
                 log.info("ike %s: status notification %s ignored", self._spi_str(), notify_name(ntype))
                 return
         raise _Drop("Informational without a notification")
+
+
+    def _recv_protected_refusal(self, data: bytes, now: float) -> None:
+        """Initiator after message 5: the responder refused it with a protected Informational
+        (keys of this exchange, IV from the last block of our message 5)."""
+        sa = self._provisional_sa(self._keys, self._iv, now)  # type: ignore[arg-type]
+        try:
+            mid, notes, deletes = parse_informational(sa, data)
+        except InformationalError as e:
+            raise _Drop(str(e)) from None
+        errors = [n.type for n in notes if n.type < 16384]
+        deleted = any(d.protocol == m.PROTO_ISAKMP and self.spi in d.spis for d in deletes)
+        if not errors and not deleted:
+            log.info("ike %s: protected status notification %s ignored", self._spi_str(), ", ".join(notify_name(n.type) for n in notes))
+            return
+        what = ", ".join(notify_name(t) for t in errors) or "a Delete of the ISAKMP SA"
+        self._fail(f"peer refused message 5: {what}", errors[0] if errors else None, now, send=False)
 
 
 def choose_proposal(config: Phase1Config, sa_b: bytes) -> tuple[Proposal | None, bytes, tuple[str, int]]:
