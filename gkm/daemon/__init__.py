@@ -3,7 +3,10 @@
 * :mod:`gkm.daemon.adapter`: the thin asyncio shell around one sans-I/O engine (UDP sockets,
   one ``call_at`` re-armed when ``get_timer()`` changes);
 * :mod:`gkm.daemon.control`: the root-only Unix control socket speaking JSON lines;
-* :mod:`gkm.daemon.daemon`: roles (key server, member), reload, status;
+* :mod:`gkm.daemon.daemon`: the daemon's life cycle, reload, the control requests, status;
+* :mod:`gkm.daemon.keyserver`: the key server role's shell; :mod:`gkm.daemon.member`: the
+  member role's shell (one session per member group);
+* :mod:`gkm.daemon.report`: what logs and replies show of addresses and TEKs (never keys);
 * :mod:`gkm.daemon.engines`: the only place that constructs `gkm.gdoi` engines and the
   `xfrm.groupsa` installer;
 * :mod:`gkm.daemon.__main__`: ``msecd`` (console script); :mod:`gkm.daemon.ctl`: ``msecctl``.

@@ -14,7 +14,7 @@
   | "rolled over" | "unchanged"``, ``remove(group_id)``, ``adopt(group_ids) -> {group_id:
   [spi, ...]}``, ``close()``, attribute ``kernel``.
 
-Optional (GROUPKEY-PUSH; a factory without them has no rekey):
+GROUPKEY-PUSH:
 
 * ``rekey(group, store, now) -> RekeyPlan``: new TEKs for ``group`` persisted as current (the
   old ones kept as 'old'), SEQ reserved (durable) and the signed PUSH datagram built;
@@ -31,11 +31,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = ["EngineFactory", "GdoiFactory", "KernelInstaller", "NullInstaller", "EngineUnavailable",
-           "RekeyError", "RekeyPlan", "local_addresses"]
+           "RekeyError", "RekeyPlan", "StartupError", "local_addresses"]
 
 
 class EngineUnavailable(RuntimeError):
     """This build of msec lacks a component the configuration needs."""
+
+
+class StartupError(Exception):
+    """The daemon cannot start (state dir locked, port in use, ...)."""
 
 
 class RekeyError(RuntimeError):
@@ -57,7 +61,10 @@ class RekeyPlan:
 
 class EngineFactory(Protocol):
     def keyserver(self, settings: Any, store: Any, now: float) -> Any: ...
+    def update_keyserver_groups(self, engine: Any, groups: Any) -> bool: ...
     def member(self, group: Any, key_server: tuple[str, int], now: float) -> Any: ...
+    def rekey(self, group: Any, store: Any, now: float) -> "RekeyPlan": ...
+    def push_receiver(self, group: Any, registered: Any) -> Any: ...
     def installer(self) -> Any: ...
 
 
@@ -165,6 +172,7 @@ class GdoiFactory:
     def __init__(self, *, kernel: bool = True, netns=None) -> None:
         self.kernel = kernel
         self.netns = netns
+        self.provider = None  # the key server role's keys provider, once made
 
     @staticmethod
     def _gdoi():
@@ -183,10 +191,7 @@ class GdoiFactory:
 
     def update_keyserver_groups(self, engine, groups) -> bool:
         """Give a running key server engine new group policies; False if it cannot."""
-        update = getattr(engine, "update_groups", None)
-        if update is None:
-            return False
-        update(groups)
+        engine.update_groups(groups)
         return True
 
     def member(self, group, key_server: tuple[str, int], now: float):
@@ -237,9 +242,8 @@ class GdoiFactory:
                               auth_key=tk.auth_key or None, created=now, expires=tk.expires,
                               state=KeyState.NEXT)
             store.rotate_teks(gid)
-        provider = getattr(self, "provider", None)
-        if provider is not None:
-            provider.invalidate(gid)
+        if self.provider is not None:
+            self.provider.invalidate(gid)
         seq = store.next_seq(gid)  # committed and fsync'ed before the PUSH exists
         data = gdoi.build_push(group, kek=kek, signing_key=signing, seq=seq, new_teks=teks,
                                now=now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gkm.events import KeyServerEvent, MemberEvent
 from gkm.lkh import LkhUpdate
 from policy.model import Identity
 
@@ -16,7 +17,7 @@ __all__ = ["Registered", "RegistrationFailed", "MemberRegistered", "MemberRefuse
 
 
 @dataclass(frozen=True, slots=True)
-class Registered:
+class Registered(MemberEvent):
     """Member: GROUPKEY-PULL completed.  Hand ``teks`` to the group SA installer, keep ``kek``,
     ``seq`` (reject PUSH with SEQ <= it for ``kek.spi``) and ``lkh`` for GROUPKEY-PUSH."""
 
@@ -31,7 +32,7 @@ class Registered:
 
 
 @dataclass(frozen=True, slots=True)
-class RegistrationFailed:
+class RegistrationFailed(MemberEvent):
     """Member: registration ended without keys (phase 1 failure, refusal, timeout, bad reply)."""
 
     group_id: int
@@ -40,7 +41,7 @@ class RegistrationFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class MemberRegistered:
+class MemberRegistered(KeyServerEvent):
     """Key server: a member completed GROUPKEY-PULL (its record and keys are persisted)."""
 
     group_id: int
@@ -51,7 +52,7 @@ class MemberRegistered:
 
 
 @dataclass(frozen=True, slots=True)
-class MemberRefused:
+class MemberRefused(KeyServerEvent):
     """Key server: a GROUPKEY-PULL was refused (unknown group, not authorized); the member was told."""
 
     group_id: int

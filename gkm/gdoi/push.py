@@ -81,6 +81,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from gkm.events import MemberEvent
 from gkm import wire
 from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LkhError, LkhEvicted, LkhMemberView, LkhUpdate
 from gkm.wire import (
@@ -112,7 +113,7 @@ _KEYWRAP_OVERHEAD = 8
 
 
 @dataclass(frozen=True, slots=True)
-class Rekeyed:
+class Rekeyed(MemberEvent):
     """Member: a GROUPKEY-PUSH was accepted.  ``teks``: new TEKs (install them); ``kek``: the
     Rekey SA now in force (new or unchanged); ``seq``: the PUSH's SEQ (persist as last_seq);
     ``lkh``: the member's LKH path after the update (None without LKH)."""
@@ -126,7 +127,7 @@ class Rekeyed:
 
 
 @dataclass(frozen=True, slots=True)
-class TeksDeleted:
+class TeksDeleted(MemberEvent):
     """Member: the key server deleted TEKs (``spis``; empty with ``all`` = every TEK)."""
 
     group_id: int
@@ -135,7 +136,7 @@ class TeksDeleted:
 
 
 @dataclass(frozen=True, slots=True)
-class KekDeleted:
+class KekDeleted(MemberEvent):
     """Member: the key server deleted the Rekey SA; no more PUSH under it (re-register)."""
 
     group_id: int
@@ -143,14 +144,14 @@ class KekDeleted:
 
 
 @dataclass(frozen=True, slots=True)
-class Evicted:
+class Evicted(MemberEvent):
     """Member: an LKH update renewed the group KEK and this member cannot derive it."""
 
     group_id: int
 
 
 @dataclass(frozen=True, slots=True)
-class PushRejected:
+class PushRejected(MemberEvent):
     """Member: a datagram was dropped (logged); the receiver's state is unchanged."""
 
     group_id: int

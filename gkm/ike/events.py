@@ -8,6 +8,7 @@ from typing import Any
 
 from cryptography import x509
 
+from gkm.events import Phase1Event
 from . import crypto
 from .config import Identity, Proposal
 from .crypto import EncAlg, Prf
@@ -81,12 +82,12 @@ class Phase1SA:
 
 
 @dataclass(frozen=True, slots=True)
-class Phase1Established:
+class Phase1Established(Phase1Event):
     sa: Phase1SA
 
 
 @dataclass(frozen=True, slots=True)
-class Phase1Failed:
+class Phase1Failed(Phase1Event):
     """The exchange ended without an SA.  ``notify`` is the type sent or received, if any."""
 
     icookie: bytes
@@ -97,7 +98,7 @@ class Phase1Failed:
 
 
 @dataclass(frozen=True, slots=True)
-class Phase1Deleted:
+class Phase1Deleted(Phase1Event):
     """An established SA is gone (peer Delete, local delete, lifetime)."""
 
     icookie: bytes
@@ -121,7 +122,7 @@ class DeleteRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class InformationalReceived:
+class InformationalReceived(Phase1Event):
     """An authenticated (HASH(1)) Informational exchange under an established SA."""
 
     icookie: bytes
@@ -133,7 +134,7 @@ class InformationalReceived:
 
 
 @dataclass(frozen=True, slots=True)
-class Phase2Datagram:
+class Phase2Datagram(Phase1Event):
     """A message under an established SA with an exchange type phase 1 does not handle
     (GROUPKEY-PULL, 32).  The GDOI engine takes it from here."""
 

@@ -1,49 +1,28 @@
-"""Tiny fake engines and installer for the daemon's unit tests (the real gkm.gdoi engines are
+"""Tiny fake engines and installer for the daemon's unit tests (they emit the real event
+classes) (the real gkm.gdoi engines are
 exercised by the host and kernel tiers).  Same shape as the real ones: sans-I/O,
 ``receive_datagram(data, addr, now)``, ``handle_timer(now)``, pulled outputs."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class FakeTek:
-    spi: int
-    name: str
-    lifetime_s: int
-    key: bytes = field(default=b"\x11" * 16, repr=False)
+from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered, RegistrationFailed
+from gkm.gdoi.keys import GroupTek
+from gkm.daemon.engines import RekeyError
+from policy.model import AddressPreservation, Mode, SaDirection
 
 
-@dataclass(frozen=True)
-class Registered:
-    group_id: int
-    teks: tuple
-
-
-@dataclass(frozen=True)
-class RegistrationFailed:
-    group_id: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class MemberRegistered:
-    group_id: int
-    identity: str
-    peer_addr: tuple
-
-
-@dataclass(frozen=True)
-class MemberRefused:
-    group_id: int
-    identity: str
-    peer_addr: tuple
-    reason: str
+def fake_tek(group_id: int, spi: int, lifetime_s: int = 3600) -> GroupTek:
+    """A real gkm.gdoi TEK (AES-GCM-128, tunnel mode) with a throwaway key."""
+    return GroupTek(group_id, spi, ipaddress.ip_network("10.1.0.0/16"),
+                    ipaddress.ip_network("239.1.1.1/32"), 17, 0, 5000, Mode.TUNNEL,
+                    AddressPreservation.SOURCE_AND_DESTINATION, SaDirection.SYMMETRIC,
+                    "aes-gcm-128", b"\x11" * 16, b"", b"\x22" * 4, lifetime_s)
 
 
 class FakeMember:
@@ -67,7 +46,8 @@ class FakeMember:
         self.done = True
         self._timer = None
         if word == b"OK":
-            self._events.append(Registered(self.group_id, (FakeTek(int(rest), "rtp", self.lifetime),)))
+            tek = fake_tek(self.group_id, int(rest), self.lifetime)
+            self._events.append(Registered(self.group_id, (tek,), None, None, None, self.ks))
         else:
             self._events.append(RegistrationFailed(self.group_id, rest.decode()))
 
@@ -184,6 +164,15 @@ class FakeFactory:
         m = FakeMember(group, key_server, now, **self.member_kwargs)
         self.members.append(m)
         return m
+
+    def update_keyserver_groups(self, engine, groups):
+        return False
+
+    def rekey(self, group, store, now):
+        raise RekeyError("the fake factory has no GROUPKEY-PUSH")
+
+    def push_receiver(self, group, registered):
+        raise RekeyError("the fake factory has no GROUPKEY-PUSH")
 
     def installer(self):
         return self.inst

@@ -134,7 +134,9 @@ def test_keyserver_and_member_register_and_report(tmp_path, caplog):
         ks = next(r for r in g["roles"] if r["role"] == "keyserver")
         assert ks["teks"][0]["spi"] == "0x00001234" and "key" not in json.dumps(ks["teks"])
         mem = next(r for r in g["roles"] if r["role"] == "member")
-        assert mem["teks"] == [{"spi": "0x00001234", "name": "rtp", "lifetime_s": 3600}]
+        (tek,) = mem["teks"]
+        assert (tek["spi"], tek["suite"], tek["lifetime_s"]) == ("0x00001234", "aes-gcm-128", 3600)
+        assert "key" not in json.dumps(mem["teks"])
         rc, out, _ = await _ctl("--socket", sock, "group", "show", "1001")
         assert "TEK 0x00001234" in out and "registered with 127.0.0.1" in out
 

@@ -7,36 +7,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gkm.daemon.engines import RekeyError, RekeyPlan
-from tests.unit.daemon_fakes import FakeFactory, FakeTek, free_udp_port, write_config
+from gkm.gdoi.events import Registered
+from gkm.gdoi.push import PushRejected, Rekeyed
+from tests.unit.daemon_fakes import FakeFactory, fake_tek, free_udp_port, write_config
 from tests.unit.test_daemon_core import _ctl, _daemon, _run, _until
-
-
-@dataclass(frozen=True)
-class Registered:
-    group_id: int
-    teks: tuple
-    kek: object = None
-    seq: int | None = None
-
-
-@dataclass(frozen=True)
-class Rekeyed:
-    group_id: int
-    teks: tuple
-    seq: int
-
-
-@dataclass(frozen=True)
-class PushRejected:
-    group_id: int
-    reason: str
 
 
 class FakePushReceiver:
@@ -55,7 +35,7 @@ class FakePushReceiver:
                                                             f"{self.last_seq} (replay)"))
             return
         self.last_seq = seq
-        self._events.append(Rekeyed(self.group_id, (FakeTek(spi, "rtp", 3600),), seq))
+        self._events.append(Rekeyed(self.group_id, (fake_tek(self.group_id, spi),), None, seq))
 
     def handle_timer(self, now):
         pass
@@ -85,8 +65,8 @@ class PushFactory(FakeFactory):
 
         def next_event():
             ev = nxt()
-            if type(ev).__name__ == "Registered":
-                return Registered(ev.group_id, ev.teks, kek, 0)
+            if isinstance(ev, Registered):
+                return Registered(ev.group_id, ev.teks, kek, 0, None, ev.key_server)
             return ev
         m.next_event = next_event
         return m
@@ -120,9 +100,9 @@ def _kek_config(tmp_path, port, rport):
 
 def _no_multicast(monkeypatch):
     """Unit tests stay on loopback: multicast sends are recorded, not made."""
-    from gkm.daemon import daemon as dmod
+    from gkm.daemon import keyserver as dmod
 
-    real = dmod._send_push
+    real = dmod.send_push
     skipped = []
 
     def send(data, host, port):
@@ -130,7 +110,7 @@ def _no_multicast(monkeypatch):
             skipped.append((host, port))
             return
         real(data, host, port)
-    monkeypatch.setattr(dmod, "_send_push", send)
+    monkeypatch.setattr(dmod, "send_push", send)
     return skipped
 
 
@@ -189,7 +169,7 @@ def test_rekey_command_push_received_and_shown(tmp_path, caplog, monkeypatch):
     assert "group g1001 (1001): rekeyed: SEQ 1, new TEK SPI 0x00005001" in text
 
 
-def test_rekey_without_factory_support_is_an_error(tmp_path):
+def test_rekey_refused_by_the_factory_is_an_error(tmp_path):
     port, rport = free_udp_port(), free_udp_port()
     cfg = _kek_config(tmp_path, port, rport)
 
@@ -197,7 +177,7 @@ def test_rekey_without_factory_support_is_an_error(tmp_path):
         d = _daemon(cfg, FakeFactory())
         await d.start()
         r = await d.handle_request({"cmd": "rekey", "id": 1001})
-        assert r["ok"] is False and "not available" in r["error"]
+        assert r["ok"] is False and "no GROUPKEY-PUSH" in r["error"]
         r = await d.handle_request({"cmd": "rekey"})
         assert r["ok"] is False and "needs" in r["error"]
         d.request_stop("test")
