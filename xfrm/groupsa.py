@@ -9,15 +9,20 @@ Key management calls this module and nothing else in ``xfrm``::
     groups = installer.adopt()               # on daemon start: what msec left in the kernel
     installer.installed(group_id)            # what the kernel holds for a group, as TEKs
 
-A TEK is :class:`gkm.gdoi.GroupTek` (what GROUPKEY-PULL/PUSH hand over: selector fields,
-``keymat`` = key || salt, no replay window), this module's :class:`GroupTek` (a
-:class:`policy.model.TrafficSelector`, ``enc_key`` = the whole TEK_ALGORITHM_KEY, a replay
-window), or anything with either set of attributes (:class:`TekLike`): SPI, selector, mode,
-direction (:class:`policy.model.SaDirection`), suite name (a key of
-:data:`policy.suites.ESP_SUITES`, the one table mapping suites to crypto-API names, key and ICV
-lengths), keys and lifetime. :func:`as_group_tek` converts; a TEK without ``replay_window``
-gets 0 (multi-sender group SAs, RFC 5374 section 3). Tunnel mode is installed with address
+A TEK is anything that is a :class:`TekSpec`: ``gkm.gdoi.GroupTek`` (what GROUPKEY-PULL/PUSH
+hand over), or :class:`KernelTek` (what the kernel holds, read back). It has an SPI, a
+:class:`policy.model.TrafficSelector`, mode, direction (:class:`policy.model.SaDirection`),
+suite name (a key of :data:`policy.suites.ESP_SUITES`, the one table mapping suites to
+crypto-API names, key and ICV lengths), ``keymat`` = TEK_ALGORITHM_KEY exactly as on the wire
+(AES-GCM: key || salt, which is also what the kernel takes), the integrity key, the lifetime
+and a replay window (0 for multi-sender group SAs, RFC 5374 section 3). Nothing is converted
+or split on the way: the installer checks each TEK once (:func:`_check_tek`) and maps it to
+kernel terms once (:meth:`GroupSaInstaller._plan`). Tunnel mode is installed with address
 preservation of source and destination only; a TEK asking for another preservation is refused.
+
+Reading the kernel: every change (:meth:`~GroupSaInstaller.install`,
+:meth:`~GroupSaInstaller.send_on`, :meth:`~GroupSaInstaller.remove`) dumps the SAD and SPD
+once and returns (or computes) the group's view from that dump and the changes it made.
 
 What is installed, per TEK
     * one ESP state ``(dst = group address, SPI)``; its selector is the TEK's selector, its hard
@@ -65,7 +70,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from policy.model import Mode as TekMode
@@ -79,8 +84,8 @@ from .model import (
 )
 from .owner import Owner
 
-__all__ = ["GroupTek", "TekLike", "XfrmPort", "InstalledGroup", "GroupSaInstaller",
-           "DEFAULT_PRIORITY", "suite_of_state", "as_group_tek"]
+__all__ = ["TekSpec", "KernelTek", "XfrmPort", "InstalledGroup", "GroupSaInstaller",
+           "DEFAULT_PRIORITY", "suite_of_state"]
 
 DEFAULT_PRIORITY = 1000
 """Priority of msec's policies (lower wins in XFRM); strongSwan's automatic priorities start
@@ -94,28 +99,34 @@ _GONE = (errno.ENOENT, errno.ESRCH)
 # --------------------------------------------------------------------------- input
 
 @runtime_checkable
-class TekLike(Protocol):
-    """What the installer reads from a TEK: these, plus either ``selector`` (a
-    TrafficSelector) or ``src``/``dst``/``protocol``/``src_port``/``dst_port``, and either
-    ``enc_key`` (whole KEYMAT) or ``keymat``; optional ``replay_window``, ``group_id``,
-    ``address_preservation``, ``esp``."""
+class TekSpec(Protocol):
+    """What the installer reads from a TEK: the one hand-off between key management and the
+    kernel. ``gkm.gdoi.GroupTek`` (what GROUPKEY-PULL/PUSH hand over) satisfies it, and so does
+    :class:`KernelTek` (what :meth:`GroupSaInstaller.installed` reads back).
 
+    ``keymat`` is TEK_ALGORITHM_KEY as the key server sent it (for AES-GCM the key followed by
+    the 4-byte salt, RFC 4106 section 8.1: the kernel's ``rfc4106(gcm(aes))`` takes it as is),
+    ``auth_key`` TEK_INTEGRITY_KEY (empty for AEAD suites), ``lifetime_s`` the remaining
+    lifetime in seconds, ``replay_window`` 0 for multi-sender group SAs (RFC 5374 section 3).
+    """
+
+    group_id: int
     spi: int
+    selector: TrafficSelector
     mode: TekMode
+    address_preservation: AddressPreservation
     direction: SaDirection
     suite: str
+    keymat: bytes
     auth_key: bytes
     lifetime_s: int
+    replay_window: int
 
 
 @dataclass(frozen=True, slots=True)
-class GroupTek:
-    """One TEK of a group in protocol terms (RFC 6407 SA TEK + KD payloads).
-
-    ``enc_key`` is TEK_ALGORITHM_KEY (for AES-GCM the key followed by the 4-byte salt),
-    ``auth_key`` TEK_INTEGRITY_KEY (empty for AEAD suites); both are left out of ``repr``.
-    ``lifetime_s`` is the remaining lifetime in seconds.
-    """
+class KernelTek:
+    """A TEK as the kernel holds it, read back from one of the group's states (keys included;
+    left out of ``repr``). Installable again (it is a :class:`TekSpec`)."""
 
     group_id: int
     spi: int
@@ -123,87 +134,51 @@ class GroupTek:
     mode: TekMode
     direction: SaDirection
     suite: str
-    enc_key: bytes = field(repr=False)
+    keymat: bytes = field(repr=False)
     auth_key: bytes = field(default=b"", repr=False)
     lifetime_s: int = 3600
     replay_window: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.group_id, int) or not 0 < self.group_id <= 0xFFFFFFFF:
-            raise InvalidArgument("tek.group_id", f"must be 1..2**32-1, got {self.group_id!r}")
-        _check_tek(self, "tek")
-        for name in ("enc_key", "auth_key"):  # policy.model.Secret -> bytes
-            object.__setattr__(self, name, _key_bytes(getattr(self, name)))
+    address_preservation: AddressPreservation = AddressPreservation.SOURCE_AND_DESTINATION
 
 
-def as_group_tek(tek: object, group_id: int | None = None, where: str = "tek") -> GroupTek:
-    """This module's :class:`GroupTek` for any :class:`TekLike` (gkm.gdoi's included)."""
-    if isinstance(tek, GroupTek):
-        return tek
-    gid = getattr(tek, "group_id", group_id)
-    if gid is None:
-        raise InvalidArgument(f"{where}.group_id", "missing")
-    if getattr(tek, "esp", True) is not True:
-        raise InvalidArgument(f"{where}.esp", "msec installs ESP TEKs only")
-    ap = getattr(tek, "address_preservation", None)
-    if ap is not None and getattr(tek, "mode", None) is TekMode.TUNNEL \
-            and ap != AddressPreservation.SOURCE_AND_DESTINATION:
-        raise InvalidArgument(f"{where}.address_preservation", f"{ap!r}: tunnel-mode group SAs "
-                              "are installed with source and destination preserved (RFC 5374)")
-    sel = getattr(tek, "selector", None)
-    if sel is None:
-        try:
-            sel = TrafficSelector(tek.src, tek.dst, getattr(tek, "protocol", 0),
-                                  getattr(tek, "src_port", 0), getattr(tek, "dst_port", 0))
-        except (AttributeError, ValueError) as e:
-            raise InvalidArgument(f"{where}.selector", str(e)) from None
-    keymat = getattr(tek, "keymat", None)
-    enc = keymat if keymat is not None else getattr(tek, "enc_key", None)
-    if enc is None:
-        raise InvalidArgument(f"{where}.enc_key", "missing (enc_key or keymat)")
-    try:
-        return GroupTek(gid, getattr(tek, "spi", None), sel, getattr(tek, "mode", None),
-                        getattr(tek, "direction", None), getattr(tek, "suite", None),
-                        _key_bytes(enc), _key_bytes(getattr(tek, "auth_key", b"")),
-                        getattr(tek, "lifetime_s", None), getattr(tek, "replay_window", 0))
-    except InvalidArgument as e:
-        raise InvalidArgument(f"{where}.{e.field.partition('.')[2]}", e.reason) from None
-
-
-def _key_bytes(value: object) -> bytes:
-    reveal = getattr(value, "reveal", None)  # policy.model.Secret
-    return reveal() if callable(reveal) else bytes(value)  # type: ignore[arg-type]
-
-
-def _check_tek(tek: object, where: str) -> EspSuite:
-    spi = getattr(tek, "spi", None)
+def _check_tek(tek: TekSpec, group_id: int, where: str) -> EspSuite:
+    """Everything the kernel mapping needs of one TEK, checked before anything changes."""
+    if not isinstance(tek, TekSpec):
+        raise InvalidArgument(where, f"{type(tek).__name__} is not a TEK (xfrm.groupsa.TekSpec)")
+    if tek.group_id != group_id:
+        raise InvalidArgument(f"{where}.group_id", f"is {tek.group_id}, installing {group_id}")
+    spi = tek.spi
     if not isinstance(spi, int) or not 0x100 <= spi <= 0xFFFFFFFF:
         raise InvalidArgument(f"{where}.spi", f"must be 256..2**32-1 (RFC 4303), got {spi!r}")
-    sel = getattr(tek, "selector", None)
+    sel = tek.selector
     if not isinstance(sel, TrafficSelector):
         raise InvalidArgument(f"{where}.selector", "must be a policy.model.TrafficSelector")
     if sel.dst.num_addresses != 1:
         raise InvalidArgument(f"{where}.selector.dst", f"{sel.dst} is not one address: the "
                               "kernel SA's destination is the group address")
-    if not isinstance(getattr(tek, "mode", None), TekMode):
+    if not isinstance(tek.mode, TekMode):
         raise InvalidArgument(f"{where}.mode", "must be a policy.model.Mode")
-    if getattr(tek, "direction", None) not in tuple(SaDirection):
+    if tek.mode is TekMode.TUNNEL \
+            and tek.address_preservation != AddressPreservation.SOURCE_AND_DESTINATION:
+        raise InvalidArgument(f"{where}.address_preservation",
+                              f"{tek.address_preservation!r}: tunnel-mode group SAs are "
+                              "installed with source and destination preserved (RFC 5374)")
+    if tek.direction not in tuple(SaDirection):
         raise InvalidArgument(f"{where}.direction", "must be a policy.model.SaDirection")
-    suite = ESP_SUITES.get(getattr(tek, "suite", None))
+    suite = ESP_SUITES.get(tek.suite)
     if suite is None:
-        raise InvalidArgument(f"{where}.suite", f"unknown suite {getattr(tek, 'suite', None)!r}"
+        raise InvalidArgument(f"{where}.suite", f"unknown suite {tek.suite!r}"
                               f" (known: {', '.join(sorted(ESP_SUITES))})")
-    enc, auth = _key_bytes(tek.enc_key), _key_bytes(getattr(tek, "auth_key", b""))
-    if len(enc) != suite.enc_key_bytes:
-        raise InvalidArgument(f"{where}.enc_key", f"{suite.name} takes {suite.enc_key_bytes} "
-                              f"bytes, got {len(enc)}")
-    if len(auth) != suite.integrity_key_bytes:
+    if not isinstance(tek.keymat, bytes) or len(tek.keymat) != suite.enc_key_bytes:
+        raise InvalidArgument(f"{where}.keymat", f"{suite.name} takes {suite.enc_key_bytes} "
+                              f"bytes, got {len(tek.keymat)}")
+    if not isinstance(tek.auth_key, bytes) or len(tek.auth_key) != suite.integrity_key_bytes:
         raise InvalidArgument(f"{where}.auth_key", f"{suite.name} takes "
-                              f"{suite.integrity_key_bytes} bytes, got {len(auth)}")
-    life = getattr(tek, "lifetime_s", None)
+                              f"{suite.integrity_key_bytes} bytes, got {len(tek.auth_key)}")
+    life = tek.lifetime_s
     if not isinstance(life, int) or not 0 < life < 2**32:
         raise InvalidArgument(f"{where}.lifetime_s", f"must be 1..2**32-1, got {life!r}")
-    window = getattr(tek, "replay_window", 0)
+    window = tek.replay_window
     if not isinstance(window, int) or not 0 <= window <= 4096:
         raise InvalidArgument(f"{where}.replay_window", f"must be 0..4096, got {window!r}")
     return suite
@@ -235,17 +210,20 @@ class InstalledGroup:
 
     ``teks`` are read back from the states (keys included; ``group_id`` is the one the slot
     maps to); ``sending`` maps each outbound selector to the SPI its policy uses now;
-    ``states``/``policies`` are the raw kernel objects. ``unknown`` are states of the group
-    whose algorithms match no suite (not installed by this module).
+    ``states``/``policies`` are the raw kernel objects (a policy added by the change that made
+    this view has index 0: the view is computed from the change, not dumped again).
+    ``unknown`` are states of the group whose algorithms match no suite (not installed by this
+    module).
     """
 
     group_id: int
     reqid: int
-    teks: tuple[GroupTek, ...]
+    teks: tuple[KernelTek, ...]
     sending: Mapping[TrafficSelector, int]
     states: tuple[State, ...] = field(repr=False)
     policies: tuple[Policy, ...] = field(repr=False)
     unknown: tuple[State, ...] = field(default=(), repr=False)
+    added: frozenset[int] = frozenset()  # SPIs whose states the call that made this view added
 
     @property
     def spis(self) -> frozenset[int]:
@@ -332,7 +310,7 @@ class GroupSaInstaller:
         raise InvalidArgument(f"{where}.selector.src", f"this host sends on {ts.src} but none "
                               "of the installer's local addresses is in it")
 
-    def _plan(self, group_id: int, teks: Sequence[TekLike]) -> _Plan:
+    def _plan(self, group_id: int, teks: Sequence[TekSpec]) -> _Plan:
         reqid = self.reqid(group_id)
         states: list[State] = []
         out: dict[Selector, list[Policy]] = {}
@@ -340,11 +318,7 @@ class GroupSaInstaller:
         spis: set[tuple[Address, int]] = set()
         for i, tek in enumerate(teks):
             where = f"teks[{i}]"
-            tek = as_group_tek(tek, group_id, where)
-            if tek.group_id != group_id:
-                raise InvalidArgument(f"{where}.group_id",
-                                      f"is {tek.group_id}, installing {group_id}")
-            suite = _check_tek(tek, where)
+            suite = _check_tek(tek, group_id, where)
             ts: TrafficSelector = tek.selector
             sel = _xfrm_selector(ts)
             group = ts.dst.network_address
@@ -356,7 +330,7 @@ class GroupSaInstaller:
             if (group, tek.spi) in spis:
                 raise InvalidArgument(f"{where}.spi", f"0x{tek.spi:08x} twice for {group}")
             spis.add((group, tek.spi))
-            enc, auth = tek.enc_key, tek.auth_key
+            enc, auth = tek.keymat, tek.auth_key
             if suite.aead:
                 algs = dict(aead=Aead(suite.xfrm_aead.name, enc, suite.xfrm_aead.icv_bits))
             else:
@@ -407,11 +381,11 @@ class GroupSaInstaller:
             else:
                 enc, auth = st.cipher.key, st.auth.key
             try:
-                teks.append(GroupTek(
+                teks.append(KernelTek(
                     group_id, st.spi, _traffic_selector(st.selector),
                     TekMode.TUNNEL if st.mode == Mode.TUNNEL else TekMode.TRANSPORT, direction,
                     suite.name, enc, auth, st.lifetime.hard_add_seconds or 0, st.replay_window))
-            except (InvalidArgument, ValueError):  # not installed by this module
+            except ValueError:  # not installed by this module
                 unknown.append(st)
         return InstalledGroup(group_id, reqid, tuple(teks), sending, mine, pols, tuple(unknown))
 
@@ -448,7 +422,7 @@ class GroupSaInstaller:
         return found
 
     # -- changing ----------------------------------------------------------------------------
-    def install(self, group_id: int, teks: Sequence[TekLike], *,
+    def install(self, group_id: int, teks: Sequence[TekSpec], *,
                 switch: bool = True) -> InstalledGroup:
         """Install ``teks`` for ``group_id``: states first, then policies.
 
@@ -462,6 +436,8 @@ class GroupSaInstaller:
         sending TEK *added by this call*; TEKs already installed never move it back. With
         ``switch=False`` new sending TEKs are installed but not used yet (:meth:`send_on`
         switches later), so every member can hold the new SA before any sender uses it.
+        The kernel is read once; the returned view (``added``: the SPIs this call added) is
+        that dump with the changes applied.
         """
         plan = self._plan(group_id, teks)
         reqid = self.reqid(group_id)
@@ -513,9 +489,19 @@ class GroupSaInstaller:
         except BaseException:
             self._delete_states(reqid, new_states)
             raise
-        return self.installed(group_id)
+        return self._after(group_id, reqid, states, policies, new_states, changes)
 
-    def rollover(self, group_id: int, new_teks: Sequence[TekLike], *,
+    def _after(self, group_id: int, reqid: int, states: Sequence[State],
+               policies: Sequence[Policy], new_states: Sequence[State],
+               changes: Sequence[tuple[Policy, Policy | None]]) -> InstalledGroup:
+        """The group's view after a change, from the dump taken before it (no second dump)."""
+        replaced = {new.id: (new if prev is None else replace(new, index=prev.index))
+                    for new, prev in changes}
+        pols = [replaced.pop(p.id, p) for p in policies] + list(replaced.values())
+        view = self._view(group_id, reqid, [*states, *new_states], pols)
+        return replace(view, added=frozenset(st.spi for st in new_states))
+
+    def rollover(self, group_id: int, new_teks: Sequence[TekSpec], *,
                  switch: bool = True) -> InstalledGroup:
         """Make before break: add the new TEKs' states, then (``switch``) move each outbound
         policy to its new SPI, and add inbound policies for new selectors. Old states stay
@@ -527,16 +513,18 @@ class GroupSaInstaller:
         """Switch the outbound policy of the selector of the group's sending TEK ``spi`` to it
         (after ``rollover(..., switch=False)``)."""
         reqid = self.reqid(group_id)
-        view = self.installed(group_id)
-        st = next((s for s in view.states if s.spi == spi and s.oseq_may_wrap
+        states, policies = self._dump()
+        st = next((s for s in states if s.reqid == reqid and s.spi == spi and s.oseq_may_wrap
                    and s.selector is not None), None)
         if st is None:
             raise InvalidArgument("spi", f"group {group_id} has no sending TEK 0x{spi:08x}")
         pol = self._out_policy(st.selector, st.src, st.dst, st.mode, reqid, spi)
-        prev = next((p for p in view.policies if p.id == pol.id), None)
-        if prev is None or _without_index(prev) != pol:
-            self._apply_policies(reqid, [(pol, prev)])
-        return self.installed(group_id)
+        prev = next((p for p in policies if p.id == pol.id), None)
+        if prev is not None and self._policy_reqid(prev) != reqid:
+            raise InvalidArgument("spi", f"{pol.id} belongs to someone else")
+        changes = [] if prev is not None and _without_index(prev) == pol else [(pol, prev)]
+        self._apply_policies(reqid, changes)
+        return self._after(group_id, reqid, states, policies, (), changes)
 
     def remove(self, group_id: int, spis: Iterable[int] | None = None) -> tuple[int, int]:
         """Remove the group's states (all, or those with ``spis``) and the policies left
@@ -622,13 +610,8 @@ class GroupSaInstaller:
 
 
 def _replace_lifetime(st: State, lifetime: Lifetime) -> State:
-    fields = {f: getattr(st, f) for f in State.__dataclass_fields__}
-    fields["lifetime"] = lifetime
-    return State(**fields)
+    return replace(st, lifetime=lifetime)
 
 
 def _without_index(p: Policy) -> Policy:
-    if not p.index:
-        return p
-    return Policy(p.selector, p.direction, p.action, p.priority, p.templates, p.mark,
-                  p.if_id, p.lifetime)
+    return replace(p, index=0) if p.index else p

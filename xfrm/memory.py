@@ -47,6 +47,7 @@ class MemoryXfrm(SingleOperations):
         self.policies: dict[PolicyId, Policy] = {}
         self._index = 0
         self.log: list[str] = []  # operation names in the order applied (for tests)
+        self.reads = 0  # dumps answered (for tests: how often a caller reads the kernel)
 
     # -- context manager, like XfrmSocket ------------------------------------------------------
     def close(self) -> None:
@@ -131,6 +132,7 @@ class MemoryXfrm(SingleOperations):
     # -- dumps --------------------------------------------------------------------------------
     def dump_states(self, proto: int | None = None, owned: bool = False,
                     src: Network | None = None, dst: Network | None = None) -> list[State]:
+        self.reads += 1
         out = []
         for st in self.states.values():
             if proto and st.proto != proto:
@@ -145,6 +147,7 @@ class MemoryXfrm(SingleOperations):
         return out
 
     def dump_policies(self, owned: bool = False) -> list[Policy]:
+        self.reads += 1
         return [p for p in self.policies.values() if not owned or self.owner.owns_policy(p)]
 
     def remove_owned(self) -> tuple[int, int]:

@@ -10,9 +10,10 @@
   ``key_server`` = (host, port), datagrams queued;
 * ``installer() -> installer``: :class:`KernelInstaller` (``xfrm.groupsa`` on an
   ``XfrmSocket`` in the daemon's network namespace) or :class:`NullInstaller` with
-  ``--no-kernel``.  The daemon's installer interface: ``install(group_id, teks) -> "installed"
-  | "rolled over" | "unchanged"``, ``remove(group_id)``, ``adopt(group_ids) -> {group_id:
-  [spi, ...]}``, ``close()``, attribute ``kernel``.
+  ``--no-kernel``.  The daemon's installer interface: ``install(group_id, teks, switch=True)
+  -> "installed" | "rolled over" | "unchanged"``, ``send_on(group_id, spi)``,
+  ``remove(group_id, spis=None)``, ``adopt(group_ids) -> {group_id: [spi, ...]}``,
+  ``close()``, attribute ``kernel``.
 
 GROUPKEY-PUSH:
 
@@ -76,14 +77,21 @@ class NullInstaller:
     def __init__(self) -> None:
         self._groups: dict[int, frozenset[int]] = {}
 
-    def install(self, group_id: int, teks) -> str:
+    def install(self, group_id: int, teks, *, switch: bool = True) -> str:
         spis = frozenset(t.spi for t in teks)
         have = self._groups.get(group_id, frozenset())
         self._groups[group_id] = have | spis
         return "unchanged" if spis <= have else ("rolled over" if have else "installed")
 
-    def remove(self, group_id: int) -> None:
-        self._groups.pop(group_id, None)
+    def send_on(self, group_id: int, spi: int) -> None:
+        if spi not in self._groups.get(group_id, frozenset()):
+            raise ValueError(f"group {group_id} has no TEK 0x{spi:08x}")
+
+    def remove(self, group_id: int, spis=None) -> None:
+        if spis is None:
+            self._groups.pop(group_id, None)
+        elif group_id in self._groups:
+            self._groups[group_id] = self._groups[group_id] - frozenset(spis)
 
     def adopt(self, group_ids=()) -> dict[int, list[int]]:
         return {}
@@ -114,12 +122,11 @@ class KernelInstaller:
     """msecd's use of ``xfrm.groupsa.GroupSaInstaller`` on an ``XfrmSocket`` in the daemon's
     network namespace: msec's states and policies carry msec's reqid range (``xfrm.owner``).
 
-    Converts gkm.gdoi's TEKs (selector fields, key || salt kept apart) to the installer's
-    ``GroupTek``.  Replay window: GDOI does not carry one; multicast group SAs are shared by
-    several senders, so receivers get 0 (RFC 5374 section 3).  Re-registration hands back the
-    same SPIs with a shorter remaining lifetime: SPIs already in the kernel are left alone
-    (an SA's parameters cannot change), new SPIs are added make-before-break, and old ones
-    stay until their hard lifetime.
+    gkm.gdoi's ``GroupTek`` is an ``xfrm.groupsa.TekSpec`` and goes to the installer as it is
+    (TEK_ALGORITHM_KEY whole, replay window 0: multicast group SAs are shared by several
+    senders, RFC 5374 section 3).  Every call reads the kernel once.  SPIs already in the
+    kernel are left alone (an SA's parameters cannot change); new SPIs are added make before
+    break.
     """
 
     kernel = True
@@ -134,30 +141,17 @@ class KernelInstaller:
         self.port = XfrmSocket(netns)
         self.sa = GroupSaInstaller(self.port, local=local_addresses())
 
-    @staticmethod
-    def convert(t):
-        from policy.model import TrafficSelector
-        from xfrm.groupsa import GroupTek
-
-        if hasattr(t, "selector"):
-            return t
-        sel = TrafficSelector(t.src, t.dst, t.protocol, t.src_port, t.dst_port)
-        keymat = getattr(t, "keymat", None)
-        return GroupTek(group_id=t.group_id, spi=t.spi, selector=sel, mode=t.mode,
-                        direction=t.direction, suite=t.suite,
-                        enc_key=keymat if keymat is not None else t.enc_key,
-                        auth_key=t.auth_key, lifetime_s=t.lifetime_s, replay_window=0)
-
-    def install(self, group_id: int, teks) -> str:
-        have = self.sa.installed(group_id).spis
-        new = [self.convert(t) for t in teks if t.spi not in have]
-        if not new:
+    def install(self, group_id: int, teks, *, switch: bool = True) -> str:
+        view = self.sa.install(group_id, teks, switch=switch)
+        if not view.added:
             return "unchanged"
-        self.sa.install(group_id, new)
-        return "rolled over" if have else "installed"
+        return "rolled over" if view.spis - view.added else "installed"
 
-    def remove(self, group_id: int) -> None:
-        self.sa.remove(group_id)
+    def send_on(self, group_id: int, spi: int) -> None:
+        self.sa.send_on(group_id, spi)
+
+    def remove(self, group_id: int, spis=None) -> None:
+        self.sa.remove(group_id, spis)
 
     def adopt(self, group_ids=()) -> dict[int, list[int]]:
         return {g: sorted(v.spis) for g, v in self.sa.adopt(group_ids).items()}

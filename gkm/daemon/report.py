@@ -33,7 +33,8 @@ def tek_summary(t: GroupTek, registered_at: float | None = None) -> dict[str, An
     """What may be shown about a TEK: SPI, selector, suite, mode, direction, lifetime."""
     out: dict[str, Any] = {
         "spi": f"0x{t.spi:08x}", "suite": t.suite, "mode": t.mode.value,
-        "direction": t.direction.name.lower(), "src": str(t.src), "dst": str(t.dst),
+        "direction": t.direction.name.lower(), "src": str(t.selector.src),
+        "dst": str(t.selector.dst),
         "lifetime_s": t.lifetime_s,
     }
     if registered_at is not None:

@@ -6,9 +6,8 @@ as RFC 6407 describes it (selector, SPI, mode, direction, suite name from
 ``repr`` of every value here hides key material (HACKING.md).
 
 Key formats (RFC 6407 section 5.6.1, RFC 4106 section 8.1): for AES-GCM the KD payload's
-TEK_ALGORITHM_KEY is ``key || 4-byte salt``; :class:`GroupTek` keeps them apart
-(``enc_key``, ``salt``) and :attr:`GroupTek.keymat` gives them back joined, as the kernel's
-``rfc4106(gcm(aes))`` wants.  For AES-CBC + HMAC, ``auth_key`` is the HMAC key (as long as the
+TEK_ALGORITHM_KEY is ``key || 4-byte salt``; :class:`GroupTek` keeps it whole (``keymat``), as
+the kernel's ``rfc4106(gcm(aes))`` takes it.  For AES-CBC + HMAC, ``auth_key`` is the HMAC key (as long as the
 hash output, RFC 4868 section 2.1.1).  KEK_ALGORITHM_KEY is ``IV || key`` (RFC 6407
 section 5.6.2.1).
 """
@@ -20,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
-from policy.model import AddressPreservation, Mode, SaDirection
+from policy.model import AddressPreservation, Mode, SaDirection, TrafficSelector
 from policy.suites import ESP_SUITES, KEK_CIPHERS, EspSuite, KekCipher
 
 __all__ = ["GroupTek", "GroupKek", "LkhKeys", "new_tek_keymat", "new_kek_keymat", "random_spi", "MIN_SPI"]
@@ -33,30 +32,28 @@ MIN_SPI = 256
 
 @dataclass(frozen=True, slots=True)
 class GroupTek:
-    """One data-security SA of a group, as the member installs it.
+    """One data-security SA of a group, as the member installs it: the one TEK value handed
+    from key management to the kernel (it is an ``xfrm.groupsa.TekSpec``).
 
     ``direction``: SENDER_ONLY (install outbound only), RECEIVER_ONLY (inbound only) or
-    SYMMETRIC (both; RFC 6407 section 5.5.1.1.2).  ``lifetime_s`` is the remaining lifetime the
-    key server announced when the member registered.  ``replay_window`` is not carried by
-    GDOI; the installer chooses (policy: 0 for multi-sender TEKs).
+    SYMMETRIC (both; RFC 6407 section 5.5.1.1.2).  ``keymat`` is TEK_ALGORITHM_KEY as the KD
+    payload carries it (AES-GCM: key || salt, which the kernel takes as is), ``auth_key``
+    TEK_INTEGRITY_KEY.  ``lifetime_s`` is the remaining lifetime the key server announced when
+    the member received the TEK.  ``replay_window`` is not carried by GDOI: 0, as multi-sender
+    group SAs need (RFC 5374 section 3).
     """
 
     group_id: int
     spi: int
-    src: IPNetwork
-    dst: IPNetwork
-    protocol: int  # IP protocol of the selector, 0 = any
-    src_port: int
-    dst_port: int
+    selector: TrafficSelector
     mode: Mode
     address_preservation: AddressPreservation
     direction: SaDirection
     suite: str  # key of policy.suites.ESP_SUITES
-    enc_key: bytes = field(repr=False)
+    keymat: bytes = field(repr=False)
     auth_key: bytes = field(repr=False)
-    salt: bytes = field(repr=False)
     lifetime_s: int
-    esp: bool = True  # RFC 6407 Protocol-ID 1 (ESP); AH is not offered by policy.suites
+    replay_window: int = 0
 
     def __post_init__(self) -> None:
         if not MIN_SPI <= self.spi <= 0xFFFFFFFF:
@@ -64,23 +61,19 @@ class GroupTek:
         s = ESP_SUITES.get(self.suite)
         if s is None:
             raise ValueError(f"unknown ESP suite {self.suite!r}")
-        if len(self.enc_key) + len(self.salt) != s.enc_key_bytes or len(self.auth_key) != s.integrity_key_bytes:
+        if len(self.keymat) != s.enc_key_bytes or len(self.auth_key) != s.integrity_key_bytes:
             raise ValueError(f"key lengths do not fit {self.suite}")
 
     def __repr__(self) -> str:
+        sel = self.selector
         return (
-            f"GroupTek(group={self.group_id}, spi={self.spi:#010x}, {self.src}->{self.dst} proto {self.protocol}, "
+            f"GroupTek(group={self.group_id}, spi={self.spi:#010x}, {sel.src}->{sel.dst} proto {sel.protocol}, "
             f"{self.mode.value}, {self.direction.name}, {self.suite}, {self.lifetime_s} s)"
         )
 
     @property
     def esp_suite(self) -> EspSuite:
         return ESP_SUITES[self.suite]
-
-    @property
-    def keymat(self) -> bytes:
-        """Encryption KEYMAT as the kernel takes it (AES-GCM: key || salt)."""
-        return self.enc_key + self.salt
 
     @property
     def sends(self) -> bool:

@@ -38,8 +38,8 @@ from gkm.wire.constants import (
     TekKeyAttr,
     TekProtocol,
 )
-from policy.model import AddressPreservation, KekPolicy, Mode, SaDirection, TekPolicy
-from policy.suites import ESP_SUITES, GCM_SALT_BYTES, KEK_CIPHERS, SIGNATURE_SUITES, EspSuite, KekCipher, SignatureSuite
+from policy.model import AddressPreservation, KekPolicy, Mode, SaDirection, TekPolicy, TrafficSelector
+from policy.suites import ESP_SUITES, KEK_CIPHERS, SIGNATURE_SUITES, EspSuite, KekCipher, SignatureSuite
 
 from .keys import GroupKek, GroupTek, LkhKeys
 
@@ -280,12 +280,12 @@ def group_tek(group_id: int, p: TekParams, packet: KeyPacket) -> GroupTek:
         raise MappingError(f"TEK {p.spi:#010x}: TEK_ALGORITHM_KEY must be {s.enc_key_bytes} bytes for {s.name}")
     if len(auth) != s.integrity_key_bytes:
         raise MappingError(f"TEK {p.spi:#010x}: TEK_INTEGRITY_KEY must be {s.integrity_key_bytes} bytes for {s.name}")
-    salt_len = GCM_SALT_BYTES if s.aead else 0
-    enc, salt = (keymat[:-salt_len], keymat[-salt_len:]) if salt_len else (keymat, b"")
-    return GroupTek(
-        group_id, p.spi, p.src, p.dst, p.protocol, p.src_port, p.dst_port, p.mode, p.address_preservation,
-        p.direction, s.name, enc, auth, salt, p.lifetime_s,
-    )
+    try:
+        selector = TrafficSelector(p.src, p.dst, p.protocol, p.src_port, p.dst_port)
+    except ValueError as e:
+        raise MappingError(f"TEK {p.spi:#010x}: selector: {e}") from None
+    return GroupTek(group_id, p.spi, selector, p.mode, p.address_preservation, p.direction, s.name, keymat, auth,
+                    p.lifetime_s)
 
 
 def group_kek(group_id: int, p: KekParams, packet: KeyPacket) -> GroupKek:

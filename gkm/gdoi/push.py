@@ -66,6 +66,7 @@ Decisions (ambiguities; the digest is /work/shared/specs/gdoi-ikev1-wire.md):
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -338,8 +339,8 @@ def build_push(
 # ------------------------------------------------------------------------------------ member
 
 
-def _selector(t) -> tuple:
-    return (t.src, t.dst, t.protocol, t.src_port, t.dst_port)
+def _selector(t: GroupTek):
+    return t.selector
 
 
 class PushReceiver:
@@ -635,5 +636,4 @@ class PushReceiver:
 
 
 def _replace_direction(t: GroupTek, direction: SaDirection) -> GroupTek:
-    return GroupTek(t.group_id, t.spi, t.src, t.dst, t.protocol, t.src_port, t.dst_port, t.mode, t.address_preservation,
-                    direction, t.suite, t.enc_key, t.auth_key, t.salt, t.lifetime_s, t.esp)
+    return dataclasses.replace(t, direction=direction)

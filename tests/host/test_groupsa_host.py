@@ -16,7 +16,7 @@ from policy.model import SaDirection, TrafficSelector
 from policy.suites import ESP_SUITES
 from tests.unit.test_groupsa_contract import contract_policies_add_update_delete
 from xfrm.errors import KernelLacksFeature
-from xfrm.groupsa import GroupSaInstaller, GroupTek
+from xfrm.groupsa import GroupSaInstaller, KernelTek
 from xfrm import aes_gcm
 from xfrm.model import Direction, Mode, Policy, Selector, State, Template
 from xfrm.owner import MSEC
@@ -35,8 +35,8 @@ def test_install_without_esp_fails_plainly_and_leaves_nothing(netns):
     netns.run("ip", "xfrm", "policy", "add", "src", "10.1.0.0/16", "dst", "239.9.9.9/32",
               "dir", "in", "tmpl", "proto", "esp", "reqid", "1", "mode", "tunnel")
     s = ESP_SUITES["aes-gcm-128"]
-    tek = GroupTek(5, 0x1234, TrafficSelector(N("10.77.0.1/32"), N("239.1.1.1/32")),
-                   TekMode.TUNNEL, SaDirection.SYMMETRIC, s.name, bytes(s.enc_key_bytes))
+    tek = KernelTek(5, 0x1234, TrafficSelector(N("10.77.0.1/32"), N("239.1.1.1/32")),
+                    TekMode.TUNNEL, SaDirection.SYMMETRIC, s.name, bytes(s.enc_key_bytes))
     with XfrmSocket(netns.ns) as x:
         gsa = GroupSaInstaller(x, local=["10.77.0.1"])
         probe = State(A("10.77.0.1"), A("239.1.1.1"), 0x999, Mode.TUNNEL, MSEC.reqid(9),

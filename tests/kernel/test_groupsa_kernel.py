@@ -26,7 +26,9 @@ from tests.host.test_xfrm_policies import as_ip_fields, parse_ip_policies
 from tests.kernel.test_group_esp import MARKER, PORT, listen, send_burst, seqs
 from tests.kernel.test_xfrm_states import assert_seen_by_iproute2, parse_ip_states
 from tests.unit.test_groupsa_contract import CONTRACT
-from xfrm.groupsa import GroupSaInstaller, GroupTek, as_group_tek
+from dataclasses import replace
+
+from xfrm.groupsa import GroupSaInstaller, KernelTek
 from xfrm.socket import XfrmSocket
 
 pytestmark = pytest.mark.kernel
@@ -36,19 +38,18 @@ GROUP = "239.1.1.1"
 
 
 def make_tek(group_id: int, spi: int, direction: SaDirection, src: str, dst: str = GROUP,
-             suite: str = "aes-gcm-128", mode: TekMode = TekMode.TUNNEL, **kw) -> GroupTek:
+             suite: str = "aes-gcm-128", mode: TekMode = TekMode.TUNNEL, **kw) -> KernelTek:
     s = ESP_SUITES[suite]
     keys = secrets.token_bytes(s.keymat_bytes)
     g = A(dst)
-    return GroupTek(group_id, spi, TrafficSelector(N(src), N(f"{g}/{g.max_prefixlen}"), 17, 0,
-                                                   PORT),
-                    mode, direction, suite, keys[:s.enc_key_bytes], keys[s.enc_key_bytes:],
-                    **kw)
+    return KernelTek(group_id, spi, TrafficSelector(N(src), N(f"{g}/{g.max_prefixlen}"), 17, 0,
+                                                    PORT),
+                     mode, direction, suite, keys[:s.enc_key_bytes], keys[s.enc_key_bytes:],
+                     **kw)
 
 
-def role(tek: GroupTek, direction: SaDirection) -> GroupTek:
-    return GroupTek(tek.group_id, tek.spi, tek.selector, tek.mode, direction, tek.suite,
-                    tek.enc_key, tek.auth_key, tek.lifetime_s, tek.replay_window)
+def role(tek: KernelTek, direction: SaDirection) -> KernelTek:
+    return replace(tek, direction=direction)
 
 
 def stream(host, group: str, stop: threading.Event, after: int, sent: list[int]) -> None:
@@ -200,17 +201,15 @@ def test_symmetric_multi_sender_group_from_gdoi_teks(netlab_factory, group, suit
     lab = netlab_factory(3)
     gid = 7
     s = ESP_SUITES[suite]
-    salt = 4 if s.aead else 0
-    enc = secrets.token_bytes(s.enc_key_bytes)
     g = A(group)
-    t = GdoiTek(group_id=gid, spi=0x3000 | secrets.randbits(12),
-                src=lab.net4 if g.version == 4 else lab.net6, dst=N(f"{g}/{g.max_prefixlen}"),
-                protocol=17, src_port=0, dst_port=PORT, mode=TekMode.TUNNEL,
+    sel = TrafficSelector(lab.net4 if g.version == 4 else lab.net6, N(f"{g}/{g.max_prefixlen}"),
+                          17, 0, PORT)
+    t = GdoiTek(group_id=gid, spi=0x3000 | secrets.randbits(12), selector=sel,
+                mode=TekMode.TUNNEL,
                 address_preservation=AddressPreservation.SOURCE_AND_DESTINATION,
-                direction=BOTH, suite=suite, enc_key=enc[:len(enc) - salt],
-                auth_key=secrets.token_bytes(s.integrity_key_bytes), salt=enc[len(enc) - salt:],
-                lifetime_s=600)
-    want = as_group_tek(t)
+                direction=BOTH, suite=suite, keymat=secrets.token_bytes(s.enc_key_bytes),
+                auth_key=secrets.token_bytes(s.integrity_key_bytes), lifetime_s=600)
+    want = KernelTek(gid, t.spi, sel, t.mode, BOTH, suite, t.keymat, t.auth_key, 600, 0)
     insts = [installer(h) for h in lab.hosts]
     for inst in insts:
         assert inst.install(gid, [t]).teks == (want,)

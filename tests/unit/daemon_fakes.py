@@ -14,15 +14,16 @@ from pathlib import Path
 from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered, RegistrationFailed
 from gkm.gdoi.keys import GroupTek
 from gkm.daemon.engines import RekeyError
-from policy.model import AddressPreservation, Mode, SaDirection
+from policy.model import AddressPreservation, Mode, SaDirection, TrafficSelector
 
 
 def fake_tek(group_id: int, spi: int, lifetime_s: int = 3600) -> GroupTek:
     """A real gkm.gdoi TEK (AES-GCM-128, tunnel mode) with a throwaway key."""
-    return GroupTek(group_id, spi, ipaddress.ip_network("10.1.0.0/16"),
-                    ipaddress.ip_network("239.1.1.1/32"), 17, 0, 5000, Mode.TUNNEL,
-                    AddressPreservation.SOURCE_AND_DESTINATION, SaDirection.SYMMETRIC,
-                    "aes-gcm-128", b"\x11" * 16, b"", b"\x22" * 4, lifetime_s)
+    sel = TrafficSelector(ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("239.1.1.1/32"),
+                          17, 0, 5000)
+    return GroupTek(group_id, spi, sel, Mode.TUNNEL, AddressPreservation.SOURCE_AND_DESTINATION,
+                    SaDirection.SYMMETRIC, "aes-gcm-128", b"\x11" * 16 + b"\x22" * 4, b"",
+                    lifetime_s)
 
 
 class FakeMember:

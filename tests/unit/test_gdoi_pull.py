@@ -40,13 +40,14 @@ def test_registration_both_sides_agree(tmp_path, cert):
         assert reg.group_id == GID and reg.seq == 0 and reg.key_server == KS
         assert [t.spi for t in reg.teks] == [teks["video"].spi, teks["control"].spi]
         video, control = reg.teks
-        # keys: member's view == store (AES-GCM: key || salt in the store, split for the member)
-        assert video.keymat == teks["video"].key and len(video.salt) == 4 and video.auth_key == b""
-        assert control.enc_key == teks["control"].key and control.auth_key == teks["control"].auth_key
-        assert len(control.enc_key) == 32 and len(control.auth_key) == 64
+        # keys: member's view == store (AES-GCM: key || salt, kept whole as the kernel takes it)
+        assert video.keymat == teks["video"].key and len(video.keymat) == 16 + 4 and video.auth_key == b""
+        assert control.keymat == teks["control"].key and control.auth_key == teks["control"].auth_key
+        assert len(control.keymat) == 32 and len(control.auth_key) == 64
         # selectors, mode, direction from policy
-        assert video.src == ipaddress.ip_network("10.0.0.0/8") and video.dst == ipaddress.ip_network("239.1.1.1/32")
-        assert (video.protocol, video.src_port, video.dst_port) == (17, 0, 5004)
+        sel = video.selector
+        assert sel.src == ipaddress.ip_network("10.0.0.0/8") and sel.dst == ipaddress.ip_network("239.1.1.1/32")
+        assert (sel.protocol, sel.src_port, sel.dst_port) == (17, 0, 5004)
         assert video.mode is Mode.TUNNEL and video.address_preservation is AddressPreservation.SOURCE_AND_DESTINATION
         assert video.suite == "aes-gcm-128" and control.suite == "aes-cbc-256-hmac-sha512"
         assert video.direction is SaDirection.SYMMETRIC
@@ -60,7 +61,7 @@ def test_registration_both_sides_agree(tmp_path, cert):
         assert reg.kek.signature == "ecdsa-p256" and reg.kek.signing_public_key
         assert reg.lkh is None
         # secrets stay out of repr
-        assert video.enc_key.hex() not in repr(reg) and reg.kek.key.hex() not in repr(reg)
+        assert video.keymat.hex() not in repr(reg) and reg.kek.key.hex() not in repr(reg)
     want = ["dn:CN=gm1,O=msec test", "dn:CN=gm2,O=msec test"] if cert else ["key-id:gm1", "key-id:gm2"]
     assert [m.identity for m in store.members(GID)] == want
     assert [m.address for m in store.members(GID)] == [member_addr(0)[0], member_addr(1)[0]]

@@ -10,12 +10,12 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from policy.model import Mode as TekMode
-from policy.model import SaDirection, Secret, TrafficSelector
+from policy.model import SaDirection, TrafficSelector
 from policy.suites import ESP_SUITES
 from xfrm import aes_gcm
 from xfrm.batch import Batch
 from xfrm.errors import InvalidArgument, KernelError
-from xfrm.groupsa import DEFAULT_PRIORITY, GroupSaInstaller, GroupTek
+from xfrm.groupsa import DEFAULT_PRIORITY, GroupSaInstaller, KernelTek
 from xfrm.memory import MemoryXfrm
 from xfrm.model import Direction, Mode, Policy, Selector, State, Template
 from xfrm.owner import MSEC, Owner
@@ -28,11 +28,11 @@ ME = "10.77.0.1"
 
 def tek(group_id: int = 10, spi: int = 0x1000, direction=RECEIVER, src: str = f"{ME}/32",
         dst: str = "239.1.1.1/32", suite: str = "aes-gcm-128", mode=TekMode.TUNNEL,
-        seed: int = 1, **kw) -> GroupTek:
+        seed: int = 1, **kw) -> KernelTek:
     s = ESP_SUITES[suite]
     keys = bytes((seed * 31 + i) & 0xFF for i in range(s.keymat_bytes))
-    return GroupTek(group_id, spi, TrafficSelector(N(src), N(dst), 17, 0, 5000), mode,
-                    direction, suite, keys[:s.enc_key_bytes], keys[s.enc_key_bytes:], **kw)
+    return KernelTek(group_id, spi, TrafficSelector(N(src), N(dst), 17, 0, 5000), mode,
+                     direction, suite, keys[:s.enc_key_bytes], keys[s.enc_key_bytes:], **kw)
 
 
 def strip(p: Policy) -> Policy:
@@ -55,7 +55,7 @@ def test_sender_gets_state_and_outbound_policy_naming_the_spi(port, gsa):
     (st,) = port.dump_states()
     assert (st.src, st.dst, st.spi, st.mode) == (A(ME), A("239.1.1.1"), 0x1000, Mode.TUNNEL)
     assert st.reqid == MSEC.reqid(10) and st.oseq_may_wrap and st.replay_window == 0
-    assert st.aead.name == "rfc4106(gcm(aes))" and st.aead.key == t.enc_key
+    assert st.aead.name == "rfc4106(gcm(aes))" and st.aead.key == t.keymat
     assert st.aead.icv_bits == 128
     assert (st.lifetime.soft_add_seconds, st.lifetime.hard_add_seconds) == (540, 600)
     assert st.selector == Selector(N(f"{ME}/32"), N("239.1.1.1/32"), 17, None, 5000)
@@ -72,7 +72,7 @@ def test_receiver_gets_state_and_inbound_policy_any_spi(port):
     assert st.src == A("10.77.0.9") and not st.oseq_may_wrap and st.replay_window == 64
     assert (st.cipher.name, st.auth.name, st.auth.trunc_bits) == ("cbc(aes)", "hmac(sha512)",
                                                                  256)
-    assert st.cipher.key == t.enc_key and st.auth.key == t.auth_key
+    assert st.cipher.key == t.keymat and st.auth.key == t.auth_key
     pols = sorted(port.dump_policies(), key=lambda p: p.direction)
     assert [p.direction for p in pols] == [Direction.IN, Direction.FWD]
     for p in pols:
@@ -113,7 +113,10 @@ def test_installed_reads_back_the_teks(gsa, direction, suite):
     teks = [tek(spi=0x1000, direction=direction, suite=suite, lifetime_s=100),
             tek(spi=0x1001, direction=direction, suite=suite, dst="239.1.1.2/32", seed=2)]
     view = gsa.install(10, teks)
-    assert view == gsa.installed(10)
+    again = gsa.installed(10)
+    assert (view.teks, view.sending, view.states) == (again.teks, again.sending, again.states)
+    assert [strip(p) for p in view.policies] == [strip(p) for p in again.policies]
+    assert view.added == {0x1000, 0x1001} and again.added == frozenset()
     assert set(view.teks) == set(teks) and view.group_id == 10
     sending = {t.selector: t.spi for t in teks} if direction != RECEIVER else {}
     assert dict(view.sending) == sending
@@ -130,10 +133,28 @@ def test_install_is_idempotent_and_refuses_new_keys_under_an_old_spi(port, gsa):
         gsa.install(10, [tek(direction=BOTH, seed=9)])
 
 
-def test_keys_may_be_secrets(port, gsa):
-    t = tek()
-    gsa.install(10, [replace(t, enc_key=Secret(t.enc_key))])  # type: ignore[arg-type]
-    assert port.dump_states()[0].aead.key == t.enc_key
+def test_an_install_reads_the_kernel_once(port, gsa):
+    old = tek(spi=0x1000, direction=BOTH)
+    port.reads = 0
+    view = gsa.install(10, [old])
+    assert port.reads == 2  # one dump of the SAD, one of the SPD
+    new = tek(spi=0x2000, direction=BOTH, seed=2)
+    port.reads = 0
+    view = gsa.rollover(10, [new], switch=False)
+    assert port.reads == 2 and view.added == {0x2000} and view.spis == {0x1000, 0x2000}
+    port.reads = 0
+    assert dict(gsa.send_on(10, 0x2000).sending) == {new.selector: 0x2000}
+    assert port.reads == 2
+    port.reads = 0
+    assert gsa.remove(10, [0x1000]) == (1, 0) and port.reads == 2
+    # the computed views are what the kernel holds
+    assert set(gsa.installed(10).teks) == {new}
+
+
+def test_something_that_is_no_tek_is_refused(port, gsa):
+    with pytest.raises(InvalidArgument, match="not a TEK"):
+        gsa.install(10, [object()])  # type: ignore[list-item]
+    assert port.log == []
 
 
 def test_rollover_adds_new_states_before_switching_outbound(port, gsa):
@@ -256,14 +277,14 @@ def test_failed_policy_batch_restores_policies_and_drops_new_states(port, gsa):
 
 @pytest.mark.parametrize("change, field", [
     (dict(spi=0x10), "spi"), (dict(suite="aes-gcm-999"), "suite"),
-    (dict(enc_key=b"short"), "enc_key"), (dict(auth_key=b"x"), "auth_key"),
+    (dict(keymat=b"short"), "keymat"), (dict(auth_key=b"x"), "auth_key"),
     (dict(lifetime_s=0), "lifetime_s"), (dict(replay_window=5000), "replay_window"),
     (dict(direction=7), "direction"),
 ])
 def test_bad_teks_are_refused_before_anything_changes(port, gsa, change, field):
     good = tek()
-    bad = object.__new__(GroupTek)
-    for name in GroupTek.__dataclass_fields__:
+    bad = object.__new__(KernelTek)
+    for name in KernelTek.__dataclass_fields__:
         object.__setattr__(bad, name, change.get(name, getattr(good, name)))
     with pytest.raises(InvalidArgument) as info:
         gsa.install(10, [good, bad])
@@ -280,30 +301,30 @@ def test_selector_destination_must_be_one_address(gsa):
 
 def test_repr_hides_keys():
     t = tek()
-    assert t.enc_key.hex() not in repr(t) and "enc_key" not in repr(t)
+    assert t.keymat.hex() not in repr(t) and "keymat" not in repr(t)
 
 
 def test_gdoi_group_tek_is_installed_as_handed_over(port, gsa):
+    """gkm.gdoi's TEK is the installer's input as it is: no conversion, key || salt whole."""
     from gkm.gdoi import GroupTek as GdoiTek
     from policy.model import AddressPreservation
+    from xfrm.groupsa import TekSpec
 
-    key, salt = bytes(range(16)), b"salt"
-    g = GdoiTek(group_id=10, spi=0x4242, src=N(f"{ME}/32"), dst=N("239.1.1.1/32"), protocol=17,
-                src_port=0, dst_port=5000, mode=TekMode.TUNNEL,
+    keymat = bytes(range(16)) + b"salt"
+    sel = TrafficSelector(N(f"{ME}/32"), N("239.1.1.1/32"), 17, 0, 5000)
+    g = GdoiTek(group_id=10, spi=0x4242, selector=sel, mode=TekMode.TUNNEL,
                 address_preservation=AddressPreservation.SOURCE_AND_DESTINATION,
-                direction=BOTH, suite="aes-gcm-128", enc_key=key, auth_key=b"", salt=salt,
+                direction=BOTH, suite="aes-gcm-128", keymat=keymat, auth_key=b"",
                 lifetime_s=300)
+    assert isinstance(g, TekSpec)
     view = gsa.install(10, [g])
-    assert view.teks == (GroupTek(
-        10, 0x4242, TrafficSelector(N(f"{ME}/32"), N("239.1.1.1/32"), 17, 0, 5000),
-        TekMode.TUNNEL, BOTH, "aes-gcm-128", key + salt, b"", 300, 0),)
-    assert port.dump_states()[0].aead.key == key + salt
+    assert view.teks == (KernelTek(10, 0x4242, sel, TekMode.TUNNEL, BOTH, "aes-gcm-128",
+                                   keymat, b"", 300, 0),)
+    assert port.dump_states()[0].aead.key == keymat
     # GDOI values that this kernel mapping cannot honour are refused
     bad = replace(g, address_preservation=AddressPreservation.NONE)
     with pytest.raises(InvalidArgument, match="address_preservation"):
         gsa.install(10, [bad])
-    with pytest.raises(InvalidArgument, match="esp"):
-        gsa.install(10, [replace(g, esp=False)])
 
 
 def test_same_spi_with_a_shorter_remaining_lifetime_is_left_alone(port, gsa):
