@@ -1,8 +1,9 @@
 """Phase 1 configuration for both roles from the policy model: :func:`phase1_config`.
 
 Key server (``KeyServerSettings``): one PSK proposal if PSKs are configured, one signature
-proposal if a certificate is; the PSK store has each PSK by its ID_KEY_ID identity and by the
-addresses listed for it.  Its own identity: ``identity`` from the policy, else the address it
+proposal if a certificate is; the PSK store has each PSK by its ID_KEY_ID identity, the
+addresses listed for it pointing at that identity: a PSK authenticates only its own identity,
+whichever way Main Mode found it.  Its own identity: ``identity`` from the policy, else the address it
 listens on (``local_address``, ID_IPV4_ADDR/ID_IPV6_ADDR), with certificates the subject DN.
 
 Member (``MemberGroup``): a PSK (ID_KEY_ID = the PSK identity, the key server's address as the
@@ -95,9 +96,14 @@ def phase1_config(
     local_id = None
     if isinstance(settings, model.KeyServerSettings):
         if settings.psks:
-            by_id = {Identity.key_id(p.identity.encode()): p.secret.reveal() for p in settings.psks}
-            by_addr = {str(a): p.secret.reveal() for p in settings.psks for a in p.addresses}
-            psk = PskStore(by_addr, by_id)
+            # Each PSK belongs to its ID_KEY_ID identity only; an address selects the entry that
+            # lists it.  Trial decryption tries the PSKs without addresses first (those with
+            # addresses are found by address), so the first max_trials members without
+            # `addresses` are always among the keys tried.
+            ordered = sorted(settings.psks, key=lambda p: bool(p.addresses))
+            by_id = {Identity.key_id(p.identity.encode()): p.secret.reveal() for p in ordered}
+            owners = {str(a): Identity.key_id(p.identity.encode()) for p in settings.psks for a in p.addresses}
+            psk = PskStore(by_id=by_id, address_ids=owners)
             proposals += [Proposal(AuthMethod.PRE_SHARED_KEY, g) for g in dh_groups]
             if settings.identity is not None:
                 local_id = ike_identity(settings.identity)

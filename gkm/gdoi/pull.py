@@ -178,7 +178,10 @@ def _get(payloads: tuple, cls: type):
 
 
 def peer_identity(sa: Phase1SA) -> Identity:
-    """The authorization identity phase 1 proved: certificate subject, else the ID payload."""
+    """The authorization identity: the one the credential that authenticated phase 1 belongs
+    to (``Phase1SA.authenticated_id``), never merely the ID payload the peer presented: the
+    verified certificate's subject, or the owner of the pre-shared key.  ValueError if the SA
+    carries no such identity."""
     addr = sa.peer_addr[0] if isinstance(sa.peer_addr, tuple) else sa.peer_addr
     try:
         address = ipaddress.ip_address(addr)
@@ -186,7 +189,11 @@ def peer_identity(sa: Phase1SA) -> Identity:
         address = None
     if sa.peer_certificate is not None:
         return Identity.from_x509_name(sa.peer_certificate.subject, address)
-    return Identity.from_id_payload(sa.peer_id.type, sa.peer_id.data, address)
+    if sa.proposal.auth.is_signature:
+        raise ValueError("signature authentication without a verified certificate")
+    if sa.authenticated_id != sa.peer_id:  # the engine refuses this; never authorize a claim
+        raise ValueError(f"ID {sa.peer_id} is not {sa.authenticated_id}, whose pre-shared key authenticated it")
+    return Identity.from_id_payload(sa.authenticated_id.type, sa.authenticated_id.data, address)
 
 
 def member_key(identity: Identity) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import itertools
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -191,6 +192,8 @@ class Identity:
             return str(ipaddress.ip_address(self.data))
         if t in (IdType.FQDN, IdType.USER_FQDN):
             return self.data.decode("ascii", "replace")
+        if t is IdType.KEY_ID and self.data.isascii() and self.data.decode("ascii").isprintable():
+            return f"key-id:{self.data.decode('ascii')}"  # PSK identities are configured as text
         return f"{t.name}:{self.data.hex()}"
 
 
@@ -202,16 +205,31 @@ def _addr_key(addr: object) -> str:
 
 @dataclass(frozen=True)
 class PskStore:
-    """Pre-shared keys by peer address (string) and/or by peer Identity.
+    """Pre-shared keys, each belonging to exactly one identity: a key authenticates its owner and
+    nobody else.
 
-    In Main Mode the responder must pick the key before it can decrypt the peer's ID (RFC 2409
-    section 5.4), so it tries the key of the source address first and otherwise each key listed
-    by identity (at most ``max_trials``), accepting an identity key only if the decrypted ID is
-    that identity.
+    ``by_id``: the key of each identity (an ID payload value, e.g. ID_KEY_ID ``gm1``).
+    ``address_ids``: peer address -> the identity in ``by_id`` whose key a peer at that address
+    uses (the key server's PSK entries with ``addresses``).  ``by_address``: a key for a peer
+    address with no named owner; it belongs to that address.
+
+    Responder (:meth:`candidates`): in Main Mode the key must be picked before the peer's ID can
+    be decrypted (RFC 2409 section 5.4), so the source address (unauthenticated) selects the
+    key, else each key listed by identity is tried (at most ``max_trials``).  Whichever key
+    verifies HASH_I, the peer must present that key's owner as its ID: ``by_id``/``address_ids``
+    keys their identity, ``by_address`` keys the ID_IPV4_ADDR/ID_IPV6_ADDR of that address.  So a
+    member that holds one key cannot claim another member's identity.
+
+    Initiator (:meth:`for_responder`): the key is picked by the address we chose to contact (or
+    the configured peer identity); its owner, when known, is the identity the responder must
+    present.  An unnamed ``by_address`` key is shared with that one responder only, so whatever
+    ID it presents is authenticated by the key; authorization (``peer_id``, the member's
+    key-server rules) decides whether that ID is acceptable.
     """
 
     by_address: Mapping[str, bytes] = field(default_factory=dict)
     by_id: Mapping[Identity, bytes] = field(default_factory=dict)
+    address_ids: Mapping[str, Identity] = field(default_factory=dict)
     max_trials: int = 16
 
     def __post_init__(self) -> None:
@@ -222,6 +240,18 @@ class PskStore:
             except ValueError as exc:
                 raise ConfigError(f"psk.by_address[{a}]", str(exc)) from None
         object.__setattr__(self, "by_address", norm)
+        owners = {}
+        for a, ident in self.address_ids.items():
+            try:
+                owners[_addr_key(a)] = ident
+            except ValueError as exc:
+                raise ConfigError(f"psk.address_ids[{a}]", str(exc)) from None
+            if ident not in self.by_id:
+                raise ConfigError(f"psk.address_ids[{a}]", f"{ident} has no key in by_id")
+            if _addr_key(a) in norm:
+                raise ConfigError(f"psk.address_ids[{a}]", "address also has an unnamed key")
+        object.__setattr__(self, "address_ids", owners)
+        object.__setattr__(self, "by_id", dict(self.by_id))
         for k in list(norm.values()) + list(self.by_id.values()):
             if len(k) == 0:
                 raise ConfigError("psk", "empty pre-shared key")
@@ -229,25 +259,49 @@ class PskStore:
     def __repr__(self) -> str:
         return f"PskStore(<{len(self.by_address)} by address, {len(self.by_id)} by id>)"
 
-    def candidates(self, addr: object) -> list[tuple[bytes, Identity | None]]:
+    @staticmethod
+    def _host(addr: object) -> str | None:
         host = addr[0] if isinstance(addr, tuple) else addr
-        k = self.by_address.get(host) if isinstance(host, str) else None
-        if k is None:
-            try:
-                k = self.by_address.get(_addr_key(addr))
-            except ValueError:
-                k = None
-        if k is not None:
-            return [(k, None)]
-        return [(v, i) for i, v in list(self.by_id.items())[: self.max_trials]]
-
-    def for_peer(self, addr: object, peer_id: Identity | None) -> bytes | None:
-        if peer_id is not None and peer_id in self.by_id:
-            return self.by_id[peer_id]
         try:
-            return self.by_address.get(_addr_key(addr))
+            return _addr_key(host)
         except ValueError:
             return None
+
+    def candidates(self, addr: object) -> list[tuple[bytes, Identity]]:
+        """Responder: the keys to try for a message 5 from ``addr``, each with its owner."""
+        host = self._host(addr)
+        if host is not None:
+            owner = self.address_ids.get(host)
+            if owner is not None:
+                return [(self.by_id[owner], owner)]
+            k = self.by_address.get(host)
+            if k is not None:
+                return [(k, Identity.ip(host))]
+        return [(v, i) for i, v in itertools.islice(self.by_id.items(), self.max_trials)]
+
+    def selected_by_address(self, addr: object) -> bool:
+        """Does the source address alone select the key (no trial decryption)?"""
+        host = self._host(addr)
+        return host is not None and (host in self.address_ids or host in self.by_address)
+
+    def untried(self, addr: object) -> int:
+        """How many keys :meth:`candidates` leaves out for ``addr`` (over ``max_trials``)."""
+        if self.selected_by_address(addr):
+            return 0
+        return max(0, len(self.by_id) - self.max_trials)
+
+    def for_responder(self, addr: object, peer_id: Identity | None) -> tuple[bytes, Identity | None] | None:
+        """Initiator: (key, its owner or None) for the responder at ``addr``."""
+        if peer_id is not None and peer_id in self.by_id:
+            return self.by_id[peer_id], peer_id
+        host = self._host(addr)
+        if host is None:
+            return None
+        owner = self.address_ids.get(host)
+        if owner is not None:
+            return self.by_id[owner], owner
+        k = self.by_address.get(host)
+        return (k, None) if k is not None else None
 
 
 @dataclass(frozen=True)

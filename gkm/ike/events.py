@@ -31,6 +31,12 @@ class Phase1SA:
     the PULL messages; ``last_block`` is the last CBC block of Main Mode, from which each phase 2 or
     Informational exchange derives its first IV with :meth:`phase2_iv`; ``skeyid_d`` is kept for
     completeness (GDOI does not derive keys from it).  ``repr`` shows no key material.
+
+    ``peer_id`` is the ID payload the peer presented; ``authenticated_id`` is the identity of the
+    credential that authenticated it, which is what authorization must use: the owner of the
+    pre-shared key (the engine refuses a peer whose ID is not that owner), or the subject DN of
+    the peer's verified certificate (whose subject or subjectAltName the ID must match).  A later
+    G-IKEv2 engine fills it the same way, so GROUPKEY-PULL authorizes only what a key proved.
     """
 
     icookie: bytes
@@ -47,6 +53,7 @@ class Phase1SA:
     last_block: bytes = field(repr=False)
     local_id: Identity
     peer_id: Identity
+    authenticated_id: Identity
     peer_certificate: x509.Certificate | None
     established_at: float
     expires_at: float

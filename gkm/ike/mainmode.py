@@ -241,6 +241,7 @@ class MainMode:
         self._prf: crypto.Prf | None = None
         self._iv = b""
         self._peer_cr = False
+        self._psk_owner: Identity | None = None  # initiator: whom our PSK belongs to, if named
         # retransmission / duplicates
         self._last_sent: bytes | None = None
         self._last_received: bytes | None = None
@@ -614,9 +615,10 @@ class MainMode:
         psk = None
         if method is AuthMethod.PRE_SHARED_KEY:
             assert self.config.psk is not None
-            psk = self.config.psk.for_peer(self.peer_addr, self.config.peer_id)
-            if psk is None:
+            found = self.config.psk.for_responder(self.peer_addr, self.config.peer_id)
+            if found is None:
                 raise _Fail(f"no pre-shared key for peer {self.peer_addr!r}", None)
+            psk, self._psk_owner = found
         self._keys = self._derive(psk)
         self._iv = crypto.phase1_iv(self._prf, self._gxi, self._gxr, self._proposal.enc.block_size)
         my_id = self.config.identity_for(method)
@@ -682,17 +684,17 @@ class MainMode:
                     # protected notification
                     try:
                         peer_id = self._identity(id_b)
-                        if psk_id is not None and peer_id != psk_id:
-                            raise _Fail(f"peer ID {peer_id} does not own the pre-shared key it used", N_INVALID_ID_INFORMATION)
+                        if peer_id != psk_id:  # a key authenticates its owner, nobody else
+                            raise _Fail(f"peer ID {peer_id} does not own the pre-shared key it used (that of {psk_id})", N_INVALID_ID_INFORMATION)
                         if self.config.peer_id is not None and peer_id != self.config.peer_id:
                             raise _Fail(f"peer ID {peer_id} is not the configured {self.config.peer_id}", N_INVALID_ID_INFORMATION)
                     except _Fail as f:
                         self._fail_protected(f, keys, data[-bs:], now)
                     self._keys = keys
                     self._iv = next_iv
-                    self._complete(peer_id, None, id_b, now, p.get(m.N, []))
+                    self._complete(peer_id, psk_id, None, now, p.get(m.N, []))
                     return
-            raise _Fail("HASH_I does not verify (wrong pre-shared key or tampered message)", N_AUTHENTICATION_FAILED)
+            raise _Fail(self._psk_failure(candidates), N_AUTHENTICATION_FAILED)
         keys = self._derive(None)
         try:
             payloads, next_iv = self._decrypt_body(hdr, data, keys, iv)
@@ -710,7 +712,19 @@ class MainMode:
         except _Fail as f:
             self._fail_protected(f, keys, data[-bs:], now)
         self._iv = next_iv
-        self._complete(peer_id, cert, id_b, now, p.get(m.N, []))
+        self._complete(peer_id, Identity.dn(cert.subject), cert, now, p.get(m.N, []))
+
+    def _psk_failure(self, candidates: list) -> str:
+        """Why no pre-shared key verified HASH_I, with what the operator can do about it."""
+        assert self.config.psk is not None
+        untried = self.config.psk.untried(self.peer_addr)
+        if self.config.psk.selected_by_address(self.peer_addr):
+            return f"HASH_I does not verify with the pre-shared key of {candidates[0][1]} (selected by the source address; wrong key or tampered message)"
+        why = f"HASH_I does not verify with any of the {len(candidates)} pre-shared keys tried by trial decryption"
+        if untried:
+            why += (f"; {untried} more were not tried (at most {self.config.psk.max_trials} are, for a peer whose "
+                    "address no PSK lists): give this member's PSK its `addresses`")
+        return why
 
     def _provisional_sa(self, keys: crypto.Phase1Keys, last_block: bytes, now: float) -> Phase1SA:
         """The ISAKMP SA of an exchange that will not complete, for one protected notification:
@@ -721,7 +735,7 @@ class MainMode:
             icookie=self.icookie, rcookie=self.rcookie, role=self.role, peer_addr=self.peer_addr,
             proposal=self._proposal, prf=self._prf, cipher=self._proposal.enc,
             skeyid_d=keys.skeyid_d, skeyid_a=keys.skeyid_a, skeyid_e=keys.skeyid_e, enc_key=keys.enc_key,
-            last_block=last_block, local_id=nobody, peer_id=nobody,
+            last_block=last_block, local_id=nobody, peer_id=nobody, authenticated_id=nobody,
             peer_certificate=None, established_at=now, expires_at=now,
         )
 
@@ -772,7 +786,7 @@ class MainMode:
             raise _Fail(e.reason, e.notify) from None
         return peer_id, leaf
 
-    def _complete(self, peer_id: Identity, cert: x509.Certificate | None, peer_id_b: bytes, now: float, notes: list[bytes] = ()) -> None:
+    def _complete(self, peer_id: Identity, authenticated_id: Identity, cert: x509.Certificate | None, now: float, notes: list[bytes] = ()) -> None:
         """Responder: send message 6 and build the SA."""
         for body in notes:
             try:
@@ -786,16 +800,16 @@ class MainMode:
         id_b = _id_payload(my_id)
         msg6 = self._encrypted_message([(m.ID, id_b)] + self._auth_payloads(id_b, initiator=False))
         self._send(msg6, now, retransmit=False)
-        self._make_sa(my_id, peer_id, cert, now)
+        self._make_sa(my_id, peer_id, authenticated_id, cert, now)
 
-    def _make_sa(self, my_id: Identity, peer_id: Identity, cert: x509.Certificate | None, now: float) -> None:
+    def _make_sa(self, my_id: Identity, peer_id: Identity, authenticated_id: Identity, cert: x509.Certificate | None, now: float) -> None:
         assert self._proposal is not None and self._keys is not None and self._prf is not None
         k = self._keys
         self.sa = Phase1SA(
             icookie=self.icookie, rcookie=self.rcookie, role=self.role, peer_addr=self.peer_addr,
             proposal=self._proposal, prf=self._prf, cipher=self._proposal.enc,
             skeyid_d=k.skeyid_d, skeyid_a=k.skeyid_a, skeyid_e=k.skeyid_e, enc_key=k.enc_key,
-            last_block=self._iv, local_id=my_id, peer_id=peer_id, peer_certificate=cert,
+            last_block=self._iv, local_id=my_id, peer_id=peer_id, authenticated_id=authenticated_id, peer_certificate=cert,
             established_at=now, expires_at=now + self._proposal.life_seconds,
             initial_contact=self._initial_contact,
         )
@@ -824,16 +838,20 @@ class MainMode:
                 if not hmac.compare_digest(p[m.HASH][0], self._hash(self._prf, id_b, False)):
                     raise _Fail("HASH_R does not verify (wrong pre-shared key or tampered message)", N_AUTHENTICATION_FAILED)
                 peer_id, cert = self._identity(id_b), None
+                if self._psk_owner is not None and peer_id != self._psk_owner:
+                    raise _Fail(f"responder ID {peer_id} does not own the pre-shared key it used (that of {self._psk_owner})", N_INVALID_ID_INFORMATION)
                 if self.config.peer_id is not None and peer_id != self.config.peer_id:
                     raise _Fail(f"responder ID {peer_id} is not the configured {self.config.peer_id}", N_INVALID_ID_INFORMATION)
+                authenticated_id = peer_id
             else:
                 peer_id, cert = self._check_signature(p, id_b, now, initiator=False)
+                authenticated_id = Identity.dn(cert.subject)
         except _Fail as f:
             # The keys are agreed and the responder believes the SA is up: tell it with a
             # protected Informational.  Its IV comes from the last block of message 6 as received.
             self._fail_protected(f, self._keys, data[-bs:], now)
         self._iv = next_iv
-        self._make_sa(self._local_id, peer_id, cert, now)
+        self._make_sa(self._local_id, peer_id, authenticated_id, cert, now)
 
     # -- Informational
 

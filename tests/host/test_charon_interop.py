@@ -163,8 +163,11 @@ def start_charon(lab, tmp_path, case: Case, pki) -> ch.Charon:
 def msec_config(case: Case, pki, charon_ip: str) -> Phase1Config:
     prop = (Proposal(case.method, case.group, case.hash, EncAlg.AES_CBC, case.key_bits),)
     if case.method is AuthMethod.PRE_SHARED_KEY:
-        return Phase1Config(prop, local_id=Identity.fqdn(MSEC_FQDN), psk=PskStore({charon_ip: PSK}),
-                            peer_id=Identity.fqdn(CHARON_FQDN))
+        # the PSK belongs to charon's identity (it authenticates only that), found by its address
+        charon_id = Identity.fqdn(CHARON_FQDN)
+        return Phase1Config(prop, local_id=Identity.fqdn(MSEC_FQDN),
+                            psk=PskStore(by_id={charon_id: PSK}, address_ids={charon_ip: charon_id}),
+                            peer_id=charon_id)
     ca_cert, leaves = pki
     cert, key = leaves[case.name, "msec"]
     # the engine's clock is time.monotonic(); certificate validity is judged in wall time

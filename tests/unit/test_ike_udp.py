@@ -60,9 +60,9 @@ def test_main_mode_over_udp(method):
         offset = T0 - loop.time()  # certificate validity is judged at T0
         prop = (Proposal(method, 19, HashAlg.SHA2_256),)
         if method is AuthMethod.PRE_SHARED_KEY:
-            psk = PskStore({"127.0.0.1": b"udp test key"})
-            ks_cfg = Phase1Config(prop, local_id=Identity.fqdn("ks.example.net"), psk=psk)
-            gm_cfg = Phase1Config(prop, local_id=Identity.fqdn("gm1.example.net"), psk=psk)
+            gm1 = Identity.fqdn("gm1.example.net")
+            ks_cfg = Phase1Config(prop, local_id=Identity.fqdn("ks.example.net"), psk=PskStore(by_id={gm1: b"udp test key"}))
+            gm_cfg = Phase1Config(prop, local_id=gm1, psk=PskStore({"127.0.0.1": b"udp test key"}))
         else:
             anchors = (ca("Test Root CA")[0],)
             kc, kk = leaf("p256", "ks")

@@ -120,7 +120,8 @@ def _member_config(method, pki, member):
     wall = time.time() - time.monotonic()
     prop = (Proposal(method, 19, HashAlg.SHA2_256),)
     if method is AuthMethod.PRE_SHARED_KEY:
-        return Phase1Config(prop, local_id=Identity.ip("10.0.0.2"), psk=PskStore({KS[0]: _PSK}))
+        # the server's key for this peer's address belongs to that address: it is the ID to present
+        return Phase1Config(prop, local_id=Identity.ip(_peer_addr(member)[0]), psk=PskStore({KS[0]: _PSK}))
     ca, _k, _ks, members = pki
     gc, gk = members[member]
     return Phase1Config(prop, credential=CertCredential(gc, gk), trust_anchors=(ca,), wall_time_offset=wall)
@@ -146,7 +147,7 @@ def run_exchanges(method, pki, n, spoof_per_exchange=0, first_member=0, batch=32
         now = time.monotonic()
         peers = []
         for i in range(b0, min(n, b0 + batch)):
-            gm = MainMode(_member_config(method, pki, 0 if psk else first_member + i), Role.INITIATOR, KS)
+            gm = MainMode(_member_config(method, pki, i if psk else first_member + i), Role.INITIATOR, KS)
             gm.start(now)
             peers.append((gm, _peer_addr(i)))
         template = None

@@ -8,7 +8,8 @@ Run as ``tools/bench registration [--members N] [--ecdsa-members N] [--window W]
 store, as in production) and control socket in the same temporary directory, one group with
 two TEKs and a KEK (so messages 4 carry SEQ and the KEK too).  ``--no-kernel`` is not given:
 a key server installs no SA, only members do.  Two modes, a fresh daemon each: PSK + DH
-group 19 (the PSK found by the members' source address, members authorized by address) and
+group 19 (one PSK entry per member, found by the member's own loopback source address,
+members authorized by address) and
 ECDSA-P256 certificates + DH group 19 (members authorized by subject ``CN=gm*``).
 
 **Members** (the load): sans-I/O :class:`gkm.gdoi.MemberRegistration` engines in
@@ -17,9 +18,10 @@ generator drives its share of the ``--window`` registrations in flight, every on
 UDP socket).  Every registration is a new member: new identity (``gm<i>``); with certificates
 a new leaf certificate, generated before timing, so nothing per member can be cached by the
 key server.  A member finishing starts the next one (a fixed window: no bursts beyond it, no
-retransmission storms; retransmissions and failures are counted).  All members come from
-127.0.0.1, so the window must stay below the key server's half-open limit per peer address
-(64).
+retransmission storms; retransmissions and failures are counted).  PSK member ``gm<i>`` sends
+from its own address in 127.0.0.0/8 (a PSK authenticates only its own identity, so each member
+has its own); certificate members all come from 127.0.0.1, so the window must stay below the
+key server's half-open limit per peer address (64).
 
 **Achieved** = registrations / key server **CPU time**: ``utime + stime`` of the msecd process
 from ``/proc/<pid>/stat``, read when the load starts and when the last member finished.  It
@@ -124,14 +126,23 @@ def write_pki(workdir: Path) -> None:
     _write_private(workdir / "signing.pem", _pem_key(ec.generate_private_key(ec.SECP256R1())))
 
 
-def write_config(workdir: Path, mode: str, port: int, state_dir: Path, name: str | None = None) -> Path:
+def member_address(i: int) -> str:
+    """PSK member ``gm<i>``'s own loopback source address (127.0.0.0/8 is all local on Linux)."""
+    return f"127.{1 + i // 65025}.{1 + i // 255 % 255}.{1 + i % 255}"
+
+
+def write_config(workdir: Path, mode: str, port: int, state_dir: Path, name: str | None = None,
+                 members: int = 1) -> Path:
+    """The key server's configuration; with PSKs one entry per member (a PSK authenticates
+    only its own identity), found by the member's own source address."""
     d = workdir / (name or mode)
     d.mkdir(mode=0o700)
     text = (f'[daemon]\nstate_dir = "{state_dir}"\ncontrol_socket = "{d}/run/control.sock"\n\n'
             f'[keyserver]\nlisten = ["{HOST}"]\nport = {port}\n')
     if mode == "psk":
-        text += (f'identity = "address:{HOST}"\n\n[[keyserver.psk]]\nidentity = "gm"\n'
-                 f'secret = "{PSK}"\naddresses = ["{HOST}"]\n\n')
+        text += f'identity = "address:{HOST}"\n\n'
+        text += "".join(f'[[keyserver.psk]]\nidentity = "gm{i}"\nsecret = "{PSK}"\naddresses = ["{member_address(i)}"]\n\n'
+                        for i in range(members))
         authorize = 'addresses = ["127.0.0.0/8"]'
     else:
         text += (f'\n[keyserver.certificate]\ncert_file = "{workdir}/ks.pem"\n'
@@ -239,20 +250,29 @@ class KeyServer:
 
 
 class _Slot(asyncio.DatagramProtocol):
-    """One registration in flight at a time on its own UDP socket; the next one starts when it ends."""
+    """One registration in flight at a time on its own UDP socket; the next one starts when it
+    ends (PSK: on a new socket, from the next member's own source address)."""
 
-    def __init__(self, run: "_Run") -> None:
+    def __init__(self, run: "_Run", engine=None) -> None:
         self.run = run
         self.transport = None
-        self.engine = None
+        self.engine = engine
         self.timer = None
         self.deadline = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.next()
+        if self.engine is None:
+            self.next()
+        else:
+            self.engine.start(time.time())
+            self.transmit()
 
     def next(self) -> None:
+        if self.run.mode == "psk":
+            self.transport.close()
+            asyncio.ensure_future(self.run.open_slot())
+            return
         self.engine = self.run.new_member()
         if self.engine is None:
             return
@@ -306,9 +326,21 @@ class _Run:
         self.started = self.ok = self.sent = 0
         self.failed: list[str] = []
         self.all_done = asyncio.Event()
+        self.transports: list = []
         self.prop = (Proposal(AuthMethod.PRE_SHARED_KEY if mode == "psk" else AuthMethod.ECDSA_256, 19, HashAlg.SHA2_256),)
         self._cls = (Phase1Config, CertCredential, Identity, PskStore)
         self.psk = PskStore({HOST: PSK.encode()})
+
+    async def open_slot(self) -> None:
+        """PSK: the next member on a socket bound to its own address (its PSK's `addresses`)."""
+        index = self.first + self.started
+        engine = self.new_member()
+        if engine is None:
+            return
+        loop = asyncio.get_running_loop()
+        t, _p = await loop.create_datagram_endpoint(lambda: _Slot(self, engine), local_addr=(member_address(index), 0),
+                                                    remote_addr=self.ks)
+        self.transports.append(t)
 
     def new_member(self):
         from gkm.gdoi import MemberRegistration
@@ -366,8 +398,11 @@ async def _generate(mode: str, port: int, first: int, n: int, window: int, membe
     run = _Run(mode, first, n, ks, members)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    transports = []
+    transports = run.transports
     for _ in range(min(window, n)):
+        if mode == "psk":
+            await run.open_slot()
+            continue
         t, _p = await loop.create_datagram_endpoint(lambda: _Slot(run), remote_addr=ks)
         transports.append(t)
     try:
@@ -411,7 +446,7 @@ def breakdown(mode: str, n: int, burst: int, workdir: Path, state_parent: Path) 
     from policy.config import load_config
 
     state = state_parent / f"breakdown-{mode}-state"
-    cfg = load_config(write_config(workdir, mode, 848, state, name=f"breakdown-{mode}"))
+    cfg = load_config(write_config(workdir, mode, 848, state, name=f"breakdown-{mode}", members=n))
     store = KeyStore(state)
     ks = GdoiFactory(kernel=False).keyserver(cfg.keyserver, store, time.time())
     ks_addr = (HOST, 848)
@@ -431,7 +466,7 @@ def breakdown(mode: str, n: int, burst: int, workdir: Path, state_parent: Path) 
                 c = Phase1Config(prop, credential=CertCredential(cert, key), trust_anchors=(ca,))
             m = MemberRegistration(c, GID, ks_addr)
             m.start(time.time())
-            members[(HOST, 20000 + i)] = m
+            members[(member_address(i) if mode == "psk" else HOST, 20000 + i)] = m
         while True:
             inbox = [(d, a) for a, m in members.items() for d, _ in m.datagrams_to_send()]
             if not inbox:
@@ -474,7 +509,7 @@ def _cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
 def run_mode(mode: str, n: int, window: int, generators: int, workdir: Path, state_parent: Path,
              profile: Path | None = None, pin: bool = False) -> dict:
     port = _free_port()
-    cfg = write_config(workdir, mode, port, state_parent / f"{mode}-state")
+    cfg = write_config(workdir, mode, port, state_parent / f"{mode}-state", members=n)
     ks_cpus, gen_cpus = _cpu_split(pin)
     ks = KeyServer(cfg, workdir / f"msecd-{mode}.log", profile, ks_cpus)
     gens = []
