@@ -33,10 +33,15 @@ def advisories(config: m.DaemonConfig) -> list[Advisory]:
     if ks is not None:
         unaddressed = [p for p in ks.psks if not p.addresses]
         if len(unaddressed) > PSK_TRIAL_LIMIT:
+            # the key server tries the PSKs without addresses in file order (gkm.gdoi.phase1)
+            beyond = [p.identity for p in unaddressed[PSK_TRIAL_LIMIT:]]
+            shown = ", ".join(beyond[:5]) + (f" and {len(beyond) - 5} more" if len(beyond) > 5 else "")
             out.append(Advisory(
                 "keyserver.psk",
                 f"{len(unaddressed)} PSKs have no addresses; Main Mode tries at most "
-                f"{PSK_TRIAL_LIMIT} by trial decryption, so give members' addresses"))
+                f"{PSK_TRIAL_LIMIT} by trial decryption, so members connecting from an address "
+                f"no PSK lists fail phase 1 with AUTHENTICATION-FAILED if their PSK is one of "
+                f"{shown}; give members' PSKs their addresses"))
         for i, g in enumerate(ks.groups):
             gp = f"keyserver.group[{i}]"
             if g.kek is None:

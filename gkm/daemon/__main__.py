@@ -23,7 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-from policy.config import ConfigError, load_config
+from policy.config import ConfigError, advisories, load_config
 
 __all__ = ["main", "parse_args"]
 
@@ -142,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"msecd: configuration {args.config} is valid")
+        notes = advisories(config)
+        print(f"msecd: configuration {args.config} is valid"
+              + (f", {len(notes)} advisory note(s):" if notes else ""))
+        for a in notes:
+            print(f"  advisory: {a}")
         return 0
     args.config = str(Path(args.config).resolve())
     args.ready_fd = None if args.foreground else _daemonize()

@@ -39,7 +39,7 @@ import hmac
 import logging
 import os
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from datetime import datetime as _DT
 from datetime import timezone as _TZ
 from typing import Callable
@@ -135,6 +135,9 @@ ALLOWED_PAYLOADS: dict[int, dict[int, tuple[int, int]]] = {
 # A Certificate Request may come "at any point during the exchange" (RFC 2408 section 3.10):
 # IKEv1 initiators with certificates commonly put one into message 5.  We always send our
 # certificate with signature authentication, so a request is accepted and needs no answer.
+
+#: Informational message IDs an established SA remembers to refuse replays (about 100 KB)
+MAX_SEEN_INFORMATIONALS = 4096
 
 #: states in which the exchange is in progress
 IN_PROGRESS = frozenset({State.MM1_SENT, State.MM3_SENT, State.MM5_SENT, State.MM2_SENT, State.MM4_SENT})
@@ -249,7 +252,7 @@ class MainMode:
         self._retx_at: float | None = None
         self._retx_count = 0
         self._deadline: float | None = None
-        self._seen_mids: set[int] = set()
+        self._seen_mids: OrderedDict[int, None] = OrderedDict()  # bounded, oldest first
         self._initial_contact = False
 
     @classmethod
@@ -865,9 +868,13 @@ class MainMode:
                 raise _Drop(str(e)) from None
             if mid in self._seen_mids:
                 raise _Drop(f"replayed Informational M-ID {mid:08x}")
-            if len(self._seen_mids) > 4096:
-                self._seen_mids.clear()
-            self._seen_mids.add(mid)
+            # IKEv1 message IDs are random, so there is no window: remember the last
+            # MAX_SEEN_INFORMATIONALS, forgetting the oldest (never all at once, which would
+            # let every earlier one be replayed).  Only one older than the last 4,096 the peer
+            # sent on this SA could be replayed; an honest peer sends a handful per SA.
+            if len(self._seen_mids) >= MAX_SEEN_INFORMATIONALS:
+                self._seen_mids.popitem(last=False)
+            self._seen_mids[mid] = None
             self._events.append(InformationalReceived(self.icookie, self.rcookie, self.peer_addr, mid, notes, deletes))
             if any(d.protocol == m.PROTO_ISAKMP and self.spi in d.spis for d in deletes):
                 why = ", ".join(notify_name(n.type) for n in notes) or "no reason given"

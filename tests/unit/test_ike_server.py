@@ -189,3 +189,21 @@ def test_initial_contact_index_forgets_deleted_sas():
     (ev,) = events(srv)
     assert isinstance(ev, Phase1Established) and ev.sa.initial_contact
     assert len(srv.established()) == 2 and len(srv._by_peer) == 2
+
+
+def test_informational_replay_refused_after_the_seen_cache_overflowed():
+    """More Informationals than the M-ID cache holds: the oldest are forgotten one by one, so
+    every recent one still cannot be replayed (the cache was once emptied wholesale)."""
+    from gkm.ike.mainmode import MAX_SEEN_INFORMATIONALS
+
+    ini, srv, isa, ssa = _up()
+    mids = iter(range(1, 1 << 20))
+    sent = [build_informational(ssa, (Notification(16384, 1, ssa.spi, b"n"),), random=lambda n: struct.pack("!I", next(mids)))
+            for _ in range(MAX_SEEN_INFORMATIONALS + 10)]
+    for d in sent:
+        ini.receive_datagram(d, KS_ADDR, NOW)
+    assert len(events(ini)) == len(sent)
+    for d in sent[-MAX_SEEN_INFORMATIONALS:][:: 97] + sent[-3:]:
+        ini.receive_datagram(d, KS_ADDR, NOW)  # each was seen and is still remembered
+    assert events(ini) == [] and ini.state is State.ESTABLISHED
+    assert len(ini._seen_mids) == MAX_SEEN_INFORMATIONALS
