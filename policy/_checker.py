@@ -435,7 +435,7 @@ class Checker:
 
     def kek(self, raw: Any, path: str) -> m.KekPolicy | None:
         keys = {"cipher", "signature", "signing_key", "rekey_address", "rekey_port", "lifetime",
-                "rekey_interval"}
+                "rekey_interval", "rekey_ttl", "rekey_interface"}
         n0 = len(self.problems)
         tbl = self.table(raw, path, keys, required=("signing_key", "rekey_address"))
         if tbl is None:
@@ -454,6 +454,10 @@ class Checker:
                 addr = self.problem(_join(path, "rekey_address"),
                                     f"{addr} is not a multicast address")
         port = self.integer(tbl, path, "rekey_port", 1, 65535, m.GDOI_PORT)
+        ttl = self.integer(tbl, path, "rekey_ttl", 1, 255, 1)
+        iface = self.value(tbl, path, "rekey_interface", str, None)
+        if isinstance(iface, str):
+            iface = self.interface_name(iface, _join(path, "rekey_interface"))
         life = self.duration(tbl, path, "lifetime", *m.KEK_LIFETIME_RANGE, 86_400)
         interval = self.duration(tbl, path, "rekey_interval", *m.REKEY_INTERVAL_RANGE, 3000)
         if BAD not in (life, interval) and interval >= life:
@@ -463,7 +467,13 @@ class Checker:
             return None
         return self.build(path, m.KekPolicy, cipher=cipher, signature=sig, signing_key=key,
                           rekey_address=addr, rekey_port=port, lifetime_s=life,
-                          rekey_interval_s=interval)
+                          rekey_interval_s=interval, rekey_ttl=ttl, rekey_interface=iface)
+
+    def interface_name(self, iface: str, p: str) -> Any:
+        if not re.fullmatch(r"[^/\s:\x00]{1,15}", iface):
+            return self.problem(p, f"{iface!r} is not a Linux interface name (1..15 characters, "
+                                   f"no '/', ':' or white space)")
+        return iface
 
     def group_id(self, tbl: dict, path: str) -> Any:
         return self.integer(tbl, path, "id", m.MIN_GROUP_ID, m.MAX_GROUP_ID)
@@ -768,10 +778,8 @@ class Checker:
                          "required with certificate credentials: otherwise any certificate under "
                          "the trust anchors, another member's too, could pose as the key server")
         iface = self.value(tbl, path, "interface", str, None)
-        if isinstance(iface, str) and not re.fullmatch(r"[^/\s:\x00]{1,15}", iface):
-            self.problem(_join(path, "interface"),
-                         f"{iface!r} is not a Linux interface name (1..15 characters, no '/', "
-                         f"':' or white space)")
+        if isinstance(iface, str):
+            self.interface_name(iface, _join(path, "interface"))
         if len(self.problems) > n0:
             return None
         return self.build(path, m.MemberGroup, group_id=gid, key_servers=tuple(servers),

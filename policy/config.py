@@ -61,6 +61,8 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     rekey_port = 848                          # default
     lifetime = "1d"                           # default
     rekey_interval = "50m"                    # default; < every TEK lifetime, < KEK lifetime
+    rekey_ttl = 1                             # default; multicast hop limit of the PUSH, 1..255
+    rekey_interface = "eth0"                  # optional; default: the routing table decides
 
     [[member.group]]                          # this daemon joins these groups
     id = 1001

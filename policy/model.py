@@ -337,8 +337,14 @@ class KekPolicy:
     rekey_port: int = GDOI_PORT
     lifetime_s: int = 86_400
     rekey_interval_s: int = 3000
+    #: multicast hop limit of the PUSH datagrams (1: they stay on the key server's link)
+    rekey_ttl: int = 1
+    #: interface the multicast PUSH leaves through (None: the routing table decides)
+    rekey_interface: str | None = None
 
     def __post_init__(self) -> None:
+        if not 1 <= self.rekey_ttl <= 255:
+            raise ValueError(f"rekey TTL {self.rekey_ttl} is not in 1..255")
         if not 1 <= self.rekey_port <= 65535:
             raise ValueError(f"rekey port {self.rekey_port} is not in 1..65535")
         lo, hi = KEK_LIFETIME_RANGE

@@ -97,6 +97,14 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 feed(data, addr, transport, now)
         shell.transmit()
 
+    def move_to(self, shell: "EngineShell") -> None:
+        """Feed another shell from now on (a reconfigured key server keeps the sockets of
+        the addresses it still listens on instead of closing and binding them again)."""
+        if self.transport is not None:
+            self.shell.detach(self.transport)
+            shell.attach(self.transport, self._sock)
+        self.shell = shell
+
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and the like
         log.debug("%s: socket error: %s", self.shell.name, exc)
 

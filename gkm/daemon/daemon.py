@@ -240,7 +240,11 @@ class Daemon:
                 changes.append("keyserver stopped")
             elif new.keyserver is not None and self.keyserver is None:
                 role = KeyServerRole(self, new.keyserver)
-                await role.start()
+                try:
+                    await role.start(strict=True)
+                except BaseException:
+                    role.close()
+                    raise
                 self.keyserver = role
                 changes.append("keyserver started")
             elif new.keyserver is not None and (
@@ -251,8 +255,12 @@ class Daemon:
                     groups_only=not any(s.startswith("keyserver.") for s in d.settings_changed))
                 changes.append("keyserver reconfigured")
         except (StartupError, EngineUnavailable, OSError) as e:
-            log.error("reload: key server role failed: %s", e)
-            changes.append(f"keyserver failed: {e}")
+            # nothing was swapped in: the running key server keeps serving, and the member
+            # role is left alone too (the file is refused as a whole)
+            log.error("reload refused, keeping the running configuration: %s", e)
+            self.last_reload = {"at": self.clock(), "ok": False, "problems": [str(e)]}
+            return {"ok": False, "error": f"reload refused, the running configuration is "
+                    f"unchanged: {e}", "problems": []}
         for gid in d.keyserver_added:
             changes.append(f"keyserver group {gid} added")
         for gid in d.keyserver_removed:

@@ -1,12 +1,16 @@
 """msecd's key server role: one engine (phase 1 responder + GROUPKEY-PULL responder, all
 groups) behind one UDP socket per ``keyserver.listen`` address; its state lives in
 ``gkm.store.KeyStore(<state_dir>)``, so a restart keeps the groups' keys.  ``msecctl rekey ID``:
-new TEKs, SEQ, one GROUPKEY-PUSH to the rekey address and, unicast, to each registered member.
+new TEKs, SEQ, one GROUPKEY-PUSH to the rekey address and, unicast, to each registered member,
+sent through the non-blocking :class:`~.rekey_transport.RekeyTransport`.
+
+A reconfiguration builds the new engine, binds the new sockets and opens the new rekey
+transport first and swaps them in only when all of that worked: a reload that cannot be served
+is refused and the running role keeps serving.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -18,6 +22,7 @@ from policy import model as pm
 
 from .adapter import EngineShell, UdpEndpoint
 from .engines import RekeyError, StartupError
+from .rekey_transport import MulticastOptions, RekeyTransport, RekeyTransportError
 from .report import fmt_addr, host_of
 
 if TYPE_CHECKING:
@@ -25,14 +30,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("msecd")
 
-__all__ = ["KeyServerRole", "send_push"]
+__all__ = ["KeyServerRole"]
+
+ListenKey = tuple[str, int]  # (address, port) as configured
 
 
-def send_push(data: bytes, host: str, port: int) -> None:
-    """One GROUPKEY-PUSH datagram (multicast TTL: the system default, 1)."""
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_DGRAM) as s:
-        s.sendto(data, (host, port))
+def _bind(addr, port: int) -> socket.socket:
+    fam = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((str(addr), port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _rekey_options(settings: pm.KeyServerSettings) -> set[MulticastOptions]:
+    return {MulticastOptions.of(g.kek) for g in settings.groups if g.kek is not None}
 
 
 class KeyServerRole:
@@ -41,12 +58,18 @@ class KeyServerRole:
         self.settings = settings
         self.store = None
         self.shell: EngineShell | None = None
-        self.listen: list[str] = []
+        self.endpoints: dict[ListenKey, UdpEndpoint] = {}
+        self.rekey_transport: RekeyTransport | None = None
         self.registrations = 0
         self.refusals = 0
         self.phase1_failures = 0
 
-    async def start(self) -> None:
+    @property
+    def listen(self) -> list[str]:
+        return [fmt_addr(k) for k in self.endpoints]
+
+    async def start(self, strict: bool = False) -> None:
+        """``strict``: every listen address must be bound (a role a reload adds)."""
         from gkm.store import KeyStore, StoreError
 
         if self.store is None:
@@ -54,53 +77,99 @@ class KeyServerRole:
                 self.store = KeyStore(self.daemon.config.daemon.state_dir)
             except StoreError as e:
                 raise StartupError(f"key server state: {e}") from None
-        await self._start_engine()
+        await self._switch_to(self.settings, strict=strict)
 
-    async def _start_engine(self) -> None:
-        engine = self.daemon.factory.keyserver(self.settings, self.store, self.daemon.clock())
+    async def _switch_to(self, settings: pm.KeyServerSettings, *, strict: bool) -> None:
+        """Make the engine, sockets and rekey transport for ``settings`` and only then swap
+        them in: on any failure (StartupError) the running ones keep serving untouched.
+
+        Addresses the role already listens on keep their sockets (moved to the new engine).
+        At start (``strict`` False) an address that cannot be bound is a warning as long as
+        one can; on a reload an address the reload adds must be bound, or it is refused."""
+        loop = self.daemon.loop
+        engine = self.daemon.factory.keyserver(settings, self.store, self.daemon.clock())
         shell = EngineShell(engine, name="keyserver", on_event=self._on_event,
-                            loop=self.daemon.loop, clock=self.daemon.clock)
-        bound = []
-        errors = []
-        for a in self.settings.listen:
-            fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
-            s = socket.socket(fam, socket.SOCK_DGRAM)
+                            loop=loop, clock=self.daemon.clock)
+        old_keys = {(str(a), self.settings.port) for a in self.settings.listen} \
+            if self.shell is not None else set()
+        keys = list(dict.fromkeys((str(a), settings.port) for a in settings.listen))
+        fresh: dict[ListenKey, socket.socket] = {}
+        errors: list[tuple[ListenKey, str]] = []
+        transport = RekeyTransport(loop)
+        try:
+            for a in dict.fromkeys(settings.listen):
+                k = (str(a), settings.port)
+                if k in self.endpoints:
+                    continue
+                try:
+                    fresh[k] = _bind(a, settings.port)
+                except OSError as e:
+                    errors.append((k, e.strerror or str(e)))
+            serving = [k for k in keys if k in self.endpoints or k in fresh]
+            added = [(k, e) for k, e in errors if k not in old_keys]
+            if not serving or (strict and added):
+                why = "; ".join(f"{fmt_addr(k)}: {e}" for k, e in (added if serving else errors))
+                raise StartupError("key server: cannot listen: " + why)
             try:
-                if fam == socket.AF_INET6:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                s.bind((str(a), self.settings.port))
-                await self.daemon.loop.create_datagram_endpoint(lambda: UdpEndpoint(shell),
-                                                                sock=s)
-                bound.append(fmt_addr((str(a), self.settings.port)))
-            except OSError as e:
+                await transport.open(_rekey_options(settings))
+            except RekeyTransportError as e:
+                raise StartupError(f"key server: {e}") from None
+            new_endpoints: dict[ListenKey, UdpEndpoint] = {}
+            for k in keys:
+                if k in fresh:
+                    ep = UdpEndpoint(shell)
+                    await loop.create_datagram_endpoint(lambda ep=ep: ep, sock=fresh.pop(k))
+                    new_endpoints[k] = ep
+        except BaseException:
+            for s in fresh.values():
                 s.close()
-                errors.append(f"{fmt_addr((str(a), self.settings.port))}: {e.strerror or e}")
-        if not bound:
+            transport.close()
             shell.close()
-            raise StartupError("key server: cannot listen: " + "; ".join(errors))
-        for e in errors:
-            log.warning("key server: not listening on %s", e)
-        self.shell = shell
-        self.listen = bound
-        log.info("key server: listening on %s for group(s) %s", ", ".join(bound),
-                 ", ".join(g.label for g in self.settings.groups) or "none")
+            raise
+        # commit: nothing below can fail
+        for k in keys:
+            if k in self.endpoints:
+                ep = self.endpoints.pop(k)
+                ep.move_to(shell)
+                new_endpoints[k] = ep
+        endpoints = {k: new_endpoints[k] for k in keys if k in new_endpoints}
+        old_shell, old_transport = self.shell, self.rekey_transport
+        for ep in self.endpoints.values():  # addresses the new settings dropped
+            if ep.transport is not None:
+                ep.transport.close()
+        if old_shell is not None:
+            old_shell.close()
+        if old_transport is not None:
+            old_transport.close()
+        self.shell, self.rekey_transport, self.endpoints = shell, transport, endpoints
+        self.settings = settings
+        for k, e in errors:
+            log.warning("key server: not listening on %s: %s", fmt_addr(k), e)
+        log.info("key server: listening on %s for group(s) %s", ", ".join(self.listen),
+                 ", ".join(g.label for g in settings.groups) or "none")
         shell.kick()
 
     async def reconfigure(self, settings: pm.KeyServerSettings, groups_only: bool) -> None:
         """A reload changed the key server role.  Only the groups: the running engine takes the
         new policies (exchanges under way keep theirs).  Otherwise (PSKs, certificate,
-        listen addresses): a new engine and sockets; keys stay in the store."""
+        listen addresses): a new engine; sockets of addresses still listened on are kept, new
+        ones must bind; keys stay in the store.  Raises StartupError, with the running role
+        unchanged, if the new settings cannot be served."""
         if groups_only and self.shell is not None and \
                 self.daemon.factory.update_keyserver_groups(self.shell.engine, settings.groups):
+            if _rekey_options(settings) != _rekey_options(self.settings):
+                transport = RekeyTransport(self.daemon.loop)
+                try:
+                    await transport.open(_rekey_options(settings))
+                except RekeyTransportError as e:
+                    self.daemon.factory.update_keyserver_groups(self.shell.engine,
+                                                                self.settings.groups)
+                    raise StartupError(f"key server: {e}") from None
+                self.rekey_transport.close()
+                self.rekey_transport = transport
             self.settings = settings
             return
-        old_shell = self.shell
-        if old_shell is not None:
-            old_shell.close()
-            self.shell = None
-            await asyncio.sleep(0)  # let the transports release their ports
-        self.settings = settings
-        await self._start_engine()
+        await self._switch_to(settings, strict=True)
 
     def _label(self, group_id: int) -> str:
         g = self.settings.group(group_id)
@@ -159,9 +228,10 @@ class KeyServerRole:
             if host and (host, port) not in dests:
                 dests.append((host, port))
         sent, failed = [], []
+        opts = MulticastOptions.of(g.kek)
         for host, p in dests:
             try:
-                send_push(plan.datagram, host, p)
+                self.rekey_transport.send(plan.datagram, (host, p), opts)
                 sent.append(fmt_addr((host, p)))
             except OSError as e:
                 failed.append(f"{fmt_addr((host, p))}: {e.strerror or e}")
@@ -183,6 +253,10 @@ class KeyServerRole:
         if self.shell is not None:
             self.shell.close()
             self.shell = None
+        self.endpoints = {}
+        if self.rekey_transport is not None:
+            self.rekey_transport.close()
+            self.rekey_transport = None
         if self.store is not None:
             self.store.close()
             self.store = None

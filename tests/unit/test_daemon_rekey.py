@@ -100,17 +100,17 @@ def _kek_config(tmp_path, port, rport):
 
 def _no_multicast(monkeypatch):
     """Unit tests stay on loopback: multicast sends are recorded, not made."""
-    from gkm.daemon import keyserver as dmod
+    from gkm.daemon.rekey_transport import RekeyTransport
 
-    real = dmod.send_push
+    real = RekeyTransport.send
     skipped = []
 
-    def send(data, host, port):
-        if ipaddress.ip_address(host).is_multicast:
-            skipped.append((host, port))
+    def send(self, data, dest, opts=None):
+        if ipaddress.ip_address(dest[0]).is_multicast:
+            skipped.append(dest)
             return
-        real(data, host, port)
-    monkeypatch.setattr(dmod, "send_push", send)
+        real(self, data, dest, *([opts] if opts is not None else []))
+    monkeypatch.setattr(RekeyTransport, "send", send)
     return skipped
 
 

@@ -139,6 +139,7 @@ def test_base_loads(files):
     assert t.name == "tek0" and t.lifetime_s == 3600 and t.selector.dst_port == 5004
     assert t.selector.dst == ip.ip_network("239.1.1.1/32") and t.suite.transform_id == 20
     assert ks.groups[0].kek.rekey_interval_s == 3000 and ks.groups[0].kek.rekey_port == 848
+    assert ks.groups[0].kek.rekey_ttl == 1 and ks.groups[0].kek.rekey_interface is None
     assert ks.psk_for("gm1").secret.reveal() == PSK.encode()  # trailing newline stripped
     cam = ks.groups[1].teks[0]
     assert cam.direction_for(Identity(IdKind.KEY_ID, "cam1")) == SaDirection.SENDER_ONLY
@@ -233,6 +234,12 @@ T0 = "keyserver.group[0].tek[0]"
          "keyserver.group[0].kek.signature", "no SIG_ALGORITHM value for RSA-PSS"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_address="192.0.2.1"),
          "keyserver.group[0].kek.rekey_address", "not a multicast address"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_ttl=0),
+         "keyserver.group[0].kek.rekey_ttl", "not in 1..255"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_ttl=256),
+         "keyserver.group[0].kek.rekey_ttl", "not in 1..255"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_interface="eth0/1"),
+         "keyserver.group[0].kek.rekey_interface", "not a Linux interface name"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_interval="2h"),
          "keyserver.group[0].kek.rekey_interval", "shortest TEK lifetime"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(lifetime=3000),
