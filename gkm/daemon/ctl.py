@@ -125,9 +125,15 @@ def _group(r: dict[str, Any]) -> str:
                 out.append("  adopted SAs left by an earlier msecd")
             if g.get("last_seq") is not None:
                 out.append(f"  last SEQ: {g['last_seq']} ({g.get('rekeys', 0)} rekey(s))")
+            if g.get("rekey_socket"):
+                out.append(f"  GROUPKEY-PUSH on {g['rekey_socket']}")
+            if g.get("rekey_error"):
+                out.append(f"  rekey socket error: {g['rekey_error']}")
             for t in g.get("teks") or []:
-                desc = " ".join(str(t[k]) for k in ("name", "src", "dst") if k in t)
-                out.append(f"  TEK {t.get('spi', '?')} {desc}".rstrip())
+                desc = " ".join(str(t[k]) for k in ("src", "dst", "suite", "role") if k in t)
+                ways = "/".join(w for w in ("inbound", "outbound") if t.get(w)) or "installing"
+                out.append(f"  TEK {t.get('spi', '?')} {desc} {ways} expires "
+                           f"{_when(t.get('expires_at'))}".rstrip())
             if g.get("last_error"):
                 out.append(f"  last error: {g['last_error']}")
             if g.get("next_attempt"):

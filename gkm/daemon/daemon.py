@@ -28,7 +28,7 @@ from policy.config import ConfigError, advisories, diff, load_config
 from .control import ControlServer
 from .engines import EngineFactory, EngineUnavailable, StartupError
 from .keyserver import KeyServerRole
-from .member import MemberSession
+from .member import ExpireWatch, MemberSession, RekeySockets
 
 log = logging.getLogger("msecd")
 
@@ -68,7 +68,9 @@ class Daemon:
         self.started_at: float | None = None
         self.last_reload: dict[str, Any] | None = None
         self._stop: asyncio.Event | None = None
-        self._adopted: set[int] = set()
+        self._adopted: dict[int, list[int]] = {}  # group -> SPIs an earlier msecd left
+        self.rekey_sockets: RekeySockets | None = None
+        self.expiry_watch: ExpireWatch | None = None
         self._reg_locks: dict[tuple, asyncio.Lock] = {}
         self._reload_lock: asyncio.Lock | None = None
 
@@ -78,12 +80,14 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.started_at = self.clock()
+        self.rekey_sockets = RekeySockets(self.loop)
         for a in advisories(self.config):
             log.warning("config: %s", a)
         try:
             if self.config.member is not None and self.config.member.groups:
                 self.installer = self.factory.installer()
                 self._adopt()
+                self._watch_expiries()
             if self.config.keyserver is not None:
                 self.keyserver = KeyServerRole(self, self.config.keyserver)
                 await self.keyserver.start()
@@ -133,11 +137,18 @@ class Daemon:
             else:
                 log.info("group %s: not configured any more: removing its SAs", gid)
                 self._remove_sas(gid)
-        self._adopted = set(groups) & configured
+        self._adopted = {g: adopted[g] for g in groups & configured}
+
+    def _watch_expiries(self) -> None:
+        if self.expiry_watch is not None or self.installer is None or not self.installer.kernel:
+            return
+        try:
+            self.expiry_watch = ExpireWatch(self)
+        except OSError as e:
+            log.warning("cannot subscribe to the kernel's SA expiry events: %s", e)
 
     def _add_session(self, g: pm.MemberGroup) -> None:
-        s = MemberSession(self, g)
-        s.adopted = g.group_id in self._adopted
+        s = MemberSession(self, g, adopted=frozenset(self._adopted.pop(g.group_id, ())))
         self.sessions[g.group_id] = s
         s.start()
 
@@ -152,7 +163,7 @@ class Daemon:
         await self._stop.wait()
 
     async def stop(self) -> None:
-        kept = sum(1 for s in self.sessions.values() if s.teks or s.adopted)
+        kept = sum(1 for s in self.sessions.values() if s.holds_keys)
         kernel = self.installer is not None and self.installer.kernel
         await self._teardown()
         if kept and kernel:
@@ -164,6 +175,11 @@ class Daemon:
     async def _teardown(self) -> None:
         for s in self.sessions.values():
             s.stop()
+        if self.expiry_watch is not None:
+            self.expiry_watch.close()
+            self.expiry_watch = None
+        if self.rekey_sockets is not None:
+            self.rekey_sockets.close()
         if self.control is not None:
             await self.control.close()
             self.control = None
@@ -178,22 +194,6 @@ class Daemon:
             self.installer = None
 
     # -- SAs
-    def install(self, group_id: int, teks, label: str) -> None:
-        inst = self.installer
-        if inst is None:
-            return
-        try:
-            action = inst.install(group_id, teks)
-        except Exception as e:
-            log.error("group %s: cannot install SAs: %s", label, e)
-            raise
-        spis = ", ".join(f"0x{t.spi:08x}" for t in teks)
-        where = "" if inst.kernel else " (kernel installation off)"
-        if action == "unchanged":
-            log.info("group %s: SAs unchanged (SPI %s)%s", label, spis, where)
-        else:
-            log.info("group %s: %s %d SA(s) (SPI %s)%s", label, action, len(teks), spis, where)
-
     def _remove_sas(self, group_id: int) -> None:
         if self.installer is None:
             return
@@ -273,6 +273,7 @@ class Daemon:
         if new_groups and self.installer is None:
             try:
                 self.installer = self.factory.installer()
+                self._watch_expiries()
             except (EngineUnavailable, OSError) as e:
                 log.error("reload: cannot open the SA installer: %s", e)
                 changes.append(f"member SA installation unavailable: {e}")

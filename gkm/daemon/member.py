@@ -1,220 +1,325 @@
-"""msecd's member role: one :class:`MemberSession` per ``[[member.group]]``.
+"""msecd's member role: the shell around one :class:`gkm.gdoi.member.MemberEngine` per
+``[[member.group]]``.
 
-A session registers (IKEv1 phase 1 + GROUPKEY-PULL) with the first key server, the next one
-after a failure, with exponential backoff between rounds; the TEKs go to the kernel through
-the daemon's SA installer (``xfrm.groupsa``), and registration is repeated before the TEKs
-expire.  With a KEK (Rekey SA), the member also listens for GROUPKEY-PUSH on the KEK's rekey
-port (joined to the rekey group if multicast) and installs the TEKs a verified PUSH brings.
+The engine decides (registration, failover, backoff, PUSH, make before break); this shell
+only moves bytes, keeps one asyncio timer at the engine's ``get_timer()``, and performs the
+engine's actions: the registration socket (resolution, the per key server lock, one UDP
+socket), the rekey socket (:class:`RekeySockets`), and the SA changes through the daemon's
+installer, answering each one.  The kernel's EXPIRE events (:class:`ExpireWatch`) reach the
+engine as inputs.
+
+Rekey sockets are exclusively msecd's: no SO_REUSEADDR/SO_REUSEPORT, so no other local process
+can bind the port and take the key server's PUSHes away.  Groups of one daemon that share a
+rekey port share one socket (joined to each group's multicast rekey address), and datagrams
+go to the group whose current KEK SPI the PUSH header's cookies carry.  A port that cannot be
+bound is an error in the log and in ``msecctl group show``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import socket
 from typing import TYPE_CHECKING, Any
 
-from gkm.events import Event
-from gkm.gdoi.events import Registered, RegistrationFailed
-from gkm.gdoi.push import Evicted, KekDeleted, PushRejected, Rekeyed, TeksDeleted
+from gkm.events import MemberEvent
+from gkm.gdoi.member import (
+    ActivateOutbound, CloseRegistration, GroupRekeyed, InstallSas, Joined, LeftGroup,
+    ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
+    PushListenFailed, RegistrationAttemptFailed, RemoveSas, SaActionFailed, SasRemoved,
+    StopListening, Timing,
+)
+from gkm.gdoi.push import PushRejected
 from policy import model as pm
 
-from .adapter import EngineShell, UdpEndpoint
 from .engines import EngineUnavailable
-from .report import fmt_addr, tek_expiry, tek_summary
+from .report import fmt_addr, tek_summary
 
 if TYPE_CHECKING:
     from .daemon import Daemon
 
 log = logging.getLogger("msecd")
 
-__all__ = ["MemberSession"]
+__all__ = ["MemberSession", "RekeySockets", "ExpireWatch"]
+
+
+def _spis(spis) -> str:
+    return ", ".join(f"0x{s:08x}" for s in spis) or "none"
+
+
+class _RegistrationEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, session: "MemberSession") -> None:
+        self.session = session
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.session._on_registration_datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("group %s: registration socket: %s", self.session.label, exc)
 
 
 class MemberSession:
-    """One ``[[member.group]]``: register, install, re-register; backoff on failure."""
+    """One ``[[member.group]]``: the engine, its sockets, its timer, its SA actions."""
 
-    def __init__(self, daemon: "Daemon", group: pm.MemberGroup) -> None:
+    def __init__(self, daemon: "Daemon", group: pm.MemberGroup,
+                 adopted: frozenset[int] = frozenset()) -> None:
         self.daemon = daemon
-        self.group = group
-        self.state = "idle"  # idle, (re-)registering, registered, backoff, stopped
-        self.ks_index = 0
-        self.failures = 0  # consecutive failed rounds over all key servers
-        self.key_server: str | None = None
-        self.last_error: str | None = None
-        self.registered_at: float | None = None
-        self.next_attempt: float | None = None
-        self.teks: list[dict[str, Any]] = []
-        self.adopted = False
-        self.registrations = 0
-        self.last_seq: int | None = None  # GROUPKEY-PUSH: SEQ of the registration or last PUSH
-        self.rekeys = 0
-        self._push: EngineShell | None = None  # the rekey socket's PushReceiver
-        self._push_key: tuple | None = None  # (address, port) it is bound/joined to
-        self._shell: EngineShell | None = None
-        self._task: asyncio.Task | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        timing = Timing(backoff=daemon.backoff, jitter=daemon.jitter,
+                        reregister_fraction=daemon.reregister_fraction,
+                        reregister_min=daemon.reregister_min)
+        self.engine = MemberEngine(group, new_registration=self._new_registration,
+                                   new_push_receiver=daemon.factory.push_receiver,
+                                   random=random.random, timing=timing, adopted=adopted)
+        self._reg_transport: asyncio.DatagramTransport | None = None
+        self._reg_task: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._listening: str | None = None  # "addr:port" of the rekey socket
+        self._pumping = False
+
+    # -- what the daemon and msecctl see
+    @property
+    def group(self) -> pm.MemberGroup:
+        return self.engine.group
+
+    @group.setter
+    def group(self, group: pm.MemberGroup) -> None:  # a reload that needs no new registration
+        self.engine.group = group
 
     @property
     def group_id(self) -> int:
-        return self.group.group_id
+        return self.engine.group_id
 
     @property
     def label(self) -> str:
-        return self.group.label
+        return self.engine.group.label
 
+    @property
+    def state(self) -> str:
+        st = self.engine.state
+        if st in (MemberState.CONNECTING, MemberState.REGISTERING):
+            return "re-registering" if self.engine.refreshing else "registering"
+        return st.value
+
+    @property
+    def adopted(self) -> bool:
+        return bool(self.engine.adopted)
+
+    @property
+    def holds_keys(self) -> bool:
+        return bool(self.engine.held or self.engine.adopted)
+
+    @property
+    def rekeys(self) -> int:
+        return self.engine.rekeys
+
+    @property
+    def teks(self) -> list[dict[str, Any]]:
+        """Every TEK this member holds, as the kernel has it: role (current / next /
+        previous), whether it receives and sends on it now, and when it expires."""
+        out = []
+        for h in self.engine.held:
+            if h.removing:
+                continue
+            d = tek_summary(h.tek)
+            d.update(role=h.role, installed=h.installed, expires_at=h.expires_at,
+                     inbound=h.installed and h.tek.receives,
+                     outbound=h.installed and h.outbound)
+            if h.activate_at is not None:
+                d["activate_at"] = h.activate_at
+            if h.retire_at is not None:
+                d["retire_at"] = h.retire_at
+            out.append(d)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        e = self.engine
+        return {
+            "id": self.group_id, "name": self.group.name, "role": "member", "state": self.state,
+            "key_servers": [str(k) for k in self.group.key_servers],
+            "key_server": e.key_server, "registered_at": e.registered_at,
+            "registrations": e.registrations, "adopted": self.adopted,
+            "next_attempt": e.next_attempt, "last_error": e.last_error,
+            "teks": self.teks, "last_seq": e.last_seq, "rekeys": e.rekeys,
+            "rekey_socket": self._listening, "rekey_error": e.listen_error,
+        }
+
+    # -- life cycle
     def start(self) -> None:
-        self._schedule(0.0)
+        self.engine.start(self.daemon.clock())
+        self._pump()
 
     def stop(self) -> None:
-        self.state = "stopped"
-        self._cancel()
-        self._close_shell()
-        self._close_push()
+        self.engine.stop(self.daemon.clock())
+        self._pump()
+        self._cancel_timer()
 
     def restart(self, group: pm.MemberGroup) -> None:
-        self._cancel()
-        self._close_shell()
-        self._close_push()
-        self.group = group
-        self.ks_index = 0
-        self.failures = 0
-        self._schedule(0.0)
+        self.engine.reconfigure(group, self.daemon.clock())
+        self._pump()
 
-    def _cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._task = None
-        self.next_attempt = None
+    # -- inputs
+    def _on_registration_datagram(self, data: bytes, addr) -> None:
+        self.engine.receive_registration(data, addr, self.daemon.clock())
+        self._pump()
 
-    def _close_shell(self) -> None:
-        if self._shell is not None:
-            self._shell.close()
-            self._shell = None
-        self._release()
+    def on_push_datagram(self, data: bytes, addr) -> None:
+        self.engine.receive_push(data, addr, self.daemon.clock())
+        self._pump()
 
-    def _close_push(self) -> None:
-        if self._push is not None:
-            self._push.close()
-            self._push = None
-            self._push_key = None
+    def sa_expired(self, spi: int, hard: bool) -> None:
+        self.engine.sa_expired(spi, hard, self.daemon.clock())
+        self._pump()
 
-    # -- GROUPKEY-PUSH (member side)
-    def _start_push(self, ev: Any) -> None:
-        """After Registered: a PushReceiver on a socket bound to the KEK's rekey port (joined
-        to the rekey group if it is multicast, on the group's interface).  A re-registration
-        under the same rekey address keeps the socket and swaps the receiver."""
-        kek = ev.kek
-        if kek is None:
-            return
-        try:
-            receiver = self.daemon.factory.push_receiver(self.group, ev)
-        except Exception as e:
-            log.warning("group %s: cannot receive GROUPKEY-PUSH: %s", self.label, e)
-            return
-        self.last_seq = ev.seq
-        dst = kek.dst.network_address
-        key = (str(dst), int(kek.dst_port))
-        if self._push is not None and self._push_key == key:
-            self._push.engine = receiver
-            return
-        self._close_push()
-        shell = EngineShell(receiver, name=f"rekey {self.label}", on_event=self._on_push_event,
-                            loop=self.daemon.loop, clock=self.daemon.clock)
-        self._push = shell
-        self._push_key = key
-        self.daemon.loop.create_task(self._open_push_socket(shell, dst, key[1]))
+    def holds_spi(self, spi: int) -> bool:
+        return any(h.spi == spi for h in self.engine.held)
 
-    async def _open_push_socket(self, shell: EngineShell, dst: Any, port: int) -> None:
-        import ipaddress
-
-        addr = ipaddress.ip_address(str(dst))
-        v6 = addr.version == 6
-        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("::" if v6 else "0.0.0.0", port))
-            if addr.is_multicast:
-                ifindex = socket.if_nametoindex(self.group.interface) if self.group.interface else 0
-                try:
-                    if v6:
-                        mreq = addr.packed + ifindex.to_bytes(4, "little")
-                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
-                    else:  # struct ip_mreqn
-                        mreq = addr.packed + bytes(4) + ifindex.to_bytes(4, "little")
-                        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-                except OSError as e:
-                    log.warning("group %s: cannot join rekey group %s: %s (unicast PUSH only)",
-                                self.label, addr, e.strerror or e)
-            await self.daemon.loop.create_datagram_endpoint(lambda: UdpEndpoint(shell), sock=sock)
-        except Exception as e:
-            sock.close()
-            log.warning("group %s: cannot listen for GROUPKEY-PUSH on port %d: %s",
-                        self.label, port, e)
-            if self._push is shell:
-                self._push = None
-                self._push_key = None
-            shell.close()
-            return
-        if self._push is not shell:  # replaced or stopped meanwhile
-            shell.close()
-            return
-        log.info("group %s: listening for GROUPKEY-PUSH on %s", self.label,
-                 fmt_addr((str(addr), port)))
-
-    def _on_push_event(self, ev: Event) -> None:
-        match ev:
-            case Rekeyed():
-                teks = tuple(ev.teks)
-                self.last_seq = ev.seq
-                self.rekeys += 1
-                now = self.daemon.clock()
-                self.teks = [tek_summary(t, now) for t in teks]
-                spis = ", ".join(t["spi"] for t in self.teks) or "none"
-                log.info("group %s rekeyed: SEQ %d, new TEK SPIs %s", self.label, ev.seq, spis)
-                try:
-                    self.daemon.install(self.group_id, teks, self.label)
-                except Exception as e:
-                    self.last_error = f"SA installation failed: {e}"
-            case PushRejected():
-                log.warning("group %s: GROUPKEY-PUSH rejected: %s", self.label, ev.reason)
-            case TeksDeleted() | KekDeleted() | Evicted():
-                # not acted on yet: the next registration covers it
-                log.info("group %s: GROUPKEY-PUSH: %s (not acted on)", self.label, ev)
-            case _:
-                log.debug("group %s: %s", self.label, ev)
-
-    def _release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def _schedule(self, delay: float) -> None:
-        if self.state == "stopped":
-            return
-        loop = self.daemon.loop
-        if self._timer is not None:
-            self._timer.cancel()
-        self.next_attempt = self.daemon.clock() + delay
-        self._timer = loop.call_later(delay, self._launch)
-
-    def _launch(self) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
-        self.next_attempt = None
-        self._task = self.daemon.loop.create_task(self._attempt())
+        self._timer_at = None
+        self.engine.handle_timer(self.daemon.clock())
+        self._pump()
 
-    async def _attempt(self) -> None:
-        ks = self.group.key_servers[self.ks_index % len(self.group.key_servers)]
-        self.key_server = str(ks)
-        # with keys from an earlier registration (or adopted SAs) in the kernel, traffic
-        # flows meanwhile: this is a refresh
-        self.state = "re-registering" if (self.teks or self.adopted) else "registering"
-        self._close_shell()
+    def _new_registration(self, group: pm.MemberGroup, addr, now: float):
+        return self.daemon.factory.member(group, addr, now)
+
+    # -- outputs
+    def _pump(self) -> None:
+        """Send, perform every action (answering it), log every event, re-arm the timer."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            e = self.engine
+            while True:
+                for data, addr in e.datagrams_to_send():
+                    t = self._reg_transport
+                    if t is not None and not t.is_closing():
+                        t.sendto(data, (addr[0], addr[1]))
+                while (ev := e.next_event()) is not None:
+                    self._log(ev)
+                act = e.next_action()
+                if act is None:
+                    break
+                self._perform(act)
+        finally:
+            self._pumping = False
+        self._arm(self.engine.get_timer())
+
+    def _arm(self, deadline: float | None) -> None:
+        if self.engine.state is MemberState.STOPPED:
+            deadline = None
+        if deadline == self._timer_at:
+            return
+        self._cancel_timer()
+        self._timer_at = deadline
+        if deadline is not None:
+            loop = self.daemon.loop
+            delay = max(0.0, deadline - self.daemon.clock())
+            self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    def _perform(self, act) -> None:
+        e, now = self.engine, self.daemon.clock()
+        match act:
+            case OpenRegistration():
+                self._reg_task = self.daemon.loop.create_task(self._open(act.key_server))
+            case CloseRegistration():
+                self._close_registration()
+            case ListenForPush():
+                try:
+                    self.daemon.rekey_sockets.join(self, act.address, act.port, act.interface)
+                except OSError as err:
+                    reason = err.strerror or str(err)
+                    log.error("group %s: cannot listen for GROUPKEY-PUSH on port %d: %s "
+                              "(another process, or another role of this daemon, holds it)",
+                              self.label, act.port, reason)
+                    e.push_listen_failed(reason, now)
+                else:
+                    self._listening = fmt_addr((act.address, act.port))
+                    log.info("group %s: listening for GROUPKEY-PUSH on %s", self.label,
+                             self._listening)
+                    e.push_listening(now)
+            case StopListening():
+                self.daemon.rekey_sockets.leave(self)
+                self._listening = None
+            case InstallSas() | ActivateOutbound() | RemoveSas():
+                self._sa(act, now)
+
+    def _sa(self, act, now: float) -> None:
+        inst, e = self.daemon.installer, self.engine
+        where = "" if inst is None or inst.kernel else " (kernel installation off)"
+        try:
+            match act:
+                case InstallSas():
+                    result = inst.install(self.group_id, act.teks, switch=act.switch) \
+                        if inst is not None else "installed"
+                    spis = _spis(t.spi for t in act.teks)
+                    if result == "unchanged":
+                        log.info("group %s: SAs unchanged (SPI %s)%s", self.label, spis, where)
+                    else:
+                        log.info("group %s: %s %d SA(s) (SPI %s)%s%s", self.label, result,
+                                 len(act.teks), spis,
+                                 "" if act.switch else ", inbound now, outbound later", where)
+                case ActivateOutbound():
+                    if inst is not None:
+                        inst.send_on(self.group_id, act.spi)
+                case RemoveSas():
+                    if inst is not None:
+                        inst.remove(self.group_id, act.spis)
+        except Exception as err:
+            match act:
+                case InstallSas():
+                    log.error("group %s: cannot install SAs: %s", self.label, err)
+                case ActivateOutbound():
+                    log.error("group %s: cannot send on SPI 0x%08x: %s", self.label, act.spi,
+                              err)
+                case RemoveSas():
+                    log.error("group %s: cannot remove SA(s) SPI %s: %s", self.label,
+                              _spis(act.spis), err)
+            e.sa_failed(act, str(err), now)
+        else:
+            e.sas_installed(act, now)
+
+    def _log(self, ev: MemberEvent) -> None:
+        label = self.label
+        match ev:
+            case Joined():
+                log.info("group %s: registered with key server %s: %d TEK(s) (SPI %s)",
+                         label, ev.key_server, len(ev.spis), _spis(ev.spis))
+            case RegistrationAttemptFailed():
+                log.warning("group %s: registration with %s failed: %s", label, ev.key_server,
+                            ev.reason)
+                if ev.retry_in:
+                    log.info("group %s: retrying in %.1f s", label, ev.retry_in)
+            case GroupRekeyed():
+                log.info("group %s rekeyed: SEQ %d, new TEK SPIs %s%s", label, ev.seq,
+                         _spis(ev.spis), ", new KEK" if ev.new_kek else "")
+            case OutboundSwitched():
+                log.info("group %s: sending on SPI 0x%08x now (activation delay over)", label,
+                         ev.spi)
+            case SasRemoved():
+                log.info("group %s: removed SA(s) SPI %s: %s", label, _spis(ev.spis), ev.reason)
+            case SaActionFailed() | PushListenFailed():
+                log.debug("group %s: %s", label, ev)  # logged where the shell failed
+            case LeftGroup():
+                log.warning("group %s: %s; registering again", label, ev.reason)
+            case PushRejected():
+                log.warning("group %s: GROUPKEY-PUSH rejected: %s", label, ev.reason)
+            case _:
+                log.debug("group %s: %s", label, ev)
+
+    # -- the registration socket
+    async def _open(self, ks: pm.KeyServerAddress) -> None:
+        e = self.engine
         try:
             infos = await self.daemon.loop.getaddrinfo(ks.host, ks.port, type=socket.SOCK_DGRAM)
             if not infos:
@@ -227,105 +332,184 @@ class MemberSession:
             lock = self.daemon.registration_lock(addr, self.group.credentials)
             await lock.acquire()
             self._lock = lock
-            if self.state == "stopped":
-                self._release()
-                return
-            engine = self.daemon.factory.member(self.group, addr, self.daemon.clock())
-            shell = EngineShell(engine, name=f"member {self.label}", on_event=self._on_event,
-                                loop=self.daemon.loop, clock=self.daemon.clock)
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
                 if self.group.interface:  # registration leaves through the group's interface
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
                                     self.group.interface.encode())
                 sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
-                await self.daemon.loop.create_datagram_endpoint(lambda: UdpEndpoint(shell),
-                                                                sock=sock)
+                transport, _ = await self.daemon.loop.create_datagram_endpoint(
+                    lambda: _RegistrationEndpoint(self), sock=sock)
             except BaseException:
                 sock.close()
-                shell.close()
                 raise
-            if self.state == "stopped":
-                shell.close()
-                return
-            self._shell = shell
-            log.info("group %s: registering with key server %s", self.label, ks)
-            shell.kick()
+            self._reg_transport = transport
         except asyncio.CancelledError:
             self._release()
             raise
-        except EngineUnavailable as e:
-            self._failed(str(e))
-        except Exception as e:  # resolution, socket, engine construction
-            self._failed(f"{type(e).__name__}: {e}")
-
-    def _on_event(self, ev: Event) -> None:
-        match ev:
-            case Registered():
-                self._registered(ev)
-            case RegistrationFailed():
-                self._failed(ev.reason)
-            case _:
-                log.debug("group %s: %s", self.label, ev)
-
-    def _registered(self, ev: Registered) -> None:
-        now = self.daemon.clock()
-        teks = tuple(ev.teks)
-        self.registrations += 1
-        self.failures = 0
-        self.registered_at = now
-        self.teks = [tek_summary(t, now) for t in teks]
-        spis = ", ".join(t["spi"] for t in self.teks) or "none"
-        log.info("group %s: registered with key server %s: %d TEK(s) (SPI %s)",
-                 self.label, self.key_server, len(teks), spis)
-        self._close_shell()
+        except Exception as err:  # resolution, socket
+            self._reg_task = None
+            e.registration_unavailable(f"{type(err).__name__}: {err}", self.daemon.clock())
+            self._pump()
+            return
+        self._reg_task = None
+        log.info("group %s: registering with key server %s", self.label, ks)
         try:
-            self.daemon.install(self.group_id, teks, self.label)
-        except Exception as e:
-            self.state = "backoff"
-            self.last_error = f"SA installation failed: {e}"
-            self._schedule(self._backoff())
-            return
-        self.state = "registered"
-        self.last_error = None
-        self._start_push(ev)
-        expiries = [tek_expiry(t, now) for t in teks]
-        if expiries:
-            # no TEK rotation at expiry by PUSH yet: pull again well before the first TEK expires
-            # (at least reregister_min apart: until the key server rotates its TEKs it hands
-            # out the same ones with less and less lifetime left)
-            delay = max(self.daemon.reregister_min,
-                        (min(expiries) - now) * self.daemon.reregister_fraction)
-            self._schedule(delay)
+            e.registration_opened(addr, self.daemon.clock())
+        except EngineUnavailable as err:  # pragma: no cover - the engine catches it
+            log.error("group %s: %s", self.label, err)
+        self._pump()
 
-    def _failed(self, reason: str) -> None:
-        self._close_shell()
-        if self.state == "stopped":
-            return
-        self.last_error = reason
-        log.warning("group %s: registration with %s failed: %s", self.label, self.key_server,
-                    reason)
-        self.ks_index += 1
-        if self.ks_index % len(self.group.key_servers) == 0:
-            self.failures += 1  # a whole round failed: back off
-            delay = self._backoff()
-            self.state = "backoff"
-            log.info("group %s: retrying in %.1f s", self.label, delay)
-            self._schedule(delay)
-        else:
-            self._schedule(0.0)
+    def _close_registration(self) -> None:
+        task, self._reg_task = self._reg_task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        if self._reg_transport is not None:
+            self._reg_transport.close()
+            self._reg_transport = None
+        self._release()
 
-    def _backoff(self) -> float:
-        base, cap = self.daemon.backoff
-        d = min(cap, base * (2 ** max(0, self.failures - 1)))
-        return d * (0.75 + 0.5 * random.random()) if self.daemon.jitter else d
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.group_id, "name": self.group.name, "role": "member", "state": self.state,
-            "key_servers": [str(k) for k in self.group.key_servers],
-            "key_server": self.key_server, "registered_at": self.registered_at,
-            "registrations": self.registrations, "adopted": self.adopted,
-            "next_attempt": self.next_attempt, "last_error": self.last_error,
-            "teks": self.teks, "last_seq": self.last_seq, "rekeys": self.rekeys,
-        }
+
+class _RekeySocket:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.members: dict[MemberSession, tuple[str, int] | None] = {}  # -> (group, ifindex)
+
+
+class RekeySockets:
+    """The daemon's GROUPKEY-PUSH sockets, one per (address family, port), exclusively its
+    own (see the module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._socks: dict[tuple[int, int], _RekeySocket] = {}
+        self.unclaimed = 0  # datagrams no group's KEK SPI matched
+
+    def join(self, session: MemberSession, address: str, port: int,
+             interface: str | None) -> None:
+        self.leave(session)
+        addr = ipaddress.ip_address(address)
+        family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+        rs = self._socks.get((family, port))
+        if rs is None:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            rs = _RekeySocket(sock)
+            self._socks[(family, port)] = rs
+            self.loop.add_reader(sock.fileno(), self._readable, rs)
+        membership = None
+        if addr.is_multicast:
+            ifindex = socket.if_nametoindex(interface) if interface else 0
+            membership = (str(addr), ifindex)
+            if membership not in rs.members.values():
+                try:
+                    _membership(rs.sock, addr, ifindex, join=True)
+                except OSError as e:
+                    log.warning("group %s: cannot join rekey group %s: %s (unicast PUSH only)",
+                                session.label, addr, e.strerror or e)
+                    membership = None
+        rs.members[session] = membership
+
+    def leave(self, session: MemberSession) -> None:
+        for key, rs in list(self._socks.items()):
+            if session not in rs.members:
+                continue
+            membership = rs.members.pop(session)
+            if membership is not None and membership not in rs.members.values():
+                try:
+                    _membership(rs.sock, ipaddress.ip_address(membership[0]), membership[1],
+                                join=False)
+                except OSError:
+                    pass
+            if not rs.members:
+                self._close(key)
+
+    def _close(self, key) -> None:
+        rs = self._socks.pop(key)
+        try:
+            self.loop.remove_reader(rs.sock.fileno())
+        except (ValueError, OSError):
+            pass
+        rs.sock.close()
+
+    def close(self) -> None:
+        for key in list(self._socks):
+            self._close(key)
+
+    def _readable(self, rs: _RekeySocket) -> None:
+        for _ in range(64):
+            try:
+                data, addr = rs.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("rekey socket: %s", e)
+                return
+            if len(rs.members) == 1:  # its receiver checks the cookies (and says why not)
+                target = next(iter(rs.members))
+            else:
+                cookies = data[:16]
+                target = next((s for s in rs.members if s.engine.kek_spi == cookies), None)
+            if target is None:
+                self.unclaimed += 1
+                log.debug("rekey socket: datagram from %s for no group of ours", addr[0])
+                continue
+            target.on_push_datagram(data, (addr[0], addr[1]))
+
+
+def _membership(sock: socket.socket, addr, ifindex: int, *, join: bool) -> None:
+    if addr.version == 6:
+        opt = socket.IPV6_JOIN_GROUP if join else socket.IPV6_LEAVE_GROUP
+        sock.setsockopt(socket.IPPROTO_IPV6, opt, addr.packed + ifindex.to_bytes(4, "little"))
+    else:  # struct ip_mreqn
+        opt = socket.IP_ADD_MEMBERSHIP if join else socket.IP_DROP_MEMBERSHIP
+        sock.setsockopt(socket.IPPROTO_IP, opt,
+                        addr.packed + bytes(4) + ifindex.to_bytes(4, "little"))
+
+
+class ExpireWatch:
+    """The kernel's XFRM_MSG_EXPIRE events, handed to the member session holding the SPI
+    (strongSwan's ``process_expire``): a soft expiry with no successor makes the member
+    register again, a hard one removes what is left of the SA."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        from xfrm.events import XfrmEvents
+        from xfrm.messages import XFRMNLGRP_EXPIRE
+
+        self.daemon = daemon
+        self.events = XfrmEvents.open(groups=(XFRMNLGRP_EXPIRE,))
+        self.task = daemon.loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        from xfrm.events import EventsLost, SaExpired
+
+        try:
+            async for ev in self.events:
+                match ev:
+                    case SaExpired():
+                        spi = ev.state.spi
+                        for s in self.daemon.sessions.values():
+                            if s.holds_spi(spi):
+                                s.sa_expired(spi, ev.hard)
+                    case EventsLost():
+                        log.warning("kernel SA expiry events were lost (receive buffer full)")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the watch is an optimisation: timers still run
+            log.warning("kernel SA expiry events unavailable: %s", e)
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.events.close()

@@ -292,7 +292,10 @@ def test_rekey_push_reaches_member_on_loopback(tmp_path, netns):
         log = gm.wait_log(") rekeyed: SEQ")
         assert f"SEQ {seq0 + 1}" in log and all(s in log for s in new_spis)
         after = gm.ctl_json("group", "show", "1001")["roles"][0]
-        assert {t["spi"] for t in after["teks"]} == new_spis
+        # every TEK the member holds: the new ones and the previous one until it retires
+        roles = {t["spi"]: t["role"] for t in after["teks"]}
+        assert new_spis <= set(roles) and set(roles) <= new_spis | old_spis
+        assert all(roles[s] in ("next", "current") for s in new_spis)
         assert after["last_seq"] == seq0 + 1 and after["rekeys"] == 1
         assert "last SEQ: " in gm.ctl("group", "show", "1001", check=True).stdout
         # the key server keeps the old TEKs as 'old' and hands out the new ones
@@ -310,3 +313,76 @@ def test_rekey_push_reaches_member_on_loopback(tmp_path, netns):
         ks.stop()
     for d in (ks, gm):
         assert "0123456789abcdef" not in d.log()
+
+
+_GRAB = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+try:
+    s.bind(("0.0.0.0", int(sys.argv[1])))
+except OSError as e:
+    print("bind failed:", e.errno, flush=True)
+    sys.exit(3)
+print("bound", flush=True)
+s.settimeout(float(sys.argv[2]))
+try:
+    data, addr = s.recvfrom(65535)
+    print("got", len(data), flush=True)
+except socket.timeout:
+    print("nothing", flush=True)
+"""
+
+
+def test_rekey_socket_is_exclusively_msecds(tmp_path, netns):
+    """Issue 12: another local process cannot bind the member's rekey port (even with
+    SO_REUSEADDR and SO_REUSEPORT), so the PUSHes stay msecd's; and a port another process
+    holds already is a clear error in the log and in `msecctl group show`."""
+    import errno
+
+    port = free_udp_port()
+    rport = free_udp_port()
+    signing = _push_signing_key(tmp_path / "push.pem")
+    tek = ('[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.1.0.0/16"\ndst = "239.1.1.1"\n'
+           'cipher = "aes-gcm-128"\n'
+           '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+           f'signing_key = "{signing}"\nrekey_address = "239.192.0.1"\nrekey_port = {rport}\n'
+           'lifetime = "1d"\n')
+    ks = Msecd(write_config(tmp_path, ks_port=port, name="ks.toml", tek=tek), host=netns)
+    dirs = [tmp_path / "gm", tmp_path / "gm-late"]
+    for d in dirs:
+        d.mkdir()
+    gm = Msecd(write_config(dirs[0], member_port=port), host=netns, args=["--no-kernel"])
+    late = Msecd(write_config(dirs[1], member_port=port), host=netns, args=["--no-kernel"])
+    grabber = None
+    try:
+        ks.start()
+        gm.start()
+        gm.wait_log("listening for GROUPKEY-PUSH")
+        r = netns.run(sys.executable, "-c", _GRAB, str(rport), "1", check=False)
+        assert r.returncode == 3 and f"bind failed: {errno.EADDRINUSE}" in r.stdout, r
+        # the PUSH still reaches msecd
+        r = ks.ctl_json("rekey", "1001")
+        assert r["ok"], r
+        gm.wait_log(f") rekeyed: SEQ {r['seq']}")
+
+        # the other way round: a process holds the port before msecd wants it
+        gm.stop()
+        grabber = netns.popen(sys.executable, "-c", _GRAB, str(rport), "600",
+                              stdout=subprocess.PIPE, text=True)
+        assert grabber.stdout.readline().strip() == "bound"
+        late.start()
+        line = late.wait_log("cannot listen for GROUPKEY-PUSH")
+        assert f"port {rport}" in line and "Address already in use" in line
+        g = late.ctl_json("group", "show", "1001")["roles"][0]
+        assert g["state"] == "registered" and g["rekey_socket"] is None
+        assert "Address already in use" in g["rekey_error"]
+        assert "rekey socket error:" in late.ctl("group", "show", "1001", check=True).stdout
+    finally:
+        if grabber is not None:
+            grabber.kill()
+            grabber.wait()
+        late.stop()
+        gm.stop()
+        ks.stop()

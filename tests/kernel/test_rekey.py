@@ -68,15 +68,20 @@ def test_traffic_keeps_flowing_across_a_rekey(netlab_factory, tmp_path):
         for d in gms:
             d.wait_log(f"rekeyed: SEQ {r['seq']}", timeout=120)
             g = d.ctl_json("group", "show", "1001")["roles"][0]
-            assert {int(t["spi"], 16) for t in g["teks"]} == new and g["last_seq"] == r["seq"]
-        for h in (h2, h3, h4):  # make before break: the old SA stays until its lifetime ends
-            spis = {spi for dst, spi, proto in states(h) if dst == GROUP}
-            assert new | old <= spis, (h.name, spis)
+            held = {int(t["spi"], 16) for t in g["teks"]}
+            assert new <= held <= new | old and g["last_seq"] == r["seq"]
+        for h in (h2, h3, h4):  # make before break: the new SA is there at once, the old
+            spis = {spi for dst, spi, proto in states(h) if dst == GROUP}  # until it retires
+            assert new <= spis <= new | old, (h.name, spis)
+        for d in gms:  # the sender moved to the new SA and the old one went
+            d.wait_log("removed SA(s)", timeout=120)
+        for h in (h2, h3, h4):
+            assert {spi for dst, spi, proto in states(h) if dst == GROUP} == new, h.name
 
         got, pkts, raw = traffic(lab, h3, [h2, h4], marker=MARKER + b"-rekeyed")
         assert all(len(g) == 20 for g in got), [len(g) for g in got]
         assert MARKER not in raw
-        assert {p["spi"] for p in pkts if p.get("proto") == "esp"} <= new | old
+        assert {p["spi"] for p in pkts if p.get("proto") == "esp"} <= new
     finally:
         for d in (*gms, ks):
             d.stop()

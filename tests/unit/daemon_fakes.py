@@ -127,7 +127,7 @@ class RecordingInstaller:
         self.fail = fail
         self._groups = {g: set(v) for g, v in (adopted or {}).items()}
 
-    def install(self, group_id, teks):
+    def install(self, group_id, teks, switch=True):
         self.calls.append(("install", group_id, tuple(teks)))
         if self.fail:
             raise self.fail
@@ -137,9 +137,16 @@ class RecordingInstaller:
         have |= new
         return action
 
-    def remove(self, group_id):
-        self.calls.append(("remove", group_id))
-        self._groups.pop(group_id, None)
+    def send_on(self, group_id, spi):
+        self.calls.append(("send_on", group_id, spi))
+
+    def remove(self, group_id, spis=None):
+        if spis is None:
+            self.calls.append(("remove", group_id))
+            self._groups.pop(group_id, None)
+        else:
+            self.calls.append(("remove", group_id, tuple(spis)))
+            self._groups.get(group_id, set()).difference_update(spis)
 
     def adopt(self, group_ids=()):
         self.calls.append(("adopt", tuple(group_ids)))

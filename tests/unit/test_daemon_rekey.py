@@ -25,6 +25,7 @@ class FakePushReceiver:
     def __init__(self, group_id, last_seq):
         self.group_id = group_id
         self.last_seq = last_seq
+        self.kek = SimpleNamespace(spi=b"K" * 16)
         self._events = []
 
     def receive_datagram(self, data, addr, now):
@@ -60,7 +61,8 @@ class PushFactory(FakeFactory):
 
     def member(self, group, key_server, now):
         m = super().member(group, key_server, now)
-        kek = SimpleNamespace(dst=ipaddress.ip_network("127.0.0.1/32"), dst_port=self.rekey_port)
+        kek = SimpleNamespace(dst=ipaddress.ip_network("127.0.0.1/32"), dst_port=self.rekey_port,
+                              lifetime_s=86400)
         nxt = m.next_event
 
         def next_event():
@@ -137,14 +139,24 @@ def test_rekey_command_push_received_and_shown(tmp_path, caplog, monkeypatch):
         assert multicast == [("239.192.0.1", rport)]
         await _until(lambda: s.rekeys == 1)
         g = s.describe()
-        assert g["last_seq"] == 1 and [t["spi"] for t in g["teks"]] == ["0x00005001"]
+        # every TEK held is shown: the registration's (still sent on) and the PUSH's (inbound
+        # now, sent on after the activation delay)
+        assert g["last_seq"] == 1
+        roles = {t["spi"]: (t["role"], t["inbound"], t["outbound"]) for t in g["teks"]}
+        assert roles == {"0x00001234": ("previous", True, True),
+                         "0x00005001": ("next", True, False)}
         assert ("install", 1001) == fac.inst.calls[-1][0:2]
         rc, out, _ = await _ctl("--socket", sock, "group", "show", "1001")
         assert "last SEQ: 1 (1 rekey(s))" in out and "TEK 0x00005001" in out
+        assert "TEK 0x00001234" in out and "next" in out and "previous" in out
 
         rc, out, _ = await _ctl("--socket", sock, "rekey", "1001")
         assert rc == 0 and "group 1001 rekeyed: SEQ 2, new TEK SPI 0x00005002" in out
         await _until(lambda: s.rekeys == 2)
+        # never more than two per TEK policy: the oldest went first, the sender moved on
+        assert ("send_on", 1001, 0x5001) in fac.inst.calls
+        assert ("remove", 1001, (0x1234,)) in fac.inst.calls
+        assert {t["spi"] for t in s.describe()["teks"]} == {"0x00005001", "0x00005002"}
 
         # a replayed PUSH is rejected and logged
         import socket
@@ -162,7 +174,7 @@ def test_rekey_command_push_received_and_shown(tmp_path, caplog, monkeypatch):
         d.request_stop("test")
         await d.wait_stopped()
         await d.stop()
-        assert s._push is None
+        assert s._listening is None and not d.rekey_sockets._socks
     _run(run())
     text = caplog.text
     assert "group m1001 (1001) rekeyed: SEQ 1, new TEK SPIs 0x00005001" in text
