@@ -21,6 +21,11 @@ from policy.suites import (
     ESP_SUITES,
     KEK_CIPHERS,
     KEK_CIPHERS_REFUSED,
+    PHASE1_AUTH,
+    PHASE1_CIPHERS,
+    PHASE1_DH_GROUPS,
+    PHASE1_HASHES,
+    PHASE1_REFUSED,
     SIGNATURE_SUITES,
     SIGNATURE_SUITES_REFUSED,
     SignatureSuite,
@@ -571,7 +576,8 @@ class Checker:
 
     def keyserver(self, raw: Any, path: str) -> m.KeyServerSettings | None:
         n0 = len(self.problems)
-        tbl = self.table(raw, path, {"listen", "port", "identity", "psk", "certificate", "group"})
+        tbl = self.table(raw, path, {"listen", "port", "identity", "psk", "certificate", "group",
+                                     "phase1"})
         if tbl is None:
             return None
         listen = self.string_list(tbl, path, "listen", ["0.0.0.0", "::"])
@@ -620,11 +626,74 @@ class Checker:
         if isinstance(raw_groups, list) and raw_groups and "psk" not in tbl and "certificate" not in tbl:
             self.problem(path, "no credentials: add [[keyserver.psk]] entries or "
                                "[keyserver.certificate]")
+        phase1 = m.Phase1Suites()
+        if "phase1" in tbl:
+            pp = _join(path, "phase1")
+            phase1 = self.phase1(tbl["phase1"], pp, member=False)
+            for kind, present, what in (("psk", "psk" in tbl, "[[keyserver.psk]] entries"),
+                                        ("certificate", "certificate" in tbl, "[keyserver.certificate]")):
+                if phase1 is not None and phase1.auth is not None and kind in phase1.auth and not present:
+                    self.problem(_join(pp, "auth"), f"{kind!r} needs {what}")
         if len(self.problems) > n0:
             return None
         return self.build(path, m.KeyServerSettings, listen=tuple(listen), port=port,
                           psks=tuple(psks), certificate=cert, groups=tuple(groups),
-                          identity=identity)
+                          identity=identity, phase1=phase1)
+
+    def phase1(self, raw: Any, path: str, *, member: bool) -> m.Phase1Suites | None:
+        """[keyserver.phase1] (accepted suites) or a member group's phase1 (offered suites)."""
+        n0 = len(self.problems)
+        keys = {"ciphers", "hashes", "dh_groups", "lifetime"} | (set() if member else {"auth"})
+        if member and isinstance(raw, dict) and "auth" in raw:
+            self.problem(_join(path, "auth"), "a member authenticates with its credentials; "
+                                              "the key server's [keyserver.phase1] auth chooses")
+            raw = {k: v for k, v in raw.items() if k != "auth"}
+        tbl = self.table(raw, path, keys)
+        if tbl is None:
+            return None
+        d = m.Phase1Suites()
+        ciphers = self._names(tbl, path, "ciphers", PHASE1_CIPHERS, d.ciphers)
+        hashes = self._names(tbl, path, "hashes", PHASE1_HASHES, d.hashes)
+        groups = self._names(tbl, path, "dh_groups", PHASE1_DH_GROUPS, d.dh_groups, kind=int)
+        auth = None if member else self._names(tbl, path, "auth", dict.fromkeys(PHASE1_AUTH), None)
+        life = self.duration(tbl, path, "lifetime", 60, 30 * 86400, d.lifetime_s)
+        if len(self.problems) > n0:
+            return None
+        n = len(ciphers) * len(hashes) * len(groups)
+        if n > m.MAX_PHASE1_TRANSFORMS:
+            return self.problem(path, f"{len(ciphers)} ciphers x {len(hashes)} hashes x {len(groups)} DH "
+                                      f"groups = {n} transforms, more than {m.MAX_PHASE1_TRANSFORMS}")
+        return self.build(path, m.Phase1Suites, ciphers=tuple(ciphers), hashes=tuple(hashes),
+                          dh_groups=tuple(groups), auth=None if auth is None else tuple(auth),
+                          lifetime_s=life)
+
+    def _names(self, tbl: dict, path: str, key: str, table, default: Any, kind: type = str) -> Any:
+        """A non-empty list of distinct names (or numbers) from ``table``; weak ones refused
+        with their reason (`PHASE1_REFUSED`)."""
+        if key not in tbl:
+            return default
+        v = self.value(tbl, path, key, list)
+        if v is BAD:
+            return BAD
+        p = _join(path, key)
+        if not v:
+            return self.problem(p, f"list at least one; choose from {', '.join(map(str, table))}")
+        out: list = []
+        for i, item in enumerate(v):
+            ip = f"{p}[{i}]"
+            if isinstance(item, bool) or not isinstance(item, kind):
+                out.append(self.problem(ip, f"expected {_kinds((kind,))}, got {_type_name(item)}"))
+            elif item in out:
+                out.append(self.problem(ip, f"{item!r} listed twice"))
+            elif item in table:
+                out.append(item)
+            elif str(item).lower() in PHASE1_REFUSED:
+                out.append(self.problem(ip, f"{item!r} is not accepted: {PHASE1_REFUSED[str(item).lower()]}; "
+                                            f"choose from {', '.join(map(str, table))}"))
+            else:
+                out.append(self.problem(ip, f"unknown value {item!r}; choose from "
+                                            f"{', '.join(map(str, table))}"))
+        return BAD if any(x is BAD for x in out) else out
 
     def local_identity(self, text: str, p: str) -> Any:
         kind, sep, value = text.partition(":")
@@ -751,7 +820,8 @@ class Checker:
         return self.build(path, m.PskCredential, identity=ident, secret=secret, source=source)
 
     def member_group(self, raw: Any, path: str) -> m.MemberGroup | None:
-        keys = {"id", "name", "key_servers", "credentials", "interface", "key_server_identity"}
+        keys = {"id", "name", "key_servers", "credentials", "interface", "key_server_identity",
+                "phase1"}
         n0 = len(self.problems)
         tbl = self.table(raw, path, keys, required=("id", "key_servers", "credentials"))
         if tbl is None:
@@ -780,11 +850,14 @@ class Checker:
         iface = self.value(tbl, path, "interface", str, None)
         if isinstance(iface, str):
             self.interface_name(iface, _join(path, "interface"))
+        phase1 = m.Phase1Suites()
+        if "phase1" in tbl:
+            phase1 = self.phase1(tbl["phase1"], _join(path, "phase1"), member=True)
         if len(self.problems) > n0:
             return None
         return self.build(path, m.MemberGroup, group_id=gid, key_servers=tuple(servers),
                           credentials=creds, name=name, interface=iface,
-                          key_server_authorization=ks_auth)
+                          key_server_authorization=ks_auth, phase1=phase1)
 
     def member(self, raw: Any, path: str) -> m.MemberSettings | None:
         n0 = len(self.problems)

@@ -28,6 +28,16 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     key_file = "ks.key"                       # mode 0600
     trust_anchors = ["ca.crt"]
 
+    [keyserver.phase1]                        # optional: Main Mode suites accepted; every
+                                              # combination, preferred in this order:
+    dh_groups = [19, 20, 21]                  # default; also 14 (MODP-2048, costly per DH)
+    ciphers = ["aes-cbc-128", "aes-cbc-256"]  # default; also aes-cbc-192
+    hashes = ["sha2-256", "sha2-384", "sha2-512"]  # default (hash and HMAC PRF)
+    auth = ["psk", "certificate"]             # default: every configured credential
+    lifetime = "1d"                           # default: longest phase 1 SA lifetime accepted
+                                              # (a member's shorter one wins; a peer's 0 means
+                                              # "none of its own": this one applies)
+
     [[keyserver.group]]
     id = 1001                                 # GDOI group id, 1..2^32-1 (ID_KEY_ID)
     name = "video"                            # optional local label
@@ -74,6 +84,9 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     # or an inline psk = "..." (then the config file must be mode 0600)
     key_server_identity = { subjects = ["O=Example, CN=ks1"] }  # who may act as key server;
                                               # same keys as authorize; required with certificates
+    phase1 = { dh_groups = [19], lifetime = "8h" }  # optional: suites offered, same keys and
+                                              # defaults as [keyserver.phase1] except auth (the
+                                              # credentials decide)
 
 Relative paths are relative to the configuration file's directory (`base_dir` for
 `parse_config`). `diff(old, new)` says what a reload changes; `advisories(config)` lists valid

@@ -63,7 +63,9 @@ from policy.identity import (
     SubjectMatch,
     parse_dn,
 )
-from policy.suites import EspSuite, KekCipher, SignatureSuite
+from policy.suites import (
+    PHASE1_AUTH, PHASE1_CIPHERS, PHASE1_DH_GROUPS, PHASE1_HASHES, EspSuite, KekCipher, SignatureSuite,
+)
 
 __all__ = [
     "IPNetwork",
@@ -92,6 +94,7 @@ __all__ = [
     "Credentials",
     "DaemonSettings",
     "KeyServerSettings",
+    "Phase1Suites",
     "KeyServerAddress",
     "MemberGroup",
     "MemberSettings",
@@ -460,6 +463,44 @@ class DaemonSettings:
     control_socket: Path = Path("/run/msec/control.sock")
 
 
+MAX_PHASE1_TRANSFORMS = 64
+DEFAULT_PHASE1_LIFETIME = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Phase1Suites:
+    """IKEv1 Main Mode suites (names from `policy.suites`). Every combination of the lists is
+    one transform, ordered by DH group, then cipher, then hash, each list in its written order.
+    Key server: the transforms it accepts (it picks the first of its own that the member
+    offered). Member: the transforms it offers, in that order of preference. `auth` (key
+    server only): which configured credentials phase 1 may use, None for all of them.
+    `lifetime_s`: the phase 1 SA lifetime a member offers and the longest a key server accepts.
+    The defaults are what msecd uses without a `phase1` table."""
+
+    ciphers: tuple[str, ...] = ("aes-cbc-128", "aes-cbc-256")
+    hashes: tuple[str, ...] = ("sha2-256", "sha2-384", "sha2-512")
+    dh_groups: tuple[int, ...] = (19, 20, 21)
+    auth: tuple[str, ...] | None = None
+    lifetime_s: int = DEFAULT_PHASE1_LIFETIME
+
+    def __post_init__(self) -> None:
+        for what, values, table in (("cipher", self.ciphers, PHASE1_CIPHERS), ("hash", self.hashes, PHASE1_HASHES),
+                                    ("DH group", self.dh_groups, PHASE1_DH_GROUPS),
+                                    ("auth", self.auth or (), PHASE1_AUTH)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"phase 1 {what} listed twice")
+            for v in values:
+                if v not in table:
+                    raise ValueError(f"unknown phase 1 {what} {v!r}")
+        if not (self.ciphers and self.hashes and self.dh_groups) or self.auth == ():
+            raise ValueError("phase 1 lists must not be empty")
+        n = len(self.ciphers) * len(self.hashes) * len(self.dh_groups)
+        if n > MAX_PHASE1_TRANSFORMS:
+            raise ValueError(f"{n} phase 1 transforms (more than {MAX_PHASE1_TRANSFORMS})")
+        if not 60 <= self.lifetime_s <= 0xFFFFFFFF:
+            raise ValueError(f"phase 1 lifetime {self.lifetime_s} s is not in 60..{0xFFFFFFFF} s")
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class KeyServerSettings:
     """The key server role. `identity` is the phase 1 ID it presents with PSKs (with
@@ -472,8 +513,15 @@ class KeyServerSettings:
     certificate: CertCredential | None = None
     groups: tuple[GroupPolicy, ...] = ()
     identity: Identity | None = None
+    phase1: Phase1Suites = field(default_factory=Phase1Suites)
 
     def __post_init__(self) -> None:
+        auth = self.phase1.auth
+        if auth is not None:
+            if "psk" in auth and not self.psks:
+                raise ValueError("phase 1 auth 'psk' without PSKs")
+            if "certificate" in auth and self.certificate is None:
+                raise ValueError("phase 1 auth 'certificate' without a certificate")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not in 1..65535")
         ids = [g.group_id for g in self.groups]
@@ -490,7 +538,7 @@ class KeyServerSettings:
         return (
             f"KeyServerSettings(listen={self.listen!r}, port={self.port}, psks={self.psks!r}, "
             f"certificate={self.certificate!r}, groups={self.groups!r}, "
-            f"identity={self.identity!r})"
+            f"identity={self.identity!r}, phase1={self.phase1!r})"
         )
 
 
@@ -534,8 +582,11 @@ class MemberGroup:
     name: str | None = None
     interface: str | None = None
     key_server_authorization: Authorization | None = None
+    phase1: Phase1Suites = field(default_factory=Phase1Suites)
 
     def __post_init__(self) -> None:
+        if self.phase1.auth is not None:
+            raise ValueError("a member's phase 1 authentication follows its credentials (no auth list)")
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
             raise ValueError(f"group id {self.group_id} is not in {MIN_GROUP_ID}..{MAX_GROUP_ID}")
         if not self.key_servers:
@@ -567,7 +618,7 @@ class MemberGroup:
             f"MemberGroup(group_id={self.group_id}, name={self.name!r}, "
             f"key_servers={self.key_servers!r}, credentials={self.credentials!r}, "
             f"interface={self.interface!r}, "
-            f"key_server_authorization={self.key_server_authorization!r})"
+            f"key_server_authorization={self.key_server_authorization!r}, phase1={self.phase1!r})"
         )
 
 

@@ -49,6 +49,14 @@ def advisories(config: m.DaemonConfig) -> list[Advisory]:
                     gp, "no [kek]: no GROUPKEY-PUSH; members re-register before TEKs expire and "
                         "an evicted member keeps the keys until the TEK lifetime ends"))
             for rule in g.authorization.rules:
+                if isinstance(rule, m.FqdnMatch):
+                    out.append(Advisory(
+                        f"{gp}.authorize.fqdns",
+                        f"{rule} admits nobody: a member is authorized as what its credential "
+                        f"proves, a PSK identity (psk_identities) or a certificate subject "
+                        f"(subjects), never as an FQDN it merely presents"))
+                    break
+            for rule in g.authorization.rules:
                 if isinstance(rule, m.AddressMatch) and rule.network.prefixlen == 0:
                     out.append(Advisory(
                         f"{gp}.authorize.addresses",
@@ -91,7 +99,7 @@ class GroupChange:
     @property
     def needs_reregistration(self) -> bool:
         """Member: key servers or credentials changed; register again with the new ones."""
-        return bool({"key_servers", "credentials", "key_server_authorization"} & set(self.fields))
+        return bool({"key_servers", "credentials", "key_server_authorization", "phase1"} & set(self.fields))
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,11 @@ __all__ = [
     "SIGNATURE_SUITES",
     "SIGNATURE_SUITES_REFUSED",
     "GCM_SALT_BYTES",
+    "PHASE1_CIPHERS",
+    "PHASE1_HASHES",
+    "PHASE1_DH_GROUPS",
+    "PHASE1_AUTH",
+    "PHASE1_REFUSED",
 ]
 
 GCM_SALT_BYTES = 4
@@ -280,3 +285,35 @@ SIGNATURE_SUITES_REFUSED: Mapping[str, str] = MappingProxyType(
         for name in ("rsa-pss", "rsa-pss-sha256", "rsa-pss-sha384", "rsa-pss-sha512")
     }
 )
+
+
+# --------------------------------------------------------------------------- phase 1 (Main Mode)
+# IKEv1 phase 1 suites by configuration name: RFC 2409 Appendix A attribute values (Encryption
+# Algorithm AES-CBC = 7 with Key Length in bits, RFC 3602; Hash Algorithm SHA2-256/384/512 =
+# 4/5/6, RFC 4868, also the HMAC PRF; Group Description, RFC 3526 / RFC 5903). gkm.gdoi.phase1
+# turns them into the engine's proposals.
+
+PHASE1_CIPHERS: Mapping[str, int] = MappingProxyType(
+    {"aes-cbc-128": 128, "aes-cbc-192": 192, "aes-cbc-256": 256})
+"""Phase 1 cipher name -> AES key length in bits (AES-CBC is the only cipher)."""
+
+PHASE1_HASHES: Mapping[str, int] = MappingProxyType({"sha2-256": 4, "sha2-384": 5, "sha2-512": 6})
+"""Phase 1 hash (and HMAC PRF) name -> Hash Algorithm attribute value."""
+
+PHASE1_DH_GROUPS: Mapping[int, str] = MappingProxyType(
+    {19: "ECP-256", 20: "ECP-384", 21: "ECP-521", 14: "MODP-2048"})
+"""Diffie-Hellman groups by Group Description number. A key server pays a DH per message 3,
+so the expensive ones (21, and 14 at several times the cost of 19) are a flood's best lever."""
+
+PHASE1_AUTH = ("psk", "certificate")
+"""Key server phase 1 authentication kinds; with "certificate" the method follows the key
+(RSA signatures, ECDSA-256/384/521 with P-256/384/521)."""
+
+PHASE1_REFUSED: Mapping[str, str] = MappingProxyType({
+    "des": "DES is broken", "3des": "3DES has 64-bit blocks (Sweet32)",
+    "aes-cbc": "name the key length: aes-cbc-128, aes-cbc-192 or aes-cbc-256",
+    "md5": "MD5 is broken", "sha1": "SHA-1 is deprecated for IKE (RFC 8247)",
+    "1": "MODP-768 is broken", "2": "MODP-1024 is too weak (RFC 8247)",
+    "5": "MODP-1536 is too weak (RFC 8247)",
+})
+"""Phase 1 names and groups refused with a reason (weak; the engine could negotiate some)."""

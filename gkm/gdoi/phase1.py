@@ -9,9 +9,12 @@ listens on (``local_address``, ID_IPV4_ADDR/ID_IPV6_ADDR), with certificates the
 Member (``MemberGroup``): a PSK (ID_KEY_ID = the PSK identity, the key server's address as the
 PSK lookup key) or a certificate (trust anchors from the policy).
 
-Signature proposals follow the key: P-256 -> ECDSA-256 with SHA2-256, P-384 -> ECDSA-384 with
-SHA2-384, P-521 -> ECDSA-521 with SHA2-512, RSA -> RSA signatures with SHA2-256.  Both sides
-build their proposals with this module, so they agree.
+Suites (``phase1`` of the settings, `policy.model.Phase1Suites`): every combination of the DH
+groups, ciphers (AES-CBC key lengths) and hashes, in that nesting order, for each
+authentication method: the key server's are what it accepts (it picks the first of its own
+that the member offered), a member's what it offers.  The signature method follows the key:
+P-256/384/521 -> ECDSA-256/384/521, RSA -> RSA signatures (RFC 2409 section 5.1); the signed
+HASH uses the curve's hash whatever PRF was negotiated (`gkm.ike.auth.signature_prf`).
 """
 
 from __future__ import annotations
@@ -23,28 +26,30 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gkm.ike import AuthMethod, CertCredential, HashAlg, Identity, Phase1Config, Proposal, PskStore
+from gkm.ike import AuthMethod, CertCredential, EncAlg, HashAlg, Identity, Phase1Config, Proposal, PskStore
 from policy import model
+from policy.suites import PHASE1_CIPHERS, PHASE1_HASHES
 
-__all__ = ["phase1_config", "load_certificate", "proposals_for_key", "ike_identity"]
+__all__ = ["phase1_config", "load_certificate", "proposals", "signature_method", "ike_identity"]
 
-DEFAULT_DH_GROUPS = (19,)
-
-_EC_METHOD = {
-    "secp256r1": (AuthMethod.ECDSA_256, HashAlg.SHA2_256),
-    "secp384r1": (AuthMethod.ECDSA_384, HashAlg.SHA2_384),
-    "secp521r1": (AuthMethod.ECDSA_521, HashAlg.SHA2_512),
-}
+_EC_METHOD = {"secp256r1": AuthMethod.ECDSA_256, "secp384r1": AuthMethod.ECDSA_384, "secp521r1": AuthMethod.ECDSA_521}
 
 
-def proposals_for_key(key: Any, dh_groups: tuple[int, ...]) -> tuple[Proposal, ...]:
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        method, hash_alg = _EC_METHOD[key.curve.name]
-    elif isinstance(key, rsa.RSAPrivateKey):
-        method, hash_alg = AuthMethod.RSA_SIG, HashAlg.SHA2_256
-    else:
-        raise ValueError("certificate key must be EC (P-256/384/521) or RSA")
-    return tuple(Proposal(method, g, hash_alg) for g in dh_groups)
+def signature_method(key: Any) -> AuthMethod:
+    """The phase 1 signature method a certificate's private key can use."""
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _EC_METHOD:
+        return _EC_METHOD[key.curve.name]
+    if isinstance(key, rsa.RSAPrivateKey):
+        return AuthMethod.RSA_SIG
+    raise ValueError("certificate key must be EC (P-256/384/521) or RSA")
+
+
+def proposals(method: AuthMethod, suites: model.Phase1Suites) -> list[Proposal]:
+    """The transforms of ``suites`` for one authentication method, in preference order."""
+    return [
+        Proposal(method, group, HashAlg(PHASE1_HASHES[h]), EncAlg.AES_CBC, PHASE1_CIPHERS[c], suites.lifetime_s)
+        for group in suites.dh_groups for c in suites.ciphers for h in suites.hashes
+    ]
 
 
 def load_certificate(cred: model.CertCredential) -> tuple[CertCredential, tuple[x509.Certificate, ...]]:
@@ -80,7 +85,6 @@ def phase1_config(
     *,
     local_address: str | None = None,
     key_server: Any = None,
-    dh_groups: tuple[int, ...] = DEFAULT_DH_GROUPS,
     **options: Any,
 ) -> Phase1Config:
     """The :class:`gkm.ike.Phase1Config` of a key server or of a member group.
@@ -90,12 +94,14 @@ def phase1_config(
     or ``(host, port)``, where the PSK is used.  ``options`` go to Phase1Config (timeouts,
     limits, ``wall_time_offset``...).
     """
-    proposals: list[Proposal] = []
+    offers: list[Proposal] = []
+    suites = settings.phase1
     psk = credential = None
     anchors: tuple[x509.Certificate, ...] = ()
     local_id = None
     if isinstance(settings, model.KeyServerSettings):
-        if settings.psks:
+        allowed = suites.auth if suites.auth is not None else ("psk", "certificate")
+        if settings.psks and "psk" in allowed:
             # Each PSK belongs to its ID_KEY_ID identity only; an address selects the entry that
             # lists it.  Trial decryption tries the PSKs without addresses first (those with
             # addresses are found by address), so the first max_trials members without
@@ -104,16 +110,16 @@ def phase1_config(
             by_id = {Identity.key_id(p.identity.encode()): p.secret.reveal() for p in ordered}
             owners = {str(a): Identity.key_id(p.identity.encode()) for p in settings.psks for a in p.addresses}
             psk = PskStore(by_id=by_id, address_ids=owners)
-            proposals += [Proposal(AuthMethod.PRE_SHARED_KEY, g) for g in dh_groups]
+            offers += proposals(AuthMethod.PRE_SHARED_KEY, suites)
             if settings.identity is not None:
                 local_id = ike_identity(settings.identity)
             elif local_address is not None:
                 local_id = Identity.ip(local_address)
             elif settings.listen and not settings.listen[0].is_unspecified:
                 local_id = Identity.ip(str(settings.listen[0]))
-        if settings.certificate is not None:
+        if settings.certificate is not None and "certificate" in allowed:
             credential, anchors = load_certificate(settings.certificate)
-            proposals += list(proposals_for_key(credential.private_key, dh_groups))
+            offers += proposals(signature_method(credential.private_key), suites)
     elif isinstance(settings, model.MemberGroup):
         cred = settings.credentials
         if isinstance(cred, model.PskCredential):
@@ -121,10 +127,10 @@ def phase1_config(
                 raise ValueError("a PSK member needs the key server address")
             psk = PskStore({_host(key_server): cred.secret.reveal()})
             local_id = Identity.key_id(cred.identity.encode())
-            proposals = [Proposal(AuthMethod.PRE_SHARED_KEY, g) for g in dh_groups]
+            offers = proposals(AuthMethod.PRE_SHARED_KEY, suites)
         else:
             credential, anchors = load_certificate(cred)
-            proposals = list(proposals_for_key(credential.private_key, dh_groups))
+            offers = proposals(signature_method(credential.private_key), suites)
     else:
         raise TypeError(f"phase1_config takes KeyServerSettings or MemberGroup, not {type(settings).__name__}")
-    return Phase1Config(tuple(proposals), local_id=local_id, psk=psk, credential=credential, trust_anchors=anchors, **options)
+    return Phase1Config(tuple(offers), local_id=local_id, psk=psk, credential=credential, trust_anchors=anchors, **options)

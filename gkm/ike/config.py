@@ -4,6 +4,10 @@ A :class:`Phase1Config` is what one IKE endpoint (initiator or responder) needs.
 algorithms (DES, MD5, SHA-1, groups below 14) are refused unless ``allow_weak=True``, and then
 logged with a warning.  The responder accepts an offer only if it equals one of its own proposals
 (life duration: the offer's may be shorter), trying its own proposals in order.
+
+A peer's SA life duration of 0 (in seconds; RFC 2409 gives 0 no meaning, and some
+implementations send it for "no limit") is read as "the peer proposes no lifetime of its own":
+the SA gets the local proposal's lifetime.  It never means an SA that does not expire.
 """
 
 from __future__ import annotations
@@ -65,7 +69,9 @@ WEAK_GROUPS = frozenset({1, 2, 5})
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """One phase 1 transform: cipher, hash (and HMAC PRF), auth method, DH group, SA lifetime (s)."""
+    """One phase 1 transform: cipher, hash (and HMAC PRF), auth method, DH group, SA lifetime (s).
+
+    ``life_seconds`` 0 only in a peer's transform: no lifetime proposed (see the module docstring)."""
 
     auth: AuthMethod
     group: int
@@ -77,7 +83,7 @@ class Proposal:
     def __post_init__(self) -> None:
         if self.enc is EncAlg.AES_CBC and self.key_bits not in (128, 192, 256):
             raise ConfigError("proposal.key_bits", f"AES key length {self.key_bits}")
-        if not 0 < self.life_seconds <= 0xFFFFFFFF:
+        if not 0 <= self.life_seconds <= 0xFFFFFFFF:
             raise ConfigError("proposal.life_seconds", f"out of range: {self.life_seconds}")
 
     @property
@@ -131,6 +137,13 @@ class Proposal:
         enc = EncAlg(d[A_ENC])
         key_bits = d.get(A_KEY_LENGTH, 128 if enc is EncAlg.AES_CBC else 0)
         return cls(AuthMethod(d[A_AUTH]), d[A_GROUP], HashAlg(d[A_HASH]), enc, key_bits, life)
+
+    def agreed(self, offer: "Proposal") -> "Proposal":
+        """The SA's transform when ``offer`` :meth:`matches` this local one: the offer, with
+        this proposal's lifetime if the offer proposes none (0)."""
+        if offer.life_seconds == 0:
+            return Proposal(offer.auth, offer.group, offer.hash, offer.enc, offer.key_bits, self.life_seconds)
+        return offer
 
     def matches(self, offer: "Proposal") -> bool:
         """Does a peer's offer equal this local proposal (a shorter lifetime is fine)?"""
@@ -371,6 +384,8 @@ class Phase1Config:
             raise ConfigError("proposals", "at least one proposal is needed")
         for i, p in enumerate(self.proposals):
             where = f"proposals[{i}]"
+            if p.life_seconds == 0:
+                raise ConfigError(where, "a local proposal needs a lifetime (0 is only read from peers)")
             if not p.supported:
                 raise ConfigError(where, f"group {p.group} / cipher {p.enc.name} not implemented")
             if p.weak:

@@ -151,6 +151,10 @@ class _Drop(Exception):
     """Ignore this message, keep the state."""
 
 
+class _Ended(Exception):
+    """The exchange was just ended (and logged) while handling this message; nothing more to say."""
+
+
 class _Fail(Exception):
     """End the exchange; ``notify`` (if any) is sent to the peer."""
 
@@ -297,6 +301,8 @@ class MainMode:
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         try:
             self._receive(bytes(data), addr, now)
+        except _Ended:
+            pass  # already reported by _fail
         except _Drop as d:
             log.info("ike %s %s: dropped message from %r in state %s: %s", self.role.value, self._spi_str(), addr, self.state.value, d)
         except _Fail as f:
@@ -550,8 +556,10 @@ class MainMode:
             chosen = Proposal.from_attributes(offer.transforms[0][1])
         except ValueError as e:
             raise _Fail(f"responder chose an unsupported transform: {e}", N_NO_PROPOSAL_CHOSEN) from None
-        if not any(o.matches(chosen) for o in self._offered):
+        ours = next((o for o in self._offered if o.matches(chosen)), None)
+        if ours is None:
             raise _Fail(f"responder chose a transform we did not offer: {chosen}", N_NO_PROPOSAL_CHOSEN)
+        chosen = ours.agreed(chosen)
         self.rcookie = hdr.rcookie
         self._proposal = chosen
         self._prf = crypto.prf_of(chosen.hash)
@@ -750,7 +758,7 @@ class MainMode:
         info = build_informational(sa, notes, (DeleteRequest(m.PROTO_ISAKMP, (self.spi,)),), self._random)
         self._out.append((info, self.peer_addr))
         self._fail(f.reason, f.notify, now, send=False)
-        raise _Drop("exchange failed") from None
+        raise _Ended() from None
 
     def _identity(self, id_b: bytes) -> Identity:
         try:
@@ -944,7 +952,7 @@ def choose_proposal(config: Phase1Config, sa_b: bytes) -> tuple[Proposal | None,
     for local in config.proposals:
         for tnum, attrs, prop in parsed:
             if local.matches(prop):
-                return prop, m.encode_sa([list(attrs)], doi=offer.doi, numbers=[tnum]), ("", 0)
+                return local.agreed(prop), m.encode_sa([list(attrs)], doi=offer.doi, numbers=[tnum]), ("", 0)
     offered = ", ".join(str(p) for _t, _a, p in parsed) or "nothing usable"
     return None, b"", (f"no acceptable proposal (offered: {offered})", N_NO_PROPOSAL_CHOSEN)
 

@@ -160,3 +160,21 @@ def test_pull_never_authorizes_an_unbound_claim():
     with pytest.raises(ValueError, match="whose pre-shared key authenticated it"):
         peer_identity(forged)
     assert peer_identity(ev.sa).value == GM_ADDR[0]
+
+
+def test_fqdn_rules_at_the_key_server_are_flagged(tmp_path):
+    """No credential authenticates an FQDN at the key server, so an fqdns rule admits nobody:
+    the configuration says so instead of letting the operator rely on it."""
+    from policy.config import advisories
+    from tests.unit.test_policy_config import base, load
+
+    (tmp_path / "gm1.psk").write_bytes(b"0123456789abcdef-very-secret")
+    (tmp_path / "gm1.psk").chmod(0o600)
+    doc = base()
+    del doc["keyserver"]["certificate"]
+    del doc["keyserver"]["group"][1:]
+    del doc["keyserver"]["group"][0]["kek"]
+    doc["keyserver"]["psk"] = doc["keyserver"]["psk"][:1]
+    doc["keyserver"]["group"][0]["authorize"] = {"psk_identities": ["gm1"], "fqdns": ["*.example.org"]}
+    notes = {a.path: a.reason for a in advisories(load(doc, tmp_path))}
+    assert "fqdn:*.example.org admits nobody" in notes["keyserver.group[0].authorize.fqdns"]
