@@ -1,0 +1,228 @@
+"""TEK rotations under traffic, in the kernel lab: real msecd processes, the shortest lifetimes the
+policy takes (TEK 60 s, KEK 300 s), two senders at 100 datagrams per second each, a rekey every
+few seconds.  Every receiver gets every datagram exactly once; each member's kernel, sampled
+all along, never holds more than two SAs for the group's TEK policy (make before break:
+new SA inbound at once, senders switched after the activation delay, the previous SA gone
+after the deactivation delay); afterwards only the last TEK's SA is left."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from collections import Counter
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.host.daemon_proc import Msecd
+from tests.kernel.test_registration import GROUP, PORT, PSKS, SPI_LOG, gm_config
+from xfrm.socket import XfrmSocket
+
+pytestmark = pytest.mark.kernel
+
+RATE = 100  # datagrams per second per sender
+REKEYS = 4
+REKEY_EVERY = 8.0  # seconds: longer than the deactivation delay (6 s), shorter than the TEK
+TAG = b"MSEC-ROTATION"
+
+
+def _ks_config(d, ks_ip):
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = d / "push.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    os.chmod(pem, 0o600)
+    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
+            f'[keyserver]\nlisten = ["{ks_ip}"]\nport = 848\n')
+    for ident in ("gm1", "gm2", "gm3"):
+        text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{PSKS[ident]}"\n'
+    text += ('[[keyserver.group]]\nid = 1001\nname = "video"\n'
+             'authorize = { psk_identities = ["gm1", "gm2", "gm3"] }\n'
+             '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\n'
+             f'dst = "{GROUP}"\nprotocol = "udp"\ndst_port = {PORT}\nmode = "tunnel"\n'
+             'cipher = "aes-gcm-128"\nlifetime = "60s"\n'
+             '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+             f'signing_key = "{pem}"\nrekey_address = "239.192.0.1"\nrekey_port = 848\n'
+             'lifetime = "300s"\nrekey_interval = "50s"\n')
+    p = d / "msecd.toml"
+    p.write_text(text)
+    os.chmod(p, stat.S_IRUSR | stat.S_IWUSR)
+    return p
+
+
+class Sender(threading.Thread):
+    """Numbered datagrams from one host at RATE per second until stopped."""
+
+    def __init__(self, host, name: bytes) -> None:
+        super().__init__(daemon=True)
+        self.name_tag = name
+        self.sent = 0
+        self.stop = threading.Event()
+        with host.inside():
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(host.ip4))
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.stop.is_set():
+            self.sock.sendto(TAG + self.name_tag + struct.pack("!I", self.sent), (GROUP, PORT))
+            self.sent += 1
+            ahead = start + self.sent / RATE - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        self.sock.close()
+
+
+class Sampler(threading.Thread):
+    """The member kernels' SAs for the group, read over and over; the most seen per selector."""
+
+    def __init__(self, hosts) -> None:
+        super().__init__(daemon=True)
+        self.socks = {h.name: XfrmSocket(h.ns) for h in hosts}
+        self.most: Counter = Counter()
+        self.last: dict = {}  # host -> {selector: SPIs} in the latest sample
+        self.samples = 0
+        self.stop = threading.Event()
+
+    def spis(self, name: str) -> dict:
+        per: dict = {}
+        for st in self.socks[name].dump_states(owned=True):
+            if str(st.dst) == GROUP:
+                per.setdefault(st.selector, set()).add(st.spi)
+        return per
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for name in self.socks:
+                per = self.spis(name)
+                for sel, spis in per.items():
+                    self.most[name] = max(self.most[name], len(spis))
+                self.last[name] = per
+            self.samples += 1
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+
+
+def test_traffic_across_tek_rotations_exactly_once_two_sas_at_most(netlab_factory, tmp_path):
+    lab = netlab_factory(4)
+    h1, h2, h3, h4 = lab.hosts
+    dirs = {n: tmp_path / n for n in ("ks", "gm1", "gm2", "gm3")}
+    for p in dirs.values():
+        p.mkdir()
+    ks = Msecd(_ks_config(dirs["ks"], h1.ip4), host=h1)
+    gm_hosts = [h2, h3, h4]
+    members = {h.name: Msecd(gm_config(dirs[f"gm{i}"], h1.ip4, f"gm{i}", PSKS[f"gm{i}"]),
+                             host=h) for i, h in ((1, h2), (2, h3), (3, h4))}
+    sampler = None
+    senders = []
+    try:
+        ks.start(timeout=120)
+        for d in members.values():
+            d.start(timeout=120)
+        for d in members.values():
+            d.wait_log(SPI_LOG, timeout=120)
+            d.wait_log("listening for GROUPKEY-PUSH", timeout=120)
+        sampler = Sampler(gm_hosts)
+        sampler.start()
+        listeners = {h.name: h.listen(GROUP, PORT) for h in gm_hosts}
+        drain_stop = threading.Event()
+
+        def drain():
+            while not drain_stop.is_set():
+                for lst in listeners.values():
+                    lst.drain()
+                time.sleep(0.02)
+        drainer = threading.Thread(target=drain, daemon=True)
+        drainer.start()
+
+        seqs, spis = [], []
+        # a fresh TEK first: the registrations' one has less than its 20 s left
+        r = ks.ctl_json("rekey", "1001")
+        assert r["ok"], r
+        seqs.append(r["seq"])
+        spis.append({int(s, 16) for s in r["teks"]})
+        for d in members.values():
+            d.wait_log(f"rekeyed: SEQ {r['seq']}", timeout=60)
+        senders = [Sender(h2, b"A"), Sender(h3, b"B")]
+        for s in senders:
+            s.start()
+        for _ in range(REKEYS):
+            time.sleep(REKEY_EVERY)
+            r = ks.ctl_json("rekey", "1001")
+            assert r["ok"], r
+            seqs.append(r["seq"])
+            spis.append({int(s, 16) for s in r["teks"]})
+        for d in members.values():
+            d.wait_log(f"rekeyed: SEQ {seqs[-1]}", timeout=60)
+            d.wait_log(f"sending on SPI 0x{min(spis[-1]):08x}", timeout=60)
+        time.sleep(3.0)  # traffic under the last TEK too
+        for s in senders:
+            s.stop.set()
+        for s in senders:
+            s.join(timeout=30)
+        sent = {s.name_tag: s.sent for s in senders}
+        expect = {h2.name: [b"B"], h3.name: [b"A"], h4.name: [b"A", b"B"]}
+
+        def complete():
+            for h, tags in expect.items():
+                got = Counter(d for d in listeners[h].drain())
+                if sum(got.values()) < sum(sent[t] for t in tags):
+                    return False
+            return True
+        end = time.monotonic() + 60
+        while not complete() and time.monotonic() < end:
+            time.sleep(0.2)
+        time.sleep(0.5)  # anything late or duplicated shows up too
+        drain_stop.set()
+        drainer.join(timeout=10)
+        for h, tags in expect.items():
+            got = Counter(listeners[h].drain())
+            for t in tags:
+                want = Counter(TAG + t + struct.pack("!I", i) for i in range(sent[t]))
+                mine = Counter({k: v for k, v in got.items() if k.startswith(TAG + t)})
+                missing = sum((want - mine).values())
+                dup = sum((mine - want).values())
+                assert missing == 0 and dup == 0, (h, t, sent[t], missing, dup)
+
+        # the old SAs are gone afterwards: only the last TEK's SA in every member's kernel
+        def only_last():
+            return all(set().union(*sampler.last.get(n, {}).values()) == spis[-1]
+                       for n in sampler.socks)
+        end = time.monotonic() + 60
+        while not only_last() and time.monotonic() < end:
+            time.sleep(0.2)
+        samples = sampler.samples
+        while sampler.samples < samples + 2 and time.monotonic() < end:  # a fresh sample
+            time.sleep(0.1)
+        sampler.stop.set()
+        sampler.join(timeout=10)
+        left = dict(sampler.last)
+        assert all(set().union(*v.values()) == spis[-1] for v in left.values()), left
+        assert sampler.samples > 50
+        assert all(sampler.most[n] == 2 for n in members), sampler.most  # never 3
+        for d in members.values():
+            g = d.ctl_json("group", "show", "1001")["roles"][0]
+            assert {int(t["spi"], 16) for t in g["teks"]} == spis[-1]
+            assert g["teks"][0]["role"] == "current" and g["teks"][0]["outbound"]
+        print(f"\nrotation figures: sent {sent}, received "
+              f"{ {n: len(listeners[n].received) for n in members} }, "
+              f"{len(seqs)} rekeys, most SAs per TEK policy {dict(sampler.most)}, "
+              f"{sampler.samples} kernel samples")
+    finally:
+        for s in senders:
+            s.stop.set()
+        if sampler is not None:
+            sampler.stop.set()
+            sampler.join(timeout=10)
+            sampler.close()
+        for d in (*members.values(), ks):
+            d.stop()
