@@ -577,7 +577,7 @@ class Checker:
     def keyserver(self, raw: Any, path: str) -> m.KeyServerSettings | None:
         n0 = len(self.problems)
         tbl = self.table(raw, path, {"listen", "port", "identity", "psk", "certificate", "group",
-                                     "phase1"})
+                                     "phase1", "crl"})
         if tbl is None:
             return None
         listen = self.string_list(tbl, path, "listen", ["0.0.0.0", "::"])
@@ -613,6 +613,7 @@ class Checker:
         cert = None
         if "certificate" in tbl:
             cert = self.certificate(tbl["certificate"], _join(path, "certificate"))
+        crls = self.crl_files(tbl, path, cert)
         groups: list[m.GroupPolicy | None] = []
         raw_groups = self.table_array(tbl, path, "group")
         if raw_groups is not BAD:
@@ -638,7 +639,7 @@ class Checker:
             return None
         return self.build(path, m.KeyServerSettings, listen=tuple(listen), port=port,
                           psks=tuple(psks), certificate=cert, groups=tuple(groups),
-                          identity=identity, phase1=phase1)
+                          identity=identity, phase1=phase1, crl_files=crls)
 
     def phase1(self, raw: Any, path: str, *, member: bool) -> m.Phase1Suites | None:
         """[keyserver.phase1] (accepted suites) or a member group's phase1 (offered suites)."""
@@ -694,6 +695,27 @@ class Checker:
                 out.append(self.problem(ip, f"unknown value {item!r}; choose from "
                                             f"{', '.join(map(str, table))}"))
         return BAD if any(x is BAD for x in out) else out
+
+    def crl_files(self, tbl: dict, path: str, cert: m.CertCredential | None) -> Any:
+        files = self.string_list(tbl, path, "crl", [])
+        if files is BAD:
+            return ()
+        p = _join(path, "crl")
+        if files and "certificate" not in tbl:
+            self.problem(p, "a CRL revokes certificates: it needs [keyserver.certificate] "
+                            "and its trust_anchors")
+            return ()
+        out = [self._check_file(f, f"{p}[{i}]", False) for i, f in enumerate(files)]
+        if BAD in out or cert is None or not self.check_files:
+            return tuple(out)
+        from policy.revocation import load_crls
+
+        for i, f in enumerate(out):
+            try:
+                load_crls([f], cert.trust_anchors)
+            except ValueError as e:
+                self.problem(f"{p}[{i}]", str(e))
+        return tuple(out)
 
     def local_identity(self, text: str, p: str) -> Any:
         kind, sep, value = text.partition(":")

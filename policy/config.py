@@ -16,6 +16,10 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     port = 848                                # default (RFC 6407)
     identity = "fqdn:ks.example.org"          # optional phase 1 ID with PSKs: key-id:, fqdn:,
                                               # address:; default: the address asked
+    crl = ["ca.crl"]                          # optional: CRLs (PEM/DER), each signed by a
+                                              # [keyserver.certificate] trust anchor; a
+                                              # revoked member is refused at registration
+                                              # and evicted at reload
 
     [[keyserver.psk]]                         # PSKs of members, by ID_KEY_ID identity
     identity = "gm1"

@@ -514,6 +514,8 @@ class KeyServerSettings:
     groups: tuple[GroupPolicy, ...] = ()
     identity: Identity | None = None
     phase1: Phase1Suites = field(default_factory=Phase1Suites)
+    #: certificate revocation lists (policy.revocation), signed by the trust anchors
+    crl_files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         auth = self.phase1.auth
@@ -539,6 +541,7 @@ class KeyServerSettings:
             f"KeyServerSettings(listen={self.listen!r}, port={self.port}, psks={self.psks!r}, "
             f"certificate={self.certificate!r}, groups={self.groups!r}, "
             f"identity={self.identity!r}, phase1={self.phase1!r})"
+            f"identity={self.identity!r}, crl_files={self.crl_files!r})"
         )
 
 

@@ -252,7 +252,8 @@ class Daemon:
                     or any(s.startswith("keyserver.") for s in d.settings_changed)):
                 await self.keyserver.reconfigure(
                     new.keyserver,
-                    groups_only=not any(s.startswith("keyserver.") for s in d.settings_changed))
+                    groups_only=not any(s.startswith("keyserver.") and s != "keyserver.crl_files"
+                                        for s in d.settings_changed))
                 changes.append("keyserver reconfigured")
         except (StartupError, EngineUnavailable, OSError) as e:
             # nothing was swapped in: the running key server keeps serving, and the member

@@ -4,8 +4,10 @@
 
 ``EngineFactory``:
 
-* ``keyserver(settings, store, now) -> engine``: a ``KeyServerEngine`` (phase 1 responder +
-  GROUPKEY-PULL responder) for the key server role, keys persisted in ``store``;
+* ``keyserver(settings, store, now, admit) -> engine``: a ``KeyServerEngine`` (phase 1
+  responder + GROUPKEY-PULL responder) for the key server role, keys persisted in ``store``;
+  ``admit(group, identity, phase1_sa) -> reason | None`` refuses members the policy admits
+  (deny list, revoked certificate);
 * ``member(group, key_server, now) -> engine``: a started ``MemberRegistration`` towards
   ``key_server`` = (host, port), datagrams queued;
 * ``installer() -> installer``: :class:`KernelInstaller` (``xfrm.groupsa`` on an
@@ -61,7 +63,7 @@ class RekeyPlan:
 
 
 class EngineFactory(Protocol):
-    def keyserver(self, settings: Any, store: Any, now: float) -> Any: ...
+    def keyserver(self, settings: Any, store: Any, now: float, admit: Any = None) -> Any: ...
     def update_keyserver_groups(self, engine: Any, groups: Any) -> bool: ...
     def member(self, group: Any, key_server: tuple[str, int], now: float) -> Any: ...
     def rekey(self, group: Any, store: Any, now: float) -> "RekeyPlan": ...
@@ -176,12 +178,14 @@ class GdoiFactory:
             raise EngineUnavailable(f"gkm.gdoi is not available: {e}") from None
         return gdoi
 
-    def keyserver(self, settings, store, now: float):
+    def keyserver(self, settings, store, now: float, admit=None):
+        """``admit(group, identity, phase1_sa) -> reason | None``: the shell's own refusals
+        (deny list, revoked certificate) after the group policy admitted a member."""
         gdoi = self._gdoi()
         provider = gdoi.StoreKeysProvider(store)
         self.provider = provider  # the key server role's (one per daemon): rekey invalidates it
         phase1 = gdoi.phase1_config(settings)
-        return gdoi.KeyServerEngine(settings.groups, provider, phase1)
+        return gdoi.KeyServerEngine(settings.groups, provider, phase1, admit=admit)
 
     def update_keyserver_groups(self, engine, groups) -> bool:
         """Give a running key server engine new group policies; False if it cannot."""

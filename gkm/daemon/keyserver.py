@@ -16,9 +16,11 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from gkm.events import Event
+from gkm.gdoi.pull import member_key
 from gkm.gdoi.events import MemberRefused, MemberRegistered
 from gkm.ike.events import Phase1Failed
 from policy import model as pm
+from policy.revocation import RevocationList, load_crls
 
 from .adapter import EngineShell, UdpEndpoint
 from .engines import RekeyError, StartupError
@@ -60,6 +62,9 @@ class KeyServerRole:
         self.shell: EngineShell | None = None
         self.endpoints: dict[ListenKey, UdpEndpoint] = {}
         self.rekey_transport: RekeyTransport | None = None
+        self.revocations = RevocationList()
+        #: (group id, member key) -> the certificate it registered with (CRL checks at reload)
+        self._certificates: dict[tuple[int, str], Any] = {}
         self.registrations = 0
         self.refusals = 0
         self.phase1_failures = 0
@@ -87,7 +92,9 @@ class KeyServerRole:
         At start (``strict`` False) an address that cannot be bound is a warning as long as
         one can; on a reload an address the reload adds must be bound, or it is refused."""
         loop = self.daemon.loop
-        engine = self.daemon.factory.keyserver(settings, self.store, self.daemon.clock())
+        revocations = self._load_crls(settings)
+        engine = self.daemon.factory.keyserver(settings, self.store, self.daemon.clock(),
+                                               admit=self._admit)
         shell = EngineShell(engine, name="keyserver", on_event=self._on_event,
                             loop=loop, clock=self.daemon.clock)
         old_keys = {(str(a), self.settings.port) for a in self.settings.listen} \
@@ -142,7 +149,7 @@ class KeyServerRole:
         if old_transport is not None:
             old_transport.close()
         self.shell, self.rekey_transport, self.endpoints = shell, transport, endpoints
-        self.settings = settings
+        self.settings, self.revocations = settings, revocations
         for k, e in errors:
             log.warning("key server: not listening on %s: %s", fmt_addr(k), e)
         log.info("key server: listening on %s for group(s) %s", ", ".join(self.listen),
@@ -150,26 +157,56 @@ class KeyServerRole:
         shell.kick()
 
     async def reconfigure(self, settings: pm.KeyServerSettings, groups_only: bool) -> None:
-        """A reload changed the key server role.  Only the groups: the running engine takes the
-        new policies (exchanges under way keep theirs).  Otherwise (PSKs, certificate,
-        listen addresses): a new engine; sockets of addresses still listened on are kept, new
-        ones must bind; keys stay in the store.  Raises StartupError, with the running role
-        unchanged, if the new settings cannot be served."""
-        if groups_only and self.shell is not None and \
-                self.daemon.factory.update_keyserver_groups(self.shell.engine, settings.groups):
-            if _rekey_options(settings) != _rekey_options(self.settings):
-                transport = RekeyTransport(self.daemon.loop)
-                try:
-                    await transport.open(_rekey_options(settings))
-                except RekeyTransportError as e:
-                    self.daemon.factory.update_keyserver_groups(self.shell.engine,
-                                                                self.settings.groups)
-                    raise StartupError(f"key server: {e}") from None
-                self.rekey_transport.close()
-                self.rekey_transport = transport
-            self.settings = settings
+        """A reload changed the key server role.  Only the groups (or the CRLs): the running
+        engine takes the new policies (exchanges under way keep theirs).  Otherwise (PSKs,
+        certificate, listen addresses): a new engine; sockets of addresses still listened on
+        are kept, new ones must bind; keys stay in the store.  Raises StartupError, with the
+        running role unchanged, if the new settings cannot be served."""
+        if not (groups_only and self.shell is not None):
+            await self._switch_to(settings, strict=True)
             return
-        await self._switch_to(settings, strict=True)
+        revocations = self._load_crls(settings)
+        transport = None
+        if _rekey_options(settings) != _rekey_options(self.settings):
+            transport = RekeyTransport(self.daemon.loop)
+            try:
+                await transport.open(_rekey_options(settings))
+            except RekeyTransportError as e:
+                raise StartupError(f"key server: {e}") from None
+        if not self.daemon.factory.update_keyserver_groups(self.shell.engine, settings.groups):
+            if transport is not None:
+                transport.close()
+            await self._switch_to(settings, strict=True)
+            return
+        if transport is not None:
+            self.rekey_transport.close()
+            self.rekey_transport = transport
+        self.settings, self.revocations = settings, revocations
+
+    # -- admission (deny list, CRL)
+    def _load_crls(self, settings: pm.KeyServerSettings) -> RevocationList:
+        if not settings.crl_files:
+            return RevocationList()
+        anchors = settings.certificate.trust_anchors if settings.certificate else ()
+        try:
+            rl = load_crls(settings.crl_files, anchors)
+        except ValueError as e:
+            raise StartupError(f"key server: CRL {e}") from None
+        for path in rl.stale():
+            log.warning("key server: CRL %s is past its nextUpdate; it still revokes what it "
+                        "lists, but get a fresh one", path)
+        return rl
+
+    def _admit(self, group: pm.GroupPolicy, identity: pm.Identity, sa) -> str | None:
+        """The engine asks after the group policy admitted ``identity``: a reason to refuse
+        it, or None.  Certificates are remembered so a reload's CRL can evict their owners."""
+        cert = sa.peer_certificate
+        if cert is not None:
+            why = self.revocations.revoked(cert)
+            if why is not None:
+                return why
+            self._certificates[(group.group_id, member_key(identity))] = cert
+        return None
 
     def _label(self, group_id: int) -> str:
         g = self.settings.group(group_id)

@@ -516,8 +516,12 @@ class PullResponder:
         completed_timeout: float = 60.0,
         nonce_size: int = 32,
         random: Callable[[int], bytes] = os.urandom,
+        admit: Callable[[GroupPolicy, Identity, Phase1SA], str | None] | None = None,
     ) -> None:
         self.groups = dict(groups)
+        #: the key server's own refusals after the group policy admitted a member (deny list,
+        #: revoked certificate): a reason to refuse, or None
+        self.admit = admit
         self.keys = keys
         self.rekey_source = rekey_source
         self.wall_time_offset = wall_time_offset
@@ -665,6 +669,11 @@ class PullResponder:
         decision = group.authorizes(identity)
         if not decision.allowed:
             self._refuse(sa, mid, gid, identity, addr, decision.reason, NotifyType.AUTHENTICATION_FAILED)
+            return
+        refusal = self.admit(group, identity, sa) if self.admit is not None else None
+        if refusal is not None:
+            self._refuse(sa, mid, gid, identity, addr, f"group {group.label}: may not join: {refusal}",
+                         NotifyType.AUTHENTICATION_FAILED)
             return
         wall = self._wall(now)
         try:

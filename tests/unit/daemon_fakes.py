@@ -163,7 +163,7 @@ class FakeFactory:
         self.keyservers = []
         self.member_kwargs = member_kwargs or {}
 
-    def keyserver(self, settings, store, now):
+    def keyserver(self, settings, store, now, admit=None):
         ks = FakeKeyServer(settings, store, now)
         self.keyservers.append(ks)
         return ks
