@@ -540,8 +540,8 @@ class KeyServerSettings:
         return (
             f"KeyServerSettings(listen={self.listen!r}, port={self.port}, psks={self.psks!r}, "
             f"certificate={self.certificate!r}, groups={self.groups!r}, "
-            f"identity={self.identity!r}, phase1={self.phase1!r})"
-            f"identity={self.identity!r}, crl_files={self.crl_files!r})"
+            f"identity={self.identity!r}, phase1={self.phase1!r}, "
+            f"crl_files={self.crl_files!r})"
         )
 
 
