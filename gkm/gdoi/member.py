@@ -456,7 +456,13 @@ class MemberEngine:
             return
         receiver = self.push  # KekDeleted/Evicted drop it, its last events still count
         receiver.receive_datagram(data, addr, now)
+        events = []
         while (ev := receiver.next_event()) is not None:
+            events.append(ev)
+        # one PUSH's new TEKs first, then its deletes: a TEK deleted in the PUSH that brings
+        # its successor retires after the deactivation delay (make before break)
+        events.sort(key=lambda ev: 0 if isinstance(ev, Rekeyed) else 1)
+        for ev in events:
             match ev:
                 case Rekeyed():
                     self._rekeyed(ev, now)
@@ -636,7 +642,14 @@ class MemberEngine:
             self._plan_reregistration(now)
 
     def _teks_deleted(self, ev: TeksDeleted, now: float) -> None:
-        drop = [h for h in self.held if not h.removing and (ev.all or h.spi in ev.spis)]
+        """Deleted TEKs with a newer TEK of the same policy held retire on their deactivation
+        schedule (the successor's arrival set it); the others go at once."""
+        drop = []
+        for h in self.held:
+            if h.removing or not (ev.all or h.spi in ev.spis):
+                continue
+            if ev.all or h.retire_at is None:
+                drop.append(h)
         if drop:
             self._remove(drop, "deleted by the key server")
         if not any(not h.removing for h in self.held):

@@ -495,11 +495,38 @@ def test_a_new_selector_by_rekey_gets_its_policies_and_the_old_one_goes_at_expir
 
 def test_teks_deleted_removes_them_and_registers_when_none_is_left():
     w = World().register()
+    w.push(TeksDeleted(GID, (0x100,)))  # no successor: at once
+    assert w.kernel_spis() == set() and w.e.state is MemberState.CONNECTING
+    w = World().register()
     w.push(Rekeyed(GID, (tek(0x200),), Kek(), 1))
-    w.push(TeksDeleted(GID, (0x100,)))
+    w.push(TeksDeleted(GID, (0x100,)))  # superseded: on its deactivation schedule
+    assert w.kernel_spis() == {0x100, 0x200}
+    w.advance(w.now + 5)
     assert w.kernel_spis() == {0x200} and w.e.state is MemberState.REGISTERED
     w.push(TeksDeleted(GID, (), True))
     assert w.kernel_spis() == set() and w.e.state is MemberState.CONNECTING
+
+
+def test_a_delete_in_the_push_that_brings_the_successor_waits_for_the_deactivation_delay():
+    w = World().register()
+    t0 = w.now
+    w.push(TeksDeleted(GID, (0x100,)), Rekeyed(GID, (tek(0x200),), Kek(), 1))  # D before SA
+    assert w.kernel_spis() == {0x100, 0x200} and w.sending() == 0x100
+    w.advance(t0 + 2.0)
+    assert w.sending() == 0x200
+    w.advance(t0 + 5.0)
+    assert w.kernel_spis() == {0x200}
+
+
+def test_a_reload_that_moves_the_tek_policy_leaves_no_stale_sa():
+    """The key server rolls to a TEK on another selector and deletes the old one: the old
+    selector's SA and policies go at once, the new one is sent on at once (nothing was sent
+    on its selector before)."""
+    w = World().register()
+    w.push(Rekeyed(GID, (tek(0x200, sel=SEL2),), Kek(), 1), TeksDeleted(GID, (0x100,)))
+    assert w.kernel_spis() == {0x200}
+    assert {p.selector.dst for p in w.port.dump_policies()} == {N("239.1.1.2/32")}
+    assert dict(w.gsa.installed(GID).sending) == {SEL2: 0x200}
 
 
 def test_kek_deleted_stops_listening_and_registers_again():
