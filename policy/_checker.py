@@ -635,6 +635,15 @@ class Checker:
                                         ("certificate", "certificate" in tbl, "[keyserver.certificate]")):
                 if phase1 is not None and phase1.auth is not None and kind in phase1.auth and not present:
                     self.problem(_join(pp, "auth"), f"{kind!r} needs {what}")
+            if phase1 is not None and phase1.auth is not None:
+                for i, g in enumerate(groups):
+                    for rule in g.authorization.rules if g is not None else ():
+                        kind, key = (("psk", "psk_identities") if isinstance(rule, m.PskIdMatch) else
+                                     ("certificate", "subjects") if isinstance(rule, m.SubjectMatch) else (None, None))
+                        if kind is not None and kind not in phase1.auth:
+                            self.problem(f"{_join(path, 'group')}[{i}].authorize.{key}",
+                                         f"admits nobody: phase 1 auth {list(phase1.auth)} excludes {kind!r}")
+                            break
         if len(self.problems) > n0:
             return None
         return self.build(path, m.KeyServerSettings, listen=tuple(listen), port=port,

@@ -36,10 +36,10 @@ def test_defaults_without_a_phase1_table(files):
 def test_phase1_tables_parse(files):
     doc = base()
     doc["keyserver"]["phase1"] = {"ciphers": ["aes-cbc-256"], "hashes": ["sha2-384"], "dh_groups": [20, 14],
-                                  "auth": ["certificate"], "lifetime": "8h"}
+                                  "auth": ["certificate", "psk"], "lifetime": "8h"}
     doc["member"]["group"][0]["phase1"] = {"dh_groups": [21], "lifetime": 3600}
     cfg = load(doc, files)
-    assert cfg.keyserver.phase1 == Phase1Suites(("aes-cbc-256",), ("sha2-384",), (20, 14), ("certificate",), 28800)
+    assert cfg.keyserver.phase1 == Phase1Suites(("aes-cbc-256",), ("sha2-384",), (20, 14), ("certificate", "psk"), 28800)
     assert cfg.member.groups[0].phase1 == Phase1Suites(dh_groups=(21,), lifetime_s=3600)
 
 
@@ -77,6 +77,14 @@ def test_auth_must_name_configured_credentials(files):
     doc["keyserver"]["phase1"] = {"auth": ["psk", "certificate"]}
     ps = {p.path: p.reason for p in problems(doc, files)}
     assert "'certificate' needs [keyserver.certificate]" in ps["keyserver.phase1.auth"]
+
+
+def test_auth_excluding_a_credential_its_groups_rely_on(files):
+    doc = base()
+    doc["keyserver"]["phase1"] = {"auth": ["psk"]}
+    p = only(doc, files)
+    assert p.path == "keyserver.group[1].authorize.subjects"
+    assert "admits nobody: phase 1 auth ['psk'] excludes 'certificate'" in p.reason
 
 
 def test_member_phase1_has_no_auth_list(files):
