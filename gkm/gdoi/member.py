@@ -478,7 +478,7 @@ class MemberEngine:
     def sa_expired(self, spi: int, hard: bool, now: float) -> None:
         """The kernel's XFRM_MSG_EXPIRE for one of the group's SPIs."""
         h = self._find(spi)
-        if h is None or self.state is MemberState.STOPPED:
+        if h is None or h.removing or self.state is MemberState.STOPPED:
             return
         if hard:
             # the state is gone; remove what is left (policies naming it)

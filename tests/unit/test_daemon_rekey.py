@@ -196,3 +196,56 @@ def test_rekey_refused_by_the_factory_is_an_error(tmp_path):
         await d.wait_stopped()
         await d.stop()
     _run(run())
+
+
+def test_groups_sharing_a_rekey_port_share_one_exclusive_socket():
+    """Two member groups with the same rekey port: one socket, each PUSH to the group whose KEK
+    SPI its cookies carry, unknown cookies dropped; nobody else can bind the port; the socket
+    closes with its last group."""
+    import errno
+    import socket
+
+    from gkm.daemon.member import RekeySockets
+
+    class Session:
+        def __init__(self, label, spi):
+            self.label = label
+            self.engine = SimpleNamespace(kek_spi=spi)
+            self.got = []
+
+        def on_push_datagram(self, data, addr):
+            self.got.append(data)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        rs = RekeySockets(loop)
+        port = free_udp_port()
+        a, b = Session("a", b"A" * 16), Session("b", b"B" * 16)
+        rs.join(a, "127.0.0.1", port, None)
+        rs.join(b, "127.0.0.1", port, None)
+        assert len(rs._socks) == 1
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            other.bind(("0.0.0.0", port))
+        except OSError as e:
+            assert e.errno == errno.EADDRINUSE
+        else:
+            raise AssertionError("another socket bound the rekey port")
+        finally:
+            other.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            for data in (b"A" * 16 + b"1", b"B" * 16 + b"2", b"C" * 16 + b"3", b"A" * 16 + b"4"):
+                u.sendto(data, ("127.0.0.1", port))
+        await _until(lambda: len(a.got) + len(b.got) + rs.unclaimed >= 4)
+        assert a.got == [b"A" * 16 + b"1", b"A" * 16 + b"4"] and b.got == [b"B" * 16 + b"2"]
+        assert rs.unclaimed == 1
+        rs.leave(a)
+        assert len(rs._socks) == 1
+        rs.leave(b)
+        assert rs._socks == {}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+            again.bind(("0.0.0.0", port))  # free again
+        rs.close()
+    _run(run())

@@ -605,3 +605,50 @@ def test_failed_remove_and_activate_are_reported_and_the_plan_moves_on():
     (rm,) = w.take(RemoveSas)
     w.e.sa_failed(rm, "ENOMEM", w.now)
     assert [h.spi for h in w.e.held] == [0x200]
+
+
+def test_push_during_a_refresh_is_taken_and_the_plan_runs_on():
+    w = World().register()
+    w.advance(w.e.next_attempt)
+    assert w.e.state is MemberState.CONNECTING
+    t0 = w.now
+    w.push(Rekeyed(GID, (tek(0x200),), Kek(), 1))
+    assert w.kernel_spis() == {0x100, 0x200} and w.e.rekeys == 1
+    w.e.registration_opened(("10.0.0.1", 848), w.now)
+    w.drain()
+    assert w.e.state is MemberState.REGISTERING
+    w.push(Rekeyed(GID, (tek(0x300),), Kek(), 2))  # still REGISTERING: taken too
+    w.advance(t0 + 1.0)
+    assert w.e.rekeys == 2 and len(w.kernel_spis()) == 2 and w.max_per_selector == 2
+    # the registration now brings the key server's current TEK, held already: nothing new
+    w.outcome = registered(tek(0x300), kek=Kek(), seq=2)
+    w.e.registration.outcome = w.outcome
+    w.e.receive_registration(b"reply", ("10.0.0.1", 848), w.now)
+    w.drain()
+    assert w.e.state is MemberState.REGISTERED and w.kernel_spis() == {0x200, 0x300}
+    w.advance(w.now + 10)
+    assert w.kernel_spis() == {0x300} and w.sending() == 0x300
+
+
+def test_kernel_expiry_while_connecting_removes_but_does_not_start_a_second_attempt():
+    w = World().register()
+    w.advance(w.e.next_attempt)
+    w.actions = []
+    w.port.expire(w.port.dump_states()[0].id)
+    w.e.sa_expired(0x100, True, w.now)
+    w.drain()
+    assert w.e.state is MemberState.CONNECTING and not w.take(OpenRegistration)
+    assert w.e.held == [] and w.port.dump_policies() == []
+
+
+def test_hard_expiry_of_an_sa_already_being_removed_is_ignored():
+    w = World(auto_kernel=False).register()
+    w.e.sas_installed(w.take(InstallSas)[0], w.now)
+    w.e.handle_timer(w.now + 100)  # lifetime over: RemoveSas asked, not answered yet
+    w.drain()
+    (rm,) = w.take(RemoveSas)
+    before = snapshot(w.e)
+    w.e.sa_expired(0x100, True, w.now + 100)
+    assert snapshot(w.e) == before
+    w.e.sas_installed(rm, w.now + 100)
+    assert w.e.held == []
