@@ -510,6 +510,8 @@ class MemberEngine:
                 continue
             if h.expires_at <= now:
                 self._remove([h], "lifetime over")
+                if not any(x.selector == h.selector for x in self.held if not x.removing):
+                    self._register_now(now, "a TEK expired with no successor")
             elif h.retire_at is not None and h.retire_at <= now:
                 self._remove([h], "deactivation delay over")
             elif h.activate_at is not None and h.activate_at <= now:

@@ -652,3 +652,11 @@ def test_hard_expiry_of_an_sa_already_being_removed_is_ignored():
     assert snapshot(w.e) == before
     w.e.sas_installed(rm, w.now + 100)
     assert w.e.held == []
+
+
+def test_a_tek_that_runs_out_without_successor_is_removed_and_the_member_registers():
+    w = World(outcome=registered(tek(0x100, life=20), kek=Kek())).register()
+    assert w.e.next_attempt == w.now + 10  # at least reregister_min; the fake refuses nothing
+    w.e.next_attempt = None  # say the refresh was lost: the lifetime still ends
+    w.advance(w.now + 20)
+    assert w.kernel_spis() == set() and w.e.state is MemberState.CONNECTING
