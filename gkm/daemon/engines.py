@@ -8,8 +8,8 @@
   responder + GROUPKEY-PULL responder) for the key server role, keys persisted in ``store``;
   ``admit(group, identity, phase1_sa) -> reason | None`` refuses members the policy admits
   (deny list, revoked certificate);
-* ``member(group, key_server, now) -> engine``: a started ``MemberRegistration`` towards
-  ``key_server`` = (host, port), datagrams queued;
+* ``member(group, key_server, now, wall_time_offset=0) -> engine``: a started
+  ``MemberRegistration`` towards ``key_server`` = (host, port), datagrams queued;
 * ``installer() -> installer``: :class:`KernelInstaller` (``xfrm.groupsa`` on an
   ``XfrmSocket`` in the daemon's network namespace) or :class:`NullInstaller` with
   ``--no-kernel``.  The daemon's installer interface: ``install(group_id, teks, switch=True)
@@ -65,7 +65,8 @@ class RekeyPlan:
 class EngineFactory(Protocol):
     def keyserver(self, settings: Any, store: Any, now: float, admit: Any = None) -> Any: ...
     def update_keyserver_groups(self, engine: Any, groups: Any) -> bool: ...
-    def member(self, group: Any, key_server: tuple[str, int], now: float) -> Any: ...
+    def member(self, group: Any, key_server: tuple[str, int], now: float, *,
+               wall_time_offset: float = 0.0) -> Any: ...
     def rekey(self, group: Any, store: Any, now: float) -> "RekeyPlan": ...
     def push_receiver(self, group: Any, registered: Any) -> Any: ...
     def installer(self) -> Any: ...
@@ -192,9 +193,13 @@ class GdoiFactory:
         engine.update_groups(groups)
         return True
 
-    def member(self, group, key_server: tuple[str, int], now: float):
+    def member(self, group, key_server: tuple[str, int], now: float, *,
+               wall_time_offset: float = 0.0):
+        """``now`` on the member engine's (monotonic) clock; ``wall_time_offset`` turns it into
+        Unix time for certificate validity."""
         gdoi = self._gdoi()
-        phase1 = gdoi.phase1_config(group, key_server=key_server)
+        phase1 = gdoi.phase1_config(group, key_server=key_server,
+                                    wall_time_offset=wall_time_offset)
         engine = gdoi.MemberRegistration(phase1, group.group_id, key_server,
                                          authorize_key_server=group.accepts_key_server)
         engine.start(now)

@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import random
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from gkm.events import MemberEvent
@@ -80,6 +81,13 @@ class MemberSession:
         self._listening: str | None = None  # "addr:port" of the rekey socket
         self._pumping = False
 
+    # The engine runs on the monotonic clock (a wall-clock step moves no deadline); what
+    # msecctl shows is wall-clock time, and phase 1 gets the offset for certificate validity.
+    _now = staticmethod(time.monotonic)
+
+    def _wall(self, t: float | None) -> float | None:
+        return None if t is None else t + (self.daemon.clock() - time.monotonic())
+
     # -- what the daemon and msecctl see
     @property
     def group(self) -> pm.MemberGroup:
@@ -125,13 +133,13 @@ class MemberSession:
             if h.removing:
                 continue
             d = tek_summary(h.tek)
-            d.update(role=h.role, installed=h.installed, expires_at=h.expires_at,
+            d.update(role=h.role, installed=h.installed, expires_at=self._wall(h.expires_at),
                      inbound=h.installed and h.tek.receives,
                      outbound=h.installed and h.outbound)
             if h.activate_at is not None:
-                d["activate_at"] = h.activate_at
+                d["activate_at"] = self._wall(h.activate_at)
             if h.retire_at is not None:
-                d["retire_at"] = h.retire_at
+                d["retire_at"] = self._wall(h.retire_at)
             out.append(d)
         return out
 
@@ -140,38 +148,38 @@ class MemberSession:
         return {
             "id": self.group_id, "name": self.group.name, "role": "member", "state": self.state,
             "key_servers": [str(k) for k in self.group.key_servers],
-            "key_server": e.key_server, "registered_at": e.registered_at,
+            "key_server": e.key_server, "registered_at": self._wall(e.registered_at),
             "registrations": e.registrations, "adopted": self.adopted,
-            "next_attempt": e.next_attempt, "last_error": e.last_error,
+            "next_attempt": self._wall(e.next_attempt), "last_error": e.last_error,
             "teks": self.teks, "last_seq": e.last_seq, "rekeys": e.rekeys,
             "rekey_socket": self._listening, "rekey_error": e.listen_error,
         }
 
     # -- life cycle
     def start(self) -> None:
-        self.engine.start(self.daemon.clock())
+        self.engine.start(self._now())
         self._pump()
 
     def stop(self) -> None:
-        self.engine.stop(self.daemon.clock())
+        self.engine.stop(self._now())
         self._pump()
         self._cancel_timer()
 
     def restart(self, group: pm.MemberGroup) -> None:
-        self.engine.reconfigure(group, self.daemon.clock())
+        self.engine.reconfigure(group, self._now())
         self._pump()
 
     # -- inputs
     def _on_registration_datagram(self, data: bytes, addr) -> None:
-        self.engine.receive_registration(data, addr, self.daemon.clock())
+        self.engine.receive_registration(data, addr, self._now())
         self._pump()
 
     def on_push_datagram(self, data: bytes, addr) -> None:
-        self.engine.receive_push(data, addr, self.daemon.clock())
+        self.engine.receive_push(data, addr, self._now())
         self._pump()
 
     def sa_expired(self, spi: int, hard: bool) -> None:
-        self.engine.sa_expired(spi, hard, self.daemon.clock())
+        self.engine.sa_expired(spi, hard, self._now())
         self._pump()
 
     def holds_spi(self, spi: int) -> bool:
@@ -180,11 +188,12 @@ class MemberSession:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.engine.handle_timer(self.daemon.clock())
+        self.engine.handle_timer(self._now())
         self._pump()
 
     def _new_registration(self, group: pm.MemberGroup, addr, now: float):
-        return self.daemon.factory.member(group, addr, now)
+        return self.daemon.factory.member(group, addr, now,
+                                          wall_time_offset=self.daemon.clock() - time.monotonic())
 
     # -- outputs
     def _pump(self) -> None:
@@ -218,7 +227,7 @@ class MemberSession:
         self._timer_at = deadline
         if deadline is not None:
             loop = self.daemon.loop
-            delay = max(0.0, deadline - self.daemon.clock())
+            delay = max(0.0, deadline - self._now())
             self._timer = loop.call_at(loop.time() + delay, self._on_timer)
 
     def _cancel_timer(self) -> None:
@@ -228,7 +237,7 @@ class MemberSession:
         self._timer_at = None
 
     def _perform(self, act) -> None:
-        e, now = self.engine, self.daemon.clock()
+        e, now = self.engine, self._now()
         match act:
             case OpenRegistration():
                 self._reg_task = self.daemon.loop.create_task(self._open(act.key_server))
@@ -349,13 +358,13 @@ class MemberSession:
             raise
         except Exception as err:  # resolution, socket
             self._reg_task = None
-            e.registration_unavailable(f"{type(err).__name__}: {err}", self.daemon.clock())
+            e.registration_unavailable(f"{type(err).__name__}: {err}", self._now())
             self._pump()
             return
         self._reg_task = None
         log.info("group %s: registering with key server %s", self.label, ks)
         try:
-            e.registration_opened(addr, self.daemon.clock())
+            e.registration_opened(addr, self._now())
         except EngineUnavailable as err:  # pragma: no cover - the engine catches it
             log.error("group %s: %s", self.label, err)
         self._pump()

@@ -59,7 +59,7 @@ class PushFactory(FakeFactory):
         self.receivers = []
         self.fail = None
 
-    def member(self, group, key_server, now):
+    def member(self, group, key_server, now, wall_time_offset=0.0):
         m = super().member(group, key_server, now)
         kek = SimpleNamespace(dst=ipaddress.ip_network("127.0.0.1/32"), dst_port=self.rekey_port,
                               lifetime_s=86400)
@@ -146,6 +146,10 @@ def test_rekey_command_push_received_and_shown(tmp_path, caplog, monkeypatch):
         assert roles == {"0x00001234": ("previous", True, True),
                          "0x00005001": ("next", True, False)}
         assert ("install", 1001) == fac.inst.calls[-1][0:2]
+        # the engine runs on the monotonic clock; what is shown is wall-clock time
+        import time
+        assert all(abs(t["expires_at"] - (time.time() + 3600)) < 60 for t in g["teks"])
+        assert abs(g["registered_at"] - time.time()) < 60
         rc, out, _ = await _ctl("--socket", sock, "group", "show", "1001")
         assert "last SEQ: 1 (1 rekey(s))" in out and "TEK 0x00005001" in out
         assert "TEK 0x00001234" in out and "next" in out and "previous" in out
