@@ -59,13 +59,14 @@ __all__ = [
     "Kek",
     "Tek",
     "Member",
+    "Denied",
     "KeyStore",
     "StoreError",
     "StoreLocked",
     "SchemaVersionError",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "gcks.sqlite3"
 LOCK_NAME = "gcks.lock"
 SEQ_MAX = 0xFFFFFFFF  # the SEQ payload's field is 32 bits
@@ -126,10 +127,27 @@ CREATE TABLE members (
     PRIMARY KEY (group_id, identity)
 );
 CREATE UNIQUE INDEX members_leaf ON members(group_id, leaf) WHERE leaf IS NOT NULL;
+CREATE TABLE denied (
+    group_id INTEGER NOT NULL,
+    identity TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    reason   TEXT NOT NULL,
+    PRIMARY KEY (group_id, identity)
+);
 """
 
 # Migrations from version N to N+1, applied in order inside one transaction.
-_MIGRATIONS: dict[int, str] = {}
+_MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: the deny list (evicted identities stay refused until lifted)
+    1: """CREATE TABLE denied (
+    group_id INTEGER NOT NULL,
+    identity TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    reason   TEXT NOT NULL,
+    PRIMARY KEY (group_id, identity)
+);
+""",
+}
 
 
 class StoreError(Exception):
@@ -189,6 +207,16 @@ class Member:
     address: str
     registered_at: int
     leaf: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """An identity the group refuses (evicted), since when and why."""
+
+    group_id: int
+    identity: str
+    at: int
+    reason: str
 
 
 def _ensure_private_dir(path: Path) -> None:
@@ -540,6 +568,30 @@ class KeyStore:
 
     def member_count(self, group_id: int) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM members WHERE group_id = ?", (group_id,)).fetchone()[0]
+
+    # -- deny list (evicted members) --------------------------------------------------------
+
+    def deny(self, group_id: int, identity: str, *, at: int, reason: str) -> None:
+        """Refuse ``identity`` in ``group_id`` from now on (kept across restarts, whatever the
+        policy says) until :meth:`lift`; a second deny keeps the first one's time and reason."""
+        with self.transaction():
+            self._conn.execute("INSERT OR IGNORE INTO denied VALUES (?, ?, ?, ?)", (group_id, identity, at, reason))
+
+    def lift(self, group_id: int, identity: str) -> bool:
+        """Take ``identity`` off the group's deny list; False if it was not on it."""
+        with self.transaction():
+            return self._conn.execute("DELETE FROM denied WHERE group_id = ? AND identity = ?",
+                                      (group_id, identity)).rowcount == 1
+
+    def denied(self, group_id: int, identity: str | None = None) -> list[Denied]:
+        """The group's deny list (one identity's entry, or none, with ``identity``)."""
+        if identity is not None:
+            rows = self._conn.execute("SELECT group_id, identity, at, reason FROM denied WHERE group_id = ? AND identity = ?",
+                                      (group_id, identity))
+        else:
+            rows = self._conn.execute("SELECT group_id, identity, at, reason FROM denied WHERE group_id = ? ORDER BY identity",
+                                      (group_id,))
+        return [Denied(*r) for r in rows]
 
     # -- LKH -------------------------------------------------------------------------------
 

@@ -3,8 +3,16 @@
     msecctl [--socket PATH | --config FILE] [--json] status
     msecctl groups
     msecctl group show ID
-    msecctl members ID
+    msecctl members ID                       each member: registered or evicted, when, why
     msecctl reload
+    msecctl rekey ID
+    msecctl evict ID IDENTITY... [--reason TEXT]
+    msecctl deny ID                          the group's deny list (evicted identities)
+    msecctl deny lift ID IDENTITY...         take identities off the deny list
+
+An IDENTITY is written as ``msecctl members`` shows it (``key-id:gm1``, ``fqdn:h.example.org``,
+``dn:CN=gm3,O=Example``, ``address:192.0.2.7``); a bare name is a PSK identity (``gm1`` is
+``key-id:gm1``).
 
 ``--json`` prints the daemon's response object as one JSON line; otherwise readable text.
 Exit status: 0 success; 1 the daemon said no (``"ok": false``, e.g. a refused reload, whose
@@ -145,8 +153,39 @@ def _members(r: dict[str, Any]) -> str:
     ms = r.get("members") or []
     if not ms:
         return f"group {r.get('id')}: no members"
-    return _table([[m["identity"], m["address"], _when(m.get("registered_at"))] for m in ms],
-                  ["IDENTITY", "ADDRESS", "REGISTERED"])
+    rows = []
+    for m in ms:
+        state = m.get("state") or "registered"
+        when = m.get("evicted_at") if state == "evicted" else m.get("registered_at")
+        rows.append([m["identity"], state, m.get("address") or "-", _when(when),
+                     m.get("reason") or ""])
+    return _table(rows, ["IDENTITY", "STATE", "ADDRESS", "SINCE", "WHY"])
+
+
+def _evict(r: dict[str, Any]) -> str:
+    lines = [f"group {r.get('id')}: evicted {', '.join(r.get('evicted') or []) or 'nobody'}"
+             + (f" ({r['reason']})" if r.get("reason") else "")]
+    if r.get("seq") is not None:
+        lines.append(f"  GROUPKEY-PUSH SEQ {r['seq']}"
+                     + (f" to {', '.join(r.get('sent_to') or [])}" if r.get("sent_to") else ""))
+    elif r.get("pending"):
+        lines.append("  GROUPKEY-PUSH goes out at the end of the batch window")
+    for i in r.get("not_members") or []:
+        lines.append(f"  {i}: not a registered member (added to the deny list)")
+    return "\n".join(lines)
+
+
+def _deny(r: dict[str, Any]) -> str:
+    if "lifted" in r:
+        lines = [f"group {r.get('id')}: lifted {', '.join(r.get('lifted') or []) or 'nothing'}"]
+        for i in r.get("not_denied") or []:
+            lines.append(f"  {i}: was not on the deny list")
+        return "\n".join(lines)
+    ds = r.get("denied") or []
+    if not ds:
+        return f"group {r.get('id')}: deny list empty"
+    return _table([[d["identity"], _when(d.get("at")), d.get("reason") or ""] for d in ds],
+                  ["IDENTITY", "SINCE", "WHY"])
 
 
 def _reload(r: dict[str, Any]) -> str:
@@ -165,7 +204,7 @@ def _rekey(r: dict[str, Any]) -> str:
 
 
 _RENDER = {"status": _status, "groups": _groups, "group": _group, "members": _members,
-           "reload": _reload, "rekey": _rekey}
+           "reload": _reload, "rekey": _rekey, "evict": _evict, "deny": _deny}
 
 
 def render(cmd: str, r: dict[str, Any]) -> str:
@@ -198,6 +237,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", help="reload the configuration (refused if invalid)")
     rk = sub.add_parser("rekey", help="key server: new TEKs for a group, sent by GROUPKEY-PUSH")
     rk.add_argument("id", type=int)
+    ev = sub.add_parser("evict", help="key server: evict members (new keys for the others; "
+                                      "they stay refused: deny list)")
+    ev.add_argument("id", type=int)
+    ev.add_argument("identities", nargs="+", metavar="IDENTITY")
+    ev.add_argument("--reason", default=None, help="why (logged and shown by members/deny)")
+    dn = sub.add_parser("deny", help="key server: show a group's deny list, or "
+                                     "'deny lift ID IDENTITY...' to take identities off it")
+    dn.add_argument("words", nargs="+", metavar="ID | lift ID IDENTITY...")
     for sp in sub.choices.values():  # --json after the command too
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -223,12 +270,35 @@ def _socket_path(args) -> str:
     return DEFAULT_SOCKET
 
 
+def _deny_request(parser: argparse.ArgumentParser, words: list[str]) -> dict[str, Any]:
+    lift = words[0] == "lift"
+    rest = words[1:] if words[0] in ("lift", "list") else words
+    if not rest or not rest[0].isdigit():
+        parser.error("deny: usage: deny ID | deny lift ID IDENTITY...")
+    if lift and len(rest) < 2:
+        parser.error("deny lift: name at least one IDENTITY to take off the deny list")
+    if not lift and len(rest) > 1:
+        parser.error(f"deny: unexpected {' '.join(rest[1:])!r} (to lift: deny lift ID "
+                     "IDENTITY...)")
+    req: dict[str, Any] = {"cmd": "deny-lift" if lift else "deny", "id": int(rest[0])}
+    if lift:
+        req["identities"] = rest[1:]
+    return req
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    path = _socket_path(args)
+    parser = _parser()
+    args = parser.parse_args(argv)
     req: dict[str, Any] = {"cmd": args.cmd}
-    if args.cmd in ("group", "members", "rekey"):
+    if args.cmd in ("group", "members", "rekey", "evict"):
         req["id"] = args.id
+    if args.cmd == "evict":
+        req["identities"] = args.identities
+        if args.reason is not None:
+            req["reason"] = args.reason
+    if args.cmd == "deny":
+        req = _deny_request(parser, args.words)
+    path = _socket_path(args)
     try:
         resp = request(path, req)
     except NotRunning as e:

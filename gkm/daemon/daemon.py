@@ -255,6 +255,7 @@ class Daemon:
                     groups_only=not any(s.startswith("keyserver.") and s != "keyserver.crl_files"
                                         for s in d.settings_changed))
                 changes.append("keyserver reconfigured")
+                changes += self.keyserver.evict_unauthorized(new.keyserver)
         except (StartupError, EngineUnavailable, OSError) as e:
             # nothing was swapped in: the running key server keeps serving, and the member
             # role is left alone too (the file is refused as a whole)
@@ -310,15 +311,33 @@ class Daemon:
             return self.status()
         if cmd == "groups":
             return {"ok": True, "groups": self.groups()}
-        if cmd in ("group", "members", "rekey"):
+        if cmd in ("group", "members", "rekey", "evict", "deny", "deny-lift"):
             gid = req.get("id")
             if isinstance(gid, str) and gid.strip().isdigit():
                 gid = int(gid)
             if not isinstance(gid, int) or isinstance(gid, bool):
                 return {"ok": False, "error": f'"{cmd}" needs "id": a group id'}
+            if cmd == "group":
+                return self.group(gid)
+            if self.keyserver is None or self.keyserver.settings.group(gid) is None:
+                return {"ok": False, "error": f"this daemon is not the key server of group {gid}"}
             if cmd == "rekey":
                 return self.rekey(gid)
-            return self.group(gid) if cmd == "group" else self.members(gid)
+            if cmd == "members":
+                return self.members(gid)
+            if cmd == "deny":
+                return {"ok": True, "id": gid, "denied": self.keyserver.denied(gid)}
+            identities = member_identities(req.get("identities"))
+            if isinstance(identities, str):
+                return {"ok": False, "error": f'"{cmd}": {identities}'}
+            if cmd == "deny-lift":
+                return self.keyserver.lift_deny(gid, identities)
+            reason = req.get("reason", "evicted by the operator")
+            if not isinstance(reason, str) or not 0 < len(reason) <= 200 \
+                    or not reason.isprintable():
+                return {"ok": False, "error": '"evict": "reason" must be printable text of '
+                        '1..200 characters'}
+            return self.keyserver.evict(gid, identities, reason)
         if cmd == "reload":
             return await self.reload()
         return {"ok": False, "error": f"unknown command {cmd!r}"}
@@ -372,6 +391,7 @@ class Daemon:
             return {"ok": False, "error": f"no group {gid} in the configuration"}
         return {"ok": True, "id": gid, "roles": found}
 
+
     def rekey(self, gid: int) -> dict[str, Any]:
         if self.keyserver is None or self.keyserver.settings.group(gid) is None:
             return {"ok": False, "error": f"this daemon is not the key server of group {gid}"}
@@ -381,3 +401,23 @@ class Daemon:
         if self.keyserver is None or self.keyserver.settings.group(gid) is None:
             return {"ok": False, "error": f"this daemon is not the key server of group {gid}"}
         return {"ok": True, "id": gid, "members": self.keyserver.members(gid)}
+
+#: identity kinds as the store and ``msecctl members`` write them (``kind:value``)
+_IDENTITY_KINDS = ("key-id:", "fqdn:", "user-fqdn:", "address:", "dn:")
+
+
+def member_identities(raw: Any) -> list[str] | str:
+    """A control request's identities in the store's ``kind:value`` form (a bare name is a
+    PSK identity), or the reason they are not acceptable."""
+    if not isinstance(raw, list) or not raw:
+        return '"identities" must be a non-empty list of member identities'
+    if len(raw) > 10_000:
+        return f"{len(raw)} identities in one request (at most 10000)"
+    out: list[str] = []
+    for i in raw:
+        if not isinstance(i, str) or not 0 < len(i) <= 1024 or not i.isprintable():
+            return f"identity {str(i)[:40]!r} is not printable text of 1..1024 characters"
+        key = i if i.startswith(_IDENTITY_KINDS) else f"key-id:{i}"
+        if key not in out:
+            out.append(key)
+    return out

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = ["EngineFactory", "GdoiFactory", "KernelInstaller", "NullInstaller", "EngineUnavailable",
-           "RekeyError", "RekeyPlan", "StartupError", "local_addresses"]
+           "RekeyError", "RekeyPlan", "EvictionPlan", "StartupError", "local_addresses"]
 
 
 class EngineUnavailable(RuntimeError):
@@ -62,12 +62,30 @@ class RekeyPlan:
         return f"RekeyPlan(group={self.group_id}, seq={self.seq}, spis={self.spis})"
 
 
+@dataclass(frozen=True)
+class EvictionPlan:
+    """An eviction, durable in the store: who left, who was only put on the deny list (not
+    registered), and the GROUPKEY-PUSH datagrams to send, in order (SEQ, datagram)."""
+
+    group_id: int
+    evicted: tuple[str, ...]
+    not_members: tuple[str, ...]
+    pushes: tuple[tuple[int, bytes], ...]
+    spis: tuple[int, ...]
+
+    def __repr__(self) -> str:
+        return (f"EvictionPlan(group={self.group_id}, evicted={self.evicted}, "
+                f"seqs={tuple(s for s, _ in self.pushes)}, spis={self.spis})")
+
+
 class EngineFactory(Protocol):
     def keyserver(self, settings: Any, store: Any, now: float, admit: Any = None) -> Any: ...
     def update_keyserver_groups(self, engine: Any, groups: Any) -> bool: ...
     def member(self, group: Any, key_server: tuple[str, int], now: float, *,
                wall_time_offset: float = 0.0) -> Any: ...
     def rekey(self, group: Any, store: Any, now: float) -> "RekeyPlan": ...
+    def evict(self, group: Any, store: Any, identities: Any, reason: str,
+              now: float) -> "EvictionPlan": ...
     def push_receiver(self, group: Any, registered: Any) -> Any: ...
     def installer(self) -> Any: ...
 
@@ -183,7 +201,8 @@ class GdoiFactory:
         """``admit(group, identity, phase1_sa) -> reason | None``: the shell's own refusals
         (deny list, revoked certificate) after the group policy admitted a member."""
         gdoi = self._gdoi()
-        provider = gdoi.StoreKeysProvider(store)
+        # LKH for every group with a KEK: evicting a member costs O(log n) keys
+        provider = gdoi.StoreKeysProvider(store, lkh=True)
         self.provider = provider  # the key server role's (one per daemon): rekey invalidates it
         phase1 = gdoi.phase1_config(settings)
         return gdoi.KeyServerEngine(settings.groups, provider, phase1, admit=admit)
@@ -251,6 +270,104 @@ class GdoiFactory:
         data = gdoi.build_push(group, kek=kek, signing_key=signing, seq=seq, new_teks=teks,
                                now=now)
         return RekeyPlan(gid, seq, tuple(t.spi for t in teks), data)
+
+    def evict(self, group, store, identities, reason: str, now: float) -> "EvictionPlan":
+        """Evict registered members (store keys ``kind:value``) from ``group`` and put every
+        named identity on the deny list.  With the group's LKH tree (RFC 2627, RFC 6407
+        section 4.4) two GROUPKEY-PUSH datagrams, in this order: (1) under the current KEK, the
+        LKH update and the new KEK's SA (its key derived from the new tree root, which the
+        evicted members cannot compute); (2) under the new KEK (SEQ 1), new TEKs for every
+        TEK policy and the deletion of the old ones.  The evicted members can read (1) but
+        learn neither the new KEK nor anything in (2).  Members registered without an LKH
+        leaf (no tree): one PUSH deleting the KEK and every TEK, so every member registers
+        again and the evicted ones are refused.  Everything is durable (one transaction, SEQs
+        reserved with ``store.next_seq``) before a datagram exists."""
+        from cryptography.hazmat.primitives import serialization
+
+        from gkm.gdoi.keys import new_tek_keymat, random_spi
+        from gkm.gdoi.provider import KekKeys, TekKeys, load_signing_public_key, tek_label
+        from gkm.gdoi.push import lkh_kek_keymat
+        from gkm.store import KeyState
+
+        gdoi = self._gdoi()
+        gid = group.group_id
+        now = int(now)
+        members = {m.identity: m for m in store.members(gid)} if store.group(gid) else {}
+        gone = [i for i in identities if i in members]
+        with store.transaction():
+            for i in identities:
+                store.deny(gid, i, at=now, reason=reason)
+        if not gone:
+            return EvictionPlan(gid, (), tuple(identities), (), ())
+        if group.kek is None:
+            raise RekeyError(f"group {gid} has no KEK policy ([keyserver.group.kek]): the "
+                             f"evicted members keep the TEKs until they expire")
+        k = store.current_kek(gid)
+        if k is None:
+            raise RekeyError(f"group {gid} has no KEK yet")
+        try:
+            signing = serialization.load_pem_private_key(
+                open(group.kek.signing_key, "rb").read(), password=None)
+            pub = load_signing_public_key(group.kek.signing_key)
+        except (OSError, ValueError) as e:
+            raise RekeyError(f"group {gid}: cannot load the PUSH signing key: {e}") from None
+        old_kek = KekKeys(k.spi, k.algorithm, k.key, k.expires, pub)
+        old_spis = [t.spi for t in store.teks(gid) if t.state is not KeyState.OLD]
+        tree = store.load_lkh(gid)
+        with_leaf = [i for i in gone if members[i].leaf is not None]
+        if tree is None or len(with_leaf) != len(gone):
+            seq = store.next_seq(gid)
+            with store.transaction():
+                store.remove_members(gid, gone)
+                for t in store.teks(gid):
+                    if t.state is not KeyState.OLD:
+                        store.set_tek_state(gid, t.spi, KeyState.OLD)
+                store.delete_kek(gid, k.spi)
+                if tree is not None:
+                    store.delete_lkh(gid)
+            if self.provider is not None:
+                self.provider.invalidate(gid)
+            data = gdoi.build_push(group, kek=old_kek, signing_key=signing, seq=seq,
+                                   deletes=[0], delete_kek=True, now=now)
+            return EvictionPlan(gid, tuple(gone), tuple(i for i in identities if i not in gone),
+                                ((seq, data),), ())
+        update = tree.evict(gone)
+        _, root_key = tree.group_key()
+        spi = os.urandom(16)
+        while not any(spi[:8]) or not any(spi[8:]) or spi == k.spi:
+            spi = os.urandom(16)
+        new_kek = KekKeys(spi, group.kek.cipher.name,
+                          lkh_kek_keymat(root_key, spi, group.kek.cipher.name),
+                          now + group.kek.lifetime_s, pub)
+        taken = {t.spi for g in store.groups() for t in store.teks(g.group_id)}
+        teks = []
+        for tp in group.teks:
+            tspi = random_spi(lambda x: x in taken, os.urandom)
+            taken.add(tspi)
+            enc, auth = new_tek_keymat(tp.suite, os.urandom)
+            teks.append(TekKeys(tp.name, tspi, tp.suite.name, enc, auth, now + tp.lifetime_s))
+        seq1 = store.next_seq(gid)  # under the current KEK, durable
+        with store.transaction():
+            store.remove_members(gid, gone)
+            store.save_lkh(gid, tree)
+            store.add_kek(gid, new_kek.spi, new_kek.cipher, new_kek.keymat, created=now,
+                          expires=new_kek.expires, state=KeyState.NEXT)
+            store.activate_kek(gid, new_kek.spi)
+            for tk in teks:
+                store.add_tek(gid, tk.spi, tek_label(tk.name, tk.suite), tk.enc_keymat,
+                              auth_key=tk.auth_key or None, created=now, expires=tk.expires,
+                              state=KeyState.NEXT)
+            store.rotate_teks(gid)
+        if self.provider is not None:
+            self.provider.invalidate(gid)
+        seq2 = store.next_seq(gid)  # 1: the first PUSH under the new KEK
+        lkh_push = gdoi.build_push(group, kek=old_kek, signing_key=signing, seq=seq1,
+                                   new_kek=new_kek, lkh_update=update, lkh_root_key=root_key,
+                                   now=now)
+        tek_push = gdoi.build_push(group, kek=new_kek, signing_key=signing, seq=seq2,
+                                   new_teks=teks, deletes=old_spis, now=now)
+        return EvictionPlan(gid, tuple(gone), tuple(i for i in identities if i not in gone),
+                            ((seq1, lkh_push), (seq2, tek_push)), tuple(t.spi for t in teks))
 
     def push_receiver(self, group, registered):
         gdoi = self._gdoi()

@@ -11,8 +11,10 @@ is refused and the running role keeps serving.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from gkm.events import Event
@@ -52,6 +54,10 @@ def _bind(addr, port: int) -> socket.socket:
 
 def _rekey_options(settings: pm.KeyServerSettings) -> set[MulticastOptions]:
     return {MulticastOptions.of(g.kek) for g in settings.groups if g.kek is not None}
+
+
+def fmt_time(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
 class KeyServerRole:
@@ -200,12 +206,17 @@ class KeyServerRole:
     def _admit(self, group: pm.GroupPolicy, identity: pm.Identity, sa) -> str | None:
         """The engine asks after the group policy admitted ``identity``: a reason to refuse
         it, or None.  Certificates are remembered so a reload's CRL can evict their owners."""
+        key = member_key(identity)
+        if self.store is not None:
+            for d in self.store.denied(group.group_id, key):
+                return (f"{key} was evicted at {fmt_time(d.at)} ({d.reason}); "
+                        f"'msecctl deny lift {group.group_id} {key}' readmits it")
         cert = sa.peer_certificate
         if cert is not None:
             why = self.revocations.revoked(cert)
             if why is not None:
                 return why
-            self._certificates[(group.group_id, member_key(identity))] = cert
+            self._certificates[(group.group_id, key)] = cert
         return None
 
     def _label(self, group_id: int) -> str:
@@ -240,24 +251,20 @@ class KeyServerRole:
         info["policy"] = {"teks": teks_cfg, "kek": g.kek is not None}
         if self.store is not None:
             info["members"] = self.store.member_count(g.group_id)
+            info["evicted"] = len(self.store.denied(g.group_id))
+            if g.kek is not None and self.store.group(g.group_id) is not None \
+                    and self.store.current_kek(g.group_id) is not None:
+                info["seq"] = self.store.current_seq(g.group_id)
+                info["kek_spi"] = self.store.current_kek(g.group_id).spi.hex()
             info["teks"] = [{"spi": f"0x{t.spi:08x}", "algorithm": t.algorithm,
                              "state": t.state.value, "created": t.created,
                              "expires": t.expires} for t in self.store.teks(g.group_id)]
         return info
 
-    def rekey(self, g: pm.GroupPolicy) -> dict[str, Any]:
-        """``msecctl rekey``: new TEKs, a GROUPKEY-PUSH to the KEK's rekey address and, unicast,
-        to every registered member's address (at the rekey port: helps where multicast does
-        not reach, e.g. loopback tests)."""
-        from gkm.store import StoreError
-
-        if self.store is None:
-            return {"ok": False, "error": "rekey is not available in this daemon"}
-        try:
-            plan = self.daemon.factory.rekey(g, self.store, self.daemon.clock())
-        except (RekeyError, StoreError, ValueError) as e:
-            log.warning("group %s: rekey refused: %s", g.label, e)
-            return {"ok": False, "error": str(e)}
+    def _send_push(self, g: pm.GroupPolicy, datagram: bytes) -> tuple[list[str], list[str]]:
+        """One GROUPKEY-PUSH to the KEK's rekey address and, unicast, to every registered
+        member's address (at the rekey port: helps where multicast does not reach, e.g.
+        loopback tests).  Returns (sent to, failed)."""
         port = g.kek.rekey_port
         dests = [(str(g.kek.rekey_address), port)]
         for m in self.store.members(g.group_id):
@@ -268,23 +275,136 @@ class KeyServerRole:
         opts = MulticastOptions.of(g.kek)
         for host, p in dests:
             try:
-                self.rekey_transport.send(plan.datagram, (host, p), opts)
+                self.rekey_transport.send(datagram, (host, p), opts)
                 sent.append(fmt_addr((host, p)))
             except OSError as e:
                 failed.append(f"{fmt_addr((host, p))}: {e.strerror or e}")
+        for f in failed:
+            log.warning("group %s: GROUPKEY-PUSH not sent to %s", g.label, f)
+        return sent, failed
+
+    def rekey(self, g: pm.GroupPolicy) -> dict[str, Any]:
+        """``msecctl rekey``: new TEKs by GROUPKEY-PUSH."""
+        from gkm.store import StoreError
+
+        if self.store is None:
+            return {"ok": False, "error": "rekey is not available in this daemon"}
+        try:
+            plan = self.daemon.factory.rekey(g, self.store, self.daemon.clock())
+        except (RekeyError, StoreError, ValueError) as e:
+            log.warning("group %s: rekey refused: %s", g.label, e)
+            return {"ok": False, "error": str(e)}
+        sent, failed = self._send_push(g, plan.datagram)
         spis = [f"0x{x:08x}" for x in plan.spis]
         log.info("group %s: rekeyed: SEQ %d, new TEK SPI %s; GROUPKEY-PUSH sent to %s",
                  g.label, plan.seq, ", ".join(spis) or "none", ", ".join(sent) or "nobody")
-        for f in failed:
-            log.warning("group %s: GROUPKEY-PUSH not sent to %s", g.label, f)
         return {"ok": True, "id": g.group_id, "seq": plan.seq, "teks": spis, "sent_to": sent,
                 "failed": failed}
 
-    def members(self, group_id: int) -> list[dict[str, Any]]:
+    # -- eviction and the deny list
+    def evict(self, group_id: int, identities: list[str], reason: str) -> dict[str, Any]:
+        """``msecctl evict``: the members leave the group (new KEK by LKH, new TEKs) and every
+        named identity goes on the deny list, registered or not."""
+        from gkm.store import StoreError
+
+        g = self.settings.group(group_id)
+        if self.store is None or g is None:
+            return {"ok": False, "error": f"this daemon is not the key server of group {group_id}"}
+        try:
+            plan = self.daemon.factory.evict(g, self.store, identities, reason,
+                                             self.daemon.clock())
+        except (RekeyError, StoreError, ValueError) as e:
+            log.warning("group %s: eviction of %s failed: %s", g.label, ", ".join(identities), e)
+            return {"ok": False, "error": str(e)}
+        for i in plan.evicted:
+            self._certificates.pop((group_id, i), None)
+        sent: list[str] = []
+        failed: list[str] = []
+        for _seq, datagram in plan.pushes:
+            s, f = self._send_push(g, datagram)
+            sent = sent or s
+            failed += f
+        seqs = [s for s, _ in plan.pushes]
+        spis = [f"0x{x:08x}" for x in plan.spis]
+        if plan.evicted:
+            log.warning("group %s: evicted %s (%s): GROUPKEY-PUSH SEQ %s (new TEK SPI %s) sent "
+                        "to %s; on the deny list", g.label, ", ".join(plan.evicted), reason,
+                        ", ".join(map(str, seqs)), ", ".join(spis) or "none",
+                        ", ".join(sent) or "nobody")
+        for i in plan.not_members:
+            log.warning("group %s: %s is not a registered member; on the deny list (%s)",
+                        g.label, i, reason)
+        return {"ok": True, "id": group_id, "evicted": list(plan.evicted),
+                "not_members": list(plan.not_members), "reason": reason,
+                "seq": seqs[-1] if seqs else None, "seqs": seqs, "teks": spis,
+                "sent_to": sent, "failed": failed}
+
+    def denied(self, group_id: int) -> list[dict[str, Any]]:
         if self.store is None:
             return []
-        return [{"identity": m.identity, "address": m.address,
-                 "registered_at": m.registered_at} for m in self.store.members(group_id)]
+        return [{"identity": d.identity, "at": d.at, "reason": d.reason}
+                for d in self.store.denied(group_id)]
+
+    def lift_deny(self, group_id: int, identities: list[str]) -> dict[str, Any]:
+        if self.store is None:
+            return {"ok": False, "error": "no key server state"}
+        lifted = [i for i in identities if self.store.lift(group_id, i)]
+        for i in lifted:
+            log.info("group %s: %s taken off the deny list: it may register again",
+                     self._label(group_id), i)
+        return {"ok": True, "id": group_id, "lifted": lifted,
+                "not_denied": [i for i in identities if i not in lifted]}
+
+    def members(self, group_id: int) -> list[dict[str, Any]]:
+        """Registered members and evicted (denied) identities, by identity."""
+        if self.store is None:
+            return []
+        out = {m.identity: {"identity": m.identity, "state": "registered",
+                            "address": m.address, "registered_at": m.registered_at}
+               for m in self.store.members(group_id)}
+        for d in self.store.denied(group_id):
+            out[d.identity] = {**out.get(d.identity, {"identity": d.identity, "address": None}),
+                               "state": "evicted", "evicted_at": d.at, "reason": d.reason}
+        return [out[k] for k in sorted(out)]
+
+    def evict_unauthorized(self, settings: pm.KeyServerSettings) -> list[str]:
+        """After a reload: evict registered members the new policy no longer admits (identity
+        removed, pattern no longer matching, certificate revoked by the CRLs).  Returns the
+        changes for ``msecctl reload``."""
+        changes = []
+        if self.store is None:
+            return changes
+        for g in settings.groups:
+            why: dict[str, list[str]] = {}
+            for m in self.store.members(g.group_id):
+                reason = self._no_longer_admitted(g, m)
+                if reason is not None:
+                    why.setdefault(reason, []).append(m.identity)
+            for reason, ids in why.items():
+                r = self.evict(g.group_id, ids, reason)
+                if r["ok"]:
+                    changes.append(f"group {g.group_id}: evicted {', '.join(ids)} ({reason})")
+                else:
+                    changes.append(f"group {g.group_id}: eviction of {', '.join(ids)} failed: "
+                                   f"{r['error']}")
+        return changes
+
+    def _no_longer_admitted(self, g: pm.GroupPolicy, m) -> str | None:
+        kind, _, value = m.identity.partition(":")
+        try:
+            host = host_of(m.address)
+            address = ipaddress.ip_address(host) if host else None
+            identity = pm.Identity(pm.IdKind(kind), value, address)
+        except ValueError:
+            return None  # not an identity this msec wrote: leave it alone
+        if not g.authorizes(identity).allowed:
+            return "no longer authorized by the group policy"
+        cert = self._certificates.get((g.group_id, m.identity))
+        if cert is not None:
+            revoked = self.revocations.revoked(cert)
+            if revoked is not None:
+                return revoked
+        return None
 
     def close(self) -> None:
         if self.shell is not None:

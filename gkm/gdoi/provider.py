@@ -166,8 +166,10 @@ class StoreKeysProvider:
         registration that raced a rekey ends in :class:`StaleKeys` (the member retries)."""
         if group_id is None:
             self._cache.clear()
+            self._trees.clear()
         else:
             self._cache.pop(group_id, None)
+            self._trees.pop(group_id, None)  # an eviction changed the tree in the store
 
     # -- GroupKeysProvider
 
@@ -227,11 +229,13 @@ class StoreKeysProvider:
                 if keys.kek is not None and (ck is None or replace_kek):
                     st.add_kek(gid, keys.kek.spi, keys.kek.cipher, keys.kek.keymat, created=now,
                                expires=keys.kek.expires, state=KeyState.CURRENT)
+                # the tree first: loading it checks it against the members table, which
+                # must still hold this member's row (and leaf) when it re-registers
+                tree = self._tree(group) if keys.kek is not None else None
                 old = st.member(gid, member)
                 if old is not None:
                     st.remove_member(gid, member)
                 lkh_path = update = None
-                tree = self._tree(group) if keys.kek is not None else None
                 leaf = None
                 if tree is not None:
                     if member in tree:

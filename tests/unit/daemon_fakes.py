@@ -179,6 +179,9 @@ class FakeFactory:
     def rekey(self, group, store, now):
         raise RekeyError("the fake factory has no GROUPKEY-PUSH")
 
+    def evict(self, group, store, identities, reason, now):
+        raise RekeyError("the fake factory has no GROUPKEY-PUSH")
+
     def push_receiver(self, group, registered):
         raise RekeyError("the fake factory has no GROUPKEY-PUSH")
 
