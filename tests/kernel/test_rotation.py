@@ -1,6 +1,8 @@
 """TEK rotations under traffic, in the kernel lab: real msecd processes, the shortest lifetimes the
 policy takes (TEK 60 s, KEK 300 s), two senders at 100 datagrams per second each, a rekey every
-few seconds.  Every receiver gets every datagram exactly once; each member's kernel, sampled
+few seconds, one of them a KEK rotation (``msecctl evict`` of a fourth member: an LKH update
+with a new KEK, then new TEKs under it).  Every receiver gets every datagram exactly once;
+the evicted member's kernel keeps no SA of the group; each member's kernel, sampled
 all along, never holds more than two SAs for the group's TEK policy (make before break:
 new SA inbound at once, senders switched after the activation delay, the previous SA gone
 after the deactivation delay); afterwards only the last TEK's SA is left."""
@@ -39,10 +41,10 @@ def _ks_config(d, ks_ip):
     os.chmod(pem, 0o600)
     text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
             f'[keyserver]\nlisten = ["{ks_ip}"]\nport = 848\n')
-    for ident in ("gm1", "gm2", "gm3"):
+    for ident in ("gm1", "gm2", "gm3", "gm9"):
         text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{PSKS[ident]}"\n'
     text += ('[[keyserver.group]]\nid = 1001\nname = "video"\n'
-             'authorize = { psk_identities = ["gm1", "gm2", "gm3"] }\n'
+             'authorize = { psk_identities = ["gm1", "gm2", "gm3", "gm9"] }\n'
              '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\n'
              f'dst = "{GROUP}"\nprotocol = "udp"\ndst_port = {PORT}\nmode = "tunnel"\n'
              'cipher = "aes-gcm-128"\nlifetime = "60s"\n'
@@ -113,22 +115,24 @@ class Sampler(threading.Thread):
 
 
 def test_traffic_across_tek_rotations_exactly_once_two_sas_at_most(netlab_factory, tmp_path):
-    lab = netlab_factory(4)
-    h1, h2, h3, h4 = lab.hosts
-    dirs = {n: tmp_path / n for n in ("ks", "gm1", "gm2", "gm3")}
+    lab = netlab_factory(5)
+    h1, h2, h3, h4, h5 = lab.hosts
+    dirs = {n: tmp_path / n for n in ("ks", "gm1", "gm2", "gm3", "gm9")}
     for p in dirs.values():
         p.mkdir()
     ks = Msecd(_ks_config(dirs["ks"], h1.ip4), host=h1)
     gm_hosts = [h2, h3, h4]
     members = {h.name: Msecd(gm_config(dirs[f"gm{i}"], h1.ip4, f"gm{i}", PSKS[f"gm{i}"]),
                              host=h) for i, h in ((1, h2), (2, h3), (3, h4))}
+    # gm9 is evicted halfway: an LKH update with a new KEK, then new TEKs under it
+    gm9 = Msecd(gm_config(dirs["gm9"], h1.ip4, "gm9", PSKS["gm9"]), host=h5)
     sampler = None
     senders = []
     try:
         ks.start(timeout=120)
-        for d in members.values():
+        for d in (*members.values(), gm9):
             d.start(timeout=120)
-        for d in members.values():
+        for d in (*members.values(), gm9):
             d.wait_log(SPI_LOG, timeout=120)
             d.wait_log("listening for GROUPKEY-PUSH", timeout=120)
         sampler = Sampler(gm_hosts)
@@ -155,15 +159,21 @@ def test_traffic_across_tek_rotations_exactly_once_two_sas_at_most(netlab_factor
         senders = [Sender(h2, b"A"), Sender(h3, b"B")]
         for s in senders:
             s.start()
-        for _ in range(REKEYS):
+        for i in range(REKEYS):
             time.sleep(REKEY_EVERY)
-            r = ks.ctl_json("rekey", "1001")
-            assert r["ok"], r
-            seqs.append(r["seq"])
+            if i == 1:  # the KEK rotation: evict gm9
+                r = ks.ctl_json("evict", "1001", "gm9")
+                assert r["ok"] and r["evicted"] == ["key-id:gm9"], r
+                seqs.append(r["seqs"][-1])
+            else:
+                r = ks.ctl_json("rekey", "1001")
+                assert r["ok"], r
+                seqs.append(r["seq"])
             spis.append({int(s, 16) for s in r["teks"]})
         for d in members.values():
-            d.wait_log(f"rekeyed: SEQ {seqs[-1]}", timeout=60)
+            d.wait_log(f"new TEK SPIs 0x{min(spis[-1]):08x}", timeout=60)
             d.wait_log(f"sending on SPI 0x{min(spis[-1]):08x}", timeout=60)
+            assert "new KEK" in d.log()  # the KEK rotated under traffic
         time.sleep(3.0)  # traffic under the last TEK too
         for s in senders:
             s.stop.set()
@@ -209,6 +219,12 @@ def test_traffic_across_tek_rotations_exactly_once_two_sas_at_most(netlab_factor
         assert all(set().union(*v.values()) == spis[-1] for v in left.values()), left
         assert sampler.samples > 50
         assert all(sampler.most[n] == 2 for n in members), sampler.most  # never 3
+        # the evicted member removed every SA of the group at once and keeps none
+        gm9.wait_log("evicted from the group", timeout=60)
+        with XfrmSocket(h5.ns) as x:
+            left9 = [st for st in x.dump_states(owned=True) if str(st.dst) == GROUP]
+        assert left9 == [], left9
+        assert gm9.ctl_json("group", "show", "1001")["roles"][0]["teks"] == []
         for d in members.values():
             g = d.ctl_json("group", "show", "1001")["roles"][0]
             assert {int(t["spi"], 16) for t in g["teks"]} == spis[-1]
@@ -224,5 +240,5 @@ def test_traffic_across_tek_rotations_exactly_once_two_sas_at_most(netlab_factor
             sampler.stop.set()
             sampler.join(timeout=10)
             sampler.close()
-        for d in (*members.values(), ks):
+        for d in (*members.values(), gm9, ks):
             d.stop()
