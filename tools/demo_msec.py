@@ -4,7 +4,8 @@ Run by tools/demo inside the kernel lab (`tools/lab exec`). Four netlab hosts on
 h1 runs msecd as key server, h2..h4 run msecd as members gm1..gm3, each from a TOML file the
 demo writes. The members register (GDOI: IKEv1 phase 1, then GROUPKEY-PULL) and install the
 group SA into their kernels; gm1 then sends multicast, gm2 and gm3 receive it decrypted, and
-a bridge capture sees only ESP with the group SPI. `main(count)` returns 0 when every check
+a bridge capture sees only ESP with the group SPI; then gm3 is evicted (`msecctl evict`): gm2
+still gets gm1's traffic under the new TEK, gm3 gets nothing and is refused. `main(count)` returns 0 when every check
 passed; its output is meant for a person reading it.
 """
 from __future__ import annotations
@@ -58,8 +59,23 @@ def ks_config(ks_ip: str, d: Path, psks: dict[str, str]) -> str:
              f'authorize = {{ psk_identities = [{members}] }}\n\n'
              '[[keyserver.group.tek]]\nname = "data"\nsrc = "10.77.0.0/24"\n'
              f'dst = "{GROUP}"\nprotocol = "udp"\ndst_port = {PORT}\nmode = "tunnel"\n'
-             'cipher = "aes-gcm-128"\nlifetime = "1h"\n')
+             'cipher = "aes-gcm-128"\nlifetime = "1h"\n\n'
+             '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+             f'signing_key = "{d}/push.pem"\nrekey_address = "239.192.0.1"\n'
+             'rekey_port = 848\nlifetime = "1d"\n')
     return text
+
+
+def write_push_key(d: Path) -> None:
+    """The key server's GROUPKEY-PUSH signing key (ECDSA P-256, mode 0600)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    d.mkdir(parents=True, exist_ok=True)
+    _write_secret_file(d / "push.pem", pem.decode())
 
 
 def gm_config(ks_ip: str, d: Path, ident: str, secret: str) -> str:
@@ -77,7 +93,7 @@ class Daemon:
 
     def __init__(self, name: str, host, d: Path, config_text: str) -> None:
         self.name, self.host, self.dir = name, host, d
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)
         self.config = _write_secret_file(d / "msecd.toml", config_text)
         self.log_path = d / "msecd.log"
         self.socket = str(d / "control.sock")
@@ -112,12 +128,15 @@ class Daemon:
                 return None
             time.sleep(0.1)
 
-    def ctl(self, *argv: str) -> tuple[bool, str]:
-        """What `msecctl --socket SOCK ARGV` prints (msecctl's own request and rendering)."""
+    def ctl(self, *argv: str, **extra) -> tuple[bool, str]:
+        """What `msecctl --socket SOCK ARGV` prints (msecctl's own request and rendering);
+        ``extra``: more request fields (evict's identities and reason)."""
         from gkm.daemon.ctl import render, request
-        req: dict = {"cmd": argv[0]}
+        req: dict = {"cmd": argv[0], **extra}
         if argv[0] in ("group", "members"):
             req["id"] = int(argv[-1])
+        if argv[0] == "evict":
+            req["id"] = int(argv[1])
         try:
             r = request(self.socket, req, timeout=30)
         except Exception as e:  # noqa: BLE001 - shown to the reader
@@ -182,6 +201,7 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
             step(2, "Configuration: one TOML file per msecd (PSKs are fresh random values)")
             psks = {m: os.urandom(16).hex() for m in MEMBERS}
             ks_text = ks_config(ks_host.ip4, work / "ks", psks)
+            write_push_key(work / "ks")
             ks = Daemon("key server", ks_host, work / "ks", ks_text)
             gms = [Daemon(name, h, work / name, gm_config(ks_host.ip4, work / name, name,
                                                            psks[name]))
@@ -305,7 +325,55 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
                     save_demo_key(cap.path + ".key", spi, bytes.fromhex(m.group(1)[2:]),
                                   sender.ip4)
 
-            step(7, "What msecctl reports (over each daemon's control socket)")
+            evicted, rest = gms[2], gms[:2]
+            step(7, f"Eviction: msecctl evict {GROUP_ID} {evicted.name} on the key server; "
+                    f"{', '.join(d.name for d in rest)} get a new KEK (LKH update) and new TEKs "
+                    f"by GROUPKEY-PUSH, {evicted.name} gets neither")
+            ok, text = ks.ctl("evict", str(GROUP_ID), identities=[evicted.name],
+                              reason="demo: gm3 left the group")
+            check(f"msecctl evict {GROUP_ID} {evicted.name}", ok)
+            say(f"    {ks_host.name} (key server)$ msecctl evict {GROUP_ID} {evicted.name} "
+                "--reason 'demo: gm3 left the group'")
+            say(_indent(text))
+            line = ks.wait_log(rf"evicted key-id:{evicted.name}", deadline + 60)
+            if line:
+                say(f"    {ks_host.name} key server: {line.split(': ', 1)[1]}")
+            new_spi = None
+            for d, h in zip(rest, gm_hosts[:2]):
+                sw = d.wait_log(r"sending on SPI 0x[0-9a-f]{8} now", deadline + 60)
+                good = check(f"{d.name} switches to the new TEK", sw is not None)
+                if good:
+                    new_spi = re.search(r"0x[0-9a-f]{8}", sw).group(0)
+                    say(f"    {h.name} {d.name}: {sw.split(': ', 1)[1]}")
+            gone = evicted.wait_log(r"evicted from the group", deadline + 60)
+            if check(f"{evicted.name} learns it was evicted", gone is not None):
+                say(f"    {gm_hosts[2].name} {evicted.name}: {gone.split(': ', 1)[1]}")
+            refused = ks.wait_log(rf"member key-id '{evicted.name}' .* refused", deadline + 60)
+            if check(f"{evicted.name}'s new registration is refused", refused is not None):
+                say(f"    {ks_host.name} key server: {refused.split(': ', 1)[1][:150]}...")
+            after = [h.listen(GROUP, PORT) for h in gm_hosts[1:]]
+            with lab.capture() as cap2:
+                time.sleep(0.2)
+                for i in range(count):
+                    sender.send(GROUP, PORT, f"{MESSAGE} after {i + 1}".encode())
+                    time.sleep(0.02)
+                after[0].wait(count, timeout=30)
+                time.sleep(0.3)
+            n_gm2, n_gm3 = len(after[0].received), after[1].count(timeout=0.3)
+            for lst in after:
+                lst.close()
+            spis_after = {f"0x{p['spi']:08x}" for p in cap2.packets()
+                          if p.get("dst") == GROUP and p.get("proto") == "esp"}
+            check(f"{rest[1].name} still gets every datagram", n_gm2 == count)
+            check(f"{evicted.name} gets nothing", n_gm3 == 0)
+            check("the traffic uses the new TEK", new_spi is not None and
+                  spis_after == {new_spi})
+            say(f"    {sender.name} sends {count} more datagrams: {gm_hosts[1].name} "
+                f"({rest[1].name}) got {n_gm2}/{count}, {gm_hosts[2].name} ({evicted.name}, "
+                f"evicted) got {n_gm3}/{count}; ESP SPI on the wire: "
+                f"{', '.join(sorted(spis_after)) or 'none'}")
+
+            step(8, "What msecctl reports (over each daemon's control socket)")
             for d, h, argv in ((ks, ks_host, ("status",)), (ks, ks_host, ("groups",)),
                                (ks, ks_host, ("members", str(GROUP_ID))),
                                (gms[1], gm_hosts[1], ("group", "show", str(GROUP_ID)))):
@@ -314,7 +382,7 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
                 say(f"    {h.name} ({d.name})$ msecctl {' '.join(argv)}")
                 say(_indent(text))
 
-            step(8, "Cleaning up: stopping the daemons, removing the namespaces")
+            step(9, "Cleaning up: stopping the daemons, removing the namespaces")
             codes = stop_all()
             check("every msecd stops cleanly", codes == [0] * len(daemons))
             say("    msecd exit statuses: "
@@ -338,7 +406,8 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
     failed = [w for w, good in checks if not good]
     say(f"\nResult ({time.monotonic() - t0:.0f} s): " + (
         f"OK: {len(MEMBERS)} members registered with the key server, every receiver got "
-        "every datagram, and only ESP crossed the wire." if not failed else
+        "every datagram, only ESP crossed the wire, and after gm3's eviction gm2 still got "
+        "everything and gm3 nothing." if not failed else
         f"FAILED: {'; '.join(failed)}"))
     return 0 if not failed else 1
 

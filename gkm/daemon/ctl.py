@@ -166,7 +166,8 @@ def _evict(r: dict[str, Any]) -> str:
     lines = [f"group {r.get('id')}: evicted {', '.join(r.get('evicted') or []) or 'nobody'}"
              + (f" ({r['reason']})" if r.get("reason") else "")]
     if r.get("seq") is not None:
-        lines.append(f"  GROUPKEY-PUSH SEQ {r['seq']}"
+        seqs = r.get("seqs") or [r["seq"]]
+        lines.append(f"  GROUPKEY-PUSH SEQ {', '.join(map(str, seqs))}"
                      + (f" to {', '.join(r.get('sent_to') or [])}" if r.get("sent_to") else ""))
     elif r.get("pending"):
         lines.append("  GROUPKEY-PUSH goes out at the end of the batch window")

@@ -27,6 +27,9 @@ def test_demo_runs_the_daemons_end_to_end(capsys):
     assert "plaintext UDP to port 5000: 0;" in out
     assert "ESP only" in out and "Result" in out and "OK:" in out
     assert "msecctl members 1001" in out and "key-id:gm3" in out
+    # the eviction step: gm2 keeps the traffic, gm3 gets nothing and is refused
+    assert re.search(r"got 2/2, h4 \(gm3, evicted\) got 0/2", out), out
+    assert re.search(r"key-id:gm3 +evicted .*demo: gm3 left the group", out), out
     assert "psk = \"...\"" in out  # secrets elided
     after = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     assert after <= before  # namespaces removed
