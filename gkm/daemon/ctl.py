@@ -169,8 +169,9 @@ def _evict(r: dict[str, Any]) -> str:
         seqs = r.get("seqs") or [r["seq"]]
         lines.append(f"  GROUPKEY-PUSH SEQ {', '.join(map(str, seqs))}"
                      + (f" to {', '.join(r.get('sent_to') or [])}" if r.get("sent_to") else ""))
-    elif r.get("pending"):
-        lines.append("  GROUPKEY-PUSH goes out at the end of the batch window")
+    elif r.get("evicted"):
+        lines.append("  no GROUPKEY-PUSH (the group has no KEK): the evicted members keep the "
+                     "current TEKs until they expire")
     for i in r.get("not_members") or []:
         lines.append(f"  {i}: not a registered member (added to the deny list)")
     return "\n".join(lines)

@@ -224,7 +224,10 @@ class Daemon:
                     "is unchanged", "problems": problems}
         d = diff(self.config, new)
         changes: list[str] = []
-        if d.empty:
+        # CRL files are read again at every reload, even when their names did not change
+        crl_refresh = (self.keyserver is not None and new.keyserver is not None
+                       and bool(new.keyserver.crl_files))
+        if d.empty and not crl_refresh:
             self.last_reload = {"at": self.clock(), "ok": True, "changes": []}
             log.info("reload: no changes")
             return {"ok": True, "changes": []}
@@ -255,6 +258,10 @@ class Daemon:
                     groups_only=not any(s.startswith("keyserver.") and s != "keyserver.crl_files"
                                         for s in d.settings_changed))
                 changes.append("keyserver reconfigured")
+                changes += self.keyserver.evict_unauthorized(new.keyserver)
+            elif crl_refresh:
+                self.keyserver.refresh_crls(new.keyserver)
+                changes.append(f"keyserver: {len(new.keyserver.crl_files)} CRL(s) read again")
                 changes += self.keyserver.evict_unauthorized(new.keyserver)
         except (StartupError, EngineUnavailable, OSError) as e:
             # nothing was swapped in: the running key server keeps serving, and the member

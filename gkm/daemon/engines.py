@@ -299,12 +299,16 @@ class GdoiFactory:
                 store.deny(gid, i, at=now, reason=reason)
         if not gone:
             return EvictionPlan(gid, (), tuple(identities), (), ())
-        if group.kek is None:
-            raise RekeyError(f"group {gid} has no KEK policy ([keyserver.group.kek]): the "
-                             f"evicted members keep the TEKs until they expire")
-        k = store.current_kek(gid)
+        k = store.current_kek(gid) if group.kek is not None else None
         if k is None:
-            raise RekeyError(f"group {gid} has no KEK yet")
+            # no Rekey SA: nothing can be pushed; the members leave the store (and are refused
+            # from now on), but keep the current TEKs until they expire
+            with store.transaction():
+                store.remove_members(gid, gone)
+            if self.provider is not None:
+                self.provider.invalidate(gid)
+            return EvictionPlan(gid, tuple(gone), tuple(i for i in identities if i not in gone),
+                                (), ())
         try:
             signing = serialization.load_pem_private_key(
                 open(group.kek.signing_key, "rb").read(), password=None)

@@ -189,6 +189,11 @@ class KeyServerRole:
             self.rekey_transport = transport
         self.settings, self.revocations = settings, revocations
 
+    def refresh_crls(self, settings: pm.KeyServerSettings) -> None:
+        """A reload with the same CRL file names: read them again (StartupError, nothing
+        changed, if one cannot be verified)."""
+        self.revocations = self._load_crls(settings)
+
     # -- admission (deny list, CRL)
     def _load_crls(self, settings: pm.KeyServerSettings) -> RevocationList:
         if not settings.crl_files:
@@ -326,11 +331,15 @@ class KeyServerRole:
             failed += f
         seqs = [s for s, _ in plan.pushes]
         spis = [f"0x{x:08x}" for x in plan.spis]
-        if plan.evicted:
+        if plan.evicted and plan.pushes:
             log.warning("group %s: evicted %s (%s): GROUPKEY-PUSH SEQ %s (new TEK SPI %s) sent "
                         "to %s; on the deny list", g.label, ", ".join(plan.evicted), reason,
                         ", ".join(map(str, seqs)), ", ".join(spis) or "none",
                         ", ".join(sent) or "nobody")
+        if plan.evicted and not plan.pushes:
+            log.warning("group %s: evicted %s (%s): the group has no KEK, so no GROUPKEY-PUSH: "
+                        "they keep the current TEKs until those expire; refused from now on",
+                        g.label, ", ".join(plan.evicted), reason)
         for i in plan.not_members:
             log.warning("group %s: %s is not a registered member; on the deny list (%s)",
                         g.label, i, reason)

@@ -71,6 +71,16 @@ def test_revoked_member_refused_at_registration(tmp_path, netns):
         g = members["gm3"].ctl_json("group", "show", "1001")["roles"][0]
         assert g["teks"] == [] and g["last_error"]
 
+        # a reload with a CRL that now revokes gm1 too evicts it (same file name)
+        write_crl(crl, ca.crl([certs["gm3"][0], certs["gm1"][0]]))
+        r = ks.ctl_json("reload")
+        assert r["ok"] and any("evicted dn:CN=gm1,O=Example" in c and "revoked" in c
+                               for c in r["changes"]), r
+        ms = {m["identity"]: m for m in ks.ctl_json("members", "1001")["members"]}
+        assert ms["dn:CN=gm1,O=Example"]["state"] == "evicted"
+        assert "CN=gm1" in ms["dn:CN=gm1,O=Example"]["reason"]
+        assert "revoked" in ms["dn:CN=gm1,O=Example"]["reason"]
+
         # a CRL signed by someone else: the reload is refused, the running CRL stays
         write_crl(crl, ThrowawayCa().crl())
         r = ks.ctl_json("reload")
