@@ -12,8 +12,10 @@ evictions keeps the LKH tree, SEQ and keys, and the second eviction works.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -23,11 +25,40 @@ import pytest
 
 from tests.host.daemon_proc import Msecd
 from tests.kernel.test_registration import GROUP, PORT, PSKS, SPI_LOG, gm_config
-from tests.kernel.test_rotation import TAG, Sender, _ks_config
+from tests.kernel.test_rotation import TAG, Sender
 
 pytestmark = pytest.mark.kernel
 
 AFTER = b"MSEC-AFTER-EVICTION"
+
+
+def ks_config(d, ks_ip):
+    """Key server of group 1001 for gm1..gm3: AES-GCM-128 TEK, KEK (LKH), long lifetimes so
+    nothing rotates by itself during a test."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = d / "push.pem"
+    pem.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    os.chmod(pem, 0o600)
+    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
+            f'[keyserver]\nlisten = ["{ks_ip}"]\nport = 848\n')
+    for ident in ("gm1", "gm2", "gm3"):
+        text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{PSKS[ident]}"\n'
+    text += ('[[keyserver.group]]\nid = 1001\nname = "video"\n'
+             'authorize = { psk_identities = ["gm1", "gm2", "gm3"] }\n'
+             '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\n'
+             f'dst = "{GROUP}"\nprotocol = "udp"\ndst_port = {PORT}\nmode = "tunnel"\n'
+             'cipher = "aes-gcm-128"\nlifetime = "1h"\n'
+             '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+             f'signing_key = "{pem}"\nrekey_address = "239.192.0.1"\nrekey_port = 848\n'
+             'lifetime = "1d"\n')
+    p = d / "msecd.toml"
+    p.write_text(text)
+    os.chmod(p, stat.S_IRUSR | stat.S_IWUSR)
+    return p
 
 
 def kernel_keys(host) -> dict[int, bytes]:
@@ -104,11 +135,7 @@ class Lab:
         self.dirs = {n: tmp_path / n for n in ("ks", "gm1", "gm2", "gm3")}
         for p in self.dirs.values():
             p.mkdir()
-        self.ks_cfg = _ks_config(self.dirs["ks"], self.h1.ip4)
-        # long TEK and KEK lifetimes: nothing rotates by itself during the test
-        self.ks_cfg.write_text(self.ks_cfg.read_text().replace('lifetime = "60s"', 'lifetime = "1h"')
-                               .replace('lifetime = "300s"', 'lifetime = "1d"')
-                               .replace('rekey_interval = "50s"', 'rekey_interval = "50m"'))
+        self.ks_cfg = ks_config(self.dirs["ks"], self.h1.ip4)
         self.ks = Msecd(self.ks_cfg, host=self.h1)
         self.members = {f"gm{i}": Msecd(gm_config(self.dirs[f"gm{i}"], self.h1.ip4, f"gm{i}",
                                                   PSKS[f"gm{i}"]), host=h)
@@ -276,8 +303,10 @@ def test_reload_without_gm3_evicts_it(netlab_factory, tmp_path):
         t.start()
 
         def evict():
-            t.ks_cfg.write_text(t.ks_cfg.read_text().replace(
-                'psk_identities = ["gm1", "gm2", "gm3"]', 'psk_identities = ["gm1", "gm2"]'))
+            text = t.ks_cfg.read_text()
+            assert 'psk_identities = ["gm1", "gm2", "gm3"]' in text
+            t.ks_cfg.write_text(text.replace('psk_identities = ["gm1", "gm2", "gm3"]',
+                                             'psk_identities = ["gm1", "gm2"]'))
             r = t.ks.ctl_json("reload")
             assert r["ok"], r
             assert any("evicted" in c and "gm3" in c for c in r["changes"]), r

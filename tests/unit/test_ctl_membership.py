@@ -66,3 +66,42 @@ def test_member_identities():
         ["key-id:gm1", "dn:CN=a,O=b", "fqdn:h.example.org"]
     for bad in (None, [], "gm1", [""], [1], ["a\nb"], ["x" * 1025]):
         assert isinstance(member_identities(bad), str), bad
+
+
+def test_daemon_membership_requests_validated(tmp_path):
+    """Bad requests get a clear error and change nothing; the deny list works without any
+    registered member (identities can be denied before they ever register)."""
+    from tests.unit.daemon_fakes import FakeFactory, free_udp_port, write_config
+    from tests.unit.test_daemon_core import _daemon, _run
+
+    cfg = write_config(tmp_path, ks_port=free_udp_port())
+
+    async def run():
+        d = _daemon(cfg, FakeFactory())
+        await d.start()
+        try:
+            bad = [({"cmd": "evict", "id": 1001}, "identities"),
+                   ({"cmd": "evict", "id": 1001, "identities": ["gm3"], "reason": ""}, "reason"),
+                   ({"cmd": "evict", "id": 1001, "identities": ["gm3"], "reason": 5}, "reason"),
+                   ({"cmd": "evict", "id": 77, "identities": ["gm3"]}, "not the key server"),
+                   ({"cmd": "deny", "id": "x"}, "group id"),
+                   ({"cmd": "deny-lift", "id": 1001, "identities": [None]}, "printable")]
+            for req, why in bad:
+                r = await d.handle_request(req)
+                assert r["ok"] is False and why in r["error"], (req, r)
+            assert (await d.handle_request({"cmd": "deny", "id": 1001}))["denied"] == []
+            r = await d.handle_request({"cmd": "evict", "id": 1001, "identities": ["gm3"]})
+            assert r["ok"] is False  # the fake factory cannot evict: nothing recorded
+            d.keyserver.store.deny(1001, "key-id:gm3", at=5, reason="r")
+            ms = (await d.handle_request({"cmd": "members", "id": 1001}))["members"]
+            assert ms == [{"identity": "key-id:gm3", "address": None, "state": "evicted",
+                           "evicted_at": 5, "reason": "r"}]
+            r = await d.handle_request({"cmd": "deny-lift", "id": 1001,
+                                        "identities": ["gm3", "gm4"]})
+            assert r == {"ok": True, "id": 1001, "lifted": ["key-id:gm3"],
+                         "not_denied": ["key-id:gm4"]}
+        finally:
+            d.request_stop("test")
+            await d.wait_stopped()
+            await d.stop()
+    _run(run())
