@@ -116,7 +116,10 @@ def _group(r: dict[str, Any]) -> str:
         out.append(f"group {g.get('id')} ({g.get('name') or 'unnamed'}): {g.get('role')}, "
                    f"{g.get('state')}")
         if g.get("role") == "keyserver":
-            out.append(f"  members: {g.get('members')}")
+            out.append(f"  members: {g.get('members')}"
+                       + (f", evicted (deny list): {g['evicted']}" if g.get("evicted") else ""))
+            if g.get("seq") is not None:
+                out.append(f"  KEK {g.get('kek_spi')}, last SEQ {g['seq']}")
             for t in (g.get("policy") or {}).get("teks", []):
                 out.append(f"  policy {t['name']}: {t['src']} -> {t['dst']} {t['cipher']} "
                            f"{t['mode']} lifetime {t['lifetime_s']} s")

@@ -105,3 +105,12 @@ def test_daemon_membership_requests_validated(tmp_path):
             await d.wait_stopped()
             await d.stop()
     _run(run())
+
+
+def test_keyserver_group_show_text():
+    r = {"ok": True, "id": 1001, "roles": [{"id": 1001, "name": "g", "role": "keyserver",
+                                             "state": "serving", "members": 2, "evicted": 1,
+                                             "seq": 4, "kek_spi": "ab" * 16, "policy": {},
+                                             "teks": []}]}
+    text = ctl.render("group", r)
+    assert "members: 2, evicted (deny list): 1" in text and f"KEK {'ab' * 16}, last SEQ 4" in text
