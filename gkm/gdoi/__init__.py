@@ -17,6 +17,7 @@ Public API::
     PushReceiver(group_id, kek, lkh, last_seq).receive_datagram(data, addr, now) / .next_event()
         events: Rekeyed, TeksDeleted, KekDeleted, Evicted, PushRejected   (GROUPKEY-PUSH, gkm.gdoi.push)
     gkm.gdoi.policy_wire                              the policy <-> SA TEK/SA KEK/KD mapping
+    gkm.gdoi.sakd                                     the one SA/KD reader (order, pairing) for PULL and PUSH
 
 Driving them (the shape of gkm.daemon.adapter): after every input, send
 ``datagrams_to_send()``, hand ``next_event()`` out until None, re-arm one timer at

@@ -53,11 +53,12 @@ from typing import Any, Callable, Mapping
 
 from gkm import wire
 from gkm.ike import Notification, Phase1SA, build_informational
-from gkm.wire import Gap, GdoiSa, Hash, Identification, KeyDownload, Nonce, SaKek, Sequence
-from gkm.wire.constants import ExchangeType, Flags, IdType, KdType, NotifyType, PayloadType
+from gkm.wire import Gap, GdoiSa, Hash, Identification, KeyDownload, Nonce, Sequence
+from gkm.wire.constants import ExchangeType, Flags, IdType, NotifyType, PayloadType
 from policy.model import GroupPolicy, Identity
 
 from . import policy_wire as pw
+from . import sakd
 from .events import MemberRefused, MemberRegistered, Registered, RegistrationFailed
 from .provider import GroupKeys, GroupKeysProvider, StaleKeys
 
@@ -270,8 +271,7 @@ class PullInitiator:
         self._retx_at: float | None = None
         self._retx_count = 0
         self._deadline: float | None = None
-        self._teks: list[pw.TekParams] = []
-        self._kek: pw.KekParams | None = None
+        self._offer = sakd.GroupSa(None, None, ())  # what message 2's SA offered (sakd.read_sa)
         self.result: Registered | None = None
         self.failure: str | None = None
         self.refused = False  # the key server's reply was refused (not a timeout)
@@ -393,72 +393,35 @@ class PullInitiator:
         self._send(out, now)
 
     def _read_policy(self, sa: GdoiSa) -> None:
-        kids = sa.payloads
-        sak = [p for p in kids if type(p) is SaKek]
-        gaps = [p for p in kids if type(p) is Gap]
-        sats = [p for p in kids if p.TYPE == PayloadType.SA_TEK]
-        if len(sak) > 1 or len(gaps) > 1:
-            raise _Refuse("more than one SA KEK or GAP (RFC 6407 section 5.2.1)")
-        order = [0 if type(p) is SaKek else 1 if type(p) is Gap else 2 for p in kids]
-        if order != sorted(order):
-            raise _Refuse("SA KEK / GAP / SA TEK out of order (RFC 6407 section 5.2.1)")
-        if not sats:
-            raise _Refuse("the key server offered no TEK")
         try:
-            teks = [pw.read_sa_tek(s, self.allowed_suites) for s in sats]
-            kek = pw.read_sa_kek(sak[0]) if sak else None
-        except pw.MappingError as e:
-            raise _Refuse(f"unacceptable group policy: {e}", int(NotifyType.ATTRIBUTES_NOT_SUPPORTED)) from None
-        spis = [t.spi for t in teks]
-        if len(set(spis)) != len(spis):
-            raise _Refuse("two SA TEKs with one SPI")
-        if gaps:
-            log.info("gdoi member group %s: GAP %s (activation/deactivation delays not applied)", self.group_id, gaps[0].attributes)
-        self._teks, self._kek = teks, kek
+            offer = sakd.read_sa(sa, self.allowed_suites)
+        except sakd.SaKdError as e:
+            raise _Refuse(e.reason, e.notify) from None
+        if not offer.teks:
+            raise _Refuse("the key server offered no TEK")
+        if offer.gap is not None:
+            log.info("gdoi member group %s: GAP %s (activation/deactivation delays not applied)", self.group_id, offer.gap.attributes)
+        self._offer = offer
 
     def _recv_m4(self, data: bytes, now: float) -> None:
         rest, _iv = open_message(self.sa, data, self._iv, 4, self._ni + self._nr)
         seq = _get(rest, Sequence)
         kd = _get(rest, KeyDownload)
-        if (seq is None) != (self._kek is None):
+        offer = self._offer
+        if (seq is None) != (offer.kek is None):
             raise _Refuse("SEQ must come with, and only with, a KEK (RFC 6407 section 3.2)")
-        by_spi: dict[int, Any] = {}
-        kek_packet = lkh_packet = None
-        for p in kd.packets:
-            if p.kd_type == KdType.TEK:
-                if len(p.spi) != 4:
-                    raise _Refuse("TEK key packet SPI is not 4 octets")
-                spi = _I.unpack(p.spi)[0]
-                if spi in by_spi:
-                    raise _Refuse(f"two key packets for TEK {spi:#010x}")
-                by_spi[spi] = p
-            elif p.kd_type == KdType.KEK:
-                if kek_packet is not None:
-                    raise _Refuse("two KEK key packets")
-                kek_packet = p
-            elif p.kd_type == KdType.LKH:
-                if lkh_packet is not None:
-                    raise _Refuse("two LKH key packets")
-                lkh_packet = p
-            elif p.kd_type == KdType.SID:
-                log.info("gdoi member group %s: SID key packet ignored (RFC 6054 sender IDs not implemented)", self.group_id)
-            else:
-                raise _Refuse(f"key packet type {p.kd_type} not supported")
-        if set(by_spi) != {t.spi for t in self._teks}:
-            raise _Refuse("key packets do not match the SA TEK SPIs of message 2")
         try:
-            teks = tuple(pw.group_tek(self.group_id, t, by_spi[t.spi]) for t in self._teks)
-            kek = lkh = None
-            if self._kek is not None:
-                if kek_packet is None or kek_packet.spi != self._kek.spi:
-                    raise pw.MappingError("no KEK key packet for the SA KEK SPI")
-                kek = pw.group_kek(self.group_id, self._kek, kek_packet)
-            elif kek_packet is not None:
-                raise pw.MappingError("KEK key packet without an SA KEK")
-            if lkh_packet is not None:
-                if self._kek is None or lkh_packet.spi != self._kek.spi:
-                    raise pw.MappingError("LKH key packet without a matching SA KEK")
-                lkh = pw.read_lkh_packet(lkh_packet)
+            packets = sakd.sort_kd(kd, sid_allowed=True)
+            sakd.pair(offer, packets)
+        except sakd.SaKdError as e:
+            raise _Refuse(f"unusable keys: {e.reason}", e.notify) from None
+        if packets.sids:
+            log.info("gdoi member group %s: SID key packet ignored (RFC 6054 sender IDs not implemented)", self.group_id)
+        by_spi = packets.teks
+        try:
+            teks = tuple(pw.group_tek(self.group_id, t, by_spi[t.spi]) for t in offer.teks)
+            kek = pw.group_kek(self.group_id, offer.kek, packets.kek) if offer.kek is not None else None
+            lkh = pw.read_lkh_packet(packets.lkh) if packets.lkh is not None else None
         except pw.MappingError as e:
             raise _Refuse(f"unusable keys: {e}") from None
         self._retx_at = self._deadline = None

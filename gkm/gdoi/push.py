@@ -86,13 +86,14 @@ from gkm.events import MemberEvent
 from gkm import wire
 from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LkhError, LkhEvicted, LkhMemberView, LkhUpdate
 from gkm.wire import (
-    Attribute, Delete, GdoiSa, Header, KeyDownload, KeyPacket, SaKek, Sequence, Signature, attr_bytes,
+    Attribute, Delete, GdoiSa, Header, KeyDownload, KeyPacket, Sequence, Signature, attr_bytes,
 )
-from gkm.wire.constants import Doi, ExchangeType, Flags, KdType, KekKeyAttr, LkhKeyAttr, PayloadType, TekProtocol
+from gkm.wire.constants import Doi, ExchangeType, Flags, KdType, KekKeyAttr, LkhKeyAttr, TekProtocol
 from policy.model import GroupPolicy, SaDirection
 from policy.suites import KEK_CIPHERS, SIGNATURE_SUITES, KekCipher, SignatureSuite
 
 from . import policy_wire as pw
+from . import sakd
 from .keys import GroupKek, GroupTek, LkhKeys
 from .provider import KekKeys, TekKeys
 
@@ -539,45 +540,17 @@ class PushReceiver:
         return events
 
     def _process_sa_kd(self, sa: GdoiSa, kd: KeyDownload):
-        kids = sa.payloads
-        saks = [p for p in kids if type(p) is SaKek]
-        sats = [p for p in kids if p.TYPE == PayloadType.SA_TEK]
-        if len(saks) > 1:
-            raise _Reject("more than one SA KEK (RFC 6407 section 5.2.1)")
-        order = [0 if type(p) is SaKek else 1 if p.TYPE == PayloadType.GAP else 2 for p in kids]
-        if order != sorted(order):
-            raise _Reject("SA KEK / GAP / SA TEK out of order (RFC 6407 section 5.2.1)")
         try:
-            tparams = [pw.read_sa_tek(s, self.allowed_suites) for s in sats]
-            kparams = pw.read_sa_kek(saks[0]) if saks else None
-        except pw.MappingError as e:
-            raise _Reject(f"unacceptable policy: {e}") from None
-        by_spi: dict[int, KeyPacket] = {}
-        kek_pkt = lkh_pkt = None
-        for p in kd.packets:
-            if p.kd_type == KdType.TEK:
-                if len(p.spi) != 4:
-                    raise _Reject("TEK key packet SPI is not 4 octets")
-                spi = int.from_bytes(p.spi, "big")
-                if spi in by_spi:
-                    raise _Reject(f"two key packets for TEK {spi:#010x}")
-                by_spi[spi] = p
-            elif p.kd_type == KdType.KEK:
-                if kek_pkt is not None:
-                    raise _Reject("two KEK key packets")
-                kek_pkt = p
-            elif p.kd_type == KdType.LKH:
-                if lkh_pkt is not None:
-                    raise _Reject("two LKH key packets")
-                lkh_pkt = p
-            else:
-                raise _Reject(f"key packet type {p.kd_type} not supported in PUSH")
-        if sorted(by_spi) != sorted(t.spi for t in tparams) or len(tparams) != len(by_spi):
-            raise _Reject("key packets do not match the SA TEK SPIs")
+            offer = sakd.read_sa(sa, self.allowed_suites)
+            packets = sakd.sort_kd(kd)
+            sakd.pair(offer, packets)
+        except sakd.SaKdError as e:
+            raise _Reject(e.reason) from None
+        kparams, kek_pkt, lkh_pkt = offer.kek, packets.kek, packets.lkh
         try:
             teks = []
-            for t in tparams:
-                g = pw.group_tek(self.group_id, t, by_spi[t.spi])
+            for t in offer.teks:
+                g = pw.group_tek(self.group_id, t, packets.teks[t.spi])
                 held = self._directions.get(_selector(g))
                 if held is not None and held != g.direction:
                     g = _replace_direction(g, held)
@@ -586,15 +559,9 @@ class PushReceiver:
             raise _Reject(f"unusable TEK: {e}") from None
         new_kek = new_view = None
         if kparams is None:
-            if kek_pkt is not None or lkh_pkt is not None:
-                raise _Reject("KEK/LKH key packet without an SA KEK")
             return tuple(teks), None, None, False
         if kparams.spi == self.kek.spi:
             raise _Reject("new SA KEK with the current SPI (RFC 6407 section 4: new cookie pair)")
-        if kek_pkt is None or kek_pkt.spi != kparams.spi:
-            raise _Reject("no KEK key packet for the SA KEK SPI")
-        if lkh_pkt is not None and lkh_pkt.spi != kparams.spi:
-            raise _Reject("LKH key packet for another SPI")
         keymat = attr_bytes(kek_pkt.attributes, KekKeyAttr.KEK_ALGORITHM_KEY)
         pub = attr_bytes(kek_pkt.attributes, KekKeyAttr.SIG_ALGORITHM_KEY) or self.kek.signing_public_key
         if lkh_pkt is not None:
