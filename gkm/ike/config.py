@@ -376,6 +376,13 @@ class Phase1Config:
     max_half_open: int = 20000
     max_pending: int = 2000  # exchanges past MM3 (DH done) not yet authenticated
     max_half_open_per_peer: int = 64
+    # per source address share of max_pending: one address cannot hold every DH slot (a full
+    # table reclaims the oldest exchange of the heaviest source, see gkm.ike.server)
+    max_pending_per_peer: int = 64
+    # established ISAKMP SAs (about 9 KB each, kept for their lifetime): a new one beyond
+    # either bound replaces the oldest of that identity / source address
+    max_sa_per_identity: int = 32
+    max_sa_per_address: int = 512
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "proposals", tuple(self.proposals))
@@ -404,6 +411,13 @@ class Phase1Config:
                     raise ConfigError(where, f"certificate key does not fit {p.auth.name}")
                 if not self.trust_anchors:
                     raise ConfigError("trust_anchors", "signature authentication needs trust anchors")
+        limits = {"max_half_open": self.max_half_open, "max_pending": self.max_pending,
+                  "max_half_open_per_peer": self.max_half_open_per_peer,
+                  "max_pending_per_peer": self.max_pending_per_peer,
+                  "max_sa_per_identity": self.max_sa_per_identity, "max_sa_per_address": self.max_sa_per_address}
+        for name, value in limits.items():
+            if value < 1:
+                raise ConfigError(name, "must be at least 1")
         if not 8 <= self.nonce_size <= 256:
             raise ConfigError("nonce_size", "must be 8..256 (RFC 2409 section 5)")
 

@@ -17,7 +17,21 @@ flood could exhaust.  Denial-of-service design (RFC 2522 "Photuris" cookies, Fre
   each expires after ``half_open_timeout``.
 * **Diffie-Hellman only after return routability.**  Message 3 is accepted only with the right
   cookie pair from the address that got message 2, so a spoofer never reaches the DH step.  At
-  most ``max_pending`` exchanges may sit between messages 3 and 5.
+  most ``max_pending`` exchanges may sit between messages 3 and 5 (each cost a DH and is kept
+  for ``exchange_timeout``), shared fairly between source addresses: at most
+  ``max_pending_per_peer`` per address (a message 3 beyond it is dropped *before* its DH), and
+  when the table is full a message 3 from a lighter source reclaims the oldest exchange of the
+  heaviest source (one address flooding message 3s from its real address, never sending a
+  message 5, only ever holds its own share; everybody else still gets through).
+* **Established SAs are bounded.**  At most ``max_sa_per_identity`` ISAKMP SAs per
+  authenticated identity and ``max_sa_per_address`` per source address; a new one beyond a bound
+  replaces (deletes, with a Delete to the peer) the oldest of that identity or address.
+* **No reflection.**  The only datagram sent to an unverified source is the notification for a
+  message 1 whose proposals are all unacceptable (it lets a misconfigured peer fail at once
+  instead of retransmitting until it gives up).  A spoofed flood would turn that into a
+  reflector, so those notifications are rate limited: at most one per source address per
+  ``NOTIFY_SOURCE_INTERVAL`` and ``NOTIFY_RATE`` per second in all (burst ``NOTIFY_BURST``);
+  beyond that the message 1 is dropped silently (counted in ``stats["notify_suppressed"]``).
 * Unknown or malformed datagrams are dropped with a log line (DEBUG for the floodable
   message-1 path, INFO otherwise) and counted in :attr:`stats`.
 """
@@ -74,8 +88,76 @@ class _HalfOpen:
         self.deadline = deadline
 
 
+class _Pending:
+    """The exchanges between messages 3 and 5 (a DH spent on each), oldest first, per source
+    host, with the heaviest source found in O(1) (hosts bucketed by their count)."""
+
+    __slots__ = ("_all", "_by_host", "_buckets", "_max")
+
+    def __init__(self) -> None:
+        self._all: dict[tuple[bytes, bytes], str] = {}
+        self._by_host: dict[str, OrderedDict[tuple[bytes, bytes], None]] = {}
+        self._buckets: dict[int, dict[str, None]] = {}  # count -> hosts with that count
+        self._max = 0
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._all
+
+    def count(self, host: str) -> int:
+        keys = self._by_host.get(host)
+        return len(keys) if keys else 0
+
+    def add(self, key: tuple[bytes, bytes], host: str) -> None:
+        if key in self._all:
+            return
+        self._all[key] = host
+        keys = self._by_host.setdefault(host, OrderedDict())
+        self._move(host, len(keys), len(keys) + 1)
+        keys[key] = None
+
+    def discard(self, key: tuple[bytes, bytes]) -> None:
+        host = self._all.pop(key, None)
+        if host is None:
+            return
+        keys = self._by_host[host]
+        del keys[key]
+        self._move(host, len(keys) + 1, len(keys))
+        if not keys:
+            del self._by_host[host]
+
+    def heaviest(self) -> tuple[str, int] | None:
+        while self._max and not self._buckets.get(self._max):
+            self._max -= 1
+        if not self._max:
+            return None
+        return next(iter(self._buckets[self._max])), self._max
+
+    def oldest_of(self, host: str) -> tuple[bytes, bytes]:
+        return next(iter(self._by_host[host]))
+
+    def _move(self, host: str, old: int, new: int) -> None:
+        if old:
+            b = self._buckets[old]
+            del b[host]
+            if not b:
+                del self._buckets[old]
+        if new:
+            self._buckets.setdefault(new, {})[host] = None
+            self._max = max(self._max, new)
+
+
 class Phase1Server:
     """Main Mode responder for any number of peers (the key server side)."""
+
+    # unauthenticated notifications (message 1 without an acceptable proposal): see the module
+    # docstring, "No reflection"
+    NOTIFY_RATE = 10.0  # per second, all sources
+    NOTIFY_BURST = 20
+    NOTIFY_SOURCE_INTERVAL = 10.0  # seconds between two notifications to one source address
+    NOTIFY_SOURCES = 4096  # source addresses remembered for that (oldest forgotten first)
 
     def __init__(self, config: Phase1Config, *, secret: bytes | None = None, random: Callable[[int], bytes] = os.urandom) -> None:
         self.config = config
@@ -85,7 +167,7 @@ class Phase1Server:
         # half-open records in arrival order (= deadline order: one timeout for all)
         self._half_open: OrderedDict[tuple[bytes, bytes], _HalfOpen] = OrderedDict()
         self._per_peer: dict[str, int] = {}  # half-open records per source host
-        self._pending: set[tuple[bytes, bytes]] = set()
+        self._pending = _Pending()
         self._events: deque[Event] = deque()
         self._out: list[tuple[bytes, Address]] = []
         self._heap: list[tuple[float, int, tuple[bytes, bytes]]] = []
@@ -97,6 +179,14 @@ class Phase1Server:
         # established SAs by (peer identity, peer host), in order of establishment: INITIAL-CONTACT
         # looks here instead of scanning every exchange
         self._by_peer: dict[tuple[Identity, str], dict[tuple[bytes, bytes], None]] = {}
+        # the same SAs by identity and by host alone, oldest first: the per-identity and
+        # per-address bounds replace the oldest
+        self._sa_by_id: dict[Identity, OrderedDict[tuple[bytes, bytes], None]] = {}
+        self._sa_by_host: dict[str, OrderedDict[tuple[bytes, bytes], None]] = {}
+        # notification rate limit: a token bucket for all sources, last time per source
+        self._notify_tokens = float(self.NOTIFY_BURST)
+        self._notify_at: float | None = None
+        self._notified: OrderedDict[str, float] = OrderedDict()
 
     # ----------------------------------------------------------------- inputs
 
@@ -254,6 +344,12 @@ class Phase1Server:
         prop, reply, (reason, notify) = choice
         if prop is None:
             self.stats["no_proposal"] += 1
+            if not self._may_notify(host, now):
+                # the source is unverified (message 1 can be spoofed): beyond the rate limit
+                # the answer would make us a reflector, so drop silently
+                self.stats["notify_suppressed"] += 1
+                log.debug("ike server: dropped message 1 from %r: %s (notification rate limit)", addr, reason)
+                return
             log.warning("ike server: exchange %s:%s with %r failed: %s", icookie.hex(), rcookie.hex(), addr, reason)
             mid = int.from_bytes(self._random(4), "big") or 1
             n = m.encode_notify(notify, icookie + rcookie)
@@ -278,9 +374,7 @@ class Phase1Server:
             self.stats["dropped_wrong_addr"] += 1
             log.info("ike server: dropped datagram for %s:%s from %r: message 2 went to %r", key[0].hex(), key[1].hex(), addr, rec.addr)
             return
-        if len(self._pending) >= self.config.max_pending:
-            self.stats["dropped_pending_full"] += 1
-            log.warning("ike server: dropped message 3 from %r: %d exchanges pending", addr, len(self._pending))
+        if not self._admit_pending(rec.host, addr, now):
             return
         ex = MainMode.responder_after_message1(
             self.config, addr, key[0], key[1], message1=rec.message1, message2=rec.message2,
@@ -295,24 +389,99 @@ class Phase1Server:
         self._exchanges[key] = ex
         self._after(key, ex)
 
+    def _admit_pending(self, host: str, addr: Address, now: float) -> bool:
+        """May a message 3 from ``host`` cost a DH?  Within its share, and when the table is
+        full only by reclaiming the oldest exchange of a heavier source."""
+        pending = self._pending
+        mine = pending.count(host)
+        if mine >= self.config.max_pending_per_peer:
+            self.stats["dropped_pending_peer_limit"] += 1
+            log.warning("ike server: dropped message 3 from %r: %d exchanges of this address wait for message 5", addr, mine)
+            return False
+        if len(pending) < self.config.max_pending:
+            return True
+        heavy = pending.heaviest()
+        if heavy is None or heavy[1] <= mine + 1:  # nobody holds more than this source would
+            self.stats["dropped_pending_full"] += 1
+            log.warning("ike server: dropped message 3 from %r: %d exchanges pending", addr, len(pending))
+            return False
+        victim = pending.oldest_of(heavy[0])
+        pending.discard(victim)
+        old = self._exchanges.get(victim)
+        if old is not None:
+            old.state = State.FAILED
+            old.failure = "reclaimed for another source (pending exchanges full)"
+            self._forget(victim, old)
+        self.stats["reclaimed_pending"] += 1
+        log.debug("ike server: reclaimed exchange %s:%s of %s (%d pending) for %r", victim[0].hex(), victim[1].hex(), heavy[0], heavy[1], addr)
+        return True
+
+    def _may_notify(self, host: str, now: float) -> bool:
+        """Rate limit for notifications to unverified sources (see the module docstring)."""
+        if self._notify_at is not None:
+            self._notify_tokens = min(float(self.NOTIFY_BURST), self._notify_tokens + (now - self._notify_at) * self.NOTIFY_RATE)
+        self._notify_at = now
+        last = self._notified.get(host)
+        if last is not None and now - last < self.NOTIFY_SOURCE_INTERVAL:
+            return False
+        if self._notify_tokens < 1.0:
+            return False
+        self._notify_tokens -= 1.0
+        self._notified[host] = now
+        self._notified.move_to_end(host)
+        while len(self._notified) > self.NOTIFY_SOURCES:
+            self._notified.popitem(last=False)
+        return True
+
     def _after(self, key: tuple[bytes, bytes], ex: MainMode) -> None:
         """Bookkeeping after an exchange handled an input."""
         if ex.state is State.MM4_SENT:
-            self._pending.add(key)
+            self._pending.add(key, _host(ex.peer_addr))
         else:
             self._pending.discard(key)
         self._out.extend(ex.datagrams_to_send())
+        established = None
         while (ev := ex.next_event()) is not None:
             self._events.append(ev)
             if isinstance(ev, Phase1Established):
                 if ev.sa.initial_contact:
                     self._initial_contact(key, ev.sa)
                 self._by_peer.setdefault(_peer_key(ev.sa), {})[key] = None
+                self._sa_by_id.setdefault(ev.sa.peer_id, OrderedDict())[key] = None
+                self._sa_by_host.setdefault(_host(ev.sa.peer_addr), OrderedDict())[key] = None
+                established = ev.sa
+        if established is not None:
+            self._bound_sas(key, established)
         if ex.state in (State.FAILED, State.DELETED):
             self._forget(key, ex)
             self._pending.discard(key)
         else:
             self._schedule(key, ex)
+
+    def _bound_sas(self, key: tuple[bytes, bytes], sa: Phase1SA) -> None:
+        """A new SA beyond the per-identity or per-address bound replaces the oldest one."""
+        for index, who, limit, what in (
+            (self._sa_by_id, sa.peer_id, self.config.max_sa_per_identity, "identity"),
+            (self._sa_by_host, _host(sa.peer_addr), self.config.max_sa_per_address, "address"),
+        ):
+            keys = index.get(who)
+            while keys is not None and len(keys) > limit:
+                old_key = next(iter(keys))
+                if old_key == key:  # pragma: no cover - the new SA is the youngest
+                    break
+                old = self._exchanges.get(old_key)
+                if old is None:
+                    del keys[old_key]
+                else:
+                    self.stats["replaced_sa"] += 1
+                    log.info("ike server: SA %s:%s of %s replaced: more than %d phase 1 SAs for this %s",
+                             old_key[0].hex(), old_key[1].hex(), sa.peer_id, limit, what)
+                    old.delete(sa.established_at, f"replaced: more than {limit} phase 1 SAs for this {what}")
+                    self._out.extend(old.datagrams_to_send())
+                    while (ev := old.next_event()) is not None:
+                        self._events.append(ev)
+                    self._forget(old_key, old)
+                keys = index.get(who)
 
     def _forget(self, key: tuple[bytes, bytes], ex: MainMode) -> None:
         self._exchanges.pop(key, None)
@@ -324,6 +493,12 @@ class Phase1Server:
                 keys.pop(key, None)
                 if not keys:
                     del self._by_peer[pk]
+            for index, who in ((self._sa_by_id, ex.sa.peer_id), (self._sa_by_host, _host(ex.sa.peer_addr))):
+                keys = index.get(who)
+                if keys is not None:
+                    keys.pop(key, None)
+                    if not keys:
+                        del index[who]
 
     def _initial_contact(self, key: tuple[bytes, bytes], sa: Phase1SA) -> None:
         """The peer has rebooted: forget its older ISAKMP SAs (same identity *and* same source host:
