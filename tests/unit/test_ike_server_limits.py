@@ -45,6 +45,9 @@ def _to_message3(srv: Phase1Server, host: str, now: float, port: int = 500) -> M
 
 
 def _register(srv: Phase1Server, host: str, now: float, port: int = 500, **kw) -> MainMode:
+    from gkm.ike import Identity
+
+    kw.setdefault("local_id", Identity.ip(host))  # a PSK found by address authenticates that address
     gm = _gm(**kw)
     gm.start(now)
     addr = (host, port)
@@ -123,9 +126,11 @@ def test_sas_per_identity_bounded_oldest_replaced():
 def test_sas_per_address_bounded_oldest_replaced():
     from gkm.ike import Identity
 
-    srv = _server(["192.0.2.1"], max_sa_per_address=2, max_sa_per_identity=100)
+    ids = {Identity.key_id(f"gm{i}".encode()): b"key of gm%d" % i for i in range(4)}  # four members, one address
+    srv = Phase1Server(config(PSK_, role="ks", psk_store=PskStore({}, ids), max_sa_per_address=2,
+                              max_sa_per_identity=100))
     gms = [_register(srv, "192.0.2.1", T0 + i, port=1000 + i, initial_contact=False,
-                     local_id=Identity.key_id(f"gm{i}".encode())) for i in range(4)]
+                     local_id=Identity.key_id(f"gm{i}".encode()), psk=b"key of gm%d" % i) for i in range(4)]
     assert all(g.state is State.ESTABLISHED for g in gms)
     assert {s.icookie for s in srv.established()} == {g.icookie for g in gms[2:]}
     deleted = [e for e in events(srv) if isinstance(e, Phase1Deleted)]
