@@ -4,11 +4,11 @@ each kind of flood.
 Run as ``tools/bench flood [--seconds S] [--rate R] [--members N] [--kinds K,...]``.
 
 **Key server**: one real ``msecd`` process per flood kind (the PSK configuration of
-``tools/bench registration``: 127.0.0.1, a free high port, the PSK found by the source address
-127.0.0.1 and by identity ``gm``), so what one flood leaves behind does not weigh on the next.
+``tools/bench registration``: 127.0.0.1, a free high port, one PSK per member found by the
+member's own loopback address), so what one flood leaves behind does not weigh on the next.
 
 **Legitimate load**: ``--members`` sans-I/O :class:`gkm.gdoi.MemberRegistration` engines from
-127.0.0.1 in this process, ``--window`` in flight, each a new member.  Measured twice on each
+their own loopback addresses in this process, ``--window`` in flight, each a new member.  Measured twice on each
 daemon: first without any flood (*without*), then while the flood runs, after ``--warmup``
 seconds of flood alone to fill whatever it fills (*with*).  Rate = registered / wall time; a
 member that does not finish within ``--seconds`` counts as not registered.
@@ -23,7 +23,7 @@ member that does not finish within ``--seconds`` counts as not registered.
   a message 3 with valid cookies and a valid KE, never a message 5, ``--rate`` message 1s per
   second: Diffie-Hellman work and the exchanges waiting for message 5.  Counts the message 4s
   (each one DH the key server did).
-* ``sa_exhaustion``: an authenticated member (the PSK of ``gm``, from 127.0.0.3) completing phase
+* ``sa_exhaustion``: an authenticated member (its own PSK, from its own address) completing phase
   1 over and over (no INITIAL-CONTACT) and never using the SAs.  Counts the SAs it got and the
   Deletes the key server sent when it replaced the oldest.
 
@@ -49,10 +49,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.benchmarks.registration import GID, HOST, PSK, ROOT, KeyServer, _free_port, write_config, write_pki
+from tools.benchmarks.registration import HOST, PSK, ROOT, KeyServer, _free_port, member_address, write_config, write_pki
 
 ATTACKER = "127.0.0.2"
-SA_ATTACKER = "127.0.0.3"
+MAX_MEMBERS = 2000  # PSK entries gm0..gm1999 (each from its own address); the last is the SA attacker
+SA_ATTACKER_INDEX = MAX_MEMBERS - 1
 KINDS = ("mm1_spoofed", "mm1_spoofed_bad", "mm3_one_source", "sa_exhaustion")
 EXCH_MAIN, EXCH_INFO = 2, 5
 
@@ -226,7 +227,7 @@ async def flood_mm1_spoofed(port: int, rate: float, seconds: float, *, group: in
 
 
 async def flood_sa_exhaustion(port: int, seconds: float, *, concurrency: int = 8, limit: int = 0,
-                              src: str = SA_ATTACKER, stats: dict | None = None) -> dict:
+                              stats: dict | None = None) -> dict:
     """An authenticated member (PSK identity ``gm``) opening phase 1 SAs one after another,
     ``concurrency`` at a time, for ``seconds`` (or until ``limit`` SAs); every SA is kept (its
     engine answers the key server's Deletes)."""
@@ -261,7 +262,7 @@ async def flood_sa_exhaustion(port: int, seconds: float, *, concurrency: int = 8
         nonlocal in_flight
         if time.monotonic() >= end or (limit and stats["established"] + in_flight >= limit):
             return
-        e = _initiator(initial_contact=False, ks=ks)
+        e = _initiator(identity=f"gm{SA_ATTACKER_INDEX}", initial_contact=False, ks=ks)
         e.start(time.time())
         engines[e.icookie] = e
         in_flight += 1
@@ -274,8 +275,8 @@ async def flood_sa_exhaustion(port: int, seconds: float, *, concurrency: int = 8
             drain(e)
 
     end = time.monotonic() + seconds
-    transport, _p = await loop.create_datagram_endpoint(lambda: _Counting(on_datagram), local_addr=(src, 0),
-                                                        remote_addr=ks)
+    transport, _p = await loop.create_datagram_endpoint(lambda: _Counting(on_datagram),
+                                                        local_addr=(member_address(SA_ATTACKER_INDEX), 0), remote_addr=ks)
     try:
         for _ in range(concurrency):
             start()
@@ -349,15 +350,14 @@ class Flood:
 async def legit(port: int, first: int, n: int, window: int, timeout: float) -> dict:
     """``n`` new PSK members (identities ``gm<first>``...) from 127.0.0.1, ``window`` at a time;
     those not finished within ``timeout`` seconds count as failed."""
-    from tools.benchmarks.registration import _Run, _Slot
+    from tools.benchmarks.registration import _Run
 
     loop = asyncio.get_running_loop()
     run = _Run("psk", first, n, (HOST, port), None)
     t0 = time.perf_counter()
-    transports = []
+    transports = run.transports
     for _ in range(min(window, n)):
-        t, _p = await loop.create_datagram_endpoint(lambda: _Slot(run), remote_addr=(HOST, port))
-        transports.append(t)
+        await run.open_slot()  # each member from its own address (its PSK's)
     try:
         await asyncio.wait_for(run.all_done.wait(), timeout=timeout)
     except asyncio.TimeoutError:
@@ -371,7 +371,7 @@ async def legit(port: int, first: int, n: int, window: int, timeout: float) -> d
 
 def start_keyserver(workdir: Path, name: str) -> tuple[KeyServer, int]:
     port = _free_port()
-    cfg = write_config(workdir, "psk", port, workdir / f"{name}-state", name=name)
+    cfg = write_config(workdir, "psk", port, workdir / f"{name}-state", name=name, members=MAX_MEMBERS)
     return KeyServer(cfg, workdir / f"msecd-{name}.log"), port
 
 
@@ -381,7 +381,7 @@ def start_keyserver(workdir: Path, name: str) -> tuple[KeyServer, int]:
 def run_kind(kind: str, workdir: Path, args) -> dict:
     ks, port = start_keyserver(workdir, kind)
     try:
-        asyncio.run(legit(port, 10**6, args.window, args.window, args.seconds))  # warm the daemon up
+        asyncio.run(legit(port, 2 * args.members, args.window, args.window, args.seconds))  # warm the daemon up
         without = asyncio.run(legit(port, 0, args.members, args.window, args.seconds))
         flood_s = args.warmup + args.seconds + 5
         fl = Flood(kind, port, args.rate, flood_s)
