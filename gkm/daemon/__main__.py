@@ -24,10 +24,12 @@ import sys
 from pathlib import Path
 
 from policy.config import ConfigError, advisories, load_config
+from .ratelimit import RepeatFilter
 
 __all__ = ["main", "parse_args"]
 
 DEFAULT_CONFIG = "/etc/msec/msecd.toml"
+_repeats: RepeatFilter | None = None  # the log handler's rate limit (flushed by _run)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +59,10 @@ def _setup_logging(level: str, foreground: bool) -> None:
         h = logging.handlers.SysLogHandler(address="/dev/log",
                                            facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         h.setFormatter(logging.Formatter("msecd[%(process)d]: %(levelname)s %(message)s"))
+    # a flood must not fill the disk through the log: repeated warnings are summarized
+    global _repeats
+    _repeats = RepeatFilter(h.handle)
+    h.addFilter(_repeats)
     root.addHandler(h)
     # msecd logs one line per registration, refusal and SA change itself; the engines' own
     # lines (gkm.ike, gkm.gdoi) would repeat them, so they show only at debug level (and
@@ -123,6 +129,13 @@ async def _run(args: argparse.Namespace, config) -> int:
         t.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    def flush_repeats() -> None:  # the summary of a flood that stopped
+        if _repeats is not None:
+            _repeats.flush()
+        loop.call_later(5.0, flush_repeats)
+
+    flush_repeats()
     loop.add_signal_handler(signal.SIGTERM, daemon.request_stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, daemon.request_stop, "SIGINT")
     await daemon.wait_stopped()
