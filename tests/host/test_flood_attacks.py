@@ -54,3 +54,34 @@ def test_message3_flood_from_one_address_leaves_room_for_everybody(workdir):
     assert r["ok"] >= 0.9 * MEMBERS, (r, stats)
     # the attacker made the key server do at most a few of its share of DHs (64 per 30 s)
     assert stats["mm4_received"] <= 3 * 64, stats
+
+
+@pytest.mark.timeout(120)
+def test_spoofed_message1_with_refused_proposal_is_not_reflected(workdir):
+    """Message 1s with an unacceptable proposal spoofed from 50 victim addresses, 1,000/s for
+    3 s: the key server used to answer each with a notification (a reflector); now a few."""
+    from tools.benchmarks.flood import flood_mm1_spoofed
+
+    ks, port = start_keyserver(workdir, "reflect")
+    try:
+        stats = asyncio.run(flood_mm1_spoofed(port, 1000, 3, group=14, victims=50))
+    finally:
+        ks.stop()
+    assert stats["mm1_sent"] >= 1000, stats
+    # at most one per victim per 10 s, and 10/s (burst 20) in all: <= 50 here
+    assert stats["reflected"] <= 60, stats
+
+
+@pytest.mark.timeout(120)
+def test_one_member_cannot_hold_unbounded_phase1_sas(workdir):
+    """An authenticated member opening 120 phase 1 SAs (no INITIAL-CONTACT): the key server keeps
+    at most 32 for its identity and deletes the oldest (the member receives the Deletes)."""
+    from tools.benchmarks.flood import flood_sa_exhaustion
+
+    ks, port = start_keyserver(workdir, "sas")
+    try:
+        stats = asyncio.run(flood_sa_exhaustion(port, 60, limit=120))
+    finally:
+        ks.stop()
+    assert stats["established"] >= 120, stats
+    assert stats["deleted_by_server"] >= stats["established"] - 32 - 8, stats
