@@ -124,6 +124,17 @@ def load_signing_public_key(path: Path) -> bytes:
     return der
 
 
+def tek_renewal_margin(lifetime_s: int) -> int:
+    """Seconds before its expiry from which a stored TEK is no longer handed to a registering
+    member (a tenth of the TEK policy's lifetime, at least 1 s): it gets a fresh TEK instead,
+    with its full lifetime, rather than one its kernel drops moments later."""
+    return max(1, int(lifetime_s) // 10)
+
+
+def _usable(expires: int, lifetime_s: int, now: int) -> bool:
+    return expires - now > tek_renewal_margin(lifetime_s)
+
+
 def _policy_digest(group: GroupPolicy) -> bytes:
     return hashlib.sha256(repr(group).encode()).digest()
 
@@ -176,12 +187,13 @@ class StoreKeysProvider:
     def peek(self, group: GroupPolicy, now: int) -> GroupKeys:
         gid = group.group_id
         t = self._tentative.get(gid)
-        if t is not None and self._fits(group, t):
+        if t is not None and self._fits(group, t) and self._fresh(group, t, now):
             return t
         c = self._cache.get(gid)
-        if c is not None and c[0] is group and 0 <= now - c[2] < self.CACHE_SECONDS:
+        if c is not None and c[0] is group and 0 <= now - c[2] < self.CACHE_SECONDS \
+                and self._fresh(group, c[1], now):
             return c[1]
-        stored = self._stored(group)
+        stored = self._stored(group, now)
         if stored is not None:
             self._tentative.pop(gid, None)
             self._cache[gid] = (group, stored, now)
@@ -211,9 +223,14 @@ class StoreKeysProvider:
                 current = {t.algorithm: t for t in st.teks(gid, KeyState.CURRENT)} if known else {}
                 ck = st.current_kek(gid) if known and keys.kek is not None else None
                 # check everything before the first write (a batch must not keep half of it)
+                lifetimes = {tp.name: tp.lifetime_s for tp in group.teks}
+                expiring = []  # stored current TEKs a tentative fresh TEK replaces
                 for tk in keys.teks:
                     cur = current.get(tek_label(tk.name, tk.suite))
-                    if (cur is None and not keys.tentative) or (cur is not None and cur.spi != tk.spi):
+                    if cur is not None and cur.spi != tk.spi and keys.tentative \
+                            and not _usable(cur.expires, lifetimes.get(tk.name, 0), now):
+                        expiring.append(cur)
+                    elif (cur is None and not keys.tentative) or (cur is not None and cur.spi != tk.spi):
                         raise StaleKeys(f"group {gid}: TEK {tk.name} changed since message 2")
                 # a tentative KEK with another cipher than the stored one: the policy changed it
                 replace_kek = keys.kek is not None and keys.tentative and ck is not None and ck.algorithm != keys.kek.cipher
@@ -222,6 +239,9 @@ class StoreKeysProvider:
                     raise StaleKeys(f"group {gid}: KEK changed since message 2")
                 if not known:
                     st.add_group(gid, _policy_digest(group))
+                for cur in expiring:
+                    st.set_tek_state(gid, cur.spi, KeyState.OLD)
+                    del current[cur.algorithm]
                 for tk in keys.teks:
                     if tek_label(tk.name, tk.suite) not in current:
                         st.add_tek(gid, tk.spi, tek_label(tk.name, tk.suite), tk.enc_keymat, auth_key=tk.auth_key or None,
@@ -288,7 +308,13 @@ class StoreKeysProvider:
         kek_ok = (group.kek is None) == (keys.kek is None) and (keys.kek is None or keys.kek.cipher == group.kek.cipher.name)
         return names == have and kek_ok
 
-    def _stored(self, group: GroupPolicy) -> GroupKeys | None:
+    @staticmethod
+    def _fresh(group: GroupPolicy, keys: GroupKeys, now: int) -> bool:
+        """No TEK of ``keys`` is within its renewal margin of expiry (:func:`tek_renewal_margin`)."""
+        lifetimes = {tp.name: tp.lifetime_s for tp in group.teks}
+        return all(_usable(t.expires, lifetimes.get(t.name, 0), now) for t in keys.teks)
+
+    def _stored(self, group: GroupPolicy, now: int) -> GroupKeys | None:
         gid = group.group_id
         st = self.store
         if st.group(gid) is None:
@@ -297,8 +323,8 @@ class StoreKeysProvider:
         teks = []
         for tp in group.teks:
             t = current.get(tek_label(tp.name, tp.suite.name))
-            if t is None:
-                return None
+            if t is None or not _usable(t.expires, tp.lifetime_s, now):
+                return None  # missing or (nearly) expired: fresh tentative keys
             teks.append(TekKeys(tp.name, t.spi, tp.suite.name, t.key, t.auth_key or b"", t.expires))
         kek = None
         if group.kek is not None:
@@ -318,7 +344,8 @@ class StoreKeysProvider:
         return lambda spi: spi in in_store or spi in extra
 
     def _generate(self, group: GroupPolicy, now: int) -> GroupKeys:
-        """Tentative keys: the stored current ones where they exist, fresh ones for the rest."""
+        """Tentative keys: the stored current ones where they exist and are not (nearly)
+        expired, fresh ones for the rest."""
         gid = group.group_id
         st = self.store
         known = st.group(gid) is not None
@@ -328,7 +355,7 @@ class StoreKeysProvider:
         teks = []
         for tp in group.teks:
             t = current.get(tek_label(tp.name, tp.suite.name))
-            if t is not None:
+            if t is not None and _usable(t.expires, tp.lifetime_s, now):
                 teks.append(TekKeys(tp.name, t.spi, tp.suite.name, t.key, t.auth_key or b"", t.expires))
                 continue
             spi = random_spi(taken, self._random)

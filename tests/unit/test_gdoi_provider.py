@@ -112,3 +112,33 @@ def test_policy_changes_kek_cipher(tmp_path):
     cur = store.current_kek(GID)
     assert cur.spi == k.kek.spi and cur.algorithm == "aes-cbc-256"
     assert [x.state for x in store.keks(GID) if x.spi == old.spi] == [KeyState.OLD]
+
+
+def test_expiring_tek_is_replaced_at_registration(tmp_path):
+    """A registration never gets a TEK that is expired or within a tenth of its lifetime of
+    expiry: it gets a fresh one with its full lifetime, which becomes current (the old one
+    old); earlier in the TEK's life the stored TEK is handed out unchanged."""
+    store = KeyStore(tmp_path / "s")
+    prov = StoreKeysProvider(store)
+    g = group_policy(tmp_path)
+    life = g.teks[0].lifetime_s
+    k = prov.peek(g, NOW)
+    prov.enroll(g, k, "key-id:gm1", "192.0.2.10", NOW)
+    mid = prov.peek(g, NOW + life // 2)
+    assert not mid.tentative and mid.teks[0].spi == k.teks[0].spi
+    late = NOW + life - life // 10
+    fresh = prov.peek(g, late)
+    assert fresh.tentative and {t.spi for t in fresh.teks}.isdisjoint(t.spi for t in k.teks)
+    assert [t.expires for t in fresh.teks] == [late + tp.lifetime_s for tp in g.teks]
+    assert fresh.kek.spi == k.kek.spi  # the KEK is still good: kept
+    prov.invalidate(GID)
+    assert prov.peek(g, NOW + life + 5) is fresh  # shared by concurrent registrations
+    prov.enroll(g, fresh, "key-id:gm2", "192.0.2.11", NOW + life + 5)
+    states = {t.spi: t.state for t in store.teks(GID)}
+    assert states == {**{t.spi: KeyState.OLD for t in k.teks}, **{t.spi: KeyState.CURRENT for t in fresh.teks}}
+    again = prov.peek(g, NOW + life + 6)
+    assert not again.tentative and again.teks[0].spi == fresh.teks[0].spi
+    # keys announced in message 2 before the expiry are stale once the fresh TEK is current
+    with pytest.raises(StaleKeys):
+        prov.enroll(g, k, "key-id:gm3", "192.0.2.12", NOW + life + 6)
+    store.close()
