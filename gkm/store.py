@@ -35,6 +35,19 @@ LKH: the tree is stored as its scalar metadata plus fixed-size chunks of node ha
 changed since the last save (an eviction from a million-member tree rewrites ~depth chunks, a
 few hundred KB).  The member -> leaf map is the ``members`` table: save the tree and the member
 changes in one :meth:`KeyStore.transaction`.
+
+State anchor (:mod:`gkm.store_anchor`): the database carries a random ``store_id`` and a
+``generation`` (table ``store_meta``) that every commit changing keys, SEQ, the LKH tree or the
+deny list raises in the same transaction; after such a commit the store writes both, and each
+group's current KEK SPI and SEQ, to the anchor file, apart from the database.  Opening a
+database that is missing, empty, another one, or behind its anchor raises
+:class:`StateRegressed` (what happened, how to recover) unless ``accept_state``, which serves
+it, raising each group's SEQ above the last one the anchor says was sent.
+
+Errors: an unreadable or corrupt database raises :class:`StoreCorrupt` at open (``PRAGMA
+quick_check``); a write that fails because the file system is full raises :class:`StoreFull`
+(which file, how much space is left), after rolling back: nothing changed, and the same call
+works again once there is space.
 """
 
 from __future__ import annotations
@@ -44,12 +57,15 @@ import fcntl
 import os
 import sqlite3
 import stat
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from gkm.lkh import LkhError, LkhTree
+from gkm.store_anchor import (ANCHOR_NAME, Anchor, AnchorError, GroupMark, compare, read_anchor,
+                              write_anchor)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -64,6 +80,9 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "SchemaVersionError",
+    "StoreCorrupt",
+    "StoreFull",
+    "StateRegressed",
 ]
 
 SCHEMA_VERSION = 2
@@ -162,6 +181,33 @@ class SchemaVersionError(StoreError):
     """The database was written by a newer msec (unknown schema version)."""
 
 
+class StoreCorrupt(StoreError):
+    """The database file is not a readable msec database (damaged, or not SQLite at all)."""
+
+
+class StoreFull(StoreError):
+    """A write failed because the file system holding the state is full; nothing changed."""
+
+
+class StateRegressed(StoreError):
+    """The database is missing, empty, another one, or older than its anchor says."""
+
+
+# Kept apart from the versioned schema (created if missing at every open), so other additions
+# to the schema and this one do not have to agree on a version number.
+_META = """CREATE TABLE IF NOT EXISTS store_meta (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    store_id   BLOB NOT NULL,
+    generation INTEGER NOT NULL
+)"""
+_SQLITE_FULL = 13
+
+
+def _is_full(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and (
+        getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(e))
+
+
 class KeyState(str, enum.Enum):
     """Life cycle of a KEK or TEK: distributed ahead (next), in use (current), draining (old)."""
 
@@ -242,14 +288,29 @@ def _ensure_private_file(path: Path) -> None:
 class KeyStore:
     """The GCKS's persistent state.  ``KeyStore(state_dir)`` opens (creating if needed)."""
 
-    def __init__(self, state_dir: str | os.PathLike[str]):
+    def __init__(self, state_dir: str | os.PathLike[str], *,
+                 anchor: str | os.PathLike[str] | None = None, accept_state: bool = False,
+                 on_anchor_error: Callable[[str], None] | None = None):
+        """``anchor``: the anchor file (default ``<state_dir>/gcks.anchor``).  ``accept_state``:
+        serve the database even if it is missing, empty, another one or behind the anchor (what
+        was accepted is in :attr:`accepted`).  ``on_anchor_error(text)``: the anchor could not
+        be written after a commit (the commit stands; the next one tries again)."""
         self.state_dir = Path(state_dir)
         _ensure_private_dir(self.state_dir)
         self.path = self.state_dir / DB_NAME
+        self.anchor_path = Path(anchor) if anchor is not None else self.state_dir / ANCHOR_NAME
+        #: what ``accept_state`` accepted (the refusal text, then what was changed), else empty
+        self.accepted: list[str] = []
+        #: why the anchor could not be written last time (None: it is up to date)
+        self.anchor_error: str | None = None
+        self._on_anchor_error = on_anchor_error
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
         self._depth = 0
         self._on_commit: list[Callable[[], None]] = []
+        self._keys_changed = False
+        self._store_id = b""
+        self._generation = 0
         old_umask = os.umask(0o077)
         try:
             self._lock_fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -259,23 +320,35 @@ class KeyStore:
                 os.close(self._lock_fd)
                 self._lock_fd = None
                 raise StoreLocked(f"{self.state_dir} is in use by another process") from None
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-            db = self._db
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self.path}: schema version {version} is newer than this msec supports "
-                    f"({SCHEMA_VERSION}); run a newer msec or restore a backup"
-                )
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StoreError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA secure_delete=ON")
-            self._migrate(version)
-            # Make sure -wal and -shm exist now (created under our umask), then verify all three.
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            anchor_rec = self._read_anchor(accept_state)
+            why_empty = self._missing_or_empty()
+            if why_empty and anchor_rec is not None:
+                problem = compare(anchor_rec, self.path, self.anchor_path, store_id=None,
+                                  generation=0, groups=None, why_empty=why_empty)
+                if problem is not None:
+                    if not accept_state:
+                        raise StateRegressed(problem)
+                    self.accepted.append(problem)
+                    for leftover in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                        leftover.unlink(missing_ok=True)  # a journal without its database
+                anchor_rec = None
+            try:
+                self._open_db()
+            except sqlite3.DatabaseError as e:
+                if _is_full(e):
+                    raise StoreFull(self._full_text(e)) from None
+                raise StoreCorrupt(
+                    f"key server state {self.path} is not a usable msec database ({e}).  "
+                    "Restore it from a backup; or move it (and its -wal/-shm files) away and "
+                    "start msecd once with --accept-state to begin again with new keys") from None
+            if anchor_rec is not None:
+                self._check_anchor(anchor_rec, accept_state)
+            if anchor_rec is None or anchor_rec.store_id != self._store_id.hex() \
+                    or anchor_rec.generation != self._generation:
+                self._write_anchor()
+                if self.anchor_error is not None:
+                    raise StoreError(f"cannot write the state anchor {self.anchor_path}: "
+                                     f"{self.anchor_error}")
         except BaseException:
             self.close()
             raise
@@ -283,6 +356,115 @@ class KeyStore:
             os.umask(old_umask)
         for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"), self.state_dir / LOCK_NAME):
             _ensure_private_file(p)
+
+    def _open_db(self) -> None:
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        db = self._db
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path}: schema version {version} is newer than this msec supports "
+                f"({SCHEMA_VERSION}); run a newer msec or restore a backup"
+            )
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA secure_delete=ON")
+        problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("integrity check: " + "; ".join(problems))
+        self._migrate(version)
+        with self.transaction():
+            db.execute(_META)
+            row = db.execute("SELECT store_id, generation FROM store_meta WHERE id = 1").fetchone()
+            if row is None:
+                row = (os.urandom(16), 0)
+                db.execute("INSERT INTO store_meta VALUES (1, ?, ?)", row)
+        self._store_id, self._generation = bytes(row[0]), row[1]
+        # Make sure -wal and -shm exist now (created under our umask), then verify all three.
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _missing_or_empty(self) -> str:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        return "empty (0 bytes)" if size == 0 else ""
+
+    def _read_anchor(self, accept_state: bool) -> Anchor | None:
+        try:
+            return read_anchor(self.anchor_path)
+        except AnchorError as e:
+            problem = (f"state anchor {self.anchor_path} is unreadable ({e}); if the database "
+                       f"{self.path} is the right one, start msecd once with --accept-state "
+                       "(a new anchor is written)")
+            if not accept_state:
+                raise StateRegressed(problem) from None
+            self.accepted.append(problem)
+            return None
+
+    def _marks(self) -> dict[int, GroupMark]:
+        marks = {g: GroupMark(None, 0) for (g,) in self._conn.execute("SELECT group_id FROM groups")}
+        for g, spi, seq in self._conn.execute("SELECT group_id, spi, seq FROM kek WHERE state = 'current'"):
+            marks[g] = GroupMark(bytes(spi).hex(), seq)
+        return marks
+
+    def _check_anchor(self, anchor: Anchor, accept_state: bool) -> None:
+        marks = self._marks()
+        problem = compare(anchor, self.path, self.anchor_path, store_id=self._store_id.hex(),
+                          generation=self._generation, groups=marks)
+        if problem is None:
+            return
+        if not accept_state:
+            raise StateRegressed(problem)
+        self.accepted.append(problem)
+        with self.transaction():
+            for gid, m in sorted(anchor.groups.items()):
+                have = marks.get(gid)
+                if m.kek_spi is not None and have is not None and have.kek_spi == m.kek_spi \
+                        and have.seq < m.seq:
+                    self._conn.execute("UPDATE kek SET seq = ? WHERE group_id = ? AND state = 'current'",
+                                       (m.seq, gid))
+                    self.accepted.append(f"group {gid}: SEQ raised from {have.seq} to {m.seq}, "
+                                         "the last one sent")
+            self._keys_changed = True
+            self._generation = max(self._generation, anchor.generation)
+            self._conn.execute("UPDATE store_meta SET generation = ? WHERE id = 1", (self._generation,))
+
+    def _write_anchor(self) -> None:
+        anchor = Anchor(self._store_id.hex(), self._generation, int(time.time()), self._marks())
+        try:
+            write_anchor(self.anchor_path, anchor)
+        except OSError as e:
+            self.anchor_error = (f"{e.strerror or e} (the database {self.path} is committed; the "
+                                 "anchor is written again at the next change)")
+            if self._on_anchor_error is not None:
+                self._on_anchor_error(f"cannot write the state anchor {self.anchor_path}: "
+                                      f"{self.anchor_error}")
+        else:
+            self.anchor_error = None
+
+    def _full_text(self, e: BaseException) -> str:
+        try:
+            vfs = os.statvfs(self.state_dir)
+            free = f"{vfs.f_bavail * vfs.f_frsize} bytes free"
+        except OSError:
+            free = "free space unknown"
+        return (f"disk full: cannot write the key server state {self.path} (or its -wal "
+                f"journal) in {self.state_dir} ({free}; SQLite: {e}); nothing was changed, "
+                "and it works again once there is space")
+
+    @property
+    def generation(self) -> int:
+        """The database's state generation (see :mod:`gkm.store_anchor`)."""
+        return self._generation
+
+    def _keys(self) -> None:
+        """The current transaction changes keys, SEQ, the LKH tree or the deny list: raise the
+        generation with it and write the anchor after the commit."""
+        self._keys_changed = True
 
     def _migrate(self, version: int) -> None:
         if version == SCHEMA_VERSION:
@@ -327,26 +509,51 @@ class KeyStore:
     @contextmanager
     def transaction(self) -> Iterator["KeyStore"]:
         """Group several changes atomically; the outermost block commits (durably) on exit
-        and rolls back on an exception.  Nested blocks join the outer transaction."""
+        and rolls back on an exception.  Nested blocks join the outer transaction.  A full
+        file system raises :class:`StoreFull` (rolled back, nothing changed)."""
         db = self._conn
         if self._depth == 0:
-            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if _is_full(e):
+                    raise StoreFull(self._full_text(e)) from None
+                raise
         self._depth += 1
         try:
             yield self
-        except BaseException:
+        except BaseException as exc:
             self._depth -= 1
             if self._depth == 0:
-                self._on_commit.clear()
-                db.execute("ROLLBACK")
+                self._rollback()
+                if _is_full(exc):
+                    raise StoreFull(self._full_text(exc)) from None
             raise
         else:
             self._depth -= 1
             if self._depth == 0:
-                db.execute("COMMIT")
+                try:
+                    if self._keys_changed:
+                        db.execute("UPDATE store_meta SET generation = generation + 1 WHERE id = 1")
+                    db.execute("COMMIT")
+                except sqlite3.OperationalError as e:
+                    self._rollback()
+                    if _is_full(e):
+                        raise StoreFull(self._full_text(e)) from None
+                    raise
+                if self._keys_changed:
+                    self._keys_changed = False
+                    self._generation += 1
+                    self._write_anchor()
                 callbacks, self._on_commit = self._on_commit, []
                 for cb in callbacks:
                     cb()
+
+    def _rollback(self) -> None:
+        self._on_commit.clear()
+        self._keys_changed = False
+        if self._conn.in_transaction:  # SQLite may have rolled back already (e.g. SQLITE_FULL)
+            self._conn.execute("ROLLBACK")
 
     @property
     def in_transaction(self) -> bool:
@@ -356,6 +563,7 @@ class KeyStore:
 
     def add_group(self, group_id: int, policy_digest: bytes) -> Group:
         with self.transaction():
+            self._keys()
             try:
                 self._conn.execute("INSERT INTO groups VALUES (?, ?)", (group_id, bytes(policy_digest)))
             except sqlite3.IntegrityError:
@@ -377,6 +585,7 @@ class KeyStore:
     def remove_group(self, group_id: int) -> None:
         """Forget a group and everything under it (keys are overwritten: secure_delete)."""
         with self.transaction():
+            self._keys()
             self._need_group(group_id)
             self._conn.execute("DELETE FROM groups WHERE group_id = ?", (group_id,))
 
@@ -391,6 +600,7 @@ class KeyStore:
     def add_kek(self, group_id: int, spi: bytes, algorithm: str, key: bytes, *, created: int, expires: int, state: KeyState = KeyState.NEXT) -> Kek:
         state = KeyState(state)
         with self.transaction():
+            self._keys()
             self._need_group(group_id)
             if state is KeyState.CURRENT:
                 self._conn.execute("UPDATE kek SET state = 'old' WHERE group_id = ? AND state = 'current'", (group_id,))
@@ -422,6 +632,7 @@ class KeyStore:
     def activate_kek(self, group_id: int, spi: bytes) -> None:
         """Make a KEK current (the previous current one becomes old); its SEQ starts at 0."""
         with self.transaction():
+            self._keys()
             if self._conn.execute("SELECT 1 FROM kek WHERE group_id = ? AND spi = ?", (group_id, bytes(spi))).fetchone() is None:
                 raise StoreError(f"group {group_id}: no KEK {bytes(spi).hex()}")
             self._conn.execute("UPDATE kek SET state = 'old' WHERE group_id = ? AND state = 'current'", (group_id,))
@@ -429,6 +640,7 @@ class KeyStore:
 
     def delete_kek(self, group_id: int, spi: bytes) -> None:
         with self.transaction():
+            self._keys()
             self._conn.execute("DELETE FROM kek WHERE group_id = ? AND spi = ?", (group_id, bytes(spi)))
 
     def current_seq(self, group_id: int) -> int:
@@ -445,6 +657,7 @@ class KeyStore:
         if self.in_transaction:
             raise StoreError("next_seq must commit on its own: call it outside transaction()")
         with self.transaction():
+            self._keys()
             row = self._conn.execute("SELECT spi, seq FROM kek WHERE group_id = ? AND state = 'current'", (group_id,)).fetchone()
             if row is None:
                 self._need_group(group_id)
@@ -467,6 +680,7 @@ class KeyStore:
         if not 0 < spi <= 0xFFFFFFFF:
             raise StoreError(f"TEK SPI {spi} out of range")
         with self.transaction():
+            self._keys()
             self._need_group(group_id)
             try:
                 self._conn.execute(
@@ -492,6 +706,7 @@ class KeyStore:
     def set_tek_state(self, group_id: int, spi: int, state: KeyState) -> None:
         state = KeyState(state)
         with self.transaction():
+            self._keys()
             cur = self._conn.execute("UPDATE tek SET state = ? WHERE group_id = ? AND spi = ?", (state.value, group_id, spi))
             if cur.rowcount != 1:
                 raise StoreError(f"group {group_id}: no TEK {spi:#010x}")
@@ -500,6 +715,7 @@ class KeyStore:
         """Make before break: current TEKs become old and next ones become current, atomically.
         Returns the new current TEKs.  Refuses when there is no next TEK."""
         with self.transaction():
+            self._keys()
             self._need_group(group_id)
             if not self._conn.execute("SELECT 1 FROM tek WHERE group_id = ? AND state = 'next'", (group_id,)).fetchone():
                 raise StoreError(f"group {group_id}: no next TEK to rotate to")
@@ -510,6 +726,7 @@ class KeyStore:
     def purge_teks(self, group_id: int, now: int) -> list[int]:
         """Delete old TEKs whose lifetime is over; returns their SPIs (to remove from XFRM)."""
         with self.transaction():
+            self._keys()
             spis = [r[0] for r in self._conn.execute(
                 "SELECT spi FROM tek WHERE group_id = ? AND state = 'old' AND expires <= ? ORDER BY spi", (group_id, now))]
             self._conn.execute("DELETE FROM tek WHERE group_id = ? AND state = 'old' AND expires <= ?", (group_id, now))
@@ -575,11 +792,13 @@ class KeyStore:
         """Refuse ``identity`` in ``group_id`` from now on (kept across restarts, whatever the
         policy says) until :meth:`lift`; a second deny keeps the first one's time and reason."""
         with self.transaction():
+            self._keys()
             self._conn.execute("INSERT OR IGNORE INTO denied VALUES (?, ?, ?, ?)", (group_id, identity, at, reason))
 
     def lift(self, group_id: int, identity: str) -> bool:
         """Take ``identity`` off the group's deny list; False if it was not on it."""
         with self.transaction():
+            self._keys()
             return self._conn.execute("DELETE FROM denied WHERE group_id = ? AND identity = ?",
                                       (group_id, identity)).rowcount == 1
 
@@ -600,6 +819,7 @@ class KeyStore:
         them the first time or with ``full``).  The members table must already map every
         member of the tree to its leaf (same transaction); a count mismatch is refused."""
         with self.transaction():
+            self._keys()
             self._need_group(group_id)
             db = self._conn
             first = db.execute("SELECT 1 FROM lkh_tree WHERE group_id = ?", (group_id,)).fetchone() is None
@@ -642,5 +862,6 @@ class KeyStore:
 
     def delete_lkh(self, group_id: int) -> None:
         with self.transaction():
+            self._keys()
             self._conn.execute("DELETE FROM lkh_chunk WHERE group_id = ?", (group_id,))
             self._conn.execute("DELETE FROM lkh_tree WHERE group_id = ?", (group_id,))

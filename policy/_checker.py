@@ -312,17 +312,19 @@ class Checker:
 
     def daemon(self, raw: Any, path: str) -> m.DaemonSettings | None:
         n0 = len(self.problems)
-        tbl = self.table(raw, path, {"state_dir", "control_socket"})
+        tbl = self.table(raw, path, {"state_dir", "control_socket", "state_anchor"})
         if tbl is None:
             return None
         d = m.DaemonSettings()
         state = self.value(tbl, path, "state_dir", str, None)
         sock = self.value(tbl, path, "control_socket", str, None)
-        if BAD in (state, sock):
+        anchor = self.value(tbl, path, "state_anchor", str, None)
+        if BAD in (state, sock, anchor):
             return None
         return m.DaemonSettings(
             state_dir=self.path(state) if state else d.state_dir,
             control_socket=self.path(sock) if sock else d.control_socket,
+            state_anchor=self.path(anchor) if anchor else None,
         )
 
     def matchers(self, raw: Any, path: str) -> m.Authorization | None:

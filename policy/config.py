@@ -10,6 +10,10 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     [daemon]                                  # optional
     state_dir = "/var/lib/msec"               # default
     control_socket = "/run/msec/control.sock" # default
+    state_anchor = "/var/lib/msec-anchor/gcks.anchor"  # optional; default
+                                              # <state_dir>/gcks.anchor: the key server's
+                                              # SEQ/key-generation anchor, kept apart from
+                                              # the database (gkm.store_anchor)
 
     [keyserver]                               # this daemon is GCKS for the groups below
     listen = ["0.0.0.0", "::"]                # default; IP literals

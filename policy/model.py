@@ -461,6 +461,8 @@ Credentials = Union[PskCredential, CertCredential]
 class DaemonSettings:
     state_dir: Path = Path("/var/lib/msec")
     control_socket: Path = Path("/run/msec/control.sock")
+    #: the key server's state anchor file (None: <state_dir>/gcks.anchor); see gkm.store_anchor
+    state_anchor: Path | None = None
 
 
 MAX_PHASE1_TRANSFORMS = 64

@@ -9,7 +9,9 @@ configuration was validated, logs to syslog (``/dev/log``) when available, and t
 returns once the daemon is up (0) or failed to start (1, reason on stderr); with it, logs go
 to stderr.  Signals: SIGHUP reloads, SIGTERM/SIGINT stop (member SAs stay in the kernel).
 ``--no-kernel`` makes members skip SA installation (they register and log what they would
-install), for hosts whose kernel lacks ESP.
+install), for hosts whose kernel lacks ESP.  ``--accept-state``: the key server serves its
+state database even though it is missing, empty, another one or older than its anchor
+(:mod:`gkm.store_anchor`; a start without it refuses and says what it found), once.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="members do not install SAs in the kernel (log them instead)")
     p.add_argument("--check", action="store_true",
                    help="validate the configuration and exit (0 valid, 2 refused)")
+    p.add_argument("--accept-state", action="store_true",
+                   help="key server: serve the state database even though it is missing, "
+                        "empty, another one or older than its anchor (after a refused start "
+                        "said why); each group's SEQ is raised above the last one sent")
     return p.parse_args(argv)
 
 
@@ -112,7 +118,7 @@ async def _run(args: argparse.Namespace, config) -> int:
     from .engines import GdoiFactory
 
     daemon = Daemon(args.config, config, factory=GdoiFactory(kernel=not args.no_kernel),
-                    control_socket=args.control_socket)
+                    control_socket=args.control_socket, accept_state=args.accept_state)
     try:
         await daemon.start()
     except StartupError as e:

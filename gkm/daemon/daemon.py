@@ -49,6 +49,7 @@ class Daemon:
         reregister_fraction: float = 0.8,
         reregister_min: float = 30.0,
         loader: Callable[[Path], pm.DaemonConfig] = load_config,
+        accept_state: bool = False,
     ) -> None:
         self.config_path = Path(config_path)
         self.config = config
@@ -60,6 +61,9 @@ class Daemon:
         self.reregister_fraction = reregister_fraction
         self.reregister_min = reregister_min
         self.loader = loader
+        #: ``msecd --accept-state``: serve a key server state that is missing, empty or older
+        #: than its anchor (gkm.store_anchor), once
+        self.accept_state = accept_state
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.keyserver: KeyServerRole | None = None
         self.sessions: dict[int, MemberSession] = {}

@@ -84,10 +84,16 @@ class KeyServerRole:
         from gkm.store import KeyStore, StoreError
 
         if self.store is None:
+            d = self.daemon.config.daemon
             try:
-                self.store = KeyStore(self.daemon.config.daemon.state_dir)
+                self.store = KeyStore(d.state_dir, anchor=d.state_anchor,
+                                      accept_state=self.daemon.accept_state,
+                                      on_anchor_error=lambda text: log.warning("key server: %s", text))
             except StoreError as e:
                 raise StartupError(f"key server state: {e}") from None
+            for text in self.store.accepted:
+                log.warning("key server: state accepted by --accept-state: %s", text)
+            self.daemon.accept_state = False  # once: a later problem is refused again
         await self._switch_to(self.settings, strict=strict)
 
     async def _switch_to(self, settings: pm.KeyServerSettings, *, strict: bool) -> None:

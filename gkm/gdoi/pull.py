@@ -53,6 +53,7 @@ from typing import Any, Callable, Mapping
 
 from gkm import wire
 from gkm.ike import Notification, Phase1SA, build_informational
+from gkm.store import StoreError
 from gkm.wire import Gap, GdoiSa, Hash, Identification, KeyDownload, Nonce, Sequence
 from gkm.wire.constants import ExchangeType, Flags, IdType, NotifyType, PayloadType
 from policy.model import GroupPolicy, Identity
@@ -715,10 +716,14 @@ class PullResponder:
                                     p.identity, p.group.label, e)
                         continue
                     done.append((item, enr))
-        except Exception:
+        except Exception as e:
             self.stats["store_error"] += len(queue)
-            log.exception("gdoi ks: enrolling %d member(s) failed; nothing was registered (a retransmitted "
-                          "message 3 tries again)", len(queue))
+            if isinstance(e, StoreError):  # e.g. StoreFull: says which file and why, no traceback
+                log.error("gdoi ks: %d registration(s) not recorded, so not answered (a retransmitted "
+                          "message 3 tries again): %s", len(queue), e)
+            else:
+                log.exception("gdoi ks: enrolling %d member(s) failed; nothing was registered (a "
+                              "retransmitted message 3 tries again)", len(queue))
             for key, p, _data, _addr, _now, _iv in queue:  # back to pending: nothing was changed
                 if key not in self._pending and len(self._pending) < self.max_pending:
                     self._pending[key] = p
