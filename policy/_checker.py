@@ -75,6 +75,40 @@ def _type_name(v: object) -> str:
     }.get(type(v), type(v).__name__)
 
 
+
+def unsafe_location(fp: Path) -> list[str]:
+    """Why a file msecd trusts (its configuration, a PSK or key file) could be changed by
+    another user: the file writable by others or owned by another user (neither root nor
+    msecd's uid), or a directory on its path (resolved) writable by others without the sticky
+    bit (anyone could rename the file away and put their own in its place; with the sticky
+    bit, as on /tmp, only the owner can).  Group write is left to the operator's choice of
+    group.  Empty when the file is safe; one reason per finding."""
+    reasons = []
+    me = os.geteuid()
+    try:
+        real = fp.resolve()
+        st = real.stat()
+    except OSError:
+        return reasons  # a missing file is reported by whoever reads it
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IWOTH:
+        reasons.append(f"{str(real)!r} is writable by every user (mode {mode:04o}); "
+                       "chmod o-w it")
+    if st.st_uid not in (0, me):
+        reasons.append(f"{str(real)!r} is owned by uid {st.st_uid}, neither root nor msecd's "
+                       f"uid {me}; chown it")
+    for d in real.parents:
+        try:
+            dm = d.stat().st_mode
+        except OSError:
+            continue
+        if dm & stat.S_IWOTH and not dm & stat.S_ISVTX:
+            reasons.append(f"{str(real)!r} is in {str(d)!r}, a directory every user can write "
+                           f"to without the sticky bit (mode {stat.S_IMODE(dm):04o}): anyone "
+                           f"could replace the file; chmod o-w {str(d)!r}")
+    return reasons
+
+
 class Checker:
     def __init__(self, source: str, base_dir: Path, file_mode: int | None, check_files: bool):
         self.source = source
@@ -231,6 +265,10 @@ class Checker:
                 f"{str(fp)!r} holds a secret but group or others have access "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it",
             )
+        if private:
+            unsafe = unsafe_location(fp)
+            if unsafe:
+                return self.problem(p, "; ".join(unsafe))
         if not os.access(fp, os.R_OK):
             return self.problem(p, f"{str(fp)!r} is not readable")
         return fp

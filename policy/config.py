@@ -103,6 +103,10 @@ but questionable settings.
 Layout: this module is the public face; the section-by-section checks live in
 `policy._checker`, `Problem`/`ConfigError` in `policy.errors`, `diff`/`advisories` in
 `policy.reload`.
+
+Files msecd trusts (this file, PSK and private key files) are refused when another user could
+change them: writable by others, owned by neither root nor msecd's uid, or in a directory others
+can write to without the sticky bit (`policy._checker.unsafe_location`).
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ import tomllib
 from pathlib import Path
 
 from policy import model as m
-from policy._checker import PROTOCOLS, Checker
+from policy._checker import PROTOCOLS, Checker, unsafe_location
 from policy.errors import ConfigError, Problem
 from policy.reload import (
     PSK_TRIAL_LIMIT,
@@ -180,5 +184,14 @@ def load_config(path: Path | str, *, check_files: bool = True) -> m.DaemonConfig
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError([Problem(str(p), "", f"not UTF-8 (byte {e.start})")]) from None
-    return parse_config(text, str(p), base_dir=p.resolve().parent, check_files=check_files,
-                        _file_mode=stat.S_IMODE(st.st_mode))
+    # the file itself, as secret files are: another user who can change it controls msecd
+    unsafe = [Problem(str(p), "", f"refused: {why}") for why in unsafe_location(p)] \
+        if check_files else []
+    try:
+        config = parse_config(text, str(p), base_dir=p.resolve().parent, check_files=check_files,
+                              _file_mode=stat.S_IMODE(st.st_mode))
+    except ConfigError as e:
+        raise ConfigError(unsafe + list(e.problems)) from None
+    if unsafe:
+        raise ConfigError(unsafe)
+    return config
