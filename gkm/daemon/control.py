@@ -14,7 +14,15 @@ Responses never carry key material.
 Access: the socket's directory is created 0700 and the socket 0600 (umask 077 while binding);
 each connection's peer credentials (``SO_PEERCRED``) must be uid 0 or the daemon's own uid,
 else the connection is answered ``{"ok": false, "error": "permission denied"}`` and closed.
-A line longer than :data:`MAX_LINE` bytes closes the connection.
+
+Bad input never raises out of the server and never logs a traceback: a line longer than
+:data:`MAX_LINE` bytes is answered "request too long" and closes the connection; a line that is
+not UTF-8, not JSON, nested deeper than :data:`MAX_DEPTH`, or not an object with a ``"cmd"``
+string is answered with what is wrong (the connection stays usable); wrong argument types are
+the handler's to refuse (:meth:`gkm.daemon.daemon.Daemon.handle_request`).  A connection that
+sends no complete line for ``idle_timeout`` seconds (default :data:`IDLE_TIMEOUT`), or does not
+read its answers for as long, is closed; at most :data:`MAX_CLIENTS` connections are served at
+once (the next ones are answered "too many control connections" and closed).
 """
 
 from __future__ import annotations
@@ -31,14 +39,49 @@ from typing import Any, Awaitable, Callable
 
 log = logging.getLogger("msecd")
 
-__all__ = ["ControlServer", "MAX_LINE", "encode", "peer_uid", "prepare_socket_path"]
+__all__ = ["ControlServer", "MAX_LINE", "MAX_DEPTH", "IDLE_TIMEOUT", "MAX_CLIENTS", "encode",
+           "peer_uid", "prepare_socket_path", "parse_request"]
 
 MAX_LINE = 64 * 1024
+MAX_DEPTH = 16  # the protocol's requests are flat objects with short lists
+IDLE_TIMEOUT = 60.0
+MAX_CLIENTS = 32
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
 
 
 def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, default=str).encode() + b"\n"
+
+
+def _depth(obj: Any, limit: int) -> bool:
+    """True if ``obj`` nests no deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return True
+
+
+def parse_request(line: bytes) -> dict[str, Any] | str:
+    """One request line -> the request object, or why it is refused (a short text)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"request is not UTF-8 (byte {e.start})"
+    try:
+        req = json.loads(text)
+    except RecursionError:
+        return f"request is nested too deeply (at most {MAX_DEPTH} levels)"
+    except ValueError as e:
+        return f"request is not JSON: {e}"
+    if not _depth(req, MAX_DEPTH):
+        return f"request is nested too deeply (at most {MAX_DEPTH} levels)"
+    if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+        return 'request must be an object with a "cmd" string'
+    return req
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -75,9 +118,12 @@ def prepare_socket_path(path: Path) -> None:
 class ControlServer:
     """Serves the control protocol; ``handler(request) -> response`` does the work."""
 
-    def __init__(self, path: Path | str, handler: Handler) -> None:
+    def __init__(self, path: Path | str, handler: Handler, *,
+                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
         self.path = Path(path)
         self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.max_clients = max_clients
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task] = set()
 
@@ -110,29 +156,43 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
+        busy = len(self._clients) >= self.max_clients
+        if task is not None and not busy:
             self._clients.add(task)
+
+        async def answer(obj: dict[str, Any]) -> None:
+            writer.write(encode(obj))
+            await asyncio.wait_for(writer.drain(), self.idle_timeout)
+
         try:
             sock = writer.get_extra_info("socket")
             uid = peer_uid(sock) if sock is not None else -1
             if uid not in (0, os.geteuid()):
                 log.warning("control: refused a connection from uid %d", uid)
-                writer.write(encode({"ok": False, "error": "permission denied"}))
-                await writer.drain()
+                await answer({"ok": False, "error": "permission denied"})
+                return
+            if busy:
+                log.warning("control: refused a connection: %d control connections open",
+                            len(self._clients))
+                await answer({"ok": False, "error": "too many control connections"})
                 return
             while True:
                 try:
-                    line = await reader.readline()
+                    line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
                 except (ValueError, asyncio.LimitOverrunError):
-                    writer.write(encode({"ok": False, "error": "request too long"}))
-                    await writer.drain()
+                    await answer({"ok": False, "error": f"request too long (at most {MAX_LINE} bytes)"})
+                    return
+                except asyncio.TimeoutError:
+                    log.info("control: closed a connection idle for %.0f s", self.idle_timeout)
                     return
                 if not line:
                     return
                 if not line.strip():
                     continue
-                writer.write(encode(await self.dispatch(line)))
-                await writer.drain()
+                await answer(await self.dispatch(line))
+        except asyncio.TimeoutError:
+            log.info("control: closed a connection that did not read its answer for %.0f s",
+                     self.idle_timeout)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -144,12 +204,9 @@ class ControlServer:
                 pass
 
     async def dispatch(self, line: bytes) -> dict[str, Any]:
-        try:
-            req = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            return {"ok": False, "error": "request is not JSON"}
-        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
-            return {"ok": False, "error": 'request must be an object with a "cmd" string'}
+        req = parse_request(line)
+        if isinstance(req, str):
+            return {"ok": False, "error": req}
         try:
             res = self.handler(req)
             if asyncio.iscoroutine(res):

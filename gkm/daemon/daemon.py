@@ -351,7 +351,7 @@ class Daemon:
             return self.keyserver.evict(gid, identities, reason)
         if cmd == "reload":
             return await self.reload()
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
+        return {"ok": False, "error": f"unknown command {cmd[:40]!r}"}
 
     def status(self) -> dict[str, Any]:
         now = self.clock()

@@ -66,7 +66,7 @@ def test_control_socket_modes_and_protocol(tmp_path):
         r, w = await asyncio.open_unix_connection(str(path))
         for line, want in [
             (b'{"cmd": "status"}\n', {"ok": True, "echo": "status"}),
-            (b"not json\n", {"ok": False, "error": "request is not JSON"}),
+            (b"not json\n", {"ok": False, "error": "request is not JSON: Expecting value: line 1 column 1 (char 0)"}),
             (b'{"nocmd": 1}\n', {"ok": False, "error": 'request must be an object with a "cmd" string'}),
             (b'{"cmd": "groups"}\n', {"ok": True, "echo": "groups"}),
         ]:
