@@ -383,6 +383,11 @@ class Phase1Config:
     # either bound replaces the oldest of that identity / source address
     max_sa_per_identity: int = 32
     max_sa_per_address: int = 512
+    # new phase 1 SAs per authenticated identity: a token bucket (burst, then per second); an
+    # identity beyond it has its new SA deleted at once and its source address may not start
+    # another Diffie-Hellman until the bucket refills (see gkm.ike.server)
+    sa_burst_per_identity: int = 32
+    sa_rate_per_identity: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "proposals", tuple(self.proposals))
@@ -414,10 +419,13 @@ class Phase1Config:
         limits = {"max_half_open": self.max_half_open, "max_pending": self.max_pending,
                   "max_half_open_per_peer": self.max_half_open_per_peer,
                   "max_pending_per_peer": self.max_pending_per_peer,
-                  "max_sa_per_identity": self.max_sa_per_identity, "max_sa_per_address": self.max_sa_per_address}
+                  "max_sa_per_identity": self.max_sa_per_identity, "max_sa_per_address": self.max_sa_per_address,
+                  "sa_burst_per_identity": self.sa_burst_per_identity}
         for name, value in limits.items():
             if value < 1:
                 raise ConfigError(name, "must be at least 1")
+        if not self.sa_rate_per_identity > 0:
+            raise ConfigError("sa_rate_per_identity", "must be more than 0 (new SAs per second)")
         if not 8 <= self.nonce_size <= 256:
             raise ConfigError("nonce_size", "must be 8..256 (RFC 2409 section 5)")
 

@@ -26,6 +26,20 @@ flood could exhaust.  Denial-of-service design (RFC 2522 "Photuris" cookies, Fre
 * **Established SAs are bounded.**  At most ``max_sa_per_identity`` ISAKMP SAs per
   authenticated identity and ``max_sa_per_address`` per source address; a new one beyond a bound
   replaces (deletes, with a Delete to the peer) the oldest of that identity or address.
+* **New SAs per identity are rate limited.**  An authenticated member completing phase 1 over
+  and over (with or without INITIAL-CONTACT, so the bounds above never stop it) makes the key
+  server do a Diffie-Hellman and the whole exchange each time: one member could take most of
+  the key server's CPU.  Each identity has a token bucket (``sa_burst_per_identity``, refilled
+  at ``sa_rate_per_identity`` per second; a member needs one SA per registration).  An SA
+  beyond it is deleted as soon as it is established (a Delete to the peer, a
+  :class:`Phase1Failed` event instead of :class:`Phase1Established`), and its source address
+  is *held*: its message 3s are dropped before the DH until the identity's bucket has a token
+  again, and from then on it gets one DH per ``1 / sa_rate_per_identity`` s until the bucket
+  could be full again (``sa_burst_per_identity / sa_rate_per_identity`` s after the refusal),
+  so the exchanges it keeps in flight cannot all pass when the hold ends.  The identity is only
+  known after the DH (message 5), hence the hold on the address, which only an authenticated
+  peer can cause (a spoofer cannot hold anybody's address); other members behind the same
+  address (NAT) share its pace meanwhile.
 * **No reflection.**  The only datagram sent to an unverified source is the notification for a
   message 1 whose proposals are all unacceptable (it lets a misconfigured peer fail at once
   instead of retransmitting until it gives up).  A spoofed flood would turn that into a
@@ -158,6 +172,9 @@ class Phase1Server:
     NOTIFY_BURST = 20
     NOTIFY_SOURCE_INTERVAL = 10.0  # seconds between two notifications to one source address
     NOTIFY_SOURCES = 4096  # source addresses remembered for that (oldest forgotten first)
+    # identities whose new-SA bucket is remembered (least recently used forgotten first: a
+    # forgotten bucket is a full one, which only an identity idle for a while has anyway)
+    SA_RATE_IDENTITIES = 16384
 
     def __init__(self, config: Phase1Config, *, secret: bytes | None = None, random: Callable[[int], bytes] = os.urandom) -> None:
         self.config = config
@@ -187,6 +204,10 @@ class Phase1Server:
         self._notify_tokens = float(self.NOTIFY_BURST)
         self._notify_at: float | None = None
         self._notified: OrderedDict[str, float] = OrderedDict()
+        # new SAs per identity: (tokens, when), least recently used first; source hosts held
+        # because an identity from there exceeded its rate: (no DH before, paced until)
+        self._sa_tokens: OrderedDict[Identity, tuple[float, float]] = OrderedDict()
+        self._held: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     # ----------------------------------------------------------------- inputs
 
@@ -374,6 +395,18 @@ class Phase1Server:
             self.stats["dropped_wrong_addr"] += 1
             log.info("ike server: dropped datagram for %s:%s from %r: message 2 went to %r", key[0].hex(), key[1].hex(), addr, rec.addr)
             return
+        held = self._held.get(rec.host)
+        if held is not None:
+            next_dh, release = held
+            if now < next_dh:
+                self.stats["dropped_sa_rate"] += 1
+                log.debug("ike server: dropped message 3 from %r: held %.1f s more (phase 1 SA rate of an identity there)",
+                          addr, next_dh - now)
+                return
+            if now >= release:
+                del self._held[rec.host]
+            else:  # one DH per token interval until the identity's bucket could be full again
+                self._held[rec.host] = (now + 1.0 / self.config.sa_rate_per_identity, release)
         if not self._admit_pending(rec.host, addr, now):
             return
         ex = MainMode.responder_after_message1(
@@ -442,6 +475,9 @@ class Phase1Server:
         self._out.extend(ex.datagrams_to_send())
         established = None
         while (ev := ex.next_event()) is not None:
+            if isinstance(ev, Phase1Established) and not self._take_sa_token(ev.sa):
+                self._refuse_over_rate(key, ex, ev.sa)
+                break
             self._events.append(ev)
             if isinstance(ev, Phase1Established):
                 if ev.sa.initial_contact:
@@ -457,6 +493,41 @@ class Phase1Server:
             self._pending.discard(key)
         else:
             self._schedule(key, ex)
+
+    def _take_sa_token(self, sa: Phase1SA) -> bool:
+        """One new SA for ``sa.peer_id``'s bucket: True if it had a token (see the module
+        docstring); False holds the source host until the bucket has one again."""
+        burst, rate = float(self.config.sa_burst_per_identity), self.config.sa_rate_per_identity
+        now = sa.established_at
+        buckets = self._sa_tokens
+        tokens, at = buckets.pop(sa.peer_id, (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - at) * rate)
+        ok = tokens >= 1.0
+        if ok:
+            tokens -= 1.0
+        else:
+            host = _host(sa.peer_addr)
+            self._held.pop(host, None)
+            self._held[host] = (now + (1.0 - tokens) / rate, now + burst / rate)
+            while len(self._held) > self.SA_RATE_IDENTITIES:
+                self._held.popitem(last=False)
+        buckets[sa.peer_id] = (tokens, now)
+        while len(buckets) > self.SA_RATE_IDENTITIES:
+            buckets.popitem(last=False)
+        return ok
+
+    def _refuse_over_rate(self, key: tuple[bytes, bytes], ex: MainMode, sa: Phase1SA) -> None:
+        """Delete an SA just established beyond its identity's rate: the peer gets a Delete
+        (its message 6 is already out), the owner a Phase1Failed, never a Phase1Established."""
+        rate = self.config.sa_rate_per_identity
+        reason = (f"more than {self.config.sa_burst_per_identity} new phase 1 SAs for this identity "
+                  f"(then {rate:g} per second); its address is held")
+        self.stats["refused_sa_rate"] += 1
+        ex.delete(sa.established_at, reason)
+        self._out.extend(ex.datagrams_to_send())
+        while ex.next_event() is not None:  # its Phase1Deleted: the SA was never announced
+            pass
+        self._events.append(Phase1Failed(key[0], key[1], sa.peer_addr, f"{sa.peer_id}: {reason}"))
 
     def _bound_sas(self, key: tuple[bytes, bytes], sa: Phase1SA) -> None:
         """A new SA beyond the per-identity or per-address bound replaces the oldest one."""

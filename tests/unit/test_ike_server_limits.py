@@ -190,3 +190,53 @@ def test_established_event_still_first():
     srv = _server(["192.0.2.1"])
     _register(srv, "192.0.2.1", T0)
     assert [type(e) for e in events(srv)] == [Phase1Established]
+
+
+def test_new_sas_per_identity_rate_limited_and_address_held_before_dh():
+    """An authenticated member completing phase 1 over and over (here with INITIAL-CONTACT,
+    so the per-identity bound never stops it) used to get every SA: each one a DH and a whole
+    exchange on the key server.  Beyond its burst the new SA is deleted at once (Delete to the
+    peer, Phase1Failed instead of Phase1Established) and its address's message 3s are dropped
+    before any DH until the bucket refills; other addresses are not affected."""
+    from gkm.ike import Phase1Failed
+
+    srv = _server([ATTACKER, "192.0.2.1"], sa_burst_per_identity=4, sa_rate_per_identity=0.5)
+    gms = [_register(srv, ATTACKER, T0, port=1000 + i) for i in range(4)]
+    assert all(g.state is State.ESTABLISHED for g in gms)
+    events(srv)
+    over = _register(srv, ATTACKER, T0, port=2000)
+    assert over.state is State.DELETED  # it got message 6, then the Delete
+    evs = events(srv)
+    assert not any(isinstance(e, Phase1Established) for e in evs)
+    (failed,) = [e for e in evs if isinstance(e, Phase1Failed)]
+    assert failed.icookie == over.icookie and "new phase 1 SAs for this identity" in failed.reason
+    assert srv.stats["refused_sa_rate"] == 1
+    assert over.icookie not in {s.icookie for s in srv.established()}
+    # held: the next message 3s from that address cost no DH (no message 4)
+    for i in range(10):
+        gm = _to_message3(srv, ATTACKER, T0 + 0.1, port=3000 + i)
+        assert gm.state is State.MM3_SENT
+    assert srv.stats["dropped_sa_rate"] == 10 and srv.pending_count == 0
+    # another address is not held
+    assert _register(srv, "192.0.2.1", T0 + 0.1).state is State.ESTABLISHED
+    # 1 / 0.5 s later the bucket has a token again: one more SA, then one DH per 2 s
+    assert _register(srv, ATTACKER, T0 + 2.1, port=4000).state is State.ESTABLISHED
+    assert _to_message3(srv, ATTACKER, T0 + 2.2, port=4001).state is State.MM3_SENT
+    assert srv.stats["dropped_sa_rate"] == 11
+    assert _register(srv, ATTACKER, T0 + 4.2, port=4002).state is State.ESTABLISHED
+    assert srv.stats["refused_sa_rate"] == 1
+    # burst / rate = 8 s after the refusal the address is no longer paced (its bucket decides)
+    assert _register(srv, ATTACKER, T0 + 8.1, port=5000).state is State.ESTABLISHED
+    assert ATTACKER not in srv._held
+
+
+def test_sa_rate_bookkeeping_bounded():
+    srv = _server([f"10.0.{i >> 8}.{i & 255}" for i in range(40)], sa_burst_per_identity=1, sa_rate_per_identity=0.01)
+    srv.SA_RATE_IDENTITIES = 16
+    from gkm.ike import Identity
+
+    for i in range(40):
+        h = f"10.0.{i >> 8}.{i & 255}"
+        for j in range(2):  # the second is over the rate: its host is held
+            _register(srv, h, T0 + i, port=1000 + j, local_id=Identity.ip(h))
+    assert len(srv._sa_tokens) == 16 and len(srv._held) == 16
