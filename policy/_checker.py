@@ -480,7 +480,7 @@ class Checker:
 
     def kek(self, raw: Any, path: str) -> m.KekPolicy | None:
         keys = {"cipher", "signature", "signing_key", "rekey_address", "rekey_port", "lifetime",
-                "rekey_interval", "rekey_ttl", "rekey_interface"}
+                "rekey_interval", "rekey_ttl", "rekey_interface", "max_push_size"}
         n0 = len(self.problems)
         tbl = self.table(raw, path, keys, required=("signing_key", "rekey_address"))
         if tbl is None:
@@ -500,6 +500,8 @@ class Checker:
                                     f"{addr} is not a multicast address")
         port = self.integer(tbl, path, "rekey_port", 1, 65535, m.GDOI_PORT)
         ttl = self.integer(tbl, path, "rekey_ttl", 1, 255, 1)
+        max_push = self.integer(tbl, path, "max_push_size", *m.MAX_PUSH_SIZE_RANGE,
+                                m.MAX_PUSH_SIZE_DEFAULT)
         iface = self.value(tbl, path, "rekey_interface", str, None)
         if isinstance(iface, str):
             iface = self.interface_name(iface, _join(path, "rekey_interface"))
@@ -512,7 +514,8 @@ class Checker:
             return None
         return self.build(path, m.KekPolicy, cipher=cipher, signature=sig, signing_key=key,
                           rekey_address=addr, rekey_port=port, lifetime_s=life,
-                          rekey_interval_s=interval, rekey_ttl=ttl, rekey_interface=iface)
+                          rekey_interval_s=interval, rekey_ttl=ttl, rekey_interface=iface,
+                          max_push_size=max_push)
 
     def interface_name(self, iface: str, p: str) -> Any:
         if not re.fullmatch(r"[^/\s:\x00]{1,15}", iface):

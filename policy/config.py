@@ -81,6 +81,8 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     rekey_interval = "50m"                    # default; < every TEK lifetime, < KEK lifetime
     rekey_ttl = 1                             # default; multicast hop limit of the PUSH, 1..255
     rekey_interface = "eth0"                  # optional; default: the routing table decides
+    max_push_size = 8192                      # default; largest PUSH datagram (bytes,
+                                              # 2048..65000); larger LKH updates are split
 
     [[member.group]]                          # this daemon joins these groups
     id = 1001

@@ -120,6 +120,12 @@ MIN_GROUP_ID = 1
 MAX_GROUP_ID = 2**32 - 1
 TEK_LIFETIME_RANGE = (60, 86_400)  # seconds
 KEK_LIFETIME_RANGE = (300, 7 * 86_400)
+#: Largest GROUPKEY-PUSH datagram (bytes of UDP payload) the key server sends: an LKH update
+#: that does not fit is split over several PUSHes (gkm.lkh.split_lkh_update).  The default keeps
+#: IP fragmentation on a 1500-byte path to 6 fragments; the floor leaves room for the SA, KEK
+#: packet and an RSA-4096 signature beside the LKH keys; the ceiling is UDP's.
+MAX_PUSH_SIZE_RANGE = (2048, 65_000)
+MAX_PUSH_SIZE_DEFAULT = 8192
 REKEY_INTERVAL_RANGE = (30, 86_400)
 DEFAULT_REPLAY_WINDOW = 64  # configuration default for a TEK with exactly one sender
 MAX_REPLAY_WINDOW = 4096  # XFRM bitmap replay state (xfrm_replay_state_esn without ESN)
@@ -344,8 +350,13 @@ class KekPolicy:
     rekey_ttl: int = 1
     #: interface the multicast PUSH leaves through (None: the routing table decides)
     rekey_interface: str | None = None
+    #: largest PUSH datagram in bytes; larger LKH updates go out in several PUSHes
+    max_push_size: int = MAX_PUSH_SIZE_DEFAULT
 
     def __post_init__(self) -> None:
+        lo, hi = MAX_PUSH_SIZE_RANGE
+        if not lo <= self.max_push_size <= hi:
+            raise ValueError(f"max PUSH size {self.max_push_size} bytes is not in {lo}..{hi}")
         if not 1 <= self.rekey_ttl <= 255:
             raise ValueError(f"rekey TTL {self.rekey_ttl} is not in 1..255")
         if not 1 <= self.rekey_port <= 65535:

@@ -140,6 +140,7 @@ def test_base_loads(files):
     assert t.selector.dst == ip.ip_network("239.1.1.1/32") and t.suite.transform_id == 20
     assert ks.groups[0].kek.rekey_interval_s == 3000 and ks.groups[0].kek.rekey_port == 848
     assert ks.groups[0].kek.rekey_ttl == 1 and ks.groups[0].kek.rekey_interface is None
+    assert ks.groups[0].kek.max_push_size == 8192
     assert ks.psk_for("gm1").secret.reveal() == PSK.encode()  # trailing newline stripped
     cam = ks.groups[1].teks[0]
     assert cam.direction_for(Identity(IdKind.KEY_ID, "cam1")) == SaDirection.SENDER_ONLY
@@ -153,6 +154,12 @@ def test_single_role_and_defaults(files):
     doc = {"member": base()["member"]}
     c = load(doc, files)
     assert c.keyserver is None and str(c.daemon.state_dir) == "/var/lib/msec"
+
+
+def test_max_push_size_configured(files):
+    doc = base()
+    doc["keyserver"]["group"][0]["kek"]["max_push_size"] = 2048
+    assert load(doc, files).keyserver.groups[0].kek.max_push_size == 2048
 
 
 def test_authorizes_from_config(files):
@@ -238,6 +245,10 @@ T0 = "keyserver.group[0].tek[0]"
          "keyserver.group[0].kek.rekey_ttl", "not in 1..255"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_ttl=256),
          "keyserver.group[0].kek.rekey_ttl", "not in 1..255"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(max_push_size=1500),
+         "keyserver.group[0].kek.max_push_size", "not in 2048..65000"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(max_push_size="8k"),
+         "keyserver.group[0].kek.max_push_size", ""),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_interface="eth0/1"),
          "keyserver.group[0].kek.rekey_interface", "not a Linux interface name"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_interval="2h"),
