@@ -704,16 +704,38 @@ class LkhMemberView:
         """Unwrap, bottom-up, every entry wrapped under a key this member holds (or has just
         unwrapped) and install the new keys.  All or nothing: on any error the view is left
         unchanged.  Raises :class:`LkhStaleUpdate`, :class:`LkhOutOfSync`,
-        :class:`LkhEvicted` or :class:`LkhUpdateError` (malformed / integrity failure)."""
+        :class:`LkhEvicted` or :class:`LkhUpdateError` (malformed / integrity failure).
+        An update split over several messages goes through :mod:`gkm.lkh_parts` instead."""
+        self._check_epoch(update)
+        by_wrap, top_touched = self._index(update)
+        path = list(self._path)
+        renewed: set[int] = set()
+        changed_top = self._climb(path, by_wrap, renewed)
+        self._check_complete(renewed, top_touched, changed_top)
+        self._path = path
+        self.epoch = update.epoch
+
+    # The steps of apply, shared with gkm.lkh_parts (parts of one update applied one by one).
+
+    def _check_epoch(self, update: LkhUpdate) -> None:
         if update.epoch <= self.epoch:
             raise LkhStaleUpdate(f"update epoch {update.epoch} not newer than {self.epoch}")
         if update.epoch != self.epoch + 1:
             raise LkhOutOfSync(f"update epoch {update.epoch}, expected {self.epoch + 1}: re-register")
+
+    def _index(self, update: LkhUpdate) -> tuple[dict[int, list[tuple[int, LkhEntry]]], bool]:
+        """Structural checks of every entry; the entries by wrapping key handle, and whether
+        the update renews the group key (an entry at the top level or above).  The result
+        depends only on the (immutable) update, the key length and the depth, so it is kept
+        on the update: many views applying one update (a simulation, a test) check it once."""
         key_len = len(self._path[0][1])
-        by_wrap: dict[int, list[tuple[int, LkhEntry]]] = {}
-        seen_new: set[int] = set()
-        top_touched = False
         top = len(self._path) - 1
+        cache = update.__dict__.setdefault("_member_index", {})
+        hit = cache.get((key_len, top))
+        if hit is not None:
+            return hit
+        by_wrap: dict[int, list[tuple[int, LkhEntry]]] = {}
+        top_touched = False
         for n, e in enumerate(update.entries):
             if not (isinstance(e, LkhEntry) and isinstance(e.wrap, KeyId) and isinstance(e.new, KeyId)):
                 raise LkhUpdateError(f"entry {n}: not an LKH entry")
@@ -727,14 +749,21 @@ class LkhMemberView:
             by_wrap.setdefault(w.handle, []).append((n, e))
             if nw.level >= top:
                 top_touched = True
-            seen_new.add(nw.handle)
-        path = list(self._path)
+        cache[(key_len, top)] = (by_wrap, top_touched)
+        return by_wrap, top_touched
+
+    def _climb(self, path: list[tuple[KeyId, bytes]], by_wrap: dict[int, list[tuple[int, LkhEntry]]],
+               renewed: set[int]) -> bool:
+        """Unwrap into ``path`` (a copy of this view's path), leaf first, every entry wrapped
+        under a key of ``path`` (``by_wrap`` is only read); ``renewed`` collects the levels given a new key (and is
+        checked against: one new key per level).  Returns whether the group key changed."""
+        top = len(self._path) - 1
         changed_top = False
-        renewed: set[int] = set()
         i = 0
         while i < len(path):
             held, key = path[i]
-            todo = by_wrap.pop(held.handle, [])
+            # (get, not pop: a handle names one key of one level, so each is met once)
+            todo = by_wrap.get(held.handle, ())
             renewed_here = False
             for n, e in todo:
                 if e.wrap.level != i:
@@ -771,6 +800,10 @@ class LkhMemberView:
                     changed_top = True
             if not renewed_here:
                 i += 1
+        return changed_top
+
+    def _check_complete(self, renewed: set[int], top_touched: bool, changed_top: bool) -> None:
+        top = len(self._path) - 1
         if top_touched and not changed_top:
             raise LkhEvicted("the update renews the group key and none of this member's keys can unwrap it (evicted)")
         # A renewed node implies renewed ancestors (eviction and backward-secret joins renew
@@ -779,5 +812,3 @@ class LkhMemberView:
             missing = [lvl for lvl in range(min(renewed), top + 1) if lvl not in renewed]
             if missing:
                 raise LkhUpdateError(f"incomplete update: new key at level {min(renewed)} but none at levels {missing}")
-        self._path = path
-        self.epoch = update.epoch

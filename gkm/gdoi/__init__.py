@@ -32,7 +32,10 @@ from .keys import GroupKek, GroupTek, LkhKeys
 from .phase1 import phase1_config
 from .provider import Enrollment, GroupKeys, GroupKeysProvider, KekKeys, StaleKeys, StoreKeysProvider, TekKeys
 from .pull import PullInitiator, PullResponder, PullState, peer_identity
-from .push import Evicted, KekDeleted, PushReceiver, PushRejected, Rekeyed, TeksDeleted, build_push, lkh_kek_keymat
+from .push import (
+    Evicted, KekDeleted, LkhPartReceived, PushReceiver, PushRejected, Rekeyed, TeksDeleted, build_push,
+    lkh_kek_keymat, lkh_update_parts,
+)
 
 __all__ = [
     "KeyServerEngine", "MemberRegistration", "RegistrationState",
@@ -42,4 +45,5 @@ __all__ = [
     "Enrollment", "GroupKeys", "GroupKeysProvider", "KekKeys", "StaleKeys", "StoreKeysProvider", "TekKeys",
     "PullInitiator", "PullResponder", "PullState", "peer_identity",
     "build_push", "lkh_kek_keymat", "PushReceiver", "Rekeyed", "TeksDeleted", "KekDeleted", "Evicted", "PushRejected",
+    "LkhPartReceived", "lkh_update_parts",
 ]

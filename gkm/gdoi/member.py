@@ -52,7 +52,7 @@ from policy.model import MemberGroup, TrafficSelector
 
 from .events import Registered, RegistrationFailed
 from .keys import GroupTek
-from .push import Evicted, KekDeleted, PushRejected, PushReceiver, Rekeyed, TeksDeleted
+from .push import Evicted, KekDeleted, LkhPartReceived, PushRejected, PushReceiver, Rekeyed, TeksDeleted
 
 __all__ = [
     "MemberEngine", "MemberState", "RefusedInput", "HeldTek",
@@ -472,7 +472,9 @@ class MemberEngine:
                     self._kek_deleted(now)
                 case Evicted():
                     self._evicted(now)
-                case PushRejected():
+                case PushRejected() | LkhPartReceived():
+                    # a part of a split LKH update changes only the receiver's pending keys;
+                    # the last part brings Rekeyed (or Evicted)
                     self._events.append(ev)
 
     def sa_expired(self, spi: int, hard: bool, now: float) -> None:

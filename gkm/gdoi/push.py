@@ -60,8 +60,20 @@ Decisions (ambiguities; the digest is /work/shared/specs/gdoi-ikev1-wire.md):
 * Delete payloads (RFC 6407 section 5.9): TEK deletes (protocol ESP, SPI size 4; no SPI =
   all) give :class:`TeksDeleted`; a KEK delete (protocol 0, SPI size 16) :class:`KekDeleted`,
   after which the receiver accepts nothing more (re-register).
+* Large LKH updates (our choice; RFC 6407 has no fragmentation of its own and leaves large KD
+  payloads to IP fragmentation): an update whose PUSH would exceed the group's
+  ``max_push_size`` goes out in parts (:func:`lkh_update_parts`, :mod:`gkm.lkh_parts`), part
+  ``i`` of ``n`` in a PUSH of its own under the current KEK with SEQ ``s + i - 1``, each with
+  the same SA KEK and KEK packet and an LKH key packet holding a private-use attribute
+  LKH_UPDATE_PART (128, TLV, index and count as two 16-bit words) and that part's
+  LKH_UPDATE_ARRAYs.  The member applies each part as it comes to a pending copy of its LKH
+  keys (:class:`LkhPartReceived`) and installs keys and the new KEK only with the last part
+  (then :class:`Rekeyed`, or :class:`Evicted`).  A part that does not follow the previous
+  one (other KEK, count, index or a SEQ that is not the next) is refused with the reason and
+  changes nothing; the member cannot complete that update and registers again when its keys
+  run out.  Only the last part may carry TEKs; parts before it carry no Delete.
 * Not done here: GROUPKEY-PUSH-ACK (RFC 8263), GAP/SID (RFC 6054; TEKs are handed over as the
-  PULL does), splitting large LKH arrays over several datagrams.
+  PULL does).
 """
 
 from __future__ import annotations
@@ -70,6 +82,7 @@ import dataclasses
 import hmac
 import ipaddress
 import logging
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence as Seq
@@ -85,6 +98,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from gkm.events import MemberEvent
 from gkm import wire
 from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LkhError, LkhEvicted, LkhMemberView, LkhUpdate
+from gkm.lkh_parts import LkhPartial, apply_part, split_lkh_update
 from gkm.wire import (
     Attribute, Delete, GdoiSa, Header, KeyDownload, KeyPacket, Sequence, Signature, attr_bytes,
 )
@@ -101,6 +115,7 @@ log = logging.getLogger("gkm.gdoi")
 
 __all__ = [
     "build_push", "PushReceiver", "Rekeyed", "TeksDeleted", "KekDeleted", "Evicted", "PushRejected",
+    "LkhPartReceived", "lkh_update_parts", "lkh_part_budget",
     "lkh_kek_keymat", "sign_push", "verify_push_signature", "REKEY_PREFIX",
 ]
 
@@ -109,6 +124,8 @@ REKEY_PREFIX = b"rekey"
 HEADER_LEN = 28
 _LKH_KEK_INFO = b"msec GDOI LKH KEK"
 _KEYWRAP_OVERHEAD = 8
+_PART = struct.Struct("!HH")
+MAX_LKH_PARTS = 0xFFFF
 
 
 # ------------------------------------------------------------------------------------ events
@@ -150,6 +167,18 @@ class Evicted(MemberEvent):
     """Member: an LKH update renewed the group KEK and this member cannot derive it."""
 
     group_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LkhPartReceived(MemberEvent):
+    """Member: part ``index`` of ``count`` of a split LKH update was accepted and applied to
+    the member's pending LKH keys (nothing installed yet: the last part brings the new KEK, as
+    :class:`Rekeyed`, or :class:`Evicted`).  ``seq``: the part's SEQ."""
+
+    group_id: int
+    seq: int
+    index: int
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +284,7 @@ def build_push(
     lkh_update: LkhUpdate | None = None,
     lkh_root_key: bytes | None = None,
     lkh_key_type: int = KEY_TYPE_AES_KEYWRAP,
+    lkh_part: tuple[int, int] | None = None,
     deletes: Seq[int] = (),
     delete_kek: bool = False,
     now: int,
@@ -267,26 +297,54 @@ def build_push(
     ``new_teks``: TEKs of ``group``'s TEK policies (by name) to announce.  ``new_kek``: a
     replacement Rekey SA.  ``lkh_update`` (with ``new_kek`` and ``lkh_root_key``, the tree's new
     group key): the KEK is sent as an LKH update and ``new_kek.keymat`` must be
-    :func:`lkh_kek_keymat` of the root key.  ``deletes``: TEK SPIs to delete (``[0]`` = all).
-    ``signing_key``: the group's PUSH private key (``KekPolicy.signing_key`` loaded).
+    :func:`lkh_kek_keymat` of the root key.  ``lkh_part=(index, count)``: ``lkh_update`` is part
+    ``index`` of ``count`` of a larger update (:func:`lkh_update_parts`; the parts go out with
+    consecutive SEQs, only the last may carry TEKs).  ``deletes``: TEK SPIs to delete (``[0]`` =
+    all).  ``signing_key``: the group's PUSH private key (``KekPolicy.signing_key`` loaded).
     ``now``: wall seconds (remaining lifetimes).  Raises ValueError on inconsistent input.
     """
-    if group.kek is None:
-        raise ValueError(f"group {group.group_id} has no KEK policy: no GROUPKEY-PUSH")
     if not 1 <= seq <= 0xFFFFFFFF:
         raise ValueError(f"SEQ {seq} out of range")
-    if len(kek.spi) != 16:
-        raise ValueError("KEK SPI must be 16 octets")
-    cipher = KEK_CIPHERS[kek.cipher]
-    suite = group.kek.signature
     if lkh_update is not None:
         if new_kek is None or lkh_root_key is None:
             raise ValueError("an LKH update needs the new KEK and the new root key")
         if not hmac.compare_digest(new_kek.keymat, lkh_kek_keymat(lkh_root_key, new_kek.spi, new_kek.cipher)):
             raise ValueError("new KEK keymat is not derived from the LKH root key (lkh_kek_keymat)")
+    header, payloads = _push_payloads(group, kek, seq, new_teks, new_kek, lkh_update, lkh_key_type,
+                                      lkh_part, deletes, delete_kek, now, rekey_source)
+    suite = group.kek.signature
+    cipher = KEK_CIPHERS[kek.cipher]
+    priv_pub = signing_key.public_key()
+    sig_len = signature_length(suite, priv_pub)
+    # HDR as signed: Length = 28 + payloads incl. SIG (4 + sig_len), no padding (gdoid)
+    signed_msg = wire.encode_message(header, (*payloads, Signature(bytes(sig_len))))
+    sig_start = len(signed_msg) - 4 - sig_len
+    sig = sign_push(suite, signing_key, REKEY_PREFIX + signed_msg[:sig_start])
+    assert len(sig) == sig_len
+    bs = cipher.block_bytes
+    plain = wire.encode_message(header, (*payloads, Signature(sig)), block_size=bs)
+    key = kek.keymat[bs:]
+    iv = kek.keymat[:bs]
+    return plain[:HEADER_LEN] + _cbc(key, iv, plain[HEADER_LEN:], True)
+
+
+def _push_payloads(group, kek, seq, new_teks, new_kek, lkh_update, lkh_key_type, lkh_part,
+                   deletes, delete_kek, now, rekey_source):
+    """HDR and the payloads before SIG of a PUSH (:func:`build_push`, :func:`lkh_part_budget`)."""
+    if group.kek is None:
+        raise ValueError(f"group {group.group_id} has no KEK policy: no GROUPKEY-PUSH")
+    if len(kek.spi) != 16:
+        raise ValueError("KEK SPI must be 16 octets")
     if new_kek is not None and new_kek.spi == kek.spi:
         raise ValueError("a new KEK needs a new SPI (RFC 6407 section 4)")
-
+    if lkh_part is not None:
+        index, count = lkh_part
+        if lkh_update is None or not 1 <= index <= count <= MAX_LKH_PARTS:
+            raise ValueError(f"LKH part {index}/{count} (needs an LKH update, 1 <= index <= count <= {MAX_LKH_PARTS})")
+        if index < count and (new_teks or deletes or delete_kek):
+            raise ValueError(f"LKH part {index}/{count}: only the last part may carry TEKs or deletes")
+        if count == 1:
+            lkh_part = None
     payloads: list = [Sequence(seq)]
     tek_dels = tuple(int(s) for s in deletes)
     if tek_dels:
@@ -312,6 +370,8 @@ def build_push(
         else:
             packets.append(KeyPacket(KdType.KEK, bytes(new_kek.spi), (Attribute(KekKeyAttr.SIG_ALGORITHM_KEY, bytes(new_kek.public_key)),)))
             attrs = []
+            if lkh_part is not None:
+                attrs.append(Attribute(LkhKeyAttr.LKH_UPDATE_PART, _PART.pack(*lkh_part)))
             for (lkh_id, handle), keys in lkh_update.to_arrays():
                 arr = wire.LkhArray(tuple(wire.LkhKey(lvl, lkh_key_type, 0, 0, h, data) for lvl, h, data in keys), (lkh_id, handle))
                 attrs.append(Attribute(LkhKeyAttr.LKH_UPDATE_ARRAY, arr.encode()))
@@ -321,20 +381,44 @@ def build_push(
         payloads.append(KeyDownload(tuple(packets)))
     if len(payloads) == 1:
         raise ValueError("a GROUPKEY-PUSH without SA, KD or Delete says nothing")
-
     header = Header(bytes(kek.spi[:8]), bytes(kek.spi[8:]), ExchangeType.GROUPKEY_PUSH, Flags.ENCRYPTION)
-    priv_pub = signing_key.public_key()
-    sig_len = signature_length(suite, priv_pub)
-    # HDR as signed: Length = 28 + payloads incl. SIG (4 + sig_len), no padding (gdoid)
-    signed_msg = wire.encode_message(header, (*payloads, Signature(bytes(sig_len))))
-    sig_start = len(signed_msg) - 4 - sig_len
-    sig = sign_push(suite, signing_key, REKEY_PREFIX + signed_msg[:sig_start])
-    assert len(sig) == sig_len
-    bs = cipher.block_bytes
-    plain = wire.encode_message(header, (*payloads, Signature(sig)), block_size=bs)
-    key = kek.keymat[bs:]
-    iv = kek.keymat[:bs]
-    return plain[:HEADER_LEN] + _cbc(key, iv, plain[HEADER_LEN:], True)
+    return header, payloads
+
+
+def lkh_part_budget(group: GroupPolicy, *, kek: KekKeys, new_kek: KekKeys, signing_key: Any,
+                    now: int, max_size: int | None = None,
+                    rekey_source: tuple[str, int] | None = None) -> int:
+    """Bytes of LKH_UPDATE_ARRAYs (:meth:`LkhUpdate.wire_size`) that fit one LKH part PUSH
+    (:func:`build_push` with ``lkh_part``, no TEKs) of at most ``max_size`` bytes (default: the
+    group's ``kek.max_push_size``): the datagram minus its HDR, SEQ, SA KEK, KEK packet, LKH
+    packet header, part attribute, SIG and the worst case of CBC padding.  No signing."""
+    if group.kek is None:
+        raise ValueError(f"group {group.group_id} has no KEK policy: no GROUPKEY-PUSH")
+    limit = group.kek.max_push_size if max_size is None else max_size
+    header, payloads = _push_payloads(group, kek, 1, (), new_kek, LkhUpdate(0, ()), KEY_TYPE_AES_KEYWRAP,
+                                      (1, 2), (), False, now, rekey_source)
+    sig_len = signature_length(group.kek.signature, signing_key.public_key())
+    fixed = len(wire.encode_message(header, (*payloads, Signature(bytes(sig_len)))))
+    return limit - fixed - (KEK_CIPHERS[kek.cipher].block_bytes - 1)
+
+
+def lkh_update_parts(group: GroupPolicy, update: LkhUpdate, *, kek: KekKeys, new_kek: KekKeys,
+                     signing_key: Any, now: int, max_size: int | None = None,
+                     rekey_source: tuple[str, int] | None = None) -> list[LkhUpdate]:
+    """``update`` as the parts to send, part ``i`` of ``n`` in a PUSH built with
+    ``build_push(..., lkh_update=parts[i - 1], lkh_part=(i, n))`` under ``kek``, SEQs
+    consecutive (reserve ``n`` with ``store.next_seq`` first), so that no datagram exceeds
+    ``max_size`` (default: the group's ``kek.max_push_size``).  ``[update]`` when it fits one.
+    Raises ValueError when the update needs more than 65535 parts."""
+    budget = lkh_part_budget(group, kek=kek, new_kek=new_kek, signing_key=signing_key, now=now,
+                             max_size=max_size, rekey_source=rekey_source)
+    try:
+        parts = split_lkh_update(update, budget)
+    except LkhError as e:
+        raise ValueError(f"LKH update cannot be split into PUSHes of {group.kek.max_push_size if max_size is None else max_size} bytes: {e}") from None
+    if len(parts) > MAX_LKH_PARTS:
+        raise ValueError(f"LKH update needs {len(parts)} parts, more than {MAX_LKH_PARTS}")
+    return parts
 
 
 # ------------------------------------------------------------------------------------ member
@@ -374,6 +458,8 @@ class PushReceiver:
         self.check_source = check_source
         self.evicted = False
         self.closed = False
+        #: parts 1..k of a split LKH update so far: (new KEK SPI, SEQ of part k, keys derived)
+        self._lkh_parts: tuple[bytes, int, LkhPartial] | None = None
         self._directions = {_selector(t): t.direction for t in teks}
         self._events: deque = deque()
         self.stats = {"accepted": 0, "rejected": 0}
@@ -508,12 +594,24 @@ class PushReceiver:
         new_kek = None
         new_view = None
         evicted = False
+        part = None
         if rest:
-            teks, new_kek, new_view, evicted = self._process_sa_kd(rest[0], rest[1])
+            teks, new_kek, new_view, evicted, part = self._process_sa_kd(rest[0], rest[1], seq)
+        if part is not None:
+            # a part before the last of a split LKH update: keep what it gave, install nothing
+            if dels:
+                raise _Reject("Delete payloads in an LKH update part before the last")
+            spi, partial = part
+            self._lkh_parts = (spi, seq, partial)
+            self.last_seq = seq
+            log.info("gdoi member group %s: GROUPKEY-PUSH SEQ %d accepted: LKH update part %d/%d",
+                     self.group_id, seq, partial.applied, partial.count)
+            return [LkhPartReceived(self.group_id, seq, partial.applied, partial.count)]
         if delete_all or deleted_teks:
             events.append(TeksDeleted(self.group_id, () if delete_all else tuple(deleted_teks), delete_all))
         if evicted:
             self.evicted = True
+            self._lkh_parts = None
             self.last_seq = seq
             log.warning("gdoi member group %s: evicted by LKH update (SEQ %d)", self.group_id, seq)
             return [*events, Evicted(self.group_id)]
@@ -523,6 +621,7 @@ class PushReceiver:
         lkh = None
         if new_view is not None:
             self.lkh_view = new_view
+            self._lkh_parts = None
         if self.lkh_view is not None:
             lkh = LkhKeys(tuple((k.level, k.handle, key) for k, key in self.lkh_view.path))
         if new_kek is not None:
@@ -539,7 +638,7 @@ class PushReceiver:
                  ", new KEK" if new_kek else "", ", deletes" if dels else "")
         return events
 
-    def _process_sa_kd(self, sa: GdoiSa, kd: KeyDownload):
+    def _process_sa_kd(self, sa: GdoiSa, kd: KeyDownload, seq: int):
         try:
             offer = sakd.read_sa(sa, self.allowed_suites)
             packets = sakd.sort_kd(kd)
@@ -559,7 +658,7 @@ class PushReceiver:
             raise _Reject(f"unusable TEK: {e}") from None
         new_kek = new_view = None
         if kparams is None:
-            return tuple(teks), None, None, False
+            return tuple(teks), None, None, False, None
         if kparams.spi == self.kek.spi:
             raise _Reject("new SA KEK with the current SPI (RFC 6407 section 4: new cookie pair)")
         keymat = attr_bytes(kek_pkt.attributes, KekKeyAttr.KEK_ALGORITHM_KEY)
@@ -571,7 +670,15 @@ class PushReceiver:
                 raise _Reject("LKH update but this member holds no LKH keys")
             key_len = len(self.lkh_view.path[0][1])
             arrays = []
+            part = None
             for t, v in lkh_pkt.attributes:
+                if t == LkhKeyAttr.LKH_UPDATE_PART:
+                    if part is not None or not isinstance(v, bytes) or len(v) != _PART.size:
+                        raise _Reject("LKH update part attribute: one, TLV, 4 octets")
+                    part = _PART.unpack(v)
+                    if not 1 <= part[0] <= part[1]:
+                        raise _Reject(f"LKH update part {part[0]} of {part[1]}")
+                    continue
                 if t != LkhKeyAttr.LKH_UPDATE_ARRAY or not isinstance(v, bytes):
                     raise _Reject(f"LKH key packet attribute {t} not supported in PUSH")
                 try:
@@ -582,12 +689,27 @@ class PushReceiver:
                     raise _Reject("LKH key type is not AES key wrap")
                 arrays.append((arr.update, [(k.lkh_id, k.handle, k.key_data) for k in arr.keys]))
             view = LkhMemberView(self.lkh_view.path, epoch=self.lkh_view.epoch, degree=self.lkh_view.degree)
-            try:
-                view.apply(LkhUpdate.from_arrays(view.epoch + 1, arrays))
-            except LkhEvicted:
-                return (), None, None, True
-            except LkhError as e:
-                raise _Reject(f"LKH update: {e}") from None
+            update = LkhUpdate.from_arrays(view.epoch + 1, arrays)
+            if part is not None and part[1] > 1:
+                index, count = part
+                partial = self._partial_for(kparams.spi, seq, index, count)
+                if index < count and teks:
+                    raise _Reject(f"TEKs in LKH update part {index}/{count} (only the last part may carry them)")
+                try:
+                    partial = apply_part(view, update, index, count, partial)
+                except LkhEvicted:
+                    return (), None, None, True, None
+                except LkhError as e:
+                    raise _Reject(f"LKH update part {index}/{count}: {e}") from None
+                if partial is not None:
+                    return (), None, None, False, (bytes(kparams.spi), partial)
+            else:
+                try:
+                    view.apply(update)
+                except LkhEvicted:
+                    return (), None, None, True, None
+                except LkhError as e:
+                    raise _Reject(f"LKH update: {e}") from None
             if view.group_key[0].handle == self.lkh_view.group_key[0].handle:
                 raise _Reject("LKH update does not renew the group key")
             keymat = lkh_kek_keymat(view.group_key[1], kparams.spi, kparams.cipher)
@@ -599,7 +721,23 @@ class PushReceiver:
             new_kek = pw.group_kek(self.group_id, kparams, KeyPacket(KdType.KEK, kparams.spi, attrs))
         except pw.MappingError as e:
             raise _Reject(f"unusable KEK: {e}") from None
-        return tuple(teks), new_kek, new_view, False
+        return tuple(teks), new_kek, new_view, False, None
+
+    def _partial_for(self, spi: bytes, seq: int, index: int, count: int) -> LkhPartial | None:
+        """The pending parts part ``index`` continues (None for part 1, which starts over), or
+        a precise refusal: parts must come one after the other, SEQ after SEQ, for one KEK."""
+        held = self._lkh_parts
+        if index == 1:
+            return None
+        if held is None:
+            raise _Reject(f"LKH update part {index}/{count} at SEQ {seq} without parts 1..{index - 1} "
+                          "(lost or reordered: re-register)")
+        h_spi, h_seq, partial = held
+        if not hmac.compare_digest(h_spi, bytes(spi)) or partial.count != count \
+                or index != partial.applied + 1 or seq != h_seq + 1:
+            raise _Reject(f"LKH update part {index}/{count} at SEQ {seq} out of order: expected part "
+                          f"{partial.applied + 1}/{partial.count} at SEQ {h_seq + 1}")
+        return partial
 
 
 def _replace_direction(t: GroupTek, direction: SaDirection) -> GroupTek:

@@ -355,6 +355,9 @@ class LkhKeyAttr(IntEnum):
     LKH_DOWNLOAD_ARRAY = 1
     LKH_UPDATE_ARRAY = 2
     SIG_ALGORITHM_KEY = 3
+    #: private use (RFC 6407 section 5.6.3): "part INDEX of COUNT" of an LKH update split over
+    #: several GROUPKEY-PUSH messages (gkm.lkh_parts); TLV, 2 + 2 octets, 1 <= INDEX <= COUNT
+    LKH_UPDATE_PART = 128
 
 
 class SidKeyAttr(IntEnum):

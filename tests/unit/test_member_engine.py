@@ -18,7 +18,7 @@ from gkm.gdoi.member import (
     ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
     RefusedInput, RegistrationAttemptFailed, RemoveSas, SasRemoved, StopListening, Timing,
 )
-from gkm.gdoi.push import Evicted, KekDeleted, PushRejected, Rekeyed, TeksDeleted
+from gkm.gdoi.push import Evicted, KekDeleted, LkhPartReceived, PushRejected, Rekeyed, TeksDeleted
 from policy.model import (
     AddressPreservation, KeyServerAddress, MemberGroup, Mode, PskCredential, SaDirection,
     TrafficSelector,
@@ -550,6 +550,16 @@ def test_evicted_member_removes_every_sa_at_once_and_backs_off():
                for e in w.events)
     w.e.receive_push(b"more", ("10.0.0.1", 848), w.now)  # no receiver any more
     assert w.e.next_action() is None
+
+
+def test_lkh_parts_are_events_until_the_last_part_rekeys():
+    w = World().register()
+    before = snapshot(w.e)
+    w.push(LkhPartReceived(GID, 5, 1, 2))
+    assert w.events[-1] == LkhPartReceived(GID, 5, 1, 2)
+    assert snapshot(w.e)[:10] == before[:10] and w.e.rekeys == 0
+    w.push(Rekeyed(GID, (tek(0x200),), Kek(), 6, new_kek=True))
+    assert w.e.rekeys == 1 and w.e.last_seq == 6
 
 
 def test_rejected_push_is_only_an_event():
