@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from gkm import wire
@@ -300,6 +301,8 @@ def group_kek(group_id: int, p: KekParams, packet: KeyPacket) -> GroupKek:
         key = load_der_public_key(pub)
     except ValueError:
         raise MappingError(f"KEK {p.spi.hex()}: SIG_ALGORITHM_KEY is not a DER public key") from None
+    except UnsupportedAlgorithm as e:  # a well-formed key of a curve or type we do not know
+        raise MappingError(f"KEK {p.spi.hex()}: SIG_ALGORITHM_KEY: {e}") from None
     want = rsa.RSAPublicKey if p.signature.key_type == "rsa" else ec.EllipticCurvePublicKey
     if not isinstance(key, want) or (p.signature.curve and key.curve.name != p.signature.curve):
         raise MappingError(f"KEK {p.spi.hex()}: signing key does not fit {p.signature.name}")

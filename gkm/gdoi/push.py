@@ -93,6 +93,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding as apadding, r
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from gkm.events import MemberEvent
@@ -556,7 +557,7 @@ class PushReceiver:
             raise _Reject(f"signature suite {self.kek.signature!r} unknown")
         try:
             pub = load_der_public_key(self.kek.signing_public_key)
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):
             raise _Reject("the KEK's signing public key does not load") from None
         hdr_signed = wire.encode_header(msg.header, np, HEADER_LEN + chain_len)
         ok = verify_push_signature(suite, pub, REKEY_PREFIX + hdr_signed + before, sig)

@@ -47,7 +47,7 @@ def _body(sa, data, iv):
     pt = sa.decrypt(iv, data[28:])
     msg = wire.decode_message(data[:28] + pt, block_size=16)
     hlen = 4 + len(msg.payloads[0].data)
-    return pt[hlen : len(pt) - len(msg.padding)], data[16 + 0], msg
+    return pt[hlen : len(pt) - len(msg.padding)], pt[0], msg  # pt[0]: what follows HASH
 
 
 def _raw_seal(sa, mid, iv, first_np, rest, prefix):
@@ -134,3 +134,22 @@ def test_member_authenticated_garbage(edits, in_message4):
         assert gm.state in (PullState.DONE, PullState.FAILED)
         if isinstance(evs[0], RegistrationFailed):
             assert "internal error" not in evs[0].reason, evs[0].reason
+
+
+def test_member_refuses_kek_signing_key_of_an_unknown_curve():
+    """Found by tools/fuzz: a KEK signing key on a curve cryptography does not know (here the
+    P-256 OID's last arc changed) raised UnsupportedAlgorithm inside the member ("internal
+    error"); it is a precise refusal of the message now."""
+    p256 = bytes.fromhex("06082a8648ce3d030107")
+    assert _M4_REST.count(p256) == 1
+    rest = _M4_REST.replace(p256, p256[:-1] + b"\x30")
+    gm, mid, ni, iv = _member_at_message2()
+    good = wire.decode_payloads(_M2_REST, wire.PayloadType.NONCE, 0, len(_M2_REST), 32)[0]
+    nr = bytes(range(32))
+    msg2, _ = seal(_SSA, mid, iv, (Nonce(nr), good[1]), ni)
+    gm.receive_datagram(msg2, KS, NOW)
+    (msg3, _), = gm.datagrams_to_send()
+    gm.receive_datagram(_raw_seal(_SSA, mid, msg3[-16:], _M4_NP, rest, ni + nr), KS, NOW)
+    (ev,) = events(gm)
+    assert isinstance(ev, RegistrationFailed) and gm.state is PullState.FAILED
+    assert "internal error" not in ev.reason and "SIG_ALGORITHM_KEY" in ev.reason, ev.reason
