@@ -274,9 +274,10 @@ class GdoiFactory:
     def evict(self, group, store, identities, reason: str, now: float) -> "EvictionPlan":
         """Evict registered members (store keys ``kind:value``) from ``group`` and put every
         named identity on the deny list.  With the group's LKH tree (RFC 2627, RFC 6407
-        section 4.4) two GROUPKEY-PUSH datagrams, in this order: (1) under the current KEK, the
+        section 4.4) GROUPKEY-PUSH datagrams, in this order: (1) under the current KEK, the
         LKH update and the new KEK's SA (its key derived from the new tree root, which the
-        evicted members cannot compute); (2) under the new KEK (SEQ 1), new TEKs for every
+        evicted members cannot compute), in parts with consecutive SEQs when one datagram of
+        ``kek.max_push_size`` bytes cannot hold it (``gdoi.lkh_update_parts``); (2) under the new KEK (SEQ 1), new TEKs for every
         TEK policy and the deletion of the old ones.  The evicted members can read (1) but
         learn neither the new KEK nor anything in (2).  Members registered without an LKH
         leaf (no tree): one PUSH deleting the KEK and every TEK, so every member registers
@@ -350,7 +351,10 @@ class GdoiFactory:
             taken.add(tspi)
             enc, auth = new_tek_keymat(tp.suite, os.urandom)
             teks.append(TekKeys(tp.name, tspi, tp.suite.name, enc, auth, now + tp.lifetime_s))
-        seq1 = store.next_seq(gid)  # under the current KEK, durable
+        # an update too large for one datagram (kek.max_push_size) goes out in parts
+        parts = gdoi.lkh_update_parts(group, update, kek=old_kek, new_kek=new_kek,
+                                      signing_key=signing, now=now)
+        seqs = [store.next_seq(gid) for _ in parts]  # under the current KEK, durable, consecutive
         with store.transaction():
             store.remove_members(gid, gone)
             store.save_lkh(gid, tree)
@@ -365,13 +369,15 @@ class GdoiFactory:
         if self.provider is not None:
             self.provider.invalidate(gid)
         seq2 = store.next_seq(gid)  # 1: the first PUSH under the new KEK
-        lkh_push = gdoi.build_push(group, kek=old_kek, signing_key=signing, seq=seq1,
-                                   new_kek=new_kek, lkh_update=update, lkh_root_key=root_key,
-                                   now=now)
+        lkh_pushes = tuple(
+            (seq, gdoi.build_push(group, kek=old_kek, signing_key=signing, seq=seq,
+                                  new_kek=new_kek, lkh_update=part, lkh_root_key=root_key,
+                                  lkh_part=(i, len(parts)), now=now))
+            for i, (seq, part) in enumerate(zip(seqs, parts), 1))
         tek_push = gdoi.build_push(group, kek=new_kek, signing_key=signing, seq=seq2,
                                    new_teks=teks, deletes=old_spis, now=now)
         return EvictionPlan(gid, tuple(gone), tuple(i for i in identities if i not in gone),
-                            ((seq1, lkh_push), (seq2, tek_push)), tuple(t.spi for t in teks))
+                            (*lkh_pushes, (seq2, tek_push)), tuple(t.spi for t in teks))
 
     def push_receiver(self, group, registered):
         gdoi = self._gdoi()

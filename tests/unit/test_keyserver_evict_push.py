@@ -62,3 +62,40 @@ def test_evicting_nobody_registered_only_denies(tmp_path):
     plan = GdoiFactory().evict(s.group, s.store, ["key-id:later"], "pre-emptive", WALL)
     assert plan.evicted == () and plan.pushes == () and s.store.current_seq(GID) == seq0
     assert [d.identity for d in s.store.denied(GID)] == ["key-id:later"]
+
+
+def test_large_batch_goes_out_in_parts_within_max_push_size(tmp_path):
+    """600 more members on the group's tree (as registrations would put them), 200 of them
+    evicted at once with max_push_size 2048: the LKH update leaves in parts with consecutive
+    SEQs, no datagram over 2048 bytes, and a registered member's receiver ends with the new KEK
+    and the new TEKs."""
+    import dataclasses
+    import random
+
+    from gkm.gdoi.push import LkhPartReceived
+
+    s = Setup(tmp_path, who=("gm1", "gm2"), lkh=True)
+    group = dataclasses.replace(s.group, kek=dataclasses.replace(s.group.kek, max_push_size=2048))
+    tree = s.store.load_lkh(GID)
+    r = s.receiver("gm1")
+    extra = [f"key-id:x{i}" for i in range(600)]
+    for i in extra:
+        joined = tree.join(i)
+        if joined.update is not None:  # the tree grew a level: gm1 learns the new root
+            r.lkh_view.apply(joined.update)
+        s.store.add_member(GID, i, "192.0.2.200", registered_at=WALL, leaf=joined.leaf)
+    s.store.save_lkh(GID, tree)
+    seq0 = s.store.current_seq(GID)
+    gone = random.Random(3).sample(extra, 200)
+    plan = GdoiFactory().evict(group, s.store, gone, "batch", WALL)
+    seqs = [seq for seq, _ in plan.pushes]
+    assert len(seqs) > 4 and seqs[:-1] == list(range(seq0 + 1, seq0 + len(seqs))) and seqs[-1] == 1
+    assert max(len(d) for _, d in plan.pushes) <= 2048
+    for _, data in plan.pushes:
+        r.receive_datagram(data, None, NOW)
+    evs = events(r)
+    assert all(isinstance(e, LkhPartReceived) for e in evs[:len(seqs) - 2]), evs
+    rekeyed = [e for e in evs if isinstance(e, Rekeyed)]
+    assert len(rekeyed) == 2 and rekeyed[0].new_kek and rekeyed[0].kek.spi == s.store.current_kek(GID).spi
+    assert {t.spi for t in rekeyed[1].teks} == set(plan.spis)
+    assert len(s.store.load_lkh(GID)) == 402
