@@ -26,7 +26,7 @@ socket before pulling the output thus gets group commit; one that pulls after ea
 commits once per registration.  A byte-identical retransmission of message 1 (or 3) is answered with the stored
 message 2 (or 4), without new crypto or state.
 
-Refusals (RFC 6407 defines no notify type of its own; digest section 4): an unknown group or
+Refusals (RFC 6407 defines no notify type of its own; docs/decisions/wire.md §4): an unknown group or
 a malformed group ID gets INVALID-ID-INFORMATION (18), an identity the group's policy does not
 authorize gets AUTHENTICATION-FAILED (24); both in a protected Informational exchange (HASH(1),
 RFC 2409 section 5.7), notification data = the 4-octet group ID.

@@ -15,23 +15,23 @@ After a PUSH that introduces a new KEK the caller activates that KEK in the stor
 starts at 0: the first PUSH under it carries SEQ 1 (RFC 6407 section 4, "the first packet for
 the given Rekey SA encrypted with the new KEK attribute will have a Sequence number of 1").
 
-Decisions (ambiguities; the digest is /work/shared/specs/gdoi-ikev1-wire.md):
+Decisions (ambiguities; docs/decisions/wire.md):
 
 * Signed bytes (RFC 6407 section 4: "the string 'rekey', the GROUPKEY-PUSH HDR, followed by all
   payloads preceding the SIG payload"): ``b"rekey"`` (5 ASCII octets, no NUL; the RFC says
   'rekey', not "GDOI REKEY") || HDR || payloads before SIG, verbatim, no padding.  HDR is the
-  header as gdoid hashes it (digest section 3.2, ambiguity 1): E flag set, Length = 28 + all
+  header as gdoid hashes it (docs/decisions/wire.md §3.2, ambiguity 1): E flag set, Length = 28 + all
   payloads including SIG, excluding padding.  The receiver also accepts the header as sent
   (Length including padding), the other plausible reading.
 * Hash = the signature suite's hash (SIG_HASH_ALGORITHM; implied by the curve for ECDSA,
   RFC 6407 section 5.3.5).  ECDSA: r || s, each left-padded to the coordinate size (RFC 4754
   section 7, RFC 6407 section 5.3.6).  RSA: EMSA-PKCS1-v1_5 with DigestInfo (RFC 6407 section
   5.3.6.1) when signing; the receiver also accepts gdoid's PKCS#1 type 1 over the bare hash
-  (digest ambiguity 2).  Signing key: RFC 6407 section 4.1 says it SHOULD differ from the
+  (docs/decisions/wire.md ambiguity 2).  Signing key: RFC 6407 section 4.1 says it SHOULD differ from the
   phase 1 key; that is the caller's (policy's) business: ``KekPolicy.signing_key``.
 * Encryption (RFC 6407 sections 4, 5.3.2, 5.6.2.1): AES-CBC with the current KEK key, the IV
   being the IV half of KEK_ALGORITHM_KEY (IV || key), the same for every PUSH under one KEK (no
-  per-message IV exists on the wire; gdoid does the same; digest ambiguity 3).  The first
+  per-message IV exists on the wire; gdoid does the same; docs/decisions/wire.md ambiguity 3).  The first
   plaintext block holds the SEQ payload, unique per KEK, so equal plaintext prefixes are not
   revealed across messages.  Zero padding to the block (RFC 2409 appendix B).
 * Check order on receipt (RFC 6407 section 4.4): cookies = KEK SPI, decrypt, parse and
@@ -258,7 +258,7 @@ def verify_push_signature(suite: SignatureSuite, public_key: Any, data: bytes, s
             public_key.verify(sig, data, apadding.PKCS1v15(), h)
             return True
         except InvalidSignature:
-            # gdoid: PKCS#1 type 1 over the bare hash, no DigestInfo (digest ambiguity 2)
+            # gdoid: PKCS#1 type 1 over the bare hash, no DigestInfo (docs/decisions/wire.md ambiguity 2)
             digest = hashes.Hash(_hash(suite))
             digest.update(data)
             got = public_key.recover_data_from_signature(sig, apadding.PKCS1v15(), None)

@@ -3,7 +3,7 @@
 RSA (RFC 2409 section 5.1): PKCS#1 v1.5 type 1 over the bare HASH, no DigestInfo.
 ECDSA (RFC 4754): signature = r||s, each left-padded to the curve's coordinate size; the signed
 value is HASH_I/R computed with the HMAC of the curve's hash (SHA-256/384/512 for P-256/384/521)
-and is given to ECDSA as the digest (strongSwan's convention; see gdoi-ikev1-wire.md section 2).
+and is given to ECDSA as the digest (strongSwan's convention; see docs/decisions/wire.md §2).
 """
 
 from __future__ import annotations

@@ -292,7 +292,7 @@ class KekAlgorithm(IntEnum):
 
 
 class SigHashAlgorithm(IntEnum):
-    """RFC 6407 §5.3.5.  gdoid maps SHA384 and SHA512 to 3 (digest §7); the RFC numbers win."""
+    """RFC 6407 §5.3.5.  gdoid maps SHA384 and SHA512 to 3 (docs/decisions/wire.md §7); the RFC numbers win."""
 
     MD5 = 1
     SHA1 = 2

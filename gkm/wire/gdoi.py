@@ -607,7 +607,7 @@ class LkhArray:
 def decode_lkh_array(value: bytes, update: bool, key_data_length: int | None = None) -> LkhArray:
     """Split an LKH_DOWNLOAD_ARRAY (``update=False``) or LKH_UPDATE_ARRAY attribute value.
 
-    LKH keys carry no length (RFC 6407 §5.6.3.1; digest ambiguity 7).  Decision: every key of an
+    LKH keys carry no length (RFC 6407 §5.6.3.1; docs/decisions/wire.md ambiguity 7).  Decision: every key of an
     array has the same Key Data size.  Pass it as ``key_data_length`` (IV + key, from the KEK
     algorithm and KEK_KEY_LENGTH); when ``None`` it is inferred by dividing what follows the
     header evenly among #Keys, and refused if that does not divide.

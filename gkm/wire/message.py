@@ -246,7 +246,7 @@ def encode_message(
     ``block_size``: pad the chain with zeros to a multiple of it (E flag must be set); the caller
     encrypts everything after the 28-byte header.  ``padding``: use these bytes verbatim instead.
     Without either, the Length field counts header and payloads only, which is also the
-    GROUPKEY-PUSH header as signed by gdoid (RFC 6407 §4; digest §3.2).
+    GROUPKEY-PUSH header as signed by gdoid (RFC 6407 §4; docs/decisions/wire.md §3.2).
     """
     payloads = tuple(payloads)
     gdoi_exchange = header.exchange in _GDOI_EXCHANGES

@@ -269,7 +269,7 @@ def test_signature_encodings(suite, key):
 
 
 def test_rsa_bare_hash_signature_accepted():
-    """gdoid signs with PKCS#1 type 1 over the bare hash (digest ambiguity 2): accepted."""
+    """gdoid signs with PKCS#1 type 1 over the bare hash (docs/decisions/wire.md ambiguity 2): accepted."""
     k = rsa.generate_private_key(65537, 2048)
     data = REKEY_PREFIX + b"gdoid style"
     h = hashes.Hash(hashes.SHA256())

@@ -2,7 +2,7 @@
 
 The four messages of a real in-process registration are decrypted with the phase 1 SA and
 dissected with the E flag cleared.  Message 2 is dissected without its SA TEKs: Wireshark reads
-the SA TEK ID Data Len as 2 octets, against RFC 6407 section 5.5.1 (digest section 7; asserted
+the SA TEK ID Data Len as 2 octets, against RFC 6407 section 5.5.1 (docs/decisions/wire.md §7; asserted
 in tests/unit/test_wire_tshark.py).
 """
 

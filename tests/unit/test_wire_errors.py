@@ -209,7 +209,7 @@ def test_push_encrypted_framing():
     assert hd.encrypted and np == PayloadType.SEQ and length == len(data) and (length - 28) % 16 == 0
     m = decode_message(data, block_size=16)
     assert isinstance(m, Message) and m.get(Sequence).number == 7
-    # The header gdoid signs: E flag set, Length without padding (digest §3.2)
+    # The header gdoid signs: E flag set, Length without padding (docs/decisions/wire.md §3.2)
     signed = encode_message(m.header, m.payloads)
     assert signed[19] & Flags.ENCRYPTION and struct.unpack_from("!I", signed, 24)[0] == len(data) - len(m.padding)
     assert signed == data[: len(signed) - 0][:24] + struct.pack("!I", len(signed)) + data[28 : len(signed)]

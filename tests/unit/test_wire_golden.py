@@ -1,5 +1,5 @@
 """Golden vectors: bytes taken from outside this codec (the gdoid samples quoted in the digest
-/work/shared/specs/gdoi-ikev1-wire.md §2-§4) decode to the expected values and re-encode
+docs/decisions/wire.md §2-§4) decode to the expected values and re-encode
 to the same bytes.  They check the layouts Wireshark cannot (the 1-octet SA TEK ID length)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from gkm.wire import (
 )
 from gkm.wire.constants import EspTransformId
 
-# gdoid PUSH sample SA TEK (digest §4): NP SAT, ESP, any protocol, src 10.0.224.37, dst 239.1.1.1,
+# gdoid PUSH sample SA TEK (docs/decisions/wire.md §4): NP SAT, ESP, any protocol, src 10.0.224.37, dst 239.1.1.1,
 # 3DES, SPI 2e22fbb7, tunnel? no: ENCAPSULATION_MODE 2 (transport), HMAC-SHA1, life 60 s.
 SAT_HEX = "1000002b" "01" "00" "0100000" "4" "0a00e025" "01000004" "ef010101" "03" "2e22fbb7" "80040002" "80050002" "80010001" "8002003c"
 
-# gdoid MM2 sample (digest §2): DOI 2, situation 0, proposal 1 PROTO_ISAKMP no SPI 1 transform,
+# gdoid MM2 sample (docs/decisions/wire.md §2): DOI 2, situation 0, proposal 1 PROTO_ISAKMP no SPI 1 transform,
 # transform 1 KEY_IKE: 3DES, SHA1, PSK, group 2, life seconds 60.  Generic headers filled in.
 MM2_SA_HEX = (
     "00000034" "00000002" "00000000"
@@ -25,7 +25,7 @@ MM2_SA_HEX = (
     "00000020" "01010000" "80010005" "80020002" "80030001" "80040002" "800b0001" "800c003c"
 )
 
-# gdoid GROUPKEY-PULL message 1 ID body (digest §3.1): KEY_ID, group 1234.
+# gdoid GROUPKEY-PULL message 1 ID body (docs/decisions/wire.md §3.1): KEY_ID, group 1234.
 PULL_ID_BODY_HEX = "0b000000000004d2"
 
 
@@ -89,7 +89,7 @@ def test_id_types_and_values():
 
 
 def test_header_sample_push():
-    # gdoid's signed PUSH header (digest §3.2): ...12 10 21 01 00000000 00000190
+    # gdoid's signed PUSH header (docs/decisions/wire.md §3.2): ...12 10 21 01 00000000 00000190
     raw = bytes(range(16)) + bytes.fromhex("12102101" "00000000" "00000190")
     from gkm.wire import decode_header, encode_header
 

@@ -3,7 +3,7 @@
 Each encoded message is written to a pcap (Ethernet/IPv4/UDP built here with struct), dissected
 with ``tshark -T pdml``, and the dissected fields are compared, in wire order, with the fields
 expected from our decoded values.  tshark must report no malformed packet and no error-level
-expert info, except where the digest (/work/shared/specs/gdoi-ikev1-wire.md §7) documents a
+expert info, except where docs/decisions/wire.md §7 documents a
 Wireshark deviation from the RFC: those tests assert the deviation instead of skipping it.
 
 Encrypted examples are dissected with the E flag cleared (tshark cannot decrypt).  tshark is
@@ -226,7 +226,7 @@ def test_main_mode_ipsec_doi_matches_tshark(tmp_path):
 
 def test_main_mode_gdoi_doi_sa_wireshark_deviation(tmp_path):
     """DOI 2 in phase 1 (RFC 6407 §2.1): we use the RFC 2408 proposal layout; Wireshark 4.0
-    applies the GDOI SA layout to every DOI-2 SA (digest §7), so it reads the first proposal's
+    applies the GDOI SA layout to every DOI-2 SA (docs/decisions/wire.md §7), so it reads the first proposal's
     generic header as "SA Attribute Next Payload"/"Reserved2" and shows no proposal at all."""
     hd, ps = ex.main_mode(Doi.GDOI)[0]
     data = encode_message(hd, ps)
@@ -259,7 +259,7 @@ def test_groupkey_pull_push_ack_match_tshark(tmp_path):
 
 def test_sa_tek_id_length_wireshark_deviation(tmp_path):
     """RFC 6407 §5.5.1: SAT SRC/DST ID Data Len is 1 octet.  Wireshark 4.0 reads 2 octets
-    (digest §4, §7), so it takes the length octet and the first data octet as the length and
+    (docs/decisions/wire.md §4, §7), so it takes the length octet and the first data octet as the length and
     reports the packet malformed.  Everything before the SAT must still match."""
     hd, ps = ex.push()
     data = encode_message(_cleartext(hd), ps)
