@@ -534,7 +534,8 @@ class Checker:
 
     def ks_group(self, raw: Any, path: str) -> m.GroupPolicy | None:
         n0 = len(self.problems)
-        tbl = self.table(raw, path, {"id", "name", "authorize", "tek", "kek"},
+        tbl = self.table(raw, path, {"id", "name", "authorize", "tek", "kek", "activation_delay",
+                                     "deactivation_delay"},
                          required=("id", "authorize", "tek"))
         if tbl is None:
             return None
@@ -570,10 +571,19 @@ class Checker:
                                  f"{kek.rekey_interval_s} s must be shorter than the shortest "
                                  f"TEK lifetime ({shortest} s): new TEKs must reach members "
                                  f"before the old ones expire")
+        atd = self.duration(tbl, path, "activation_delay", *m.GAP_DELAY_RANGE,
+                            m.DEFAULT_ACTIVATION_DELAY)
+        dtd = self.duration(tbl, path, "deactivation_delay", *m.GAP_DELAY_RANGE,
+                            m.DEFAULT_DEACTIVATION_DELAY)
+        if BAD not in (atd, dtd) and teks and all(t is not None for t in teks):
+            problem = m.gap_delay_problem(atd, dtd, min(t.lifetime_s for t in teks))
+            if problem is not None:
+                self.problem(_join(path, problem[0]), problem[1])
         if len(self.problems) > n0:
             return None
         return self.build(path, m.GroupPolicy, group_id=gid, teks=tuple(teks),
-                          authorization=auth, kek=kek, name=name)
+                          authorization=auth, kek=kek, name=name, activation_delay_s=atd,
+                          deactivation_delay_s=dtd)
 
     def psk_entry(self, raw: Any, path: str) -> m.PskCredential | None:
         n0 = len(self.problems)

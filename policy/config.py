@@ -49,6 +49,11 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     [[keyserver.group]]
     id = 1001                                 # GDOI group id, 1..2^32-1 (ID_KEY_ID)
     name = "video"                            # optional local label
+    activation_delay = "2s"                   # default; GAP ATD: senders switch to a rekey's
+                                              # new TEKs this long after it arrives
+    deactivation_delay = "6s"                 # default; GAP DTD: the TEKs it supersedes go
+                                              # this long after it arrives (> ATD, < every
+                                              # TEK lifetime; README: make before break)
     [keyserver.group.authorize]               # who may join: any rule admits
     psk_identities = ["gm1"]                  # exact ID_KEY_ID (must have a [[keyserver.psk]])
     fqdns = ["*.example.org"]                 # '*' within one label

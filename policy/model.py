@@ -105,11 +105,15 @@ __all__ = [
     "TEK_LIFETIME_RANGE",
     "KEK_LIFETIME_RANGE",
     "REKEY_INTERVAL_RANGE",
+    "GAP_DELAY_RANGE",
+    "DEFAULT_ACTIVATION_DELAY",
+    "DEFAULT_DEACTIVATION_DELAY",
     "MAX_REPLAY_WINDOW",
     "DEFAULT_REPLAY_WINDOW",
     "MIN_PSK_BYTES",
     "PORT_PROTOCOLS",
     "parse_dn",
+    "gap_delay_problem",
 ]
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -127,6 +131,11 @@ KEK_LIFETIME_RANGE = (300, 7 * 86_400)
 MAX_PUSH_SIZE_RANGE = (2048, 65_000)
 MAX_PUSH_SIZE_DEFAULT = 8192
 REKEY_INTERVAL_RANGE = (30, 86_400)
+#: GAP activation/deactivation time delays (RFC 6407 section 5.4.1), seconds; README
+#: "Make before break" says why the defaults are what they are
+GAP_DELAY_RANGE = (0, 3600)
+DEFAULT_ACTIVATION_DELAY = 2
+DEFAULT_DEACTIVATION_DELAY = 6
 DEFAULT_REPLAY_WINDOW = 64  # configuration default for a TEK with exactly one sender
 MAX_REPLAY_WINDOW = 4096  # XFRM bitmap replay state (xfrm_replay_state_esn without ESN)
 MIN_PSK_BYTES = 16
@@ -377,6 +386,29 @@ class KekPolicy:
 # --------------------------------------------------------------------------- groups
 
 
+def gap_delay_problem(atd: int, dtd: int, shortest_tek: int) -> tuple[str, str] | None:
+    """What is wrong with a group's GAP delays: (which knob, why), or None.
+
+    Receivers must hold the new SA before anyone sends on it (ATD, counted from each
+    member's receipt of the rekey) and keep the old one until every sender has moved off it
+    (DTD, counted from the same instant): so DTD > ATD (RFC 6407 section 5.4.1: "the most
+    effective policy will have the DTD value be the larger value").  A DTD as long as a
+    TEK's lifetime would never apply (the old SA expires first)."""
+    lo, hi = GAP_DELAY_RANGE
+    for name, v in (("activation_delay", atd), ("deactivation_delay", dtd)):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            return name, f"{name} {v!r} s is not in {lo}..{hi} s"
+    if dtd <= atd:
+        return ("deactivation_delay",
+                f"deactivation_delay {dtd} s must be longer than activation_delay {atd} s: "
+                f"receivers would remove the old SA before every sender moved off it")
+    if dtd >= shortest_tek:
+        return ("deactivation_delay",
+                f"deactivation_delay {dtd} s must be shorter than the shortest TEK lifetime "
+                f"({shortest_tek} s)")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class GroupPolicy:
     """A group as its key server sees it."""
@@ -386,12 +418,20 @@ class GroupPolicy:
     authorization: Authorization
     kek: KekPolicy | None = None
     name: str | None = None
+    #: GAP ATD: how long after a rekey arrives members start sending on its new TEKs
+    activation_delay_s: int = DEFAULT_ACTIVATION_DELAY
+    #: GAP DTD: how long after a rekey arrives members remove the TEKs it supersedes
+    deactivation_delay_s: int = DEFAULT_DEACTIVATION_DELAY
 
     def __post_init__(self) -> None:
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
             raise ValueError(f"group id {self.group_id} is not in {MIN_GROUP_ID}..{MAX_GROUP_ID}")
         if not self.teks:
             raise ValueError("a group needs at least one TEK")
+        problem = gap_delay_problem(self.activation_delay_s, self.deactivation_delay_s,
+                                    min(t.lifetime_s for t in self.teks))
+        if problem is not None:
+            raise ValueError(problem[1])
         names = [t.name for t in self.teks]
         if len(set(names)) != len(names):
             raise ValueError("TEK names must be unique within a group")

@@ -136,6 +136,10 @@ def _group(r: dict[str, Any]) -> str:
                 out.append("  adopted SAs left by an earlier msecd")
             if g.get("last_seq") is not None:
                 out.append(f"  last SEQ: {g['last_seq']} ({g.get('rekeys', 0)} rekey(s))")
+            if g.get("activation_delay") is not None:
+                src = "key server's GAP" if g.get("gap_from_key_server") else "no GAP yet: defaults"
+                out.append(f"  rekeys: senders switch after {g['activation_delay']:g} s, old SAs "
+                           f"go after {g['deactivation_delay']:g} s ({src})")
             if g.get("rekey_socket"):
                 out.append(f"  GROUPKEY-PUSH on {g['rekey_socket']}")
             if g.get("rekey_error"):

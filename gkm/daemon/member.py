@@ -153,6 +153,8 @@ class MemberSession:
             "next_attempt": self._wall(e.next_attempt), "last_error": e.last_error,
             "teks": self.teks, "last_seq": e.last_seq, "rekeys": e.rekeys,
             "rekey_socket": self._listening, "rekey_error": e.listen_error,
+            "activation_delay": e.activation_delay, "deactivation_delay": e.deactivation_delay,
+            "gap_from_key_server": e.gap_delays != (None, None),
         }
 
     # -- life cycle

@@ -17,6 +17,7 @@ deadline in the caller's clock, or None).  No I/O, no clock reads, no exception 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import logging
@@ -196,7 +197,7 @@ class MemberRegistration:
                         ksid = peer_identity(self.phase1.sa)
                     except ValueError:
                         pass
-                    ev = Registered(ev.group_id, ev.teks, ev.kek, ev.seq, ev.lkh, ev.key_server, ksid, ev.phase1_spi)
+                    ev = dataclasses.replace(ev, key_server_id=ksid)
                     self.result = ev
                     self.state = RegistrationState.REGISTERED
                     self._events.append(ev)

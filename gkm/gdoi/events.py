@@ -10,6 +10,7 @@ from gkm.lkh import LkhUpdate
 from policy.model import Identity
 
 from .keys import GroupKek, GroupTek, LkhKeys
+from .policy_wire import GapDelays
 
 Address = Any
 
@@ -19,7 +20,8 @@ __all__ = ["Registered", "RegistrationFailed", "MemberRegistered", "MemberRefuse
 @dataclass(frozen=True, slots=True)
 class Registered(MemberEvent):
     """Member: GROUPKEY-PULL completed.  Hand ``teks`` to the group SA installer, keep ``kek``,
-    ``seq`` (reject PUSH with SEQ <= it for ``kek.spi``) and ``lkh`` for GROUPKEY-PUSH."""
+    ``seq`` (reject PUSH with SEQ <= it for ``kek.spi``) and ``lkh`` for GROUPKEY-PUSH;
+    ``gap``: the group's activation/deactivation delays (None: the key server sent no GAP)."""
 
     group_id: int
     teks: tuple[GroupTek, ...]
@@ -29,6 +31,7 @@ class Registered(MemberEvent):
     key_server: Address
     key_server_id: Identity | None = None
     phase1_spi: bytes = b""
+    gap: GapDelays | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,19 @@ Make before break (RFC 6407 section 5.2, GAP ATD/DTD), per TEK policy (selector)
 * a rekey's new TEKs are installed at once, inbound and outbound states, but the outbound
   policy stays on the current SPI (``InstallSas(switch=False)``): every member can decrypt the
   new SPI before anyone sends on it;
-* after the activation time delay (``activation_delay``), ``ActivateOutbound(spi)`` moves the
-  sender to the new SA;
-* the previous TEK is removed after the deactivation delay (``deactivation_delay``, at least
-  the activation delay: senders have switched) or at its expiry, whichever comes first;
+* after the activation time delay (ATD), ``ActivateOutbound(spi)`` moves the sender to the new
+  SA;
+* the previous TEK is removed after the deactivation delay (DTD, at least the ATD: senders
+  have switched) or at its expiry, whichever comes first; a sending TEK that goes while its
+  successor still waits for its activation time hands the outbound policy over first;
 * never more than two SAs per selector: a TEK arriving while two are held makes the oldest go
   first (after the sender moved off it).
+
+ATD and DTD are the key server's (the GAP payload of GROUPKEY-PULL message 2 and of each
+GROUPKEY-PUSH, ``Registered.gap`` / ``Rekeyed.gap``): the last values it sent apply, to this
+rekey and to later ones without a GAP; ``Timing.activation_delay``/``deactivation_delay``
+only stand in until a key server sent any (``activation_delay``/``deactivation_delay``
+properties: what applies now).
 
 A registration installs its TEKs and switches at once (they are the key server's current
 ones).  ``TeksDeleted`` removes the SAs; ``KekDeleted`` stops PUSH reception and registers
@@ -245,8 +252,8 @@ class Timing:
     jitter: bool = True  # delay * (0.75 .. 1.25)
     reregister_fraction: float = 0.8  # of the current keys' remaining lifetime
     reregister_min: float = 30.0
-    activation_delay: float = 2.0  # GAP ATD when the key server gives none
-    deactivation_delay: float = 6.0  # GAP DTD when the key server gives none
+    activation_delay: float = 2.0  # GAP ATD until the key server gives one
+    deactivation_delay: float = 6.0  # GAP DTD until the key server gives one
     max_per_selector: int = 2  # current + previous
 
 
@@ -290,6 +297,7 @@ class MemberEngine:
         self.adopted = frozenset(adopted)
         self.adopted_retire_at: float | None = None  # when the adopted SAs not renewed go
         self.held: list[HeldTek] = []
+        self.gap_delays: tuple[float | None, float | None] = (None, None)  # the key server's
         self.registration: Any = None
         self.push: PushReceiver | None = None
         self._listen: ListenForPush | None = None  # what we listen on (or asked for)
@@ -328,6 +336,25 @@ class MemberEngine:
     def kek_spi(self) -> bytes | None:
         """The cookies a PUSH for this group carries (the current KEK's SPI)."""
         return self.push.kek.spi if self.push is not None else None
+
+    @property
+    def activation_delay(self) -> float:
+        """The GAP ATD that applies now: the key server's last, else ``Timing``'s."""
+        atd = self.gap_delays[0]
+        return self.timing.activation_delay if atd is None else atd
+
+    @property
+    def deactivation_delay(self) -> float:
+        """The GAP DTD that applies now: the key server's last, else ``Timing``'s."""
+        dtd = self.gap_delays[1]
+        return self.timing.deactivation_delay if dtd is None else dtd
+
+    def _take_gap(self, gap) -> None:
+        if gap is None:
+            return
+        atd, dtd = self.gap_delays
+        self.gap_delays = (atd if gap.activation_s is None else float(gap.activation_s),
+                           dtd if gap.deactivation_s is None else float(gap.deactivation_s))
 
     @property
     def refreshing(self) -> bool:
@@ -585,10 +612,11 @@ class MemberEngine:
         self.state = MemberState.REGISTERED
         self._events.append(Joined(self.group_id, self.key_server or "?",
                                    tuple(t.spi for t in ev.teks), refresh))
+        self._take_gap(ev.gap)
         self._take_teks(ev.teks, now, switch=True)
         if self.adopted:  # what an earlier daemon left: superseded by what we just got
             self.adopted -= {t.spi for t in ev.teks}
-            self.adopted_retire_at = now + self.timing.deactivation_delay if self.adopted \
+            self.adopted_retire_at = now + self.deactivation_delay if self.adopted \
                 else None
         if ev.kek is not None:
             self.last_seq = ev.seq
@@ -638,7 +666,8 @@ class MemberEngine:
         self.last_seq = ev.seq
         if ev.new_kek:
             self.kek_expires_at = now + ev.kek.lifetime_s
-        activate_at = now + self.timing.activation_delay
+        self._take_gap(ev.gap)
+        activate_at = now + self.activation_delay
         new = self._take_teks(ev.teks, now, switch=False, activate_at=activate_at)
         self._events.append(GroupRekeyed(self.group_id, ev.seq, tuple(t.spi for t in ev.teks),
                                          ev.new_kek, activate_at if new else None))
@@ -699,17 +728,12 @@ class MemberEngine:
             # room for the newcomer: the oldest go first (after the sender moved off them)
             while len(same) >= cap:
                 oldest = same.pop(0)
-                if oldest.outbound:
-                    succ = next((h for h in same if h.tek.sends and h.installed), None)
-                    if succ is not None:
-                        succ.activate_at = None
-                        self._sa_action(lambda ref, s=succ.spi: ActivateOutbound(ref, s))
                 self._remove([oldest], "superseded (at most two SAs per TEK policy)")
             for h in same:  # what the newcomer supersedes
                 if h.retire_at is None:
-                    delay = max(self.timing.deactivation_delay, self.timing.activation_delay)
+                    delay = max(self.deactivation_delay, self.activation_delay)
                     h.retire_at = min(h.expires_at, now + delay) if not switch \
-                        else min(h.expires_at, now + self.timing.deactivation_delay)
+                        else min(h.expires_at, now + self.deactivation_delay)
                     h.activate_at = None
             h = HeldTek(t, now, now + t.lifetime_s)
             if not switch and t.sends and any(x.outbound for x in same):
@@ -733,6 +757,13 @@ class MemberEngine:
     def _remove(self, hs: list[HeldTek], reason: str) -> None:
         for h in hs:
             h.removing = True
+        for h in hs:
+            if h.outbound:  # hand the outbound policy to an installed successor first
+                succ = next((x for x in self.held if x.selector == h.selector and x.tek.sends
+                             and x.installed and not x.removing), None)
+                if succ is not None:
+                    succ.activate_at = None
+                    self._sa_action(lambda ref, s=succ.spi: ActivateOutbound(ref, s))
         spis = tuple(h.spi for h in hs)
         self._sa_action(lambda ref: RemoveSas(ref, spis, reason))
 

@@ -14,6 +14,12 @@ Preservation (tunnel: 4 = source and destination, RFC 5374; transport: 1 = none)
 Direction (RFC 6407 section 5.5.1.1).  In an SA KEK: KEK_ALGORITHM, KEK_KEY_LENGTH,
 KEK_KEY_LIFETIME (4 octets), SIG_HASH_ALGORITHM, SIG_ALGORITHM, SIG_KEY_LENGTH; not
 KEK_MANAGEMENT_ALGORITHM, which RFC 6407 section 5.3.1 keeps out of GROUPKEY-PULL.
+
+GAP (RFC 6407 section 5.4, :func:`gap` / :func:`read_gap`): the group's ACTIVATION_TIME_DELAY
+and DEACTIVATION_TIME_DELAY, both basic (TV) attributes in seconds, in the SA payload of
+GROUPKEY-PULL message 2 and of every GROUPKEY-PUSH that carries an SA.  A member refuses a
+GAP with an attribute it does not understand (section 5.4: "MUST abort"), a repeated one, a
+variable-length (TLV) one, and SENDER_ID_REQUEST (a member's request, not key server policy).
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from gkm import wire
-from gkm.wire import Attribute, GroupId, KeyPacket, SaKek, SaTek, attr_bytes, attr_int, var_int
+from gkm.wire import Attribute, Gap, GroupId, KeyPacket, SaKek, SaTek, attr_bytes, attr_int, var_int
 from gkm.wire.constants import (
+    GapAttr,
     IdType,
     IpsecAttr,
     KdType,
@@ -39,15 +46,17 @@ from gkm.wire.constants import (
     TekKeyAttr,
     TekProtocol,
 )
-from policy.model import AddressPreservation, KekPolicy, Mode, SaDirection, TekPolicy, TrafficSelector
+from policy.model import (
+    AddressPreservation, GroupPolicy, KekPolicy, Mode, SaDirection, TekPolicy, TrafficSelector,
+)
 from policy.suites import ESP_SUITES, KEK_CIPHERS, SIGNATURE_SUITES, EspSuite, KekCipher, SignatureSuite
 
 from .keys import GroupKek, GroupTek, LkhKeys
 
 __all__ = [
-    "MappingError", "TekParams", "KekParams",
-    "sa_tek", "sa_kek", "tek_packet", "kek_packet", "lkh_packet",
-    "read_sa_tek", "read_sa_kek", "group_tek", "group_kek", "read_lkh_packet",
+    "MappingError", "TekParams", "KekParams", "GapDelays",
+    "sa_tek", "sa_kek", "gap", "tek_packet", "kek_packet", "lkh_packet",
+    "read_sa_tek", "read_sa_kek", "read_gap", "group_tek", "group_kek", "read_lkh_packet",
     "suite_for", "signature_key_bits",
 ]
 
@@ -144,6 +153,12 @@ def sa_kek(kek: KekPolicy, spi: bytes, source: tuple[str, int] | None, lifetime_
     return SaKek(UDP, src, _group_id(dst_net, kek.rekey_port), bytes(spi), attrs)
 
 
+def gap(group: GroupPolicy) -> Gap:
+    """The group's GAP payload: ATD and DTD (RFC 6407 section 5.4.1)."""
+    return Gap((Attribute(GapAttr.ACTIVATION_TIME_DELAY, int(group.activation_delay_s)),
+                Attribute(GapAttr.DEACTIVATION_TIME_DELAY, int(group.deactivation_delay_s))))
+
+
 def tek_packet(spi: int, enc_keymat: bytes, auth_key: bytes) -> KeyPacket:
     attrs = [Attribute(TekKeyAttr.TEK_ALGORITHM_KEY, bytes(enc_keymat))]
     if auth_key:
@@ -192,6 +207,32 @@ class KekParams:
     cipher: KekCipher
     signature: SignatureSuite
     lifetime_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class GapDelays:
+    """The key server's GAP delays in seconds (None: that attribute was not sent)."""
+
+    activation_s: int | None
+    deactivation_s: int | None
+
+
+def read_gap(g: Gap) -> GapDelays:
+    """ATD and DTD of a GAP payload from the key server; MappingError for anything else."""
+    seen: dict[int, int] = {}
+    for t, v in g.attributes:
+        if t not in (GapAttr.ACTIVATION_TIME_DELAY, GapAttr.DEACTIVATION_TIME_DELAY):
+            what = "SENDER_ID_REQUEST (a member's request)" if t == GapAttr.SENDER_ID_REQUEST \
+                else f"attribute {int(t)}"
+            raise MappingError(f"GAP: {what} not understood from a key server "
+                               f"(RFC 6407 section 5.4: abort)")
+        if not isinstance(v, int):
+            raise MappingError(f"GAP: {GapAttr(t).name} in the variable form (must be basic)")
+        if t in seen:
+            raise MappingError(f"GAP: {GapAttr(t).name} twice")
+        seen[t] = v
+    return GapDelays(seen.get(GapAttr.ACTIVATION_TIME_DELAY),
+                     seen.get(GapAttr.DEACTIVATION_TIME_DELAY))
 
 
 _KNOWN_TEK_ATTRS = frozenset((

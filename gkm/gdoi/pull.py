@@ -9,7 +9,9 @@
 
 ``M-ID`` is the 4 header bytes; ``Ni``/``Nr``/``ID``/``SA``/``GAP``/``SEQ``/``KD`` are the
 payloads after HASH *verbatim as on the wire* (generic headers included, padding excluded);
-``Ni_b``/``Nr_b`` are the nonce data only.  RFC 6407 removed RFC 3547's KE/CERT/POP here, and so
+``Ni_b``/``Nr_b`` are the nonce data only.  The key server's SA (message 2) is SA KEK, GAP
+(the group's activation and deactivation delays, RFC 6407 section 5.4.1), SA TEKs; the
+member hands the delays on in :class:`Registered` (``gap``).  RFC 6407 removed RFC 3547's KE/CERT/POP here, and so
 do we.  Encryption: the phase 1 cipher and key; the first message of an M-ID starts from
 ``hash(P1last | M-ID)`` and each later message's IV is the last ciphertext block of the one
 before it in the same exchange (RFC 2409 Appendix B).
@@ -400,8 +402,6 @@ class PullInitiator:
             raise _Refuse(e.reason, e.notify) from None
         if not offer.teks:
             raise _Refuse("the key server offered no TEK")
-        if offer.gap is not None:
-            log.info("gdoi member group %s: GAP %s (activation/deactivation delays not applied)", self.group_id, offer.gap.attributes)
         self._offer = offer
 
     def _recv_m4(self, data: bytes, now: float) -> None:
@@ -428,7 +428,7 @@ class PullInitiator:
         self._retx_at = self._deadline = None
         self.result = Registered(
             self.group_id, teks, kek, None if seq is None else seq.number, lkh, self.sa.peer_addr,
-            None, self.sa.spi,
+            None, self.sa.spi, offer.gap,
         )
         log.info("gdoi member group %s: registered with %r: %d TEK(s)%s", self.group_id, self.sa.peer_addr,
                  len(teks), ", KEK" if kek else "")
@@ -670,6 +670,7 @@ class PullResponder:
             if bits is None:
                 bits = self._sig_bits[pub] = pw.signature_key_bits(pub)
             kids.append(pw.sa_kek(group.kek, keys.kek.spi, self.rekey_source, keys.kek.expires - wall, bits))
+        kids.append(pw.gap(group))  # SA KEK, GAP, SA TEKs (RFC 6407 section 5.2.1)
         for tp, direction in zip(group.teks, dirs):
             tk = keys.tek(tp.name)
             remaining = tk.expires - wall

@@ -72,7 +72,10 @@ Decisions (ambiguities; docs/decisions/wire.md):
   one (other KEK, count, index or a SEQ that is not the next) is refused with the reason and
   changes nothing; the member cannot complete that update and registers again when its keys
   run out.  Only the last part may carry TEKs; parts before it carry no Delete.
-* Not done here: GROUPKEY-PUSH-ACK (RFC 8263), GAP/SID (RFC 6054; TEKs are handed over as the
+* GAP (RFC 6407 sections 4, 5.4.1): every PUSH that carries an SA carries the group's GAP
+  (ATD, DTD) between the SA KEK and the SA TEKs, so members apply the key server's current
+  delays to this rekey; :class:`Rekeyed` hands them on (``gap``).
+* Not done here: GROUPKEY-PUSH-ACK (RFC 8263), SIDs (RFC 6054; TEKs are handed over as the
   PULL does).
 """
 
@@ -136,7 +139,8 @@ MAX_LKH_PARTS = 0xFFFF
 class Rekeyed(MemberEvent):
     """Member: a GROUPKEY-PUSH was accepted.  ``teks``: new TEKs (install them); ``kek``: the
     Rekey SA now in force (new or unchanged); ``seq``: the PUSH's SEQ (persist as last_seq);
-    ``lkh``: the member's LKH path after the update (None without LKH)."""
+    ``lkh``: the member's LKH path after the update (None without LKH); ``gap``: the
+    activation/deactivation delays the PUSH carried (None: no GAP payload)."""
 
     group_id: int
     teks: tuple[GroupTek, ...]
@@ -144,6 +148,7 @@ class Rekeyed(MemberEvent):
     seq: int
     lkh: LkhKeys | None = None
     new_kek: bool = False
+    gap: pw.GapDelays | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +363,8 @@ def _push_payloads(group, kek, seq, new_teks, new_kek, lkh_update, lkh_key_type,
     if new_kek is not None:
         pub = new_kek.public_key
         kids.append(pw.sa_kek(group.kek, new_kek.spi, rekey_source, new_kek.expires - now, pw.signature_key_bits(pub)))
+    if new_kek is not None or new_teks:
+        kids.append(pw.gap(group))  # SA KEK, GAP, SA TEKs (RFC 6407 section 5.2.1)
     policies = {tp.name: tp for tp in group.teks}
     for tk in new_teks:
         tp = policies.get(tk.name)
@@ -596,8 +603,10 @@ class PushReceiver:
         new_view = None
         evicted = False
         part = None
+        gap = None
         if rest:
             teks, new_kek, new_view, evicted, part = self._process_sa_kd(rest[0], rest[1], seq)
+            gap = _gap_of(rest[0])  # sakd.read_sa checked it
         if part is not None:
             # a part before the last of a split LKH update: keep what it gave, install nothing
             if dels:
@@ -631,7 +640,7 @@ class PushReceiver:
         else:
             self.last_seq = seq
         if rest:
-            events.append(Rekeyed(self.group_id, teks, self.kek, seq, lkh, new_kek is not None))
+            events.append(Rekeyed(self.group_id, teks, self.kek, seq, lkh, new_kek is not None, gap))
         if closed:
             self.closed = True
             events.append(KekDeleted(self.group_id, self.kek.spi))
@@ -739,6 +748,11 @@ class PushReceiver:
             raise _Reject(f"LKH update part {index}/{count} at SEQ {seq} out of order: expected part "
                           f"{partial.applied + 1}/{partial.count} at SEQ {h_seq + 1}")
         return partial
+
+
+def _gap_of(sa: GdoiSa) -> pw.GapDelays | None:
+    g = next((p for p in sa.payloads if type(p) is wire.Gap), None)
+    return None if g is None else pw.read_gap(g)
 
 
 def _replace_direction(t: GroupTek, direction: SaDirection) -> GroupTek:

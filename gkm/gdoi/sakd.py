@@ -10,8 +10,8 @@ layout); every refusal is a :class:`SaKdError` with a reason that names what is 
 Checks:
 
 * SA (RFC 6407 section 5.2.1): at most one SA KEK, at most one GAP, in the order SA KEK, GAP,
-  SA TEKs; every SA KEK/SA TEK maps onto policy (:mod:`gkm.gdoi.policy_wire`, suites the
-  member accepts); no two SA TEKs with one SPI.  Whether an SA without TEKs is acceptable is
+  SA TEKs; every SA KEK/GAP/SA TEK maps onto policy (:mod:`gkm.gdoi.policy_wire`, suites the
+  member accepts; GAP: ATD and DTD only); no two SA TEKs with one SPI.  Whether an SA without TEKs is acceptable is
   the exchange's business (PULL: no; PUSH: a KEK-only rekey).
 * KD (RFC 6407 section 5.6): TEK key packets with a 4-octet SPI, at most one per SPI; at most
   one KEK and one LKH key packet; SID packets (RFC 6054) only where the caller allows them;
@@ -47,11 +47,11 @@ class SaKdError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class GroupSa:
-    """An SA payload, read: the Rekey SA (None if there is no SA KEK), the GAP payload (None if
-    absent), the TEKs in the order sent."""
+    """An SA payload, read: the Rekey SA (None if there is no SA KEK), the GAP delays (None if
+    there is no GAP payload), the TEKs in the order sent."""
 
     kek: pw.KekParams | None
-    gap: Gap | None
+    gap: pw.GapDelays | None
     teks: tuple[pw.TekParams, ...]
 
 
@@ -95,6 +95,7 @@ def read_sa(sa: GdoiSa, allowed_suites: frozenset[str] | None = None) -> GroupSa
     try:
         kek = pw.read_sa_kek(saks[0]) if saks else None
         teks = tuple(pw.read_sa_tek(s, allowed_suites) for s in sats)
+        gap = pw.read_gap(gaps[0]) if gaps else None
     except pw.MappingError as e:
         raise SaKdError(f"unacceptable group policy: {e}", int(NotifyType.ATTRIBUTES_NOT_SUPPORTED)) from None
     seen: set[int] = set()
@@ -102,7 +103,7 @@ def read_sa(sa: GdoiSa, allowed_suites: frozenset[str] | None = None) -> GroupSa
         if t.spi in seen:
             raise SaKdError(f"two SA TEKs with SPI {t.spi:#010x}")
         seen.add(t.spi)
-    return GroupSa(kek, gaps[0] if gaps else None, teks)
+    return GroupSa(kek, gap, teks)
 
 
 def sort_kd(kd: KeyDownload, *, sid_allowed: bool = False) -> KeyPackets:

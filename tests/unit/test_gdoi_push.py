@@ -17,7 +17,7 @@ from gkm.gdoi import Registered
 from gkm.gdoi.keys import new_tek_keymat
 from gkm.gdoi.provider import KekKeys, TekKeys, load_signing_public_key
 from gkm.gdoi.push import (
-    REKEY_PREFIX, Evicted, KekDeleted, PushReceiver, PushRejected, Rekeyed, TeksDeleted, build_push, lkh_kek_keymat,
+    _cbc, REKEY_PREFIX, Evicted, KekDeleted, PushReceiver, PushRejected, Rekeyed, TeksDeleted, build_push, lkh_kek_keymat,
     sign_push, verify_push_signature,
 )
 from gkm.wire.constants import ExchangeType, Flags
@@ -95,6 +95,34 @@ def test_push_after_pull_delivers_new_teks(tmp_path):
     assert t.spi == tek.spi and t.keymat == tek.enc_keymat and t.suite == tek.suite
     assert t.direction == SaDirection.SYMMETRIC and t.lifetime_s == 3600
     assert r.last_seq == 1 and s.store.current_seq(GID) == 1
+
+
+def test_every_push_with_an_sa_carries_the_groups_gap(tmp_path):
+    """build_push puts the group's ATD/DTD between SA KEK and SA TEKs (RFC 6407 section
+    5.2.1), in a TEK rekey and in a KEK-only one; the member hands them on in Rekeyed; a
+    Delete-only PUSH has no SA, so no GAP."""
+    s = Setup(tmp_path)
+    s.group = dataclasses.replace(s.group, activation_delay_s=9, deactivation_delay_s=30)
+    r = s.receiver()
+    old = s.kek()
+    new = KekKeys(os.urandom(16), old.cipher, os.urandom(32), WALL + 7200, s.pub)
+    for kw, kinds in (({"new_teks": [s.new_tek("video")]}, [wire.Gap, wire.SaTek]),
+                      ({"new_kek": new}, [wire.SaKek, wire.Gap])):
+        data = s.push(**kw)
+        plain = data[:28] + _cbc(old.keymat[16:], old.keymat[:16], data[28:], False)
+        sa = next(p for p in wire.decode_message(plain, block_size=16).payloads if type(p) is wire.GdoiSa)
+        assert [type(p) for p in sa.payloads] == kinds
+        gap = next(p for p in sa.payloads if type(p) is wire.Gap)
+        assert gap.attributes == ((wire.GapAttr.ACTIVATION_TIME_DELAY, 9),
+                                  (wire.GapAttr.DEACTIVATION_TIME_DELAY, 30))
+        r.receive_datagram(data, ("192.0.2.1", 848), NOW)
+        ev = _one(r)
+        assert isinstance(ev, Rekeyed) and (ev.gap.activation_s, ev.gap.deactivation_s) == (9, 30)
+    data = s.push(seq=1, kek=new, deletes=[0])
+    plain = data[:28] + _cbc(new.keymat[16:], new.keymat[:16], data[28:], False)
+    assert not any(type(p) is wire.GdoiSa for p in wire.decode_message(plain, block_size=16).payloads)
+    r.receive_datagram(data, ("192.0.2.1", 848), NOW)
+    assert isinstance(_one(r), TeksDeleted)
 
 
 def test_restricted_sender_keeps_its_direction(tmp_path):

@@ -19,8 +19,8 @@ from gkm.gdoi.provider import KekKeys
 from gkm.gdoi.pull import seal
 from gkm.gdoi.push import REKEY_PREFIX, PushRejected, Rekeyed, _cbc, sign_push, signature_length
 from gkm.ike import Phase1Established
-from gkm.wire import Gap, GdoiSa, KeyDownload, KeyPacket, Nonce, SaKek, Sequence, Signature
-from gkm.wire.constants import ExchangeType, Flags, KdType
+from gkm.wire import Attribute, Gap, GdoiSa, KeyDownload, KeyPacket, Nonce, SaKek, Sequence, Signature
+from gkm.wire.constants import ExchangeType, Flags, GapAttr, KdType
 from tests.unit.test_gdoi_push import WALL, Setup
 from tests.unit.test_gdoi_support import GID, KS, NOW, events, key_server, member, member_addr, pump
 
@@ -31,7 +31,7 @@ from tests.unit.test_gdoi_support import GID, KS, NOW, events, key_server, membe
 
 def _kids(sa: GdoiSa):
     sak = next(p for p in sa.payloads if type(p) is SaKek)
-    sats = [p for p in sa.payloads if type(p) is not SaKek]
+    sats = [p for p in sa.payloads if type(p) not in (SaKek, Gap)]  # the real GAP is left out
     return sak, sats
 
 
@@ -64,6 +64,16 @@ SA_CASES = {
     "gap-after-tek": (_sa(lambda k, t: [k, t[0], _GAP, t[1]]), "SA children in the order SA KEK, SA TEK, GAP, SA TEK"),
     "tek-before-kek": (_sa(lambda k, t: [t[0], k, t[1]]), "SA children in the order SA TEK, SA KEK, SA TEK"),
     "two-teks-one-spi": (_sa(lambda k, t: [k, t[0], t[0]]), "two SA TEKs with SPI"),
+    # GAP from a key server (RFC 6407 section 5.4: abort on what is not understood)
+    "gap-sender-id-request": (_sa(lambda k, t: [k, Gap((Attribute(GapAttr.SENDER_ID_REQUEST, 2),)), *t]),
+                              "GAP: SENDER_ID_REQUEST (a member's request) not understood"),
+    "gap-unknown-attribute": (_sa(lambda k, t: [k, Gap((Attribute(200, 1),)), *t]),
+                              "GAP: attribute 200 not understood"),
+    "gap-atd-twice": (_sa(lambda k, t: [k, Gap((Attribute(GapAttr.ACTIVATION_TIME_DELAY, 2),
+                                                Attribute(GapAttr.ACTIVATION_TIME_DELAY, 9))), *t]),
+                      "GAP: ACTIVATION_TIME_DELAY twice"),
+    "gap-dtd-variable-form": (_sa(lambda k, t: [k, Gap((Attribute(GapAttr.DEACTIVATION_TIME_DELAY, b"\0\0\0\6"),)), *t]),
+                              "GAP: DEACTIVATION_TIME_DELAY in the variable form"),
 }
 KD_CASES = {
     "tek-spi-3-octets": (_kd(lambda t, k: [dataclasses.replace(t[0], spi=t[0].spi[:3]), t[1], k]), "key packet 0: TEK SPI of 3 octets, need 4"),
@@ -200,6 +210,25 @@ def test_malformed_refused_on_both_paths_with_one_reason(paths, case):
     ev = push.run(*mutate(push.sa, push.kd))
     assert isinstance(ev, PushRejected), ev
     assert reason in ev.reason, ev.reason
+
+
+@pytest.mark.parametrize("attrs, want", [
+    (((GapAttr.ACTIVATION_TIME_DELAY, 7), (GapAttr.DEACTIVATION_TIME_DELAY, 21)), (7, 21)),
+    (((GapAttr.DEACTIVATION_TIME_DELAY, 21),), (None, 21)),
+    ((), (None, None)),
+])
+def test_gap_delays_reach_the_member_on_both_paths(paths, attrs, want):
+    """Whatever GAP the key server's SA carries is what Registered/Rekeyed hand on."""
+    pull, push = paths
+    g = Gap(tuple(Attribute(t, v) for t, v in attrs))
+    for path in (pull, push):
+        sak, sats = _kids(path.sa)
+        ev = path.run(GdoiSa((sak, g, *sats)), path.kd)
+        assert isinstance(ev, (Registered, Rekeyed)), ev
+        assert (ev.gap.activation_s, ev.gap.deactivation_s) == want
+        sak, sats = _kids(path.sa)
+        ev = path.run(GdoiSa((sak, *sats)), path.kd)  # no GAP at all
+        assert ev.gap is None
 
 
 def test_sid_packets_pull_only(paths):

@@ -16,8 +16,8 @@ from gkm.gdoi import policy_wire as pw
 from gkm.gdoi.pull import seal
 from gkm.ike import Phase1Established
 from gkm.store import KeyState
-from gkm.wire import Attribute, GdoiSa, KeyDownload, KeyPacket, Nonce, SaKek, SaTek, Sequence, var_int
-from gkm.wire.constants import IdType, IpsecAttr, KdType, KekAttr, KekKeyAttr, PayloadType, TekKeyAttr
+from gkm.wire import Attribute, Gap, GdoiSa, KeyDownload, KeyPacket, Nonce, SaKek, SaTek, Sequence, var_int
+from gkm.wire.constants import GapAttr, IdType, IpsecAttr, KdType, KekAttr, KekKeyAttr, PayloadType, TekKeyAttr
 from policy.model import SaDirection
 from tests.unit.test_gdoi_support import GID, KS, NOW, events, group_policy, key_server, member, member_addr, pump, register
 
@@ -82,11 +82,15 @@ def test_wire_messages_match_policy_and_hashes(tmp_path):
     idp = decoded[0].payloads[2]
     assert (idp.id_type, idp.data, idp.protocol, idp.port) == (IdType.KEY_ID, GID.to_bytes(4, "big"), 0, 0)
     assert len(ni_b) == 32 and len(nr_b) == 32
-    # message 2: SA = SAK, SAT(video), SAT(control), field by field against the policy
+    # message 2: SA = SAK, GAP, SAT(video), SAT(control), field by field against the policy
     policy = group_policy(tmp_path)
     gsa = decoded[1].payloads[2]
     assert isinstance(gsa, GdoiSa) and gsa.situation == 0
-    sak, sat_v, sat_c = gsa.payloads
+    sak, gap, sat_v, sat_c = gsa.payloads
+    assert isinstance(gap, Gap) and gap.attributes == (
+        (GapAttr.ACTIVATION_TIME_DELAY, policy.activation_delay_s),
+        (GapAttr.DEACTIVATION_TIME_DELAY, policy.deactivation_delay_s))
+    assert reg.gap == pw.GapDelays(policy.activation_delay_s, policy.deactivation_delay_s)
     kek = store.current_kek(GID)
     assert isinstance(sak, SaKek) and sak.spi == kek.spi and sak.protocol == 17
     assert (sak.src.id_type, sak.src.value(), sak.src.port) == (IdType.IPV4_ADDR, ipaddress.ip_address(KS[0]), 848)

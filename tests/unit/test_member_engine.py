@@ -13,6 +13,7 @@ import pytest
 
 from gkm.gdoi.events import Registered, RegistrationFailed
 from gkm.gdoi.keys import GroupTek
+from gkm.gdoi.policy_wire import GapDelays
 from gkm.gdoi.member import (
     ActivateOutbound, CloseRegistration, GroupRekeyed, InstallSas, Joined, LeftGroup,
     ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
@@ -670,3 +671,79 @@ def test_a_tek_that_runs_out_without_successor_is_removed_and_the_member_registe
     w.e.next_attempt = None  # say the refresh was lost: the lifetime still ends
     w.advance(w.now + 20)
     assert w.kernel_spis() == set() and w.e.state is MemberState.CONNECTING
+
+
+# ------------------------------------------------------- the key server's GAP (ATD / DTD)
+
+def test_the_gap_of_the_registration_sets_when_senders_switch_and_when_the_old_sa_goes():
+    """Registered.gap (GROUPKEY-PULL message 2's GAP) replaces Timing's stand-ins (2 s / 5 s
+    here): a rekey without a GAP of its own switches after 7 s, drops the old SA after 13 s."""
+    w = World(outcome=replace(registered(tek(0x100), kek=Kek()), gap=GapDelays(7, 13))).register()
+    assert (w.e.activation_delay, w.e.deactivation_delay) == (7, 13)
+    t0 = w.now
+    w.push(Rekeyed(GID, (tek(0x200),), Kek(), 1))
+    ev = next(e for e in w.events if isinstance(e, GroupRekeyed))
+    assert ev.activate_at == t0 + 7
+    w.advance(t0 + 6.9)
+    assert w.sending() == 0x100 and w.kernel_spis() == {0x100, 0x200}
+    w.advance(t0 + 7)
+    assert w.sending() == 0x200
+    w.advance(t0 + 12.9)
+    assert w.kernel_spis() == {0x100, 0x200}
+    w.advance(t0 + 13)
+    assert w.kernel_spis() == {0x200} and w.max_per_selector == 2
+
+
+def test_a_pushs_gap_applies_to_its_rekey_and_stays_for_later_ones():
+    w = World(outcome=replace(registered(tek(0x100), kek=Kek()), gap=GapDelays(7, 13))).register()
+    t0 = w.now
+    w.push(Rekeyed(GID, (tek(0x200),), Kek(), 1, gap=GapDelays(1, 3)))
+    w.advance(t0 + 1)
+    assert w.sending() == 0x200 and w.kernel_spis() == {0x100, 0x200}
+    w.advance(t0 + 3)
+    assert w.kernel_spis() == {0x200}
+    # a GAP with the DTD only keeps the ATD it had; a rekey without GAP keeps both
+    w.push(Rekeyed(GID, (tek(0x300),), Kek(), 2, gap=GapDelays(None, 4)))
+    assert (w.e.activation_delay, w.e.deactivation_delay) == (1, 4)
+    t1 = w.now
+    w.advance(t1 + 1)
+    assert w.sending() == 0x300
+    w.advance(t1 + 4)
+    assert w.kernel_spis() == {0x300}
+    w.push(Rekeyed(GID, (tek(0x400),), Kek(), 3))
+    assert (w.e.activation_delay, w.e.deactivation_delay) == (1, 4)
+    assert w.max_per_selector == 2
+
+
+def test_a_dtd_shorter_than_the_atd_still_keeps_the_old_sa_until_senders_switched():
+    """RFC 6407 section 5.4.1 lets ATD and DTD be independent; a receiver never drops the
+    SA its senders still use."""
+    w = World().register()
+    t0 = w.now
+    w.push(Rekeyed(GID, (tek(0x200),), Kek(), 1, gap=GapDelays(4, 2)))
+    w.advance(t0 + 3.9)
+    assert w.kernel_spis() == {0x100, 0x200} and w.sending() == 0x100
+    w.advance(t0 + 4)
+    assert w.sending() == 0x200 and w.kernel_spis() == {0x200}
+
+
+def test_a_sending_tek_that_expires_before_its_successors_activation_hands_over_first():
+    """The rekey came later than the ATD before the old TEK's end: at its expiry the sender
+    moves to the (installed) successor before the old SA goes, so it always has one."""
+    w = World(outcome=replace(registered(tek(0x100, life=10), kek=Kek()),
+                              gap=GapDelays(8, 9))).register()
+    t0 = w.now
+    w.advance(t0 + 5)
+    w.push(Rekeyed(GID, (tek(0x200, life=100),), Kek(), 1))
+    assert w.sending() == 0x100
+    w.actions = []
+    w.advance(t0 + 10)  # 0x100's lifetime is over, 3 s before 0x200's activation time
+    kinds = [(type(a).__name__, getattr(a, "spi", None) or getattr(a, "spis", None))
+             for a in w.actions if isinstance(a, (ActivateOutbound, RemoveSas))]
+    assert kinds == [("ActivateOutbound", 0x200), ("RemoveSas", (0x100,))]
+    assert w.sending() == 0x200 and w.kernel_spis() == {0x200}
+    assert {h.spi: h.role for h in w.e.held} == {0x200: "current"}
+    w.actions = []
+    w.advance(t0 + 30)
+    assert not w.take(ActivateOutbound)  # nothing left to do at the old activation time
+    assert w.e.state is MemberState.REGISTERED

@@ -1,6 +1,7 @@
 """policy.config: TOML -> DaemonConfig, every problem reported with its key path."""
 
 import copy
+import dataclasses
 import ipaddress as ip
 import json
 import os
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from policy.config import ConfigError, Problem, advisories, diff, load_config, parse_config
+from policy import model as m
 from policy.model import CertCredential, IdKind, Identity, PskCredential, SaDirection
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -261,6 +263,18 @@ T0 = "keyserver.group[0].tek[0]"
          "keyserver.group[0].kek.signing_key", "needs an RSA key"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(signing_key="nope.pem"),
          "keyserver.group[0].kek.signing_key", "does not exist"),
+        (lambda d: d["keyserver"]["group"][0].update(activation_delay="6s"),
+         "keyserver.group[0].deactivation_delay", "must be longer than activation_delay 6 s"),
+        (lambda d: d["keyserver"]["group"][0].update(activation_delay=3, deactivation_delay=3),
+         "keyserver.group[0].deactivation_delay", "must be longer than activation_delay 3 s"),
+        (lambda d: d["keyserver"]["group"][1].update(deactivation_delay="10m"),
+         "keyserver.group[1].deactivation_delay", "shorter than the shortest TEK lifetime (600 s)"),
+        (lambda d: d["keyserver"]["group"][0].update(activation_delay=-1),
+         "keyserver.group[0].activation_delay", "not in 0..3600"),
+        (lambda d: d["keyserver"]["group"][0].update(deactivation_delay="1d"),
+         "keyserver.group[0].deactivation_delay", "not in 0..3600"),
+        (lambda d: d["keyserver"]["group"][0].update(activation_delay="soon"),
+         "keyserver.group[0].activation_delay", "not a duration"),
         (lambda d: d["keyserver"].update(port=0), "keyserver.port", "not in 1..65535"),
         (lambda d: d["keyserver"].update(listen=["localhost"]), "keyserver.listen[0]",
          "not an IPv4 or IPv6 address"),
@@ -490,6 +504,25 @@ def test_diff(files):
     ks_change, m_change = d.keyserver_changed[0], d.member_changed[0]
     assert ks_change.needs_rekey and ks_change.needs_reauthorization
     assert not m_change.needs_reregistration
+
+
+def test_gap_delays_default_load_and_change_without_rekey(files):
+    """The GAP knobs of a key server group: defaults, durations, and a reload that changes
+    only them needs no rekey (the next PULL and PUSH carry the new values)."""
+    old = load(base(), files)
+    g = old.keyserver.groups[0]
+    assert (g.activation_delay_s, g.deactivation_delay_s) == (m.DEFAULT_ACTIVATION_DELAY,
+                                                             m.DEFAULT_DEACTIVATION_DELAY) == (2, 6)
+    doc = base()
+    doc["keyserver"]["group"][0].update(activation_delay="10s", deactivation_delay="1m")
+    new = load(doc, files)
+    g = new.keyserver.groups[0]
+    assert (g.activation_delay_s, g.deactivation_delay_s) == (10, 60)
+    (change,) = diff(old, new).keyserver_changed
+    assert change.fields == ("activation_delay_s", "deactivation_delay_s")
+    assert not change.needs_rekey and not change.needs_reauthorization
+    with pytest.raises(ValueError, match="must be longer than activation_delay"):
+        dataclasses.replace(g, deactivation_delay_s=10)  # the model checks itself too
 
 
 def test_diff_role_removed_and_psk_change(files):
