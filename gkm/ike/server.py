@@ -6,9 +6,10 @@ flood could exhaust.  Denial-of-service design (RFC 2522 "Photuris" cookies, Fre
 
 * **Message 1 is cheap.**  The responder cookie is ``HMAC(secret, CKY-I | peer address)[:8]``, so
   it is deterministic (a retransmitted message 1 gets the same cookie and the stored message 2)
-  and bound to the source address.  Message 1 costs a header and chain walk, one HMAC, a lookup
-  in a cache of proposal decisions (keyed by the SA body, so a flood of identical offers is not
-  re-parsed) and a compact :class:`_HalfOpen` record (message 1 and 2 bytes, the chosen
+  and bound to the source address.  Message 1 costs one HMAC, a lookup in a cache of checked
+  message 1s (keyed by the bytes after the cookies: header, SA and VIDs; a new one costs a
+  header and chain walk and a proposal decision, itself cached by SA body), so a flood of
+  identical offers is not re-parsed) and a compact :class:`_HalfOpen` record (message 1 and 2 bytes, the chosen
   proposal): no engine object, no Diffie-Hellman.  The engine (:class:`MainMode`, state
   MM2_SENT) is built only when a valid message 3 arrives.
 * **Half-open state is bounded.**  At most ``max_half_open`` records (FIFO; when full the oldest
@@ -192,6 +193,7 @@ class Phase1Server:
         self._scheduled: dict[tuple[bytes, bytes], float] = {}
         self.stats: Counter[str] = Counter()
         self._offer_cache: dict[bytes, tuple] = {}  # SA body of message 1 -> choose_proposal()
+        self._mm1_checked: dict[bytes, tuple] = {}  # message 1 after its cookies -> _check_message1()
         self._cookie_prf = crypto.Prf(crypto.HashAlg.SHA2_256).keyed(self._secret)
         # established SAs by (peer identity, peer host), in order of establishment: INITIAL-CONTACT
         # looks here instead of scanning every exchange
@@ -319,21 +321,12 @@ class Phase1Server:
 
     def _message1(self, data: bytes, icookie: bytes, addr: Address, now: float) -> None:
         """Main Mode message 1, checked and answered without building an engine."""
-        try:
-            hdr = m.decode_header(data)
-            if hdr.exchange != m.EXCH_MAIN or hdr.flags & m.FLAG_E or hdr.message_id or icookie == _ZERO8:
-                raise m.MessageError("header", 18, "zero responder cookie but not a Main Mode message 1")
-            if hdr.next_payload != m.SA:
-                raise m.MessageError("header", 16, "message 1 must start with an SA payload")
-            if len(data) > m.HEADER_LEN + MAX_SA_BODY + 1024:
-                raise m.MessageError("message", 24, f"oversized message 1 ({len(data)} bytes)")
-            chain = m.decode_chain(data[m.HEADER_LEN :], hdr.next_payload, m.HEADER_LEN)
-            if len(chain) > 17 or any(t != m.VID for t, _b in chain[1:]):
-                raise m.MessageError("message", m.HEADER_LEN, "message 1 may hold only SA [, VID...]")
-        except m.MessageError as e:
-            self.stats["dropped_bad_mm1"] += 1
-            log.debug("ike server: dropped message 1 from %r: %s", addr, e)
-            return
+        checked = self._mm1_checked.get(data[16:])
+        if checked is None or icookie == _ZERO8:
+            checked = self._check_message1(data, icookie, addr)
+            if checked is None:
+                return
+        sa_b, choice, message2_tail = checked
         rcookie = self._cookie(icookie, addr)
         key = (icookie, rcookie)
         rec = self._half_open.get(key)
@@ -355,14 +348,7 @@ class Phase1Server:
             self.stats["dropped_peer_limit"] += 1
             log.debug("ike server: dropped message 1 from %r: %d half-open exchanges from this address", addr, n_peer)
             return
-        sa_b = chain[0][1]
-        choice = self._offer_cache.get(sa_b)
-        if choice is None:
-            choice = choose_proposal(self.config, sa_b)
-            if len(self._offer_cache) >= 1024:
-                self._offer_cache.clear()
-            self._offer_cache[sa_b] = choice
-        prop, reply, (reason, notify) = choice
+        prop, _reply, (reason, notify) = choice
         if prop is None:
             self.stats["no_proposal"] += 1
             if not self._may_notify(host, now):
@@ -382,11 +368,46 @@ class Phase1Server:
             _old, old = ho.popitem(last=False)
             self._dec_peer(old.host)
             self.stats["evicted_half_open"] += 1
-        message2 = m.build(icookie, rcookie, m.EXCH_MAIN, 0, 0, [(m.SA, reply)])
+        message2 = icookie + rcookie + message2_tail
         ho[key] = _HalfOpen(addr, host, data, message2, sa_b, prop, now + self.config.half_open_timeout)
         self._per_peer[host] = n_peer + 1
         self.stats["half_open_created"] += 1
         self._out.append((message2, addr))
+
+    def _check_message1(self, data: bytes, icookie: bytes, addr: Address) -> tuple | None:
+        """Validate a message 1 and choose a proposal: (SA body, choose_proposal(), message 2
+        after its cookies).  All of it depends only on the bytes after the cookies, so it is
+        remembered by them (``_mm1_checked``): a flood of identical message 1s, or members with
+        the same configuration, cost a lookup instead of a parse and a message 2 build."""
+        try:
+            hdr = m.decode_header(data)
+            if hdr.exchange != m.EXCH_MAIN or hdr.flags & m.FLAG_E or hdr.message_id or icookie == _ZERO8:
+                raise m.MessageError("header", 18, "zero responder cookie but not a Main Mode message 1")
+            if hdr.next_payload != m.SA:
+                raise m.MessageError("header", 16, "message 1 must start with an SA payload")
+            if len(data) > m.HEADER_LEN + MAX_SA_BODY + 1024:
+                raise m.MessageError("message", 24, f"oversized message 1 ({len(data)} bytes)")
+            chain = m.decode_chain(data[m.HEADER_LEN :], hdr.next_payload, m.HEADER_LEN)
+            if len(chain) > 17 or any(t != m.VID for t, _b in chain[1:]):
+                raise m.MessageError("message", m.HEADER_LEN, "message 1 may hold only SA [, VID...]")
+        except m.MessageError as e:
+            self.stats["dropped_bad_mm1"] += 1
+            log.debug("ike server: dropped message 1 from %r: %s", addr, e)
+            return None
+        sa_b = chain[0][1]
+        choice = self._offer_cache.get(sa_b)
+        if choice is None:
+            choice = choose_proposal(self.config, sa_b)
+            if len(self._offer_cache) >= 1024:
+                self._offer_cache.clear()
+            self._offer_cache[sa_b] = choice
+        prop, reply, _why = choice
+        tail = m.build(_ZERO8, _ZERO8, m.EXCH_MAIN, 0, 0, [(m.SA, reply)])[16:] if prop is not None else b""
+        checked = (sa_b, choice, tail)
+        if len(self._mm1_checked) >= 1024:
+            self._mm1_checked.clear()
+        self._mm1_checked[data[16:]] = checked
+        return checked
 
     def _message3(self, key: tuple[bytes, bytes], rec: _HalfOpen, data: bytes, addr: Address, now: float) -> None:
         """A datagram for a half-open exchange: build the engine (state MM2_SENT) and let it

@@ -240,3 +240,28 @@ def test_sa_rate_bookkeeping_bounded():
         for j in range(2):  # the second is over the rate: its host is held
             _register(srv, h, T0 + i, port=1000 + j, local_id=Identity.ip(h))
     assert len(srv._sa_tokens) == 16 and len(srv._held) == 16
+
+
+def test_checked_message1_cache_keeps_every_check():
+    """Message 1s are remembered by the bytes after their cookies: a zero initiator cookie with
+    a known body is still refused, a retransmission still gets the stored message 2, and
+    message 2 is the same bytes the engine would build."""
+    srv = _server(["192.0.2.1"])
+    gm = _gm()
+    gm.start(T0)
+    (mm1, _a), = gm.datagrams_to_send()
+    srv.receive_datagram(mm1, ("192.0.2.1", 500), T0)
+    (mm2, _a), = srv.datagrams_to_send()
+    assert len(srv._mm1_checked) == 1
+    srv.receive_datagram(bytes(8) + mm1[8:], ("192.0.2.7", 500), T0)
+    assert srv.datagrams_to_send() == [] and srv.stats["dropped_bad_mm1"] == 1
+    srv.receive_datagram(mm1, ("192.0.2.1", 500), T0 + 0.5)
+    assert srv.datagrams_to_send() == [(mm2, ("192.0.2.1", 500))] and srv.stats["duplicate_mm1"] == 1
+    other = os.urandom(8) + mm1[8:]  # a second member with the same configuration: cached
+    srv.receive_datagram(other, ("192.0.2.1", 501), T0)
+    (mm2b, _a), = srv.datagrams_to_send()
+    assert mm2b[:8] == other[:8] and mm2b[16:] == mm2[16:] and len(srv._mm1_checked) == 1
+    assert m.build(mm2b[:8], mm2b[8:16], m.EXCH_MAIN, 0, 0, [(m.SA, m.decode_chain(mm2b[28:], m.SA, 28)[0][1])]) == mm2b
+    gm.receive_datagram(mm2, KS_ADDR, T0)
+    assert gm.state is State.MM3_SENT
+    assert _register(srv, "192.0.2.1", T0 + 1, port=600).state is State.ESTABLISHED
