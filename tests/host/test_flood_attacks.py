@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from tools.benchmarks.flood import Flood, legit, start_keyserver
+from tools.benchmarks.flood import legit, start_keyserver
 from tools.benchmarks.registration import write_pki
+from tools.flood_attacks import Flood
 
 pytestmark = pytest.mark.host
 MEMBERS = 100
@@ -60,7 +61,7 @@ def test_message3_flood_from_one_address_leaves_room_for_everybody(workdir):
 def test_spoofed_message1_with_refused_proposal_is_not_reflected(workdir):
     """Message 1s with an unacceptable proposal spoofed from 50 victim addresses, 1,000/s for
     3 s: the key server used to answer each with a notification (a reflector); now a few."""
-    from tools.benchmarks.flood import flood_mm1_spoofed
+    from tools.flood_attacks import flood_mm1_spoofed
 
     ks, port = start_keyserver(workdir, "reflect")
     try:
@@ -80,7 +81,7 @@ def test_one_member_cannot_hold_unbounded_phase1_sas_nor_open_them_at_will(workd
     member receives the Deletes) and completes at most its burst of 32, the 8 already past
     message 3 when the first was refused (deleted at once, its address then held), and about
     one per second."""
-    from tools.benchmarks.flood import flood_sa_exhaustion
+    from tools.flood_attacks import flood_sa_exhaustion
 
     ks, port = start_keyserver(workdir, "sas")
     try:
