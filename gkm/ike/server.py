@@ -7,10 +7,10 @@ flood could exhaust.  Denial-of-service design (RFC 2522 "Photuris" cookies, Fre
 * **Message 1 is cheap.**  The responder cookie is ``HMAC(secret, CKY-I | peer address)[:8]``, so
   it is deterministic (a retransmitted message 1 gets the same cookie and the stored message 2)
   and bound to the source address.  Message 1 costs one HMAC, a lookup in a cache of checked
-  message 1s (keyed by the bytes after the cookies: header, SA and VIDs; a new one costs a
-  header and chain walk and a proposal decision, itself cached by SA body), so a flood of
-  identical offers is not re-parsed) and a compact :class:`_HalfOpen` record (message 1 and 2 bytes, the chosen
-  proposal): no engine object, no Diffie-Hellman.  The engine (:class:`MainMode`, state
+  message 1s (keyed by the bytes after the cookies: header, SA and VIDs, so a flood of
+  identical offers is not re-parsed; a new one costs a header and chain walk and a proposal
+  decision, itself cached by SA body) and a compact :class:`_HalfOpen` record (message 1 and
+  2 bytes, the chosen proposal): no engine object, no Diffie-Hellman.  The engine (:class:`MainMode`, state
   MM2_SENT) is built only when a valid message 3 arrives.
 * **Half-open state is bounded.**  At most ``max_half_open`` records (FIFO; when full the oldest
   is evicted, so legitimate initiators survive as long as their round trip is shorter than
