@@ -25,7 +25,7 @@ import pytest
 
 from tests.host.daemon_proc import Msecd
 from tests.kernel.test_registration import GROUP, PORT, PSKS, SPI_LOG, gm_config
-from tests.kernel.test_rotation import TAG, Sender
+from tests.kernel.traffic import TAG, Sender
 
 pytestmark = pytest.mark.kernel
 

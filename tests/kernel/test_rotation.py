@@ -10,7 +10,6 @@ after the deactivation delay); afterwards only the last TEK's SA is left."""
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import struct
 import threading
@@ -23,14 +22,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.host.daemon_proc import Msecd
 from tests.kernel.test_registration import GROUP, PORT, PSKS, SPI_LOG, gm_config
+from tests.kernel.traffic import TAG, Sampler, Sender
 from xfrm.socket import XfrmSocket
 
 pytestmark = pytest.mark.kernel
 
-RATE = 100  # datagrams per second per sender
 REKEYS = 4
 REKEY_EVERY = 8.0  # seconds: longer than the deactivation delay (6 s), shorter than the TEK
-TAG = b"MSEC-ROTATION"
 
 
 def _ks_config(d, ks_ip):
@@ -55,63 +53,6 @@ def _ks_config(d, ks_ip):
     p.write_text(text)
     os.chmod(p, stat.S_IRUSR | stat.S_IWUSR)
     return p
-
-
-class Sender(threading.Thread):
-    """Numbered datagrams from one host at RATE per second until stopped."""
-
-    def __init__(self, host, name: bytes) -> None:
-        super().__init__(daemon=True)
-        self.name_tag = name
-        self.sent = 0
-        self.stop = threading.Event()
-        with host.inside():
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(host.ip4))
-
-    def run(self) -> None:
-        start = time.monotonic()
-        while not self.stop.is_set():
-            self.sock.sendto(TAG + self.name_tag + struct.pack("!I", self.sent), (GROUP, PORT))
-            self.sent += 1
-            ahead = start + self.sent / RATE - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        self.sock.close()
-
-
-class Sampler(threading.Thread):
-    """The member kernels' SAs for the group, read over and over; the most seen per selector."""
-
-    def __init__(self, hosts) -> None:
-        super().__init__(daemon=True)
-        self.socks = {h.name: XfrmSocket(h.ns) for h in hosts}
-        self.most: Counter = Counter()
-        self.last: dict = {}  # host -> {selector: SPIs} in the latest sample
-        self.samples = 0
-        self.stop = threading.Event()
-
-    def spis(self, name: str) -> dict:
-        per: dict = {}
-        for st in self.socks[name].dump_states(owned=True):
-            if str(st.dst) == GROUP:
-                per.setdefault(st.selector, set()).add(st.spi)
-        return per
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for name in self.socks:
-                per = self.spis(name)
-                for sel, spis in per.items():
-                    self.most[name] = max(self.most[name], len(spis))
-                self.last[name] = per
-            self.samples += 1
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        for s in self.socks.values():
-            s.close()
 
 
 def test_traffic_across_tek_rotations_exactly_once_two_sas_at_most(netlab_factory, tmp_path):

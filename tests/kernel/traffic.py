@@ -1,0 +1,77 @@
+"""Traffic for kernel-lab tests of group ESP across rekeys: numbered datagrams from a host at a
+steady rate (:class:`Sender`), and a sampler of the members' kernel SAs for the group
+(:class:`Sampler`: the most SAs ever held per TEK policy, every SPI ever held, the latest
+sample)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+
+from tests.kernel.test_registration import GROUP, PORT
+from xfrm.socket import XfrmSocket
+
+RATE = 100  # datagrams per second per sender
+TAG = b"MSEC-ROTATION"
+
+
+class Sender(threading.Thread):
+    """Numbered datagrams from one host at RATE per second until stopped."""
+
+    def __init__(self, host, name: bytes) -> None:
+        super().__init__(daemon=True)
+        self.name_tag = name
+        self.sent = 0
+        self.stop = threading.Event()
+        with host.inside():
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(host.ip4))
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.stop.is_set():
+            self.sock.sendto(TAG + self.name_tag + struct.pack("!I", self.sent), (GROUP, PORT))
+            self.sent += 1
+            ahead = start + self.sent / RATE - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        self.sock.close()
+
+
+class Sampler(threading.Thread):
+    """The member kernels' SAs for the group, read over and over; the most seen per selector."""
+
+    def __init__(self, hosts) -> None:
+        super().__init__(daemon=True)
+        self.socks = {h.name: XfrmSocket(h.ns) for h in hosts}
+        self.most: Counter = Counter()
+        self.last: dict = {}  # host -> {selector: SPIs} in the latest sample
+        self.seen: dict = {h.name: set() for h in hosts}  # host -> every SPI it ever held
+        self.samples = 0
+        self.stop = threading.Event()
+
+    def spis(self, name: str) -> dict:
+        per: dict = {}
+        for st in self.socks[name].dump_states(owned=True):
+            if str(st.dst) == GROUP:
+                per.setdefault(st.selector, set()).add(st.spi)
+        return per
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for name in self.socks:
+                per = self.spis(name)
+                for spis in per.values():
+                    self.most[name] = max(self.most[name], len(spis))
+                    self.seen[name] |= spis
+                self.last[name] = per
+            self.samples += 1
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
