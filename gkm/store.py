@@ -865,3 +865,52 @@ class KeyStore:
             self._keys()
             self._conn.execute("DELETE FROM lkh_chunk WHERE group_id = ?", (group_id,))
             self._conn.execute("DELETE FROM lkh_tree WHERE group_id = ?", (group_id,))
+
+    # -- group controller records (gkm.group.storage applies them) -------------------------
+
+    def set_seq(self, group_id: int, kek_spi: bytes, seq: int) -> None:
+        """Record ``seq`` as the last SEQ used under KEK ``kek_spi`` (a group controller
+        reserved it; durable with the rest of its transaction, before the PUSH is sent).
+        Refuses a SEQ that does not move forward or does not fit the SEQ payload."""
+        if not 0 < seq <= SEQ_MAX:
+            raise StoreError(f"group {group_id}: SEQ {seq} out of range")
+        with self.transaction():
+            self._keys()
+            row = self._conn.execute("SELECT seq FROM kek WHERE group_id = ? AND spi = ?",
+                                     (group_id, bytes(kek_spi))).fetchone()
+            if row is None:
+                raise StoreError(f"group {group_id}: no KEK {bytes(kek_spi).hex()}")
+            if seq <= row[0]:
+                raise StoreError(f"group {group_id}: SEQ {seq} is not after {row[0]}")
+            self._conn.execute("UPDATE kek SET seq = ? WHERE group_id = ? AND spi = ?",
+                               (seq, group_id, bytes(kek_spi)))
+
+    def delete_teks(self, group_id: int, spis: Iterable[int]) -> int:
+        """Delete TEK rows by SPI (any state); returns how many were deleted."""
+        with self.transaction():
+            self._keys()
+            return sum(self._conn.execute("DELETE FROM tek WHERE group_id = ? AND spi = ?",
+                                          (group_id, int(s))).rowcount for s in spis)
+
+    def save_lkh_chunks(self, group_id: int, meta: dict[str, int],
+                        chunks: Iterable[tuple[int, int, bytes, bytes]], *, members: int,
+                        full: bool) -> None:
+        """:meth:`save_lkh` from the tree's exported values (``LkhTree.meta()``,
+        ``export_chunks()``; every chunk with ``full``) instead of the tree object: what a
+        replayed change log holds."""
+        with self.transaction():
+            self._keys()
+            self._need_group(group_id)
+            db = self._conn
+            in_table = db.execute("SELECT COUNT(*) FROM members WHERE group_id = ? AND leaf IS NOT NULL", (group_id,)).fetchone()[0]
+            if in_table != members:
+                raise StoreError(f"group {group_id}: LKH tree has {members} members, members table maps {in_table} to leaves")
+            m = meta
+            db.execute(
+                "INSERT OR REPLACE INTO lkh_tree VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (group_id, m["degree"], m["key_len"], m["backward_secrecy"], m["epoch"], m["next_handle"], m["leaves"], m["depth"], members),
+            )
+            if full:
+                db.execute("DELETE FROM lkh_chunk WHERE group_id = ?", (group_id,))
+            db.executemany("INSERT OR REPLACE INTO lkh_chunk VALUES (?, ?, ?, ?, ?)",
+                           ((group_id, lv, c, h, k) for lv, c, h, k in chunks))

@@ -480,8 +480,15 @@ class Checker:
 
     def kek(self, raw: Any, path: str) -> m.KekPolicy | None:
         keys = {"cipher", "signature", "signing_key", "rekey_address", "rekey_port", "lifetime",
-                "rekey_interval", "rekey_ttl", "rekey_interface", "max_push_size"}
+                "tek_rekey_lead", "kek_rekey_lead", "rekey_ttl", "rekey_interface",
+                "max_push_size", "lkh", "lkh_degree", "evict_batch_window"}
         n0 = len(self.problems)
+        if isinstance(raw, dict) and "rekey_interval" in raw:
+            self.problem(_join(path, "rekey_interval"),
+                         "was replaced by tek_rekey_lead (how long before a TEK expires its "
+                         "successor is pushed) and kek_rekey_lead; remove it (README: "
+                         "automatic rotation)")
+            raw = {k: v for k, v in raw.items() if k != "rekey_interval"}
         tbl = self.table(raw, path, keys, required=("signing_key", "rekey_address"))
         if tbl is None:
             return None
@@ -506,16 +513,18 @@ class Checker:
         if isinstance(iface, str):
             iface = self.interface_name(iface, _join(path, "rekey_interface"))
         life = self.duration(tbl, path, "lifetime", *m.KEK_LIFETIME_RANGE, 86_400)
-        interval = self.duration(tbl, path, "rekey_interval", *m.REKEY_INTERVAL_RANGE, 3000)
-        if BAD not in (life, interval) and interval >= life:
-            self.problem(_join(path, "rekey_interval"),
-                         f"{interval} s must be shorter than the KEK lifetime {life} s")
+        tek_lead = self.duration(tbl, path, "tek_rekey_lead", *m.REKEY_LEAD_RANGE, None)
+        kek_lead = self.duration(tbl, path, "kek_rekey_lead", *m.REKEY_LEAD_RANGE, None)
+        lkh = self.value(tbl, path, "lkh", bool, True)
+        degree = self.integer(tbl, path, "lkh_degree", *m.LKH_DEGREE_RANGE, 2)
+        batch = self.duration(tbl, path, "evict_batch_window", *m.EVICT_BATCH_RANGE, 0)
         if len(self.problems) > n0:
             return None
         return self.build(path, m.KekPolicy, cipher=cipher, signature=sig, signing_key=key,
                           rekey_address=addr, rekey_port=port, lifetime_s=life,
-                          rekey_interval_s=interval, rekey_ttl=ttl, rekey_interface=iface,
-                          max_push_size=max_push)
+                          tek_rekey_lead_s=tek_lead, kek_rekey_lead_s=kek_lead, rekey_ttl=ttl,
+                          rekey_interface=iface, max_push_size=max_push, lkh=lkh,
+                          lkh_degree=degree, evict_batch_s=batch)
 
     def interface_name(self, iface: str, p: str) -> Any:
         if not re.fullmatch(r"[^/\s:\x00]{1,15}", iface):
@@ -564,13 +573,6 @@ class Checker:
         kek = None
         if "kek" in tbl:
             kek = self.kek(tbl["kek"], _join(path, "kek"))
-            if kek is not None and teks and all(t is not None for t in teks):
-                shortest = min(t.lifetime_s for t in teks)
-                if kek.rekey_interval_s >= shortest:
-                    self.problem(_join(_join(path, "kek"), "rekey_interval"),
-                                 f"{kek.rekey_interval_s} s must be shorter than the shortest "
-                                 f"TEK lifetime ({shortest} s): new TEKs must reach members "
-                                 f"before the old ones expire")
         atd = self.duration(tbl, path, "activation_delay", *m.GAP_DELAY_RANGE,
                             m.DEFAULT_ACTIVATION_DELAY)
         dtd = self.duration(tbl, path, "deactivation_delay", *m.GAP_DELAY_RANGE,
@@ -579,6 +581,10 @@ class Checker:
             problem = m.gap_delay_problem(atd, dtd, min(t.lifetime_s for t in teks))
             if problem is not None:
                 self.problem(_join(path, problem[0]), problem[1])
+            elif kek is not None:
+                lead_problem = m.tek_lead_problem(kek, tuple(teks), atd, dtd)
+                if lead_problem is not None:
+                    self.problem(_join(_join(path, "kek"), "tek_rekey_lead"), lead_problem)
         if len(self.problems) > n0:
             return None
         return self.build(path, m.GroupPolicy, group_id=gid, teks=tuple(teks),

@@ -83,7 +83,17 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     rekey_address = "239.192.0.1"             # multicast
     rekey_port = 848                          # default
     lifetime = "1d"                           # default
-    rekey_interval = "50m"                    # default; < every TEK lifetime, < KEK lifetime
+    tek_rekey_lead = "6m"                     # optional; push a TEK's successor this long before
+                                              # it expires (default: 10% of the TEK lifetime, at
+                                              # least activation + deactivation delay, at most
+                                              # half the lifetime; > activation_delay)
+    kek_rekey_lead = "2h"                     # optional; the KEK's, likewise (default: 10% of
+                                              # its lifetime, at most half)
+    lkh = true                                # default; LKH key tree: evictions cost O(log n)
+                                              # keys; false: an eviction deletes KEK and TEKs
+                                              # and every member registers again
+    lkh_degree = 2                            # default; 2..64 children per tree node
+    evict_batch_window = "0s"                 # default; evictions within it share one rekey
     rekey_ttl = 1                             # default; multicast hop limit of the PUSH, 1..255
     rekey_interface = "eth0"                  # optional; default: the routing table decides
     max_push_size = 8192                      # default; largest PUSH datagram (bytes,

@@ -104,7 +104,11 @@ __all__ = [
     "MAX_GROUP_ID",
     "TEK_LIFETIME_RANGE",
     "KEK_LIFETIME_RANGE",
-    "REKEY_INTERVAL_RANGE",
+    "REKEY_LEAD_RANGE",
+    "LKH_DEGREE_RANGE",
+    "EVICT_BATCH_RANGE",
+    "tek_rekey_lead",
+    "kek_rekey_lead",
     "GAP_DELAY_RANGE",
     "DEFAULT_ACTIVATION_DELAY",
     "DEFAULT_DEACTIVATION_DELAY",
@@ -122,15 +126,22 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 GDOI_PORT = 848  # RFC 6407 section 5: UDP port 848
 MIN_GROUP_ID = 1
 MAX_GROUP_ID = 2**32 - 1
-TEK_LIFETIME_RANGE = (60, 86_400)  # seconds
-KEK_LIFETIME_RANGE = (300, 7 * 86_400)
+#: seconds; the floors allow short-lifetime tests (a TEK rotation every few seconds)
+TEK_LIFETIME_RANGE = (20, 86_400)
+KEK_LIFETIME_RANGE = (60, 7 * 86_400)
 #: Largest GROUPKEY-PUSH datagram (bytes of UDP payload) the key server sends: an LKH update
 #: that does not fit is split over several PUSHes (gkm.lkh.split_lkh_update).  The default keeps
 #: IP fragmentation on a 1500-byte path to 6 fragments; the floor leaves room for the SA, KEK
 #: packet and an RSA-4096 signature beside the LKH keys; the ceiling is UDP's.
 MAX_PUSH_SIZE_RANGE = (2048, 65_000)
 MAX_PUSH_SIZE_DEFAULT = 8192
-REKEY_INTERVAL_RANGE = (30, 86_400)
+#: lead times of automatic rotation: how long before a TEK (KEK) expires the key server pushes
+#: its successor (README "Automatic rotation" compares the defaults with other GDOI products)
+REKEY_LEAD_RANGE = (1, 7 * 86_400)
+#: LKH tree degree (children per node): 2 gives the smallest eviction PUSH for one member
+LKH_DEGREE_RANGE = (2, 64)
+#: eviction batch window: evictions asked for within it leave in one rekey
+EVICT_BATCH_RANGE = (0, 3600)
 #: GAP activation/deactivation time delays (RFC 6407 section 5.4.1), seconds; README
 #: "Make before break" says why the defaults are what they are
 GAP_DELAY_RANGE = (0, 3600)
@@ -354,15 +365,30 @@ class KekPolicy:
     rekey_address: IPAddress
     rekey_port: int = GDOI_PORT
     lifetime_s: int = 86_400
-    rekey_interval_s: int = 3000
+    #: push a TEK's successor this long before the TEK expires (None: :func:`tek_rekey_lead`)
+    tek_rekey_lead_s: int | None = None
+    #: push the KEK's successor this long before it expires (None: :func:`kek_rekey_lead`)
+    kek_rekey_lead_s: int | None = None
     #: multicast hop limit of the PUSH datagrams (1: they stay on the key server's link)
     rekey_ttl: int = 1
     #: interface the multicast PUSH leaves through (None: the routing table decides)
     rekey_interface: str | None = None
     #: largest PUSH datagram in bytes; larger LKH updates go out in several PUSHes
     max_push_size: int = MAX_PUSH_SIZE_DEFAULT
+    #: an LKH key tree (RFC 2627) for this group: eviction in O(log n) keys instead of
+    #: deleting the KEK and every TEK (every member registers again)
+    lkh: bool = True
+    lkh_degree: int = 2
+    #: evictions asked for within this many seconds of the first go out as one rekey
+    evict_batch_s: int = 0
 
     def __post_init__(self) -> None:
+        lo, hi = LKH_DEGREE_RANGE
+        if not lo <= self.lkh_degree <= hi:
+            raise ValueError(f"LKH degree {self.lkh_degree} is not in {lo}..{hi}")
+        lo, hi = EVICT_BATCH_RANGE
+        if not lo <= self.evict_batch_s <= hi:
+            raise ValueError(f"eviction batch window {self.evict_batch_s} s is not in {lo}..{hi}")
         lo, hi = MAX_PUSH_SIZE_RANGE
         if not lo <= self.max_push_size <= hi:
             raise ValueError(f"max PUSH size {self.max_push_size} bytes is not in {lo}..{hi}")
@@ -373,14 +399,64 @@ class KekPolicy:
         lo, hi = KEK_LIFETIME_RANGE
         if not lo <= self.lifetime_s <= hi:
             raise ValueError(f"KEK lifetime {self.lifetime_s} s is not in {lo}..{hi}")
-        lo, hi = REKEY_INTERVAL_RANGE
-        if not lo <= self.rekey_interval_s <= hi:
-            raise ValueError(f"rekey interval {self.rekey_interval_s} s is not in {lo}..{hi}")
-        if self.rekey_interval_s >= self.lifetime_s:
-            raise ValueError(
-                f"rekey interval {self.rekey_interval_s} s must be shorter than the KEK "
-                f"lifetime {self.lifetime_s} s"
-            )
+        problem = kek_lead_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+
+
+def kek_rekey_lead(kek: KekPolicy) -> int:
+    """How long before the KEK expires its successor is pushed: ``kek_rekey_lead_s``, by
+    default a tenth of the KEK lifetime (2.4 h of the default day)."""
+    if kek.kek_rekey_lead_s is not None:
+        return kek.kek_rekey_lead_s
+    return max(1, kek.lifetime_s // 10)
+
+
+def kek_lead_problem(kek: KekPolicy) -> str | None:
+    lead = kek_rekey_lead(kek)
+    lo, hi = REKEY_LEAD_RANGE
+    if not lo <= lead <= hi:
+        return f"KEK rekey lead {lead} s is not in {lo}..{hi} s"
+    if 2 * lead > kek.lifetime_s:
+        return (f"KEK rekey lead {lead} s is more than half the KEK lifetime "
+                f"({kek.lifetime_s} s): the KEK would be replaced as soon as it is made")
+    return None
+
+
+def tek_rekey_lead(group: "GroupPolicy", tek: "TekPolicy") -> int:
+    """How long before a TEK of ``tek`` expires its successor is pushed: the KEK policy's
+    ``tek_rekey_lead_s``, by default a tenth of the TEK's lifetime but at least the group's
+    activation + deactivation delays (senders move to the new TEK and receivers drop the
+    old one before it expires), at most half the lifetime."""
+    return _tek_lead(group.kek, tek, group.activation_delay_s, group.deactivation_delay_s)
+
+
+def _tek_lead(kek: KekPolicy | None, tek: "TekPolicy", atd: int, dtd: int) -> int:
+    if kek is not None and kek.tek_rekey_lead_s is not None:
+        return kek.tek_rekey_lead_s
+    return max(1, min(max(tek.lifetime_s // 10, atd + dtd), tek.lifetime_s // 2))
+
+
+def tek_lead_problem(kek: KekPolicy | None, teks: "tuple[TekPolicy, ...]", atd: int,
+                     dtd: int) -> str | None:
+    """What is wrong with a group's TEK rekey lead (None: fine): each TEK's successor must
+    be pushed long enough before it expires for senders to move to it (more than the
+    activation delay ``atd``), and not before half of its lifetime."""
+    if kek is None:
+        return None
+    lo, hi = REKEY_LEAD_RANGE
+    for t in teks:
+        lead = _tek_lead(kek, t, atd, dtd)
+        if not lo <= lead <= hi:
+            return f"TEK rekey lead {lead} s is not in {lo}..{hi} s"
+        if 2 * lead > t.lifetime_s:
+            return (f"TEK rekey lead {lead} s is more than half the lifetime of TEK {t.name!r} "
+                    f"({t.lifetime_s} s)")
+        if lead <= atd:
+            return (f"TEK rekey lead {lead} s (TEK {t.name!r}) must be longer than the "
+                    f"activation delay {atd} s: senders would still be "
+                    f"on the old TEK when it expires")
+    return None
 
 
 # --------------------------------------------------------------------------- groups
@@ -435,13 +511,10 @@ class GroupPolicy:
         names = [t.name for t in self.teks]
         if len(set(names)) != len(names):
             raise ValueError("TEK names must be unique within a group")
-        if self.kek is not None:
-            shortest = min(t.lifetime_s for t in self.teks)
-            if self.kek.rekey_interval_s >= shortest:
-                raise ValueError(
-                    f"rekey interval {self.kek.rekey_interval_s} s must be shorter than the "
-                    f"shortest TEK lifetime {shortest} s (new TEKs go out before old ones expire)"
-                )
+        problem = tek_lead_problem(self.kek, self.teks, self.activation_delay_s,
+                                   self.deactivation_delay_s)
+        if problem is not None:
+            raise ValueError(problem)
 
     @property
     def label(self) -> str:

@@ -257,11 +257,12 @@ class Daemon:
             elif new.keyserver is not None and (
                     d.keyserver_added or d.keyserver_removed or d.keyserver_changed
                     or any(s.startswith("keyserver.") for s in d.settings_changed)):
-                await self.keyserver.reconfigure(
+                rekeys = await self.keyserver.reconfigure(
                     new.keyserver,
                     groups_only=not any(s.startswith("keyserver.") and s != "keyserver.crl_files"
                                         for s in d.settings_changed))
                 changes.append("keyserver reconfigured")
+                changes += rekeys
                 changes += self.keyserver.evict_unauthorized(new.keyserver)
             elif crl_refresh:
                 self.keyserver.refresh_crls(new.keyserver)

@@ -1,8 +1,10 @@
 """msecd's key server role: one engine (phase 1 responder + GROUPKEY-PULL responder, all
 groups) behind one UDP socket per ``keyserver.listen`` address; its state lives in
-``gkm.store.KeyStore(<state_dir>)``, so a restart keeps the groups' keys.  ``msecctl rekey ID``:
-new TEKs, SEQ, one GROUPKEY-PUSH to the rekey address and, unicast, to each registered member,
-sent through the non-blocking :class:`~.rekey_transport.RekeyTransport`.
+``gkm.store.KeyStore(<state_dir>)``, so a restart keeps the groups' keys.  Rekeys, evictions
+and automatic rotation are decided by one group controller per group (``gkm.group``, driven
+by :class:`~.group_shell.GroupShell`): this role only feeds them, and sends their
+GROUPKEY-PUSHes to the rekey address and, unicast, to each registered member through the
+non-blocking :class:`~.rekey_transport.RekeyTransport`.
 
 A reconfiguration builds the new engine, binds the new sockets and opens the new rekey
 transport first and swaps them in only when all of that worked: a reload that cannot be served
@@ -14,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import time
 from typing import TYPE_CHECKING, Any
 
 from gkm.events import Event
@@ -26,8 +27,9 @@ from policy.revocation import RevocationList, load_crls
 
 from .adapter import EngineShell, UdpEndpoint
 from .engines import RekeyError, StartupError
+from .group_shell import GroupShell
 from .rekey_transport import MulticastOptions, RekeyTransport, RekeyTransportError
-from .report import fmt_addr, host_of
+from .report import fmt_addr, fmt_time_utc, host_of
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -56,8 +58,7 @@ def _rekey_options(settings: pm.KeyServerSettings) -> set[MulticastOptions]:
     return {MulticastOptions.of(g.kek) for g in settings.groups if g.kek is not None}
 
 
-def fmt_time(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+fmt_time = fmt_time_utc
 
 
 class KeyServerRole:
@@ -74,6 +75,8 @@ class KeyServerRole:
         self.registrations = 0
         self.refusals = 0
         self.phase1_failures = 0
+        self.groups = GroupShell(self)
+        self._sync_changes: list[str] = []  # what the controllers did at the last switch
 
     @property
     def listen(self) -> list[str]:
@@ -166,17 +169,22 @@ class KeyServerRole:
             log.warning("key server: not listening on %s: %s", fmt_addr(k), e)
         log.info("key server: listening on %s for group(s) %s", ", ".join(self.listen),
                  ", ".join(g.label for g in settings.groups) or "none")
+        self._sync_changes = self.groups.sync(settings)
         shell.kick()
 
-    async def reconfigure(self, settings: pm.KeyServerSettings, groups_only: bool) -> None:
+    async def reconfigure(self, settings: pm.KeyServerSettings, groups_only: bool) -> list[str]:
         """A reload changed the key server role.  Only the groups (or the CRLs): the running
         engine takes the new policies (exchanges under way keep theirs).  Otherwise (PSKs,
         certificate, listen addresses): a new engine; sockets of addresses still listened on
         are kept, new ones must bind; keys stay in the store.  Raises StartupError, with the
-        running role unchanged, if the new settings cannot be served."""
+        running role unchanged, if the new settings cannot be served.  The group controllers
+        take the new policies (TEK policies removed or changed: rekey); returns what they did."""
         if not (groups_only and self.shell is not None):
             await self._switch_to(settings, strict=True)
-            return
+            return self._sync_changes
+        return await self._reconfigure_groups(settings)
+
+    async def _reconfigure_groups(self, settings: pm.KeyServerSettings) -> list[str]:
         revocations = self._load_crls(settings)
         transport = None
         if _rekey_options(settings) != _rekey_options(self.settings):
@@ -189,11 +197,12 @@ class KeyServerRole:
             if transport is not None:
                 transport.close()
             await self._switch_to(settings, strict=True)
-            return
+            return self._sync_changes
         if transport is not None:
             self.rekey_transport.close()
             self.rekey_transport = transport
         self.settings, self.revocations = settings, revocations
+        return self.groups.sync(settings)
 
     def refresh_crls(self, settings: pm.KeyServerSettings) -> None:
         """A reload with the same CRL file names: read them again (StartupError, nothing
@@ -238,6 +247,7 @@ class KeyServerRole:
         match ev:
             case MemberRegistered():
                 self.registrations += 1
+                self.groups.registered(ev.group_id, ev.tek_spis)
                 spis = (" (TEK SPI " + ", ".join(f"0x{x:08x}" for x in ev.tek_spis) + ")"
                         if ev.tek_spis else "")
                 log.info("group %s: member %s (%s) registered%s", self._label(ev.group_id),
@@ -272,7 +282,7 @@ class KeyServerRole:
                              "expires": t.expires} for t in self.store.teks(g.group_id)]
         return info
 
-    def _send_push(self, g: pm.GroupPolicy, datagram: bytes) -> tuple[list[str], list[str]]:
+    def send_push(self, g: pm.GroupPolicy, datagram: bytes) -> tuple[list[str], list[str]]:
         """One GROUPKEY-PUSH to the KEK's rekey address and, unicast, to every registered
         member's address (at the rekey port: helps where multicast does not reach, e.g.
         loopback tests).  Returns (sent to, failed)."""
@@ -295,63 +305,53 @@ class KeyServerRole:
         return sent, failed
 
     def rekey(self, g: pm.GroupPolicy) -> dict[str, Any]:
-        """``msecctl rekey``: new TEKs by GROUPKEY-PUSH."""
+        """``msecctl rekey``: new TEKs by GROUPKEY-PUSH (the group controller decides)."""
+        from gkm.group import ControllerRefused
         from gkm.store import StoreError
 
         if self.store is None:
             return {"ok": False, "error": "rekey is not available in this daemon"}
         try:
-            plan = self.daemon.factory.rekey(g, self.store, self.daemon.clock())
-        except (RekeyError, StoreError, ValueError) as e:
+            result, sent, failed = self.groups.call(g, lambda ctl, now: ctl.rekey(now))
+        except (ControllerRefused, RekeyError, StoreError) as e:
             log.warning("group %s: rekey refused: %s", g.label, e)
             return {"ok": False, "error": str(e)}
-        sent, failed = self._send_push(g, plan.datagram)
-        spis = [f"0x{x:08x}" for x in plan.spis]
-        log.info("group %s: rekeyed: SEQ %d, new TEK SPI %s; GROUPKEY-PUSH sent to %s",
-                 g.label, plan.seq, ", ".join(spis) or "none", ", ".join(sent) or "nobody")
-        return {"ok": True, "id": g.group_id, "seq": plan.seq, "teks": spis, "sent_to": sent,
+        return {"ok": True, "id": g.group_id, "seq": result.seqs[-1],
+                "teks": [f"0x{x:08x}" for x in result.tek_spis], "sent_to": sent,
                 "failed": failed}
 
     # -- eviction and the deny list
     def evict(self, group_id: int, identities: list[str], reason: str) -> dict[str, Any]:
-        """``msecctl evict``: the members leave the group (new KEK by LKH, new TEKs) and every
-        named identity goes on the deny list, registered or not."""
+        """``msecctl evict``: the members leave the group (new KEK by LKH, new TEKs; or, in the
+        batch window, at its end) and every named identity goes on the deny list, registered
+        or not."""
+        from gkm.group import ControllerRefused
         from gkm.store import StoreError
 
         g = self.settings.group(group_id)
         if self.store is None or g is None:
             return {"ok": False, "error": f"this daemon is not the key server of group {group_id}"}
         try:
-            plan = self.daemon.factory.evict(g, self.store, identities, reason,
-                                             self.daemon.clock())
-        except (RekeyError, StoreError, ValueError) as e:
+            r, sent, failed = self.groups.call(
+                g, lambda ctl, now: ctl.evict(identities, reason, now))
+        except (ControllerRefused, RekeyError, StoreError) as e:
             log.warning("group %s: eviction of %s failed: %s", g.label, ", ".join(identities), e)
             return {"ok": False, "error": str(e)}
-        for i in plan.evicted:
+        for i in r.evicted:
             self._certificates.pop((group_id, i), None)
-        sent: list[str] = []
-        failed: list[str] = []
-        for _seq, datagram in plan.pushes:
-            s, f = self._send_push(g, datagram)
-            sent = sent or s
-            failed += f
-        seqs = [s for s, _ in plan.pushes]
-        spis = [f"0x{x:08x}" for x in plan.spis]
-        if plan.evicted and plan.pushes:
-            log.warning("group %s: evicted %s (%s): GROUPKEY-PUSH SEQ %s (new TEK SPI %s) sent "
-                        "to %s; on the deny list", g.label, ", ".join(plan.evicted), reason,
-                        ", ".join(map(str, seqs)), ", ".join(spis) or "none",
-                        ", ".join(sent) or "nobody")
-        if plan.evicted and not plan.pushes:
-            log.warning("group %s: evicted %s (%s): the group has no KEK, so no GROUPKEY-PUSH: "
-                        "they keep the current TEKs until those expire; refused from now on",
-                        g.label, ", ".join(plan.evicted), reason)
-        for i in plan.not_members:
+        for i in r.not_members:
             log.warning("group %s: %s is not a registered member; on the deny list (%s)",
                         g.label, i, reason)
-        return {"ok": True, "id": group_id, "evicted": list(plan.evicted),
-                "not_members": list(plan.not_members), "reason": reason,
-                "seq": seqs[-1] if seqs else None, "seqs": seqs, "teks": spis,
+        if r.error is not None:
+            log.warning("group %s: %s on the deny list, but no rekey yet: %s", g.label,
+                        ", ".join(r.evicted), r.error)
+            return {"ok": False, "error": f"{', '.join(r.evicted)} on the deny list, but the "
+                                          f"rekey that evicts them failed: {r.error}"}
+        spis = [f"0x{x:08x}" for x in r.tek_spis]
+        return {"ok": True, "id": group_id, "evicted": list(r.evicted),
+                "not_members": list(r.not_members), "reason": reason, "mode": r.mode,
+                "scheduled_at": r.scheduled_at,
+                "seq": r.seqs[-1] if r.seqs else None, "seqs": list(r.seqs), "teks": spis,
                 "sent_to": sent, "failed": failed}
 
     def denied(self, group_id: int) -> list[dict[str, Any]]:
@@ -422,6 +422,7 @@ class KeyServerRole:
         return None
 
     def close(self) -> None:
+        self.groups.close()
         if self.shell is not None:
             self.shell.close()
             self.shell = None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any
 
 from gkm.gdoi.keys import GroupTek
 
-__all__ = ["fmt_addr", "host_of", "tek_summary", "tek_expiry"]
+__all__ = ["fmt_addr", "fmt_time_utc", "host_of", "tek_summary", "tek_expiry"]
 
 
 def fmt_addr(addr: Any) -> str:
@@ -16,6 +17,11 @@ def fmt_addr(addr: Any) -> str:
         host = str(addr[0])
         return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
     return str(addr)
+
+
+def fmt_time_utc(t: float) -> str:
+    """Unix seconds as "2026-01-02 03:04:05 UTC"."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
 def host_of(address: str) -> str | None:

@@ -115,13 +115,19 @@ def test_disk_full_rekey_and_registration_say_so_and_recover(tmp_path, netns):
         members["gm1"].start()
         members["gm1"].wait_log("listening for GROUPKEY-PUSH")
         # fill the file system
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        # the WAL emptied first (as after any checkpoint): the next commit needs new space,
+        # not frames the WAL file already holds
+        import sqlite3
+        with sqlite3.connect(fs / "state" / "gcks.sqlite3") as db:
+            assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        with open(filler, "wb", buffering=0) as f:
+            # to the last byte: a few KB left would hold a small transaction's WAL frames
+            for chunk in (65536, 4096, 512, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError:
+                    pass
         r = ks.ctl("rekey", "1001")
         assert r.returncode == 1, r
         assert "disk full: cannot write the key server state" in r.stderr

@@ -48,7 +48,7 @@ def _ks_config(d, ks_ip):
              'cipher = "aes-gcm-128"\nlifetime = "60s"\n'
              '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
              f'signing_key = "{pem}"\nrekey_address = "239.192.0.1"\nrekey_port = 848\n'
-             'lifetime = "300s"\nrekey_interval = "50s"\n')
+             'lifetime = "300s"\n')
     p = d / "msecd.toml"
     p.write_text(text)
     os.chmod(p, stat.S_IRUSR | stat.S_IWUSR)

@@ -176,11 +176,14 @@ class FakeFactory:
     def update_keyserver_groups(self, engine, groups):
         return False
 
-    def rekey(self, group, store, now):
+    def push_signer(self, group):
+        return None
+
+    def group_controller(self, group, state, now, *, signer=None, signer_error=None):
         raise RekeyError("the fake factory has no GROUPKEY-PUSH")
 
-    def evict(self, group, store, identities, reason, now):
-        raise RekeyError("the fake factory has no GROUPKEY-PUSH")
+    def keys_changed(self, engine, group_id):
+        pass
 
     def push_receiver(self, group, registered):
         raise RekeyError("the fake factory has no GROUPKEY-PUSH")

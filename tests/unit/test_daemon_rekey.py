@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gkm.daemon.engines import RekeyError, RekeyPlan
+from gkm.group import ControllerRefused, ControllerState, GroupRekeyed, Push, RekeyResult
 from gkm.gdoi.events import Registered
 from gkm.gdoi.push import PushRejected, Rekeyed
 from tests.unit.daemon_fakes import FakeFactory, fake_tek, free_udp_port, write_config
@@ -51,6 +51,51 @@ class FakePushReceiver:
         return None
 
 
+class FakeController:
+    """A group controller whose rekey is b"PUSH <seq> <spi>" (no store changes), with the
+    real controller's results, Push values and events."""
+
+    def __init__(self, factory, group):
+        self.factory, self.group_id = factory, group.group_id
+        self.state = ControllerState.READY
+        self._out, self._events = [], []
+
+    def current_tek_spis(self):
+        return frozenset()
+
+    def resync(self, state, now):
+        pass
+
+    def update_policy(self, policy, now, signer=None, signer_error=None):
+        return None
+
+    def rekey(self, now):
+        f = self.factory
+        if f.fail:
+            raise ControllerRefused(f.fail)
+        f.seq += 1
+        spi = 0x5000 + f.seq
+        self._out.append(Push(f.seq, b"K" * 16, b"PUSH %d %d" % (f.seq, spi)))
+        self._events.append(GroupRekeyed(self.group_id, "operator", (f.seq,), (spi,)))
+        return RekeyResult((f.seq,), (spi,))
+
+    def handle_timer(self, now):
+        pass
+
+    def pending_changes(self):
+        return ()
+
+    def datagrams_to_send(self):
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self):
+        return self._events.pop(0) if self._events else None
+
+    def get_timer(self):
+        return None
+
+
 class PushFactory(FakeFactory):
     def __init__(self, rekey_port, **kw):
         super().__init__(**kw)
@@ -73,12 +118,8 @@ class PushFactory(FakeFactory):
         m.next_event = next_event
         return m
 
-    def rekey(self, group, store, now):
-        if self.fail:
-            raise RekeyError(self.fail)
-        self.seq += 1
-        spi = 0x5000 + self.seq
-        return RekeyPlan(group.group_id, self.seq, (spi,), b"PUSH %d %d" % (self.seq, spi))
+    def group_controller(self, group, state, now, *, signer=None, signer_error=None):
+        return FakeController(self, group)
 
     def push_receiver(self, group, registered):
         r = FakePushReceiver(group.group_id, registered.seq or 0)

@@ -1,4 +1,4 @@
-"""GdoiFactory.evict over a real store and real registrations (in-process GROUPKEY-PULL): the
+"""The group controller's eviction over a real store and real registrations (in-process GROUPKEY-PULL): the
 remaining members' PushReceivers take both PUSHes (LKH update + new KEK, then the new TEKs
 under it); the evicted one is told Evicted and cannot read the second; the first PUSH, which
 the evicted member can decrypt, holds no new TEK key; the store says who is gone and why."""
@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from gkm.daemon.engines import GdoiFactory
 from gkm.gdoi.push import Evicted, PushRejected, Rekeyed
 from gkm.store import KeyState
 from tests.unit.test_gdoi_push import WALL, Setup, events
+from tests.unit.group_driver import drive
 from tests.unit.test_gdoi_support import GID, NOW
+
+
+def _evict(s, group, ids, reason):
+    result, pushes, _, _ = drive(s.store, group, lambda c: c.evict(ids, reason, WALL), WALL)
+    return result, [(p.seq, p.data) for p in pushes]
 
 
 def test_evict_one_of_three(tmp_path):
@@ -20,12 +25,12 @@ def test_evict_one_of_three(tmp_path):
     old = s.kek()
     old_teks = {t.spi for t in s.store.teks(GID, KeyState.CURRENT)}
     seq0 = s.store.current_seq(GID)
-    plan = GdoiFactory().evict(s.group, s.store, ["key-id:gm3", "key-id:ghost"], "lost", WALL)
+    plan, pushes = _evict(s, s.group, ["key-id:gm3", "key-id:ghost"], "lost")
     assert plan.evicted == ("key-id:gm3",) and plan.not_members == ("key-id:ghost",)
-    assert [seq for seq, _ in plan.pushes] == [seq0 + 1, 1]
-    (_, lkh_push), (_, tek_push) = plan.pushes
+    assert plan.mode == "lkh" and [seq for seq, _ in pushes] == [seq0 + 1, 1]
+    (_, lkh_push), (_, tek_push) = pushes
     new_teks = s.store.teks(GID, KeyState.CURRENT)
-    assert {t.spi for t in new_teks} == set(plan.spis) and not set(plan.spis) & old_teks
+    assert {t.spi for t in new_teks} == set(plan.tek_spis) and not set(plan.tek_spis) & old_teks
 
     # what the evicted member can read: the first PUSH under the old KEK holds no TEK key
     dec = Cipher(algorithms.AES(old.keymat[16:]), modes.CBC(old.keymat[:16])).decryptor()
@@ -42,7 +47,7 @@ def test_evict_one_of_three(tmp_path):
         rekeyed = [e for e in evs if isinstance(e, Rekeyed)]
         assert not any(isinstance(e, (Evicted, PushRejected)) for e in evs), evs
         assert rekeyed[0].new_kek and rekeyed[0].kek.spi == new_kek.spi
-        assert rekeyed[-1].seq == 1 and {t.spi for t in rekeyed[-1].teks} == set(plan.spis)
+        assert rekeyed[-1].seq == 1 and {t.spi for t in rekeyed[-1].teks} == set(plan.tek_spis)
     g3 = rs["gm3"]
     g3.receive_datagram(lkh_push, None, NOW)
     g3.receive_datagram(tek_push, None, NOW)
@@ -59,8 +64,8 @@ def test_evict_one_of_three(tmp_path):
 def test_evicting_nobody_registered_only_denies(tmp_path):
     s = Setup(tmp_path, who=("gm1",), lkh=True)
     seq0 = s.store.current_seq(GID)
-    plan = GdoiFactory().evict(s.group, s.store, ["key-id:later"], "pre-emptive", WALL)
-    assert plan.evicted == () and plan.pushes == () and s.store.current_seq(GID) == seq0
+    plan, pushes = _evict(s, s.group, ["key-id:later"], "pre-emptive")
+    assert plan.evicted == () and pushes == [] and s.store.current_seq(GID) == seq0
     assert [d.identity for d in s.store.denied(GID)] == ["key-id:later"]
 
 
@@ -87,15 +92,15 @@ def test_large_batch_goes_out_in_parts_within_max_push_size(tmp_path):
     s.store.save_lkh(GID, tree)
     seq0 = s.store.current_seq(GID)
     gone = random.Random(3).sample(extra, 200)
-    plan = GdoiFactory().evict(group, s.store, gone, "batch", WALL)
-    seqs = [seq for seq, _ in plan.pushes]
+    plan, pushes = _evict(s, group, gone, "batch")
+    seqs = [seq for seq, _ in pushes]
     assert len(seqs) > 4 and seqs[:-1] == list(range(seq0 + 1, seq0 + len(seqs))) and seqs[-1] == 1
-    assert max(len(d) for _, d in plan.pushes) <= 2048
-    for _, data in plan.pushes:
+    assert max(len(d) for _, d in pushes) <= 2048
+    for _, data in pushes:
         r.receive_datagram(data, None, NOW)
     evs = events(r)
     assert all(isinstance(e, LkhPartReceived) for e in evs[:len(seqs) - 2]), evs
     rekeyed = [e for e in evs if isinstance(e, Rekeyed)]
     assert len(rekeyed) == 2 and rekeyed[0].new_kek and rekeyed[0].kek.spi == s.store.current_kek(GID).spi
-    assert {t.spi for t in rekeyed[1].teks} == set(plan.spis)
+    assert {t.spi for t in rekeyed[1].teks} == set(plan.tek_spis)
     assert len(s.store.load_lkh(GID)) == 402

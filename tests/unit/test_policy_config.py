@@ -90,7 +90,7 @@ def base() -> dict:
                          "dst_port": 5004, "cipher": "aes-gcm-128", "lifetime": "1h"},
                     ],
                     "kek": {"signature": "ecdsa-p256", "signing_key": "sign.pem",
-                            "rekey_address": "239.192.0.1", "rekey_interval": "50m"},
+                            "rekey_address": "239.192.0.1", "tek_rekey_lead": "5m"},
                 },
                 {
                     "id": 1002,
@@ -140,7 +140,9 @@ def test_base_loads(files):
     t = ks.groups[0].teks[0]
     assert t.name == "tek0" and t.lifetime_s == 3600 and t.selector.dst_port == 5004
     assert t.selector.dst == ip.ip_network("239.1.1.1/32") and t.suite.transform_id == 20
-    assert ks.groups[0].kek.rekey_interval_s == 3000 and ks.groups[0].kek.rekey_port == 848
+    assert ks.groups[0].kek.tek_rekey_lead_s == 300 and ks.groups[0].kek.rekey_port == 848
+    assert ks.groups[0].kek.kek_rekey_lead_s is None and ks.groups[0].kek.lkh
+    assert ks.groups[0].kek.lkh_degree == 2 and ks.groups[0].kek.evict_batch_s == 0
     assert ks.groups[0].kek.rekey_ttl == 1 and ks.groups[0].kek.rekey_interface is None
     assert ks.groups[0].kek.max_push_size == 8192
     assert ks.psk_for("gm1").secret.reveal() == PSK.encode()  # trailing newline stripped
@@ -207,7 +209,7 @@ T0 = "keyserver.group[0].tek[0]"
     [
         (lambda d: tek0(d).update(cipher="aes-gcm-129"), f"{T0}.cipher", "unknown value 'aes-gcm-129'"),
         (lambda d: tek0(d).update(ciphr="x"), f"{T0}.ciphr", "did you mean 'cipher'"),
-        (lambda d: tek0(d).update(lifetime=10), f"{T0}.lifetime", "not in 60..86400"),
+        (lambda d: tek0(d).update(lifetime=10), f"{T0}.lifetime", "not in 20..86400"),
         (lambda d: tek0(d).update(lifetime="1 fortnight"), f"{T0}.lifetime", "not a duration"),
         (lambda d: tek0(d).update(lifetime=True), f"{T0}.lifetime", "got a boolean"),
         (lambda d: tek0(d).update(dst_port=70000), f"{T0}.dst_port", "not in 0..65535"),
@@ -253,10 +255,18 @@ T0 = "keyserver.group[0].tek[0]"
          "keyserver.group[0].kek.max_push_size", ""),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_interface="eth0/1"),
          "keyserver.group[0].kek.rekey_interface", "not a Linux interface name"),
-        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_interval="2h"),
-         "keyserver.group[0].kek.rekey_interval", "shortest TEK lifetime"),
-        (lambda d: d["keyserver"]["group"][0]["kek"].update(lifetime=3000),
-         "keyserver.group[0].kek.rekey_interval", "shorter than the KEK lifetime"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(tek_rekey_lead="2h"),
+         "keyserver.group[0].kek.tek_rekey_lead", "more than half the lifetime"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(kek_rekey_lead="13h"),
+         "keyserver.group[0].kek", "more than half the KEK lifetime"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_interval="50m"),
+         "keyserver.group[0].kek.rekey_interval", "replaced by tek_rekey_lead"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(lkh_degree=1),
+         "keyserver.group[0].kek.lkh_degree", "not in 2..64"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(lkh="yes"),
+         "keyserver.group[0].kek.lkh", ""),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(evict_batch_window="2h"),
+         "keyserver.group[0].kek.evict_batch_window", "not in 0..3600"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(signature="ecdsa-p384"),
          "keyserver.group[0].kek.signing_key", "needs curve secp384r1"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(signature="rsa-pkcs1-sha256"),
@@ -617,11 +627,14 @@ def test_advisories(files):
 def test_transport_mode_protocol_number_and_durations(files):
     doc = base()
     tek0(doc).update(mode="transport", dst="10.9.0.0/16", protocol=132, lifetime="90m")
-    doc["keyserver"]["group"][0]["kek"].update(lifetime="2d", rekey_interval="1800s")
+    doc["keyserver"]["group"][0]["kek"].update(lifetime="2d", kek_rekey_lead="1800s",
+                                               lkh=False, lkh_degree=4,
+                                               evict_batch_window="5s")
     g = load(doc, files).keyserver.groups[0]
     t = g.teks[0]
     assert t.selector.protocol == 132 and t.lifetime_s == 5400 and t.encapsulation_mode == 2
-    assert g.kek.lifetime_s == 172800 and g.kek.rekey_interval_s == 1800
+    assert g.kek.lifetime_s == 172800 and g.kek.kek_rekey_lead_s == 1800
+    assert not g.kek.lkh and g.kek.lkh_degree == 4 and g.kek.evict_batch_s == 5
 
 
 def test_check_files_false_reads_nothing(tmp_path):

@@ -147,7 +147,7 @@ def test_direction_for():
     assert tek().direction_for(Identity(IdKind.KEY_ID, "tv")) == SaDirection.SYMMETRIC == 3
 
 
-@pytest.mark.parametrize("life", [0, 59, 86_401])
+@pytest.mark.parametrize("life", [0, 19, 86_401])
 def test_tek_lifetime_range(life):
     with pytest.raises(ValueError, match="lifetime"):
         tek(lifetime_s=life)
@@ -164,11 +164,26 @@ def kek(**kw):
     return KekPolicy(**base)
 
 
-def test_rekey_interval_shorter_than_tek_lifetime():
-    with pytest.raises(ValueError, match="shortest TEK lifetime"):
-        GroupPolicy(1, (tek(lifetime_s=600),), Authorization(), kek=kek(rekey_interval_s=600))
-    g = GroupPolicy(1, (tek(lifetime_s=3600),), Authorization(), kek=kek(rekey_interval_s=600))
+def test_rekey_leads_fit_inside_lifetimes():
+    from policy.model import kek_rekey_lead, tek_rekey_lead
+    with pytest.raises(ValueError, match="more than half the lifetime of TEK"):
+        GroupPolicy(1, (tek(lifetime_s=600),), Authorization(), kek=kek(tek_rekey_lead_s=301))
+    with pytest.raises(ValueError, match="longer than the activation delay 2 s"):
+        GroupPolicy(1, (tek(lifetime_s=600),), Authorization(), kek=kek(tek_rekey_lead_s=2))
+    with pytest.raises(ValueError, match="more than half the KEK lifetime"):
+        kek(lifetime_s=600, kek_rekey_lead_s=301)
+    g = GroupPolicy(1, (tek(lifetime_s=3600),), Authorization(), kek=kek(tek_rekey_lead_s=600))
     assert g.id_payload_data == b"\x00\x00\x00\x01"
+    assert tek_rekey_lead(g, g.teks[0]) == 600
+    # defaults: a tenth of the lifetime, at least ATD + DTD (2 + 6 s), at most half
+    d = GroupPolicy(1, (tek(lifetime_s=3600), tek(name="short", lifetime_s=20)), Authorization(),
+                    kek=kek(lifetime_s=60))
+    assert [tek_rekey_lead(d, t) for t in d.teks] == [360, 8]
+    assert kek_rekey_lead(d.kek) == 6 and kek_rekey_lead(kek()) == 8640
+    with pytest.raises(ValueError, match="TEK lifetime 19 s"):
+        tek(lifetime_s=19)
+    with pytest.raises(ValueError, match="KEK lifetime 59 s"):
+        kek(lifetime_s=59)
 
 
 @pytest.mark.parametrize("gid", [0, -1, 2**32, True])

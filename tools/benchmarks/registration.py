@@ -155,7 +155,7 @@ def write_config(workdir: Path, mode: str, port: int, state_dir: Path, name: str
              'cipher = "aes-cbc-128-hmac-sha256"\nlifetime = "1h"\n\n'
              f'[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
              f'signing_key = "{workdir}/signing.pem"\nrekey_address = "239.192.0.1"\n'
-             'lifetime = "1d"\nrekey_interval = "50m"\n')
+             'lifetime = "1d"\n')
     cfg = d / "msecd.toml"
     _write_private(cfg, text.encode())
     return cfg

@@ -1,0 +1,244 @@
+"""The key server's shell around its group controllers (``gkm.group``): one controller per
+group, fed with the operator's calls (``msecctl rekey``/``evict``), reloads and timers; their
+change records written to the store in one transaction (``gkm.group.storage.apply``) before
+their PUSH datagrams leave through the non-blocking rekey transport; their events logged.
+
+The store also changes behind the controllers: registrations (GROUPKEY-PULL) record members,
+join the LKH tree and make a group's first keys.  The shell notes it (``registered``) and
+gives the controller the store's state again (``resync``) before its next input, at once when
+a registration brought keys the controller does not know (the first keys start the group's
+rotation timeline).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from gkm.events import Event
+from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupRekeyed, KeysPurged,
+                       KeysRotated, MembersEvicted)
+from gkm.group.storage import apply, load_state
+from policy import model as pm
+
+from .engines import RekeyError
+from .report import fmt_time_utc
+
+if TYPE_CHECKING:
+    from .keyserver import KeyServerRole
+
+log = logging.getLogger("msecd")
+
+__all__ = ["GroupShell", "MAX_TIMER_S"]
+
+#: a controller's deadline is in Unix seconds; the loop's timer is monotonic: re-read the
+#: wall clock at least this often, so a stepped clock moves a deadline by at most this much
+MAX_TIMER_S = 60.0
+
+
+def _spis(spis) -> str:
+    return ", ".join(f"0x{x:08x}" for x in spis) or "none"
+
+
+class GroupShell:
+    def __init__(self, role: "KeyServerRole") -> None:
+        self.role = role
+        self.controllers: dict[int, Any] = {}
+        self._timers: dict[int, Any] = {}
+        self._dirty: set[int] = set()
+        self._generation: dict[int, int] = {}  # store generation each controller last saw
+        self._refresh_soon: set[int] = set()
+        self._unavailable: dict[int, str] = {}  # group -> why it has no controller
+
+    @property
+    def _clock(self) -> Callable[[], float]:
+        return self.role.daemon.clock
+
+    # -- life cycle
+    def sync(self, settings: pm.KeyServerSettings) -> list[str]:
+        """Controllers for ``settings``' groups: new ones made, existing ones given their
+        (possibly) new policy, removed ones dropped.  Returns what a reload should report."""
+        store, factory, now = self.role.store, self.role.daemon.factory, self._clock()
+        changes: list[str] = []
+        wanted = {g.group_id: g for g in settings.groups}
+        for gid in [g for g in self.controllers if g not in wanted]:
+            self._drop(gid)
+        for gid, g in wanted.items():
+            signer, problem = self._signer(g)
+            ctl = self.controllers.get(gid)
+            if ctl is None:
+                try:
+                    ctl = factory.group_controller(g, load_state(store, gid), now,
+                                                   signer=signer, signer_error=problem)
+                except RekeyError as e:
+                    log.debug("group %s: no group controller: %s", g.label, e)
+                    self._unavailable[gid] = str(e)
+                    continue
+                self._unavailable.pop(gid, None)
+                self.controllers[gid] = ctl
+                self._generation[gid] = store.generation
+                self._drive(g, ctl)
+                continue
+            try:
+                self._fresh(gid, ctl)
+                result = ctl.update_policy(g, now, signer=signer, signer_error=problem)
+            except ControllerRefused as e:
+                changes.append(f"group {gid}: new policy not applied to its keys: {e}")
+                continue
+            sent, _ = self._drive(g, ctl)
+            if result is not None:
+                changes.append(f"group {gid}: rekeyed for the new policy: SEQ "
+                               f"{', '.join(map(str, result.seqs))}, new TEK SPI "
+                               f"{_spis(result.tek_spis)}")
+        return changes
+
+    def close(self) -> None:
+        for gid in list(self.controllers):
+            self._drop(gid)
+
+    def _drop(self, gid: int) -> None:
+        self.controllers.pop(gid, None)
+        h = self._timers.pop(gid, None)
+        if h is not None:
+            h.cancel()
+
+    def _signer(self, g: pm.GroupPolicy):
+        try:
+            return self.role.daemon.factory.push_signer(g), None
+        except RekeyError as e:
+            return None, str(e).split(": cannot load the PUSH signing key: ")[-1]
+
+    # -- registrations changed the store
+    def registered(self, group_id: int, tek_spis) -> None:
+        ctl = self.controllers.get(group_id)
+        if ctl is None:
+            return
+        self._dirty.add(group_id)
+        if not set(tek_spis) <= ctl.current_tek_spis() and group_id not in self._refresh_soon:
+            self._refresh_soon.add(group_id)
+            self.role.daemon.loop.call_soon(self._refresh, group_id)
+
+    def _refresh(self, gid: int) -> None:
+        self._refresh_soon.discard(gid)
+        ctl, g = self.controllers.get(gid), self.role.settings.group(gid)
+        if ctl is None or g is None or self.role.store is None:
+            return
+        try:
+            self._fresh(gid, ctl)
+        except Exception as e:  # noqa: BLE001 - a store that cannot be read: try at the timer
+            log.warning("group %s: cannot read its state: %s", g.label, e)
+        self._arm(g, ctl)
+
+    def _fresh(self, gid: int, ctl) -> None:
+        """Give ``ctl`` the store's state if the store changed behind it."""
+        store = self.role.store
+        if gid in self._dirty or self._generation.get(gid) != store.generation \
+                or ctl.state is ControllerState.STALE:
+            ctl.resync(load_state(store, gid), self._clock())
+            self._dirty.discard(gid)
+            self._generation[gid] = store.generation
+
+    # -- inputs
+    def call(self, g: pm.GroupPolicy, fn: Callable[[Any, float], Any]):
+        """Run one user call on ``g``'s controller, commit, send.  Returns (result, sent,
+        failed); raises ControllerRefused/RekeyError/StoreError (nothing sent then)."""
+        ctl = self.controllers.get(g.group_id)
+        if ctl is None:
+            raise RekeyError(self._unavailable.get(g.group_id)
+                             or f"group {g.group_id} has no group controller")
+        self._fresh(g.group_id, ctl)
+        try:
+            result = fn(ctl, self._clock())
+        except ValueError as e:  # the tree could not be split, ...: the store is unchanged
+            self._fresh(g.group_id, ctl)
+            raise RekeyError(str(e)) from None
+        sent, failed = self._drive(g, ctl)
+        return result, sent, failed
+
+    def _on_timer(self, gid: int) -> None:
+        self._timers.pop(gid, None)
+        ctl, g = self.controllers.get(gid), self.role.settings.group(gid)
+        if ctl is None or g is None or self.role.store is None:
+            return
+        try:
+            self._fresh(gid, ctl)
+            ctl.handle_timer(self._clock())
+            self._drive(g, ctl)
+        except Exception as e:  # noqa: BLE001 - logged; the timer is armed again
+            log.warning("group %s: timed key work failed: %s; trying again", g.label, e)
+            self._arm(g, ctl, retry=True)
+
+    # -- commit, send, events, timer
+    def _drive(self, g: pm.GroupPolicy, ctl) -> tuple[list[str], list[str]]:
+        from gkm.store import StoreError
+
+        store = self.role.store
+        changes = ctl.pending_changes()
+        if changes:
+            try:
+                apply(store, changes)
+            except StoreError:
+                ctl.commit_failed()
+                raise
+            ctl.committed(self._clock())
+            self._generation[g.group_id] = store.generation
+            self.role.daemon.factory.keys_changed(
+                self.role.shell.engine if self.role.shell else None, g.group_id)
+        sent: list[str] = []
+        failed: list[str] = []
+        for p in ctl.datagrams_to_send():
+            s, f = self.role.send_push(g, p.data)
+            sent = sent or s
+            failed += f
+        while (ev := ctl.next_event()) is not None:
+            self._log_event(g, ev, sent)
+        self._arm(g, ctl)
+        return sent, failed
+
+    def _arm(self, g: pm.GroupPolicy, ctl, retry: bool = False) -> None:
+        gid = g.group_id
+        h = self._timers.pop(gid, None)
+        if h is not None:
+            h.cancel()
+        deadline = ctl.get_timer()
+        if retry:
+            deadline = self._clock() + 5.0
+        if deadline is None:
+            return
+        delay = min(max(0.0, deadline - self._clock()), MAX_TIMER_S)
+        self._timers[gid] = self.role.daemon.loop.call_later(delay, self._on_timer, gid)
+
+    def _log_event(self, g: pm.GroupPolicy, ev: Event, sent: list[str]) -> None:
+        to = ", ".join(sent) or "nobody"
+        match ev:
+            case GroupRekeyed(cause="operator"):
+                log.info("group %s: rekeyed: SEQ %s, new TEK SPI %s; GROUPKEY-PUSH sent to %s",
+                         g.label, ", ".join(map(str, ev.seqs)), _spis(ev.tek_spis), to)
+            case GroupRekeyed():
+                log.info("group %s: rekeyed for its new policy: SEQ %s, new TEK SPI %s, "
+                         "deleted TEK SPI %s; GROUPKEY-PUSH sent to %s", g.label,
+                         ", ".join(map(str, ev.seqs)), _spis(ev.tek_spis), _spis(ev.deleted), to)
+            case KeysRotated():
+                kek = f", new KEK {ev.new_kek.hex()}" if ev.new_kek else ""
+                log.info("group %s: keys rotated: SEQ %d, TEK SPI %s replaced by %s%s; "
+                         "GROUPKEY-PUSH sent to %s", g.label, ev.seq, _spis(ev.replaced),
+                         _spis(ev.tek_spis), kek, to)
+            case MembersEvicted(mode="no-kek"):
+                log.warning("group %s: evicted %s (%s): the group has no KEK, so no "
+                            "GROUPKEY-PUSH: they keep the current TEKs until those expire; "
+                            "refused from now on", g.label, ", ".join(ev.evicted),
+                            "; ".join(ev.reasons))
+            case MembersEvicted():
+                log.warning("group %s: evicted %s (%s): GROUPKEY-PUSH SEQ %s (new TEK SPI %s) "
+                            "sent to %s; on the deny list", g.label, ", ".join(ev.evicted),
+                            "; ".join(ev.reasons), ", ".join(map(str, ev.seqs)),
+                            _spis(ev.tek_spis), to)
+            case EvictionScheduled():
+                log.warning("group %s: %s on the deny list; evicted by the batch rekey at %s",
+                            g.label, ", ".join(ev.identities), fmt_time_utc(ev.at))
+            case KeysPurged():
+                log.info("group %s: expired keys deleted: TEK SPI %s%s", g.label,
+                         _spis(ev.tek_spis),
+                         "".join(f", KEK {k.hex()}" for k in ev.kek_spis))
+            case _:
+                log.debug("group %s: %s", g.label, ev)

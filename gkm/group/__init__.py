@@ -1,0 +1,27 @@
+"""The key server's group controllers (sans-I/O, one per group) and what they log.
+
+Public API::
+
+    GroupController(policy, state, now=, signer=, signer_error=)
+        inputs:  rekey(now) / evict(identities, reason, now) / update_policy(policy, now, signer=)
+                 handle_timer(now) / resync(state, now)
+        commit:  pending_changes() -> records; the shell writes them (storage.apply, one
+                 transaction) then committed(now), or commit_failed() and resync(...)
+        outputs: datagrams_to_send() -> [Push(seq, kek_spi, data)], next_event(), get_timer()
+    GroupState                      the group's durable state in memory
+    storage.load_state(store, gid)  / storage.apply(store, records)   (the shell's side)
+    changes.*                       the change records (an ordered, replayable log)
+    events.*                        GroupRekeyed, KeysRotated, MembersEvicted, EvictionScheduled,
+                                    KeysPurged (gkm.events.KeyServerEvent)
+"""
+
+from .changes import Change
+from .controller import (ControllerRefused, ControllerState, EvictionResult, GroupController,
+                         Push, RekeyResult, Signer)
+from .events import (EvictionScheduled, GroupControllerEvent, GroupRekeyed, KeysPurged,
+                     KeysRotated, MembersEvicted)
+from .state import GroupState
+
+__all__ = ["Change", "ControllerRefused", "ControllerState", "EvictionResult", "GroupController",
+           "Push", "RekeyResult", "Signer", "EvictionScheduled", "GroupControllerEvent",
+           "GroupRekeyed", "KeysPurged", "KeysRotated", "MembersEvicted", "GroupState"]

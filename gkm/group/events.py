@@ -1,0 +1,75 @@
+"""Events of the key server's group controllers (:mod:`gkm.group.controller`): frozen values,
+subclasses of :class:`gkm.events.KeyServerEvent`; no key material, SPIs and SEQs only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gkm.events import KeyServerEvent
+
+__all__ = ["GroupControllerEvent", "GroupRekeyed", "KeysRotated", "MembersEvicted",
+           "EvictionScheduled", "KeysPurged"]
+
+
+class GroupControllerEvent(KeyServerEvent):
+    """A group controller's event (always about one group, ``group_id``)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRekeyed(GroupControllerEvent):
+    """New TEKs went out by GROUPKEY-PUSH on request: ``cause`` is ``"operator"`` (``msecctl
+    rekey``) or ``"policy"`` (a reload changed or removed TEK policies; ``deleted``: the TEK
+    SPIs the PUSH deleted)."""
+
+    group_id: int
+    cause: str
+    seqs: tuple[int, ...]
+    tek_spis: tuple[int, ...]
+    deleted: tuple[int, ...] = ()
+    new_kek: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeysRotated(GroupControllerEvent):
+    """Automatic rotation: TEKs nearing expiry (``tek_spis``: their successors) and/or the KEK
+    (``new_kek``: its successor's SPI) replaced by one GROUPKEY-PUSH under the current KEK."""
+
+    group_id: int
+    seq: int
+    tek_spis: tuple[int, ...]
+    replaced: tuple[int, ...]
+    new_kek: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MembersEvicted(GroupControllerEvent):
+    """Members left the group.  ``mode``: ``"lkh"`` (new KEK by LKH update, new TEKs under
+    it), ``"rekey-all"`` (no LKH: the KEK and every TEK deleted, members register again),
+    ``"no-kek"`` (no Rekey SA: nothing pushed, they keep the TEKs until those expire)."""
+
+    group_id: int
+    evicted: tuple[str, ...]
+    reasons: tuple[str, ...]
+    mode: str
+    seqs: tuple[int, ...] = ()
+    tek_spis: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionScheduled(GroupControllerEvent):
+    """Evictions wait for the batch window: they go out together at ``at`` (Unix seconds)."""
+
+    group_id: int
+    identities: tuple[str, ...]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeysPurged(GroupControllerEvent):
+    """Expired keys deleted from the key server's state."""
+
+    group_id: int
+    tek_spis: tuple[int, ...] = ()
+    kek_spis: tuple[bytes, ...] = ()
