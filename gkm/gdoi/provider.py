@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LkhTree, LkhUpdate
 from gkm.store import KeyState, KeyStore, StoreError
-from policy.model import GroupPolicy
+from policy.model import GroupPolicy, tek_rekey_lead
 
 from .keys import new_kek_keymat, new_tek_keymat, random_spi
 
@@ -124,15 +124,27 @@ def load_signing_public_key(path: Path) -> bytes:
     return der
 
 
-def tek_renewal_margin(lifetime_s: int) -> int:
+def tek_renewal_margin(lifetime_s: int, rekey_lead_s: int | None = None) -> int:
     """Seconds before its expiry from which a stored TEK is no longer handed to a registering
     member (a tenth of the TEK policy's lifetime, at least 1 s): it gets a fresh TEK instead,
-    with its full lifetime, rather than one its kernel drops moments later."""
-    return max(1, int(lifetime_s) // 10)
+    with its full lifetime, rather than one its kernel drops moments later.  In a group with
+    a KEK the group controller pushes the TEK's successor ``rekey_lead_s`` before expiry; the
+    margin stays under half of that, so a registration renews a TEK only when that rotation
+    could not happen (the key server was down)."""
+    margin = max(1, int(lifetime_s) // 10)
+    if rekey_lead_s is not None:
+        margin = max(1, min(margin, rekey_lead_s // 2))
+    return margin
 
 
-def _usable(expires: int, lifetime_s: int, now: int) -> bool:
-    return expires - now > tek_renewal_margin(lifetime_s)
+def _margins(group: GroupPolicy) -> dict[str, int]:
+    return {tp.name: tek_renewal_margin(tp.lifetime_s, tek_rekey_lead(group, tp)
+                                        if group.kek is not None else None)
+            for tp in group.teks}
+
+
+def _usable(expires: int, margin: int, now: int) -> bool:
+    return expires - now > margin
 
 
 def _policy_digest(group: GroupPolicy) -> bytes:
@@ -142,8 +154,9 @@ def _policy_digest(group: GroupPolicy) -> bytes:
 class StoreKeysProvider:
     """:class:`GroupKeysProvider` over :class:`gkm.store.KeyStore`.
 
-    ``lkh``: groups with a KEK get an LKH tree (created on the first enrollment); a group whose
-    tree is already in the store always uses it.  ``signing_public_key(group)`` gives the DER
+    ``lkh``: groups with a KEK and ``kek.lkh`` get an LKH tree of degree ``kek.lkh_degree``
+    (created on the first enrollment); a group whose tree is already in the store always uses
+    it.  ``signing_public_key(group)`` gives the DER
     public key sent in the KD KEK packet (default: derived from ``KekPolicy.signing_key``).
     """
 
@@ -155,14 +168,12 @@ class StoreKeysProvider:
         store: KeyStore,
         *,
         lkh: bool = False,
-        lkh_degree: int = 2,
         backward_secrecy: bool = False,
         signing_public_key: Callable[[GroupPolicy], bytes] | None = None,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.store = store
         self._lkh = lkh
-        self._lkh_degree = lkh_degree
         self._backward_secrecy = backward_secrecy
         self._pubkey = signing_public_key or (lambda g: load_signing_public_key(g.kek.signing_key))
         self._random = random
@@ -223,12 +234,12 @@ class StoreKeysProvider:
                 current = {t.algorithm: t for t in st.teks(gid, KeyState.CURRENT)} if known else {}
                 ck = st.current_kek(gid) if known and keys.kek is not None else None
                 # check everything before the first write (a batch must not keep half of it)
-                lifetimes = {tp.name: tp.lifetime_s for tp in group.teks}
+                margins = _margins(group)
                 expiring = []  # stored current TEKs a tentative fresh TEK replaces
                 for tk in keys.teks:
                     cur = current.get(tek_label(tk.name, tk.suite))
                     if cur is not None and cur.spi != tk.spi and keys.tentative \
-                            and not _usable(cur.expires, lifetimes.get(tk.name, 0), now):
+                            and not _usable(cur.expires, margins.get(tk.name, 1), now):
                         expiring.append(cur)
                     elif (cur is None and not keys.tentative) or (cur is not None and cur.spi != tk.spi):
                         raise StaleKeys(f"group {gid}: TEK {tk.name} changed since message 2")
@@ -311,8 +322,8 @@ class StoreKeysProvider:
     @staticmethod
     def _fresh(group: GroupPolicy, keys: GroupKeys, now: int) -> bool:
         """No TEK of ``keys`` is within its renewal margin of expiry (:func:`tek_renewal_margin`)."""
-        lifetimes = {tp.name: tp.lifetime_s for tp in group.teks}
-        return all(_usable(t.expires, lifetimes.get(t.name, 0), now) for t in keys.teks)
+        margins = _margins(group)
+        return all(_usable(t.expires, margins.get(t.name, 1), now) for t in keys.teks)
 
     def _stored(self, group: GroupPolicy, now: int) -> GroupKeys | None:
         gid = group.group_id
@@ -320,10 +331,11 @@ class StoreKeysProvider:
         if st.group(gid) is None:
             return None
         current = {t.algorithm: t for t in st.teks(gid, KeyState.CURRENT)}
+        margins = _margins(group)
         teks = []
         for tp in group.teks:
             t = current.get(tek_label(tp.name, tp.suite.name))
-            if t is None or not _usable(t.expires, tp.lifetime_s, now):
+            if t is None or not _usable(t.expires, margins[tp.name], now):
                 return None  # missing or (nearly) expired: fresh tentative keys
             teks.append(TekKeys(tp.name, t.spi, tp.suite.name, t.key, t.auth_key or b"", t.expires))
         kek = None
@@ -352,10 +364,11 @@ class StoreKeysProvider:
         current = {t.algorithm: t for t in st.teks(gid, KeyState.CURRENT)} if known else {}
         used: set[int] = set()
         taken = self._taken(used)
+        margins = _margins(group)
         teks = []
         for tp in group.teks:
             t = current.get(tek_label(tp.name, tp.suite.name))
-            if t is not None and _usable(t.expires, tp.lifetime_s, now):
+            if t is not None and _usable(t.expires, margins[tp.name], now):
                 teks.append(TekKeys(tp.name, t.spi, tp.suite.name, t.key, t.auth_key or b"", t.expires))
                 continue
             spi = random_spi(taken, self._random)
@@ -382,8 +395,9 @@ class StoreKeysProvider:
         if gid in self._trees:
             return self._trees[gid]
         tree = self.store.load_lkh(gid)
-        if tree is None and self._lkh:
-            tree = LkhTree(degree=self._lkh_degree, backward_secrecy=self._backward_secrecy, random=self._random)
+        if tree is None and self._lkh and group.kek is not None and group.kek.lkh:
+            tree = LkhTree(degree=group.kek.lkh_degree, backward_secrecy=self._backward_secrecy,
+                           random=self._random)
         self._trees[gid] = tree
         return tree
 

@@ -115,9 +115,14 @@ def test_policy_changes_kek_cipher(tmp_path):
 
 
 def test_expiring_tek_is_replaced_at_registration(tmp_path):
-    """A registration never gets a TEK that is expired or within a tenth of its lifetime of
-    expiry: it gets a fresh one with its full lifetime, which becomes current (the old one
-    old); earlier in the TEK's life the stored TEK is handed out unchanged."""
+    """A registration never gets a TEK that is expired or within its renewal margin of
+    expiry (a tenth of its lifetime; with a KEK at most half the rotation lead, so the group
+    controller's rotation comes first): it gets a fresh one with its full lifetime, which
+    becomes current (the old one old); earlier in the TEK's life the stored TEK is handed out
+    unchanged."""
+    from gkm.gdoi.provider import tek_renewal_margin
+    from policy.model import tek_rekey_lead
+
     store = KeyStore(tmp_path / "s")
     prov = StoreKeysProvider(store)
     g = group_policy(tmp_path)
@@ -126,7 +131,10 @@ def test_expiring_tek_is_replaced_at_registration(tmp_path):
     prov.enroll(g, k, "key-id:gm1", "192.0.2.10", NOW)
     mid = prov.peek(g, NOW + life // 2)
     assert not mid.tentative and mid.teks[0].spi == k.teks[0].spi
-    late = NOW + life - life // 10
+    margin = tek_renewal_margin(life, tek_rekey_lead(g, g.teks[0]))
+    assert margin == 180 and tek_renewal_margin(life) == 360
+    assert not prov.peek(g, NOW + life - margin - 1).tentative  # the controller's turn
+    late = NOW + life - margin
     fresh = prov.peek(g, late)
     assert fresh.tentative and {t.spi for t in fresh.teks}.isdisjoint(t.spi for t in k.teks)
     assert [t.expires for t in fresh.teks] == [late + tp.lifetime_s for tp in g.teks]
