@@ -120,6 +120,9 @@ def _group(r: dict[str, Any]) -> str:
                        + (f", evicted (deny list): {g['evicted']}" if g.get("evicted") else ""))
             if g.get("seq") is not None:
                 out.append(f"  KEK {g.get('kek_spi')}, last SEQ {g['seq']}")
+            if g.get("next_key_event"):
+                out.append(f"  next key event (rotation, purge, batch rekey): "
+                           f"{_when(g['next_key_event'])}")
             for t in (g.get("policy") or {}).get("teks", []):
                 out.append(f"  policy {t['name']}: {t['src']} -> {t['dst']} {t['cipher']} "
                            f"{t['mode']} lifetime {t['lifetime_s']} s")
@@ -172,10 +175,16 @@ def _members(r: dict[str, Any]) -> str:
 def _evict(r: dict[str, Any]) -> str:
     lines = [f"group {r.get('id')}: evicted {', '.join(r.get('evicted') or []) or 'nobody'}"
              + (f" ({r['reason']})" if r.get("reason") else "")]
-    if r.get("seq") is not None:
+    if r.get("mode") == "scheduled":
+        lines.append(f"  on the deny list now; the batch rekey that removes them goes out at "
+                     f"{_when(r.get('scheduled_at'))}")
+    elif r.get("seq") is not None:
         seqs = r.get("seqs") or [r["seq"]]
         lines.append(f"  GROUPKEY-PUSH SEQ {', '.join(map(str, seqs))}"
                      + (f" to {', '.join(r.get('sent_to') or [])}" if r.get("sent_to") else ""))
+        if r.get("mode") == "rekey-all":
+            lines.append("  no LKH tree: the KEK and every TEK deleted; the remaining members "
+                         "register again")
     elif r.get("evicted"):
         lines.append("  no GROUPKEY-PUSH (the group has no KEK): the evicted members keep the "
                      "current TEKs until they expire")

@@ -277,6 +277,11 @@ class KeyServerRole:
                     and self.store.current_kek(g.group_id) is not None:
                 info["seq"] = self.store.current_seq(g.group_id)
                 info["kek_spi"] = self.store.current_kek(g.group_id).spi.hex()
+            ctl = self.groups.controllers.get(g.group_id)
+            if ctl is not None:
+                info["controller"] = ctl.state.value
+                info["next_key_event"] = ctl.get_timer()
+                info["pending_evictions"] = list(ctl.pending_evictions())
             info["teks"] = [{"spi": f"0x{t.spi:08x}", "algorithm": t.algorithm,
                              "state": t.state.value, "created": t.created,
                              "expires": t.expires} for t in self.store.teks(g.group_id)]

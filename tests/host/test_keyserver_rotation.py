@@ -1,0 +1,66 @@
+"""Automatic rotation and the eviction batch window with real msecd processes in netlab hosts
+(host kernel, members --no-kernel), short lifetimes: an eviction asked for within the batch
+window is answered "scheduled" and goes out when the window ends; the TEK (20 s lifetime,
+rekey lead 10 s) is then replaced by the key server on its own, and the remaining member
+takes the PUSH.  About 15 s."""
+
+from __future__ import annotations
+
+import time
+
+from tests.host.daemon_proc import Msecd
+from tests.host.test_daemon_process import _push_signing_key
+from tests.unit.daemon_fakes import write_config
+
+PSK = {"gm1": "11" * 16, "gm2": "22" * 16}
+
+
+def _group(tmp_path):
+    signing = _push_signing_key(tmp_path / "push.pem")
+    return ('[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\ndst = "239.1.1.1"\n'
+            'cipher = "aes-gcm-128"\nlifetime = "20s"\n'
+            '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+            f'signing_key = "{signing}"\nrekey_address = "239.192.0.1"\nrekey_port = 848\n'
+            'lifetime = "1d"\ntek_rekey_lead = "10s"\nevict_batch_window = "2s"\n')
+
+
+def test_batch_eviction_then_automatic_tek_rotation(netlab_factory, tmp_path):
+    lab = netlab_factory(3)
+    h1, *gm_hosts = lab.hosts
+    ks = Msecd(write_config(tmp_path, ks_port=848, name="ks.toml", tek=_group(tmp_path),
+                            ks_psks=PSK, authorize=("gm1", "gm2"), listen=h1.ip4), host=h1)
+    gms = {}
+    for name, h in zip(("gm1", "gm2"), gm_hosts):
+        d = tmp_path / name
+        d.mkdir()
+        gms[name] = Msecd(write_config(d, member_port=848, identity=name, psk=PSK[name],
+                                       ks_host=h1.ip4), host=h, args=["--no-kernel"])
+    try:
+        ks.start()
+        for d in gms.values():
+            d.start()
+        for d in gms.values():
+            d.wait_log("listening for GROUPKEY-PUSH")
+        asked = time.time()
+        r = ks.ctl_json("evict", "1001", "gm2", "--reason", "test")
+        assert r["ok"] and r["mode"] == "scheduled" and r["evicted"] == ["key-id:gm2"], r
+        assert asked + 1 <= r["scheduled_at"] <= time.time() + 2, r
+        text = ks.ctl("evict", "1001", "gm2", check=True).stdout
+        assert "batch rekey that removes them goes out at" in text, text
+        # the window ends: the LKH update and new TEKs under the new KEK (SEQ 1)
+        log = gms["gm1"].wait_log("rekeyed: SEQ 1,", timeout=30)
+        gms["gm2"].wait_log("evicted")
+        ks.wait_log("evicted key-id:gm2 (test)")
+        # then, 10 s before the new TEK expires, its successor, by the key server alone
+        log = gms["gm1"].wait_log("rekeyed: SEQ 2,", timeout=40)
+        kslog = ks.wait_log("keys rotated: SEQ 2")
+        line = next(x for x in kslog.splitlines() if "keys rotated: SEQ 2" in x)
+        new = line.split(" replaced by ")[1].split(";")[0]
+        assert new in log.split("rekeyed: SEQ 2,")[1], (line, log)
+        g = ks.ctl_json("group", "show", "1001")["roles"][0]
+        assert g["next_key_event"] and g["controller"] == "ready"
+        assert "Traceback" not in ks.log() + gms["gm1"].log()
+    finally:
+        for d in gms.values():
+            d.stop()
+        ks.stop()
