@@ -160,6 +160,10 @@ class GroupShell:
         ctl, g = self.controllers.get(gid), self.role.settings.group(gid)
         if ctl is None or g is None or self.role.store is None:
             return
+        deadline = ctl.get_timer()
+        if deadline is not None and self._clock() < deadline:
+            self._arm(g, ctl)  # a wake-up to re-read the wall clock (MAX_TIMER_S), not due
+            return
         try:
             self._fresh(gid, ctl)
             ctl.handle_timer(self._clock())
