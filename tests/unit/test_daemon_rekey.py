@@ -63,6 +63,9 @@ class FakeController:
     def current_tek_spis(self):
         return frozenset()
 
+    def pending_evictions(self):
+        return ()
+
     def resync(self, state, now):
         pass
 
