@@ -64,3 +64,52 @@ def test_batch_eviction_then_automatic_tek_rotation(netlab_factory, tmp_path):
         for d in gms.values():
             d.stop()
         ks.stop()
+
+
+def test_reload_changing_and_removing_tek_policies_rekeys(netlab_factory, tmp_path):
+    """Two TEK policies; a reload removes one and changes the other's cipher: one PUSH
+    deletes both old TEKs and brings the new one; the member ends with the new TEK only."""
+    lab = netlab_factory(2)
+    h1, h2 = lab.hosts
+    signing = _push_signing_key(tmp_path / "push.pem")
+    teks = ('[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\ndst = "239.1.1.1"\n'
+            'cipher = "aes-gcm-128"\n'
+            '[[keyserver.group.tek]]\nname = "ctl"\nsrc = "10.77.0.0/24"\ndst = "239.1.1.2"\n'
+            'cipher = "aes-gcm-128"\n')
+    kek = ('[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+           f'signing_key = "{signing}"\nrekey_address = "239.192.0.1"\nrekey_port = 848\n'
+           'lifetime = "1d"\n')
+    cfg = write_config(tmp_path, ks_port=848, name="ks.toml", tek=teks + kek,
+                       ks_psks={"gm1": PSK["gm1"]}, authorize=("gm1",), listen=h1.ip4)
+    ks = Msecd(cfg, host=h1)
+    d = tmp_path / "gm1"
+    d.mkdir()
+    gm = Msecd(write_config(d, member_port=848, identity="gm1", psk=PSK["gm1"],
+                            ks_host=h1.ip4), host=h2, args=["--no-kernel"])
+    try:
+        ks.start()
+        gm.start()
+        gm.wait_log("listening for GROUPKEY-PUSH")
+        old = {t["spi"] for t in ks.ctl_json("group", "show", "1001")["roles"][0]["teks"]}
+        assert len(old) == 2
+        new_teks = ('[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\n'
+                    'dst = "239.1.1.1"\ncipher = "aes-gcm-256"\n')
+        cfg.write_text(cfg.read_text().replace(teks, new_teks))
+        r = ks.ctl_json("reload")
+        assert r["ok"] and any("rekeyed for the new policy" in c for c in r["changes"]), r
+        log = gm.wait_log("rekeyed: SEQ 1,")
+        teks_now = ks.ctl_json("group", "show", "1001")["roles"][0]["teks"]
+        (t,) = teks_now  # the deleted ones are gone from the key server's state
+        assert t["algorithm"] == "rtp/aes-gcm-256" and t["spi"] not in old
+        assert t["spi"] in log.split("rekeyed: SEQ 1,")[1]
+        end = time.monotonic() + 30
+        while time.monotonic() < end:  # the member drops the deleted TEKs
+            held = {x["spi"] for x in gm.ctl_json("group", "show", "1001")["roles"][0]["teks"]}
+            if held == {t["spi"]}:
+                break
+            time.sleep(0.2)
+        assert held == {t["spi"]}, held
+        assert "deleted TEK SPI" in ks.log()
+    finally:
+        gm.stop()
+        ks.stop()

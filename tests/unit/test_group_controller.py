@@ -394,3 +394,64 @@ def test_restart_gives_the_same_tree_seq_and_keys_and_evicts_again(tmp_path):
     assert not any(isinstance(e, (Evicted, PushRejected)) for e in got), got
     assert rekeyed[-1].seq == 1 and {t.spi for t in rekeyed[-1].teks} == set(res.tek_spis)
     assert [m.identity for m in store.members(GID)] == ["key-id:gm1"]
+
+
+# ------------------------------------------------------------------ the whole table
+
+#: (state, input) -> "ok" (accepted), "refused" (ControllerRefused, nothing changed) or
+#: "ignored" (accepted, changes nothing)
+TABLE = {
+    ControllerState.NO_KEYS: {"rekey": "refused", "evict": "ok", "update_policy": "ok",
+                              "handle_timer": "ignored", "resync": "ok",
+                              "committed": "refused", "commit_failed": "refused"},
+    ControllerState.READY: {"rekey": "ok", "evict": "ok", "update_policy": "ok",
+                            "handle_timer": "ok", "resync": "ok", "committed": "refused",
+                            "commit_failed": "refused"},
+    ControllerState.COMMITTING: {"rekey": "refused", "evict": "refused",
+                                 "update_policy": "refused", "handle_timer": "ignored",
+                                 "resync": "refused", "committed": "ok", "commit_failed": "ok"},
+    ControllerState.STALE: {"rekey": "refused", "evict": "refused", "update_policy": "refused",
+                            "handle_timer": "ignored", "resync": "ok", "committed": "refused",
+                            "commit_failed": "refused"},
+}
+
+
+def _in_state(tmp_path, state):
+    s = Setup(tmp_path, who=() if state is ControllerState.NO_KEYS else ("gm1", "gm2"),
+              lkh=True)
+    ctl = controller(s.store, s.group, WALL)
+    if state in (ControllerState.COMMITTING, ControllerState.STALE):
+        ctl.rekey(WALL)
+    if state is ControllerState.STALE:
+        ctl.commit_failed()
+    assert ctl.state is state
+    return s, ctl
+
+
+@pytest.mark.parametrize("state", list(TABLE), ids=lambda s: s.name)
+@pytest.mark.parametrize("name", list(TABLE[ControllerState.READY]))
+def test_every_state_and_input(tmp_path, state, name):
+    s, ctl = _in_state(tmp_path, state)
+    t = s.store.teks(GID, KeyState.CURRENT)
+    late = (t[0].expires if t else WALL) - 1  # a rotation is due (READY)
+    inputs = {
+        "rekey": lambda c: c.rekey(WALL),
+        "evict": lambda c: c.evict(["key-id:gm2"], "test", WALL),
+        "update_policy": lambda c: c.update_policy(s.group, WALL, signer=signer_of(s.group)),
+        "handle_timer": lambda c: c.handle_timer(late),
+        "resync": lambda c: c.resync(load_state(s.store, GID), WALL),
+        "committed": lambda c: c.committed(WALL),
+        "commit_failed": lambda c: c.commit_failed(),
+    }
+    want = TABLE[state][name]
+    if want == "refused":
+        _refused(ctl, inputs[name])
+        return
+    before = _snapshot(ctl)
+    inputs[name](ctl)
+    if want == "ignored":
+        assert _snapshot(ctl) == before
+    elif name in ("rekey", "evict", "handle_timer"):
+        assert ctl.state is ControllerState.COMMITTING  # something to commit
+        commit(s.store, ctl, WALL)
+        assert ctl.state is state  # NO_KEYS: only a deny entry was written
