@@ -178,8 +178,10 @@ class GroupController:
         return frozenset(t.spi for t in self._state.teks_in(KeyState.CURRENT))
 
     def pending_evictions(self) -> tuple[str, ...]:
-        """Registered members on the deny list: evicted, rekey not sent yet."""
-        return tuple(i for i in self._state.members if i in self._state.denied)
+        """Registered members on the deny list: evicted, rekey not sent yet (in deny order;
+        the deny list is walked, not the membership, which may hold millions)."""
+        members = self._state.members
+        return tuple(i for i in self._state.denied if i in members)
 
     # -- shell protocol ---------------------------------------------------------------------
     def pending_changes(self) -> tuple[Change, ...]:
