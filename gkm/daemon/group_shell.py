@@ -19,6 +19,7 @@ from gkm.events import Event
 from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupRekeyed, KeysPurged,
                        KeysRotated, MembersEvicted)
 from gkm.group.storage import apply, load_state
+from gkm.store import StoreError
 from policy import model as pm
 
 from .engines import RekeyError
@@ -82,10 +83,11 @@ class GroupShell:
             try:
                 self._fresh(gid, ctl)
                 result = ctl.update_policy(g, now, signer=signer, signer_error=problem)
-            except ControllerRefused as e:
+                self._drive(g, ctl)
+            except (ControllerRefused, RekeyError, StoreError, ValueError) as e:
+                log.warning("group %s: new policy not applied to its keys: %s", g.label, e)
                 changes.append(f"group {gid}: new policy not applied to its keys: {e}")
                 continue
-            sent, _ = self._drive(g, ctl)
             if result is not None:
                 changes.append(f"group {gid}: rekeyed for the new policy: SEQ "
                                f"{', '.join(map(str, result.seqs))}, new TEK SPI "
@@ -174,8 +176,6 @@ class GroupShell:
 
     # -- commit, send, events, timer
     def _drive(self, g: pm.GroupPolicy, ctl) -> tuple[list[str], list[str]]:
-        from gkm.store import StoreError
-
         store = self.role.store
         changes = ctl.pending_changes()
         if changes:

@@ -256,10 +256,47 @@ class GroupController:
                                 tuple(s.tree.export_chunks()), len(s.tree), True))
         return out
 
+
     # -- user calls -------------------------------------------------------------------------
-    def rekey(self, now: float) -> RekeyResult:
+    # Each input either logs all of its records or none: one that fails half-way (a SEQ
+    # exhausted, an LKH update too large to split) leaves the controller STALE, its records
+    # dropped, the store untouched, until the shell reads the store again (resync).
+    def _atomic(self, fn, *args):
+        had = len(self._pending)
+        try:
+            return fn(*args)
+        except BaseException:
+            if len(self._pending) > had or self._stale:
+                self._stale = True
+            raise
+
+    def rekey(self, now: float) -> "RekeyResult":
         """``msecctl rekey``: new TEKs for every TEK policy by one PUSH (and a new KEK with
         them if the current one is within its lead time)."""
+        return self._atomic(self._rekey, now)
+
+    def evict(self, identities: Iterable[str], reason: str, now: float) -> "EvictionResult":
+        """Evict registered members (store keys ``kind:value``) and put every named identity
+        on the deny list (persistent; ``msecctl deny lift``).  Within the batch window the
+        rekey waits (``mode="scheduled"``); otherwise it goes out now with every eviction
+        still pending."""
+        return self._atomic(self._evict, identities, reason, now)
+
+    def update_policy(self, policy: GroupPolicy, now: float, *, signer: Signer | None = None,
+                      signer_error: str | None = None) -> "RekeyResult | None":
+        """A reload gave the group a new policy.  TEK policies removed: their TEKs are deleted
+        by PUSH; TEK policies whose suite, selector or mode changed, and new ones: new TEKs by
+        the same PUSH (the changed ones' old TEKs deleted); a new KEK cipher: a new KEK in it.
+        Without a KEK (or keys) nothing can be pushed: the TEKs concerned are retired and
+        registrations get new ones.  Lifetimes and lead times apply from the next rotation."""
+        return self._atomic(self._update_policy, policy, now, signer, signer_error)
+
+    def handle_timer(self, now: float) -> None:
+        """Whatever is due at ``now``: a batch of evictions, purges, rotations."""
+        return self._atomic(self._handle_timer, now)
+
+    # -- the inputs' bodies -----------------------------------------------------------------
+    def _rekey(self, now: float) -> RekeyResult:
         self._need_input_state()
         kek = self._need_push()
         result = self._rotation_push(now, kek, list(self.policy.teks), self._replaceable(),
@@ -268,11 +305,7 @@ class GroupController:
                                                  result.tek_spis, (), result.new_kek))
         return result
 
-    def evict(self, identities: Iterable[str], reason: str, now: float) -> EvictionResult:
-        """Evict registered members (store keys ``kind:value``) and put every named identity
-        on the deny list (persistent; ``msecctl deny lift``).  Within the batch window the
-        rekey waits (``mode="scheduled"``); otherwise it goes out now with every eviction
-        still pending."""
+    def _evict(self, identities: Iterable[str], reason: str, now: float) -> EvictionResult:
         self._need_input_state()
         ids = list(dict.fromkeys(identities))
         if not ids or not all(isinstance(i, str) and i for i in ids):
@@ -298,13 +331,8 @@ class GroupController:
             return EvictionResult(gone, not_members, "pending", error=done)
         return EvictionResult(gone, not_members, done.mode, done.seqs, done.tek_spis)
 
-    def update_policy(self, policy: GroupPolicy, now: float, *, signer: Signer | None = None,
-                      signer_error: str | None = None) -> RekeyResult | None:
-        """A reload gave the group a new policy.  TEK policies removed: their TEKs are deleted
-        by PUSH; TEK policies whose suite, selector or mode changed, and new ones: new TEKs by
-        the same PUSH (the changed ones' old TEKs deleted); a new KEK cipher: a new KEK in it.
-        Without a KEK (or keys) nothing can be pushed: the TEKs concerned are retired and
-        registrations get new ones.  Lifetimes and lead times apply from the next rotation."""
+    def _update_policy(self, policy: GroupPolicy, now: float, signer: Signer | None,
+                       signer_error: str | None) -> RekeyResult | None:
         self._need_input_state()
         if policy.group_id != self.group_id:
             raise ControllerRefused(f"policy of group {policy.group_id} for group "
@@ -325,6 +353,7 @@ class GroupController:
         kek = s.current_kek()
         kek_cipher_changed = (policy.kek is not None and kek is not None
                               and kek.algorithm != policy.kek.cipher.name)
+        was = self.policy, self._signer, self._signer_error
         self.policy, self._signer, self._signer_error = policy, signer, signer_error
         if not live or not (retire or fresh or kek_cipher_changed):
             return None
@@ -333,16 +362,19 @@ class GroupController:
                 self._log(TekStateChanged(gid, t.spi, KeyState.OLD))
             return None
         deleted = tuple(t.spi for t in retire)
-        result = self._rotation_push(now, kek, fresh, retire, force_kek=kek_cipher_changed,
-                                     deletes=deleted)
+        try:
+            result = self._rotation_push(now, kek, fresh, retire, force_kek=kek_cipher_changed,
+                                         deletes=deleted)
+        except BaseException:
+            self.policy, self._signer, self._signer_error = was  # refused: nothing changed
+            raise
         if deleted:
             self._log(TeksPurged(gid, deleted))
         self._pending_events.append(GroupRekeyed(gid, "policy", result.seqs, result.tek_spis,
                                                  deleted, result.new_kek))
         return result
 
-    def handle_timer(self, now: float) -> None:
-        """Whatever is due at ``now``: a batch of evictions, purges, rotations."""
+    def _handle_timer(self, now: float) -> None:
         if self.state in (ControllerState.COMMITTING, ControllerState.STALE):
             return
         if self._batch_at is not None and now >= self._batch_at:

@@ -455,3 +455,25 @@ def test_every_state_and_input(tmp_path, state, name):
         assert ctl.state is ControllerState.COMMITTING  # something to commit
         commit(s.store, ctl, WALL)
         assert ctl.state is state  # NO_KEYS: only a deny entry was written
+
+
+def test_an_input_failing_half_way_leaves_the_store_untouched(tmp_path):
+    """SEQ exhausted under the current KEK: a rekey is refused before anything; an eviction
+    whose tree already changed in memory leaves the controller STALE, its deny entries and
+    tree changes dropped, until it reads the store again."""
+    from gkm.store import SEQ_MAX
+
+    s = Setup(tmp_path, who=("gm1", "gm2"), lkh=True)
+    s.store.set_seq(GID, s.store.current_kek(GID).spi, SEQ_MAX)
+    ctl = controller(s.store, s.group, WALL)
+    _refused(ctl, lambda c: c.rekey(WALL))
+    before = _store_rows(s.store), _tree(s.store)
+    with pytest.raises(ControllerRefused, match="SEQ exhausted"):
+        ctl.evict(["key-id:gm2"], "x", WALL)
+    assert ctl.state is ControllerState.STALE and ctl.datagrams_to_send() == []
+    assert (_store_rows(s.store), _tree(s.store)) == before
+    ctl.resync(load_state(s.store, GID), WALL)
+    assert ctl.state is ControllerState.READY and ctl.pending_changes() == ()
+    assert _tree(s.store) == (ctl.group_state.tree.meta(),
+                              sorted(ctl.group_state.tree.export_chunks()),
+                              sorted(ctl.group_state.tree.members()))
