@@ -150,3 +150,19 @@ def test_expiring_tek_is_replaced_at_registration(tmp_path):
     with pytest.raises(StaleKeys):
         prov.enroll(g, k, "key-id:gm3", "192.0.2.12", NOW + life + 6)
     store.close()
+
+
+def test_lkh_on_off_and_degree_per_group(tmp_path):
+    """The provider's LKH tree follows each group's kek.lkh and kek.lkh_degree."""
+    import dataclasses
+
+    g = group_policy(tmp_path)
+    for lkh, degree, want in ((False, 2, None), (True, 4, 4)):
+        store = KeyStore(tmp_path / f"s{lkh}")
+        prov = StoreKeysProvider(store, lkh=True)
+        grp = dataclasses.replace(g, kek=dataclasses.replace(g.kek, lkh=lkh, lkh_degree=degree))
+        e = prov.enroll(grp, prov.peek(grp, NOW), "key-id:gm1", "192.0.2.10", NOW)
+        tree = store.load_lkh(GID)
+        assert (None if tree is None else tree.degree) == want
+        assert (e.lkh_path is None) == (want is None)
+        store.close()
