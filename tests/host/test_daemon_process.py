@@ -259,11 +259,13 @@ def _push_signing_key(path) -> str:
 def test_rekey_push_reaches_member_on_loopback(tmp_path, netns):
     """msecctl rekey: the key server makes new TEKs, sends a GROUPKEY-PUSH (to the rekey
     address and unicast to each member); the member (--no-kernel) accepts it: new SPIs, SEQ
-    up.  Unknown group: a clear error."""
+    up, and the group's activation/deactivation delays from the key server's GAP in force.
+    Unknown group: a clear error."""
     port = free_udp_port()
     rport = free_udp_port()
     signing = _push_signing_key(tmp_path / "push.pem")
-    tek = ('[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.1.0.0/16"\ndst = "239.1.1.1"\n'
+    tek = ('activation_delay = "3s"\ndeactivation_delay = "9s"\n'
+           '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.1.0.0/16"\ndst = "239.1.1.1"\n'
            'cipher = "aes-gcm-128"\n'
            '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
            f'signing_key = "{signing}"\nrekey_address = "239.192.0.1"\nrekey_port = {rport}\n'
@@ -297,7 +299,11 @@ def test_rekey_push_reaches_member_on_loopback(tmp_path, netns):
         assert new_spis <= set(roles) and set(roles) <= new_spis | old_spis
         assert all(roles[s] in ("next", "current") for s in new_spis)
         assert after["last_seq"] == seq0 + 1 and after["rekeys"] == 1
-        assert "last SEQ: " in gm.ctl("group", "show", "1001", check=True).stdout
+        assert (after["activation_delay"], after["deactivation_delay"]) == (3, 9)
+        assert after["gap_from_key_server"]
+        text = gm.ctl("group", "show", "1001", check=True).stdout
+        assert "last SEQ: " in text
+        assert "senders switch after 3 s, old SAs go after 9 s (key server's GAP)" in text
         # the key server keeps the old TEKs as 'old' and hands out the new ones
         states = {t["spi"]: t["state"] for t in
                   ks.ctl_json("group", "show", "1001")["roles"][0]["teks"]}
