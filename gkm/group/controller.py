@@ -46,11 +46,9 @@ rekey loses nothing (the rekey goes out at the next start).
 
 from __future__ import annotations
 
-import enum
 import os
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from gkm.events import Event
 from gkm.gdoi.keys import new_kek_keymat, new_tek_keymat, random_spi
@@ -64,62 +62,11 @@ from .changes import (Change, DenyAdded, GroupCreated, KekActivated, KekAdded, K
                       TekAdded, TekStateChanged, TeksPurged)
 from .events import EvictionScheduled, GroupRekeyed, KeysPurged, KeysRotated, MembersEvicted
 from .state import GroupState
+from .values import (ControllerRefused, ControllerState, EvictionResult, Push, RekeyResult,
+                     Signer)
 
 __all__ = ["GroupController", "ControllerState", "ControllerRefused", "Signer", "Push",
            "RekeyResult", "EvictionResult"]
-
-
-class ControllerRefused(Exception):
-    """An input the controller refuses; nothing changed."""
-
-
-class ControllerState(enum.Enum):
-    NO_KEYS = "no keys"          # no member registered yet (or every key deleted)
-    READY = "ready"
-    COMMITTING = "committing"    # change records wait for the shell's commit
-    STALE = "stale"              # a commit failed: waits for resync()
-
-
-@dataclass(frozen=True, slots=True)
-class Signer:
-    """The group's PUSH signing key, loaded by the shell: the private key object and the DER
-    SubjectPublicKeyInfo sent in KEK packets."""
-
-    private_key: Any = field(repr=False)
-    public_key: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Push:
-    """One GROUPKEY-PUSH datagram: its SEQ under KEK ``kek_spi``."""
-
-    seq: int
-    kek_spi: bytes
-    data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class RekeyResult:
-    seqs: tuple[int, ...]
-    tek_spis: tuple[int, ...]
-    new_kek: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EvictionResult:
-    """What an eviction request did or will do: ``evicted`` (registered members that leave),
-    ``not_members`` (only put on the deny list), ``mode`` (see :class:`MembersEvicted`;
-    ``"scheduled"``: waits for the batch window until ``scheduled_at``; ``"none"``: nobody
-    registered), ``error`` (the rekey could not be built now: the members stay on the deny
-    list and leave at the next rekey the controller can send)."""
-
-    evicted: tuple[str, ...]
-    not_members: tuple[str, ...]
-    mode: str
-    seqs: tuple[int, ...] = ()
-    tek_spis: tuple[int, ...] = ()
-    scheduled_at: float | None = None
-    error: str | None = None
 
 
 def _name_of(t: Tek) -> str:
