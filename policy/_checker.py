@@ -248,6 +248,8 @@ class Checker:
     def _check_file(self, text: str, p: str, private: bool) -> Any:
         if not text:
             return self.problem(p, "empty file name")
+        if "\x00" in text:
+            return self.problem(p, "file name contains a NUL byte")
         fp = self.path(text)
         if not self.check_files:
             return fp

@@ -261,6 +261,8 @@ T0 = "keyserver.group[0].tek[0]"
          "keyserver.group[0].kek", "more than half the KEK lifetime"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_interval="50m"),
          "keyserver.group[0].kek.rekey_interval", "replaced by tek_rekey_lead"),
+        (lambda d: d["keyserver"]["psk"][0].update(secret_file="a\x00b"),
+         "keyserver.psk[0].secret_file", "NUL byte"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(lkh_degree=1),
          "keyserver.group[0].kek.lkh_degree", "not in 2..64"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(lkh="yes"),
