@@ -223,10 +223,13 @@ class GroupShell:
                          "deleted TEK SPI %s; GROUPKEY-PUSH sent to %s", g.label,
                          ", ".join(map(str, ev.seqs)), _spis(ev.tek_spis), _spis(ev.deleted), to)
             case KeysRotated():
-                kek = f", new KEK {ev.new_kek.hex()}" if ev.new_kek else ""
-                log.info("group %s: keys rotated: SEQ %d, TEK SPI %s replaced by %s%s; "
-                         "GROUPKEY-PUSH sent to %s", g.label, ev.seq, _spis(ev.replaced),
-                         _spis(ev.tek_spis), kek, to)
+                what = []
+                if ev.tek_spis:
+                    what.append(f"TEK SPI {_spis(ev.replaced)} replaced by {_spis(ev.tek_spis)}")
+                if ev.new_kek:
+                    what.append(f"new KEK {ev.new_kek.hex()} (sent under the old one)")
+                log.info("group %s: keys rotated: SEQ %d, %s; GROUPKEY-PUSH sent to %s",
+                         g.label, ev.seq, ", ".join(what), to)
             case MembersEvicted(mode="no-kek"):
                 log.warning("group %s: evicted %s (%s): the group has no KEK, so no "
                             "GROUPKEY-PUSH: they keep the current TEKs until those expire; "
@@ -241,8 +244,8 @@ class GroupShell:
                 log.warning("group %s: %s on the deny list; evicted by the batch rekey at %s",
                             g.label, ", ".join(ev.identities), fmt_time_utc(ev.at))
             case KeysPurged():
-                log.info("group %s: expired keys deleted: TEK SPI %s%s", g.label,
-                         _spis(ev.tek_spis),
-                         "".join(f", KEK {k.hex()}" for k in ev.kek_spis))
+                what = ([f"TEK SPI {_spis(ev.tek_spis)}"] if ev.tek_spis else []) + \
+                    [f"KEK {k.hex()}" for k in ev.kek_spis]
+                log.info("group %s: expired keys deleted: %s", g.label, ", ".join(what))
             case _:
                 log.debug("group %s: %s", g.label, ev)
