@@ -8,9 +8,10 @@ Key server: :func:`build_push` returns one datagram.  Member: :class:`PushReceiv
 datagrams (``receive_datagram``) and hands out events (``next_event``): :class:`Rekeyed`,
 :class:`TeksDeleted`, :class:`KekDeleted`, :class:`Evicted`, :class:`PushRejected`.
 
-SEQ contract (RFC 6407 sections 4.3, 3.2): the caller passes ``seq``, obtained from
-``KeyStore.next_seq(group)``, which is committed and fsync'ed before it returns; so a SEQ is
-never sent twice, even across a crash.  ``build_push`` itself is pure (no store, no clock).
+SEQ contract (RFC 6407 sections 4.3, 3.2): the caller passes ``seq``, durable before the
+datagram leaves (the key server's group controller, ``gkm.group``, logs it as a SeqReserved
+record that the shell commits before sending; ``KeyStore.next_seq(group)`` commits one on its
+own); so a SEQ is never sent twice, even across a crash.  ``build_push`` itself is pure (no store, no clock).
 After a PUSH that introduces a new KEK the caller activates that KEK in the store, whose SEQ
 starts at 0: the first PUSH under it carries SEQ 1 (RFC 6407 section 4, "the first packet for
 the given Rekey SA encrypted with the new KEK attribute will have a Sequence number of 1").
@@ -298,8 +299,8 @@ def build_push(
 ) -> bytes:
     """One GROUPKEY-PUSH datagram: ``HDR*, SEQ, [D...,] [SA, KD,] SIG`` (RFC 6407 section 4).
 
-    ``kek``: the current Rekey SA (its SPI is the cookie pair, its key encrypts).  ``seq``: from
-    ``KeyStore.next_seq`` (durable before this is called; see the module docstring).
+    ``kek``: the current Rekey SA (its SPI is the cookie pair, its key encrypts).  ``seq``: durable
+    before the datagram is sent (see the module docstring).
     ``new_teks``: TEKs of ``group``'s TEK policies (by name) to announce.  ``new_kek``: a
     replacement Rekey SA.  ``lkh_update`` (with ``new_kek`` and ``lkh_root_key``, the tree's new
     group key): the KEK is sent as an LKH update and ``new_kek.keymat`` must be
