@@ -233,7 +233,8 @@ class GroupController:
                       signer_error: str | None = None) -> "RekeyResult | None":
         """A reload gave the group a new policy.  TEK policies removed: their TEKs are deleted
         by PUSH; TEK policies whose suite, selector or mode changed, and new ones: new TEKs by
-        the same PUSH (the changed ones' old TEKs deleted); a new KEK cipher: a new KEK in it.
+        the same PUSH (the changed ones' old TEKs deleted); a new KEK cipher or PUSH signing key:
+        a new KEK in it (signed with the previous key, the one members know).
         Without a KEK (or keys) nothing can be pushed: the TEKs concerned are retired and
         registrations get new ones.  Lifetimes and lead times apply from the next rotation."""
         return self._atomic(self._update_policy, policy, now, signer, signer_error)
@@ -301,8 +302,13 @@ class GroupController:
         kek_cipher_changed = (policy.kek is not None and kek is not None
                               and kek.algorithm != policy.kek.cipher.name)
         was = self.policy, self._signer, self._signer_error
+        # a new PUSH signing key: members verify with the public key their KEK came with, so
+        # the old key signs one last PUSH that brings a new KEK with the new public key
+        old_signer = self._signer
+        signer_changed = (old_signer is not None and signer is not None
+                          and old_signer.public_key != signer.public_key)
         self.policy, self._signer, self._signer_error = policy, signer, signer_error
-        if not live or not (retire or fresh or kek_cipher_changed):
+        if not live or not (retire or fresh or kek_cipher_changed or signer_changed):
             return None
         if not self._can_push():
             for t in retire:
@@ -310,8 +316,10 @@ class GroupController:
             return None
         deleted = tuple(t.spi for t in retire)
         try:
-            result = self._rotation_push(now, kek, fresh, retire, force_kek=kek_cipher_changed,
-                                         deletes=deleted)
+            result = self._rotation_push(now, kek, fresh, retire,
+                                         force_kek=kek_cipher_changed or signer_changed,
+                                         deletes=deleted,
+                                         sign_with=old_signer if signer_changed else None)
         except BaseException:
             self.policy, self._signer, self._signer_error = was  # refused: nothing changed
             raise
@@ -442,9 +450,12 @@ class GroupController:
 
     def _rotation_push(self, now: float, kek: Kek, policies: list[TekPolicy],
                        replaced: list[Tek], *, force_kek: bool,
-                       deletes: tuple[int, ...] = ()) -> RekeyResult:
+                       deletes: tuple[int, ...] = (),
+                       sign_with: Signer | None = None) -> RekeyResult:
         """One PUSH under the current KEK: new TEKs for ``policies`` (``replaced`` retired),
-        ``deletes``, and a new KEK when forced or when the current one is within its lead."""
+        ``deletes``, and a new KEK when forced or when the current one is within its lead.
+        ``sign_with``: the key members know, when the group's signing key just changed (the
+        new KEK brings the new public key)."""
         gid, t, pol = self.group_id, int(now), self.policy
         (seq,) = self._seqs(kek, 1)
         with_kek = force_kek or now >= kek.expires - kek_rekey_lead(pol.kek)
@@ -455,7 +466,8 @@ class GroupController:
             new_kek = KekKeys(spi, pol.kek.cipher.name,
                               new_kek_keymat(pol.kek.cipher, self._random),
                               t + pol.kek.lifetime_s, self._signer.public_key)
-        data = build_push(pol, kek=self._kek_keys(kek), signing_key=self._signer.private_key,
+        signing = (sign_with or self._signer).private_key
+        data = build_push(pol, kek=self._kek_keys(kek), signing_key=signing,
                           seq=seq, new_teks=teks, new_kek=new_kek, deletes=deletes, now=t)
         self._log(SeqReserved(gid, kek.spi, seq))
         if new_kek is not None:

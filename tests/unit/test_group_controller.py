@@ -477,3 +477,27 @@ def test_an_input_failing_half_way_leaves_the_store_untouched(tmp_path):
     assert _tree(s.store) == (ctl.group_state.tree.meta(),
                               sorted(ctl.group_state.tree.export_chunks()),
                               sorted(ctl.group_state.tree.members()))
+
+
+def test_reload_with_a_new_signing_key_hands_members_the_new_public_key(tmp_path):
+    """The old key signs one PUSH with a new KEK carrying the new public key; members take it
+    and then accept PUSHes signed with the new key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gkm.group import Signer
+
+    s = Setup(tmp_path, who=("gm1",))
+    r = s.receiver()
+    ctl = controller(s.store, s.group, WALL)
+    key = ec.generate_private_key(ec.SECP256R1())
+    new = Signer(key, key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    res = ctl.update_policy(s.group, WALL, signer=new)
+    pushes, evs = commit(s.store, ctl, WALL)
+    assert res is not None and res.new_kek == s.store.current_kek(GID).spi and not res.tek_spis
+    got = [e for e in _receive(r, pushes) if isinstance(e, Rekeyed)]
+    assert got and got[0].new_kek, got
+    ctl.rekey(WALL + 1)
+    pushes, _ = commit(s.store, ctl, WALL + 1)
+    assert [e.seq for e in _receive(r, pushes) if isinstance(e, Rekeyed)] == [1]
