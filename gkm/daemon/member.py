@@ -323,6 +323,8 @@ class MemberSession:
                 log.debug("group %s: %s", label, ev)  # logged where the shell failed
             case LeftGroup():
                 log.warning("group %s: %s; registering again", label, ev.reason)
+            case PushRejected(duplicate=True):
+                log.debug("group %s: GROUPKEY-PUSH ignored: %s", label, ev.reason)
             case PushRejected():
                 log.warning("group %s: GROUPKEY-PUSH rejected: %s", label, ev.reason)
             case _:

@@ -83,6 +83,7 @@ Decisions (ambiguities; docs/decisions/wire.md):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -190,10 +191,14 @@ class LkhPartReceived(MemberEvent):
 
 @dataclass(frozen=True, slots=True)
 class PushRejected(MemberEvent):
-    """Member: a datagram was dropped (logged); the receiver's state is unchanged."""
+    """Member: a datagram was dropped (logged); the receiver's state is unchanged.
+    ``duplicate``: the very datagram last accepted, again (the key server sends each PUSH to
+    the rekey address and, unicast, to the member: the second copy is expected, logged at
+    debug level only)."""
 
     group_id: int
     reason: str
+    duplicate: bool = False
 
 
 class _Reject(Exception):
@@ -471,7 +476,8 @@ class PushReceiver:
         self._lkh_parts: tuple[bytes, int, LkhPartial] | None = None
         self._directions = {_selector(t): t.direction for t in teks}
         self._events: deque = deque()
-        self.stats = {"accepted": 0, "rejected": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0}
+        self._last_digest: bytes | None = None  # SHA-256 of the last datagram accepted
 
     def __repr__(self) -> str:
         return f"PushReceiver(group={self.group_id}, kek={self.kek.spi.hex()}, last_seq={self.last_seq})"
@@ -486,14 +492,24 @@ class PushReceiver:
         return None
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        data = bytes(data)
+        digest = hashlib.sha256(data).digest()
+        if self._last_digest is not None and hmac.compare_digest(digest, self._last_digest):
+            self.stats["duplicates"] += 1
+            log.debug("gdoi member group %s: GROUPKEY-PUSH from %r: a copy of the last one "
+                      "(SEQ %d), dropped", self.group_id, addr, self.last_seq)
+            self._events.append(PushRejected(self.group_id, f"copy of the PUSH of SEQ "
+                                             f"{self.last_seq} already taken", duplicate=True))
+            return
         try:
-            events = self._receive(bytes(data), addr)
+            events = self._receive(data, addr)
         except _Reject as e:
             self._reject(str(e), addr)
         except Exception as e:  # noqa: BLE001 - no exception escapes an input
             self._reject(f"internal error: {type(e).__name__}: {e}", addr)
         else:
             self.stats["accepted"] += 1
+            self._last_digest = digest
             self._events.extend(events)
 
     def _reject(self, reason: str, addr: Any) -> None:

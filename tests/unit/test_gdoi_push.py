@@ -141,20 +141,32 @@ def test_restricted_sender_keeps_its_direction(tmp_path):
     assert _one(r).teks[0].direction == SaDirection.RECEIVER_ONLY
 
 
-def test_replayed_push_rejected(tmp_path):
+def test_replayed_push_rejected(tmp_path, caplog):
     s = Setup(tmp_path)
     r = s.receiver()
     data = s.push(new_teks=[s.new_tek()])
     r.receive_datagram(data, None, NOW)
     assert isinstance(_one(r), Rekeyed)
     before = _state(r)
+    # the second copy of the same datagram (multicast and unicast): dropped, no warning
+    caplog.set_level("DEBUG", logger="gkm.gdoi")
+    caplog.clear()
     r.receive_datagram(data, None, NOW)
     ev = _one(r)
-    assert isinstance(ev, PushRejected) and "replay" in ev.reason
-    assert _state(r) == before
-    # an older SEQ, freshly signed, is a replay too
+    assert isinstance(ev, PushRejected) and ev.duplicate and "SEQ 1" in ev.reason
+    assert _state(r) == before and r.stats["duplicates"] == 1
+    assert not [x for x in caplog.records if x.levelname == "WARNING"]
+    # an older SEQ, freshly signed, is a replay: refused and logged as one
     r.receive_datagram(s.push(seq=1, new_teks=[s.new_tek()]), None, NOW)
-    assert isinstance(_one(r), PushRejected) and _state(r) == before
+    ev = _one(r)
+    assert isinstance(ev, PushRejected) and not ev.duplicate and "replay" in ev.reason
+    assert _state(r) == before
+    # and so is an earlier datagram once a later one was taken
+    r.receive_datagram(s.push(new_teks=[s.new_tek()]), None, NOW)
+    assert isinstance(_one(r), Rekeyed)
+    r.receive_datagram(data, None, NOW)
+    ev = _one(r)
+    assert isinstance(ev, PushRejected) and not ev.duplicate and "replay" in ev.reason
 
 
 def test_first_push_must_exceed_pull_seq(tmp_path):
