@@ -166,7 +166,7 @@ def _members(r: dict[str, Any]) -> str:
     rows = []
     for m in ms:
         state = m.get("state") or "registered"
-        when = m.get("evicted_at") if state == "evicted" else m.get("registered_at")
+        when = m.get("evicted_at") if state in ("evicted", "evicting") else m.get("registered_at")
         rows.append([m["identity"], state, m.get("address") or "-", _when(when),
                      m.get("reason") or ""])
     return _table(rows, ["IDENTITY", "STATE", "ADDRESS", "SINCE", "WHY"])

@@ -376,15 +376,18 @@ class KeyServerRole:
                 "not_denied": [i for i in identities if i not in lifted]}
 
     def members(self, group_id: int) -> list[dict[str, Any]]:
-        """Registered members and evicted (denied) identities, by identity."""
+        """Registered members and evicted (denied) identities, by identity; "evicting": on
+        the deny list, still registered until the batch rekey goes out."""
         if self.store is None:
             return []
         out = {m.identity: {"identity": m.identity, "state": "registered",
                             "address": m.address, "registered_at": m.registered_at}
                for m in self.store.members(group_id)}
         for d in self.store.denied(group_id):
+            # still registered: evicted, its rekey not sent yet (batch window)
+            state = "evicting" if d.identity in out else "evicted"
             out[d.identity] = {**out.get(d.identity, {"identity": d.identity, "address": None}),
-                               "state": "evicted", "evicted_at": d.at, "reason": d.reason}
+                               "state": state, "evicted_at": d.at, "reason": d.reason}
         return [out[k] for k in sorted(out)]
 
     def evict_unauthorized(self, settings: pm.KeyServerSettings) -> list[str]:

@@ -47,10 +47,14 @@ def test_batch_eviction_then_automatic_tek_rotation(netlab_factory, tmp_path):
         assert asked + 1 <= r["scheduled_at"] <= time.time() + 2, r
         text = ks.ctl("evict", "1001", "gm2", check=True).stdout
         assert "batch rekey that removes them goes out at" in text, text
+        ms = {m["identity"]: m["state"] for m in ks.ctl_json("members", "1001")["members"]}
+        assert ms == {"key-id:gm1": "registered", "key-id:gm2": "evicting"}, ms
         # the window ends: the LKH update and new TEKs under the new KEK (SEQ 1)
         log = gms["gm1"].wait_log("rekeyed: SEQ 1,", timeout=30)
         gms["gm2"].wait_log("evicted")
         ks.wait_log("evicted key-id:gm2 (test)")
+        ms = {m["identity"]: m["state"] for m in ks.ctl_json("members", "1001")["members"]}
+        assert ms == {"key-id:gm1": "registered", "key-id:gm2": "evicted"}, ms
         # then, 10 s before the new TEK expires, its successor, by the key server alone
         log = gms["gm1"].wait_log("rekeyed: SEQ 2,", timeout=40)
         kslog = ks.wait_log("keys rotated: SEQ 2")
