@@ -11,7 +11,8 @@ under ``.fuzz/`` and the run exits 1.  One line per target, then a last line of 
 ``{"name": "fuzz", "targets": {NAME: {"iterations", "per_s", "accepted", "refused",
 "crashes"}}, "crashes": N}``.
 
-Targets: ``wire`` (ISAKMP/GDOI decoder, gkm.wire), ``mainmode`` (IKEv1 Main Mode, a real
+Targets: ``wire`` (ISAKMP/GDOI decoder, gkm.wire), ``ikev2`` (IKEv2/G-IKEv2 decoder,
+gkm.ikev2), ``mainmode`` (IKEv1 Main Mode, a real
 exchange with one message mutated in flight, both roles), ``pull`` (GROUPKEY-PULL at the key
 server and the member, mutated content under valid phase 1 encryption and HASH),
 ``push`` (the member's PushReceiver: mutated datagrams, and mutated content validly
@@ -117,6 +118,22 @@ def target_wire():
             raise Crash("re-encoding failed")
         return True
     return seeds, run
+
+
+def target_ikev2():
+    from gkm.ikev2 import WireError
+    from tests.unit.test_ikev2_fuzz import check, seeds
+
+    def run(data: bytes) -> bool:
+        failures: list = []
+        try:
+            ok = check(data, failures)
+        except WireError:  # check() decodes the re-encoding too: that must never fail
+            raise Crash("re-encoding of a decoded message does not decode") from None
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return seeds(), run
 
 
 def target_mainmode():
@@ -348,7 +365,7 @@ def target_xfrm():
 
 
 TARGETS: dict[str, Callable] = {
-    "wire": target_wire, "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
+    "wire": target_wire, "ikev2": target_ikev2, "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
 }
 

@@ -1,0 +1,19 @@
+"""gkm.ikev2: sans-I/O IKEv2 (RFC 7296) and G-IKEv2 (RFC 9838) building blocks.
+
+* :mod:`.message`, :mod:`.payloads`, :mod:`.gsa`: the wire codec (bytes <-> frozen values);
+  decoders raise only :class:`~gkm.wire.errors.WireError` (payload, offset, reason), with the
+  subclass :class:`~.errors.UnsupportedCriticalPayload` for RFC 7296 §2.5.
+* :mod:`.constants`: the registries.
+
+No sockets, clocks or state: engines built on these take bytes and time and return bytes.
+"""
+
+from .constants import *  # noqa: F401,F403 - the registries are part of the API
+from .errors import UnsupportedCriticalPayload, WireError
+from .gsa import GroupKeyBag, GroupSa, GsaPolicy, GwPolicy, KeyDownload, MemberKeyBag
+from .message import Header, Message, decode_header, decode_message, decode_payloads, encode_message, encode_payload, encode_payloads
+from .payloads import (
+    Authentication, Certificate, CertificateRequest, Delete, Encrypted, IdGroup, IdInitiator, IdResponder,
+    KeyExchange, Nonce, Notify, Proposal, SecurityAssociation, TrafficSelector, Transform, TsInitiator,
+    TsResponder, UnknownPayload, VendorId,
+)
