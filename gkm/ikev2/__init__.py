@@ -3,6 +3,9 @@
 * :mod:`.message`, :mod:`.payloads`, :mod:`.gsa`: the wire codec (bytes <-> frozen values);
   decoders raise only :class:`~gkm.wire.errors.WireError` (payload, offset, reason), with the
   subclass :class:`~.errors.UnsupportedCriticalPayload` for RFC 7296 §2.5.
+* :mod:`.keys`: prf+, SKEYSEED and SK_* (RFC 7296 §2.13-2.14), the RFC 9370 update after an
+  additional key exchange; :mod:`.sk`: SK payload protect/unprotect (AES-GCM-16, AES-CBC with
+  HMAC-SHA2).
 * :mod:`.constants`: the registries.
 
 No sockets, clocks or state: engines built on these take bytes and time and return bytes.
