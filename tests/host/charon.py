@@ -34,9 +34,11 @@ SWANCTL = "/usr/sbin/swanctl"
 IKE_PORT = 500  # charon's IKE port (in its own namespace)
 NATT_PORT = 4500
 
-#: the plugins a phase 1 needs (kernel-netlink: libcharon's critical kernel-ipsec feature)
+#: the plugins a phase 1 needs (kernel-netlink: libcharon's critical kernel-ipsec feature);
+#: IKEv2 also needs ``kdf`` (prf+ lives there since strongSwan 5.9.6): :data:`IKEV2_PLUGINS`
 PLUGINS = ("random nonce aes sha1 sha2 hmac gmp openssl pem pkcs1 pkcs8 x509 pubkey constraints "
            "revocation kernel-netlink socket-default vici")
+IKEV2_PLUGINS = PLUGINS + " kdf"
 
 #: key names as charon logs them -> msec's Phase1SA attribute names
 KEY_NAMES = {"SKEYID_d": "skeyid_d", "SKEYID_a": "skeyid_a", "SKEYID_e": "skeyid_e",
@@ -96,8 +98,9 @@ def phase1_keys(log: str) -> list[dict[str, bytes]]:
 class Charon:
     """charon-systemd in netlab host ``host`` with its own configuration under ``workdir``."""
 
-    def __init__(self, host, workdir: Path) -> None:
+    def __init__(self, host, workdir: Path, plugins: str = PLUGINS) -> None:
         self.host = host
+        self.plugins = plugins
         self.dir = Path(workdir)
         self.swanctl_dir = self.dir / "swanctl"
         self.log_path = self.dir / "charon.log"
@@ -121,7 +124,7 @@ class Charon:
         conf = f"""\
 charon-systemd {{
     load_modular = no
-    load = {PLUGINS}
+    load = {self.plugins}
     port = {IKE_PORT}
     port_nat_t = {NATT_PORT}
     install_routes = no
