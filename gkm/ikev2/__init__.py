@@ -6,6 +6,9 @@
 * :mod:`.keys`: prf+, SKEYSEED and SK_* (RFC 7296 §2.13-2.14), the RFC 9370 update after an
   additional key exchange; :mod:`.sk`: SK payload protect/unprotect (AES-GCM-16, AES-CBC with
   HMAC-SHA2).
+* :mod:`.kex`: P-256, X25519, ML-KEM-768; :mod:`.sa_init`: IKE_SA_INIT (+ ML-KEM-768 over
+  IKE_INTERMEDIATE, RFC 9370) initiator and responder engines, COOKIE under load;
+  :mod:`.events`: their events (``Ikev2Event``, a :class:`gkm.events.Event`).
 * :mod:`.constants`: the registries.
 
 No sockets, clocks or state: engines built on these take bytes and time and return bytes.
