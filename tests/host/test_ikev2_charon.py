@@ -1,7 +1,7 @@
 """IKEv2 key derivation and SK protection of gkm.ikev2 against strongSwan's charon.
 
 charon (tests/host/charon.py, its own configuration, port 500 of netlab host h1) is the
-responder; the test process plays the initiator on a real UDP socket in h2 (port 848) with
+responder (first test); the test process plays the initiator on a real UDP socket in h2 (port 848) with
 gkm.ikev2's codec, key derivation and SK protection (the exchange engine does not exist yet, so
 the two requests are built here): IKE_SA_INIT with a real ECDH (P-256 or X25519) and
 CHILDLESS_IKEV2_SUPPORTED (RFC 6023), then a PSK IKE_AUTH without a Child SA.
@@ -11,6 +11,12 @@ Passes when: charon's SKEYSEED and SK_d/ai/ar/ei/er/pi/pr (its log at level 4 fo
 charon accepts msec's SK-protected IKE_AUTH (so our SK_ei/SK_ai framing and PSK AUTH verify
 there); and charon's SK-protected IKE_AUTH response unprotects at msec with an AUTH that
 verifies under SK_pr.  One case per SK algorithm family and PRF size.
+
+Second test: charon initiates (``swanctl --initiate --ike``) to gkm.ikev2's SaInitResponder
+engine, with and without a COOKIE demand (RFC 7296 §2.6: charon must come back with the cookie).
+Passes when the engine's keys equal charon's and charon's SK-protected IKE_AUTH request
+unprotects with them and carries a PSK AUTH that verifies under SK_pi.  (Debian's strongSwan
+5.9 has no ML-KEM, so the IKE_INTERMEDIATE exchange is checked in memory only.)
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from gkm.ikev2 import (
     TransformAttr, TransformType, decode_message, encode_message,
 )
 from gkm.ikev2.constants import Encr, Integ, Prf
+from gkm.ikev2.events import CookieDemanded, SaInitEstablished
 from gkm.ikev2.keys import Suite, derive_ike_keys, prf
+from gkm.ikev2.sa_init import SaInitConfig, SaInitResponder
 from gkm.ikev2.sk import SkCipher, protect, unprotect
 from gkm.wire.attributes import Attribute
 from tests.host import charon as ch
@@ -99,18 +107,19 @@ def sa_payload(case: Case) -> SecurityAssociation:
     return SecurityAssociation((Proposal(1, ProtocolId.IKE, b"", tuple(ts)),))
 
 
-def start_charon(lab, tmp_path, case: Case) -> ch.Charon:
+def start_charon(lab, tmp_path, case: Case, remote_port: int | None = None) -> ch.Charon:
     if not ch.available():
         pytest.fail(f"{ch.CHARON} or {ch.SWANCTL} missing: run tools/setup", pytrace=False)
     h1, h2 = lab.hosts
     c = ch.Charon(h1, tmp_path / "charon", plugins=ch.IKEV2_PLUGINS)
+    port_line = f"\n        remote_port = {remote_port}" if remote_port else ""
     c.configure(f"""connections {{
     msec {{
         version = 2
         local_addrs = {h1.ip4}
         remote_addrs = {h2.ip4}
         proposals = {case.charon_proposal}
-        childless = allow
+        childless = allow{port_line}
         local {{
             auth = psk
             id = {CHARON_FQDN}
@@ -141,7 +150,9 @@ def exchange(sock: socket.socket, data: bytes, addr) -> bytes:
         sock.sendto(data, addr)
         ready, _, _ = select.select([sock], [], [], 1.0)
         if ready:
-            return sock.recvfrom(65535)[0]
+            answer = sock.recvfrom(65535)[0]
+            if answer[18:24] == data[18:19] + answer[19:20] + data[20:24]:  # same exchange and message ID
+                return answer
     raise AssertionError("no response from charon")
 
 
@@ -204,5 +215,69 @@ def test_ike_sa_init_and_auth_with_charon(netlab_factory, tmp_path, name):
         signed_r = message2 + ni + prf(case.suite.prf, keys.sk_pr, idr.encode())
         assert hmac.compare_digest(answer.get(Authentication).data, psk_auth(case.suite.prf, signed_r))
     finally:
+        c.stop()
+        sock.close()
+
+
+def charon_keys(c: ch.Charon, keys, ni: bytes, nr: bytes, shared: bytes | None) -> None:
+    theirs = {CHARON_KEYS[label]: data for label, data in ch.hexdumps(c.log()) if label in CHARON_KEYS}
+    ours = {k: getattr(keys, k) for k in CHARON_KEYS.values() if k != "skeyseed"}
+    if keys.suite.integ is None:
+        del ours["sk_ai"], ours["sk_ar"]
+    theirs.pop("skeyseed", None)
+    assert set(theirs) == set(ours), [label for label, _ in ch.hexdumps(c.log())]
+    for k in sorted(ours):
+        assert ours[k] == theirs[k], f"{k} differs between msec and charon"
+
+
+@pytest.mark.parametrize("cookie", [False, True], ids=["plain", "cookie"])
+@pytest.mark.parametrize("name", ["gcm256-sha256-p256", "cbc128-sha256-x25519"])
+def test_charon_initiates_to_msec_responder(netlab_factory, tmp_path, name, cookie):
+    case = CASES[name]
+    lab = netlab_factory(2)
+    h1, h2 = lab.hosts
+    c = start_charon(lab, tmp_path, case, remote_port=MSEC_PORT)
+    with h2.inside():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((h2.ip4, MSEC_PORT))
+    responder = SaInitResponder(SaInitConfig(case.suite, (case.group,), "no"), cookie_threshold=0 if cookie else 64)
+    initiation = c.initiate_ike("msec")
+    try:
+        end = time.monotonic() + DEADLINE
+        done, demanded, auth_request = None, [], None
+        while time.monotonic() < end and auth_request is None:
+            ready, _, _ = select.select([sock], [], [], 0.5)
+            if not ready:
+                continue
+            data, addr = sock.recvfrom(65535)
+            if done is not None and decode_message(data).header.exchange == ExchangeType.IKE_AUTH:
+                auth_request = data
+                break
+            responder.receive_datagram(data, addr, time.monotonic())
+            for out, to in responder.datagrams_to_send():
+                sock.sendto(out, to)
+            while (ev := responder.next_event()) is not None:
+                if isinstance(ev, CookieDemanded):
+                    demanded.append(ev)
+                elif isinstance(ev, SaInitEstablished):
+                    done = ev
+                else:
+                    raise AssertionError(f"msec responder: {ev!r}\n{c.log()}")
+        assert done is not None and auth_request is not None, c.log()
+        assert len(demanded) == (1 if cookie else 0)
+        if cookie:
+            c.wait_log(r"generating IKE_SA_INIT request 0 \[ N\(COOKIE\) SA KE No ", timeout=DEADLINE)
+        # charon's IKE_AUTH request opens with the responder's keys and its PSK AUTH verifies
+        req = unprotect(auth_request, SkCipher.for_sender(done.keys, initiator=True))
+        assert req.header.exchange == ExchangeType.IKE_AUTH and req.header.message_id == 1
+        idi = req.get(IdInitiator)
+        assert idi == IdInitiator(IdType.FQDN, CHARON_FQDN.encode()), req
+        signed_i = done.message1 + done.nr + prf(case.suite.prf, done.keys.sk_pi, idi.encode())
+        assert hmac.compare_digest(req.get(Authentication).data, psk_auth(case.suite.prf, signed_i))
+        charon_keys(c, done.keys, done.ni, done.nr, None)
+    finally:
+        if initiation.poll() is None:
+            initiation.kill()
+            initiation.wait()
         c.stop()
         sock.close()
