@@ -12,7 +12,7 @@ under ``.fuzz/`` and the run exits 1.  One line per target, then a last line of 
 "crashes"}}, "crashes": N}``.
 
 Targets: ``wire`` (ISAKMP/GDOI decoder, gkm.wire), ``ikev2`` (IKEv2/G-IKEv2 decoder,
-gkm.ikev2), ``mainmode`` (IKEv1 Main Mode, a real
+gkm.ikev2), ``ikev2_sa_init`` (the IKE_SA_INIT/IKE_INTERMEDIATE engines, mutated datagrams), ``mainmode`` (IKEv1 Main Mode, a real
 exchange with one message mutated in flight, both roles), ``pull`` (GROUPKEY-PULL at the key
 server and the member, mutated content under valid phase 1 encryption and HASH),
 ``push`` (the member's PushReceiver: mutated datagrams, and mutated content validly
@@ -134,6 +134,25 @@ def target_ikev2():
             raise Crash(str(failures[0])[:300])
         return ok
     return seeds(), run
+
+
+def target_ikev2_sa_init():
+    from tests.unit.test_ikev2_sa_init_fuzz import CFG, SaInitResponder, initiator_run, responder_run, transcript
+
+    seq = transcript()
+    responder = SaInitResponder(CFG, cookie_threshold=1 << 30, max_half_open=1 << 30)
+    count = [0]
+
+    def run(data: bytes) -> bool:
+        failures: list = []
+        count[0] += 1
+        if count[0] % 4 == 0:
+            initiator_run(seq, 1, data, failures)
+        ok = responder_run(data, responder, failures)
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return list(seq), run
 
 
 def target_mainmode():
@@ -365,7 +384,8 @@ def target_xfrm():
 
 
 TARGETS: dict[str, Callable] = {
-    "wire": target_wire, "ikev2": target_ikev2, "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
+    "wire": target_wire, "ikev2": target_ikev2, "ikev2_sa_init": target_ikev2_sa_init,
+    "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
 }
 
