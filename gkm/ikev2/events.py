@@ -19,7 +19,10 @@ class Ikev2Event(Event):
 class SaInitEstablished(Ikev2Event):
     """IKE_SA_INIT (and the IKE_INTERMEDIATE key exchanges) are done: the keys the next exchange
     (IKE_AUTH / GSA_AUTH) uses.  ``message1``/``message2`` are the IKE_SA_INIT datagrams the AUTH
-    payloads sign (RFC 7296 §2.15).  ``methods`` lists the key exchanges that fed the keys."""
+    payloads sign (RFC 7296 §2.15).  ``methods`` lists the key exchanges that fed the keys.
+    ``intermediate`` holds the IKE_INTERMEDIATE request and response datagrams and
+    ``intermediate_keys`` the keys that protected them, the inputs of the RFC 9242 §3.3.2
+    IntAuth values the AUTH payloads must also cover (not computed here yet)."""
 
     peer: tuple
     spi_i: bytes
@@ -30,6 +33,8 @@ class SaInitEstablished(Ikev2Event):
     message2: bytes = field(repr=False)
     keys: IkeKeys = field(repr=False)
     methods: tuple[int, ...] = ()
+    intermediate: tuple[bytes, ...] = field(default=(), repr=False)
+    intermediate_keys: IkeKeys | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

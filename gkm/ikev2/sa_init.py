@@ -19,9 +19,9 @@ Responder (one :class:`SaInitResponder` serves all peers):
 * A retransmitted request (same SPIi and Ni from the same address) gets the same response.
 
 Decisions: the AUTH payloads of the next exchange must also cover the IKE_INTERMEDIATE messages
-(RFC 9242 §3.3.2 IntAuth); the engine keeps them in :attr:`SaInitEstablished` only as the two
-IKE_SA_INIT messages for now, so an AUTH over an SA with ML-KEM is not yet complete (recorded in
-the package's missing list).  Retransmission timers on the initiator side are the shell's job
+(RFC 9242 §3.3.2 IntAuth); :class:`~.events.SaInitEstablished` hands over the two IKE_SA_INIT
+messages and the IKE_INTERMEDIATE datagrams with the keys that protected them, and computing
+IntAuth is the IKE_AUTH / GSA_AUTH engine's job (not written yet).  Retransmission timers on the initiator side are the shell's job
 for now (``retransmit()``).
 """
 
@@ -156,6 +156,7 @@ class SaInitInitiator(_Engine):
         self._keys: IkeKeys | None = None
         self._pq: KeyShare | None = None
         self._ctx: tuple = ()
+        self._intermediate: tuple = ((), None)
 
     def start(self, now: float) -> None:
         self._send_init()
@@ -248,6 +249,7 @@ class SaInitInitiator(_Engine):
         if ke is None or ke.group != KeyExchangeMethod.ML_KEM_768:
             return self._fail("IKE_INTERMEDIATE response without the ML-KEM-768 KE")
         ss = self._pq.shared_secret(ke.data)
+        self._intermediate = ((self._request, bytes(data)), self._keys)
         self._keys = update_ike_keys(self._keys, ss, self.ni, nr, self.spi_i, spi_r)
         self._pq = None
         self._done((int(self._group), int(KeyExchangeMethod.ML_KEM_768)))
@@ -255,7 +257,9 @@ class SaInitInitiator(_Engine):
     def _done(self, methods: tuple[int, ...]) -> None:
         spi_r, nr, m1, m2 = self._ctx
         self._state = "done"
-        self._events.append(SaInitEstablished(self.peer, self.spi_i, spi_r, self.ni, nr, m1, m2, self._keys, methods))
+        inter, inter_keys = self._intermediate
+        self._events.append(SaInitEstablished(self.peer, self.spi_i, spi_r, self.ni, nr, m1, m2, self._keys, methods,
+                                              inter, inter_keys))
 
 
 # ------------------------------------------------------------------------------------ responder
@@ -407,10 +411,12 @@ class SaInitResponder(_Engine):
         out_h = Header(h.spi_i, half.spi_r, ExchangeType.IKE_INTERMEDIATE, HeaderFlags.RESPONSE, 1)
         response = protect(out_h, (KeyExchange(KeyExchangeMethod.ML_KEM_768, ct),), SkCipher.for_message(half.keys, out_h))
         half.intermediate_request, half.intermediate_response = data, response
+        before = half.keys
         half.keys = update_ike_keys(half.keys, secret, half.ni, half.nr, h.spi_i, half.spi_r)
         self._out.append((response, addr))
         self._events.append(SaInitEstablished(addr, h.spi_i, half.spi_r, half.ni, half.nr, half.request, half.response,
-                                              half.keys, (half.group, int(KeyExchangeMethod.ML_KEM_768))))
+                                              half.keys, (half.group, int(KeyExchangeMethod.ML_KEM_768)),
+                                              (data, response), before))
 
     def _refuse_intermediate(self, half: _HalfOpen, h: Header, addr: tuple, reason: str) -> None:
         out_h = Header(h.spi_i, half.spi_r, ExchangeType.IKE_INTERMEDIATE, HeaderFlags.RESPONSE, 1)

@@ -64,6 +64,11 @@ def test_established(suite, group, i_pq, r_pq, with_mlkem):
     assert a.message1 == b.message1 and a.message2 == b.message2
     assert a.methods == b.methods == ((int(group), int(KEM.ML_KEM_768)) if with_mlkem else (int(group),))
     assert "sk_" not in repr(a) and a.keys.sk_ei.hex() not in repr(a)
+    assert a.intermediate == b.intermediate and len(a.intermediate) == (2 if with_mlkem else 0)
+    assert a.intermediate_keys == b.intermediate_keys and (a.intermediate_keys is not None) == with_mlkem
+    if with_mlkem:  # the IKE_INTERMEDIATE messages were protected with the IKE_SA_INIT keys
+        req = unprotect(a.intermediate[0], SkCipher.for_sender(a.intermediate_keys, initiator=True))
+        assert req.header.exchange == ExchangeType.IKE_INTERMEDIATE and a.intermediate_keys != a.keys
     # the final keys protect the next exchange both ways
     h = Header(a.spi_i, a.spi_r, ExchangeType.INFORMATIONAL, HeaderFlags.INITIATOR, 2 if with_mlkem else 1)
     msg = unprotect(protect(h, (Nonce(b"x" * 16),), SkCipher.for_message(a.keys, h)), SkCipher.for_message(b.keys, h))
