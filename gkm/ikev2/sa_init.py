@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass
 
 from .constants import (
-    ExchangeType, HeaderFlags, KeyExchangeMethod, NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType,
+    ExchangeType, HeaderFlags, KeyExchangeMethod, NotifyType, ProtocolId, TransformAttr, TransformType,
 )
 from .errors import WireError
 from .events import CookieDemanded, Ikev2Event, SaInitEstablished, SaInitFailed
@@ -212,7 +212,8 @@ class SaInitInitiator(_Engine):
             return self._send_init()
         errors = [n for n in msg.all(Notify) if n.is_error]
         if errors:
-            return self._fail(f"responder refused: {NotifyType(errors[0].type).name if errors[0].type in NotifyType._value2member_map_ else errors[0].type}")
+            kind = errors[0].type
+            return self._fail(f"responder refused: {kind.name if isinstance(kind, NotifyType) else kind}")
         sa, ke, nr = msg.get(SecurityAssociation), msg.get(KeyExchange), msg.get(Nonce)
         if sa is None or ke is None or nr is None or h.spi_r == ZERO_SPI:
             return self._fail("IKE_SA_INIT response without SA, KE or Nonce")
@@ -337,8 +338,8 @@ class SaInitResponder(_Engine):
             self._on_intermediate(msg, bytes(data), addr)
 
     def _reply(self, h: Header, addr: tuple, payloads: tuple) -> bytes:
-        out = encode_message(Header(h.spi_i, h.spi_r if h.spi_r != ZERO_SPI else ZERO_SPI, ExchangeType.IKE_SA_INIT,
-                                    HeaderFlags.RESPONSE, 0), payloads)
+        # an error or COOKIE answer keeps SPIr zero: no IKE SA exists (RFC 7296 §2.6, §3.1)
+        out = encode_message(Header(h.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlags.RESPONSE, 0), payloads)
         self._out.append((out, addr))
         return out
 
@@ -425,4 +426,4 @@ class SaInitResponder(_Engine):
         self._events.append(SaInitFailed(addr, h.spi_i, reason))
 
 
-__all__ = ["SaInitConfig", "SaInitInitiator", "SaInitResponder", "PayloadType"]
+__all__ = ["SaInitConfig", "SaInitInitiator", "SaInitResponder"]

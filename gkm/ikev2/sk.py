@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .constants import HEADER_LENGTH, Encr, PayloadType
+from .constants import HEADER_LENGTH, Encr
 from .errors import WireError
 from .keys import AEAD, GCM_SALT, INTEG, IkeKeys
 from .message import Header, Message, decode_message, decode_payloads, encode_payloads
@@ -143,4 +143,4 @@ def unprotect(data: bytes, cipher: SkCipher) -> Message:
     return Message(msg.header, msg.payloads[:-1] + inner)
 
 
-__all__ = ["ProtectionError", "SkCipher", "protect", "unprotect", "PayloadType"]
+__all__ = ["ProtectionError", "SkCipher", "protect", "unprotect"]

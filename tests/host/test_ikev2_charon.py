@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from gkm.ikev2 import (
     Authentication, AuthMethod, ExchangeType, Header, HeaderFlags, IdInitiator, IdResponder, IdType, KeyExchange,
-    KeyExchangeMethod, Nonce, Notify, NotifyType, Proposal, ProtocolId, SecurityAssociation, Transform,
+    KeyExchangeMethod, Nonce, Notify, Proposal, ProtocolId, SecurityAssociation, Transform,
     TransformAttr, TransformType, decode_message, encode_message,
 )
 from gkm.ikev2.constants import Encr, Integ, Prf

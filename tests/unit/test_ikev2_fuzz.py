@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import struct
 
 from gkm.ikev2 import WireError, decode_message, encode_message
 from gkm.ikev2 import gsa, message, payloads
