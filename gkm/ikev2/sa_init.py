@@ -17,6 +17,8 @@ Responder (one :class:`SaInitResponder` serves all peers):
   still accepted, recognised by the version byte.
 * At most ``max_half_open`` half-open SAs; beyond, requests are dropped.
 * A retransmitted request (same SPIi and Ni from the same address) gets the same response.
+* An IKE_SA_INIT request with an unknown critical payload is answered with
+  UNSUPPORTED_CRITICAL_PAYLOAD naming its type (RFC 7296 §2.5), statelessly.
 
 Decisions: the AUTH payloads of the next exchange must also cover the IKE_INTERMEDIATE messages
 (RFC 9242 §3.3.2 IntAuth); :class:`~.events.SaInitEstablished` hands over the two IKE_SA_INIT
@@ -34,11 +36,11 @@ from dataclasses import dataclass
 from .constants import (
     ExchangeType, HeaderFlags, KeyExchangeMethod, NotifyType, ProtocolId, TransformAttr, TransformType,
 )
-from .errors import WireError
+from .errors import UnsupportedCriticalPayload, WireError
 from .events import CookieDemanded, Ikev2Event, SaInitEstablished, SaInitFailed
 from .kex import KeyShare, respond
 from .keys import IkeKeys, Suite, derive_ike_keys, update_ike_keys
-from .message import Header, decode_message, encode_message
+from .message import Header, decode_header, decode_message, encode_message
 from .payloads import KeyExchange, Nonce, Notify, Proposal, SecurityAssociation, Transform
 from .sk import SkCipher, protect, unprotect
 from gkm.wire.attributes import Attribute
@@ -327,6 +329,9 @@ class SaInitResponder(_Engine):
     def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
         try:
             msg = decode_message(data)
+        except UnsupportedCriticalPayload as e:
+            self._critical(data, addr, e.payload_type)
+            return
         except WireError:
             return  # unauthenticated garbage: dropped (the shell counts and rate-limits logs)
         h = msg.header
@@ -336,6 +341,14 @@ class SaInitResponder(_Engine):
             self._on_init(msg, bytes(data), addr, now)
         elif h.exchange == ExchangeType.IKE_INTERMEDIATE and h.message_id == 1:
             self._on_intermediate(msg, bytes(data), addr)
+
+    def _critical(self, data: bytes, addr: tuple, payload_type: int) -> None:
+        """RFC 7296 §2.5: a request with an unknown critical payload is answered with
+        UNSUPPORTED_CRITICAL_PAYLOAD naming the type (stateless; IKE_SA_INIT requests only,
+        later exchanges are protected and their engine answers)."""
+        h = decode_header(data)[0]
+        if h.exchange == ExchangeType.IKE_SA_INIT and h.initiator and not h.response and h.message_id == 0:
+            self._reply(h, addr, (Notify(0, NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, b"", bytes((payload_type,))),))
 
     def _reply(self, h: Header, addr: tuple, payloads: tuple) -> bytes:
         # an error or COOKIE answer keeps SPIr zero: no IKE SA exists (RFC 7296 §2.6, §3.1)

@@ -192,6 +192,29 @@ def test_half_open_bound_and_expiry():
     assert resp.half_open == 0
 
 
+def test_unknown_critical_payload_is_answered():
+    """RFC 7296 §2.5: UNSUPPORTED_CRITICAL_PAYLOAD with the type, no state, no key exchange."""
+    from gkm.ikev2 import UnknownPayload, encode_message
+    from gkm.ikev2.message import decode_message as decode
+
+    ini = SaInitInitiator(SaInitConfig(GCM), R_ADDR)
+    ini.start(0.0)
+    req = decode(ini.datagrams_to_send()[0][0])
+    bad = encode_message(req.header, req.payloads + (UnknownPayload(222, b"must understand", critical=True),))
+    resp = SaInitResponder(SaInitConfig(GCM))
+    resp.receive_datagram(bad, I_ADDR, 0.0)
+    [(answer, to)] = resp.datagrams_to_send()
+    m = decode(answer)
+    assert to == I_ADDR and [(n.type, n.data) for n in m.payloads] == [(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((222,)))]
+    assert m.header.response and m.header.spi_r == bytes(8) and resp.half_open == 0 and events(resp) == []
+    # the same payload without the critical bit is skipped: the exchange goes on
+    ok = encode_message(req.header, req.payloads + (UnknownPayload(222, b"may ignore"),))
+    resp.receive_datagram(ok, I_ADDR, 0.0)
+    assert resp.half_open == 1
+    ini.receive_datagram(answer, R_ADDR, 0.0)
+    assert isinstance(events(ini)[0], SaInitFailed)
+
+
 def test_garbage_and_wrong_messages_leave_no_trace():
     resp = SaInitResponder(SaInitConfig(GCM))
     ini = SaInitInitiator(SaInitConfig(GCM), R_ADDR)
