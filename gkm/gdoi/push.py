@@ -131,6 +131,7 @@ HEADER_LEN = 28
 _LKH_KEK_INFO = b"msec GDOI LKH KEK"
 _KEYWRAP_OVERHEAD = 8
 _PART = struct.Struct("!HH")
+_LENGTH = struct.Struct("!I")  # the ISAKMP header's Length field (octets 24-27)
 MAX_LKH_PARTS = 0xFFFF
 
 
@@ -334,7 +335,12 @@ def build_push(
     sig = sign_push(suite, signing_key, REKEY_PREFIX + signed_msg[:sig_start])
     assert len(sig) == sig_len
     bs = cipher.block_bytes
-    plain = wire.encode_message(header, (*payloads, Signature(sig)), block_size=bs)
+    # the sent message is the signed one with the signature filled in, zero padding to the
+    # block size and the Length counting it (what encode_message(block_size=bs) gives, without
+    # encoding every payload a second time)
+    pad = -(len(signed_msg) - HEADER_LEN) % bs
+    plain = b"".join((signed_msg[:24], _LENGTH.pack(len(signed_msg) + pad),
+                      signed_msg[HEADER_LEN:sig_start + 4], sig, bytes(pad)))
     key = kek.keymat[bs:]
     iv = kek.keymat[:bs]
     return plain[:HEADER_LEN] + _cbc(key, iv, plain[HEADER_LEN:], True)
