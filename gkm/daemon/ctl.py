@@ -9,6 +9,9 @@
     msecctl evict ID IDENTITY... [--reason TEXT]
     msecctl deny ID                          the group's deny list (evicted identities)
     msecctl deny lift ID IDENTITY...         take identities off the deny list
+    msecctl init CONFIG...                   create the PSKs, keys and certificates the
+                                             configurations name and lack (gkm.daemon.provision;
+                                             no daemon needed)
 
 An IDENTITY is written as ``msecctl members`` shows it (``key-id:gm1``, ``fqdn:h.example.org``,
 ``dn:CN=gm3,O=Example``, ``address:192.0.2.7``); a bare name is a PSK identity (``gm1`` is
@@ -263,6 +266,10 @@ def _parser() -> argparse.ArgumentParser:
     dn = sub.add_parser("deny", help="key server: show a group's deny list, or "
                                      "'deny lift ID IDENTITY...' to take identities off it")
     dn.add_argument("words", nargs="+", metavar="ID | lift ID IDENTITY...")
+    it = sub.add_parser("init", help="create the PSKs, signing keys, CA and certificates the "
+                                     "configuration files name and lack (never overwrites; "
+                                     "files 0600, directories 0700)")
+    it.add_argument("configs", nargs="+", metavar="CONFIG")
     for sp in sub.choices.values():  # --json after the command too
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -307,6 +314,10 @@ def _deny_request(parser: argparse.ArgumentParser, words: list[str]) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.cmd == "init":
+        from .provision import main as init_main
+
+        return init_main(args.configs)
     req: dict[str, Any] = {"cmd": args.cmd}
     if args.cmd in ("group", "members", "rekey", "evict"):
         req["id"] = args.id
