@@ -31,6 +31,8 @@ import sys
 import time
 from typing import Any
 
+from gkm import __version__
+
 __all__ = ["main", "request", "render", "NotRunning", "DEFAULT_SOCKET"]
 
 DEFAULT_SOCKET = "/run/msec/control.sock"
@@ -79,8 +81,19 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in cols)
 
 
+def _duration(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "-"
+    s = int(s)
+    d, h, m = s // 86400, s // 3600 % 24, s // 60 % 60
+    text = f"{d}d {h}h {m}m {s % 60}s" if d else f"{h}h {m}m {s % 60}s" if h else \
+        f"{m}m {s % 60}s" if m else f"{s}s"
+    return f"{text} ({s} s)" if s >= 60 else text
+
+
 def _status(r: dict[str, Any]) -> str:
-    lines = [f"msecd running, pid {r.get('pid')}, up {r.get('uptime_s')} s",
+    lines = [f"msecd {r.get('version', '(version unknown)')} running, pid {r.get('pid')}, "
+             f"up {_duration(r.get('uptime_s'))}",
              f"config: {r.get('config')}",
              f"roles: {', '.join(r.get('roles') or []) or 'none'}"]
     ks = r.get("keyserver")
@@ -242,6 +255,7 @@ def render(cmd: str, r: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msecctl", description="control msecd")
+    p.add_argument("--version", action="version", version=f"msecctl {__version__}")
     p.add_argument("--socket", "-s", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
     p.add_argument("--config", "-c", default=None,
                    help="take the control socket from this msecd configuration")
