@@ -12,14 +12,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+from gkm import __version__
 from gkm.daemon.ctl import request
-from tests.host.daemon_proc import REPO
+from tests.host.daemon_proc import MSECCTL, REPO
 from tests.unit.daemon_fakes import write_config
 
 PORT = 18_848
@@ -70,6 +72,12 @@ def test_ready_after_listening_reloading_and_stopping(tmp_path, netns):
         st = request(str(tmp_path / "run/control.sock"), {"cmd": "status"}, timeout=10)
         assert st["ok"] and st["roles"] == ["keyserver"] and st["version"]
         assert _port_taken(netns)
+        # msecctl status shows the version and the uptime
+        text = subprocess.run([*MSECCTL, "--socket", str(tmp_path / "run/control.sock"),
+                               "status"], capture_output=True, text=True, timeout=60,
+                              cwd=str(REPO)).stdout
+        assert re.match(rf"msecd {re.escape(__version__)} running, pid {p.pid}, up \d+s\n",
+                        text), text
         assert first["STATUS"] == "key server of 1 group(s) on 127.0.0.1:18848, " \
                                   "0 registration(s)"
         p.send_signal(signal.SIGHUP)
