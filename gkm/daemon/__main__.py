@@ -10,7 +10,8 @@ configuration was validated, logs to syslog (``/dev/log``) when available, and t
 returns once the daemon is up (0) or failed to start (1, reason on stderr); with it, logs go
 to stderr, in the journal's conventions when stderr is the journal (:mod:`.logfmt`), and the
 daemon tells systemd when it is ready, reloading and stopping (``Type=notify``,
-:mod:`.sdnotify`; the unit is ``systemd/msecd.service``).  ``--log-format json``: one JSON
+:mod:`.sdnotify`; the unit is ``systemd/msecd.service``).  With ``$NOTIFY_SOCKET`` set msecd
+never detaches: ``--foreground`` is implied.  ``--log-format json``: one JSON
 object per line.  Signals: SIGHUP reloads, SIGTERM/SIGINT stop (member SAs stay in the kernel).
 ``--no-kernel`` makes members skip SA installation (they register and log what they would
 install), for hosts whose kernel lacks ESP.  ``--accept-state``: the key server serves its
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  advisory: {a}")
         return 0
     args.config = str(Path(args.config).resolve())
+    # under systemd's Type=notify ($NOTIFY_SOCKET set) the service manager supervises the
+    # process it started: a detached msecd would be a child it never hears READY=1 from
+    args.foreground = args.foreground or Notifier().enabled
     args.ready_fd = None if args.foreground else _daemonize()
     _setup_logging(args.log_level, args.foreground, args.log_format)
     try:

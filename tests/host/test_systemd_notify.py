@@ -39,8 +39,9 @@ def _messages(s: socket.socket) -> dict[str, str]:
     return dict(line.split("=", 1) for line in data.split("\n") if line)
 
 
-def _start(netns, cfg, env, *args, stderr=subprocess.PIPE):
-    argv = [sys.executable, "-m", "gkm.daemon", "--config", str(cfg), "--foreground", *args]
+def _start(netns, cfg, env, *args, stderr=subprocess.PIPE, foreground=True):
+    argv = [sys.executable, "-m", "gkm.daemon", "--config", str(cfg),
+            *(["--foreground"] if foreground else []), *args]
     return netns.popen(*argv, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=stderr,
                        env={**{k: v for k, v in os.environ.items()
                                if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")},
@@ -168,3 +169,24 @@ def test_log_format_json_one_object_per_line(tmp_path, netns):
     assert started["level"] == "info" and started["logger"] == "msecd"
     assert started["fields"]["pid"] > 1 and started["time"].endswith("Z")
     assert any(o["message"] == "SIGTERM: shutting down" for o in objs)
+
+
+def test_notify_socket_implies_foreground(tmp_path, netns):
+    """A unit that forgets --foreground still works: msecd does not detach under Type=notify
+    (the READY=1 comes from the process systemd started)."""
+    cfg = write_config(tmp_path, ks_port=PORT)
+    listener = _notify_socket(tmp_path / "sv-notify.sock")
+    p = _start(netns, cfg, {"NOTIFY_SOCKET": str(tmp_path / "sv-notify.sock")},
+               foreground=False)
+    try:
+        assert _messages(listener).get("READY") == "1"
+        st = request(str(tmp_path / "run/control.sock"), {"cmd": "status"}, timeout=10)
+        assert st["pid"] == p.pid and p.poll() is None
+        p.send_signal(signal.SIGTERM)
+        assert _messages(listener).get("STOPPING") == "1"
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        listener.close()
