@@ -19,7 +19,9 @@ What an operator needs before a first ``msecd --check`` passes, made the way str
   the key server's from the members' ``key_server_identity`` subjects. In a pattern, an RDN
   value that is just ``*`` becomes the file's stem (``pki/gm1.crt`` -> ``CN=gm1``) and other
   ``*`` are dropped (``CN=ks*`` -> ``CN=ks``). Without such a pattern: ``CN=<stem>`` (the key
-  server: ``CN=<its fqdn identity>`` if it has one).
+  server: ``CN=<its fqdn identity>`` if it has one).  The key server's ``identity`` (an FQDN
+  or address) goes into its certificate's subjectAltName: phase 1 presents that ID with the
+  certificate too, and members check it against the certificate (RFC 4945).
 * **CRLs** (``[keyserver] crl``): an empty CRL signed by the first trust anchor, 30 days.
 
 Nothing that exists is overwritten or changed (files are created with ``O_EXCL``): an
@@ -34,6 +36,7 @@ structure is validated completely, the files not yet), and checked in full after
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -77,6 +80,7 @@ class _Cert:
     ca: Path
     patterns: list[str] = field(default_factory=list)  # the other side's subject patterns
     fallback_cn: str = ""
+    san: list[x509.GeneralName] = field(default_factory=list)
 
 
 @dataclass
@@ -120,13 +124,14 @@ def plan(configs: list[pm.DaemonConfig]) -> Plan:
         own = [x for gid in groups for x in table.get(gid, ())]
         return own or [x for xs in table.values() for x in xs]
 
-    def cert(cred: pm.CertCredential, pats: list[str], cn: str) -> None:
+    def cert(cred: pm.CertCredential, pats: list[str], cn: str,
+             san: list[x509.GeneralName] | None = None) -> None:
         ca = p.claim(cred.trust_anchors[0], "CA certificate")
         for t in cred.trust_anchors:
             p.cas.add(p.claim(t, "CA certificate"))
         key = p.claim(cred.key_file, "private key")
         c = p.claim(cred.cert_file, "certificate")
-        entry = p.certs.setdefault(c, _Cert(key, ca, fallback_cn=cn))
+        entry = p.certs.setdefault(c, _Cert(key, ca, fallback_cn=cn, san=san or []))
         if entry.key_file != key or entry.ca != ca:
             raise ProvisionError(f"{c} is named with two different keys or CAs")
         entry.patterns += [x for x in pats if x not in entry.patterns]
@@ -146,7 +151,7 @@ def plan(configs: list[pm.DaemonConfig]) -> Plan:
                 cn = ks.identity.value if ks.identity is not None and \
                     ks.identity.kind is pm.IdKind.FQDN else ks.certificate.cert_file.stem
                 cert(ks.certificate, patterns(member_patterns, [g.group_id for g in ks.groups]),
-                     cn)
+                     cn, _san(ks.identity))
                 for crl in ks.crl_files:
                     p.crls[p.claim(crl, "CRL")] = ks.certificate.trust_anchors[0].resolve()
         for g in (c.member.groups if c.member else ()):
@@ -156,6 +161,19 @@ def plan(configs: list[pm.DaemonConfig]) -> Plan:
                 case pm.CertCredential() as cred:
                     cert(cred, patterns(ks_patterns, [g.group_id]), cred.cert_file.stem)
     return p
+
+
+def _san(identity: pm.Identity | None) -> list[x509.GeneralName]:
+    """The key server presents its ``identity`` in phase 1 with its certificate too (the
+    member checks the ID against the certificate, RFC 4945: an FQDN or address must be in the
+    subjectAltName), so its certificate carries it."""
+    if identity is None:
+        return []
+    if identity.kind is pm.IdKind.FQDN:
+        return [x509.DNSName(identity.value)]
+    if identity.kind is pm.IdKind.ADDRESS:
+        return [x509.IPAddress(ipaddress.ip_address(identity.value))]
+    return []
 
 
 # --------------------------------------------------------------------------- writing
@@ -267,8 +285,10 @@ def _new_cert(path: Path, c: _Cert, created: list[str]) -> None:
             .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
                                          False), critical=True)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+                ca_key.public_key()), critical=False))
+    if c.san:
+        cert = cert.add_extension(x509.SubjectAlternativeName(c.san), critical=False)
+    cert = cert.sign(ca_key, hashes.SHA256())
     _write(path, cert.public_bytes(serialization.Encoding.PEM),
            f"certificate {subject.rfc4514_string()}, issued by {c.ca.name}", created)
 

@@ -74,6 +74,9 @@ def test_init_makes_both_examples_pass_the_real_check(tmp_path):
     video = load_config(ks).keyserver.group(1001)
     assert video.authorization.decide(Identity(IdKind.DN, gm_cert.subject.rfc4514_string())).allowed
     assert gm_cert.subject.rfc4514_string() == "CN=gm1,OU=Video,O=Example,C=DE"
+    # the key server presents fqdn:ks.example.org with its certificate too: it is in the SAN
+    san = ks_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["ks.example.org"]
     # the signing key fits the group's signature suite
     key = serialization.load_pem_private_key((d / "pki/rekey-p256.pem").read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
