@@ -87,7 +87,7 @@ class _Cert:
 class Plan:
     """What the configurations name, by resolved path and kind (one kind per path)."""
 
-    psks: set[Path] = field(default_factory=set)
+    psks: dict[Path, set[str]] = field(default_factory=dict)  # PSK file -> roles naming it
     signing_keys: dict[Path, pm.SignatureSuite] = field(default_factory=dict)
     cas: set[Path] = field(default_factory=set)
     certs: dict[Path, _Cert] = field(default_factory=dict)
@@ -141,7 +141,7 @@ def plan(configs: list[pm.DaemonConfig]) -> Plan:
         if ks is not None:
             for psk in ks.psks:
                 if psk.source is not None:
-                    p.psks.add(p.claim(psk.source, "PSK file"))
+                    p.psks.setdefault(p.claim(psk.source, "PSK file"), set()).add("keyserver")
             for g in ks.groups:
                 if g.kek is not None:
                     k = p.claim(g.kek.signing_key, "signing key")
@@ -157,7 +157,7 @@ def plan(configs: list[pm.DaemonConfig]) -> Plan:
         for g in (c.member.groups if c.member else ()):
             match g.credentials:
                 case pm.PskCredential(source=src) if src is not None:
-                    p.psks.add(p.claim(src, "PSK file"))
+                    p.psks.setdefault(p.claim(src, "PSK file"), set()).add("member")
                 case pm.CertCredential() as cred:
                     cert(cred, patterns(ks_patterns, [g.group_id]), cred.cert_file.stem)
     return p
@@ -321,9 +321,13 @@ def provision(p: Plan) -> tuple[list[str], list[str]]:
     for ca in sorted(p.cas):
         if not ca.exists():
             _new_ca(ca, created)
-    for psk in sorted(p.psks):
+    for psk, roles in sorted(p.psks.items()):
         if not psk.exists():
-            _write(psk, secrets.token_hex(PSK_BYTES).encode() + b"\n", "PSK", created)
+            # one side only: the other side must get these bytes, not make its own
+            other = {"keyserver": "; give the members that use it a copy",
+                     "member": "; the key server's [[keyserver.psk]] needs the same bytes"}
+            hint = other[next(iter(roles))] if len(roles) == 1 else ""
+            _write(psk, secrets.token_hex(PSK_BYTES).encode() + b"\n", f"PSK{hint}", created)
     for k, suite in sorted(p.signing_keys.items()):
         if not k.exists():
             _new_signing_key(k, suite, created)

@@ -153,3 +153,10 @@ def test_a_structurally_invalid_configuration_creates_nothing(tmp_path, capsys):
     assert provision.main([str(ks)]) == 2
     assert "bogus" in capsys.readouterr().err
     assert not (ks.parent / "pki").exists() and not (ks.parent / "secrets").exists()
+
+
+def test_a_psk_made_for_one_side_says_the_other_needs_it(tmp_path, capsys):
+    _, mb = _examples(tmp_path)
+    assert provision.main([str(mb)]) == 0
+    out = capsys.readouterr().out
+    assert "gm1.psk (PSK; the key server's [[keyserver.psk]] needs the same bytes)" in out
