@@ -122,3 +122,86 @@ def test_member_registration_reports_phase1_only_when_asked(tmp_path):
     assert [type(e) for e in evs] == [Phase1Established, Registered]
     assert len(evs[0].sa.icookie) == 8 and evs[0].sa.enc_key
     assert evs[0].sa.enc_key.hex() not in repr(evs[0])
+
+
+# ------------------------------------------------------------------ tools/keylog_tshark
+
+def test_tshark_options_from_the_key_log():
+    from tools.keylog_tshark import BASE_OPTIONS, KeyLogError, tshark_options
+    t = tek("aes-gcm-128")
+    text = f"# a comment\n\n{ikev1_record(bytes(8), b'k' * 16)}\n{esp_record(t)}\n"
+    opts = tshark_options(text)
+    assert opts[:len(BASE_OPTIONS)] == list(BASE_OPTIONS)
+    assert opts[len(BASE_OPTIONS):] == [
+        "-o", f"uat:ikev1_decryption_table:{'00' * 8},{(b'k' * 16).hex()}",
+        "-o", "uat:" + esp_record(t).replace(": ", ":", 1)]
+    for bad in ("esp_sa", "ssl_keys: x", "ikev1_decryption_table:x"):
+        with pytest.raises(KeyLogError, match="line 1"):
+            tshark_options(bad)
+
+
+def _udp_checksum(src: bytes, dst: bytes, udp: bytes) -> int:
+    data = src + dst + bytes([0, 17]) + len(udp).to_bytes(2, "big") + udp
+    data += b"\0" * (len(data) % 2)
+    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _pcap_with(isakmp: bytes, *, checksum: bool) -> bytes:
+    import struct
+    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    udp = struct.pack("!HHHH", 848, 848, 8 + len(isakmp), 0) + isakmp
+    if checksum:
+        udp = udp[:6] + _udp_checksum(src, dst, udp).to_bytes(2, "big") + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst) + udp
+    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip
+    head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    return head + struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame
+
+
+def _main_mode_1(doi: int, flags: int = 0, exchange: int = 2) -> bytes:
+    import struct
+    sa = struct.pack("!BBHII", 0, 0, 12, doi, 0)
+    return (bytes(range(1, 9)) + bytes(8) + bytes([1, 0x10, exchange, flags]) + bytes(4)
+            + struct.pack("!I", 28 + len(sa)) + sa)
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+def test_rewrite_gdoi_phase1_doi(tmp_path, checksum):
+    from tools.keylog_tshark import rewrite_gdoi_phase1_doi
+    from tools.netlab import read_pcap
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    src.write_bytes(_pcap_with(_main_mode_1(2), checksum=checksum))
+    assert rewrite_gdoi_phase1_doi(str(src), str(dst)) == 1
+    ((_, frame, _),) = read_pcap(str(dst))
+    udp = frame[34:]
+    assert udp[8 + 32:8 + 36] == b"\0\0\0\x01"  # the SA payload's DOI now reads 1
+    if checksum:  # still a valid UDP checksum (0 folded is sent as 0xffff)
+        zeroed = udp[:6] + b"\0\0" + udp[8:]
+        assert int.from_bytes(udp[6:8], "big") == (_udp_checksum(frame[26:30], frame[30:34], zeroed) or 0xFFFF)
+    else:
+        assert udp[6:8] == b"\0\0"
+    before = src.read_bytes()[40:]
+    # nothing else changed: the frame up to the UDP checksum, and from it to the DOI
+    assert frame[:40] == before[:40] and frame[42:34 + 8 + 32] == before[42:34 + 8 + 32]
+
+
+@pytest.mark.parametrize("isakmp", [_main_mode_1(1), _main_mode_1(2, flags=1),
+                                    _main_mode_1(2, exchange=32)],
+                         ids=["doi-1", "encrypted", "not-main-mode"])
+def test_rewrite_leaves_other_messages_alone(tmp_path, isakmp):
+    from tools.keylog_tshark import rewrite_gdoi_phase1_doi
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    src.write_bytes(_pcap_with(isakmp, checksum=True))
+    assert rewrite_gdoi_phase1_doi(str(src), str(dst)) == 0
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_rewrite_refuses_pcapng(tmp_path):
+    from tools.keylog_tshark import KeyLogError, rewrite_gdoi_phase1_doi
+    p = tmp_path / "x.pcapng"
+    p.write_bytes(b"\x0a\x0d\x0d\x0a" + bytes(40))
+    with pytest.raises(KeyLogError, match="editcap"):
+        rewrite_gdoi_phase1_doi(str(p), str(tmp_path / "o"))
