@@ -38,12 +38,14 @@ MARKER = b"SW-KEYLOG-PLAINTEXT-MARKER"
 ISAKMP_ENCRYPTED = 0x01  # ISAKMP header flags: E
 
 
+def with_keylog(path, keylog):
+    path.write_text(path.read_text().replace("[daemon]\n", f'[daemon]\nkeylog_file = "{keylog}"\n', 1))
+    return path
+
+
 def gm_config(d, ks_ip, ident, keylog=None):
     path = _gm_config(d, ks_ip, ident)
-    if keylog:
-        text = path.read_text().replace("[daemon]\n", f'[daemon]\nkeylog_file = "{keylog}"\n', 1)
-        path.write_text(text)
-    return path
+    return with_keylog(path, keylog) if keylog else path
 
 
 def tshark_json(argv: list[str]) -> list[dict]:
@@ -87,7 +89,8 @@ def test_tshark_decrypts_registration_and_group_traffic_with_the_key_log(netlab_
     for p in d.values():
         p.mkdir()
     keylog = d["gm2"] / "keys.log"
-    ks = Msecd(ks_config(d["ks"], h1.ip4), host=h1)
+    ks_keylog = d["ks"] / "keys.log"
+    ks = Msecd(with_keylog(ks_config(d["ks"], h1.ip4), ks_keylog), host=h1)
     gm3 = Msecd(gm_config(d["gm3"], h1.ip4, "gm3"), host=h3)
     gm2 = Msecd(gm_config(d["gm2"], h1.ip4, "gm2", keylog=keylog), host=h2)
     daemons = [ks, gm3, gm2]
@@ -116,10 +119,15 @@ def test_tshark_decrypts_registration_and_group_traffic_with_the_key_log(netlab_
     lines = text.splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["ikev1_decryption_table", "esp_sa"], lines
     assert "key log is ON" in gm2.log() and str(keylog) in gm2.log()
+    # the key server logs the phase 1 of both members, the same line for gm2
+    ks_lines = ks_keylog.read_text().splitlines()
+    assert stat.S_IMODE(os.stat(ks_keylog).st_mode) == 0o600 and len(ks_lines) == 2
+    assert lines[0] in ks_lines and all(ln.startswith("ikev1_decryption_table: ") for ln in ks_lines)
     secrets = [f.strip('"').removeprefix("0x") for ln in lines
                for f in ln.split(": ", 1)[1].split(",")[1:] if len(f.strip('"')) > 20]
     assert secrets
     for m in daemons:
+        assert "key log is ON" in m.log() or m is gm3
         assert not any(s in m.log() for s in secrets)
         assert not any(s.upper() in m.log() for s in secrets)
 
