@@ -23,17 +23,14 @@ import time
 
 import pytest
 
-from tests.host.daemon_proc import Msecd
-from tests.kernel.test_strongswan_coexist import gm_config as _gm_config
-from tests.kernel.test_strongswan_coexist import ks_config, PSKS
-from tests.host.daemon_proc import REPO
+from tests.host.daemon_proc import REPO, Msecd
+from tests.kernel.group_configs import GROUP, GROUP_PORT as PORT, PSKS, ks_config
+from tests.kernel.group_configs import gm_config as _gm_config
 from tools.keylog_tshark import BASE_OPTIONS, rewrite_gdoi_phase1_doi
 from tools.netlab import Capture
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240),
-              pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")]
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240)]
 
-GROUP, PORT = "239.1.1.1", 5000
 MARKER = b"SW-KEYLOG-PLAINTEXT-MARKER"
 ISAKMP_ENCRYPTED = 0x01  # ISAKMP header flags: E
 
@@ -83,6 +80,8 @@ def payload_types(isakmp: dict) -> list[int]:
 
 def test_tshark_decrypts_registration_and_group_traffic_with_the_key_log(netlab_factory,
                                                                          tmp_path):
+    if shutil.which("tshark") is None:
+        pytest.fail("tshark missing: run tools/setup", pytrace=False)
     lab = netlab_factory(3)
     h1, h2, h3 = lab.hosts
     d = {n: tmp_path / n for n in ("ks", "gm2", "gm3")}
@@ -129,7 +128,7 @@ def test_tshark_decrypts_registration_and_group_traffic_with_the_key_log(netlab_
     assert len(secrets) == 2  # the phase 1 encryption key, the TEK's key || salt
     for m in daemons:
         assert "key log is ON" in m.log() or m is gm3
-        assert not any(s in m.log() for s in secrets)
+        assert not any(s in m.log() for s in [*secrets, *PSKS.values()])
         assert not any(s.upper() in m.log() for s in secrets)
 
     # --- without the key log: nothing decrypts (so the checks below can fail)

@@ -18,56 +18,25 @@ hold are in README.md ("Next to strongSwan").
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import socket
-import stat
 import time
 
 import pytest
 
 from tests.host import charon as ch
 from tests.host.daemon_proc import Msecd
+from tests.kernel.group_configs import GROUP, GROUP_PORT, PSKS, gm_config, ks_config
 from xfrm import XfrmSocket
 from xfrm.owner import MSEC
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240),
-              pytest.mark.skipif(not ch.available(), reason="charon-systemd is not installed")]
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240)]
 
-GROUP = "239.1.1.1"
-GROUP_PORT = 5000
 UNICAST_PORT = 6000
 MARKER = b"SW-COEXIST-PLAINTEXT-MARKER"
-PSKS = {"gm2": "a2" * 16, "gm3": "a3" * 16}
 IKE_PSK = "strongswan next door 0123456789"
 SPI_LOG = "installed 1 SA(s)"
-
-
-def _write(path, text):
-    path.write_text(text)
-    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-    return path
-
-
-def ks_config(d, ks_ip):
-    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
-            f'[keyserver]\nlisten = ["{ks_ip}"]\nport = 848\n')
-    for ident, secret in PSKS.items():
-        text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{secret}"\n'
-    text += ('[[keyserver.group]]\nid = 1001\nname = "video"\n'
-             'authorize = { psk_identities = ["gm2", "gm3"] }\n'
-             '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\n'
-             f'dst = "{GROUP}"\nprotocol = "udp"\ndst_port = {GROUP_PORT}\nmode = "tunnel"\n'
-             'cipher = "aes-gcm-128"\nlifetime = "1h"\n')
-    return _write(d / "msecd.toml", text)
-
-
-def gm_config(d, ks_ip, ident):
-    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
-            f'[[member.group]]\nid = 1001\nname = "video"\nkey_servers = ["{ks_ip}"]\n'
-            f'credentials = {{ psk_identity = "{ident}", psk = "{PSKS[ident]}" }}\n')
-    return _write(d / "msecd.toml", text)
 
 
 def swanctl_conf(me, peer) -> str:
@@ -108,6 +77,10 @@ secrets {{
 
 
 def start_charon(host, workdir) -> ch.Charon:
+    if not ch.available():
+        pytest.fail(f"{ch.CHARON} or {ch.SWANCTL} missing: run tools/setup (installs "
+                    "charon-systemd, strongswan-swanctl, libstrongswan-standard-plugins)",
+                    pytrace=False)
     c = ch.Charon(host, workdir, plugins=ch.IKEV2_PLUGINS)
     c.configure(swanctl_conf(host, _peer[host.name]))
     c.start()
