@@ -8,7 +8,7 @@ mode, traffic selectors h2/32 <-> h3/32, every protocol, ESP with AES-GCM-128.
 Checked: both tunnels carry their traffic, only as ESP on the wire, each under its own SPIs
 (charon's unicast h2 -> h3 under charon's, the group's multicast under msec's TEK SPI), and
 neither's policies take the other's packets (group traffic is not in charon's ESP, unicast
-is not in msec's; GDOI on UDP 848 and IKE on 500 stay plain). Then, comparing charon's states
+is not in msec's; GDOI on UDP 848 and charon's IKE on 500/4500 stay plain). Then, comparing charon's states
 and policies (those whose reqid is not msec's) before and after: msecd on h2 restarted,
 stopped with SIGTERM, reloaded with SIGHUP and with ``msecctl reload`` leaves charon's SAs and
 policies exactly as they were; charon restarted on both hosts (new CHILD_SA, new SPIs) leaves
@@ -235,8 +235,13 @@ def test_charon_ikev2_tunnel_next_to_msecd(netlab_factory, tmp_path, caplog):
         old_spis = charon_spis(h2)
         for c in charons:
             c.stop()
-        charons = [start_charon(h2, d["c2b"]), start_charon(h3, d["c3b"])]
-        charons[1].swanctl("--initiate", "--child", "net")
+        with lab.capture() as cap:
+            charons = [start_charon(h2, d["c2b"]), start_charon(h3, d["c3b"])]
+            charons[1].swanctl("--initiate", "--child", "net")
+        # charon's IKE (IKE_SA_INIT on UDP 500, IKE_AUTH on 500 or 4500) stays plain next to
+        # msec's policies
+        ike = [p for p in cap.packets() if {500, 4500} & {p.get("sport"), p.get("dport")}]
+        assert len(ike) >= 4 and {p["proto"] for p in ike} == {"udp"}
         assert charon_spis(h2) and not (charon_spis(h2) & old_spis)
         for h in (h2, h3):
             assert snapshot(h, mine=True) == msec_before[h.name], h.name
