@@ -84,6 +84,7 @@ class FakeKeyServer:
         self._out = []
         self._events = []
         self.refuse = set()
+        self.half_open = 0  # what KeyServerEngine.half_open says (no phase 1 here)
 
     def receive_datagram(self, data, addr, now):
         word, _, rest = data.partition(b" ")
@@ -92,7 +93,8 @@ class FakeKeyServer:
         gid = int(rest)
         if self.settings.group(gid) is None or gid in self.refuse:
             self._out.append((b"NO not authorized", addr))
-            self._events.append(MemberRefused(gid, "gm1", addr, "not authorized"))
+            self._events.append(MemberRefused(gid, "gm1", addr, "not authorized",
+                                              cause="not_authorized"))
             return
         if self.store.group(gid) is None:
             self.store.add_group(gid, b"digest")
