@@ -28,6 +28,7 @@ from gkm.events import Event
 from gkm.gdoi.events import MemberRefused, MemberRegistered
 from gkm.gdoi.member import GroupRekeyed as MemberRekeyed
 from gkm.gdoi.member import Joined, LeftGroup, RegistrationAttemptFailed, SasRemoved
+from gkm.gdoi.pull import member_key
 from gkm.gdoi.push import PushRejected
 from gkm.group import EvictionScheduled, GroupRekeyed, KeysPurged, KeysRotated, MembersEvicted
 from gkm.ike.events import Phase1Failed
@@ -168,12 +169,13 @@ class Activity:
         match ev:
             case MemberRegistered():
                 self.ks_registrations[ev.group_id] += 1
-                self._notify("registered", "keyserver", ev.group_id, member=str(ev.identity),
+                self._notify("registered", "keyserver", ev.group_id, member=member_key(ev.identity),
                              address=fmt_addr(ev.addr), teks=_spis(ev.tek_spis))
             case MemberRefused():
                 self.ks_refusals[(ev.group_id, ev.cause)] += 1
                 self._notify("refused", "keyserver", ev.group_id,
-                             member=str(ev.identity) if ev.identity is not None else None,
+                             member=member_key(ev.identity) if ev.identity is not None
+                             else None,
                              address=fmt_addr(ev.addr), cause=ev.cause, reason=ev.reason)
             case Phase1Failed():
                 reason = phase1_reason(ev.notify)
