@@ -132,6 +132,7 @@ class KernelInstaller:
             raise EngineUnavailable(f"xfrm.groupsa is not available: {e}") from None
         from xfrm import XfrmSocket
 
+        self.netns = netns
         self.port = XfrmSocket(netns)
         self.sa = GroupSaInstaller(self.port, local=local_addresses())
 
