@@ -213,7 +213,8 @@ class Activity:
         match ev:
             case Joined():
                 self._notify("registered", "member", ev.group_id, key_server=ev.key_server,
-                             teks=_spis(ev.spis), again=ev.refresh)
+                             teks=_spis(ev.spis),
+                             again=True if ev.refresh else None)
             case RegistrationAttemptFailed():
                 self.member_failures[ev.group_id] += 1
                 self._notify("registration_failed", "member", ev.group_id,
