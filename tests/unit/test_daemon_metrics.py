@@ -195,3 +195,40 @@ def test_slow_subscriber_is_dropped_with_a_notice_and_never_blocks():
         assert fast.queue.qsize() == 10 and (7, "duplicate") not in a.push_rejected
 
     asyncio.run(run())
+
+
+def test_monitor_reader_too_slow_gets_a_last_line_and_is_closed(tmp_path):
+    """A burst of notices larger than the subscriber's queue, while the client reads
+    nothing: the daemon goes on at once (the burst returns), the client finds the notices that
+    fit, one "dropped" line, then the end of the stream."""
+    from gkm.daemon.activity import SUBSCRIBER_QUEUE
+    from gkm.gdoi.push import PushRejected
+
+    cfg = _config(tmp_path, _free_tcp_port())
+    sock = str(tmp_path / "run" / "control.sock")
+
+    async def run():
+        d = Daemon(cfg, load_config(cfg), factory=FakeFactory(installer=MemoryInstaller()),
+                   backoff=(30.0, 60.0), jitter=False)
+        await d.start()
+        try:
+            r, w = await asyncio.open_unix_connection(sock, limit=1 << 20)
+            w.write(b'{"cmd": "monitor"}\n')
+            assert json.loads(await r.readline())["monitor"] is True
+            await _until(lambda: d.activity.subscribers == 1)
+            for i in range(3 * SUBSCRIBER_QUEUE):
+                d.activity.member_event(PushRejected(1001, f"test burst {i}", cause="malformed"))
+            assert d.activity.subscribers == 0 and d.activity.subscribers_dropped == 1
+            lines = []
+            while line := await asyncio.wait_for(r.readline(), 30):
+                lines.append(json.loads(line))
+            burst = [x for x in lines if x["event"] == "push_rejected"]
+            assert lines[-1]["event"] == "dropped" and "too slow" in lines[-1]["reason"]
+            assert 0 < len(burst) < SUBSCRIBER_QUEUE
+            assert [x["reason"] for x in burst] == sorted(
+                (x["reason"] for x in burst), key=lambda t: int(t.split()[-1]))
+            w.close()
+        finally:
+            await d.stop()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
