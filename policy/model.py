@@ -589,6 +589,8 @@ class DaemonSettings:
     state_anchor: Path | None = None
     #: (address, TCP port) of the Prometheus metrics endpoint (gkm.daemon.metrics); None: off
     metrics_listen: tuple[IPAddress, int] | None = None
+    #: opt-in key log for Wireshark (gkm.daemon.keylog): None (the default) writes no keys
+    keylog_file: Path | None = None
 
 
 MAX_PHASE1_TRANSFORMS = 64

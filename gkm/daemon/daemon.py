@@ -22,12 +22,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from gkm import __version__
 from policy import model as pm
 from policy.config import ConfigError, advisories, diff, load_config
 
 from .activity import Activity
 from .control import ControlServer
 from .engines import EngineFactory, EngineUnavailable, StartupError
+from .keylog import KeyLog
 from .keyserver import KeyServerRole
 from .member import ExpireWatch, MemberSession, RekeySockets
 
@@ -78,6 +80,8 @@ class Daemon:
         self.expiry_watch: ExpireWatch | None = None
         self._reg_locks: dict[tuple, asyncio.Lock] = {}
         self._reload_lock: asyncio.Lock | None = None
+        #: the opt-in Wireshark key log (``daemon.keylog_file``), None when off
+        self.keylog: KeyLog | None = None
         #: event counts (metrics) and msecctl monitor's subscribers
         self.activity = Activity(clock)
         self.metrics = None  # .metrics.MetricsServer when [daemon] metrics_listen is set
@@ -92,6 +96,8 @@ class Daemon:
         for a in advisories(self.config):
             log.warning("config: %s", a)
         try:
+            if self.config.daemon.keylog_file is not None:
+                self.keylog = KeyLog(self.config.daemon.keylog_file)
             if self.config.member is not None and self.config.member.groups:
                 self.installer = self.factory.installer()
                 self._adopt()
@@ -209,6 +215,9 @@ class Daemon:
             except Exception:
                 pass
             self.installer = None
+        if self.keylog is not None:
+            self.keylog.close()
+            self.keylog = None
 
     # -- SAs
     def _remove_sas(self, group_id: int) -> None:
@@ -370,7 +379,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         now = self.clock()
         out: dict[str, Any] = {
-            "ok": True, "pid": os.getpid(), "config": str(self.config_path),
+            "ok": True, "version": __version__, "pid": os.getpid(), "config": str(self.config_path),
             "control_socket": str(self.control_path), "roles": self.roles,
             "started_at": self.started_at,
             "uptime_s": round(now - self.started_at, 1) if self.started_at else None,
@@ -390,6 +399,18 @@ class Daemon:
                 "kernel": self.installer is not None and self.installer.kernel,
             }
         return out
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (``systemctl status``): roles and how they fare."""
+        parts = []
+        if self.keyserver is not None:
+            parts.append(f"key server of {len(self.keyserver.settings.groups)} group(s) on "
+                         f"{', '.join(self.keyserver.listen)}, "
+                         f"{self.keyserver.registrations} registration(s)")
+        if self.sessions:
+            registered = sum(1 for s in self.sessions.values() if s.state == "registered")
+            parts.append(f"member of {len(self.sessions)} group(s), {registered} registered")
+        return "; ".join(parts) or "no roles configured"
 
     def groups(self) -> list[dict[str, Any]]:
         out = []

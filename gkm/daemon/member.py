@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from gkm.events import MemberEvent
 from gkm.gdoi.member import (
     ActivateOutbound, CloseRegistration, GroupRekeyed, InstallSas, Joined, LeftGroup,
-    ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
+    ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched, Phase1Up,
     PushListenFailed, RegistrationAttemptFailed, RemoveSas, SaActionFailed, SasRemoved,
     StopListening, Timing,
 )
@@ -195,7 +195,8 @@ class MemberSession:
 
     def _new_registration(self, group: pm.MemberGroup, addr, now: float):
         return self.daemon.factory.member(group, addr, now,
-                                          wall_time_offset=self.daemon.clock() - time.monotonic())
+                                          wall_time_offset=self.daemon.clock() - time.monotonic(),
+                                          report_phase1=self.daemon.keylog is not None)
 
     # -- outputs
     def _pump(self) -> None:
@@ -274,6 +275,9 @@ class MemberSession:
                     result = inst.install(self.group_id, act.teks, switch=act.switch) \
                         if inst is not None else "installed"
                     spis = _spis(t.spi for t in act.teks)
+                    if self.daemon.keylog is not None:
+                        for t in act.teks:
+                            self.daemon.keylog.group_sa(t)
                     if result == "unchanged":
                         log.info("group %s: SAs unchanged (SPI %s)%s", self.label, spis, where)
                     else:
@@ -304,6 +308,9 @@ class MemberSession:
         self.daemon.activity.member_event(ev)
         label = self.label
         match ev:
+            case Phase1Up():
+                if self.daemon.keylog is not None:
+                    self.daemon.keylog.phase1(ev.sa)
             case Joined():
                 log.info("group %s: registered with key server %s: %d TEK(s) (SPI %s)",
                          label, ev.key_server, len(ev.spis), _spis(ev.spis))

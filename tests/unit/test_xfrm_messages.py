@@ -264,3 +264,17 @@ def test_sa_counters_read_the_fixed_part_only_and_agree_with_pyroute2():
     assert "key" not in repr(c) and "aead" not in repr(c)
     with pytest.raises(m.DecodeError):
         m.decode_sa_counters(bytes(raw), off, 100)
+
+
+@pytest.mark.parametrize("raw_dir", [3, 4, 5])
+def test_per_socket_policy_is_recognised_and_not_misread(raw_dir):
+    """The kernel's policy dump also lists per-socket policies (dir XFRM_POLICY_MAX + d, as
+    charon sets on its IKE sockets); dir 4 (socket out) once decoded as an IN policy."""
+    p = group_policy(direction=Direction.OUT)
+    (msg,) = Batch().add_policy(p).encode()
+    assert not m.is_socket_policy(msg, 0, len(msg))
+    raw = bytearray(msg)
+    raw[16 + m.USERPOLICY_INFO.size - 8] = raw_dir
+    assert m.is_socket_policy(raw, 0, len(raw))
+    with pytest.raises(m.DecodeError, match="per-socket policy"):
+        m.decode_newpolicy(raw, 0, len(raw))
