@@ -357,6 +357,7 @@ def target_xfrm():
     from ipaddress import ip_address as A
 
     from xfrm import algorithms as alg
+    from xfrm import messages as m
     from xfrm.batch import Batch
     from xfrm.errors import DecodeError
     from xfrm.events import parse_events
@@ -377,6 +378,10 @@ def target_xfrm():
     def run(data: bytes) -> bool:
         try:
             parse_events(data)
+            # the metrics' SA counter reader takes the same dump replies
+            for kind, _flags, _seq, off, n in m.split_messages(data):
+                if kind == m.XFRM_MSG_NEWSA:
+                    m.decode_sa_counters(data, off, n)
         except DecodeError:
             return False
         return True

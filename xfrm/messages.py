@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from .errors import DecodeError
 from .model import (
     NO_LIFETIME, Action, Aead, Auth, Cipher, Direction, Lifetime, Mark, Mode, Policy, PolicyId,
-    SaId,
+    SaCounters, SaId,
     Selector, State, Template,
 )
 
@@ -506,6 +506,22 @@ def decode_state(info: bytes | memoryview, info_off: int, attrs: dict[int, bytes
         lifetime=Lifetime.from_wire(lft), mark=mark, if_id=if_id,
         selector=decode_selector(sel, family), flags=flags & ~XFRM_STATE_ESN,
     )
+
+
+def decode_sa_counters(data, off: int, n: int) -> SaCounters:
+    """The counters of a NEWSA (a dump reply) at ``off``: the fixed ``xfrm_usersa_info``
+    only, no attribute (so no key) is read."""
+    if n < 16 + USERSA_INFO.size:
+        raise DecodeError("XFRM_MSG_NEWSA", off, f"too short ({n} bytes)")
+    v = USERSA_INFO.unpack_from(data, off + 16)
+    daddr, spi, proto = v[12:15]
+    nbytes, packets, add_time, use_time = v[24:28]
+    _window, replay, integrity = v[28:31]
+    reqid, family = v[32], v[33]
+    with decoding("XFRM_MSG_NEWSA", off):
+        dst = _ip(daddr, family)
+    return SaCounters(dst, _swap32(spi), proto, reqid, nbytes, packets, add_time, use_time,
+                      replay, integrity)
 
 
 def decode_templates(raw: bytes) -> tuple[Template, ...]:

@@ -23,7 +23,7 @@ from operator import itemgetter
 from . import messages as m
 from .batch import Batch, Op, SingleOperations
 from .errors import InvalidArgument, KernelError, KernelLacksFeature, XfrmError
-from .model import Network, Policy, PolicyId, Proto, SaId, State
+from .model import Network, Policy, PolicyId, Proto, SaCounters, SaId, State
 from .netns import NetnsSpec, run_in_netns
 from .owner import MSEC, Owner
 
@@ -192,6 +192,18 @@ class XfrmSocket(SingleOperations):
                 continue
             if not owned or self.owner.owns_state(st):
                 out.append(st)
+        return out
+
+    def dump_sa_counters(self, owned: bool = True) -> list[SaCounters]:
+        """Every state's counters (bytes, packets, replay and integrity drops), read from the
+        fixed part of each dump reply: no key is decoded; ``owned`` keeps only msec's.
+        Larval states are left out, as in :meth:`dump_states`."""
+        out = []
+        for data, off, n in self._dump(m.XFRM_MSG_GETSA, b""):
+            c = m.decode_sa_counters(data, off, n)
+            if c.spi == 0 or (owned and not self.owner.owns_reqid(c.reqid)):
+                continue
+            out.append(c)
         return out
 
     def dump_policies(self, owned: bool = False) -> list[Policy]:

@@ -12,12 +12,14 @@
     msecctl init CONFIG...                   create the PSKs, keys and certificates the
                                              configurations name and lack (gkm.daemon.provision;
                                              no daemon needed)
+    msecctl monitor                          live events, one line each (Ctrl-C ends)
 
 An IDENTITY is written as ``msecctl members`` shows it (``key-id:gm1``, ``fqdn:h.example.org``,
 ``dn:CN=gm3,O=Example``, ``address:192.0.2.7``); a bare name is a PSK identity (``gm1`` is
 ``key-id:gm1``).
 
-``--json`` prints the daemon's response object as one JSON line; otherwise readable text.
+``--json`` prints the daemon's response object as one JSON line; otherwise readable text
+(``monitor --json``: one JSON object per event).
 Exit status: 0 success; 1 the daemon said no (``"ok": false``, e.g. a refused reload, whose
 problems are printed) or is not running; 2 usage errors.
 """
@@ -64,6 +66,40 @@ def request(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, 
     if not buf:
         raise ConnectionError("msecd closed the connection without answering")
     return json.loads(buf)
+
+
+def monitor(path: str, out, as_json: bool) -> int:
+    """Subscribe and print each notice as it comes, until msecd closes the stream (stopped,
+    or it dropped us for reading too slowly: exit 1) or the user interrupts (exit 0)."""
+    from .activity import notice_text
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise NotRunning(path) from None
+        s.sendall(b'{"cmd": "monitor"}\n')
+        f = s.makefile("rb")
+        first = f.readline()
+        if not first:
+            raise ConnectionError("msecd closed the connection without answering")
+        resp = json.loads(first)
+        if not resp.get("ok"):
+            print(render("monitor", resp), file=sys.stderr)
+            return 1
+        for line in f:
+            obj = json.loads(line)
+            print(json.dumps(obj, sort_keys=True) if as_json else notice_text(obj), file=out,
+                  flush=True)
+            if obj.get("event") == "dropped":
+                return 1
+        print("msecctl: msecd closed the monitor stream", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        s.close()
 
 
 # --------------------------------------------------------------------------- text output
@@ -284,6 +320,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "configuration files name and lack (never overwrites; "
                                      "files 0600, directories 0700)")
     it.add_argument("configs", nargs="+", metavar="CONFIG")
+    sub.add_parser("monitor", help="live stream of the daemon's events (registrations, "
+                                   "refusals, rekeys, evictions, expiries), one line each")
     for sp in sub.choices.values():  # --json after the command too
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -343,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         req = _deny_request(parser, args.words)
     path = _socket_path(args)
     try:
+        if args.cmd == "monitor":
+            return monitor(path, sys.stdout, args.json)
         resp = request(path, req)
     except NotRunning as e:
         print(f"msecctl: {e}", file=sys.stderr)

@@ -26,6 +26,7 @@ from gkm import __version__
 from policy import model as pm
 from policy.config import ConfigError, advisories, diff, load_config
 
+from .activity import Activity
 from .control import ControlServer
 from .engines import EngineFactory, EngineUnavailable, StartupError
 from .keylog import KeyLog
@@ -81,6 +82,9 @@ class Daemon:
         self._reload_lock: asyncio.Lock | None = None
         #: the opt-in Wireshark key log (``daemon.keylog_file``), None when off
         self.keylog: KeyLog | None = None
+        #: event counts (metrics) and msecctl monitor's subscribers
+        self.activity = Activity(clock)
+        self.metrics = None  # .metrics.MetricsServer when [daemon] metrics_listen is set
 
     # -- life cycle
     async def start(self) -> None:
@@ -101,8 +105,14 @@ class Daemon:
             if self.config.keyserver is not None:
                 self.keyserver = KeyServerRole(self, self.config.keyserver)
                 await self.keyserver.start()
-            self.control = ControlServer(self.control_path, self.handle_request)
+            self.control = ControlServer(self.control_path, self.handle_request,
+                                         subscribe=self.activity.subscribe)
             await self.control.start()
+            if self.config.daemon.metrics_listen is not None:
+                from .metrics import MetricsServer
+
+                self.metrics = MetricsServer(self, *self.config.daemon.metrics_listen)
+                self.metrics.start()
         except (EngineUnavailable, OSError) as e:
             await self._teardown()
             raise StartupError(str(e)) from None
@@ -183,6 +193,9 @@ class Daemon:
             log.info("msecd stopped")
 
     async def _teardown(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         for s in self.sessions.values():
             s.stop()
         if self.expiry_watch is not None:

@@ -132,6 +132,7 @@ class KernelInstaller:
             raise EngineUnavailable(f"xfrm.groupsa is not available: {e}") from None
         from xfrm import XfrmSocket
 
+        self.netns = netns
         self.port = XfrmSocket(netns)
         self.sa = GroupSaInstaller(self.port, local=local_addresses())
 
@@ -149,6 +150,18 @@ class KernelInstaller:
 
     def adopt(self, group_ids=()) -> dict[int, list[int]]:
         return {g: sorted(v.spis) for g, v in self.sa.adopt(group_ids).items()}
+
+    def reqid(self, group_id: int) -> int:
+        """The reqid tagging ``group_id``'s states (``xfrm.groupsa``)."""
+        return self.sa.reqid(group_id)
+
+    def read_counters(self):
+        """The counters of msec's states (``xfrm.SaCounters``), read through a netlink socket
+        of its own: callable from another thread than the installer's (the metrics scrape)."""
+        from xfrm import XfrmSocket
+
+        with XfrmSocket(self.netns, owner=self.port.owner) as s:
+            return s.dump_sa_counters(owned=True)
 
     def close(self) -> None:
         self.port.close()

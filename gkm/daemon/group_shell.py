@@ -213,6 +213,7 @@ class GroupShell:
         self._timers[gid] = self.role.daemon.loop.call_later(delay, self._on_timer, gid)
 
     def _log_event(self, g: pm.GroupPolicy, ev: Event, sent: list[str]) -> None:
+        self.role.daemon.activity.group_event(g.group_id, ev, sent)
         to = ", ".join(sent) or "nobody"
         match ev:
             case GroupRekeyed(cause="operator"):

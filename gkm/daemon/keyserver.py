@@ -244,6 +244,7 @@ class KeyServerRole:
         return g.label if g is not None else str(group_id)
 
     def _on_event(self, ev: Event) -> None:
+        self.daemon.activity.keyserver_event(ev)
         match ev:
             case MemberRegistered():
                 self.registrations += 1

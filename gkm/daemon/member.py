@@ -305,6 +305,7 @@ class MemberSession:
             e.sas_installed(act, now)
 
     def _log(self, ev: MemberEvent) -> None:
+        self.daemon.activity.member_event(ev)
         label = self.label
         match ev:
             case Phase1Up():
@@ -522,6 +523,7 @@ class ExpireWatch:
                         spi = ev.state.spi
                         for s in self.daemon.sessions.values():
                             if s.holds_spi(spi):
+                                self.daemon.activity.sa_expired(s.group_id, spi, ev.hard)
                                 s.sa_expired(spi, ev.hard)
                     case EventsLost():
                         log.warning("kernel SA expiry events were lost (receive buffer full)")

@@ -261,6 +261,11 @@ class KeyServerEngine:
         self.pull = PullResponder({g.group_id: g for g in groups}, keys, random=random, **responder_options)
         self._events: deque = deque()
 
+    @property
+    def half_open(self) -> int:
+        """Phase 1 exchanges waiting for the peer's message 3 (bounded: ``Phase1Server``)."""
+        return self.phase1.half_open_count
+
     def update_groups(self, groups: Iterable[GroupPolicy]) -> None:
         """New policies (configuration reload); pending exchanges keep the policy they started with."""
         self.pull.groups = {g.group_id: g for g in groups}

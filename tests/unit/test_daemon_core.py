@@ -157,7 +157,7 @@ def test_keyserver_and_member_register_and_report(tmp_path, caplog):
         assert ("remove", 1001) not in fac.inst.calls  # members keep SAs across a restart
     _run(run())
     text = caplog.text
-    assert "group g1001 (1001): member gm1 (127.0.0.1" in text and "registered" in text
+    assert "group g1001 (1001): member key-id 'gm1' (127.0.0.1" in text and "registered" in text
     assert "group m1001 (1001): registered with key server" in text
     assert "group m1001 (1001): installed 1 SA(s) (SPI 0x00001234)" in text
     assert "stay in the kernel" in text
@@ -197,7 +197,7 @@ def test_refusal_logged_and_retried_with_backoff(tmp_path, caplog):
         assert not [c for c in fac.inst.calls if c[0] == "install"]
         await d.stop()
     _run(run())
-    assert "group 1002: member gm1 (127.0.0.1" in caplog.text and "refused" in caplog.text
+    assert "group 1002: member key-id 'gm1' (127.0.0.1" in caplog.text and "refused" in caplog.text
     assert "registration with 127.0.0.1" in caplog.text and "retrying in" in caplog.text
 
 
