@@ -8,6 +8,12 @@ socket), the rekey socket (:class:`RekeySockets`), and the SA changes through th
 installer, answering each one.  The kernel's EXPIRE events (:class:`ExpireWatch`) reach the
 engine as inputs.
 
+Restart: the engine asks for its group state to be kept (``SaveState``, before the SA actions
+it goes with); this shell writes it under ``<state_dir>/member/`` (:mod:`.member_store`) and,
+on start, hands a saved state to ``engine.resume`` instead of registering: the SAs the kernel
+kept go on carrying traffic and the next PUSH applies.  A missing, corrupt or stale state is a
+log line and a fresh registration.
+
 Rekey sockets are exclusively msecd's: no SO_REUSEADDR/SO_REUSEPORT, so no other local process
 can bind the port and take the key server's PUSHes away.  Groups of one daemon that share a
 rekey port share one socket (joined to each group's multicast rekey address), and datagrams
@@ -28,14 +34,15 @@ from typing import TYPE_CHECKING, Any
 from gkm.events import MemberEvent
 from gkm.gdoi.member import (
     ActivateOutbound, CloseRegistration, GroupRekeyed, InstallSas, Joined, LeftGroup,
-    ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
-    PushListenFailed, RegistrationAttemptFailed, RemoveSas, SaActionFailed, SasRemoved,
-    StopListening, Timing,
+    ForgetState, ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
+    PushListenFailed, RegistrationAttemptFailed, RemoveSas, ResyncScheduled, SaActionFailed,
+    SasRemoved, SaveState, StateDiscarded, StateRestored, StateSaveFailed, StopListening, Timing,
 )
 from gkm.gdoi.push import PushRejected
 from policy import model as pm
 
 from .engines import EngineUnavailable
+from .member_store import MemberStateError, MemberStateFiles
 from .report import fmt_addr, tek_summary
 
 if TYPE_CHECKING:
@@ -80,13 +87,17 @@ class MemberSession:
         self._timer_at: float | None = None
         self._listening: str | None = None  # "addr:port" of the rekey socket
         self._pumping = False
+        self.files = MemberStateFiles(daemon.config.daemon.state_dir)
 
     # The engine runs on the monotonic clock (a wall-clock step moves no deadline); what
     # msecctl shows is wall-clock time, and phase 1 gets the offset for certificate validity.
     _now = staticmethod(time.monotonic)
 
     def _wall(self, t: float | None) -> float | None:
-        return None if t is None else t + (self.daemon.clock() - time.monotonic())
+        return None if t is None else t + self._wall_offset()
+
+    def _wall_offset(self) -> float:
+        return self.daemon.clock() - time.monotonic()
 
     # -- what the daemon and msecctl see
     @property
@@ -155,11 +166,25 @@ class MemberSession:
             "rekey_socket": self._listening, "rekey_error": e.listen_error,
             "activation_delay": e.activation_delay, "deactivation_delay": e.deactivation_delay,
             "gap_from_key_server": e.gap_delays != (None, None),
+            "restored": e.restored, "state_error": e.state_error,
         }
 
     # -- life cycle
     def start(self) -> None:
-        self.engine.start(self._now())
+        """Resume from the saved group state if there is one, else register."""
+        try:
+            saved = self.files.load(self.group_id, self._wall_offset())
+        except MemberStateError as err:
+            log.warning("group %s: saved member state %s unusable (%s): registering afresh",
+                        self.label, self.files.path(self.group_id), err)
+            saved = None
+        else:
+            if saved is None:
+                log.info("group %s: no saved member state: registering", self.label)
+        if saved is None:
+            self.engine.start(self._now())
+        else:
+            self.engine.resume(saved, self._now())
         self._pump()
 
     def stop(self) -> None:
@@ -264,6 +289,22 @@ class MemberSession:
                 self._listening = None
             case InstallSas() | ActivateOutbound() | RemoveSas():
                 self._sa(act, now)
+            case SaveState():
+                try:
+                    self.files.save(act.snapshot, self._wall_offset())
+                except OSError as err:
+                    log.error("group %s: cannot save the member state to %s: %s (a restart "
+                              "will register again)", self.label,
+                              self.files.path(self.group_id), err.strerror or err)
+                    e.state_save_failed(act, err.strerror or str(err), now)
+                else:
+                    e.state_saved(act, now)
+            case ForgetState():
+                try:
+                    self.files.forget(self.group_id)
+                except OSError as err:
+                    log.error("group %s: cannot delete the saved member state %s: %s",
+                              self.label, self.files.path(self.group_id), err.strerror or err)
 
     def _sa(self, act, now: float) -> None:
         inst, e = self.daemon.installer, self.engine
@@ -319,7 +360,17 @@ class MemberSession:
                          ev.spi)
             case SasRemoved():
                 log.info("group %s: removed SA(s) SPI %s: %s", label, _spis(ev.spis), ev.reason)
-            case SaActionFailed() | PushListenFailed():
+            case StateRestored():
+                log.info("group %s: resumed from the saved member state (key server %s, SEQ "
+                         "%d, SPI %s; still in the kernel: %s): not registering again", label,
+                         ev.key_server, ev.seq, _spis(ev.spis), _spis(ev.adopted))
+            case StateDiscarded():
+                log.warning("group %s: saved member state discarded (%s): registering afresh",
+                            label, ev.reason)
+            case ResyncScheduled():
+                log.warning("group %s: missed a rekey (%s): registering again in %.1f s",
+                            label, ev.reason, ev.in_s)
+            case SaActionFailed() | PushListenFailed() | StateSaveFailed():
                 log.debug("group %s: %s", label, ev)  # logged where the shell failed
             case LeftGroup():
                 log.warning("group %s: %s; registering again", label, ev.reason)
