@@ -86,7 +86,8 @@ class KeyServerRole:
         """``strict``: every listen address must be bound (a role a reload adds)."""
         from gkm.store import KeyStore, StoreError
 
-        if self.store is None:
+        opened = self.store is None
+        if opened:
             d = self.daemon.config.daemon
             try:
                 self.store = KeyStore(d.state_dir, anchor=d.state_anchor,
@@ -98,6 +99,8 @@ class KeyServerRole:
                 log.warning("key server: state accepted by --accept-state: %s", text)
             self.daemon.accept_state = False  # once: a later problem is refused again
         await self._switch_to(self.settings, strict=strict)
+        if opened:  # a PUSH committed but lost with the last process reaches members now
+            self.groups.announce()
 
     async def _switch_to(self, settings: pm.KeyServerSettings, *, strict: bool) -> None:
         """Make the engine, sockets and rekey transport for ``settings`` and only then swap
