@@ -1,8 +1,8 @@
 """kill -9 of the key server in the middle of a rekey, real msecd processes in netlab hosts
 (members --no-kernel).  The rekey is committed to the store but its PUSH never reaches the
 members (the key server's link is down while `msecctl rekey` runs: what a crash between the
-commit and the send leaves), then the key server is killed and started again.  It sends the
-committed keys again under a fresh SEQ: no SEQ is used twice, both members end on the same
+commit and the send leaves), then the key server is killed and started again.  It finds the
+marker of a run that did not stop cleanly and sends the committed keys again under a fresh SEQ: no SEQ is used twice, both members end on the same
 keys, and neither registers again.  About 15 s."""
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def test_key_server_killed_mid_rekey_members_converge_without_registering(netlab
             assert _teks(d)[1] == 1
 
         ks.start()
+        ks.wait_log("the last run did not stop cleanly")
         ks.wait_log("current keys sent again after the start: SEQ 3,")
         for d in gms.values():
             log = d.wait_log("rekeyed: SEQ 3,")
@@ -73,6 +74,11 @@ def test_key_server_killed_mid_rekey_members_converge_without_registering(netlab
             # neither member registered again
             assert d.log().count("registering with key server") == 1
         assert ks.log().count(") registered (TEK") == 2
+        # a clean stop and start sends nothing again
+        assert ks.stop() == 0
+        ks = Msecd(ks.config, host=h1, log=tmp_path / "ks-clean.log").start()
+        assert "sent again" not in ks.log() and "did not stop cleanly" not in ks.log()
+        assert ks.ctl_json("rekey", "1001")["seq"] == 5
         assert "Traceback" not in ks.log() + "".join(d.log() for d in gms.values())
     finally:
         for d in gms.values():
