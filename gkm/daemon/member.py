@@ -24,6 +24,7 @@ bound is an error in the log and in ``msecctl group show``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import random
@@ -53,6 +54,9 @@ log = logging.getLogger("msecd")
 __all__ = ["MemberSession", "RekeySockets", "ExpireWatch"]
 
 
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED})
+
+
 def _spis(spis) -> str:
     return ", ".join(f"0x{s:08x}" for s in spis) or "none"
 
@@ -66,6 +70,11 @@ class _RegistrationEndpoint(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("group %s: registration socket: %s", self.session.label, exc)
+        # the socket is connected to the key server, so ICMP errors reach it: no key server
+        # there (port unreachable) or no route/host: fail over now
+        if isinstance(exc, ConnectionRefusedError) or (
+                isinstance(exc, OSError) and exc.errno in _UNREACHABLE):
+            self.session._on_registration_unreachable(exc)
 
 
 class MemberSession:
@@ -199,6 +208,10 @@ class MemberSession:
     # -- inputs
     def _on_registration_datagram(self, data: bytes, addr) -> None:
         self.engine.receive_registration(data, addr, self._now())
+        self._pump()
+
+    def _on_registration_unreachable(self, exc: OSError) -> None:
+        self.engine.registration_unreachable(exc.strerror or str(exc), self._now())
         self._pump()
 
     def on_push_datagram(self, data: bytes, addr) -> None:
@@ -402,6 +415,9 @@ class MemberSession:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
                                     self.group.interface.encode())
                 sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+                # connected: the kernel hands us ICMP unreachable errors (fast failover) and
+                # drops datagrams from anyone but this key server
+                sock.connect(sockaddr)
                 transport, _ = await self.daemon.loop.create_datagram_endpoint(
                     lambda: _RegistrationEndpoint(self), sock=sock)
             except BaseException:

@@ -12,7 +12,8 @@ plan.  It does no I/O: the shell feeds it datagrams, time and the kernel's answe
 * ``get_timer()``: the next deadline (the shell calls ``handle_timer(now)`` then).
 
 The shell answers every action that can fail: ``registration_opened(addr)`` /
-``registration_unavailable(reason)`` for :class:`OpenRegistration`, ``push_listening()`` /
+``registration_unavailable(reason)`` for :class:`OpenRegistration` (and reports
+``registration_unreachable(reason)`` when the network says the key server cannot be reached), ``push_listening()`` /
 ``push_listen_failed(reason)`` for :class:`ListenForPush`, ``sas_installed(action)`` /
 ``sa_failed(action, reason)`` for :class:`InstallSas`, :class:`ActivateOutbound` and
 :class:`RemoveSas`.  The kernel's EXPIRE events come in as ``sa_expired(spi, hard)``.
@@ -521,6 +522,15 @@ class MemberEngine:
         self._actions.append(CloseRegistration())
         self._failed(reason, now)
 
+    def registration_unreachable(self, reason: str, now: float) -> None:
+        """The network says the key server cannot be reached (ICMP port or host unreachable
+        on the registration socket): the next key server now, not after the exchange
+        timeout.  Outside a registration it is dropped, like a stray datagram."""
+        if self.state is not MemberState.REGISTERING or self.registration is None:
+            return
+        self._close_registration()
+        self._failed(f"key server unreachable: {reason}", now)
+
     def push_listening(self, now: float) -> None:
         if not self._listen_pending:
             raise RefusedInput("push_listening() without ListenForPush")
@@ -724,6 +734,7 @@ class MemberEngine:
 
     def _failed(self, reason: str, now: float) -> None:
         self.last_error = reason
+        failed_ks = self.key_server or "?"  # _connect below names the next one
         self.ks_index += 1
         if self.ks_index % len(self.group.key_servers) == 0:
             self.failures += 1  # a whole round failed: back off
@@ -732,8 +743,7 @@ class MemberEngine:
         else:
             delay = 0.0
             self._connect(now)
-        self._events.append(RegistrationAttemptFailed(self.group_id, self.key_server or "?",
-                                                      reason, delay))
+        self._events.append(RegistrationAttemptFailed(self.group_id, failed_ks, reason, delay))
 
     def _backoff(self) -> float:
         base, cap = self.timing.backoff

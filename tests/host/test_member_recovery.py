@@ -85,3 +85,29 @@ def test_member_killed_resumes_from_its_saved_state_and_takes_the_next_rekey(tmp
     finally:
         gm.stop()
         ks.stop()
+
+
+def test_member_fails_over_to_the_second_key_server_when_the_first_is_down(tmp_path, netns):
+    """Nothing listens at the first address: the ICMP port unreachable reaches the member's
+    (connected) registration socket and it moves to the second one at once, not after the
+    exchange timeout (30 s)."""
+    port, dead = free_udp_port(), free_udp_port()
+    ks = Msecd(write_config(tmp_path, ks_port=port, name="ks.toml"), host=netns)
+    gm_dir = tmp_path / "gm"
+    gm_dir.mkdir()
+    cfg = write_config(gm_dir, member_port=port)
+    cfg.write_text(cfg.read_text().replace(
+        f'key_servers = ["127.0.0.1:{port}"]',
+        f'key_servers = ["127.0.0.1:{dead}", "127.0.0.1:{port}"]'))
+    gm = Msecd(cfg, host=netns, args=["--no-kernel"])
+    try:
+        ks.start()
+        gm.start()
+        log = gm.wait_log(f"registered with key server 127.0.0.1:{port}", timeout=20)
+        assert (f"registration with 127.0.0.1:{dead} failed: key server unreachable: "
+                "Connection refused") in log
+        g = gm.ctl_json("group", "show", "1001")["roles"][0]
+        assert g["key_server"] == f"127.0.0.1:{port}" and g["state"] == "registered"
+    finally:
+        gm.stop()
+        ks.stop()

@@ -353,6 +353,23 @@ def test_failover_then_backoff_with_injected_jitter_then_retry():
     assert w.e.next_attempt == w.now + 2.0
 
 
+def test_an_unreachable_key_server_fails_over_at_once_not_after_the_timeout():
+    w = in_state(MemberState.REGISTERING)
+    assert w.e.key_server == "10.0.0.1:848"
+    w.e.registration_unreachable("Connection refused", w.now)
+    w.drain()
+    assert w.take(CloseRegistration) and w.take(OpenRegistration)[-1].key_server == KS[1]
+    assert w.e.state is MemberState.CONNECTING and w.e.registration is None
+    (ev,) = [e for e in w.events if isinstance(e, RegistrationAttemptFailed)]
+    assert ev.reason == "key server unreachable: Connection refused" and ev.retry_in == 0.0
+    assert ev.key_server == "10.0.0.1:848"  # the one that failed, not the next
+    for state in (MemberState.CONNECTING, MemberState.REGISTERED, MemberState.BACKOFF):
+        w = in_state(state)
+        before = snapshot(w.e)
+        w.e.registration_unreachable("late ICMP", w.now)
+        assert snapshot(w.e) == before  # outside a registration: dropped
+
+
 def test_backoff_is_capped_and_jitter_comes_from_the_injected_random():
     w = World()
     w.e._random = lambda: 0.0
