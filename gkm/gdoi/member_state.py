@@ -34,6 +34,7 @@ __all__ = ["MemberSnapshot", "SavedTek", "MemberStateError", "encode", "decode",
 
 FORMAT = "msec-member-state"
 VERSION = 1
+MAX_BYTES = 1 << 20  # a group's state is a few KiB
 
 
 class MemberStateError(ValueError):
@@ -259,10 +260,14 @@ def _read_lkh(v: Any) -> LkhKeys | None:
 
 def decode(data: bytes, wall_offset: float = 0.0) -> MemberSnapshot:
     """The snapshot ``data`` holds (times back on the engine clock), or MemberStateError."""
+    if len(data) > MAX_BYTES:
+        raise MemberStateError(f"{len(data)} bytes, more than {MAX_BYTES}")
     try:
         doc = json.loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise MemberStateError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise MemberStateError("not JSON: nested too deeply") from None
     doc = _fields(doc, "file", {"state", "sha256"})
     body = _fields(doc["state"], "state", _BODY_FIELDS)
     if type(doc["sha256"]) is not str or not hmac.compare_digest(doc["sha256"], _digest(body)):
