@@ -70,7 +70,9 @@ class MemberStateFiles:
         self._sync_dir()
 
     def _ensure_dir(self) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.dir.parent.exists():  # the state directory itself: private too
+            self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.dir, 0o700)
 
     def _sync_dir(self) -> None:

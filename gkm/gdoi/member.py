@@ -442,7 +442,10 @@ class MemberEngine:
             self._events.append(StateDiscarded(self.group_id, why))
             self._connect(now)
             return
-        kept = [t for t in saved.teks if t.expires_at > now]
+        # what is still in use: not expired, not retired (an SA left of a retired one is
+        # adopted and goes after the deactivation delay)
+        kept = [t for t in saved.teks if t.expires_at > now
+                and (t.retire_at is None or t.retire_at > now)]
         self.key_server = saved.key_server
         self.gap_delays = saved.gap
         self.state = MemberState.REGISTERED
@@ -475,7 +478,8 @@ class MemberEngine:
             return f"key server {saved.key_server} is not configured any more"
         if saved.kek_expires_at <= now:
             return "stale: its KEK expired"
-        if not any(t.expires_at > now for t in saved.teks):
+        if not any(t.expires_at > now and (t.retire_at is None or t.retire_at > now)
+                   for t in saved.teks):
             return "stale: every TEK expired"
         return None
 

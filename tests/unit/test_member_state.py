@@ -187,6 +187,19 @@ def test_a_restarted_member_resumes_without_registering():
     assert w.e.rekeys == 1 and 0x300 in w.kernel_spis() and w.saved.seq == 5
 
 
+def test_a_restart_after_the_retirement_time_does_not_bring_the_old_sa_back():
+    first = real_world().register()
+    first.push(Rekeyed(GID, (tek(0x200),), kek(), 4))
+    saved = first.saved  # 0x100 retires at +5 s (DTD), 0x200 sends from +2 s (ATD)
+    w = _restarted(saved, first.now + 6, adopted=frozenset({0x100, 0x200}))
+    (inst,) = w.take(InstallSas)
+    assert [t.spi for t in inst.teks] == [0x200] and w.e.adopted == {0x100}
+    w.advance(w.now)
+    assert [a.spi for a in w.take(ActivateOutbound)] == [0x200]
+    w.advance(w.now + 5)  # the one left behind goes after the deactivation delay
+    assert [a.spis for a in w.take(RemoveSas)] == [(0x100,)]
+
+
 def test_a_restart_puts_back_an_sa_the_kernel_lost_and_retires_strangers():
     first = real_world().register()
     w = _restarted(first.saved, first.now + 1, adopted=frozenset({0x77}))
