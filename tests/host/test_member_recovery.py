@@ -65,6 +65,8 @@ def test_member_killed_resumes_from_its_saved_state_and_takes_the_next_rekey(tmp
         g = gm.ctl_json("group", "show", "1001")["roles"][0]
         assert g["state"] == "registered" and g["restored"] and g["registrations"] == 0
         assert {t["spi"] for t in g["teks"]} == spis and g["last_seq"] == 1
+        text = gm.ctl("group", "show", "1001", check=True).stdout
+        assert "resumed from the saved member state (key server 127.0.0.1:" in text
         gm.wait_log("listening for GROUPKEY-PUSH", count=2)
         r = ks.ctl_json("rekey", "1001")
         assert r["ok"] and r["seq"] == 2, r
