@@ -6,7 +6,9 @@
 * the key server killed with -9 in the middle of a rekey (committed, its PUSH lost): after the
   restart SEQ strictly increases and every member ends on the same keys, none registering
   again;
-* a member with two key servers configured, the first one down: it registers with the second.
+* a member with two key servers configured, the first one down: it registers with the second;
+* the kernel's soft expiry of a TEK with no successor reaches the member engine (XFRM EXPIRE
+  events) and the member registers again.
 """
 
 from __future__ import annotations
@@ -155,4 +157,33 @@ def test_member_registers_with_the_second_key_server_when_the_first_is_down(netl
     finally:
         for d, _ in gms:
             d.stop()
+        ks.stop()
+
+
+def test_kernel_soft_expiry_reaches_the_member_and_it_registers_again(netlab_factory,
+                                                                     tmp_path):
+    """A group without KEK (no PUSH can bring a successor), TEK lifetime 20 s: the kernel's
+    soft expiry (90 %: 18 s) reaches the member engine through the XFRM EXPIRE events before
+    its own timers would notice (20 s), and it registers again after its jitter."""
+    from tests.kernel.test_registration import ks_config
+
+    lab = netlab_factory(2)
+    h1, h2 = lab.hosts
+    dirs = {n: tmp_path / n for n in ("ks", "gm1")}
+    for p in dirs.values():
+        p.mkdir()
+    cfg = ks_config(dirs["ks"], h1.ip4)
+    cfg.write_text(cfg.read_text().replace('lifetime = "1h"', 'lifetime = "20s"'))
+    ks = Msecd(cfg, host=h1)
+    gm = Msecd(gm_config(dirs["gm1"], h1.ip4, "gm1", PSKS["gm1"]), host=h2)
+    try:
+        ks.start(timeout=120)
+        gm.start(timeout=120)
+        gm.wait_log(SPI_LOG, timeout=60)
+        log = gm.wait_log("missed a rekey (a TEK is about to expire and no rekey came): "
+                          "registering again in", timeout=40)
+        assert "a TEK expired with no successor" not in log  # the kernel said it first
+        gm.wait_log("registered with key server", count=2, timeout=40)
+    finally:
+        gm.stop()
         ks.stop()
