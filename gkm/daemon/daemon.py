@@ -29,6 +29,7 @@ from .control import ControlServer
 from .engines import EngineFactory, EngineUnavailable, StartupError
 from .keyserver import KeyServerRole
 from .member import ExpireWatch, MemberSession, RekeySockets
+from .member_store import MemberStateFiles
 
 log = logging.getLogger("msecd")
 
@@ -141,6 +142,7 @@ class Daemon:
             else:
                 log.info("group %s: not configured any more: removing its SAs", gid)
                 self._remove_sas(gid)
+                self._forget_member_state(gid)
         self._adopted = {g: adopted[g] for g in groups & configured}
 
     def _watch_expiries(self) -> None:
@@ -196,6 +198,14 @@ class Daemon:
             except Exception:
                 pass
             self.installer = None
+
+    def _forget_member_state(self, group_id: int) -> None:
+        """A member group gone from the configuration: its saved state goes with its SAs."""
+        try:
+            MemberStateFiles(self.config.daemon.state_dir).forget(group_id)
+        except OSError as e:
+            log.error("group %s: cannot delete its saved member state: %s", group_id,
+                      e.strerror or e)
 
     # -- SAs
     def _remove_sas(self, group_id: int) -> None:
@@ -296,6 +306,7 @@ class Daemon:
             if s is not None:
                 s.stop()
             self._remove_sas(gid)
+            self._forget_member_state(gid)
             changes.append(f"member group {gid} removed")
         for gid in d.member_added:
             self._add_session(new_groups[gid])

@@ -326,10 +326,15 @@ def test_reload_adds_and_removes_groups(tmp_path):
         d = _daemon(cfg, fac)
         await d.start()
         await _until(lambda: d.sessions[1001].state == "registered")
+        from gkm.daemon.member_store import MemberStateFiles
+        from tests.unit.test_member_state import snap
+        files = MemberStateFiles(tmp_path / "state")
+        files.save(snap(), 0.0)  # group 1001's saved state (the fake registration has no KEK)
         write_config(tmp_path, ks_port=port, member_port=port, ks_groups=(1002,),
                      member_groups=(1002,))
         r = await d.reload()
         assert r["ok"], r
+        assert files.load(1001, 0.0) is None  # a group that goes takes its saved state along
         assert "member group 1001 removed" in r["changes"]
         assert "member group 1002 added" in r["changes"]
         assert ("remove", 1001) in fac.inst.calls
