@@ -9,6 +9,9 @@
     msecctl evict ID IDENTITY... [--reason TEXT]
     msecctl deny ID                          the group's deny list (evicted identities)
     msecctl deny lift ID IDENTITY...         take identities off the deny list
+    msecctl init CONFIG...                   create the PSKs, keys and certificates the
+                                             configurations name and lack (gkm.daemon.provision;
+                                             no daemon needed)
 
 An IDENTITY is written as ``msecctl members`` shows it (``key-id:gm1``, ``fqdn:h.example.org``,
 ``dn:CN=gm3,O=Example``, ``address:192.0.2.7``); a bare name is a PSK identity (``gm1`` is
@@ -27,6 +30,8 @@ import socket
 import sys
 import time
 from typing import Any
+
+from gkm import __version__
 
 __all__ = ["main", "request", "render", "NotRunning", "DEFAULT_SOCKET"]
 
@@ -76,8 +81,19 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in cols)
 
 
+def _duration(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "-"
+    s = int(s)
+    d, h, m = s // 86400, s // 3600 % 24, s // 60 % 60
+    text = f"{d}d {h}h {m}m {s % 60}s" if d else f"{h}h {m}m {s % 60}s" if h else \
+        f"{m}m {s % 60}s" if m else f"{s}s"
+    return f"{text} ({s} s)" if s >= 60 else text
+
+
 def _status(r: dict[str, Any]) -> str:
-    lines = [f"msecd running, pid {r.get('pid')}, up {r.get('uptime_s')} s",
+    lines = [f"msecd {r.get('version', '(version unknown)')} running, pid {r.get('pid')}, "
+             f"up {_duration(r.get('uptime_s'))}",
              f"config: {r.get('config')}",
              f"roles: {', '.join(r.get('roles') or []) or 'none'}"]
     ks = r.get("keyserver")
@@ -244,6 +260,7 @@ def render(cmd: str, r: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msecctl", description="control msecd")
+    p.add_argument("--version", action="version", version=f"msecctl {__version__}")
     p.add_argument("--socket", "-s", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
     p.add_argument("--config", "-c", default=None,
                    help="take the control socket from this msecd configuration")
@@ -268,6 +285,10 @@ def _parser() -> argparse.ArgumentParser:
     dn = sub.add_parser("deny", help="key server: show a group's deny list, or "
                                      "'deny lift ID IDENTITY...' to take identities off it")
     dn.add_argument("words", nargs="+", metavar="ID | lift ID IDENTITY...")
+    it = sub.add_parser("init", help="create the PSKs, signing keys, CA and certificates the "
+                                     "configuration files name and lack (never overwrites; "
+                                     "files 0600, directories 0700)")
+    it.add_argument("configs", nargs="+", metavar="CONFIG")
     for sp in sub.choices.values():  # --json after the command too
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -312,6 +333,10 @@ def _deny_request(parser: argparse.ArgumentParser, words: list[str]) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.cmd == "init":
+        from .provision import main as init_main
+
+        return init_main(args.configs)
     req: dict[str, Any] = {"cmd": args.cmd}
     if args.cmd in ("group", "members", "rekey", "evict"):
         req["id"] = args.id

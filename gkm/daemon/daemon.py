@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from gkm import __version__
 from policy import model as pm
 from policy.config import ConfigError, advisories, diff, load_config
 
@@ -368,7 +369,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         now = self.clock()
         out: dict[str, Any] = {
-            "ok": True, "pid": os.getpid(), "config": str(self.config_path),
+            "ok": True, "version": __version__, "pid": os.getpid(), "config": str(self.config_path),
             "control_socket": str(self.control_path), "roles": self.roles,
             "started_at": self.started_at,
             "uptime_s": round(now - self.started_at, 1) if self.started_at else None,
@@ -388,6 +389,18 @@ class Daemon:
                 "kernel": self.installer is not None and self.installer.kernel,
             }
         return out
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (``systemctl status``): roles and how they fare."""
+        parts = []
+        if self.keyserver is not None:
+            parts.append(f"key server of {len(self.keyserver.settings.groups)} group(s) on "
+                         f"{', '.join(self.keyserver.listen)}, "
+                         f"{self.keyserver.registrations} registration(s)")
+        if self.sessions:
+            registered = sum(1 for s in self.sessions.values() if s.state == "registered")
+            parts.append(f"member of {len(self.sessions)} group(s), {registered} registered")
+        return "; ".join(parts) or "no roles configured"
 
     def groups(self) -> list[dict[str, Any]]:
         out = []

@@ -24,6 +24,7 @@ variable-length (TLV) one, and SENDER_ID_REQUEST (a member's request, not key se
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Union
@@ -77,7 +78,10 @@ class MappingError(ValueError):
 # ------------------------------------------------------------------------------------ helpers
 
 
+@functools.lru_cache(maxsize=512)
 def _group_id(net: IPNetwork, port: int = 0) -> GroupId:
+    # cached: every PUSH carries the same few IDs (GroupId is immutable), and building one
+    # parses and packs addresses, a tenth of an eviction's CPU before the cache
     if net.num_addresses == 1:
         t = IdType.IPV4_ADDR if net.version == 4 else IdType.IPV6_ADDR
         return GroupId.of(t, net.network_address, port)
@@ -85,7 +89,12 @@ def _group_id(net: IPNetwork, port: int = 0) -> GroupId:
     return GroupId.of(t, net, port)
 
 
-def _network(gid: GroupId, where: str) -> IPNetwork:
+@functools.lru_cache(maxsize=512)
+def _network(address) -> IPNetwork:
+    return ipaddress.ip_network(address)
+
+
+def _network_of(gid: GroupId, where: str) -> IPNetwork:
     try:
         v = gid.value()
     except wire.WireError as e:
@@ -101,6 +110,7 @@ def suite_for(transform_id: int, key_bits: int | None, auth: int | None) -> EspS
     return _SUITE_BY_WIRE.get((int(transform_id), key_bits or 0, auth))
 
 
+@functools.lru_cache(maxsize=64)
 def signature_key_bits(public_key_der: bytes) -> int:
     key = load_der_public_key(public_key_der)
     if isinstance(key, rsa.RSAPublicKey):
@@ -136,11 +146,11 @@ def sa_tek(tek: TekPolicy, spi: int, direction: SaDirection, lifetime_s: int) ->
 def sa_kek(kek: KekPolicy, spi: bytes, source: tuple[str, int] | None, lifetime_s: int, signing_key_bits: int) -> SaKek:
     """SA KEK payload (RFC 6407 section 5.3).  ``source``: the key server address PUSH messages
     come from (None: the unspecified address of the rekey address's family, port 848)."""
-    dst_net = ipaddress.ip_network(kek.rekey_address)
+    dst_net = _network(kek.rekey_address)
     if source is None:
-        src = _group_id(ipaddress.ip_network("0.0.0.0/0" if dst_net.version == 4 else "::/0"), 848)
+        src = _group_id(_network("0.0.0.0/0" if dst_net.version == 4 else "::/0"), 848)
     else:
-        src = _group_id(ipaddress.ip_network(source[0]), source[1])
+        src = _group_id(_network(source[0]), source[1])
     sig = kek.signature
     attrs = (
         Attribute(KekAttr.KEK_ALGORITHM, int(kek.cipher.algorithm)),
@@ -280,7 +290,7 @@ def read_sa_tek(sat, allowed_suites: frozenset[str] | None = None) -> TekParams:
         direction = SaDirection(attr_int(attrs, IpsecAttr.SA_DIRECTION, SaDirection.SYMMETRIC))
     except (KeyError, ValueError) as e:
         raise MappingError(f"{where}: bad encapsulation mode, address preservation or direction ({e})") from None
-    src, dst = _network(sat.src, f"{where} SRC ID"), _network(sat.dst, f"{where} DST ID")
+    src, dst = _network_of(sat.src, f"{where} SRC ID"), _network_of(sat.dst, f"{where} DST ID")
     if src.version != dst.version:
         raise MappingError(f"{where}: source and destination of different families")
     return TekParams(
@@ -309,7 +319,7 @@ def read_sa_kek(sak: SaKek) -> KekParams:
                      KekAttr.SIG_HASH_ALGORITHM, KekAttr.SIG_ALGORITHM, KekAttr.SIG_KEY_LENGTH, KekAttr.KEK_ACK_REQUESTED):
             raise MappingError(f"{where}: attribute {t} not supported")
     return KekParams(
-        sak.spi, _network(sak.src, f"{where} SRC ID"), sak.src.port, _network(sak.dst, f"{where} DST ID"), sak.dst.port,
+        sak.spi, _network_of(sak.src, f"{where} SRC ID"), sak.src.port, _network_of(sak.dst, f"{where} DST ID"), sak.dst.port,
         cipher, sig, _lifetime(attrs, None, KekAttr.KEK_KEY_LIFETIME, where),
     )
 

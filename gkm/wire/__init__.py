@@ -61,6 +61,7 @@ from .gdoi import (
     SaTekOther,
     Sequence,
     decode_lkh_array,
+    encode_lkh_array,
 )
 from .header import Header, decode_header, encode_header
 from .ikev1 import (

@@ -591,17 +591,32 @@ class LkhArray:
     version: int = 1
 
     def encode(self) -> bytes:
-        where = "LKH array"
-        parts = [_pack(where, _BHB, self.version, len(self.keys), 0)]
-        if self.update is not None:
-            parts.append(_pack(where, _HH, self.update[0], 0) + _pack(where, _I, self.update[1]))
-        sizes = {len(k.key_data) for k in self.keys}
-        if len(sizes) > 1:
-            raise WireError(where, -1, "keys of different sizes cannot be split again (no length on the wire)")
-        for k in self.keys:
-            parts.append(_pack(where, _LKH_KEY, k.lkh_id, k.key_type, 0, k.created, k.expires, k.handle))
-            parts.append(bytes(k.key_data))
-        return b"".join(parts)
+        return encode_lkh_array(
+            [(k.lkh_id, k.key_type, k.created, k.expires, k.handle, k.key_data) for k in self.keys],
+            self.update, self.version)
+
+
+def encode_lkh_array(keys, update: tuple[int, int] | None = None, version: int = 1) -> bytes:
+    """The field value of an :class:`LkhArray` from plain tuples ``(lkh_id, key_type, created,
+    expires, handle, key_data)``: the key server's hot path (an eviction of 1,000 members out of
+    10^6 encodes ~20,000 keys) without a dataclass per key.  Same checks as the dataclass."""
+    where = "LKH array"
+    parts = [_pack(where, _BHB, version, len(keys), 0)]
+    if update is not None:
+        parts.append(_pack(where, _HH, update[0], 0) + _pack(where, _I, update[1]))
+    size = None
+    pack = _LKH_KEY.pack
+    try:
+        for lkh_id, key_type, created, expires, handle, data in keys:
+            if size is None:
+                size = len(data)
+            elif len(data) != size:
+                raise WireError(where, -1, "keys of different sizes cannot be split again (no length on the wire)")
+            parts.append(pack(lkh_id, key_type, 0, created, expires, handle))
+            parts.append(bytes(data))
+    except struct.error as e:
+        raise WireError(where, -1, str(e)) from None
+    return b"".join(parts)
 
 
 def decode_lkh_array(value: bytes, update: bool, key_data_length: int | None = None) -> LkhArray:

@@ -235,3 +235,36 @@ def test_tshark_reads_a_part(batch, tmp_path):
     ((fields, problems),) = dissect(tmp_path, [clear], 848)
     assert problems == []
     _compare(fields, expected_fields(wire.decode_message(clear), clear))
+
+
+@pytest.mark.parametrize("sig,addr,source", [
+    ("ecdsa-p256", "239.192.0.1", None),
+    ("ecdsa-p521", "ff3e::1:2", ("2001:db8::1", 848)),
+    ("rsa-pkcs1-sha512", "ff3e::1:2", ("2001:db8::1", 848)),
+])
+def test_fixed_push_bound_covers_every_part_overhead(tmp_path, sig, addr, source):
+    """lkh_update_parts skips measuring the exact budget when an update fits with
+    FIXED_PUSH_BOUND to spare: the bound must exceed what lkh_part_budget measures (IPv6 IDs,
+    the largest signatures) besides the public key and the signature."""
+    import ipaddress
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from gkm.gdoi.push import FIXED_PUSH_BOUND, lkh_part_budget, signature_length
+    from policy.suites import SIGNATURE_SUITES
+    from tests.unit.test_gdoi_support import group_policy
+
+    suite = SIGNATURE_SUITES[sig]
+    key = (rsa.generate_private_key(65537, 4096) if suite.key_type == "rsa"
+           else ec.generate_private_key({"secp256r1": ec.SECP256R1, "secp521r1": ec.SECP521R1}[suite.curve]()))
+    pub = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    g = group_policy(tmp_path)
+    g = dataclasses.replace(g, kek=dataclasses.replace(g.kek, signature=suite,
+                                                       rekey_address=ipaddress.ip_address(addr)))
+    old = KekKeys(os.urandom(16), "aes-cbc-256", os.urandom(48), WALL + 60, pub)
+    new = KekKeys(os.urandom(16), "aes-cbc-256", os.urandom(48), WALL + 0xFFFFFFF, pub)
+    budget = lkh_part_budget(g, kek=old, new_kek=new, signing_key=key, now=WALL, rekey_source=source)
+    fixed = g.kek.max_push_size - budget - len(pub) - signature_length(suite, key.public_key())
+    assert 0 < fixed <= FIXED_PUSH_BOUND
