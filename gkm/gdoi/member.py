@@ -579,10 +579,12 @@ class MemberEngine:
         self.state_error = None
 
     def state_save_failed(self, action: MemberAction, reason: str, now: float) -> None:
-        """The keys work on; a restart before the next successful save registers again."""
+        """The keys work on; the older saved state is deleted (resumed, it would retire the
+        SAs it does not know), so a restart before the next successful save registers."""
         self._answer_save(action)
         self.state_error = f"cannot save the group state: {reason}"
         self._events.append(StateSaveFailed(self.group_id, reason))
+        self._actions.append(ForgetState())
 
     def _answer_save(self, action: MemberAction) -> None:
         if not isinstance(action, SaveState) or self._save_pending.get(action.ref) != action:

@@ -238,6 +238,8 @@ def test_a_failed_save_is_reported_and_the_keys_work_on():
     with pytest.raises(RefusedInput):
         w.e.state_saved(save, w.now)
     w.drain()
+    assert w.take(ForgetState)  # an older saved state would mislead a restart
+    assert w.kernel_spis() == {0x100} and w.e.state is MemberState.REGISTERED
     assert w.e.state_error == "cannot save the group state: ENOSPC"
     assert any(isinstance(e, StateSaveFailed) for e in w.events)
 
