@@ -381,7 +381,7 @@ class MemberSession:
                 log.warning("group %s: saved member state discarded (%s): registering afresh",
                             label, ev.reason)
             case ResyncScheduled():
-                log.warning("group %s: missed a rekey (%s): registering again in %.1f s",
+                log.warning("group %s: %s: registering again in %.1f s (random delay)",
                             label, ev.reason, ev.in_s)
             case SaActionFailed() | PushListenFailed() | StateSaveFailed():
                 log.debug("group %s: %s", label, ev)  # logged where the shell failed
