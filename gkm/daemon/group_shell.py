@@ -9,9 +9,10 @@ gives the controller the store's state again (``resync``) before its next input,
 a registration brought keys the controller does not know (the first keys start the group's
 rotation timeline).
 
-At start (``announce``) every group with keys sends them again under a fresh SEQ: a PUSH is
-committed before it is sent, so a key server killed between the two lost it; this way members
-converge at once, without registering again, and no SEQ is ever used twice.
+After a run that did not stop cleanly (``announce``, called by the key server role at start)
+every group with keys sends them again under a fresh SEQ: a PUSH is committed before it is
+sent, so a key server killed between the two lost it; this way members converge at once,
+without registering again, and no SEQ is ever used twice.
 """
 
 from __future__ import annotations
