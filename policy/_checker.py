@@ -352,19 +352,26 @@ class Checker:
 
     def daemon(self, raw: Any, path: str) -> m.DaemonSettings | None:
         n0 = len(self.problems)
-        tbl = self.table(raw, path, {"state_dir", "control_socket", "state_anchor"})
+        tbl = self.table(raw, path, {"state_dir", "control_socket", "state_anchor",
+                                          "keylog_file"})
         if tbl is None:
             return None
         d = m.DaemonSettings()
         state = self.value(tbl, path, "state_dir", str, None)
         sock = self.value(tbl, path, "control_socket", str, None)
         anchor = self.value(tbl, path, "state_anchor", str, None)
-        if BAD in (state, sock, anchor):
+        keylog = self.value(tbl, path, "keylog_file", str, None)
+        if BAD in (state, sock, anchor, keylog):
+            return None
+        if keylog and not self.path(keylog).parent.is_dir():
+            self.problem(_join(path, "keylog_file"),
+                         f"directory {self.path(keylog).parent} does not exist")
             return None
         return m.DaemonSettings(
             state_dir=self.path(state) if state else d.state_dir,
             control_socket=self.path(sock) if sock else d.control_socket,
             state_anchor=self.path(anchor) if anchor else None,
+            keylog_file=self.path(keylog) if keylog else None,
         )
 
     def matchers(self, raw: Any, path: str) -> m.Authorization | None:

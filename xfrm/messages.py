@@ -522,9 +522,11 @@ def decode_policy(info: bytes | memoryview, info_off: int, attrs: dict[int, byte
     v = USERPOLICY_INFO.unpack_from(info, info_off)
     sel, lft = v[:12], v[12:20]
     priority, index, direction, action = v[24:28]
+    if direction >= POLICY_DIR_SOCKET:
+        raise ValueError(f"direction {direction} is a per-socket policy, not an SPD entry")
     mark, if_id = _mark_ifid(attrs)
     tmpls = decode_templates(attrs[XFRMA_TMPL]) if XFRMA_TMPL in attrs else ()
-    return Policy(_policy_selector(sel), Direction(direction & 3), Action(action), priority,
+    return Policy(_policy_selector(sel), Direction(direction), Action(action), priority,
                   tmpls, mark, if_id, Lifetime.from_wire(lft), index)
 
 
@@ -551,6 +553,18 @@ def decode_newsa(data, off: int, n: int) -> State:
     with decoding("XFRM_MSG_NEWSA", off):
         return decode_state(data, start, attrs_dict(data, start + USERSA_INFO.size, off + n,
                                                     "XFRM_MSG_NEWSA"))
+
+
+#: ``dir`` of a per-socket policy (XFRM_POLICY_MAX + direction): the kernel's policy dump also
+#: lists the policies set on sockets with IP_XFRM_POLICY (strongSwan's charon sets bypass
+#: policies on its IKE sockets this way); they are not SPD entries and never msec's
+POLICY_DIR_SOCKET = 3
+
+
+def is_socket_policy(data, off: int, n: int) -> bool:
+    """Whether the XFRM_MSG_NEWPOLICY at ``off`` is a per-socket policy (see above)."""
+    return n >= 16 + USERPOLICY_INFO.size and \
+        data[off + 16 + USERPOLICY_INFO.size - 8] >= POLICY_DIR_SOCKET
 
 
 def decode_newpolicy(data, off: int, n: int) -> Policy:

@@ -195,9 +195,12 @@ class XfrmSocket(SingleOperations):
         return out
 
     def dump_policies(self, owned: bool = False) -> list[Policy]:
-        """Every policy (``index`` filled in); ``owned`` keeps only msec's."""
+        """Every SPD policy (``index`` filled in; per-socket policies are left out); ``owned``
+        keeps only msec's."""
         out = []
         for data, off, n in self._dump(m.XFRM_MSG_GETPOLICY, b""):
+            if m.is_socket_policy(data, off, n):
+                continue  # on a socket (e.g. charon's IKE bypass), not in the SPD
             try:
                 p = m.decode_newpolicy(data, off, n)
             except XfrmError as exc:

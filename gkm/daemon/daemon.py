@@ -28,6 +28,7 @@ from policy.config import ConfigError, advisories, diff, load_config
 
 from .control import ControlServer
 from .engines import EngineFactory, EngineUnavailable, StartupError
+from .keylog import KeyLog
 from .keyserver import KeyServerRole
 from .member import ExpireWatch, MemberSession, RekeySockets
 from .member_store import MemberStateFiles
@@ -79,6 +80,8 @@ class Daemon:
         self.expiry_watch: ExpireWatch | None = None
         self._reg_locks: dict[tuple, asyncio.Lock] = {}
         self._reload_lock: asyncio.Lock | None = None
+        #: the opt-in Wireshark key log (``daemon.keylog_file``), None when off
+        self.keylog: KeyLog | None = None
 
     # -- life cycle
     async def start(self) -> None:
@@ -90,6 +93,8 @@ class Daemon:
         for a in advisories(self.config):
             log.warning("config: %s", a)
         try:
+            if self.config.daemon.keylog_file is not None:
+                self.keylog = KeyLog(self.config.daemon.keylog_file)
             if self.config.member is not None and self.config.member.groups:
                 self.installer = self.factory.installer()
                 self._adopt()
@@ -199,6 +204,9 @@ class Daemon:
             except Exception:
                 pass
             self.installer = None
+        if self.keylog is not None:
+            self.keylog.close()
+            self.keylog = None
 
     def _forget_member_state(self, group_id: int) -> None:
         """A member group gone from the configuration: its saved state goes with its SAs."""

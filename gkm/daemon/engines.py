@@ -186,14 +186,16 @@ class GdoiFactory:
         return True
 
     def member(self, group, key_server: tuple[str, int], now: float, *,
-               wall_time_offset: float = 0.0):
+               wall_time_offset: float = 0.0, report_phase1: bool = False):
         """``now`` on the member engine's (monotonic) clock; ``wall_time_offset`` turns it into
-        Unix time for certificate validity."""
+        Unix time for certificate validity; ``report_phase1``: the engine passes the phase 1 SA
+        on as an event (for the key log)."""
         gdoi = self._gdoi()
         phase1 = gdoi.phase1_config(group, key_server=key_server,
                                     wall_time_offset=wall_time_offset)
         engine = gdoi.MemberRegistration(phase1, group.group_id, key_server,
-                                         authorize_key_server=group.accepts_key_server)
+                                         authorize_key_server=group.accepts_key_server,
+                                         report_phase1=report_phase1)
         engine.start(now)
         return engine
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gkm.events import Event
 from gkm.gdoi.pull import member_key
 from gkm.gdoi.events import MemberRefused, MemberRegistered
-from gkm.ike.events import Phase1Failed
+from gkm.ike.events import Phase1Established, Phase1Failed
 from policy import model as pm
 from policy.revocation import RevocationList, load_crls
 
@@ -289,6 +289,10 @@ class KeyServerRole:
                 self.refusals += 1
                 log.warning("group %s: member %s (%s) refused: %s", self._label(ev.group_id),
                             ev.identity or "?", fmt_addr(ev.addr), ev.reason)
+            case Phase1Established():
+                if self.daemon.keylog is not None:
+                    self.daemon.keylog.phase1(ev.sa)
+                log.debug("key server: %s", ev)
             case Phase1Failed():
                 self.phase1_failures += 1
                 log.warning("key server: phase 1 with %s failed: %s", fmt_addr(ev.peer_addr),

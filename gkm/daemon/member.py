@@ -36,8 +36,9 @@ from gkm.events import MemberEvent
 from gkm.gdoi.member import (
     ActivateOutbound, CloseRegistration, GroupRekeyed, InstallSas, Joined, LeftGroup,
     ForgetState, ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
-    PushListenFailed, RegistrationAttemptFailed, RemoveSas, ResyncScheduled, SaActionFailed,
-    SasRemoved, SaveState, StateDiscarded, StateRestored, StateSaveFailed, StopListening, Timing,
+    Phase1Up, PushListenFailed, RegistrationAttemptFailed, RemoveSas, ResyncScheduled,
+    SaActionFailed, SasRemoved, SaveState, StateDiscarded, StateRestored, StateSaveFailed,
+    StopListening, Timing,
 )
 from gkm.gdoi.push import PushRejected
 from policy import model as pm
@@ -233,7 +234,8 @@ class MemberSession:
 
     def _new_registration(self, group: pm.MemberGroup, addr, now: float):
         return self.daemon.factory.member(group, addr, now,
-                                          wall_time_offset=self.daemon.clock() - time.monotonic())
+                                          wall_time_offset=self.daemon.clock() - time.monotonic(),
+                                          report_phase1=self.daemon.keylog is not None)
 
     # -- outputs
     def _pump(self) -> None:
@@ -328,6 +330,9 @@ class MemberSession:
                     result = inst.install(self.group_id, act.teks, switch=act.switch) \
                         if inst is not None else "installed"
                     spis = _spis(t.spi for t in act.teks)
+                    if self.daemon.keylog is not None:
+                        for t in act.teks:
+                            self.daemon.keylog.group_sa(t)
                     if result == "unchanged":
                         log.info("group %s: SAs unchanged (SPI %s)%s", self.label, spis, where)
                     else:
@@ -357,6 +362,9 @@ class MemberSession:
     def _log(self, ev: MemberEvent) -> None:
         label = self.label
         match ev:
+            case Phase1Up():
+                if self.daemon.keylog is not None:
+                    self.daemon.keylog.phase1(ev.sa)
             case Joined():
                 log.info("group %s: registered with key server %s: %d TEK(s) (SPI %s)",
                          label, ev.key_server, len(ev.spis), _spis(ev.spis))

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gkm.events import MemberEvent
+from gkm.ike.events import Phase1Established, Phase1SA
 from policy.model import MemberGroup, TrafficSelector
 
 from .events import Registered, RegistrationFailed
@@ -68,8 +69,9 @@ __all__ = [
     "MemberEngine", "MemberState", "RefusedInput", "HeldTek",
     "MemberAction", "OpenRegistration", "CloseRegistration", "ListenForPush", "StopListening",
     "InstallSas", "ActivateOutbound", "RemoveSas", "SaveState", "ForgetState",
-    "Joined", "StateRestored", "StateDiscarded", "StateSaveFailed", "ResyncScheduled", "RegistrationAttemptFailed", "GroupRekeyed", "OutboundSwitched", "SasRemoved",
-    "SaActionFailed", "PushListenFailed", "LeftGroup",
+    "Joined", "StateRestored", "StateDiscarded", "StateSaveFailed", "ResyncScheduled",
+    "RegistrationAttemptFailed", "GroupRekeyed", "OutboundSwitched", "SasRemoved",
+    "SaActionFailed", "PushListenFailed", "LeftGroup", "Phase1Up",
 ]
 
 
@@ -169,6 +171,15 @@ class ForgetState(MemberAction):
 
 
 # ------------------------------------------------------------------------------- events
+
+@dataclass(frozen=True, slots=True)
+class Phase1Up(MemberEvent):
+    """The phase 1 SA of a registration attempt is up (the daemon's key log records its keys;
+    ``sa``'s repr shows none)."""
+
+    group_id: int
+    sa: Phase1SA
+
 
 @dataclass(frozen=True, slots=True)
 class Joined(MemberEvent):
@@ -730,6 +741,8 @@ class MemberEngine:
         reg = self.registration
         while reg is not None and (ev := reg.next_event()) is not None:
             match ev:
+                case Phase1Established():
+                    self._events.append(Phase1Up(self.group_id, ev.sa))
                 case Registered():
                     self._registered(ev, now)
                     return

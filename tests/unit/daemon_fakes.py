@@ -168,7 +168,7 @@ class FakeFactory:
         self.keyservers.append(ks)
         return ks
 
-    def member(self, group, key_server, now, wall_time_offset=0.0):
+    def member(self, group, key_server, now, wall_time_offset=0.0, report_phase1=False):
         m = FakeMember(group, key_server, now, **self.member_kwargs)
         self.members.append(m)
         return m

@@ -780,3 +780,24 @@ def test_a_sending_tek_that_expires_before_its_successors_activation_hands_over_
     w.advance(t0 + 30)
     assert not w.take(ActivateOutbound)  # nothing left to do at the old activation time
     assert w.e.state is MemberState.REGISTERED
+
+
+def test_phase1_established_is_passed_on_as_phase1_up_before_joined():
+    """A registration engine asked to report its phase 1 SA (the daemon's key log) does so
+    first; the member engine passes it on as Phase1Up and carries on as before."""
+    from gkm.gdoi.member import Phase1Up
+    from gkm.ike import Phase1Established
+
+    sa = object()  # the engine only passes the SA on
+    w = World(outcome=registered(tek(0x100), kek=Kek()))
+    made = w.e._new_registration
+
+    def reporting(group, addr, now):
+        reg = made(group, addr, now)
+        reg.events.append(Phase1Established(sa))
+        return reg
+
+    w.e._new_registration = reporting
+    w.register()
+    assert [type(e) for e in w.events] == [Phase1Up, Joined]
+    assert w.events[0] == Phase1Up(GID, sa) and w.e.state is MemberState.REGISTERED

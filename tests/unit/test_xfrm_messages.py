@@ -241,3 +241,17 @@ def test_templates_cache_is_by_identity_and_checks_each_tuple():
     assert _templates((t_equal,), MSEC).attr == _templates((t,), MSEC).attr
     assert not _templates((foreign,), MSEC).owned and _templates((t, foreign), MSEC).owned
     assert m.templates_attr((t,)) != m.templates_attr((foreign,))
+
+
+@pytest.mark.parametrize("raw_dir", [3, 4, 5])
+def test_per_socket_policy_is_recognised_and_not_misread(raw_dir):
+    """The kernel's policy dump also lists per-socket policies (dir XFRM_POLICY_MAX + d, as
+    charon sets on its IKE sockets); dir 4 (socket out) once decoded as an IN policy."""
+    p = group_policy(direction=Direction.OUT)
+    (msg,) = Batch().add_policy(p).encode()
+    assert not m.is_socket_policy(msg, 0, len(msg))
+    raw = bytearray(msg)
+    raw[16 + m.USERPOLICY_INFO.size - 8] = raw_dir
+    assert m.is_socket_policy(raw, 0, len(raw))
+    with pytest.raises(m.DecodeError, match="per-socket policy"):
+        m.decode_newpolicy(raw, 0, len(raw))
