@@ -56,6 +56,8 @@ __all__ = ["MemberSession", "RekeySockets", "ExpireWatch"]
 
 
 _UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED})
+# linux/in.h, linux/in6.h (not in Python's socket module)
+_IP_RECVERR, _IPV6_RECVERR = 11, 25
 
 
 def _spis(spis) -> str:
@@ -71,8 +73,9 @@ class _RegistrationEndpoint(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("group %s: registration socket: %s", self.session.label, exc)
-        # the socket is connected to the key server, so ICMP errors reach it: no key server
-        # there (port unreachable) or no route/host: fail over now
+        self.session._drain_errors()
+        # IP_RECVERR: ICMP errors about what we sent reach this socket; it only ever sends to
+        # its key server: none there (port unreachable) or no route/host: fail over now
         if isinstance(exc, ConnectionRefusedError) or (
                 isinstance(exc, OSError) and exc.errno in _UNREACHABLE):
             self.session._on_registration_unreachable(exc)
@@ -91,6 +94,7 @@ class MemberSession:
                                    new_push_receiver=daemon.factory.push_receiver,
                                    random=random.random, timing=timing, adopted=adopted)
         self._reg_transport: asyncio.DatagramTransport | None = None
+        self._reg_sock: socket.socket | None = None  # the transport's, for its error queue
         self._reg_task: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -423,15 +427,20 @@ class MemberSession:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
                                     self.group.interface.encode())
                 sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
-                # connected: the kernel hands us ICMP unreachable errors (fast failover) and
-                # drops datagrams from anyone but this key server
-                sock.connect(sockaddr)
+                # ICMP errors (port or host unreachable) reported on this unconnected socket:
+                # fast failover.  Not connect(): a key server listening on a wildcard address
+                # may answer from another of its addresses.
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
                 transport, _ = await self.daemon.loop.create_datagram_endpoint(
                     lambda: _RegistrationEndpoint(self), sock=sock)
             except BaseException:
                 sock.close()
                 raise
             self._reg_transport = transport
+            self._reg_sock = sock
         except asyncio.CancelledError:
             self._release()
             raise
@@ -448,6 +457,18 @@ class MemberSession:
             log.error("group %s: %s", self.label, err)
         self._pump()
 
+    def _drain_errors(self) -> None:
+        """Read the socket's error queue (IP_RECVERR queues each ICMP error there; a queue
+        left full keeps the socket reporting an error, and the loop would spin on it)."""
+        sock = self._reg_sock
+        if sock is None or sock.fileno() < 0:
+            return
+        for _ in range(64):
+            try:
+                sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except OSError:  # EAGAIN: empty
+                return
+
     def _close_registration(self) -> None:
         task, self._reg_task = self._reg_task, None
         if task is not None and not task.done() and task is not asyncio.current_task():
@@ -455,6 +476,7 @@ class MemberSession:
         if self._reg_transport is not None:
             self._reg_transport.close()
             self._reg_transport = None
+        self._reg_sock = None
         self._release()
 
     def _release(self) -> None:

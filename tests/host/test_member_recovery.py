@@ -91,7 +91,7 @@ def test_member_killed_resumes_from_its_saved_state_and_takes_the_next_rekey(tmp
 
 def test_member_fails_over_to_the_second_key_server_when_the_first_is_down(tmp_path, netns):
     """Nothing listens at the first address: the ICMP port unreachable reaches the member's
-    (connected) registration socket and it moves to the second one at once, not after the
+    registration socket (IP_RECVERR) and it moves to the second one at once, not after the
     exchange timeout (30 s)."""
     port, dead = free_udp_port(), free_udp_port()
     ks = Msecd(write_config(tmp_path, ks_port=port, name="ks.toml"), host=netns)
