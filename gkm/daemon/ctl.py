@@ -187,6 +187,11 @@ def _group(r: dict[str, Any]) -> str:
                 out.append(f"  registered with {g.get('key_server')} at "
                            f"{_when(g.get('registered_at'))}"
                            f" ({g.get('registrations')} registration(s))")
+            if g.get("restored"):
+                out.append(f"  resumed from the saved member state (key server "
+                           f"{g.get('key_server')}; no registration since the start)")
+            if g.get("state_error"):
+                out.append(f"  {g['state_error']}")
             if g.get("adopted"):
                 out.append("  adopted SAs left by an earlier msecd")
             if g.get("last_seq") is not None:

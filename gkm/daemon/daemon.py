@@ -32,6 +32,7 @@ from .engines import EngineFactory, EngineUnavailable, StartupError
 from .keylog import KeyLog
 from .keyserver import KeyServerRole
 from .member import ExpireWatch, MemberSession, RekeySockets
+from .member_store import MemberStateFiles
 
 log = logging.getLogger("msecd")
 
@@ -157,6 +158,7 @@ class Daemon:
             else:
                 log.info("group %s: not configured any more: removing its SAs", gid)
                 self._remove_sas(gid)
+                self._forget_member_state(gid)
         self._adopted = {g: adopted[g] for g in groups & configured}
 
     def _watch_expiries(self) -> None:
@@ -218,6 +220,14 @@ class Daemon:
         if self.keylog is not None:
             self.keylog.close()
             self.keylog = None
+
+    def _forget_member_state(self, group_id: int) -> None:
+        """A member group gone from the configuration: its saved state goes with its SAs."""
+        try:
+            MemberStateFiles(self.config.daemon.state_dir).forget(group_id)
+        except OSError as e:
+            log.error("group %s: cannot delete its saved member state: %s", group_id,
+                      e.strerror or e)
 
     # -- SAs
     def _remove_sas(self, group_id: int) -> None:
@@ -318,6 +328,7 @@ class Daemon:
             if s is not None:
                 s.stop()
             self._remove_sas(gid)
+            self._forget_member_state(gid)
             changes.append(f"member group {gid} removed")
         for gid in d.member_added:
             self._add_session(new_groups[gid])

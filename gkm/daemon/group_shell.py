@@ -8,6 +8,11 @@ join the LKH tree and make a group's first keys.  The shell notes it (``register
 gives the controller the store's state again (``resync``) before its next input, at once when
 a registration brought keys the controller does not know (the first keys start the group's
 rotation timeline).
+
+After a run that did not stop cleanly (``announce``, called by the key server role at start)
+every group with keys sends them again under a fresh SEQ: a PUSH is committed before it is
+sent, so a key server killed between the two lost it; this way members converge at once,
+without registering again, and no SEQ is ever used twice.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from gkm.events import Event
-from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupRekeyed, KeysPurged,
-                       KeysRotated, MembersEvicted)
+from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupRekeyed,
+                       KeysAnnounced, KeysPurged, KeysRotated, MembersEvicted)
 from gkm.group.storage import apply, load_state
 from gkm.store import StoreError
 from policy import model as pm
@@ -93,6 +98,19 @@ class GroupShell:
                                f"{', '.join(map(str, result.seqs))}, new TEK SPI "
                                f"{_spis(result.tek_spis)}")
         return changes
+
+    def announce(self) -> None:
+        """Every group's current keys again, fresh SEQ (see the module docstring)."""
+        for gid in list(self.controllers):
+            g = self.role.settings.group(gid)
+            if g is None or self.controllers[gid].state is not ControllerState.READY:
+                continue
+            try:
+                self.call(g, lambda ctl, now: ctl.announce(now))
+            except ControllerRefused as e:
+                log.debug("group %s: nothing to announce: %s", g.label, e)
+            except (RekeyError, StoreError) as e:
+                log.warning("group %s: cannot send the current keys again: %s", g.label, e)
 
     def close(self) -> None:
         for gid in list(self.controllers):
@@ -244,6 +262,9 @@ class GroupShell:
             case EvictionScheduled():
                 log.warning("group %s: %s on the deny list; evicted by the batch rekey at %s",
                             g.label, ", ".join(ev.identities), fmt_time_utc(ev.at))
+            case KeysAnnounced():
+                log.info("group %s: current keys sent again after the start: SEQ %d, TEK SPI "
+                         "%s; GROUPKEY-PUSH sent to %s", g.label, ev.seq, _spis(ev.tek_spis), to)
             case KeysPurged():
                 what = ([f"TEK SPI {_spis(ev.tek_spis)}"] if ev.tek_spis else []) + \
                     [f"KEK {k.hex()}" for k in ev.kek_spis]

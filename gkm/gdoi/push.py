@@ -195,13 +195,16 @@ class PushRejected(MemberEvent):
     """Member: a datagram was dropped (logged); the receiver's state is unchanged.
     ``duplicate``: the very datagram last accepted, again (the key server sends each PUSH to
     the rekey address and, unicast, to the member: the second copy is expected, logged at
-    debug level only)."""
+    debug level only).  ``resync``: an authentic PUSH (its signature verified) this member
+    cannot apply, e.g. an LKH update out of sequence: it missed a rekey and must register
+    again (an unauthenticated datagram never sets it)."""
 
     group_id: int
     reason: str
     duplicate: bool = False
     #: one of :data:`PUSH_REJECT_CAUSES` (a metric label; ``reason`` says it in words)
     cause: str = "content"
+    resync: bool = False
 
 
 #: why a member dropped a GROUPKEY-PUSH, in few words, in the order of the checks:
@@ -213,9 +216,10 @@ PUSH_REJECT_CAUSES = ("not_member", "malformed", "wrong_kek", "wrong_source", "r
 
 
 class _Reject(Exception):
-    def __init__(self, reason: str, cause: str = "content") -> None:
+    def __init__(self, reason: str, cause: str = "content", *, resync: bool = False) -> None:
         super().__init__(reason)
         self.cause = cause
+        self.resync = resync
 
 
 # ------------------------------------------------------------------------------------ crypto
@@ -536,7 +540,7 @@ class PushReceiver:
         try:
             events = self._receive(data, addr)
         except _Reject as e:
-            self._reject(str(e), addr, e.cause)
+            self._reject(str(e), addr, e.cause, resync=e.resync)
         except Exception as e:  # noqa: BLE001 - no exception escapes an input
             self._reject(f"internal error: {type(e).__name__}: {e}", addr, "internal")
         else:
@@ -544,10 +548,10 @@ class PushReceiver:
             self._last_digest = digest
             self._events.extend(events)
 
-    def _reject(self, reason: str, addr: Any, cause: str) -> None:
+    def _reject(self, reason: str, addr: Any, cause: str, *, resync: bool = False) -> None:
         self.stats["rejected"] += 1
         log.warning("gdoi member group %s: GROUPKEY-PUSH from %r dropped: %s", self.group_id, addr, reason)
-        self._events.append(PushRejected(self.group_id, reason, cause=cause))
+        self._events.append(PushRejected(self.group_id, reason, cause=cause, resync=resync))
 
     # -- the checks, in RFC 6407 section 4.4 order; state is assigned only at the end
 
@@ -726,7 +730,7 @@ class PushReceiver:
             if keymat is not None:
                 raise _Reject("LKH update and a clear KEK_ALGORITHM_KEY (readable by evicted members)")
             if self.lkh_view is None:
-                raise _Reject("LKH update but this member holds no LKH keys")
+                raise _Reject("LKH update but this member holds no LKH keys", resync=True)
             key_len = len(self.lkh_view.path[0][1])
             arrays = []
             part = None
@@ -759,7 +763,7 @@ class PushReceiver:
                 except LkhEvicted:
                     return (), None, None, True, None
                 except LkhError as e:
-                    raise _Reject(f"LKH update part {index}/{count}: {e}") from None
+                    raise _Reject(f"LKH update part {index}/{count}: {e}", resync=True) from None
                 if partial is not None:
                     return (), None, None, False, (bytes(kparams.spi), partial)
             else:
@@ -768,7 +772,7 @@ class PushReceiver:
                 except LkhEvicted:
                     return (), None, None, True, None
                 except LkhError as e:
-                    raise _Reject(f"LKH update: {e}") from None
+                    raise _Reject(f"LKH update: {e}", resync=True) from None
             if view.group_key[0].handle == self.lkh_view.group_key[0].handle:
                 raise _Reject("LKH update does not renew the group key")
             keymat = lkh_kek_keymat(view.group_key[1], kparams.spi, kparams.cipher)
@@ -790,12 +794,12 @@ class PushReceiver:
             return None
         if held is None:
             raise _Reject(f"LKH update part {index}/{count} at SEQ {seq} without parts 1..{index - 1} "
-                          "(lost or reordered: re-register)")
+                          "(lost or reordered: re-register)", resync=True)
         h_spi, h_seq, partial = held
         if not hmac.compare_digest(h_spi, bytes(spi)) or partial.count != count \
                 or index != partial.applied + 1 or seq != h_seq + 1:
             raise _Reject(f"LKH update part {index}/{count} at SEQ {seq} out of order: expected part "
-                          f"{partial.applied + 1}/{partial.count} at SEQ {h_seq + 1}")
+                          f"{partial.applied + 1}/{partial.count} at SEQ {h_seq + 1}", resync=True)
         return partial
 
 

@@ -82,6 +82,10 @@ class FakeController:
         self._events.append(GroupRekeyed(self.group_id, "operator", (f.seq,), (spi,)))
         return RekeyResult((f.seq,), (spi,))
 
+    def announce(self, now):  # at the key server's start: no member registered yet
+        raise ControllerRefused(f"group {self.group_id} has no keys yet: no member has "
+                                "registered")
+
     def handle_timer(self, now):
         pass
 
