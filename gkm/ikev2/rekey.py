@@ -1,0 +1,545 @@
+"""The GSA_REKEY pseudo-exchange (RFC 9838 §2.4, §2.5): ``HDR, SK{GSA, KD, [D,] [AUTH]}``, sans-I/O.
+
+Key server: :class:`RekeySender` builds the datagrams (the shell multicasts them; retransmitting
+means sending the same bytes again, §2.4.3 "bitwise identical").  Member: :class:`RekeyReceiver`
+takes datagrams and returns typed events; a refused datagram changes nothing and the event names
+the reason.
+
+Header: the Rekey SA's 16-byte SPI is SPIi | SPIr; Message ID starts at GSA_INITIAL_MESSAGE_ID
+(0 if absent, and always 0 on a Rekey SA a GSA_REKEY installed, §2.4.3) and grows by one per
+message; flags 0 (one-way, neither a response nor the IKE SA's initiator); no window (§2.4).
+SK: GSK_e/GSK_a of the current Rekey SA.  Keys in KD are wrapped with the current Rekey SA's key
+wrap algorithm, under GSK_w (KWK ID 0) or an LKH key (:mod:`.gsa_keys`).
+
+Member checks, in order (each refusal leaves the state as it was): header (exchange, SPI of
+the current Rekey SA, R flag clear), Message ID at least the expected one (replay, checked
+before any cryptography, as it is covered by the ICV anyway), SK integrity, payload set,
+AUTH (digital signature: present and valid; implicit: absent), then GSA and KD as a whole
+(every policy has exactly its key bag, every key unwraps), and only then the new state.
+
+Decisions the RFC leaves open or words loosely:
+
+* Member Key Bags in GSA_REKEY: §4.4.2 says "MUST NOT be sent", but the attribute table (§6)
+  allows WRAP_KEY and AUTH_KEY there and Appendix A's LKH exclusion sends WRAP_KEYs in one.
+  We follow the table: at most one member key bag with WRAP_KEYs and at most one AUTH_KEY (only
+  under digital signature); GM_SENDER_ID is refused.
+* GCAUTH must not appear (§4.3.1.1.1); GWP_SENDER_ID_BITS must not (§6).  A GSA policy for the
+  Rekey SA must carry GSA_KEY_LIFETIME and ENCR, INTEG (unless AEAD) and KWA.
+* A new Rekey SA replaces the current one when the message is applied; later copies of that
+  message on the old SPI are refused as "not the current Rekey SA" (they were applied).  DTD
+  only delays the deletion of Data-Security SAs, which is the SA installer's business (the
+  event carries ATD/DTD).
+* Forward access control (§3.3.1): :meth:`RekeySender.build` refuses TEKs in a message that
+  carries LKH WRAP_KEYs (the excluded members can read that message); send the eviction, then
+  the TEKs over the new Rekey SA.
+* Delete (§2.5): ESP with SPIs deletes those TEKs, ESP with SPI 0 all TEKs; GIKE_UPDATE with
+  SPI 0 or protocol 0 means this member is out of the group (:class:`RekeyExcluded`, re-register);
+  GIKE_UPDATE with the current SPI deletes the Rekey SA (no more rekeys: the member re-registers
+  before its TEKs expire).  Exclusion also follows from an SA_KEY no key of the member opens.
+* GSA_NEXT_SPI: a datagram for an unknown Rekey SA whose SPI the current policy announced means
+  a rekey was lost: :class:`RekeyMissed` (the member should re-register, §4.3.1.2.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gkm.gdoi.keys import GroupTek
+from gkm.wire.attributes import Attribute
+
+from . import gsa_keys
+from .constants import (
+    HEADER_LENGTH, Encr, ExchangeType, GcAuth, GroupKeyBagAttr, GsaAttr, GwAttr, Integ, MemberKeyBagAttr, PayloadType,
+    ProtocolId, TransformAttr, TransformType,
+)
+from .errors import WireError
+from .events import Ikev2Event
+from .gsa import GroupKeyBag, GroupSa, GsaPolicy, GwPolicy, KeyDownload, MemberKeyBag
+from .keys import AEAD as AEAD_ENCR
+from .keys import INTEG
+from .gsa_keys import Excluded, KeyWrapError, RekeySaKeys, WorkingKeyPath, WrappedKey
+from .message import Header, decode_header, encode_payloads
+from .payloads import Authentication, Delete, Notify, Transform, TrafficSelector
+from .rekey_auth import RekeyAuthError, SignatureAlgorithm, sign_chain, verify_chain
+from .sk import SkCipher, protect, unprotect_chain
+from .tek_policy import TekPolicyError, group_tek, tek_policy
+
+_ZERO16 = bytes(16)
+
+
+# --------------------------------------------------------------------------------------------
+# The Rekey SA (the KEK)
+
+
+@dataclass(frozen=True, slots=True)
+class RekeySa:
+    """One Rekey SA as both sides hold it: the G-IKEv2 counterpart of :class:`~gkm.gdoi.keys.GroupKek`."""
+
+    spi: bytes  # 16 bytes: SPIi | SPIr of the GSA_REKEY header
+    encr: Encr | int
+    key_bits: int
+    integ: Integ | int | None
+    kwa: int
+    keys: RekeySaKeys = field(repr=False)
+    source: TrafficSelector
+    destination: TrafficSelector
+    lifetime_s: int
+    initial_message_id: int = 0
+    next_spis: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.spi) != 16 or self.spi == _ZERO16:
+            raise ValueError("Rekey SA SPI must be 16 bytes, not all zero")
+        RekeySaKeys.split(self.keys.keymat, self.encr, self.key_bits, self.integ, self.kwa)  # sizes fit
+
+    def __repr__(self) -> str:
+        return (f"RekeySa(spi={self.spi.hex()}, encr={self.encr}/{self.key_bits}, integ={self.integ}, kwa={self.kwa}, "
+                f"{self.lifetime_s} s, initial message ID {self.initial_message_id})")
+
+    @property
+    def cipher(self) -> SkCipher:
+        return SkCipher(self.encr, None if self.encr in AEAD_ENCR else self.integ, self.keys.gsk_e, self.keys.gsk_a)
+
+    @property
+    def header_spis(self) -> tuple[bytes, bytes]:
+        return self.spi[:8], self.spi[8:]
+
+    def policy(self) -> GsaPolicy:
+        transforms = [Transform(TransformType.ENCR, self.encr, (Attribute(TransformAttr.KEY_LENGTH, self.key_bits),))]
+        if self.encr not in AEAD_ENCR:
+            transforms.append(Transform(TransformType.INTEG, self.integ))
+        transforms.append(Transform(TransformType.KWA, self.kwa))
+        attrs = [Attribute(GsaAttr.KEY_LIFETIME, self.lifetime_s.to_bytes(4, "big"))]
+        if self.initial_message_id:
+            attrs.append(Attribute(GsaAttr.INITIAL_MESSAGE_ID, self.initial_message_id.to_bytes(4, "big")))
+        attrs += [Attribute(GsaAttr.NEXT_SPI, s) for s in self.next_spis]
+        return GsaPolicy(ProtocolId.GIKE_UPDATE, self.spi, self.source, self.destination, tuple(transforms), tuple(attrs))
+
+    @classmethod
+    def from_policy(cls, policy: GsaPolicy, keymat: bytes) -> "RekeySa":
+        """Raises :class:`RekeyPolicyError`."""
+        if len(policy.spi) != 16:
+            raise RekeyPolicyError(f"Rekey SA SPI of {len(policy.spi)} bytes")
+        by_type: dict[int, Transform] = {}
+        for t in policy.transforms:
+            if t.type in by_type:
+                raise RekeyPolicyError(f"transform type {t.type} twice")
+            if t.type == TransformType.GCAUTH:
+                raise RekeyPolicyError("GCAUTH transform in a rekey (RFC 9838 §4.3.1.1.1)")
+            if t.type not in (TransformType.ENCR, TransformType.INTEG, TransformType.KWA):
+                raise RekeyPolicyError(f"transform type {t.type} in a Rekey SA policy")
+            by_type[t.type] = t
+        encr, integ, kwa = (by_type.get(x) for x in (TransformType.ENCR, TransformType.INTEG, TransformType.KWA))
+        if encr is None or kwa is None or encr.key_length is None:
+            raise RekeyPolicyError("Rekey SA policy without ENCR (with Key Length) or KWA")
+        if encr.id in AEAD_ENCR:
+            if integ is not None and integ.id != Integ.NONE:
+                raise RekeyPolicyError("INTEG with an AEAD cipher")
+            integ_id = None
+        elif encr.id == Encr.AES_CBC:
+            if integ is None or integ.id not in INTEG:
+                raise RekeyPolicyError("AES-CBC Rekey SA without a supported INTEG transform")
+            integ_id = integ.id
+        else:
+            raise RekeyPolicyError(f"unsupported Rekey SA cipher {encr.id}")
+        if encr.key_length not in (128, 192, 256):
+            raise RekeyPolicyError(f"key length {encr.key_length}")
+        lifetime, initial, nxt = None, 0, []
+        seen: set[int] = set()
+        for t, v in policy.attributes:
+            if not isinstance(v, bytes):
+                raise RekeyPolicyError(f"GSA attribute {t} must be TLV")
+            if t in seen and t != GsaAttr.NEXT_SPI:
+                raise RekeyPolicyError(f"GSA attribute {t} twice")
+            seen.add(t)
+            if t == GsaAttr.KEY_LIFETIME and len(v) == 4:
+                lifetime = int.from_bytes(v, "big")
+            elif t == GsaAttr.INITIAL_MESSAGE_ID and len(v) == 4:
+                initial = int.from_bytes(v, "big")
+            elif t == GsaAttr.NEXT_SPI and len(v) == 16:
+                nxt.append(bytes(v))
+            else:
+                raise RekeyPolicyError(f"GSA attribute {t} of {len(v)} bytes not allowed in a Rekey SA policy")
+        if lifetime is None:
+            raise RekeyPolicyError("Rekey SA policy without GSA_KEY_LIFETIME")
+        try:
+            keys = RekeySaKeys.split(keymat, encr.id, encr.key_length, integ_id, kwa.id)
+            return cls(bytes(policy.spi), encr.id, encr.key_length, integ_id, kwa.id, keys, policy.source,
+                       policy.destination, lifetime, initial, tuple(nxt))
+        except (KeyWrapError, ValueError) as e:
+            raise RekeyPolicyError(str(e)) from None
+
+
+class RekeyPolicyError(ValueError):
+    """A GSA policy this member cannot follow."""
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyApplied(Ikev2Event):
+    """A GSA_REKEY was accepted: install ``teks`` (activate after ``atd_s`` when sending), delete
+    ``deleted_spis`` (or every TEK with ``delete_all_teks``) after ``dtd_s``; ``rekey_sa`` is the
+    new Rekey SA (None: unchanged).  ``next_spis`` maps TEK SPIs to the SPIs announced for their
+    successors."""
+
+    group_id: int
+    message_id: int
+    teks: tuple[GroupTek, ...] = ()
+    rekey_sa: RekeySa | None = None
+    deleted_spis: tuple[int, ...] = ()
+    delete_all_teks: bool = False
+    rekey_sa_deleted: bool = False
+    atd_s: int | None = None
+    dtd_s: int | None = None
+    auth_key_changed: bool = False
+    next_spis: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyRejected(Ikev2Event):
+    group_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyExcluded(Ikev2Event):
+    """An authentic GSA_REKEY excludes this member (Delete, or a KEK it cannot derive): it must
+    re-register (after a random delay, §2.5) to stay in the group."""
+
+    group_id: int
+    message_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyMissed(Ikev2Event):
+    """A datagram on a Rekey SA the current policy announced with GSA_NEXT_SPI: a rekey was lost."""
+
+    group_id: int
+    spi: bytes
+
+
+# --------------------------------------------------------------------------------------------
+# Key server
+
+
+@dataclass(frozen=True, slots=True)
+class LkhRekey:
+    """LKH material of an eviction: the renewed keys as WRAP_KEYs, and the key (ID, value) the new
+    Rekey SA's key material is wrapped under (the new LKH root).  :func:`gkm.ikev2.lkh_map.wrap_update`."""
+
+    wrap_keys: tuple[WrappedKey, ...]
+    root_id: int
+    root_key: bytes = field(repr=False)
+
+
+class RekeySender:
+    """The key server's side of one group's Rekey SA chain."""
+
+    def __init__(self, rekey_sa: RekeySa, *, gcauth: GcAuth, signature: SignatureAlgorithm | None = None,
+                 signing_key=None) -> None:
+        if (gcauth == GcAuth.DIGITAL_SIGNATURE) != (signature is not None and signing_key is not None):
+            raise ValueError("digital signature needs an algorithm and a key; implicit needs neither")
+        self.rekey_sa = rekey_sa
+        self.message_id = rekey_sa.initial_message_id
+        self.gcauth = gcauth
+        self._signature = signature
+        self._signing_key = signing_key
+
+    def build(self, *, teks: tuple[tuple[GroupTek, tuple[int, ...]], ...] = (), new_rekey_sa: RekeySa | None = None,
+              lkh: LkhRekey | None = None, deletes: tuple[Delete, ...] = (), atd_s: int | None = None,
+              dtd_s: int | None = None, auth_key: bytes | None = None) -> bytes:
+        """One GSA_REKEY datagram; the Message ID advances and a new Rekey SA becomes current.
+        ``teks``: (TEK, next SPIs announced for it)."""
+        if lkh is not None and new_rekey_sa is None:
+            raise ValueError("an LKH update renews the Rekey SA")
+        if lkh is not None and teks:
+            raise ValueError("TEKs in a membership-changing rekey break forward access control (RFC 9838 §3.3.1)")
+        if auth_key is not None and self.gcauth != GcAuth.DIGITAL_SIGNATURE:
+            raise ValueError("AUTH_KEY only with digital signature authentication")
+        if self.message_id > 0xFFFFFFFF:
+            raise ValueError("Message ID space of this Rekey SA exhausted: install a new Rekey SA")
+        cur = self.rekey_sa
+        policies, bags = [], []
+        if new_rekey_sa is not None:
+            if new_rekey_sa.initial_message_id:
+                raise ValueError("a Rekey SA installed by GSA_REKEY starts at Message ID 0 (RFC 9838 §2.4.3)")
+            keymat = new_rekey_sa.keys.keymat
+            policies.append(new_rekey_sa.policy())
+            if lkh is None:
+                sa_key = WrappedKey(0, 0, gsa_keys.wrap(cur.kwa, cur.keys.gsk_w, keymat))
+            else:
+                sa_key = WrappedKey(0, lkh.root_id, gsa_keys.wrap(cur.kwa, lkh.root_key, keymat))
+            bags.append(GroupKeyBag(ProtocolId.GIKE_UPDATE, new_rekey_sa.spi, (Attribute(GroupKeyBagAttr.SA_KEY, sa_key.encode()),)))
+        for tek, nxt in teks:
+            policy, keymat = tek_policy(tek, nxt)
+            policies.append(policy)
+            w = WrappedKey(0, 0, gsa_keys.wrap(cur.kwa, cur.keys.gsk_w, keymat))
+            bags.append(GroupKeyBag(ProtocolId.ESP, policy.spi, (Attribute(GroupKeyBagAttr.SA_KEY, w.encode()),)))
+        gw = tuple(Attribute(t, v) for t, v in ((GwAttr.ATD, atd_s), (GwAttr.DTD, dtd_s)) if v is not None)
+        if gw:
+            policies.append(GwPolicy(gw))
+        member = [Attribute(MemberKeyBagAttr.WRAP_KEY, w.encode()) for w in (lkh.wrap_keys if lkh else ())]
+        if auth_key is not None:
+            member.append(Attribute(MemberKeyBagAttr.AUTH_KEY, auth_key))
+        if member:
+            bags.append(MemberKeyBag(tuple(member)))
+        inner: tuple = ()
+        if policies:
+            inner += (GroupSa(tuple(policies)),)
+        if bags:
+            inner += (KeyDownload(tuple(bags)),)
+        inner += tuple(deletes)
+        if not inner:
+            raise ValueError("empty rekey")
+        spi_i, spi_r = cur.header_spis
+        header = Header(spi_i, spi_r, ExchangeType.GSA_REKEY, 0, self.message_id)
+        if self.gcauth == GcAuth.DIGITAL_SIGNATURE:
+            inner += (sign_chain(self._signature, self._signing_key, header, inner, encode_payloads),)
+        datagram = protect(header, inner, cur.cipher)
+        if new_rekey_sa is not None:
+            self.rekey_sa = new_rekey_sa
+            self.message_id = 0
+        else:
+            self.message_id += 1
+        return datagram
+
+
+# --------------------------------------------------------------------------------------------
+# Member
+
+
+class _Refused(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConfig:
+    """What the member's configuration says about the TEKs it installs (not on the wire)."""
+
+    group_id: int
+    mode: object
+    address_preservation: object
+    direction: object
+
+
+class RekeyReceiver:
+    """The member's side: the current Rekey SA, expected Message ID, Working Key Path, AUTH key."""
+
+    def __init__(self, config: MemberConfig, rekey_sa: RekeySa, *, gcauth: GcAuth,
+                 signature: SignatureAlgorithm | None = None, auth_key: bytes | None = None,
+                 key_path: WorkingKeyPath = WorkingKeyPath()) -> None:
+        if (gcauth == GcAuth.DIGITAL_SIGNATURE) != (signature is not None and auth_key is not None):
+            raise ValueError("digital signature needs an algorithm and AUTH_KEY; implicit needs neither")
+        self.config = config
+        self.rekey_sa: RekeySa | None = rekey_sa
+        self.expected_message_id = rekey_sa.initial_message_id
+        self.gcauth = gcauth
+        self.signature = signature
+        self.auth_key = auth_key
+        self.key_path = key_path
+        self.excluded = False
+
+    def _state(self) -> tuple:
+        return (self.rekey_sa, self.expected_message_id, self.auth_key, self.key_path, self.excluded)
+
+    def receive(self, datagram: bytes) -> tuple[Ikev2Event, ...]:
+        gid = self.config.group_id
+        try:
+            return (self._receive(bytes(datagram)),)
+        except _Refused as e:
+            return (RekeyRejected(gid, str(e)),)
+        except RekeyMissedSignal as e:
+            return (RekeyMissed(gid, e.spi),)
+
+    def _receive(self, data: bytes) -> Ikev2Event:
+        gid = self.config.group_id
+        cur = self.rekey_sa
+        if self.excluded or cur is None:
+            raise _Refused("no Rekey SA (excluded or deleted): re-register")
+        try:
+            header, _np, _len = decode_header(data)
+        except WireError as e:
+            raise _Refused(f"malformed: {e}") from None
+        if header.exchange != ExchangeType.GSA_REKEY:
+            raise _Refused(f"exchange {header.exchange}, not GSA_REKEY")
+        spi = header.spi_i + header.spi_r
+        if spi != cur.spi:
+            if spi in cur.next_spis:
+                raise RekeyMissedSignal(spi)
+            raise _Refused(f"SPI {spi.hex()} is not the current Rekey SA")
+        if header.response:
+            raise _Refused("R flag set on a GSA_REKEY")
+        mid = header.message_id
+        if mid < self.expected_message_id:
+            raise _Refused(f"replayed: Message ID {mid}, expected at least {self.expected_message_id}")
+        if _np != PayloadType.SK:
+            raise _Refused("GSA_REKEY must carry only an SK payload")
+        try:
+            msg, chain = unprotect_chain(data, cur.cipher)
+        except WireError as e:
+            raise _Refused(f"integrity or format: {e}") from None
+        sk = msg.payloads  # nothing precedes SK in a GSA_REKEY
+        first = data[HEADER_LENGTH]  # the SK payload's Next Payload: the first inner payload
+        gsas, kds, auths, deletes = [], [], [], []
+        for p in sk:
+            match p:
+                case GroupSa():
+                    gsas.append(p)
+                case KeyDownload():
+                    kds.append(p)
+                case Delete():
+                    deletes.append(p)
+                case Notify():
+                    pass  # no notify is defined for GSA_REKEY; status notifies are ignored
+                case Authentication():
+                    auths.append(p)
+                case _:
+                    raise _Refused(f"payload {p.TYPE} not allowed in GSA_REKEY")
+        if len(gsas) > 1 or len(kds) > 1:
+            raise _Refused("more than one GSA or KD payload")
+        if self.gcauth == GcAuth.DIGITAL_SIGNATURE:
+            try:
+                verify_chain(self.signature, self.auth_key, header, first, chain)
+            except RekeyAuthError as e:
+                raise _Refused(f"authentication: {e}") from None
+        elif auths:
+            raise _Refused("AUTH payload under implicit authentication (RFC 9838 §2.4)")
+        return self._apply(mid, gsas[0] if gsas else None, kds[0] if kds else None, deletes)
+
+    def _apply(self, mid: int, gsa: GroupSa | None, kd: KeyDownload | None, deletes: list[Delete]) -> Ikev2Event:
+        gid = self.config.group_id
+        cur = self.rekey_sa
+        deleted, delete_all, sa_deleted = [], False, False
+        for d in deletes:
+            zero = not d.spis or all(not any(s) for s in d.spis)
+            if d.protocol == 0 or (d.protocol == ProtocolId.GIKE_UPDATE and zero):
+                self.excluded = True
+                return RekeyExcluded(gid, mid, "Delete of the whole group SA (RFC 9838 §2.5)")
+            if d.protocol == ProtocolId.GIKE_UPDATE:
+                if any(s != cur.spi for s in d.spis):
+                    raise _Refused("Delete of an unknown Rekey SA")
+                sa_deleted = True
+            elif d.protocol == ProtocolId.ESP:
+                if d.spi_size != 4:
+                    raise _Refused(f"ESP Delete with {d.spi_size}-byte SPIs")
+                if zero:
+                    delete_all = True
+                else:
+                    deleted += [int.from_bytes(s, "big") for s in d.spis]
+            else:
+                raise _Refused(f"Delete for protocol {d.protocol}")
+        policies = gsa.policies if gsa else ()
+        group_bags: dict[tuple[int, bytes], GroupKeyBag] = {}
+        member_bags = []
+        for b in (kd.bags if kd else ()):
+            if isinstance(b, MemberKeyBag):
+                member_bags.append(b)
+                continue
+            k = (int(b.protocol), bytes(b.spi))
+            if k in group_bags:
+                raise _Refused(f"two key bags for SA {b.spi.hex()}")
+            group_bags[k] = b
+        if len(member_bags) > 1:
+            raise _Refused("more than one member key bag")
+        wrap_keys, auth_key = [], None
+        for t, v in (member_bags[0].attributes if member_bags else ()):
+            if not isinstance(v, bytes):
+                raise _Refused(f"member key bag attribute {t} must be TLV")
+            if t == MemberKeyBagAttr.WRAP_KEY:
+                try:
+                    wrap_keys.append(WrappedKey.decode(v))
+                except KeyWrapError as e:
+                    raise _Refused(f"WRAP_KEY: {e}") from None
+            elif t == MemberKeyBagAttr.AUTH_KEY and auth_key is None and self.gcauth == GcAuth.DIGITAL_SIGNATURE:
+                auth_key = bytes(v)
+            else:
+                raise _Refused(f"member key bag attribute {t} not allowed in GSA_REKEY")
+        new_sa, teks, nexts, atd, dtd, new_path = None, [], [], None, None, self.key_path
+        for p in policies:
+            if isinstance(p, GwPolicy):
+                for t, v in p.attributes:
+                    if t == GwAttr.ATD and atd is None and isinstance(v, int):
+                        atd = v
+                    elif t == GwAttr.DTD and dtd is None and isinstance(v, int):
+                        dtd = v
+                    else:
+                        raise _Refused(f"GW attribute {t} not allowed (or repeated) in GSA_REKEY")
+                continue
+            bag = group_bags.pop((int(p.protocol), bytes(p.spi)), None)
+            if bag is None:
+                raise _Refused(f"no key bag for policy {p.spi.hex()}")
+            sa_keys = []
+            for t, v in bag.attributes:
+                if t != GroupKeyBagAttr.SA_KEY or not isinstance(v, bytes):
+                    raise _Refused(f"group key bag attribute {t}")
+                try:
+                    sa_keys.append(WrappedKey.decode(v))
+                except KeyWrapError as e:
+                    raise _Refused(f"SA_KEY: {e}") from None
+            if p.protocol == ProtocolId.GIKE_UPDATE:
+                if new_sa is not None:
+                    raise _Refused("two Rekey SA policies")
+                try:
+                    keymat, new_path = self.key_path.resolve(cur.kwa, cur.keys.gsk_w, tuple(sa_keys), tuple(wrap_keys))
+                except Excluded as e:
+                    self.excluded = True
+                    return RekeyExcluded(gid, mid, str(e))
+                except KeyWrapError as e:
+                    raise _Refused(f"Rekey SA key: {e}") from None
+                try:
+                    new_sa = RekeySa.from_policy(p, keymat)
+                except RekeyPolicyError as e:
+                    raise _Refused(f"Rekey SA policy: {e}") from None
+                if new_sa.initial_message_id:
+                    raise _Refused("GSA_INITIAL_MESSAGE_ID on a Rekey SA installed by GSA_REKEY (it starts at 0)")
+                if new_sa.spi == cur.spi:
+                    raise _Refused("new Rekey SA reuses the current SPI")
+            elif p.protocol == ProtocolId.ESP:
+                if len(sa_keys) != 1 or sa_keys[0].key_id or sa_keys[0].kwk_id:
+                    raise _Refused("an ESP key bag needs exactly one SA_KEY under GSK_w (RFC 9838 §4.4.1.1)")
+                try:
+                    keymat = gsa_keys.unwrap(cur.kwa, cur.keys.gsk_w, sa_keys[0].encrypted)
+                    c = self.config
+                    tek, nxt = group_tek(p, keymat, group_id=gid, mode=c.mode,
+                                         address_preservation=c.address_preservation, direction=c.direction)
+                except (KeyWrapError, TekPolicyError) as e:
+                    raise _Refused(f"TEK {p.spi.hex()}: {e}") from None
+                if any(t.spi == tek.spi for t in teks):
+                    raise _Refused(f"TEK SPI {tek.spi:#x} twice")
+                teks.append(tek)
+                if nxt:
+                    nexts.append((tek.spi, nxt))
+            else:
+                raise _Refused(f"policy for protocol {p.protocol} (only GIKE_UPDATE and ESP)")
+        if group_bags:
+            raise _Refused("key bag without a policy")
+        if wrap_keys and new_sa is None:
+            raise _Refused("WRAP_KEYs without a new Rekey SA")
+        if not (new_sa or teks or deletes or auth_key):
+            raise _Refused("the rekey carries nothing")
+        # Everything checked: commit.
+        if new_sa is not None:
+            self.rekey_sa, self.expected_message_id, self.key_path = new_sa, 0, new_path
+        elif sa_deleted:
+            self.rekey_sa = None
+        else:
+            self.expected_message_id = mid + 1
+        if auth_key is not None:
+            self.auth_key = auth_key
+        return RekeyApplied(gid, mid, tuple(teks), new_sa, tuple(deleted), delete_all, sa_deleted, atd, dtd,
+                            auth_key is not None, tuple(nexts))
+
+
+class RekeyMissedSignal(Exception):
+    def __init__(self, spi: bytes) -> None:
+        self.spi = spi
+
+
+__all__ = [
+    "LkhRekey", "MemberConfig", "RekeyApplied", "RekeyExcluded", "RekeyMissed", "RekeyPolicyError", "RekeyReceiver",
+    "RekeyRejected", "RekeySa", "RekeySender",
+]
