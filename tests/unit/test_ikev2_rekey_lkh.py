@@ -87,3 +87,15 @@ def test_second_eviction_uses_updated_paths():
             assert isinstance(ev, RekeyExcluded if m in gone else RekeyApplied), (m, ev)
     assert {m for m, rx in rxs.items() if rx.excluded} == gone
     assert all(rx.rekey_sa == tx.rekey_sa for m, rx in rxs.items() if m not in gone)
+
+
+def test_tree_key_refuses_a_renewed_key():
+    import pytest
+
+    from gkm.lkh import LkhError
+    tree = LkhTree.build(range(4))
+    old, old_key = tree.group_key()
+    assert tree.key(old) == old_key
+    tree.evict([1])
+    with pytest.raises(LkhError, match="not the node's current key"):
+        tree.key(old)
