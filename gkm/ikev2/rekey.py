@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 from gkm.gdoi.keys import GroupTek
 from gkm.wire.attributes import Attribute
+from policy.model import AddressPreservation, Mode, SaDirection
 
 from . import gsa_keys
 from .constants import (
@@ -313,7 +314,14 @@ class RekeySender:
 
 
 class _Refused(Exception):
-    pass
+    """Internal: the datagram is refused with this reason (becomes :class:`RekeyRejected`)."""
+
+
+class _Missed(Exception):
+    """Internal: the datagram is on an announced next Rekey SA (becomes :class:`RekeyMissed`)."""
+
+    def __init__(self, spi: bytes) -> None:
+        self.spi = spi
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,9 +329,9 @@ class MemberConfig:
     """What the member's configuration says about the TEKs it installs (not on the wire)."""
 
     group_id: int
-    mode: object
-    address_preservation: object
-    direction: object
+    mode: Mode
+    address_preservation: AddressPreservation
+    direction: SaDirection
 
 
 class RekeyReceiver:
@@ -343,7 +351,8 @@ class RekeyReceiver:
         self.key_path = key_path
         self.excluded = False
 
-    def _state(self) -> tuple:
+    def state(self) -> tuple:
+        """Everything a datagram can change (a refused one must leave it equal)."""
         return (self.rekey_sa, self.expected_message_id, self.auth_key, self.key_path, self.excluded)
 
     def receive(self, datagram: bytes) -> tuple[Ikev2Event, ...]:
@@ -352,7 +361,7 @@ class RekeyReceiver:
             return (self._receive(bytes(datagram)),)
         except _Refused as e:
             return (RekeyRejected(gid, str(e)),)
-        except RekeyMissedSignal as e:
+        except _Missed as e:
             return (RekeyMissed(gid, e.spi),)
 
     def _receive(self, data: bytes) -> Ikev2Event:
@@ -369,7 +378,7 @@ class RekeyReceiver:
         spi = header.spi_i + header.spi_r
         if spi != cur.spi:
             if spi in cur.next_spis:
-                raise RekeyMissedSignal(spi)
+                raise _Missed(spi)
             raise _Refused(f"SPI {spi.hex()} is not the current Rekey SA")
         if header.response:
             raise _Refused("R flag set on a GSA_REKEY")
@@ -532,11 +541,6 @@ class RekeyReceiver:
             self.auth_key = auth_key
         return RekeyApplied(gid, mid, tuple(teks), new_sa, tuple(deleted), delete_all, sa_deleted, atd, dtd,
                             auth_key is not None, tuple(nexts))
-
-
-class RekeyMissedSignal(Exception):
-    def __init__(self, spi: bytes) -> None:
-        self.spi = spi
 
 
 __all__ = [

@@ -54,11 +54,11 @@ def pair(sig="ed25519", **kw):
 
 
 def refused(rx: RekeyReceiver, data: bytes, why: str = "") -> str:
-    before = rx._state()
+    before = rx.state()
     (ev,) = rx.receive(data)
     assert isinstance(ev, RekeyRejected), ev
     assert why in ev.reason
-    assert rx._state() == before
+    assert rx.state() == before
     return ev.reason
 
 
@@ -186,9 +186,9 @@ def test_next_spi_detects_lost_rekey():
     follow = RekeySa(nxt, announced.encr, announced.key_bits, announced.integ, announced.kwa, rekey_sa().keys,
                      announced.source, announced.destination, 3600)
     tx.build(new_rekey_sa=follow)  # lost
-    before = rx._state()
+    before = rx.state()
     (ev,) = rx.receive(tx.build(teks=((tek(), ()),)))
-    assert isinstance(ev, RekeyMissed) and ev.spi == nxt and rx._state() == before
+    assert isinstance(ev, RekeyMissed) and ev.spi == nxt and rx.state() == before
 
 
 def test_forward_access_control_enforced_by_sender():

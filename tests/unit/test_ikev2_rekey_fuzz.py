@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gkm.ikev2.constants import HEADER_LENGTH, ExchangeType, PayloadType
 from gkm.ikev2.constants import GcAuth, ProtocolId
-from gkm.ikev2.message import Header, encode_payloads
+from gkm.ikev2.message import Header
 from gkm.ikev2.payloads import Delete
 from gkm.ikev2.sk import unprotect_chain
 from gkm.ikev2.rekey import RekeyApplied, RekeyExcluded, RekeyMissed, RekeyReceiver, RekeyRejected, RekeySender
@@ -73,7 +73,7 @@ def chain_lengths(first_and_chain: bytes) -> list[int]:
 
 
 def run_one(rx: RekeyReceiver, data: bytes, failures: list) -> bool:
-    before = rx._state()
+    before = rx.state()
     try:
         evs = rx.receive(data)
     except Exception as e:  # noqa: BLE001 - what we hunt
@@ -82,7 +82,7 @@ def run_one(rx: RekeyReceiver, data: bytes, failures: list) -> bool:
     if len(evs) != 1 or not isinstance(evs[0], EVENTS):
         failures.append((data.hex(), f"events {evs!r}"))
         return False
-    if isinstance(evs[0], (RekeyRejected, RekeyMissed)) and rx._state() != before:
+    if isinstance(evs[0], (RekeyRejected, RekeyMissed)) and rx.state() != before:
         failures.append((data.hex(), "state changed on a refused input"))
     return isinstance(evs[0], (RekeyApplied, RekeyExcluded))
 

@@ -4,7 +4,6 @@ a sample runs as real receivers over the real datagram."""
 
 from __future__ import annotations
 
-import os
 import random
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
