@@ -184,7 +184,7 @@ class RekeyApplied(Ikev2Event):
     """A GSA_REKEY was accepted: install ``teks`` (activate after ``atd_s`` when sending), delete
     ``deleted_spis`` (or every TEK with ``delete_all_teks``) after ``dtd_s``; ``rekey_sa`` is the
     new Rekey SA (None: unchanged).  ``next_spis`` maps TEK SPIs to the SPIs announced for their
-    successors."""
+    successors; ``withheld_spis``: see :attr:`reregister`."""
 
     group_id: int
     message_id: int
@@ -197,6 +197,13 @@ class RekeyApplied(Ikev2Event):
     dtd_s: int | None = None
     auth_key_changed: bool = False
     next_spis: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    withheld_spis: tuple[int, ...] = ()
+
+    @property
+    def reregister(self) -> bool:
+        """A counter-mode TEK this member would send on came without a Sender-ID to use: the
+        TEK is withheld and the member must re-register to get one (RFC 9838 §2.4.4)."""
+        return bool(self.withheld_spis)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,14 +245,18 @@ class LkhRekey:
 
 
 class RekeySender:
-    """The key server's side of one group's Rekey SA chain."""
+    """The key server's side of one group's Rekey SA chain.
+
+    ``rekey_sa`` and ``message_id`` are the durable state: the shell records them (as it records
+    the GDOI SEQ) before it sends what :meth:`build` returned, and passes them back after a
+    restart, so a Message ID is never used twice on one Rekey SA."""
 
     def __init__(self, rekey_sa: RekeySa, *, gcauth: GcAuth, signature: SignatureAlgorithm | None = None,
-                 signing_key=None) -> None:
+                 signing_key=None, message_id: int | None = None) -> None:
         if (gcauth == GcAuth.DIGITAL_SIGNATURE) != (signature is not None and signing_key is not None):
             raise ValueError("digital signature needs an algorithm and a key; implicit needs neither")
         self.rekey_sa = rekey_sa
-        self.message_id = rekey_sa.initial_message_id
+        self.message_id = rekey_sa.initial_message_id if message_id is None else message_id
         self.gcauth = gcauth
         self._signature = signature
         self._signing_key = signing_key
@@ -326,12 +337,14 @@ class _Missed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class MemberConfig:
-    """What the member's configuration says about the TEKs it installs (not on the wire)."""
+    """What the member's configuration says about the TEKs it installs (not on the wire), and
+    the Sender-IDs it got at registration (GM_SENDER_ID; GSA_REKEY never carries them)."""
 
     group_id: int
     mode: Mode
     address_preservation: AddressPreservation
     direction: SaDirection
+    sender_ids: tuple[int, ...] = ()
 
 
 class RekeyReceiver:
@@ -468,6 +481,7 @@ class RekeyReceiver:
             else:
                 raise _Refused(f"member key bag attribute {t} not allowed in GSA_REKEY")
         new_sa, teks, nexts, atd, dtd, new_path = None, [], [], None, None, self.key_path
+        withheld: list[int] = []
         for p in policies:
             if isinstance(p, GwPolicy):
                 for t, v in p.attributes:
@@ -519,6 +533,9 @@ class RekeyReceiver:
                     raise _Refused(f"TEK {p.spi.hex()}: {e}") from None
                 if any(t.spi == tek.spi for t in teks):
                     raise _Refused(f"TEK SPI {tek.spi:#x} twice")
+                if tek.sends and tek.esp_suite.counter_mode and not self.config.sender_ids:
+                    withheld.append(tek.spi)  # §2.4.4: no Sender-ID, no counter-mode sending SA
+                    continue
                 teks.append(tek)
                 if nxt:
                     nexts.append((tek.spi, nxt))
@@ -540,7 +557,7 @@ class RekeyReceiver:
         if auth_key is not None:
             self.auth_key = auth_key
         return RekeyApplied(gid, mid, tuple(teks), new_sa, tuple(deleted), delete_all, sa_deleted, atd, dtd,
-                            auth_key is not None, tuple(nexts))
+                            auth_key is not None, tuple(nexts), tuple(withheld))
 
 
 __all__ = [

@@ -3,6 +3,7 @@ leaves the member's state unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 
@@ -102,6 +103,9 @@ def test_gaps_are_accepted():
     tx.build(teks=((tek(), ()),))  # lost
     (ev,) = rx.receive(tx.build(teks=((tek(0x1001), ()),)))
     assert isinstance(ev, RekeyApplied) and ev.message_id == 1
+    restarted = RekeySender(tx.rekey_sa, gcauth=GcAuth.IMPLICIT, message_id=tx.message_id)  # state the shell kept
+    (ev,) = rx.receive(restarted.build(teks=((tek(0x1002), ()),)))
+    assert isinstance(ev, RekeyApplied) and ev.message_id == 2
 
 
 def test_every_tampered_byte_refused():
@@ -240,3 +244,19 @@ def test_kw_5649_known_answer():
         gsa_keys.unwrap(KeyWrap.KW_5649_192, kek, want[:-8] + bytes(8))
     with pytest.raises(gsa_keys.KeyWrapError):
         gsa_keys.wrap(KeyWrap.KW_ARX, bytes(32), key)
+
+
+def test_counter_mode_sender_without_sender_id_withholds_tek():
+    """§2.4.4: a sender without a Sender-ID must not install a counter-mode TEK (re-register)."""
+    sa = rekey_sa()
+    tx = RekeySender(sa, gcauth=GcAuth.IMPLICIT)
+    sender = MemberConfig(7, Mode.TUNNEL, AddressPreservation.SOURCE_AND_DESTINATION, SaDirection.SYMMETRIC)
+    gcm = tek(0x1000)
+    cbc = tek(0x1001, "aes-cbc-128-hmac-sha256")
+    d = tx.build(teks=((gcm, ()), (cbc, ())))
+    with_id = dataclasses.replace(sender, sender_ids=(5,))
+    for cfg, want in ((sender, (0x1001,)), (with_id, (0x1000, 0x1001)), (CONFIG, (0x1000, 0x1001))):
+        rx = RekeyReceiver(cfg, sa, gcauth=GcAuth.IMPLICIT)
+        (ev,) = rx.receive(d)
+        assert isinstance(ev, RekeyApplied) and tuple(t.spi for t in ev.teks) == want
+        assert ev.reregister == (len(want) == 1)
