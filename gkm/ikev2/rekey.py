@@ -328,6 +328,10 @@ class _Refused(Exception):
     """Internal: the datagram is refused with this reason (becomes :class:`RekeyRejected`)."""
 
 
+class _Excluded(Exception):
+    """Internal: the authentic datagram excludes this member (becomes :class:`RekeyExcluded`)."""
+
+
 class _Missed(Exception):
     """Internal: the datagram is on an announced next Rekey SA (becomes :class:`RekeyMissed`)."""
 
@@ -434,15 +438,65 @@ class RekeyReceiver:
 
     def _apply(self, mid: int, gsa: GroupSa | None, kd: KeyDownload | None, deletes: list[Delete]) -> Ikev2Event:
         gid = self.config.group_id
-        cur = self.rekey_sa
+        try:
+            deleted, delete_all, sa_deleted = self._deletes(deletes)
+            group_bags, wrap_keys, auth_key = self._key_bags(kd)
+            new_sa, new_path, teks, nexts, withheld, atd, dtd = None, self.key_path, [], [], [], None, None
+            for p in (gsa.policies if gsa else ()):
+                if isinstance(p, GwPolicy):
+                    atd, dtd = _gw_delays(p)
+                    continue
+                bag = group_bags.pop((int(p.protocol), bytes(p.spi)), None)
+                if bag is None:
+                    raise _Refused(f"no key bag for policy {p.spi.hex()}")
+                sa_keys = _sa_keys(bag)
+                if p.protocol == ProtocolId.GIKE_UPDATE:
+                    if new_sa is not None:
+                        raise _Refused("two Rekey SA policies")
+                    new_sa, new_path = self._new_rekey_sa(p, sa_keys, wrap_keys)
+                elif p.protocol == ProtocolId.ESP:
+                    tek, nxt = self._tek(p, sa_keys)
+                    if any(t.spi == tek.spi for t in teks) or tek.spi in withheld:
+                        raise _Refused(f"TEK SPI {tek.spi:#x} twice")
+                    if tek.sends and tek.esp_suite.counter_mode and not self.config.sender_ids:
+                        withheld.append(tek.spi)  # §2.4.4: no Sender-ID, no counter-mode sending SA
+                        continue
+                    teks.append(tek)
+                    if nxt:
+                        nexts.append((tek.spi, nxt))
+                else:
+                    raise _Refused(f"policy for protocol {p.protocol} (only GIKE_UPDATE and ESP)")
+        except _Excluded as e:
+            self.excluded = True
+            return RekeyExcluded(gid, mid, str(e))
+        if group_bags:
+            raise _Refused("key bag without a policy")
+        if wrap_keys and new_sa is None:
+            raise _Refused("WRAP_KEYs without a new Rekey SA")
+        if not (new_sa or teks or withheld or deletes or auth_key):
+            raise _Refused("the rekey carries nothing")
+        # Everything checked: commit.
+        if new_sa is not None:
+            self.rekey_sa, self.expected_message_id, self.key_path = new_sa, 0, new_path
+        elif sa_deleted:
+            self.rekey_sa = None
+        else:
+            self.expected_message_id = mid + 1
+        if auth_key is not None:
+            self.auth_key = auth_key
+        return RekeyApplied(gid, mid, tuple(teks), new_sa, tuple(deleted), delete_all, sa_deleted, atd, dtd,
+                            auth_key is not None, tuple(nexts), tuple(withheld))
+
+    def _deletes(self, deletes: list[Delete]) -> tuple[list[int], bool, bool]:
+        """(deleted TEK SPIs, delete all TEKs, delete the Rekey SA); :class:`_Excluded` for a
+        Delete of the whole group SA (§2.5)."""
         deleted, delete_all, sa_deleted = [], False, False
         for d in deletes:
             zero = not d.spis or all(not any(s) for s in d.spis)
             if d.protocol == 0 or (d.protocol == ProtocolId.GIKE_UPDATE and zero):
-                self.excluded = True
-                return RekeyExcluded(gid, mid, "Delete of the whole group SA (RFC 9838 §2.5)")
+                raise _Excluded("Delete of the whole group SA (RFC 9838 §2.5)")
             if d.protocol == ProtocolId.GIKE_UPDATE:
-                if any(s != cur.spi for s in d.spis):
+                if any(s != self.rekey_sa.spi for s in d.spis):
                     raise _Refused("Delete of an unknown Rekey SA")
                 sa_deleted = True
             elif d.protocol == ProtocolId.ESP:
@@ -454,7 +508,10 @@ class RekeyReceiver:
                     deleted += [int.from_bytes(s, "big") for s in d.spis]
             else:
                 raise _Refused(f"Delete for protocol {d.protocol}")
-        policies = gsa.policies if gsa else ()
+        return deleted, delete_all, sa_deleted
+
+    def _key_bags(self, kd: KeyDownload | None) -> tuple[dict, list[WrappedKey], bytes | None]:
+        """(group key bags by (protocol, SPI), WRAP_KEYs, new AUTH_KEY or None)."""
         group_bags: dict[tuple[int, bytes], GroupKeyBag] = {}
         member_bags = []
         for b in (kd.bags if kd else ()):
@@ -480,84 +537,61 @@ class RekeyReceiver:
                 auth_key = bytes(v)
             else:
                 raise _Refused(f"member key bag attribute {t} not allowed in GSA_REKEY")
-        new_sa, teks, nexts, atd, dtd, new_path = None, [], [], None, None, self.key_path
-        withheld: list[int] = []
-        for p in policies:
-            if isinstance(p, GwPolicy):
-                for t, v in p.attributes:
-                    if t == GwAttr.ATD and atd is None and isinstance(v, int):
-                        atd = v
-                    elif t == GwAttr.DTD and dtd is None and isinstance(v, int):
-                        dtd = v
-                    else:
-                        raise _Refused(f"GW attribute {t} not allowed (or repeated) in GSA_REKEY")
-                continue
-            bag = group_bags.pop((int(p.protocol), bytes(p.spi)), None)
-            if bag is None:
-                raise _Refused(f"no key bag for policy {p.spi.hex()}")
-            sa_keys = []
-            for t, v in bag.attributes:
-                if t != GroupKeyBagAttr.SA_KEY or not isinstance(v, bytes):
-                    raise _Refused(f"group key bag attribute {t}")
-                try:
-                    sa_keys.append(WrappedKey.decode(v))
-                except KeyWrapError as e:
-                    raise _Refused(f"SA_KEY: {e}") from None
-            if p.protocol == ProtocolId.GIKE_UPDATE:
-                if new_sa is not None:
-                    raise _Refused("two Rekey SA policies")
-                try:
-                    keymat, new_path = self.key_path.resolve(cur.kwa, cur.keys.gsk_w, tuple(sa_keys), tuple(wrap_keys))
-                except Excluded as e:
-                    self.excluded = True
-                    return RekeyExcluded(gid, mid, str(e))
-                except KeyWrapError as e:
-                    raise _Refused(f"Rekey SA key: {e}") from None
-                try:
-                    new_sa = RekeySa.from_policy(p, keymat)
-                except RekeyPolicyError as e:
-                    raise _Refused(f"Rekey SA policy: {e}") from None
-                if new_sa.initial_message_id:
-                    raise _Refused("GSA_INITIAL_MESSAGE_ID on a Rekey SA installed by GSA_REKEY (it starts at 0)")
-                if new_sa.spi == cur.spi:
-                    raise _Refused("new Rekey SA reuses the current SPI")
-            elif p.protocol == ProtocolId.ESP:
-                if len(sa_keys) != 1 or sa_keys[0].key_id or sa_keys[0].kwk_id:
-                    raise _Refused("an ESP key bag needs exactly one SA_KEY under GSK_w (RFC 9838 §4.4.1.1)")
-                try:
-                    keymat = gsa_keys.unwrap(cur.kwa, cur.keys.gsk_w, sa_keys[0].encrypted)
-                    c = self.config
-                    tek, nxt = group_tek(p, keymat, group_id=gid, mode=c.mode,
-                                         address_preservation=c.address_preservation, direction=c.direction)
-                except (KeyWrapError, TekPolicyError) as e:
-                    raise _Refused(f"TEK {p.spi.hex()}: {e}") from None
-                if any(t.spi == tek.spi for t in teks):
-                    raise _Refused(f"TEK SPI {tek.spi:#x} twice")
-                if tek.sends and tek.esp_suite.counter_mode and not self.config.sender_ids:
-                    withheld.append(tek.spi)  # §2.4.4: no Sender-ID, no counter-mode sending SA
-                    continue
-                teks.append(tek)
-                if nxt:
-                    nexts.append((tek.spi, nxt))
-            else:
-                raise _Refused(f"policy for protocol {p.protocol} (only GIKE_UPDATE and ESP)")
-        if group_bags:
-            raise _Refused("key bag without a policy")
-        if wrap_keys and new_sa is None:
-            raise _Refused("WRAP_KEYs without a new Rekey SA")
-        if not (new_sa or teks or deletes or auth_key):
-            raise _Refused("the rekey carries nothing")
-        # Everything checked: commit.
-        if new_sa is not None:
-            self.rekey_sa, self.expected_message_id, self.key_path = new_sa, 0, new_path
-        elif sa_deleted:
-            self.rekey_sa = None
+        return group_bags, wrap_keys, auth_key
+
+    def _new_rekey_sa(self, p: GsaPolicy, sa_keys: tuple[WrappedKey, ...],
+                      wrap_keys: list[WrappedKey]) -> tuple[RekeySa, WorkingKeyPath]:
+        cur = self.rekey_sa
+        try:
+            keymat, new_path = self.key_path.resolve(cur.kwa, cur.keys.gsk_w, sa_keys, tuple(wrap_keys))
+        except Excluded as e:
+            raise _Excluded(str(e)) from None
+        except KeyWrapError as e:
+            raise _Refused(f"Rekey SA key: {e}") from None
+        try:
+            new_sa = RekeySa.from_policy(p, keymat)
+        except RekeyPolicyError as e:
+            raise _Refused(f"Rekey SA policy: {e}") from None
+        if new_sa.initial_message_id:
+            raise _Refused("GSA_INITIAL_MESSAGE_ID on a Rekey SA installed by GSA_REKEY (it starts at 0)")
+        if new_sa.spi == cur.spi:
+            raise _Refused("new Rekey SA reuses the current SPI")
+        return new_sa, new_path
+
+    def _tek(self, p: GsaPolicy, sa_keys: tuple[WrappedKey, ...]) -> tuple[GroupTek, tuple[int, ...]]:
+        if len(sa_keys) != 1 or sa_keys[0].key_id or sa_keys[0].kwk_id:
+            raise _Refused("an ESP key bag needs exactly one SA_KEY under GSK_w (RFC 9838 §4.4.1.1)")
+        cur, c = self.rekey_sa, self.config
+        try:
+            keymat = gsa_keys.unwrap(cur.kwa, cur.keys.gsk_w, sa_keys[0].encrypted)
+            return group_tek(p, keymat, group_id=c.group_id, mode=c.mode,
+                             address_preservation=c.address_preservation, direction=c.direction)
+        except (KeyWrapError, TekPolicyError) as e:
+            raise _Refused(f"TEK {p.spi.hex()}: {e}") from None
+
+
+def _gw_delays(p: GwPolicy) -> tuple[int | None, int | None]:
+    atd = dtd = None
+    for t, v in p.attributes:
+        if t == GwAttr.ATD and atd is None and isinstance(v, int):
+            atd = v
+        elif t == GwAttr.DTD and dtd is None and isinstance(v, int):
+            dtd = v
         else:
-            self.expected_message_id = mid + 1
-        if auth_key is not None:
-            self.auth_key = auth_key
-        return RekeyApplied(gid, mid, tuple(teks), new_sa, tuple(deleted), delete_all, sa_deleted, atd, dtd,
-                            auth_key is not None, tuple(nexts), tuple(withheld))
+            raise _Refused(f"GW attribute {t} not allowed (or repeated) in GSA_REKEY")
+    return atd, dtd
+
+
+def _sa_keys(bag: GroupKeyBag) -> tuple[WrappedKey, ...]:
+    out = []
+    for t, v in bag.attributes:
+        if t != GroupKeyBagAttr.SA_KEY or not isinstance(v, bytes):
+            raise _Refused(f"group key bag attribute {t}")
+        try:
+            out.append(WrappedKey.decode(v))
+        except KeyWrapError as e:
+            raise _Refused(f"SA_KEY: {e}") from None
+    return tuple(out)
 
 
 __all__ = [
