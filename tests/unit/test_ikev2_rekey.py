@@ -260,3 +260,20 @@ def test_counter_mode_sender_without_sender_id_withholds_tek():
         (ev,) = rx.receive(d)
         assert isinstance(ev, RekeyApplied) and tuple(t.spi for t in ev.teks) == want
         assert ev.reregister == (len(want) == 1)
+
+
+def test_signature_covers_the_rfc9838_adjusted_a_and_p():
+    """DataToAuthenticate rebuilt from the datagram bytes as RFC 9838 §2.4.1's figure draws it,
+    independently of gkm.ikev2.rekey_auth: AdjustedIKEHDR | AdjustedEncPldHdr | inner payloads
+    with the AUTH signature zeroed."""
+    import struct
+
+    from gkm.ikev2.sk import unprotect_chain
+    key = ed25519.Ed25519PrivateKey.generate()
+    sa = rekey_sa()
+    tx = RekeySender(sa, gcauth=GcAuth.DIGITAL_SIGNATURE, signature=SIGNATURE_ALGORITHMS["ed25519"], signing_key=key)
+    d = tx.build(teks=((tek(), ()),))
+    _msg, chain = unprotect_chain(d, sa.cipher)
+    p = chain[:-64] + bytes(64)  # AUTH is last; Ed25519 signatures are 64 bytes
+    a = d[:24] + struct.pack("!I", 28 + 4 + len(p)) + d[28:30] + struct.pack("!H", 4 + len(p))
+    key.public_key().verify(chain[-64:], a + p)  # raises if the layout differs
