@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gkm.gdoi.keys import GroupKek
 from gkm.wire.attributes import Attribute
+from policy.suites import KEK_CIPHERS
 
-from .constants import Encr, GsaAttr, Integ, ProtocolId, TransformAttr, TransformType
+from .constants import Encr, GsaAttr, Integ, ProtocolId, TransformAttr, TransformType, TsType
 from .gsa import GsaPolicy
 from .gsa_keys import KeyWrapError, RekeySaKeys
 from .keys import AEAD as AEAD_ENCR
@@ -22,6 +24,13 @@ from .payloads import Transform, TrafficSelector
 from .sk import SkCipher
 
 _ZERO16 = bytes(16)
+_UDP = 17
+
+
+def _udp_ts(net, port: int) -> TrafficSelector:
+    kind = TsType.IPV4_ADDR_RANGE if net.version == 4 else TsType.IPV6_ADDR_RANGE
+    lo, hi = (port, port) if port else (0, 0xFFFF)
+    return TrafficSelector(kind, _UDP, lo, hi, net.network_address.packed, net.broadcast_address.packed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +76,21 @@ class RekeySa:
             attrs.append(Attribute(GsaAttr.INITIAL_MESSAGE_ID, self.initial_message_id.to_bytes(4, "big")))
         attrs += [Attribute(GsaAttr.NEXT_SPI, s) for s in self.next_spis]
         return GsaPolicy(ProtocolId.GIKE_UPDATE, self.spi, self.source, self.destination, tuple(transforms), tuple(attrs))
+
+    @classmethod
+    def from_kek(cls, kek: GroupKek, keys: RekeySaKeys, *, kwa: int, integ: int | None,
+                 initial_message_id: int = 0) -> "RekeySa":
+        """The Rekey SA from a registration's hand-off values (:class:`~gkm.gdoi.keys.GroupKek`,
+        whose cipher is an AES-CBC one of :data:`policy.suites.KEK_CIPHERS`, plus the keys
+        GSK_e | GSK_a | GSK_w, the KWA and the INTEG transform)."""
+        cipher = KEK_CIPHERS.get(kek.cipher)
+        if cipher is None:
+            raise RekeyPolicyError(f"unknown KEK cipher {kek.cipher!r}")
+        try:
+            return cls(kek.spi, Encr.AES_CBC, cipher.key_length_bits, integ, kwa, keys, _udp_ts(kek.src, kek.src_port),
+                       _udp_ts(kek.dst, kek.dst_port), kek.lifetime_s, initial_message_id)
+        except (KeyWrapError, KeyError, ValueError) as e:
+            raise RekeyPolicyError(str(e)) from None
 
     @classmethod
     def from_policy(cls, policy: GsaPolicy, keymat: bytes) -> "RekeySa":

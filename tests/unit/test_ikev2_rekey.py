@@ -277,3 +277,23 @@ def test_signature_covers_the_rfc9838_adjusted_a_and_p():
     p = chain[:-64] + bytes(64)  # AUTH is last; Ed25519 signatures are 64 bytes
     a = d[:24] + struct.pack("!I", 28 + 4 + len(p)) + d[28:30] + struct.pack("!H", 4 + len(p))
     key.public_key().verify(chain[-64:], a + p)  # raises if the layout differs
+
+
+def test_rekey_sa_from_a_registrations_group_kek():
+    """The hand-off of a registration (GroupKek + GSK_e|GSK_a|GSK_w) makes a working Rekey SA."""
+    from gkm.gdoi.keys import GroupKek
+    from gkm.ikev2.rekey_auth import FOR_SIGNATURE_SUITE
+    from gkm.ikev2.rekey_sa import RekeyPolicyError
+    key = ec.generate_private_key(ec.SECP256R1())
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    keys = RekeySaKeys.split(os.urandom(32 + 32 + 32), Encr.AES_CBC, 256, Integ.HMAC_SHA2_256_128, KeyWrap.KW_5649_256)
+    kek = GroupKek(7, os.urandom(16), ipaddress.ip_network("192.0.2.1/32"), 848, ipaddress.ip_network("239.1.1.1/32"),
+                   848, "aes-cbc-256", keys.gsk_e, b"", "ecdsa-p256", spki, 3600)
+    sa = RekeySa.from_kek(kek, keys, kwa=KeyWrap.KW_5649_256, integ=Integ.HMAC_SHA2_256_128, initial_message_id=12)
+    alg = FOR_SIGNATURE_SUITE[kek.signature]
+    tx = RekeySender(sa, gcauth=GcAuth.DIGITAL_SIGNATURE, signature=alg, signing_key=key)
+    rx = RekeyReceiver(CONFIG, sa, gcauth=GcAuth.DIGITAL_SIGNATURE, signature=alg, auth_key=kek.signing_public_key)
+    (ev,) = rx.receive(tx.build(teks=((tek(), ()),)))
+    assert isinstance(ev, RekeyApplied) and ev.message_id == 12
+    with pytest.raises(RekeyPolicyError):
+        RekeySa.from_kek(dataclasses.replace(kek, cipher="des"), keys, kwa=KeyWrap.KW_5649_256, integ=Integ.HMAC_SHA2_256_128)
