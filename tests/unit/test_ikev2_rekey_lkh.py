@@ -98,3 +98,18 @@ def test_tree_key_refuses_a_renewed_key():
     tree.evict([1])
     with pytest.raises(LkhError, match="not the node's current key"):
         tree.key(old)
+
+
+def test_eviction_too_large_for_one_datagram_is_refused_by_the_builder():
+    """No IKE fragmentation (RFC 7383) yet: an eviction whose WRAP_KEYs exceed one 64 KB message
+    fails to build with the codec's error, and the sender's state does not move."""
+    import pytest
+
+    from gkm.ikev2.errors import WireError
+    tree = LkhTree.build(range(4000))
+    sa = rekey_sa()
+    tx = RekeySender(sa, gcauth=GcAuth.IMPLICIT)
+    lkh = wrap_update(tree, tree.evict(list(range(0, 4000, 2))), KWA)  # half the members: ~2,000 entries
+    with pytest.raises(WireError, match="bytes"):
+        tx.build(new_rekey_sa=rekey_sa(), lkh=lkh)
+    assert tx.rekey_sa == sa and tx.message_id == 0
