@@ -12,14 +12,14 @@ under ``.fuzz/`` and the run exits 1.  One line per target, then a last line of 
 "crashes"}}, "crashes": N}``.
 
 Targets: ``wire`` (ISAKMP/GDOI decoder, gkm.wire), ``ikev2`` (IKEv2/G-IKEv2 decoder,
-gkm.ikev2), ``ikev2_sa_init`` (the IKE_SA_INIT/IKE_INTERMEDIATE engines, mutated datagrams), ``ikev2_rekey``
-(the G-IKEv2 GSA_REKEY receiver: mutated datagrams and mutated content sealed under the Rekey SA), ``mainmode`` (IKEv1 Main Mode, a real
+gkm.ikev2), ``ikev2_sa_init`` (the IKE_SA_INIT/IKE_INTERMEDIATE engines, mutated datagrams), ``mainmode`` (IKEv1 Main Mode, a real
 exchange with one message mutated in flight, both roles), ``pull`` (GROUPKEY-PULL at the key
 server and the member, mutated content under valid phase 1 encryption and HASH),
 ``push`` (the member's PushReceiver: mutated datagrams, and mutated content validly
 encrypted under the KEK and signed by the group's key), ``control`` (the control socket's
 request handling on a real Daemon with fake engines), ``policy`` (the TOML configuration
-loader) and ``xfrm`` (the netlink XFRM message/event parser).
+loader) and ``xfrm`` (the netlink XFRM message/event parser); ``ikev2_rekey`` (the G-IKEv2
+GSA_REKEY receiver: mutated datagrams and mutated content sealed under the Rekey SA).
 
 The targets reuse the unit tests' fixtures (tests/unit), so this runs from a checkout.
 """
@@ -154,26 +154,6 @@ def target_ikev2_sa_init():
             raise Crash(str(failures[0])[:300])
         return ok
     return list(seq), run
-
-
-def target_ikev2_rekey():
-    from tests.unit.test_ikev2_rekey_fuzz import CONFIG, GcAuth, RekeyReceiver, corpus, run_one, seal
-
-    sa, datagrams, chains = corpus()
-    count = [0]
-
-    def run(data: bytes) -> bool:
-        failures: list = []
-        count[0] += 1
-        rx = RekeyReceiver(CONFIG, sa, gcauth=GcAuth.IMPLICIT)
-        if count[0] % 2 and data:  # half of the inputs as SK content under the Rekey SA
-            ok = run_one(rx, seal(sa, data), failures)
-        else:
-            ok = run_one(rx, data, failures)
-        if failures:
-            raise Crash(str(failures[0])[:300])
-        return ok
-    return datagrams + chains, run
 
 
 def target_mainmode():
@@ -404,11 +384,31 @@ def target_xfrm():
     return seeds, run
 
 
+def target_ikev2_rekey():
+    from tests.unit.test_ikev2_rekey_fuzz import CONFIG, GcAuth, RekeyReceiver, corpus, run_one, seal
+
+    sa, datagrams, chains = corpus()
+    count = [0]
+
+    def run(data: bytes) -> bool:
+        failures: list = []
+        count[0] += 1
+        rx = RekeyReceiver(CONFIG, sa, gcauth=GcAuth.IMPLICIT)
+        if count[0] % 2 and data:  # half of the inputs as SK content under the Rekey SA
+            ok = run_one(rx, seal(sa, data), failures)
+        else:
+            ok = run_one(rx, data, failures)
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return datagrams + chains, run
+
+
 TARGETS: dict[str, Callable] = {
     "wire": target_wire, "ikev2": target_ikev2, "ikev2_sa_init": target_ikev2_sa_init,
-    "ikev2_rekey": target_ikev2_rekey,
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
+    "ikev2_rekey": target_ikev2_rekey,
 }
 
 
