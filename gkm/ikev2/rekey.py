@@ -42,6 +42,8 @@ Decisions the RFC leaves open or words loosely:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 
 from gkm.gdoi.keys import GroupTek
@@ -96,8 +98,13 @@ class RekeyApplied(Ikev2Event):
 
 @dataclass(frozen=True, slots=True)
 class RekeyRejected(Ikev2Event):
+    """A datagram was dropped; the receiver's state is unchanged.  ``duplicate``: a copy of the
+    datagram last applied (the GCKS sends bitwise identical copies, §2.4.3: expected, not an
+    attack, worth a debug line only)."""
+
     group_id: int
     reason: str
+    duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +262,8 @@ class RekeyReceiver:
         self.auth_key = auth_key
         self.key_path = key_path
         self.excluded = False
+        self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "internal_error": 0}
+        self._last_digest: bytes | None = None  # SHA-256 of the last datagram applied
 
     def state(self) -> tuple:
         """Everything a datagram can change (a refused one must leave it equal)."""
@@ -262,12 +271,26 @@ class RekeyReceiver:
 
     def receive(self, datagram: bytes) -> tuple[Ikev2Event, ...]:
         gid = self.config.group_id
+        data = bytes(datagram)
+        digest = hashlib.sha256(data).digest()
+        if self._last_digest is not None and hmac.compare_digest(digest, self._last_digest):
+            self.stats["duplicates"] += 1
+            return (RekeyRejected(gid, "copy of the GSA_REKEY last applied", duplicate=True),)
         try:
-            return (self._receive(bytes(datagram)),)
+            event = self._receive(data)
         except _Refused as e:
-            return (RekeyRejected(gid, str(e)),)
+            event = RekeyRejected(gid, str(e))
         except _Missed as e:
-            return (RekeyMissed(gid, e.spi),)
+            event = RekeyMissed(gid, e.spi)
+        except Exception as e:  # noqa: BLE001 - no exception escapes an input (the fuzz test counts these)
+            self.stats["internal_error"] += 1
+            event = RekeyRejected(gid, f"internal error: {type(e).__name__}")
+        if isinstance(event, (RekeyApplied, RekeyExcluded)):
+            self.stats["accepted"] += 1
+            self._last_digest = digest
+        else:
+            self.stats["rejected"] += 1
+        return (event,)
 
     def _receive(self, data: bytes) -> Ikev2Event:
         gid = self.config.group_id
