@@ -385,23 +385,23 @@ def target_xfrm():
 
 
 def target_ikev2_rekey():
-    from tests.unit.test_ikev2_rekey_fuzz import CONFIG, GcAuth, RekeyReceiver, corpus, run_one, seal
+    from tests.unit.test_ikev2_rekey_fuzz import Corpus, run_one, seal
 
-    sa, datagrams, chains = corpus()
+    c = Corpus()
     count = [0]
 
     def run(data: bytes) -> bool:
         failures: list = []
         count[0] += 1
-        rx = RekeyReceiver(CONFIG, sa, gcauth=GcAuth.IMPLICIT)
-        if count[0] % 2 and data:  # half of the inputs as SK content under the Rekey SA
-            ok = run_one(rx, seal(sa, data), failures)
+        mode = count[0] % 3  # datagram as is / SK content under the Rekey SA, implicit / signed
+        if mode and data:
+            ok = run_one(c.receiver(mode == 2), seal(c.sa, data), failures)
         else:
-            ok = run_one(rx, data, failures)
+            ok = run_one(c.receiver(), data, failures)
         if failures:
             raise Crash(str(failures[0])[:300])
         return ok
-    return datagrams + chains, run
+    return c.datagrams + c.chains + c.signed_chains, run
 
 
 TARGETS: dict[str, Callable] = {
