@@ -25,10 +25,15 @@ Decisions the RFC leaves open or words loosely:
   under digital signature); GM_SENDER_ID is refused.
 * GCAUTH must not appear (§4.3.1.1.1); GWP_SENDER_ID_BITS must not (§6).  A GSA policy for the
   Rekey SA must carry GSA_KEY_LIFETIME and ENCR, INTEG (unless AEAD) and KWA.
-* A new Rekey SA replaces the current one when the message is applied; later copies of that
-  message on the old SPI are refused as "not the current Rekey SA" (they were applied).  DTD
-  only delays the deletion of Data-Security SAs, which is the SA installer's business (the
+* A new Rekey SA replaces the current one when the message is applied.  Copies of the datagram
+  last applied are reported as duplicates (``RekeyRejected.duplicate``, like the GDOI
+  PushReceiver); older messages on a replaced SPI are refused as "not the current Rekey SA".
+  DTD only delays the deletion of Data-Security SAs, which is the SA installer's business (the
   event carries ATD/DTD).
+* GSA_INITIAL_MESSAGE_ID on a Rekey SA a GSA_REKEY installs: the §6 table allows it, §2.4.3
+  says such an SA starts at 0; a non-zero value is refused.
+* Sender-IDs (§2.4.4): a counter-mode TEK this member would send on, without a Sender-ID from
+  registration, is withheld and the event asks for re-registration.
 * Forward access control (§3.3.1): :meth:`RekeySender.build` refuses TEKs in a message that
   carries LKH WRAP_KEYs (the excluded members can read that message); send the eviction, then
   the TEKs over the new Rekey SA.
