@@ -18,7 +18,8 @@ server and the member, mutated content under valid phase 1 encryption and HASH),
 ``push`` (the member's PushReceiver: mutated datagrams, and mutated content validly
 encrypted under the KEK and signed by the group's key), ``control`` (the control socket's
 request handling on a real Daemon with fake engines), ``policy`` (the TOML configuration
-loader) and ``xfrm`` (the netlink XFRM message/event parser).
+loader) and ``xfrm`` (the netlink XFRM message/event parser); ``ikev2_rekey`` (the G-IKEv2
+GSA_REKEY receiver: mutated datagrams and mutated content sealed under the Rekey SA).
 
 The targets reuse the unit tests' fixtures (tests/unit), so this runs from a checkout.
 """
@@ -420,11 +421,31 @@ def target_member_state():
     return seeds, run
 
 
+def target_ikev2_rekey():
+    from tests.unit.test_ikev2_rekey_fuzz import Corpus, run_one, seal
+
+    c = Corpus()
+    count = [0]
+
+    def run(data: bytes) -> bool:
+        failures: list = []
+        count[0] += 1
+        mode = count[0] % 3  # datagram as is / SK content under the Rekey SA, implicit / signed
+        if mode and data:
+            ok = run_one(c.receiver(mode == 2), seal(c.sa, data), failures)
+        else:
+            ok = run_one(c.receiver(), data, failures)
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return c.datagrams + c.chains + c.signed_chains, run
+
+
 TARGETS: dict[str, Callable] = {
     "wire": target_wire, "ikev2": target_ikev2, "ikev2_sa_init": target_ikev2_sa_init,
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
-    "member_state": target_member_state,
+    "member_state": target_member_state, "ikev2_rekey": target_ikev2_rekey,
 }
 
 
