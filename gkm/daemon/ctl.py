@@ -278,8 +278,27 @@ def _rekey(r: dict[str, Any]) -> str:
             f"GROUPKEY-PUSH sent to {', '.join(r.get('sent_to') or []) or 'nobody'}")
 
 
+def _sa(r: dict[str, Any]) -> str:
+    if not r.get("kernel"):
+        return "no kernel SAs: this msecd installs none (--no-kernel, or no member group)"
+    lines = []
+    for g in r.get("groups") or []:
+        lines.append(f"group {g['id']}" + (f" ({g['name']})" if g.get("name") else "")
+                     + f": {len(g['sas'])} SA(s), {len(g['policies'])} policy(ies)")
+        if g["sas"]:
+            lines.append(_table([[a["spi"], a["direction"], a.get("suite") or "?",
+                                  a["dst"], str(a.get("packets") or 0),
+                                  str(a.get("bytes") or 0), _when(a.get("expires"))]
+                                 for a in g["sas"]],
+                                ["SPI", "DIR", "SUITE", "DST", "PACKETS", "BYTES", "EXPIRES"]))
+        for p in g["policies"]:
+            lines.append(f"  policy {p['src']} -> {p['dst']} proto {p['proto']} "
+                         f"dir {p['direction']} priority {p['priority']} SPI {p['spi']}")
+    return "\n".join(lines) or "no member groups"
+
+
 _RENDER = {"status": _status, "groups": _groups, "group": _group, "members": _members,
-           "reload": _reload, "rekey": _rekey, "evict": _evict, "deny": _deny}
+           "reload": _reload, "rekey": _rekey, "evict": _evict, "deny": _deny, "sa": _sa}
 
 
 def render(cmd: str, r: dict[str, Any]) -> str:
@@ -310,6 +329,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     m = sub.add_parser("members", help="members of a group this daemon serves")
     m.add_argument("id", type=int)
+    sa = sub.add_parser("sa", help="member: msec's kernel SAs and policies per group, with "
+                                   "counters and expiry")
+    sa.add_argument("id", type=int, nargs="?", default=None)
     sub.add_parser("reload", help="reload the configuration (refused if invalid)")
     rk = sub.add_parser("rekey", help="key server: new TEKs for a group, sent by GROUPKEY-PUSH")
     rk.add_argument("id", type=int)
@@ -376,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return init_main(args.configs)
     req: dict[str, Any] = {"cmd": args.cmd}
-    if args.cmd in ("group", "members", "rekey", "evict"):
+    if args.cmd in ("group", "members", "rekey", "evict") or (args.cmd == "sa" and
+                                                              args.id is not None):
         req["id"] = args.id
     if args.cmd == "evict":
         req["identities"] = args.identities

@@ -31,6 +31,7 @@ from .control import ControlServer
 from .engines import EngineFactory, EngineUnavailable, StartupError
 from .keylog import KeyLog
 from .keyserver import KeyServerRole
+from .sa_view import group_sas
 from .member import ExpireWatch, MemberSession, RekeySockets
 from .member_store import MemberStateFiles
 
@@ -356,6 +357,8 @@ class Daemon:
             return self.status()
         if cmd == "groups":
             return {"ok": True, "groups": self.groups()}
+        if cmd == "sa":
+            return self.sas(req.get("id"))
         if cmd in ("group", "members", "rekey", "evict", "deny", "deny-lift"):
             gid = req.get("id")
             if isinstance(gid, str) and gid.strip().isdigit():
@@ -453,6 +456,29 @@ class Daemon:
         if self.keyserver is None or self.keyserver.settings.group(gid) is None:
             return {"ok": False, "error": f"this daemon is not the key server of group {gid}"}
         return self.keyserver.rekey(self.keyserver.settings.group(gid))
+
+    def sas(self, gid: Any = None) -> dict[str, Any]:
+        """``msecctl sa [ID]``: msec's kernel SAs and policies of each member group (or of
+        one), with counters and expiry (:mod:`gkm.daemon.sa_view`)."""
+        if isinstance(gid, str) and gid.strip().isdigit():
+            gid = int(gid)
+        if gid is not None and (not isinstance(gid, int) or isinstance(gid, bool)):
+            return {"ok": False, "error": '"sa": "id" must be a group id'}
+        groups = {g.group_id: g for g in (self.config.member.groups if self.config.member else ())}
+        if gid is not None and gid not in groups:
+            return {"ok": False, "error": f"this daemon is not a member of group {gid}"}
+        wanted = [gid] if gid is not None else sorted(groups)
+        inst = self.installer
+        views, counters = {}, []
+        if inst is not None and inst.kernel:
+            try:
+                views = inst.views(wanted)
+                counters = inst.read_counters()
+            except OSError as e:
+                return {"ok": False, "error": f"cannot read the kernel's SAs: {e}"}
+        return {"ok": True, "kernel": bool(inst is not None and inst.kernel),
+                "groups": [group_sas(g, groups[g].name, views.get(g), counters)
+                           for g in wanted]}
 
     def members(self, gid: int) -> dict[str, Any]:
         if self.keyserver is None or self.keyserver.settings.group(gid) is None:

@@ -155,6 +155,10 @@ class KernelInstaller:
         """The reqid tagging ``group_id``'s states (``xfrm.groupsa``)."""
         return self.sa.reqid(group_id)
 
+    def views(self, group_ids) -> dict:
+        """What the kernel holds for each group (``xfrm.groupsa.InstalledGroup``), read now."""
+        return {g: self.sa.installed(g) for g in group_ids}
+
     def read_counters(self):
         """The counters of msec's states (``xfrm.SaCounters``), read through a netlink socket
         of its own: callable from another thread than the installer's (the metrics scrape)."""

@@ -2,7 +2,7 @@
 members (real msecd processes, metrics on); 20 datagrams from gm1 to the group; each
 member's ``msec_sa_packets_total`` / ``msec_sa_bytes_total`` for the group's SA rise by what
 went through it and equal what ``ip -s xfrm state`` (iproute2, an independent reader of the
-same kernel counters) says."""
+same kernel counters) says; ``msecctl sa`` shows that SA with the same counters."""
 
 from __future__ import annotations
 
@@ -69,6 +69,22 @@ def test_sa_counters_rise_with_traffic(netlab_factory, tmp_path):
             assert _iproute_counters(h)[spi] == (nbytes, packets)
             assert _sa(m, "integrity_failed")[spi] == 0
             assert series(m, "msec_tek_expiry_seconds")
+        # msecctl sa: the same SA with the same counters, its expiry, the group's policies
+        for d, h in zip(gms, (h2, h3)):
+            m = scrape(h, METRICS_PORT)
+            r = d.ctl_json("sa")
+            assert r["ok"] and r["kernel"], r
+            (g,) = r["groups"]
+            assert g["id"] == 1001
+            (a,) = [a for a in g["sas"] if int(a["spi"], 16) == spi]
+            assert (a["bytes"], a["packets"]) == _iproute_counters(h)[spi]
+            assert a["packets"] >= _sa(m, "packets")[spi]  # a scrape earlier, never more
+            assert a["suite"] and a["dst"] == GROUP and a["integrity_failed"] == 0
+            assert a["added"] and a["expires"] > a["added"]
+            assert {p["direction"] for p in g["policies"]} >= {"out", "in"}
+            assert f"0x{spi:08x}" in d.ctl("sa").stdout
+            bad = d.ctl("sa", "4242")
+            assert bad.returncode == 1 and "not a member of group 4242" in bad.stdout + bad.stderr
     finally:
         for d in gms:
             d.stop()
