@@ -16,8 +16,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from gkm.events import Event
-from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupRekeyed, KeysPurged,
-                       KeysRotated, MembersEvicted)
+from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupDissolved,
+                       GroupRekeyed, KeysPurged, KeysRotated, MembersEvicted)
 from gkm.group.storage import apply, load_state
 from gkm.store import StoreError
 from policy import model as pm
@@ -243,6 +243,13 @@ class GroupShell:
             case EvictionScheduled():
                 log.warning("group %s: %s on the deny list; evicted by the batch rekey at %s",
                             g.label, ", ".join(ev.identities), fmt_time_utc(ev.at))
+            case GroupDissolved(seq=None):
+                log.warning("group %s: deleted; no GROUPKEY-PUSH could tell its %d member(s) "
+                            "(no KEK or no keys yet): they keep the TEKs until those expire",
+                            g.label, len(ev.members))
+            case GroupDissolved():
+                log.info("group %s: deleted; GROUPKEY-PUSH SEQ %d deleting the KEK and every "
+                         "TEK sent to %s", g.label, ev.seq, to)
             case KeysPurged():
                 what = ([f"TEK SPI {_spis(ev.tek_spis)}"] if ev.tek_spis else []) + \
                     [f"KEK {k.hex()}" for k in ev.kek_spis]

@@ -60,7 +60,7 @@ from policy.model import GroupPolicy, TekPolicy, kek_rekey_lead, tek_rekey_lead
 from .changes import (Change, DenyAdded, GroupCreated, KekActivated, KekAdded, KekDeleted,
                       LkhDeleted, LkhSaved, MemberRecorded, MembersRemoved, SeqReserved,
                       TekAdded, TekStateChanged, TeksPurged)
-from .events import EvictionScheduled, GroupRekeyed, KeysPurged, KeysRotated, MembersEvicted
+from .events import EvictionScheduled, GroupDissolved, GroupRekeyed, KeysPurged, KeysRotated, MembersEvicted
 from .state import GroupState
 from .values import (ControllerRefused, ControllerState, EvictionResult, Push, RekeyResult,
                      Signer)
@@ -238,6 +238,12 @@ class GroupController:
         Without a KEK (or keys) nothing can be pushed: the TEKs concerned are retired and
         registrations get new ones.  Lifetimes and lead times apply from the next rotation."""
         return self._atomic(self._update_policy, policy, now, signer, signer_error)
+
+    def dissolve(self, now: float) -> GroupDissolved:
+        """The group is being deleted: one PUSH deleting the KEK and every TEK at the members
+        (if one can be sent), the members removed from the state.  The controller is dropped
+        after this; the deny list stays in the store."""
+        return self._atomic(self._dissolve, now)
 
     def handle_timer(self, now: float) -> None:
         """Whatever is due at ``now``: a batch of evictions, purges, rotations."""
@@ -492,6 +498,30 @@ class GroupController:
             self._log(KekDeleted(gid, spi))
         if teks or keks:
             self._pending_events.append(KeysPurged(gid, teks, keks))
+
+    def _dissolve(self, now: float) -> GroupDissolved:
+        self._need_input_state()
+        s, gid = self._state, self.group_id
+        members = tuple(sorted(s.members))
+        seq = None
+        if self._can_push():
+            kek = s.current_kek()
+            (seq,) = self._seqs(kek, 1)
+            data = build_push(self.policy, kek=self._kek_keys(kek),
+                              signing_key=self._signer.private_key, seq=seq, deletes=[0],
+                              delete_kek=True, now=int(now))
+            self._log(SeqReserved(gid, kek.spi, seq))
+            self._log(KekDeleted(gid, kek.spi))
+            self._pending_pushes.append(Push(seq, kek.spi, data))
+        if members:
+            self._log(MembersRemoved(gid, members))
+        for tek in s.teks_in(KeyState.CURRENT, KeyState.NEXT):
+            self._log(TekStateChanged(gid, tek.spi, KeyState.OLD))
+        if s.tree is not None:
+            self._log(LkhDeleted(gid))
+        ev = GroupDissolved(gid, members, seq)
+        self._pending_events.append(ev)
+        return ev
 
     def _evict_pending(self, now: float) -> MembersEvicted | str:
         """Evict every registered member on the deny list now; the event, or why the rekey
