@@ -501,3 +501,35 @@ def test_reload_with_a_new_signing_key_hands_members_the_new_public_key(tmp_path
     ctl.rekey(WALL + 1)
     pushes, _ = commit(s.store, ctl, WALL + 1)
     assert [e.seq for e in _receive(r, pushes) if isinstance(e, Rekeyed)] == [1]
+
+
+@pytest.mark.parametrize("lkh", [True, False])
+def test_dissolve_deletes_kek_and_teks_at_every_member(tmp_path, lkh):
+    """msecctl group delete: one PUSH that every member accepts, deleting KEK and TEKs; the
+    members leave the store (not the deny list: a group created again admits them)."""
+    from gkm.group import GroupDissolved
+
+    s = Setup(tmp_path, who=("gm1", "gm2"), lkh=lkh)
+    receivers = [s.receiver("gm1"), s.receiver("gm2")]
+    ctl = controller(s.store, s.group, WALL)
+    ev = ctl.dissolve(WALL)
+    pushes, evs = commit(s.store, ctl, WALL)
+    assert len(pushes) == 1 and evs == [ev] == [GroupDissolved(GID, ("key-id:gm1", "key-id:gm2"),
+                                                               ev.seq)]
+    assert ev.seq is not None
+    assert s.store.current_kek(GID) is None and s.store.teks(GID, KeyState.CURRENT) == []
+    assert s.store.members(GID) == [] and s.store.denied(GID) == []
+    for r in receivers:
+        got = _receive(r, pushes)
+        assert any(isinstance(e, TeksDeleted) for e in got), got
+        assert not any(isinstance(e, PushRejected) for e in got), got
+
+
+def test_dissolve_without_kek_pushes_nothing(tmp_path):
+    s = Setup(tmp_path, who=("gm1",))
+    no_kek = dataclasses.replace(s.group, kek=None)
+    ctl = GroupController(no_kek, load_state(s.store, GID), now=WALL)
+    ev = ctl.dissolve(WALL)
+    pushes, _evs = commit(s.store, ctl, WALL)
+    assert pushes == [] and ev.seq is None and ev.members == ("key-id:gm1",)
+    assert s.store.members(GID) == []
