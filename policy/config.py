@@ -1,4 +1,9 @@
-"""msecd configuration: one TOML file -> `policy.model.DaemonConfig`, validated as a whole.
+"""msecd configuration: one TOML file and its drop-ins -> `policy.model.DaemonConfig`,
+validated as a whole.
+
+`load_config` merges ``<file>.d/*.toml`` (`policy.dropin`: group and PSK entries only, what
+``msecctl group create`` and ``msecctl join`` write) into the main document before the check,
+so a restart, ``msecd --check`` and msecctl see the same configuration.
 
 A file is accepted completely or refused completely. Every problem found is collected (type,
 unknown key, range, syntax, cross-field, file checks) and `ConfigError` lists them all, one per
@@ -99,6 +104,7 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     max_push_size = 8192                      # default; largest PUSH datagram (bytes,
                                               # 2048..65000); larger LKH updates are split
 
+    [member]                                  # may be empty: groups joined later by msecctl
     [[member.group]]                          # this daemon joins these groups
     id = 1001
     name = "video"

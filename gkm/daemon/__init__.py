@@ -9,5 +9,7 @@
 * :mod:`gkm.daemon.report`: what logs and replies show of addresses and TEKs (never keys);
 * :mod:`gkm.daemon.engines`: the only place that constructs `gkm.gdoi` engines and the
   `xfrm.groupsa` installer;
-* :mod:`gkm.daemon.__main__`: ``msecd`` (console script); :mod:`gkm.daemon.ctl`: ``msecctl``.
+* :mod:`gkm.daemon.config_edit`: msecctl's configuration changes (drop-ins) and ``reload --check``;
+* :mod:`gkm.daemon.__main__`: ``msecd`` (console script); :mod:`gkm.daemon.ctl`: ``msecctl``
+  (:mod:`gkm.daemon.completion`: its bash completion).
 """
