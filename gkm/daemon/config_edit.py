@@ -217,7 +217,8 @@ class ConfigEditor:
 def preview(daemon: "Daemon", old: pm.DaemonConfig, new: pm.DaemonConfig) -> dict[str, Any]:
     """What a reload from ``old`` to ``new`` would do, in stable field names: groups added,
     removed and changed per role, members the new policy would evict, TEKs that would roll
-    (replaced by a PUSH or retired), settings that only a restart applies."""
+    (``teks``: SPIs replaced or deleted, ``new_teks``: TEK policies that get new keys,
+    ``new_kek``; as the group controllers plan it), settings that only a restart applies."""
     d = diff(old, new)
     ks = daemon.keyserver
     evicted: list[dict[str, Any]] = []
@@ -231,13 +232,13 @@ def preview(daemon: "Daemon", old: pm.DaemonConfig, new: pm.DaemonConfig) -> dic
             for m in ks.would_evict(g):
                 evicted.append({"id": g.group_id, **m})
         for c in d.keyserver_changed:
-            if c.needs_rekey:
-                teks = ks.current_teks(c.group_id)
-                rolled.append({"id": c.group_id, "teks": teks,
-                               "why": "TEK or KEK policy changed"})
+            roll = ks.would_roll(new.keyserver.group(c.group_id)) if c.needs_rekey else None
+            if roll is not None:
+                rolled.append({"id": c.group_id, **roll, "why": "TEK or KEK policy changed"})
     if ks is not None:
         for gid in d.keyserver_removed:
-            rolled.append({"id": gid, "teks": ks.current_teks(gid), "why": "group removed"})
+            rolled.append({"id": gid, "teks": ks.current_teks(gid), "new_teks": [],
+                           "new_kek": False, "why": "group removed: a PUSH deletes its keys"})
     return {
         "groups_added": [{"id": g, "role": "keyserver"} for g in d.keyserver_added]
         + [{"id": g, "role": "member"} for g in d.member_added],

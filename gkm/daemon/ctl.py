@@ -284,8 +284,12 @@ def _reload_check(r: dict[str, Any]) -> str:
     for m in r.get("members_evicted") or []:
         lines.append(f"  evict {m['identity']} from group {m['id']} ({m['reason']})")
     for t in r.get("teks_rolled") or []:
-        lines.append(f"  roll the TEKs of group {t['id']} ({t['why']}): "
-                     f"{', '.join(t['teks']) or 'none in use yet'}")
+        what = [f"replace or delete TEK {', '.join(t['teks'])}"] if t.get("teks") else []
+        if t.get("new_teks"):
+            what.append(f"new TEKs for {', '.join(t['new_teks'])}")
+        if t.get("new_kek"):
+            what.append("a new KEK")
+        lines.append(f"  group {t['id']} ({t['why']}): {'; '.join(what) or 'nothing in use'}")
     for s in r.get("restart_needed") or []:
         lines.append(f"  {s} changed: takes effect at the next restart")
     return "\n".join(lines)
@@ -395,9 +399,9 @@ def _parser() -> argparse.ArgumentParser:
         "id", type=_group_id)
     rl = cmd(sub, "reload", "reload the configuration (refused as a whole if invalid)")
     rl.add_argument("--check", nargs="?", const="", default=None, metavar="FILE",
-                    help="only validate FILE (default: the running configuration file) and "
-                         "show what a reload would change: groups added and removed, members "
-                         "evicted, TEKs rolled")
+                    help="only validate FILE with its drop-ins FILE.d/*.toml (default: the "
+                         "running configuration) and show what a reload would change: groups "
+                         "added and removed, members evicted, TEKs rolled; changes nothing")
     cmd(sub, "rekey", "key server: new TEKs for a group, sent by GROUPKEY-PUSH").add_argument(
         "id", type=_group_id)
     ev = cmd(sub, "evict", "key server: evict members (new keys for the others; they stay "

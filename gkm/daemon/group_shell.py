@@ -140,6 +140,14 @@ class GroupShell:
             self._dirty.discard(gid)
             self._generation[gid] = store.generation
 
+    def peek(self, gid: int):
+        """``gid``'s controller with the store's current state, for a look that changes
+        nothing (``msecctl reload --check``); None without one."""
+        ctl = self.controllers.get(gid)
+        if ctl is not None:
+            self._fresh(gid, ctl)
+        return ctl
+
     # -- inputs
     def call(self, g: pm.GroupPolicy, fn: Callable[[Any, float], Any]):
         """Run one user call on ``g``'s controller, commit, send.  Returns (result, sent,

@@ -22,6 +22,7 @@ from gkm.events import Event
 from gkm.gdoi.pull import member_key
 from gkm.gdoi.events import MemberRefused, MemberRegistered
 from gkm.ike.events import Phase1Failed
+from gkm.store import KeyState
 from policy import model as pm
 from policy.revocation import RevocationList, load_crls
 
@@ -439,6 +440,22 @@ class KeyServerRole:
             if reason is not None:
                 out.append({"identity": m.identity, "reason": reason})
         return out
+
+    def would_roll(self, g: pm.GroupPolicy) -> dict[str, Any] | None:
+        """``msecctl reload --check``: what a reload to ``g`` would replace (the group
+        controller's plan), or None if nothing."""
+        ctl = self.groups.peek(g.group_id)
+        old = self.settings.group(g.group_id)
+        if ctl is None or old is None:
+            return None
+        retire, fresh, new_kek = ctl.plan_policy(g)
+        new_kek = new_kek or (old.kek is not None and g.kek is not None
+                              and old.kek.signing_key != g.kek.signing_key)
+        live = ctl.group_state.teks_in(KeyState.CURRENT, KeyState.NEXT)
+        if not live or not (retire or fresh or new_kek):
+            return None  # no keys yet: the next registration gets the new policy's
+        return {"teks": [f"0x{t.spi:08x}" for t in retire],
+                "new_teks": [tp.name for tp in fresh], "new_kek": bool(new_kek)}
 
     def current_teks(self, group_id: int) -> list[str]:
         """The SPIs of the group's TEKs in use (current or next), as msecctl shows them."""

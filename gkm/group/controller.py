@@ -245,6 +245,28 @@ class GroupController:
         after this; the deny list stays in the store."""
         return self._atomic(self._dissolve, now)
 
+    def plan_policy(self, policy: GroupPolicy) -> tuple[list[Tek], list[TekPolicy], bool]:
+        """What :meth:`update_policy` with ``policy`` would replace, changing nothing
+        (``msecctl reload --check``): the TEKs retired (policy removed, or its suite, selector
+        or mode changed), the TEK policies that get new TEKs, and whether the KEK cipher
+        changed (a new KEK).  A new signing key also brings a new KEK (not seen here)."""
+        old_tps = {tp.name: tp for tp in self.policy.teks}
+        new_tps = {tp.name: tp for tp in policy.teks}
+        live = self._state.teks_in(KeyState.CURRENT, KeyState.NEXT)
+        retire: list[Tek] = []
+        for t in live:
+            name = _name_of(t)
+            tp, was = new_tps.get(name), old_tps.get(name)
+            if tp is None or tp.suite.name != _suite_of(t) or (
+                    was is not None and (was.selector != tp.selector or was.mode != tp.mode)):
+                retire.append(t)
+        have = {_name_of(t) for t in live if t not in retire}
+        fresh = [tp for tp in policy.teks if tp.name not in have]
+        kek = self._state.current_kek()
+        kek_cipher_changed = (policy.kek is not None and kek is not None
+                              and kek.algorithm != policy.kek.cipher.name)
+        return retire, fresh, kek_cipher_changed
+
     def handle_timer(self, now: float) -> None:
         """Whatever is due at ``now``: a batch of evictions, purges, rotations."""
         return self._atomic(self._handle_timer, now)
@@ -291,22 +313,10 @@ class GroupController:
         if policy.group_id != self.group_id:
             raise ControllerRefused(f"policy of group {policy.group_id} for group "
                                     f"{self.group_id}")
-        old, s, gid = self.policy, self._state, self.group_id
-        old_tps = {tp.name: tp for tp in old.teks}
-        new_tps = {tp.name: tp for tp in policy.teks}
+        s, gid = self._state, self.group_id
         live = s.teks_in(KeyState.CURRENT, KeyState.NEXT)
-        retire: list[Tek] = []
-        for t in live:
-            name = _name_of(t)
-            tp, was = new_tps.get(name), old_tps.get(name)
-            if tp is None or tp.suite.name != _suite_of(t) or (
-                    was is not None and (was.selector != tp.selector or was.mode != tp.mode)):
-                retire.append(t)
-        have = {_name_of(t) for t in live if t not in retire}
-        fresh = [tp for tp in policy.teks if tp.name not in have]
+        retire, fresh, kek_cipher_changed = self.plan_policy(policy)
         kek = s.current_kek()
-        kek_cipher_changed = (policy.kek is not None and kek is not None
-                              and kek.algorithm != policy.kek.cipher.name)
         was = self.policy, self._signer, self._signer_error
         # a new PUSH signing key: members verify with the public key their KEK came with, so
         # the old key signs one last PUSH that brings a new KEK with the new public key

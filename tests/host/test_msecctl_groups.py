@@ -113,6 +113,26 @@ def test_msecctl_group_life_cycle(netlab_factory, tmp_path):
         assert p["ok"] and p["groups_removed"] == [{"id": 1001, "role": "keyserver"}], p
         assert p["groups_added"] == [] and p["teks_rolled"][0]["id"] == 1001
         assert p["teks_rolled"][0]["teks"], p
+        # ... and one whose drop-in changes 1001's cipher and admits gm2 only would roll its
+        # TEK and evict gm1; a lifetime alone rolls nothing (it applies at the next rotation)
+        spi = ks.ctl_json("group", "show", "1001")["roles"][0]["teks"][0]["spi"]
+        alt_d = alt.with_name("alt.toml.d")
+        alt_d.mkdir()
+        (alt_d / f.name).write_text(f.read_text().replace('"aes-gcm-128"', '"aes-gcm-256"')
+                                    .replace('["gm1"]', '["gm2"]'))
+        os.chmod(alt_d / f.name, 0o600)
+        p = ks.ctl_json("reload", "--check", str(alt))
+        assert p["groups_changed"] == [{"id": 1001, "role": "keyserver",
+                                        "fields": ["teks", "authorization"]}], p
+        assert [(m["id"], m["identity"]) for m in p["members_evicted"]] == [(1001, "key-id:gm1")]
+        assert p["teks_rolled"] == [{"id": 1001, "teks": [spi], "new_teks": ["tek0"],
+                                     "new_kek": False, "why": "TEK or KEK policy changed"}], p
+        text = ks.ctl("reload", "--check", str(alt)).stdout
+        assert "evict key-id:gm1 from group 1001" in text and spi in text, text
+        (alt_d / f.name).write_text(f.read_text().replace('"1h"', '"2h"'))
+        p = ks.ctl_json("reload", "--check", str(alt))
+        assert p["groups_changed"][0]["fields"] == ["teks"] and p["teks_rolled"] == [], p
+        assert p["members_evicted"] == []
         assert ks.ctl_json("reload", "--check")["unchanged"] is True
         assert ks.ctl("reload", "--check", str(tmp_path / "none.toml")).returncode == 1
 

@@ -237,6 +237,15 @@ def test_reload_removing_and_changing_teks(tmp_path):
     # control removed, video's suite changed: delete both, one new TEK for video
     video = dataclasses.replace(s.group.teks[0], suite=ESP_SUITES["aes-gcm-256"])
     new = dataclasses.replace(s.group, teks=(video,))
+    # the plan (msecctl reload --check) says it and changes nothing
+    before = _snapshot(ctl)
+    retire, fresh, new_kek = ctl.plan_policy(new)
+    assert {t.spi for t in retire} == {cur["video"], cur["control"]}
+    assert [tp.name for tp in fresh] == ["video"] and not new_kek
+    assert _snapshot(ctl) == before
+    longer = dataclasses.replace(s.group.teks[0], lifetime_s=s.group.teks[0].lifetime_s * 2)
+    assert ctl.plan_policy(dataclasses.replace(s.group, teks=(longer, *s.group.teks[1:]))) == \
+        ([], [], False)  # a lifetime applies from the next rotation
     res = ctl.update_policy(new, WALL, signer=signer_of(s.group))
     pushes, evs = commit(s.store, ctl, WALL)
     assert len(res.tek_spis) == 1 and len(pushes) == 1
