@@ -157,6 +157,9 @@ def test_msecctl_group_life_cycle(netlab_factory, tmp_path):
         assert r["ok"] and "member group 1002 removed" in r["changes"], r
         assert [g["id"] for g in gm.ctl_json("groups")["groups"]] == [1001]
         assert gm.ctl("leave", "1002").returncode == 1
+        assert gm.stop() == 0  # the member's joined group survives a restart too
+        gm = Msecd(gm_cfg, host=h2, args=["--no-kernel"], log=tmp_path / "gm2.log").start()
+        assert [g["id"] for g in gm.ctl_json("groups")["groups"]] == [1001]
 
         # authorize / deauthorize: taking gm1 out of the policy evicts it
         r = ks.ctl_json("group", "authorize", "1001", "gm2")
