@@ -313,21 +313,42 @@ def render(cmd: str, r: dict[str, Any]) -> str:
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
+_EXAMPLES = """examples:
+  msecctl group create 1001 --tek src=10.1.0.0/16,dst=239.1.1.1,cipher=aes-gcm-128 \\
+      --kek signing_key=/etc/msec/ks-sign.pem,rekey_address=239.192.0.1 --authorize gm1
+  msecctl join 1001 --key-server 192.0.2.1 --psk-identity gm1 --psk-file /etc/msec/gm1.psk
+  msecctl members 1001; msecctl evict 1001 gm1 --reason "lost laptop"
+  msecctl reload --check /etc/msec/msecd.toml.new
+  msecctl --json groups
+
+"""
+
 _EPILOG = """identities: key-id:NAME (or a bare NAME: a PSK identity), fqdn:HOST, dn:SUBJECT,
 address:IP[/LEN], as 'msecctl members' shows them.
 exit status: 0 ok, 1 the daemon said no (or could not be talked to), 2 usage error,
 3 msecd is not running.  --json: one JSON object per answer, stable field names.
 'msecctl COMMAND --help' describes each command."""
 
-_TEK_HELP = ("a TEK policy: comma-separated key=value, keys of [[keyserver.group.tek]] "
-             "(src, dst, protocol, src_port, dst_port, mode, cipher, lifetime, replay_window, "
-             "name; senders=ID;ID), e.g. src=10.1.0.0/16,dst=239.1.1.1,cipher=aes-gcm-128,"
-             "mode=tunnel,lifetime=1h; repeat for several TEKs")
-_KEK_HELP = ("the Rekey SA (GROUPKEY-PUSH): key=value pairs of [keyserver.group.kek] "
-             "(signing_key, signature, cipher, rekey_address, rekey_port, lifetime, lkh, "
-             "lkh_degree, evict_batch_window, rekey_ttl, rekey_interface, max_push_size, "
-             "tek_rekey_lead, kek_rekey_lead), e.g. signing_key=ks-sign.pem,"
-             "signature=ecdsa-p256,rekey_address=239.192.0.1")
+def _tek_help() -> str:
+    from policy.suites import ESP_SUITES
+
+    return ("a TEK policy: comma-separated key=value, keys of [[keyserver.group.tek]]: src, dst "
+            "(address or prefix), protocol, src_port, dst_port, mode (tunnel | transport), "
+            f"cipher ({' | '.join(ESP_SUITES)}), lifetime (seconds or 90s, 10m, 1h, 1d), "
+            "replay_window, name, senders=ID;ID (who sends; default everyone); e.g. "
+            "src=10.1.0.0/16,dst=239.1.1.1,cipher=aes-gcm-128,mode=tunnel,lifetime=1h; "
+            "repeat for several TEKs")
+
+
+def _kek_help() -> str:
+    from policy.suites import KEK_CIPHERS, SIGNATURE_SUITES
+
+    return ("the Rekey SA (GROUPKEY-PUSH): key=value pairs of [keyserver.group.kek]: "
+            f"signing_key (PEM, mode 0600), signature ({' | '.join(SIGNATURE_SUITES)}), "
+            f"cipher ({' | '.join(KEK_CIPHERS)}), rekey_address (multicast), rekey_port, "
+            "lifetime, lkh (true | false), lkh_degree, evict_batch_window, rekey_ttl, "
+            "rekey_interface, max_push_size, tek_rekey_lead, kek_rekey_lead; e.g. "
+            "signing_key=ks-sign.pem,signature=ecdsa-p256,rekey_address=239.192.0.1")
 
 
 def _group_id(text: str) -> int:
@@ -340,7 +361,7 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="msecctl", description="control msecd, the msec group key "
                                 "manager, over its control socket (needs root)",
-                                epilog=_EPILOG, formatter_class=fmt)
+                                epilog=_EXAMPLES + _EPILOG, formatter_class=fmt)
     p.add_argument("--socket", "-s", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
     p.add_argument("--config", "-c", default=None,
                    help="take the control socket from this msecd configuration")
@@ -359,28 +380,28 @@ def _parser() -> argparse.ArgumentParser:
     g = cmd(sub, "group", "one group: show, create, delete, authorize, deauthorize")
     gs = g.add_subparsers(dest="action", required=True, metavar="ACTION")
     cmd(gs, "show", "a group's state: members, KEK, TEKs, next key event").add_argument(
-        "id", type=_group_id)
+        "id", type=_group_id, metavar="ID")
     cr = cmd(gs, "create", "key server: create a group (a drop-in file, validated with the "
                            "whole configuration first)")
-    cr.add_argument("id", type=_group_id, help="GDOI group id")
+    cr.add_argument("id", type=_group_id, metavar="ID", help="GDOI group id, 1..4294967295")
     cr.add_argument("--name", help="local label")
-    cr.add_argument("--tek", action="append", required=True, metavar="SPEC", help=_TEK_HELP)
-    cr.add_argument("--kek", metavar="SPEC", help=_KEK_HELP)
+    cr.add_argument("--tek", action="append", required=True, metavar="SPEC", help=_tek_help())
+    cr.add_argument("--kek", metavar="SPEC", help=_kek_help())
     cr.add_argument("--authorize", action="append", default=[], metavar="IDENTITY",
                     help="who may join (repeat); see identities below")
     cr.add_argument("--activation-delay", metavar="DURATION", help="GAP ATD (default 2s)")
     cr.add_argument("--deactivation-delay", metavar="DURATION", help="GAP DTD (default 6s)")
     cmd(gs, "delete", "key server: delete a group msecctl created; a GROUPKEY-PUSH deletes "
-                      "its KEK and TEKs at the members").add_argument("id", type=_group_id)
+                      "its KEK and TEKs at the members").add_argument("id", type=_group_id, metavar="ID")
     for name, what in (("authorize", "admit identities to"),
                        ("deauthorize", "stop admitting identities to (registered ones are "
                                        "evicted)")):
         a = cmd(gs, name, f"key server: {what} a group msecctl created")
-        a.add_argument("id", type=_group_id)
+        a.add_argument("id", type=_group_id, metavar="ID")
         a.add_argument("identities", nargs="+", metavar="IDENTITY")
     j = cmd(sub, "join", "member: join a group (a drop-in file, validated with the whole "
                          "configuration first); registers at once")
-    j.add_argument("id", type=_group_id)
+    j.add_argument("id", type=_group_id, metavar="ID")
     j.add_argument("--key-server", action="append", required=True, metavar="ADDR",
                    help="HOST, HOST:PORT or [IPv6]:PORT; repeat for failover")
     j.add_argument("--name", help="local label")
@@ -394,19 +415,19 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--key-server-identity", action="append", default=[], metavar="IDENTITY",
                    help="who may act as key server (repeat; required with certificates)")
     cmd(sub, "leave", "member: leave a group msecctl joined; its SAs are removed").add_argument(
-        "id", type=_group_id)
+        "id", type=_group_id, metavar="ID")
     cmd(sub, "members", "members of a group this daemon serves").add_argument(
-        "id", type=_group_id)
+        "id", type=_group_id, metavar="ID")
     rl = cmd(sub, "reload", "reload the configuration (refused as a whole if invalid)")
     rl.add_argument("--check", nargs="?", const="", default=None, metavar="FILE",
                     help="only validate FILE with its drop-ins FILE.d/*.toml (default: the "
                          "running configuration) and show what a reload would change: groups "
                          "added and removed, members evicted, TEKs rolled; changes nothing")
     cmd(sub, "rekey", "key server: new TEKs for a group, sent by GROUPKEY-PUSH").add_argument(
-        "id", type=_group_id)
+        "id", type=_group_id, metavar="ID")
     ev = cmd(sub, "evict", "key server: evict members (new keys for the others; they stay "
                            "refused: deny list)")
-    ev.add_argument("id", type=_group_id)
+    ev.add_argument("id", type=_group_id, metavar="ID")
     ev.add_argument("identities", nargs="+", metavar="IDENTITY")
     ev.add_argument("--reason", default=None, help="why (logged and shown by members/deny)")
     dn = cmd(sub, "deny", "key server: show a group's deny list, or 'deny lift ID "
