@@ -1,7 +1,9 @@
 """msecctl's configuration changes: groups created, deleted, authorized, joined and left as
 drop-in files (:mod:`policy.dropin`), and ``reload --check``.
 
-Every change follows one path: build the drop-in's would-be text, validate the whole
+Every change follows one path: refuse if the files on disk do not hold the running
+configuration (an edit not reloaded yet would slip in with the change), build the drop-in's
+would-be text, validate the whole
 would-be configuration (main file + drop-ins) with :func:`policy.config.load_config` exactly
 as ``msecd --check`` and a restart will, and only if it is accepted write the drop-in
 atomically (0600) and apply it through the daemon's reload (:meth:`Daemon._reload`), which
@@ -18,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from policy import model as pm
 from policy.config import ConfigError, diff, load_config
-from policy.dropin import (authorize_entry, dropin_dir, dumps, keyserver_group_file, member_group_file,
-                           remove_atomic, write_atomic)
+from policy.dropin import (authorize_entry, dropin_dir, dumps, keyserver_group_file,
+                           member_group_file, remove_atomic, write_atomic)
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -86,8 +88,7 @@ class ConfigEditor:
             return {"ok": False, "error": f"this daemon is not {what} group {gid}"}
         name = keyserver_group_file(gid) if keyserver else member_group_file(gid)
         if not (self.directory / name).exists():
-            return {"ok": False, "error": f"group {gid} is defined in {self.daemon.config_path}, "
-                    f"not by msecctl: edit that file to remove it, then run msecctl reload"}
+            return self._not_ours(gid, name, "remove it")
         # the reload tells a deleted group's members (Daemon._reload: a PUSH deleting the KEK
         # and every TEK); a member's reload removes its SAs
         return await self._change(name, None, gid, "deleted" if keyserver else "left")
@@ -103,9 +104,7 @@ class ConfigEditor:
         try:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {"ok": False, "error": f"group {gid} is defined in {self.daemon.config_path}, "
-                    "not by msecctl: edit its [keyserver.group.authorize] there, then run "
-                    "msecctl reload"}
+            return self._not_ours(gid, name, "change its [keyserver.group.authorize]")
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             return {"ok": False, "error": f"cannot read {path}: {e}"}
         try:
@@ -151,6 +150,18 @@ class ConfigEditor:
                         "problems": []}
         assert daemon._reload_lock is not None
         async with daemon._reload_lock:
+            # the change is applied by a reload of everything: only if the files hold what
+            # runs, so that nobody's unreloaded edit of another group slips in with it
+            try:
+                on_disk = load_config(daemon.config_path)
+            except ConfigError as e:
+                return {"ok": False, "error": f"group {gid} not {verb}: the configuration on "
+                        "disk is refused; fix it first (msecctl reload --check shows why)",
+                        "problems": [str(p) for p in e.problems]}
+            if not diff(daemon.config, on_disk).empty:
+                return {"ok": False, "error": f"group {gid} not {verb}: the configuration on "
+                        "disk differs from the running one; see msecctl reload --check, then "
+                        "msecctl reload, then try again", "problems": []}
             try:
                 load_config(daemon.config_path, dropins={name: text})
             except ConfigError as e:
@@ -203,6 +214,11 @@ class ConfigEditor:
         return {"ok": True, "file": str(path), **preview(daemon, daemon.config, new)}
 
     # -- helpers
+    def _not_ours(self, gid: int, name: str, what: str) -> dict[str, Any]:
+        return {"ok": False, "error": f"group {gid} was not created by msecctl (no "
+                f"{self.directory / name}): edit the file that defines it ({self.daemon.config_path}"
+                f" or one of its drop-ins) to {what}, then run msecctl reload"}
+
     def _running_ids(self, keyserver: bool) -> set[int]:
         c = self.daemon.config
         role = c.keyserver if keyserver else c.member

@@ -70,6 +70,33 @@ def test_join_and_leave_through_the_reload(tmp_path):
         assert ("remove", 1002) in fac.inst.calls and set(d.sessions) == {1001}
         assert list(dropin_dir(cfg).iterdir()) == []
         r = await d.handle_request({"cmd": "leave", "id": 1001})  # the main file's
-        assert not r["ok"] and "edit that file" in r["error"]
+        assert not r["ok"] and "edit the file that defines it" in r["error"]
+        await d.stop()
+    _run(run())
+
+
+def test_a_change_waits_for_unreloaded_edits(tmp_path):
+    """The change is applied by a reload of everything: an edit of the main file not reloaded
+    yet would slip in with it, so the change is refused until the operator reloads."""
+    port = free_udp_port()
+    cfg = write_config(tmp_path, ks_port=port, member_port=port)
+    group = {"id": 7, "authorize": {"psk_identities": ["gm1"]},
+             "tek": [{"src": "10.7.0.0/16", "dst": "239.7.7.7", "cipher": "aes-gcm-128"}]}
+
+    async def run():
+        d = _daemon(cfg, FakeFactory())
+        await d.start()
+        cfg.write_text(cfg.read_text().replace('name = "g1001"', 'name = "renamed"'))
+        r = await d.handle_request({"cmd": "group-create", "group": group})
+        assert not r["ok"] and "differs from the running one" in r["error"], r
+        assert not dropin_dir(cfg).exists()
+        cfg.write_text(cfg.read_text() + "\n[bogus]\n")
+        r = await d.handle_request({"cmd": "group-create", "group": group})
+        assert not r["ok"] and "on disk is refused" in r["error"] and r["problems"], r
+        cfg.write_text(cfg.read_text().replace("\n[bogus]\n", ""))
+        assert (await d.handle_request({"cmd": "reload"}))["ok"]
+        r = await d.handle_request({"cmd": "group-create", "group": group})
+        assert r["ok"] and "keyserver group 7 added" in r["changes"], r
+        assert [g.name for g in d.config.keyserver.groups] == ["renamed", None]
         await d.stop()
     _run(run())
