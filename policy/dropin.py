@@ -70,7 +70,7 @@ def dropin_names(directory: Path) -> list[str]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if _NAME.match(n) and (directory / n).is_file())
+    return sorted(n for n in names if _NAME.fullmatch(n) and (directory / n).is_file())
 
 
 def merge(main: dict, dropins: list[tuple[str, dict]]) -> tuple[dict, list[tuple[str, str, str]],
@@ -139,7 +139,7 @@ def relocate(source: str, path: str, origins: Mapping[str, list[tuple[str, int]]
 def _key(k: str) -> str:
     if not isinstance(k, str) or not k:
         raise ValueError(f"key {k!r} is not a non-empty string")
-    return k if _BARE_KEY.match(k) else _string(k)
+    return k if _BARE_KEY.fullmatch(k) else _string(k)
 
 
 def _string(s: str) -> str:

@@ -8,7 +8,7 @@ import os
 import tomllib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from policy.config import ConfigError, load_config
 from policy.dropin import (authorize_entry, dropin_dir, dumps, keyserver_group_file,
@@ -162,5 +162,6 @@ _tables = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(_keys, _tables, max_size=3))
+@example({"0": {"0\n": "", "a\n[b]": 1}, "x\n": {}})  # a key must never end a line early
 def test_dumps_round_trips(doc):
     assert tomllib.loads(dumps(doc)) == doc
