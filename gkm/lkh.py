@@ -229,11 +229,16 @@ class LkhUpdate:
         return cls(epoch, tuple(entries))
 
     def wire_size(self) -> int:
-        """Bytes of the KD payload's LKH key packet: one TLV LKH_UPDATE_ARRAY per chain."""
-        return sum(
-            _ATTR_HDR + _UPDATE_ARRAY_HDR + sum(_LKH_KEY_HDR + len(e.wrapped) for e in chain)
-            for chain in self.chains()
-        )
+        """Bytes of the KD payload's LKH key packet: one TLV LKH_UPDATE_ARRAY per chain.
+        Kept on the (immutable) update: the key server asks more than once per eviction."""
+        size = self.__dict__.get("_wire_size")
+        if size is None:
+            size = sum(
+                _ATTR_HDR + _UPDATE_ARRAY_HDR + sum(_LKH_KEY_HDR + len(e.wrapped) for e in chain)
+                for chain in self.chains()
+            )
+            object.__setattr__(self, "_wire_size", size)
+        return size
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
                                               # <state_dir>/gcks.anchor: the key server's
                                               # SEQ/key-generation anchor, kept apart from
                                               # the database (gkm.store_anchor)
+    keylog_file = "/root/msec-keys.log"        # optional, off by default: phase 1 and group
+                                              # ESP keys for Wireshark (gkm.daemon.keylog),
+                                              # created 0600; for debugging only
 
     [keyserver]                               # this daemon is GCKS for the groups below
     listen = ["0.0.0.0", "::"]                # default; IP literals

@@ -1,4 +1,5 @@
-"""msecd: ``msecd --config FILE [--foreground] [--log-level LEVEL] [--no-kernel]``.
+"""msecd: ``msecd --config FILE [--foreground] [--log-level LEVEL] [--log-format text|json]
+[--no-kernel]``, ``msecd --version``.
 
 Exit status: 0 after a clean shutdown, 2 when the configuration is refused (every problem is
 printed on stderr, nothing was changed), 1 when the daemon cannot start (state directory
@@ -7,7 +8,11 @@ locked, port in use, control socket taken, missing component).
 Without ``--foreground`` msecd detaches (double fork, ``setsid``, stdio to /dev/null) after the
 configuration was validated, logs to syslog (``/dev/log``) when available, and the command
 returns once the daemon is up (0) or failed to start (1, reason on stderr); with it, logs go
-to stderr.  Signals: SIGHUP reloads, SIGTERM/SIGINT stop (member SAs stay in the kernel).
+to stderr, in the journal's conventions when stderr is the journal (:mod:`.logfmt`), and the
+daemon tells systemd when it is ready, reloading and stopping (``Type=notify``,
+:mod:`.sdnotify`; the unit is ``systemd/msecd.service``).  With ``$NOTIFY_SOCKET`` set msecd
+never detaches: ``--foreground`` is implied.  ``--log-format json``: one JSON
+object per line.  Signals: SIGHUP reloads, SIGTERM/SIGINT stop (member SAs stay in the kernel).
 ``--no-kernel`` makes members skip SA installation (they register and log what they would
 install), for hosts whose kernel lacks ESP.  ``--accept-state``: the key server serves its
 state database even though it is missing, empty, another one or older than its anchor
@@ -26,7 +31,11 @@ import sys
 from pathlib import Path
 
 from policy.config import ConfigError, advisories, load_config
+from gkm import __version__
+
+from .logfmt import JournalFormatter, JsonFormatter, TextFormatter, stderr_is_journal
 from .ratelimit import RepeatFilter
+from .sdnotify import Notifier
 
 __all__ = ["main", "parse_args"]
 
@@ -36,10 +45,14 @@ _repeats: RepeatFilter | None = None  # the log handler's rate limit (flushed by
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="msecd", description="msec group key manager daemon")
+    p.add_argument("--version", action="version", version=f"msecd {__version__}")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
     p.add_argument("--foreground", "-f", action="store_true", help="do not detach; log to stderr")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], type=str.lower)
+    p.add_argument("--log-format", default="text", choices=["text", "json"], type=str.lower,
+                   help="text (default; the journal's conventions under systemd) or json "
+                        "(one object per line: time, level, logger, message, fields)")
     p.add_argument("--control-socket", default=None,
                    help="override [daemon] control_socket")
     p.add_argument("--no-kernel", action="store_true",
@@ -53,18 +66,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _setup_logging(level: str, foreground: bool) -> None:
+def _setup_logging(level: str, foreground: bool, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper()))
     for h in list(root.handlers):
         root.removeHandler(h)
     if foreground or not os.path.exists("/dev/log"):
         h: logging.Handler = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s msecd[%(process)d] %(levelname)s %(message)s"))
+        h.setFormatter(JsonFormatter() if fmt == "json" else
+                       JournalFormatter() if stderr_is_journal() else TextFormatter())
     else:
         h = logging.handlers.SysLogHandler(address="/dev/log",
                                            facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        h.setFormatter(logging.Formatter("msecd[%(process)d]: %(levelname)s %(message)s"))
+        h.setFormatter(JsonFormatter() if fmt == "json" else
+                       logging.Formatter("msecd[%(process)d]: %(levelname)s %(message)s"))
     # a flood must not fill the disk through the log: repeated warnings are summarized
     global _repeats
     _repeats = RepeatFilter(h.handle)
@@ -119,32 +134,48 @@ async def _run(args: argparse.Namespace, config) -> int:
 
     daemon = Daemon(args.config, config, factory=GdoiFactory(kernel=not args.no_kernel),
                     control_socket=args.control_socket, accept_state=args.accept_state)
+    notifier = Notifier()
     try:
         await daemon.start()
     except StartupError as e:
         logging.getLogger("msecd").error("cannot start: %s", e)
         _report(args.ready_fd, f"cannot start: {e}")
+        notifier.status(f"cannot start: {e}")
         return 1
     _report(args.ready_fd, "ok")
+    # listening (UDP and the control socket) and the kernel's SAs adopted: ready
+    notifier.ready(daemon.status_line())
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task] = set()
 
+    async def reload() -> None:
+        notifier.reloading()
+        try:
+            r = await daemon.reload()
+        finally:
+            notifier.ready(daemon.status_line())
+        if not r.get("ok"):
+            notifier.status(f"{daemon.status_line()}; last reload refused")
+
     def on_hup() -> None:
-        t = loop.create_task(daemon.reload())
+        t = loop.create_task(reload())
         reloads.add(t)
         t.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
-    def flush_repeats() -> None:  # the summary of a flood that stopped
-        if _repeats is not None:
+    def every_5s() -> None:
+        if _repeats is not None:  # the summary of a flood that stopped
             _repeats.flush()
-        loop.call_later(5.0, flush_repeats)
+        if not reloads:
+            notifier.status(daemon.status_line())  # sent only when it changed
+        loop.call_later(5.0, every_5s)
 
-    flush_repeats()
+    every_5s()
     loop.add_signal_handler(signal.SIGTERM, daemon.request_stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, daemon.request_stop, "SIGINT")
     await daemon.wait_stopped()
+    notifier.stopping()
     await daemon.stop()
     return 0
 
@@ -168,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  advisory: {a}")
         return 0
     args.config = str(Path(args.config).resolve())
+    # under systemd's Type=notify ($NOTIFY_SOCKET set) the service manager supervises the
+    # process it started: a detached msecd would be a child it never hears READY=1 from
+    args.foreground = args.foreground or Notifier().enabled
     args.ready_fd = None if args.foreground else _daemonize()
-    _setup_logging(args.log_level, args.foreground)
+    _setup_logging(args.log_level, args.foreground, args.log_format)
     try:
         return asyncio.run(_run(args, config))
     except KeyboardInterrupt:

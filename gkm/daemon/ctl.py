@@ -22,6 +22,10 @@
     evict ID IDENTITY... [--reason TEXT]
     deny ID                                  the group's deny list (evicted identities)
     deny lift ID IDENTITY...                 take identities off the deny list
+    monitor                                  live events, one line each (Ctrl-C ends)
+    init CONFIG...                           create the PSKs, keys and certificates the
+                                             configurations name and lack (gkm.daemon.provision;
+                                             no daemon needed)
     completion bash                          print the bash completion script
 
 An IDENTITY is written as ``msecctl members`` shows it (``key-id:gm1``, ``fqdn:h.example.org``,
@@ -40,7 +44,8 @@ What ``group create`` and ``join`` make is a drop-in file ``<config>.d/keyserver
 passed the same checks as ``msecd --check``; then it reloads, other groups undisturbed.  Groups of
 the main file are changed by editing it (msecctl refuses: exit 1).
 
-``--json`` prints the daemon's response object as one JSON line (sorted keys; every response has
+``--json`` prints the daemon's response object as one JSON line (``monitor --json``: one JSON
+object per event; sorted keys; every response has
 ``"ok"``; a refusal has ``"error"`` and ``"problems"``, a list of ``FILE: KEY: reason`` lines).
 Field names are stable: new fields may be added, existing ones keep their name and meaning.
 
@@ -58,6 +63,8 @@ import socket
 import sys
 import time
 from typing import Any
+
+from gkm import __version__
 
 __all__ = ["main", "request", "render", "NotRunning", "DEFAULT_SOCKET", "EXIT_OK", "EXIT_REFUSED",
            "EXIT_USAGE", "EXIT_NOT_RUNNING"]
@@ -93,6 +100,40 @@ def request(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, 
     return json.loads(buf)
 
 
+def monitor(path: str, out, as_json: bool) -> int:
+    """Subscribe and print each notice as it comes, until msecd closes the stream (stopped,
+    or it dropped us for reading too slowly: exit 1) or the user interrupts (exit 0)."""
+    from .activity import notice_text
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise NotRunning(path) from None
+        s.sendall(b'{"cmd": "monitor"}\n')
+        f = s.makefile("rb")
+        first = f.readline()
+        if not first:
+            raise ConnectionError("msecd closed the connection without answering")
+        resp = json.loads(first)
+        if not resp.get("ok"):
+            print(render("monitor", resp), file=sys.stderr)
+            return 1
+        for line in f:
+            obj = json.loads(line)
+            print(json.dumps(obj, sort_keys=True) if as_json else notice_text(obj), file=out,
+                  flush=True)
+            if obj.get("event") == "dropped":
+                return 1
+        print("msecctl: msecd closed the monitor stream", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        s.close()
+
+
 # --------------------------------------------------------------------------- text output
 
 
@@ -108,8 +149,19 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in cols)
 
 
+def _duration(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "-"
+    s = int(s)
+    d, h, m = s // 86400, s // 3600 % 24, s // 60 % 60
+    text = f"{d}d {h}h {m}m {s % 60}s" if d else f"{h}h {m}m {s % 60}s" if h else \
+        f"{m}m {s % 60}s" if m else f"{s}s"
+    return f"{text} ({s} s)" if s >= 60 else text
+
+
 def _status(r: dict[str, Any]) -> str:
-    lines = [f"msecd running, pid {r.get('pid')}, up {r.get('uptime_s')} s",
+    lines = [f"msecd {r.get('version', '(version unknown)')} running, pid {r.get('pid')}, "
+             f"up {_duration(r.get('uptime_s'))}",
              f"config: {r.get('config')}",
              f"roles: {', '.join(r.get('roles') or []) or 'none'}"]
     ks = r.get("keyserver")
@@ -167,6 +219,11 @@ def _group(r: dict[str, Any]) -> str:
                 out.append(f"  registered with {g.get('key_server')} at "
                            f"{_when(g.get('registered_at'))}"
                            f" ({g.get('registrations')} registration(s))")
+            if g.get("restored"):
+                out.append(f"  resumed from the saved member state (key server "
+                           f"{g.get('key_server')}; no registration since the start)")
+            if g.get("state_error"):
+                out.append(f"  {g['state_error']}")
             if g.get("adopted"):
                 out.append("  adopted SAs left by an earlier msecd")
             if g.get("last_seq") is not None:
@@ -362,6 +419,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msecctl", description="control msecd, the msec group key "
                                 "manager, over its control socket (needs root)",
                                 epilog=_EXAMPLES + _EPILOG, formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"msecctl {__version__}")
     p.add_argument("--socket", "-s", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
     p.add_argument("--config", "-c", default=None,
                    help="take the control socket from this msecd configuration")
@@ -433,6 +491,12 @@ def _parser() -> argparse.ArgumentParser:
     dn = cmd(sub, "deny", "key server: show a group's deny list, or 'deny lift ID "
                           "IDENTITY...' to take identities off it")
     dn.add_argument("words", nargs="+", metavar="ID | lift ID IDENTITY...")
+    it = cmd(sub, "init", "create the PSKs, signing keys, CA and certificates the "
+                          "configuration files name and lack (never overwrites; files 0600, "
+                          "directories 0700; no daemon needed)")
+    it.add_argument("configs", nargs="+", metavar="CONFIG")
+    cmd(sub, "monitor", "live stream of the daemon's events (registrations, refusals, rekeys, "
+                        "evictions, expiries), one line each; --json: one object per line")
     co = cmd(sub, "completion", "print a shell completion script")
     co.add_argument("shell", choices=["bash"])
     for sp in parsers:  # --json after the command too
@@ -608,9 +672,16 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(bash_script(parser))
         return EXIT_OK
-    kind, req = _request_for(parser, args)
+    if args.cmd == "init":
+        from .provision import main as init_main
+
+        return init_main(args.configs)
+    kind, req = ("monitor", {"cmd": "monitor"}) if args.cmd == "monitor" \
+        else _request_for(parser, args)
     path = _socket_path(args)
     try:
+        if args.cmd == "monitor":
+            return monitor(path, sys.stdout, args.json)
         resp = request(path, req)
     except NotRunning as e:
         print(f"msecctl: {e}", file=sys.stderr)

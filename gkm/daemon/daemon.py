@@ -24,14 +24,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from gkm import __version__
 from policy import model as pm
 from policy.config import ConfigError, advisories, diff, load_config
 
+from .activity import Activity
 from .config_edit import ConfigEditor
 from .control import ControlServer
 from .engines import EngineFactory, EngineUnavailable, StartupError
+from .keylog import KeyLog
 from .keyserver import KeyServerRole
 from .member import ExpireWatch, MemberSession, RekeySockets
+from .member_store import MemberStateFiles
 
 log = logging.getLogger("msecd")
 
@@ -80,6 +84,11 @@ class Daemon:
         self.expiry_watch: ExpireWatch | None = None
         self._reg_locks: dict[tuple, asyncio.Lock] = {}
         self._reload_lock: asyncio.Lock | None = None
+        #: the opt-in Wireshark key log (``daemon.keylog_file``), None when off
+        self.keylog: KeyLog | None = None
+        #: event counts (metrics) and msecctl monitor's subscribers
+        self.activity = Activity(clock)
+        self.metrics = None  # .metrics.MetricsServer when [daemon] metrics_listen is set
         self.editor = ConfigEditor(self)  # msecctl group create/delete/..., join, leave
 
     # -- life cycle
@@ -92,6 +101,8 @@ class Daemon:
         for a in advisories(self.config):
             log.warning("config: %s", a)
         try:
+            if self.config.daemon.keylog_file is not None:
+                self.keylog = KeyLog(self.config.daemon.keylog_file)
             if self.config.member is not None and self.config.member.groups:
                 self.installer = self.factory.installer()
                 self._adopt()
@@ -99,8 +110,14 @@ class Daemon:
             if self.config.keyserver is not None:
                 self.keyserver = KeyServerRole(self, self.config.keyserver)
                 await self.keyserver.start()
-            self.control = ControlServer(self.control_path, self.handle_request)
+            self.control = ControlServer(self.control_path, self.handle_request,
+                                         subscribe=self.activity.subscribe)
             await self.control.start()
+            if self.config.daemon.metrics_listen is not None:
+                from .metrics import MetricsServer
+
+                self.metrics = MetricsServer(self, *self.config.daemon.metrics_listen)
+                self.metrics.start()
         except (EngineUnavailable, OSError) as e:
             await self._teardown()
             raise StartupError(str(e)) from None
@@ -145,6 +162,7 @@ class Daemon:
             else:
                 log.info("group %s: not configured any more: removing its SAs", gid)
                 self._remove_sas(gid)
+                self._forget_member_state(gid)
         self._adopted = {g: adopted[g] for g in groups & configured}
 
     def _watch_expiries(self) -> None:
@@ -181,6 +199,9 @@ class Daemon:
             log.info("msecd stopped")
 
     async def _teardown(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         for s in self.sessions.values():
             s.stop()
         if self.expiry_watch is not None:
@@ -200,6 +221,17 @@ class Daemon:
             except Exception:
                 pass
             self.installer = None
+        if self.keylog is not None:
+            self.keylog.close()
+            self.keylog = None
+
+    def _forget_member_state(self, group_id: int) -> None:
+        """A member group gone from the configuration: its saved state goes with its SAs."""
+        try:
+            MemberStateFiles(self.config.daemon.state_dir).forget(group_id)
+        except OSError as e:
+            log.error("group %s: cannot delete its saved member state: %s", group_id,
+                      e.strerror or e)
 
     # -- SAs
     def _remove_sas(self, group_id: int) -> None:
@@ -311,6 +343,7 @@ class Daemon:
             if s is not None:
                 s.stop()
             self._remove_sas(gid)
+            self._forget_member_state(gid)
             changes.append(f"member group {gid} removed")
         for gid in d.member_added:
             self._add_session(new_groups[gid])
@@ -375,7 +408,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         now = self.clock()
         out: dict[str, Any] = {
-            "ok": True, "pid": os.getpid(), "config": str(self.config_path),
+            "ok": True, "version": __version__, "pid": os.getpid(), "config": str(self.config_path),
             "control_socket": str(self.control_path), "roles": self.roles,
             "started_at": self.started_at,
             "uptime_s": round(now - self.started_at, 1) if self.started_at else None,
@@ -395,6 +428,18 @@ class Daemon:
                 "kernel": self.installer is not None and self.installer.kernel,
             }
         return out
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (``systemctl status``): roles and how they fare."""
+        parts = []
+        if self.keyserver is not None:
+            parts.append(f"key server of {len(self.keyserver.settings.groups)} group(s) on "
+                         f"{', '.join(self.keyserver.listen)}, "
+                         f"{self.keyserver.registrations} registration(s)")
+        if self.sessions:
+            registered = sum(1 for s in self.sessions.values() if s.state == "registered")
+            parts.append(f"member of {len(self.sessions)} group(s), {registered} registered")
+        return "; ".join(parts) or "no roles configured"
 
     def groups(self) -> list[dict[str, Any]]:
         out = []

@@ -60,7 +60,8 @@ from policy.model import GroupPolicy, TekPolicy, kek_rekey_lead, tek_rekey_lead
 from .changes import (Change, DenyAdded, GroupCreated, KekActivated, KekAdded, KekDeleted,
                       LkhDeleted, LkhSaved, MemberRecorded, MembersRemoved, SeqReserved,
                       TekAdded, TekStateChanged, TeksPurged)
-from .events import EvictionScheduled, GroupDissolved, GroupRekeyed, KeysPurged, KeysRotated, MembersEvicted
+from .events import (EvictionScheduled, GroupDissolved, GroupRekeyed, KeysAnnounced, KeysPurged,
+                     KeysRotated, MembersEvicted)
 from .state import GroupState
 from .values import (ControllerRefused, ControllerState, EvictionResult, Push, RekeyResult,
                      Signer)
@@ -222,6 +223,14 @@ class GroupController:
         them if the current one is within its lead time)."""
         return self._atomic(self._rekey, now)
 
+    def announce(self, now: float) -> "RekeyResult":
+        """The current keys again, in one PUSH under the current KEK with a fresh SEQ; nothing
+        new is made.  The shell calls it when the key server starts: a PUSH is committed
+        before it is sent, so one may have been lost with the process (kill -9 between the
+        commit and the send).  Members that missed it install its TEKs now; the others hold
+        them already and only take the SEQ.  Refused (ControllerRefused) without keys."""
+        return self._atomic(self._announce, now)
+
     def evict(self, identities: Iterable[str], reason: str, now: float) -> "EvictionResult":
         """Evict registered members (store keys ``kind:value``) and put every named identity
         on the deny list (persistent; ``msecctl deny lift``).  Within the batch window the
@@ -280,6 +289,25 @@ class GroupController:
         self._pending_events.append(GroupRekeyed(self.group_id, "operator", result.seqs,
                                                  result.tek_spis, (), result.new_kek))
         return result
+
+    def _announce(self, now: float) -> RekeyResult:
+        self._need_input_state()
+        kek = self._need_push()
+        t, gid = int(now), self.group_id
+        teks = [TekKeys(tp.name, x.spi, tp.suite.name, x.key, x.auth_key or b"", x.expires)
+                for x in self._replaceable()
+                if (tp := self._tek_policy(x)) is not None and x.expires > t]
+        if not teks:
+            raise ControllerRefused(f"group {gid} has no current TEK to announce")
+        (seq,) = self._seqs(kek, 1)
+        data = build_push(self.policy, kek=self._kek_keys(kek),
+                          signing_key=self._signer.private_key, seq=seq, new_teks=teks,
+                          new_kek=None, deletes=(), now=t)
+        self._log(SeqReserved(gid, kek.spi, seq))
+        self._pending_pushes.append(Push(seq, kek.spi, data))
+        spis = tuple(tk.spi for tk in teks)
+        self._pending_events.append(KeysAnnounced(gid, seq, spis))
+        return RekeyResult((seq,), spis, None)
 
     def _evict(self, identities: Iterable[str], reason: str, now: float) -> EvictionResult:
         self._need_input_state()

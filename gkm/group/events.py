@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from gkm.events import KeyServerEvent
 
 __all__ = ["GroupControllerEvent", "GroupRekeyed", "KeysRotated", "MembersEvicted",
-           "EvictionScheduled", "KeysPurged", "GroupDissolved"]
+           "EvictionScheduled", "KeysPurged", "KeysAnnounced", "GroupDissolved"]
 
 
 class GroupControllerEvent(KeyServerEvent):
@@ -73,6 +73,16 @@ class KeysPurged(GroupControllerEvent):
     group_id: int
     tek_spis: tuple[int, ...] = ()
     kek_spis: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeysAnnounced(GroupControllerEvent):
+    """The group's current keys sent again, nothing new made (at a key server start: the
+    last PUSH may have been committed but not sent when the process died)."""
+
+    group_id: int
+    seq: int
+    tek_spis: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)

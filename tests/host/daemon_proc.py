@@ -17,8 +17,9 @@ MSECCTL = [sys.executable, "-m", "gkm.daemon.ctl"]
 
 class Msecd:
     def __init__(self, config: Path, *, host=None, args=(), log: Path | None = None,
-                 socket: Path | None = None) -> None:
+                 socket: Path | None = None, wrapper=()) -> None:
         self.config = Path(config)
+        self.wrapper = list(wrapper)  # runs msecd, e.g. setpriv with the unit's capabilities
         self.host = host
         self.args = list(args)
         self.log_path = log or self.config.with_suffix(".log")
@@ -26,7 +27,7 @@ class Msecd:
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True, timeout: float = 120.0) -> "Msecd":
-        argv = [sys.executable, "-m", "gkm.daemon", "--config", str(self.config),
+        argv = [*self.wrapper, sys.executable, "-m", "gkm.daemon", "--config", str(self.config),
                 "--foreground", "--log-level", "debug", *self.args]
         self._log = open(self.log_path, "ab")
         kw = dict(stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO),

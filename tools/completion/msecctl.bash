@@ -35,19 +35,21 @@ _msecctl() {
             "group delete") path="group delete" ;;
             "group show") path="group show" ;;
             "groups") path="groups" ;;
+            "init") path="init" ;;
             "join") path="join" ;;
             "leave") path="leave" ;;
             "members") path="members" ;;
+            "monitor") path="monitor" ;;
             "rekey") path="rekey" ;;
             "reload") path="reload" ;;
             "status") path="status" ;;
             *) case "$path" in
-                   "evict"|"group authorize"|"group create"|"group deauthorize"|"group delete"|"group show"|"join"|"leave"|"members"|"rekey") [[ $w =~ ^[0-9]+$ ]] && path="$path ID" ;;
+                   "evict"|"group authorize"|"group create"|"group deauthorize"|"group delete"|"group show"|"init"|"join"|"leave"|"members"|"monitor"|"rekey") [[ $w =~ ^[0-9]+$ ]] && path="$path ID" ;;
                esac ;;
         esac
     done
     case "$path" in
-        "") words="completion deny evict group groups join leave members rekey reload status --config --help --json --socket -c -h -s" ;;
+        "") words="completion deny evict group groups init join leave members monitor rekey reload status --config --help --json --socket --version -c -h -s" ;;
         "completion") words="bash --help --json -h" ;;
         "deny") words="--help --json -h" ;;
         "evict") words="--help --json --reason -h" ;;
@@ -58,9 +60,11 @@ _msecctl() {
         "group delete") words="--help --json -h" ;;
         "group show") words="--help --json -h" ;;
         "groups") words="--help --json -h" ;;
+        "init") words="--help --json -h" ;;
         "join") words="--ca --cert --help --interface --json --key --key-server --key-server-identity --name --psk-file --psk-identity -h" ;;
         "leave") words="--help --json -h" ;;
         "members") words="--help --json -h" ;;
+        "monitor") words="--help --json -h" ;;
         "rekey") words="--help --json -h" ;;
         "reload") words="--check --help --json -h" ;;
         "status") words="--help --json -h" ;;
@@ -70,14 +74,16 @@ _msecctl() {
         "group deauthorize ID") words="--help --json -h" ;;
         "group delete ID") words="--help --json -h" ;;
         "group show ID") words="--help --json -h" ;;
+        "init ID") words="--help --json -h" ;;
         "join ID") words="--ca --cert --help --interface --json --key --key-server --key-server-identity --name --psk-file --psk-identity -h" ;;
         "leave ID") words="--help --json -h" ;;
         "members ID") words="--help --json -h" ;;
+        "monitor ID") words="--help --json -h" ;;
         "rekey ID") words="--help --json -h" ;;
     esac
     if [[ $cur != -* ]]; then
         case "$path" in
-            "evict"|"group authorize"|"group create"|"group deauthorize"|"group delete"|"group show"|"join"|"leave"|"members"|"rekey") words="$words $(_msecctl_group_ids)" ;;
+            "evict"|"group authorize"|"group create"|"group deauthorize"|"group delete"|"group show"|"init"|"join"|"leave"|"members"|"monitor"|"rekey") words="$words $(_msecctl_group_ids)" ;;
         esac
     fi
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
