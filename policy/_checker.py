@@ -980,14 +980,13 @@ class Checker:
 
     def member(self, raw: Any, path: str) -> m.MemberSettings | None:
         n0 = len(self.problems)
-        tbl = self.table(raw, path, {"group"}, required=("group",))
+        # an empty [member] is a member waiting for `msecctl join` (drop-ins, policy.dropin)
+        tbl = self.table(raw, path, {"group"})
         if tbl is None:
             return None
         groups = []
         raw_groups = self.table_array(tbl, path, "group")
         if raw_groups is not BAD:
-            if not raw_groups and "group" in tbl:
-                self.problem(_join(path, "group"), "list at least one group")
             for i, rg in enumerate(raw_groups):
                 groups.append(self.member_group(rg, f"{_join(path, 'group')}[{i}]"))
         self._duplicate_ids(groups, _join(path, "group"))

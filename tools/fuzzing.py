@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import struct
 import sys
 import tempfile
@@ -316,11 +317,22 @@ def target_control():
         {"cmd": "members", "id": 1001}, {"cmd": "deny", "id": 1001},
         {"cmd": "deny-lift", "id": 1001, "identities": ["gm1", "key-id:gm2"]},
         {"cmd": "evict", "id": 1001, "identities": ["nobody"], "reason": "fuzz"},
-        {"cmd": "group", "id": "1001"}, {"cmd": "x", "y": [[1, {"z": None}]]})]
+        {"cmd": "group", "id": "1001"}, {"cmd": "x", "y": [[1, {"z": None}]]},
+        # the configuration changes (drop-ins in the temp directory, gkm.daemon.config_edit)
+        {"cmd": "group-create", "group": {
+            "id": 7, "authorize": {"psk_identities": ["gm1"]},
+            "tek": [{"src": "10.7.0.0/16", "dst": "239.7.7.7", "cipher": "aes-gcm-128"}]}},
+        {"cmd": "group-authorize", "id": 7, "identities": ["gm2", "dn:CN=x"]},
+        {"cmd": "group-deauthorize", "id": 7, "identities": ["gm1"]},
+        {"cmd": "group-delete", "id": 7}, {"cmd": "leave", "id": 1001},
+        {"cmd": "join", "group": {"id": 8, "key_servers": ["127.0.0.1"],
+                                  "credentials": {"psk_identity": "gm1", "psk": "00" * 16}}},
+        {"cmd": "reload-check"}, {"cmd": "reload-check", "file": str(cfg)})]
 
     def close() -> None:
         loop.run_until_complete(d.stop())
         loop.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # with the drop-ins the inputs created
 
     def run(data: bytes) -> bool:
         ans = loop.run_until_complete(srv.dispatch(data))

@@ -11,5 +11,7 @@
   :mod:`gkm.daemon.metrics`: the Prometheus endpoint (``[daemon] metrics_listen``);
 * :mod:`gkm.daemon.engines`: the only place that constructs `gkm.gdoi` engines and the
   `xfrm.groupsa` installer;
-* :mod:`gkm.daemon.__main__`: ``msecd`` (console script); :mod:`gkm.daemon.ctl`: ``msecctl``.
+* :mod:`gkm.daemon.config_edit`: msecctl's configuration changes (drop-ins) and ``reload --check``;
+* :mod:`gkm.daemon.__main__`: ``msecd`` (console script); :mod:`gkm.daemon.ctl`: ``msecctl``
+  (:mod:`gkm.daemon.completion`: its bash completion).
 """

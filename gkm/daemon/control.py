@@ -7,8 +7,12 @@ Protocol (one request per line, one response line per request, UTF-8 JSON object
     -> {"cmd": "group", "id": 1001}
     <- {"ok": false, "error": "no group 1001"}
 
-Commands: ``status``, ``groups``, ``group`` (``id``), ``members`` (``id``), ``reload``.  A refused
-reload answers ``{"ok": false, "error": "...", "problems": ["FILE: KEY: reason", ...]}``.
+Commands: ``status``, ``groups``, ``group`` (``id``), ``members`` (``id``), ``reload``, ``rekey``,
+``evict``, ``deny``, ``deny-lift``, and those that change the configuration through drop-in
+files (:mod:`.config_edit`): ``group-create`` and ``join`` (``group``: the TOML table as JSON),
+``group-delete`` and ``leave`` (``id``), ``group-authorize`` and ``group-deauthorize`` (``id``,
+``identities``), ``reload-check`` (optional ``file``).  A refused reload or change answers
+``{"ok": false, "error": "...", "problems": ["FILE: KEY: reason", ...]}``.
 Responses never carry key material.
 
 Access: the socket's directory is created 0700 and the socket 0600 (umask 077 while binding);

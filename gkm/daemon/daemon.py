@@ -7,7 +7,9 @@
   has its SAs removed.
 * Reload (SIGHUP, ``msecctl reload``): the new file is validated completely first; a refused
   file changes nothing and the problems are logged and returned.
-* The control socket's requests (:meth:`Daemon.handle_request`).
+* The control socket's requests (:meth:`Daemon.handle_request`); those that change the
+  configuration (``msecctl group create``, ``join``, ...) write drop-in files and reload
+  (:mod:`.config_edit`).
 
 Logging: one line per registration, refusal and SA change; never key material (the events'
 and policies' reprs are redacted, and only SPIs, names and lifetimes are logged).
@@ -27,6 +29,7 @@ from policy import model as pm
 from policy.config import ConfigError, advisories, diff, load_config
 
 from .activity import Activity
+from .config_edit import ConfigEditor
 from .control import ControlServer
 from .engines import EngineFactory, EngineUnavailable, StartupError
 from .keylog import KeyLog
@@ -87,6 +90,7 @@ class Daemon:
         #: event counts (metrics) and msecctl monitor's subscribers
         self.activity = Activity(clock)
         self.metrics = None  # .metrics.MetricsServer when [daemon] metrics_listen is set
+        self.editor = ConfigEditor(self)  # msecctl group create/delete/..., join, leave
 
     # -- life cycle
     async def start(self) -> None:
@@ -272,6 +276,17 @@ class Daemon:
         for s in restart_needed:
             log.warning("reload: %s changed; it takes effect at the next restart", s)
         old = self.config
+        dissolved = []
+        if self.keyserver is not None:
+            # a deleted group's members are told while the key server still holds its keys:
+            # one PUSH deleting the KEK and every TEK (their SAs go at once)
+            for gid in d.keyserver_removed:
+                r = self.keyserver.dissolve(gid)
+                dissolved.append({"id": gid, "seq": r.get("seq"), "sent_to": r.get("sent_to"),
+                                  "members": r.get("members")})
+                if r.get("seq") is not None:
+                    changes.append(f"keyserver group {gid}: GROUPKEY-PUSH SEQ {r['seq']} "
+                                   "deleted its KEK and TEKs at the members")
         # key server role
         try:
             if new.keyserver is None and self.keyserver is not None:
@@ -348,7 +363,8 @@ class Daemon:
         for c in changes:
             log.info("reload: %s", c)
         self.last_reload = {"at": self.clock(), "ok": True, "changes": changes}
-        return {"ok": True, "changes": changes, "restart_needed": restart_needed}
+        return {"ok": True, "changes": changes, "restart_needed": restart_needed,
+                "dissolved": dissolved}
 
     # -- control
     async def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -388,6 +404,8 @@ class Daemon:
             return self.keyserver.evict(gid, identities, reason)
         if cmd == "reload":
             return await self.reload()
+        if cmd in ConfigEditor.COMMANDS:
+            return await self.editor.handle(req)
         return {"ok": False, "error": f"unknown command {cmd[:40]!r}"}
 
     def status(self) -> dict[str, Any]:

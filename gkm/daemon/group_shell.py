@@ -21,8 +21,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from gkm.events import Event
-from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupRekeyed,
-                       KeysAnnounced, KeysPurged, KeysRotated, MembersEvicted)
+from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupDissolved,
+                       GroupRekeyed, KeysAnnounced, KeysPurged, KeysRotated, MembersEvicted)
 from gkm.group.storage import apply, load_state
 from gkm.store import StoreError
 from policy import model as pm
@@ -158,6 +158,14 @@ class GroupShell:
             self._dirty.discard(gid)
             self._generation[gid] = store.generation
 
+    def peek(self, gid: int):
+        """``gid``'s controller with the store's current state, for a look that changes
+        nothing (``msecctl reload --check``); None without one."""
+        ctl = self.controllers.get(gid)
+        if ctl is not None:
+            self._fresh(gid, ctl)
+        return ctl
+
     # -- inputs
     def call(self, g: pm.GroupPolicy, fn: Callable[[Any, float], Any]):
         """Run one user call on ``g``'s controller, commit, send.  Returns (result, sent,
@@ -262,6 +270,13 @@ class GroupShell:
             case EvictionScheduled():
                 log.warning("group %s: %s on the deny list; evicted by the batch rekey at %s",
                             g.label, ", ".join(ev.identities), fmt_time_utc(ev.at))
+            case GroupDissolved(seq=None):
+                log.warning("group %s: deleted; no GROUPKEY-PUSH could tell its %d member(s) "
+                            "(no KEK or no keys yet): they keep the TEKs until those expire",
+                            g.label, len(ev.members))
+            case GroupDissolved():
+                log.info("group %s: deleted; GROUPKEY-PUSH SEQ %d deleting the KEK and every "
+                         "TEK sent to %s", g.label, ev.seq, to)
             case KeysAnnounced():
                 log.info("group %s: current keys sent again after the start: SEQ %d, TEK SPI "
                          "%s; GROUPKEY-PUSH sent to %s", g.label, ev.seq, _spis(ev.tek_spis), to)

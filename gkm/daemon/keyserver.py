@@ -24,6 +24,7 @@ from gkm.events import Event
 from gkm.gdoi.pull import member_key
 from gkm.gdoi.events import MemberRefused, MemberRegistered
 from gkm.ike.events import Phase1Established, Phase1Failed
+from gkm.store import KeyState
 from policy import model as pm
 from policy.revocation import RevocationList, load_crls
 
@@ -363,6 +364,23 @@ class KeyServerRole:
                 "teks": [f"0x{x:08x}" for x in result.tek_spis], "sent_to": sent,
                 "failed": failed}
 
+    def dissolve(self, group_id: int) -> dict[str, Any]:
+        """``msecctl group delete`` (before the reload drops the group): one GROUPKEY-PUSH
+        deleting the KEK and every TEK at the members, if the group can push."""
+        from gkm.group import ControllerRefused
+        from gkm.store import StoreError
+
+        g = self.settings.group(group_id)
+        if g is None or self.store is None:
+            return {"ok": True, "seq": None, "sent_to": [], "members": []}
+        try:
+            ev, sent, failed = self.groups.call(g, lambda ctl, now: ctl.dissolve(now))
+        except (ControllerRefused, RekeyError, StoreError) as e:
+            log.warning("group %s: no GROUPKEY-PUSH for its deletion: %s", g.label, e)
+            return {"ok": True, "seq": None, "sent_to": [], "members": [], "push_error": str(e)}
+        return {"ok": True, "seq": ev.seq, "sent_to": sent, "failed": failed,
+                "members": list(ev.members)}
+
     # -- eviction and the deny list
     def evict(self, group_id: int, identities: list[str], reason: str) -> dict[str, Any]:
         """``msecctl evict``: the members leave the group (new KEK by LKH, new TEKs; or, in the
@@ -449,6 +467,40 @@ class KeyServerRole:
                     changes.append(f"group {g.group_id}: eviction of {', '.join(ids)} failed: "
                                    f"{r['error']}")
         return changes
+
+    def would_evict(self, g: pm.GroupPolicy) -> list[dict[str, str]]:
+        """``msecctl reload --check``: the registered members a reload to ``g`` would evict."""
+        if self.store is None:
+            return []
+        out = []
+        for m in self.store.members(g.group_id):
+            reason = self._no_longer_admitted(g, m)
+            if reason is not None:
+                out.append({"identity": m.identity, "reason": reason})
+        return out
+
+    def would_roll(self, g: pm.GroupPolicy) -> dict[str, Any] | None:
+        """``msecctl reload --check``: what a reload to ``g`` would replace (the group
+        controller's plan), or None if nothing."""
+        ctl = self.groups.peek(g.group_id)
+        old = self.settings.group(g.group_id)
+        if ctl is None or old is None:
+            return None
+        retire, fresh, new_kek = ctl.plan_policy(g)
+        new_kek = new_kek or (old.kek is not None and g.kek is not None
+                              and old.kek.signing_key != g.kek.signing_key)
+        live = ctl.group_state.teks_in(KeyState.CURRENT, KeyState.NEXT)
+        if not live or not (retire or fresh or new_kek):
+            return None  # no keys yet: the next registration gets the new policy's
+        return {"teks": [f"0x{t.spi:08x}" for t in retire],
+                "new_teks": [tp.name for tp in fresh], "new_kek": bool(new_kek)}
+
+    def current_teks(self, group_id: int) -> list[str]:
+        """The SPIs of the group's TEKs in use (current or next), as msecctl shows them."""
+        if self.store is None:
+            return []
+        return [f"0x{t.spi:08x}" for t in self.store.teks(group_id)
+                if t.state.value in ("current", "next")]
 
     def _no_longer_admitted(self, g: pm.GroupPolicy, m) -> str | None:
         kind, _, value = m.identity.partition(":")

@@ -18,10 +18,10 @@ Public API::
 from .changes import Change
 from .controller import (ControllerRefused, ControllerState, EvictionResult, GroupController,
                          Push, RekeyResult, Signer)
-from .events import (EvictionScheduled, GroupControllerEvent, GroupRekeyed, KeysAnnounced,
-                     KeysPurged, KeysRotated, MembersEvicted)
+from .events import (EvictionScheduled, GroupControllerEvent, GroupDissolved, GroupRekeyed,
+                     KeysAnnounced, KeysPurged, KeysRotated, MembersEvicted)
 from .state import GroupState
 
-__all__ = ["Change", "ControllerRefused", "ControllerState", "EvictionResult", "GroupController",
+__all__ = ["GroupDissolved", "Change", "ControllerRefused", "ControllerState", "EvictionResult", "GroupController",
            "Push", "RekeyResult", "Signer", "EvictionScheduled", "GroupControllerEvent",
            "GroupRekeyed", "KeysAnnounced", "KeysPurged", "KeysRotated", "MembersEvicted", "GroupState"]

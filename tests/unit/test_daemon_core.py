@@ -352,14 +352,14 @@ def test_reload_adds_and_removes_groups(tmp_path):
 
 def test_msecctl_not_running(tmp_path, capsys):
     path = tmp_path / "nope.sock"
-    assert ctl.main(["--socket", str(path), "status"]) == 1
+    assert ctl.main(["--socket", str(path), "status"]) == 3
     err = capsys.readouterr().err
     assert f"msecd is not running (no control socket at {path})" in err
     # a socket file nobody listens on: connection refused, same message
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(path))
     s.close()
-    assert ctl.main(["--socket", str(path), "--json", "groups"]) == 1
+    assert ctl.main(["--socket", str(path), "--json", "groups"]) == 3
     assert "msecd is not running" in capsys.readouterr().err
 
 

@@ -237,6 +237,15 @@ def test_reload_removing_and_changing_teks(tmp_path):
     # control removed, video's suite changed: delete both, one new TEK for video
     video = dataclasses.replace(s.group.teks[0], suite=ESP_SUITES["aes-gcm-256"])
     new = dataclasses.replace(s.group, teks=(video,))
+    # the plan (msecctl reload --check) says it and changes nothing
+    before = _snapshot(ctl)
+    retire, fresh, new_kek = ctl.plan_policy(new)
+    assert {t.spi for t in retire} == {cur["video"], cur["control"]}
+    assert [tp.name for tp in fresh] == ["video"] and not new_kek
+    assert _snapshot(ctl) == before
+    longer = dataclasses.replace(s.group.teks[0], lifetime_s=s.group.teks[0].lifetime_s * 2)
+    assert ctl.plan_policy(dataclasses.replace(s.group, teks=(longer, *s.group.teks[1:]))) == \
+        ([], [], False)  # a lifetime applies from the next rotation
     res = ctl.update_policy(new, WALL, signer=signer_of(s.group))
     pushes, evs = commit(s.store, ctl, WALL)
     assert len(res.tek_spis) == 1 and len(pushes) == 1
@@ -550,3 +559,35 @@ def test_a_crash_before_the_commit_leaves_no_trace(tmp_path):
 def test_announce_without_keys_is_refused(tmp_path):
     s = Setup(tmp_path, who=())
     _refused(controller(s.store, s.group, WALL), lambda c: c.announce(WALL))
+
+
+@pytest.mark.parametrize("lkh", [True, False])
+def test_dissolve_deletes_kek_and_teks_at_every_member(tmp_path, lkh):
+    """msecctl group delete: one PUSH that every member accepts, deleting KEK and TEKs; the
+    members leave the store (not the deny list: a group created again admits them)."""
+    from gkm.group import GroupDissolved
+
+    s = Setup(tmp_path, who=("gm1", "gm2"), lkh=lkh)
+    receivers = [s.receiver("gm1"), s.receiver("gm2")]
+    ctl = controller(s.store, s.group, WALL)
+    ev = ctl.dissolve(WALL)
+    pushes, evs = commit(s.store, ctl, WALL)
+    assert len(pushes) == 1 and evs == [ev] == [GroupDissolved(GID, ("key-id:gm1", "key-id:gm2"),
+                                                               ev.seq)]
+    assert ev.seq is not None
+    assert s.store.current_kek(GID) is None and s.store.teks(GID, KeyState.CURRENT) == []
+    assert s.store.members(GID) == [] and s.store.denied(GID) == []
+    for r in receivers:
+        got = _receive(r, pushes)
+        assert any(isinstance(e, TeksDeleted) for e in got), got
+        assert not any(isinstance(e, PushRejected) for e in got), got
+
+
+def test_dissolve_without_kek_pushes_nothing(tmp_path):
+    s = Setup(tmp_path, who=("gm1",))
+    no_kek = dataclasses.replace(s.group, kek=None)
+    ctl = GroupController(no_kek, load_state(s.store, GID), now=WALL)
+    ev = ctl.dissolve(WALL)
+    pushes, _evs = commit(s.store, ctl, WALL)
+    assert pushes == [] and ev.seq is None and ev.members == ("key-id:gm1",)
+    assert s.store.members(GID) == []
