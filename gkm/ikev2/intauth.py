@@ -15,7 +15,7 @@ in force when exchange N was protected, i.e. before the RFC 9370 update it carri
 IKE_INTERMEDIATE exchange IntAuth is empty and the signed octets are RFC 7296 §2.15's
 (RFC 9242 §3.3.2 appends IntAuth only when IKE_INTERMEDIATE took place).
 
-Each message is unprotected again to get its clear chain (``open_sk``): the engines hand over
+Each message is unprotected again to get its clear chain (``unprotect_chain``): the engines hand over
 the datagrams, and checking the ICV once more costs little and keeps one path for both roles.
 """
 
@@ -25,7 +25,8 @@ import struct
 from dataclasses import dataclass, field
 
 from .keys import IkeKeys, prf
-from .sk import SkCipher, open_sk
+from .message import decode_message
+from .sk import SkCipher, unprotect_chain
 
 __all__ = ["IntAuth", "intauth_chain", "intauth_for"]
 
@@ -56,11 +57,16 @@ def intauth_chain(exchanges: list[tuple[bytes, bytes, IkeKeys]]) -> IntAuth:
     keys (the engines only hand over messages that did)."""
     ia = ir = b""
     for request, response, keys in exchanges:
-        _m, a, p = open_sk(request, SkCipher.for_sender(keys, initiator=True))
-        ia = prf(keys.suite.prf, keys.sk_pi, ia + a + p)
-        _m, a, p = open_sk(response, SkCipher.for_sender(keys, initiator=False))
-        ir = prf(keys.suite.prf, keys.sk_pr, ir + a + p)
+        ia = prf(keys.suite.prf, keys.sk_pi, ia + _a_and_p(request, SkCipher.for_sender(keys, initiator=True)))
+        ir = prf(keys.suite.prf, keys.sk_pr, ir + _a_and_p(response, SkCipher.for_sender(keys, initiator=False)))
     return IntAuth(ia, ir)
+
+
+def _a_and_p(data: bytes, cipher: SkCipher) -> bytes:
+    """``IntAuth_A | IntAuth_P`` of one message (checked and decrypted first)."""
+    _msg, chain = unprotect_chain(data, cipher)
+    body = decode_message(data).encrypted.body  # SK is last: A ends where its body starts
+    return bytes(data[: len(data) - len(body)]) + bytes(chain)
 
 
 def intauth_for(intermediate: tuple[bytes, ...], keys: IkeKeys | None) -> IntAuth:

@@ -108,13 +108,12 @@ def protect(header: Header, inner: tuple, cipher: SkCipher, *, outer: tuple = ()
 
 def unprotect(data: bytes, cipher: SkCipher) -> Message:
     """Check and decrypt; the Message holds the clear payloads before SK followed by the inner ones."""
-    return open_sk(data, cipher)[0]
+    return unprotect_chain(data, cipher)[0]
 
 
-def open_sk(data: bytes, cipher: SkCipher) -> tuple[Message, bytes, bytes]:
-    """:func:`unprotect`, also returning the two parts RFC 9242 §3.3.2 authenticates: the
-    octets from the IKE header through the SK generic header (``IntAuth_A``) and the
-    decrypted inner payload chain without IV, padding, pad length and ICV (``IntAuth_P``)."""
+def unprotect_chain(data: bytes, cipher: SkCipher) -> tuple[Message, bytes]:
+    """:func:`unprotect` plus the decrypted inner chain as sent (GSA_REKEY signatures cover it,
+    RFC 9838 §2.4.1)."""
     msg = decode_message(data)
     sk = msg.encrypted
     if sk is None:
@@ -147,7 +146,7 @@ def open_sk(data: bytes, cipher: SkCipher) -> tuple[Message, bytes, bytes]:
         raise ProtectionError("SK", sk_start + iv_len, f"pad length {pad} exceeds the {len(plain)} decrypted bytes")
     chain = plain[: len(plain) - pad - 1]
     inner = decode_payloads(chain, sk.first_payload, 0, len(chain))
-    return Message(msg.header, msg.payloads[:-1] + inner), data[:sk_start], bytes(chain)
+    return Message(msg.header, msg.payloads[:-1] + inner), chain
 
 
-__all__ = ["ProtectionError", "SkCipher", "open_sk", "protect", "unprotect"]
+__all__ = ["ProtectionError", "SkCipher", "protect", "unprotect", "unprotect_chain"]
