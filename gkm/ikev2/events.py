@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from gkm.events import Event
 
+from gkm.gdoi.events import Registered
+
+from .gsa_keys import RekeySaKeys, WorkingKeyPath
 from .keys import IkeKeys
 
 
@@ -50,3 +53,43 @@ class CookieDemanded(Ikev2Event):
     no key exchange computed.  For logs (rate limited by the shell)."""
 
     peer: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class GsaRegistered(Ikev2Event):
+    """Member: GSA_AUTH completed (RFC 9838 §2.3).  ``registered`` is the same hand-off the GDOI
+    member engine takes (:class:`gkm.gdoi.events.Registered`: GroupTek, GroupKek, SEQ = the
+    last GSA_REKEY Message ID to refuse, GAP delays); the rest is what GSA_REKEY needs: the
+    Rekey SA's GSK_e | GSK_a | GSK_w, its key wrap algorithm and the member's Key Path."""
+
+    registered: Registered
+    spi_i: bytes
+    spi_r: bytes
+    rekey_keys: RekeySaKeys | None = field(default=None, repr=False)
+    kwa: int | None = None
+    key_path: WorkingKeyPath = field(default_factory=WorkingKeyPath, repr=False)
+
+    @property
+    def group_id(self) -> int:
+        return self.registered.group_id
+
+
+@dataclass(frozen=True, slots=True)
+class GsaRegistrationFailed(Ikev2Event):
+    """Member: GSA_AUTH ended without keys; ``notify`` the notification received or sent."""
+
+    group_id: int
+    peer: tuple
+    reason: str
+    notify: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GsaPeerRefused(Ikev2Event):
+    """GCKS: after GSA_AUTH the member told us (INFORMATIONAL) it refuses our answer:
+    AUTHENTICATION_FAILED (our identity or AUTH), NO_PROPOSAL_CHOSEN (the group's policy)."""
+
+    peer: tuple
+    spi_i: bytes
+    notify: int
+    reason: str
