@@ -187,8 +187,17 @@ def verify_certificate(certs: list[bytes], peer_id: Identity, anchors: tuple[x50
     except AuthError as e:
         raise AuthFailed(e.reason) from None
     if not id_matches_certificate(peer_id, chain[0]):
-        raise AuthFailed(f"ID {peer_id} does not name the certificate {chain[0].subject.rfc4514_string()}")
+        raise AuthFailed(f"{describe(peer_id)} does not name the certificate {chain[0].subject.rfc4514_string()}")
     return chain[0]
+
+
+def describe(identity: Identity) -> str:
+    """An identity the peer sent, for a reason or log line: never raises (``Identity.__str__``
+    does on an address of the wrong length)."""
+    try:
+        return f"ID {identity}"
+    except ValueError:
+        return f"ID type {identity.type} with {len(identity.data)} bytes"
 
 
 def compare(a: bytes, b: bytes) -> bool:

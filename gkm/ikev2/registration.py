@@ -100,6 +100,10 @@ def _address(addr: Any):
         return None
 
 
+def describe_id(p) -> str:
+    return A.describe(WireId(int(p.id_type), bytes(p.data)))
+
+
 def _check_peer_auth(msg, id_payload, prf_id: int, octets: bytes, *, psk: bytes | None,
                      anchors: tuple, when: datetime, addr: Any) -> Identity:
     """Verify the peer's AUTH; returns the identity bound to the key that made it."""
@@ -107,9 +111,9 @@ def _check_peer_auth(msg, id_payload, prf_id: int, octets: bytes, *, psk: bytes 
     wire_id = WireId(int(id_payload.id_type), bytes(id_payload.data))
     if au.method == AuthMethod.PSK:
         if psk is None:
-            raise A.AuthFailed(f"no pre-shared key for {wire_id}")
+            raise A.AuthFailed(f"no pre-shared key for {describe_id(id_payload)}")
         if not A.compare(A.psk_auth(prf_id, psk, octets), au.data):
-            raise A.AuthFailed(f"AUTH of {wire_id} does not verify with its pre-shared key")
+            raise A.AuthFailed(f"AUTH of {describe_id(id_payload)} does not verify with its pre-shared key")
         try:
             return Identity.from_id_payload(wire_id.type, wire_id.data, _address(addr))
         except ValueError as e:
@@ -352,7 +356,7 @@ class GsaAuthResponder(_Engine):
         try:
             identity = _check_peer_auth(msg, idi, est.keys.suite.prf, octets, psk=psk, anchors=c.trust_anchors, when=when, addr=addr)
         except A.AuthFailed as e:  # RFC 7296 §2.21.2: the notification alone, no IDr / AUTH
-            return self._refuse(s, data, (), gid, None, f"member {WireId(int(idi.id_type), bytes(idi.data))} not authenticated: {e.reason}",
+            return self._refuse(s, data, (), gid, None, f"member {describe_id(idi)} not authenticated: {e.reason}",
                                 NotifyType.AUTHENTICATION_FAILED)
         ident = c.credential.id if isinstance(c.credential, A.CertAuth) else c.credential.identity
         idr = _ids(ident, IdResponder)

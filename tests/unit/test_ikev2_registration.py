@@ -270,3 +270,14 @@ def test_replayed_request_gets_the_stored_response_and_no_second_enrollment(tmp_
     forged = request[:8] + est.spi_r + request[16:]
     w.gcks.receive_datagram(forged, GM, NOW)
     assert w.gcks.datagrams_to_send() == [] and drain(w.gcks) == [] and w.gcks.stats["dropped"] == 1
+
+
+@pytest.mark.parametrize("cert", [False, True], ids=["psk", "ecdsa"])
+def test_malformed_address_id_is_refused_not_raised(tmp_path, cert):
+    """An ID_IPV4_ADDR of 3 bytes (found by tools/fuzz): the reason names it without parsing it."""
+    w = World(tmp_path, cert_gcks=cert)
+    cfg = cert_member() if cert else psk_member()
+    bad = CertAuth(cfg.credential.credential, WireId(1, b"gm1")) if cert else PskAuth(WireId(1, b"gm1"), PSKS["gm1"])
+    _m, em, eg = w.register(MemberAuthConfig(GID, bad, cfg.accepts_key_server, cfg.trust_anchors))
+    _f, r = _refused(em, eg, NotifyType.AUTHENTICATION_FAILED, gcks_identity=False)
+    assert "ID type 1 with 3 bytes" in r.reason
