@@ -23,7 +23,7 @@ Responder (one :class:`SaInitResponder` serves all peers):
 Decisions: the AUTH payloads of the next exchange must also cover the IKE_INTERMEDIATE messages
 (RFC 9242 §3.3.2 IntAuth); :class:`~.events.SaInitEstablished` hands over the two IKE_SA_INIT
 messages and the IKE_INTERMEDIATE datagrams with the keys that protected them, and computing
-IntAuth is the IKE_AUTH / GSA_AUTH engine's job (not written yet).  Retransmission timers on the initiator side are the shell's job
+IntAuth is the GSA_AUTH engine's job (:mod:`.intauth`, :mod:`.registration`).  Retransmission timers on the initiator side are the shell's job
 for now (``retransmit()``).
 """
 

@@ -281,3 +281,31 @@ def test_malformed_address_id_is_refused_not_raised(tmp_path, cert):
     _m, em, eg = w.register(MemberAuthConfig(GID, bad, cfg.accepts_key_server, cfg.trust_anchors))
     _f, r = _refused(em, eg, NotifyType.AUTHENTICATION_FAILED, gcks_identity=False)
     assert "ID type 1 with 3 bytes" in r.reason
+
+
+def _group_with(tmp_path, **tek_kw):
+    from dataclasses import replace
+    g = group_policy(tmp_path)
+    return {GID: replace(g, teks=tuple(replace(t, **tek_kw) for t in g.teks))}
+
+
+def test_transport_mode_group(tmp_path):
+    from policy.model import Mode
+    w = World(tmp_path, groups=_group_with(tmp_path, mode=Mode.TRANSPORT))
+    _m, em, eg = w.register(psk_member())
+    reg = _ok(w, em, eg)
+    assert {(t.mode, t.address_preservation.name) for t in reg.teks} == {(Mode.TRANSPORT, "NONE")}
+    # and a tunnel-mode group's TEKs keep their addresses (RFC 5374 address preservation)
+    w2 = World(tmp_path / "tunnel")
+    _m, em2, eg2 = w2.register(psk_member())
+    assert {t.address_preservation.name for t in _ok(w2, em2, eg2).teks} == {"SOURCE_AND_DESTINATION"}
+
+
+def test_group_sender_from_a_member_no_tek_lets_send(tmp_path):
+    from policy.model import PskIdMatch
+    w = World(tmp_path, groups=_group_with(tmp_path, senders=Authorization((PskIdMatch("gm1"),)), replay_window=0))
+    _m, em, eg = w.register(psk_member("gm2", sender=True))
+    _f, r = _refused(em, eg, NotifyType.AUTHORIZATION_FAILED)
+    assert "may not send" in r.reason
+    _m, em, eg = w.register(psk_member("gm1", sender=True))
+    assert isinstance(em[0], GsaRegistered)
