@@ -39,7 +39,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from gkm.ike.auth import AuthError, id_matches_certificate, validate_chain
 from gkm.ike.config import CertCredential, Identity
 
-from .constants import AuthMethod, CertEncoding
 from .keys import IkeKeys, prf
 
 __all__ = [
@@ -203,6 +202,3 @@ def describe(identity: Identity) -> str:
 def compare(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
-
-CERT_X509 = CertEncoding.X509_SIGNATURE
-METHODS = (AuthMethod.PSK, AuthMethod.DIGITAL_SIGNATURE)

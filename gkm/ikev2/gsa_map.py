@@ -58,7 +58,7 @@ from .constants import (
     TransformAttr, TransformType, TsType,
 )
 from .gsa import GroupKeyBag, GroupSa, GsaPolicy, GwPolicy, KeyDownload, MemberKeyBag
-from .gsa_keys import KeyWrapError, RekeySaKeys, WorkingKeyPath, WrappedKey, kwa_key_bytes, unwrap, wrap
+from .gsa_keys import KeyWrapError, RekeySaKeys, WorkingKeyPath, WrappedKey, kwa_key_bytes, wrap
 from .keys import IkeKeys, prf_plus
 from .payloads import TrafficSelector, Transform
 

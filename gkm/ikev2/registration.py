@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

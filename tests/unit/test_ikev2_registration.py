@@ -15,7 +15,7 @@ from gkm.ikev2 import KeyExchangeMethod as KEM, NotifyType
 from gkm.ikev2.auth import CertAuth, PskAuth
 from gkm.ikev2.constants import Encr, Prf
 from gkm.ikev2.events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, SaInitEstablished, SaInitFailed
-from gkm.ikev2.gsa_map import rekey_sa_keys, unicast_kwa
+from gkm.ikev2.gsa_map import rekey_sa_keys
 from gkm.ikev2.keys import Suite
 from gkm.ikev2.registration import GcksAuthConfig, GsaAuthInitiator, GsaAuthResponder, MemberAuthConfig
 from gkm.ikev2.sa_init import SaInitConfig, SaInitInitiator, SaInitResponder
