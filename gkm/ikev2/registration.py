@@ -44,10 +44,12 @@ from typing import Any, Callable, Mapping
 from cryptography import x509
 
 from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered
+from gkm.gdoi.phase1 import ike_identity, load_certificate
 from gkm.gdoi.provider import GroupKeysProvider, StaleKeys
 from gkm.gdoi.pull import member_key
 from gkm.ike.config import Identity as WireId
 from policy.identity import Decision
+from policy import model
 from policy.model import GroupPolicy, Identity
 
 from . import auth as A
@@ -63,7 +65,7 @@ from .sk import SkCipher, protect, unprotect
 
 log = logging.getLogger("gkm.ikev2")
 
-__all__ = ["MemberAuthConfig", "GcksAuthConfig", "GsaAuthInitiator", "GsaAuthResponder"]
+__all__ = ["MemberAuthConfig", "GcksAuthConfig", "GsaAuthInitiator", "GsaAuthResponder", "member_auth_config", "gcks_auth_config"]
 
 Credential = A.PskAuth | A.CertAuth
 
@@ -417,3 +419,35 @@ class GsaAuthResponder(_Engine):
                 reason = f"the member refused our GSA_AUTH answer: {_name(n.type)}"
                 log.warning("g-ikev2 gcks: %r: %s", addr, reason)
                 self._events.append(GsaPeerRefused(addr, est.spi_i, int(n.type), reason))
+
+
+# ------------------------------------------------------------------------------------ from policy
+
+
+def member_auth_config(group: model.MemberGroup, *, sender: bool = False, **kw: Any) -> MemberAuthConfig:
+    """A member group's GSA_AUTH configuration from its policy (files read here, as
+    :func:`gkm.gdoi.phase1.phase1_config` does for GDOI)."""
+    cred = group.credentials
+    if isinstance(cred, model.PskCredential):
+        auth, anchors = A.PskAuth(WireId.key_id(cred.identity.encode()), cred.secret.reveal()), ()
+    else:
+        credential, anchors = load_certificate(cred)
+        auth = A.CertAuth(credential)
+    return MemberAuthConfig(group.group_id, auth, group.accepts_key_server, anchors, sender, **kw)
+
+
+def gcks_auth_config(settings: model.KeyServerSettings, **kw: Any) -> GcksAuthConfig:
+    """The GCKS's GSA_AUTH configuration from the key server's policy: its certificate if it has
+    one (else it answers PSK members under ``settings.identity`` or its first listen address),
+    the members' PSKs by their ID_KEY_ID."""
+    psks = {WireId.key_id(p.identity.encode()): p.secret.reveal() for p in settings.psks}
+    anchors: tuple = ()
+    if settings.certificate is not None:
+        credential, anchors = load_certificate(settings.certificate)
+        ident = ike_identity(settings.identity) if settings.identity is not None else None
+        return GcksAuthConfig(A.CertAuth(credential, ident), psks, anchors, **kw)
+    if settings.identity is not None:
+        ident = ike_identity(settings.identity)
+    else:
+        ident = WireId.ip(str(settings.listen[0]))
+    return GcksAuthConfig(A.PskAuth(ident, b""), psks, anchors, **kw)

@@ -309,3 +309,15 @@ def test_group_sender_from_a_member_no_tek_lets_send(tmp_path):
     assert "may not send" in r.reason
     _m, em, eg = w.register(psk_member("gm1", sender=True))
     assert isinstance(em[0], GsaRegistered)
+
+
+@pytest.mark.parametrize("cert", [False, True], ids=["psk", "ecdsa"])
+def test_configs_from_policy(tmp_path, cert):
+    """The same policy files the GDOI key server and member use configure GSA_AUTH."""
+    from gkm.ikev2.registration import gcks_auth_config, member_auth_config
+    from tests.unit.test_gdoi_support import ks_settings, member_group
+    w = World(tmp_path)
+    w.gcks.config = gcks_auth_config(ks_settings(tmp_path, list(w.groups.values()), cert=cert), rekey_source=KS)
+    _m, em, eg = w.register(member_auth_config(member_group(tmp_path, "gm2", cert=cert)))
+    reg = _ok(w, em, eg, "dn" if cert else "key-id")
+    assert reg.key_server_id.value == ("CN=ks,O=msec test" if cert else KS[0])
