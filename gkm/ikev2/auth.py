@@ -16,7 +16,9 @@ RFC 7427 §3), RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt (RFC 742
 Ed25519 (RFC 8420: PureEdDSA over the signed octets).  The AlgorithmIdentifier a verifier
 accepts is one of the exact DER blobs below: any other encoding (other parameters, other
 hash) is refused as unsupported rather than parsed.  Which algorithm a signer uses follows
-from its key.
+from its key.  Both IKE_SA_INIT messages announce SHA2-256/384/512 and Identity in
+SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4, :class:`~.sa_init.SaInitConfig`); the peer's list is
+not consulted, since every signature here uses SHA-256 or Ed25519 (Identity).
 
 Certificates: X.509 in CERT payloads of encoding 4, leaf first; the chain is checked with
 :func:`gkm.ike.auth.validate_chain` against the trust anchors, the ID payload must name the

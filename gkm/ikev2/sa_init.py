@@ -57,10 +57,18 @@ class SaInitConfig:
     suite: Suite
     groups: tuple[KeyExchangeMethod, ...] = (KeyExchangeMethod.ECP256, KeyExchangeMethod.CURVE25519)
     mlkem: str = "optional"  # "no", "optional" or "required"
+    #: RFC 7427 §4 SIGNATURE_HASH_ALGORITHMS announced (empty: none): SHA2-256/384/512 and
+    #: "Identity" (RFC 8420, Ed25519); what :mod:`.auth` signs and verifies
+    signature_hashes: tuple[int, ...] = (2, 3, 4, 5)
 
     def __post_init__(self) -> None:
         if self.mlkem not in ("no", "optional", "required") or not self.groups:
             raise ValueError("mlkem must be no/optional/required and groups not empty")
+
+    def hash_notify(self) -> list[Notify]:
+        if not self.signature_hashes:
+            return []
+        return [Notify(0, NotifyType.SIGNATURE_HASH_ALGORITHMS, b"", b"".join(h.to_bytes(2, "big") for h in self.signature_hashes))]
 
     def proposal(self) -> SecurityAssociation:
         s = self.suite
@@ -172,6 +180,7 @@ class SaInitInitiator(_Engine):
         payloads = [self.config.proposal(), KeyExchange(self._group, self._share.public), Nonce(self.ni)]
         if self.config.mlkem != "no":
             payloads.append(Notify(0, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+        payloads += self.config.hash_notify()
         if self._cookie is not None:
             payloads.insert(0, Notify(0, NotifyType.COOKIE, b"", self._cookie))  # first (§2.6)
         self._request = encode_message(Header(self.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlags.INITIATOR, 0), payloads)
@@ -395,6 +404,7 @@ class SaInitResponder(_Engine):
         payloads = [chosen_sa, KeyExchange(group, my_ke), Nonce(nr)]
         if add:
             payloads.append(Notify(0, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+        payloads += self.config.hash_notify()
         response = encode_message(Header(h.spi_i, spi_r, ExchangeType.IKE_SA_INIT, HeaderFlags.RESPONSE, 0), payloads)
         self._out.append((response, addr))
         half = _HalfOpen(addr, spi_r, ni.data, nr, data, response, keys, int(group), bool(add), now)
