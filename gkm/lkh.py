@@ -421,6 +421,13 @@ class LkhTree:
         k = self.key_len
         return bytes(self._levels[level].keys[index * k:(index + 1) * k])
 
+    def key(self, kid: KeyId) -> bytes:
+        """The current key of node ``kid`` (for re-wrapping an update in another format, e.g.
+        G-IKEv2's RFC 5649 WRAP_KEYs); refuses a key ID the node no longer has."""
+        if self._levels[kid.level].handles[kid.index] != kid.handle:
+            raise LkhError(f"key {kid} is not the node's current key")
+        return self._key(kid.level, kid.index)
+
     def key_id(self, level: int, index: int) -> KeyId:
         return KeyId(level, index, self._levels[level].handles[index])
 

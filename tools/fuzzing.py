@@ -19,7 +19,8 @@ server and the member, mutated content under valid phase 1 encryption and HASH),
 ``push`` (the member's PushReceiver: mutated datagrams, and mutated content validly
 encrypted under the KEK and signed by the group's key), ``control`` (the control socket's
 request handling on a real Daemon with fake engines), ``policy`` (the TOML configuration
-loader) and ``xfrm`` (the netlink XFRM message/event parser).
+loader) and ``xfrm`` (the netlink XFRM message/event parser); ``ikev2_rekey`` (the G-IKEv2
+GSA_REKEY receiver: mutated datagrams and mutated content sealed under the Rekey SA).
 
 The targets reuse the unit tests' fixtures (tests/unit), so this runs from a checkout.
 """
@@ -403,11 +404,32 @@ def target_xfrm():
     return seeds, run
 
 
+def target_ikev2_rekey():
+    from tests.unit.test_ikev2_rekey_fuzz import CONFIG, GcAuth, RekeyReceiver, corpus, run_one, seal
+
+    sa, datagrams, chains = corpus()
+    count = [0]
+
+    def run(data: bytes) -> bool:
+        failures: list = []
+        count[0] += 1
+        rx = RekeyReceiver(CONFIG, sa, gcauth=GcAuth.IMPLICIT)
+        if count[0] % 2 and data:  # half of the inputs as SK content under the Rekey SA
+            ok = run_one(rx, seal(sa, data), failures)
+        else:
+            ok = run_one(rx, data, failures)
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return datagrams + chains, run
+
+
 TARGETS: dict[str, Callable] = {
     "wire": target_wire, "ikev2": target_ikev2, "ikev2_sa_init": target_ikev2_sa_init,
     "ikev2_gsa_auth": target_ikev2_gsa_auth,
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
+    "ikev2_rekey": target_ikev2_rekey,
 }
 
 

@@ -15,6 +15,11 @@
 * :mod:`.constants`: the registries.
 
 No sockets, clocks or state: engines built on these take bytes and time and return bytes.
+
+GSA_REKEY (RFC 9838 §2.4): :mod:`.rekey` (``RekeySender``, ``RekeyReceiver``, their events),
+:mod:`.rekey_sa` (the Rekey SA), :mod:`.rekey_auth` (its signatures), :mod:`.gsa_keys` (wrapped
+keys, Key Paths), :mod:`.tek_policy` (ESP policy <-> ``GroupTek``), :mod:`.lkh_map` (LKH updates as
+WRAP_KEYs); decisions in docs/decisions/g-ikev2.md.
 """
 
 from .constants import *  # noqa: F401,F403 - the registries are part of the API

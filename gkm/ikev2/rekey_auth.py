@@ -60,6 +60,10 @@ SIGNATURE_ALGORITHMS = {
     )
 }
 
+#: policy.suites.SIGNATURE_SUITES names (GroupKek.signature) -> the GSA_REKEY algorithm.
+FOR_SIGNATURE_SUITE = {"ecdsa-p256": SIGNATURE_ALGORITHMS["ecdsa-p256-sha256"],
+                       "ecdsa-p384": SIGNATURE_ALGORITHMS["ecdsa-p384-sha384"]}
+
 
 def _auth_data(alg: SignatureAlgorithm, signature: bytes) -> bytes:
     return bytes((len(alg.algorithm_identifier),)) + alg.algorithm_identifier + signature
@@ -144,4 +148,4 @@ def verify_chain(alg: SignatureAlgorithm, public_key_der: bytes, header: Header,
         raise RekeyAuthError("signature does not verify") from None
 
 
-__all__ = ["RekeyAuthError", "SignatureAlgorithm", "SIGNATURE_ALGORITHMS", "sign_chain", "verify_chain", "signed_data"]
+__all__ = ["FOR_SIGNATURE_SUITE", "RekeyAuthError", "SignatureAlgorithm", "SIGNATURE_ALGORITHMS", "sign_chain", "verify_chain", "signed_data"]
