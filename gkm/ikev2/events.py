@@ -8,7 +8,9 @@ from gkm.events import Event
 
 from gkm.gdoi.events import Registered
 
-from .gsa_keys import RekeySaKeys, WorkingKeyPath
+from .gsa_keys import WorkingKeyPath
+from .rekey_auth import SignatureAlgorithm
+from .rekey_sa import RekeySa
 from .keys import IkeKeys
 
 
@@ -58,15 +60,17 @@ class CookieDemanded(Ikev2Event):
 @dataclass(frozen=True, slots=True)
 class GsaRegistered(Ikev2Event):
     """Member: GSA_AUTH completed (RFC 9838 §2.3).  ``registered`` is the same hand-off the GDOI
-    member engine takes (:class:`gkm.gdoi.events.Registered`: GroupTek, GroupKek, SEQ = the
-    last GSA_REKEY Message ID to refuse, GAP delays); the rest is what GSA_REKEY needs: the
-    Rekey SA's GSK_e | GSK_a | GSK_w, its key wrap algorithm and the member's Key Path."""
+    member engine takes (:class:`gkm.gdoi.events.Registered`: GroupTek, GroupKek, GAP delays;
+    ``seq`` is GSA_INITIAL_MESSAGE_ID - 1, None when 0); the rest is what a
+    :class:`~.rekey.RekeyReceiver` starts from: the Rekey SA, the signature algorithm and
+    AUTH_KEY that GSA_REKEY messages are checked with, and the member's Key Path."""
 
     registered: Registered
     spi_i: bytes
     spi_r: bytes
-    rekey_keys: RekeySaKeys | None = field(default=None, repr=False)
-    kwa: int | None = None
+    rekey_sa: RekeySa | None = field(default=None, repr=False)
+    signature: SignatureAlgorithm | None = None
+    auth_key: bytes | None = field(default=None, repr=False)
     key_path: WorkingKeyPath = field(default_factory=WorkingKeyPath, repr=False)
 
     @property

@@ -57,7 +57,8 @@ from .constants import AuthMethod, CertEncoding, ExchangeType, HeaderFlags, IdTy
 from .errors import WireError
 from .events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, Ikev2Event, SaInitEstablished
 from .gsa import GroupSa, KeyDownload
-from .gsa_map import MappingError, group_payloads, may_send, read_group, transport_mode, unicast_gsk_w, unicast_kwa
+from .gsa_map import MappingError, group_payloads, may_send, read_group, rekey_sa_for, transport_mode, unicast_gsk_w, unicast_kwa
+from .rekey_sa import RekeySa
 from .intauth import intauth_for
 from .message import Header, decode_message
 from .payloads import Authentication, Certificate, IdGroup, IdInitiator, IdResponder, Notify
@@ -243,10 +244,12 @@ class GsaAuthInitiator(_Engine):
         except MappingError as e:
             return self._fail(f"unusable group policy or keys: {e}", tell=NotifyType.NO_PROPOSAL_CHOSEN)
         self._state = "done"
-        reg = Registered(c.group_id, got.teks, got.kek, got.seq, None, sa.peer, gcks, sa.spi_i + sa.spi_r, got.gap)
+        first = got.rekey_sa.initial_message_id if got.rekey_sa is not None else 0
+        reg = Registered(c.group_id, got.teks, got.kek, first - 1 if first else None, None, sa.peer, gcks,
+                         sa.spi_i + sa.spi_r, got.gap)
         log.info("g-ikev2 member group %s: registered with %s at %r: %d TEK(s)%s", c.group_id, gcks, sa.peer,
                  len(got.teks), ", Rekey SA" if got.kek else "")
-        self._events.append(GsaRegistered(reg, sa.spi_i, sa.spi_r, got.rekey_keys, got.kwa, got.key_path))
+        self._events.append(GsaRegistered(reg, sa.spi_i, sa.spi_r, got.rekey_sa, got.signature, got.auth_key, got.key_path))
 
 
 # ------------------------------------------------------------------------------------ GCKS
@@ -279,12 +282,17 @@ class GsaAuthResponder(_Engine):
     :class:`~.sa_init.SaInitResponder` established (:meth:`add_sa`), then datagrams."""
 
     def __init__(self, config: GcksAuthConfig, groups: Mapping[int, GroupPolicy], keys: GroupKeysProvider, *,
-                 admit: Callable[[GroupPolicy, Identity], str | None] | None = None) -> None:
+                 admit: Callable[[GroupPolicy, Identity], str | None] | None = None,
+                 rekey_message_id: Callable[[GroupPolicy, bytes], int] | None = None) -> None:
         super().__init__()
         self.config = config
         self.groups = dict(groups)
         self.keys = keys
+        #: the key server's own refusals after the group policy admitted a member (deny list...)
         self.admit = admit
+        #: (group, Rekey SA SPI) -> the GSA_REKEY sender's current Message ID on that Rekey SA
+        #: (GSA_INITIAL_MESSAGE_ID; ``RekeySender.message_id``); None: 0, no GSA_REKEY sent yet
+        self.rekey_message_id = rekey_message_id
         self._sas: OrderedDict[tuple[bytes, bytes], _Sa] = OrderedDict()
         self.stats: Counter[str] = Counter()
 
@@ -388,7 +396,7 @@ class GsaAuthResponder(_Engine):
                     if attempt == 2:
                         raise
             kwa = unicast_kwa(group, enr)
-            gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, c.rekey_source)
+            gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, self._rekey_sa(group, keys, kwa, wall))
         except Exception as e:  # store, signing key or mapping trouble: ours, not the member's
             self.stats["keys_unavailable"] += 1
             log.error("g-ikev2 gcks: group %s: keys unavailable, %s refused: %r", group.group_id, identity, e)
@@ -398,6 +406,12 @@ class GsaAuthResponder(_Engine):
         self.stats["registered"] += 1
         log.info("g-ikev2 gcks: %s from %r registered in group %s", identity, addr, gid)
         self._events.append(MemberRegistered(gid, identity, addr, tuple(t.spi for t in keys.teks), enr.lkh_update))
+
+    def _rekey_sa(self, group: GroupPolicy, keys, kwa: int, wall: int) -> RekeySa | None:
+        if group.kek is None or keys.kek is None:
+            return None
+        first = self.rekey_message_id(group, bytes(keys.kek.spi)) if self.rekey_message_id is not None else 0
+        return rekey_sa_for(group, keys, kwa, wall, self.config.rekey_source, first)
 
     def _on_informational(self, s: _Sa, data: bytes, addr: Any) -> None:
         est = s.est

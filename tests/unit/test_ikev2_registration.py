@@ -115,7 +115,7 @@ class World:
         return m, drain(m), drain(self.gcks)
 
 
-def _ok(w: World, em, eg, identity_kind="key-id"):
+def _ok(w: World, em, eg, identity_kind="key-id", first_message_id=0):
     assert len(em) == 1 and isinstance(em[0], GsaRegistered), em
     assert len(eg) == 1 and isinstance(eg[0], MemberRegistered), eg
     reg = em[0].registered
@@ -127,8 +127,10 @@ def _ok(w: World, em, eg, identity_kind="key-id"):
     assert reg.kek.spi == keys.kek.spi and reg.kek.signing_public_key == keys.kek.public_key
     assert (reg.kek.dst, reg.kek.dst_port) == (ipaddress.ip_network("239.192.0.1/32"), kp.rekey_port)
     assert (reg.kek.src, reg.kek.src_port) == (ipaddress.ip_network(KS[0] + "/32"), KS[1])
-    rk = rekey_sa_keys(keys.kek.keymat, keys.kek.spi, kp.cipher.key_length_bits, em[0].kwa)
-    assert em[0].rekey_keys == rk and reg.kek.key == rk.gsk_e
+    rk = rekey_sa_keys(keys.kek.keymat, keys.kek.spi, kp.cipher.key_length_bits, em[0].rekey_sa.kwa)
+    assert em[0].rekey_sa.keys == rk and reg.kek.key == rk.gsk_e and em[0].auth_key == keys.kek.public_key
+    assert em[0].signature.name == "ecdsa-p256-sha256" and em[0].rekey_sa.initial_message_id == first_message_id
+    assert reg.seq == (first_message_id - 1 if first_message_id else None)
     assert reg.gap.activation_s == w.groups[GID].activation_delay_s
     assert eg[0].identity.kind.value == identity_kind
     assert len(w.store.members(GID)) == 1
@@ -158,7 +160,7 @@ def test_sender_and_lkh_path(tmp_path):
     assert path.ids and all(i > 0 for i in path.ids)  # the member holds its LKH path, root first
     # a second member gets the same group keys through its own path
     _m2, em2, eg2 = w.register(psk_member("gm2"))
-    assert em2[0].rekey_keys == em[0].rekey_keys and em2[0].key_path.ids[0] == path.ids[0]
+    assert em2[0].rekey_sa == em[0].rekey_sa and em2[0].key_path.ids[0] == path.ids[0]
 
 
 def _refused(em, eg, notify, gcks_identity=True):
@@ -321,3 +323,35 @@ def test_configs_from_policy(tmp_path, cert):
     _m, em, eg = w.register(member_auth_config(member_group(tmp_path, "gm2", cert=cert)))
     reg = _ok(w, em, eg, "dn" if cert else "key-id")
     assert reg.key_server_id.value == ("CN=ks,O=msec test" if cert else KS[0])
+
+
+@pytest.mark.parametrize("lkh", [False, True], ids=["plain", "lkh"])
+def test_registered_member_follows_a_gsa_rekey(tmp_path, lkh):
+    """What GSA_AUTH hands over is enough for GSA_REKEY: the GCKS's RekeySender on the group's
+    Rekey SA (from the same store) signs a TEK rekey, the member's RekeyReceiver built from
+    GsaRegistered applies it."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from gkm.ikev2.constants import GcAuth
+    from gkm.gdoi.keys import GroupTek
+    from gkm.ikev2.gsa_map import rekey_sa_for
+    from gkm.ikev2.rekey import MemberConfig, RekeyApplied, RekeyReceiver, RekeySender
+    from policy.model import AddressPreservation, Mode, SaDirection
+    w = World(tmp_path, lkh=lkh)
+    w.gcks.rekey_message_id = lambda group, spi: 7  # the sender already sent 7 GSA_REKEYs on this SA
+    _m, em, eg = w.register(psk_member())
+    reg = _ok(w, em, eg, first_message_id=7)
+    g = em[0]
+    group = w.groups[GID]
+    sa = rekey_sa_for(group, w.provider.peek(group, int(NOW)), g.rekey_sa.kwa, int(NOW), KS, 7)
+    assert sa == g.rekey_sa  # the GCKS side recomputes the same Rekey SA from the store
+    signing = load_pem_private_key(group.kek.signing_key.read_bytes(), None)
+    tx = RekeySender(sa, gcauth=GcAuth.DIGITAL_SIGNATURE, signature=g.signature, signing_key=signing)
+    rx = RekeyReceiver(MemberConfig(GID, Mode.TUNNEL, AddressPreservation.SOURCE_AND_DESTINATION, SaDirection.RECEIVER_ONLY),
+                       g.rekey_sa, gcauth=GcAuth.DIGITAL_SIGNATURE, signature=g.signature, auth_key=g.auth_key,
+                       key_path=g.key_path)
+    new_tek = GroupTek(GID, 0x12345678, reg.teks[0].selector, Mode.TUNNEL, AddressPreservation.SOURCE_AND_DESTINATION,
+                                    SaDirection.RECEIVER_ONLY, reg.teks[0].suite, bytes(len(reg.teks[0].keymat)),
+                                    bytes(len(reg.teks[0].auth_key)), 600)
+    [ev] = rx.receive(tx.build(teks=((new_tek, ()),)))
+    assert isinstance(ev, RekeyApplied) and ev.message_id == 7 and [t.spi for t in ev.teks] == [0x12345678]
