@@ -42,6 +42,7 @@ from gkm.ike.auth import AuthError, id_matches_certificate, validate_chain
 from gkm.ike.config import CertCredential, Identity
 
 from .keys import IkeKeys, prf
+from .rekey_auth import SIGNATURE_ALGORITHMS
 
 __all__ = [
     "AuthFailed", "PskAuth", "CertAuth", "signed_octets", "psk_auth", "sign", "verify_signature",
@@ -117,11 +118,12 @@ _PSS_SHA256 = _der(0x30, _oid("1.2.840.113549.1.1.10") + _der(0x30, (
     + _der(0xA1, _der(0x30, _oid("1.2.840.113549.1.1.8") + _SHA256))
     + _der(0xA2, _der(0x02, b"\x20")))))
 
-#: algorithm name -> the DER AlgorithmIdentifier sent and accepted (RFC 7427 Appendix A, RFC 8420)
+#: algorithm name -> the DER AlgorithmIdentifier sent and accepted (RFC 7427 Appendix A, RFC 8420;
+#: ECDSA and Ed25519 the ones GSA_REKEY signs with, :data:`.rekey_auth.SIGNATURE_ALGORITHMS`)
 ALGORITHM_IDS: dict[str, bytes] = {
-    "ecdsa-p256-sha256": _der(0x30, _oid("1.2.840.10045.4.3.2")),
+    "ecdsa-p256-sha256": SIGNATURE_ALGORITHMS["ecdsa-p256-sha256"].algorithm_identifier,
     "rsa-pss-sha256": _PSS_SHA256,
-    "ed25519": _der(0x30, _oid("1.3.101.112")),
+    "ed25519": SIGNATURE_ALGORITHMS["ed25519"].algorithm_identifier,
 }
 _BY_BLOB = {v: k for k, v in ALGORITHM_IDS.items()}
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
