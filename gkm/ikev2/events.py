@@ -27,7 +27,7 @@ class SaInitEstablished(Ikev2Event):
     payloads sign (RFC 7296 §2.15).  ``methods`` lists the key exchanges that fed the keys.
     ``intermediate`` holds the IKE_INTERMEDIATE request and response datagrams and
     ``intermediate_keys`` the keys that protected them, the inputs of the RFC 9242 §3.3.2
-    IntAuth values the AUTH payloads must also cover (not computed here yet)."""
+    IntAuth values the AUTH payloads must also cover (:mod:`.intauth`)."""
 
     peer: tuple
     spi_i: bytes
@@ -40,6 +40,7 @@ class SaInitEstablished(Ikev2Event):
     methods: tuple[int, ...] = ()
     intermediate: tuple[bytes, ...] = field(default=(), repr=False)
     intermediate_keys: IkeKeys | None = field(default=None, repr=False)
+    kwa: int = 0  # the key wrap algorithm negotiated (RFC 9838 §4.4.3), 0: none
 
 
 @dataclass(frozen=True, slots=True)

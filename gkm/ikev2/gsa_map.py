@@ -24,11 +24,13 @@ public key GSA_REKEY messages are signed with.
 
 Decisions:
 
-* GSK_w of the unicast SA = prf+(SK_d, "Key Wrap for G-IKEv2") (RFC 9838 §3.3.1).  RFC 9838
-  wants the unicast key wrap algorithm negotiated in IKE_SA_INIT; :mod:`.sa_init` does not
-  negotiate a KWA transform yet, so both sides use the Rekey SA's KWA, or KW_5649_256 for a
-  group without one.  With LKH the KWA follows the tree's key size (16 bytes: KW_5649_128)
-  since WRAP_KEYs must be exactly one key of the algorithm (§4.4.2.1).
+* GSK_w of the unicast SA = prf+(SK_d, "Key Wrap for G-IKEv2") (RFC 9838 §3.3.1), for the key
+  wrap algorithm IKE_SA_INIT negotiated (``SaInitConfig.kwa``).  A peer that negotiated none
+  (an msec peer configured without) gets the Rekey SA's KWA, or KW_5649_256 for a group
+  without one.  The Rekey SA's KWA follows the LKH tree's key size (32 bytes by default: KW_5649_256)
+  or the KEK cipher's, since WRAP_KEYs must be exactly one key of the algorithm (§4.4.2.1); a
+  negotiated KWA that does not fit an LKH group's keys refuses the registration
+  (TEMPORARY_FAILURE): configure the GCKS's ``kwa`` accordingly.
 * The Rekey SA's key material (GSK_e | GSK_a | GSK_w, §3.5) is derived from the stored KEK
   ``prf+(HMAC-SHA-256, KEK keymat, "msec G-IKEv2 Rekey SA" | SPI)``: the store keeps one KEK
   per group for both protocols, and the GCKS recomputes the same keys for GSA_REKEY.
@@ -69,7 +71,7 @@ from .tek_policy import TekPolicyError, group_tek, tek_policy
 
 __all__ = [
     "MappingError", "GroupKeysReceived", "unicast_gsk_w", "unicast_kwa", "rekey_sa_keys", "rekey_sa_for",
-    "group_payloads", "read_group", "may_send", "transport_mode", "REKEY_INTEG", "KEY_WRAP_LABEL",
+    "registration_kwa", "group_payloads", "read_group", "may_send", "transport_mode", "REKEY_INTEG", "KEY_WRAP_LABEL",
 ]
 
 KEY_WRAP_LABEL = b"Key Wrap for G-IKEv2"
@@ -102,8 +104,20 @@ def unicast_gsk_w(keys: IkeKeys, kwa: int) -> bytes:
     return prf_plus(keys.suite.prf, keys.sk_d, KEY_WRAP_LABEL, kwa_key_bytes(kwa))
 
 
+def registration_kwa(group: GroupPolicy, enr: Enrollment, negotiated: int) -> int:
+    """The key wrap algorithm of this registration's GSK_w, SA keys and WRAP_KEYs: the one
+    IKE_SA_INIT negotiated, else :func:`unicast_kwa`.  WRAP_KEYs hold exactly one key of the
+    algorithm (RFC 9838 §4.4.2.1), so an LKH path needs the algorithm of its key size."""
+    if not negotiated:
+        return unicast_kwa(group, enr)
+    if enr.lkh_path and kwa_key_bytes(negotiated) != len(enr.lkh_path[0][2]):
+        raise MappingError(f"the negotiated key wrap algorithm {negotiated} does not fit the group's "
+                           f"{len(enr.lkh_path[0][2])}-byte LKH keys")
+    return negotiated
+
+
 def unicast_kwa(group: GroupPolicy, enr: Enrollment | None) -> int:
-    """The GCKS's choice (see the module docstring)."""
+    """The GCKS's choice without a negotiated one, also the Rekey SA's (module docstring)."""
     if group.kek is None:
         return KeyWrap.KW_5649_256
     if enr is not None and enr.lkh_path:
@@ -236,7 +250,7 @@ def _from_ts(ts: TrafficSelector, where: str):
 
 
 def read_group(group_id: int, gsa: GroupSa, kd: KeyDownload, ike_keys: IkeKeys, *, sender: bool,
-               transport: bool) -> GroupKeysReceived:
+               transport: bool, negotiated_kwa: int = 0) -> GroupKeysReceived:
     """The member's reading of the GCKS's GSA and KD; :class:`MappingError` says what is wrong."""
     esp = [p for p in gsa.policies if isinstance(p, GsaPolicy) and p.protocol == ProtocolId.ESP]
     rekey = [p for p in gsa.policies if isinstance(p, GsaPolicy) and p.protocol == ProtocolId.GIKE_UPDATE]
@@ -282,6 +296,7 @@ def read_group(group_id: int, gsa: GroupSa, kd: KeyDownload, ike_keys: IkeKeys, 
         kwa = kwas[0].id
     else:
         kwa = KeyWrap.KW_5649_256
+    kwa = negotiated_kwa or kwa
     try:
         gsk_w = unicast_gsk_w(ike_keys, kwa)
     except KeyWrapError as e:

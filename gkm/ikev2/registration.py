@@ -57,7 +57,10 @@ from .constants import AuthMethod, CertEncoding, ExchangeType, HeaderFlags, IdTy
 from .errors import WireError
 from .events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, Ikev2Event, SaInitEstablished
 from .gsa import GroupSa, KeyDownload
-from .gsa_map import MappingError, group_payloads, may_send, read_group, rekey_sa_for, transport_mode, unicast_gsk_w, unicast_kwa
+from .gsa_map import (
+    MappingError, group_payloads, may_send, read_group, registration_kwa, rekey_sa_for, transport_mode, unicast_gsk_w,
+    unicast_kwa,
+)
 from .rekey_sa import RekeySa
 from .intauth import intauth_for
 from .message import Header, decode_message
@@ -240,7 +243,7 @@ class GsaAuthInitiator(_Engine):
             return self._fail("GSA_AUTH response without GSA or KD", tell=NotifyType.INVALID_SYNTAX)
         transport = any(n.type == NotifyType.USE_TRANSPORT_MODE for n in msg.all(Notify))
         try:
-            got = read_group(c.group_id, gsa, kd, sa.keys, sender=c.sender, transport=transport)
+            got = read_group(c.group_id, gsa, kd, sa.keys, sender=c.sender, transport=transport, negotiated_kwa=sa.kwa)
         except MappingError as e:
             return self._fail(f"unusable group policy or keys: {e}", tell=NotifyType.NO_PROPOSAL_CHOSEN)
         self._state = "done"
@@ -395,9 +398,14 @@ class GsaAuthResponder(_Engine):
                 except StaleKeys:
                     if attempt == 2:
                         raise
-            kwa = unicast_kwa(group, enr)
-            gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, self._rekey_sa(group, keys, kwa, wall))
-        except Exception as e:  # store, signing key or mapping trouble: ours, not the member's
+            kwa = registration_kwa(group, enr, est.kwa)
+            rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall)
+            gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa)
+        except MappingError as e:  # the group cannot be sent over this IKE SA (configuration)
+            self.stats["keys_unavailable"] += 1
+            log.warning("g-ikev2 gcks: group %s: %s, %s refused", group.group_id, e, identity)
+            return self._refuse(s, data, mine, gid, identity, f"group not expressible here: {e}", NotifyType.TEMPORARY_FAILURE)
+        except Exception as e:  # store, signing key trouble: ours, not the member's
             self.stats["keys_unavailable"] += 1
             log.error("g-ikev2 gcks: group %s: keys unavailable, %s refused: %r", group.group_id, identity, e)
             return self._refuse(s, data, mine, gid, identity, f"keys unavailable: {e}", NotifyType.TEMPORARY_FAILURE)

@@ -355,3 +355,22 @@ def test_registered_member_follows_a_gsa_rekey(tmp_path, lkh):
                                     bytes(len(reg.teks[0].auth_key)), 600)
     [ev] = rx.receive(tx.build(teks=((new_tek, ()),)))
     assert isinstance(ev, RekeyApplied) and ev.message_id == 7 and [t.spi for t in ev.teks] == [0x12345678]
+
+
+@pytest.mark.parametrize("lkh,kwa,ok", [(False, "256", True), (False, "128", True), (True, "256", True), (True, "128", False)],
+                         ids=["kwa256", "kwa128", "lkh-kwa256", "lkh-kwa128-refused"])
+def test_negotiated_key_wrap_algorithm(tmp_path, lkh, kwa, ok):
+    from gkm.ikev2.constants import KeyWrap
+    alg = {"128": KeyWrap.KW_5649_128, "256": KeyWrap.KW_5649_256}[kwa]
+    w = World(tmp_path, lkh=lkh)
+    w.i_cfg = SaInitConfig(GCM, (KEM.ECP256,), "no", kwa=(alg,))
+    w.sa_r = SaInitResponder(SaInitConfig(GCM, (KEM.ECP256, KEM.CURVE25519), "optional", kwa=(KeyWrap.KW_5649_256, KeyWrap.KW_5649_128)))
+    m, em, eg = w.register(psk_member())
+    assert m.sa.kwa == alg
+    if ok:
+        _ok(w, em, eg)
+        # the Rekey SA's KWA follows its keys: the LKH tree's 32-byte keys, else the 128-bit KEK cipher
+        assert em[0].rekey_sa.kwa == (KeyWrap.KW_5649_256 if lkh else KeyWrap.KW_5649_128)
+    else:
+        _f, r = _refused(em, eg, NotifyType.TEMPORARY_FAILURE)
+        assert "does not fit" in r.reason

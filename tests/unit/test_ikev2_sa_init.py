@@ -256,3 +256,21 @@ def test_signature_hash_algorithms_are_announced_both_ways():
     quiet, _ = pair(SaInitConfig(GCM, mlkem="no", signature_hashes=()), SaInitConfig(GCM))
     [(req, _)] = quiet.datagrams_to_send()
     assert not any(isinstance(p, Notify) and p.type == NotifyType.SIGNATURE_HASH_ALGORITHMS for p in decode_message(req).payloads)
+
+
+def test_key_wrap_algorithm_negotiation():
+    """RFC 9838 §4.4.3: the KWA is negotiated in IKE_SA_INIT (a KWA transform in the IKE proposal)."""
+    from gkm.ikev2.constants import KeyWrap
+    both = (KeyWrap.KW_5649_256, KeyWrap.KW_5649_128)
+    ini, resp = pair(SaInitConfig(GCM, mlkem="no", kwa=both), SaInitConfig(GCM, mlkem="no", kwa=(KeyWrap.KW_5649_128,)))
+    ei, er = run(ini, resp)
+    assert ei[0].kwa == er[0].kwa == KeyWrap.KW_5649_128
+    ini, resp = pair(SaInitConfig(GCM, mlkem="no"), SaInitConfig(GCM, mlkem="no", kwa=both))
+    ei, er = run(ini, resp)
+    assert ei[0].kwa == er[0].kwa == 0  # a peer offering none: none (the registration's fallback)
+    ini, resp = pair(SaInitConfig(GCM, mlkem="no", kwa=(KeyWrap.KW_5649_192,)), SaInitConfig(GCM, mlkem="no", kwa=both))
+    ei, er = run(ini, resp)
+    assert isinstance(ei[0], SaInitFailed) and isinstance(er[0], SaInitFailed)  # no common KWA
+    ini, resp = pair(SaInitConfig(GCM, mlkem="no", kwa=both), SaInitConfig(GCM, mlkem="no"))
+    ei, er = run(ini, resp)
+    assert isinstance(er[0], SaInitFailed)  # a responder that knows no KWA cannot choose one
