@@ -13,7 +13,7 @@ from gkm.gdoi import MemberRefused, MemberRegistered, StoreKeysProvider
 from gkm.ike.config import CertCredential, Identity as WireId
 from gkm.ikev2 import KeyExchangeMethod as KEM, NotifyType
 from gkm.ikev2.auth import CertAuth, PskAuth
-from gkm.ikev2.constants import Encr, Prf
+from gkm.ikev2.constants import Encr, KeyWrap, Prf
 from gkm.ikev2.events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, SaInitEstablished, SaInitFailed
 from gkm.ikev2.gsa_map import rekey_sa_keys
 from gkm.ikev2.keys import Suite
@@ -60,14 +60,21 @@ def gcks_config(cert: bool) -> GcksAuthConfig:
     return GcksAuthConfig(PskAuth(WireId.key_id(b"gcks"), b""), psks, (ROOT,), rekey_source=KS)
 
 
+KWA = (KeyWrap.KW_5649_256, KeyWrap.KW_5649_128)
+
+
 class World:
-    def __init__(self, tmp_path, *, cert_gcks=False, lkh=False, groups=None, group=(KEM.ECP256,), i_pq="no", r_pq="optional"):
+    """A GCKS (SA_INIT responder + GSA_AUTH responder on a real store) and member configs; both
+    negotiate a key wrap algorithm unless ``kwa=()`` (a peer without one: the fallback)."""
+
+    def __init__(self, tmp_path, *, cert_gcks=False, lkh=False, groups=None, group=(KEM.ECP256,), i_pq="no", r_pq="optional",
+                 kwa=KWA):
         self.store = KeyStore(tmp_path / "state")
         self.provider = StoreKeysProvider(self.store, lkh=lkh)
         self.groups = groups or {GID: group_policy(tmp_path)}
-        self.sa_r = SaInitResponder(SaInitConfig(GCM, (KEM.ECP256, KEM.CURVE25519), r_pq))
+        self.sa_r = SaInitResponder(SaInitConfig(GCM, (KEM.ECP256, KEM.CURVE25519), r_pq, kwa=KWA))
         self.gcks = GsaAuthResponder(gcks_config(cert_gcks), self.groups, self.provider)
-        self.i_cfg = SaInitConfig(GCM, group, i_pq)
+        self.i_cfg = SaInitConfig(GCM, group, i_pq, kwa=kwa)
         self.log: list = []
 
     def establish(self):
@@ -149,6 +156,14 @@ def test_registration(tmp_path, method, group, mlkem):
     assert reg.key_server_id.kind.value == ("key-id" if method == "psk" else "dn")
     # no sender: inbound only (RFC 9838 §2.3.3)
     assert {t.direction.name for t in reg.teks} == {"RECEIVER_ONLY"}
+
+
+@pytest.mark.parametrize("lkh", [False, True], ids=["plain", "lkh"])
+def test_member_without_key_wrap_negotiation_gets_the_fallback(tmp_path, lkh):
+    w = World(tmp_path, lkh=lkh, kwa=())
+    m, em, eg = w.register(psk_member())
+    assert m.sa.kwa == 0
+    _ok(w, em, eg)
 
 
 def test_sender_and_lkh_path(tmp_path):
@@ -360,11 +375,8 @@ def test_registered_member_follows_a_gsa_rekey(tmp_path, lkh):
 @pytest.mark.parametrize("lkh,kwa,ok", [(False, "256", True), (False, "128", True), (True, "256", True), (True, "128", False)],
                          ids=["kwa256", "kwa128", "lkh-kwa256", "lkh-kwa128-refused"])
 def test_negotiated_key_wrap_algorithm(tmp_path, lkh, kwa, ok):
-    from gkm.ikev2.constants import KeyWrap
     alg = {"128": KeyWrap.KW_5649_128, "256": KeyWrap.KW_5649_256}[kwa]
-    w = World(tmp_path, lkh=lkh)
-    w.i_cfg = SaInitConfig(GCM, (KEM.ECP256,), "no", kwa=(alg,))
-    w.sa_r = SaInitResponder(SaInitConfig(GCM, (KEM.ECP256, KEM.CURVE25519), "optional", kwa=(KeyWrap.KW_5649_256, KeyWrap.KW_5649_128)))
+    w = World(tmp_path, lkh=lkh, kwa=(alg,))
     m, em, eg = w.register(psk_member())
     assert m.sa.kwa == alg
     if ok:
