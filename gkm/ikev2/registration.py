@@ -61,10 +61,10 @@ from .gsa_map import (
     MappingError, group_payloads, may_send, read_group, registration_kwa, rekey_sa_for, transport_mode, unicast_gsk_w,
     unicast_kwa,
 )
-from .rekey_sa import RekeySa
 from .intauth import intauth_for
 from .message import Header, decode_message
 from .payloads import Authentication, Certificate, IdGroup, IdInitiator, IdResponder, Notify
+from .rekey_sa import RekeySa
 from .sk import SkCipher, protect, unprotect
 
 log = logging.getLogger("gkm.ikev2")
@@ -126,7 +126,11 @@ def _check_peer_auth(msg, id_payload, prf_id: int, octets: bytes, *, psk: bytes 
     if au.method == AuthMethod.DIGITAL_SIGNATURE:
         certs = [c.data for c in msg.all(Certificate) if c.encoding == CertEncoding.X509_SIGNATURE]
         leaf = A.verify_certificate(certs, wire_id, anchors, when)
-        A.verify_signature(leaf.public_key(), au.data, octets)
+        try:
+            key = leaf.public_key()
+        except Exception as e:  # UnsupportedAlgorithm: a key type cryptography does not know
+            raise A.AuthFailed(f"certificate key not usable: {e}") from None
+        A.verify_signature(key, au.data, octets)
         return Identity.from_x509_name(leaf.subject, _address(addr))
     raise A.AuthFailed(f"AUTH method {int(au.method)} is not supported (PSK or RFC 7427 signatures)")
 
@@ -392,15 +396,17 @@ class GsaAuthResponder(_Engine):
             for attempt in (1, 2):
                 keys = self.keys.peek(group, wall)
                 try:
+                    # one durable commit at the end of the block; any exception in it (a group
+                    # this IKE SA cannot carry included) undoes the enrollment
                     with self.keys.batch():
                         enr = self.keys.enroll(group, keys, member_key(identity), _host(addr), wall)
+                        kwa = registration_kwa(group, enr, est.kwa)
+                        rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall)
+                        gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa)
                     break
                 except StaleKeys:
                     if attempt == 2:
                         raise
-            kwa = registration_kwa(group, enr, est.kwa)
-            rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall)
-            gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa)
         except MappingError as e:  # the group cannot be sent over this IKE SA (configuration)
             self.stats["keys_unavailable"] += 1
             log.warning("g-ikev2 gcks: group %s: %s, %s refused", group.group_id, e, identity)

@@ -386,3 +386,4 @@ def test_negotiated_key_wrap_algorithm(tmp_path, lkh, kwa, ok):
     else:
         _f, r = _refused(em, eg, NotifyType.TEMPORARY_FAILURE)
         assert "does not fit" in r.reason
+        assert w.store.group(GID) is None or not w.store.members(GID)  # the enrollment was undone
