@@ -352,20 +352,47 @@ class Checker:
 
     def daemon(self, raw: Any, path: str) -> m.DaemonSettings | None:
         n0 = len(self.problems)
-        tbl = self.table(raw, path, {"state_dir", "control_socket", "state_anchor"})
+        tbl = self.table(raw, path, {"state_dir", "control_socket", "state_anchor",
+                                     "keylog_file", "metrics_listen"})
         if tbl is None:
             return None
         d = m.DaemonSettings()
         state = self.value(tbl, path, "state_dir", str, None)
         sock = self.value(tbl, path, "control_socket", str, None)
         anchor = self.value(tbl, path, "state_anchor", str, None)
-        if BAD in (state, sock, anchor):
+        keylog = self.value(tbl, path, "keylog_file", str, None)
+        metrics = self.value(tbl, path, "metrics_listen", str, None)
+        if metrics not in (None, BAD):
+            metrics = self.listen_address(metrics, _join(path, "metrics_listen"))
+        if BAD in (state, sock, anchor, keylog, metrics):
+            return None
+        if keylog and not self.path(keylog).parent.is_dir():
+            self.problem(_join(path, "keylog_file"),
+                         f"directory {self.path(keylog).parent} does not exist")
             return None
         return m.DaemonSettings(
             state_dir=self.path(state) if state else d.state_dir,
             control_socket=self.path(sock) if sock else d.control_socket,
             state_anchor=self.path(anchor) if anchor else None,
+            keylog_file=self.path(keylog) if keylog else None,
+            metrics_listen=metrics,
         )
+
+    def listen_address(self, text: str, p: str) -> Any:
+        """"ADDR:PORT" or "[IPv6]:PORT" (an IP literal: a listening socket, no name lookup;
+        the port is required) -> (address, port)."""
+        mt = re.fullmatch(r"\[([^\]]+)\]:(\d+)", text) or re.fullmatch(r"([^:\[\]]+):(\d+)", text)
+        if not mt:
+            return self.problem(p, f"{text!r} is not ADDRESS:PORT or [IPv6]:PORT")
+        addr = self.ip_address(mt.group(1), p)
+        if addr is BAD:
+            return BAD
+        if text.startswith("[") != (addr.version == 6):
+            return self.problem(p, f"{text!r}: write an IPv6 address as [ADDRESS]:PORT")
+        port = int(mt.group(2))
+        if not 1 <= port <= 65535:
+            return self.problem(p, f"{text!r}: port {port} is not in 1..65535")
+        return (addr, port)
 
     def matchers(self, raw: Any, path: str) -> m.Authorization | None:
         tbl = self.table(raw, path, {"psk_identities", "fqdns", "addresses", "subjects"})
@@ -953,14 +980,13 @@ class Checker:
 
     def member(self, raw: Any, path: str) -> m.MemberSettings | None:
         n0 = len(self.problems)
-        tbl = self.table(raw, path, {"group"}, required=("group",))
+        # an empty [member] is a member waiting for `msecctl join` (drop-ins, policy.dropin)
+        tbl = self.table(raw, path, {"group"})
         if tbl is None:
             return None
         groups = []
         raw_groups = self.table_array(tbl, path, "group")
         if raw_groups is not BAD:
-            if not raw_groups and "group" in tbl:
-                self.problem(_join(path, "group"), "list at least one group")
             for i, rg in enumerate(raw_groups):
                 groups.append(self.member_group(rg, f"{_join(path, 'group')}[{i}]"))
         self._duplicate_ids(groups, _join(path, "group"))

@@ -1,4 +1,9 @@
-"""msecd configuration: one TOML file -> `policy.model.DaemonConfig`, validated as a whole.
+"""msecd configuration: one TOML file and its drop-ins -> `policy.model.DaemonConfig`,
+validated as a whole.
+
+`load_config` merges ``<file>.d/*.toml`` (`policy.dropin`: group and PSK entries only, what
+``msecctl group create`` and ``msecctl join`` write) into the main document before the check,
+so a restart, ``msecd --check`` and msecctl see the same configuration.
 
 A file is accepted completely or refused completely. Every problem found is collected (type,
 unknown key, range, syntax, cross-field, file checks) and `ConfigError` lists them all, one per
@@ -14,6 +19,9 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
                                               # <state_dir>/gcks.anchor: the key server's
                                               # SEQ/key-generation anchor, kept apart from
                                               # the database (gkm.store_anchor)
+    keylog_file = "/root/msec-keys.log"        # optional, off by default: phase 1 and group
+                                              # ESP keys for Wireshark (gkm.daemon.keylog),
+                                              # created 0600; for debugging only
 
     [keyserver]                               # this daemon is GCKS for the groups below
     listen = ["0.0.0.0", "::"]                # default; IP literals
@@ -99,6 +107,7 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     max_push_size = 8192                      # default; largest PUSH datagram (bytes,
                                               # 2048..65000); larger LKH updates are split
 
+    [member]                                  # may be empty: groups joined later by msecctl
     [[member.group]]                          # this daemon joins these groups
     id = 1001
     name = "video"
@@ -132,9 +141,11 @@ import re
 import stat
 import tomllib
 from pathlib import Path
+from typing import Mapping
 
 from policy import model as m
 from policy._checker import PROTOCOLS, Checker, unsafe_location
+from policy.dropin import dropin_dir, dropin_names, merge, relocate
 from policy.errors import ConfigError, Problem
 from policy.reload import (
     PSK_TRIAL_LIMIT,
@@ -174,39 +185,97 @@ def parse_config(
     `check_files=False` referenced files are neither examined nor read (for linting a file
     meant for another host); PSKs from files are then placeholders.
     """
-    checker = Checker(source_name, Path(base_dir) if base_dir else Path.cwd(), _file_mode,
-                       check_files)
+    doc = _toml(text, source_name)
+    return _check(doc, source_name, base_dir, check_files, _file_mode, {})
+
+
+def _toml(text: str, source_name: str) -> dict:
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         # tomllib's messages carry line and column; a few quote the offending character,
         # which may sit inside a secret: drop it
         msg = re.sub(r"(character) (?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")", r"\1", str(e))
         raise ConfigError([Problem(source_name, "", f"not valid TOML: {msg}")]) from None
+
+
+def _check(doc: dict, source_name: str, base_dir, check_files: bool, file_mode: int | None,
+           origins) -> m.DaemonConfig:
+    checker = Checker(source_name, Path(base_dir) if base_dir else Path.cwd(), file_mode,
+                      check_files)
     config = checker.document(doc)
     if checker.problems or config is None:
-        raise ConfigError(checker.problems or [Problem(source_name, "", "invalid")])
+        problems = checker.problems or [Problem(source_name, "", "invalid")]
+        if origins:
+            problems = [Problem(*relocate(p.source, p.path, origins, p.source), p.reason)
+                        for p in problems]
+        raise ConfigError(problems)
     return config
 
 
-def load_config(path: Path | str, *, check_files: bool = True) -> m.DaemonConfig:
-    """Read and validate a configuration file; raise ConfigError listing every problem."""
-    p = Path(path)
+def _read(p: Path) -> tuple[str, int]:
     try:
         st = p.stat()
         data = p.read_bytes()
     except OSError as e:
         raise ConfigError([Problem(str(p), "", f"cannot read: {e.strerror}")]) from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8"), stat.S_IMODE(st.st_mode)
     except UnicodeDecodeError as e:
         raise ConfigError([Problem(str(p), "", f"not UTF-8 (byte {e.start})")]) from None
+
+
+def load_config(path: Path | str, *, check_files: bool = True,
+                dropins: Mapping[str, str | None] | None = None) -> m.DaemonConfig:
+    """Read and validate a configuration file and its drop-ins (`policy.dropin`:
+    ``<path>.d/*.toml``, merged, then validated as one document); raise ConfigError listing
+    every problem.
+
+    `dropins` validates a would-be configuration without touching the disk: drop-in file name
+    -> the text it would have, or None for a drop-in that would be removed."""
+    p = Path(path)
+    text, mode = _read(p)
     # the file itself, as secret files are: another user who can change it controls msecd
     unsafe = [Problem(str(p), "", f"refused: {why}") for why in unsafe_location(p)] \
         if check_files else []
+    problems: list[Problem] = []
+    d = dropin_dir(p)
+    texts: dict[str, tuple[str, int]] = {}
+    for name in dropin_names(d):
+        fp = d / name
+        try:
+            texts[str(fp)] = _read(fp)
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        if check_files:
+            unsafe += [Problem(str(fp), "", f"refused: {why}") for why in unsafe_location(fp)]
+    for name, new in (dropins or {}).items():
+        fp = str(d / name)
+        if new is None:
+            texts.pop(fp, None)
+        else:
+            texts[fp] = (new, 0o600)
     try:
-        config = parse_config(text, str(p), base_dir=p.resolve().parent, check_files=check_files,
-                              _file_mode=stat.S_IMODE(st.st_mode))
+        main = _toml(text, str(p))
+    except ConfigError as e:
+        problems += e.problems
+        main = None
+    parsed = []
+    for src in sorted(texts):
+        try:
+            parsed.append((src, _toml(texts[src][0], src)))
+        except ConfigError as e:
+            problems += e.problems
+    if main is not None:
+        doc, bad, origins = merge(main, parsed)
+        problems += [Problem(*b) for b in bad]
+    if problems:
+        raise ConfigError(unsafe + problems)
+    for _t, fmode in texts.values():
+        mode |= fmode  # an inline secret only where no file read is open to others
+    try:
+        config = _check(doc, str(p), p.resolve().parent, check_files, mode, origins)
     except ConfigError as e:
         raise ConfigError(unsafe + list(e.problems)) from None
     if unsafe:

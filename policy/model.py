@@ -587,6 +587,10 @@ class DaemonSettings:
     control_socket: Path = Path("/run/msec/control.sock")
     #: the key server's state anchor file (None: <state_dir>/gcks.anchor); see gkm.store_anchor
     state_anchor: Path | None = None
+    #: (address, TCP port) of the Prometheus metrics endpoint (gkm.daemon.metrics); None: off
+    metrics_listen: tuple[IPAddress, int] | None = None
+    #: opt-in key log for Wireshark (gkm.daemon.keylog): None (the default) writes no keys
+    keylog_file: Path | None = None
 
 
 MAX_PHASE1_TRANSFORMS = 64

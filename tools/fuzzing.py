@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import struct
 import sys
 import tempfile
@@ -336,11 +337,22 @@ def target_control():
         {"cmd": "members", "id": 1001}, {"cmd": "deny", "id": 1001},
         {"cmd": "deny-lift", "id": 1001, "identities": ["gm1", "key-id:gm2"]},
         {"cmd": "evict", "id": 1001, "identities": ["nobody"], "reason": "fuzz"},
-        {"cmd": "group", "id": "1001"}, {"cmd": "x", "y": [[1, {"z": None}]]})]
+        {"cmd": "group", "id": "1001"}, {"cmd": "x", "y": [[1, {"z": None}]]},
+        # the configuration changes (drop-ins in the temp directory, gkm.daemon.config_edit)
+        {"cmd": "group-create", "group": {
+            "id": 7, "authorize": {"psk_identities": ["gm1"]},
+            "tek": [{"src": "10.7.0.0/16", "dst": "239.7.7.7", "cipher": "aes-gcm-128"}]}},
+        {"cmd": "group-authorize", "id": 7, "identities": ["gm2", "dn:CN=x"]},
+        {"cmd": "group-deauthorize", "id": 7, "identities": ["gm1"]},
+        {"cmd": "group-delete", "id": 7}, {"cmd": "leave", "id": 1001},
+        {"cmd": "join", "group": {"id": 8, "key_servers": ["127.0.0.1"],
+                                  "credentials": {"psk_identity": "gm1", "psk": "00" * 16}}},
+        {"cmd": "reload-check"}, {"cmd": "reload-check", "file": str(cfg)})]
 
     def close() -> None:
         loop.run_until_complete(d.stop())
         loop.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # with the drop-ins the inputs created
 
     def run(data: bytes) -> bool:
         ans = loop.run_until_complete(srv.dispatch(data))
@@ -378,6 +390,7 @@ def target_xfrm():
     from ipaddress import ip_address as A
 
     from xfrm import algorithms as alg
+    from xfrm import messages as m
     from xfrm.batch import Batch
     from xfrm.errors import DecodeError
     from xfrm.events import parse_events
@@ -398,30 +411,66 @@ def target_xfrm():
     def run(data: bytes) -> bool:
         try:
             parse_events(data)
+            # the metrics' SA counter reader takes the same dump replies
+            for kind, _flags, _seq, off, n in m.split_messages(data):
+                if kind == m.XFRM_MSG_NEWSA:
+                    m.decode_sa_counters(data, off, n)
         except DecodeError:
             return False
         return True
     return seeds, run
 
 
-def target_ikev2_rekey():
-    from tests.unit.test_ikev2_rekey_fuzz import CONFIG, GcAuth, RekeyReceiver, corpus, run_one, seal
+def target_member_state():
+    """gkm.gdoi.member_state.decode; each input also with its digest made right, so the
+    mutations reach the field checks behind it."""
+    import json
 
-    sa, datagrams, chains = corpus()
+    from gkm.gdoi import member_state as ms
+    from tests.unit.test_member_state import snap
+
+    seeds = [ms.encode(snap()), ms.encode(snap(lkh=None, teks=(), gap=(None, None)))]
+
+    def run(data: bytes) -> bool:
+        ok = False
+        for d in (data, _redigested(data)):
+            if d is None:
+                continue
+            try:
+                ms.decode(d)
+                ok = True
+            except ms.MemberStateError:
+                pass
+        return ok
+
+    def _redigested(data: bytes) -> bytes | None:
+        try:
+            doc = json.loads(data)
+            doc["sha256"] = ms._digest(doc["state"])
+            return json.dumps(doc).encode()
+        except Exception:  # noqa: BLE001 - not a document whose digest can be fixed
+            return None
+    return seeds, run
+
+
+def target_ikev2_rekey():
+    from tests.unit.test_ikev2_rekey_fuzz import Corpus, run_one, seal
+
+    c = Corpus()
     count = [0]
 
     def run(data: bytes) -> bool:
         failures: list = []
         count[0] += 1
-        rx = RekeyReceiver(CONFIG, sa, gcauth=GcAuth.IMPLICIT)
-        if count[0] % 2 and data:  # half of the inputs as SK content under the Rekey SA
-            ok = run_one(rx, seal(sa, data), failures)
+        mode = count[0] % 3  # datagram as is / SK content under the Rekey SA, implicit / signed
+        if mode and data:
+            ok = run_one(c.receiver(mode == 2), seal(c.sa, data), failures)
         else:
-            ok = run_one(rx, data, failures)
+            ok = run_one(c.receiver(), data, failures)
         if failures:
             raise Crash(str(failures[0])[:300])
         return ok
-    return datagrams + chains, run
+    return c.datagrams + c.chains + c.signed_chains, run
 
 
 TARGETS: dict[str, Callable] = {
@@ -429,7 +478,7 @@ TARGETS: dict[str, Callable] = {
     "ikev2_gsa_auth": target_ikev2_gsa_auth,
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
-    "ikev2_rekey": target_ikev2_rekey,
+    "member_state": target_member_state, "ikev2_rekey": target_ikev2_rekey,
 }
 
 

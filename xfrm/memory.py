@@ -28,7 +28,7 @@ from dataclasses import replace
 
 from .batch import Batch, SingleOperations
 from .errors import KernelError
-from .model import Network, Policy, PolicyId, SaId, State
+from .model import Network, Policy, PolicyId, SaCounters, SaId, State
 from .owner import MSEC, Owner
 
 __all__ = ["MemoryXfrm"]
@@ -48,6 +48,7 @@ class MemoryXfrm(SingleOperations):
         self._index = 0
         self.log: list[str] = []  # operation names in the order applied (for tests)
         self.reads = 0  # dumps answered (for tests: how often a caller reads the kernel)
+        self.counted: dict[int, tuple[int, int]] = {}  # SPI -> (bytes, packets), for tests
 
     # -- context manager, like XfrmSocket ------------------------------------------------------
     def close(self) -> None:
@@ -145,6 +146,14 @@ class MemoryXfrm(SingleOperations):
                 continue
             out.append(st)
         return out
+
+    def dump_sa_counters(self, owned: bool = True) -> list[SaCounters]:
+        """Like XfrmSocket's; no traffic flows through memory: ``counted`` (SPI -> (bytes,
+        packets)) is what a test says the kernel counted."""
+        self.reads += 1
+        return [SaCounters(st.dst, st.spi, st.proto, st.reqid, *self.counted.get(st.spi, (0, 0)),
+                           0, 0, 0, 0)
+                for st in self.states.values() if not owned or self.owner.owns_state(st)]
 
     def dump_policies(self, owned: bool = False) -> list[Policy]:
         self.reads += 1

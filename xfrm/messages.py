@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from .errors import DecodeError
 from .model import (
     NO_LIFETIME, Action, Aead, Auth, Cipher, Direction, Lifetime, Mark, Mode, Policy, PolicyId,
-    SaId,
+    SaCounters, SaId,
     Selector, State, Template,
 )
 
@@ -508,6 +508,22 @@ def decode_state(info: bytes | memoryview, info_off: int, attrs: dict[int, bytes
     )
 
 
+def decode_sa_counters(data, off: int, n: int) -> SaCounters:
+    """The counters of a NEWSA (a dump reply) at ``off``: the fixed ``xfrm_usersa_info``
+    only, no attribute (so no key) is read."""
+    if n < 16 + USERSA_INFO.size:
+        raise DecodeError("XFRM_MSG_NEWSA", off, f"too short ({n} bytes)")
+    v = USERSA_INFO.unpack_from(data, off + 16)
+    daddr, spi, proto = v[12:15]
+    nbytes, packets, add_time, use_time = v[24:28]
+    _window, replay, integrity = v[28:31]
+    reqid, family = v[32], v[33]
+    with decoding("XFRM_MSG_NEWSA", off):
+        dst = _ip(daddr, family)
+    return SaCounters(dst, _swap32(spi), proto, reqid, nbytes, packets, add_time, use_time,
+                      replay, integrity)
+
+
 def decode_templates(raw: bytes) -> tuple[Template, ...]:
     out = []
     for off in range(0, len(raw) - USER_TMPL.size + 1, USER_TMPL.size):
@@ -522,9 +538,11 @@ def decode_policy(info: bytes | memoryview, info_off: int, attrs: dict[int, byte
     v = USERPOLICY_INFO.unpack_from(info, info_off)
     sel, lft = v[:12], v[12:20]
     priority, index, direction, action = v[24:28]
+    if direction >= POLICY_DIR_SOCKET:
+        raise ValueError(f"direction {direction} is a per-socket policy, not an SPD entry")
     mark, if_id = _mark_ifid(attrs)
     tmpls = decode_templates(attrs[XFRMA_TMPL]) if XFRMA_TMPL in attrs else ()
-    return Policy(_policy_selector(sel), Direction(direction & 3), Action(action), priority,
+    return Policy(_policy_selector(sel), Direction(direction), Action(action), priority,
                   tmpls, mark, if_id, Lifetime.from_wire(lft), index)
 
 
@@ -551,6 +569,18 @@ def decode_newsa(data, off: int, n: int) -> State:
     with decoding("XFRM_MSG_NEWSA", off):
         return decode_state(data, start, attrs_dict(data, start + USERSA_INFO.size, off + n,
                                                     "XFRM_MSG_NEWSA"))
+
+
+#: ``dir`` of a per-socket policy (XFRM_POLICY_MAX + direction): the kernel's policy dump also
+#: lists the policies set on sockets with IP_XFRM_POLICY (strongSwan's charon sets bypass
+#: policies on its IKE sockets this way); they are not SPD entries and never msec's
+POLICY_DIR_SOCKET = 3
+
+
+def is_socket_policy(data, off: int, n: int) -> bool:
+    """Whether the XFRM_MSG_NEWPOLICY at ``off`` is a per-socket policy (see above)."""
+    return n >= 16 + USERPOLICY_INFO.size and \
+        data[off + 16 + USERPOLICY_INFO.size - 8] >= POLICY_DIR_SOCKET
 
 
 def decode_newpolicy(data, off: int, n: int) -> Policy:

@@ -29,7 +29,7 @@ from .errors import InvalidArgument
 __all__ = [
     "Address", "Network", "Mode", "Proto", "Direction", "Action", "Mark", "Selector", "Lifetime",
     "Aead", "Cipher", "Auth", "State", "SaId", "Template", "Policy", "PolicyId", "INF",
-    "NO_LIFETIME",
+    "NO_LIFETIME", "SaCounters",
 ]
 
 Address = IPv4Address | IPv6Address
@@ -682,3 +682,21 @@ class Policy:
 
 
 _MutablePolicy = _twin(Policy)
+
+
+@dataclass(frozen=True, slots=True)
+class SaCounters:
+    """What the kernel counted on one state (``xfrm_lifetime_cur`` and ``xfrm_stats``), read
+    without its keys: bytes and packets through it, when it was added and first used (Unix
+    seconds, 0: never used), packets dropped by the replay check and by the integrity check."""
+
+    dst: Address
+    spi: int
+    proto: int
+    reqid: int
+    bytes: int
+    packets: int
+    add_time: int
+    use_time: int
+    replay_dropped: int
+    integrity_failed: int

@@ -23,7 +23,7 @@ from operator import itemgetter
 from . import messages as m
 from .batch import Batch, Op, SingleOperations
 from .errors import InvalidArgument, KernelError, KernelLacksFeature, XfrmError
-from .model import Network, Policy, PolicyId, Proto, SaId, State
+from .model import Network, Policy, PolicyId, Proto, SaCounters, SaId, State
 from .netns import NetnsSpec, run_in_netns
 from .owner import MSEC, Owner
 
@@ -194,10 +194,25 @@ class XfrmSocket(SingleOperations):
                 out.append(st)
         return out
 
+    def dump_sa_counters(self, owned: bool = True) -> list[SaCounters]:
+        """Every state's counters (bytes, packets, replay and integrity drops), read from the
+        fixed part of each dump reply: no key is decoded; ``owned`` keeps only msec's.
+        Larval states are left out, as in :meth:`dump_states`."""
+        out = []
+        for data, off, n in self._dump(m.XFRM_MSG_GETSA, b""):
+            c = m.decode_sa_counters(data, off, n)
+            if c.spi == 0 or (owned and not self.owner.owns_reqid(c.reqid)):
+                continue
+            out.append(c)
+        return out
+
     def dump_policies(self, owned: bool = False) -> list[Policy]:
-        """Every policy (``index`` filled in); ``owned`` keeps only msec's."""
+        """Every SPD policy (``index`` filled in; per-socket policies are left out); ``owned``
+        keeps only msec's."""
         out = []
         for data, off, n in self._dump(m.XFRM_MSG_GETPOLICY, b""):
+            if m.is_socket_policy(data, off, n):
+                continue  # on a socket (e.g. charon's IKE bypass), not in the SPD
             try:
                 p = m.decode_newpolicy(data, off, n)
             except XfrmError as exc:

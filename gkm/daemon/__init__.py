@@ -7,7 +7,11 @@
 * :mod:`gkm.daemon.keyserver`: the key server role's shell; :mod:`gkm.daemon.member`: the
   member role's shell (one session per member group);
 * :mod:`gkm.daemon.report`: what logs and replies show of addresses and TEKs (never keys);
+* :mod:`gkm.daemon.activity`: event counts and the ``msecctl monitor`` subscribers;
+  :mod:`gkm.daemon.metrics`: the Prometheus endpoint (``[daemon] metrics_listen``);
 * :mod:`gkm.daemon.engines`: the only place that constructs `gkm.gdoi` engines and the
   `xfrm.groupsa` installer;
-* :mod:`gkm.daemon.__main__`: ``msecd`` (console script); :mod:`gkm.daemon.ctl`: ``msecctl``.
+* :mod:`gkm.daemon.config_edit`: msecctl's configuration changes (drop-ins) and ``reload --check``;
+* :mod:`gkm.daemon.__main__`: ``msecd`` (console script); :mod:`gkm.daemon.ctl`: ``msecctl``
+  (:mod:`gkm.daemon.completion`: its bash completion).
 """

@@ -7,8 +7,12 @@ Protocol (one request per line, one response line per request, UTF-8 JSON object
     -> {"cmd": "group", "id": 1001}
     <- {"ok": false, "error": "no group 1001"}
 
-Commands: ``status``, ``groups``, ``group`` (``id``), ``members`` (``id``), ``reload``.  A refused
-reload answers ``{"ok": false, "error": "...", "problems": ["FILE: KEY: reason", ...]}``.
+Commands: ``status``, ``groups``, ``group`` (``id``), ``members`` (``id``), ``reload``, ``rekey``,
+``evict``, ``deny``, ``deny-lift``, and those that change the configuration through drop-in
+files (:mod:`.config_edit`): ``group-create`` and ``join`` (``group``: the TOML table as JSON),
+``group-delete`` and ``leave`` (``id``), ``group-authorize`` and ``group-deauthorize`` (``id``,
+``identities``), ``reload-check`` (optional ``file``).  A refused reload or change answers
+``{"ok": false, "error": "...", "problems": ["FILE: KEY: reason", ...]}``.
 Responses never carry key material.
 
 Access: the socket's directory is created 0700 and the socket 0600 (umask 077 while binding);
@@ -23,6 +27,14 @@ the handler's to refuse (:meth:`gkm.daemon.daemon.Daemon.handle_request`).  A co
 sends no complete line for ``idle_timeout`` seconds (default :data:`IDLE_TIMEOUT`), or does not
 read its answers for as long, is closed; at most :data:`MAX_CLIENTS` connections are served at
 once (the next ones are answered "too many control connections" and closed).
+
+Subscription (``msecctl monitor``): ``{"cmd": "monitor"}`` is answered ``{"ok": true,
+"monitor": true}`` and the connection then carries one JSON object per line for each notice
+(:class:`gkm.daemon.activity.Notice`: ``at``, ``event``, ``role``, ``group``, fields) until
+the client closes it (anything the client sends ends it too).  Each subscriber has a bounded
+queue: one that reads too slowly gets a last ``{"event": "dropped", ...}`` line and is
+closed; the daemon never waits for it (a write that cannot drain for ``idle_timeout``
+seconds also closes it).
 """
 
 from __future__ import annotations
@@ -47,6 +59,9 @@ MAX_DEPTH = 16  # the protocol's requests are flat objects with short lists
 IDLE_TIMEOUT = 60.0
 MAX_CLIENTS = 32
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
+#: ``subscribe() -> subscription`` with ``await get() -> notice`` and ``close()``
+#: (:meth:`gkm.daemon.activity.Activity.subscribe`)
+Subscribe = Callable[[], Any]
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -119,9 +134,11 @@ class ControlServer:
     """Serves the control protocol; ``handler(request) -> response`` does the work."""
 
     def __init__(self, path: Path | str, handler: Handler, *,
-                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS,
+                 subscribe: Subscribe | None = None) -> None:
         self.path = Path(path)
         self.handler = handler
+        self.subscribe = subscribe
         self.idle_timeout = idle_timeout
         self.max_clients = max_clients
         self._server: asyncio.base_events.Server | None = None
@@ -189,6 +206,11 @@ class ControlServer:
                     return
                 if not line.strip():
                     continue
+                req = parse_request(line)
+                if self.subscribe is not None and isinstance(req, dict) \
+                        and req.get("cmd") == "monitor":
+                    await self._stream(reader, writer, answer)
+                    return
                 await answer(await self.dispatch(line))
         except asyncio.TimeoutError:
             log.info("control: closed a connection that did not read its answer for %.0f s",
@@ -202,6 +224,30 @@ class ControlServer:
                 writer.close()
             except Exception:
                 pass
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      answer: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """A monitor subscription: notices as lines until the client closes (or sends
+        anything), its queue overflows (a last "dropped" line) or a write stalls."""
+        sub = self.subscribe()
+        closed = asyncio.ensure_future(reader.read(1))  # EOF (or any input) ends the stream
+        try:
+            await answer({"ok": True, "monitor": True})
+            while True:
+                nxt = asyncio.ensure_future(sub.get())
+                done, _ = await asyncio.wait({nxt, closed},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    return
+                notice = nxt.result()
+                await answer(notice.as_json())
+                if notice.event == "dropped":
+                    log.warning("control: dropped a monitor subscriber that read too slowly")
+                    return
+        finally:
+            sub.close()
+            closed.cancel()
 
     async def dispatch(self, line: bytes) -> dict[str, Any]:
         req = parse_request(line)

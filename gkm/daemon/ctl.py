@@ -1,31 +1,64 @@
 """msecctl: talk to msecd over its control socket.
 
-    msecctl [--socket PATH | --config FILE] [--json] status
-    msecctl groups
-    msecctl group show ID
-    msecctl members ID                       each member: registered or evicted, when, why
-    msecctl reload
-    msecctl rekey ID
-    msecctl evict ID IDENTITY... [--reason TEXT]
-    msecctl deny ID                          the group's deny list (evicted identities)
-    msecctl deny lift ID IDENTITY...         take identities off the deny list
-    msecctl init CONFIG...                   create the PSKs, keys and certificates the
+    msecctl [--socket PATH | --config FILE] [--json] COMMAND ...
+
+    status                                   pid, uptime, roles, last reload
+    groups                                   every group, both roles
+    group show ID
+    group create ID --tek SPEC [--tek SPEC...] [--kek SPEC] [--authorize IDENTITY...]
+                 [--name N] [--activation-delay D] [--deactivation-delay D]
+    group delete ID                          a group msecctl created (members told by PUSH)
+    group authorize ID IDENTITY...           admit identities to a group msecctl created
+    group deauthorize ID IDENTITY...         stop admitting them (registered ones are evicted)
+    join ID --key-server ADDR [--key-server ADDR...] (--psk-identity I --psk-file F |
+         --cert F --key F --ca F [--ca F...]) [--key-server-identity IDENTITY...]
+         [--name N] [--interface IF]         member: join a group
+    leave ID                                 member: leave a group msecctl joined (SAs removed)
+    members ID                               each member: registered or evicted, when, why
+    reload [--check [FILE]]                  apply the configuration; --check: validate FILE
+                                             (default: the running file) and show what would
+                                             change, changing nothing
+    rekey ID
+    evict ID IDENTITY... [--reason TEXT]
+    deny ID                                  the group's deny list (evicted identities)
+    deny lift ID IDENTITY...                 take identities off the deny list
+    monitor                                  live events, one line each (Ctrl-C ends)
+    init CONFIG...                           create the PSKs, keys and certificates the
                                              configurations name and lack (gkm.daemon.provision;
                                              no daemon needed)
+    completion bash                          print the bash completion script
 
 An IDENTITY is written as ``msecctl members`` shows it (``key-id:gm1``, ``fqdn:h.example.org``,
 ``dn:CN=gm3,O=Example``, ``address:192.0.2.7``); a bare name is a PSK identity (``gm1`` is
-``key-id:gm1``).
+``key-id:gm1``).  In ``group authorize`` and ``--authorize``, ``address:`` takes a prefix
+(``address:192.0.2.0/24``) and ``fqdn:``/``dn:`` take the patterns of ``[keyserver.group.authorize]``.
 
-``--json`` prints the daemon's response object as one JSON line; otherwise readable text.
-Exit status: 0 success; 1 the daemon said no (``"ok": false``, e.g. a refused reload, whose
-problems are printed) or is not running; 2 usage errors.
+A TEK SPEC is ``key=value`` pairs separated by commas, the keys of ``[[keyserver.group.tek]]``:
+``src=10.1.0.0/16,dst=239.1.1.1,protocol=udp,dst_port=5004,mode=tunnel,cipher=aes-gcm-128,
+lifetime=1h`` (``senders=gm1;gm2``: identities separated by ``;``).  A KEK SPEC likewise, the keys
+of ``[keyserver.group.kek]``: ``signing_key=/etc/msec/ks-sign.pem,signature=ecdsa-p256,
+rekey_address=239.192.0.1``.  Relative file names are taken from msecctl's working directory.
+
+What ``group create`` and ``join`` make is a drop-in file ``<config>.d/keyserver-group-ID.toml``
+(``member-group-ID.toml``) that the daemon writes only after the whole would-be configuration
+passed the same checks as ``msecd --check``; then it reloads, other groups undisturbed.  Groups of
+the main file are changed by editing it (msecctl refuses: exit 1).
+
+``--json`` prints the daemon's response object as one JSON line (``monitor --json``: one JSON
+object per event; sorted keys; every response has
+``"ok"``; a refusal has ``"error"`` and ``"problems"``, a list of ``FILE: KEY: reason`` lines).
+Field names are stable: new fields may be added, existing ones keep their name and meaning.
+
+Exit status: 0 success; 1 the daemon said no (``"ok": false``: a refused change or reload, whose
+problems are printed, an unknown group) or could not be talked to (permission denied, a broken
+answer); 2 usage error (nothing was sent); 3 msecd is not running (no control socket).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -33,7 +66,8 @@ from typing import Any
 
 from gkm import __version__
 
-__all__ = ["main", "request", "render", "NotRunning", "DEFAULT_SOCKET"]
+__all__ = ["main", "request", "render", "NotRunning", "DEFAULT_SOCKET", "EXIT_OK", "EXIT_REFUSED",
+           "EXIT_USAGE", "EXIT_NOT_RUNNING"]
 
 DEFAULT_SOCKET = "/run/msec/control.sock"
 
@@ -64,6 +98,40 @@ def request(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, 
     if not buf:
         raise ConnectionError("msecd closed the connection without answering")
     return json.loads(buf)
+
+
+def monitor(path: str, out, as_json: bool) -> int:
+    """Subscribe and print each notice as it comes, until msecd closes the stream (stopped,
+    or it dropped us for reading too slowly: exit 1) or the user interrupts (exit 0)."""
+    from .activity import notice_text
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise NotRunning(path) from None
+        s.sendall(b'{"cmd": "monitor"}\n')
+        f = s.makefile("rb")
+        first = f.readline()
+        if not first:
+            raise ConnectionError("msecd closed the connection without answering")
+        resp = json.loads(first)
+        if not resp.get("ok"):
+            print(render("monitor", resp), file=sys.stderr)
+            return 1
+        for line in f:
+            obj = json.loads(line)
+            print(json.dumps(obj, sort_keys=True) if as_json else notice_text(obj), file=out,
+                  flush=True)
+            if obj.get("event") == "dropped":
+                return 1
+        print("msecctl: msecd closed the monitor stream", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        s.close()
 
 
 # --------------------------------------------------------------------------- text output
@@ -151,6 +219,11 @@ def _group(r: dict[str, Any]) -> str:
                 out.append(f"  registered with {g.get('key_server')} at "
                            f"{_when(g.get('registered_at'))}"
                            f" ({g.get('registrations')} registration(s))")
+            if g.get("restored"):
+                out.append(f"  resumed from the saved member state (key server "
+                           f"{g.get('key_server')}; no registration since the start)")
+            if g.get("state_error"):
+                out.append(f"  {g['state_error']}")
             if g.get("adopted"):
                 out.append("  adopted SAs left by an earlier msecd")
             if g.get("last_seq") is not None:
@@ -237,8 +310,70 @@ def _rekey(r: dict[str, Any]) -> str:
             f"GROUPKEY-PUSH sent to {', '.join(r.get('sent_to') or []) or 'nobody'}")
 
 
-_RENDER = {"status": _status, "groups": _groups, "group": _group, "members": _members,
-           "reload": _reload, "rekey": _rekey, "evict": _evict, "deny": _deny}
+def _edit(r: dict[str, Any]) -> str:
+    lines = [f"group {r.get('id')} {r.get('action')} ({r.get('file')})"]
+    if r.get("identities"):
+        lines.append(f"  {r['action']}: {', '.join(r['identities'])}")
+    for i in r.get("unchanged") or []:
+        lines.append(f"  {i}: unchanged")
+    if r.get("action") == "deleted":
+        if r.get("push_seq") is not None:
+            lines.append(f"  GROUPKEY-PUSH SEQ {r['push_seq']} deleted the KEK and every TEK at "
+                         f"{', '.join(r.get('sent_to') or []) or 'nobody'}")
+        else:
+            lines.append("  no GROUPKEY-PUSH (no KEK or no keys yet): members keep the TEKs "
+                         "until they expire")
+    lines += [f"  {c}" for c in r.get("changes") or []]
+    return "\n".join(lines)
+
+
+def _reload_check(r: dict[str, Any]) -> str:
+    if r.get("unchanged"):
+        return f"{r.get('file')} is valid; a reload would change nothing"
+    lines = [f"{r.get('file')} is valid; a reload would:"]
+    for g in r.get("groups_added") or []:
+        lines.append(f"  add {g['role']} group {g['id']}")
+    for g in r.get("groups_removed") or []:
+        lines.append(f"  remove {g['role']} group {g['id']}")
+    for g in r.get("groups_changed") or []:
+        lines.append(f"  change {g['role']} group {g['id']} ({', '.join(g['fields'])})"
+                     + ("; register again" if g.get("reregister") else ""))
+    for m in r.get("members_evicted") or []:
+        lines.append(f"  evict {m['identity']} from group {m['id']} ({m['reason']})")
+    for t in r.get("teks_rolled") or []:
+        what = [f"replace or delete TEK {', '.join(t['teks'])}"] if t.get("teks") else []
+        if t.get("new_teks"):
+            what.append(f"new TEKs for {', '.join(t['new_teks'])}")
+        if t.get("new_kek"):
+            what.append("a new KEK")
+        lines.append(f"  group {t['id']} ({t['why']}): {'; '.join(what) or 'nothing in use'}")
+    for s in r.get("restart_needed") or []:
+        lines.append(f"  {s} changed: takes effect at the next restart")
+    return "\n".join(lines)
+
+
+def _sa(r: dict[str, Any]) -> str:
+    if not r.get("kernel"):
+        return "no kernel SAs: this msecd installs none (--no-kernel, or no member group)"
+    lines = []
+    for g in r.get("groups") or []:
+        lines.append(f"group {g['id']}" + (f" ({g['name']})" if g.get("name") else "")
+                     + f": {len(g['sas'])} SA(s), {len(g['policies'])} policy(ies)")
+        if g["sas"]:
+            lines.append(_table([[a["spi"], a["direction"], a.get("suite") or "?",
+                                  a["dst"], str(a.get("packets") or 0),
+                                  str(a.get("bytes") or 0), _when(a.get("expires"))]
+                                 for a in g["sas"]],
+                                ["SPI", "DIR", "SUITE", "DST", "PACKETS", "BYTES", "EXPIRES"]))
+        for p in g["policies"]:
+            lines.append(f"  policy {p['src']} -> {p['dst']} proto {p['proto']} "
+                         f"dir {p['direction']} priority {p['priority']} SPI {p['spi']}")
+    return "\n".join(lines) or "no member groups"
+
+
+_RENDER = {"status": _status, "groups": _groups, "group": _group, "members": _members, "sa": _sa,
+           "reload": _reload, "rekey": _rekey, "evict": _evict, "deny": _deny,
+           "edit": _edit, "reload-check": _reload_check}
 
 
 def render(cmd: str, r: dict[str, Any]) -> str:
@@ -252,41 +387,143 @@ def render(cmd: str, r: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- CLI
 
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+_EXAMPLES = """examples:
+  msecctl group create 1001 --tek src=10.1.0.0/16,dst=239.1.1.1,cipher=aes-gcm-128 \\
+      --kek signing_key=/etc/msec/ks-sign.pem,rekey_address=239.192.0.1 --authorize gm1
+  msecctl join 1001 --key-server 192.0.2.1 --psk-identity gm1 --psk-file /etc/msec/gm1.psk
+  msecctl members 1001; msecctl evict 1001 gm1 --reason "lost laptop"
+  msecctl reload --check /etc/msec/msecd.toml.new
+  msecctl --json groups
+
+"""
+
+_EPILOG = """identities: key-id:NAME (or a bare NAME: a PSK identity), fqdn:HOST, dn:SUBJECT,
+address:IP[/LEN], as 'msecctl members' shows them.
+exit status: 0 ok, 1 the daemon said no (or could not be talked to), 2 usage error,
+3 msecd is not running.  --json: one JSON object per answer, stable field names.
+'msecctl COMMAND --help' describes each command."""
+
+def _tek_help() -> str:
+    from policy.suites import ESP_SUITES
+
+    return ("a TEK policy: comma-separated key=value, keys of [[keyserver.group.tek]]: src, dst "
+            "(address or prefix), protocol, src_port, dst_port, mode (tunnel | transport), "
+            f"cipher ({' | '.join(ESP_SUITES)}), lifetime (seconds or 90s, 10m, 1h, 1d), "
+            "replay_window, name, senders=ID;ID (who sends; default everyone); e.g. "
+            "src=10.1.0.0/16,dst=239.1.1.1,cipher=aes-gcm-128,mode=tunnel,lifetime=1h; "
+            "repeat for several TEKs")
+
+
+def _kek_help() -> str:
+    from policy.suites import KEK_CIPHERS, SIGNATURE_SUITES
+
+    return ("the Rekey SA (GROUPKEY-PUSH): key=value pairs of [keyserver.group.kek]: "
+            f"signing_key (PEM, mode 0600), signature ({' | '.join(SIGNATURE_SUITES)}), "
+            f"cipher ({' | '.join(KEK_CIPHERS)}), rekey_address (multicast), rekey_port, "
+            "lifetime, lkh (true | false), lkh_degree, evict_batch_window, rekey_ttl, "
+            "rekey_interface, max_push_size, tek_rekey_lead, kek_rekey_lead; e.g. "
+            "signing_key=ks-sign.pem,signature=ecdsa-p256,rekey_address=239.192.0.1")
+
+
+def _group_id(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a group id (1..4294967295)")
+    return int(text)
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="msecctl", description="control msecd")
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="msecctl", description="control msecd, the msec group key "
+                                "manager, over its control socket (needs root)",
+                                epilog=_EXAMPLES + _EPILOG, formatter_class=fmt)
     p.add_argument("--version", action="version", version=f"msecctl {__version__}")
     p.add_argument("--socket", "-s", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
     p.add_argument("--config", "-c", default=None,
                    help="take the control socket from this msecd configuration")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("status", help="daemon status")
-    sub.add_parser("groups", help="list groups")
-    g = sub.add_parser("group", help="one group")
-    gs = g.add_subparsers(dest="action", required=True)
-    show = gs.add_parser("show")
-    show.add_argument("id", type=int)
-    m = sub.add_parser("members", help="members of a group this daemon serves")
-    m.add_argument("id", type=int)
-    sub.add_parser("reload", help="reload the configuration (refused if invalid)")
-    rk = sub.add_parser("rekey", help="key server: new TEKs for a group, sent by GROUPKEY-PUSH")
-    rk.add_argument("id", type=int)
-    ev = sub.add_parser("evict", help="key server: evict members (new keys for the others; "
-                                      "they stay refused: deny list)")
-    ev.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="machine-readable output: one JSON line")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    parsers = []
+
+    def cmd(parent, name, help, **kw):
+        sp = parent.add_parser(name, help=help, description=help, epilog=_EPILOG,
+                               formatter_class=fmt, **kw)
+        parsers.append(sp)
+        return sp
+
+    cmd(sub, "status", "daemon status: pid, uptime, roles, last reload")
+    cmd(sub, "groups", "list the groups of both roles")
+    g = cmd(sub, "group", "one group: show, create, delete, authorize, deauthorize")
+    gs = g.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cmd(gs, "show", "a group's state: members, KEK, TEKs, next key event").add_argument(
+        "id", type=_group_id, metavar="ID")
+    cr = cmd(gs, "create", "key server: create a group (a drop-in file, validated with the "
+                           "whole configuration first)")
+    cr.add_argument("id", type=_group_id, metavar="ID", help="GDOI group id, 1..4294967295")
+    cr.add_argument("--name", help="local label")
+    cr.add_argument("--tek", action="append", required=True, metavar="SPEC", help=_tek_help())
+    cr.add_argument("--kek", metavar="SPEC", help=_kek_help())
+    cr.add_argument("--authorize", action="append", default=[], metavar="IDENTITY",
+                    help="who may join (repeat); see identities below")
+    cr.add_argument("--activation-delay", metavar="DURATION", help="GAP ATD (default 2s)")
+    cr.add_argument("--deactivation-delay", metavar="DURATION", help="GAP DTD (default 6s)")
+    cmd(gs, "delete", "key server: delete a group msecctl created; a GROUPKEY-PUSH deletes "
+                      "its KEK and TEKs at the members").add_argument("id", type=_group_id, metavar="ID")
+    for name, what in (("authorize", "admit identities to"),
+                       ("deauthorize", "stop admitting identities to (registered ones are "
+                                       "evicted)")):
+        a = cmd(gs, name, f"key server: {what} a group msecctl created")
+        a.add_argument("id", type=_group_id, metavar="ID")
+        a.add_argument("identities", nargs="+", metavar="IDENTITY")
+    j = cmd(sub, "join", "member: join a group (a drop-in file, validated with the whole "
+                         "configuration first); registers at once")
+    j.add_argument("id", type=_group_id, metavar="ID")
+    j.add_argument("--key-server", action="append", required=True, metavar="ADDR",
+                   help="HOST, HOST:PORT or [IPv6]:PORT; repeat for failover")
+    j.add_argument("--name", help="local label")
+    j.add_argument("--interface", help="network interface for the group's traffic")
+    j.add_argument("--psk-identity", metavar="ID", help="PSK identity (ID_KEY_ID)")
+    j.add_argument("--psk-file", metavar="FILE", help="PSK file (mode 0600)")
+    j.add_argument("--cert", metavar="FILE", help="member certificate (PEM)")
+    j.add_argument("--key", metavar="FILE", help="its private key (PEM, mode 0600)")
+    j.add_argument("--ca", action="append", default=[], metavar="FILE",
+                   help="trust anchor for the key server's certificate (repeat)")
+    j.add_argument("--key-server-identity", action="append", default=[], metavar="IDENTITY",
+                   help="who may act as key server (repeat; required with certificates)")
+    cmd(sub, "leave", "member: leave a group msecctl joined; its SAs are removed").add_argument(
+        "id", type=_group_id, metavar="ID")
+    cmd(sub, "members", "members of a group this daemon serves").add_argument(
+        "id", type=_group_id, metavar="ID")
+    cmd(sub, "sa", "member: msec's kernel SAs and policies per group, with the kernel's "
+                   "counters and each SA's expiry").add_argument(
+        "id", type=_group_id, metavar="ID", nargs="?", default=None)
+    rl = cmd(sub, "reload", "reload the configuration (refused as a whole if invalid)")
+    rl.add_argument("--check", nargs="?", const="", default=None, metavar="FILE",
+                    help="only validate FILE with its drop-ins FILE.d/*.toml (default: the "
+                         "running configuration) and show what a reload would change: groups "
+                         "added and removed, members evicted, TEKs rolled; changes nothing")
+    cmd(sub, "rekey", "key server: new TEKs for a group, sent by GROUPKEY-PUSH").add_argument(
+        "id", type=_group_id, metavar="ID")
+    ev = cmd(sub, "evict", "key server: evict members (new keys for the others; they stay "
+                           "refused: deny list)")
+    ev.add_argument("id", type=_group_id, metavar="ID")
     ev.add_argument("identities", nargs="+", metavar="IDENTITY")
     ev.add_argument("--reason", default=None, help="why (logged and shown by members/deny)")
-    dn = sub.add_parser("deny", help="key server: show a group's deny list, or "
-                                     "'deny lift ID IDENTITY...' to take identities off it")
+    dn = cmd(sub, "deny", "key server: show a group's deny list, or 'deny lift ID "
+                          "IDENTITY...' to take identities off it")
     dn.add_argument("words", nargs="+", metavar="ID | lift ID IDENTITY...")
-    it = sub.add_parser("init", help="create the PSKs, signing keys, CA and certificates the "
-                                     "configuration files name and lack (never overwrites; "
-                                     "files 0600, directories 0700)")
+    it = cmd(sub, "init", "create the PSKs, signing keys, CA and certificates the "
+                          "configuration files name and lack (never overwrites; files 0600, "
+                          "directories 0700; no daemon needed)")
     it.add_argument("configs", nargs="+", metavar="CONFIG")
-    for sp in sub.choices.values():  # --json after the command too
-        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    cmd(sub, "monitor", "live stream of the daemon's events (registrations, refusals, rekeys, "
+                        "evictions, expiries), one line each; --json: one object per line")
+    co = cmd(sub, "completion", "print a shell completion script")
+    co.add_argument("shell", choices=["bash"])
+    for sp in parsers:  # --json after the command too
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output: one JSON line")
     return p
 
 
@@ -325,39 +562,165 @@ def _deny_request(parser: argparse.ArgumentParser, words: list[str]) -> dict[str
     return req
 
 
+#: SPEC keys whose value stays a string even if it looks like a number
+_TEXT_KEYS = {"name", "src", "dst", "cipher", "mode", "signature", "signing_key",
+              "rekey_address", "rekey_interface"}
+_FILE_KEYS = {"signing_key"}
+
+
+def _authorize_table(identities: list[str]) -> dict[str, list[str]]:
+    """Identities -> an ``authorize`` table (policy.dropin.authorize_entry)."""
+    from policy.dropin import authorize_entry
+
+    out: dict[str, list[str]] = {}
+    for i in identities:
+        key, value = authorize_entry(i)
+        if value not in out.setdefault(key, []):
+            out[key].append(value)
+    return out
+
+
+def _spec(parser: argparse.ArgumentParser, option: str, text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            parser.error(f"{option} {text!r}: {part!r} is not key=value")
+        value = value.strip()
+        if key in out:
+            parser.error(f"{option} {text!r}: {key} given twice")
+        if key == "senders":
+            out[key] = _authorize_table([v for v in value.split(";") if v])
+        elif key in _FILE_KEYS:
+            out[key] = os.path.abspath(value)
+        elif value in ("true", "false") and key not in _TEXT_KEYS:
+            out[key] = value == "true"
+        elif value.isdigit() and key not in _TEXT_KEYS:
+            out[key] = int(value)
+        else:
+            out[key] = value
+    if not out:
+        parser.error(f"{option}: empty SPEC")
+    return out
+
+
+def _create_request(parser, args) -> dict[str, Any]:
+    group: dict[str, Any] = {"id": args.id}
+    if args.name:
+        group["name"] = args.name
+    if args.activation_delay:
+        group["activation_delay"] = args.activation_delay
+    if args.deactivation_delay:
+        group["deactivation_delay"] = args.deactivation_delay
+    if args.authorize:
+        group["authorize"] = _authorize_table(args.authorize)
+    group["tek"] = [_spec(parser, "--tek", t) for t in args.tek]
+    if args.kek:
+        group["kek"] = _spec(parser, "--kek", args.kek)
+    return {"cmd": "group-create", "group": group}
+
+
+def _join_request(parser, args) -> dict[str, Any]:
+    psk = args.psk_identity is not None or args.psk_file is not None
+    cert = args.cert is not None or args.key is not None or bool(args.ca)
+    if psk == cert:
+        parser.error("join: give either --psk-identity and --psk-file, or --cert, --key and "
+                     "--ca")
+    if psk:
+        if not (args.psk_identity and args.psk_file):
+            parser.error("join: --psk-identity and --psk-file go together")
+        creds: dict[str, Any] = {"psk_identity": args.psk_identity,
+                                 "psk_file": os.path.abspath(args.psk_file)}
+    else:
+        if not (args.cert and args.key and args.ca):
+            parser.error("join: --cert, --key and --ca go together")
+        creds = {"cert_file": os.path.abspath(args.cert), "key_file": os.path.abspath(args.key),
+                 "trust_anchors": [os.path.abspath(c) for c in args.ca]}
+    group: dict[str, Any] = {"id": args.id}
+    if args.name:
+        group["name"] = args.name
+    group["key_servers"] = list(args.key_server)
+    if args.interface:
+        group["interface"] = args.interface
+    group["credentials"] = creds
+    if args.key_server_identity:
+        group["key_server_identity"] = _authorize_table(args.key_server_identity)
+    return {"cmd": "join", "group": group}
+
+
+def _request_for(parser, args) -> tuple[str, dict[str, Any]]:
+    """(render name, request) for parsed arguments; usage errors exit 2 before anything is
+    sent."""
+    c = args.cmd
+    if c in ("status", "groups"):
+        return c, {"cmd": c}
+    if c == "group":
+        if args.action == "show":
+            return "group", {"cmd": "group", "id": args.id}
+        if args.action == "create":
+            return "edit", _create_request(parser, args)
+        if args.action == "delete":
+            return "edit", {"cmd": "group-delete", "id": args.id}
+        return "edit", {"cmd": f"group-{args.action}", "id": args.id,
+                        "identities": args.identities}
+    if c == "join":
+        return "edit", _join_request(parser, args)
+    if c == "leave":
+        return "edit", {"cmd": "leave", "id": args.id}
+    if c == "reload":
+        if args.check is None:
+            return "reload", {"cmd": "reload"}
+        req = {"cmd": "reload-check"}
+        if args.check:
+            req["file"] = os.path.abspath(args.check)
+        return "reload-check", req
+    if c in ("members", "rekey"):
+        return c, {"cmd": c, "id": args.id}
+    if c == "sa":
+        return c, {"cmd": "sa"} if args.id is None else {"cmd": "sa", "id": args.id}
+    if c == "evict":
+        req = {"cmd": "evict", "id": args.id, "identities": args.identities}
+        if args.reason is not None:
+            req["reason"] = args.reason
+        return c, req
+    assert c == "deny"
+    return c, _deny_request(parser, args.words)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.cmd == "completion":
+        from .completion import bash_script
+
+        sys.stdout.write(bash_script(parser))
+        return EXIT_OK
     if args.cmd == "init":
         from .provision import main as init_main
 
         return init_main(args.configs)
-    req: dict[str, Any] = {"cmd": args.cmd}
-    if args.cmd in ("group", "members", "rekey", "evict"):
-        req["id"] = args.id
-    if args.cmd == "evict":
-        req["identities"] = args.identities
-        if args.reason is not None:
-            req["reason"] = args.reason
-    if args.cmd == "deny":
-        req = _deny_request(parser, args.words)
+    kind, req = ("monitor", {"cmd": "monitor"}) if args.cmd == "monitor" \
+        else _request_for(parser, args)
     path = _socket_path(args)
     try:
+        if args.cmd == "monitor":
+            return monitor(path, sys.stdout, args.json)
         resp = request(path, req)
     except NotRunning as e:
         print(f"msecctl: {e}", file=sys.stderr)
-        return 1
+        return EXIT_NOT_RUNNING
     except PermissionError:
         print(f"msecctl: permission denied on {path} (msecctl needs root)", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     except (OSError, ValueError) as e:
         print(f"msecctl: {path}: {e}", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     if args.json:
         print(json.dumps(resp, sort_keys=True))
     else:
-        print(render(args.cmd, resp), file=sys.stdout if resp.get("ok") else sys.stderr)
-    return 0 if resp.get("ok") else 1
+        print(render(kind, resp), file=sys.stdout if resp.get("ok") else sys.stderr)
+    return EXIT_OK if resp.get("ok") else EXIT_REFUSED
 
 
 if __name__ == "__main__":

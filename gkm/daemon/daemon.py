@@ -7,7 +7,9 @@
   has its SAs removed.
 * Reload (SIGHUP, ``msecctl reload``): the new file is validated completely first; a refused
   file changes nothing and the problems are logged and returned.
-* The control socket's requests (:meth:`Daemon.handle_request`).
+* The control socket's requests (:meth:`Daemon.handle_request`); those that change the
+  configuration (``msecctl group create``, ``join``, ...) write drop-in files and reload
+  (:mod:`.config_edit`).
 
 Logging: one line per registration, refusal and SA change; never key material (the events'
 and policies' reprs are redacted, and only SPIs, names and lifetimes are logged).
@@ -26,10 +28,15 @@ from gkm import __version__
 from policy import model as pm
 from policy.config import ConfigError, advisories, diff, load_config
 
+from .activity import Activity
+from .config_edit import ConfigEditor
 from .control import ControlServer
 from .engines import EngineFactory, EngineUnavailable, StartupError
+from .keylog import KeyLog
 from .keyserver import KeyServerRole
+from .sa_view import group_sas
 from .member import ExpireWatch, MemberSession, RekeySockets
+from .member_store import MemberStateFiles
 
 log = logging.getLogger("msecd")
 
@@ -78,6 +85,12 @@ class Daemon:
         self.expiry_watch: ExpireWatch | None = None
         self._reg_locks: dict[tuple, asyncio.Lock] = {}
         self._reload_lock: asyncio.Lock | None = None
+        #: the opt-in Wireshark key log (``daemon.keylog_file``), None when off
+        self.keylog: KeyLog | None = None
+        #: event counts (metrics) and msecctl monitor's subscribers
+        self.activity = Activity(clock)
+        self.metrics = None  # .metrics.MetricsServer when [daemon] metrics_listen is set
+        self.editor = ConfigEditor(self)  # msecctl group create/delete/..., join, leave
 
     # -- life cycle
     async def start(self) -> None:
@@ -89,6 +102,8 @@ class Daemon:
         for a in advisories(self.config):
             log.warning("config: %s", a)
         try:
+            if self.config.daemon.keylog_file is not None:
+                self.keylog = KeyLog(self.config.daemon.keylog_file)
             if self.config.member is not None and self.config.member.groups:
                 self.installer = self.factory.installer()
                 self._adopt()
@@ -96,8 +111,14 @@ class Daemon:
             if self.config.keyserver is not None:
                 self.keyserver = KeyServerRole(self, self.config.keyserver)
                 await self.keyserver.start()
-            self.control = ControlServer(self.control_path, self.handle_request)
+            self.control = ControlServer(self.control_path, self.handle_request,
+                                         subscribe=self.activity.subscribe)
             await self.control.start()
+            if self.config.daemon.metrics_listen is not None:
+                from .metrics import MetricsServer
+
+                self.metrics = MetricsServer(self, *self.config.daemon.metrics_listen)
+                self.metrics.start()
         except (EngineUnavailable, OSError) as e:
             await self._teardown()
             raise StartupError(str(e)) from None
@@ -142,6 +163,7 @@ class Daemon:
             else:
                 log.info("group %s: not configured any more: removing its SAs", gid)
                 self._remove_sas(gid)
+                self._forget_member_state(gid)
         self._adopted = {g: adopted[g] for g in groups & configured}
 
     def _watch_expiries(self) -> None:
@@ -178,6 +200,9 @@ class Daemon:
             log.info("msecd stopped")
 
     async def _teardown(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         for s in self.sessions.values():
             s.stop()
         if self.expiry_watch is not None:
@@ -197,6 +222,17 @@ class Daemon:
             except Exception:
                 pass
             self.installer = None
+        if self.keylog is not None:
+            self.keylog.close()
+            self.keylog = None
+
+    def _forget_member_state(self, group_id: int) -> None:
+        """A member group gone from the configuration: its saved state goes with its SAs."""
+        try:
+            MemberStateFiles(self.config.daemon.state_dir).forget(group_id)
+        except OSError as e:
+            log.error("group %s: cannot delete its saved member state: %s", group_id,
+                      e.strerror or e)
 
     # -- SAs
     def _remove_sas(self, group_id: int) -> None:
@@ -240,6 +276,17 @@ class Daemon:
         for s in restart_needed:
             log.warning("reload: %s changed; it takes effect at the next restart", s)
         old = self.config
+        dissolved = []
+        if self.keyserver is not None:
+            # a deleted group's members are told while the key server still holds its keys:
+            # one PUSH deleting the KEK and every TEK (their SAs go at once)
+            for gid in d.keyserver_removed:
+                r = self.keyserver.dissolve(gid)
+                dissolved.append({"id": gid, "seq": r.get("seq"), "sent_to": r.get("sent_to"),
+                                  "members": r.get("members")})
+                if r.get("seq") is not None:
+                    changes.append(f"keyserver group {gid}: GROUPKEY-PUSH SEQ {r['seq']} "
+                                   "deleted its KEK and TEKs at the members")
         # key server role
         try:
             if new.keyserver is None and self.keyserver is not None:
@@ -297,6 +344,7 @@ class Daemon:
             if s is not None:
                 s.stop()
             self._remove_sas(gid)
+            self._forget_member_state(gid)
             changes.append(f"member group {gid} removed")
         for gid in d.member_added:
             self._add_session(new_groups[gid])
@@ -315,7 +363,8 @@ class Daemon:
         for c in changes:
             log.info("reload: %s", c)
         self.last_reload = {"at": self.clock(), "ok": True, "changes": changes}
-        return {"ok": True, "changes": changes, "restart_needed": restart_needed}
+        return {"ok": True, "changes": changes, "restart_needed": restart_needed,
+                "dissolved": dissolved}
 
     # -- control
     async def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -324,6 +373,8 @@ class Daemon:
             return self.status()
         if cmd == "groups":
             return {"ok": True, "groups": self.groups()}
+        if cmd == "sa":
+            return self.sas(req.get("id"))
         if cmd in ("group", "members", "rekey", "evict", "deny", "deny-lift"):
             gid = req.get("id")
             if isinstance(gid, str) and gid.strip().isdigit():
@@ -353,6 +404,8 @@ class Daemon:
             return self.keyserver.evict(gid, identities, reason)
         if cmd == "reload":
             return await self.reload()
+        if cmd in ConfigEditor.COMMANDS:
+            return await self.editor.handle(req)
         return {"ok": False, "error": f"unknown command {cmd[:40]!r}"}
 
     def status(self) -> dict[str, Any]:
@@ -421,6 +474,29 @@ class Daemon:
         if self.keyserver is None or self.keyserver.settings.group(gid) is None:
             return {"ok": False, "error": f"this daemon is not the key server of group {gid}"}
         return self.keyserver.rekey(self.keyserver.settings.group(gid))
+
+    def sas(self, gid: Any = None) -> dict[str, Any]:
+        """``msecctl sa [ID]``: msec's kernel SAs and policies of each member group (or of
+        one), with counters and expiry (:mod:`gkm.daemon.sa_view`)."""
+        if isinstance(gid, str) and gid.strip().isdigit():
+            gid = int(gid)
+        if gid is not None and (not isinstance(gid, int) or isinstance(gid, bool)):
+            return {"ok": False, "error": '"sa": "id" must be a group id'}
+        groups = {g.group_id: g for g in (self.config.member.groups if self.config.member else ())}
+        if gid is not None and gid not in groups:
+            return {"ok": False, "error": f"this daemon is not a member of group {gid}"}
+        wanted = [gid] if gid is not None else sorted(groups)
+        inst = self.installer
+        views, counters = {}, []
+        if inst is not None and inst.kernel:
+            try:
+                views = inst.views(wanted)
+                counters = inst.read_counters()
+            except OSError as e:
+                return {"ok": False, "error": f"cannot read the kernel's SAs: {e}"}
+        return {"ok": True, "kernel": bool(inst is not None and inst.kernel),
+                "groups": [group_sas(g, groups[g].name, views.get(g), counters)
+                           for g in wanted]}
 
     def members(self, gid: int) -> dict[str, Any]:
         if self.keyserver is None or self.keyserver.settings.group(gid) is None:

@@ -132,6 +132,7 @@ class KernelInstaller:
             raise EngineUnavailable(f"xfrm.groupsa is not available: {e}") from None
         from xfrm import XfrmSocket
 
+        self.netns = netns
         self.port = XfrmSocket(netns)
         self.sa = GroupSaInstaller(self.port, local=local_addresses())
 
@@ -149,6 +150,22 @@ class KernelInstaller:
 
     def adopt(self, group_ids=()) -> dict[int, list[int]]:
         return {g: sorted(v.spis) for g, v in self.sa.adopt(group_ids).items()}
+
+    def reqid(self, group_id: int) -> int:
+        """The reqid tagging ``group_id``'s states (``xfrm.groupsa``)."""
+        return self.sa.reqid(group_id)
+
+    def views(self, group_ids) -> dict:
+        """What the kernel holds for each group (``xfrm.groupsa.InstalledGroup``), read now."""
+        return {g: self.sa.installed(g) for g in group_ids}
+
+    def read_counters(self):
+        """The counters of msec's states (``xfrm.SaCounters``), read through a netlink socket
+        of its own: callable from another thread than the installer's (the metrics scrape)."""
+        from xfrm import XfrmSocket
+
+        with XfrmSocket(self.netns, owner=self.port.owner) as s:
+            return s.dump_sa_counters(owned=True)
 
     def close(self) -> None:
         self.port.close()
@@ -186,14 +203,16 @@ class GdoiFactory:
         return True
 
     def member(self, group, key_server: tuple[str, int], now: float, *,
-               wall_time_offset: float = 0.0):
+               wall_time_offset: float = 0.0, report_phase1: bool = False):
         """``now`` on the member engine's (monotonic) clock; ``wall_time_offset`` turns it into
-        Unix time for certificate validity."""
+        Unix time for certificate validity; ``report_phase1``: the engine passes the phase 1 SA
+        on as an event (for the key log)."""
         gdoi = self._gdoi()
         phase1 = gdoi.phase1_config(group, key_server=key_server,
                                     wall_time_offset=wall_time_offset)
         engine = gdoi.MemberRegistration(phase1, group.group_id, key_server,
-                                         authorize_key_server=group.accepts_key_server)
+                                         authorize_key_server=group.accepts_key_server,
+                                         report_phase1=report_phase1)
         engine.start(now)
         return engine
 

@@ -8,6 +8,11 @@ join the LKH tree and make a group's first keys.  The shell notes it (``register
 gives the controller the store's state again (``resync``) before its next input, at once when
 a registration brought keys the controller does not know (the first keys start the group's
 rotation timeline).
+
+After a run that did not stop cleanly (``announce``, called by the key server role at start)
+every group with keys sends them again under a fresh SEQ: a PUSH is committed before it is
+sent, so a key server killed between the two lost it; this way members converge at once,
+without registering again, and no SEQ is ever used twice.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from gkm.events import Event
-from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupRekeyed, KeysPurged,
-                       KeysRotated, MembersEvicted)
+from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupDissolved,
+                       GroupRekeyed, KeysAnnounced, KeysPurged, KeysRotated, MembersEvicted)
 from gkm.group.storage import apply, load_state
 from gkm.store import StoreError
 from policy import model as pm
@@ -94,6 +99,19 @@ class GroupShell:
                                f"{_spis(result.tek_spis)}")
         return changes
 
+    def announce(self) -> None:
+        """Every group's current keys again, fresh SEQ (see the module docstring)."""
+        for gid in list(self.controllers):
+            g = self.role.settings.group(gid)
+            if g is None or self.controllers[gid].state is not ControllerState.READY:
+                continue
+            try:
+                self.call(g, lambda ctl, now: ctl.announce(now))
+            except ControllerRefused as e:
+                log.debug("group %s: nothing to announce: %s", g.label, e)
+            except (RekeyError, StoreError) as e:
+                log.warning("group %s: cannot send the current keys again: %s", g.label, e)
+
     def close(self) -> None:
         for gid in list(self.controllers):
             self._drop(gid)
@@ -139,6 +157,14 @@ class GroupShell:
             ctl.resync(load_state(store, gid), self._clock())
             self._dirty.discard(gid)
             self._generation[gid] = store.generation
+
+    def peek(self, gid: int):
+        """``gid``'s controller with the store's current state, for a look that changes
+        nothing (``msecctl reload --check``); None without one."""
+        ctl = self.controllers.get(gid)
+        if ctl is not None:
+            self._fresh(gid, ctl)
+        return ctl
 
     # -- inputs
     def call(self, g: pm.GroupPolicy, fn: Callable[[Any, float], Any]):
@@ -213,6 +239,7 @@ class GroupShell:
         self._timers[gid] = self.role.daemon.loop.call_later(delay, self._on_timer, gid)
 
     def _log_event(self, g: pm.GroupPolicy, ev: Event, sent: list[str]) -> None:
+        self.role.daemon.activity.group_event(g.group_id, ev, sent)
         to = ", ".join(sent) or "nobody"
         match ev:
             case GroupRekeyed(cause="operator"):
@@ -243,6 +270,16 @@ class GroupShell:
             case EvictionScheduled():
                 log.warning("group %s: %s on the deny list; evicted by the batch rekey at %s",
                             g.label, ", ".join(ev.identities), fmt_time_utc(ev.at))
+            case GroupDissolved(seq=None):
+                log.warning("group %s: deleted; no GROUPKEY-PUSH could tell its %d member(s) "
+                            "(no KEK or no keys yet): they keep the TEKs until those expire",
+                            g.label, len(ev.members))
+            case GroupDissolved():
+                log.info("group %s: deleted; GROUPKEY-PUSH SEQ %d deleting the KEK and every "
+                         "TEK sent to %s", g.label, ev.seq, to)
+            case KeysAnnounced():
+                log.info("group %s: current keys sent again after the start: SEQ %d, TEK SPI "
+                         "%s; GROUPKEY-PUSH sent to %s", g.label, ev.seq, _spis(ev.tek_spis), to)
             case KeysPurged():
                 what = ([f"TEK SPI {_spis(ev.tek_spis)}"] if ev.tek_spis else []) + \
                     [f"KEK {k.hex()}" for k in ev.kek_spis]

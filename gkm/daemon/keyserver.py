@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gkm.events import Event
 from gkm.gdoi.pull import member_key
 from gkm.gdoi.events import MemberRefused, MemberRegistered
-from gkm.ike.events import Phase1Failed
+from gkm.ike.events import Phase1Established, Phase1Failed
+from gkm.store import KeyState
 from policy import model as pm
 from policy.revocation import RevocationList, load_crls
 
@@ -36,7 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("msecd")
 
-__all__ = ["KeyServerRole"]
+__all__ = ["KeyServerRole", "RUNNING_MARKER"]
+
+#: in the state directory while a key server runs (see KeyServerRole._mark_running)
+RUNNING_MARKER = "gcks.running"
 
 ListenKey = tuple[str, int]  # (address, port) as configured
 
@@ -69,6 +75,7 @@ class KeyServerRole:
         self.shell: EngineShell | None = None
         self.endpoints: dict[ListenKey, UdpEndpoint] = {}
         self.rekey_transport: RekeyTransport | None = None
+        self._running_marker: Path | None = None
         self.revocations = RevocationList()
         #: (group id, member key) -> the certificate it registered with (CRL checks at reload)
         self._certificates: dict[tuple[int, str], Any] = {}
@@ -86,7 +93,8 @@ class KeyServerRole:
         """``strict``: every listen address must be bound (a role a reload adds)."""
         from gkm.store import KeyStore, StoreError
 
-        if self.store is None:
+        opened, crashed = self.store is None, False
+        if opened:
             d = self.daemon.config.daemon
             try:
                 self.store = KeyStore(d.state_dir, anchor=d.state_anchor,
@@ -97,7 +105,33 @@ class KeyServerRole:
             for text in self.store.accepted:
                 log.warning("key server: state accepted by --accept-state: %s", text)
             self.daemon.accept_state = False  # once: a later problem is refused again
+            # the marker of a run that did not stop cleanly (kill -9, crash, power loss)
+            crashed = (Path(d.state_dir) / RUNNING_MARKER).exists()
         await self._switch_to(self.settings, strict=strict)
+        if opened:
+            self._mark_running()
+        if crashed:
+            # a PUSH is committed before it is sent: one may have died with the process
+            log.warning("key server: the last run did not stop cleanly: sending every "
+                        "group's current keys again")
+            self.groups.announce()
+
+    def _mark_running(self) -> None:
+        """Create ``<state_dir>/gcks.running``, removed by a clean ``close``: found at the
+        next start, it says this process died."""
+        d = Path(self.daemon.config.daemon.state_dir)
+        marker = d / RUNNING_MARKER
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("key server: cannot write %s: %s (a crash will not be detected)",
+                        marker, e.strerror or e)
+        self._running_marker = marker
 
     async def _switch_to(self, settings: pm.KeyServerSettings, *, strict: bool) -> None:
         """Make the engine, sockets and rekey transport for ``settings`` and only then swap
@@ -244,6 +278,7 @@ class KeyServerRole:
         return g.label if g is not None else str(group_id)
 
     def _on_event(self, ev: Event) -> None:
+        self.daemon.activity.keyserver_event(ev)
         match ev:
             case MemberRegistered():
                 self.registrations += 1
@@ -256,6 +291,10 @@ class KeyServerRole:
                 self.refusals += 1
                 log.warning("group %s: member %s (%s) refused: %s", self._label(ev.group_id),
                             ev.identity or "?", fmt_addr(ev.addr), ev.reason)
+            case Phase1Established():
+                if self.daemon.keylog is not None:
+                    self.daemon.keylog.phase1(ev.sa)
+                log.debug("key server: %s", ev)
             case Phase1Failed():
                 self.phase1_failures += 1
                 log.warning("key server: phase 1 with %s failed: %s", fmt_addr(ev.peer_addr),
@@ -324,6 +363,23 @@ class KeyServerRole:
         return {"ok": True, "id": g.group_id, "seq": result.seqs[-1],
                 "teks": [f"0x{x:08x}" for x in result.tek_spis], "sent_to": sent,
                 "failed": failed}
+
+    def dissolve(self, group_id: int) -> dict[str, Any]:
+        """``msecctl group delete`` (before the reload drops the group): one GROUPKEY-PUSH
+        deleting the KEK and every TEK at the members, if the group can push."""
+        from gkm.group import ControllerRefused
+        from gkm.store import StoreError
+
+        g = self.settings.group(group_id)
+        if g is None or self.store is None:
+            return {"ok": True, "seq": None, "sent_to": [], "members": []}
+        try:
+            ev, sent, failed = self.groups.call(g, lambda ctl, now: ctl.dissolve(now))
+        except (ControllerRefused, RekeyError, StoreError) as e:
+            log.warning("group %s: no GROUPKEY-PUSH for its deletion: %s", g.label, e)
+            return {"ok": True, "seq": None, "sent_to": [], "members": [], "push_error": str(e)}
+        return {"ok": True, "seq": ev.seq, "sent_to": sent, "failed": failed,
+                "members": list(ev.members)}
 
     # -- eviction and the deny list
     def evict(self, group_id: int, identities: list[str], reason: str) -> dict[str, Any]:
@@ -412,6 +468,40 @@ class KeyServerRole:
                                    f"{r['error']}")
         return changes
 
+    def would_evict(self, g: pm.GroupPolicy) -> list[dict[str, str]]:
+        """``msecctl reload --check``: the registered members a reload to ``g`` would evict."""
+        if self.store is None:
+            return []
+        out = []
+        for m in self.store.members(g.group_id):
+            reason = self._no_longer_admitted(g, m)
+            if reason is not None:
+                out.append({"identity": m.identity, "reason": reason})
+        return out
+
+    def would_roll(self, g: pm.GroupPolicy) -> dict[str, Any] | None:
+        """``msecctl reload --check``: what a reload to ``g`` would replace (the group
+        controller's plan), or None if nothing."""
+        ctl = self.groups.peek(g.group_id)
+        old = self.settings.group(g.group_id)
+        if ctl is None or old is None:
+            return None
+        retire, fresh, new_kek = ctl.plan_policy(g)
+        new_kek = new_kek or (old.kek is not None and g.kek is not None
+                              and old.kek.signing_key != g.kek.signing_key)
+        live = ctl.group_state.teks_in(KeyState.CURRENT, KeyState.NEXT)
+        if not live or not (retire or fresh or new_kek):
+            return None  # no keys yet: the next registration gets the new policy's
+        return {"teks": [f"0x{t.spi:08x}" for t in retire],
+                "new_teks": [tp.name for tp in fresh], "new_kek": bool(new_kek)}
+
+    def current_teks(self, group_id: int) -> list[str]:
+        """The SPIs of the group's TEKs in use (current or next), as msecctl shows them."""
+        if self.store is None:
+            return []
+        return [f"0x{t.spi:08x}" for t in self.store.teks(group_id)
+                if t.state.value in ("current", "next")]
+
     def _no_longer_admitted(self, g: pm.GroupPolicy, m) -> str | None:
         kind, _, value = m.identity.partition(":")
         try:
@@ -441,3 +531,6 @@ class KeyServerRole:
         if self.store is not None:
             self.store.close()
             self.store = None
+            marker, self._running_marker = self._running_marker, None
+            if marker is not None:
+                marker.unlink(missing_ok=True)

@@ -8,6 +8,12 @@ socket), the rekey socket (:class:`RekeySockets`), and the SA changes through th
 installer, answering each one.  The kernel's EXPIRE events (:class:`ExpireWatch`) reach the
 engine as inputs.
 
+Restart: the engine asks for its group state to be kept (``SaveState``, before the SA actions
+it goes with); this shell writes it under ``<state_dir>/member/`` (:mod:`.member_store`) and,
+on start, hands a saved state to ``engine.resume`` instead of registering: the SAs the kernel
+kept go on carrying traffic and the next PUSH applies.  A missing, corrupt or stale state is a
+log line and a fresh registration.
+
 Rekey sockets are exclusively msecd's: no SO_REUSEADDR/SO_REUSEPORT, so no other local process
 can bind the port and take the key server's PUSHes away.  Groups of one daemon that share a
 rekey port share one socket (joined to each group's multicast rekey address), and datagrams
@@ -18,6 +24,7 @@ bound is an error in the log and in ``msecctl group show``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import random
@@ -28,14 +35,16 @@ from typing import TYPE_CHECKING, Any
 from gkm.events import MemberEvent
 from gkm.gdoi.member import (
     ActivateOutbound, CloseRegistration, GroupRekeyed, InstallSas, Joined, LeftGroup,
-    ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
-    PushListenFailed, RegistrationAttemptFailed, RemoveSas, SaActionFailed, SasRemoved,
+    ForgetState, ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
+    Phase1Up, PushListenFailed, RegistrationAttemptFailed, RemoveSas, ResyncScheduled,
+    SaActionFailed, SasRemoved, SaveState, StateDiscarded, StateRestored, StateSaveFailed,
     StopListening, Timing,
 )
 from gkm.gdoi.push import PushRejected
 from policy import model as pm
 
 from .engines import EngineUnavailable
+from .member_store import MemberStateError, MemberStateFiles
 from .report import fmt_addr, tek_summary
 
 if TYPE_CHECKING:
@@ -44,6 +53,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("msecd")
 
 __all__ = ["MemberSession", "RekeySockets", "ExpireWatch"]
+
+
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED})
+# linux/in.h, linux/in6.h (not in Python's socket module)
+_IP_RECVERR, _IPV6_RECVERR = 11, 25
 
 
 def _spis(spis) -> str:
@@ -59,6 +73,12 @@ class _RegistrationEndpoint(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("group %s: registration socket: %s", self.session.label, exc)
+        self.session._drain_errors()
+        # IP_RECVERR: ICMP errors about what we sent reach this socket; it only ever sends to
+        # its key server: none there (port unreachable) or no route/host: fail over now
+        if isinstance(exc, ConnectionRefusedError) or (
+                isinstance(exc, OSError) and exc.errno in _UNREACHABLE):
+            self.session._on_registration_unreachable(exc)
 
 
 class MemberSession:
@@ -74,19 +94,24 @@ class MemberSession:
                                    new_push_receiver=daemon.factory.push_receiver,
                                    random=random.random, timing=timing, adopted=adopted)
         self._reg_transport: asyncio.DatagramTransport | None = None
+        self._reg_sock: socket.socket | None = None  # the transport's, for its error queue
         self._reg_task: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._listening: str | None = None  # "addr:port" of the rekey socket
         self._pumping = False
+        self.files = MemberStateFiles(daemon.config.daemon.state_dir)
 
     # The engine runs on the monotonic clock (a wall-clock step moves no deadline); what
     # msecctl shows is wall-clock time, and phase 1 gets the offset for certificate validity.
     _now = staticmethod(time.monotonic)
 
     def _wall(self, t: float | None) -> float | None:
-        return None if t is None else t + (self.daemon.clock() - time.monotonic())
+        return None if t is None else t + self._wall_offset()
+
+    def _wall_offset(self) -> float:
+        return self.daemon.clock() - time.monotonic()
 
     # -- what the daemon and msecctl see
     @property
@@ -155,11 +180,25 @@ class MemberSession:
             "rekey_socket": self._listening, "rekey_error": e.listen_error,
             "activation_delay": e.activation_delay, "deactivation_delay": e.deactivation_delay,
             "gap_from_key_server": e.gap_delays != (None, None),
+            "restored": e.restored, "state_error": e.state_error,
         }
 
     # -- life cycle
     def start(self) -> None:
-        self.engine.start(self._now())
+        """Resume from the saved group state if there is one, else register."""
+        try:
+            saved = self.files.load(self.group_id, self._wall_offset())
+        except MemberStateError as err:
+            log.warning("group %s: saved member state %s unusable (%s): registering afresh",
+                        self.label, self.files.path(self.group_id), err)
+            saved = None
+        else:
+            if saved is None:
+                log.info("group %s: no saved member state: registering", self.label)
+        if saved is None:
+            self.engine.start(self._now())
+        else:
+            self.engine.resume(saved, self._now())
         self._pump()
 
     def stop(self) -> None:
@@ -174,6 +213,10 @@ class MemberSession:
     # -- inputs
     def _on_registration_datagram(self, data: bytes, addr) -> None:
         self.engine.receive_registration(data, addr, self._now())
+        self._pump()
+
+    def _on_registration_unreachable(self, exc: OSError) -> None:
+        self.engine.registration_unreachable(exc.strerror or str(exc), self._now())
         self._pump()
 
     def on_push_datagram(self, data: bytes, addr) -> None:
@@ -195,7 +238,8 @@ class MemberSession:
 
     def _new_registration(self, group: pm.MemberGroup, addr, now: float):
         return self.daemon.factory.member(group, addr, now,
-                                          wall_time_offset=self.daemon.clock() - time.monotonic())
+                                          wall_time_offset=self.daemon.clock() - time.monotonic(),
+                                          report_phase1=self.daemon.keylog is not None)
 
     # -- outputs
     def _pump(self) -> None:
@@ -264,6 +308,22 @@ class MemberSession:
                 self._listening = None
             case InstallSas() | ActivateOutbound() | RemoveSas():
                 self._sa(act, now)
+            case SaveState():
+                try:
+                    self.files.save(act.snapshot, self._wall_offset())
+                except OSError as err:
+                    log.error("group %s: cannot save the member state to %s: %s (a restart "
+                              "will register again)", self.label,
+                              self.files.path(self.group_id), err.strerror or err)
+                    e.state_save_failed(act, err.strerror or str(err), now)
+                else:
+                    e.state_saved(act, now)
+            case ForgetState():
+                try:
+                    self.files.forget(self.group_id)
+                except OSError as err:
+                    log.error("group %s: cannot delete the saved member state %s: %s",
+                              self.label, self.files.path(self.group_id), err.strerror or err)
 
     def _sa(self, act, now: float) -> None:
         inst, e = self.daemon.installer, self.engine
@@ -274,6 +334,9 @@ class MemberSession:
                     result = inst.install(self.group_id, act.teks, switch=act.switch) \
                         if inst is not None else "installed"
                     spis = _spis(t.spi for t in act.teks)
+                    if self.daemon.keylog is not None:
+                        for t in act.teks:
+                            self.daemon.keylog.group_sa(t)
                     if result == "unchanged":
                         log.info("group %s: SAs unchanged (SPI %s)%s", self.label, spis, where)
                     else:
@@ -301,8 +364,12 @@ class MemberSession:
             e.sas_installed(act, now)
 
     def _log(self, ev: MemberEvent) -> None:
+        self.daemon.activity.member_event(ev)
         label = self.label
         match ev:
+            case Phase1Up():
+                if self.daemon.keylog is not None:
+                    self.daemon.keylog.phase1(ev.sa)
             case Joined():
                 log.info("group %s: registered with key server %s: %d TEK(s) (SPI %s)",
                          label, ev.key_server, len(ev.spis), _spis(ev.spis))
@@ -319,7 +386,17 @@ class MemberSession:
                          ev.spi)
             case SasRemoved():
                 log.info("group %s: removed SA(s) SPI %s: %s", label, _spis(ev.spis), ev.reason)
-            case SaActionFailed() | PushListenFailed():
+            case StateRestored():
+                log.info("group %s: resumed from the saved member state (key server %s, SEQ "
+                         "%d, SPI %s; still in the kernel: %s): not registering again", label,
+                         ev.key_server, ev.seq, _spis(ev.spis), _spis(ev.adopted))
+            case StateDiscarded():
+                log.warning("group %s: saved member state discarded (%s): registering afresh",
+                            label, ev.reason)
+            case ResyncScheduled():
+                log.warning("group %s: %s: registering again in %.1f s (random delay)",
+                            label, ev.reason, ev.in_s)
+            case SaActionFailed() | PushListenFailed() | StateSaveFailed():
                 log.debug("group %s: %s", label, ev)  # logged where the shell failed
             case LeftGroup():
                 log.warning("group %s: %s; registering again", label, ev.reason)
@@ -351,12 +428,20 @@ class MemberSession:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
                                     self.group.interface.encode())
                 sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+                # ICMP errors (port or host unreachable) reported on this unconnected socket:
+                # fast failover.  Not connect(): a key server listening on a wildcard address
+                # may answer from another of its addresses.
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
                 transport, _ = await self.daemon.loop.create_datagram_endpoint(
                     lambda: _RegistrationEndpoint(self), sock=sock)
             except BaseException:
                 sock.close()
                 raise
             self._reg_transport = transport
+            self._reg_sock = sock
         except asyncio.CancelledError:
             self._release()
             raise
@@ -373,6 +458,18 @@ class MemberSession:
             log.error("group %s: %s", self.label, err)
         self._pump()
 
+    def _drain_errors(self) -> None:
+        """Read the socket's error queue (IP_RECVERR queues each ICMP error there; a queue
+        left full keeps the socket reporting an error, and the loop would spin on it)."""
+        sock = self._reg_sock
+        if sock is None or sock.fileno() < 0:
+            return
+        for _ in range(64):
+            try:
+                sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except OSError:  # EAGAIN: empty
+                return
+
     def _close_registration(self) -> None:
         task, self._reg_task = self._reg_task, None
         if task is not None and not task.done() and task is not asyncio.current_task():
@@ -380,6 +477,7 @@ class MemberSession:
         if self._reg_transport is not None:
             self._reg_transport.close()
             self._reg_transport = None
+        self._reg_sock = None
         self._release()
 
     def _release(self) -> None:
@@ -515,6 +613,7 @@ class ExpireWatch:
                         spi = ev.state.spi
                         for s in self.daemon.sessions.values():
                             if s.holds_spi(spi):
+                                self.daemon.activity.sa_expired(s.group_id, spi, ev.hard)
                                 s.sa_expired(spi, ev.hard)
                     case EventsLost():
                         log.warning("kernel SA expiry events were lost (receive buffer full)")

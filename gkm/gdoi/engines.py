@@ -7,7 +7,8 @@ deadline in the caller's clock, or None).  No I/O, no clock reads, no exception 
 
 * :class:`MemberRegistration` -- one member registering in one group with one key server:
   Main Mode as initiator, key server authorization (GPAD, RFC 6407 section 3.1), then
-  GROUPKEY-PULL.  Events: :class:`Registered` or :class:`RegistrationFailed` (exactly one).
+  GROUPKEY-PULL.  Events: :class:`Registered` or :class:`RegistrationFailed` (exactly one),
+  preceded by ``Phase1Established`` when asked for (``report_phase1``: the daemon's key log).
   On a refusal of the key server's policy it deletes the phase 1 SA (RFC 6407 section 3.3).
 * :class:`KeyServerEngine` -- the key server for all groups and members: a
   :class:`gkm.ike.Phase1Server` and a :class:`gkm.gdoi.pull.PullResponder`.  Events:
@@ -65,6 +66,7 @@ class MemberRegistration:
     server (e.g. ``MemberGroup.accepts_key_server``)?  None accepts whoever completed phase 1.
     ``allowed_suites``: ESP suite names accepted in the SA TEKs (None: every suite of
     policy.suites).  ``pull_options`` go to :class:`PullInitiator` (nonce size, retransmission).
+    ``report_phase1``: pass ``Phase1Established`` on as an event when Main Mode is up.
     """
 
     def __init__(
@@ -76,9 +78,11 @@ class MemberRegistration:
         authorize_key_server: Callable[[Identity], Decision] | None = None,
         allowed_suites: frozenset[str] | None = None,
         random: Callable[[int], bytes] = os.urandom,
+        report_phase1: bool = False,
         **pull_options: Any,
     ) -> None:
         self.group_id = group_id
+        self._report_phase1 = report_phase1
         self.ks_addr = ks_addr
         self.state = RegistrationState.START
         self._authorize = authorize_key_server
@@ -207,6 +211,8 @@ class MemberRegistration:
 
     def _established(self, ev: Phase1Established, now: float) -> None:
         sa = ev.sa
+        if self._report_phase1:
+            self._events.append(ev)
         if self._authorize is not None:
             try:
                 who = peer_identity(sa)
@@ -254,6 +260,11 @@ class KeyServerEngine:
         self.phase1 = Phase1Server(phase1, random=random)
         self.pull = PullResponder({g.group_id: g for g in groups}, keys, random=random, **responder_options)
         self._events: deque = deque()
+
+    @property
+    def half_open(self) -> int:
+        """Phase 1 exchanges waiting for the peer's message 3 (bounded: ``Phase1Server``)."""
+        return self.phase1.half_open_count
 
     def update_groups(self, groups: Iterable[GroupPolicy]) -> None:
         """New policies (configuration reload); pending exchanges keep the policy they started with."""

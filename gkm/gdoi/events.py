@@ -14,7 +14,8 @@ from .policy_wire import GapDelays
 
 Address = Any
 
-__all__ = ["Registered", "RegistrationFailed", "MemberRegistered", "MemberRefused"]
+__all__ = ["Registered", "RegistrationFailed", "MemberRegistered", "MemberRefused",
+           "REFUSAL_CAUSES"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +57,17 @@ class MemberRegistered(KeyServerEvent):
 
 @dataclass(frozen=True, slots=True)
 class MemberRefused(KeyServerEvent):
-    """Key server: a GROUPKEY-PULL was refused (unknown group, not authorized); the member was told."""
+    """Key server: a GROUPKEY-PULL was refused (unknown group, not authorized); the member was told.
+    ``cause``: one of :data:`REFUSAL_CAUSES` (a metric label; ``reason`` says it in words)."""
 
     group_id: int
     identity: Identity | None
     addr: Address
     reason: str
     notify: int | None = None
+    cause: str = "not_authorized"
+
+
+#: why a key server refused a registration, in few words (``MemberRefused.cause``)
+REFUSAL_CAUSES = ("bad_group_id", "unknown_group", "identity_unusable", "not_authorized",
+                  "not_admitted")

@@ -12,7 +12,8 @@ plan.  It does no I/O: the shell feeds it datagrams, time and the kernel's answe
 * ``get_timer()``: the next deadline (the shell calls ``handle_timer(now)`` then).
 
 The shell answers every action that can fail: ``registration_opened(addr)`` /
-``registration_unavailable(reason)`` for :class:`OpenRegistration`, ``push_listening()`` /
+``registration_unavailable(reason)`` for :class:`OpenRegistration` (and reports
+``registration_unreachable(reason)`` when the network says the key server cannot be reached), ``push_listening()`` /
 ``push_listen_failed(reason)`` for :class:`ListenForPush`, ``sas_installed(action)`` /
 ``sa_failed(action, reason)`` for :class:`InstallSas`, :class:`ActivateOutbound` and
 :class:`RemoveSas`.  The kernel's EXPIRE events come in as ``sa_expired(spi, hard)``.
@@ -49,24 +50,28 @@ PUSH was missed: register again now.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gkm.events import MemberEvent
+from gkm.ike.events import Phase1Established, Phase1SA
 from policy.model import MemberGroup, TrafficSelector
 
 from .events import Registered, RegistrationFailed
-from .keys import GroupTek
+from .keys import GroupKek, GroupTek, LkhKeys
+from .member_state import MemberSnapshot, SavedTek
 from .push import Evicted, KekDeleted, LkhPartReceived, PushRejected, PushReceiver, Rekeyed, TeksDeleted
 
 __all__ = [
     "MemberEngine", "MemberState", "RefusedInput", "HeldTek",
     "MemberAction", "OpenRegistration", "CloseRegistration", "ListenForPush", "StopListening",
-    "InstallSas", "ActivateOutbound", "RemoveSas",
-    "Joined", "RegistrationAttemptFailed", "GroupRekeyed", "OutboundSwitched", "SasRemoved",
-    "SaActionFailed", "PushListenFailed", "LeftGroup",
+    "InstallSas", "ActivateOutbound", "RemoveSas", "SaveState", "ForgetState",
+    "Joined", "StateRestored", "StateDiscarded", "StateSaveFailed", "ResyncScheduled",
+    "RegistrationAttemptFailed", "GroupRekeyed", "OutboundSwitched", "SasRemoved",
+    "SaActionFailed", "PushListenFailed", "LeftGroup", "Phase1Up",
 ]
 
 
@@ -149,7 +154,32 @@ class RemoveSas(MemberAction):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SaveState(MemberAction):
+    """Keep ``snapshot`` durably (0600, written and synced before the call returns) as this
+    group's saved state, replacing the last one; answer ``state_saved(action)`` or
+    ``state_save_failed(action, reason)``.  It comes before the SA actions of the same input:
+    the kernel never holds keys a restarted member would not know about."""
+
+    ref: int
+    snapshot: MemberSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetState(MemberAction):
+    """Delete this group's saved state (evicted, KEK deleted: a restart must register)."""
+
+
 # ------------------------------------------------------------------------------- events
+
+@dataclass(frozen=True, slots=True)
+class Phase1Up(MemberEvent):
+    """The phase 1 SA of a registration attempt is up (the daemon's key log records its keys;
+    ``sa``'s repr shows none)."""
+
+    group_id: int
+    sa: Phase1SA
+
 
 @dataclass(frozen=True, slots=True)
 class Joined(MemberEvent):
@@ -159,6 +189,41 @@ class Joined(MemberEvent):
     key_server: str
     spis: tuple[int, ...]
     refresh: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StateRestored(MemberEvent):
+    """A restarted member took its saved state: no registration, PUSH accepted from SEQ > ``seq``."""
+
+    group_id: int
+    key_server: str
+    seq: int
+    spis: tuple[int, ...]
+    adopted: tuple[int, ...]  # of these, the SPIs the kernel still held
+
+
+@dataclass(frozen=True, slots=True)
+class StateDiscarded(MemberEvent):
+    """The saved state was unusable (missing, corrupt, stale): a fresh registration."""
+
+    group_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateSaveFailed(MemberEvent):
+    group_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncScheduled(MemberEvent):
+    """The member noticed a missed rekey (``reason``) and registers again in ``in_s`` seconds
+    (random jitter: members that missed the same rekey do not come back in lockstep)."""
+
+    group_id: int
+    reason: str
+    in_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +320,7 @@ class Timing:
     activation_delay: float = 2.0  # GAP ATD until the key server gives one
     deactivation_delay: float = 6.0  # GAP DTD until the key server gives one
     max_per_selector: int = 2  # current + previous
+    resync_spread: float = 5.0  # a missed rekey: register again within [0, this) seconds
 
 
 class MemberEngine:
@@ -292,6 +358,12 @@ class MemberEngine:
         self.rekeys = 0
         self.last_seq: int | None = None
         self.kek_expires_at: float | None = None
+        self.restored = False  # running on a saved state (no registration since the start)
+        self.state_error: str | None = None  # the last save that failed
+        self._kek: GroupKek | None = None  # for the saved state: the Rekey SA in force,
+        self._push_seq = 0  # the SEQ a PUSH must exceed under it,
+        self._lkh: LkhKeys | None = None  # the LKH path,
+        self._save_pending: dict[int, SaveState] = {}
         self.next_attempt: float | None = None
         self.listen_error: str | None = None
         self.adopted = frozenset(adopted)
@@ -324,6 +396,8 @@ class MemberEngine:
         if self.state is MemberState.STOPPED:
             return None
         t = [self.next_attempt, self.adopted_retire_at]
+        if self.push is not None:
+            t.append(self.kek_expires_at)
         if self.state is MemberState.REGISTERING and self.registration is not None:
             t.append(self.registration.get_timer())
         for h in self.held:
@@ -365,6 +439,60 @@ class MemberEngine:
         if self.state is not MemberState.IDLE:
             raise RefusedInput(f"start() while {self.state.value}")
         self._connect(now)
+
+    def resume(self, saved: MemberSnapshot, now: float) -> None:
+        """Start from a saved state (a restarted member): no registration; the TEKs still
+        valid are installed again (idempotent for what the kernel kept: traffic does not
+        stop), PUSH is received from SEQ > the saved one.  A state that does not fit (another
+        group, a key server not configured any more, the KEK or every TEK expired) is
+        discarded with :class:`StateDiscarded` and the member registers as ``start`` does."""
+        if self.state is not MemberState.IDLE:
+            raise RefusedInput(f"resume() while {self.state.value}")
+        why = self._unusable(saved, now)
+        if why is not None:
+            self._events.append(StateDiscarded(self.group_id, why))
+            self._connect(now)
+            return
+        # what is still in use: not expired, not retired (an SA left of a retired one is
+        # adopted and goes after the deactivation delay)
+        kept = [t for t in saved.teks if t.expires_at > now
+                and (t.retire_at is None or t.retire_at > now)]
+        self.key_server = saved.key_server
+        self.gap_delays = saved.gap
+        self.state = MemberState.REGISTERED
+        self.restored = True
+        self.registered_at = now
+        self._kek, self._push_seq, self._lkh = saved.kek, saved.seq, saved.lkh
+        self.last_seq = saved.seq
+        self.kek_expires_at = saved.kek_expires_at
+        spis = {t.tek.spi for t in kept}
+        for t in kept:
+            self.held.append(HeldTek(t.tek, now, t.expires_at, outbound=t.outbound,
+                                     activate_at=t.activate_at, retire_at=t.retire_at))
+        in_kernel = tuple(sorted(self.adopted & spis))
+        self.adopted -= spis  # the rest: left by an earlier daemon, not ours any more
+        self.adopted_retire_at = now + self.deactivation_delay if self.adopted else None
+        # the remaining lifetime, so an SA the kernel lost comes back with the right one
+        teks = tuple(dataclasses.replace(t.tek, lifetime_s=max(1, int(t.expires_at - now)))
+                     for t in kept)
+        self._sa_action(lambda ref: InstallSas(ref, teks, False))
+        self._events.append(StateRestored(self.group_id, saved.key_server, saved.seq,
+                                          tuple(sorted(spis)), in_kernel))
+        self._listen_for_push(Registered(self.group_id, tuple(t.tek for t in kept), saved.kek,
+                                         saved.seq, saved.lkh, None))
+        self._plan_reregistration(now)
+
+    def _unusable(self, saved: MemberSnapshot, now: float) -> str | None:
+        if saved.group_id != self.group_id:
+            return f"saved state of group {saved.group_id}"
+        if saved.key_server not in {str(k) for k in self.group.key_servers}:
+            return f"key server {saved.key_server} is not configured any more"
+        if saved.kek_expires_at <= now:
+            return "stale: its KEK expired"
+        if not any(t.expires_at > now and (t.retire_at is None or t.retire_at > now)
+                   for t in saved.teks):
+            return "stale: every TEK expired"
+        return None
 
     def stop(self, now: float) -> None:
         """Stop everything; the SAs stay in the kernel (traffic flows across a restart)."""
@@ -409,6 +537,15 @@ class MemberEngine:
         self._actions.append(CloseRegistration())
         self._failed(reason, now)
 
+    def registration_unreachable(self, reason: str, now: float) -> None:
+        """The network says the key server cannot be reached (ICMP port or host unreachable
+        on the registration socket): the next key server now, not after the exchange
+        timeout.  Outside a registration it is dropped, like a stray datagram."""
+        if self.state is not MemberState.REGISTERING or self.registration is None:
+            return
+        self._close_registration()
+        self._failed(f"key server unreachable: {reason}", now)
+
     def push_listening(self, now: float) -> None:
         if not self._listen_pending:
             raise RefusedInput("push_listening() without ListenForPush")
@@ -448,6 +585,23 @@ class MemberEngine:
                 self.adopted -= gone
                 self._events.append(SasRemoved(self.group_id, act.spis, act.reason))
 
+    def state_saved(self, action: MemberAction, now: float) -> None:
+        self._answer_save(action)
+        self.state_error = None
+
+    def state_save_failed(self, action: MemberAction, reason: str, now: float) -> None:
+        """The keys work on; the older saved state is deleted (resumed, it would retire the
+        SAs it does not know), so a restart before the next successful save registers."""
+        self._answer_save(action)
+        self.state_error = f"cannot save the group state: {reason}"
+        self._events.append(StateSaveFailed(self.group_id, reason))
+        self._actions.append(ForgetState())
+
+    def _answer_save(self, action: MemberAction) -> None:
+        if not isinstance(action, SaveState) or self._save_pending.get(action.ref) != action:
+            raise RefusedInput(f"{type(action).__name__} is not a pending SaveState")
+        del self._save_pending[action.ref]
+
     def sa_failed(self, action: MemberAction, reason: str, now: float) -> None:
         act = self._answer(action)
         match act:
@@ -482,6 +636,8 @@ class MemberEngine:
         if self.push is None or self.state is MemberState.STOPPED:
             return
         receiver = self.push  # KekDeleted/Evicted drop it, its last events still count
+        mark = len(self._actions)  # the saved state goes before this PUSH's SA actions
+        changed = False
         receiver.receive_datagram(data, addr, now)
         events = []
         while (ev := receiver.next_event()) is not None:
@@ -492,17 +648,28 @@ class MemberEngine:
         for ev in events:
             match ev:
                 case Rekeyed():
+                    changed = True
                     self._rekeyed(ev, now)
                 case TeksDeleted():
+                    changed = True
                     self._teks_deleted(ev, now)
                 case KekDeleted():
                     self._kek_deleted(now)
                 case Evicted():
                     self._evicted(now)
+                case PushRejected(resync=True):
+                    # authentic, but this member cannot apply it (an LKH update out of
+                    # sequence): it missed a rekey
+                    self._events.append(ev)
+                    self._register_now(now, f"a rekey could not be applied: {ev.reason}")
                 case PushRejected() | LkhPartReceived():
                     # a part of a split LKH update changes only the receiver's pending keys;
                     # the last part brings Rekeyed (or Evicted)
                     self._events.append(ev)
+        if self.push is None and receiver is not None and self._kek is not None:
+            self._forget(mark)
+        elif changed and self.push is not None:
+            self._save(now, mark)
 
     def sa_expired(self, spi: int, hard: bool, now: float) -> None:
         """The kernel's XFRM_MSG_EXPIRE for one of the group's SPIs."""
@@ -529,6 +696,13 @@ class MemberEngine:
                 and self.state in (MemberState.BACKOFF, MemberState.REGISTERED):
             self.next_attempt = None
             self._connect(now)
+        if self.push is not None and self.kek_expires_at is not None \
+                and now >= self.kek_expires_at:
+            # no PUSH can come any more (the rekey that renewed the KEK was missed)
+            self.push = None
+            self._stop_listening()
+            self._forget(len(self._actions))
+            self._register_now(now, "the KEK expired with no rekey")
         if self.adopted_retire_at is not None and now >= self.adopted_retire_at:
             stale = tuple(sorted(self.adopted))
             self.adopted_retire_at = None
@@ -567,6 +741,8 @@ class MemberEngine:
         reg = self.registration
         while reg is not None and (ev := reg.next_event()) is not None:
             match ev:
+                case Phase1Established():
+                    self._events.append(Phase1Up(self.group_id, ev.sa))
                 case Registered():
                     self._registered(ev, now)
                     return
@@ -577,6 +753,7 @@ class MemberEngine:
 
     def _failed(self, reason: str, now: float) -> None:
         self.last_error = reason
+        failed_ks = self.key_server or "?"  # _connect below names the next one
         self.ks_index += 1
         if self.ks_index % len(self.group.key_servers) == 0:
             self.failures += 1  # a whole round failed: back off
@@ -585,8 +762,7 @@ class MemberEngine:
         else:
             delay = 0.0
             self._connect(now)
-        self._events.append(RegistrationAttemptFailed(self.group_id, self.key_server or "?",
-                                                      reason, delay))
+        self._events.append(RegistrationAttemptFailed(self.group_id, failed_ks, reason, delay))
 
     def _backoff(self) -> float:
         base, cap = self.timing.backoff
@@ -598,13 +774,26 @@ class MemberEngine:
         self.next_attempt = now + delay
 
     def _register_now(self, now: float, why: str) -> None:
-        if self.state in (MemberState.REGISTERED, MemberState.BACKOFF):
-            self.last_error = why
+        """A missed rekey: register again after a random delay in [0, resync_spread) (none
+        without jitter), or at the next attempt already planned if that is sooner."""
+        if self.state not in (MemberState.REGISTERED, MemberState.BACKOFF):
+            return
+        self.last_error = why
+        delay = self.timing.resync_spread * self._random() if self.timing.jitter else 0.0
+        if delay <= 0:
             self._connect(now)
+            return
+        at = now + delay
+        if self.next_attempt is not None and self.next_attempt <= at:
+            return
+        self.next_attempt = at
+        self._events.append(ResyncScheduled(self.group_id, why, delay))
 
     def _registered(self, ev: Registered, now: float) -> None:
         refresh = self.refreshing
+        self.restored = False
         self._close_registration()
+        mark = len(self._actions)  # the saved state goes before the SA actions
         self.registrations += 1
         self.failures = 0
         self.registered_at = now
@@ -621,25 +810,57 @@ class MemberEngine:
         if ev.kek is not None:
             self.last_seq = ev.seq
             self.kek_expires_at = now + ev.kek.lifetime_s
-            try:
-                self.push = self._new_push_receiver(self.group, ev)
-            except Exception as e:
-                self.push = None
-                self.listen_error = f"cannot receive GROUPKEY-PUSH: {e}"
-                self._stop_listening()
-            else:
-                want = ListenForPush(str(ev.kek.dst.network_address), int(ev.kek.dst_port),
-                                     self.group.interface)
-                if want != self._listen:
-                    self._stop_listening()
-                    self._listen = want
-                    self._listen_pending = True
-                    self._actions.append(want)
+            self._kek, self._push_seq, self._lkh = ev.kek, int(ev.seq or 0), ev.lkh
+            self._listen_for_push(ev)
+            if self.push is not None:
+                self._save(now, mark)
         else:
             self.push = None
             self.kek_expires_at = None
             self._stop_listening()
+            if self._kek is not None:
+                self._forget(mark)
+            self._kek = None
         self._plan_reregistration(now)
+
+    def _listen_for_push(self, ev: Registered) -> None:
+        try:
+            self.push = self._new_push_receiver(self.group, ev)
+        except Exception as e:
+            self.push = None
+            self.listen_error = f"cannot receive GROUPKEY-PUSH: {e}"
+            self._stop_listening()
+            return
+        want = ListenForPush(str(ev.kek.dst.network_address), int(ev.kek.dst_port),
+                             self.group.interface)
+        if want != self._listen:
+            self._stop_listening()
+            self._listen = want
+            self._listen_pending = True
+            self._actions.append(want)
+
+    # -- the saved state ----------------------------------------------------------------------
+    def snapshot(self, now: float) -> MemberSnapshot | None:
+        """What a restarted member needs (None: nothing worth keeping, no Rekey SA)."""
+        if self._kek is None or self.kek_expires_at is None or self.key_server is None:
+            return None
+        teks = tuple(SavedTek(h.tek, h.expires_at, h.outbound, h.activate_at, h.retire_at)
+                     for h in self.held if not h.removing)
+        return MemberSnapshot(self.group_id, self.key_server, self._kek, self.kek_expires_at,
+                              self._push_seq, self._lkh, self.gap_delays, teks, now)
+
+    def _save(self, now: float, at: int) -> None:
+        snap = self.snapshot(now)
+        if snap is None:
+            return
+        self._ref += 1
+        act = SaveState(self._ref, snap)
+        self._save_pending[act.ref] = act
+        self._actions.insert(min(at, len(self._actions)), act)
+
+    def _forget(self, at: int) -> None:
+        self._kek = None
+        self._actions.insert(min(at, len(self._actions)), ForgetState())
 
     def _plan_reregistration(self, now: float) -> None:
         """Pull again well before the current keys (or the KEK) expire, in case no PUSH comes
@@ -664,6 +885,10 @@ class MemberEngine:
     def _rekeyed(self, ev: Rekeyed, now: float) -> None:
         self.rekeys += 1
         self.last_seq = ev.seq
+        # the receiver's: SEQ restarts under a new KEK (RFC 6407 sections 4, 4.3)
+        self._kek, self._push_seq = ev.kek, 0 if ev.new_kek else ev.seq
+        if ev.lkh is not None:
+            self._lkh = ev.lkh
         if ev.new_kek:
             self.kek_expires_at = now + ev.kek.lifetime_s
         self._take_gap(ev.gap)

@@ -620,24 +620,28 @@ class PullResponder:
             why = f"phase 1 identity not usable for authorization: {e}"
         if idp.id_type != IdType.KEY_ID or len(idp.data) != 4:
             self._refuse(sa, mid, 0, identity, addr, f"group ID payload of type {idp.id_type}, {len(idp.data)} bytes "
-                         "(need ID_KEY_ID with a 4-octet group number, RFC 6407 section 5.1)", NotifyType.INVALID_ID_INFORMATION)
+                         "(need ID_KEY_ID with a 4-octet group number, RFC 6407 section 5.1)", NotifyType.INVALID_ID_INFORMATION,
+                         "bad_group_id")
             return
         gid = _I.unpack(idp.data)[0]
         group = self.groups.get(gid)
         if group is None:
-            self._refuse(sa, mid, gid, identity, addr, f"unknown group {gid}", NotifyType.INVALID_ID_INFORMATION)
+            self._refuse(sa, mid, gid, identity, addr, f"unknown group {gid}", NotifyType.INVALID_ID_INFORMATION,
+                         "unknown_group")
             return
         if identity is None:
-            self._refuse(sa, mid, gid, None, addr, why, NotifyType.AUTHENTICATION_FAILED)
+            self._refuse(sa, mid, gid, None, addr, why, NotifyType.AUTHENTICATION_FAILED,
+                         "identity_unusable")
             return
         decision = group.authorizes(identity)
         if not decision.allowed:
-            self._refuse(sa, mid, gid, identity, addr, decision.reason, NotifyType.AUTHENTICATION_FAILED)
+            self._refuse(sa, mid, gid, identity, addr, decision.reason, NotifyType.AUTHENTICATION_FAILED,
+                         "not_authorized")
             return
         refusal = self.admit(group, identity, sa) if self.admit is not None else None
         if refusal is not None:
             self._refuse(sa, mid, gid, identity, addr, f"group {group.label}: may not join: {refusal}",
-                         NotifyType.AUTHENTICATION_FAILED)
+                         NotifyType.AUTHENTICATION_FAILED, "not_admitted")
             return
         wall = self._wall(now)
         try:
@@ -770,10 +774,11 @@ class PullResponder:
         self._kd_cache[ck] = (keys, enc)
         return enc
 
-    def _refuse(self, sa: Phase1SA, mid: int, gid: int, identity: Identity | None, addr: Any, reason: str, notify: int) -> None:
+    def _refuse(self, sa: Phase1SA, mid: int, gid: int, identity: Identity | None, addr: Any, reason: str, notify: int,
+                cause: str) -> None:
         self.stats["refused"] += 1
         log.warning("gdoi ks: refused %s from %r for group %s: %s (%s)", identity if identity is not None else sa.peer_id,
                     addr, gid, reason, NotifyType(notify).name)
         note = Notification(int(notify), PROTO_ISAKMP, sa.spi, gid.to_bytes(4, "big"))
         self._out.append((build_informational(sa, (note,), random=self._random), addr))
-        self._events.append(MemberRefused(gid, identity, addr, reason, int(notify)))
+        self._events.append(MemberRefused(gid, identity, addr, reason, int(notify), cause))

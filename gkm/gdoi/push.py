@@ -195,15 +195,31 @@ class PushRejected(MemberEvent):
     """Member: a datagram was dropped (logged); the receiver's state is unchanged.
     ``duplicate``: the very datagram last accepted, again (the key server sends each PUSH to
     the rekey address and, unicast, to the member: the second copy is expected, logged at
-    debug level only)."""
+    debug level only).  ``resync``: an authentic PUSH (its signature verified) this member
+    cannot apply, e.g. an LKH update out of sequence: it missed a rekey and must register
+    again (an unauthenticated datagram never sets it)."""
 
     group_id: int
     reason: str
     duplicate: bool = False
+    #: one of :data:`PUSH_REJECT_CAUSES` (a metric label; ``reason`` says it in words)
+    cause: str = "content"
+    resync: bool = False
+
+
+#: why a member dropped a GROUPKEY-PUSH, in few words, in the order of the checks:
+#: no Rekey SA any more, the datagram does not parse, another KEK's cookies, a source other
+#: than the Rekey SA's, a SEQ already seen, a signature that does not verify, an authentic
+#: PUSH whose content cannot be used, a copy of the last PUSH, an internal error
+PUSH_REJECT_CAUSES = ("not_member", "malformed", "wrong_kek", "wrong_source", "replay",
+                      "signature", "content", "duplicate", "internal")
 
 
 class _Reject(Exception):
-    pass
+    def __init__(self, reason: str, cause: str = "content", *, resync: bool = False) -> None:
+        super().__init__(reason)
+        self.cause = cause
+        self.resync = resync
 
 
 # ------------------------------------------------------------------------------------ crypto
@@ -518,41 +534,42 @@ class PushReceiver:
             log.debug("gdoi member group %s: GROUPKEY-PUSH from %r: a copy of the last one "
                       "(SEQ %d), dropped", self.group_id, addr, self.last_seq)
             self._events.append(PushRejected(self.group_id, f"copy of the PUSH of SEQ "
-                                             f"{self.last_seq} already taken", duplicate=True))
+                                             f"{self.last_seq} already taken", duplicate=True,
+                                             cause="duplicate"))
             return
         try:
             events = self._receive(data, addr)
         except _Reject as e:
-            self._reject(str(e), addr)
+            self._reject(str(e), addr, e.cause, resync=e.resync)
         except Exception as e:  # noqa: BLE001 - no exception escapes an input
-            self._reject(f"internal error: {type(e).__name__}: {e}", addr)
+            self._reject(f"internal error: {type(e).__name__}: {e}", addr, "internal")
         else:
             self.stats["accepted"] += 1
             self._last_digest = digest
             self._events.extend(events)
 
-    def _reject(self, reason: str, addr: Any) -> None:
+    def _reject(self, reason: str, addr: Any, cause: str, *, resync: bool = False) -> None:
         self.stats["rejected"] += 1
         log.warning("gdoi member group %s: GROUPKEY-PUSH from %r dropped: %s", self.group_id, addr, reason)
-        self._events.append(PushRejected(self.group_id, reason))
+        self._events.append(PushRejected(self.group_id, reason, cause=cause, resync=resync))
 
     # -- the checks, in RFC 6407 section 4.4 order; state is assigned only at the end
 
     def _receive(self, data: bytes, addr: Any) -> list:
         if self.closed:
-            raise _Reject("the Rekey SA was deleted: re-register")
+            raise _Reject("the Rekey SA was deleted: re-register", "not_member")
         if self.evicted:
-            raise _Reject("evicted from the group: re-register")
+            raise _Reject("evicted from the group: re-register", "not_member")
         try:
             header, np, length = wire.decode_header(data)
         except wire.WireError as e:
-            raise _Reject(f"bad header: {e}") from None
+            raise _Reject(f"bad header: {e}", "malformed") from None
         if header.exchange != ExchangeType.GROUPKEY_PUSH:
-            raise _Reject(f"exchange {header.exchange} is not GROUPKEY-PUSH")
+            raise _Reject(f"exchange {header.exchange} is not GROUPKEY-PUSH", "malformed")
         if int(header.flags) != int(Flags.ENCRYPTION) or header.message_id != 0:
-            raise _Reject("flags must be E only and Message ID 0 (RFC 6407 section 4.2)")
+            raise _Reject("flags must be E only and Message ID 0 (RFC 6407 section 4.2)", "malformed")
         if not hmac.compare_digest(header.icookie + header.rcookie, self.kek.spi):
-            raise _Reject("cookies do not match the KEK SPI")
+            raise _Reject("cookies do not match the KEK SPI", "wrong_kek")
         if self.check_source and addr is not None:
             try:
                 host = addr[0] if isinstance(addr, tuple) else addr
@@ -560,55 +577,55 @@ class PushReceiver:
             except ValueError:
                 ok = False
             if not ok:
-                raise _Reject(f"source {addr!r} is not the Rekey SA's source")
+                raise _Reject(f"source {addr!r} is not the Rekey SA's source", "wrong_source")
         kc = self.kek.kek_cipher
         bs = kc.block_bytes
         if length != len(data):
-            raise _Reject(f"header Length {length} but {len(data)} bytes")
+            raise _Reject(f"header Length {length} but {len(data)} bytes", "malformed")
         body = data[HEADER_LEN:]
         if not body or len(body) % bs:
-            raise _Reject(f"encrypted body of {len(body)} bytes is not a multiple of {bs}")
+            raise _Reject(f"encrypted body of {len(body)} bytes is not a multiple of {bs}", "malformed")
         plain = _cbc(self.kek.key, self.kek.iv, body, False)
         try:
             msg = wire.decode_message(data[:HEADER_LEN] + plain, block_size=bs)
         except wire.WireError as e:
-            raise _Reject(f"malformed: {e}") from None
+            raise _Reject(f"malformed: {e}", "malformed") from None
         pl = msg.payloads
         # form: SEQ first, SIG last, Deletes, then at most one SA followed by one KD
         if len(pl) < 2 or type(pl[0]) is not Sequence or type(pl[-1]) is not Signature:
-            raise _Reject("not SEQ ... SIG (RFC 6407 section 4)")
+            raise _Reject("not SEQ ... SIG (RFC 6407 section 4)", "malformed")
         mid = pl[1:-1]
         kinds = [type(p) for p in mid]
         dels = [p for p in mid if type(p) is Delete]
         rest = [p for p in mid if type(p) is not Delete]
         if [type(p) for p in rest] not in ([], [GdoiSa, KeyDownload]):
-            raise _Reject(f"payloads {[getattr(t, '__name__', t) for t in kinds]} are not [D...] [SA, KD]")
+            raise _Reject(f"payloads {[getattr(t, '__name__', t) for t in kinds]} are not [D...] [SA, KD]", "malformed")
         if not mid:
-            raise _Reject("neither SA/KD nor Delete")
+            raise _Reject("neither SA/KD nor Delete", "malformed")
         seq = pl[0].number
         if seq <= self.last_seq:
-            raise _Reject(f"SEQ {seq} not greater than {self.last_seq} (replay)")
+            raise _Reject(f"SEQ {seq} not greater than {self.last_seq} (replay)", "replay")
         # signature: "rekey" || HDR || payloads before SIG (see the module docstring)
         sig = pl[-1].data
         chain_len = len(plain) - len(msg.padding)
         sig_start = chain_len - 4 - len(sig)
         before = plain[:sig_start]
         if sig_start < 0 or plain[sig_start + 4:chain_len] != sig:
-            raise _Reject("SIG payload position")
+            raise _Reject("SIG payload position", "signature")
         suite = SIGNATURE_SUITES.get(self.kek.signature)
         if suite is None:
-            raise _Reject(f"signature suite {self.kek.signature!r} unknown")
+            raise _Reject(f"signature suite {self.kek.signature!r} unknown", "signature")
         try:
             pub = load_der_public_key(self.kek.signing_public_key)
         except (ValueError, UnsupportedAlgorithm):
-            raise _Reject("the KEK's signing public key does not load") from None
+            raise _Reject("the KEK's signing public key does not load", "signature") from None
         hdr_signed = wire.encode_header(msg.header, np, HEADER_LEN + chain_len)
         ok = verify_push_signature(suite, pub, REKEY_PREFIX + hdr_signed + before, sig)
         if not ok:
             hdr_sent = data[:HEADER_LEN]
             ok = verify_push_signature(suite, pub, REKEY_PREFIX + hdr_sent + before, sig)
         if not ok:
-            raise _Reject("signature does not verify")
+            raise _Reject("signature does not verify", "signature")
         # -- authentic: process into new values, assign at the end
         events: list = []
         closed = False
@@ -713,7 +730,7 @@ class PushReceiver:
             if keymat is not None:
                 raise _Reject("LKH update and a clear KEK_ALGORITHM_KEY (readable by evicted members)")
             if self.lkh_view is None:
-                raise _Reject("LKH update but this member holds no LKH keys")
+                raise _Reject("LKH update but this member holds no LKH keys", resync=True)
             key_len = len(self.lkh_view.path[0][1])
             arrays = []
             part = None
@@ -746,7 +763,7 @@ class PushReceiver:
                 except LkhEvicted:
                     return (), None, None, True, None
                 except LkhError as e:
-                    raise _Reject(f"LKH update part {index}/{count}: {e}") from None
+                    raise _Reject(f"LKH update part {index}/{count}: {e}", resync=True) from None
                 if partial is not None:
                     return (), None, None, False, (bytes(kparams.spi), partial)
             else:
@@ -755,7 +772,7 @@ class PushReceiver:
                 except LkhEvicted:
                     return (), None, None, True, None
                 except LkhError as e:
-                    raise _Reject(f"LKH update: {e}") from None
+                    raise _Reject(f"LKH update: {e}", resync=True) from None
             if view.group_key[0].handle == self.lkh_view.group_key[0].handle:
                 raise _Reject("LKH update does not renew the group key")
             keymat = lkh_kek_keymat(view.group_key[1], kparams.spi, kparams.cipher)
@@ -777,12 +794,12 @@ class PushReceiver:
             return None
         if held is None:
             raise _Reject(f"LKH update part {index}/{count} at SEQ {seq} without parts 1..{index - 1} "
-                          "(lost or reordered: re-register)")
+                          "(lost or reordered: re-register)", resync=True)
         h_spi, h_seq, partial = held
         if not hmac.compare_digest(h_spi, bytes(spi)) or partial.count != count \
                 or index != partial.applied + 1 or seq != h_seq + 1:
             raise _Reject(f"LKH update part {index}/{count} at SEQ {seq} out of order: expected part "
-                          f"{partial.applied + 1}/{partial.count} at SEQ {h_seq + 1}")
+                          f"{partial.applied + 1}/{partial.count} at SEQ {h_seq + 1}", resync=True)
         return partial
 
 

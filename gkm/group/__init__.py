@@ -3,7 +3,7 @@
 Public API::
 
     GroupController(policy, state, now=, signer=, signer_error=)
-        inputs:  rekey(now) / evict(identities, reason, now) / update_policy(policy, now, signer=)
+        inputs:  rekey(now) / announce(now) / evict(identities, reason, now) / update_policy(policy, now, signer=)
                  handle_timer(now) / resync(state, now)
         commit:  pending_changes() -> records; the shell writes them (storage.apply, one
                  transaction) then committed(now), or commit_failed() and resync(...)
@@ -11,17 +11,17 @@ Public API::
     GroupState                      the group's durable state in memory
     storage.load_state(store, gid)  / storage.apply(store, records)   (the shell's side)
     changes.*                       the change records (an ordered, replayable log)
-    events.*                        GroupRekeyed, KeysRotated, MembersEvicted, EvictionScheduled,
+    events.*                        GroupRekeyed, KeysAnnounced, KeysRotated, MembersEvicted, EvictionScheduled,
                                     KeysPurged (gkm.events.KeyServerEvent)
 """
 
 from .changes import Change
 from .controller import (ControllerRefused, ControllerState, EvictionResult, GroupController,
                          Push, RekeyResult, Signer)
-from .events import (EvictionScheduled, GroupControllerEvent, GroupRekeyed, KeysPurged,
-                     KeysRotated, MembersEvicted)
+from .events import (EvictionScheduled, GroupControllerEvent, GroupDissolved, GroupRekeyed,
+                     KeysAnnounced, KeysPurged, KeysRotated, MembersEvicted)
 from .state import GroupState
 
-__all__ = ["Change", "ControllerRefused", "ControllerState", "EvictionResult", "GroupController",
+__all__ = ["GroupDissolved", "Change", "ControllerRefused", "ControllerState", "EvictionResult", "GroupController",
            "Push", "RekeyResult", "Signer", "EvictionScheduled", "GroupControllerEvent",
-           "GroupRekeyed", "KeysPurged", "KeysRotated", "MembersEvicted", "GroupState"]
+           "GroupRekeyed", "KeysAnnounced", "KeysPurged", "KeysRotated", "MembersEvicted", "GroupState"]

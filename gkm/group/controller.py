@@ -60,7 +60,8 @@ from policy.model import GroupPolicy, TekPolicy, kek_rekey_lead, tek_rekey_lead
 from .changes import (Change, DenyAdded, GroupCreated, KekActivated, KekAdded, KekDeleted,
                       LkhDeleted, LkhSaved, MemberRecorded, MembersRemoved, SeqReserved,
                       TekAdded, TekStateChanged, TeksPurged)
-from .events import EvictionScheduled, GroupRekeyed, KeysPurged, KeysRotated, MembersEvicted
+from .events import (EvictionScheduled, GroupDissolved, GroupRekeyed, KeysAnnounced, KeysPurged,
+                     KeysRotated, MembersEvicted)
 from .state import GroupState
 from .values import (ControllerRefused, ControllerState, EvictionResult, Push, RekeyResult,
                      Signer)
@@ -222,6 +223,14 @@ class GroupController:
         them if the current one is within its lead time)."""
         return self._atomic(self._rekey, now)
 
+    def announce(self, now: float) -> "RekeyResult":
+        """The current keys again, in one PUSH under the current KEK with a fresh SEQ; nothing
+        new is made.  The shell calls it when the key server starts: a PUSH is committed
+        before it is sent, so one may have been lost with the process (kill -9 between the
+        commit and the send).  Members that missed it install its TEKs now; the others hold
+        them already and only take the SEQ.  Refused (ControllerRefused) without keys."""
+        return self._atomic(self._announce, now)
+
     def evict(self, identities: Iterable[str], reason: str, now: float) -> "EvictionResult":
         """Evict registered members (store keys ``kind:value``) and put every named identity
         on the deny list (persistent; ``msecctl deny lift``).  Within the batch window the
@@ -239,6 +248,34 @@ class GroupController:
         registrations get new ones.  Lifetimes and lead times apply from the next rotation."""
         return self._atomic(self._update_policy, policy, now, signer, signer_error)
 
+    def dissolve(self, now: float) -> GroupDissolved:
+        """The group is being deleted: one PUSH deleting the KEK and every TEK at the members
+        (if one can be sent), the members removed from the state.  The controller is dropped
+        after this; the deny list stays in the store."""
+        return self._atomic(self._dissolve, now)
+
+    def plan_policy(self, policy: GroupPolicy) -> tuple[list[Tek], list[TekPolicy], bool]:
+        """What :meth:`update_policy` with ``policy`` would replace, changing nothing
+        (``msecctl reload --check``): the TEKs retired (policy removed, or its suite, selector
+        or mode changed), the TEK policies that get new TEKs, and whether the KEK cipher
+        changed (a new KEK).  A new signing key also brings a new KEK (not seen here)."""
+        old_tps = {tp.name: tp for tp in self.policy.teks}
+        new_tps = {tp.name: tp for tp in policy.teks}
+        live = self._state.teks_in(KeyState.CURRENT, KeyState.NEXT)
+        retire: list[Tek] = []
+        for t in live:
+            name = _name_of(t)
+            tp, was = new_tps.get(name), old_tps.get(name)
+            if tp is None or tp.suite.name != _suite_of(t) or (
+                    was is not None and (was.selector != tp.selector or was.mode != tp.mode)):
+                retire.append(t)
+        have = {_name_of(t) for t in live if t not in retire}
+        fresh = [tp for tp in policy.teks if tp.name not in have]
+        kek = self._state.current_kek()
+        kek_cipher_changed = (policy.kek is not None and kek is not None
+                              and kek.algorithm != policy.kek.cipher.name)
+        return retire, fresh, kek_cipher_changed
+
     def handle_timer(self, now: float) -> None:
         """Whatever is due at ``now``: a batch of evictions, purges, rotations."""
         return self._atomic(self._handle_timer, now)
@@ -252,6 +289,25 @@ class GroupController:
         self._pending_events.append(GroupRekeyed(self.group_id, "operator", result.seqs,
                                                  result.tek_spis, (), result.new_kek))
         return result
+
+    def _announce(self, now: float) -> RekeyResult:
+        self._need_input_state()
+        kek = self._need_push()
+        t, gid = int(now), self.group_id
+        teks = [TekKeys(tp.name, x.spi, tp.suite.name, x.key, x.auth_key or b"", x.expires)
+                for x in self._replaceable()
+                if (tp := self._tek_policy(x)) is not None and x.expires > t]
+        if not teks:
+            raise ControllerRefused(f"group {gid} has no current TEK to announce")
+        (seq,) = self._seqs(kek, 1)
+        data = build_push(self.policy, kek=self._kek_keys(kek),
+                          signing_key=self._signer.private_key, seq=seq, new_teks=teks,
+                          new_kek=None, deletes=(), now=t)
+        self._log(SeqReserved(gid, kek.spi, seq))
+        self._pending_pushes.append(Push(seq, kek.spi, data))
+        spis = tuple(tk.spi for tk in teks)
+        self._pending_events.append(KeysAnnounced(gid, seq, spis))
+        return RekeyResult((seq,), spis, None)
 
     def _evict(self, identities: Iterable[str], reason: str, now: float) -> EvictionResult:
         self._need_input_state()
@@ -285,22 +341,10 @@ class GroupController:
         if policy.group_id != self.group_id:
             raise ControllerRefused(f"policy of group {policy.group_id} for group "
                                     f"{self.group_id}")
-        old, s, gid = self.policy, self._state, self.group_id
-        old_tps = {tp.name: tp for tp in old.teks}
-        new_tps = {tp.name: tp for tp in policy.teks}
+        s, gid = self._state, self.group_id
         live = s.teks_in(KeyState.CURRENT, KeyState.NEXT)
-        retire: list[Tek] = []
-        for t in live:
-            name = _name_of(t)
-            tp, was = new_tps.get(name), old_tps.get(name)
-            if tp is None or tp.suite.name != _suite_of(t) or (
-                    was is not None and (was.selector != tp.selector or was.mode != tp.mode)):
-                retire.append(t)
-        have = {_name_of(t) for t in live if t not in retire}
-        fresh = [tp for tp in policy.teks if tp.name not in have]
+        retire, fresh, kek_cipher_changed = self.plan_policy(policy)
         kek = s.current_kek()
-        kek_cipher_changed = (policy.kek is not None and kek is not None
-                              and kek.algorithm != policy.kek.cipher.name)
         was = self.policy, self._signer, self._signer_error
         # a new PUSH signing key: members verify with the public key their KEK came with, so
         # the old key signs one last PUSH that brings a new KEK with the new public key
@@ -492,6 +536,30 @@ class GroupController:
             self._log(KekDeleted(gid, spi))
         if teks or keks:
             self._pending_events.append(KeysPurged(gid, teks, keks))
+
+    def _dissolve(self, now: float) -> GroupDissolved:
+        self._need_input_state()
+        s, gid = self._state, self.group_id
+        members = tuple(sorted(s.members))
+        seq = None
+        if self._can_push():
+            kek = s.current_kek()
+            (seq,) = self._seqs(kek, 1)
+            data = build_push(self.policy, kek=self._kek_keys(kek),
+                              signing_key=self._signer.private_key, seq=seq, deletes=[0],
+                              delete_kek=True, now=int(now))
+            self._log(SeqReserved(gid, kek.spi, seq))
+            self._log(KekDeleted(gid, kek.spi))
+            self._pending_pushes.append(Push(seq, kek.spi, data))
+        if members:
+            self._log(MembersRemoved(gid, members))
+        for tek in s.teks_in(KeyState.CURRENT, KeyState.NEXT):
+            self._log(TekStateChanged(gid, tek.spi, KeyState.OLD))
+        if s.tree is not None:
+            self._log(LkhDeleted(gid))
+        ev = GroupDissolved(gid, members, seq)
+        self._pending_events.append(ev)
+        return ev
 
     def _evict_pending(self, now: float) -> MembersEvicted | str:
         """Evict every registered member on the deny list now; the event, or why the rekey

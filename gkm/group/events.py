@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from gkm.events import KeyServerEvent
 
 __all__ = ["GroupControllerEvent", "GroupRekeyed", "KeysRotated", "MembersEvicted",
-           "EvictionScheduled", "KeysPurged"]
+           "EvictionScheduled", "KeysPurged", "KeysAnnounced", "GroupDissolved"]
 
 
 class GroupControllerEvent(KeyServerEvent):
@@ -73,3 +73,24 @@ class KeysPurged(GroupControllerEvent):
     group_id: int
     tek_spis: tuple[int, ...] = ()
     kek_spis: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeysAnnounced(GroupControllerEvent):
+    """The group's current keys sent again, nothing new made (at a key server start: the
+    last PUSH may have been committed but not sent when the process died)."""
+
+    group_id: int
+    seq: int
+    tek_spis: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDissolved(GroupControllerEvent):
+    """The group was deleted (``msecctl group delete``): one GROUPKEY-PUSH (``seq``) deleted
+    the KEK and every TEK at its members; ``seq`` is None when nothing could be pushed (no
+    KEK, no keys yet, no signing key: members keep the TEKs until they expire)."""
+
+    group_id: int
+    members: tuple[str, ...]
+    seq: int | None

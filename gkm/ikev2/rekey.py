@@ -25,10 +25,15 @@ Decisions the RFC leaves open or words loosely:
   under digital signature); GM_SENDER_ID is refused.
 * GCAUTH must not appear (§4.3.1.1.1); GWP_SENDER_ID_BITS must not (§6).  A GSA policy for the
   Rekey SA must carry GSA_KEY_LIFETIME and ENCR, INTEG (unless AEAD) and KWA.
-* A new Rekey SA replaces the current one when the message is applied; later copies of that
-  message on the old SPI are refused as "not the current Rekey SA" (they were applied).  DTD
-  only delays the deletion of Data-Security SAs, which is the SA installer's business (the
+* A new Rekey SA replaces the current one when the message is applied.  Copies of the datagram
+  last applied are reported as duplicates (``RekeyRejected.duplicate``, like the GDOI
+  PushReceiver); older messages on a replaced SPI are refused as "not the current Rekey SA".
+  DTD only delays the deletion of Data-Security SAs, which is the SA installer's business (the
   event carries ATD/DTD).
+* GSA_INITIAL_MESSAGE_ID on a Rekey SA a GSA_REKEY installs: the §6 table allows it, §2.4.3
+  says such an SA starts at 0; a non-zero value is refused.
+* Sender-IDs (§2.4.4): a counter-mode TEK this member would send on, without a Sender-ID from
+  registration, is withheld and the event asks for re-registration.
 * Forward access control (§3.3.1): :meth:`RekeySender.build` refuses TEKs in a message that
   carries LKH WRAP_KEYs (the excluded members can read that message); send the eviction, then
   the TEKs over the new Rekey SA.
@@ -42,6 +47,8 @@ Decisions the RFC leaves open or words loosely:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 
 from gkm.gdoi.keys import GroupTek
@@ -96,8 +103,13 @@ class RekeyApplied(Ikev2Event):
 
 @dataclass(frozen=True, slots=True)
 class RekeyRejected(Ikev2Event):
+    """A datagram was dropped; the receiver's state is unchanged.  ``duplicate``: a copy of the
+    datagram last applied (the GCKS sends bitwise identical copies, §2.4.3: expected, not an
+    attack, worth a debug line only)."""
+
     group_id: int
     reason: str
+    duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +267,8 @@ class RekeyReceiver:
         self.auth_key = auth_key
         self.key_path = key_path
         self.excluded = False
+        self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "internal_error": 0}
+        self._last_digest: bytes | None = None  # SHA-256 of the last datagram applied
 
     def state(self) -> tuple:
         """Everything a datagram can change (a refused one must leave it equal)."""
@@ -262,12 +276,26 @@ class RekeyReceiver:
 
     def receive(self, datagram: bytes) -> tuple[Ikev2Event, ...]:
         gid = self.config.group_id
+        data = bytes(datagram)
+        digest = hashlib.sha256(data).digest()
+        if self._last_digest is not None and hmac.compare_digest(digest, self._last_digest):
+            self.stats["duplicates"] += 1
+            return (RekeyRejected(gid, "copy of the GSA_REKEY last applied", duplicate=True),)
         try:
-            return (self._receive(bytes(datagram)),)
+            event = self._receive(data)
         except _Refused as e:
-            return (RekeyRejected(gid, str(e)),)
+            event = RekeyRejected(gid, str(e))
         except _Missed as e:
-            return (RekeyMissed(gid, e.spi),)
+            event = RekeyMissed(gid, e.spi)
+        except Exception as e:  # noqa: BLE001 - no exception escapes an input (the fuzz test counts these)
+            self.stats["internal_error"] += 1
+            event = RekeyRejected(gid, f"internal error: {type(e).__name__}")
+        if isinstance(event, (RekeyApplied, RekeyExcluded)):
+            self.stats["accepted"] += 1
+            self._last_digest = digest
+        else:
+            self.stats["rejected"] += 1
+        return (event,)
 
     def _receive(self, data: bytes) -> Ikev2Event:
         gid = self.config.group_id

@@ -45,14 +45,14 @@ def test_msecctl_when_not_running(tmp_path):
     sock = tmp_path / "run" / "control.sock"
     r = subprocess.run([*MSECCTL, "--socket", str(sock), "status"], capture_output=True,
                        text=True, cwd=str(REPO), timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 3
     assert r.stderr.strip() == f"msecctl: msecd is not running (no control socket at {sock})"
     # the console script is installed by tools/setup
     exe = os.path.join(os.path.dirname(sys.executable), "msecctl")
     if os.path.exists(exe):
         r = subprocess.run([exe, "--socket", str(sock), "--json", "groups"], capture_output=True,
                            text=True, timeout=60)
-        assert r.returncode == 1 and "msecd is not running" in r.stderr
+        assert r.returncode == 3 and "msecd is not running" in r.stderr
 
 
 def test_member_daemon_status_reload_and_shutdown(tmp_path, netns):
@@ -241,7 +241,7 @@ def test_detached_daemon_reports_start_and_failure(tmp_path, netns):
     while (tmp_path / "run" / "control.sock").exists() and time.monotonic() < end:
         time.sleep(0.1)
     r = d.ctl("status")
-    assert r.returncode == 1 and "msecd is not running" in r.stderr
+    assert r.returncode == 3 and "msecd is not running" in r.stderr
 
 
 def _push_signing_key(path) -> str:

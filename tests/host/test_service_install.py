@@ -51,6 +51,10 @@ def test_install_service_stages_a_working_installation(tmp_path):
     assert unit.read_bytes() == (ROOT / "systemd/msecd.service").read_bytes()
     assert oct(unit.stat().st_mode & 0o777) == "0o644"
     assert oct((dest / "etc/msec").stat().st_mode & 0o777) == "0o700"
+    # bash completion: the shipped script, which the installed msecctl also generates
+    comp = dest / "usr/share/bash-completion/completions/msecctl"
+    assert comp.read_text() == (ROOT / "tools/completion/msecctl.bash").read_text()
+    assert _run(msecctl, "completion", "bash", cwd="/").stdout == comp.read_text()
     staged = tmp_path / "msecd.service"
     staged.write_text(unit.read_text().replace("/usr/local/bin/msecd", str(msecd)))
     v = _run("systemd-analyze", "verify", staged)

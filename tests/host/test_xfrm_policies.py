@@ -328,3 +328,33 @@ def test_acquire_event_and_larval_state(xns):
         (larval,) = x.dump_states(larval=True)
         assert larval.spi == 0 and larval.reqid == R and larval.aead is None
         assert x.remove_owned() == (0, 1)
+
+
+IP_XFRM_POLICY = 17  # linux/in.h
+
+
+def _socket_bypass_policy(direction: int) -> bytes:
+    """struct xfrm_userpolicy_info of a bypass policy for a socket, as charon sets on its IKE
+    sockets (setsockopt IP_XFRM_POLICY; selector and lifetime unused, direction IN/OUT)."""
+    inf = (1 << 64) - 1
+    sel = (bytes(16), bytes(16), 0, 0, 0, 0, socket.AF_INET, 0, 0, 0, 0, 0)
+    return m.USERPOLICY_INFO.pack(*sel, *([inf] * 8), 0, 0, 0, 0, 0, 0, direction,
+                                  Action.ALLOW, 0, 0)
+
+
+def test_per_socket_policies_are_not_in_the_dump(xns, caplog):
+    """charon's IKE sockets carry per-socket bypass policies; the kernel's policy dump lists
+    them (dir 3 and 4), and the binding used to misread 4 as IN and warn about 3."""
+    from tools.netlab import in_netns
+    ip(xns, "xfrm", "policy", "add", "src", "10.1.0.0/16", "dst", "10.2.0.0/16", "dir",
+       "in", "action", "block")
+    with in_netns(xns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with s:
+        for d in (Direction.IN, Direction.OUT):
+            s.setsockopt(socket.IPPROTO_IP, IP_XFRM_POLICY, _socket_bypass_policy(d))
+        assert "dir 3" in ip(xns, "xfrm", "policy") or "socket in" in ip(xns, "xfrm", "policy")
+        with XfrmSocket(xns) as x:
+            pols = x.dump_policies()
+    assert [(str(p.selector.src), p.direction) for p in pols] == [("10.1.0.0/16", Direction.IN)]
+    assert "does not decode" not in caplog.text

@@ -14,7 +14,9 @@ from pathlib import Path
 from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered, RegistrationFailed
 from gkm.gdoi.keys import GroupTek
 from gkm.daemon.engines import RekeyError
-from policy.model import AddressPreservation, Mode, SaDirection, TrafficSelector
+from policy.model import AddressPreservation, IdKind, Identity, Mode, SaDirection, TrafficSelector
+
+GM1 = Identity(IdKind.KEY_ID, "gm1")  # the identity FakeKeyServer's events carry
 
 
 def fake_tek(group_id: int, spi: int, lifetime_s: int = 3600) -> GroupTek:
@@ -84,6 +86,7 @@ class FakeKeyServer:
         self._out = []
         self._events = []
         self.refuse = set()
+        self.half_open = 0  # what KeyServerEngine.half_open says (no phase 1 here)
 
     def receive_datagram(self, data, addr, now):
         word, _, rest = data.partition(b" ")
@@ -92,7 +95,8 @@ class FakeKeyServer:
         gid = int(rest)
         if self.settings.group(gid) is None or gid in self.refuse:
             self._out.append((b"NO not authorized", addr))
-            self._events.append(MemberRefused(gid, "gm1", addr, "not authorized"))
+            self._events.append(MemberRefused(gid, GM1, addr, "not authorized",
+                                              cause="not_authorized"))
             return
         if self.store.group(gid) is None:
             self.store.add_group(gid, b"digest")
@@ -103,7 +107,7 @@ class FakeKeyServer:
             self.store.add_member(gid, "gm1", addr[0], registered_at=int(now))
         spi = self.store.teks(gid)[0].spi
         self._out.append((b"OK %d" % spi, addr))
-        self._events.append(MemberRegistered(gid, "gm1", addr))
+        self._events.append(MemberRegistered(gid, GM1, addr))
 
     def handle_timer(self, now):
         pass
@@ -168,7 +172,7 @@ class FakeFactory:
         self.keyservers.append(ks)
         return ks
 
-    def member(self, group, key_server, now, wall_time_offset=0.0):
+    def member(self, group, key_server, now, wall_time_offset=0.0, report_phase1=False):
         m = FakeMember(group, key_server, now, **self.member_kwargs)
         self.members.append(m)
         return m

@@ -157,7 +157,7 @@ def test_keyserver_and_member_register_and_report(tmp_path, caplog):
         assert ("remove", 1001) not in fac.inst.calls  # members keep SAs across a restart
     _run(run())
     text = caplog.text
-    assert "group g1001 (1001): member gm1 (127.0.0.1" in text and "registered" in text
+    assert "group g1001 (1001): member key-id 'gm1' (127.0.0.1" in text and "registered" in text
     assert "group m1001 (1001): registered with key server" in text
     assert "group m1001 (1001): installed 1 SA(s) (SPI 0x00001234)" in text
     assert "stay in the kernel" in text
@@ -197,12 +197,16 @@ def test_refusal_logged_and_retried_with_backoff(tmp_path, caplog):
         assert not [c for c in fac.inst.calls if c[0] == "install"]
         await d.stop()
     _run(run())
-    assert "group 1002: member gm1 (127.0.0.1" in caplog.text and "refused" in caplog.text
+    assert "group 1002: member key-id 'gm1' (127.0.0.1" in caplog.text and "refused" in caplog.text
     assert "registration with 127.0.0.1" in caplog.text and "retrying in" in caplog.text
 
 
 def test_no_answer_tries_next_key_server_then_backs_off(tmp_path):
-    dead1, dead2 = free_udp_port(), free_udp_port()
+    # bound and silent (a closed port would answer ICMP port unreachable: failover at once)
+    silent = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for s in silent:
+        s.bind(("127.0.0.1", 0))
+    dead1, dead2 = (s.getsockname()[1] for s in silent)
     cfg = write_config(tmp_path, member_port=dead1,
                        extra="")
     text = cfg.read_text().replace(f'key_servers = ["127.0.0.1:{dead1}"]',
@@ -219,7 +223,11 @@ def test_no_answer_tries_next_key_server_then_backs_off(tmp_path):
         assert d.sessions[1001].engine.failures >= 1
         assert d.sessions[1001].describe()["last_error"] == "no answer from key server"
         await d.stop()
-    _run(run())
+    try:
+        _run(run())
+    finally:
+        for s in silent:
+            s.close()
 
 
 def test_install_failure_logged_and_retried(tmp_path, caplog):
@@ -318,10 +326,15 @@ def test_reload_adds_and_removes_groups(tmp_path):
         d = _daemon(cfg, fac)
         await d.start()
         await _until(lambda: d.sessions[1001].state == "registered")
+        from gkm.daemon.member_store import MemberStateFiles
+        from tests.unit.test_member_state import snap
+        files = MemberStateFiles(tmp_path / "state")
+        files.save(snap(), 0.0)  # group 1001's saved state (the fake registration has no KEK)
         write_config(tmp_path, ks_port=port, member_port=port, ks_groups=(1002,),
                      member_groups=(1002,))
         r = await d.reload()
         assert r["ok"], r
+        assert files.load(1001, 0.0) is None  # a group that goes takes its saved state along
         assert "member group 1001 removed" in r["changes"]
         assert "member group 1002 added" in r["changes"]
         assert ("remove", 1001) in fac.inst.calls
@@ -339,14 +352,14 @@ def test_reload_adds_and_removes_groups(tmp_path):
 
 def test_msecctl_not_running(tmp_path, capsys):
     path = tmp_path / "nope.sock"
-    assert ctl.main(["--socket", str(path), "status"]) == 1
+    assert ctl.main(["--socket", str(path), "status"]) == 3
     err = capsys.readouterr().err
     assert f"msecd is not running (no control socket at {path})" in err
     # a socket file nobody listens on: connection refused, same message
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(path))
     s.close()
-    assert ctl.main(["--socket", str(path), "--json", "groups"]) == 1
+    assert ctl.main(["--socket", str(path), "--json", "groups"]) == 3
     assert "msecd is not running" in capsys.readouterr().err
 
 

@@ -82,6 +82,10 @@ class FakeController:
         self._events.append(GroupRekeyed(self.group_id, "operator", (f.seq,), (spi,)))
         return RekeyResult((f.seq,), (spi,))
 
+    def announce(self, now):  # at the key server's start: no member registered yet
+        raise ControllerRefused(f"group {self.group_id} has no keys yet: no member has "
+                                "registered")
+
     def handle_timer(self, now):
         pass
 
@@ -107,7 +111,7 @@ class PushFactory(FakeFactory):
         self.receivers = []
         self.fail = None
 
-    def member(self, group, key_server, now, wall_time_offset=0.0):
+    def member(self, group, key_server, now, wall_time_offset=0.0, report_phase1=False):
         m = super().member(group, key_server, now)
         kek = SimpleNamespace(dst=ipaddress.ip_network("127.0.0.1/32"), dst_port=self.rekey_port,
                               lifetime_s=86400)

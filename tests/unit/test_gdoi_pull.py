@@ -96,6 +96,7 @@ def test_unauthorized_identity_gets_notify_and_no_state(tmp_path, caplog, cert):
     refused = [e for e in events(ks) if isinstance(e, MemberRefused)]
     want = "CN=intruder,O=msec test" if cert else "intruder"
     assert len(refused) == 1 and refused[0].identity.value == want and refused[0].group_id == GID
+    assert refused[0].cause == "not_authorized"
     assert store_snapshot(store) == before
     assert any(f"refused {'dn' if cert else 'key-id'} '{want}'" in r.getMessage() for r in caplog.records)
     assert not any("secret" in r.getMessage() for r in caplog.records)

@@ -154,12 +154,14 @@ def test_replayed_push_rejected(tmp_path, caplog):
     r.receive_datagram(data, None, NOW)
     ev = _one(r)
     assert isinstance(ev, PushRejected) and ev.duplicate and "SEQ 1" in ev.reason
+    assert ev.cause == "duplicate"
     assert _state(r) == before and r.stats["duplicates"] == 1
     assert not [x for x in caplog.records if x.levelname == "WARNING"]
     # an older SEQ, freshly signed, is a replay: refused and logged as one
     r.receive_datagram(s.push(seq=1, new_teks=[s.new_tek()]), None, NOW)
     ev = _one(r)
     assert isinstance(ev, PushRejected) and not ev.duplicate and "replay" in ev.reason
+    assert ev.cause == "replay"
     assert _state(r) == before
     # and so is an earlier datagram once a later one was taken
     r.receive_datagram(s.push(new_teks=[s.new_tek()]), None, NOW)
@@ -206,7 +208,7 @@ def test_wrong_kek_spi_rejected(tmp_path):
     other = dataclasses.replace(k, spi=os.urandom(16))
     r.receive_datagram(s.push(kek=other, new_teks=[s.new_tek()]), None, NOW)
     ev = _one(r)
-    assert isinstance(ev, PushRejected) and "cookies" in ev.reason
+    assert isinstance(ev, PushRejected) and "cookies" in ev.reason and ev.cause == "wrong_kek"
     assert r.last_seq == 0
 
 
@@ -216,7 +218,7 @@ def test_push_signed_by_another_key_rejected(tmp_path):
     before = _state(r)
     r.receive_datagram(s.push(signing_key=ec.generate_private_key(ec.SECP256R1()), new_teks=[s.new_tek()]), None, NOW)
     ev = _one(r)
-    assert isinstance(ev, PushRejected) and "signature" in ev.reason
+    assert isinstance(ev, PushRejected) and "signature" in ev.reason and ev.cause == "signature"
     assert _state(r) == before
 
 

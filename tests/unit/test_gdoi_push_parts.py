@@ -155,7 +155,7 @@ def test_lost_reordered_or_replayed_part_refused_state_unchanged(batch):
     before = _state(r)
     r.receive_datagram(d[1], None, NOW)  # part 2 first: part 1 lost
     ev = _one(r)
-    assert isinstance(ev, PushRejected)
+    assert isinstance(ev, PushRejected) and ev.resync  # authentic: the member re-registers
     assert ev.reason == f"LKH update part 2/{count} at SEQ {seqs[1]} without parts 1..1 (lost or reordered: re-register)"
     assert _state(r) == before
     r.receive_datagram(d[0], None, NOW)
@@ -163,6 +163,7 @@ def test_lost_reordered_or_replayed_part_refused_state_unchanged(batch):
     after1 = _state(r)
     r.receive_datagram(d[2], None, NOW)  # part 3 after part 1: part 2 lost
     ev = _one(r)
+    assert ev.resync
     assert ev.reason == f"LKH update part 3/{count} at SEQ {seqs[2]} out of order: expected part 2/{count} at SEQ {seqs[1]}"
     assert _state(r) == after1
     r.receive_datagram(d[0], None, NOW)  # replayed part 1

@@ -13,7 +13,7 @@ import pytest
 
 from gkm.gdoi.push import Evicted, PushRejected, Rekeyed, TeksDeleted
 from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupController,
-                       GroupRekeyed, KeysPurged, KeysRotated, MembersEvicted)
+                       GroupRekeyed, KeysAnnounced, KeysPurged, KeysRotated, MembersEvicted)
 from gkm.group.changes import (DenyAdded, KekActivated, KekAdded, KekDeleted, LkhSaved,
                                MembersRemoved, SeqReserved, TekAdded, TekStateChanged,
                                TeksPurged)
@@ -237,6 +237,15 @@ def test_reload_removing_and_changing_teks(tmp_path):
     # control removed, video's suite changed: delete both, one new TEK for video
     video = dataclasses.replace(s.group.teks[0], suite=ESP_SUITES["aes-gcm-256"])
     new = dataclasses.replace(s.group, teks=(video,))
+    # the plan (msecctl reload --check) says it and changes nothing
+    before = _snapshot(ctl)
+    retire, fresh, new_kek = ctl.plan_policy(new)
+    assert {t.spi for t in retire} == {cur["video"], cur["control"]}
+    assert [tp.name for tp in fresh] == ["video"] and not new_kek
+    assert _snapshot(ctl) == before
+    longer = dataclasses.replace(s.group.teks[0], lifetime_s=s.group.teks[0].lifetime_s * 2)
+    assert ctl.plan_policy(dataclasses.replace(s.group, teks=(longer, *s.group.teks[1:]))) == \
+        ([], [], False)  # a lifetime applies from the next rotation
     res = ctl.update_policy(new, WALL, signer=signer_of(s.group))
     pushes, evs = commit(s.store, ctl, WALL)
     assert len(res.tek_spis) == 1 and len(pushes) == 1
@@ -501,3 +510,84 @@ def test_reload_with_a_new_signing_key_hands_members_the_new_public_key(tmp_path
     ctl.rekey(WALL + 1)
     pushes, _ = commit(s.store, ctl, WALL + 1)
     assert [e.seq for e in _receive(r, pushes) if isinstance(e, Rekeyed)] == [1]
+
+
+# ------------------------------------------------------------------ key server crash
+
+
+def _restarted(s, now):
+    path = s.store.state_dir
+    s.store.close()
+    s.store = KeyStore(path)
+    return controller(s.store, s.group, now)
+
+
+def test_announce_after_a_crash_between_commit_and_send_converges_with_a_new_seq(tmp_path):
+    """kill -9 after the store commit, before the PUSH left: the restarted key server sends
+    the committed keys again under a fresh SEQ; members that missed the lost PUSH install
+    them, members that got it take only the SEQ; no SEQ is used twice."""
+    s = Setup(tmp_path, who=("gm1", "gm2"))
+    got, missed = s.receiver("gm1"), s.receiver("gm2")
+    ctl = controller(s.store, s.group, WALL)
+    r = ctl.rekey(WALL)
+    pushes, _ = commit(s.store, ctl, WALL)  # durable: SEQ 1, the new TEKs
+    _receive(got, pushes)  # one member got it before the process died; the other did not
+    again = _restarted(s, WALL + 5)
+    a = again.announce(WALL + 5)
+    pushes2, evs = commit(s.store, again, WALL + 5)
+    assert a.seqs == (2,) and [p.seq for p in pushes2] == [2] and a.new_kek is None
+    assert set(a.tek_spis) == set(r.tek_spis)  # the committed keys, nothing new made
+    assert evs == [KeysAnnounced(GID, 2, a.tek_spis)] and s.store.current_seq(GID) == 2
+    for rcv in (got, missed):
+        (ev,) = [e for e in _receive(rcv, pushes2, WALL + 5) if isinstance(e, Rekeyed)]
+        assert ev.seq == 2 and {t.spi for t in ev.teks} == set(r.tek_spis)
+    assert got.kek.spi == missed.kek.spi and got.last_seq == missed.last_seq == 2
+
+
+def test_a_crash_before_the_commit_leaves_no_trace(tmp_path):
+    s = Setup(tmp_path, who=("gm1",))
+    before = _store_rows(s.store)
+    ctl = controller(s.store, s.group, WALL)
+    r = ctl.rekey(WALL)  # the process dies here: records made, never applied
+    again = _restarted(s, WALL + 1)
+    assert _store_rows(s.store) == before and s.store.current_seq(GID) == 0
+    a = again.announce(WALL + 1)
+    commit(s.store, again, WALL + 1)
+    assert a.seqs == (1,) and not set(a.tek_spis) & set(r.tek_spis)  # never handed out
+
+
+def test_announce_without_keys_is_refused(tmp_path):
+    s = Setup(tmp_path, who=())
+    _refused(controller(s.store, s.group, WALL), lambda c: c.announce(WALL))
+
+
+@pytest.mark.parametrize("lkh", [True, False])
+def test_dissolve_deletes_kek_and_teks_at_every_member(tmp_path, lkh):
+    """msecctl group delete: one PUSH that every member accepts, deleting KEK and TEKs; the
+    members leave the store (not the deny list: a group created again admits them)."""
+    from gkm.group import GroupDissolved
+
+    s = Setup(tmp_path, who=("gm1", "gm2"), lkh=lkh)
+    receivers = [s.receiver("gm1"), s.receiver("gm2")]
+    ctl = controller(s.store, s.group, WALL)
+    ev = ctl.dissolve(WALL)
+    pushes, evs = commit(s.store, ctl, WALL)
+    assert len(pushes) == 1 and evs == [ev] == [GroupDissolved(GID, ("key-id:gm1", "key-id:gm2"),
+                                                               ev.seq)]
+    assert ev.seq is not None
+    assert s.store.current_kek(GID) is None and s.store.teks(GID, KeyState.CURRENT) == []
+    assert s.store.members(GID) == [] and s.store.denied(GID) == []
+    for r in receivers:
+        got = _receive(r, pushes)
+        assert any(isinstance(e, TeksDeleted) for e in got), got
+        assert not any(isinstance(e, PushRejected) for e in got), got
+
+
+def test_dissolve_without_kek_pushes_nothing(tmp_path):
+    s = Setup(tmp_path, who=("gm1",))
+    no_kek = dataclasses.replace(s.group, kek=None)
+    ctl = GroupController(no_kek, load_state(s.store, GID), now=WALL)
+    ev = ctl.dissolve(WALL)
+    pushes, _evs = commit(s.store, ctl, WALL)
+    assert pushes == [] and ev.seq is None and ev.members == ("key-id:gm1",)
+    assert s.store.members(GID) == []

@@ -57,7 +57,7 @@ def pair(sig="ed25519", **kw):
 def refused(rx: RekeyReceiver, data: bytes, why: str = "") -> str:
     before = rx.state()
     (ev,) = rx.receive(data)
-    assert isinstance(ev, RekeyRejected), ev
+    assert isinstance(ev, RekeyRejected) and not ev.duplicate, ev
     assert why in ev.reason
     assert rx.state() == before
     return ev.reason
@@ -92,10 +92,15 @@ def test_replay_and_old_sa_refused():
     d1 = tx.build(teks=((tek(0x1001), ()),))
     assert isinstance(rx.receive(d1)[0], RekeyApplied)
     refused(rx, d0, "replayed")
-    refused(rx, d1, "replayed")
+    before = rx.state()
+    (ev,) = rx.receive(d1)  # the GCKS's bitwise identical copy
+    assert isinstance(ev, RekeyRejected) and ev.duplicate and rx.state() == before
+    assert rx.stats == {"accepted": 1, "rejected": 1, "duplicates": 1, "internal_error": 0}
     d2 = tx.build(new_rekey_sa=rekey_sa())
     assert isinstance(rx.receive(d2)[0], RekeyApplied)
-    refused(rx, d2, "not the current Rekey SA")
+    (ev,) = rx.receive(d2)
+    assert isinstance(ev, RekeyRejected) and ev.duplicate
+    refused(rx, d1, "not the current Rekey SA")
 
 
 def test_gaps_are_accepted():

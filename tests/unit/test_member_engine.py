@@ -16,8 +16,8 @@ from gkm.gdoi.keys import GroupTek
 from gkm.gdoi.policy_wire import GapDelays
 from gkm.gdoi.member import (
     ActivateOutbound, CloseRegistration, GroupRekeyed, InstallSas, Joined, LeftGroup,
-    ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
-    RefusedInput, RegistrationAttemptFailed, RemoveSas, SasRemoved, StopListening, Timing,
+    ForgetState, ListenForPush, MemberEngine, ResyncScheduled, MemberState, OpenRegistration, OutboundSwitched,
+    RefusedInput, RegistrationAttemptFailed, RemoveSas, SasRemoved, SaveState, StopListening, Timing,
 )
 from gkm.gdoi.push import Evicted, KekDeleted, LkhPartReceived, PushRejected, Rekeyed, TeksDeleted
 from policy.model import (
@@ -112,6 +112,7 @@ class World:
         self.auto_kernel = auto_kernel
         self.actions = []
         self.events = []
+        self.saved = None  # the last SaveState's snapshot (None after ForgetState)
         group = MemberGroup(GID, KS, PskCredential("gm1", b"0" * 32), name="g")
         self.e = MemberEngine(group, new_registration=self._reg, new_push_receiver=self._push,
                               random=lambda: 0.5, timing=TIMING, adopted=adopted)
@@ -135,6 +136,11 @@ class World:
                 self.perform(act)
             elif isinstance(act, ListenForPush):
                 self.e.push_listening(self.now)
+            elif isinstance(act, SaveState):
+                self.saved = act.snapshot
+                self.e.state_saved(act, self.now)
+            elif isinstance(act, ForgetState):
+                self.saved = None
         while (ev := self.e.next_event()) is not None:
             self.events.append(ev)
         return self
@@ -192,6 +198,16 @@ def snapshot(e: MemberEngine):
             [(h.spi, h.installed, h.outbound, h.activate_at, h.retire_at, h.removing)
              for h in e.held], dict(e._pending), list(e._actions), list(e._events),
             e._listen, e._listen_pending, e._open_pending, e.registration is None)
+
+
+def resyncs(w: "World", why: str = "") -> bool:
+    """The member noticed a missed rekey: it registers again after the jitter the injected
+    random gives (0.5 * resync_spread), not at once."""
+    ev = [e for e in w.events if isinstance(e, ResyncScheduled)][-1]
+    assert ev.in_s == 0.5 * TIMING.resync_spread and why in ev.reason
+    assert w.e.state is MemberState.REGISTERED and w.e.next_attempt == w.now + ev.in_s
+    w.advance(w.now + ev.in_s)
+    return w.e.state is MemberState.CONNECTING
 
 
 # ------------------------------------------------------------------------ each state
@@ -305,7 +321,7 @@ def test_registration_installs_switches_listens_and_plans_the_refresh():
     w = World().register()
     assert w.e.state is MemberState.REGISTERED
     kinds = [type(a) for a in w.actions]
-    assert kinds == [OpenRegistration, CloseRegistration, InstallSas, ListenForPush]
+    assert kinds == [OpenRegistration, CloseRegistration, SaveState, InstallSas, ListenForPush]
     (inst,) = w.take(InstallSas)
     assert inst.switch and [t.spi for t in inst.teks] == [0x100]
     assert w.take(ListenForPush) == [ListenForPush("239.192.0.1", 848, None)]
@@ -335,6 +351,23 @@ def test_failover_then_backoff_with_injected_jitter_then_retry():
         w.e.registration_unavailable("no route", w.now)
         w.drain()
     assert w.e.next_attempt == w.now + 2.0
+
+
+def test_an_unreachable_key_server_fails_over_at_once_not_after_the_timeout():
+    w = in_state(MemberState.REGISTERING)
+    assert w.e.key_server == "10.0.0.1:848"
+    w.e.registration_unreachable("Connection refused", w.now)
+    w.drain()
+    assert w.take(CloseRegistration) and w.take(OpenRegistration)[-1].key_server == KS[1]
+    assert w.e.state is MemberState.CONNECTING and w.e.registration is None
+    (ev,) = [e for e in w.events if isinstance(e, RegistrationAttemptFailed)]
+    assert ev.reason == "key server unreachable: Connection refused" and ev.retry_in == 0.0
+    assert ev.key_server == "10.0.0.1:848"  # the one that failed, not the next
+    for state in (MemberState.CONNECTING, MemberState.REGISTERED, MemberState.BACKOFF):
+        w = in_state(state)
+        before = snapshot(w.e)
+        w.e.registration_unreachable("late ICMP", w.now)
+        assert snapshot(w.e) == before  # outside a registration: dropped
 
 
 def test_backoff_is_capped_and_jitter_comes_from_the_injected_random():
@@ -497,7 +530,7 @@ def test_a_new_selector_by_rekey_gets_its_policies_and_the_old_one_goes_at_expir
 def test_teks_deleted_removes_them_and_registers_when_none_is_left():
     w = World().register()
     w.push(TeksDeleted(GID, (0x100,)))  # no successor: at once
-    assert w.kernel_spis() == set() and w.e.state is MemberState.CONNECTING
+    assert w.kernel_spis() == set() and resyncs(w, "deleted every TEK")
     w = World().register()
     w.push(Rekeyed(GID, (tek(0x200),), Kek(), 1))
     w.push(TeksDeleted(GID, (0x100,)))  # superseded: on its deactivation schedule
@@ -505,7 +538,7 @@ def test_teks_deleted_removes_them_and_registers_when_none_is_left():
     w.advance(w.now + 5)
     assert w.kernel_spis() == {0x200} and w.e.state is MemberState.REGISTERED
     w.push(TeksDeleted(GID, (), True))
-    assert w.kernel_spis() == set() and w.e.state is MemberState.CONNECTING
+    assert w.kernel_spis() == set() and resyncs(w)
 
 
 def test_a_delete_in_the_push_that_brings_the_successor_waits_for_the_deactivation_delay():
@@ -534,7 +567,7 @@ def test_kek_deleted_stops_listening_and_registers_again():
     w = World().register()
     w.actions = []
     w.push(KekDeleted(GID, b"K" * 16))
-    assert w.take(StopListening) and w.e.state is MemberState.CONNECTING
+    assert w.take(StopListening) and w.take(ForgetState) and resyncs(w, "deleted the KEK")
     assert any(isinstance(e, LeftGroup) for e in w.events) and w.e.kek_spi is None
     assert w.kernel_spis() == {0x100}  # the TEKs still work until replaced
 
@@ -575,7 +608,7 @@ def test_kernel_soft_expiry_without_successor_registers_again():
     w = World().register()
     w.e.sa_expired(0x100, False, w.now)
     w.drain()
-    assert w.e.state is MemberState.CONNECTING
+    assert resyncs(w, "about to expire")
     w2 = World().register()
     w2.push(Rekeyed(GID, (tek(0x200),), Kek(), 1))
     w2.e.sa_expired(0x200, False, w2.now)  # the new one has no successor, but is not current
@@ -589,7 +622,7 @@ def test_kernel_hard_expiry_cleans_policies_and_registers_when_nothing_is_left()
     w.e.sa_expired(0x100, True, w.now)
     w.drain()
     assert w.port.dump_policies() == [] and w.e.held == []
-    assert w.e.state is MemberState.CONNECTING
+    assert resyncs(w, "expired with no successor")
 
 
 def test_adopted_sas_not_renewed_go_after_the_deactivation_delay():
@@ -670,7 +703,7 @@ def test_a_tek_that_runs_out_without_successor_is_removed_and_the_member_registe
     assert w.e.next_attempt == w.now + 10  # at least reregister_min; the fake refuses nothing
     w.e.next_attempt = None  # say the refresh was lost: the lifetime still ends
     w.advance(w.now + 20)
-    assert w.kernel_spis() == set() and w.e.state is MemberState.CONNECTING
+    assert w.kernel_spis() == set() and resyncs(w, "expired with no successor")
 
 
 # ------------------------------------------------------- the key server's GAP (ATD / DTD)
@@ -747,3 +780,24 @@ def test_a_sending_tek_that_expires_before_its_successors_activation_hands_over_
     w.advance(t0 + 30)
     assert not w.take(ActivateOutbound)  # nothing left to do at the old activation time
     assert w.e.state is MemberState.REGISTERED
+
+
+def test_phase1_established_is_passed_on_as_phase1_up_before_joined():
+    """A registration engine asked to report its phase 1 SA (the daemon's key log) does so
+    first; the member engine passes it on as Phase1Up and carries on as before."""
+    from gkm.gdoi.member import Phase1Up
+    from gkm.ike import Phase1Established
+
+    sa = object()  # the engine only passes the SA on
+    w = World(outcome=registered(tek(0x100), kek=Kek()))
+    made = w.e._new_registration
+
+    def reporting(group, addr, now):
+        reg = made(group, addr, now)
+        reg.events.append(Phase1Established(sa))
+        return reg
+
+    w.e._new_registration = reporting
+    w.register()
+    assert [type(e) for e in w.events] == [Phase1Up, Joined]
+    assert w.events[0] == Phase1Up(GID, sa) and w.e.state is MemberState.REGISTERED

@@ -160,6 +160,23 @@ def test_single_role_and_defaults(files):
     assert c.keyserver is None and str(c.daemon.state_dir) == "/var/lib/msec"
 
 
+def test_metrics_listen(files):
+    assert load(base(), files).daemon.metrics_listen is None  # off by default
+    for text, want in (("127.0.0.1:9848", (ip.ip_address("127.0.0.1"), 9848)),
+                       ("[::1]:9848", (ip.ip_address("::1"), 9848))):
+        doc = base()
+        doc["daemon"]["metrics_listen"] = text
+        assert load(doc, files).daemon.metrics_listen == want
+    for text, reason in (("127.0.0.1", "not ADDRESS:PORT"), ("::1:9848", "not ADDRESS:PORT"),
+                         ("localhost:9848", "not an IPv4 or IPv6 address"),
+                         ("127.0.0.1:0", "not in 1..65535"),
+                         ("[127.0.0.1]:80", "write an IPv6 address as")):
+        doc = base()
+        doc["daemon"]["metrics_listen"] = text
+        p = only(doc, files)
+        assert p.path == "daemon.metrics_listen" and reason in p.reason, str(p)
+
+
 def test_max_push_size_configured(files):
     doc = base()
     doc["keyserver"]["group"][0]["kek"]["max_push_size"] = 2048

@@ -241,3 +241,40 @@ def test_templates_cache_is_by_identity_and_checks_each_tuple():
     assert _templates((t_equal,), MSEC).attr == _templates((t,), MSEC).attr
     assert not _templates((foreign,), MSEC).owned and _templates((t, foreign), MSEC).owned
     assert m.templates_attr((t,)) != m.templates_attr((foreign,))
+
+
+def test_sa_counters_read_the_fixed_part_only_and_agree_with_pyroute2():
+    """dump_sa_counters' decoder: bytes/packets/add/use time and the replay and integrity
+    drops at their ABI offsets (pyroute2 reads the same message as the oracle)."""
+    (msg,) = Batch().add_state(gcm_state(spi=0x1234abcd)).encode(3)
+    v = list(m.USERSA_INFO.unpack_from(msg, 16))
+    v[24:28] = [123456789012, 4242, 1_700_000_000, 1_700_000_005]
+    v[28:31] = [0, 7, 3]
+    raw = bytearray(msg)
+    m.USERSA_INFO.pack_into(raw, 16, *v)
+    ((_k, _f, _s, off, n),) = list(m.split_messages(bytes(raw)))
+    c = m.decode_sa_counters(bytes(raw), off, n)
+    assert (c.dst, c.spi, c.proto, c.reqid) == (A("239.1.1.1"), 0x1234abcd, 50, R)
+    assert (c.bytes, c.packets, c.add_time, c.use_time) == (123456789012, 4242, 1_700_000_000,
+                                                            1_700_000_005)
+    assert (c.replay_dropped, c.integrity_failed) == (7, 3)
+    (oracle,) = MarshalXfrm().parse(bytes(raw))
+    assert oracle["curlft_bytes"] == c.bytes and oracle["curlft_packets"] == c.packets
+    assert oracle["stats_replay"] == 7 and oracle["stats_integrity_failed"] == 3
+    assert "key" not in repr(c) and "aead" not in repr(c)
+    with pytest.raises(m.DecodeError):
+        m.decode_sa_counters(bytes(raw), off, 100)
+
+
+@pytest.mark.parametrize("raw_dir", [3, 4, 5])
+def test_per_socket_policy_is_recognised_and_not_misread(raw_dir):
+    """The kernel's policy dump also lists per-socket policies (dir XFRM_POLICY_MAX + d, as
+    charon sets on its IKE sockets); dir 4 (socket out) once decoded as an IN policy."""
+    p = group_policy(direction=Direction.OUT)
+    (msg,) = Batch().add_policy(p).encode()
+    assert not m.is_socket_policy(msg, 0, len(msg))
+    raw = bytearray(msg)
+    raw[16 + m.USERPOLICY_INFO.size - 8] = raw_dir
+    assert m.is_socket_policy(raw, 0, len(raw))
+    with pytest.raises(m.DecodeError, match="per-socket policy"):
+        m.decode_newpolicy(raw, 0, len(raw))
