@@ -12,7 +12,8 @@ under ``.fuzz/`` and the run exits 1.  One line per target, then a last line of 
 "crashes"}}, "crashes": N}``.
 
 Targets: ``wire`` (ISAKMP/GDOI decoder, gkm.wire), ``ikev2`` (IKEv2/G-IKEv2 decoder,
-gkm.ikev2), ``ikev2_sa_init`` (the IKE_SA_INIT/IKE_INTERMEDIATE engines, mutated datagrams), ``mainmode`` (IKEv1 Main Mode, a real
+gkm.ikev2), ``ikev2_sa_init`` (the IKE_SA_INIT/IKE_INTERMEDIATE engines, mutated datagrams),
+``ikev2_gsa_auth`` (the GSA_AUTH engines of both roles: mutated content under the real SK keys), ``mainmode`` (IKEv1 Main Mode, a real
 exchange with one message mutated in flight, both roles), ``pull`` (GROUPKEY-PULL at the key
 server and the member, mutated content under valid phase 1 encryption and HASH),
 ``push`` (the member's PushReceiver: mutated datagrams, and mutated content validly
@@ -155,6 +156,25 @@ def target_ikev2_sa_init():
             raise Crash(str(failures[0])[:300])
         return ok
     return list(seq), run
+
+
+def target_ikev2_gsa_auth():
+    import tempfile
+    from pathlib import Path
+
+    from tests.unit.test_ikev2_registration_fuzz import Transcript
+
+    t = Transcript(Path(tempfile.mkdtemp(prefix="msec-fuzz-gsa-")))
+
+    def run(data: bytes) -> bool:
+        failures: list = []
+        # the response flag of the mutated plaintext's header says which engine gets it
+        response = len(data) > 19 and data[19] & 0x20
+        ok = t.member_run(data, failures) if response else t.gcks_run(data, failures)
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return t.requests + t.responses, run
 
 
 def target_mainmode():
@@ -455,6 +475,7 @@ def target_ikev2_rekey():
 
 TARGETS: dict[str, Callable] = {
     "wire": target_wire, "ikev2": target_ikev2, "ikev2_sa_init": target_ikev2_sa_init,
+    "ikev2_gsa_auth": target_ikev2_gsa_auth,
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
     "member_state": target_member_state, "ikev2_rekey": target_ikev2_rekey,

@@ -9,6 +9,9 @@
 * :mod:`.kex`: P-256, X25519, ML-KEM-768; :mod:`.sa_init`: IKE_SA_INIT (+ ML-KEM-768 over
   IKE_INTERMEDIATE, RFC 9370) initiator and responder engines, COOKIE under load;
   :mod:`.events`: their events (``Ikev2Event``, a :class:`gkm.events.Event`).
+* :mod:`.intauth` (RFC 9242 IntAuth), :mod:`.auth` (AUTH: PSK, RFC 7427 signatures),
+  :mod:`.registration` (GSA_AUTH, member and GCKS), :mod:`.gsa_map` (group policy and keys <->
+  GSA/KD).
 * :mod:`.constants`: the registries.
 
 No sockets, clocks or state: engines built on these take bytes and time and return bytes.

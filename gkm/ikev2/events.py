@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 from gkm.events import Event
 
+from gkm.gdoi.events import Registered
+
+from .gsa_keys import WorkingKeyPath
+from .rekey_auth import SignatureAlgorithm
+from .rekey_sa import RekeySa
 from .keys import IkeKeys
 
 
@@ -22,7 +27,7 @@ class SaInitEstablished(Ikev2Event):
     payloads sign (RFC 7296 §2.15).  ``methods`` lists the key exchanges that fed the keys.
     ``intermediate`` holds the IKE_INTERMEDIATE request and response datagrams and
     ``intermediate_keys`` the keys that protected them, the inputs of the RFC 9242 §3.3.2
-    IntAuth values the AUTH payloads must also cover (not computed here yet)."""
+    IntAuth values the AUTH payloads must also cover (:mod:`.intauth`)."""
 
     peer: tuple
     spi_i: bytes
@@ -35,6 +40,7 @@ class SaInitEstablished(Ikev2Event):
     methods: tuple[int, ...] = ()
     intermediate: tuple[bytes, ...] = field(default=(), repr=False)
     intermediate_keys: IkeKeys | None = field(default=None, repr=False)
+    kwa: int = 0  # the key wrap algorithm negotiated (RFC 9838 §4.4.3), 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +56,45 @@ class CookieDemanded(Ikev2Event):
     no key exchange computed.  For logs (rate limited by the shell)."""
 
     peer: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class GsaRegistered(Ikev2Event):
+    """Member: GSA_AUTH completed (RFC 9838 §2.3).  ``registered`` is the same hand-off the GDOI
+    member engine takes (:class:`gkm.gdoi.events.Registered`: GroupTek, GroupKek, GAP delays;
+    ``seq`` is GSA_INITIAL_MESSAGE_ID - 1, None when 0); the rest is what a
+    :class:`~.rekey.RekeyReceiver` starts from: the Rekey SA, the signature algorithm and
+    AUTH_KEY that GSA_REKEY messages are checked with, and the member's Key Path."""
+
+    registered: Registered
+    spi_i: bytes
+    spi_r: bytes
+    rekey_sa: RekeySa | None = field(default=None, repr=False)
+    signature: SignatureAlgorithm | None = None
+    auth_key: bytes | None = field(default=None, repr=False)
+    key_path: WorkingKeyPath = field(default_factory=WorkingKeyPath, repr=False)
+
+    @property
+    def group_id(self) -> int:
+        return self.registered.group_id
+
+
+@dataclass(frozen=True, slots=True)
+class GsaRegistrationFailed(Ikev2Event):
+    """Member: GSA_AUTH ended without keys; ``notify`` the notification received or sent."""
+
+    group_id: int
+    peer: tuple
+    reason: str
+    notify: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GsaPeerRefused(Ikev2Event):
+    """GCKS: after GSA_AUTH the member told us (INFORMATIONAL) it refuses our answer:
+    AUTHENTICATION_FAILED (our identity or AUTH), NO_PROPOSAL_CHOSEN (the group's policy)."""
+
+    peer: tuple
+    spi_i: bytes
+    notify: int
+    reason: str

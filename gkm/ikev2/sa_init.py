@@ -23,7 +23,7 @@ Responder (one :class:`SaInitResponder` serves all peers):
 Decisions: the AUTH payloads of the next exchange must also cover the IKE_INTERMEDIATE messages
 (RFC 9242 §3.3.2 IntAuth); :class:`~.events.SaInitEstablished` hands over the two IKE_SA_INIT
 messages and the IKE_INTERMEDIATE datagrams with the keys that protected them, and computing
-IntAuth is the IKE_AUTH / GSA_AUTH engine's job (not written yet).  Retransmission timers on the initiator side are the shell's job
+IntAuth is the GSA_AUTH engine's job (:mod:`.intauth`, :mod:`.registration`).  Retransmission timers on the initiator side are the shell's job
 for now (``retransmit()``).
 """
 
@@ -57,10 +57,21 @@ class SaInitConfig:
     suite: Suite
     groups: tuple[KeyExchangeMethod, ...] = (KeyExchangeMethod.ECP256, KeyExchangeMethod.CURVE25519)
     mlkem: str = "optional"  # "no", "optional" or "required"
+    #: RFC 7427 §4 SIGNATURE_HASH_ALGORITHMS announced (empty: none): SHA2-256/384/512 and
+    #: "Identity" (RFC 8420, Ed25519); what :mod:`.auth` signs and verifies
+    signature_hashes: tuple[int, ...] = (2, 3, 4, 5)
+    #: G-IKEv2 key wrap algorithms (RFC 9838 §4.4.3: negotiated in IKE_SA_INIT), preferred
+    #: first; empty: none offered and a proposal with a KWA transform is not acceptable
+    kwa: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mlkem not in ("no", "optional", "required") or not self.groups:
             raise ValueError("mlkem must be no/optional/required and groups not empty")
+
+    def hash_notify(self) -> list[Notify]:
+        if not self.signature_hashes:
+            return []
+        return [Notify(0, NotifyType.SIGNATURE_HASH_ALGORITHMS, b"", b"".join(h.to_bytes(2, "big") for h in self.signature_hashes))]
 
     def proposal(self) -> SecurityAssociation:
         s = self.suite
@@ -73,6 +84,7 @@ class SaInitConfig:
             ts.append(Transform(TransformType.ADDKE1, KeyExchangeMethod.ML_KEM_768))
         if self.mlkem == "optional":
             ts.append(Transform(TransformType.ADDKE1, 0))  # NONE: the additional exchange is optional
+        ts += [Transform(TransformType.KWA, k) for k in self.kwa]
         return SecurityAssociation((Proposal(1, ProtocolId.IKE, b"", tuple(ts)),))
 
 
@@ -88,8 +100,12 @@ def _choose(config: SaInitConfig, offer: SecurityAssociation) -> tuple[SecurityA
         by_type: dict[int, list[Transform]] = {}
         for t in prop.transforms:
             by_type.setdefault(int(t.type), []).append(t)
-        if set(by_type) - {1, 2, 3, 4, 6}:
+        if set(by_type) - ({1, 2, 3, 4, 6, 13} if config.kwa else {1, 2, 3, 4, 6}):
             continue
+        kwas = {t.id for t in by_type.get(TransformType.KWA, ())}
+        kwa = next((k for k in config.kwa if k in kwas), None)
+        if kwas and kwa is None:
+            continue  # a peer that offers key wrap algorithms needs one of them
         picked = []
         for ttype, (tid, bits) in want.items():
             match = [t for t in by_type.get(ttype, ()) if t.id == tid and t.key_length == bits]
@@ -114,8 +130,15 @@ def _choose(config: SaInitConfig, offer: SecurityAssociation) -> tuple[SecurityA
             picked.append(Transform(TransformType.KE, group))
             if offered:
                 picked.append(Transform(TransformType.ADDKE1, add))
+            if kwa is not None:
+                picked.append(Transform(TransformType.KWA, kwa))
             return SecurityAssociation((Proposal(prop.number, ProtocolId.IKE, b"", tuple(picked)),)), group, add
     return "no acceptable proposal"
+
+
+def _kwa_of(sa: SecurityAssociation) -> int:
+    """The chosen key wrap algorithm, 0 if none was negotiated."""
+    return next((int(t.id) for t in sa.proposals[0].transforms if t.type == TransformType.KWA), 0)
 
 
 def _notify(msg, ntype) -> Notify | None:
@@ -159,6 +182,7 @@ class SaInitInitiator(_Engine):
         self._pq: KeyShare | None = None
         self._ctx: tuple = ()
         self._intermediate: tuple = ((), None)
+        self._kwa = 0
 
     def start(self, now: float) -> None:
         self._send_init()
@@ -172,6 +196,7 @@ class SaInitInitiator(_Engine):
         payloads = [self.config.proposal(), KeyExchange(self._group, self._share.public), Nonce(self.ni)]
         if self.config.mlkem != "no":
             payloads.append(Notify(0, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+        payloads += self.config.hash_notify()
         if self._cookie is not None:
             payloads.insert(0, Notify(0, NotifyType.COOKIE, b"", self._cookie))  # first (§2.6)
         self._request = encode_message(Header(self.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlags.INITIATOR, 0), payloads)
@@ -221,12 +246,13 @@ class SaInitInitiator(_Engine):
             return self._fail("IKE_SA_INIT response without SA, KE or Nonce")
         if len(sa.proposals) != 1:
             return self._fail("responder chose more than one proposal")
-        chosen = _choose(SaInitConfig(self.config.suite, (self._group,), self.config.mlkem), sa)
+        chosen = _choose(SaInitConfig(self.config.suite, (self._group,), self.config.mlkem, kwa=self.config.kwa), sa)
         if isinstance(chosen, str) or chosen[1] != ke.group or ke.group != self._group:
             return self._fail(f"responder's choice is not in our offer: {chosen if isinstance(chosen, str) else 'KE method'}")
         if not 16 <= len(nr.data) <= 256:
             return self._fail(f"responder nonce of {len(nr.data)} bytes (RFC 7296 §2.10)")
         add = next((t.id for t in sa.proposals[0].transforms if t.type == TransformType.ADDKE1), 0)
+        self._kwa = _kwa_of(sa)
         if self.config.mlkem == "required" and add != KeyExchangeMethod.ML_KEM_768:
             return self._fail("responder did not choose the required ML-KEM-768")
         self._keys = derive_ike_keys(self.config.suite, self.ni, nr.data, self._share.shared_secret(ke.data), self.spi_i, h.spi_r)
@@ -262,7 +288,7 @@ class SaInitInitiator(_Engine):
         self._state = "done"
         inter, inter_keys = self._intermediate
         self._events.append(SaInitEstablished(self.peer, self.spi_i, spi_r, self.ni, nr, m1, m2, self._keys, methods,
-                                              inter, inter_keys))
+                                              inter, inter_keys, self._kwa))
 
 
 # ------------------------------------------------------------------------------------ responder
@@ -280,6 +306,7 @@ class _HalfOpen:
     group: int
     mlkem: bool
     created: float
+    kwa: int = 0
     intermediate_request: bytes = b""
     intermediate_response: bytes = b""
 
@@ -395,12 +422,14 @@ class SaInitResponder(_Engine):
         payloads = [chosen_sa, KeyExchange(group, my_ke), Nonce(nr)]
         if add:
             payloads.append(Notify(0, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+        payloads += self.config.hash_notify()
         response = encode_message(Header(h.spi_i, spi_r, ExchangeType.IKE_SA_INIT, HeaderFlags.RESPONSE, 0), payloads)
         self._out.append((response, addr))
-        half = _HalfOpen(addr, spi_r, ni.data, nr, data, response, keys, int(group), bool(add), now)
+        half = _HalfOpen(addr, spi_r, ni.data, nr, data, response, keys, int(group), bool(add), now, _kwa_of(chosen_sa))
         self._half[(h.spi_i, addr)] = half
         if not add:
-            self._events.append(SaInitEstablished(addr, h.spi_i, spi_r, ni.data, nr, data, response, keys, (int(group),)))
+            self._events.append(SaInitEstablished(addr, h.spi_i, spi_r, ni.data, nr, data, response, keys, (int(group),),
+                                                  kwa=half.kwa))
 
     def _on_intermediate(self, msg, data: bytes, addr: tuple) -> None:
         h = msg.header
@@ -430,7 +459,7 @@ class SaInitResponder(_Engine):
         self._out.append((response, addr))
         self._events.append(SaInitEstablished(addr, h.spi_i, half.spi_r, half.ni, half.nr, half.request, half.response,
                                               half.keys, (half.group, int(KeyExchangeMethod.ML_KEM_768)),
-                                              (data, response), before))
+                                              (data, response), before, half.kwa))
 
     def _refuse_intermediate(self, half: _HalfOpen, h: Header, addr: tuple, reason: str) -> None:
         out_h = Header(h.spi_i, half.spi_r, ExchangeType.IKE_INTERMEDIATE, HeaderFlags.RESPONSE, 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gkm.ikev2 import ExchangeType, Header, HeaderFlags, KeyExchangeMethod as KEM, Nonce, NotifyType, decode_message
+from gkm.ikev2 import ExchangeType, Header, HeaderFlags, KeyExchangeMethod as KEM, Nonce, Notify, NotifyType, decode_message
 from gkm.ikev2 import sa_init as sa_init_module
 from gkm.ikev2.constants import Encr, Integ, Prf
 from gkm.ikev2.events import CookieDemanded, SaInitEstablished, SaInitFailed
@@ -242,3 +242,35 @@ def test_tampered_intermediate_is_dropped(direction):
     ei, er = run(ini, resp, tamper=flip)
     assert ei == []
     assert (er == []) if direction == "i" else isinstance(er[0], SaInitEstablished)
+
+
+def test_signature_hash_algorithms_are_announced_both_ways():
+    """RFC 7427 §4: both IKE_SA_INIT messages say which hashes RFC 7427 AUTH may use."""
+    ini, resp = pair(SaInitConfig(GCM, mlkem="no"), SaInitConfig(GCM, mlkem="no"))
+    [(req, _)] = ini.datagrams_to_send()
+    resp.receive_datagram(req, I_ADDR, 0.0)
+    [(answer, _)] = resp.datagrams_to_send()
+    for data in (req, answer):
+        n = [p for p in decode_message(data).payloads if isinstance(p, Notify) and p.type == NotifyType.SIGNATURE_HASH_ALGORITHMS]
+        assert len(n) == 1 and n[0].data == bytes.fromhex("0002000300040005")
+    quiet, _ = pair(SaInitConfig(GCM, mlkem="no", signature_hashes=()), SaInitConfig(GCM))
+    [(req, _)] = quiet.datagrams_to_send()
+    assert not any(isinstance(p, Notify) and p.type == NotifyType.SIGNATURE_HASH_ALGORITHMS for p in decode_message(req).payloads)
+
+
+def test_key_wrap_algorithm_negotiation():
+    """RFC 9838 §4.4.3: the KWA is negotiated in IKE_SA_INIT (a KWA transform in the IKE proposal)."""
+    from gkm.ikev2.constants import KeyWrap
+    both = (KeyWrap.KW_5649_256, KeyWrap.KW_5649_128)
+    ini, resp = pair(SaInitConfig(GCM, mlkem="no", kwa=both), SaInitConfig(GCM, mlkem="no", kwa=(KeyWrap.KW_5649_128,)))
+    ei, er = run(ini, resp)
+    assert ei[0].kwa == er[0].kwa == KeyWrap.KW_5649_128
+    ini, resp = pair(SaInitConfig(GCM, mlkem="no"), SaInitConfig(GCM, mlkem="no", kwa=both))
+    ei, er = run(ini, resp)
+    assert ei[0].kwa == er[0].kwa == 0  # a peer offering none: none (the registration's fallback)
+    ini, resp = pair(SaInitConfig(GCM, mlkem="no", kwa=(KeyWrap.KW_5649_192,)), SaInitConfig(GCM, mlkem="no", kwa=both))
+    ei, er = run(ini, resp)
+    assert isinstance(ei[0], SaInitFailed) and isinstance(er[0], SaInitFailed)  # no common KWA
+    ini, resp = pair(SaInitConfig(GCM, mlkem="no", kwa=both), SaInitConfig(GCM, mlkem="no"))
+    ei, er = run(ini, resp)
+    assert isinstance(er[0], SaInitFailed)  # a responder that knows no KWA cannot choose one

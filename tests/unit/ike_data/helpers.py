@@ -8,7 +8,7 @@ import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from gkm.ike import AuthMethod, CertCredential, HashAlg, Identity, MainMode, Phase1Config, Phase1Server, Proposal, PskStore, Role
@@ -28,6 +28,8 @@ def _name(cn: str) -> x509.Name:
 def _key(kind: str):
     if kind == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
     return ec.generate_private_key({"p256": ec.SECP256R1(), "p384": ec.SECP384R1(), "p521": ec.SECP521R1()}[kind])
 
 

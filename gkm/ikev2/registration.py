@@ -1,0 +1,481 @@
+"""GSA_AUTH (RFC 9838 §2.3.1): a member's registration on a new IKE SA, both roles, sans-I/O.
+It continues from :class:`~.events.SaInitEstablished` (IKE_SA_INIT [+ IKE_INTERMEDIATE]).
+
+::
+
+    GM   HDR, SK{IDi, [CERT+], AUTH, IDg, [N(GROUP_SENDER)]}           -->
+    GCKS                   <--  HDR, SK{IDr, [CERT+], AUTH, GSA, KD, [N(USE_TRANSPORT_MODE)]}
+                           <--  HDR, SK{IDr, [CERT+], AUTH, N(error)}    group errors
+                           <--  HDR, SK{N(AUTHENTICATION_FAILED)}        the GM did not authenticate
+
+AUTH (:mod:`.auth`): PSK (method 2) or RFC 7427 signatures (method 14), both covering IntAuth
+(:mod:`.intauth`).  Message ID: 1, or 1 + the number of IKE_INTERMEDIATE exchanges.
+
+Identities, as GDOI does it (:func:`gkm.gdoi.pull.peer_identity`): the identity the GCKS
+authorizes is the one bound to the key that authenticated the member (the verified
+certificate's subject, or the owner of the PSK the AUTH was made with, looked up by IDi),
+checked with ``GroupPolicy.authorizes`` and the key server's ``admit`` hook; the member checks
+the GCKS's identity with its ``accepts_key_server`` (``MemberGroup.accepts_key_server``).
+
+Failures end the exchange on both sides with a reason: the GCKS answers AUTHENTICATION_FAILED
+(alone, RFC 7296 §2.21.2), INVALID_GROUP_ID, AUTHORIZATION_FAILED (also a GROUP_SENDER
+request from an identity no TEK lets send), INVALID_SYNTAX, or TEMPORARY_FAILURE (the keys
+could not be read or recorded: RFC 9838's REGISTRATION_FAILED has no number in the RFC text,
+:mod:`.constants`).  The member that cannot accept the GCKS (AUTH, identity) or the group's
+policy tells it in an INFORMATIONAL request (AUTHENTICATION_FAILED, NO_PROPOSAL_CHOSEN; RFC
+9838 suggests a GSA_REGISTRATION for the latter, which msec does not speak yet), which the
+GCKS answers and reports (:class:`~.events.GsaPeerRefused`).
+
+Unauthenticated input (no such IKE SA, SK integrity failure) is dropped without a trace; a
+byte-identical retransmitted request gets the stored response (no second enrollment).  The
+GCKS enrolls a member (:meth:`~gkm.gdoi.provider.GroupKeysProvider.enroll`, one durable
+commit) before it answers; nothing changes before the member's AUTH verified.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+from cryptography import x509
+
+from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered
+from gkm.gdoi.phase1 import ike_identity, load_certificate
+from gkm.gdoi.provider import GroupKeysProvider, StaleKeys
+from gkm.gdoi.pull import member_key
+from gkm.ike.config import Identity as WireId
+from policy.identity import Decision
+from policy import model
+from policy.model import GroupPolicy, Identity
+
+from . import auth as A
+from .constants import AuthMethod, CertEncoding, ExchangeType, HeaderFlags, IdType, NotifyType
+from .errors import WireError
+from .events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, Ikev2Event, SaInitEstablished
+from .gsa import GroupSa, KeyDownload
+from .gsa_map import (
+    MappingError, group_payloads, may_send, read_group, registration_kwa, rekey_sa_for, transport_mode, unicast_gsk_w,
+    unicast_kwa,
+)
+from .intauth import intauth_for
+from .message import Header, decode_message
+from .payloads import Authentication, Certificate, IdGroup, IdInitiator, IdResponder, Notify
+from .rekey_sa import RekeySa
+from .sk import SkCipher, protect, unprotect
+
+log = logging.getLogger("gkm.ikev2")
+
+__all__ = ["MemberAuthConfig", "GcksAuthConfig", "GsaAuthInitiator", "GsaAuthResponder", "member_auth_config", "gcks_auth_config"]
+
+Credential = A.PskAuth | A.CertAuth
+
+
+def _name(n: int) -> str:
+    return NotifyType(n).name if n in NotifyType._value2member_map_ else str(n)
+
+
+def _ids(ident: WireId, cls):
+    return cls(ident.type, ident.data)
+
+
+def _certs(cred: Credential) -> tuple:
+    if isinstance(cred, A.CertAuth):
+        return tuple(Certificate(CertEncoding.X509_SIGNATURE, d) for d in cred.credential.der_chain)
+    return ()
+
+
+def _make_auth(cred: Credential, prf_id: int, octets: bytes, psk: bytes | None = None) -> Authentication:
+    if isinstance(cred, A.CertAuth):
+        return Authentication(AuthMethod.DIGITAL_SIGNATURE, A.sign(cred.credential.private_key, octets))
+    return Authentication(AuthMethod.PSK, A.psk_auth(prf_id, psk if psk is not None else cred.secret, octets))
+
+
+def _host(addr: Any) -> str:
+    return str(addr[0] if isinstance(addr, tuple) else addr)
+
+
+def _address(addr: Any):
+    try:
+        return ipaddress.ip_address(_host(addr))
+    except ValueError:
+        return None
+
+
+def describe_id(p) -> str:
+    return A.describe(WireId(int(p.id_type), bytes(p.data)))
+
+
+def _check_peer_auth(msg, id_payload, prf_id: int, octets: bytes, *, psk: bytes | None,
+                     anchors: tuple, when: datetime, addr: Any) -> Identity:
+    """Verify the peer's AUTH; returns the identity bound to the key that made it."""
+    au = msg.get(Authentication)
+    wire_id = WireId(int(id_payload.id_type), bytes(id_payload.data))
+    if au.method == AuthMethod.PSK:
+        if psk is None:
+            raise A.AuthFailed(f"no pre-shared key for {describe_id(id_payload)}")
+        if not A.compare(A.psk_auth(prf_id, psk, octets), au.data):
+            raise A.AuthFailed(f"AUTH of {describe_id(id_payload)} does not verify with its pre-shared key")
+        try:
+            return Identity.from_id_payload(wire_id.type, wire_id.data, _address(addr))
+        except ValueError as e:
+            raise A.AuthFailed(str(e)) from None
+    if au.method == AuthMethod.DIGITAL_SIGNATURE:
+        certs = [c.data for c in msg.all(Certificate) if c.encoding == CertEncoding.X509_SIGNATURE]
+        leaf = A.verify_certificate(certs, wire_id, anchors, when)
+        try:
+            key = leaf.public_key()
+        except Exception as e:  # UnsupportedAlgorithm: a key type cryptography does not know
+            raise A.AuthFailed(f"certificate key not usable: {e}") from None
+        A.verify_signature(key, au.data, octets)
+        return Identity.from_x509_name(leaf.subject, _address(addr))
+    raise A.AuthFailed(f"AUTH method {int(au.method)} is not supported (PSK or RFC 7427 signatures)")
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self._out: list[tuple[bytes, Any]] = []
+        self._events: list[Ikev2Event | MemberRegistered | MemberRefused] = []
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self):
+        return self._events.pop(0) if self._events else None
+
+
+# ------------------------------------------------------------------------------------ member
+
+
+@dataclass(frozen=True)
+class MemberAuthConfig:
+    group_id: int
+    credential: Credential
+    accepts_key_server: Callable[[Identity], Decision]  # MemberGroup.accepts_key_server
+    trust_anchors: tuple[x509.Certificate, ...] = ()
+    sender: bool = False  # send GROUP_SENDER: install the TEKs outbound too
+    wall_time_offset: float = 0.0
+
+
+class GsaAuthInitiator(_Engine):
+    """The member's GSA_AUTH on one established IKE SA."""
+
+    def __init__(self, config: MemberAuthConfig, sa: SaInitEstablished) -> None:
+        super().__init__()
+        self.config = config
+        self.sa = sa
+        self.mid = 1 + len(sa.intermediate) // 2
+        self._intauth = intauth_for(sa.intermediate, sa.intermediate_keys).octets(self.mid)
+        self._state = "idle"
+        self._request = b""
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def _header(self, exchange: int, mid: int, response: bool = False) -> Header:
+        flags = HeaderFlags.INITIATOR | (HeaderFlags.RESPONSE if response else 0)
+        return Header(self.sa.spi_i, self.sa.spi_r, exchange, flags, mid)
+
+    def start(self, now: float) -> None:
+        c, sa = self.config, self.sa
+        ident = c.credential.id if isinstance(c.credential, A.CertAuth) else c.credential.identity
+        idi = _ids(ident, IdInitiator)
+        octets = A.signed_octets(sa.message1, sa.nr, sa.keys, True, idi.encode(), self._intauth)
+        payloads = [idi, *_certs(c.credential), _make_auth(c.credential, sa.keys.suite.prf, octets),
+                    IdGroup(IdType.KEY_ID, c.group_id.to_bytes(4, "big"))]
+        if c.sender:
+            payloads.append(Notify(0, NotifyType.GROUP_SENDER))
+        h = self._header(ExchangeType.GSA_AUTH, self.mid)
+        self._request = protect(h, tuple(payloads), SkCipher.for_message(sa.keys, h))
+        self._state = "sent"
+        self._out.append((self._request, sa.peer))
+
+    def retransmit(self) -> None:
+        if self._state == "sent":
+            self._out.append((self._request, self.sa.peer))
+
+    def _fail(self, reason: str, notify: int | None = None, tell: int | None = None) -> None:
+        self._state = "failed"
+        if tell is not None:  # INFORMATIONAL request telling the GCKS why (RFC 7296 §2.21.2)
+            h = self._header(ExchangeType.INFORMATIONAL, self.mid + 1)
+            self._out.append((protect(h, (Notify(0, tell),), SkCipher.for_message(self.sa.keys, h)), self.sa.peer))
+        log.warning("g-ikev2 member group %s: registration with %r failed: %s", self.config.group_id, self.sa.peer, reason)
+        self._events.append(GsaRegistrationFailed(self.config.group_id, self.sa.peer, reason, notify if notify is not None else tell))
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if addr != self.sa.peer or self._state != "sent":
+            return
+        try:
+            h = decode_message(data).header
+            if (h.exchange != ExchangeType.GSA_AUTH or not h.response or h.initiator or h.message_id != self.mid
+                    or (h.spi_i, h.spi_r) != (self.sa.spi_i, self.sa.spi_r)):
+                return
+            msg = unprotect(data, SkCipher.for_sender(self.sa.keys, initiator=False))
+        except WireError:
+            return  # not from the holder of the keys (or broken in transit): a retransmission may follow
+        self._on_response(msg, bytes(data), now)
+
+    def _on_response(self, msg, data: bytes, now: float) -> None:
+        c, sa = self.config, self.sa
+        errors = [n for n in msg.all(Notify) if n.is_error]
+        idr, au = msg.get(IdResponder), msg.get(Authentication)
+        if idr is None or au is None:
+            if errors:
+                return self._fail(f"GCKS refused: {_name(errors[0].type)}", int(errors[0].type))
+            return self._fail("GSA_AUTH response without IDr or AUTH", tell=NotifyType.INVALID_SYNTAX)
+        octets = A.signed_octets(sa.message2, sa.ni, sa.keys, False, idr.encode(), self._intauth)
+        psk = c.credential.secret if isinstance(c.credential, A.PskAuth) else None
+        when = datetime.fromtimestamp(now + c.wall_time_offset, timezone.utc)
+        try:
+            if isinstance(c.credential, A.PskAuth) and au.method != AuthMethod.PSK:
+                raise A.AuthFailed("the GCKS answered a PSK registration with a signature")
+            gcks = _check_peer_auth(msg, idr, sa.keys.suite.prf, octets, psk=psk, anchors=c.trust_anchors, when=when, addr=sa.peer)
+        except A.AuthFailed as e:
+            return self._fail(f"GCKS not authenticated: {e.reason}", tell=NotifyType.AUTHENTICATION_FAILED)
+        decision = c.accepts_key_server(gcks)
+        if not decision.allowed:
+            return self._fail(decision.reason, tell=NotifyType.AUTHENTICATION_FAILED)
+        if errors:
+            return self._fail(f"GCKS {gcks} refused: {_name(errors[0].type)}", int(errors[0].type))
+        gsa, kd = msg.get(GroupSa), msg.get(KeyDownload)
+        if gsa is None or kd is None:
+            return self._fail("GSA_AUTH response without GSA or KD", tell=NotifyType.INVALID_SYNTAX)
+        transport = any(n.type == NotifyType.USE_TRANSPORT_MODE for n in msg.all(Notify))
+        try:
+            got = read_group(c.group_id, gsa, kd, sa.keys, sender=c.sender, transport=transport, negotiated_kwa=sa.kwa)
+        except MappingError as e:
+            return self._fail(f"unusable group policy or keys: {e}", tell=NotifyType.NO_PROPOSAL_CHOSEN)
+        self._state = "done"
+        first = got.rekey_sa.initial_message_id if got.rekey_sa is not None else 0
+        reg = Registered(c.group_id, got.teks, got.kek, first - 1 if first else None, None, sa.peer, gcks,
+                         sa.spi_i + sa.spi_r, got.gap)
+        log.info("g-ikev2 member group %s: registered with %s at %r: %d TEK(s)%s", c.group_id, gcks, sa.peer,
+                 len(got.teks), ", Rekey SA" if got.kek else "")
+        self._events.append(GsaRegistered(reg, sa.spi_i, sa.spi_r, got.rekey_sa, got.signature, got.auth_key, got.key_path))
+
+
+# ------------------------------------------------------------------------------------ GCKS
+
+
+@dataclass(frozen=True)
+class GcksAuthConfig:
+    credential: Credential  # the GCKS's own: PSK (its IDr, the secret is each member's) or certificate
+    psks: Mapping[WireId, bytes] = field(default_factory=dict, repr=False)  # member ID_KEY_ID -> secret
+    trust_anchors: tuple[x509.Certificate, ...] = ()
+    rekey_source: tuple[str, int] | None = None
+    wall_time_offset: float = 0.0
+    max_sas: int = 4096
+    sa_lifetime: float = 60.0  # an established IKE SA waits this long for its GSA_AUTH
+
+
+@dataclass(slots=True)
+class _Sa:
+    est: SaInitEstablished
+    created: float
+    mid: int
+    intauth: bytes
+    request: bytes = b""
+    response: bytes = b""
+    informational: tuple[bytes, bytes] = (b"", b"")
+
+
+class GsaAuthResponder(_Engine):
+    """The GCKS side of every member's GSA_AUTH.  Feed it the IKE SAs its
+    :class:`~.sa_init.SaInitResponder` established (:meth:`add_sa`), then datagrams."""
+
+    def __init__(self, config: GcksAuthConfig, groups: Mapping[int, GroupPolicy], keys: GroupKeysProvider, *,
+                 admit: Callable[[GroupPolicy, Identity], str | None] | None = None,
+                 rekey_message_id: Callable[[GroupPolicy, bytes], int] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.groups = dict(groups)
+        self.keys = keys
+        #: the key server's own refusals after the group policy admitted a member (deny list...)
+        self.admit = admit
+        #: (group, Rekey SA SPI) -> the GSA_REKEY sender's current Message ID on that Rekey SA
+        #: (GSA_INITIAL_MESSAGE_ID; ``RekeySender.message_id``); None: 0, no GSA_REKEY sent yet
+        self.rekey_message_id = rekey_message_id
+        self._sas: OrderedDict[tuple[bytes, bytes], _Sa] = OrderedDict()
+        self.stats: Counter[str] = Counter()
+
+    def add_sa(self, est: SaInitEstablished, now: float) -> None:
+        while len(self._sas) >= self.config.max_sas:
+            self._sas.popitem(last=False)
+            self.stats["evicted"] += 1
+        mid = 1 + len(est.intermediate) // 2
+        self._sas[(est.spi_i, est.spi_r)] = _Sa(est, now, mid, intauth_for(est.intermediate, est.intermediate_keys).octets(mid))
+
+    def expire(self, now: float) -> None:
+        for k in [k for k, s in self._sas.items() if now - s.created > self.config.sa_lifetime]:
+            del self._sas[k]
+
+    @property
+    def sa_count(self) -> int:
+        return len(self._sas)
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        try:
+            h = decode_message(data).header
+        except WireError:
+            self.stats["dropped"] += 1
+            return
+        s = self._sas.get((h.spi_i, h.spi_r))
+        if s is None or addr != s.est.peer or h.response or not h.initiator:
+            self.stats["dropped"] += 1
+            return
+        data = bytes(data)
+        if h.exchange == ExchangeType.GSA_AUTH and h.message_id == s.mid:
+            if s.request:
+                if A.compare(s.request, data):
+                    self._out.append((s.response, addr))  # retransmission: the same answer
+                    self.stats["retransmitted"] += 1
+                else:
+                    self.stats["dropped"] += 1
+                return
+            try:
+                msg = unprotect(data, SkCipher.for_sender(s.est.keys, initiator=True))
+            except WireError:
+                self.stats["dropped"] += 1
+                return
+            self._on_request(s, msg, data, addr, now)
+        elif h.exchange == ExchangeType.INFORMATIONAL and h.message_id == s.mid + 1 and s.request:
+            self._on_informational(s, data, addr)
+        else:
+            self.stats["dropped"] += 1
+
+    def _respond(self, s: _Sa, request: bytes, payloads: tuple) -> None:
+        est = s.est
+        h = Header(est.spi_i, est.spi_r, ExchangeType.GSA_AUTH, HeaderFlags.RESPONSE, s.mid)
+        s.request, s.response = request, protect(h, payloads, SkCipher.for_message(est.keys, h))
+        self._out.append((s.response, est.peer))
+
+    def _refuse(self, s: _Sa, request: bytes, payloads: tuple, gid: int, identity: Identity | None, reason: str, notify: int) -> None:
+        self.stats["refused"] += 1
+        log.warning("g-ikev2 gcks: refused %s from %r for group %s: %s (%s)", identity, s.est.peer, gid, reason, _name(notify))
+        self._respond(s, request, payloads + (Notify(0, notify),))
+        self._events.append(MemberRefused(gid, identity, s.est.peer, reason, int(notify)))
+
+    def _on_request(self, s: _Sa, msg, data: bytes, addr: Any, now: float) -> None:
+        c, est = self.config, s.est
+        idi, au, idg = msg.get(IdInitiator), msg.get(Authentication), msg.get(IdGroup)
+        if idi is None or au is None or idg is None:
+            return self._refuse(s, data, (), 0, None, "GSA_AUTH request without IDi, AUTH or IDg", NotifyType.INVALID_SYNTAX)
+        gid = int.from_bytes(idg.data, "big") if idg.id_type == IdType.KEY_ID and len(idg.data) == 4 else 0
+        octets = A.signed_octets(est.message1, est.nr, est.keys, True, idi.encode(), s.intauth)
+        psk = c.psks.get(WireId(int(idi.id_type), bytes(idi.data))) if au.method == AuthMethod.PSK else None
+        when = datetime.fromtimestamp(now + c.wall_time_offset, timezone.utc)
+        try:
+            identity = _check_peer_auth(msg, idi, est.keys.suite.prf, octets, psk=psk, anchors=c.trust_anchors, when=when, addr=addr)
+        except A.AuthFailed as e:  # RFC 7296 §2.21.2: the notification alone, no IDr / AUTH
+            return self._refuse(s, data, (), gid, None, f"member {describe_id(idi)} not authenticated: {e.reason}",
+                                NotifyType.AUTHENTICATION_FAILED)
+        ident = c.credential.id if isinstance(c.credential, A.CertAuth) else c.credential.identity
+        idr = _ids(ident, IdResponder)
+        r_octets = A.signed_octets(est.message2, est.ni, est.keys, False, idr.encode(), s.intauth)
+        mine = (idr, *_certs(c.credential), _make_auth(c.credential, est.keys.suite.prf, r_octets, psk))
+        group = self.groups.get(gid)
+        if group is None:
+            why = f"unknown group {gid}" if gid else f"IDg of type {int(idg.id_type)} with {len(idg.data)} bytes (need ID_KEY_ID, 4-octet group number)"
+            return self._refuse(s, data, mine, gid, identity, why, NotifyType.INVALID_GROUP_ID)
+        decision = group.authorizes(identity)
+        if not decision.allowed:
+            return self._refuse(s, data, mine, gid, identity, decision.reason, NotifyType.AUTHORIZATION_FAILED)
+        refusal = self.admit(group, identity) if self.admit is not None else None
+        if refusal is not None:
+            return self._refuse(s, data, mine, gid, identity, f"group {group.label}: may not join: {refusal}", NotifyType.AUTHORIZATION_FAILED)
+        if any(n.type == NotifyType.GROUP_SENDER for n in msg.all(Notify)) and not may_send(group, identity):
+            return self._refuse(s, data, mine, gid, identity, f"group {group.label}: {identity} may not send", NotifyType.AUTHORIZATION_FAILED)
+        wall = int(now + c.wall_time_offset)
+        try:
+            transport = transport_mode(group)
+            for attempt in (1, 2):
+                keys = self.keys.peek(group, wall)
+                try:
+                    # one durable commit at the end of the block; any exception in it (a group
+                    # this IKE SA cannot carry included) undoes the enrollment
+                    with self.keys.batch():
+                        enr = self.keys.enroll(group, keys, member_key(identity), _host(addr), wall)
+                        kwa = registration_kwa(group, enr, est.kwa)
+                        rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall)
+                        gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa)
+                    break
+                except StaleKeys:
+                    if attempt == 2:
+                        raise
+        except MappingError as e:  # the group cannot be sent over this IKE SA (configuration)
+            self.stats["keys_unavailable"] += 1
+            log.warning("g-ikev2 gcks: group %s: %s, %s refused", group.group_id, e, identity)
+            return self._refuse(s, data, mine, gid, identity, f"group not expressible here: {e}", NotifyType.TEMPORARY_FAILURE)
+        except Exception as e:  # store, signing key trouble: ours, not the member's
+            self.stats["keys_unavailable"] += 1
+            log.error("g-ikev2 gcks: group %s: keys unavailable, %s refused: %r", group.group_id, identity, e)
+            return self._refuse(s, data, mine, gid, identity, f"keys unavailable: {e}", NotifyType.TEMPORARY_FAILURE)
+        extra = (Notify(0, NotifyType.USE_TRANSPORT_MODE),) if transport else ()
+        self._respond(s, data, mine + (gsa, kd) + extra)
+        self.stats["registered"] += 1
+        log.info("g-ikev2 gcks: %s from %r registered in group %s", identity, addr, gid)
+        self._events.append(MemberRegistered(gid, identity, addr, tuple(t.spi for t in keys.teks), enr.lkh_update))
+
+    def _rekey_sa(self, group: GroupPolicy, keys, kwa: int, wall: int) -> RekeySa | None:
+        if group.kek is None or keys.kek is None:
+            return None
+        first = self.rekey_message_id(group, bytes(keys.kek.spi)) if self.rekey_message_id is not None else 0
+        return rekey_sa_for(group, keys, kwa, wall, self.config.rekey_source, first)
+
+    def _on_informational(self, s: _Sa, data: bytes, addr: Any) -> None:
+        est = s.est
+        if s.informational[0]:
+            if A.compare(s.informational[0], data):
+                self._out.append((s.informational[1], addr))
+            return
+        try:
+            msg = unprotect(data, SkCipher.for_sender(est.keys, initiator=True))
+        except WireError:
+            self.stats["dropped"] += 1
+            return
+        h = Header(est.spi_i, est.spi_r, ExchangeType.INFORMATIONAL, HeaderFlags.RESPONSE, s.mid + 1)
+        response = protect(h, (), SkCipher.for_message(est.keys, h))
+        s.informational = (data, response)
+        self._out.append((response, addr))
+        for n in msg.all(Notify):
+            if n.is_error:
+                reason = f"the member refused our GSA_AUTH answer: {_name(n.type)}"
+                log.warning("g-ikev2 gcks: %r: %s", addr, reason)
+                self._events.append(GsaPeerRefused(addr, est.spi_i, int(n.type), reason))
+
+
+# ------------------------------------------------------------------------------------ from policy
+
+
+def member_auth_config(group: model.MemberGroup, *, sender: bool = False, **kw: Any) -> MemberAuthConfig:
+    """A member group's GSA_AUTH configuration from its policy (files read here, as
+    :func:`gkm.gdoi.phase1.phase1_config` does for GDOI)."""
+    cred = group.credentials
+    if isinstance(cred, model.PskCredential):
+        auth, anchors = A.PskAuth(WireId.key_id(cred.identity.encode()), cred.secret.reveal()), ()
+    else:
+        credential, anchors = load_certificate(cred)
+        auth = A.CertAuth(credential)
+    return MemberAuthConfig(group.group_id, auth, group.accepts_key_server, anchors, sender, **kw)
+
+
+def gcks_auth_config(settings: model.KeyServerSettings, **kw: Any) -> GcksAuthConfig:
+    """The GCKS's GSA_AUTH configuration from the key server's policy: its certificate if it has
+    one (else it answers PSK members under ``settings.identity`` or its first listen address),
+    the members' PSKs by their ID_KEY_ID."""
+    psks = {WireId.key_id(p.identity.encode()): p.secret.reveal() for p in settings.psks}
+    anchors: tuple = ()
+    if settings.certificate is not None:
+        credential, anchors = load_certificate(settings.certificate)
+        ident = ike_identity(settings.identity) if settings.identity is not None else None
+        return GcksAuthConfig(A.CertAuth(credential, ident), psks, anchors, **kw)
+    if settings.identity is not None:
+        ident = ike_identity(settings.identity)
+    else:
+        ident = WireId.ip(str(settings.listen[0]))
+    return GcksAuthConfig(A.PskAuth(ident, b""), psks, anchors, **kw)
