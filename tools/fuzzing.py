@@ -383,10 +383,30 @@ def target_xfrm():
     return seeds, run
 
 
+def target_push_ack():
+    from tests.unit.test_push_ack_fuzz import _delivery, check, seeds
+
+    s = seeds()
+    genuine, d, count = set(s), _delivery(), [0]
+
+    def run(data: bytes) -> bool:
+        nonlocal d
+        count[0] += 1
+        if count[0] % 5000 == 0:
+            d = _delivery()
+        failures: list = []
+        ok = check(data, d, genuine, failures)
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return s, run
+
+
 TARGETS: dict[str, Callable] = {
     "wire": target_wire, "ikev2": target_ikev2, "ikev2_sa_init": target_ikev2_sa_init,
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
+    "push_ack": target_push_ack,
 }
 
 

@@ -247,7 +247,10 @@ class KeyServerRole:
         match ev:
             case MemberRegistered():
                 self.registrations += 1
-                self.groups.registered(ev.group_id, ev.tek_spis, member_key(ev.identity),
+                # the store's key of the member (test engines give it as the string itself)
+                key = member_key(ev.identity) if isinstance(ev.identity, pm.Identity) \
+                    else str(ev.identity)
+                self.groups.registered(ev.group_id, ev.tek_spis, key,
                                        host_of(ev.addr[0]) if ev.addr else None)
                 spis = (" (TEK SPI " + ", ".join(f"0x{x:08x}" for x in ev.tek_spis) + ")"
                         if ev.tek_spis else "")

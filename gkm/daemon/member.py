@@ -155,6 +155,9 @@ class MemberSession:
             "rekey_socket": self._listening, "rekey_error": e.listen_error,
             "activation_delay": e.activation_delay, "deactivation_delay": e.deactivation_delay,
             "gap_from_key_server": e.gap_delays != (None, None),
+            # GROUPKEY-PUSH datagrams accepted, refused, copies dropped, ACKs sent (this KEK)
+            "push": dict(e.push.stats) if e.push is not None else None,
+            "acks_requested": bool(e.push is not None and e.push.kek.ack_requested),
         }
 
     # -- life cycle
@@ -210,6 +213,8 @@ class MemberSession:
                     t = self._reg_transport
                     if t is not None and not t.is_closing():
                         t.sendto(data, (addr[0], addr[1]))
+                for data, addr in e.push_datagrams_to_send():  # GROUPKEY-PUSH-ACKs
+                    self.daemon.rekey_sockets.send(self, data, (addr[0], addr[1]))
                 while (ev := e.next_event()) is not None:
                     self._log(ev)
                 act = e.next_action()
@@ -368,7 +373,9 @@ class MemberSession:
         self._reg_task = None
         log.info("group %s: registering with key server %s", self.label, ks)
         try:
-            e.registration_opened(addr, self._now())
+            e.registration_opened(addr, self._now(),
+                                  local_address=_source_address(family, addr,
+                                                                self.group.interface))
         except EngineUnavailable as err:  # pragma: no cover - the engine catches it
             log.error("group %s: %s", self.label, err)
         self._pump()
@@ -435,6 +442,19 @@ class RekeySockets:
                     membership = None
         rs.members[session] = membership
 
+    def send(self, session: MemberSession, data: bytes, dest) -> None:
+        """A datagram from ``session``'s rekey socket (its ACKs leave from the rekey port, RFC
+        8263 section 3); dropped if the socket's buffer is full (the key server retransmits)."""
+        fam = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
+        for (family, _port), rs in self._socks.items():
+            if family == fam and session in rs.members:
+                try:
+                    rs.sock.sendto(data, dest)
+                except OSError as e:
+                    log.debug("group %s: GROUPKEY-PUSH-ACK to %s not sent: %s", session.label,
+                              dest[0], e)
+                return
+
     def leave(self, session: MemberSession) -> None:
         for key, rs in list(self._socks.items()):
             if session not in rs.members:
@@ -480,6 +500,20 @@ class RekeySockets:
                 log.debug("rekey socket: datagram from %s for no group of ours", addr[0])
                 continue
             target.on_push_datagram(data, (addr[0], addr[1]))
+
+
+def _source_address(family: int, dest, interface: str | None) -> str | None:
+    """The address the kernel sends from toward ``dest`` (a connected UDP socket sends
+    nothing): the member's address in its GROUPKEY-PUSH-ACKs."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            if interface:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+            s.connect((dest[0], dest[1]))
+            return s.getsockname()[0].split("%", 1)[0]
+    except OSError as e:
+        log.debug("no source address toward %s: %s (no GROUPKEY-PUSH-ACKs)", dest[0], e)
+        return None
 
 
 def _membership(sock: socket.socket, addr, ifindex: int, *, join: bool) -> None:

@@ -6,6 +6,8 @@ timing, the GROUPKEY-PUSH receiver (:class:`~gkm.gdoi.push.PushReceiver`) and th
 plan.  It does no I/O: the shell feeds it datagrams, time and the kernel's answers, and pulls
 
 * ``datagrams_to_send()``: ``[(bytes, addr)]`` for the registration socket;
+* ``push_datagrams_to_send()``: ``[(bytes, addr)]`` for the rekey socket (GROUPKEY-PUSH-ACKs,
+  RFC 8263: sent from the port the PUSH came to, to the address and port it came from);
 * ``next_action()``: what the shell must do, in order (:class:`MemberAction` subclasses:
   open/close the registration socket, listen for PUSH, install/activate/remove SAs);
 * ``next_event()``: what happened, for logs (:class:`~gkm.events.MemberEvent` subclasses);
@@ -307,12 +309,20 @@ class MemberEngine:
         self._ref = 0
         self._actions: deque[MemberAction] = deque()
         self._events: deque[MemberEvent] = deque()
+        #: our address toward the key server (the shell's, at registration_opened): the ID of
+        #: our GROUPKEY-PUSH-ACKs (RFC 8263 section 3.4)
+        self.local_address: str | None = None
+        self._push_out: list[tuple[bytes, Any]] = []
 
     # -- outputs ------------------------------------------------------------------------------
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
         if self.registration is None:
             return []
         return self.registration.datagrams_to_send()
+
+    def push_datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        out, self._push_out = self._push_out, []
+        return out
 
     def next_action(self) -> MemberAction | None:
         return self._actions.popleft() if self._actions else None
@@ -389,10 +399,13 @@ class MemberEngine:
         self._connect(now)
 
     # -- the shell's answers ------------------------------------------------------------------
-    def registration_opened(self, addr: Any, now: float) -> None:
+    def registration_opened(self, addr: Any, now: float, local_address: str | None = None) -> None:
+        """``local_address``: the address our datagrams to ``addr`` leave from (the ID of our
+        GROUPKEY-PUSH-ACKs; None: unknown, no ACKs)."""
         if self.state is not MemberState.CONNECTING or not self._open_pending:
             raise RefusedInput(f"registration_opened() while {self.state.value}")
         self._open_pending = False
+        self.local_address = local_address
         try:
             self.registration = self._new_registration(self.group, addr, now)
         except Exception as e:  # engine construction (credentials, ...)
@@ -483,6 +496,8 @@ class MemberEngine:
             return
         receiver = self.push  # KekDeleted/Evicted drop it, its last events still count
         receiver.receive_datagram(data, addr, now)
+        # ACKs first: RFC 8263 section 4 sends one even for a PUSH deleting its KEK
+        self._push_out += receiver.datagrams_to_send()
         events = []
         while (ev := receiver.next_event()) is not None:
             events.append(ev)
@@ -623,6 +638,8 @@ class MemberEngine:
             self.kek_expires_at = now + ev.kek.lifetime_s
             try:
                 self.push = self._new_push_receiver(self.group, ev)
+                if self.local_address is not None:
+                    self.push.acknowledge_as(self.local_address)
             except Exception as e:
                 self.push = None
                 self.listen_error = f"cannot receive GROUPKEY-PUSH: {e}"

@@ -85,10 +85,21 @@ class FakePush:
         self.kek = kek
         self.queue = []
         self.events = []
+        self.acks = []  # what datagrams_to_send gives after the next datagram
+        self.out = []
+        self.ack_address = None
+
+    def acknowledge_as(self, address):
+        self.ack_address = address
 
     def receive_datagram(self, data, addr, now):
         self.events.extend(self.queue)
         self.queue = []
+        self.out, self.acks = self.acks, []
+
+    def datagrams_to_send(self):
+        out, self.out = self.out, []
+        return out
 
     def next_event(self):
         return self.events.pop(0) if self.events else None
