@@ -367,13 +367,17 @@ class KeyServerRole:
         the deny list, still registered until the batch rekey goes out."""
         if self.store is None:
             return []
-        delivery = self.groups.delivery_members(group_id)
         out = {m.identity: {"identity": m.identity, "state": "registered",
                             "address": m.address, "registered_at": m.registered_at}
                for m in self.store.members(group_id)}
-        for identity, row in out.items():
-            d = delivery.get(identity)
-            if d is not None:  # unicast delivery with ACKs (soft state, gkm.group.delivery)
+        g = self.settings.group(group_id)
+        if g is not None and g.kek is not None and g.kek.unicast:
+            # unicast delivery with ACKs (soft state, gkm.group.delivery): "lost" = nothing
+            # is sent to it until it registers again
+            delivery = self.groups.delivery_members(group_id)
+            for identity, row in out.items():
+                d = delivery.get(identity) or {"last_acked_seq": None, "missed_rekeys": 0,
+                                               "lost": False, "unacknowledged": []}
                 row.update(d)
                 if d["lost"]:
                     row["state"] = "lost"
