@@ -281,6 +281,11 @@ class KeyServerRole:
                     and self.store.current_kek(g.group_id) is not None:
                 info["seq"] = self.store.current_seq(g.group_id)
                 info["kek_spi"] = self.store.current_kek(g.group_id).spi.hex()
+            d = self.groups.deliveries.get(g.group_id)
+            if g.kek is not None:
+                info["delivery"] = {"mode": g.kek.rekey_delivery,
+                                    "queued": d.queued if d is not None else 0,
+                                    **(d.stats if d is not None else {})}
             ctl = self.groups.controllers.get(g.group_id)
             if ctl is not None:
                 info["controller"] = ctl.state.value
