@@ -18,11 +18,11 @@ Keys (RFC 8263 section 3.2)::
 * ``base_key``: REKEY_ACK_KEK_*: the KEK_ALGORITHM_KEY that decrypted the PUSH *without* its
   IV (the key, RFC 8263 section 2.1).  The LKH types (2, 4) are not requested by msec.
 * ``SPI``: the PUSH's cookies (the KEK SPI that protected it), copied into the ACK's header.
-* ``L``: two octets, big-endian.  Decision (the RFC is self-contradictory: "the number of bits
+* ``L``: two octets, big-endian.  Decision (docs/decisions/wire.md §3.3, ambiguity 8; the RFC is self-contradictory: "the number of bits
   in the ack_key" and "MUST match the length of the base_key (i.e., 512 bits for
   PRF-HMAC-SHA-256)"): the prf's block size in bits, the example the RFC gives: 512 for
   SHA-256, 1024 for SHA-512.
-* ``SEQ | ID``: decision: the bytes of both payloads as sent, generic payload headers
+* ``SEQ | ID``: decision (ambiguity 9): the bytes of both payloads as sent, generic payload headers
   included (SEQ's Next Payload = ID, ID's = 0), as every IKEv1/GDOI HASH covers whole payloads
   (RFC 2409 section 5.5, RFC 6407 section 3.2).  The key server verifies over the bytes it
   received, so no re-encoding can differ.
