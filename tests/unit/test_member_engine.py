@@ -758,3 +758,32 @@ def test_a_sending_tek_that_expires_before_its_successors_activation_hands_over_
     w.advance(t0 + 30)
     assert not w.take(ActivateOutbound)  # nothing left to do at the old activation time
     assert w.e.state is MemberState.REGISTERED
+
+
+# ------------------------------------------------------------------------ GROUPKEY-PUSH-ACK
+
+def test_acks_leave_through_the_rekey_socket_even_when_the_push_deletes_the_kek():
+    """The shell's local address reaches the receiver (the ACK's ID); what the receiver
+    answers comes out of push_datagrams_to_send, also for a PUSH whose KEK Delete drops the
+    receiver (RFC 8263 section 4)."""
+    w = World()
+    w.e.start(w.now)
+    w.drain()
+    w.e.registration_opened(("10.0.0.1", 848), w.now, local_address="10.1.0.5")
+    w.e.receive_registration(b"reply", ("10.0.0.1", 848), w.now)
+    w.drain()
+    p = w.pushes[-1]
+    assert p.ack_address == "10.1.0.5"
+    p.acks = [(b"ACK1", ("10.0.0.1", 40000))]
+    w.push(Rekeyed(GID, (tek(0x200),), Kek(), 1))
+    assert w.e.push_datagrams_to_send() == [(b"ACK1", ("10.0.0.1", 40000))]
+    assert w.e.push_datagrams_to_send() == []
+    p.acks = [(b"ACK2", ("10.0.0.1", 40000))]
+    w.push(KekDeleted(GID, b"K" * 16))
+    assert w.e.push is None  # the Rekey SA is gone, its ACK still leaves
+    assert w.e.push_datagrams_to_send() == [(b"ACK2", ("10.0.0.1", 40000))]
+
+
+def test_no_local_address_no_ack_address():
+    w = World().register()
+    assert w.pushes[-1].ack_address is None
