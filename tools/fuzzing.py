@@ -18,7 +18,8 @@ server and the member, mutated content under valid phase 1 encryption and HASH),
 ``push`` (the member's PushReceiver: mutated datagrams, and mutated content validly
 encrypted under the KEK and signed by the group's key), ``control`` (the control socket's
 request handling on a real Daemon with fake engines), ``policy`` (the TOML configuration
-loader) and ``xfrm`` (the netlink XFRM message/event parser).
+loader), ``xfrm`` (the netlink XFRM message/event parser) and ``push_ack`` (GROUPKEY-PUSH-ACK
+decoding and the key server's RekeyDelivery: a forged or malformed ACK changes nothing).
 
 The targets reuse the unit tests' fixtures (tests/unit), so this runs from a checkout.
 """
