@@ -12,11 +12,10 @@ again.  About 40 s after the lab's boot.
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
-from tests.kernel.test_evict import Lab, _wait, kernel_keys, ks_config
+from tests.kernel.test_evict import Lab, _wait, kernel_keys
 from tests.kernel.test_registration import MARKER, traffic
 
 pytestmark = pytest.mark.kernel
