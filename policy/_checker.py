@@ -48,6 +48,7 @@ PROTOCOLS = {
 
 _DURATION_RE = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_INTERVAL_RE = re.compile(r"\s*(\d+)\s*(ms|s)\s*")
 _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}\.?$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
 )
@@ -203,6 +204,22 @@ class Checker:
         if not lo <= v <= hi:
             return self.problem(p, f"{v} s is not in {lo}..{hi} s")
         return v
+
+    def interval(self, tbl: dict, path: str, key: str, lo: float, hi: float,
+                 default: Any = _MISSING):
+        """A short interval in seconds: a number of seconds, or a string like "250ms", "2s"."""
+        v = self.value(tbl, path, key, (int, float, str), default)
+        if v is BAD or v is default:
+            return v
+        p = _join(path, key)
+        if isinstance(v, str):
+            mt = _INTERVAL_RE.fullmatch(v)
+            if not mt:
+                return self.problem(p, f"{v!r} is not an interval (seconds, or like 250ms, 2s)")
+            v = int(mt.group(1)) / (1000 if mt.group(2) == "ms" else 1)
+        if not lo <= v <= hi:
+            return self.problem(p, f"{v} s is not in {lo}..{hi} s")
+        return float(v)
 
     def choice(self, tbl: dict, path: str, key: str, table: dict, refused: dict | None = None,
                default: Any = _MISSING):
@@ -510,7 +527,9 @@ class Checker:
     def kek(self, raw: Any, path: str) -> m.KekPolicy | None:
         keys = {"cipher", "signature", "signing_key", "rekey_address", "rekey_port", "lifetime",
                 "tek_rekey_lead", "kek_rekey_lead", "rekey_ttl", "rekey_interface",
-                "max_push_size", "lkh", "lkh_degree", "evict_batch_window"}
+                "max_push_size", "lkh", "lkh_degree", "evict_batch_window", "rekey_delivery",
+                "rekey_copies", "rekey_copy_interval", "rekey_unicast_rate", "rekey_ack_timeout",
+                "rekey_ack_retries", "rekey_max_missed"}
         n0 = len(self.problems)
         if isinstance(raw, dict) and "rekey_interval" in raw:
             self.problem(_join(path, "rekey_interval"),
@@ -547,13 +566,29 @@ class Checker:
         lkh = self.value(tbl, path, "lkh", bool, True)
         degree = self.integer(tbl, path, "lkh_degree", *m.LKH_DEGREE_RANGE, 2)
         batch = self.duration(tbl, path, "evict_batch_window", *m.EVICT_BATCH_RANGE, 0)
+        mode = self.value(tbl, path, "rekey_delivery", str, "multicast")
+        if mode is not BAD and mode not in m.REKEY_DELIVERY_MODES:
+            mode = self.problem(_join(path, "rekey_delivery"),
+                                f"unknown value {mode!r}; choose one of "
+                                f"{', '.join(m.REKEY_DELIVERY_MODES)}")
+        copies = self.integer(tbl, path, "rekey_copies", *m.REKEY_COPIES_RANGE, 2)
+        interval = self.interval(tbl, path, "rekey_copy_interval", *m.REKEY_COPY_INTERVAL_RANGE,
+                                 0.5)
+        rate = self.integer(tbl, path, "rekey_unicast_rate", *m.REKEY_UNICAST_RATE_RANGE, 5000)
+        ack_timeout = self.duration(tbl, path, "rekey_ack_timeout", *m.REKEY_ACK_TIMEOUT_RANGE,
+                                    10)
+        retries = self.integer(tbl, path, "rekey_ack_retries", *m.REKEY_ACK_RETRIES_RANGE, 3)
+        missed = self.integer(tbl, path, "rekey_max_missed", *m.REKEY_MAX_MISSED_RANGE, 3)
         if len(self.problems) > n0:
             return None
         return self.build(path, m.KekPolicy, cipher=cipher, signature=sig, signing_key=key,
                           rekey_address=addr, rekey_port=port, lifetime_s=life,
                           tek_rekey_lead_s=tek_lead, kek_rekey_lead_s=kek_lead, rekey_ttl=ttl,
                           rekey_interface=iface, max_push_size=max_push, lkh=lkh,
-                          lkh_degree=degree, evict_batch_s=batch)
+                          lkh_degree=degree, evict_batch_s=batch, rekey_delivery=mode,
+                          rekey_copies=copies, rekey_copy_interval_s=interval,
+                          rekey_unicast_rate=rate, rekey_ack_timeout_s=ack_timeout,
+                          rekey_ack_retries=retries, rekey_max_missed=missed)
 
     def interface_name(self, iface: str, p: str) -> Any:
         if not re.fullmatch(r"[^/\s:\x00]{1,15}", iface):

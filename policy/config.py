@@ -106,6 +106,15 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     rekey_interface = "eth0"                  # optional; default: the routing table decides
     max_push_size = 8192                      # default; largest PUSH datagram (bytes,
                                               # 2048..65000); larger LKH updates are split
+    rekey_delivery = "multicast"              # default; or "unicast": one copy per member,
+                                              # acknowledged (RFC 8263 GROUPKEY-PUSH-ACK)
+    rekey_copies = 2                          # default; multicast: copies of each rekey, 1..10
+    rekey_copy_interval = "500ms"             # default; between two copies, 10ms..60s
+    rekey_unicast_rate = 5000                 # default; unicast datagrams per second, at most
+    rekey_ack_timeout = "10s"                 # default; unicast: first retransmission after
+    rekey_ack_retries = 3                     # default; retransmissions per rekey (backoff x2)
+    rekey_max_missed = 3                      # default; rekeys unacknowledged in a row before
+                                              # a member is lost (no PUSH until it registers)
 
     [member]                                  # may be empty: groups joined later by msecctl
     [[member.group]]                          # this daemon joins these groups

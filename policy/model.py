@@ -145,6 +145,18 @@ EVICT_BATCH_RANGE = (0, 3600)
 #: GAP activation/deactivation time delays (RFC 6407 section 5.4.1), seconds; README
 #: "Make before break" says why the defaults are what they are
 GAP_DELAY_RANGE = (0, 3600)
+#: rekey delivery (README "Rekey delivery"): how GROUPKEY-PUSH datagrams reach the members
+REKEY_DELIVERY_MODES = ("multicast", "unicast")
+REKEY_COPIES_RANGE = (1, 10)  # byte-identical copies of each multicast rekey
+REKEY_COPY_INTERVAL_RANGE = (0.01, 60.0)  # seconds between two copies
+REKEY_UNICAST_RATE_RANGE = (10, 1_000_000)  # unicast PUSH datagrams per second, at most
+#: unicast mode, GROUPKEY-PUSH-ACK (RFC 8263): seconds before the first retransmission (RFC
+#: 8263 section 6: a GCKS SHOULD wait at least 10 s before declaring an ACK missing; shorter
+#: values are for tests and small links), retransmissions per rekey, rekeys left
+#: unacknowledged in a row before a member is lost
+REKEY_ACK_TIMEOUT_RANGE = (1, 300)
+REKEY_ACK_RETRIES_RANGE = (0, 10)
+REKEY_MAX_MISSED_RANGE = (1, 100)
 DEFAULT_ACTIVATION_DELAY = 2
 DEFAULT_DEACTIVATION_DELAY = 6
 DEFAULT_REPLAY_WINDOW = 64  # configuration default for a TEK with exactly one sender
@@ -381,8 +393,35 @@ class KekPolicy:
     lkh_degree: int = 2
     #: evictions asked for within this many seconds of the first go out as one rekey
     evict_batch_s: int = 0
+    #: "multicast": to the rekey address (and, as a help where multicast does not reach,
+    #: unicast to each registered member), ``rekey_copies`` times; "unicast": one copy to each
+    #: registered member, acknowledged (RFC 8263) and retransmitted until it is
+    rekey_delivery: str = "multicast"
+    rekey_copies: int = 2
+    rekey_copy_interval_s: float = 0.5
+    rekey_unicast_rate: int = 5000
+    rekey_ack_timeout_s: int = 10
+    rekey_ack_retries: int = 3
+    rekey_max_missed: int = 3
+
+    @property
+    def unicast(self) -> bool:
+        """Unicast delivery: members are asked for GROUPKEY-PUSH-ACKs (KEK_ACK_REQUESTED)."""
+        return self.rekey_delivery == "unicast"
 
     def __post_init__(self) -> None:
+        if self.rekey_delivery not in REKEY_DELIVERY_MODES:
+            raise ValueError(f"rekey delivery {self.rekey_delivery!r} is not one of "
+                             f"{', '.join(REKEY_DELIVERY_MODES)}")
+        for what, v, (lo, hi) in (
+                ("rekey copies", self.rekey_copies, REKEY_COPIES_RANGE),
+                ("rekey copy interval", self.rekey_copy_interval_s, REKEY_COPY_INTERVAL_RANGE),
+                ("rekey unicast rate", self.rekey_unicast_rate, REKEY_UNICAST_RATE_RANGE),
+                ("rekey ACK timeout", self.rekey_ack_timeout_s, REKEY_ACK_TIMEOUT_RANGE),
+                ("rekey ACK retries", self.rekey_ack_retries, REKEY_ACK_RETRIES_RANGE),
+                ("rekey max missed", self.rekey_max_missed, REKEY_MAX_MISSED_RANGE)):
+            if not lo <= v <= hi:
+                raise ValueError(f"{what} {v} is not in {lo}..{hi}")
         lo, hi = LKH_DEGREE_RANGE
         if not lo <= self.lkh_degree <= hi:
             raise ValueError(f"LKH degree {self.lkh_degree} is not in {lo}..{hi}")

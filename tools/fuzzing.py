@@ -19,8 +19,10 @@ server and the member, mutated content under valid phase 1 encryption and HASH),
 ``push`` (the member's PushReceiver: mutated datagrams, and mutated content validly
 encrypted under the KEK and signed by the group's key), ``control`` (the control socket's
 request handling on a real Daemon with fake engines), ``policy`` (the TOML configuration
-loader) and ``xfrm`` (the netlink XFRM message/event parser); ``ikev2_rekey`` (the G-IKEv2
-GSA_REKEY receiver: mutated datagrams and mutated content sealed under the Rekey SA).
+loader), ``xfrm`` (the netlink XFRM message/event parser), ``push_ack`` (GROUPKEY-PUSH-ACK
+decoding and the key server's RekeyDelivery: a forged or malformed ACK changes nothing) and
+``ikev2_rekey`` (the G-IKEv2 GSA_REKEY receiver: mutated datagrams and mutated content sealed
+under the Rekey SA).
 
 The targets reuse the unit tests' fixtures (tests/unit), so this runs from a checkout.
 """
@@ -473,12 +475,32 @@ def target_ikev2_rekey():
     return c.datagrams + c.chains + c.signed_chains, run
 
 
+def target_push_ack():
+    from tests.unit.test_push_ack_fuzz import _delivery, check, seeds
+
+    s = seeds()
+    genuine, d, count = set(s), _delivery(), [0]
+
+    def run(data: bytes) -> bool:
+        nonlocal d
+        count[0] += 1
+        if count[0] % 5000 == 0:
+            d = _delivery()
+        failures: list = []
+        ok = check(data, d, genuine, failures)
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return s, run
+
+
 TARGETS: dict[str, Callable] = {
     "wire": target_wire, "ikev2": target_ikev2, "ikev2_sa_init": target_ikev2_sa_init,
     "ikev2_gsa_auth": target_ikev2_gsa_auth,
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
     "member_state": target_member_state, "ikev2_rekey": target_ikev2_rekey,
+    "push_ack": target_push_ack,
 }
 
 

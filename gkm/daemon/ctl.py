@@ -14,7 +14,10 @@
          --cert F --key F --ca F [--ca F...]) [--key-server-identity IDENTITY...]
          [--name N] [--interface IF]         member: join a group
     leave ID                                 member: leave a group msecctl joined (SAs removed)
-    members ID                               each member: registered or evicted, when, why
+    members ID                               each member: registered, lost or evicted, when,
+                                             why; unicast delivery: last SEQ acknowledged,
+                                             rekeys missed in a row
+    sa [ID]                                  member: msec's kernel SAs and policies, counters
     reload [--check [FILE]]                  apply the configuration; --check: validate FILE
                                              (default: the running file) and show what would
                                              change, changing nothing
@@ -253,12 +256,18 @@ def _members(r: dict[str, Any]) -> str:
     if not ms:
         return f"group {r.get('id')}: no members"
     rows = []
+    acks = any("missed_rekeys" in m for m in ms)  # unicast delivery: ACKs asked for
     for m in ms:
         state = m.get("state") or "registered"
         when = m.get("evicted_at") if state in ("evicted", "evicting") else m.get("registered_at")
-        rows.append([m["identity"], state, m.get("address") or "-", _when(when),
-                     m.get("reason") or ""])
-    return _table(rows, ["IDENTITY", "STATE", "ADDRESS", "SINCE", "WHY"])
+        row = [m["identity"], state, m.get("address") or "-", _when(when)]
+        if acks:
+            seq = m.get("last_acked_seq")
+            row += ["-" if seq is None else str(seq),
+                    str(m["missed_rekeys"]) if "missed_rekeys" in m else "-"]
+        rows.append(row + [m.get("reason") or ""])
+    head = ["IDENTITY", "STATE", "ADDRESS", "SINCE"] + (["ACKED SEQ", "MISSED"] if acks else [])
+    return _table(rows, head + ["WHY"])
 
 
 def _evict(r: dict[str, Any]) -> str:

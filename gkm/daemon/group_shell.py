@@ -21,14 +21,16 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from gkm.events import Event
-from gkm.group import (ControllerRefused, ControllerState, EvictionScheduled, GroupDissolved,
-                       GroupRekeyed, KeysAnnounced, KeysPurged, KeysRotated, MembersEvicted)
+from gkm.group import (AckRefused, ControllerRefused, ControllerState, EvictionScheduled,
+                       GroupDissolved, GroupRekeyed, KeysAnnounced, KeysPurged, KeysRotated,
+                       MemberLost, MembersEvicted, RekeyAcknowledged, RekeyDelivery,
+                       RekeyUnacknowledged)
 from gkm.group.storage import apply, load_state
 from gkm.store import StoreError
 from policy import model as pm
 
 from .engines import RekeyError
-from .report import fmt_time_utc
+from .report import fmt_addr, fmt_time_utc, host_of
 
 if TYPE_CHECKING:
     from .keyserver import KeyServerRole
@@ -55,6 +57,9 @@ class GroupShell:
         self._generation: dict[int, int] = {}  # store generation each controller last saw
         self._refresh_soon: set[int] = set()
         self._unavailable: dict[int, str] = {}  # group -> why it has no controller
+        #: group -> its rekey delivery (copies, pacing, ACKs), on the loop's monotonic clock
+        self.deliveries: dict[int, RekeyDelivery] = {}
+        self._delivery_timers: dict[int, Any] = {}
 
     @property
     def _clock(self) -> Callable[[], float]:
@@ -118,9 +123,11 @@ class GroupShell:
 
     def _drop(self, gid: int) -> None:
         self.controllers.pop(gid, None)
-        h = self._timers.pop(gid, None)
-        if h is not None:
-            h.cancel()
+        self.deliveries.pop(gid, None)
+        for timers in (self._timers, self._delivery_timers):
+            h = timers.pop(gid, None)
+            if h is not None:
+                h.cancel()
 
     def _signer(self, g: pm.GroupPolicy):
         try:
@@ -129,10 +136,14 @@ class GroupShell:
             return None, str(e).split(": cannot load the PUSH signing key: ")[-1]
 
     # -- registrations changed the store
-    def registered(self, group_id: int, tek_spis) -> None:
+    def registered(self, group_id: int, tek_spis, identity: str | None = None,
+                   host: str | None = None) -> None:
         ctl = self.controllers.get(group_id)
         if ctl is None:
             return
+        d = self.deliveries.get(group_id)
+        if d is not None and identity is not None:
+            d.registered(identity, host or "")
         self._dirty.add(group_id)
         if not set(tek_spis) <= ctl.current_tek_spis() and group_id not in self._refresh_soon:
             self._refresh_soon.add(group_id)
@@ -216,14 +227,99 @@ class GroupShell:
                 self.role.shell.engine if self.role.shell else None, g.group_id)
         sent: list[str] = []
         failed: list[str] = []
-        for p in ctl.datagrams_to_send():
-            s, f = self.role.send_push(g, p.data)
-            sent = sent or s
-            failed += f
+        pushes = ctl.datagrams_to_send()
+        if pushes and g.kek is not None:
+            sent, failed = self._deliver(g, ctl, pushes)
         while (ev := ctl.next_event()) is not None:
             self._log_event(g, ev, sent)
         self._arm(g, ctl)
         return sent, failed
+
+    # -- delivery: copies, pacing, ACKs (gkm.group.delivery)
+    def delivery(self, g: pm.GroupPolicy) -> RekeyDelivery:
+        d = self.deliveries.get(g.group_id)
+        if d is None:
+            d = self.deliveries[g.group_id] = RekeyDelivery(g.group_id, g.kek)
+        elif d.kek != g.kek:
+            d.update_policy(g.kek)
+        return d
+
+    def _deliver(self, g: pm.GroupPolicy, ctl, pushes) -> tuple[list[str], list[str]]:
+        d = self.delivery(g)
+        keys = {}
+        if g.kek.unicast:  # the ACKs' base keys: each KEK's key without its IV (RFC 8263)
+            keks, block = ctl.group_state.keks, g.kek.cipher.block_bytes
+            keys = {p.kek_spi: keks[p.kek_spi].key[block:] for p in pushes if p.kek_spi in keks}
+        members = [(m.identity, host_of(m.address) or "")
+                   for m in self.role.store.members(g.group_id)]
+        dests = d.submit(pushes, members, keys, self.role.daemon.loop.time())
+        failed = self._pump_delivery(g.group_id)
+        return [fmt_addr(x) for x in dests], failed
+
+    def _pump_delivery(self, gid: int) -> list[str]:
+        """Send what the delivery has due, log its events, arm its timer."""
+        d, g = self.deliveries.get(gid), self.role.settings.group(gid)
+        if d is None or g is None or g.kek is None:
+            return []
+        failed = []
+        for o in d.datagrams_to_send():
+            try:
+                self.role.send_datagram(g, o.data, o.dest)
+            except OSError as e:
+                failed.append(f"{fmt_addr(o.dest)}: {e.strerror or e}")
+        for f in failed:
+            log.warning("group %s: GROUPKEY-PUSH not sent to %s", g.label, f)
+        while (ev := d.next_event()) is not None:
+            self._log_delivery(g, ev)
+        h = self._delivery_timers.pop(gid, None)
+        if h is not None:
+            h.cancel()
+        deadline = d.get_timer()
+        if deadline is not None:
+            loop = self.role.daemon.loop
+            self._delivery_timers[gid] = loop.call_at(deadline, self._on_delivery_timer, gid)
+        return failed
+
+    def _on_delivery_timer(self, gid: int) -> None:
+        self._delivery_timers.pop(gid, None)
+        d = self.deliveries.get(gid)
+        if d is not None:
+            d.handle_timer(self.role.daemon.loop.time())
+            self._pump_delivery(gid)
+
+    def ack_received(self, data: bytes, addr) -> None:
+        """A datagram on a rekey socket (a GROUPKEY-PUSH-ACK): to the group that sent a PUSH
+        with its cookies."""
+        spi = bytes(data[:16])
+        for gid, d in self.deliveries.items():
+            if d.expects(spi):
+                d.receive_ack(data, (addr[0], addr[1]), self.role.daemon.loop.time())
+                self._pump_delivery(gid)
+                return
+        log.warning("key server: datagram from %s on a rekey socket is no GROUPKEY-PUSH-ACK "
+                    "of a PUSH sent recently; dropped", fmt_addr((addr[0], addr[1])))
+
+    def delivery_members(self, gid: int) -> dict[str, dict]:
+        d = self.deliveries.get(gid)
+        return d.members() if d is not None else {}
+
+    def _log_delivery(self, g: pm.GroupPolicy, ev: Event) -> None:
+        match ev:
+            case RekeyAcknowledged():
+                log.debug("group %s: %s acknowledged SEQ %d", g.label, ev.identity, ev.seq)
+            case RekeyUnacknowledged():
+                log.warning("group %s: member %s did not acknowledge GROUPKEY-PUSH SEQ %s "
+                            "(%d rekey(s) missed in a row)", g.label, ev.identity,
+                            ", ".join(map(str, ev.seqs)), ev.missed)
+            case MemberLost():
+                log.warning("group %s: member %s lost after %d unacknowledged rekeys: no "
+                            "GROUPKEY-PUSH to it until it registers again", g.label,
+                            ev.identity, ev.missed)
+            case AckRefused():
+                log.warning("group %s: GROUPKEY-PUSH-ACK from %s refused: %s", g.label,
+                            ev.source, ev.reason)
+            case _:
+                log.debug("group %s: %s", g.label, ev)
 
     def _arm(self, g: pm.GroupPolicy, ctl, retry: bool = False) -> None:
         gid = g.group_id

@@ -151,7 +151,7 @@ class KeyServerRole:
         keys = list(dict.fromkeys((str(a), settings.port) for a in settings.listen))
         fresh: dict[ListenKey, socket.socket] = {}
         errors: list[tuple[ListenKey, str]] = []
-        transport = RekeyTransport(loop)
+        transport = RekeyTransport(loop, on_datagram=self.groups.ack_received)
         try:
             for a in dict.fromkeys(settings.listen):
                 k = (str(a), settings.port)
@@ -222,7 +222,7 @@ class KeyServerRole:
         revocations = self._load_crls(settings)
         transport = None
         if _rekey_options(settings) != _rekey_options(self.settings):
-            transport = RekeyTransport(self.daemon.loop)
+            transport = RekeyTransport(self.daemon.loop, on_datagram=self.groups.ack_received)
             try:
                 await transport.open(_rekey_options(settings))
             except RekeyTransportError as e:
@@ -282,7 +282,11 @@ class KeyServerRole:
         match ev:
             case MemberRegistered():
                 self.registrations += 1
-                self.groups.registered(ev.group_id, ev.tek_spis)
+                # the store's key of the member (test engines give it as the string itself)
+                key = member_key(ev.identity) if isinstance(ev.identity, pm.Identity) \
+                    else str(ev.identity)
+                self.groups.registered(ev.group_id, ev.tek_spis, key,
+                                       host_of(ev.addr[0]) if ev.addr else None)
                 spis = (" (TEK SPI " + ", ".join(f"0x{x:08x}" for x in ev.tek_spis) + ")"
                         if ev.tek_spis else "")
                 log.info("group %s: member %s (%s) registered%s", self._label(ev.group_id),
@@ -316,6 +320,11 @@ class KeyServerRole:
                     and self.store.current_kek(g.group_id) is not None:
                 info["seq"] = self.store.current_seq(g.group_id)
                 info["kek_spi"] = self.store.current_kek(g.group_id).spi.hex()
+            d = self.groups.deliveries.get(g.group_id)
+            if g.kek is not None:
+                info["delivery"] = {"mode": g.kek.rekey_delivery,
+                                    "queued": d.queued if d is not None else 0,
+                                    **(d.stats if d is not None else {})}
             ctl = self.groups.controllers.get(g.group_id)
             if ctl is not None:
                 info["controller"] = ctl.state.value
@@ -326,27 +335,10 @@ class KeyServerRole:
                              "expires": t.expires} for t in self.store.teks(g.group_id)]
         return info
 
-    def send_push(self, g: pm.GroupPolicy, datagram: bytes) -> tuple[list[str], list[str]]:
-        """One GROUPKEY-PUSH to the KEK's rekey address and, unicast, to every registered
-        member's address (at the rekey port: helps where multicast does not reach, e.g.
-        loopback tests).  Returns (sent to, failed)."""
-        port = g.kek.rekey_port
-        dests = [(str(g.kek.rekey_address), port)]
-        for m in self.store.members(g.group_id):
-            host = host_of(m.address)
-            if host and (host, port) not in dests:
-                dests.append((host, port))
-        sent, failed = [], []
-        opts = MulticastOptions.of(g.kek)
-        for host, p in dests:
-            try:
-                self.rekey_transport.send(datagram, (host, p), opts)
-                sent.append(fmt_addr((host, p)))
-            except OSError as e:
-                failed.append(f"{fmt_addr((host, p))}: {e.strerror or e}")
-        for f in failed:
-            log.warning("group %s: GROUPKEY-PUSH not sent to %s", g.label, f)
-        return sent, failed
+    def send_datagram(self, g: pm.GroupPolicy, data: bytes, dest: tuple[str, int]) -> None:
+        """One GROUPKEY-PUSH datagram through the rekey transport (the group shell's delivery
+        decides where and when).  Raises OSError."""
+        self.rekey_transport.send(data, dest, MulticastOptions.of(g.kek))
 
     def rekey(self, g: pm.GroupPolicy) -> dict[str, Any]:
         """``msecctl rekey``: new TEKs by GROUPKEY-PUSH (the group controller decides)."""
@@ -439,6 +431,17 @@ class KeyServerRole:
         out = {m.identity: {"identity": m.identity, "state": "registered",
                             "address": m.address, "registered_at": m.registered_at}
                for m in self.store.members(group_id)}
+        g = self.settings.group(group_id)
+        if g is not None and g.kek is not None and g.kek.unicast:
+            # unicast delivery with ACKs (soft state, gkm.group.delivery): "lost" = nothing
+            # is sent to it until it registers again
+            delivery = self.groups.delivery_members(group_id)
+            for identity, row in out.items():
+                d = delivery.get(identity) or {"last_acked_seq": None, "missed_rekeys": 0,
+                                               "lost": False, "unacknowledged": []}
+                row.update(d)
+                if d["lost"]:
+                    row["state"] = "lost"
         for d in self.store.denied(group_id):
             # still registered: evicted, its rekey not sent yet (batch window)
             state = "evicting" if d.identity in out else "evicted"

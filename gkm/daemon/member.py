@@ -181,6 +181,9 @@ class MemberSession:
             "activation_delay": e.activation_delay, "deactivation_delay": e.deactivation_delay,
             "gap_from_key_server": e.gap_delays != (None, None),
             "restored": e.restored, "state_error": e.state_error,
+            # GROUPKEY-PUSH datagrams accepted, refused, copies dropped, ACKs sent (this KEK)
+            "push": dict(e.push.stats) if e.push is not None else None,
+            "acks_requested": bool(e.push is not None and e.push.kek.ack_requested),
         }
 
     # -- life cycle
@@ -198,8 +201,17 @@ class MemberSession:
         if saved is None:
             self.engine.start(self._now())
         else:
-            self.engine.resume(saved, self._now())
+            self.engine.resume(saved, self._now(), local_address=self._local_toward(saved))
         self._pump()
+
+    def _local_toward(self, saved) -> str | None:
+        """Our address toward the saved key server (an IP literal; a name is not resolved
+        here, on the loop): the ID of the GROUPKEY-PUSH-ACKs a resumed member sends."""
+        ks = next((k for k in self.group.key_servers if str(k) == saved.key_server), None)
+        if ks is None or ks.address is None:
+            return None
+        family = socket.AF_INET6 if ks.address.version == 6 else socket.AF_INET
+        return _source_address(family, (ks.host, ks.port), self.group.interface)
 
     def stop(self) -> None:
         self.engine.stop(self._now())
@@ -254,6 +266,8 @@ class MemberSession:
                     t = self._reg_transport
                     if t is not None and not t.is_closing():
                         t.sendto(data, (addr[0], addr[1]))
+                for data, addr in e.push_datagrams_to_send():  # GROUPKEY-PUSH-ACKs
+                    self.daemon.rekey_sockets.send(self, data, (addr[0], addr[1]))
                 while (ev := e.next_event()) is not None:
                     self._log(ev)
                 act = e.next_action()
@@ -453,7 +467,9 @@ class MemberSession:
         self._reg_task = None
         log.info("group %s: registering with key server %s", self.label, ks)
         try:
-            e.registration_opened(addr, self._now())
+            e.registration_opened(addr, self._now(),
+                                  local_address=_source_address(family, addr,
+                                                                self.group.interface))
         except EngineUnavailable as err:  # pragma: no cover - the engine catches it
             log.error("group %s: %s", self.label, err)
         self._pump()
@@ -533,6 +549,19 @@ class RekeySockets:
                     membership = None
         rs.members[session] = membership
 
+    def send(self, session: MemberSession, data: bytes, dest) -> None:
+        """A datagram from ``session``'s rekey socket (its ACKs leave from the rekey port, RFC
+        8263 section 3); dropped if the socket's buffer is full (the key server retransmits)."""
+        fam = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
+        for (family, _port), rs in self._socks.items():
+            if family == fam and session in rs.members:
+                try:
+                    rs.sock.sendto(data, dest)
+                except OSError as e:
+                    log.debug("group %s: GROUPKEY-PUSH-ACK to %s not sent: %s", session.label,
+                              dest[0], e)
+                return
+
     def leave(self, session: MemberSession) -> None:
         for key, rs in list(self._socks.items()):
             if session not in rs.members:
@@ -578,6 +607,20 @@ class RekeySockets:
                 log.debug("rekey socket: datagram from %s for no group of ours", addr[0])
                 continue
             target.on_push_datagram(data, (addr[0], addr[1]))
+
+
+def _source_address(family: int, dest, interface: str | None) -> str | None:
+    """The address the kernel sends from toward ``dest`` (a connected UDP socket sends
+    nothing): the member's address in its GROUPKEY-PUSH-ACKs."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            if interface:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+            s.connect((dest[0], dest[1]))
+            return s.getsockname()[0].split("%", 1)[0]
+    except OSError as e:
+        log.debug("no source address toward %s: %s (no GROUPKEY-PUSH-ACKs)", dest[0], e)
+        return None
 
 
 def _membership(sock: socket.socket, addr, ifindex: int, *, join: bool) -> None:

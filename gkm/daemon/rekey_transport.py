@@ -80,12 +80,29 @@ def _open_socket(family: int, opts: MulticastOptions) -> socket.socket:
         raise
 
 
+class _AckEndpoint(asyncio.DatagramProtocol):
+    """Datagrams that come back to a rekey socket: GROUPKEY-PUSH-ACKs (RFC 8263 section 3:
+    sent to the PUSH's source address and port)."""
+
+    def __init__(self, owner: "RekeyTransport") -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if self.owner.on_datagram is not None:
+            self.owner.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("rekey socket: %s", exc)  # an ICMP error for an earlier PUSH
+
+
 class RekeyTransport:
     """The key server's rekey sockets.  ``await open(options)`` before ``send``;
-    ``close()`` when the role stops (or after a reconfiguration swapped in a new one)."""
+    ``close()`` when the role stops (or after a reconfiguration swapped in a new one).
+    ``on_datagram(data, addr)``: called for every datagram received on them (ACKs)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_datagram=None) -> None:
         self.loop = loop
+        self.on_datagram = on_datagram
         self._options: frozenset[MulticastOptions] = frozenset()
         self._sockets: dict[tuple[int, MulticastOptions], socket.socket] = {}
         self._transports: dict[tuple[int, MulticastOptions], asyncio.DatagramTransport] = {}
@@ -106,7 +123,7 @@ class RekeyTransport:
                             continue  # a host without IPv6
                         raise RekeyTransportError(f"rekey socket: {e.strerror or e}") from None
                     transport, _ = await self.loop.create_datagram_endpoint(
-                        asyncio.DatagramProtocol, sock=s)
+                        lambda: _AckEndpoint(self), sock=s)
                     self._sockets[(fam, opts)] = s
                     self._transports[(fam, opts)] = transport
         except BaseException:

@@ -100,6 +100,8 @@ class GroupKek:
     signature: str  # key of policy.suites.SIGNATURE_SUITES
     signing_public_key: bytes  # DER SubjectPublicKeyInfo of the key server's PUSH signing key
     lifetime_s: int
+    #: KEK_ACK_REQUESTED (RFC 8263): the GROUPKEY-PUSH-ACK type the key server asks for, 0: none
+    ack_requested: int = 0
 
     def __repr__(self) -> str:
         return (

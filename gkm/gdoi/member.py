@@ -6,6 +6,8 @@ timing, the GROUPKEY-PUSH receiver (:class:`~gkm.gdoi.push.PushReceiver`) and th
 plan.  It does no I/O: the shell feeds it datagrams, time and the kernel's answers, and pulls
 
 * ``datagrams_to_send()``: ``[(bytes, addr)]`` for the registration socket;
+* ``push_datagrams_to_send()``: ``[(bytes, addr)]`` for the rekey socket (GROUPKEY-PUSH-ACKs,
+  RFC 8263: sent from the port the PUSH came to, to the address and port it came from);
 * ``next_action()``: what the shell must do, in order (:class:`MemberAction` subclasses:
   open/close the registration socket, listen for PUSH, install/activate/remove SAs);
 * ``next_event()``: what happened, for logs (:class:`~gkm.events.MemberEvent` subclasses);
@@ -379,12 +381,20 @@ class MemberEngine:
         self._ref = 0
         self._actions: deque[MemberAction] = deque()
         self._events: deque[MemberEvent] = deque()
+        #: our address toward the key server (the shell's, at registration_opened): the ID of
+        #: our GROUPKEY-PUSH-ACKs (RFC 8263 section 3.4)
+        self.local_address: str | None = None
+        self._push_out: list[tuple[bytes, Any]] = []
 
     # -- outputs ------------------------------------------------------------------------------
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
         if self.registration is None:
             return []
         return self.registration.datagrams_to_send()
+
+    def push_datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        out, self._push_out = self._push_out, []
+        return out
 
     def next_action(self) -> MemberAction | None:
         return self._actions.popleft() if self._actions else None
@@ -440,10 +450,12 @@ class MemberEngine:
             raise RefusedInput(f"start() while {self.state.value}")
         self._connect(now)
 
-    def resume(self, saved: MemberSnapshot, now: float) -> None:
+    def resume(self, saved: MemberSnapshot, now: float, *,
+               local_address: str | None = None) -> None:
         """Start from a saved state (a restarted member): no registration; the TEKs still
         valid are installed again (idempotent for what the kernel kept: traffic does not
-        stop), PUSH is received from SEQ > the saved one.  A state that does not fit (another
+        stop), PUSH is received from SEQ > the saved one (and acknowledged as
+        ``local_address``, our address toward the key server, when the KEK asks for ACKs).  A state that does not fit (another
         group, a key server not configured any more, the KEK or every TEK expired) is
         discarded with :class:`StateDiscarded` and the member registers as ``start`` does."""
         if self.state is not MemberState.IDLE:
@@ -458,6 +470,7 @@ class MemberEngine:
         kept = [t for t in saved.teks if t.expires_at > now
                 and (t.retire_at is None or t.retire_at > now)]
         self.key_server = saved.key_server
+        self.local_address = local_address
         self.gap_delays = saved.gap
         self.state = MemberState.REGISTERED
         self.restored = True
@@ -517,10 +530,13 @@ class MemberEngine:
         self._connect(now)
 
     # -- the shell's answers ------------------------------------------------------------------
-    def registration_opened(self, addr: Any, now: float) -> None:
+    def registration_opened(self, addr: Any, now: float, local_address: str | None = None) -> None:
+        """``local_address``: the address our datagrams to ``addr`` leave from (the ID of our
+        GROUPKEY-PUSH-ACKs; None: unknown, no ACKs)."""
         if self.state is not MemberState.CONNECTING or not self._open_pending:
             raise RefusedInput(f"registration_opened() while {self.state.value}")
         self._open_pending = False
+        self.local_address = local_address
         try:
             self.registration = self._new_registration(self.group, addr, now)
         except Exception as e:  # engine construction (credentials, ...)
@@ -639,6 +655,8 @@ class MemberEngine:
         mark = len(self._actions)  # the saved state goes before this PUSH's SA actions
         changed = False
         receiver.receive_datagram(data, addr, now)
+        # ACKs first: RFC 8263 section 4 sends one even for a PUSH deleting its KEK
+        self._push_out += receiver.datagrams_to_send()
         events = []
         while (ev := receiver.next_event()) is not None:
             events.append(ev)
@@ -826,6 +844,8 @@ class MemberEngine:
     def _listen_for_push(self, ev: Registered) -> None:
         try:
             self.push = self._new_push_receiver(self.group, ev)
+            if self.local_address is not None:
+                self.push.acknowledge_as(self.local_address)
         except Exception as e:
             self.push = None
             self.listen_error = f"cannot receive GROUPKEY-PUSH: {e}"

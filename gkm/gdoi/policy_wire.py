@@ -53,6 +53,7 @@ from policy.model import (
 from policy.suites import ESP_SUITES, KEK_CIPHERS, SIGNATURE_SUITES, EspSuite, KekCipher, SignatureSuite
 
 from .keys import GroupKek, GroupTek, LkhKeys
+from .push_ack import ACK_KEK_SHA256
 
 __all__ = [
     "MappingError", "TekParams", "KekParams", "GapDelays",
@@ -160,6 +161,8 @@ def sa_kek(kek: KekPolicy, spi: bytes, source: tuple[str, int] | None, lifetime_
         Attribute(KekAttr.SIG_ALGORITHM, int(sig.algorithm)),
         Attribute(KekAttr.SIG_KEY_LENGTH, signing_key_bits),
     )
+    if kek.unicast:  # RFC 8263 section 5: in every SA KEK, PULL and PUSH alike
+        attrs += (Attribute(KekAttr.KEK_ACK_REQUESTED, ACK_KEK_SHA256),)
     return SaKek(UDP, src, _group_id(dst_net, kek.rekey_port), bytes(spi), attrs)
 
 
@@ -217,6 +220,8 @@ class KekParams:
     cipher: KekCipher
     signature: SignatureSuite
     lifetime_s: int
+    #: KEK_ACK_REQUESTED (RFC 8263 section 2): the ACK type asked for, 0: none
+    ack_requested: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +326,7 @@ def read_sa_kek(sak: SaKek) -> KekParams:
     return KekParams(
         sak.spi, _network_of(sak.src, f"{where} SRC ID"), sak.src.port, _network_of(sak.dst, f"{where} DST ID"), sak.dst.port,
         cipher, sig, _lifetime(attrs, None, KekAttr.KEK_KEY_LIFETIME, where),
+        attr_int(attrs, KekAttr.KEK_ACK_REQUESTED, 0) or 0,
     )
 
 
@@ -359,7 +365,7 @@ def group_kek(group_id: int, p: KekParams, packet: KeyPacket) -> GroupKek:
         raise MappingError(f"KEK {p.spi.hex()}: signing key does not fit {p.signature.name}")
     return GroupKek(
         group_id, p.spi, p.src, p.src_port, p.dst, p.dst_port, c.name, keymat[c.block_bytes:], keymat[: c.block_bytes],
-        p.signature.name, pub, p.lifetime_s,
+        p.signature.name, pub, p.lifetime_s, p.ack_requested,
     )
 
 

@@ -76,8 +76,17 @@ Decisions (ambiguities; docs/decisions/wire.md):
 * GAP (RFC 6407 sections 4, 5.4.1): every PUSH that carries an SA carries the group's GAP
   (ATD, DTD) between the SA KEK and the SA TEKs, so members apply the key server's current
   delays to this rekey; :class:`Rekeyed` hands them on (``gap``).
-* Not done here: GROUPKEY-PUSH-ACK (RFC 8263), SIDs (RFC 6054; TEKs are handed over as the
-  PULL does).
+* GROUPKEY-PUSH-ACK (RFC 8263, :mod:`gkm.gdoi.push_ack`): when the most recent SA KEK asks
+  for one (KEK_ACK_REQUESTED of a type we can answer) and the shell told the receiver its own
+  address (:meth:`PushReceiver.acknowledge_as`, the source of its last GROUPKEY-PULL), every
+  PUSH processed successfully (an LKH part, a KEK Delete included; an eviction not) is
+  answered to the address and port it came from (``datagrams_to_send``), keyed by the KEK that
+  decrypted it.  A copy of a PUSH already taken is answered with the same ACK again: the key
+  server retransmits when an ACK was lost.
+* Copies (the key server sends each rekey several times, multicast and unicast): the digests
+  of the last :data:`RECENT_PUSHES` datagrams accepted are kept; a copy of one of them is
+  dropped at debug level (:class:`PushRejected` with ``duplicate``), not as a replay.
+* Not done here: SIDs (RFC 6054; TEKs are handed over as the PULL does).
 """
 
 from __future__ import annotations
@@ -88,7 +97,7 @@ import hmac
 import ipaddress
 import logging
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence as Seq
 
@@ -116,6 +125,7 @@ from . import policy_wire as pw
 from . import sakd
 from .keys import GroupKek, GroupTek, LkhKeys
 from .provider import KekKeys, TekKeys
+from .push_ack import ACK_TYPES, ack_key, build_push_ack
 
 log = logging.getLogger("gkm.gdoi")
 
@@ -128,6 +138,8 @@ __all__ = [
 #: RFC 6407 section 4: the string prefixed to the signed data.
 REKEY_PREFIX = b"rekey"
 HEADER_LEN = 28
+#: digests of the last PUSH datagrams accepted, so their copies are recognised (and answered)
+RECENT_PUSHES = 16
 _LKH_KEK_INFO = b"msec GDOI LKH KEK"
 _KEYWRAP_OVERHEAD = 8
 _PART = struct.Struct("!HH")
@@ -511,8 +523,16 @@ class PushReceiver:
         self._lkh_parts: tuple[bytes, int, LkhPartial] | None = None
         self._directions = {_selector(t): t.direction for t in teks}
         self._events: deque = deque()
-        self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0}
-        self._last_digest: bytes | None = None  # SHA-256 of the last datagram accepted
+        self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "acks": 0}
+        #: SHA-256 of the last datagrams accepted -> (its SEQ, the ACK sent for it or None)
+        self._recent: OrderedDict[bytes, tuple[int, tuple[bytes, Any] | None]] = OrderedDict()
+        self.ack_address: Any = None  # our address in the ACK's ID (None: no ACKs)
+        self._seq_taken = 0
+        self._out: list[tuple[bytes, Any]] = []
+
+    def acknowledge_as(self, address) -> None:
+        """Our IP address (the source of the last GROUPKEY-PULL): ACKs name it in their ID."""
+        self.ack_address = ipaddress.ip_address(address) if address is not None else None
 
     def __repr__(self) -> str:
         return f"PushReceiver(group={self.group_id}, kek={self.kek.spi.hex()}, last_seq={self.last_seq})"
@@ -520,8 +540,10 @@ class PushReceiver:
     def next_event(self):
         return self._events.popleft() if self._events else None
 
-    def datagrams_to_send(self) -> list:
-        return []  # GROUPKEY-PUSH-ACK (RFC 8263) is not implemented
+    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        """GROUPKEY-PUSH-ACKs: (datagram, address of the PUSH it answers)."""
+        out, self._out = self._out, []
+        return out
 
     def get_timer(self) -> float | None:
         return None
@@ -529,14 +551,19 @@ class PushReceiver:
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         data = bytes(data)
         digest = hashlib.sha256(data).digest()
-        if self._last_digest is not None and hmac.compare_digest(digest, self._last_digest):
+        if digest in self._recent:
             self.stats["duplicates"] += 1
-            log.debug("gdoi member group %s: GROUPKEY-PUSH from %r: a copy of the last one "
-                      "(SEQ %d), dropped", self.group_id, addr, self.last_seq)
-            self._events.append(PushRejected(self.group_id, f"copy of the PUSH of SEQ "
-                                             f"{self.last_seq} already taken", duplicate=True,
+            seq, ack = self._recent[digest]
+            log.debug("gdoi member group %s: GROUPKEY-PUSH from %r: a copy of the one of "
+                      "SEQ %d already taken, dropped", self.group_id, addr, seq)
+            self._events.append(PushRejected(self.group_id, f"copy of the PUSH of SEQ {seq} "
+                                             "already taken", duplicate=True,
                                              cause="duplicate"))
+            if ack is not None:  # our ACK may have been lost: the key server sent it again
+                self._out.append((ack[0], addr))
+                self.stats["acks"] += 1
             return
+        kek_before = self.kek
         try:
             events = self._receive(data, addr)
         except _Reject as e:
@@ -545,8 +572,23 @@ class PushReceiver:
             self._reject(f"internal error: {type(e).__name__}: {e}", addr, "internal")
         else:
             self.stats["accepted"] += 1
-            self._last_digest = digest
+            ack = self._ack(kek_before, self._seq_taken, addr)
+            self._recent[digest] = (self._seq_taken, ack)
+            while len(self._recent) > RECENT_PUSHES:
+                self._recent.popitem(last=False)
             self._events.extend(events)
+
+    def _ack(self, kek: GroupKek, seq: int, addr: Any) -> tuple[bytes, Any] | None:
+        """The ACK of a PUSH just processed (RFC 8263 section 4), queued; None if none is due."""
+        if self.evicted or self.ack_address is None or addr is None \
+                or self.kek.ack_requested not in ACK_TYPES:
+            return None
+        t = self.kek.ack_requested
+        data = build_push_ack(spi=kek.spi, seq=seq, address=self.ack_address,
+                              key=ack_key(kek.key, kek.spi, t), ack_type=t)
+        self._out.append((data, addr))
+        self.stats["acks"] += 1
+        return data, addr
 
     def _reject(self, reason: str, addr: Any, cause: str, *, resync: bool = False) -> None:
         self.stats["rejected"] += 1
@@ -626,6 +668,7 @@ class PushReceiver:
             ok = verify_push_signature(suite, pub, REKEY_PREFIX + hdr_sent + before, sig)
         if not ok:
             raise _Reject("signature does not verify", "signature")
+        self._seq_taken = seq  # read by receive_datagram only if the processing succeeds
         # -- authentic: process into new values, assign at the end
         events: list = []
         closed = False

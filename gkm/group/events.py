@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from gkm.events import KeyServerEvent
 
 __all__ = ["GroupControllerEvent", "GroupRekeyed", "KeysRotated", "MembersEvicted",
-           "EvictionScheduled", "KeysPurged", "KeysAnnounced", "GroupDissolved"]
+           "EvictionScheduled", "KeysPurged", "KeysAnnounced", "GroupDissolved",
+           "RekeyAcknowledged", "RekeyUnacknowledged", "MemberLost", "AckRefused"]
 
 
 class GroupControllerEvent(KeyServerEvent):
@@ -94,3 +95,44 @@ class GroupDissolved(GroupControllerEvent):
     group_id: int
     members: tuple[str, ...]
     seq: int | None
+
+
+# -- rekey delivery (gkm.group.delivery) ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RekeyAcknowledged(GroupControllerEvent):
+    """A member acknowledged every PUSH of its pending rekey (the last one: ``seq``)."""
+
+    group_id: int
+    identity: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyUnacknowledged(GroupControllerEvent):
+    """A member left a rekey (PUSHes ``seqs``) unacknowledged after every retransmission, or
+    a newer rekey superseded it; ``missed``: rekeys missed in a row now."""
+
+    group_id: int
+    identity: str
+    seqs: tuple[int, ...]
+    missed: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLost(GroupControllerEvent):
+    """A member missed ``missed`` rekeys in a row: no PUSH is sent to it until it registers
+    again."""
+
+    group_id: int
+    identity: str
+    missed: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckRefused(GroupControllerEvent):
+    """A datagram on a rekey socket that is no valid GROUPKEY-PUSH-ACK of this group; nothing
+    changed.  ``source``: "host:port"."""
+
+    group_id: int
+    source: str
+    reason: str

@@ -354,7 +354,8 @@ def test_rekey_socket_is_exclusively_msecds(tmp_path, netns):
            'cipher = "aes-gcm-128"\n'
            '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
            f'signing_key = "{signing}"\nrekey_address = "239.192.0.1"\nrekey_port = {rport}\n'
-           'lifetime = "1d"\n')
+           # one copy: a later copy of the rekey would reach the grabber below and end it
+           'lifetime = "1d"\nrekey_copies = 1\n')
     ks = Msecd(write_config(tmp_path, ks_port=port, name="ks.toml", tek=tek), host=netns)
     dirs = [tmp_path / "gm", tmp_path / "gm-late"]
     for d in dirs:

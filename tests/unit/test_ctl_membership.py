@@ -51,6 +51,16 @@ def test_render():
     assert "STATE" in text and "WHY" in text
     line = next(x for x in text.splitlines() if "gm3" in x)
     assert "evicted" in line and "lost laptop" in line
+    assert "ACKED SEQ" not in text  # multicast delivery: no ACK columns
+    unicast = {"ok": True, "id": 1001, "members": [
+        {"identity": "key-id:gm1", "state": "registered", "address": "10.0.0.2:848",
+         "registered_at": 1, "last_acked_seq": 7, "missed_rekeys": 0, "lost": False},
+        {"identity": "key-id:gm2", "state": "lost", "address": "10.0.0.3:848",
+         "registered_at": 1, "last_acked_seq": 4, "missed_rekeys": 3, "lost": True}]}
+    text = ctl.render("members", unicast)
+    assert "ACKED SEQ" in text and "MISSED" in text
+    assert next(x for x in text.splitlines() if "gm2" in x).split()[1:2] == ["lost"]
+    assert " 4 " in next(x for x in text.splitlines() if "gm2" in x)
     r = {"ok": True, "id": 1001, "evicted": ["key-id:gm3"], "reason": "r", "seq": 1,
          "sent_to": ["239.192.0.1:848"], "not_members": ["key-id:x"]}
     text = ctl.render("evict", r)

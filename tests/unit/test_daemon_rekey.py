@@ -25,8 +25,13 @@ class FakePushReceiver:
     def __init__(self, group_id, last_seq):
         self.group_id = group_id
         self.last_seq = last_seq
-        self.kek = SimpleNamespace(spi=b"K" * 16)
+        self.kek = SimpleNamespace(spi=b"K" * 16, ack_requested=0)
         self._events = []
+        self.stats = {"accepted": 0}
+        self.ack_address = None
+
+    def acknowledge_as(self, address):
+        self.ack_address = address
 
     def receive_datagram(self, data, addr, now):
         _, seq, spi = data.split()

@@ -85,10 +85,21 @@ class FakePush:
         self.kek = kek
         self.queue = []
         self.events = []
+        self.acks = []  # what datagrams_to_send gives after the next datagram
+        self.out = []
+        self.ack_address = None
+
+    def acknowledge_as(self, address):
+        self.ack_address = address
 
     def receive_datagram(self, data, addr, now):
         self.events.extend(self.queue)
         self.queue = []
+        self.out, self.acks = self.acks, []
+
+    def datagrams_to_send(self):
+        out, self.out = self.out, []
+        return out
 
     def next_event(self):
         return self.events.pop(0) if self.events else None
@@ -801,3 +812,32 @@ def test_phase1_established_is_passed_on_as_phase1_up_before_joined():
     w.register()
     assert [type(e) for e in w.events] == [Phase1Up, Joined]
     assert w.events[0] == Phase1Up(GID, sa) and w.e.state is MemberState.REGISTERED
+
+
+# ------------------------------------------------------------------------ GROUPKEY-PUSH-ACK
+
+def test_acks_leave_through_the_rekey_socket_even_when_the_push_deletes_the_kek():
+    """The shell's local address reaches the receiver (the ACK's ID); what the receiver
+    answers comes out of push_datagrams_to_send, also for a PUSH whose KEK Delete drops the
+    receiver (RFC 8263 section 4)."""
+    w = World()
+    w.e.start(w.now)
+    w.drain()
+    w.e.registration_opened(("10.0.0.1", 848), w.now, local_address="10.1.0.5")
+    w.e.receive_registration(b"reply", ("10.0.0.1", 848), w.now)
+    w.drain()
+    p = w.pushes[-1]
+    assert p.ack_address == "10.1.0.5"
+    p.acks = [(b"ACK1", ("10.0.0.1", 40000))]
+    w.push(Rekeyed(GID, (tek(0x200),), Kek(), 1))
+    assert w.e.push_datagrams_to_send() == [(b"ACK1", ("10.0.0.1", 40000))]
+    assert w.e.push_datagrams_to_send() == []
+    p.acks = [(b"ACK2", ("10.0.0.1", 40000))]
+    w.push(KekDeleted(GID, b"K" * 16))
+    assert w.e.push is None  # the Rekey SA is gone, its ACK still leaves
+    assert w.e.push_datagrams_to_send() == [(b"ACK2", ("10.0.0.1", 40000))]
+
+
+def test_no_local_address_no_ack_address():
+    w = World().register()
+    assert w.pushes[-1].ack_address is None

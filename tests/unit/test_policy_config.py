@@ -132,6 +132,20 @@ def only(doc, files) -> Problem:
 # ---------------------------------------------------------------- valid configurations
 
 
+def test_rekey_delivery_settings(files):
+    d = base()
+    d["keyserver"]["group"][0]["kek"].update(
+        rekey_delivery="unicast", rekey_copies=1, rekey_copy_interval="250ms",
+        rekey_unicast_rate=200, rekey_ack_timeout="30s", rekey_ack_retries=0,
+        rekey_max_missed=5)
+    k = load(d, files).keyserver.groups[0].kek
+    assert k.unicast and (k.rekey_copies, k.rekey_copy_interval_s, k.rekey_unicast_rate) == \
+        (1, 0.25, 200)
+    assert (k.rekey_ack_timeout_s, k.rekey_ack_retries, k.rekey_max_missed) == (30, 0, 5)
+    d["keyserver"]["group"][0]["kek"]["rekey_copy_interval"] = 2
+    assert load(d, files).keyserver.groups[0].kek.rekey_copy_interval_s == 2.0
+
+
 def test_base_loads(files):
     c = load(base(), files)
     ks = c.keyserver
@@ -145,6 +159,10 @@ def test_base_loads(files):
     assert ks.groups[0].kek.lkh_degree == 2 and ks.groups[0].kek.evict_batch_s == 0
     assert ks.groups[0].kek.rekey_ttl == 1 and ks.groups[0].kek.rekey_interface is None
     assert ks.groups[0].kek.max_push_size == 8192
+    k = ks.groups[0].kek
+    assert (k.rekey_delivery, k.rekey_copies, k.rekey_copy_interval_s, k.rekey_unicast_rate,
+            k.rekey_ack_timeout_s, k.rekey_ack_retries, k.rekey_max_missed) == \
+        ("multicast", 2, 0.5, 5000, 10, 3, 3) and not k.unicast
     assert ks.psk_for("gm1").secret.reveal() == PSK.encode()  # trailing newline stripped
     cam = ks.groups[1].teks[0]
     assert cam.direction_for(Identity(IdKind.KEY_ID, "cam1")) == SaDirection.SENDER_ONLY
@@ -286,6 +304,22 @@ T0 = "keyserver.group[0].tek[0]"
          "keyserver.group[0].kek.lkh", ""),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(evict_batch_window="2h"),
          "keyserver.group[0].kek.evict_batch_window", "not in 0..3600"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_delivery="broadcast"),
+         "keyserver.group[0].kek.rekey_delivery", "choose one of multicast, unicast"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_copies=0),
+         "keyserver.group[0].kek.rekey_copies", "not in 1..10"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_copy_interval="5ms"),
+         "keyserver.group[0].kek.rekey_copy_interval", "not in 0.01..60.0"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_copy_interval="soon"),
+         "keyserver.group[0].kek.rekey_copy_interval", "not an interval"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_unicast_rate=1),
+         "keyserver.group[0].kek.rekey_unicast_rate", "not in 10..1000000"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_ack_timeout="0s"),
+         "keyserver.group[0].kek.rekey_ack_timeout", "not in 1..300"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_ack_retries=11),
+         "keyserver.group[0].kek.rekey_ack_retries", "not in 0..10"),
+        (lambda d: d["keyserver"]["group"][0]["kek"].update(rekey_max_missed=0),
+         "keyserver.group[0].kek.rekey_max_missed", "not in 1..100"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(signature="ecdsa-p384"),
          "keyserver.group[0].kek.signing_key", "needs curve secp384r1"),
         (lambda d: d["keyserver"]["group"][0]["kek"].update(signature="rsa-pkcs1-sha256"),
