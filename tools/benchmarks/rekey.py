@@ -131,6 +131,8 @@ class _Member(asyncio.DatagramProtocol):
 
         g = self.gen
         g.pushes += 1
+        g.last_push = time.time()
+        g.first_push = g.first_push or g.last_push
         if g.rng.random() < g.loss:
             g.dropped += 1
             return
@@ -160,6 +162,8 @@ class _Generator:
         self.acked: set[int] = set()  # sent an ACK of it that the path did not drop
         self.pushes = self.acks = self.dropped = 0
         self.last_ack: float | None = None
+        self.first_push: float | None = None
+        self.last_push: float | None = None
 
     async def register_all(self) -> None:
         sem = asyncio.Semaphore(self.window)
@@ -196,7 +200,8 @@ class _Generator:
 
     def report(self) -> dict:
         return {"rekeyed": len(self.rekeyed), "acked": len(self.acked), "pushes": self.pushes, "acks": self.acks,
-                "dropped": self.dropped, "last_ack": self.last_ack, "cpu_s": time.process_time()}
+                "dropped": self.dropped, "last_ack": self.last_ack,
+                "first_push": self.first_push, "last_push": self.last_push, "cpu_s": time.process_time()}
 
 
 async def _generate(port: int, rekey_port: int, first: int, n: int, window: int) -> None:
@@ -216,7 +221,7 @@ async def _generate(port: int, rekey_port: int, first: int, n: int, window: int)
                 g.rekeyed.clear()
                 g.acked.clear()
                 g.pushes = g.acks = g.dropped = 0
-                g.last_ack = None
+                g.last_ack = g.first_push = g.last_push = None
                 out = {"ok": True}
             case ["REPORT"]:
                 out = g.report()
@@ -318,6 +323,8 @@ def one_rekey(ks: KeyServer, gens: Generators, n: int, loss: float, seq: int,
     time.sleep(0.3)  # the last ACKs reach the key server (no CPU spent waiting)
     cpu = sum(ks.cpu()) - cpu0
     members = ks.ctl("members", str(GID)).get("members", [])
+    delivery = next((r.get("delivery") for r in ks.ctl("group", "show", str(GID)).get("roles", [])
+                     if r.get("role") == "keyserver"), None) or {}
     acked = sum(1 for m in members if m.get("last_acked_seq") == seq)
     last = max((r["last_ack"] or t0) for r in reports)
     return {"loss": loss, "seq": seq, "msecctl_seqs": sent, "acked": acked,
@@ -326,7 +333,10 @@ def one_rekey(ks: KeyServer, gens: Generators, n: int, loss: float, seq: int,
             "pushes_received": sum(r["pushes"] for r in reports),
             "acks_sent": sum(r["acks"] for r in reports),
             "dropped": sum(r["dropped"] for r in reports),
-            "members_rekeyed": sum(r["rekeyed"] for r in reports)}
+            "members_rekeyed": sum(r["rekeyed"] for r in reports),
+            "first_push_s": round(min((r["first_push"] or t0) for r in reports) - t0, 3),
+            "last_push_s": round(max((r["last_push"] or t0) for r in reports) - t0, 3),
+            "key_server_delivery": delivery}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generators", type=int, default=2)
     ap.add_argument("--window", type=int, default=48, help="registrations in flight")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per rekey")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="run the key server under cProfile, stats to this file (CPU inflated)")
     a = ap.parse_args(argv)
     n = a.members
     with tempfile.TemporaryDirectory(prefix="msec-bench-rekey-", dir=ROOT) as d:
@@ -352,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         port, rekey_port = _free_port(), _free_port()
         cfg = configure(workdir, n, port, rekey_port, a.rate, a.ack_timeout, a.retries,
                         workdir / "state")
-        ks = KeyServer(cfg, workdir / "msecd.log")
+        ks = KeyServer(cfg, workdir / "msecd.log", a.profile)
         gens = Generators(a.generators, n, a.window, port, rekey_port)
         try:
             t0 = time.time()
