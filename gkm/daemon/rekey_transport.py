@@ -53,10 +53,32 @@ def _family_of(host: str) -> int:
         else socket.AF_INET
 
 
+#: socket buffers of a rekey socket: a unicast rekey to 10^4 members is answered by 10^4
+#: GROUPKEY-PUSH-ACKs within a fraction of a second, and the kernel's default receive buffer
+#: (about 200 KiB, some 300 small datagrams with their overhead) drops most of them, each
+#: drop costing a retransmission to that member (tools/bench rekey)
+REKEY_SOCKET_BUFFER = 8 << 20
+
+
+def _grow_buffers(s: socket.socket) -> None:
+    """Receive and send buffers of REKEY_SOCKET_BUFFER: past net.core.rmem_max/wmem_max
+    with CAP_NET_ADMIN (SO_*BUFFORCE, which msecd has), else as far as the limits allow."""
+    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
+                         (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, REKEY_SOCKET_BUFFER)
+        except OSError:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, plain, REKEY_SOCKET_BUFFER)
+            except OSError:
+                pass
+
+
 def _open_socket(family: int, opts: MulticastOptions) -> socket.socket:
     s = socket.socket(family, socket.SOCK_DGRAM)
     try:
         s.setblocking(False)
+        _grow_buffers(s)
         ifindex = 0
         if opts.interface is not None:
             try:
