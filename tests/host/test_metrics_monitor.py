@@ -87,6 +87,15 @@ class Monitor:
         self.proc.wait(30)
 
 
+def _subscribed(netns, port: int, timeout: float = 60.0) -> None:
+    """Wait until the daemon counts one monitor stream (msecctl takes a while to start on a
+    loaded machine; events before its subscription are not in its stream)."""
+    end = time.monotonic() + timeout
+    while value(scrape(netns, port), "msec_monitor_subscribers") != 1:
+        assert time.monotonic() < end, "msecctl monitor never subscribed"
+        time.sleep(0.1)
+
+
 def _with_metrics(cfg, port: int):
     cfg.write_text(cfg.read_text().replace(
         "[daemon]\n", f'[daemon]\nmetrics_listen = "127.0.0.1:{port}"\n', 1))
@@ -122,7 +131,7 @@ def test_metrics_and_monitor_follow_registrations_refusals_and_rekeys(tmp_path, 
         assert value(m, "msec_keyserver_members", group="1001") == 0
         assert value(m, "msec_keyserver_phase1_half_open") == 0
         mon_ks = Monitor(tmp_path / "run" / "control.sock", "--json")
-        time.sleep(0.5)  # the subscription is made before gm1 starts (polled below anyway)
+        _subscribed(netns, ks_metrics)  # before gm1 starts: its registration is in the stream
 
         gm1.start()
         gm1.wait_log("listening for GROUPKEY-PUSH")
@@ -131,6 +140,7 @@ def test_metrics_and_monitor_follow_registrations_refusals_and_rekeys(tmp_path, 
         assert ev["role"] == "keyserver" and ev["group"] == 1001
         assert ev["member"] == "key-id:gm1" and ev["teks"] and ev["at"] > 0
         mon_gm = Monitor(tmp_path / "gm1" / "run" / "control.sock")
+        _subscribed(netns, gm_metrics)
 
         m = scrape(netns, ks_metrics)
         assert value(m, "msec_keyserver_registrations_total", group="1001") == 1
