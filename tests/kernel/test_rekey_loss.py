@@ -1,19 +1,20 @@
 """Rekeys through 30% loss, in the kernel lab: real msecd processes, a key server (h1) whose
 rekey datagrams (UDP to port 848) lose 30% on the way out (netem on a band of a prio qdisc that
 only they are filtered into; registration and ESP traffic are untouched), three members, two of
-them sending 100 datagrams per second each, 20 operator rekeys 2 s apart (through the control
-socket: msecctl's own start-up takes about a second in the lab), multicast delivery with 4
-copies 150 ms apart (each copy to the rekey address and unicast to every member); the group's
-GAP: ATD 1 s, DTD 3 s.
+them sending 100 datagrams per second each, 20 operator rekeys in pairs (the second 0.5 s after
+the first, less than the ATD; a pair every 3 s), through the control socket (msecctl's own
+start-up takes about a second in the lab), multicast delivery with 4 copies 150 ms apart (each
+copy to the rekey address and unicast to every member); the group's GAP: ATD 1 s, DTD 3 s.
 
 Checked: netem dropped rekey datagrams; every member ends on the key server's current TEK and
-SEQ; every receiver got every datagram exactly once.  Why none is lost: a member that takes
+SEQ; every receiver got every datagram exactly once; each member's kernel, sampled every 50 ms,
+held three SAs for the TEK policy at some point and never more.  Why none is lost: a member that takes
 only a late copy still installs the new SA inbound well before any sender moves to it (the
-copies' spread, 0.45 s, is below the ATD); a rekey arriving while the previous SA is still in
-its DTD does not drop it (three SAs for a moment): the other senders leave it an ATD after they
-took its successor, which can be after this receiver took the next rekey (before that rule,
-this test lost the datagrams a sender sent in the few milliseconds between the receiver's and
-its own receipt of the next rekey, counted in XfrmInNoStates)."""
+copies' spread, 0.45 s, is below the ATD); the second rekey of a pair arrives while the other
+senders are still on the SA before the first one, and does not make the receiver drop that SA
+(it keeps its DTD: three SAs for a moment).  Before that rule a receiver dropped it at once and
+lost what a sender sent in the milliseconds between the receiver's and its own receipt of the
+second rekey (XfrmInNoStates counted them): the pairs are what make this test fail then."""
 
 from __future__ import annotations
 
@@ -29,15 +30,17 @@ from gkm.daemon.ctl import request
 from tests.host.daemon_proc import Msecd
 from tests.kernel.test_evict import _wait, kernel_keys, ks_config, no_states
 from tests.kernel.test_registration import GROUP, PORT, PSKS, SPI_LOG, gm_config
-from tests.kernel.traffic import TAG, Sender
+from tests.kernel.traffic import TAG, Sampler, Sender
 
 pytestmark = pytest.mark.kernel
 
-REKEYS = 20
 ATD, DTD = 1, 3
-# > ATD (senders take each rekey before the next) and > DTD / 2 (a receiver holds at most the
-# current SA, the previous one and the one before in its DTD, so none is dropped early)
-SPACING = 2.0
+# 20 rekeys in pairs: the second PAIR_GAP after the first, less than the ATD (the other senders
+# are still on the SA before the first); a pair every PAIR_SPACING = DTD, so a receiver holds
+# at most three SAs (a fourth's arrival drops the oldest, left by every sender 1.5 s before)
+REKEYS = 20
+PAIR_GAP = 0.5
+PAIR_SPACING = 3.0
 LOSS = "30%"
 DELIVERY = 'rekey_copies = 4\nrekey_copy_interval = "150ms"\n'
 
@@ -97,6 +100,7 @@ def test_twenty_rekeys_through_30_percent_loss_no_datagram_lost(netlab_factory, 
     members = {n: Msecd(gm_config(dirs[n], h1.ip4, n, PSKS[n]), host=h)
                for n, h in gm_hosts.items()}
     senders: list[Sender] = []
+    sampler = None
     drain_stop = threading.Event()
     try:
         ks.start(timeout=120)
@@ -118,16 +122,18 @@ def test_twenty_rekeys_through_30_percent_loss_no_datagram_lost(netlab_factory, 
         senders = [Sender(h2, b"A"), Sender(h3, b"B")]
         for s in senders:
             s.start()
+        sampler = Sampler(gm_hosts.values())
+        sampler.start()
         time.sleep(1.0)
         last = None
         rekeyed_at = []  # (wall clock, SEQ) when each rekey was answered
+        start = time.monotonic()
         for i in range(REKEYS):
-            t0 = time.monotonic()
+            time.sleep(max(0.0, start + i // 2 * PAIR_SPACING + i % 2 * PAIR_GAP
+                           - time.monotonic()))
             last = _ask(ks, {"cmd": "rekey", "id": 1001})
             assert last["ok"], last
             rekeyed_at.append((_clock(time.time()), last["seq"]))
-            if i < REKEYS - 1:
-                time.sleep(max(0.0, t0 + SPACING - time.monotonic()))
         new = int(last["teks"][0], 16)
         for n, d in members.items():  # on the current keys, sending on them
             d.wait_log(f"sending on SPI 0x{new:08x}", timeout=60)
@@ -136,6 +142,8 @@ def test_twenty_rekeys_through_30_percent_loss_no_datagram_lost(netlab_factory, 
         time.sleep(1.0)
         for s in senders:
             s.stop.set()
+        sampler.stop.set()
+        sampler.join(timeout=10)
         for s in senders:
             s.join(timeout=30)
         sent = {s.name_tag: s.sent for s in senders}
@@ -165,14 +173,21 @@ def test_twenty_rekeys_through_30_percent_loss_no_datagram_lost(netlab_factory, 
                     print(f"\nLOST at {h} from {t} (number, sent at): {when}; rekeys "
                           f"{rekeyed_at}; XfrmInNoStates {nostates}\n{_timeline(members)}")
                 assert missing == 0 and dup == 0, (h, t, sent[t], missing, dup)
+        # each pair's second rekey found the SA before the first still in its DTD and kept it
+        assert all(sampler.most[h.name] == 3 for h in gm_hosts.values()), sampler.most
         dropped = _dropped(h1)
         assert dropped > 0  # the loss did happen
         copies = {n: _role(d)["push"] for n, d in members.items()}
         print(f"\nrekey loss figures: {REKEYS} rekeys, sent {sent}, netem dropped {dropped} "
-              f"rekey datagrams, members' PUSH counters {copies}")
+              f"rekey datagrams, members' PUSH counters {copies}, most SAs per TEK policy "
+              f"{dict(sampler.most)} in {sampler.samples} kernel samples")
         for d in (ks, *members.values()):
             assert "Traceback" not in d.log()
     finally:
+        if sampler is not None:
+            sampler.stop.set()
+            sampler.join(timeout=10)
+            sampler.close()
         drain_stop.set()
         for s in senders:
             s.stop.set()
