@@ -1,7 +1,7 @@
 """gkm.gdoi.member.MemberEngine with a fake clock: every (state, input) pair, the refused ones
 leaving the state unchanged, and make before break against the real installer on the
-in-memory kernel (at most two SAs per TEK policy, the sender switched after the activation
-delay, the old SA gone after the deactivation delay)."""
+in-memory kernel (two SAs per TEK policy, three while a superseded one keeps its DTD, the
+sender switched after the activation delay, the old SA gone after the deactivation delay)."""
 
 from __future__ import annotations
 
