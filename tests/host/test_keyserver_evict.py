@@ -5,8 +5,7 @@ reload that takes gm2 out of the policy evicts it."""
 
 from __future__ import annotations
 
-from tests.host.daemon_proc import Msecd
-from tests.unit.daemon_fakes import write_config
+from tests.host.daemon_proc import Msecd, group_on_hosts
 from tests.host.test_daemon_process import _push_signing_key
 
 PSK = {"gm1": "11" * 16, "gm2": "22" * 16, "gm3": "33" * 16}
@@ -24,15 +23,9 @@ def _kek(tmp_path, rport=848):
 def test_evict_deny_list_lift_and_reload(netlab_factory, tmp_path):
     lab = netlab_factory(4)
     h1, *gm_hosts = lab.hosts
-    ks_cfg = write_config(tmp_path, ks_port=848, name="ks.toml", tek=_kek(tmp_path),
-                          ks_psks=PSK, authorize=("gm1", "gm2", "gm3"), listen=h1.ip4)
-    ks = Msecd(ks_cfg, host=h1)
-    gms = {}
-    for name, h in zip(("gm1", "gm2", "gm3"), gm_hosts):
-        d = tmp_path / name
-        d.mkdir()
-        gms[name] = Msecd(write_config(d, member_port=848, identity=name, psk=PSK[name],
-                                       ks_host=h1.ip4), host=h, args=["--no-kernel"])
+    ks, gms = group_on_hosts(tmp_path, h1, gm_hosts, _kek(tmp_path), PSK,
+                             names=("gm1", "gm2", "gm3"))
+    ks_cfg = ks.config
     try:
         ks.start()
         for d in gms.values():
