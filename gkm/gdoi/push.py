@@ -54,8 +54,8 @@ Decisions (ambiguities; docs/decisions/wire.md):
   told :class:`Evicted`; so is every member of an update with no LKH_UPDATE_ARRAY (the last
   members evicted: the new root is wrapped for nobody, see ``gkm.group.controller``).  An
   evicted (or closed) receiver drops every further datagram at debug level: the TEK PUSH
-  under the new KEK follows an eviction by design.  The wire carries no LKH epoch: the receiver applies the update as
-  epoch + 1 (SEQ provides the ordering).
+  under the new KEK follows an eviction by design.  The wire carries no LKH epoch: the
+  receiver applies the update as epoch + 1 (SEQ provides the ordering).
 * SA TEK direction in PUSH (RFC 6407 section 5.5.1.1.2): one SA payload goes to every member,
   so it cannot carry the per-member directions of GROUPKEY-PULL.  It carries SYMMETRIC for TEKs
   without a sender restriction, else RECEIVER_ONLY (the safe value); a member keeps the
