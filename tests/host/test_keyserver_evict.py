@@ -7,6 +7,7 @@ empties) is told evicted too."""
 from __future__ import annotations
 
 from tests.host.daemon_proc import Msecd, group_on_hosts
+from tests.unit.daemon_fakes import write_config
 from tests.host.test_daemon_process import _push_signing_key
 
 PSK = {"gm1": "11" * 16, "gm2": "22" * 16, "gm3": "33" * 16}
