@@ -13,13 +13,17 @@ Decisions:
   doubling, at most :data:`MAX_RETRANSMITS` times; the whole registration fails after
   :data:`EXCHANGE_TIMEOUT` seconds (the member engine then tries the next key server).
 * The member does not send GROUP_SENDER yet: it installs the TEKs inbound only.
-* The :class:`~.events.GsaRegistered` event's Rekey SA, AUTH_KEY and Key Path (what a
-  GSA_REKEY receiver starts from) are kept in :attr:`GikeRegistration.gsa` for a later
-  ``RekeyReceiver``; GSA_REKEY reception is not wired into the member yet.
+* GSA_REKEY reception is not wired into the member yet, so the ``Registered`` handed to the
+  member engine carries no KEK (``kek``, ``seq``, ``lkh`` None): the engine then neither
+  listens for GDOI's GROUPKEY-PUSH (whose keys differ from the Rekey SA's) nor expects one,
+  and registers again before the TEKs expire, as in a GDOI group without a KEK.  The whole
+  :class:`~.events.GsaRegistered` (Rekey SA, AUTH_KEY, Key Path: what a ``RekeyReceiver``
+  starts from) is kept in :attr:`GikeRegistration.gsa`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -121,7 +125,7 @@ class GikeRegistration:
                     case GsaRegistered():
                         self.state = "registered"
                         self.gsa = ev
-                        self._events.append(ev.registered)
+                        self._events.append(dataclasses.replace(ev.registered, kek=None, seq=None, lkh=None))
                     case GsaRegistrationFailed():
                         self._fail(ev.reason, ev.notify)
 
