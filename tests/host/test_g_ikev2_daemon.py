@@ -66,6 +66,9 @@ def test_gdoi_and_g_ikev2_members_of_one_group(netlab_factory, tmp_path):
         gdoi.wait_log("registered with key server", timeout=60)
         gike.wait_log("registered with key server", timeout=60)
         ks.wait_log("registered (TEK SPI", count=2, timeout=60)
+        assert ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]["protocols"] == ["gdoi", "g-ikev2"]
+        assert gike.ctl_json("group", "show", "1001")["roles"][0]["protocol"] == "g-ikev2"
+        assert gdoi.ctl_json("group", "show", "1001")["roles"][0]["protocol"] == "gdoi"
         want = _spis(ks, 1001)
         assert want and _spis(gdoi, 1001) == want and _spis(gike, 1001) == want
         members = {m["identity"] for m in ks.ctl_json("members", "1001")["members"]

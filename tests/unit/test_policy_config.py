@@ -769,3 +769,17 @@ def test_model_checks_protocols(files):
     with pytest.raises(ValueError, match="listed twice"):
         dataclasses.replace(group, protocols=("g-ikev2", "g-ikev2"))
     assert dataclasses.replace(group, protocols=("g-ikev2",)).protocols == ("g-ikev2",)
+
+
+def test_reload_of_protocols(files):
+    """A member's protocol change registers again (over the new protocol); a key server
+    group's protocols change needs no rekey (the keys are the same for both)."""
+    old = load(base(), files)
+    doc = base()
+    doc["member"]["group"][0]["protocol"] = "g-ikev2"
+    doc["keyserver"]["group"][0]["protocols"] = ["gdoi", "g-ikev2"]
+    d = diff(old, load(doc, files))
+    (m_change,) = d.member_changed
+    assert m_change.fields == ("protocol",) and m_change.needs_reregistration
+    (ks_change,) = d.keyserver_changed
+    assert ks_change.fields == ("protocols",) and not ks_change.needs_rekey
