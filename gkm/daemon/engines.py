@@ -7,8 +7,10 @@
 * ``keyserver(settings, store, now, admit) -> engine``: a ``KeyServerEngine`` (phase 1
   responder + GROUPKEY-PULL responder) for the key server role, keys persisted in ``store``;
   ``admit(group, identity, phase1_sa) -> reason | None`` refuses members the policy admits
-  (deny list, revoked certificate).  Behind a ``gkm.ikev2.gcks.ProtocolDemux``: IKEv2
-  datagrams on the same sockets go to a ``GcksEngine`` (G-IKEv2) over the same keys provider;
+  (deny list, revoked certificate).  When a group lists ``g-ikev2`` in ``protocols``, behind
+  a ``gkm.ikev2.gcks.ProtocolDemux``: IKEv2 datagrams on the same sockets go to a
+  ``GcksEngine`` (G-IKEv2) over the same keys provider (GDOI-only configurations get the
+  ``KeyServerEngine`` alone, as before: no IKEv2 exchange is answered);
 * ``member(...)`` with a group's ``protocol = "g-ikev2"``: a started
   ``gkm.ikev2.member_registration.GikeRegistration`` (the same interface);
 * ``member(group, key_server, now, wall_time_offset=0) -> engine``: a started
@@ -77,6 +79,10 @@ class _NoPhase1:
 
 
 _NO_PHASE1 = _NoPhase1()
+
+
+def _serves_g_ikev2(groups) -> bool:
+    return any("g-ikev2" in g.protocols for g in groups)
 
 
 class NullInstaller:
@@ -212,6 +218,8 @@ class GdoiFactory:
         self.provider = provider  # the key server role's (one per daemon): rekey invalidates it
         phase1 = gdoi.phase1_config(settings)
         engine = gdoi.KeyServerEngine(settings.groups, provider, phase1, admit=admit)
+        if not _serves_g_ikev2(settings.groups):
+            return engine  # GDOI only: exactly the engine of before, IKEv2 datagrams dropped
         return self._dual(engine, settings, provider, phase1, admit)
 
     @staticmethod
@@ -239,7 +247,11 @@ class GdoiFactory:
         return gcks.ProtocolDemux(gdoi_engine, g_ikev2)
 
     def update_keyserver_groups(self, engine, groups) -> bool:
-        """Give a running key server engine new group policies; False if it cannot."""
+        """Give a running key server engine new group policies; False if it cannot (G-IKEv2
+        served before and not now, or the other way round: a new engine is needed)."""
+        from gkm.ikev2.gcks import ProtocolDemux
+        if isinstance(engine, ProtocolDemux) != _serves_g_ikev2(groups):
+            return False
         engine.update_groups(groups)
         return True
 

@@ -21,9 +21,10 @@ Decisions:
   half-open and finished SAs, and the cookie secret's rotation every :data:`COOKIE_ROTATION_S`.
 
 :class:`ProtocolDemux` routes each datagram by the ISAKMP/IKE header's version octet (offset
-17 in both: RFC 2408 §3.1, RFC 7296 §3.1): major version 2 to the G-IKEv2 engine (also when
-no group serves G-IKEv2: the member is told AUTHORIZATION_FAILED rather than left to time
-out), anything else to the GDOI engine exactly as before.
+17 in both: RFC 2408 §3.1, RFC 7296 §3.1): major version 2 to the G-IKEv2 engine, anything
+else to the GDOI engine exactly as before.  msecd puts it in front of GDOI's engine only when
+some group lists ``g-ikev2`` (``gkm.daemon.engines``): a key server that did not opt in
+answers no IKEv2 exchange (no key exchange work for anyone), as before.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class ProtocolDemux:
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         version = data[_VERSION_OFFSET] >> 4 if len(data) > _VERSION_OFFSET else 0
-        if version == 2:  # answered even when no group serves G-IKEv2: refused with a reason
+        if version == 2:
             self.g_ikev2.receive_datagram(data, addr, now)
         else:  # IKEv1 and anything else: GDOI's decoders decide (and count) as before
             self.gdoi.receive_datagram(data, addr, now)

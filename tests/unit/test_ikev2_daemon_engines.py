@@ -92,13 +92,23 @@ def test_group_without_g_ikev2_refuses_with_authorization_failed(tmp_path):
     assert f.provider.store.member_count(GID + 1) == 0
 
 
-def test_ikev1_still_reaches_gdoi_when_no_group_serves_g_ikev2(tmp_path):
-    f, ks = key_server(tmp_path, both_groups(tmp_path, protocols=("gdoi",)))
+def test_gdoi_only_key_server_is_the_gdoi_engine_alone(tmp_path):
+    """No group lists g-ikev2: the engine of before, IKEv2 answered by nobody; a reload that
+    adds g-ikev2 to a group needs a new engine (and one that removes it too)."""
+    from gkm.gdoi import KeyServerEngine
+    groups = both_groups(tmp_path, protocols=("gdoi",))
+    f, ks = key_server(tmp_path, groups)
+    assert type(ks) is KeyServerEngine
     em, _eg = run(ks, f.member(member_group(tmp_path, "gm2"), KS, NOW))
     assert any(isinstance(e, Registered) for e in em)
     gi = f.member(dataclasses.replace(member_group(tmp_path, "gm1"), protocol="g-ikev2"), KS, NOW)
     em, eg = run(ks, gi, addr=("192.0.2.12", 848))
-    assert [type(e) for e in em] == [RegistrationFailed] and em[0].notify == NotifyType.AUTHORIZATION_FAILED
+    assert em == [] and eg == [] and gi.state == "sa_init"  # unanswered: it will time out
+    assert f.update_keyserver_groups(ks, groups)
+    assert not f.update_keyserver_groups(ks, both_groups(tmp_path))
+    _f2, dual = key_server(tmp_path / "2", both_groups(tmp_path))
+    assert not f.update_keyserver_groups(dual, groups)
+    assert f.update_keyserver_groups(dual, both_groups(tmp_path))
 
 
 def test_lost_answers_are_retransmitted(tmp_path):
