@@ -24,6 +24,7 @@ from gkm.events import Event
 from gkm.gdoi.pull import member_key
 from gkm.gdoi.events import MemberRefused, MemberRegistered
 from gkm.ike.events import Phase1Established, Phase1Failed
+from gkm.ikev2.events import GsaPeerRefused, SaInitFailed
 from gkm.store import KeyState
 from policy import model as pm
 from policy.revocation import RevocationList, load_crls
@@ -303,6 +304,13 @@ class KeyServerRole:
                 self.phase1_failures += 1
                 log.warning("key server: phase 1 with %s failed: %s", fmt_addr(ev.peer_addr),
                             ev.reason)
+            case SaInitFailed():  # G-IKEv2's phase 1 counterpart
+                self.phase1_failures += 1
+                log.warning("key server: G-IKEv2 IKE_SA_INIT with %s failed: %s",
+                            fmt_addr(ev.peer), ev.reason)
+            case GsaPeerRefused():
+                log.warning("key server: G-IKEv2 member at %s refused our GSA_AUTH answer: %s",
+                            fmt_addr(ev.peer), ev.reason)
             case _:
                 log.debug("key server: %s", ev)
 

@@ -147,3 +147,35 @@ def test_demux_drops_short_or_broken_ikev2(tmp_path, junk):
     _f, ks = key_server(tmp_path, both_groups(tmp_path))
     ks.receive_datagram(junk, GM, NOW)
     assert ks.datagrams_to_send() == [] and drain(ks) == []
+
+
+def test_key_server_admit_hook_applies_to_g_ikev2(tmp_path):
+    """The shell's own refusals (deny list) reach G-IKEv2 members too; the hook gets no phase
+    1 SA certificate (GSA_AUTH does not hand it over yet)."""
+    seen = []
+
+    def admit(group, identity, sa):
+        seen.append((group.group_id, identity.value, sa.peer_certificate))
+        return "key-id:gm1 was evicted"
+
+    f = GdoiFactory(kernel=False)
+    ks = f.keyserver(ks_settings(tmp_path, both_groups(tmp_path)), KeyStore(tmp_path / "state"), NOW, admit=admit)
+    em, eg = run(ks, f.member(dataclasses.replace(member_group(tmp_path, "gm1"), protocol="g-ikev2"), KS, NOW))
+    assert seen == [(GID, "gm1", None)]
+    assert [type(e) for e in em] == [RegistrationFailed] and em[0].notify == NotifyType.AUTHORIZATION_FAILED
+    assert any(isinstance(e, MemberRefused) and "was evicted" in e.reason for e in eg)
+
+
+def test_certificate_member_refused_over_g_ikev2_when_crls_are_configured(tmp_path):
+    groups = both_groups(tmp_path)
+    settings = ks_settings(tmp_path, groups, cert=True)
+    f = GdoiFactory(kernel=False)
+    crl = tmp_path / "ca.crl"
+    crl.write_bytes(b"")  # not read here: the role loads CRLs; the engine only knows they exist
+    for crls, want in (((), Registered), ((crl,), RegistrationFailed)):
+        store = KeyStore(tmp_path / f"state{len(crls)}")
+        ks = f.keyserver(dataclasses.replace(settings, crl_files=crls), store, NOW)
+        gi = f.member(dataclasses.replace(member_group(tmp_path, "gm1", cert=True), protocol="g-ikev2"), KS, NOW)
+        em, eg = run(ks, gi)
+        assert [type(e) for e in em] == [want], em
+    assert any(isinstance(e, MemberRefused) and "CRL checks of G-IKEv2 certificates" in e.reason for e in eg)
