@@ -90,3 +90,29 @@ def test_gdoi_and_g_ikev2_members_of_one_group(netlab_factory, tmp_path):
     finally:
         for d in reversed(daemons):
             d.stop()
+
+
+def test_reload_turns_g_ikev2_on(netlab_factory, tmp_path):
+    """A GDOI-only key server answers no IKEv2; a reload that adds g-ikev2 to the group's
+    protocols (a new engine, the same socket and store) lets a G-IKEv2 member in."""
+    lab = netlab_factory(2)
+    h1, h2 = lab.hosts
+    cfg = _ks_config(tmp_path, h1.ip4)
+    cfg.write_text(cfg.read_text().replace('protocols = ["gdoi", "g-ikev2"]\n', ''))
+    ks = Msecd(cfg, host=h1)
+    gike = Msecd(_member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4), host=h2, args=["--no-kernel"])
+    try:
+        ks.start()
+        assert ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]["protocols"] == ["gdoi"]
+        gike.start()
+        gike.wait_log("registering with key server", timeout=30)
+        cfg.write_text(cfg.read_text().replace('name = "both"\n', 'name = "both"\nprotocols = ["gdoi", "g-ikev2"]\n'))
+        r = ks.ctl_json("reload")
+        assert r["ok"], r
+        gike.wait_log("registered with key server", timeout=60)
+        ks.wait_log("g-ikev2 gcks: key-id 'gm2'", timeout=30)
+        assert ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]["protocols"] == ["gdoi", "g-ikev2"]
+        assert _spis(gike, 1001) == _spis(ks, 1001)
+    finally:
+        gike.stop()
+        ks.stop()
