@@ -65,7 +65,7 @@ class GcksEngine:
         self._admit_hook = admit
         self._out: list[tuple[bytes, Any]] = []
         self._events: list = []
-        self._now: float | None = None
+        self._next: float | None = None  # the next housekeeping: fixed, not pushed by traffic
         self._rotated_at: float | None = None
 
     def _admit(self, group: GroupPolicy, identity: Identity) -> str | None:
@@ -107,12 +107,16 @@ class GcksEngine:
             self._events.append(ev)
 
     def _tick(self, now: float) -> None:
-        self._now = now
+        if self._next is None:
+            self._next = now + HOUSEKEEPING_S
         if self._rotated_at is None:
             self._rotated_at = now
 
     def handle_timer(self, now: float) -> None:
         self._tick(now)
+        if now < self._next:
+            return
+        self._next = now + HOUSEKEEPING_S
         self.sa_init.expire(now)
         self.auth.expire(now)
         if now - self._rotated_at >= COOKIE_ROTATION_S:
@@ -128,9 +132,9 @@ class GcksEngine:
         return self._events.pop(0) if self._events else None
 
     def get_timer(self) -> float | None:
-        if self._now is None or not (self.sa_init.half_open or self.auth.sa_count):
+        if self._next is None or not (self.sa_init.half_open or self.auth.sa_count):
             return None
-        return self._now + HOUSEKEEPING_S
+        return self._next
 
 
 class ProtocolDemux:

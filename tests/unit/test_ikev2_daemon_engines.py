@@ -179,3 +179,23 @@ def test_certificate_member_refused_over_g_ikev2_when_crls_are_configured(tmp_pa
         em, eg = run(ks, gi)
         assert [type(e) for e in em] == [want], em
     assert any(isinstance(e, MemberRefused) and "CRL checks of G-IKEv2 certificates" in e.reason for e in eg)
+
+
+def test_half_open_state_expires_under_steady_traffic(tmp_path):
+    """Housekeeping runs on a fixed schedule: datagrams arriving more often than it runs do
+    not postpone it, so abandoned IKE SAs go after their lifetime."""
+    from gkm.ikev2.gcks import HOUSEKEEPING_S
+    f, ks = key_server(tmp_path, both_groups(tmp_path))
+    gi = f.member(dataclasses.replace(member_group(tmp_path, "gm1"), protocol="g-ikev2"), KS, NOW)
+    for d, _a in gi.datagrams_to_send():
+        ks.receive_datagram(d, GM, NOW)  # IKE_SA_INIT answered, the member never goes on
+    ks.datagrams_to_send()
+    assert ks.half_open == 1
+    t, deadline = NOW, ks.get_timer()
+    assert deadline == NOW + HOUSEKEEPING_S
+    while t < NOW + 40:
+        t += 1.0
+        ks.receive_datagram(b"\x00" * 17 + b"\x20" + b"\x00" * 10, ("192.0.2.99", 848), t)  # noise
+        if (d := ks.get_timer()) is not None and d <= t:
+            ks.handle_timer(t)
+    assert ks.half_open == 0 and ks.get_timer() is None
