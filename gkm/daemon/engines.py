@@ -11,10 +11,10 @@
   a ``gkm.ikev2.gcks.ProtocolDemux``: IKEv2 datagrams on the same sockets go to a
   ``GcksEngine`` (G-IKEv2) over the same keys provider (GDOI-only configurations get the
   ``KeyServerEngine`` alone, as before: no IKEv2 exchange is answered);
-* ``member(...)`` with a group's ``protocol = "g-ikev2"``: a started
-  ``gkm.ikev2.member_registration.GikeRegistration`` (the same interface);
 * ``member(group, key_server, now, wall_time_offset=0) -> engine``: a started
-  ``MemberRegistration`` towards ``key_server`` = (host, port), datagrams queued;
+  ``MemberRegistration`` towards ``key_server`` = (host, port), datagrams queued; with the
+  group's ``protocol = "g-ikev2"`` a started ``gkm.ikev2.member_registration.GikeRegistration``
+  (the same interface);
 * ``installer() -> installer``: :class:`KernelInstaller` (``xfrm.groupsa`` on an
   ``XfrmSocket`` in the daemon's network namespace) or :class:`NullInstaller` with
   ``--no-kernel``.  The daemon's installer interface: ``install(group_id, teks, switch=True)
@@ -82,7 +82,8 @@ _NO_PHASE1 = _NoPhase1()
 
 
 def _serves_g_ikev2(groups) -> bool:
-    return any("g-ikev2" in g.protocols for g in groups)
+    from gkm.ikev2.gcks import serves_g_ikev2
+    return any(serves_g_ikev2(g) for g in groups)
 
 
 class NullInstaller:
