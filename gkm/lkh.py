@@ -719,6 +719,7 @@ class LkhMemberView:
         :class:`LkhEvicted` or :class:`LkhUpdateError` (malformed / integrity failure).
         An update split over several messages goes through :mod:`gkm.lkh_parts` instead."""
         self._check_epoch(update)
+        self._check_not_empty(update)
         by_wrap, top_touched = self._index(update)
         path = list(self._path)
         renewed: set[int] = set()
@@ -734,6 +735,14 @@ class LkhMemberView:
             raise LkhStaleUpdate(f"update epoch {update.epoch} not newer than {self.epoch}")
         if update.epoch != self.epoch + 1:
             raise LkhOutOfSync(f"update epoch {update.epoch}, expected {self.epoch + 1}: re-register")
+
+    @staticmethod
+    def _check_not_empty(update: LkhUpdate) -> None:
+        """An update without entries is what :meth:`LkhTree.evict` returns when nobody is
+        left: the root was renewed (every node of an evicted path is) and wrapped for no one.
+        No member can derive the new group key from it, so whoever receives it is evicted."""
+        if not update.entries:
+            raise LkhEvicted("the update renews the group key for nobody (the tree is empty): evicted")
 
     def _index(self, update: LkhUpdate) -> tuple[dict[int, list[tuple[int, LkhEntry]]], bool]:
         """Structural checks of every entry; the entries by wrapping key handle, and whether

@@ -137,6 +137,10 @@ def apply_part(view: LkhMemberView, update: LkhUpdate, index: int, count: int,
     if not 1 <= index <= count:
         raise LkhUpdateError(f"part {index} of {count}")
     view._check_epoch(update)
+    if not update.entries:
+        if count == 1:
+            view._check_not_empty(update)  # the whole update, empty: evicted
+        raise LkhUpdateError(f"part {index}/{count} has no entries")
     if index == 1:
         if partial is not None:
             raise LkhPartOutOfOrder(f"part 1/{count} while parts 1..{partial.applied}/{partial.count} are held")

@@ -29,10 +29,11 @@ Pure functions here (:func:`compare`) decide; :class:`gkm.store.KeyStore` does t
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .durable import replace_file
 
 __all__ = ["ANCHOR_NAME", "Anchor", "GroupMark", "AnchorError", "read_anchor", "write_anchor",
            "compare"]
@@ -100,30 +101,7 @@ def read_anchor(path: Path) -> Anchor | None:
 def write_anchor(path: Path, anchor: Anchor) -> None:
     """Replace the anchor atomically and durably (file 0600, fsync, rename, directory fsync).
     OSError (e.g. ENOSPC) leaves the previous anchor in place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = anchor.to_json().encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace_file(path, anchor.to_json().encode(), 0o600)
 
 
 def _when(t: int) -> str:

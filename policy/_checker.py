@@ -608,7 +608,7 @@ class Checker:
     def ks_group(self, raw: Any, path: str) -> m.GroupPolicy | None:
         n0 = len(self.problems)
         tbl = self.table(raw, path, {"id", "name", "authorize", "tek", "kek", "activation_delay",
-                                     "deactivation_delay"},
+                                     "deactivation_delay", "protocols"},
                          required=("id", "authorize", "tek"))
         if tbl is None:
             return None
@@ -649,11 +649,16 @@ class Checker:
                 lead_problem = m.tek_lead_problem(kek, tuple(teks), atd, dtd)
                 if lead_problem is not None:
                     self.problem(_join(_join(path, "kek"), "tek_rekey_lead"), lead_problem)
+        protocols = self.string_list(tbl, path, "protocols") if "protocols" in tbl else ["gdoi"]
+        if protocols is not BAD:
+            problem = m.protocols_problem(protocols)
+            if problem is not None:
+                self.problem(_join(path, "protocols"), problem)
         if len(self.problems) > n0:
             return None
         return self.build(path, m.GroupPolicy, group_id=gid, teks=tuple(teks),
                           authorization=auth, kek=kek, name=name, activation_delay_s=atd,
-                          deactivation_delay_s=dtd)
+                          deactivation_delay_s=dtd, protocols=tuple(protocols))
 
     def psk_entry(self, raw: Any, path: str) -> m.PskCredential | None:
         n0 = len(self.problems)
@@ -975,7 +980,7 @@ class Checker:
 
     def member_group(self, raw: Any, path: str) -> m.MemberGroup | None:
         keys = {"id", "name", "key_servers", "credentials", "interface", "key_server_identity",
-                "phase1"}
+                "phase1", "protocol"}
         n0 = len(self.problems)
         tbl = self.table(raw, path, keys, required=("id", "key_servers", "credentials"))
         if tbl is None:
@@ -1007,11 +1012,14 @@ class Checker:
         phase1 = m.Phase1Suites()
         if "phase1" in tbl:
             phase1 = self.phase1(tbl["phase1"], _join(path, "phase1"), member=True)
+        protocol = self.value(tbl, path, "protocol", str, "gdoi")
+        if isinstance(protocol, str) and protocol not in m.PROTOCOLS:
+            self.problem(_join(path, "protocol"), f"unknown protocol {protocol!r} (gdoi or g-ikev2)")
         if len(self.problems) > n0:
             return None
         return self.build(path, m.MemberGroup, group_id=gid, key_servers=tuple(servers),
                           credentials=creds, name=name, interface=iface,
-                          key_server_authorization=ks_auth, phase1=phase1)
+                          key_server_authorization=ks_auth, phase1=phase1, protocol=protocol)
 
     def member(self, raw: Any, path: str) -> m.MemberSettings | None:
         n0 = len(self.problems)

@@ -57,6 +57,8 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     [[keyserver.group]]
     id = 1001                                 # GDOI group id, 1..2^32-1 (ID_KEY_ID)
     name = "video"                            # optional local label
+    protocols = ["gdoi", "g-ikev2"]           # default ["gdoi"]: registration protocols served
+                                              # (G-IKEv2, RFC 9838, on the same port)
     activation_delay = "2s"                   # default; GAP ATD: senders switch to a rekey's
                                               # new TEKs this long after it arrives
     deactivation_delay = "6s"                 # default; GAP DTD: the TEKs it supersedes go
@@ -122,6 +124,8 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     name = "video"
     key_servers = ["192.0.2.1", "[2001:db8::1]:848", "ks.example.org:1848"]
     interface = "eth0"                        # optional
+    protocol = "gdoi"                         # default; or "g-ikev2" (the key server's group
+                                              # must list it in protocols)
     credentials = { psk_identity = "gm1", psk_file = "gm1.psk" }
     # or credentials = { cert_file = "gm.crt", key_file = "gm.key", trust_anchors = ["ca.crt"] }
     # or an inline psk = "..." (then the config file must be mode 0600)

@@ -524,6 +524,22 @@ def gap_delay_problem(atd: int, dtd: int, shortest_tek: int) -> tuple[str, str] 
     return None
 
 
+#: registration protocols: GDOI (RFC 6407, IKEv1) and G-IKEv2 (RFC 9838)
+PROTOCOLS = ("gdoi", "g-ikev2")
+
+
+def protocols_problem(protocols) -> str | None:
+    """Why a key server group's ``protocols`` list is not valid, or None."""
+    if not protocols:
+        return "list at least one protocol (gdoi, g-ikev2)"
+    for p in protocols:
+        if p not in PROTOCOLS:
+            return f"unknown protocol {p!r} (gdoi or g-ikev2)"
+    if len(set(protocols)) != len(protocols):
+        return "a protocol is listed twice"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class GroupPolicy:
     """A group as its key server sees it."""
@@ -537,10 +553,15 @@ class GroupPolicy:
     activation_delay_s: int = DEFAULT_ACTIVATION_DELAY
     #: GAP DTD: how long after a rekey arrives members remove the TEKs it supersedes
     deactivation_delay_s: int = DEFAULT_DEACTIVATION_DELAY
+    #: the registration protocols the key server serves this group with (PROTOCOLS)
+    protocols: tuple[str, ...] = ("gdoi",)
 
     def __post_init__(self) -> None:
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
             raise ValueError(f"group id {self.group_id} is not in {MIN_GROUP_ID}..{MAX_GROUP_ID}")
+        problem = protocols_problem(self.protocols)
+        if problem is not None:
+            raise ValueError(problem)
         if not self.teks:
             raise ValueError("a group needs at least one TEK")
         problem = gap_delay_problem(self.activation_delay_s, self.deactivation_delay_s,
@@ -755,8 +776,12 @@ class MemberGroup:
     interface: str | None = None
     key_server_authorization: Authorization | None = None
     phase1: Phase1Suites = field(default_factory=Phase1Suites)
+    #: the registration protocol this member speaks to the group's key servers (PROTOCOLS)
+    protocol: str = "gdoi"
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
         if self.phase1.auth is not None:
             raise ValueError("a member's phase 1 authentication follows its credentials (no auth list)")
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:

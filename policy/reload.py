@@ -98,8 +98,9 @@ class GroupChange:
 
     @property
     def needs_reregistration(self) -> bool:
-        """Member: key servers or credentials changed; register again with the new ones."""
-        return bool({"key_servers", "credentials", "key_server_authorization", "phase1"} & set(self.fields))
+        """Member: key servers, credentials or the protocol changed; register again with the new ones."""
+        return bool({"key_servers", "credentials", "key_server_authorization", "phase1", "protocol"}
+                    & set(self.fields))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,14 @@
 * ``keyserver(settings, store, now, admit) -> engine``: a ``KeyServerEngine`` (phase 1
   responder + GROUPKEY-PULL responder) for the key server role, keys persisted in ``store``;
   ``admit(group, identity, phase1_sa) -> reason | None`` refuses members the policy admits
-  (deny list, revoked certificate);
+  (deny list, revoked certificate).  When a group lists ``g-ikev2`` in ``protocols``, behind
+  a ``gkm.ikev2.gcks.ProtocolDemux``: IKEv2 datagrams on the same sockets go to a
+  ``GcksEngine`` (G-IKEv2) over the same keys provider (GDOI-only configurations get the
+  ``KeyServerEngine`` alone, as before: no IKEv2 exchange is answered);
 * ``member(group, key_server, now, wall_time_offset=0) -> engine``: a started
-  ``MemberRegistration`` towards ``key_server`` = (host, port), datagrams queued;
+  ``MemberRegistration`` towards ``key_server`` = (host, port), datagrams queued; with the
+  group's ``protocol = "g-ikev2"`` a started ``gkm.ikev2.member_registration.GikeRegistration``
+  (the same interface);
 * ``installer() -> installer``: :class:`KernelInstaller` (``xfrm.groupsa`` on an
   ``XfrmSocket`` in the daemon's network namespace) or :class:`NullInstaller` with
   ``--no-kernel``.  The daemon's installer interface: ``install(group_id, teks, switch=True)
@@ -28,11 +33,14 @@ GROUPKEY-PUSH (the business logic is the key server's group controllers, ``gkm.g
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from policy.identity import IdKind
 
 __all__ = ["EngineFactory", "GdoiFactory", "KernelInstaller", "NullInstaller", "EngineUnavailable",
            "RekeyError", "StartupError", "local_addresses"]
@@ -61,6 +69,21 @@ class EngineFactory(Protocol):
     def keys_changed(self, engine: Any, group_id: int) -> None: ...
     def push_receiver(self, group: Any, registered: Any) -> Any: ...
     def installer(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _NoPhase1:
+    """What the key server's ``admit`` hook reads of a GDOI phase 1 SA, for a G-IKEv2 member."""
+
+    peer_certificate: None = None
+
+
+_NO_PHASE1 = _NoPhase1()
+
+
+def _serves_g_ikev2(groups) -> bool:
+    from gkm.ikev2.gcks import serves_g_ikev2
+    return any(serves_g_ikev2(g) for g in groups)
 
 
 class NullInstaller:
@@ -195,10 +218,41 @@ class GdoiFactory:
         provider = gdoi.StoreKeysProvider(store, lkh=True)
         self.provider = provider  # the key server role's (one per daemon): rekey invalidates it
         phase1 = gdoi.phase1_config(settings)
-        return gdoi.KeyServerEngine(settings.groups, provider, phase1, admit=admit)
+        engine = gdoi.KeyServerEngine(settings.groups, provider, phase1, admit=admit)
+        if not _serves_g_ikev2(settings.groups):
+            return engine  # GDOI only: exactly the engine of before, IKEv2 datagrams dropped
+        return self._dual(engine, settings, provider, phase1, admit)
+
+    @staticmethod
+    def _dual(gdoi_engine, settings, provider, phase1, admit):
+        """The GDOI engine and a G-IKEv2 GCKS over the same keys provider behind one socket."""
+        from gkm.ikev2 import gcks, profile
+        from gkm.ikev2.registration import gcks_auth_config
+
+        lid = phase1.local_id  # the rekey source as GDOI's engine has it (SA KEK SRC ID)
+        source = (str(ipaddress.ip_address(lid.data)), 848) \
+            if lid is not None and lid.type in (1, 5) else None
+        auth = gcks_auth_config(settings, rekey_source=source,
+                                wall_time_offset=phase1.wall_time_offset)
+        crls = bool(settings.crl_files)
+
+        def admit_ikev2(group, identity):
+            # the shell's admit reads a phase 1 SA's certificate for its CRL check; G-IKEv2
+            # does not hand the certificate over yet, so with CRLs a certificate is refused
+            if crls and identity.kind is IdKind.DN:
+                return "CRL checks of G-IKEv2 certificates are not implemented yet"
+            return admit(group, identity, _NO_PHASE1) if admit is not None else None
+
+        g_ikev2 = gcks.GcksEngine(profile.sa_init_config(), auth, settings.groups, provider,
+                                  admit=admit_ikev2)
+        return gcks.ProtocolDemux(gdoi_engine, g_ikev2)
 
     def update_keyserver_groups(self, engine, groups) -> bool:
-        """Give a running key server engine new group policies; False if it cannot."""
+        """Give a running key server engine new group policies; False if it cannot (G-IKEv2
+        served before and not now, or the other way round: a new engine is needed)."""
+        from gkm.ikev2.gcks import ProtocolDemux
+        if isinstance(engine, ProtocolDemux) != _serves_g_ikev2(groups):
+            return False
         engine.update_groups(groups)
         return True
 
@@ -207,6 +261,11 @@ class GdoiFactory:
         """``now`` on the member engine's (monotonic) clock; ``wall_time_offset`` turns it into
         Unix time for certificate validity; ``report_phase1``: the engine passes the phase 1 SA
         on as an event (for the key log)."""
+        if group.protocol == "g-ikev2":
+            from gkm.ikev2.member_registration import GikeRegistration
+            engine = GikeRegistration(group, key_server, wall_time_offset=wall_time_offset)
+            engine.start(now)
+            return engine
         gdoi = self._gdoi()
         phase1 = gdoi.phase1_config(group, key_server=key_server,
                                     wall_time_offset=wall_time_offset)

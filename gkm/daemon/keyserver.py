@@ -24,6 +24,7 @@ from gkm.events import Event
 from gkm.gdoi.pull import member_key
 from gkm.gdoi.events import MemberRefused, MemberRegistered
 from gkm.ike.events import Phase1Established, Phase1Failed
+from gkm.ikev2.events import GsaPeerRefused, SaInitFailed
 from gkm.store import KeyState
 from policy import model as pm
 from policy.revocation import RevocationList, load_crls
@@ -303,6 +304,13 @@ class KeyServerRole:
                 self.phase1_failures += 1
                 log.warning("key server: phase 1 with %s failed: %s", fmt_addr(ev.peer_addr),
                             ev.reason)
+            case SaInitFailed():  # G-IKEv2's phase 1 counterpart
+                self.phase1_failures += 1
+                log.warning("key server: G-IKEv2 IKE_SA_INIT with %s failed: %s",
+                            fmt_addr(ev.peer), ev.reason)
+            case GsaPeerRefused():
+                log.warning("key server: G-IKEv2 member at %s refused our GSA_AUTH answer: %s",
+                            fmt_addr(ev.peer), ev.reason)
             case _:
                 log.debug("key server: %s", ev)
 
@@ -312,7 +320,7 @@ class KeyServerRole:
         teks_cfg = [{"name": t.name, "src": str(t.selector.src), "dst": str(t.selector.dst),
                      "cipher": t.suite.name, "mode": t.mode.value if hasattr(t.mode, "value")
                      else str(t.mode), "lifetime_s": t.lifetime_s} for t in g.teks]
-        info["policy"] = {"teks": teks_cfg, "kek": g.kek is not None}
+        info["policy"] = {"teks": teks_cfg, "kek": g.kek is not None, "protocols": list(g.protocols)}
         if self.store is not None:
             info["members"] = self.store.member_count(g.group_id)
             info["evicted"] = len(self.store.denied(g.group_id))

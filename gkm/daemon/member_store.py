@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gkm.durable import remove_file, replace_file
 from gkm.gdoi import member_state
 from gkm.gdoi.member_state import MemberSnapshot, MemberStateError
 
@@ -40,44 +41,13 @@ class MemberStateFiles:
         """Atomically and durably replace the group's file (OSError on failure)."""
         self._ensure_dir()
         data = member_state.encode(snapshot, wall_offset)
-        final = self.path(snapshot.group_id)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._sync_dir()
+        replace_file(self.path(snapshot.group_id), data, 0o600)
 
     def forget(self, group_id: int) -> None:
-        try:
-            self.path(group_id).unlink()
-        except FileNotFoundError:
-            return
-        self._sync_dir()
+        remove_file(self.path(group_id))
 
     def _ensure_dir(self) -> None:
         if not self.dir.parent.exists():  # the state directory itself: private too
             self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.dir, 0o700)
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -51,8 +51,11 @@ Decisions (ambiguities; docs/decisions/wire.md):
   the new KEK_ALGORITHM_KEY (IV || key) = HKDF-Expand-SHA-256(new LKH root key, "msec GDOI LKH
   KEK" || new KEK SPI) (:func:`lkh_kek_keymat`; our choice: the RFC does not say how the
   root key maps onto a KEK with its IV).  A member whose keys cannot unwrap the new root is
-  told :class:`Evicted`.  The wire carries no LKH epoch: the receiver applies the update as
-  epoch + 1 (SEQ provides the ordering).
+  told :class:`Evicted`; so is every member of an update with no LKH_UPDATE_ARRAY (the last
+  members evicted: the new root is wrapped for nobody, see ``gkm.group.controller``).  An
+  evicted (or closed) receiver drops every further datagram at debug level: the TEK PUSH
+  under the new KEK follows an eviction by design.  The wire carries no LKH epoch: the
+  receiver applies the update as epoch + 1 (SEQ provides the ordering).
 * SA TEK direction in PUSH (RFC 6407 section 5.5.1.1.2): one SA payload goes to every member,
   so it cannot carry the per-member directions of GROUPKEY-PULL.  It carries SYMMETRIC for TEKs
   without a sender restriction, else RECEIVER_ONLY (the safe value); a member keeps the
@@ -228,10 +231,12 @@ PUSH_REJECT_CAUSES = ("not_member", "malformed", "wrong_kek", "wrong_source", "r
 
 
 class _Reject(Exception):
-    def __init__(self, reason: str, cause: str = "content", *, resync: bool = False) -> None:
+    def __init__(self, reason: str, cause: str = "content", *, resync: bool = False,
+                 quiet: bool = False) -> None:
         super().__init__(reason)
         self.cause = cause
         self.resync = resync
+        self.quiet = quiet  # expected (input after eviction or KEK deletion): debug level
 
 
 # ------------------------------------------------------------------------------------ crypto
@@ -567,7 +572,7 @@ class PushReceiver:
         try:
             events = self._receive(data, addr)
         except _Reject as e:
-            self._reject(str(e), addr, e.cause, resync=e.resync)
+            self._reject(str(e), addr, e.cause, resync=e.resync, quiet=e.quiet)
         except Exception as e:  # noqa: BLE001 - no exception escapes an input
             self._reject(f"internal error: {type(e).__name__}: {e}", addr, "internal")
         else:
@@ -590,18 +595,22 @@ class PushReceiver:
         self.stats["acks"] += 1
         return data, addr
 
-    def _reject(self, reason: str, addr: Any, cause: str, *, resync: bool = False) -> None:
+    def _reject(self, reason: str, addr: Any, cause: str, *, resync: bool = False,
+                quiet: bool = False) -> None:
         self.stats["rejected"] += 1
-        log.warning("gdoi member group %s: GROUPKEY-PUSH from %r dropped: %s", self.group_id, addr, reason)
+        log.log(logging.DEBUG if quiet else logging.WARNING,
+                "gdoi member group %s: GROUPKEY-PUSH from %r dropped: %s", self.group_id, addr, reason)
         self._events.append(PushRejected(self.group_id, reason, cause=cause, resync=resync))
 
     # -- the checks, in RFC 6407 section 4.4 order; state is assigned only at the end
 
     def _receive(self, data: bytes, addr: Any) -> list:
+        # After its end the receiver refuses everything, quietly: the key server's follow-up
+        # (the TEK PUSH under the new KEK of an eviction, the unicast copies) is expected.
         if self.closed:
-            raise _Reject("the Rekey SA was deleted: re-register", "not_member")
+            raise _Reject("the Rekey SA was deleted: re-register", "not_member", quiet=True)
         if self.evicted:
-            raise _Reject("evicted from the group: re-register", "not_member")
+            raise _Reject("evicted from the group: re-register", "not_member", quiet=True)
         try:
             header, np, length = wire.decode_header(data)
         except wire.WireError as e:
@@ -817,7 +826,11 @@ class PushReceiver:
                 except LkhError as e:
                     raise _Reject(f"LKH update: {e}", resync=True) from None
             if view.group_key[0].handle == self.lkh_view.group_key[0].handle:
-                raise _Reject("LKH update does not renew the group key")
+                # An authentic PUSH moving the group to a new KEK that this member's keys do
+                # not reach: it is out of the group (not a malformed message to shrug off).
+                log.debug("gdoi member group %s: the LKH update of SEQ %d leaves this member's "
+                          "group key as it was: it cannot derive the new KEK", self.group_id, seq)
+                return (), None, None, True, None
             keymat = lkh_kek_keymat(view.group_key[1], kparams.spi, kparams.cipher)
             new_view = view
         elif keymat is None:

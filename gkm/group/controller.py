@@ -613,7 +613,20 @@ class GroupController:
         KEK's SA (its key derived from the new tree root, which the evicted members cannot
         compute), in parts with consecutive SEQs when one datagram of ``max_push_size``
         cannot hold it; then under the new KEK (SEQ 1) new TEKs for every TEK policy and the
-        deletion of the old ones."""
+        deletion of the old ones.
+
+        Evicting the last members (decision; RFC 2627 and RFC 6407 say nothing of an empty
+        tree): the same rekey.  :meth:`gkm.lkh.LkhTree.evict` renews every node of the
+        evicted paths, the root included, and wraps the new keys for nobody, so the update has
+        no entries; the PUSH under the current KEK still carries the new SA KEK (derived from
+        the new root) with an LKH key packet holding no LKH_UPDATE_ARRAY, and the TEK PUSH
+        under the new KEK follows (it reaches nobody).  A member receiving an update that
+        gives it no way to the new group key is evicted (:class:`gkm.gdoi.push.Evicted`,
+        :meth:`gkm.lkh.LkhMemberView.apply`), so the evicted members hear "evicted", back off
+        and hold no new key.  Not a KEK Delete: that tells a member "re-register now" rather
+        than "you are out", and it would end the Rekey SA and the tree, while this way the
+        group keeps a tree with a root, a KEK and TEKs none of the evicted members ever held,
+        and the next member to register simply joins that tree."""
         gid, s, t, pol = self.group_id, self._state, int(now), self.policy
         tree = s.tree
         old_kk = self._kek_keys(kek)

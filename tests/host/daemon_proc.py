@@ -95,3 +95,21 @@ class Msecd:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def group_on_hosts(tmp_path: Path, ks_host, member_hosts, tek: str, psks: dict[str, str],
+                   names=("gm1", "gm2"), member_args=("--no-kernel",)):
+    """A key server (group 1001 with ``tek``: its TEK and KEK tables) on ``ks_host`` and
+    PSK members ``names`` on ``member_hosts``, each in its own directory, every one listening
+    on port 848; not started.  Returns (key server, {name: member})."""
+    from tests.unit.daemon_fakes import write_config
+
+    ks = Msecd(write_config(tmp_path, ks_port=848, name="ks.toml", tek=tek, ks_psks=psks,
+                            authorize=tuple(names), listen=ks_host.ip4), host=ks_host)
+    members = {}
+    for name, h in zip(names, member_hosts):
+        d = tmp_path / name
+        d.mkdir()
+        members[name] = Msecd(write_config(d, member_port=848, identity=name, psk=psks[name],
+                                           ks_host=ks_host.ip4), host=h, args=list(member_args))
+    return ks, members

@@ -1,11 +1,12 @@
 """Eviction with real msecd processes in netlab hosts (host kernel, members --no-kernel): gm1
 keeps the group and gets the new keys, gm3 is told it is evicted and then refused; the deny
 list survives, `msecctl members` and `deny` say who, when and why; lifting readmits gm3; a
-reload that takes gm2 out of the policy evicts it."""
+reload that takes gm2 out of the policy evicts it.  The only member evicted (the tree
+empties) is told evicted too."""
 
 from __future__ import annotations
 
-from tests.host.daemon_proc import Msecd
+from tests.host.daemon_proc import Msecd, group_on_hosts
 from tests.unit.daemon_fakes import write_config
 from tests.host.test_daemon_process import _push_signing_key
 
@@ -24,15 +25,9 @@ def _kek(tmp_path, rport=848):
 def test_evict_deny_list_lift_and_reload(netlab_factory, tmp_path):
     lab = netlab_factory(4)
     h1, *gm_hosts = lab.hosts
-    ks_cfg = write_config(tmp_path, ks_port=848, name="ks.toml", tek=_kek(tmp_path),
-                          ks_psks=PSK, authorize=("gm1", "gm2", "gm3"), listen=h1.ip4)
-    ks = Msecd(ks_cfg, host=h1)
-    gms = {}
-    for name, h in zip(("gm1", "gm2", "gm3"), gm_hosts):
-        d = tmp_path / name
-        d.mkdir()
-        gms[name] = Msecd(write_config(d, member_port=848, identity=name, psk=PSK[name],
-                                       ks_host=h1.ip4), host=h, args=["--no-kernel"])
+    ks, gms = group_on_hosts(tmp_path, h1, gm_hosts, _kek(tmp_path), PSK,
+                             names=("gm1", "gm2", "gm3"))
+    ks_cfg = ks.config
     try:
         ks.start()
         for d in gms.values():
@@ -87,6 +82,48 @@ def test_evict_deny_list_lift_and_reload(netlab_factory, tmp_path):
         ms = {m["identity"]: m for m in ks.ctl_json("members", "1001")["members"]}
         assert ms["key-id:gm2"]["state"] == "evicted"
         assert "no longer authorized" in ms["key-id:gm2"]["reason"]
+    finally:
+        for d in gms.values():
+            d.stop()
+        ks.stop()
+
+
+def test_evicting_the_only_member_tells_it_evicted(netlab_factory, tmp_path):
+    """The tree becomes empty (its new root is wrapped for nobody): the member's log says
+    evicted, not a rejected PUSH; the TEK PUSH under the new KEK that follows is not a
+    warning; a member registering afterwards joins the renewed tree and its KEK."""
+    lab = netlab_factory(3)
+    h1, h2, h3 = lab.hosts
+    ks_cfg = write_config(tmp_path, ks_port=848, name="ks.toml", tek=_kek(tmp_path),
+                          ks_psks=PSK, authorize=("gm1", "gm2"), listen=h1.ip4)
+    ks = Msecd(ks_cfg, host=h1)
+    gms = {}
+    for name, h in (("gm1", h2), ("gm2", h3)):
+        d = tmp_path / name
+        d.mkdir()
+        gms[name] = Msecd(write_config(d, member_port=848, identity=name, psk=PSK[name],
+                                       ks_host=h1.ip4), host=h, args=["--no-kernel"])
+    try:
+        ks.start()
+        gms["gm1"].start()
+        gms["gm1"].wait_log("listening for GROUPKEY-PUSH")
+        r = ks.ctl_json("evict", "1001", "gm1", "--reason", "last one")
+        assert r["ok"] and r["evicted"] == ["key-id:gm1"] and len(r["seqs"]) == 2, r
+        log = gms["gm1"].wait_log("evicted by LKH update")
+        ks.wait_log("was evicted at")  # gm1 registers again after its back-off: refused
+        log = gms["gm1"].log()
+        assert "does not renew the group key" not in log and "cookies do not match" not in log
+        assert "dropped" not in log, log
+        gms["gm2"].start()
+        gms["gm2"].wait_log("listening for GROUPKEY-PUSH")
+        # it got the TEKs the eviction made, and follows a rekey under the KEK derived from
+        # the renewed root
+        g2 = gms["gm2"].ctl_json("group", "show", "1001")["roles"][0]
+        assert {t["spi"] for t in g2["teks"]} == set(r["teks"]), (g2, r)
+        rk = ks.ctl_json("rekey", "1001")
+        assert rk["ok"], rk
+        log = gms["gm2"].wait_log(") rekeyed: SEQ")
+        assert all(s in log for s in rk["teks"])
     finally:
         for d in gms.values():
             d.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from tests.host.daemon_proc import Msecd
+from tests.host.daemon_proc import Msecd, group_on_hosts
 from tests.host.test_daemon_process import _push_signing_key
 from tests.unit.daemon_fakes import write_config
 
@@ -27,14 +27,7 @@ def _group(tmp_path):
 def test_batch_eviction_then_automatic_tek_rotation(netlab_factory, tmp_path):
     lab = netlab_factory(3)
     h1, *gm_hosts = lab.hosts
-    ks = Msecd(write_config(tmp_path, ks_port=848, name="ks.toml", tek=_group(tmp_path),
-                            ks_psks=PSK, authorize=("gm1", "gm2"), listen=h1.ip4), host=h1)
-    gms = {}
-    for name, h in zip(("gm1", "gm2"), gm_hosts):
-        d = tmp_path / name
-        d.mkdir()
-        gms[name] = Msecd(write_config(d, member_port=848, identity=name, psk=PSK[name],
-                                       ks_host=h1.ip4), host=h, args=["--no-kernel"])
+    ks, gms = group_on_hosts(tmp_path, h1, gm_hosts, _group(tmp_path), PSK)
     try:
         ks.start()
         for d in gms.values():

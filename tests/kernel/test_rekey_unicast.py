@@ -5,7 +5,7 @@ processes (key server h1, members gm1..gm3 on h2..h4, kernel SAs), ``rekey_deliv
 Every member acknowledges a rekey; gm3 stops answering (SIGSTOP): each rekey is retransmitted
 to it, then counts as missed, and after two it is lost (``msecctl members --json``) and gets
 nothing more, while gm1 and gm2 go on exchanging ESP under the new keys; gm3 comes back (a
-restart: it registers again), acknowledges the next rekey and receives the group's traffic
+restart without its saved state: it registers again), acknowledges the next rekey and receives the group's traffic
 again.  About 40 s after the lab's boot.
 """
 
@@ -78,9 +78,13 @@ def test_unicast_acks_lost_member_and_rejoin(netlab_factory, tmp_path):
             t.members[name].wait_log(f"sending on SPI 0x{new:08x}", timeout=30)
         got, _pkts, raw = traffic(t.lab, t.h2, [t.h3], n=20)
         assert len(got[0]) == 20 and MARKER not in raw
-        # gm3 comes back: it registers again and is delivered to again
+        # gm3 comes back: it registers again and is delivered to again (restarted without
+        # its saved state: with it, it would resume without registering and stay lost until
+        # its keys run out; README, rekey delivery)
         t.members["gm3"].signal(signal.SIGCONT)
         t.members["gm3"].stop()
+        for saved in t.dirs["gm3"].rglob("group-*.state"):
+            saved.unlink()
         t.members["gm3"].start(timeout=120)
         _wait(lambda: members(t)["key-id:gm3"]["state"] == "registered", 60, "gm3 registered")
         r = rekey(t)

@@ -449,3 +449,28 @@ def test_push_with_other_signature_suites(tmp_path, suite, key):
     assert isinstance(_one(r), PushRejected) and r.last_seq == 1
     with pytest.raises(ValueError):  # the group's P-256 key does not fit the suite
         s.push(new_teks=[s.new_tek()])
+
+
+def test_lkh_update_for_nobody_evicts_and_the_follow_up_is_dropped_quietly(tmp_path, caplog):
+    """The only member evicted: the update has no LKH_UPDATE_ARRAY (the new root is wrapped
+    for nobody); the member is told Evicted, keeps no new key, and the TEK PUSH under the
+    new KEK that follows is dropped at debug level."""
+    s = Setup(tmp_path, who=("gm1",), lkh=True)
+    r = s.receiver()
+    tree = s.store.load_lkh(GID)
+    update = tree.evict(["key-id:gm1"])
+    assert update.entries == ()
+    (_kid, root) = tree.group_key()
+    old = s.kek()
+    spi = os.urandom(16)
+    new = KekKeys(spi, old.cipher, lkh_kek_keymat(root, spi, old.cipher), WALL + 7200, s.pub)
+    data = s.push(new_kek=new, lkh_update=update, lkh_root_key=root)
+    with caplog.at_level("DEBUG", logger="gkm.gdoi"):
+        r.receive_datagram(data, None, NOW)
+        assert _one(r) == Evicted(GID)
+        assert r.evicted and r.kek.spi == old.spi
+        caplog.clear()
+        r.receive_datagram(s.push(seq=1, kek=new, new_teks=[s.new_tek()]), None, NOW)
+        ev = _one(r)
+        assert isinstance(ev, PushRejected) and ev.cause == "not_member"
+        assert [rec.levelname for rec in caplog.records] == ["DEBUG"]

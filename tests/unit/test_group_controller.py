@@ -591,3 +591,96 @@ def test_dissolve_without_kek_pushes_nothing(tmp_path):
     pushes, _evs = commit(s.store, ctl, WALL)
     assert pushes == [] and ev.seq is None and ev.members == ("key-id:gm1",)
     assert s.store.members(GID) == []
+
+
+# ------------------------------------------------------------------ evicting the last members
+
+
+def _evict_now(s, who, reason="test"):
+    ctl = controller(s.store, s.group, WALL)
+    ctl.evict(list(who), reason, WALL)
+    pushes, evs = commit(s.store, ctl, WALL)
+    (ev,) = evs
+    return ctl, pushes, ev
+
+
+def _register_more(s, who):
+    """Register new members through the key server engine (its keys provider re-reads the
+    store, as the daemon's shell makes it after a controller's commit)."""
+    from tests.unit.test_gdoi_support import member, member_addr, register
+    s.ks.pull.keys.invalidate(GID)
+    ms = {member_addr(10 + i): member(s.tmp_path, w) for i, w in enumerate(who)}
+    register(s.ks, ms)
+    for w, m in zip(who, ms.values()):
+        s.regs[w] = _registered_of(m)
+
+
+def _registered_of(m):
+    from tests.unit.test_gdoi_push import _registered
+    return _registered(m)
+
+
+def _setup(tmp_path, who):
+    s = Setup(tmp_path, who=who, lkh=True)
+    s.tmp_path = tmp_path
+    return s
+
+
+@pytest.mark.parametrize("who", [("gm1",), ("gm1", "gm2", "gm3")], ids=["only-member", "all-in-one-batch"])
+def test_evicting_every_member_tells_each_it_is_evicted_and_the_next_joins_a_working_tree(tmp_path, caplog, who):
+    s = _setup(tmp_path, who)
+    rs = {w: s.receiver(w) for w in who}
+    old_kek = s.kek()
+    ctl, pushes, ev = _evict_now(s, [f"key-id:{w}" for w in who])
+    # the decision (controller docstring): the usual LKH rekey, its update wrapped for nobody
+    assert ev.mode == "lkh" and len(pushes) == 2 and s.store.members(GID) == []
+    tree = s.store.load_lkh(GID)
+    assert len(tree) == 0
+    new_kek = s.store.current_kek(GID)
+    assert new_kek.spi != old_kek.spi and new_kek.spi == pushes[1].kek_spi
+    with caplog.at_level("DEBUG", logger="gkm.gdoi"):
+        for w, r in rs.items():
+            caplog.clear()
+            assert _receive(r, pushes) == [Evicted(GID), PushRejected(
+                GID, "evicted from the group: re-register", cause="not_member")]
+            assert r.evicted and r.kek.spi == old_kek.spi  # no new key held
+            assert r.lkh_view.path == tuple(
+                (k, key) for k, key in s.receiver(w).lkh_view.path)  # its old keys, nothing new
+            warnings = [m.getMessage() for m in caplog.records if m.levelname == "WARNING"]
+            assert warnings == [f"gdoi member group {GID}: evicted by LKH update (SEQ {pushes[0].seq})"]
+    # the next members to register join the renewed tree and its KEK, and follow rekeys
+    # (the deny list is lifted for two of them: they come back as new members)
+    for w in ("gm1", "gm2"):
+        s.store.lift(GID, f"key-id:{w}")
+    _register_more(s, ("gm1", "gm2"))
+    assert s.regs["gm1"].kek.spi == new_kek.spi
+    tree = s.store.load_lkh(GID)
+    assert s.regs["gm1"].lkh.keys[-1][2] == tree.group_key()[1]
+    r8 = s.receiver("gm1")
+    ctl, pushes, ev = _evict_now(s, ["key-id:gm2"])
+    evs = _receive(r8, pushes)
+    assert [type(e) for e in evs] == [Rekeyed, TeksDeleted, Rekeyed], evs
+    assert r8.kek.spi == s.store.current_kek(GID).spi
+    # the earlier evicted receivers read none of it
+    for r in rs.values():
+        assert all(isinstance(e, PushRejected) for e in _receive(r, pushes))
+
+
+@pytest.mark.parametrize("who,gone", [
+    (("gm1", "gm2"), ("gm2",)),
+    (("gm1", "gm2", "gm3"), ("gm2", "gm3")),
+    (("gm1", "gm2", "gm3"), ("gm1", "gm3")),
+], ids=["two-one-evicted", "three-down-to-the-first", "three-down-to-the-middle"])
+def test_evicting_down_to_one_member_it_follows_the_others_are_evicted(tmp_path, who, gone):
+    s = _setup(tmp_path, who)
+    rs = {w: s.receiver(w) for w in who}
+    ctl, pushes, ev = _evict_now(s, [f"key-id:{w}" for w in gone])
+    assert ev.mode == "lkh"
+    (left,) = [w for w in who if w not in gone]
+    evs = _receive(rs[left], pushes)
+    assert [type(e) for e in evs] == [Rekeyed, TeksDeleted, Rekeyed], evs
+    assert rs[left].kek.spi == s.store.current_kek(GID).spi
+    assert rs[left].lkh_view.group_key[1] == s.store.load_lkh(GID).group_key()[1]
+    for w in gone:
+        assert _receive(rs[w], pushes)[0] == Evicted(GID)
+        assert rs[w].kek.spi != s.store.current_kek(GID).spi

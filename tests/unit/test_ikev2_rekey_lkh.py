@@ -113,3 +113,19 @@ def test_eviction_too_large_for_one_datagram_is_refused_by_the_builder():
     with pytest.raises(WireError, match="bytes"):
         tx.build(new_rekey_sa=rekey_sa(), lkh=lkh)
     assert tx.rekey_sa == sa and tx.message_id == 0
+
+
+def test_evicting_every_member_excludes_each():
+    """The tree empties: no WRAP_KEY at all, the SA_KEY wrapped under a root nobody reaches;
+    every former member is excluded (the same decision as GDOI's, gkm.group.controller)."""
+    for n in (1, 3):
+        tree = LkhTree.build(range(n))
+        sa = rekey_sa()
+        tx = RekeySender(sa, gcauth=GcAuth.IMPLICIT)
+        rxs = {m: RekeyReceiver(CONFIG, sa, gcauth=GcAuth.IMPLICIT, key_path=member_path(tree, m)) for m in range(n)}
+        lkh = wrap_update(tree, tree.evict(list(range(n))), KWA)
+        assert lkh.wrap_keys == ()
+        d = tx.build(new_rekey_sa=rekey_sa(), lkh=lkh)
+        for rx in rxs.values():
+            (ev,) = rx.receive(d)
+            assert isinstance(ev, RekeyExcluded) and rx.excluded and rx.rekey_sa == sa

@@ -434,3 +434,31 @@ def test_two_new_keys_for_one_level_refused():
     dup = e._replace(new=e.new._replace(handle=e.new.handle + 1000))
     with pytest.raises(LkhUpdateError, match="second"):
         view.apply(LkhUpdate(update.epoch, update.entries + (dup,)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_evicting_every_member_gives_an_update_for_nobody_that_evicts_each(n):
+    """The tree becomes empty: the root is renewed and wrapped for no one; every former member
+    is told evicted (not "no change"), and the next joiner gets the renewed root."""
+    ids = [f"m{i}" for i in range(n)]
+    tree = LkhTree.build(ids)
+    views = {m: LkhMemberView(tree.path(m), epoch=tree.epoch) for m in ids}
+    old_root = tree.group_key()
+    update = tree.evict(ids)
+    assert update.entries == () and len(tree) == 0
+    new_root = tree.group_key()
+    assert new_root[0].handle > old_root[0].handle and new_root[1] != old_root[1]
+    for m, v in views.items():
+        before = (v.path, v.epoch)
+        with pytest.raises(LkhEvicted):
+            v.apply(update)
+        assert (v.path, v.epoch) == before
+    jr = tree.join("next")
+    assert jr.update is None and jr.path[-1] == tree.group_key() == new_root
+    joined = jr.view()
+    other = tree.join("other")
+    if other.update is not None:
+        joined.apply(other.update)
+    upd = tree.evict(["other"])
+    joined.apply(upd)
+    assert joined.group_key == tree.group_key()

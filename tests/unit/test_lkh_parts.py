@@ -66,3 +66,18 @@ def test_evicted_member_learns_it_at_the_last_part():
     with pytest.raises(LkhEvicted):
         apply_part(v, parts[-1], len(parts), len(parts), partial)
     assert v.epoch == update.epoch - 1
+
+
+def test_the_update_of_an_emptied_tree_is_one_part_that_evicts():
+    tree = LkhTree.build(["a"])
+    view = LkhMemberView(tree.path("a"), epoch=tree.epoch)
+    update = tree.evict(["a"])
+    assert split_lkh_update(update, 100) == [update]
+    before = (view.path, view.epoch)
+    with pytest.raises(LkhEvicted):
+        apply_part(view, update, 1, 1)
+    # an empty part of a larger update is malformed, not an eviction
+    with pytest.raises(LkhError) as e:
+        apply_part(view, update, 1, 2)
+    assert not isinstance(e.value, LkhEvicted)
+    assert (view.path, view.epoch) == before

@@ -715,3 +715,71 @@ def test_schema_in_module_docstring_is_valid(tmp_path):
     text = "\n".join(line[4:] for line in block.splitlines())
     c = parse_config(text, "docstring", base_dir=tmp_path, check_files=False)
     assert c.keyserver.groups[0].teks[0].name == "rtp" and c.member.groups[0].group_id == 1001
+
+
+# ---------------------------------------------------------------- registration protocols
+
+
+def test_protocol_defaults_to_gdoi(files):
+    cfg = load(base(), files)
+    assert [g.protocols for g in cfg.keyserver.groups] == [("gdoi",), ("gdoi",)]
+    assert cfg.member.groups[0].protocol == "gdoi"
+
+
+def test_protocols_both_and_member_g_ikev2(files):
+    doc = base()
+    doc["keyserver"]["group"][0]["protocols"] = ["gdoi", "g-ikev2"]
+    doc["keyserver"]["group"][1]["protocols"] = ["g-ikev2"]
+    doc["member"]["group"][0]["protocol"] = "g-ikev2"
+    cfg = load(doc, files)
+    assert [g.protocols for g in cfg.keyserver.groups] == [("gdoi", "g-ikev2"), ("g-ikev2",)]
+    assert cfg.member.groups[0].protocol == "g-ikev2"
+
+
+@pytest.mark.parametrize("value, why", [
+    ([], "at least one protocol"),
+    (["ikev1"], "unknown protocol 'ikev1'"),
+    (["gdoi", "gdoi"], "listed twice"),
+])
+def test_protocols_refused(files, value, why):
+    doc = base()
+    doc["keyserver"]["group"][0]["protocols"] = value
+    p = only(doc, files)
+    assert p.path == "keyserver.group[0].protocols" and why in p.reason
+
+
+def test_protocols_must_be_strings(files):
+    doc = base()
+    doc["keyserver"]["group"][0]["protocols"] = "g-ikev2"
+    assert only(doc, files).path == "keyserver.group[0].protocols"
+
+
+def test_member_protocol_refused(files):
+    doc = base()
+    doc["member"]["group"][0]["protocol"] = "ikev2"
+    p = only(doc, files)
+    assert p.path == "member.group[0].protocol" and "unknown protocol 'ikev2'" in p.reason
+
+
+def test_model_checks_protocols(files):
+    member = load(base(), files).member.groups[0]
+    with pytest.raises(ValueError, match="protocol 'x' is not one of gdoi, g-ikev2"):
+        dataclasses.replace(member, protocol="x")
+    group = load(base(), files).keyserver.groups[0]
+    with pytest.raises(ValueError, match="listed twice"):
+        dataclasses.replace(group, protocols=("g-ikev2", "g-ikev2"))
+    assert dataclasses.replace(group, protocols=("g-ikev2",)).protocols == ("g-ikev2",)
+
+
+def test_reload_of_protocols(files):
+    """A member's protocol change registers again (over the new protocol); a key server
+    group's protocols change needs no rekey (the keys are the same for both)."""
+    old = load(base(), files)
+    doc = base()
+    doc["member"]["group"][0]["protocol"] = "g-ikev2"
+    doc["keyserver"]["group"][0]["protocols"] = ["gdoi", "g-ikev2"]
+    d = diff(old, load(doc, files))
+    (m_change,) = d.member_changed
+    assert m_change.fields == ("protocol",) and m_change.needs_reregistration
+    (ks_change,) = d.keyserver_changed
+    assert ks_change.fields == ("protocols",) and not ks_change.needs_rekey

@@ -1,0 +1,179 @@
+"""The G-IKEv2 key server engine (RFC 9838 GCKS side, sans-I/O), and the demultiplexer that lets
+one UDP socket (848) serve GDOI and G-IKEv2 members of the same groups.
+
+:class:`GcksEngine` is one :class:`~.sa_init.SaInitResponder` (IKE_SA_INIT + the ML-KEM-768
+IKE_INTERMEDIATE, cookies, bounded half-open state) feeding one
+:class:`~.registration.GsaAuthResponder` (GSA_AUTH for every IKE SA, keyed by its SPIs, bounded
+by ``GcksAuthConfig.max_sas``), with the engine interface msecd's ``EngineShell`` drives
+(``receive_datagram``, ``handle_timer``, ``datagrams_to_send``, ``next_event``, ``get_timer``).
+Its events are GDOI's ``MemberRegistered`` / ``MemberRefused`` (the key server shell records a
+G-IKEv2 member as it records a GDOI one) and the IKEv2 events of :mod:`.events`.
+
+Decisions:
+
+* A group whose policy does not list ``g-ikev2`` in ``protocols`` refuses the member after it
+  authenticated, with AUTHORIZATION_FAILED (RFC 9838 §2.3.1 lists it for "not authorized to
+  join the group"); an unauthenticated peer learns nothing about the group.
+* An IKE SA stops counting as half-open (``SaInitResponder.established``) once the GCKS has
+  answered its GSA_AUTH; until then a retransmitted IKE_SA_INIT request still gets its
+  response.  The GSA_AUTH responder keeps the SA ``sa_lifetime`` seconds for retransmissions.
+* Housekeeping runs every :data:`HOUSEKEEPING_S` seconds while any state is held: expiry of
+  half-open and finished SAs, and the cookie secret's rotation every :data:`COOKIE_ROTATION_S`.
+
+:class:`ProtocolDemux` routes each datagram by the ISAKMP/IKE header's version octet (offset
+17 in both: RFC 2408 §3.1, RFC 7296 §3.1): major version 2 to the G-IKEv2 engine, anything
+else to the GDOI engine exactly as before.  msecd puts it in front of GDOI's engine only when
+some group lists ``g-ikev2`` (``gkm.daemon.engines``): a key server that did not opt in
+answers no IKEv2 exchange (no key exchange work for anyone), as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+from gkm.gdoi.provider import GroupKeysProvider
+from policy.model import GroupPolicy, Identity
+
+from .constants import ExchangeType
+from .events import SaInitEstablished
+from .registration import GcksAuthConfig, GsaAuthResponder
+from .sa_init import SaInitConfig, SaInitResponder
+
+log = logging.getLogger("gkm.ikev2")
+
+__all__ = ["GcksEngine", "ProtocolDemux", "PROTOCOL", "serves_g_ikev2", "HOUSEKEEPING_S", "COOKIE_ROTATION_S"]
+
+PROTOCOL = "g-ikev2"
+HOUSEKEEPING_S = 5.0
+COOKIE_ROTATION_S = 300.0
+_VERSION_OFFSET, _EXCHANGE_OFFSET = 17, 18
+
+
+def serves_g_ikev2(group: GroupPolicy) -> bool:
+    return PROTOCOL in group.protocols
+
+
+class GcksEngine:
+    """IKE_SA_INIT then GSA_AUTH for every G-IKEv2 member (module docstring)."""
+
+    def __init__(self, sa_init: SaInitConfig, auth: GcksAuthConfig, groups: Iterable[GroupPolicy],
+                 keys: GroupKeysProvider, *, admit: Callable[[GroupPolicy, Identity], str | None] | None = None,
+                 cookie_threshold: int = 64, max_half_open: int = 4096) -> None:
+        self.sa_init = SaInitResponder(sa_init, cookie_threshold=cookie_threshold, max_half_open=max_half_open)
+        self.auth = GsaAuthResponder(auth, {g.group_id: g for g in groups}, keys, admit=self._admit)
+        self._admit_hook = admit
+        self._out: list[tuple[bytes, Any]] = []
+        self._events: list = []
+        self._next: float | None = None  # the next housekeeping: fixed, not pushed by traffic
+        self._rotated_at: float | None = None
+
+    def _admit(self, group: GroupPolicy, identity: Identity) -> str | None:
+        if not serves_g_ikev2(group):
+            return f"the group is not served over G-IKEv2 (protocols = {', '.join(group.protocols)})"
+        return self._admit_hook(group, identity) if self._admit_hook is not None else None
+
+    def update_groups(self, groups: Iterable[GroupPolicy]) -> None:
+        self.auth.groups = {g.group_id: g for g in groups}
+
+    @property
+    def half_open(self) -> int:
+        return self.sa_init.half_open
+
+    @property
+    def serving(self) -> bool:
+        """Some group lists g-ikev2."""
+        return any(serves_g_ikev2(g) for g in self.auth.groups.values())
+
+    # -- inputs
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        self._tick(now)
+        if len(data) <= _EXCHANGE_OFFSET:
+            return
+        if data[_EXCHANGE_OFFSET] in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_INTERMEDIATE):
+            self.sa_init.receive_datagram(data, addr, now)
+            self._out += self.sa_init.datagrams_to_send()
+            while (ev := self.sa_init.next_event()) is not None:
+                if isinstance(ev, SaInitEstablished):
+                    self.auth.add_sa(ev, now)
+                self._events.append(ev)
+            return
+        self.auth.receive_datagram(data, addr, now)
+        out = self.auth.datagrams_to_send()
+        if out:  # answered: the IKE SA is no longer half-open
+            self.sa_init.established(bytes(data[:8]), addr)
+            self._out += out
+        while (ev := self.auth.next_event()) is not None:
+            self._events.append(ev)
+
+    def _tick(self, now: float) -> None:
+        if self._next is None:
+            self._next = now + HOUSEKEEPING_S
+        if self._rotated_at is None:
+            self._rotated_at = now
+
+    def handle_timer(self, now: float) -> None:
+        self._tick(now)
+        if now < self._next:
+            return
+        self._next = now + HOUSEKEEPING_S
+        self.sa_init.expire(now)
+        self.auth.expire(now)
+        if now - self._rotated_at >= COOKIE_ROTATION_S:
+            self.sa_init.rotate_cookie_secret()
+            self._rotated_at = now
+
+    # -- outputs
+    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self):
+        return self._events.pop(0) if self._events else None
+
+    def get_timer(self) -> float | None:
+        if self._next is None or not (self.sa_init.half_open or self.auth.sa_count):
+            return None
+        return self._next
+
+
+class ProtocolDemux:
+    """One key server engine over two: GDOI (IKEv1 header, version 0x10) and G-IKEv2 (0x20).
+    ``gdoi`` is the ``KeyServerEngine``; ``g_ikev2`` a :class:`GcksEngine`."""
+
+    def __init__(self, gdoi: Any, g_ikev2: GcksEngine) -> None:
+        self.gdoi = gdoi
+        self.g_ikev2 = g_ikev2
+
+    def update_groups(self, groups: Iterable[GroupPolicy]) -> None:
+        groups = list(groups)
+        self.gdoi.update_groups(groups)
+        self.g_ikev2.update_groups(groups)
+
+    @property
+    def half_open(self) -> int:
+        return self.gdoi.half_open + self.g_ikev2.half_open
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        version = data[_VERSION_OFFSET] >> 4 if len(data) > _VERSION_OFFSET else 0
+        if version == 2:
+            self.g_ikev2.receive_datagram(data, addr, now)
+        else:  # IKEv1 and anything else: GDOI's decoders decide (and count) as before
+            self.gdoi.receive_datagram(data, addr, now)
+
+    def handle_timer(self, now: float) -> None:
+        for e in (self.gdoi, self.g_ikev2):
+            t = e.get_timer()
+            if t is not None and t <= now:
+                e.handle_timer(now)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        return self.gdoi.datagrams_to_send() + self.g_ikev2.datagrams_to_send()
+
+    def next_event(self):
+        ev = self.gdoi.next_event()
+        return ev if ev is not None else self.g_ikev2.next_event()
+
+    def get_timer(self) -> float | None:
+        t = [x for x in (self.gdoi.get_timer(), self.g_ikev2.get_timer()) if x is not None]
+        return min(t) if t else None

@@ -1,0 +1,150 @@
+"""A member's G-IKEv2 registration with the interface of GDOI's ``MemberRegistration``
+(``start``, ``receive_datagram``, ``handle_timer``, ``datagrams_to_send``, ``next_event``,
+``get_timer``), so ``gkm.gdoi.member.MemberEngine`` and the SA installer take a G-IKEv2
+registration as they take a GDOI one: it ends with one GDOI ``Registered`` (built by
+:class:`~.registration.GsaAuthInitiator` from the GSA/KD) or one ``RegistrationFailed``.
+
+IKE_SA_INIT (+ the ML-KEM-768 IKE_INTERMEDIATE, :mod:`.profile`) with
+:class:`~.sa_init.SaInitInitiator`, then GSA_AUTH with :class:`~.registration.GsaAuthInitiator`.
+
+Decisions:
+
+* Retransmission as GDOI's GROUPKEY-PULL does it: the outstanding request again after 1 s,
+  doubling, at most :data:`MAX_RETRANSMITS` times; the whole registration fails after
+  :data:`EXCHANGE_TIMEOUT` seconds (the member engine then tries the next key server).
+* The member does not send GROUP_SENDER yet: it installs the TEKs inbound only.
+* GSA_REKEY reception is not wired into the member yet, so the ``Registered`` handed to the
+  member engine carries no KEK (``kek``, ``seq``, ``lkh`` None): the engine then neither
+  listens for GDOI's GROUPKEY-PUSH (whose keys differ from the Rekey SA's) nor expects one,
+  and registers again before the TEKs expire, as in a GDOI group without a KEK.  The whole
+  :class:`~.events.GsaRegistered` (Rekey SA, AUTH_KEY, Key Path: what a ``RekeyReceiver``
+  starts from) is kept in :attr:`GikeRegistration.gsa`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from gkm.gdoi.events import RegistrationFailed
+from policy.model import MemberGroup
+
+from .events import GsaRegistered, GsaRegistrationFailed, SaInitEstablished, SaInitFailed
+from .profile import sa_init_config
+from .registration import GsaAuthInitiator, member_auth_config
+from .sa_init import SaInitInitiator
+
+log = logging.getLogger("gkm.ikev2")
+
+__all__ = ["GikeRegistration", "RETRANSMIT_TIMEOUT", "MAX_RETRANSMITS", "EXCHANGE_TIMEOUT"]
+
+RETRANSMIT_TIMEOUT = 1.0
+MAX_RETRANSMITS = 5
+EXCHANGE_TIMEOUT = 30.0
+
+
+class GikeRegistration:
+    """One G-IKEv2 registration of ``group`` with the key server at ``key_server``."""
+
+    def __init__(self, group: MemberGroup, key_server: tuple[str, int], *, wall_time_offset: float = 0.0) -> None:
+        self.group_id = group.group_id
+        self.ks_addr = key_server
+        self._auth_config = member_auth_config(group, wall_time_offset=wall_time_offset)
+        self.sa_init = SaInitInitiator(sa_init_config(), key_server)
+        self.gsa_auth: GsaAuthInitiator | None = None
+        self.gsa: GsaRegistered | None = None  # the result, for a GSA_REKEY receiver
+        self.state = "idle"
+        self._events: list = []
+        self._out: list[tuple[bytes, Any]] = []
+        self._deadline: float | None = None
+        self._retx_at: float | None = None
+        self._retx_n = 0
+        self._retx_gap = RETRANSMIT_TIMEOUT
+
+    def _current(self):
+        return self.gsa_auth if self.gsa_auth is not None else self.sa_init
+
+    def start(self, now: float) -> None:
+        self.state = "sa_init"
+        self._deadline = now + EXCHANGE_TIMEOUT
+        self.sa_init.start(now)
+        self._collect()
+        self._sent(now)
+
+    def _sent(self, now: float) -> None:
+        """A new request went out: the retransmission schedule starts again."""
+        self._retx_n, self._retx_gap = 0, RETRANSMIT_TIMEOUT
+        self._retx_at = now + self._retx_gap
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if self.state not in ("sa_init", "gsa_auth") or addr != self.ks_addr:
+            return
+        self._current().receive_datagram(data, addr, now)
+        self._pump(now)
+        if self._collect():  # a new request (COOKIE, IKE_INTERMEDIATE, GSA_AUTH) went out
+            self._sent(now)
+
+    def _collect(self) -> int:
+        out = self.sa_init.datagrams_to_send()
+        if self.gsa_auth is not None:
+            out += self.gsa_auth.datagrams_to_send()
+        self._out += out
+        return len(out)
+
+    def handle_timer(self, now: float) -> None:
+        if self.state not in ("sa_init", "gsa_auth"):
+            return
+        if now >= self._deadline:
+            return self._fail(f"no answer from the key server within {EXCHANGE_TIMEOUT:g} s "
+                              f"({'IKE_SA_INIT' if self.state == 'sa_init' else 'GSA_AUTH'})")
+        if self._retx_at is not None and now >= self._retx_at:
+            if self._retx_n >= MAX_RETRANSMITS:
+                self._retx_at = None  # wait for the deadline
+                return
+            self._current().retransmit()
+            self._collect()
+            self._retx_n += 1
+            self._retx_gap *= 2
+            self._retx_at = now + self._retx_gap
+
+    def _pump(self, now: float) -> None:
+        if self.gsa_auth is None:
+            while (ev := self.sa_init.next_event()) is not None:
+                match ev:
+                    case SaInitEstablished():
+                        self.state = "gsa_auth"
+                        self.gsa_auth = GsaAuthInitiator(self._auth_config, ev)
+                        self.gsa_auth.start(now)
+                        break
+                    case SaInitFailed():
+                        return self._fail(f"IKE_SA_INIT failed: {ev.reason}")
+        if self.gsa_auth is not None:
+            while (ev := self.gsa_auth.next_event()) is not None:
+                match ev:
+                    case GsaRegistered():
+                        self.state = "registered"
+                        self.gsa = ev
+                        self._events.append(dataclasses.replace(ev.registered, kek=None, seq=None, lkh=None))
+                    case GsaRegistrationFailed():
+                        self._fail(ev.reason, ev.notify)
+
+    def _fail(self, reason: str, notify: int | None = None) -> None:
+        if self.state in ("registered", "failed"):
+            return
+        self.state = "failed"
+        self._events.append(RegistrationFailed(self.group_id, f"G-IKEv2: {reason}", notify))
+
+    # -- outputs
+    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        self._collect()
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self):
+        return self._events.pop(0) if self._events else None
+
+    def get_timer(self) -> float | None:
+        if self.state not in ("sa_init", "gsa_auth"):
+            return None
+        return min(t for t in (self._deadline, self._retx_at) if t is not None)

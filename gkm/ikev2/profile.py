@@ -1,0 +1,24 @@
+"""msec's one G-IKEv2 IKE SA profile, the same for both roles (member and GCKS), so two msec
+peers always agree: AES-GCM-16/256 with PRF HMAC-SHA2-256, ECDH P-256 (X25519 also accepted),
+ML-KEM-768 as the RFC 9370 additional key exchange when both offer it, and the key wrap
+algorithms KW_5649_256 / KW_5649_128 (RFC 9838 §4.4.3).
+
+Decision: no policy knob yet; a group policy that requires ML-KEM (issue 10) and a configurable
+proposal are follow-ups.  The member offers ML-KEM-768 (``optional``), so between msec peers
+the IKE SA is post-quantum hybrid by default.
+"""
+
+from __future__ import annotations
+
+from .constants import Encr, KeyExchangeMethod, KeyWrap, Prf
+from .keys import Suite
+from .sa_init import SaInitConfig
+
+__all__ = ["SUITE", "KWA", "sa_init_config"]
+
+SUITE = Suite(Prf.HMAC_SHA2_256, Encr.AES_GCM_16, 256)
+KWA = (KeyWrap.KW_5649_256, KeyWrap.KW_5649_128)
+
+
+def sa_init_config(mlkem: str = "optional") -> SaInitConfig:
+    return SaInitConfig(SUITE, (KeyExchangeMethod.ECP256, KeyExchangeMethod.CURVE25519), mlkem, kwa=KWA)

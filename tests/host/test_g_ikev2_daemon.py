@@ -1,0 +1,118 @@
+"""G-IKEv2 in real msecd processes (netlab hosts, members --no-kernel): one key server serves
+group 1001 over GDOI and G-IKEv2 and group 1002 over GDOI only, on its one UDP 848 socket.
+A GDOI member and a G-IKEv2 member of 1001 both register and hold the same TEKs; a G-IKEv2
+member of 1002 is refused (AUTHORIZATION_FAILED), with a log line on both sides saying why."""
+
+from __future__ import annotations
+
+import os
+
+from tests.host.daemon_proc import Msecd
+from tests.host.test_daemon_process import _push_signing_key
+
+PSK = {"gm1": "11" * 16, "gm2": "22" * 16, "gm3": "33" * 16}
+
+
+def _ks_config(tmp_path, listen: str):
+    signing = _push_signing_key(tmp_path / "push.pem")
+    text = (f'[daemon]\nstate_dir = "{tmp_path}/ks/state"\ncontrol_socket = "{tmp_path}/ks/control.sock"\n\n'
+            f'[keyserver]\nlisten = ["{listen}"]\nport = 848\n')
+    for ident, secret in PSK.items():
+        text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{secret}"\n'
+    text += ('[[keyserver.group]]\nid = 1001\nname = "both"\nprotocols = ["gdoi", "g-ikev2"]\n'
+             'authorize = { psk_identities = ["gm1", "gm2"] }\n'
+             '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\ndst = "239.1.1.1"\n'
+             'cipher = "aes-gcm-128"\n'
+             '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+             f'signing_key = "{signing}"\nrekey_address = "239.192.0.1"\nlifetime = "1d"\n'
+             '[[keyserver.group]]\nid = 1002\nname = "legacy"\n'
+             'authorize = { psk_identities = ["gm3"] }\n'
+             '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\ndst = "239.1.1.2"\n'
+             'cipher = "aes-gcm-128"\n')
+    return _write(tmp_path / "ks.toml", text)
+
+
+def _member_config(tmp_path, name: str, gid: int, protocol: str, ks: str):
+    d = tmp_path / name
+    d.mkdir()
+    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/control.sock"\n\n'
+            f'[[member.group]]\nid = {gid}\nkey_servers = ["{ks}:848"]\nprotocol = "{protocol}"\n'
+            f'credentials = {{ psk_identity = "{name}", psk = "{PSK[name]}" }}\n')
+    return _write(d / "msecd.toml", text)
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+def _spis(d: Msecd, gid: int) -> set[str]:
+    return {t["spi"] for t in d.ctl_json("group", "show", str(gid))["roles"][0]["teks"]}
+
+
+def test_gdoi_and_g_ikev2_members_of_one_group(netlab_factory, tmp_path):
+    lab = netlab_factory(4)
+    h1, h2, h3, h4 = lab.hosts
+    ks = Msecd(_ks_config(tmp_path, h1.ip4), host=h1)
+    gdoi = Msecd(_member_config(tmp_path, "gm1", 1001, "gdoi", h1.ip4), host=h2, args=["--no-kernel"])
+    gike = Msecd(_member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4), host=h3, args=["--no-kernel"])
+    refused = Msecd(_member_config(tmp_path, "gm3", 1002, "g-ikev2", h1.ip4), host=h4, args=["--no-kernel"])
+    daemons = [ks, gdoi, gike, refused]
+    try:
+        for d in daemons:
+            d.start()
+        gdoi.wait_log("registered with key server", timeout=60)
+        gike.wait_log("registered with key server", timeout=60)
+        ks.wait_log("registered (TEK SPI", count=2, timeout=60)
+        assert ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]["protocols"] == ["gdoi", "g-ikev2"]
+        assert gike.ctl_json("group", "show", "1001")["roles"][0]["protocol"] == "g-ikev2"
+        assert gdoi.ctl_json("group", "show", "1001")["roles"][0]["protocol"] == "gdoi"
+        want = _spis(ks, 1001)
+        assert want and _spis(gdoi, 1001) == want and _spis(gike, 1001) == want
+        members = {m["identity"] for m in ks.ctl_json("members", "1001")["members"]
+                   if m["state"] == "registered"}
+        assert members == {"key-id:gm1", "key-id:gm2"}
+        assert "g-ikev2 gcks: key-id 'gm2'" in ks.log()  # it came over G-IKEv2
+        assert "gdoi ks: key-id 'gm1'" in ks.log()  # and gm1 over GDOI
+        assert "listening for GROUPKEY-PUSH" in gdoi.log()
+        assert "listening for GROUPKEY-PUSH" not in gike.log()  # no GSA_REKEY reception yet
+
+        ks_log = ks.wait_log("is not served over G-IKEv2 (protocols = gdoi)", timeout=60)
+        line = next(x for x in ks_log.splitlines() if "not served over G-IKEv2" in x and "legacy" in x)
+        assert "gm3" in line and "refused" in line, line
+        gm_log = refused.wait_log("failed: G-IKEv2:", timeout=60)
+        line = next(x for x in gm_log.splitlines() if " WARNING group 1002: registration with" in x)
+        assert "failed: G-IKEv2:" in line and "refused: AUTHORIZATION_FAILED" in line, line
+        assert refused.ctl_json("group", "show", "1002")["roles"][0]["state"] != "registered"
+        assert ks.ctl_json("members", "1002")["members"] == []
+    finally:
+        for d in reversed(daemons):
+            d.stop()
+
+
+def test_reload_turns_g_ikev2_on(netlab_factory, tmp_path):
+    """A GDOI-only key server answers no IKEv2; a reload that adds g-ikev2 to the group's
+    protocols (a new engine, the same socket and store) lets a G-IKEv2 member in."""
+    lab = netlab_factory(2)
+    h1, h2 = lab.hosts
+    cfg = _ks_config(tmp_path, h1.ip4)
+    cfg.write_text(cfg.read_text().replace('protocols = ["gdoi", "g-ikev2"]\n', ''))
+    ks = Msecd(cfg, host=h1)
+    gike = Msecd(_member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4), host=h2, args=["--no-kernel"])
+    try:
+        ks.start()
+        assert ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]["protocols"] == ["gdoi"]
+        gike.start()
+        gike.wait_log("registering with key server", timeout=30)
+        cfg.write_text(cfg.read_text().replace('name = "both"\n', 'name = "both"\nprotocols = ["gdoi", "g-ikev2"]\n'))
+        r = ks.ctl_json("reload")
+        assert r["ok"], r
+        gike.wait_log("registered with key server", timeout=60)
+        ks.wait_log("g-ikev2 gcks: key-id 'gm2'", timeout=30)
+        assert ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]["protocols"] == ["gdoi", "g-ikev2"]
+        assert _spis(gike, 1001) == _spis(ks, 1001)
+    finally:
+        gike.stop()
+        ks.stop()
