@@ -33,14 +33,8 @@ Make before break (RFC 6407 section 5.2, GAP ATD/DTD), per TEK policy (selector)
 * the previous TEK is removed after the deactivation delay (DTD, at least the ATD: senders
   have switched) or at its expiry, whichever comes first; a sending TEK that goes while its
   successor still waits for its activation time hands the outbound policy over first;
-* a superseded TEK keeps its DTD even when the next rekey comes sooner: the other senders
-  leave it only an ATD after *they* took its successor, so a receiver that dropped it on the
-  next rekey's arrival (rekeys less than ATD + the copies' spread apart) would lose their
-  datagrams.  So three SAs per selector are held for a moment when rekeys come faster than
-  the DTD; never more than three: a TEK arriving while three are held makes the oldest go
-  first (after the sender moved off it), the bound for rekey storms.  For the same reason a
-  sender keeps the activation time of a TEK superseded before it was sent on: it leaves the
-  TEK before it an ATD after that TEK's arrival, as the receivers' DTD expects.
+* never more than two SAs per selector: a TEK arriving while two are held makes the oldest go
+  first (after the sender moved off it).
 
 ATD and DTD are the key server's (the GAP payload of GROUPKEY-PULL message 2 and of each
 GROUPKEY-PUSH, ``Registered.gap`` / ``Rekeyed.gap``): the last values it sent apply, to this
@@ -327,9 +321,7 @@ class Timing:
     reregister_min: float = 30.0
     activation_delay: float = 2.0  # GAP ATD until the key server gives one
     deactivation_delay: float = 6.0  # GAP DTD until the key server gives one
-    # current + previous, and the one before while its DTD runs (a rekey sooner than the
-    # DTD: module docstring); the oldest goes at once only beyond this
-    max_per_selector: int = 3
+    max_per_selector: int = 2  # current + previous
     resync_spread: float = 5.0  # a missed rekey: register again within [0, this) seconds
 
 
@@ -981,17 +973,13 @@ class MemberEngine:
             # room for the newcomer: the oldest go first (after the sender moved off them)
             while len(same) >= cap:
                 oldest = same.pop(0)
-                self._remove([oldest], "superseded (at most three SAs per TEK policy)")
+                self._remove([oldest], "superseded (at most two SAs per TEK policy)")
             for h in same:  # what the newcomer supersedes
                 if h.retire_at is None:
                     delay = max(self.deactivation_delay, self.activation_delay)
                     h.retire_at = min(h.expires_at, now + delay) if not switch \
                         else min(h.expires_at, now + self.deactivation_delay)
-                if switch:  # a registration's TEKs are sent on at once
                     h.activate_at = None
-                # else a superseded TEK still waiting for its activation keeps it: the
-                # receivers drop the one before it a DTD after *it* came, counting on senders
-                # to have left that one an ATD after it came
             h = HeldTek(t, now, now + t.lifetime_s)
             if not switch and t.sends and any(x.outbound for x in same):
                 h.activate_at = activate_at

@@ -25,7 +25,6 @@ class Sender(threading.Thread):
         super().__init__(daemon=True)
         self.name_tag = name
         self.sent = 0
-        self.times: list[float] = []  # wall clock of each send, to set beside the daemons' logs
         self.stop = threading.Event()
         with host.inside():
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -35,7 +34,6 @@ class Sender(threading.Thread):
     def run(self) -> None:
         start = time.monotonic()
         while not self.stop.is_set():
-            self.times.append(time.time())
             self.sock.sendto(TAG + self.name_tag + struct.pack("!I", self.sent), (GROUP, PORT))
             self.sent += 1
             ahead = start + self.sent / RATE - time.monotonic()

@@ -210,12 +210,10 @@ def test_rekey_command_push_received_and_shown(tmp_path, caplog, monkeypatch):
         rc, out, _ = await _ctl("--socket", sock, "rekey", "1001")
         assert rc == 0 and "group 1001 rekeyed: SEQ 2, new TEK SPI 0x00005002" in out
         await _until(lambda: s.rekeys == 2)
-        # a rekey sooner than the previous one's activation delay: the superseded TEKs keep
-        # their delays (senders may still use them), so for a while three SAs are held and
-        # none is removed at once; 0x5001 keeps its activation time (never more than three)
-        assert {t["spi"] for t in s.describe()["teks"]} == {"0x00001234", "0x00005001",
-                                                            "0x00005002"}
-        assert not [c for c in fac.inst.calls if c[0] == "remove"]
+        # never more than two per TEK policy: the oldest went first, the sender moved on
+        assert ("send_on", 1001, 0x5001) in fac.inst.calls
+        assert ("remove", 1001, (0x1234,)) in fac.inst.calls
+        assert {t["spi"] for t in s.describe()["teks"]} == {"0x00005001", "0x00005002"}
 
         # a replayed PUSH is rejected and logged
         import socket
