@@ -6,7 +6,8 @@ runs before the virtual environment exists). Two back ends:
 host  the host kernel, when a probe shows it can install an ESP SA (a throwaway netns gets an
       `ip xfrm state add ... proto esp aead rfc4106(gcm(aes))`).
 uml   User-mode Linux (Debian's `user-mode-linux`: /usr/bin/linux.uml, modules copied to
-      /lib/modules/<ver> by tools/setup). The guest's root file system is the host's, mounted
+      /lib/modules/<ver> by tools/setup; on a CPU where that one cannot boot, the newer kernel
+      tools/setup unpacked and named in /var/cache/msec-lab/uml.selected). The guest's root file system is the host's, mounted
       read-only over hostfs; /tmp, /run (so /var/run/netns), /var/tmp and /dev/shm are tmpfs; the
       project tree gets a throwaway overlay (writes inside it vanish with the guest); a per-run
       folder under .lab/ is mounted read-write and carries job.sh in and the exit status out.
@@ -37,8 +38,24 @@ from dataclasses import dataclass, field
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST_INIT = os.path.join(PROJECT, "tools", "lab_guest.sh")
-UML = "/usr/bin/linux.uml"
+UML_PACKAGED = "/usr/bin/linux.uml"
 UML_MODULES = "/usr/lib/uml/modules"
+# Where Debian 12's UML cannot boot (a CPU with a large XSAVE area: tools/setup step 2b), setup
+# unpacks a newer one and names it here: "<binary> <kernel release>".
+UML_SELECTED = "/var/cache/msec-lab/uml.selected"
+
+
+def _selected_uml() -> tuple[str, str | None]:
+    """The UML binary to boot and its release (None: read it from the package)."""
+    try:
+        with open(UML_SELECTED) as f:
+            path, ver = f.read().split()
+        return path, ver
+    except (OSError, ValueError):
+        return UML_PACKAGED, None
+
+
+UML, _UML_VER = _selected_uml()
 
 # Modules the data plane and the tests need; whatever a kernel lacks is reported, not fatal.
 MODULES = [
@@ -97,6 +114,8 @@ def uml_version() -> str | None:
     """The UML kernel release, from the package's module folder (never hard-coded)."""
     if not os.access(UML, os.X_OK):
         return None
+    if _UML_VER is not None:
+        return _UML_VER
     vers = sorted(d for d in os.listdir(UML_MODULES)) if os.path.isdir(UML_MODULES) else []
     if vers:
         return vers[-1]

@@ -75,3 +75,41 @@ class Sampler(threading.Thread):
     def close(self) -> None:
         for s in self.socks.values():
             s.close()
+
+
+def listen(host):
+    """A group listener whose socket holds a long burst: the test process shares one
+    interpreter among senders, sampler and drainer, and UML may leave it unscheduled for a
+    second, so a default-size buffer could overflow, which is not what these tests measure."""
+    lst = host.listen(GROUP, PORT)
+    lst.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+    return lst
+
+
+def drop_counters(host) -> dict[str, int]:
+    """Where a host's kernel dropped datagrams: the non-zero XFRM error counters
+    (/proc/net/xfrm_stat) and UDP receive errors (/proc/net/snmp), for failure messages."""
+    out: dict[str, int] = {}
+    for line in host.run("cat", "/proc/net/xfrm_stat").stdout.splitlines():
+        name, _, value = line.partition(" ")
+        if value.strip() not in ("", "0"):
+            out[name] = int(value)
+    udp = [ln.split() for ln in host.run("cat", "/proc/net/snmp").stdout.splitlines()
+           if ln.startswith("Udp:")]
+    if len(udp) == 2:
+        for name, value in zip(udp[0][1:], udp[1][1:]):
+            if name in ("InErrors", "RcvbufErrors", "NoPorts") and value != "0":
+                out[f"Udp{name}"] = int(value)
+    return out
+
+
+def missing_runs(seqs: set[int], sent: int) -> list[tuple[int, int]]:
+    """The runs [first, last] of sequence numbers below ``sent`` not in ``seqs``."""
+    runs: list[tuple[int, int]] = []
+    for i in range(sent):
+        if i not in seqs:
+            if runs and runs[-1][1] == i - 1:
+                runs[-1] = (runs[-1][0], i)
+            else:
+                runs.append((i, i))
+    return runs
