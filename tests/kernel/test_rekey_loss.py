@@ -1,23 +1,22 @@
 """Rekeys through 30% loss, in the kernel lab: real msecd processes, a key server (h1) whose
 rekey datagrams (UDP to port 848) lose 30% on the way out (netem on a band of a prio qdisc that
 only they are filtered into; registration and ESP traffic are untouched), three members, two of
-them sending 100 datagrams per second each, 20 operator rekeys 3.5 s apart, multicast delivery
+them sending 100 datagrams per second each, 20 operator rekeys 5.5 s apart, multicast delivery
 with 4 copies 150 ms apart (each copy to the rekey address and unicast to every member).
 
 Checked: netem dropped rekey datagrams; every member ends on the key server's current TEK and
 SEQ; every receiver got every datagram exactly once (a member that takes only a late copy
 still installs the new SA inbound well before any sender moves to it: the copies' spread,
-0.45 s, is well below the group's activation delay, 2 s).
+0.45 s, is well below the group's activation delay, 3 s).
 
-Not in the default kernel tier yet (MSEC_REKEY_LOSS_TEST=1 runs it): it takes 140-200 s in the
-lab (msecctl alone takes ~1 s there; 20 rekeys 3.5 s apart), and two of five runs on a loaded
-machine lost 2-16 of ~9000 datagrams at one receiver (gm1, from gm2's sender) in the middle
-of the run, with every rekey taken by every member; the cause is not found yet (the netem
-band holds only UDP to port 848, ESP never enters it)."""
+About 150-250 s in the lab (msecctl alone takes ~1 s there; 20 rekeys 5.5 s apart).  Earlier
+runs on a loaded machine lost 2-16 of ~9000 datagrams at one receiver with every rekey taken:
+the listeners' default-size socket buffers overflowing while the test process (senders,
+drainer and msecctl calls share one interpreter) was not scheduled; they now hold a long
+burst (``traffic.listen``), and a failure reports the kernel's drop counters."""
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import threading
@@ -27,28 +26,28 @@ from collections import Counter
 import pytest
 
 from tests.host.daemon_proc import Msecd
-from tests.kernel.test_evict import _wait, kernel_keys, ks_config, no_states
-from tests.kernel.test_registration import GROUP, PORT, PSKS, SPI_LOG, gm_config
-from tests.kernel.traffic import TAG, Sender
+from tests.kernel.test_evict import _wait, kernel_keys, ks_config
+from tests.kernel.test_registration import PSKS, SPI_LOG, gm_config
+from tests.kernel.traffic import TAG, Sender, listen, loss_report
 
-pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(os.environ.get("MSEC_REKEY_LOSS_TEST") != "1",
-                                 reason="long, and not yet reliable: MSEC_REKEY_LOSS_TEST=1")]
+pytestmark = pytest.mark.kernel
 
 REKEYS = 20
 # a receiver installs a rekey's SA at most the copies' spread (0.45 s) after another member
-# starts... the activation delay (2 s) after its own receipt: 1.5 s of margin for a loaded
-# lab; a rekey arriving while two SAs are held retires the oldest, which every sender left
-# ATD + spread after the previous rekey: SPACING - 2.45 s of margin
-SPACING = 3.5
+# got it and senders switch the activation delay (3 s) after their own receipt: 2.5 s of
+# margin for a loaded lab (CI's lab runs 1.5-2 times slower than a developer's); a receiver
+# retires the previous SA the deactivation delay (5 s) after its receipt, a sender that took
+# the last copy left it ATD + spread after: 1.5 s; the next rekey (SPACING) comes after that
+# retirement, so a kernel never needs a third SA
+SPACING = 5.5
 LOSS = "30%"
 DELIVERY = 'rekey_copies = 4\nrekey_copy_interval = "150ms"\n'
 
 
 def _config(d, ks_ip):
     p = ks_config(d, ks_ip)
-    text = p.read_text().replace('name = "video"\n', 'name = "video"\nactivation_delay = "2s"\n'
-                                 'deactivation_delay = "4s"\n', 1)
+    text = p.read_text().replace('name = "video"\n', 'name = "video"\nactivation_delay = "3s"\n'
+                                 'deactivation_delay = "5s"\n', 1)
     p.write_text(text + DELIVERY)  # [keyserver.group.kek] is the last table
     return p
 
@@ -89,7 +88,7 @@ def test_twenty_rekeys_through_30_percent_loss_no_datagram_lost(netlab_factory, 
             d.wait_log(SPI_LOG, timeout=120)
             d.wait_log("listening for GROUPKEY-PUSH", timeout=120)
         _lossy(h1)
-        listeners = {h.name: h.listen(GROUP, PORT) for h in gm_hosts.values()}
+        listeners = {h.name: listen(h) for h in gm_hosts.values()}
 
         def drain():
             while not drain_stop.is_set():
@@ -101,6 +100,7 @@ def test_twenty_rekeys_through_30_percent_loss_no_datagram_lost(netlab_factory, 
         senders = [Sender(h2, b"A"), Sender(h3, b"B")]
         for s in senders:
             s.start()
+        wall_traffic = time.time()
         time.sleep(1.0)
         last = None
         marks = []  # datagrams sent by B when each rekey went out
@@ -142,11 +142,9 @@ def test_twenty_rekeys_through_30_percent_loss_no_datagram_lost(netlab_factory, 
                 missing = sum((want - mine).values())
                 dup = sum((mine - want).values())
                 if missing or dup:
-                    gone = sorted(struct.unpack("!I", k[-4:])[0] for k in (want - mine))
-                    print(f"\nLOST at {h} from {t}: {gone[:40]}; B's count at each rekey "
-                          f"{marks}; XfrmInNoStates {[no_states(x) for x in gm_hosts.values()]}"
-                          f"; stat {h2.call(lambda: open('/proc/net/xfrm_stat').read())}")
-                assert missing == 0 and dup == 0, (h, t, sent[t], missing, dup)
+                    pytest.fail(loss_report(h, t, sent[t], missing, dup, mine, wall_traffic,
+                                            lab.hosts, members)
+                                + f"\nB's count at each rekey {marks}")
         dropped = _dropped(h1)
         assert dropped > 0  # the loss did happen
         copies = {n: d.ctl_json("group", "show", "1001")["roles"][0]["push"]

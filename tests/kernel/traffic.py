@@ -113,3 +113,21 @@ def missing_runs(seqs: set[int], sent: int) -> list[tuple[int, int]]:
             else:
                 runs.append((i, i))
     return runs
+
+
+def loss_report(host, tag, sent, missing, dup, got, wall_start, hosts, members) -> str:
+    """What a failure needs to tell a kernel drop from a missing SA or a late PUSH: the runs
+    of missing datagrams with the wall-clock time they were sent, every host's drop counters,
+    and the members' SA changes (their log lines carry the time)."""
+    seqs = {struct.unpack("!I", k[-4:])[0] for k in got}
+    runs = missing_runs(seqs, sent)
+    when = [f"{a}-{b} (sent ~{time.strftime('%H:%M:%S', time.localtime(wall_start + a / RATE))}"
+            f".{int((wall_start + a / RATE) % 1 * 1000):03d})" for a, b in runs[:10]]
+    lines = [f"{host} lost {missing} and doubled {dup} of {sent} datagrams {tag!r}; "
+             f"missing runs {when}"]
+    lines += [f"{h.name} drops: {drop_counters(h)}" for h in hosts]
+    for n, d in members.items():
+        sa = [ln for ln in d.log().splitlines()
+              if any(w in ln for w in ("rekeyed", "sending on", "install", "remov", "SPI"))]
+        lines.append(f"{n}:\n  " + "\n  ".join(sa[-40:]))
+    return "\n".join(lines)
