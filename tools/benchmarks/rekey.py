@@ -51,6 +51,7 @@ import json
 import os
 import random
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,25 @@ def configure(workdir: Path, n: int, port: int, rekey_port: int, rate: int,
     cfg.write_text(text)
     os.chmod(cfg, 0o600)
     return cfg
+
+
+def _rekey_port() -> int:
+    """A free UDP port below the ephemeral range: every member binds it on its own address
+    right after closing its registration socket, whose ephemeral port on that address could be
+    this very port (at 10,000 members, one run in three) while asyncio has not closed it yet."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in range(max(1024, low - 2000), low):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free UDP port below the ephemeral range")
 
 
 # ------------------------------------------------------------------------------ generators
@@ -361,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="msec-bench-rekey-", dir=ROOT) as d:
         workdir = Path(d)
         write_pki(workdir)
-        port, rekey_port = _free_port(), _free_port()
+        port, rekey_port = _free_port(), _rekey_port()
         cfg = configure(workdir, n, port, rekey_port, a.rate, a.ack_timeout, a.retries,
                         workdir / "state")
         ks = KeyServer(cfg, workdir / "msecd.log", a.profile)
