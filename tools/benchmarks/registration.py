@@ -199,6 +199,23 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
+def cpu_time_ns(pid: int) -> int:
+    """On-CPU time of process ``pid``, all its threads, in nanoseconds.
+
+    From the scheduler's own accounting (``/proc/PID/task/*/schedstat``, first field), because
+    ``/proc/PID/stat`` counts in clock ticks (10 ms): a small run can spend less than one tick
+    and would read as no CPU at all.  A thread that exits between listing and reading is
+    skipped, and the time of threads that exited earlier is not counted."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 class KeyServer:
     """One msecd process (key server role only) and its control socket."""
 
@@ -225,6 +242,9 @@ class KeyServer:
 
     def cpu(self) -> tuple[float, float]:
         return cpu_seconds(self.proc.pid)
+
+    def cpu_ns(self) -> int:
+        return cpu_time_ns(self.proc.pid)
 
     def ctl(self, *argv: str) -> dict:
         r = subprocess.run([sys.executable, "-m", "gkm.daemon.ctl", "--socket", str(self.socket), "--json", *argv],
