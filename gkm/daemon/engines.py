@@ -201,6 +201,9 @@ class GdoiFactory:
         self.kernel = kernel
         self.netns = netns
         self.provider = None  # the key server role's keys provider, once made
+        #: the key server's rekey source (address, 848) for G-IKEv2's Rekey SA selectors, once
+        #: the key server engine is made: registration and the group controllers' GSA_REKEY
+        self.rekey_source: tuple[str, int] | None = None
 
     @staticmethod
     def _gdoi():
@@ -218,20 +221,20 @@ class GdoiFactory:
         provider = gdoi.StoreKeysProvider(store, lkh=True)
         self.provider = provider  # the key server role's (one per daemon): rekey invalidates it
         phase1 = gdoi.phase1_config(settings)
+        lid = phase1.local_id  # the rekey source as GDOI's engine has it (SA KEK SRC ID)
+        self.rekey_source = (str(ipaddress.ip_address(lid.data)), 848) \
+            if lid is not None and lid.type in (1, 5) else None
         engine = gdoi.KeyServerEngine(settings.groups, provider, phase1, admit=admit)
         if not _serves_g_ikev2(settings.groups):
             return engine  # GDOI only: exactly the engine of before, IKEv2 datagrams dropped
-        return self._dual(engine, settings, provider, phase1, admit)
+        return self._dual(engine, settings, provider, phase1, admit, self.rekey_source)
 
     @staticmethod
-    def _dual(gdoi_engine, settings, provider, phase1, admit):
+    def _dual(gdoi_engine, settings, provider, phase1, admit, source):
         """The GDOI engine and a G-IKEv2 GCKS over the same keys provider behind one socket."""
         from gkm.ikev2 import gcks, profile
         from gkm.ikev2.registration import gcks_auth_config
 
-        lid = phase1.local_id  # the rekey source as GDOI's engine has it (SA KEK SRC ID)
-        source = (str(ipaddress.ip_address(lid.data)), 848) \
-            if lid is not None and lid.type in (1, 5) else None
         auth = gcks_auth_config(settings, rekey_source=source,
                                 wall_time_offset=phase1.wall_time_offset)
         crls = bool(settings.crl_files)
@@ -295,7 +298,8 @@ class GdoiFactory:
     def group_controller(self, group, state, now: float, *, signer=None, signer_error=None):
         """The group's controller (gkm.group) over ``state`` (gkm.group.storage.load_state)."""
         from gkm.group import GroupController
-        return GroupController(group, state, now=now, signer=signer, signer_error=signer_error)
+        return GroupController(group, state, now=now, signer=signer, signer_error=signer_error,
+                               rekey_source=self.rekey_source)
 
     def keys_changed(self, engine, group_id: int) -> None:
         """A group controller changed the group's keys or tree in the store: the keys
@@ -304,6 +308,11 @@ class GdoiFactory:
             self.provider.invalidate(group_id)
 
     def push_receiver(self, group, registered):
+        """GROUPKEY-PUSH for a GDOI registration, GSA_REKEY for a G-IKEv2 one (same interface)."""
+        from gkm.ikev2.events import GikeRegistered
+        if isinstance(registered, GikeRegistered):
+            from gkm.ikev2.member_rekey import GikePushReceiver
+            return GikePushReceiver(group, registered.gsa)
         gdoi = self._gdoi()
         return gdoi.PushReceiver(group.group_id, registered.kek, registered.lkh,
                                  registered.seq or 0, teks=registered.teks)

@@ -131,6 +131,11 @@ class MemberSession:
         return self.engine.group.label
 
     @property
+    def _rekey_kind(self) -> str:
+        """The rekey message this group's members receive, for log lines."""
+        return "GSA_REKEY" if self.engine.group.protocol == "g-ikev2" else "GROUPKEY-PUSH"
+
+    @property
     def state(self) -> str:
         st = self.engine.state
         if st in (MemberState.CONNECTING, MemberState.REGISTERING):
@@ -315,7 +320,7 @@ class MemberSession:
                     e.push_listen_failed(reason, now)
                 else:
                     self._listening = fmt_addr((act.address, act.port))
-                    log.info("group %s: listening for GROUPKEY-PUSH on %s", self.label,
+                    log.info("group %s: listening for %s on %s", self.label, self._rekey_kind,
                              self._listening)
                     e.push_listening(now)
             case StopListening():
@@ -416,9 +421,9 @@ class MemberSession:
             case LeftGroup():
                 log.warning("group %s: %s; registering again", label, ev.reason)
             case PushRejected(duplicate=True):
-                log.debug("group %s: GROUPKEY-PUSH ignored: %s", label, ev.reason)
+                log.debug("group %s: %s ignored: %s", label, self._rekey_kind, ev.reason)
             case PushRejected():
-                log.warning("group %s: GROUPKEY-PUSH rejected: %s", label, ev.reason)
+                log.warning("group %s: %s rejected: %s", label, self._rekey_kind, ev.reason)
             case _:
                 log.debug("group %s: %s", label, ev)
 

@@ -861,8 +861,11 @@ class MemberEngine:
 
     # -- the saved state ----------------------------------------------------------------------
     def snapshot(self, now: float) -> MemberSnapshot | None:
-        """What a restarted member needs (None: nothing worth keeping, no Rekey SA)."""
+        """What a restarted member needs (None: nothing worth keeping, no Rekey SA, or a
+        receiver the saved state cannot rebuild: a G-IKEv2 member registers again)."""
         if self._kek is None or self.kek_expires_at is None or self.key_server is None:
+            return None
+        if self.push is not None and not self.push.resumable:
             return None
         teks = tuple(SavedTek(h.tek, h.expires_at, h.outbound, h.activate_at, h.retire_at)
                      for h in self.held if not h.removing)

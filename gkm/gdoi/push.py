@@ -230,6 +230,9 @@ PUSH_REJECT_CAUSES = ("not_member", "malformed", "wrong_kek", "wrong_source", "r
                       "signature", "content", "duplicate", "internal")
 
 
+_VERSION_OFFSET = 17  # the header's version octet (RFC 2408 section 3.1, RFC 7296 section 3.1)
+
+
 class _Reject(Exception):
     def __init__(self, reason: str, cause: str = "content", *, resync: bool = False,
                  quiet: bool = False) -> None:
@@ -501,7 +504,14 @@ class PushReceiver:
     previous :class:`Rekeyed`); ``teks``: the TEKs held (to keep their SA direction).  Inputs:
     ``receive_datagram(data, addr, now)``; outputs: ``next_event()``.  No exception escapes an
     input; any rejection leaves ``kek``/``last_seq``/``lkh_view`` unchanged.
+
+    A group served over GDOI and G-IKEv2 multicasts both protocols' rekeys to one address: an
+    IKEv2 datagram (major version 2 at offset 17) is dropped first and quietly, counted as
+    ``other_protocol`` (:mod:`gkm.ikev2.member_rekey` does the converse).
     """
+
+    #: the member's saved state (gkm.gdoi.member_state) can rebuild this receiver
+    resumable = True
 
     def __init__(
         self,
@@ -528,7 +538,7 @@ class PushReceiver:
         self._lkh_parts: tuple[bytes, int, LkhPartial] | None = None
         self._directions = {_selector(t): t.direction for t in teks}
         self._events: deque = deque()
-        self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "acks": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "acks": 0, "other_protocol": 0}
         #: SHA-256 of the last datagrams accepted -> (its SEQ, the ACK sent for it or None)
         self._recent: OrderedDict[bytes, tuple[int, tuple[bytes, Any] | None]] = OrderedDict()
         self.ack_address: Any = None  # our address in the ACK's ID (None: no ACKs)
@@ -555,6 +565,9 @@ class PushReceiver:
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         data = bytes(data)
+        if len(data) > _VERSION_OFFSET and data[_VERSION_OFFSET] >> 4 == 2:
+            self.stats["other_protocol"] += 1  # a GSA_REKEY for the group's G-IKEv2 members
+            return
         digest = hashlib.sha256(data).digest()
         if digest in self._recent:
             self.stats["duplicates"] += 1

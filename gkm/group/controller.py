@@ -54,6 +54,9 @@ from gkm.events import Event
 from gkm.gdoi.keys import new_kek_keymat, new_tek_keymat, random_spi
 from gkm.gdoi.provider import KekKeys, TekKeys, tek_label
 from gkm.gdoi.push import build_push, lkh_kek_keymat, lkh_update_parts
+from gkm.ikev2.gcks import serves_g_ikev2
+from gkm.ikev2.group_rekey import gsa_rekey, signature_for
+from gkm.wire.errors import WireError
 from gkm.store import SEQ_MAX, Kek, KeyState, Tek
 from policy.model import GroupPolicy, TekPolicy, kek_rekey_lead, tek_rekey_lead
 
@@ -81,7 +84,8 @@ def _suite_of(t: Tek) -> str:
 class GroupController:
     def __init__(self, policy: GroupPolicy, state: GroupState, *, now: float,
                  signer: Signer | None = None, signer_error: str | None = None,
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+                 random: Callable[[int], bytes] = os.urandom,
+                 rekey_source: tuple[str, int] | None = None) -> None:
         if state.group_id != policy.group_id:
             raise ValueError(f"state of group {state.group_id} for group {policy.group_id}")
         self.policy = policy
@@ -89,6 +93,8 @@ class GroupController:
         self._signer = signer
         self._signer_error = signer_error
         self._random = random
+        #: the GSA_REKEY source selector (G-IKEv2 registration's: the key server's address)
+        self._rekey_source = rekey_source
         self._pending: list[Change] = []
         self._pending_pushes: list[Push] = []
         self._pending_events: list[Event] = []
@@ -303,8 +309,9 @@ class GroupController:
         data = build_push(self.policy, kek=self._kek_keys(kek),
                           signing_key=self._signer.private_key, seq=seq, new_teks=teks,
                           new_kek=None, deletes=(), now=t)
+        gike = self._gike(self._kek_keys(kek), seq, t, teks=teks)
         self._log(SeqReserved(gid, kek.spi, seq))
-        self._pending_pushes.append(Push(seq, kek.spi, data))
+        self._pending_pushes.append(Push(seq, kek.spi, data, gike))
         spis = tuple(tk.spi for tk in teks)
         self._pending_events.append(KeysAnnounced(gid, seq, spis))
         return RekeyResult((seq,), spis, None)
@@ -510,9 +517,12 @@ class GroupController:
             new_kek = KekKeys(spi, pol.kek.cipher.name,
                               new_kek_keymat(pol.kek.cipher, self._random),
                               t + pol.kek.lifetime_s, self._signer.public_key)
-        signing = (sign_with or self._signer).private_key
-        data = build_push(pol, kek=self._kek_keys(kek), signing_key=signing,
+        signer = sign_with or self._signer
+        data = build_push(pol, kek=self._kek_keys(kek), signing_key=signer.private_key,
                           seq=seq, new_teks=teks, new_kek=new_kek, deletes=deletes, now=t)
+        gike = self._gike(self._kek_keys(kek), seq, t, teks=teks, deletes=deletes,
+                          new_kek=new_kek, signer=signer,
+                          auth_key=self._signer.public_key if sign_with is not None else None)
         self._log(SeqReserved(gid, kek.spi, seq))
         if new_kek is not None:
             self._log(KekAdded(gid, new_kek.spi, new_kek.cipher, new_kek.keymat, t,
@@ -521,9 +531,38 @@ class GroupController:
         for old in replaced:
             self._log(TekStateChanged(gid, old.spi, KeyState.OLD))
         self._add_teks(teks, t)
-        self._pending_pushes.append(Push(seq, kek.spi, data))
+        self._pending_pushes.append(Push(seq, kek.spi, data, gike))
         return RekeyResult((seq,), tuple(tk.spi for tk in teks),
                            new_kek.spi if new_kek is not None else None)
+
+    # -- internals: G-IKEv2 (gkm.ikev2.group_rekey) ------------------------------------------
+    def _serves_gike(self, signer: Signer | None = None) -> bool:
+        signer = signer or self._signer
+        return (serves_g_ikev2(self.policy) and signer is not None
+                and signature_for(signer.private_key) is not None)
+
+    def _gike(self, kek: KekKeys, seq: int, t: int, *, signer: Signer | None = None,
+              **rekey) -> bytes | None:
+        """The GSA_REKEY twin of the PUSH with ``seq`` under ``kek``, None when the group has
+        no G-IKEv2 members to send it to (not served, or a signing key they cannot verify)."""
+        signer = signer or self._signer
+        if not self._serves_gike(signer):
+            return None
+        tree = self._state.tree
+        return gsa_rekey(self.policy, kek=kek, seq=seq, signing_key=signer.private_key, now=t,
+                         rekey_source=self._rekey_source,
+                         lkh_key_bytes=tree.key_len if tree is not None else None, **rekey)
+
+    def _gike_lkh(self, old: KekKeys, seq: int, t: int, new: KekKeys, tree, update
+                  ) -> tuple[bytes | None, bool]:
+        """An LKH eviction as GSA_REKEY: (the message under the old Rekey SA, whether the TEK
+        message under the new one follows).  One that does not fit one datagram (RFC 9838 has
+        no split; some 1,200 WRAP_KEYs fit) deletes the Rekey SA and every TEK instead: the
+        G-IKEv2 members register again and get the new keys, the evicted ones are refused."""
+        try:
+            return self._gike(old, seq, t, new_kek=new, lkh=(tree, update)), True
+        except WireError:
+            return self._gike(old, seq, t, delete_all=True), False
 
     def _purge(self, now: float) -> None:
         s, gid = self._state, self.group_id
@@ -548,9 +587,10 @@ class GroupController:
             data = build_push(self.policy, kek=self._kek_keys(kek),
                               signing_key=self._signer.private_key, seq=seq, deletes=[0],
                               delete_kek=True, now=int(now))
+            gike = self._gike(self._kek_keys(kek), seq, int(now), delete_all=True)
             self._log(SeqReserved(gid, kek.spi, seq))
             self._log(KekDeleted(gid, kek.spi))
-            self._pending_pushes.append(Push(seq, kek.spi, data))
+            self._pending_pushes.append(Push(seq, kek.spi, data, gike))
         if members:
             self._log(MembersRemoved(gid, members))
         for tek in s.teks_in(KeyState.CURRENT, KeyState.NEXT):
@@ -597,6 +637,7 @@ class GroupController:
         data = build_push(self.policy, kek=self._kek_keys(kek),
                           signing_key=self._signer.private_key, seq=seq, deletes=[0],
                           delete_kek=True, now=t)
+        gike = self._gike(self._kek_keys(kek), seq, t, delete_all=True)
         self._log(MembersRemoved(gid, gone))
         for tek in s.teks_in(KeyState.CURRENT, KeyState.NEXT):
             self._log(TekStateChanged(gid, tek.spi, KeyState.OLD))
@@ -604,7 +645,7 @@ class GroupController:
         self._log(KekDeleted(gid, kek.spi))
         if s.tree is not None:
             self._log(LkhDeleted(gid))
-        self._pending_pushes.append(Push(seq, kek.spi, data))
+        self._pending_pushes.append(Push(seq, kek.spi, data, gike))
         return MembersEvicted(gid, gone, reasons, "rekey-all", (seq,))
 
     def _evict_lkh(self, now: float, kek: Kek, gone: tuple[str, ...],
@@ -638,6 +679,8 @@ class GroupController:
             new_kk = KekKeys(spi, pol.kek.cipher.name,
                              lkh_kek_keymat(root_key, spi, pol.kek.cipher.name),
                              t + pol.kek.lifetime_s, self._signer.public_key)
+            # G-IKEv2 first, while the tree's keys are exactly the update's (lkh_map)
+            gike_first, gike_teks = self._gike_lkh(old_kk, kek.seq + 1, t, new_kk, tree, update)
             teks = self._new_teks(list(pol.teks), t)
             parts = lkh_update_parts(pol, update, kek=old_kk, new_kek=new_kk,
                                      signing_key=self._signer.private_key, now=t)
@@ -645,11 +688,12 @@ class GroupController:
             pushes = [Push(seq, kek.spi, build_push(
                 pol, kek=old_kk, signing_key=self._signer.private_key, seq=seq,
                 new_kek=new_kk, lkh_update=part, lkh_root_key=root_key,
-                lkh_part=(i, len(parts)), now=t))
+                lkh_part=(i, len(parts)), now=t), gike_first if i == 1 else None)
                 for i, (seq, part) in enumerate(zip(seqs, parts), 1)]
             pushes.append(Push(1, spi, build_push(
                 pol, kek=new_kk, signing_key=self._signer.private_key, seq=1, new_teks=teks,
-                deletes=old_spis, now=t)))
+                deletes=old_spis, now=t),
+                self._gike(new_kk, 1, t, teks=teks, deletes=old_spis) if gike_teks else None))
         except (ValueError, ControllerRefused):
             self._stale = True  # the tree changed in memory only: read the store again
             raise

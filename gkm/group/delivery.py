@@ -302,7 +302,8 @@ class RekeyDelivery:
         if not m.host:
             return
         for p in pushes:
-            self._paced.append((Outgoing(p.data, (m.host, self.kek.rekey_port)), m.identity))
+            for data in p.datagrams:
+                self._paced.append((Outgoing(data, (m.host, self.kek.rekey_port)), m.identity))
 
     def _stale(self, entry: tuple[float, int, str]) -> bool:
         m = self._members.get(entry[2])
@@ -313,10 +314,11 @@ class RekeyDelivery:
             _at, _n, pushes, dests = heapq.heappop(self._copies)
             for host, port in dests:
                 for p in pushes:
-                    if host == str(self.kek.rekey_address):
-                        self._out.append(Outgoing(p.data, (host, port), multicast=True))
-                    else:
-                        self._paced.append((Outgoing(p.data, (host, port)), None))
+                    for data in p.datagrams:
+                        if host == str(self.kek.rekey_address):
+                            self._out.append(Outgoing(data, (host, port), multicast=True))
+                        else:
+                            self._paced.append((Outgoing(data, (host, port)), None))
 
     def _release(self, now: float) -> None:
         rate = self.kek.rekey_unicast_rate

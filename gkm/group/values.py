@@ -34,11 +34,19 @@ class Signer:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """One GROUPKEY-PUSH datagram: its SEQ under KEK ``kek_spi``."""
+    """One GROUPKEY-PUSH datagram: its SEQ under KEK ``kek_spi``; ``gike``: the same rekey as a
+    G-IKEv2 GSA_REKEY (Message ID SEQ - 1 on the Rekey SA of that KEK) for a group that serves
+    G-IKEv2 members (:mod:`gkm.ikev2.group_rekey`), sent wherever ``data`` is sent."""
 
     seq: int
     kek_spi: bytes
     data: bytes = field(repr=False)
+    gike: bytes | None = field(default=None, repr=False)
+
+    @property
+    def datagrams(self) -> tuple[bytes, ...]:
+        """What goes out for this rekey step: the PUSH, and its GSA_REKEY twin if any."""
+        return (self.data,) if self.gike is None else (self.data, self.gike)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,8 @@ class CookieDemanded(Ikev2Event):
 class GsaRegistered(Ikev2Event):
     """Member: GSA_AUTH completed (RFC 9838 §2.3).  ``registered`` is the same hand-off the GDOI
     member engine takes (:class:`gkm.gdoi.events.Registered`: GroupTek, GroupKek, GAP delays;
-    ``seq`` is GSA_INITIAL_MESSAGE_ID - 1, None when 0); the rest is what a
+    ``seq`` is GSA_INITIAL_MESSAGE_ID: the SEQ of the GSA_REKEY before the next one, whose
+    Message ID is SEQ - 1 (:mod:`gkm.ikev2.group_rekey`); None without a Rekey SA); the rest is what a
     :class:`~.rekey.RekeyReceiver` starts from: the Rekey SA, the signature algorithm and
     AUTH_KEY that GSA_REKEY messages are checked with, and the member's Key Path."""
 
@@ -77,6 +78,15 @@ class GsaRegistered(Ikev2Event):
     @property
     def group_id(self) -> int:
         return self.registered.group_id
+
+
+@dataclass(frozen=True, slots=True)
+class GikeRegistered(Registered):
+    """Member: a G-IKEv2 registration, as the GDOI member engine takes it (a
+    :class:`gkm.gdoi.events.Registered`), with the :class:`GsaRegistered` its GSA_REKEY
+    receiver is built from (:class:`gkm.ikev2.member_rekey.GikePushReceiver`)."""
+
+    gsa: GsaRegistered | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,9 +53,9 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from gkm.gdoi.keys import GroupKek, GroupTek
 from gkm.gdoi.policy_wire import GapDelays
-from gkm.gdoi.provider import Enrollment, GroupKeys
+from gkm.gdoi.provider import Enrollment, GroupKeys, TekKeys
 from gkm.wire.attributes import Attribute
-from policy.model import AddressPreservation, GroupPolicy, Identity, Mode, SaDirection
+from policy.model import AddressPreservation, GroupPolicy, Identity, Mode, SaDirection, TekPolicy
 from policy.suites import KEK_CIPHERS
 
 from .constants import (
@@ -70,7 +70,8 @@ from .rekey_sa import RekeyPolicyError, RekeySa
 from .tek_policy import TekPolicyError, group_tek, tek_policy
 
 __all__ = [
-    "MappingError", "GroupKeysReceived", "unicast_gsk_w", "unicast_kwa", "rekey_sa_keys", "rekey_sa_for",
+    "MappingError", "GroupKeysReceived", "unicast_gsk_w", "unicast_kwa", "rekey_kwa", "rekey_sa_keys", "rekey_sa_for",
+    "rekey_sa_of", "group_tek_of",
     "registration_kwa", "group_payloads", "read_group", "may_send", "transport_mode", "REKEY_INTEG", "KEY_WRAP_LABEL",
 ]
 
@@ -118,13 +119,19 @@ def registration_kwa(group: GroupPolicy, enr: Enrollment, negotiated: int) -> in
 
 def unicast_kwa(group: GroupPolicy, enr: Enrollment | None) -> int:
     """The GCKS's choice without a negotiated one, also the Rekey SA's (module docstring)."""
+    return rekey_kwa(group, len(enr.lkh_path[0][2]) if enr is not None and enr.lkh_path else None)
+
+
+def rekey_kwa(group: GroupPolicy, lkh_key_bytes: int | None) -> int:
+    """The Rekey SA's key wrap algorithm: the LKH tree's key size when the group has a tree,
+    else the KEK cipher's.  Registration and the group controller's GSA_REKEY both use this,
+    so a Rekey SA has one KWA (and one GSK_w) whoever derives it."""
     if group.kek is None:
         return KeyWrap.KW_5649_256
-    if enr is not None and enr.lkh_path:
-        n = len(enr.lkh_path[0][2])
-        if n not in _KWA_FOR:
-            raise MappingError(f"LKH keys of {n} bytes fit no AES key wrap")
-        return _KWA_FOR[n]
+    if lkh_key_bytes:
+        if lkh_key_bytes not in _KWA_FOR:
+            raise MappingError(f"LKH keys of {lkh_key_bytes} bytes fit no AES key wrap")
+        return _KWA_FOR[lkh_key_bytes]
     return _KWA_FOR[KEK_CIPHERS[group.kek.cipher.name].key_bytes]
 
 
@@ -144,14 +151,27 @@ def _ts(net, protocol: int, port: int) -> TrafficSelector:
 def rekey_sa_for(group: GroupPolicy, keys: GroupKeys, kwa: int, wall: int, rekey_source: tuple[str, int] | None,
                  initial_message_id: int = 0) -> RekeySa:
     """The group's Rekey SA as the GCKS derives it from the stored KEK (module docstring)."""
-    k, kp = keys.kek, group.kek
+    k = keys.kek
+    return rekey_sa_of(group, bytes(k.spi), k.keymat, k.expires, kwa, wall, rekey_source, initial_message_id)
+
+
+def rekey_sa_of(group: GroupPolicy, spi: bytes, kek_keymat: bytes, expires: int, kwa: int, wall: int,
+                rekey_source: tuple[str, int] | None, initial_message_id: int = 0) -> RekeySa:
+    """The Rekey SA of the KEK ``spi`` (its stored key material and expiry) at Unix time ``wall``."""
+    kp = group.kek
     bits = kp.cipher.key_length_bits
     if rekey_source is None:  # as GDOI's SA KEK: the unspecified address of the family, port 848
         src = _ts("0.0.0.0/0" if ipaddress.ip_address(kp.rekey_address).version == 4 else "::/0", 17, 848)
     else:
         src = _ts(rekey_source[0], 17, rekey_source[1])
-    return RekeySa(bytes(k.spi), Encr.AES_CBC, bits, REKEY_INTEG, kwa, rekey_sa_keys(k.keymat, k.spi, bits, kwa), src,
-                   _ts(kp.rekey_address, 17, kp.rekey_port), max(1, min(k.expires - wall, 0xFFFFFFFF)), initial_message_id)
+    return RekeySa(spi, Encr.AES_CBC, bits, REKEY_INTEG, kwa, rekey_sa_keys(kek_keymat, spi, bits, kwa), src,
+                   _ts(kp.rekey_address, 17, kp.rekey_port), max(1, min(expires - wall, 0xFFFFFFFF)), initial_message_id)
+
+
+def group_tek_of(group: GroupPolicy, tp: TekPolicy, tk: TekKeys, wall: int) -> GroupTek:
+    """One TEK as a GSA policy carries it (direction: the member's to choose, §2.3.3)."""
+    return GroupTek(group.group_id, tk.spi, tp.selector, tp.mode, tp.address_preservation, SaDirection.SYMMETRIC,
+                    tk.suite, tk.enc_keymat, tk.auth_key, max(1, min(tk.expires - wall, 0xFFFFFFFF)))
 
 
 def may_send(group: GroupPolicy, identity: Identity) -> bool:
@@ -175,10 +195,7 @@ def group_payloads(group: GroupPolicy, keys: GroupKeys, enr: Enrollment, gsk_w: 
     policies: list = []
     bags: list = []
     for tp in group.teks:
-        tk = keys.tek(tp.name)
-        gt = GroupTek(group.group_id, tk.spi, tp.selector, tp.mode, tp.address_preservation, SaDirection.SYMMETRIC,
-                      tk.suite, tk.enc_keymat, tk.auth_key, max(1, min(tk.expires - wall, 0xFFFFFFFF)))
-        policy, material = tek_policy(gt)
+        policy, material = tek_policy(group_tek_of(group, tp, keys.tek(tp.name), wall))
         policies.append(policy)
         sa_key = WrappedKey(0, 0, wrap(kwa, gsk_w, material))
         bags.append(GroupKeyBag(ProtocolId.ESP, policy.spi, (Attribute(GroupKeyBagAttr.SA_KEY, sa_key.encode()),)))

@@ -13,24 +13,22 @@ Decisions:
   doubling, at most :data:`MAX_RETRANSMITS` times; the whole registration fails after
   :data:`EXCHANGE_TIMEOUT` seconds (the member engine then tries the next key server).
 * The member does not send GROUP_SENDER yet: it installs the TEKs inbound only.
-* GSA_REKEY reception is not wired into the member yet, so the ``Registered`` handed to the
-  member engine carries no KEK (``kek``, ``seq``, ``lkh`` None): the engine then neither
-  listens for GDOI's GROUPKEY-PUSH (whose keys differ from the Rekey SA's) nor expects one,
-  and registers again before the TEKs expire, as in a GDOI group without a KEK.  The whole
-  :class:`~.events.GsaRegistered` (Rekey SA, AUTH_KEY, Key Path: what a ``RekeyReceiver``
-  starts from) is kept in :attr:`GikeRegistration.gsa`.
+* The member engine gets a :class:`~.events.GikeRegistered`: GDOI's ``Registered`` (the TEKs,
+  the Rekey SA as a ``GroupKek``, the SEQ before the next GSA_REKEY) with the whole
+  :class:`~.events.GsaRegistered` (Rekey SA, AUTH_KEY, Key Path), from which msecd's factory
+  builds the GSA_REKEY receiver (:class:`~.member_rekey.GikePushReceiver`).  ``lkh`` is None:
+  a G-IKEv2 member's LKH path is its Key Path, inside the receiver.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
 from gkm.gdoi.events import RegistrationFailed
 from policy.model import MemberGroup
 
-from .events import GsaRegistered, GsaRegistrationFailed, SaInitEstablished, SaInitFailed
+from .events import GikeRegistered, GsaRegistered, GsaRegistrationFailed, SaInitEstablished, SaInitFailed
 from .profile import sa_init_config
 from .registration import GsaAuthInitiator, member_auth_config
 from .sa_init import SaInitInitiator
@@ -125,7 +123,9 @@ class GikeRegistration:
                     case GsaRegistered():
                         self.state = "registered"
                         self.gsa = ev
-                        self._events.append(dataclasses.replace(ev.registered, kek=None, seq=None, lkh=None))
+                        r = ev.registered
+                        self._events.append(GikeRegistered(r.group_id, r.teks, r.kek, r.seq, None, r.key_server,
+                                                           r.key_server_id, r.phase1_spi, r.gap, ev))
                     case GsaRegistrationFailed():
                         self._fail(ev.reason, ev.notify)
 

@@ -252,7 +252,7 @@ class GsaAuthInitiator(_Engine):
             return self._fail(f"unusable group policy or keys: {e}", tell=NotifyType.NO_PROPOSAL_CHOSEN)
         self._state = "done"
         first = got.rekey_sa.initial_message_id if got.rekey_sa is not None else 0
-        reg = Registered(c.group_id, got.teks, got.kek, first - 1 if first else None, None, sa.peer, gcks,
+        reg = Registered(c.group_id, got.teks, got.kek, first if got.kek is not None else None, None, sa.peer, gcks,
                          sa.spi_i + sa.spi_r, got.gap)
         log.info("g-ikev2 member group %s: registered with %s at %r: %d TEK(s)%s", c.group_id, gcks, sa.peer,
                  len(got.teks), ", Rekey SA" if got.kek else "")
@@ -298,7 +298,8 @@ class GsaAuthResponder(_Engine):
         #: the key server's own refusals after the group policy admitted a member (deny list...)
         self.admit = admit
         #: (group, Rekey SA SPI) -> the GSA_REKEY sender's current Message ID on that Rekey SA
-        #: (GSA_INITIAL_MESSAGE_ID; ``RekeySender.message_id``); None: 0, no GSA_REKEY sent yet
+        #: (GSA_INITIAL_MESSAGE_ID; ``RekeySender.message_id``); None: the KEK's current SEQ,
+        #: which is that Message ID for msecd's group controller (gkm.ikev2.group_rekey)
         self.rekey_message_id = rekey_message_id
         self._sas: OrderedDict[tuple[bytes, bytes], _Sa] = OrderedDict()
         self.stats: Counter[str] = Counter()
@@ -401,7 +402,7 @@ class GsaAuthResponder(_Engine):
                     with self.keys.batch():
                         enr = self.keys.enroll(group, keys, member_key(identity), _host(addr), wall)
                         kwa = registration_kwa(group, enr, est.kwa)
-                        rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall)
+                        rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall, enr.seq)
                         gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa)
                     break
                 except StaleKeys:
@@ -421,10 +422,10 @@ class GsaAuthResponder(_Engine):
         log.info("g-ikev2 gcks: %s from %r registered in group %s", identity, addr, gid)
         self._events.append(MemberRegistered(gid, identity, addr, tuple(t.spi for t in keys.teks), enr.lkh_update))
 
-    def _rekey_sa(self, group: GroupPolicy, keys, kwa: int, wall: int) -> RekeySa | None:
+    def _rekey_sa(self, group: GroupPolicy, keys, kwa: int, wall: int, seq: int | None) -> RekeySa | None:
         if group.kek is None or keys.kek is None:
             return None
-        first = self.rekey_message_id(group, bytes(keys.kek.spi)) if self.rekey_message_id is not None else 0
+        first = self.rekey_message_id(group, bytes(keys.kek.spi)) if self.rekey_message_id is not None else int(seq or 0)
         return rekey_sa_for(group, keys, kwa, wall, self.config.rekey_source, first)
 
     def _on_informational(self, s: _Sa, data: bytes, addr: Any) -> None:

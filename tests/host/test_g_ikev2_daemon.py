@@ -1,7 +1,10 @@
 """G-IKEv2 in real msecd processes (netlab hosts, members --no-kernel): one key server serves
 group 1001 over GDOI and G-IKEv2 and group 1002 over GDOI only, on its one UDP 848 socket.
-A GDOI member and a G-IKEv2 member of 1001 both register and hold the same TEKs; a G-IKEv2
-member of 1002 is refused (AUTHORIZATION_FAILED), with a log line on both sides saying why."""
+A GDOI member and two G-IKEv2 members of 1001 register and hold the same TEKs; a G-IKEv2
+member of 1002 is refused (AUTHORIZATION_FAILED), with a log line on both sides saying why.
+Then ``msecctl rekey`` reaches all three (GROUPKEY-PUSH and its GSA_REKEY twin), and
+``msecctl evict`` of one G-IKEv2 member (LKH) leaves it out while the other two follow the new
+KEK and TEKs."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import os
 from tests.host.daemon_proc import Msecd
 from tests.host.test_daemon_process import _push_signing_key
 
-PSK = {"gm1": "11" * 16, "gm2": "22" * 16, "gm3": "33" * 16}
+PSK = {"gm1": "11" * 16, "gm2": "22" * 16, "gm3": "33" * 16, "gm4": "44" * 16}
 
 
 def _ks_config(tmp_path, listen: str):
@@ -20,7 +23,7 @@ def _ks_config(tmp_path, listen: str):
     for ident, secret in PSK.items():
         text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{secret}"\n'
     text += ('[[keyserver.group]]\nid = 1001\nname = "both"\nprotocols = ["gdoi", "g-ikev2"]\n'
-             'authorize = { psk_identities = ["gm1", "gm2"] }\n'
+             'authorize = { psk_identities = ["gm1", "gm2", "gm4"] }\n'
              '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\ndst = "239.1.1.1"\n'
              'cipher = "aes-gcm-128"\n'
              '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
@@ -53,31 +56,54 @@ def _spis(d: Msecd, gid: int) -> set[str]:
 
 
 def test_gdoi_and_g_ikev2_members_of_one_group(netlab_factory, tmp_path):
-    lab = netlab_factory(4)
-    h1, h2, h3, h4 = lab.hosts
+    lab = netlab_factory(5)
+    h1, h2, h3, h4, h5 = lab.hosts
     ks = Msecd(_ks_config(tmp_path, h1.ip4), host=h1)
     gdoi = Msecd(_member_config(tmp_path, "gm1", 1001, "gdoi", h1.ip4), host=h2, args=["--no-kernel"])
     gike = Msecd(_member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4), host=h3, args=["--no-kernel"])
     refused = Msecd(_member_config(tmp_path, "gm3", 1002, "g-ikev2", h1.ip4), host=h4, args=["--no-kernel"])
-    daemons = [ks, gdoi, gike, refused]
+    gike2 = Msecd(_member_config(tmp_path, "gm4", 1001, "g-ikev2", h1.ip4), host=h5, args=["--no-kernel"])
+    daemons = [ks, gdoi, gike, refused, gike2]
     try:
         for d in daemons:
             d.start()
-        gdoi.wait_log("registered with key server", timeout=60)
-        gike.wait_log("registered with key server", timeout=60)
-        ks.wait_log("registered (TEK SPI", count=2, timeout=60)
+        for d in (gdoi, gike, gike2):
+            d.wait_log("registered with key server", timeout=60)
+        ks.wait_log("registered (TEK SPI", count=3, timeout=60)
         assert ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]["protocols"] == ["gdoi", "g-ikev2"]
         assert gike.ctl_json("group", "show", "1001")["roles"][0]["protocol"] == "g-ikev2"
         assert gdoi.ctl_json("group", "show", "1001")["roles"][0]["protocol"] == "gdoi"
         want = _spis(ks, 1001)
-        assert want and _spis(gdoi, 1001) == want and _spis(gike, 1001) == want
+        assert want and _spis(gdoi, 1001) == want and _spis(gike, 1001) == want == _spis(gike2, 1001)
         members = {m["identity"] for m in ks.ctl_json("members", "1001")["members"]
                    if m["state"] == "registered"}
-        assert members == {"key-id:gm1", "key-id:gm2"}
+        assert members == {"key-id:gm1", "key-id:gm2", "key-id:gm4"}
         assert "g-ikev2 gcks: key-id 'gm2'" in ks.log()  # it came over G-IKEv2
         assert "gdoi ks: key-id 'gm1'" in ks.log()  # and gm1 over GDOI
         assert "listening for GROUPKEY-PUSH" in gdoi.log()
-        assert "listening for GROUPKEY-PUSH" not in gike.log()  # no GSA_REKEY reception yet
+        for d in (gike, gike2):
+            d.wait_log("listening for GSA_REKEY on 239.192.0.1:848", timeout=30)
+
+        # a rekey: the same new TEK at every member, whichever protocol it speaks
+        r = ks.ctl_json("rekey", "1001")
+        assert r["ok"], r
+        new = set(r["teks"])
+        for d in (gdoi, gike, gike2):
+            d.wait_log(f"rekeyed: SEQ {r['seq']}, new TEK SPIs", timeout=30)
+            assert new <= _spis(d, 1001), d.log()[-3000:]
+        for d in (gike, gike2):
+            assert "GSA_REKEY rejected" not in d.log()  # the GDOI copies were dropped quietly
+        assert "GROUPKEY-PUSH rejected" not in gdoi.log()  # and the GSA_REKEY ones
+
+        # evicting G-IKEv2 member gm2 by LKH: it is out, gm4 and gm1 get the new TEK
+        r = ks.ctl_json("evict", "1001", "gm2", "--reason", "test")
+        assert r["ok"] and r["mode"] == "lkh" and r["evicted"] == ["key-id:gm2"], r
+        new = set(r["teks"])
+        gike.wait_log("evicted from the group", timeout=30)
+        for d in (gdoi, gike2):
+            d.wait_log(f"rekeyed: SEQ {r['seq']}, new TEK SPIs", timeout=30)
+            assert new <= _spis(d, 1001), d.log()[-3000:]
+        assert not new & _spis(gike, 1001)
 
         ks_log = ks.wait_log("is not served over G-IKEv2 (protocols = gdoi)", timeout=60)
         line = next(x for x in ks_log.splitlines() if "not served over G-IKEv2" in x and "legacy" in x)

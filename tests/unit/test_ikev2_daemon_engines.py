@@ -13,7 +13,9 @@ from gkm.daemon.engines import GdoiFactory
 from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered, RegistrationFailed
 from gkm.ikev2 import NotifyType
 from gkm.ikev2.gcks import ProtocolDemux
+from gkm.ikev2.events import GikeRegistered
 from gkm.ikev2.member_registration import EXCHANGE_TIMEOUT, GikeRegistration
+from gkm.ikev2.member_rekey import GikePushReceiver
 from gkm.store import KeyStore
 from tests.unit.test_gdoi_support import GID, KS, NOW, group_policy, ks_settings, member_group
 
@@ -63,12 +65,14 @@ def test_gdoi_and_g_ikev2_members_get_the_same_keys(tmp_path):
     gi = f.member(dataclasses.replace(member_group(tmp_path, "gm1"), protocol="g-ikev2"), KS, NOW)
     assert isinstance(gi, GikeRegistration)
     em, eg = run(ks, gi)
-    assert [type(e) for e in em] == [Registered] and em[0].group_id == GID
+    assert [type(e) for e in em] == [GikeRegistered] and em[0].group_id == GID
     reg = [e for e in eg if isinstance(e, MemberRegistered)]
     assert len(reg) == 1 and reg[0].identity.value == "gm1"
-    # no GSA_REKEY reception yet: the member engine gets no KEK (re-registers before expiry)
-    assert em[0].kek is None and em[0].seq is None and gi.gsa.rekey_sa is not None
-    assert em[0].teks == gi.gsa.registered.teks
+    # the member engine gets the Rekey SA as its KEK, the SEQ before the next GSA_REKEY, and
+    # the factory builds its GSA_REKEY receiver from the registration
+    assert em[0].kek.spi == gi.gsa.rekey_sa.spi and em[0].seq == gi.gsa.rekey_sa.initial_message_id == 0
+    assert em[0].teks == gi.gsa.registered.teks and em[0].gsa is gi.gsa
+    assert isinstance(f.push_receiver(member_group(tmp_path, "gm1"), em[0]), GikePushReceiver)
     gd = f.member(member_group(tmp_path, "gm2"), KS, NOW)
     assert not isinstance(gd, GikeRegistration)
     em2, eg2 = run(ks, gd, addr=("192.0.2.11", 848))
@@ -124,7 +128,7 @@ def test_lost_answers_are_retransmitted(tmp_path):
         em, eg = run(ks, gi, now=t, drop=lambda n, d: False)
         if em:
             break
-    assert [type(e) for e in em] == [Registered]
+    assert [type(e) for e in em] == [GikeRegistered]
     assert len([e for e in eg if isinstance(e, MemberRegistered)]) == 1
 
 
@@ -172,7 +176,7 @@ def test_certificate_member_refused_over_g_ikev2_when_crls_are_configured(tmp_pa
     f = GdoiFactory(kernel=False)
     crl = tmp_path / "ca.crl"
     crl.write_bytes(b"")  # not read here: the role loads CRLs; the engine only knows they exist
-    for crls, want in (((), Registered), ((crl,), RegistrationFailed)):
+    for crls, want in (((), GikeRegistered), ((crl,), RegistrationFailed)):
         store = KeyStore(tmp_path / f"state{len(crls)}")
         ks = f.keyserver(dataclasses.replace(settings, crl_files=crls), store, NOW)
         gi = f.member(dataclasses.replace(member_group(tmp_path, "gm1", cert=True), protocol="g-ikev2"), KS, NOW)
@@ -199,3 +203,75 @@ def test_half_open_state_expires_under_steady_traffic(tmp_path):
         if (d := ks.get_timer()) is not None and d <= t:
             ks.handle_timer(t)
     assert ks.half_open == 0 and ks.get_timer() is None
+
+
+def _controller_step(f, ctl, call):
+    """One user call on the group controller, committed to the key server's store as msecd's
+    group shell does; its PUSHes."""
+    from gkm.group.storage import apply
+    result = call()
+    apply(f.provider.store, ctl.pending_changes())
+    ctl.committed(NOW)
+    f.keys_changed(None, GID)
+    return result, ctl.datagrams_to_send()
+
+
+def _deliver(pushes, receivers) -> dict:
+    """Every datagram of every PUSH (both protocols) to every receiver, as the multicast does."""
+    out = {}
+    for who, rx in receivers.items():
+        for p in pushes:
+            for d in p.datagrams:
+                rx.receive_datagram(d, KS, NOW)
+        out[who] = drain(rx)
+    return out
+
+
+def test_rekey_and_lkh_eviction_reach_g_ikev2_and_gdoi_members(tmp_path):
+    """One group served over both protocols, its group controller on the same store: every
+    PUSH has its GSA_REKEY twin; a rekey gives G-IKEv2 and GDOI members the same new TEKs, an
+    LKH eviction of a G-IKEv2 member leaves it out (Evicted, no new key) while the other
+    G-IKEv2 member and the GDOI member get the same TEKs under the new KEK.  Each receiver
+    drops the other protocol's datagrams without an event."""
+    from gkm.gdoi.push import Evicted, PushReceiver, PushRejected, Rekeyed, TeksDeleted
+    from gkm.group.storage import load_state
+    groups = both_groups(tmp_path)
+    f, ks = key_server(tmp_path, groups)
+    regs = {}
+    for i, (who, proto) in enumerate((("gm1", "g-ikev2"), ("gm2", "gdoi"), ("gm3", "g-ikev2"))):
+        mg = dataclasses.replace(member_group(tmp_path, who), protocol=proto)
+        em, _eg = run(ks, f.member(mg, KS, NOW), addr=(f"192.0.2.{20 + i}", 848))
+        [regs[who]] = [e for e in em if isinstance(e, Registered)]
+        assert isinstance(regs[who], GikeRegistered) == (proto == "g-ikev2")
+    rx = {who: f.push_receiver(member_group(tmp_path, who), r) for who, r in regs.items()}
+    assert [type(r) for r in rx.values()] == [GikePushReceiver, PushReceiver, GikePushReceiver]
+    g = groups[0]
+    ctl = f.group_controller(g, load_state(f.provider.store, GID), NOW, signer=f.push_signer(g))
+
+    result, pushes = _controller_step(f, ctl, lambda: ctl.rekey(NOW))
+    assert len(pushes) == 1 and pushes[0].gike is not None
+    got = _deliver(pushes, rx)
+    for who, evs in got.items():
+        [rk] = [e for e in evs if isinstance(e, Rekeyed)]
+        assert [t.spi for t in rk.teks] == list(result.tek_spis), who
+        assert rk.seq == pushes[0].seq, who  # GSA_REKEY Message ID = SEQ - 1
+    assert [t.keymat for t in got["gm1"][0].teks] == [t.keymat for t in got["gm2"][0].teks]
+    assert rx["gm1"].stats["other_protocol"] == rx["gm2"].stats["other_protocol"] == 1
+
+    ev, pushes = _controller_step(f, ctl, lambda: ctl.evict(["key-id:gm3"], "test", NOW))
+    assert ev.mode == "lkh" and [p.gike is not None for p in pushes] == [True] * len(pushes)
+    got = _deliver(pushes, rx)
+    # excluded by the first message; the TEK message on the new Rekey SA is refused quietly
+    assert type(got["gm3"][0]) is Evicted
+    assert {(type(e), e.cause) for e in got["gm3"][1:]} == {(PushRejected, "not_member")}
+    new = {}
+    for who in ("gm1", "gm2"):
+        rks = [e for e in got[who] if isinstance(e, Rekeyed)]
+        assert rks[0].new_kek and rks[-1].kek.spi == pushes[-1].kek_spi, who
+        new[who] = [(t.spi, t.keymat) for e in rks for t in e.teks]
+        assert [t for t, _k in new[who]] == list(ev.tek_spis), who
+        assert any(isinstance(e, TeksDeleted) for e in got[who]), who  # the old TEKs retire
+    assert new["gm1"] == new["gm2"]
+    # the evicted member's receiver takes nothing more
+    again = _deliver(pushes, {"gm3": rx["gm3"]})["gm3"]
+    assert not [e for e in again if isinstance(e, Rekeyed)]

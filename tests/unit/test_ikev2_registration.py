@@ -137,7 +137,7 @@ def _ok(w: World, em, eg, identity_kind="key-id", first_message_id=0):
     rk = rekey_sa_keys(keys.kek.keymat, keys.kek.spi, kp.cipher.key_length_bits, em[0].rekey_sa.kwa)
     assert em[0].rekey_sa.keys == rk and reg.kek.key == rk.gsk_e and em[0].auth_key == keys.kek.public_key
     assert em[0].signature.name == "ecdsa-p256-sha256" and em[0].rekey_sa.initial_message_id == first_message_id
-    assert reg.seq == (first_message_id - 1 if first_message_id else None)
+    assert reg.seq == first_message_id  # the SEQ before the next GSA_REKEY (Message ID = SEQ - 1)
     assert reg.gap.activation_s == w.groups[GID].activation_delay_s
     assert eg[0].identity.kind.value == identity_kind
     assert len(w.store.members(GID)) == 1

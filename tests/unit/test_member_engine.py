@@ -81,6 +81,8 @@ class FakeRegistration:
 class FakePush:
     """Emits whatever events the test queues when a datagram arrives (the real classes)."""
 
+    resumable = True  # the saved state can rebuild it, as GDOI's PushReceiver
+
     def __init__(self, kek):
         self.kek = kek
         self.queue = []
@@ -326,6 +328,23 @@ def test_start_asks_for_the_first_key_server():
     w.drain()
     assert w.take(OpenRegistration) == [OpenRegistration(KS[0])]
     assert w.e.state is MemberState.CONNECTING and w.e.key_server == "10.0.0.1:848"
+
+
+def test_a_receiver_the_saved_state_cannot_rebuild_is_not_saved():
+    """G-IKEv2's GSA_REKEY receiver is not resumable: the member listens and installs as for
+    GDOI but writes no saved state (a restart registers again instead of resuming)."""
+    w = World()
+    make = w._push
+
+    def not_resumable(group, reg):
+        p = make(group, reg)
+        p.resumable = False
+        return p
+    w.e._new_push_receiver = not_resumable
+    w.register()
+    kinds = [type(a) for a in w.actions]
+    assert kinds == [OpenRegistration, CloseRegistration, InstallSas, ListenForPush]
+    assert w.e.snapshot(w.now) is None and w.saved is None
 
 
 def test_registration_installs_switches_listens_and_plans_the_refresh():

@@ -1,0 +1,147 @@
+"""A G-IKEv2 member's GSA_REKEY reception behind the interface of GDOI's
+:class:`~gkm.gdoi.push.PushReceiver`, so :class:`gkm.gdoi.member.MemberEngine` (the SA plan,
+make before break, re-registration) follows GSA_REKEY exactly as it follows GROUPKEY-PUSH.
+
+:class:`GikePushReceiver` wraps a :class:`~.rekey.RekeyReceiver` built from the registration's
+:class:`~.events.GsaRegistered` and turns its events into the member engine's:
+
+* :class:`~.rekey.RekeyApplied` -> :class:`~gkm.gdoi.push.Rekeyed` (new TEKs, the Rekey SA in
+  force as a :class:`~gkm.gdoi.keys.GroupKek`, SEQ = Message ID + 1 as the key server counts
+  it, the ATD/DTD) when it brings TEKs or a new Rekey SA, then
+  :class:`~gkm.gdoi.push.TeksDeleted` for its deletes and :class:`~gkm.gdoi.push.KekDeleted`
+  when it deletes the Rekey SA;
+* :class:`~.rekey.RekeyExcluded` -> :class:`~gkm.gdoi.push.Evicted`;
+* :class:`~.rekey.RekeyRejected` -> :class:`~gkm.gdoi.push.PushRejected` (copies of the last
+  message as duplicates); :class:`~.rekey.RekeyMissed` and a TEK withheld for want of a
+  Sender-ID -> ``PushRejected(resync=True)``: register again.
+
+Decisions:
+
+* GDOI and G-IKEv2 rekeys of a group share its rekey address and port.  Each receiver drops
+  the other protocol's datagrams by the header's version octet (offset 17 in both headers)
+  before anything else, counted as ``other_protocol``, with no event: in a group serving both
+  protocols every member receives both, and neither is an attack.
+* No ACKs: GSA_REKEY is one-way (RFC 9838 §2.4).  :meth:`acknowledge_as` does nothing.
+* Not resumable (:attr:`resumable`): a restarted G-IKEv2 member registers again instead of
+  reading a saved Rekey SA and Key Path (the member's saved state holds GDOI's).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gkm.gdoi.keys import GroupKek
+from gkm.gdoi.policy_wire import GapDelays
+from gkm.gdoi.push import Evicted, KekDeleted, PushRejected, Rekeyed, TeksDeleted
+from policy.model import AddressPreservation, MemberGroup, Mode, SaDirection
+
+from .constants import GcAuth
+from .events import GsaRegistered
+from .rekey import MemberConfig, RekeyApplied, RekeyExcluded, RekeyMissed, RekeyReceiver, RekeyRejected
+from .rekey_sa import RekeySa
+
+log = logging.getLogger("gkm.ikev2")
+
+__all__ = ["GikePushReceiver", "is_ikev2_datagram"]
+
+_VERSION_OFFSET = 17
+
+
+def is_ikev2_datagram(data: bytes) -> bool:
+    """Major version 2 in the ISAKMP/IKE header (RFC 7296 §3.1; GDOI's is 1, RFC 2408 §3.1)."""
+    return len(data) > _VERSION_OFFSET and data[_VERSION_OFFSET] >> 4 == 2
+
+
+class GikePushReceiver:
+    """GSA_REKEY for one group, with the PushReceiver interface (module docstring)."""
+
+    resumable = False
+
+    def __init__(self, group: MemberGroup, gsa: GsaRegistered) -> None:
+        reg = gsa.registered
+        if gsa.rekey_sa is None or reg.kek is None:
+            raise ValueError("the registration brought no Rekey SA")
+        tek = reg.teks[0] if reg.teks else None
+        mode = tek.mode if tek is not None else Mode.TUNNEL
+        preservation = tek.address_preservation if tek is not None else AddressPreservation.SOURCE_AND_DESTINATION
+        direction = tek.direction if tek is not None else SaDirection.RECEIVER_ONLY
+        self.group_id = group.group_id
+        self._rx = RekeyReceiver(MemberConfig(group.group_id, mode, preservation, direction), gsa.rekey_sa,
+                                 gcauth=GcAuth.DIGITAL_SIGNATURE, signature=gsa.signature, auth_key=gsa.auth_key,
+                                 key_path=gsa.key_path)
+        self.kek: GroupKek = reg.kek
+        self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "acks": 0, "other_protocol": 0}
+        self._events: list = []
+
+    # -- the PushReceiver interface the member engine uses
+    def acknowledge_as(self, address: str) -> None:
+        """GSA_REKEY has no acknowledgement (RFC 9838 §2.4)."""
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        return []
+
+    def next_event(self):
+        return self._events.pop(0) if self._events else None
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        data = bytes(data)
+        if not is_ikev2_datagram(data):
+            self.stats["other_protocol"] += 1
+            return
+        ended = self._rx.excluded or self._rx.rekey_sa is None
+        for ev in self._rx.receive(data):
+            match ev:
+                case RekeyApplied():
+                    self.stats["accepted"] += 1
+                    self._applied(ev)
+                case RekeyExcluded():
+                    self.stats["accepted"] += 1
+                    log.info("g-ikev2 member group %s: excluded by GSA_REKEY %d: %s", self.group_id,
+                             ev.message_id, ev.reason)
+                    self._events.append(Evicted(self.group_id))
+                case RekeyRejected(duplicate=True):
+                    self.stats["duplicates"] += 1
+                    self._events.append(PushRejected(self.group_id, ev.reason, duplicate=True, cause="duplicate"))
+                case RekeyRejected():
+                    self.stats["rejected"] += 1
+                    cause = "not_member" if ended else _cause(ev.reason)
+                    log.log(logging.DEBUG if ended else logging.WARNING,
+                            "g-ikev2 member group %s: GSA_REKEY from %r dropped: %s", self.group_id, addr, ev.reason)
+                    self._events.append(PushRejected(self.group_id, f"GSA_REKEY: {ev.reason}", cause=cause))
+                case RekeyMissed():
+                    self.stats["rejected"] += 1
+                    self._events.append(PushRejected(self.group_id, f"GSA_REKEY on the announced Rekey SA "
+                                                     f"{ev.spi.hex()}: a rekey was missed", resync=True))
+
+    def _applied(self, ev: RekeyApplied) -> None:
+        gid, seq = self.group_id, ev.message_id + 1
+        sa = ev.rekey_sa or self._rx.rekey_sa  # None once a GSA_REKEY deleted it
+        if sa is not None and (ev.rekey_sa is not None or ev.auth_key_changed):
+            self.kek = _group_kek(self.kek, sa, self._rx.auth_key)
+        gap = GapDelays(ev.atd_s, ev.dtd_s) if (ev.atd_s, ev.dtd_s) != (None, None) else None
+        if ev.teks or ev.rekey_sa is not None or gap is not None:
+            self._events.append(Rekeyed(gid, ev.teks, self.kek, seq, None, ev.rekey_sa is not None, gap))
+        if ev.deleted_spis or ev.delete_all_teks:
+            self._events.append(TeksDeleted(gid, tuple(ev.deleted_spis), ev.delete_all_teks))
+        if ev.rekey_sa_deleted:
+            self._events.append(KekDeleted(gid, self.kek.spi))
+        if ev.reregister:
+            self._events.append(PushRejected(gid, "a counter-mode TEK came without a Sender-ID for this member",
+                                             resync=True))
+
+
+#: RekeyRejected reasons (gkm.ikev2.rekey, in its check order) -> gkm.gdoi.push.PUSH_REJECT_CAUSES
+_CAUSES = (("malformed", "malformed"), ("exchange", "malformed"), ("SPI", "wrong_kek"), ("R flag", "malformed"),
+           ("replayed", "replay"), ("GSA_REKEY must", "malformed"), ("integrity", "signature"),
+           ("authentication", "signature"), ("internal", "internal"))
+
+
+def _cause(reason: str) -> str:
+    return next((c for prefix, c in _CAUSES if reason.startswith(prefix)), "content")
+
+
+def _group_kek(old: GroupKek, sa: RekeySa, auth_key: bytes) -> GroupKek:
+    """The member engine's view of the Rekey SA in force (addresses: the registration's)."""
+    return GroupKek(old.group_id, sa.spi, old.src, old.src_port, old.dst, old.dst_port, old.cipher,
+                    sa.keys.gsk_e, b"", old.signature, auth_key, sa.lifetime_s)
