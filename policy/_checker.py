@@ -980,7 +980,7 @@ class Checker:
 
     def member_group(self, raw: Any, path: str) -> m.MemberGroup | None:
         keys = {"id", "name", "key_servers", "credentials", "interface", "key_server_identity",
-                "phase1", "protocol"}
+                "phase1", "protocol", "sender"}
         n0 = len(self.problems)
         tbl = self.table(raw, path, keys, required=("id", "key_servers", "credentials"))
         if tbl is None:
@@ -1015,11 +1015,16 @@ class Checker:
         protocol = self.value(tbl, path, "protocol", str, "gdoi")
         if isinstance(protocol, str) and protocol not in m.PROTOCOLS:
             self.problem(_join(path, "protocol"), f"unknown protocol {protocol!r} (gdoi or g-ikev2)")
+        sender = self.value(tbl, path, "sender", bool, False)
+        if sender is True and protocol != "g-ikev2":
+            self.problem(_join(path, "sender"), "applies to G-IKEv2 members (protocol = "
+                         "\"g-ikev2\"): a GDOI member's SA directions come from the key server")
         if len(self.problems) > n0:
             return None
         return self.build(path, m.MemberGroup, group_id=gid, key_servers=tuple(servers),
                           credentials=creds, name=name, interface=iface,
-                          key_server_authorization=ks_auth, phase1=phase1, protocol=protocol)
+                          key_server_authorization=ks_auth, phase1=phase1, protocol=protocol,
+                          sender=sender)
 
     def member(self, raw: Any, path: str) -> m.MemberSettings | None:
         n0 = len(self.problems)

@@ -126,6 +126,8 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     interface = "eth0"                        # optional
     protocol = "gdoi"                         # default; or "g-ikev2" (the key server's group
                                               # must list it in protocols)
+    # sender = true                           # G-IKEv2 only, default false: ask to send
+                                              # (GROUP_SENDER) and install the TEKs both ways
     credentials = { psk_identity = "gm1", psk_file = "gm1.psk" }
     # or credentials = { cert_file = "gm.crt", key_file = "gm.key", trust_anchors = ["ca.crt"] }
     # or an inline psk = "..." (then the config file must be mode 0600)

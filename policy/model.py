@@ -778,6 +778,9 @@ class MemberGroup:
     phase1: Phase1Suites = field(default_factory=Phase1Suites)
     #: the registration protocol this member speaks to the group's key servers (PROTOCOLS)
     protocol: str = "gdoi"
+    #: G-IKEv2 only: ask to send (GROUP_SENDER, RFC 9838 §2.3.3) and install the TEKs both
+    #: ways; otherwise inbound only.  The key server refuses a sender its policy does not allow.
+    sender: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

@@ -99,7 +99,7 @@ class GroupChange:
     @property
     def needs_reregistration(self) -> bool:
         """Member: key servers, credentials or the protocol changed; register again with the new ones."""
-        return bool({"key_servers", "credentials", "key_server_authorization", "phase1", "protocol"}
+        return bool({"key_servers", "credentials", "key_server_authorization", "phase1", "protocol", "sender"}
                     & set(self.fields))
 
 

@@ -12,7 +12,11 @@ Decisions:
 * Retransmission as GDOI's GROUPKEY-PULL does it: the outstanding request again after 1 s,
   doubling, at most :data:`MAX_RETRANSMITS` times; the whole registration fails after
   :data:`EXCHANGE_TIMEOUT` seconds (the member engine then tries the next key server).
-* The member does not send GROUP_SENDER yet: it installs the TEKs inbound only.
+* GROUP_SENDER is sent when the member's configuration says ``sender = true``: the TEKs are then
+  installed both ways (the key server refuses a sender its policy does not let send), otherwise
+  inbound only.  No Sender-ID yet (RFC 9838 §2.4.4): a counter-mode (AES-GCM) TEK that a sender
+  gets in a GSA_REKEY is withheld and the member registers again, so G-IKEv2 senders belong in
+  groups with CBC TEKs for now.
 * The member engine gets a :class:`~.events.GikeRegistered`: GDOI's ``Registered`` (the TEKs,
   the Rekey SA as a ``GroupKek``, the SEQ before the next GSA_REKEY) with the whole
   :class:`~.events.GsaRegistered` (Rekey SA, AUTH_KEY, Key Path), from which msecd's factory
@@ -48,7 +52,7 @@ class GikeRegistration:
     def __init__(self, group: MemberGroup, key_server: tuple[str, int], *, wall_time_offset: float = 0.0) -> None:
         self.group_id = group.group_id
         self.ks_addr = key_server
-        self._auth_config = member_auth_config(group, wall_time_offset=wall_time_offset)
+        self._auth_config = member_auth_config(group, sender=group.sender, wall_time_offset=wall_time_offset)
         self.sa_init = SaInitInitiator(sa_init_config(), key_server)
         self.gsa_auth: GsaAuthInitiator | None = None
         self.gsa: GsaRegistered | None = None  # the result, for a GSA_REKEY receiver

@@ -275,3 +275,16 @@ def test_rekey_and_lkh_eviction_reach_g_ikev2_and_gdoi_members(tmp_path):
     # the evicted member's receiver takes nothing more
     again = _deliver(pushes, {"gm3": rx["gm3"]})["gm3"]
     assert not [e for e in again if isinstance(e, Rekeyed)]
+
+
+def test_g_ikev2_sender_installs_both_ways_and_a_non_sender_inbound_only(tmp_path):
+    """``sender = true`` sends GROUP_SENDER: TEKs both ways; without it, inbound only (a sender
+    the policy does not let send is refused: test_ikev2_registration)."""
+    from policy.model import SaDirection
+    f, ks = key_server(tmp_path, both_groups(tmp_path))
+    for i, (who, sender, want) in enumerate((("gm1", True, SaDirection.SYMMETRIC),
+                                             ("gm3", False, SaDirection.RECEIVER_ONLY))):
+        mg = dataclasses.replace(member_group(tmp_path, who), protocol="g-ikev2", sender=sender)
+        em, _eg = run(ks, f.member(mg, KS, NOW), addr=(f"192.0.2.{30 + i}", 848))
+        [reg] = em
+        assert isinstance(reg, GikeRegistered) and {t.direction for t in reg.teks} == {want}, who

@@ -754,6 +754,18 @@ def test_protocols_must_be_strings(files):
     assert only(doc, files).path == "keyserver.group[0].protocols"
 
 
+def test_member_sender_is_for_g_ikev2_members(files):
+    doc = base()
+    assert load(doc, files).member.groups[0].sender is False
+    doc["member"]["group"][0].update(protocol="g-ikev2", sender=True)
+    assert load(doc, files).member.groups[0].sender is True
+    doc["member"]["group"][0]["protocol"] = "gdoi"
+    p = only(doc, files)
+    assert p.path == "member.group[0].sender" and "SA directions come from the key server" in p.reason
+    doc["member"]["group"][0].update(protocol="g-ikev2", sender="yes")
+    assert only(doc, files).path == "member.group[0].sender"
+
+
 def test_member_protocol_refused(files):
     doc = base()
     doc["member"]["group"][0]["protocol"] = "ikev2"
