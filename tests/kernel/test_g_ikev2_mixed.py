@@ -1,0 +1,143 @@
+"""One group, two protocols, in the kernel lab: a key server (h1) serves group 1001 over GDOI
+and G-IKEv2 (RFC 9838); gm1 (h2) registers over GDOI, gm2 (h3) and gm3 (h4) over G-IKEv2 as
+senders (``sender = true``), all with real msecd processes and ESP in the kernel.
+
+Checked: all three hold the key server's TEK; multicast from each reaches the other two as
+ESP only (no plaintext on the wire).  Then ``msecctl evict`` of gm3: the LKH eviction reaches
+gm2 as GSA_REKEY and gm1 as GROUPKEY-PUSH, both move to the same new TEK, and traffic between
+them flows on it; gm3 holds no new key, its kernel sees the datagrams sent afterwards as ESP
+under an SPI it has no SA for (XfrmInNoStates rises) and its application gets none of them.
+CBC TEKs: a G-IKEv2 sender gets no Sender-ID yet, so counter-mode TEKs are not for it
+(gkm/ikev2/member_registration.py).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import pytest
+
+from tests.host.daemon_proc import Msecd
+from tests.kernel.test_evict import no_states
+from tests.kernel.test_registration import GROUP, MARKER, PORT, PSKS, SPI_LOG, states, traffic
+
+pytestmark = pytest.mark.kernel
+
+AFTER = b"MSEC-AFTER-G-IKEV2-EVICTION"
+CIPHER = "aes-cbc-128-hmac-sha256"
+
+
+def _write(path, text):
+    path.write_text(text)
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    return path
+
+
+def ks_config(d, ks_ip):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = d / "push.pem"
+    pem.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    os.chmod(pem, 0o600)
+    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
+            f'[keyserver]\nlisten = ["{ks_ip}"]\nport = 848\n')
+    for ident in ("gm1", "gm2", "gm3"):
+        text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{PSKS[ident]}"\n'
+    text += ('[[keyserver.group]]\nid = 1001\nname = "video"\nprotocols = ["gdoi", "g-ikev2"]\n'
+             'authorize = { psk_identities = ["gm1", "gm2", "gm3"] }\n'
+             '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\n'
+             f'dst = "{GROUP}"\nprotocol = "udp"\ndst_port = {PORT}\nmode = "tunnel"\n'
+             f'cipher = "{CIPHER}"\nlifetime = "1h"\n'
+             '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
+             f'signing_key = "{pem}"\nrekey_address = "239.192.0.1"\nrekey_port = 848\n'
+             'lifetime = "1d"\n')
+    return _write(d / "msecd.toml", text)
+
+
+def gm_config(d, ks_ip, ident, protocol):
+    extra = 'protocol = "g-ikev2"\nsender = true\n' if protocol == "g-ikev2" else ""
+    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
+            f'[[member.group]]\nid = 1001\nname = "video"\nkey_servers = ["{ks_ip}"]\n{extra}'
+            f'credentials = {{ psk_identity = "{ident}", psk = "{PSKS[ident]}" }}\n')
+    return _write(d / "msecd.toml", text)
+
+
+def group_spis(host) -> set[int]:
+    return {spi for dst, spi, proto in states(host) if dst == GROUP and proto == "esp"}
+
+
+def after_eviction(lab, sender, receiver, evicted, n=20):
+    """``n`` datagrams from ``sender``: (how many ``receiver`` got, how many the evicted host
+    got, the captured packets, the raw capture)."""
+    with receiver.listen(GROUP, PORT) as rx, evicted.listen(GROUP, PORT) as ex:
+        with lab.capture() as cap:
+            time.sleep(0.3)
+            sender.send(GROUP, PORT, AFTER, count=n, interval=0.01)
+            got = sum(1 for d in rx.wait(n, timeout=60) if d == AFTER)
+            lost = ex.count(timeout=1.0)  # the receiver has them all: nothing is in flight
+    with open(cap.path, "rb") as f:
+        raw = f.read()
+    return got, lost, cap.packets(), raw
+
+
+def test_gdoi_and_g_ikev2_members_share_traffic_and_an_eviction(netlab_factory, tmp_path):
+    lab = netlab_factory(4)
+    h1, h2, h3, h4 = lab.hosts
+    dirs = {n: tmp_path / n for n in ("ks", "gm1", "gm2", "gm3")}
+    for p in dirs.values():
+        p.mkdir()
+    ks = Msecd(ks_config(dirs["ks"], h1.ip4), host=h1)
+    members = {"gm1": Msecd(gm_config(dirs["gm1"], h1.ip4, "gm1", "gdoi"), host=h2),
+               "gm2": Msecd(gm_config(dirs["gm2"], h1.ip4, "gm2", "g-ikev2"), host=h3),
+               "gm3": Msecd(gm_config(dirs["gm3"], h1.ip4, "gm3", "g-ikev2"), host=h4)}
+    hosts = {"gm1": h2, "gm2": h3, "gm3": h4}
+    try:
+        ks.start(timeout=120)
+        for d in members.values():
+            d.start(timeout=120)
+        for name, d in members.items():
+            d.wait_log(SPI_LOG, timeout=120)
+            d.wait_log("listening for GSA_REKEY" if name != "gm1" else "listening for GROUPKEY-PUSH",
+                       timeout=120)
+        assert "g-ikev2 gcks: key-id 'gm2'" in ks.log() and "gdoi ks: key-id 'gm1'" in ks.log()
+        tek = {int(t["spi"], 16) for t in ks.ctl_json("group", "show", "1001")["roles"][0]["teks"]}
+        for name, h in hosts.items():
+            assert group_spis(h) == tek, (name, states(h))
+
+        # every member sends, the other two receive; only ESP on the wire
+        for name, h in hosts.items():
+            others = [x for n, x in hosts.items() if n != name]
+            got, pkts, raw = traffic(lab, h, others, marker=MARKER + name.encode())
+            assert [len(g) for g in got] == [20, 20], (name, got)
+            assert MARKER not in raw
+            assert any(p.get("proto") == "esp" and p.get("src") == h.ip4 for p in pkts), name
+
+        # evict gm3 (G-IKEv2) by LKH: GSA_REKEY for gm2, GROUPKEY-PUSH for gm1
+        r = ks.ctl_json("evict", "1001", "gm3", "--reason", "lost laptop")
+        assert r["ok"] and r["mode"] == "lkh" and r["evicted"] == ["key-id:gm3"], r
+        new = {int(x, 16) for x in r["teks"]}
+        members["gm3"].wait_log("evicted from the group", timeout=60)
+        for name in ("gm1", "gm2"):
+            members[name].wait_log(f"rekeyed: SEQ {r['seq']}, new TEK SPIs", timeout=60)
+            members[name].wait_log(f"sending on SPI 0x{min(new):08x}", timeout=60)
+            assert new <= group_spis(hosts[name]), (name, states(hosts[name]))
+        assert not new & group_spis(h4)
+
+        before = no_states(h4)
+        for sender, receiver in ((h2, h3), (h3, h2)):
+            got, evicted, pkts, raw = after_eviction(lab, sender, receiver, h4)
+            assert (got, evicted) == (20, 0), sender.name
+            assert AFTER not in raw
+            esp = [p for p in pkts if p.get("proto") == "esp" and p.get("src") == sender.ip4]
+            assert esp and {p.get("spi") for p in esp} <= new, esp[:3]
+        assert no_states(h4) - before >= 20
+        ms = {m["identity"]: m["state"] for m in ks.ctl_json("members", "1001")["members"]}
+        assert ms == {"key-id:gm1": "registered", "key-id:gm2": "registered", "key-id:gm3": "evicted"}
+    finally:
+        for d in (*members.values(), ks):
+            d.stop()
