@@ -27,6 +27,10 @@ Modes (policy ``[keyserver.group.kek]``):
   acknowledged it yet (that one counts as missed): an older PUSH sent after a newer one would be
   refused as a replay anyway.
 
+A :class:`~gkm.group.values.Push` of a group that serves G-IKEv2 members carries its GSA_REKEY
+twin (``Push.gike``): wherever and whenever the PUSH is sent, copies and retransmissions
+included, the GSA_REKEY follows it (``Push.datagrams``); members drop the other protocol's.
+
 Unicast datagrams (both modes) leave at most ``rekey_unicast_rate`` per second (a token bucket
 of 20 ms of datagrams), so a rekey of 10^5 members does not burst 10^5 datagrams at once;
 multicast datagrams are not paced (one per copy).
