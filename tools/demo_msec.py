@@ -7,6 +7,14 @@ group SA into their kernels; gm1 then sends multicast, gm2 and gm3 receive it de
 a bridge capture sees only ESP with the group SPI; then gm3 is evicted (`msecctl evict`): gm2
 still gets gm1's traffic under the new TEK, gm3 gets nothing and is refused. `main(count)` returns 0 when every check
 passed; its output is meant for a person reading it.
+
+``--protocol`` (``main(protocol=)``): ``gdoi`` (default) as above; ``g-ikev2``: the key server
+serves the group over GDOI and G-IKEv2 and all three members register over G-IKEv2 (RFC 9838:
+IKE_SA_INIT with ECDH + ML-KEM-768, GSA_AUTH) as senders (``sender = true``, as GDOI members
+of this group send), the eviction goes out as GSA_REKEY; ``mixed``: gm1 over GDOI, gm2 and gm3
+over G-IKEv2, one group, one eviction reaching both kinds.  With G-IKEv2 members the TEK is
+AES-CBC + HMAC: a G-IKEv2 sender gets no Sender-ID yet (counter-mode TEKs are withheld from it
+in rekeys).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ COUNT = 5
 GROUP_ID = 1001
 MESSAGE = "group message"
 MEMBERS = ("gm1", "gm2", "gm3")
+PROTOCOLS = ("gdoi", "g-ikev2", "mixed")
 TIMEOUT = 120.0  # generous: Python inside User-mode Linux is slow on a loaded machine
 
 
@@ -49,17 +58,32 @@ def _write_secret_file(path: Path, text: str) -> Path:
     return path
 
 
-def ks_config(ks_ip: str, d: Path, psks: dict[str, str]) -> str:
+def member_protocols(protocol: str) -> dict[str, str]:
+    """Each member's registration protocol in the demo's ``protocol`` mode."""
+    if protocol == "gdoi":
+        return {m: "gdoi" for m in MEMBERS}
+    if protocol == "g-ikev2":
+        return {m: "g-ikev2" for m in MEMBERS}
+    return {"gm1": "gdoi", "gm2": "g-ikev2", "gm3": "g-ikev2"}
+
+
+def tek_cipher(protocol: str) -> str:
+    """AES-GCM, except with G-IKEv2 members, who all send (no Sender-IDs yet: module docstring)."""
+    return "aes-gcm-128" if protocol == "gdoi" else "aes-cbc-128-hmac-sha256"
+
+
+def ks_config(ks_ip: str, d: Path, psks: dict[str, str], protocol: str = "gdoi") -> str:
     text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/control.sock"\n\n'
             f'[keyserver]\nlisten = ["{ks_ip}"]\nport = 848\n\n')
     for ident, secret in psks.items():
         text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{secret}"\n\n'
     members = ", ".join(f'"{m}"' for m in psks)
-    text += (f'[[keyserver.group]]\nid = {GROUP_ID}\nname = "demo"\n'
+    served = 'protocols = ["gdoi", "g-ikev2"]\n' if protocol != "gdoi" else ""
+    text += (f'[[keyserver.group]]\nid = {GROUP_ID}\nname = "demo"\n{served}'
              f'authorize = {{ psk_identities = [{members}] }}\n\n'
              '[[keyserver.group.tek]]\nname = "data"\nsrc = "10.77.0.0/24"\n'
              f'dst = "{GROUP}"\nprotocol = "udp"\ndst_port = {PORT}\nmode = "tunnel"\n'
-             'cipher = "aes-gcm-128"\nlifetime = "1h"\n\n'
+             f'cipher = "{tek_cipher(protocol)}"\nlifetime = "1h"\n\n'
              '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
              f'signing_key = "{d}/push.pem"\nrekey_address = "239.192.0.1"\n'
              'rekey_port = 848\nlifetime = "1d"\n')
@@ -78,10 +102,20 @@ def write_push_key(d: Path) -> None:
     _write_secret_file(d / "push.pem", pem.decode())
 
 
-def gm_config(ks_ip: str, d: Path, ident: str, secret: str) -> str:
+def gm_config(ks_ip: str, d: Path, ident: str, secret: str, protocol: str = "gdoi",
+              sender: bool = False) -> str:
+    extra = ""
+    if protocol == "g-ikev2":
+        extra = 'protocol = "g-ikev2"\n' + ("sender = true\n" if sender else "")
     return (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/control.sock"\n\n'
-            f'[[member.group]]\nid = {GROUP_ID}\nname = "demo"\nkey_servers = ["{ks_ip}"]\n'
+            f'[[member.group]]\nid = {GROUP_ID}\nname = "demo"\nkey_servers = ["{ks_ip}"]\n{extra}'
             f'credentials = {{ psk_identity = "{ident}", psk = "{secret}" }}\n')
+
+
+#: a group SA's keys in ``ip xfrm state``: AES-GCM (key||salt), or AES-CBC and HMAC-SHA-256
+_GCM_KEY = re.compile(r"aead rfc4106\(gcm\(aes\)\) (0x[0-9a-f]+) 128")
+_CBC_KEYS = re.compile(r"auth-trunc hmac\(sha256\) (0x[0-9a-f]+) 128\n\s+enc cbc\(aes\) (0x[0-9a-f]+)")
+_KEY_LINE = re.compile(r"^\s*(aead|enc|auth|auth-trunc) ")
 
 
 def elide_secrets(text: str) -> str:
@@ -167,10 +201,14 @@ def _indent(text: str, pad: str = "      ") -> str:
     return "\n".join((pad + ln).rstrip() for ln in text.replace("\t", "  ").splitlines())
 
 
-def main(count: int = COUNT, pcap: str | None = None) -> int:
+def main(count: int = COUNT, pcap: str | None = None, protocol: str = "gdoi") -> int:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
     pcap = pcap if pcap is not None else os.environ.get("MSEC_DEMO_PCAP") or None
+    protos = member_protocols(protocol)
     t0 = time.monotonic()
-    say("msec demo: a GDOI key server and three group members (real msecd daemons) set up")
+    kind = {"gdoi": "GDOI", "g-ikev2": "G-IKEv2", "mixed": "GDOI + G-IKEv2"}[protocol]
+    say(f"msec demo: a key server ({kind}) and three group members (real msecd daemons) set up")
     say("a multicast group; the members' kernels then carry its traffic as group ESP.")
     esp = "loaded" if os.path.isdir("/sys/module/esp4") else "not loaded"
     say(f"kernel {os.uname().release} ({os.environ.get('MSEC_LAB_KERNEL', 'host')}), esp4 {esp}")
@@ -196,15 +234,17 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
             step(1, "Network: four hosts (network namespaces) on one bridge")
             say(f"    {ks_host.name}  {ks_host.ip4:<10}  key server")
             for h, name in zip(gm_hosts, MEMBERS):
-                say(f"    {h.name}  {h.ip4:<10}  member {name}")
+                say(f"    {h.name}  {h.ip4:<10}  member {name} "
+                    f"({'G-IKEv2' if protos[name] == 'g-ikev2' else 'GDOI'})")
 
             step(2, "Configuration: one TOML file per msecd (PSKs are fresh random values)")
             psks = {m: os.urandom(16).hex() for m in MEMBERS}
-            ks_text = ks_config(ks_host.ip4, work / "ks", psks)
+            ks_text = ks_config(ks_host.ip4, work / "ks", psks, protocol)
             write_push_key(work / "ks")
             ks = Daemon("key server", ks_host, work / "ks", ks_text)
             gms = [Daemon(name, h, work / name, gm_config(ks_host.ip4, work / name, name,
-                                                           psks[name]))
+                                                           psks[name], protos[name],
+                                                           sender=True))
                    for h, name in zip(gm_hosts, MEMBERS)]
             daemons.extend([ks, *gms])
             say(f"    key server: {ks.config}")
@@ -231,8 +271,10 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
             say(f"    {', '.join(h.name for h in gm_hosts)}: msecd started as members "
                 f"{', '.join(MEMBERS)}")
 
-            step(4, "Registration: each member runs IKEv1 phase 1 (PSK), then GDOI "
-                    "GROUPKEY-PULL, and installs the group SA")
+            how = {"gdoi": "IKEv1 phase 1 (PSK), then GDOI GROUPKEY-PULL",
+                   "g-ikev2": "G-IKEv2: IKE_SA_INIT (ECDH + ML-KEM-768), then GSA_AUTH (PSK)",
+                   "mixed": "GDOI (gm1) or G-IKEv2 (gm2, gm3)"}[protocol]
+            step(4, f"Registration: each member runs {how}, and installs the group SA")
             for d, h in zip(gms, gm_hosts):
                 inst = d.wait_log(r": installed \d+ SA\(s\)", deadline)
                 reg = d.wait_log(r"registered with key server", deadline)
@@ -266,8 +308,8 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
             state = gm_hosts[1].run("ip", "xfrm", "state").stdout
             say(f"    {gm_hosts[1].name}'s kernel now holds (ip xfrm state, key elided):")
             say(_indent("\n".join(ln for ln in state.splitlines()
-                                  if ln.strip() and "aead" not in ln and "anti-replay" not in
-                                  ln and not ln.strip().startswith("sel"))))
+                                  if ln.strip() and not _KEY_LINE.match(ln) and "anti-replay"
+                                  not in ln and not ln.strip().startswith("sel"))))
 
             sender, receivers = gm_hosts[0], gm_hosts[1:]
             step(5, f"{sender.name} ({MEMBERS[0]}) sends {count} plain UDP datagrams to "
@@ -320,15 +362,20 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
                 say("    ESP only: the group's traffic crossed the wire encrypted")
             if pcap:
                 say(f"    capture saved: {os.path.relpath(cap.path)}")
-                m = re.search(r"aead rfc4106\(gcm\(aes\)\) (0x[0-9a-f]+) 128", state)
-                if m and spi is not None:  # for the independent decryption on the host
-                    save_demo_key(cap.path + ".key", spi, bytes.fromhex(m.group(1)[2:]),
+                gcm, cbc = _GCM_KEY.search(state), _CBC_KEYS.search(state)
+                if spi is not None and gcm:  # for the independent decryption on the host
+                    save_demo_key(cap.path + ".key", spi, bytes.fromhex(gcm.group(1)[2:]),
                                   sender.ip4)
+                elif spi is not None and cbc:
+                    save_demo_key(cap.path + ".key", spi, bytes.fromhex(cbc.group(2)[2:]),
+                                  sender.ip4, auth_key=bytes.fromhex(cbc.group(1)[2:]))
 
             evicted, rest = gms[2], gms[:2]
+            by = {"gdoi": "GROUPKEY-PUSH", "g-ikev2": "GSA_REKEY",
+                  "mixed": "GROUPKEY-PUSH (gm1) and GSA_REKEY (gm2)"}[protocol]
             step(7, f"Eviction: msecctl evict {GROUP_ID} {evicted.name} on the key server; "
                     f"{', '.join(d.name for d in rest)} get a new KEK (LKH update) and new TEKs "
-                    f"by GROUPKEY-PUSH, {evicted.name} gets neither")
+                    f"by {by}, {evicted.name} gets neither")
             ok, text = ks.ctl("evict", str(GROUP_ID), identities=[evicted.name],
                               reason="demo: gm3 left the group")
             check(f"msecctl evict {GROUP_ID} {evicted.name}", ok)
@@ -412,10 +459,21 @@ def main(count: int = COUNT, pcap: str | None = None) -> int:
     return 0 if not failed else 1
 
 
+def _args(argv: list[str]) -> tuple[int, str]:
+    import argparse
+    ap = argparse.ArgumentParser(prog="tools/demo", description="msec demo in the kernel lab")
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="gdoi",
+                    help="how the members register: gdoi (default), g-ikev2, or mixed "
+                         "(gm1 GDOI, gm2 and gm3 G-IKEv2)")
+    ap.add_argument("count", nargs="?", type=int, default=COUNT, help="datagrams to send")
+    a = ap.parse_args(argv)
+    return a.count, a.protocol
+
+
 if __name__ == "__main__":
-    n = int(sys.argv[1]) if sys.argv[1:] else COUNT
+    n, proto = _args(sys.argv[1:])
     try:
-        sys.exit(main(n))
+        sys.exit(main(n, protocol=proto))
     except subprocess.CalledProcessError as e:
         print(f"demo failed: {e}", file=sys.stderr)
         sys.exit(1)

@@ -236,7 +236,8 @@ def _group(r: dict[str, Any]) -> str:
                 out.append(f"  rekeys: senders switch after {g['activation_delay']:g} s, old SAs "
                            f"go after {g['deactivation_delay']:g} s ({src})")
             if g.get("rekey_socket"):
-                out.append(f"  GROUPKEY-PUSH on {g['rekey_socket']}")
+                kind = "GSA_REKEY" if g.get("protocol") == "g-ikev2" else "GROUPKEY-PUSH"
+                out.append(f"  {kind} on {g['rekey_socket']}")
             if g.get("rekey_error"):
                 out.append(f"  rekey socket error: {g['rekey_error']}")
             for t in g.get("teks") or []:

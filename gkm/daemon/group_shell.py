@@ -21,6 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from gkm.events import Event
+from gkm.ikev2.gcks import serves_g_ikev2
 from gkm.group import (AckRefused, ControllerRefused, ControllerState, EvictionScheduled,
                        GroupDissolved, GroupRekeyed, KeysAnnounced, KeysPurged, KeysRotated,
                        MemberLost, MembersEvicted, RekeyAcknowledged, RekeyDelivery,
@@ -337,31 +338,34 @@ class GroupShell:
     def _log_event(self, g: pm.GroupPolicy, ev: Event, sent: list[str]) -> None:
         self.role.daemon.activity.group_event(g.group_id, ev, sent)
         to = ", ".join(sent) or "nobody"
+        # a group that serves G-IKEv2 sends each PUSH's GSA_REKEY twin along with it
+        push = "GROUPKEY-PUSH and GSA_REKEY" if serves_g_ikev2(g) else "GROUPKEY-PUSH"
         match ev:
             case GroupRekeyed(cause="operator"):
-                log.info("group %s: rekeyed: SEQ %s, new TEK SPI %s; GROUPKEY-PUSH sent to %s",
-                         g.label, ", ".join(map(str, ev.seqs)), _spis(ev.tek_spis), to)
+                log.info("group %s: rekeyed: SEQ %s, new TEK SPI %s; %s sent to %s",
+                         g.label, ", ".join(map(str, ev.seqs)), _spis(ev.tek_spis), push, to)
             case GroupRekeyed():
                 log.info("group %s: rekeyed for its new policy: SEQ %s, new TEK SPI %s, "
-                         "deleted TEK SPI %s; GROUPKEY-PUSH sent to %s", g.label,
-                         ", ".join(map(str, ev.seqs)), _spis(ev.tek_spis), _spis(ev.deleted), to)
+                         "deleted TEK SPI %s; %s sent to %s", g.label,
+                         ", ".join(map(str, ev.seqs)), _spis(ev.tek_spis), _spis(ev.deleted), push,
+                         to)
             case KeysRotated():
                 what = []
                 if ev.tek_spis:
                     what.append(f"TEK SPI {_spis(ev.replaced)} replaced by {_spis(ev.tek_spis)}")
                 if ev.new_kek:
                     what.append(f"new KEK {ev.new_kek.hex()} (sent under the old one)")
-                log.info("group %s: keys rotated: SEQ %d, %s; GROUPKEY-PUSH sent to %s",
-                         g.label, ev.seq, ", ".join(what), to)
+                log.info("group %s: keys rotated: SEQ %d, %s; %s sent to %s",
+                         g.label, ev.seq, ", ".join(what), push, to)
             case MembersEvicted(mode="no-kek"):
                 log.warning("group %s: evicted %s (%s): the group has no KEK, so no "
                             "GROUPKEY-PUSH: they keep the current TEKs until those expire; "
                             "refused from now on", g.label, ", ".join(ev.evicted),
                             "; ".join(ev.reasons))
             case MembersEvicted():
-                log.warning("group %s: evicted %s (%s): GROUPKEY-PUSH SEQ %s (new TEK SPI %s) "
+                log.warning("group %s: evicted %s (%s): %s SEQ %s (new TEK SPI %s) "
                             "sent to %s; on the deny list", g.label, ", ".join(ev.evicted),
-                            "; ".join(ev.reasons), ", ".join(map(str, ev.seqs)),
+                            "; ".join(ev.reasons), push, ", ".join(map(str, ev.seqs)),
                             _spis(ev.tek_spis), to)
             case EvictionScheduled():
                 log.warning("group %s: %s on the deny list; evicted by the batch rekey at %s",
@@ -371,11 +375,11 @@ class GroupShell:
                             "(no KEK or no keys yet): they keep the TEKs until those expire",
                             g.label, len(ev.members))
             case GroupDissolved():
-                log.info("group %s: deleted; GROUPKEY-PUSH SEQ %d deleting the KEK and every "
-                         "TEK sent to %s", g.label, ev.seq, to)
+                log.info("group %s: deleted; %s SEQ %d deleting the KEK and every "
+                         "TEK sent to %s", g.label, push, ev.seq, to)
             case KeysAnnounced():
                 log.info("group %s: current keys sent again after the start: SEQ %d, TEK SPI "
-                         "%s; GROUPKEY-PUSH sent to %s", g.label, ev.seq, _spis(ev.tek_spis), to)
+                         "%s; %s sent to %s", g.label, ev.seq, _spis(ev.tek_spis), push, to)
             case KeysPurged():
                 what = ([f"TEK SPI {_spis(ev.tek_spis)}"] if ev.tek_spis else []) + \
                     [f"KEK {k.hex()}" for k in ev.kek_spis]

@@ -13,13 +13,22 @@ pytestmark = pytest.mark.kernel
 
 
 @pytest.mark.timeout(300)
-def test_demo_runs_the_daemons_end_to_end(capsys):
+@pytest.mark.parametrize("protocol", ["gdoi", "g-ikev2", "mixed"])
+def test_demo_runs_the_daemons_end_to_end(capsys, protocol):
+    """``tools/demo [--protocol gdoi|g-ikev2|mixed]``: the same checks whichever protocol the
+    members speak (mixed: gm1 GDOI, gm2 and gm3 G-IKEv2 in one group)."""
     from tools import demo_msec
 
     before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-    rc = demo_msec.main(count=2)
+    rc = demo_msec.main(count=2, protocol=protocol)
     out = capsys.readouterr().out
     assert rc == 0, out
+    kinds = {"gdoi": ["GDOI"] * 3, "g-ikev2": ["G-IKEv2"] * 3, "mixed": ["GDOI", "G-IKEv2", "G-IKEv2"]}
+    for gm, kind in zip(("gm1", "gm2", "gm3"), kinds[protocol]):
+        assert f"member {gm} ({kind})" in out, out
+    if protocol != "gdoi":  # the eviction reached the G-IKEv2 members as GSA_REKEY
+        assert "by GSA_REKEY" in out or "and GSA_REKEY (gm2)" in out, out
+        assert re.search(r"evicted key-id:gm3 .*GROUPKEY-PUSH and GSA_REKEY SEQ", out), out
     for gm in ("gm1", "gm2", "gm3"):  # each registration, from both sides' logs
         assert re.search(rf"{gm}: registered with key server 10\.77\.0\.1", out), out
         assert re.search(rf"key server: member key-id '{gm}' .* registered", out), out
