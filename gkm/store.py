@@ -23,7 +23,7 @@ Other tools ask the daemon over its control socket, never open the database.  A
 :class:`KeyStore` is not thread-safe; use it from the daemon's event loop thread.
 
 Schema versioning: ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`.  An empty database is
-initialised; an older one is migrated (none yet); a newer one is refused with
+initialised; an older one is migrated (:data:`_MIGRATIONS`, in one transaction); a newer one is refused with
 :class:`SchemaVersionError` before anything is written.
 
 SEQ (RFC 6407 sections 3.2 and 5.7): the sequence number belongs to a KEK (Rekey SA): 0 before
@@ -85,7 +85,7 @@ __all__ = [
     "StateRegressed",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "gcks.sqlite3"
 LOCK_NAME = "gcks.lock"
 SEQ_MAX = 0xFFFFFFFF  # the SEQ payload's field is 32 bits
@@ -143,6 +143,7 @@ CREATE TABLE members (
     address       TEXT NOT NULL,
     registered_at INTEGER NOT NULL,
     leaf          INTEGER,
+    protocol      TEXT NOT NULL DEFAULT 'gdoi',
     PRIMARY KEY (group_id, identity)
 );
 CREATE UNIQUE INDEX members_leaf ON members(group_id, leaf) WHERE leaf IS NOT NULL;
@@ -166,6 +167,9 @@ _MIGRATIONS: dict[int, str] = {
     PRIMARY KEY (group_id, identity)
 );
 """,
+    # 2 -> 3: the protocol a member registered with (GDOI or G-IKEv2): which rekey datagram
+    # its unicast copies carry, and what msecctl members shows
+    2: "ALTER TABLE members ADD COLUMN protocol TEXT NOT NULL DEFAULT 'gdoi';",
 }
 
 
@@ -253,6 +257,7 @@ class Member:
     address: str
     registered_at: int
     leaf: int | None
+    protocol: str = "gdoi"  # the registration protocol: "gdoi" or "g-ikev2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -734,16 +739,19 @@ class KeyStore:
 
     # -- members ---------------------------------------------------------------------------
 
-    def add_member(self, group_id: int, identity: str, address: str, *, registered_at: int, leaf: int | None = None) -> Member:
+    def add_member(self, group_id: int, identity: str, address: str, *, registered_at: int, leaf: int | None = None,
+                   protocol: str = "gdoi") -> Member:
         with self.transaction():
             self._need_group(group_id)
             try:
-                self._conn.execute("INSERT INTO members VALUES (?, ?, ?, ?, ?)", (group_id, identity, address, registered_at, leaf))
+                self._conn.execute("INSERT INTO members VALUES (?, ?, ?, ?, ?, ?)",
+                                   (group_id, identity, address, registered_at, leaf, protocol))
             except sqlite3.IntegrityError:
                 raise StoreError(f"group {group_id}: member {identity!r} or leaf {leaf} already registered") from None
-        return Member(group_id, identity, address, registered_at, leaf)
+        return Member(group_id, identity, address, registered_at, leaf, protocol)
 
-    def put_member(self, group_id: int, identity: str, address: str, *, registered_at: int) -> Member:
+    def put_member(self, group_id: int, identity: str, address: str, *, registered_at: int,
+                   protocol: str = "gdoi") -> Member:
         """Record a member without an LKH leaf, replacing its earlier record (re-registration):
         :meth:`remove_member` + :meth:`add_member` in one statement.  For the registration hot
         path, inside a :meth:`transaction` whose caller checked that the group exists (an
@@ -752,14 +760,15 @@ class KeyStore:
         with self.transaction():
             try:
                 cur = self._conn.execute(
-                    "INSERT INTO members VALUES (?, ?, ?, ?, NULL) ON CONFLICT (group_id, identity) DO UPDATE "
-                    "SET address = excluded.address, registered_at = excluded.registered_at WHERE leaf IS NULL",
-                    (group_id, identity, address, registered_at))
+                    "INSERT INTO members VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT (group_id, identity) DO UPDATE "
+                    "SET address = excluded.address, registered_at = excluded.registered_at, "
+                    "protocol = excluded.protocol WHERE leaf IS NULL",
+                    (group_id, identity, address, registered_at, protocol))
             except sqlite3.IntegrityError:
                 raise StoreError(f"unknown group {group_id}") from None
             if cur.rowcount != 1:
                 raise StoreError(f"group {group_id}: member {identity!r} has an LKH leaf")
-        return Member(group_id, identity, address, registered_at, None)
+        return Member(group_id, identity, address, registered_at, None, protocol)
 
     def remove_members(self, group_id: int, identities: Iterable[str]) -> int:
         """Forget members; returns how many were removed."""
@@ -775,13 +784,14 @@ class KeyStore:
 
     def member(self, group_id: int, identity: str) -> Member | None:
         r = self._conn.execute(
-            "SELECT group_id, identity, address, registered_at, leaf FROM members WHERE group_id = ? AND identity = ?",
+            "SELECT group_id, identity, address, registered_at, leaf, protocol FROM members WHERE group_id = ? AND identity = ?",
             (group_id, identity)).fetchone()
         return Member(*r) if r else None
 
     def members(self, group_id: int) -> list[Member]:
         return [Member(*r) for r in self._conn.execute(
-            "SELECT group_id, identity, address, registered_at, leaf FROM members WHERE group_id = ? ORDER BY identity", (group_id,))]
+            "SELECT group_id, identity, address, registered_at, leaf, protocol FROM members WHERE group_id = ? ORDER BY identity",
+            (group_id,))]
 
     def member_count(self, group_id: int) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM members WHERE group_id = ?", (group_id,)).fetchone()[0]

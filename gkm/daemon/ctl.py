@@ -258,16 +258,21 @@ def _members(r: dict[str, Any]) -> str:
         return f"group {r.get('id')}: no members"
     rows = []
     acks = any("missed_rekeys" in m for m in ms)  # unicast delivery: ACKs asked for
+    both = any(m.get("protocol") not in (None, "gdoi") for m in ms)  # some G-IKEv2 member
     for m in ms:
         state = m.get("state") or "registered"
         when = m.get("evicted_at") if state in ("evicted", "evicting") else m.get("registered_at")
-        row = [m["identity"], state, m.get("address") or "-", _when(when)]
+        row = [m["identity"], state, m.get("address") or "-"]
+        if both:
+            row.append({"gdoi": "GDOI", "g-ikev2": "G-IKEv2"}.get(m.get("protocol"), "-"))
+        row.append(_when(when))
         if acks:
             seq = m.get("last_acked_seq")
             row += ["-" if seq is None else str(seq),
                     str(m["missed_rekeys"]) if "missed_rekeys" in m else "-"]
         rows.append(row + [m.get("reason") or ""])
-    head = ["IDENTITY", "STATE", "ADDRESS", "SINCE"] + (["ACKED SEQ", "MISSED"] if acks else [])
+    head = ["IDENTITY", "STATE", "ADDRESS"] + (["PROTOCOL"] if both else []) + ["SINCE"] \
+        + (["ACKED SEQ", "MISSED"] if acks else [])
     return _table(rows, head + ["WHY"])
 
 

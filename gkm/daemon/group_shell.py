@@ -251,7 +251,7 @@ class GroupShell:
         if g.kek.unicast:  # the ACKs' base keys: each KEK's key without its IV (RFC 8263)
             keks, block = ctl.group_state.keks, g.kek.cipher.block_bytes
             keys = {p.kek_spi: keks[p.kek_spi].key[block:] for p in pushes if p.kek_spi in keks}
-        members = [(m.identity, host_of(m.address) or "")
+        members = [(m.identity, host_of(m.address) or "", m.protocol)
                    for m in self.role.store.members(g.group_id)]
         dests = d.submit(pushes, members, keys, self.role.daemon.loop.time())
         failed = self._pump_delivery(g.group_id)

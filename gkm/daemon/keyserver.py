@@ -437,7 +437,8 @@ class KeyServerRole:
         if self.store is None:
             return []
         out = {m.identity: {"identity": m.identity, "state": "registered",
-                            "address": m.address, "registered_at": m.registered_at}
+                            "address": m.address, "registered_at": m.registered_at,
+                            "protocol": m.protocol}
                for m in self.store.members(group_id)}
         g = self.settings.group(group_id)
         if g is not None and g.kek is not None and g.kek.unicast:

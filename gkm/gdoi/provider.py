@@ -91,10 +91,11 @@ class GroupKeysProvider(Protocol):
     def peek(self, group: GroupPolicy, now: int) -> GroupKeys:
         """Current keys of the group (tentative if new).  No persistent change."""
 
-    def enroll(self, group: GroupPolicy, keys: GroupKeys, member: str, address: str, now: int) -> Enrollment:
-        """Persist ``keys`` if tentative, record the member (LKH join); durable on return
-        (inside :meth:`batch`: durable when the batch ends).  Raises :class:`StaleKeys`, before
-        changing anything, if ``keys`` are no longer current."""
+    def enroll(self, group: GroupPolicy, keys: GroupKeys, member: str, address: str, now: int,
+               protocol: str = "gdoi") -> Enrollment:
+        """Persist ``keys`` if tentative, record the member (LKH join) with the ``protocol`` it
+        registered with; durable on return (inside :meth:`batch`: durable when the batch ends).
+        Raises :class:`StaleKeys`, before changing anything, if ``keys`` are no longer current."""
 
     def batch(self) -> ContextManager[object]:
         """Group several :meth:`enroll` calls into one durable commit (at the end of the block;
@@ -213,7 +214,8 @@ class StoreKeysProvider:
         self._tentative[gid] = t
         return t
 
-    def enroll(self, group: GroupPolicy, keys: GroupKeys, member: str, address: str, now: int) -> Enrollment:
+    def enroll(self, group: GroupPolicy, keys: GroupKeys, member: str, address: str, now: int,
+               protocol: str = "gdoi") -> Enrollment:
         gid = group.group_id
         st = self.store
         checked = self._checked.get(gid) if self._checked is not None else None
@@ -222,7 +224,7 @@ class StoreKeysProvider:
             # LKH tree: only the member's row changes (SEQ cannot change inside the batch's
             # transaction: KeyStore.next_seq refuses to run in one)
             try:
-                st.put_member(gid, member, address, registered_at=now)
+                st.put_member(gid, member, address, registered_at=now, protocol=protocol)
             except StoreError:
                 pass  # e.g. an earlier record with an LKH leaf: the general path below
             else:
@@ -276,7 +278,7 @@ class StoreKeysProvider:
                         jr = tree.join(member)
                         leaf, update, epoch = jr.leaf, jr.update, jr.epoch
                     lkh_path = tuple((kid.level, kid.handle, key) for kid, key in tree.path(member))
-                st.add_member(gid, member, address, registered_at=now, leaf=leaf)
+                st.add_member(gid, member, address, registered_at=now, leaf=leaf, protocol=protocol)
                 if tree is not None:
                     st.save_lkh(gid, tree)
                 seq = st.current_seq(gid) if keys.kek is not None else None

@@ -110,6 +110,7 @@ class MemberRecorded(Change):
     address: str
     registered_at: int
     leaf: int | None
+    protocol: str = "gdoi"
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,7 +202,8 @@ class GroupController:
             out.append(TekAdded(gid, t.spi, t.algorithm, t.key, t.auth_key, t.created,
                                 t.expires, t.state))
         for m in s.members.values():
-            out.append(MemberRecorded(gid, m.identity, m.address, m.registered_at, m.leaf))
+            out.append(MemberRecorded(gid, m.identity, m.address, m.registered_at, m.leaf,
+                                      m.protocol))
         for d in s.denied.values():
             out.append(DenyAdded(gid, d.identity, d.at, d.reason))
         if s.tree is not None:

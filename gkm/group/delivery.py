@@ -28,8 +28,11 @@ Modes (policy ``[keyserver.group.kek]``):
   refused as a replay anyway.
 
 A :class:`~gkm.group.values.Push` of a group that serves G-IKEv2 members carries its GSA_REKEY
-twin (``Push.gike``): wherever and whenever the PUSH is sent, copies and retransmissions
-included, the GSA_REKEY follows it (``Push.datagrams``); members drop the other protocol's.
+twin (``Push.gike``): the rekey address gets both, copies included; a member's unicast copies
+(and retransmissions) carry the one of the protocol it registered with (the store's
+``protocol``; members drop the other protocol's datagrams anyway).  A G-IKEv2 member sends no
+acknowledgement (GSA_REKEY has none), so, as any member that never acknowledged, it is never
+lost.
 
 Unicast datagrams (both modes) leave at most ``rekey_unicast_rate`` per second (a token bucket
 of 20 ms of datagrams), so a rekey of 10^5 members does not burst 10^5 datagrams at once;
@@ -86,6 +89,7 @@ class MemberDelivery:
 
     identity: str
     host: str
+    protocol: str = "gdoi"  # the rekey datagram its unicast copies carry
     last_acked_seq: int | None = None
     acked_once: bool = False
     missed: int = 0  # rekeys in a row left unacknowledged
@@ -105,7 +109,8 @@ class RekeyDelivery:
         self.kek = kek
         self._members: dict[str, MemberDelivery] = {}
         self._by_host: dict[str, set[str]] = {}
-        self._copies: list[tuple[float, int, tuple[Push, ...], tuple[tuple[str, int], ...]]] = []
+        #: (when, n, pushes, ((host, port, protocols or None for all), ...))
+        self._copies: list[tuple[float, int, tuple[Push, ...], tuple[tuple[str, int, frozenset | None], ...]]] = []
         self._copy_n = 0
         self._paced: deque[tuple[Outgoing, str | None]] = deque()
         self._tokens = self._burst
@@ -135,11 +140,12 @@ class RekeyDelivery:
         self.kek = kek
         self._tokens = min(self._tokens, self._burst)
 
-    def submit(self, pushes: Iterable[Push], members: Iterable[tuple[str, str]],
+    def submit(self, pushes: Iterable[Push], members: Iterable[tuple[str, ...]],
                kek_keys: Mapping[bytes, bytes], now: float) -> list[tuple[str, int]]:
         """Deliver ``pushes`` (one rekey, in order) to the registered ``members`` ((identity,
-        host) pairs, the store's; the roster is taken from them); ``kek_keys``: each KEK
-        SPI's key without IV (the ACK's base key).  Returns the first copy's destinations."""
+        host, protocol) triples, the store's, or (identity, host) pairs for GDOI members; the
+        roster is taken from them); ``kek_keys``: each KEK SPI's key without IV (the ACK's
+        base key).  Returns the first copy's destinations."""
         pushes = tuple(pushes)
         self._roster(members)
         if not pushes:
@@ -167,24 +173,27 @@ class RekeyDelivery:
             self._release(now)
             return dests
         group = (str(self.kek.rekey_address), self.kek.rekey_port)
-        dests = [group] + list(dict.fromkeys(
-            (m.host, self.kek.rekey_port) for m in self._members.values()
-            if (m.host, self.kek.rekey_port) != group))
+        hosts: dict[tuple[str, int], set[str]] = {}
+        for m in self._members.values():
+            if (m.host, self.kek.rekey_port) != group:
+                hosts.setdefault((m.host, self.kek.rekey_port), set()).add(m.protocol)
+        dests = [group] + list(hosts)
+        plan = ((*group, None),) + tuple((*d, frozenset(ps)) for d, ps in hosts.items())
         for k in range(self.kek.rekey_copies):
             self._copy_n += 1
             heapq.heappush(self._copies, (now + k * self.kek.rekey_copy_interval_s,
-                                          self._copy_n, pushes, tuple(dests)))
+                                          self._copy_n, pushes, plan))
         self._due(now)
         self._release(now)
         return dests
 
-    def registered(self, identity: str, host: str) -> None:
-        """``identity`` registered (again) from ``host``: whatever it missed is forgotten;
-        a lost member is delivered to again."""
+    def registered(self, identity: str, host: str, protocol: str = "gdoi") -> None:
+        """``identity`` registered (again) from ``host`` over ``protocol``: whatever it missed
+        is forgotten; a lost member is delivered to again."""
         old = self._members.pop(identity, None)
         if old is not None:
             self._by_host.get(old.host, set()).discard(identity)
-        self._add(identity, host)
+        self._add(identity, host, protocol)
 
     def receive_ack(self, data: bytes, src: tuple[str, int], now: float) -> None:
         """A datagram on a rekey socket: a GROUPKEY-PUSH-ACK for this group, we hope."""
@@ -274,21 +283,22 @@ class RekeyDelivery:
         return len(self._paced)
 
     # -- internals --------------------------------------------------------------------------
-    def _roster(self, members: Iterable[tuple[str, str]]) -> None:
+    def _roster(self, members: Iterable[tuple[str, ...]]) -> None:
         seen = set()
-        for identity, host in members:
+        for identity, host, *rest in members:
+            protocol = rest[0] if rest else "gdoi"
             seen.add(identity)
             m = self._members.get(identity)
             if m is None:
-                self._add(identity, host)
-            elif m.host != host:
-                self.registered(identity, host)
+                self._add(identity, host, protocol)
+            elif m.host != host or m.protocol != protocol:
+                self.registered(identity, host, protocol)
         for identity in [i for i in self._members if i not in seen]:
             m = self._members.pop(identity)
             self._by_host.get(m.host, set()).discard(identity)
 
-    def _add(self, identity: str, host: str) -> None:
-        self._members[identity] = MemberDelivery(identity, host)
+    def _add(self, identity: str, host: str, protocol: str = "gdoi") -> None:
+        self._members[identity] = MemberDelivery(identity, host, protocol)
         if host:
             self._by_host.setdefault(host, set()).add(identity)
 
@@ -306,7 +316,7 @@ class RekeyDelivery:
         if not m.host:
             return
         for p in pushes:
-            for data in p.datagrams:
+            for data in _for(p, {m.protocol}):
                 self._paced.append((Outgoing(data, (m.host, self.kek.rekey_port)), m.identity))
 
     def _stale(self, entry: tuple[float, int, str]) -> bool:
@@ -315,10 +325,10 @@ class RekeyDelivery:
 
     def _due(self, now: float) -> None:
         while self._copies and self._copies[0][0] <= now:
-            _at, _n, pushes, dests = heapq.heappop(self._copies)
-            for host, port in dests:
+            _at, _n, pushes, plan = heapq.heappop(self._copies)
+            for host, port, protocols in plan:
                 for p in pushes:
-                    for data in p.datagrams:
+                    for data in (p.datagrams if protocols is None else _for(p, protocols)):
                         if host == str(self.kek.rekey_address):
                             self._out.append(Outgoing(data, (host, port), multicast=True))
                         else:
@@ -346,3 +356,14 @@ class RekeyDelivery:
     def _refuse(self, src: tuple[str, int], reason: str) -> None:
         self.stats["acks_refused"] += 1
         self._events.append(AckRefused(self.group_id, f"{src[0]}:{src[1]}", reason))
+
+
+def _for(p: Push, protocols) -> tuple[bytes, ...]:
+    """The datagrams of ``p`` for members speaking ``protocols``: the PUSH for GDOI, its
+    GSA_REKEY twin for G-IKEv2 (the PUSH where there is none: nothing else could reach them)."""
+    out = []
+    if "gdoi" in protocols or p.gike is None:
+        out.append(p.data)
+    if "g-ikev2" in protocols and p.gike is not None:
+        out.append(p.gike)
+    return tuple(out)

@@ -87,7 +87,7 @@ class GroupState:
                 self.keks[c.kek_spi] = dataclasses.replace(self.keks[c.kek_spi], seq=c.seq)
             case MemberRecorded():
                 self.members[c.identity] = Member(gid, c.identity, c.address, c.registered_at,
-                                                  c.leaf)
+                                                  c.leaf, c.protocol)
             case MembersRemoved():
                 for i in c.identities:
                     self.members.pop(i, None)

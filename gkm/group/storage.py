@@ -63,7 +63,7 @@ def _apply_one(store: KeyStore, c: Change) -> None:
             store.set_seq(c.group_id, c.kek_spi, c.seq)
         case MemberRecorded():
             store.add_member(c.group_id, c.identity, c.address, registered_at=c.registered_at,
-                             leaf=c.leaf)
+                             leaf=c.leaf, protocol=c.protocol)
         case MembersRemoved():
             store.remove_members(c.group_id, c.identities)
         case DenyAdded():

@@ -400,7 +400,7 @@ class GsaAuthResponder(_Engine):
                     # one durable commit at the end of the block; any exception in it (a group
                     # this IKE SA cannot carry included) undoes the enrollment
                     with self.keys.batch():
-                        enr = self.keys.enroll(group, keys, member_key(identity), _host(addr), wall)
+                        enr = self.keys.enroll(group, keys, member_key(identity), _host(addr), wall, "g-ikev2")
                         kwa = registration_kwa(group, enr, est.kwa)
                         rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall, enr.seq)
                         gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa)

@@ -9,6 +9,7 @@ KEK and TEKs."""
 from __future__ import annotations
 
 import os
+import re
 
 from tests.host.daemon_proc import Msecd
 from tests.host.test_daemon_process import _push_signing_key
@@ -78,6 +79,10 @@ def test_gdoi_and_g_ikev2_members_of_one_group(netlab_factory, tmp_path):
         members = {m["identity"] for m in ks.ctl_json("members", "1001")["members"]
                    if m["state"] == "registered"}
         assert members == {"key-id:gm1", "key-id:gm2", "key-id:gm4"}
+        protocols = {m["identity"]: m["protocol"] for m in ks.ctl_json("members", "1001")["members"]}
+        assert protocols == {"key-id:gm1": "gdoi", "key-id:gm2": "g-ikev2", "key-id:gm4": "g-ikev2"}
+        table = ks.ctl("members", "1001", check=True).stdout
+        assert "PROTOCOL" in table and re.search(r"key-id:gm2 +registered +\S+ +G-IKEv2", table), table
         assert "g-ikev2 gcks: key-id 'gm2'" in ks.log()  # it came over G-IKEv2
         assert "gdoi ks: key-id 'gm1'" in ks.log()  # and gm1 over GDOI
         assert "listening for GROUPKEY-PUSH" in gdoi.log()

@@ -83,22 +83,31 @@ def test_unicast_sends_one_copy_per_member_and_nothing_to_the_rekey_address():
     assert not any(o.multicast for o in out)
 
 
-def test_a_gsa_rekey_twin_goes_wherever_its_push_goes():
-    """A group served over GDOI and G-IKEv2: each copy of a PUSH is followed by its GSA_REKEY,
-    multicast and unicast, and a retransmission sends both again."""
+def test_a_gsa_rekey_twin_goes_to_the_rekey_address_and_to_g_ikev2_members():
+    """A group served over GDOI and G-IKEv2: the rekey address gets each PUSH and its GSA_REKEY,
+    every copy; a member's unicast copies (and retransmissions) carry its own protocol's."""
+    members = [("key-id:gm0", "10.0.0.1", "gdoi"), ("key-id:gm1", "10.0.0.2", "g-ikev2")]
     d = RekeyDelivery(7, _kek(rekey_copies=2, rekey_copy_interval_s=1.0))
-    d.submit([Push(5, SPI, b"push", b"gsa-rekey")], _members(1), {}, now=0.0)
+    d.submit([Push(5, SPI, b"push", b"gsa-rekey")], members, {}, now=0.0)
     sent = [(0.0, o) for o in _drain(d)] + _run_until(d, 10.0, 0.0)[0]
     assert [(t, o.dest[0], o.data) for t, o in sent] == [
         (0.0, "239.192.0.1", b"push"), (0.0, "239.192.0.1", b"gsa-rekey"),
-        (0.0, "10.0.0.1", b"push"), (0.0, "10.0.0.1", b"gsa-rekey"),
+        (0.0, "10.0.0.1", b"push"), (0.0, "10.0.0.2", b"gsa-rekey"),
         (1.0, "239.192.0.1", b"push"), (1.0, "239.192.0.1", b"gsa-rekey"),
-        (1.0, "10.0.0.1", b"push"), (1.0, "10.0.0.1", b"gsa-rekey")]
+        (1.0, "10.0.0.1", b"push"), (1.0, "10.0.0.2", b"gsa-rekey")]
     u = _unicast()
-    u.submit([Push(5, SPI, b"push", b"gsa-rekey")], _members(1), {SPI: KEY}, now=0.0)
-    assert [o.data for o in _drain(u)] == [b"push", b"gsa-rekey"]
+    u.submit([Push(5, SPI, b"push", b"gsa-rekey")], members, {SPI: KEY}, now=0.0)
+    assert [(o.dest[0], o.data) for o in _drain(u)] == [("10.0.0.1", b"push"),
+                                                        ("10.0.0.2", b"gsa-rekey")]
     again, _ = _run_until(u, 3.0, 0.0)
-    assert [o.data for _t, o in again] == [b"push", b"gsa-rekey"]
+    assert sorted((o.dest[0], o.data) for _t, o in again) == [("10.0.0.1", b"push"),
+                                                              ("10.0.0.2", b"gsa-rekey")]
+    # a G-IKEv2 member re-registers over GDOI: its copies follow (the store's roster)
+    u.submit([Push(6, SPI, b"push6", b"gsa-rekey6")],
+             [("key-id:gm0", "10.0.0.1", "gdoi"), ("key-id:gm1", "10.0.0.2", "gdoi")],
+             {SPI: KEY}, now=10.0)
+    assert [(o.dest[0], o.data) for o in _drain(u)] == [("10.0.0.1", b"push6"),
+                                                        ("10.0.0.2", b"push6")]
 
 
 @pytest.mark.parametrize("mode", ["unicast", "multicast"])

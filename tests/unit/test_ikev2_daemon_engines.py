@@ -82,6 +82,8 @@ def test_gdoi_and_g_ikev2_members_get_the_same_keys(tmp_path):
     assert [t.keymat for t in got[0].teks] == [t.keymat for t in em[0].teks]
     assert got[0].kek.spi == gi.gsa.registered.kek.spi  # one KEK for both protocols
     assert f.provider.store.member_count(GID) == 2
+    store = f.provider.store  # each member recorded with the protocol it registered with
+    assert (store.member(GID, "key-id:gm1").protocol, store.member(GID, "key-id:gm2").protocol) == ("g-ikev2", "gdoi")
     assert ks.half_open == 0  # the IKE SA stopped being half-open once GSA_AUTH was answered
 
 

@@ -324,7 +324,7 @@ def test_lkh_incremental_save_writes_few_chunks(store):
     with_group(store)
     tree = LkhTree.build([f"m{i}" for i in range(5000)])
     with store.transaction():
-        store._conn.executemany("INSERT INTO members VALUES (7, ?, '192.0.2.1', 1, ?)", tree.members())
+        store._conn.executemany("INSERT INTO members (group_id, identity, address, registered_at, leaf) VALUES (7, ?, '192.0.2.1', 1, ?)", tree.members())
         store.save_lkh(7, tree)
     rows = store._conn.execute("SELECT COUNT(*) FROM lkh_chunk").fetchone()[0]
     assert rows > 20

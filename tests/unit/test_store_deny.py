@@ -28,6 +28,7 @@ def test_version_1_store_migrates(tmp_path):
         st.add_group(5, b"d")
     db = sqlite3.connect(tmp_path / DB_NAME)
     db.execute("DROP TABLE denied")
+    db.execute("ALTER TABLE members DROP COLUMN protocol")  # the version 1 schema
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -36,8 +37,28 @@ def test_version_1_store_migrates(tmp_path):
         st.deny(5, "key-id:x", at=1, reason="r")
         assert st.denied(5)[0].identity == "key-id:x"
     db = sqlite3.connect(tmp_path / DB_NAME)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
+
+
+def test_version_2_store_migrates_its_members_as_gdoi_members(tmp_path):
+    """Version 3 records each member's registration protocol; members of a version 2 store
+    (before G-IKEv2 rekeys) registered over GDOI."""
+    with KeyStore(tmp_path) as st:
+        st.add_group(5, b"d")
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("ALTER TABLE members DROP COLUMN protocol")
+    db.execute("INSERT INTO members VALUES (5, 'key-id:gm1', '192.0.2.1', 10, NULL)")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    with KeyStore(tmp_path) as st:
+        [m] = st.members(5)
+        assert (m.identity, m.address, m.protocol) == ("key-id:gm1", "192.0.2.1", "gdoi")
+        st.put_member(5, "key-id:gm2", "192.0.2.2", registered_at=11, protocol="g-ikev2")
+        assert st.member(5, "key-id:gm2").protocol == "g-ikev2"
+    with KeyStore(tmp_path) as st:
+        assert [m.protocol for m in st.members(5)] == ["gdoi", "g-ikev2"]
 
 
 def test_member_registers_again_after_the_tree_was_dropped_from_the_cache(tmp_path):
