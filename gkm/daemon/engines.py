@@ -40,8 +40,6 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from policy.identity import IdKind
-
 __all__ = ["EngineFactory", "GdoiFactory", "KernelInstaller", "NullInstaller", "EngineUnavailable",
            "RekeyError", "StartupError", "local_addresses"]
 
@@ -72,13 +70,11 @@ class EngineFactory(Protocol):
 
 
 @dataclass(frozen=True)
-class _NoPhase1:
-    """What the key server's ``admit`` hook reads of a GDOI phase 1 SA, for a G-IKEv2 member."""
+class _GikePeer:
+    """What the key server's ``admit`` hook reads of a GDOI phase 1 SA, for a G-IKEv2 member:
+    the certificate its GSA_AUTH was signed with (None with a PSK)."""
 
-    peer_certificate: None = None
-
-
-_NO_PHASE1 = _NoPhase1()
+    peer_certificate: Any = None
 
 
 def _serves_g_ikev2(groups) -> bool:
@@ -237,14 +233,11 @@ class GdoiFactory:
 
         auth = gcks_auth_config(settings, rekey_source=source,
                                 wall_time_offset=phase1.wall_time_offset)
-        crls = bool(settings.crl_files)
 
-        def admit_ikev2(group, identity):
-            # the shell's admit reads a phase 1 SA's certificate for its CRL check; G-IKEv2
-            # does not hand the certificate over yet, so with CRLs a certificate is refused
-            if crls and identity.kind is IdKind.DN:
-                return "CRL checks of G-IKEv2 certificates are not implemented yet"
-            return admit(group, identity, _NO_PHASE1) if admit is not None else None
+        def admit_ikev2(group, identity, certificate):
+            # the shell's admit checks the certificate against the CRLs and remembers it (a
+            # reload's new CRL then evicts its owner), as for a GDOI member's phase 1 SA
+            return admit(group, identity, _GikePeer(certificate)) if admit is not None else None
 
         g_ikev2 = gcks.GcksEngine(profile.sa_init_config(), auth, settings.groups, provider,
                                   admit=admit_ikev2)

@@ -58,7 +58,8 @@ class GcksEngine:
     """IKE_SA_INIT then GSA_AUTH for every G-IKEv2 member (module docstring)."""
 
     def __init__(self, sa_init: SaInitConfig, auth: GcksAuthConfig, groups: Iterable[GroupPolicy],
-                 keys: GroupKeysProvider, *, admit: Callable[[GroupPolicy, Identity], str | None] | None = None,
+                 keys: GroupKeysProvider, *,
+                 admit: Callable[[GroupPolicy, Identity, Any], str | None] | None = None,
                  cookie_threshold: int = 64, max_half_open: int = 4096) -> None:
         self.sa_init = SaInitResponder(sa_init, cookie_threshold=cookie_threshold, max_half_open=max_half_open)
         self.auth = GsaAuthResponder(auth, {g.group_id: g for g in groups}, keys, admit=self._admit)
@@ -68,10 +69,12 @@ class GcksEngine:
         self._next: float | None = None  # the next housekeeping: fixed, not pushed by traffic
         self._rotated_at: float | None = None
 
-    def _admit(self, group: GroupPolicy, identity: Identity) -> str | None:
+    def _admit(self, group: GroupPolicy, identity: Identity, certificate) -> str | None:
+        """``certificate``: the member's, whose key made its AUTH (None with a PSK), for the
+        key server's CRL check."""
         if not serves_g_ikev2(group):
             return f"the group is not served over G-IKEv2 (protocols = {', '.join(group.protocols)})"
-        return self._admit_hook(group, identity) if self._admit_hook is not None else None
+        return self._admit_hook(group, identity, certificate) if self._admit_hook is not None else None
 
     def update_groups(self, groups: Iterable[GroupPolicy]) -> None:
         self.auth.groups = {g.group_id: g for g in groups}

@@ -110,8 +110,9 @@ def describe_id(p) -> str:
 
 
 def _check_peer_auth(msg, id_payload, prf_id: int, octets: bytes, *, psk: bytes | None,
-                     anchors: tuple, when: datetime, addr: Any) -> Identity:
-    """Verify the peer's AUTH; returns the identity bound to the key that made it."""
+                     anchors: tuple, when: datetime, addr: Any) -> tuple[Identity, x509.Certificate | None]:
+    """Verify the peer's AUTH; returns the identity bound to the key that made it, and the
+    certificate that key came in (None with a PSK)."""
     au = msg.get(Authentication)
     wire_id = WireId(int(id_payload.id_type), bytes(id_payload.data))
     if au.method == AuthMethod.PSK:
@@ -120,7 +121,7 @@ def _check_peer_auth(msg, id_payload, prf_id: int, octets: bytes, *, psk: bytes 
         if not A.compare(A.psk_auth(prf_id, psk, octets), au.data):
             raise A.AuthFailed(f"AUTH of {describe_id(id_payload)} does not verify with its pre-shared key")
         try:
-            return Identity.from_id_payload(wire_id.type, wire_id.data, _address(addr))
+            return Identity.from_id_payload(wire_id.type, wire_id.data, _address(addr)), None
         except ValueError as e:
             raise A.AuthFailed(str(e)) from None
     if au.method == AuthMethod.DIGITAL_SIGNATURE:
@@ -131,7 +132,7 @@ def _check_peer_auth(msg, id_payload, prf_id: int, octets: bytes, *, psk: bytes 
         except Exception as e:  # UnsupportedAlgorithm: a key type cryptography does not know
             raise A.AuthFailed(f"certificate key not usable: {e}") from None
         A.verify_signature(key, au.data, octets)
-        return Identity.from_x509_name(leaf.subject, _address(addr))
+        return Identity.from_x509_name(leaf.subject, _address(addr)), leaf
     raise A.AuthFailed(f"AUTH method {int(au.method)} is not supported (PSK or RFC 7427 signatures)")
 
 
@@ -234,7 +235,8 @@ class GsaAuthInitiator(_Engine):
         try:
             if isinstance(c.credential, A.PskAuth) and au.method != AuthMethod.PSK:
                 raise A.AuthFailed("the GCKS answered a PSK registration with a signature")
-            gcks = _check_peer_auth(msg, idr, sa.keys.suite.prf, octets, psk=psk, anchors=c.trust_anchors, when=when, addr=sa.peer)
+            gcks, _cert = _check_peer_auth(msg, idr, sa.keys.suite.prf, octets, psk=psk, anchors=c.trust_anchors, when=when,
+                                           addr=sa.peer)
         except A.AuthFailed as e:
             return self._fail(f"GCKS not authenticated: {e.reason}", tell=NotifyType.AUTHENTICATION_FAILED)
         decision = c.accepts_key_server(gcks)
@@ -289,7 +291,7 @@ class GsaAuthResponder(_Engine):
     :class:`~.sa_init.SaInitResponder` established (:meth:`add_sa`), then datagrams."""
 
     def __init__(self, config: GcksAuthConfig, groups: Mapping[int, GroupPolicy], keys: GroupKeysProvider, *,
-                 admit: Callable[[GroupPolicy, Identity], str | None] | None = None,
+                 admit: Callable[[GroupPolicy, Identity, x509.Certificate | None], str | None] | None = None,
                  rekey_message_id: Callable[[GroupPolicy, bytes], int] | None = None) -> None:
         super().__init__()
         self.config = config
@@ -371,7 +373,8 @@ class GsaAuthResponder(_Engine):
         psk = c.psks.get(WireId(int(idi.id_type), bytes(idi.data))) if au.method == AuthMethod.PSK else None
         when = datetime.fromtimestamp(now + c.wall_time_offset, timezone.utc)
         try:
-            identity = _check_peer_auth(msg, idi, est.keys.suite.prf, octets, psk=psk, anchors=c.trust_anchors, when=when, addr=addr)
+            identity, cert = _check_peer_auth(msg, idi, est.keys.suite.prf, octets, psk=psk, anchors=c.trust_anchors,
+                                              when=when, addr=addr)
         except A.AuthFailed as e:  # RFC 7296 §2.21.2: the notification alone, no IDr / AUTH
             return self._refuse(s, data, (), gid, None, f"member {describe_id(idi)} not authenticated: {e.reason}",
                                 NotifyType.AUTHENTICATION_FAILED)
@@ -386,7 +389,7 @@ class GsaAuthResponder(_Engine):
         decision = group.authorizes(identity)
         if not decision.allowed:
             return self._refuse(s, data, mine, gid, identity, decision.reason, NotifyType.AUTHORIZATION_FAILED)
-        refusal = self.admit(group, identity) if self.admit is not None else None
+        refusal = self.admit(group, identity, cert) if self.admit is not None else None
         if refusal is not None:
             return self._refuse(s, data, mine, gid, identity, f"group {group.label}: may not join: {refusal}", NotifyType.AUTHORIZATION_FAILED)
         if any(n.type == NotifyType.GROUP_SENDER for n in msg.all(Notify)) and not may_send(group, identity):

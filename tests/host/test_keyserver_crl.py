@@ -1,10 +1,14 @@
 """The key server's CRL (real msecd processes, certificate authentication): a member whose
-certificate the CRL revokes is refused at registration, with the reason logged; a reload with
-a CRL that cannot be verified is refused."""
+certificate the CRL revokes is refused at registration, with the reason logged; a reload whose
+CRL revokes a registered member evicts it; a reload with a CRL that cannot be verified is
+refused.  The same for members registering over GDOI (the phase 1 certificate) and over
+G-IKEv2 (the certificate of GSA_AUTH)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from tests.host.daemon_proc import Msecd
 from tests.pki import ThrowawayCa, write_cert, write_crl
@@ -14,7 +18,7 @@ TEK = ('[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.1.0.0/16"\ndst = "239.1
        'cipher = "aes-gcm-128"\n')
 
 
-def ks_config(d: Path, port: int, ca: Path, crl: Path | None) -> Path:
+def ks_config(d: Path, port: int, ca: Path, crl: Path | None, protocol: str = "gdoi") -> Path:
     cert, key = d / "ks.crt", d / "ks.key"
     text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
             f'[keyserver]\nlisten = ["127.0.0.1"]\nport = {port}\n'
@@ -22,16 +26,18 @@ def ks_config(d: Path, port: int, ca: Path, crl: Path | None) -> Path:
             + f'[keyserver.certificate]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
             f'trust_anchors = ["{ca}"]\n'
             '[[keyserver.group]]\nid = 1001\nname = "g1001"\n'
-            'authorize = { subjects = ["O=Example, CN=gm*"] }\n' + TEK)
+            + ('protocols = ["gdoi", "g-ikev2"]\n' if protocol != "gdoi" else "")
+            + 'authorize = { subjects = ["O=Example, CN=gm*"] }\n' + TEK)
     p = d / "ks.toml"
     p.write_text(text)
     p.chmod(0o600)
     return p
 
 
-def gm_config(d: Path, port: int, ca: Path, name: str) -> Path:
+def gm_config(d: Path, port: int, ca: Path, name: str, protocol: str = "gdoi") -> Path:
     text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
             f'[[member.group]]\nid = 1001\nname = "m1001"\nkey_servers = ["127.0.0.1:{port}"]\n'
+            f'protocol = "{protocol}"\n'
             f'credentials = {{ cert_file = "{d}/{name}.crt", key_file = "{d}/{name}.key", '
             f'trust_anchors = ["{ca}"] }}\n'
             'key_server_identity = { subjects = ["O=Example, CN=ks"] }\n')
@@ -41,7 +47,8 @@ def gm_config(d: Path, port: int, ca: Path, name: str) -> Path:
     return p
 
 
-def test_revoked_member_refused_at_registration(tmp_path, netns):
+@pytest.mark.parametrize("protocol", ["gdoi", "g-ikev2"])
+def test_revoked_member_refused_at_registration(tmp_path, netns, protocol):
     ca = ThrowawayCa()
     anchor = ca.write(tmp_path)
     write_cert(tmp_path, "ks", *ca.issue("ks"))
@@ -53,10 +60,10 @@ def test_revoked_member_refused_at_registration(tmp_path, netns):
         d.mkdir()
         certs[name] = ca.issue(name)
         write_cert(d, name, *certs[name])
-        members[name] = Msecd(gm_config(d, port, anchor, name), host=netns,
+        members[name] = Msecd(gm_config(d, port, anchor, name, protocol), host=netns,
                               args=["--no-kernel"])
     crl = write_crl(tmp_path / "ca.crl", ca.crl([certs["gm3"][0]]))
-    cfg = ks_config(tmp_path, port, anchor, crl)
+    cfg = ks_config(tmp_path, port, anchor, crl, protocol)
     ks = Msecd(cfg, host=netns)
     try:
         ks.start()

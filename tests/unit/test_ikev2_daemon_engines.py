@@ -156,8 +156,8 @@ def test_demux_drops_short_or_broken_ikev2(tmp_path, junk):
 
 
 def test_key_server_admit_hook_applies_to_g_ikev2(tmp_path):
-    """The shell's own refusals (deny list) reach G-IKEv2 members too; the hook gets no phase
-    1 SA certificate (GSA_AUTH does not hand it over yet)."""
+    """The shell's own refusals (deny list) reach G-IKEv2 members too; with a PSK the hook
+    gets no certificate."""
     seen = []
 
     def admit(group, identity, sa):
@@ -172,19 +172,23 @@ def test_key_server_admit_hook_applies_to_g_ikev2(tmp_path):
     assert any(isinstance(e, MemberRefused) and "was evicted" in e.reason for e in eg)
 
 
-def test_certificate_member_refused_over_g_ikev2_when_crls_are_configured(tmp_path):
-    groups = both_groups(tmp_path)
-    settings = ks_settings(tmp_path, groups, cert=True)
+def test_admit_hook_gets_the_certificate_of_a_g_ikev2_member(tmp_path):
+    """For the key server's CRL check: the certificate whose key signed the member's GSA_AUTH
+    (the one the authorized subject came from); its refusal refuses the member."""
+    seen = []
+
+    def admit(group, identity, sa):
+        seen.append((identity.value, sa.peer_certificate.subject.rfc4514_string()))
+        return "certificate CN=gm1 revoked on 2026-01-01 (CRL ca.crl)"
+
     f = GdoiFactory(kernel=False)
-    crl = tmp_path / "ca.crl"
-    crl.write_bytes(b"")  # not read here: the role loads CRLs; the engine only knows they exist
-    for crls, want in (((), GikeRegistered), ((crl,), RegistrationFailed)):
-        store = KeyStore(tmp_path / f"state{len(crls)}")
-        ks = f.keyserver(dataclasses.replace(settings, crl_files=crls), store, NOW)
-        gi = f.member(dataclasses.replace(member_group(tmp_path, "gm1", cert=True), protocol="g-ikev2"), KS, NOW)
-        em, eg = run(ks, gi)
-        assert [type(e) for e in em] == [want], em
-    assert any(isinstance(e, MemberRefused) and "CRL checks of G-IKEv2 certificates" in e.reason for e in eg)
+    ks = f.keyserver(ks_settings(tmp_path, both_groups(tmp_path), cert=True), KeyStore(tmp_path / "state"), NOW,
+                     admit=admit)
+    gi = f.member(dataclasses.replace(member_group(tmp_path, "gm1", cert=True), protocol="g-ikev2"), KS, NOW)
+    em, eg = run(ks, gi)
+    assert len(seen) == 1 and seen[0][0] == seen[0][1] and "CN=gm1" in seen[0][1]
+    assert [type(e) for e in em] == [RegistrationFailed]
+    assert any(isinstance(e, MemberRefused) and "revoked" in e.reason for e in eg)
 
 
 def test_half_open_state_expires_under_steady_traffic(tmp_path):
