@@ -25,7 +25,7 @@ import pytest
 
 from tests.host.daemon_proc import Msecd
 from tests.kernel.test_registration import GROUP, PORT, PSKS, SPI_LOG, gm_config
-from tests.kernel.traffic import TAG, Sender
+from tests.kernel.traffic import TAG, Sender, missing_runs
 
 pytestmark = pytest.mark.kernel
 
@@ -215,15 +215,7 @@ def evict_and_check(t: Lab, do_evict, reason_text: str) -> None:
             for h, tag in want.items():
                 got = {struct.unpack("!I", d[-4:])[0] for d in listeners[h].drain()
                        if d.startswith(TAG + tag)}
-                miss = sorted(set(range(sent[tag])) - got)
-                ranges, start = [], None
-                for i, m in enumerate(miss):
-                    if start is None:
-                        start = m
-                    if i + 1 == len(miss) or miss[i + 1] != m + 1:
-                        ranges.append((start, m))
-                        start = None
-                report[h] = (sent[tag], len(got), ranges[:20])
+                report[h] = (sent[tag], len(got), missing_runs(got, sent[tag])[:20])
             report["marks"] = marks
             logs = {h.name: [x for x in h.call(lambda: open("/proc/net/xfrm_stat").read())
                              .splitlines() if not x.endswith("\t0")] for h in (h2, h3)}

@@ -32,6 +32,8 @@ from xfrm import Aead, Auth, Cipher, Direction, Mode, Policy, Selector, State, T
 from xfrm import XfrmSocket
 from xfrm.owner import MSEC
 
+from tests.kernel.traffic import listen
+
 pytestmark = pytest.mark.kernel
 A, N = ip_address, ip_network
 REQID = MSEC.reqid(0x100)
@@ -81,12 +83,6 @@ def install_member(host, *, group: str, spi: int, suite: str, keys: bytes, mode:
             b.add_policy(Policy(sel, Direction.IN, templates=(
                 Template(sender_addr, g, mode, REQID),)))
         x.run(b)
-
-
-def listen(host, group: str):
-    lst = host.listen(group, PORT)
-    lst.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: hold a whole burst
-    return lst
 
 
 def send_burst(host, group: str, count: int, tag: bytes = b"", pace: int = 10) -> None:

@@ -77,11 +77,11 @@ class Sampler(threading.Thread):
             s.close()
 
 
-def listen(host):
-    """A group listener whose socket holds a long burst: the test process shares one
+def listen(host, group: str = GROUP):
+    """A listener on ``group`` whose socket holds a long burst: the test process shares one
     interpreter among senders, sampler and drainer, and UML may leave it unscheduled for a
     second, so a default-size buffer could overflow, which is not what these tests measure."""
-    lst = host.listen(GROUP, PORT)
+    lst = host.listen(group, PORT)
     lst.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
     return lst
 
