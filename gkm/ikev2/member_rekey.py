@@ -90,7 +90,17 @@ class GikePushReceiver:
             self.stats["other_protocol"] += 1
             return
         ended = self._rx.excluded or self._rx.rekey_sa is None
-        for ev in self._rx.receive(data):
+        try:
+            self._take(self._rx.receive(data), ended, addr)
+        except Exception as e:  # noqa: BLE001 - no exception escapes an input (the receiver's own
+            # are events already; this would be a mapping bug): dropped, counted, logged
+            self.stats["rejected"] += 1
+            log.error("g-ikev2 member group %s: GSA_REKEY from %r: internal error %r", self.group_id, addr, e)
+            self._events.append(PushRejected(self.group_id, f"GSA_REKEY: internal error: {type(e).__name__}",
+                                             cause="internal"))
+
+    def _take(self, events, ended: bool, addr: Any) -> None:
+        for ev in events:
             match ev:
                 case RekeyApplied():
                     self.stats["accepted"] += 1
