@@ -154,6 +154,10 @@ CREATE TABLE denied (
     reason   TEXT NOT NULL,
     PRIMARY KEY (group_id, identity)
 );
+CREATE TABLE sender_ids (
+    group_id INTEGER PRIMARY KEY,
+    next     INTEGER NOT NULL
+);
 """
 
 # Migrations from version N to N+1, applied in order inside one transaction.
@@ -169,7 +173,13 @@ _MIGRATIONS: dict[int, str] = {
 """,
     # 2 -> 3: the protocol a member registered with (GDOI or G-IKEv2): which rekey datagram
     # its unicast copies carry, and what msecctl members shows
-    2: "ALTER TABLE members ADD COLUMN protocol TEXT NOT NULL DEFAULT 'gdoi';",
+    # and each group's Sender-ID counter (RFC 9838 section 2.5.1, G-IKEv2 senders)
+    2: """ALTER TABLE members ADD COLUMN protocol TEXT NOT NULL DEFAULT 'gdoi';
+CREATE TABLE sender_ids (
+    group_id INTEGER PRIMARY KEY,
+    next     INTEGER NOT NULL
+);
+""",
 }
 
 
@@ -795,6 +805,24 @@ class KeyStore:
 
     def member_count(self, group_id: int) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM members WHERE group_id = ?", (group_id,)).fetchone()[0]
+
+    # -- Sender-IDs (RFC 9838 section 2.5.1) ------------------------------------------------
+
+    def allocate_sender_ids(self, group_id: int, n: int, limit: int) -> tuple[int, ...]:
+        """The next ``n`` Sender-IDs of the group's counter (from 0, never handed out twice,
+        durable with the transaction), all below ``limit``; StoreError when they would not
+        be (the counter is exhausted: nothing allocated)."""
+        if n < 1:
+            raise StoreError(f"allocate {n} Sender-IDs?")
+        with self.transaction():
+            row = self._conn.execute("SELECT next FROM sender_ids WHERE group_id = ?", (group_id,)).fetchone()
+            first = row[0] if row else 0
+            if first + n > limit:
+                raise StoreError(f"group {group_id}: Sender-IDs exhausted ({first} of {limit} allocated)")
+            self._conn.execute("INSERT INTO sender_ids VALUES (?, ?) ON CONFLICT (group_id) DO UPDATE "
+                               "SET next = excluded.next", (group_id, first + n))
+            self._keys()
+        return tuple(range(first, first + n))
 
     # -- deny list (evicted members) --------------------------------------------------------
 

@@ -49,16 +49,12 @@ def install_group_sa(host, sender_ip: str, spi: int, key: bytes, direction: str)
     return state, policy
 
 
-def save_demo_key(path: str, spi: int, key: bytes, src: str, auth_key: bytes | None = None) -> None:
+def save_demo_key(path: str, spi: int, key: bytes, src: str) -> None:
     """The demo's throwaway group key, so an independent ESP implementation can check the
-    capture afterwards (file mode 0600; the key protected nothing but this demo).  ``key``:
-    AES-GCM key||salt, or with ``auth_key`` (HMAC-SHA-256-128) an AES-CBC key."""
+    capture afterwards (file mode 0600; the key protected nothing but this demo)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        k = {"spi": spi, "key": key.hex(), "src": src, "dst": GROUP}
-        if auth_key is not None:
-            k["auth_key"] = auth_key.hex()
-        json.dump(k, f)
+        json.dump({"spi": spi, "key": key.hex(), "src": src, "dst": GROUP}, f)
 
 
 def verify_capture(pcap: str, keyfile: str) -> int:
@@ -70,15 +66,9 @@ def verify_capture(pcap: str, keyfile: str) -> int:
 
     with open(keyfile) as f:
         k = json.load(f)
-    tunnel = IP(src=k["src"], dst=k["dst"])
-    if "auth_key" in k:  # AES-CBC + HMAC-SHA-256-128 (RFC 4868)
-        sa = SecurityAssociation(ESP, spi=k["spi"], crypt_algo="AES-CBC",
-                                 crypt_key=bytes.fromhex(k["key"]), auth_algo="SHA2-256-128",
-                                 auth_key=bytes.fromhex(k["auth_key"]), tunnel_header=tunnel)
-    else:
-        sa = SecurityAssociation(ESP, spi=k["spi"], crypt_algo="AES-GCM",
-                                 crypt_key=bytes.fromhex(k["key"]), crypt_icv_size=16,
-                                 tunnel_header=tunnel)
+    sa = SecurityAssociation(ESP, spi=k["spi"], crypt_algo="AES-GCM",
+                             crypt_key=bytes.fromhex(k["key"]), crypt_icv_size=16,
+                             tunnel_header=IP(src=k["src"], dst=k["dst"]))
     n = ok = 0
     for _ts, frame, _lt in read_pcap(pcap):
         pkt = Ether(frame)

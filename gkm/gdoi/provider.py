@@ -101,6 +101,10 @@ class GroupKeysProvider(Protocol):
         """Group several :meth:`enroll` calls into one durable commit (at the end of the block;
         an exception undoes them all)."""
 
+    def allocate_sender_ids(self, group: GroupPolicy, n: int, limit: int) -> tuple[int, ...]:
+        """``n`` new Sender-IDs of the group below ``limit`` (RFC 9838 section 2.5.1: never
+        handed out twice); durable like :meth:`enroll`.  StoreError when exhausted."""
+
 
 def tek_label(name: str, suite: str) -> str:
     return f"{name}/{suite}"
@@ -195,6 +199,9 @@ class StoreKeysProvider:
             self._trees.pop(group_id, None)  # an eviction changed the tree in the store
 
     # -- GroupKeysProvider
+
+    def allocate_sender_ids(self, group: GroupPolicy, n: int, limit: int) -> tuple[int, ...]:
+        return self.store.allocate_sender_ids(group.group_id, n, limit)
 
     def peek(self, group: GroupPolicy, now: int) -> GroupKeys:
         gid = group.group_id

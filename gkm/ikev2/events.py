@@ -74,6 +74,8 @@ class GsaRegistered(Ikev2Event):
     signature: SignatureAlgorithm | None = None
     auth_key: bytes | None = field(default=None, repr=False)
     key_path: WorkingKeyPath = field(default_factory=WorkingKeyPath, repr=False)
+    #: GM_SENDER_ID values for this sender (RFC 9838 §2.5.1), empty for a receiver
+    sender_ids: tuple[int, ...] = ()
 
     @property
     def group_id(self) -> int:

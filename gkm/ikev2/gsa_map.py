@@ -40,6 +40,13 @@ Decisions:
 * Direction: RFC 9838 lets the member decide (§2.3.3): a sender (it sent GROUP_SENDER)
   installs both directions, any other member inbound only; the GCKS refuses GROUP_SENDER from
   an identity no TEK lets send (:func:`may_send`).
+* Sender-IDs (§2.5.1): a group with a counter-mode (AES-GCM) TEK sends GWP_SENDER_ID_BITS =
+  :data:`SENDER_ID_BITS` in its GW policy, and a sender gets one new GM_SENDER_ID (4 octets)
+  per registration from the group's durable counter (the GCKS's upper bound per request is 1;
+  a count asked for in GROUP_SENDER is not honoured).  The member reads and keeps them, so its
+  GSA_REKEY receiver installs later counter-mode TEKs for sending; the Linux kernel builds ESP
+  IVs itself (seqiv: the sequence number under a random per-SA value), so the Sender-ID does
+  not go into the IV (§2.5.2) and IV uniqueness across senders rests on that, as for GDOI.
 """
 
 from __future__ import annotations
@@ -72,9 +79,12 @@ from .tek_policy import TekPolicyError, group_tek, tek_policy
 __all__ = [
     "MappingError", "GroupKeysReceived", "unicast_gsk_w", "unicast_kwa", "rekey_kwa", "rekey_sa_keys", "rekey_sa_for",
     "rekey_sa_of", "group_tek_of",
-    "registration_kwa", "group_payloads", "read_group", "may_send", "transport_mode", "REKEY_INTEG", "KEY_WRAP_LABEL",
+    "registration_kwa", "group_payloads", "read_group", "may_send", "needs_sender_ids", "transport_mode", "REKEY_INTEG",
+    "KEY_WRAP_LABEL", "SENDER_ID_BITS",
 ]
 
+#: GWP_SENDER_ID_BITS: 2^24 Sender-IDs per group, leaving 40 bits of a GCM IV's 64 per sender
+SENDER_ID_BITS = 24
 KEY_WRAP_LABEL = b"Key Wrap for G-IKEv2"
 REKEY_LABEL = b"msec G-IKEv2 Rekey SA"
 REKEY_INTEG = Integ.HMAC_SHA2_256_128
@@ -99,6 +109,7 @@ class GroupKeysReceived:
     auth_key: bytes | None
     key_path: WorkingKeyPath
     gap: GapDelays | None
+    sender_ids: tuple[int, ...] = ()
 
 
 def unicast_gsk_w(keys: IkeKeys, kwa: int) -> bytes:
@@ -174,6 +185,11 @@ def group_tek_of(group: GroupPolicy, tp: TekPolicy, tk: TekKeys, wall: int) -> G
                     tk.suite, tk.enc_keymat, tk.auth_key, max(1, min(tk.expires - wall, 0xFFFFFFFF)))
 
 
+def needs_sender_ids(group: GroupPolicy) -> bool:
+    """A counter-mode TEK: senders get Sender-IDs (§2.5.1)."""
+    return any(t.suite.counter_mode for t in group.teks)
+
+
 def may_send(group: GroupPolicy, identity: Identity) -> bool:
     return any(t.direction_for(identity) != SaDirection.RECEIVER_ONLY for t in group.teks)
 
@@ -189,9 +205,10 @@ def transport_mode(group: GroupPolicy) -> bool:
 
 
 def group_payloads(group: GroupPolicy, keys: GroupKeys, enr: Enrollment, gsk_w: bytes, kwa: int, wall: int,
-                   rekey_sa: RekeySa | None) -> tuple[GroupSa, KeyDownload]:
+                   rekey_sa: RekeySa | None, sender_ids: tuple[int, ...] = ()) -> tuple[GroupSa, KeyDownload]:
     """The GCKS's GSA and KD for one member (``gsk_w``: the unicast SA's, for ``kwa``;
-    ``rekey_sa``: the group's current Rekey SA, None without a KEK)."""
+    ``rekey_sa``: the group's current Rekey SA, None without a KEK; ``sender_ids``: this
+    sender's, allocated for this registration)."""
     policies: list = []
     bags: list = []
     for tp in group.teks:
@@ -217,7 +234,11 @@ def group_payloads(group: GroupPolicy, keys: GroupKeys, enr: Enrollment, gsk_w: 
             sa_key = WrappedKey(0, 0, wrap(kwa, gsk_w, material))
         bags.insert(0, GroupKeyBag(ProtocolId.GIKE_UPDATE, rekey_sa.spi, (Attribute(GroupKeyBagAttr.SA_KEY, sa_key.encode()),)))
         member_attrs.append(Attribute(MemberKeyBagAttr.AUTH_KEY, bytes(keys.kek.public_key)))
-    policies.append(GwPolicy((Attribute(GwAttr.ATD, int(group.activation_delay_s)), Attribute(GwAttr.DTD, int(group.deactivation_delay_s)))))
+    gw = [Attribute(GwAttr.ATD, int(group.activation_delay_s)), Attribute(GwAttr.DTD, int(group.deactivation_delay_s))]
+    if needs_sender_ids(group):
+        gw.append(Attribute(GwAttr.SENDER_ID_BITS, SENDER_ID_BITS))
+    policies.append(GwPolicy(tuple(gw)))
+    member_attrs += [Attribute(MemberKeyBagAttr.GM_SENDER_ID, i.to_bytes(4, "big")) for i in sender_ids]
     if member_attrs:
         bags.append(MemberKeyBag(tuple(member_attrs)))
     return GroupSa(tuple(policies)), KeyDownload(tuple(bags))
@@ -286,11 +307,15 @@ def read_group(group_id: int, gsa: GroupSa, kd: KeyDownload, ike_keys: IkeKeys, 
     members = [b for b in kd.bags if isinstance(b, MemberKeyBag)]
     if len(members) > 1:
         raise MappingError("more than one member key bag")
-    wrap_keys, auth_keys = [], []
+    wrap_keys, auth_keys, sender_ids = [], [], []
     for t, v in members[0].attributes if members else ():
         if isinstance(v, int):
             raise MappingError(f"member key bag attribute {int(t)} in TV form")
-        if t == MemberKeyBagAttr.WRAP_KEY:
+        if t == MemberKeyBagAttr.GM_SENDER_ID:
+            if len(v) != 4:
+                raise MappingError(f"GM_SENDER_ID of {len(v)} octets (need 4)")
+            sender_ids.append(int.from_bytes(v, "big"))
+        elif t == MemberKeyBagAttr.WRAP_KEY:
             try:
                 wrap_keys.append(WrappedKey.decode(v))
             except KeyWrapError as e:
@@ -371,9 +396,19 @@ def read_group(group_id: int, gsa: GroupSa, kd: KeyDownload, ike_keys: IkeKeys, 
                        auth_keys[0], rekey_sa.lifetime_s)
     elif wrap_keys or auth_keys:
         raise MappingError("member key bag without a Rekey SA")
+    if sender_ids and not sender:
+        raise MappingError("GM_SENDER_ID for a member that did not ask to send")
     if group_bags:
         raise MappingError(f"{len(group_bags)} key bag(s) for SAs the GSA payload does not name")
     gap = None
+    bits = None
     if gws:
         gap = GapDelays(_attr(gws[0].attributes, GwAttr.ATD, "GW policy"), _attr(gws[0].attributes, GwAttr.DTD, "GW policy"))
-    return GroupKeysReceived(tuple(teks), kek, rekey_sa, signature, auth_keys[0] if rekey_sa else None, path, gap)
+        bits = _attr(gws[0].attributes, GwAttr.SENDER_ID_BITS, "GW policy")
+    if sender_ids:
+        if bits is None or not 0 < bits <= 32:
+            raise MappingError(f"GM_SENDER_ID without a usable GWP_SENDER_ID_BITS ({bits})")
+        if len(set(sender_ids)) != len(sender_ids) or max(sender_ids) >= 1 << bits:
+            raise MappingError(f"Sender-IDs {sender_ids} repeated or wider than {bits} bits")
+    return GroupKeysReceived(tuple(teks), kek, rekey_sa, signature, auth_keys[0] if rekey_sa else None, path, gap,
+                             tuple(sender_ids))

@@ -14,9 +14,8 @@ Decisions:
   :data:`EXCHANGE_TIMEOUT` seconds (the member engine then tries the next key server).
 * GROUP_SENDER is sent when the member's configuration says ``sender = true``: the TEKs are then
   installed both ways (the key server refuses a sender its policy does not let send), otherwise
-  inbound only.  No Sender-ID yet (RFC 9838 §2.4.4): a counter-mode (AES-GCM) TEK that a sender
-  gets in a GSA_REKEY is withheld and the member registers again, so G-IKEv2 senders belong in
-  groups with CBC TEKs for now.
+  inbound only.  A sender of a group with a counter-mode TEK gets its Sender-IDs from the key
+  server (GM_SENDER_ID, RFC 9838 §2.5.1) and keeps them for its GSA_REKEY receiver.
 * The member engine gets a :class:`~.events.GikeRegistered`: GDOI's ``Registered`` (the TEKs,
   the Rekey SA as a ``GroupKek``, the SEQ before the next GSA_REKEY) with the whole
   :class:`~.events.GsaRegistered` (Rekey SA, AUTH_KEY, Key Path), from which msecd's factory

@@ -67,7 +67,7 @@ class GikePushReceiver:
         preservation = tek.address_preservation if tek is not None else AddressPreservation.SOURCE_AND_DESTINATION
         direction = tek.direction if tek is not None else SaDirection.RECEIVER_ONLY
         self.group_id = group.group_id
-        self._rx = RekeyReceiver(MemberConfig(group.group_id, mode, preservation, direction), gsa.rekey_sa,
+        self._rx = RekeyReceiver(MemberConfig(group.group_id, mode, preservation, direction, gsa.sender_ids), gsa.rekey_sa,
                                  gcauth=GcAuth.DIGITAL_SIGNATURE, signature=gsa.signature, auth_key=gsa.auth_key,
                                  key_path=gsa.key_path)
         self.kek: GroupKek = reg.kek

@@ -58,7 +58,8 @@ from .errors import WireError
 from .events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, Ikev2Event, SaInitEstablished
 from .gsa import GroupSa, KeyDownload
 from .gsa_map import (
-    MappingError, group_payloads, may_send, read_group, registration_kwa, rekey_sa_for, transport_mode, unicast_gsk_w,
+    SENDER_ID_BITS, MappingError, group_payloads, may_send, needs_sender_ids, read_group, registration_kwa, rekey_sa_for,
+    transport_mode, unicast_gsk_w,
     unicast_kwa,
 )
 from .intauth import intauth_for
@@ -258,7 +259,8 @@ class GsaAuthInitiator(_Engine):
                          sa.spi_i + sa.spi_r, got.gap)
         log.info("g-ikev2 member group %s: registered with %s at %r: %d TEK(s)%s", c.group_id, gcks, sa.peer,
                  len(got.teks), ", Rekey SA" if got.kek else "")
-        self._events.append(GsaRegistered(reg, sa.spi_i, sa.spi_r, got.rekey_sa, got.signature, got.auth_key, got.key_path))
+        self._events.append(GsaRegistered(reg, sa.spi_i, sa.spi_r, got.rekey_sa, got.signature, got.auth_key, got.key_path,
+                                          got.sender_ids))
 
 
 # ------------------------------------------------------------------------------------ GCKS
@@ -392,7 +394,8 @@ class GsaAuthResponder(_Engine):
         refusal = self.admit(group, identity, cert) if self.admit is not None else None
         if refusal is not None:
             return self._refuse(s, data, mine, gid, identity, f"group {group.label}: may not join: {refusal}", NotifyType.AUTHORIZATION_FAILED)
-        if any(n.type == NotifyType.GROUP_SENDER for n in msg.all(Notify)) and not may_send(group, identity):
+        sender = any(n.type == NotifyType.GROUP_SENDER for n in msg.all(Notify))
+        if sender and not may_send(group, identity):
             return self._refuse(s, data, mine, gid, identity, f"group {group.label}: {identity} may not send", NotifyType.AUTHORIZATION_FAILED)
         wall = int(now + c.wall_time_offset)
         try:
@@ -406,7 +409,10 @@ class GsaAuthResponder(_Engine):
                         enr = self.keys.enroll(group, keys, member_key(identity), _host(addr), wall, "g-ikev2")
                         kwa = registration_kwa(group, enr, est.kwa)
                         rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall, enr.seq)
-                        gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa)
+                        # §2.5.1: one new Sender-ID per sender registration, durable with it
+                        sids = self.keys.allocate_sender_ids(group, 1, 1 << SENDER_ID_BITS) \
+                            if sender and needs_sender_ids(group) else ()
+                        gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa, sids)
                     break
                 except StaleKeys:
                     if attempt == 2:

@@ -7,8 +7,9 @@ ESP only (no plaintext on the wire).  Then ``msecctl evict`` of gm3: the LKH evi
 gm2 as GSA_REKEY and gm1 as GROUPKEY-PUSH, both move to the same new TEK, and traffic between
 them flows on it; gm3 holds no new key, its kernel sees the datagrams sent afterwards as ESP
 under an SPI it has no SA for (XfrmInNoStates rises) and its application gets none of them.
-CBC TEKs: a G-IKEv2 sender gets no Sender-ID yet, so counter-mode TEKs are not for it
-(gkm/ikev2/member_registration.py).
+The TEK is AES-GCM: each G-IKEv2 sender got its own Sender-ID (RFC 9838 section 2.5.1), so its
+GSA_REKEY receiver installs the eviction's counter-mode TEK for sending (else gm2 would not
+switch to it: the TEK would be withheld and gm2 would register again).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.kernel.test_registration import GROUP, MARKER, PORT, PSKS, SPI_LOG, s
 pytestmark = pytest.mark.kernel
 
 AFTER = b"MSEC-AFTER-G-IKEV2-EVICTION"
-CIPHER = "aes-cbc-128-hmac-sha256"
+CIPHER = "aes-gcm-128"
 
 
 def _write(path, text):
@@ -105,6 +106,7 @@ def test_gdoi_and_g_ikev2_members_share_traffic_and_an_eviction(netlab_factory, 
             d.wait_log("listening for GSA_REKEY" if name != "gm1" else "listening for GROUPKEY-PUSH",
                        timeout=120)
         assert "g-ikev2 gcks: key-id 'gm2'" in ks.log() and "gdoi ks: key-id 'gm1'" in ks.log()
+        registrations = ks.log().count("registered (TEK SPI")
         tek = {int(t["spi"], 16) for t in ks.ctl_json("group", "show", "1001")["roles"][0]["teks"]}
         for name, h in hosts.items():
             assert group_spis(h) == tek, (name, states(h))
@@ -127,6 +129,8 @@ def test_gdoi_and_g_ikev2_members_share_traffic_and_an_eviction(netlab_factory, 
             members[name].wait_log(f"sending on SPI 0x{min(new):08x}", timeout=60)
             assert new <= group_spis(hosts[name]), (name, states(hosts[name]))
         assert not new & group_spis(h4)
+        # gm2 switched on the GSA_REKEY's TEK itself: it did not register again for it
+        assert ks.log().count("registered (TEK SPI") == registrations
 
         before = no_states(h4)
         for sender, receiver in ((h2, h3), (h3, h2)):

@@ -294,3 +294,31 @@ def test_g_ikev2_sender_installs_both_ways_and_a_non_sender_inbound_only(tmp_pat
         em, _eg = run(ks, f.member(mg, KS, NOW), addr=(f"192.0.2.{30 + i}", 848))
         [reg] = em
         assert isinstance(reg, GikeRegistered) and {t.direction for t in reg.teks} == {want}, who
+
+
+def test_g_ikev2_senders_get_their_own_sender_ids_and_counter_mode_teks_in_rekeys(tmp_path):
+    """RFC 9838 §2.5.1: a group with an AES-GCM TEK gives each sender registration one new
+    Sender-ID from the group's counter (a receiver none); with it, the sender's GSA_REKEY
+    receiver installs the rekey's counter-mode TEK instead of withholding it (§2.4.4)."""
+    from gkm.gdoi.push import PushRejected, Rekeyed
+    from gkm.group.storage import load_state
+    groups = both_groups(tmp_path)
+    f, ks = key_server(tmp_path, groups)
+    regs = {}
+    for i, (who, sender) in enumerate((("gm1", True), ("gm3", True), ("gm2", False), ("gm1", True))):
+        mg = dataclasses.replace(member_group(tmp_path, who), protocol="g-ikev2", sender=sender)
+        em, _eg = run(ks, f.member(mg, KS, NOW), addr=(f"192.0.2.{40 + i}", 848))
+        [reg] = em
+        regs[(who, i)] = reg
+        assert isinstance(reg, GikeRegistered), em
+    assert [r.gsa.sender_ids for r in regs.values()] == [(0,), (1,), (), (2,)]  # new ones each time
+    g = groups[0]
+    ctl = f.group_controller(g, load_state(f.provider.store, GID), NOW, signer=f.push_signer(g))
+    result, pushes = _controller_step(f, ctl, lambda: ctl.rekey(NOW))
+    for key in (("gm3", 1), ("gm2", 2)):
+        rx = f.push_receiver(member_group(tmp_path, key[0]), regs[key])
+        rx.receive_datagram(pushes[0].gike, KS, NOW)
+        evs = drain(rx)
+        [rk] = [e for e in evs if isinstance(e, Rekeyed)]
+        assert sorted(t.spi for t in rk.teks) == sorted(result.tek_spis), key
+        assert not [e for e in evs if isinstance(e, PushRejected)], (key, evs)

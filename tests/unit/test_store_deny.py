@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from gkm.store import DB_NAME, SCHEMA_VERSION, KeyStore
 
 
@@ -29,6 +31,7 @@ def test_version_1_store_migrates(tmp_path):
     db = sqlite3.connect(tmp_path / DB_NAME)
     db.execute("DROP TABLE denied")
     db.execute("ALTER TABLE members DROP COLUMN protocol")  # the version 1 schema
+    db.execute("DROP TABLE sender_ids")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -47,7 +50,8 @@ def test_version_2_store_migrates_its_members_as_gdoi_members(tmp_path):
     with KeyStore(tmp_path) as st:
         st.add_group(5, b"d")
     db = sqlite3.connect(tmp_path / DB_NAME)
-    db.execute("ALTER TABLE members DROP COLUMN protocol")
+    db.execute("ALTER TABLE members DROP COLUMN protocol")  # the version 2 schema
+    db.execute("DROP TABLE sender_ids")
     db.execute("INSERT INTO members VALUES (5, 'key-id:gm1', '192.0.2.1', 10, NULL)")
     db.execute("PRAGMA user_version = 2")
     db.commit()
@@ -57,8 +61,10 @@ def test_version_2_store_migrates_its_members_as_gdoi_members(tmp_path):
         assert (m.identity, m.address, m.protocol) == ("key-id:gm1", "192.0.2.1", "gdoi")
         st.put_member(5, "key-id:gm2", "192.0.2.2", registered_at=11, protocol="g-ikev2")
         assert st.member(5, "key-id:gm2").protocol == "g-ikev2"
+        assert st.allocate_sender_ids(5, 2, 1 << 24) == (0, 1)
     with KeyStore(tmp_path) as st:
         assert [m.protocol for m in st.members(5)] == ["gdoi", "g-ikev2"]
+        assert st.allocate_sender_ids(5, 1, 1 << 24) == (2,)  # never handed out twice
 
 
 def test_member_registers_again_after_the_tree_was_dropped_from_the_cache(tmp_path):
@@ -92,3 +98,19 @@ def test_member_registers_again_after_the_tree_was_dropped_from_the_cache(tmp_pa
         again = p.enroll(group, p.peek(group, 1001), "key-id:gm1", "10.0.0.1", 1001)
         assert first.lkh_path and again.lkh_path == first.lkh_path
         assert st.member(1001, "key-id:gm1").leaf is not None
+
+
+def test_sender_ids_are_sequential_per_group_durable_and_bounded(tmp_path):
+    """RFC 9838 section 2.5.1: from 0, each value once, per group; past the limit nothing is
+    allocated."""
+    from gkm.store import StoreError
+    with KeyStore(tmp_path) as st:
+        assert st.allocate_sender_ids(5, 1, 4) == (0,)
+        assert st.allocate_sender_ids(6, 1, 4) == (0,)  # another group, its own counter
+        assert st.allocate_sender_ids(5, 2, 4) == (1, 2)
+        with pytest.raises(StoreError, match="exhausted"):
+            st.allocate_sender_ids(5, 2, 4)
+    with KeyStore(tmp_path) as st:
+        assert st.allocate_sender_ids(5, 1, 4) == (3,)  # the failed request took nothing
+        with pytest.raises(StoreError, match="exhausted"):
+            st.allocate_sender_ids(5, 1, 4)
