@@ -368,7 +368,6 @@ class Checker:
     # ------------------------------------------------------------------ sections
 
     def daemon(self, raw: Any, path: str) -> m.DaemonSettings | None:
-        n0 = len(self.problems)
         tbl = self.table(raw, path, {"state_dir", "control_socket", "state_anchor",
                                      "keylog_file", "metrics_listen"})
         if tbl is None:
@@ -608,7 +607,7 @@ class Checker:
     def ks_group(self, raw: Any, path: str) -> m.GroupPolicy | None:
         n0 = len(self.problems)
         tbl = self.table(raw, path, {"id", "name", "authorize", "tek", "kek", "activation_delay",
-                                     "deactivation_delay", "protocols"},
+                                     "deactivation_delay", "protocols", "mlkem"},
                          required=("id", "authorize", "tek"))
         if tbl is None:
             return None
@@ -654,11 +653,17 @@ class Checker:
             problem = m.protocols_problem(protocols)
             if problem is not None:
                 self.problem(_join(path, "protocols"), problem)
+        mlkem = self.value(tbl, path, "mlkem", str, "optional")
+        if isinstance(mlkem, str) and mlkem not in m.GROUP_MLKEM:
+            self.problem(_join(path, "mlkem"), f"unknown value {mlkem!r} (optional or required)")
+        elif mlkem == "required" and protocols is not BAD and "g-ikev2" not in protocols:
+            self.problem(_join(path, "mlkem"), "applies to G-IKEv2 members: list \"g-ikev2\" in "
+                         "protocols (GDOI's IKEv1 phase 1 has no ML-KEM)")
         if len(self.problems) > n0:
             return None
         return self.build(path, m.GroupPolicy, group_id=gid, teks=tuple(teks),
                           authorization=auth, kek=kek, name=name, activation_delay_s=atd,
-                          deactivation_delay_s=dtd, protocols=tuple(protocols))
+                          deactivation_delay_s=dtd, protocols=tuple(protocols), mlkem=mlkem)
 
     def psk_entry(self, raw: Any, path: str) -> m.PskCredential | None:
         n0 = len(self.problems)
@@ -980,7 +985,7 @@ class Checker:
 
     def member_group(self, raw: Any, path: str) -> m.MemberGroup | None:
         keys = {"id", "name", "key_servers", "credentials", "interface", "key_server_identity",
-                "phase1", "protocol", "sender"}
+                "phase1", "protocol", "sender", "mlkem"}
         n0 = len(self.problems)
         tbl = self.table(raw, path, keys, required=("id", "key_servers", "credentials"))
         if tbl is None:
@@ -1019,12 +1024,18 @@ class Checker:
         if sender is True and protocol != "g-ikev2":
             self.problem(_join(path, "sender"), "applies to G-IKEv2 members (protocol = "
                          "\"g-ikev2\"): a GDOI member's SA directions come from the key server")
+        mlkem = self.value(tbl, path, "mlkem", str, "optional")
+        if isinstance(mlkem, str) and mlkem not in m.MEMBER_MLKEM:
+            self.problem(_join(path, "mlkem"), f"unknown value {mlkem!r} (off, optional or required)")
+        elif mlkem in ("off", "required") and protocol != "g-ikev2":
+            self.problem(_join(path, "mlkem"), "applies to G-IKEv2 members (protocol = \"g-ikev2\"): "
+                         "GDOI's IKEv1 phase 1 has no ML-KEM")
         if len(self.problems) > n0:
             return None
         return self.build(path, m.MemberGroup, group_id=gid, key_servers=tuple(servers),
                           credentials=creds, name=name, interface=iface,
                           key_server_authorization=ks_auth, phase1=phase1, protocol=protocol,
-                          sender=sender)
+                          sender=sender, mlkem=mlkem)
 
     def member(self, raw: Any, path: str) -> m.MemberSettings | None:
         n0 = len(self.problems)

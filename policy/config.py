@@ -59,6 +59,10 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     name = "video"                            # optional local label
     protocols = ["gdoi", "g-ikev2"]           # default ["gdoi"]: registration protocols served
                                               # (G-IKEv2, RFC 9838, on the same port)
+    mlkem = "required"                        # default "optional"; G-IKEv2: "required"
+                                              # refuses (NO_PROPOSAL_CHOSEN, at GSA_AUTH) a
+                                              # member whose IKE SA had no ML-KEM-768 key
+                                              # exchange (RFC 9370); needs g-ikev2 in protocols
     activation_delay = "2s"                   # default; GAP ATD: senders switch to a rekey's
                                               # new TEKs this long after it arrives
     deactivation_delay = "6s"                 # default; GAP DTD: the TEKs it supersedes go
@@ -128,6 +132,10 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
                                               # must list it in protocols)
     # sender = true                           # G-IKEv2 only, default false: ask to send
                                               # (GROUP_SENDER) and install the TEKs both ways
+    # mlkem = "off"                           # G-IKEv2 only, default "optional": offer
+                                              # ML-KEM-768 (RFC 9370) after ECDH; "required":
+                                              # refuse a key server that does not choose it;
+                                              # "off": do not offer it
     credentials = { psk_identity = "gm1", psk_file = "gm1.psk" }
     # or credentials = { cert_file = "gm.crt", key_file = "gm.key", trust_anchors = ["ca.crt"] }
     # or an inline psk = "..." (then the config file must be mode 0600)

@@ -118,6 +118,8 @@ __all__ = [
     "PORT_PROTOCOLS",
     "parse_dn",
     "gap_delay_problem",
+    "GROUP_MLKEM",
+    "MEMBER_MLKEM",
 ]
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -540,6 +542,16 @@ def protocols_problem(protocols) -> str | None:
     return None
 
 
+#: a key server group's ``mlkem``: whether a G-IKEv2 member's IKE SA must have had the RFC 9370
+#: ML-KEM-768 additional key exchange ("optional": members that offer it get it, the others
+#: are admitted too; "required": the others are refused at GSA_AUTH with NO_PROPOSAL_CHOSEN)
+GROUP_MLKEM = ("optional", "required")
+#: a G-IKEv2 member group's ``mlkem``: what its IKE_SA_INIT offers ("off": no ML-KEM-768;
+#: "optional": offered, NONE also; "required": offered alone, a GCKS that does not choose it
+#: is refused)
+MEMBER_MLKEM = ("off", "optional", "required")
+
+
 @dataclass(frozen=True, slots=True)
 class GroupPolicy:
     """A group as its key server sees it."""
@@ -555,6 +567,8 @@ class GroupPolicy:
     deactivation_delay_s: int = DEFAULT_DEACTIVATION_DELAY
     #: the registration protocols the key server serves this group with (PROTOCOLS)
     protocols: tuple[str, ...] = ("gdoi",)
+    #: G-IKEv2: whether a member's IKE SA must have had ML-KEM-768 (GROUP_MLKEM)
+    mlkem: str = "optional"
 
     def __post_init__(self) -> None:
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
@@ -562,6 +576,8 @@ class GroupPolicy:
         problem = protocols_problem(self.protocols)
         if problem is not None:
             raise ValueError(problem)
+        if self.mlkem not in GROUP_MLKEM:
+            raise ValueError(f"mlkem {self.mlkem!r} is not one of {', '.join(GROUP_MLKEM)}")
         if not self.teks:
             raise ValueError("a group needs at least one TEK")
         problem = gap_delay_problem(self.activation_delay_s, self.deactivation_delay_s,
@@ -781,10 +797,14 @@ class MemberGroup:
     #: G-IKEv2 only: ask to send (GROUP_SENDER, RFC 9838 §2.3.3) and install the TEKs both
     #: ways; otherwise inbound only.  The key server refuses a sender its policy does not allow.
     sender: bool = False
+    #: G-IKEv2 only: whether IKE_SA_INIT offers ML-KEM-768 (MEMBER_MLKEM)
+    mlkem: str = "optional"
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if self.mlkem not in MEMBER_MLKEM:
+            raise ValueError(f"mlkem {self.mlkem!r} is not one of {', '.join(MEMBER_MLKEM)}")
         if self.phase1.auth is not None:
             raise ValueError("a member's phase 1 authentication follows its credentials (no auth list)")
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
