@@ -26,6 +26,10 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     [keyserver]                               # this daemon is GCKS for the groups below
     listen = ["0.0.0.0", "::"]                # default; IP literals
     port = 848                                # default (RFC 6407)
+    g_ikev2_port = 500                        # optional; default: G-IKEv2 shares `port` with
+                                              # GDOI (848: next to strongSwan's 500/4500);
+                                              # else G-IKEv2 gets its own sockets on it (GDOI
+                                              # stays on `port`); 4500 (NAT-T) is refused
     identity = "fqdn:ks.example.org"          # optional phase 1 ID with PSKs: key-id:, fqdn:,
                                               # address:; default: the address asked
     crl = ["ca.crl"]                          # optional: CRLs (PEM/DER), each signed by a

@@ -126,6 +126,9 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 GDOI_PORT = 848  # RFC 6407 section 5: UDP port 848
+#: RFC 7296 §2.23 / RFC 3948: IKE over UDP 4500 carries a 4-byte non-ESP marker that msec does
+#: not add or strip yet, so G-IKEv2 is not served or asked for on this port
+NATT_PORT = 4500
 MIN_GROUP_ID = 1
 MAX_GROUP_ID = 2**32 - 1
 #: seconds; the floors allow short-lifetime tests (a TEK rotation every few seconds)
@@ -722,6 +725,14 @@ class KeyServerSettings:
     phase1: Phase1Suites = field(default_factory=Phase1Suites)
     #: certificate revocation lists (policy.revocation), signed by the trust anchors
     crl_files: tuple[Path, ...] = ()
+    #: G-IKEv2's UDP port when it is not ``port`` (e.g. 500): its own sockets, GDOI stays on
+    #: ``port``; None: G-IKEv2 shares ``port`` with GDOI (the header version tells them apart)
+    g_ikev2_port: int | None = None
+
+    @property
+    def ike_port(self) -> int:
+        """The UDP port G-IKEv2 members register on."""
+        return self.port if self.g_ikev2_port is None else self.g_ikev2_port
 
     def __post_init__(self) -> None:
         auth = self.phase1.auth
@@ -732,6 +743,9 @@ class KeyServerSettings:
                 raise ValueError("phase 1 auth 'certificate' without a certificate")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not in 1..65535")
+        if self.g_ikev2_port is not None and (isinstance(self.g_ikev2_port, bool) or not 1 <= self.g_ikev2_port <= 65535
+                                              or self.g_ikev2_port == NATT_PORT):
+            raise ValueError(f"g_ikev2_port {self.g_ikev2_port} is not in 1..65535 or is {NATT_PORT} (NAT-T)")
         ids = [g.group_id for g in self.groups]
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate key server group id")
@@ -747,7 +761,7 @@ class KeyServerSettings:
             f"KeyServerSettings(listen={self.listen!r}, port={self.port}, psks={self.psks!r}, "
             f"certificate={self.certificate!r}, groups={self.groups!r}, "
             f"identity={self.identity!r}, phase1={self.phase1!r}, "
-            f"crl_files={self.crl_files!r})"
+            f"crl_files={self.crl_files!r}, g_ikev2_port={self.g_ikev2_port})"
         )
 
 

@@ -394,3 +394,24 @@ def test_member_requiring_mlkem_refuses_a_gcks_that_does_not_choose_it(tmp_path)
     assert f.provider.store.member_count(GID) == 0
     em, _ = run(classic, f.member(g_ikev2_member(tmp_path, mlkem="off"), KS, NOW), addr=("192.0.2.70", 848))
     assert [type(e) for e in em] == [GikeRegistered]
+
+
+def test_listen_sockets_of_a_g_ikev2_port_of_its_own(tmp_path):
+    """``g_ikev2_port``: every listen address gets a second socket that takes IKEv2 datagrams
+    only, and the GDOI socket the others; without a group serving G-IKEv2 (or without the
+    setting) one socket per address takes everything, as before."""
+    from gkm.daemon.keyserver import _listen_keys
+    groups = both_groups(tmp_path)
+    gi = GdoiFactory(kernel=False).member(g_ikev2_member(tmp_path), KS, NOW)
+    [(ike, _)] = gi.datagrams_to_send()
+    gd = GdoiFactory(kernel=False).member(member_group(tmp_path, "gm2"), KS, NOW)
+    [(f_msg, _)] = gd.datagrams_to_send()
+    settings = dataclasses.replace(ks_settings(tmp_path, groups), g_ikev2_port=500)
+    keys = _listen_keys(settings)
+    assert list(keys) == [(KS[0], 848), (KS[0], 500)]
+    gdoi_only, ikev2_only = keys[(KS[0], 848)][1], keys[(KS[0], 500)][1]
+    assert gdoi_only(f_msg) and not gdoi_only(ike)
+    assert ikev2_only(ike) and not ikev2_only(f_msg) and not ikev2_only(b"")
+    for s in (ks_settings(tmp_path, groups),
+              dataclasses.replace(ks_settings(tmp_path, both_groups(tmp_path, protocols=("gdoi",))), g_ikev2_port=500)):
+        assert {k: v[1] for k, v in _listen_keys(s).items()} == {(KS[0], 848): None}

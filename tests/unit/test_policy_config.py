@@ -871,3 +871,51 @@ def test_reload_of_mlkem(files):
     assert ks_change.fields == ("mlkem",) and not ks_change.needs_rekey and not ks_change.needs_reauthorization
     (m_change,) = d.member_changed
     assert m_change.fields == ("mlkem",) and m_change.needs_reregistration
+
+
+# ---------------------------------------------------------------- G-IKEv2 port
+
+
+def test_g_ikev2_port_defaults_to_the_gdoi_port(files):
+    ks = load(base(), files).keyserver
+    assert ks.port == 848 and ks.g_ikev2_port is None and ks.ike_port == 848
+
+
+def test_g_ikev2_port_of_its_own(files):
+    doc = base()
+    doc["keyserver"]["g_ikev2_port"] = 500
+    ks = load(doc, files).keyserver
+    assert ks.g_ikev2_port == 500 and ks.ike_port == 500 and ks.port == 848
+    doc["keyserver"]["g_ikev2_port"] = 848  # the GDOI port: one socket, as without it
+    assert load(doc, files).keyserver.g_ikev2_port is None
+    doc["member"]["group"][0].update(protocol="g-ikev2", key_servers=["192.0.2.1:500"])
+    assert load(doc, files).member.groups[0].key_servers[0].port == 500
+
+
+@pytest.mark.parametrize("value, why", [
+    (4500, "4500 is the NAT-T port: IKE messages there carry the 4-byte non-ESP marker"),
+    (0, "0 is not in 1..65535"),
+    (65536, "65536 is not in 1..65535"),
+    ("500", "expected"),
+])
+def test_g_ikev2_port_refused(files, value, why):
+    doc = base()
+    doc["keyserver"]["g_ikev2_port"] = value
+    p = only(doc, files)
+    assert p.path == "keyserver.g_ikev2_port" and why in p.reason, str(p)
+
+
+def test_g_ikev2_member_refuses_the_nat_t_port(files):
+    doc = base()
+    doc["member"]["group"][0].update(protocol="g-ikev2", key_servers=["192.0.2.1", "192.0.2.2:4500"])
+    p = only(doc, files)
+    assert p.path == "member.group[0].key_servers[1]" and "non-ESP marker" in p.reason
+    doc["member"]["group"][0]["protocol"] = "gdoi"  # a GDOI key server may listen anywhere
+    assert load(doc, files).member.groups[0].key_servers[1].port == 4500
+
+
+def test_reload_of_g_ikev2_port(files):
+    old = load(base(), files)
+    doc = base()
+    doc["keyserver"]["g_ikev2_port"] = 500
+    assert diff(old, load(doc, files)).settings_changed == ("keyserver.g_ikev2_port",)
