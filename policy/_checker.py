@@ -49,6 +49,8 @@ PROTOCOLS = {
 _DURATION_RE = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL_RE = re.compile(r"\s*(\d+)\s*(ms|s)\s*")
+_NATT_REASON = ("4500 is the NAT-T port: IKE messages there carry the 4-byte non-ESP marker "
+                "(RFC 7296 §2.23, RFC 3948), which msec does not handle yet; use 848 (default) or 500")
 _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}\.?$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
 )
@@ -368,7 +370,6 @@ class Checker:
     # ------------------------------------------------------------------ sections
 
     def daemon(self, raw: Any, path: str) -> m.DaemonSettings | None:
-        n0 = len(self.problems)
         tbl = self.table(raw, path, {"state_dir", "control_socket", "state_anchor",
                                      "keylog_file", "metrics_listen"})
         if tbl is None:
@@ -608,7 +609,7 @@ class Checker:
     def ks_group(self, raw: Any, path: str) -> m.GroupPolicy | None:
         n0 = len(self.problems)
         tbl = self.table(raw, path, {"id", "name", "authorize", "tek", "kek", "activation_delay",
-                                     "deactivation_delay", "protocols"},
+                                     "deactivation_delay", "protocols", "mlkem"},
                          required=("id", "authorize", "tek"))
         if tbl is None:
             return None
@@ -654,11 +655,17 @@ class Checker:
             problem = m.protocols_problem(protocols)
             if problem is not None:
                 self.problem(_join(path, "protocols"), problem)
+        mlkem = self.value(tbl, path, "mlkem", str, "optional")
+        if isinstance(mlkem, str) and mlkem not in m.GROUP_MLKEM:
+            self.problem(_join(path, "mlkem"), f"unknown value {mlkem!r} (optional or required)")
+        elif mlkem == "required" and protocols is not BAD and "g-ikev2" not in protocols:
+            self.problem(_join(path, "mlkem"), "applies to G-IKEv2 members: list \"g-ikev2\" in "
+                         "protocols (GDOI's IKEv1 phase 1 has no ML-KEM)")
         if len(self.problems) > n0:
             return None
         return self.build(path, m.GroupPolicy, group_id=gid, teks=tuple(teks),
                           authorization=auth, kek=kek, name=name, activation_delay_s=atd,
-                          deactivation_delay_s=dtd, protocols=tuple(protocols))
+                          deactivation_delay_s=dtd, protocols=tuple(protocols), mlkem=mlkem)
 
     def psk_entry(self, raw: Any, path: str) -> m.PskCredential | None:
         n0 = len(self.problems)
@@ -705,7 +712,7 @@ class Checker:
     def keyserver(self, raw: Any, path: str) -> m.KeyServerSettings | None:
         n0 = len(self.problems)
         tbl = self.table(raw, path, {"listen", "port", "identity", "psk", "certificate", "group",
-                                     "phase1", "crl"})
+                                     "phase1", "crl", "g_ikev2_port"})
         if tbl is None:
             return None
         listen = self.string_list(tbl, path, "listen", ["0.0.0.0", "::"])
@@ -715,6 +722,11 @@ class Checker:
             listen = [self.ip_address(a, f"{_join(path, 'listen')}[{i}]")
                       for i, a in enumerate(listen)]
         port = self.integer(tbl, path, "port", 1, 65535, m.GDOI_PORT)
+        ike_port = self.integer(tbl, path, "g_ikev2_port", 1, 65535, None)
+        if ike_port == m.NATT_PORT:
+            ike_port = self.problem(_join(path, "g_ikev2_port"), _NATT_REASON)
+        elif ike_port is not None and ike_port is not BAD and ike_port == port:
+            ike_port = None  # the same socket as GDOI: as if not given
         identity = self.value(tbl, path, "identity", str, None)
         if isinstance(identity, str):
             identity = self.local_identity(identity, _join(path, "identity"))
@@ -776,7 +788,7 @@ class Checker:
             return None
         return self.build(path, m.KeyServerSettings, listen=tuple(listen), port=port,
                           psks=tuple(psks), certificate=cert, groups=tuple(groups),
-                          identity=identity, phase1=phase1, crl_files=crls)
+                          identity=identity, phase1=phase1, crl_files=crls, g_ikev2_port=ike_port)
 
     def phase1(self, raw: Any, path: str, *, member: bool) -> m.Phase1Suites | None:
         """[keyserver.phase1] (accepted suites) or a member group's phase1 (offered suites)."""
@@ -980,7 +992,7 @@ class Checker:
 
     def member_group(self, raw: Any, path: str) -> m.MemberGroup | None:
         keys = {"id", "name", "key_servers", "credentials", "interface", "key_server_identity",
-                "phase1", "protocol", "sender"}
+                "phase1", "protocol", "sender", "mlkem"}
         n0 = len(self.problems)
         tbl = self.table(raw, path, keys, required=("id", "key_servers", "credentials"))
         if tbl is None:
@@ -1019,12 +1031,22 @@ class Checker:
         if sender is True and protocol != "g-ikev2":
             self.problem(_join(path, "sender"), "applies to G-IKEv2 members (protocol = "
                          "\"g-ikev2\"): a GDOI member's SA directions come from the key server")
+        if protocol == "g-ikev2" and servers is not BAD:
+            for i, ks in enumerate(servers):
+                if isinstance(ks, m.KeyServerAddress) and ks.port == m.NATT_PORT:
+                    self.problem(f"{_join(path, 'key_servers')}[{i}]", _NATT_REASON)
+        mlkem = self.value(tbl, path, "mlkem", str, "optional")
+        if isinstance(mlkem, str) and mlkem not in m.MEMBER_MLKEM:
+            self.problem(_join(path, "mlkem"), f"unknown value {mlkem!r} (off, optional or required)")
+        elif mlkem in ("off", "required") and protocol != "g-ikev2":
+            self.problem(_join(path, "mlkem"), "applies to G-IKEv2 members (protocol = \"g-ikev2\"): "
+                         "GDOI's IKEv1 phase 1 has no ML-KEM")
         if len(self.problems) > n0:
             return None
         return self.build(path, m.MemberGroup, group_id=gid, key_servers=tuple(servers),
                           credentials=creds, name=name, interface=iface,
                           key_server_authorization=ks_auth, phase1=phase1, protocol=protocol,
-                          sender=sender)
+                          sender=sender, mlkem=mlkem)
 
     def member(self, raw: Any, path: str) -> m.MemberSettings | None:
         n0 = len(self.problems)

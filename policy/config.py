@@ -26,6 +26,10 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     [keyserver]                               # this daemon is GCKS for the groups below
     listen = ["0.0.0.0", "::"]                # default; IP literals
     port = 848                                # default (RFC 6407)
+    g_ikev2_port = 500                        # optional; default: G-IKEv2 shares `port` with
+                                              # GDOI (848: next to strongSwan's 500/4500);
+                                              # else G-IKEv2 gets its own sockets on it (GDOI
+                                              # stays on `port`); 4500 (NAT-T) is refused
     identity = "fqdn:ks.example.org"          # optional phase 1 ID with PSKs: key-id:, fqdn:,
                                               # address:; default: the address asked
     crl = ["ca.crl"]                          # optional: CRLs (PEM/DER), each signed by a
@@ -59,6 +63,10 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     name = "video"                            # optional local label
     protocols = ["gdoi", "g-ikev2"]           # default ["gdoi"]: registration protocols served
                                               # (G-IKEv2, RFC 9838, on the same port)
+    mlkem = "required"                        # default "optional"; G-IKEv2: "required"
+                                              # refuses (NO_PROPOSAL_CHOSEN, at GSA_AUTH) a
+                                              # member whose IKE SA had no ML-KEM-768 key
+                                              # exchange (RFC 9370); needs g-ikev2 in protocols
     activation_delay = "2s"                   # default; GAP ATD: senders switch to a rekey's
                                               # new TEKs this long after it arrives
     deactivation_delay = "6s"                 # default; GAP DTD: the TEKs it supersedes go
@@ -128,6 +136,10 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
                                               # must list it in protocols)
     # sender = true                           # G-IKEv2 only, default false: ask to send
                                               # (GROUP_SENDER) and install the TEKs both ways
+    # mlkem = "off"                           # G-IKEv2 only, default "optional": offer
+                                              # ML-KEM-768 (RFC 9370) after ECDH; "required":
+                                              # refuse a key server that does not choose it;
+                                              # "off": do not offer it
     credentials = { psk_identity = "gm1", psk_file = "gm1.psk" }
     # or credentials = { cert_file = "gm.crt", key_file = "gm.key", trust_anchors = ["ca.crt"] }
     # or an inline psk = "..." (then the config file must be mode 0600)

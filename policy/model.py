@@ -118,12 +118,17 @@ __all__ = [
     "PORT_PROTOCOLS",
     "parse_dn",
     "gap_delay_problem",
+    "GROUP_MLKEM",
+    "MEMBER_MLKEM",
 ]
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 GDOI_PORT = 848  # RFC 6407 section 5: UDP port 848
+#: RFC 7296 §2.23 / RFC 3948: IKE over UDP 4500 carries a 4-byte non-ESP marker that msec does
+#: not add or strip yet, so G-IKEv2 is not served or asked for on this port
+NATT_PORT = 4500
 MIN_GROUP_ID = 1
 MAX_GROUP_ID = 2**32 - 1
 #: seconds; the floors allow short-lifetime tests (a TEK rotation every few seconds)
@@ -540,6 +545,16 @@ def protocols_problem(protocols) -> str | None:
     return None
 
 
+#: a key server group's ``mlkem``: whether a G-IKEv2 member's IKE SA must have had the RFC 9370
+#: ML-KEM-768 additional key exchange ("optional": members that offer it get it, the others
+#: are admitted too; "required": the others are refused at GSA_AUTH with NO_PROPOSAL_CHOSEN)
+GROUP_MLKEM = ("optional", "required")
+#: a G-IKEv2 member group's ``mlkem``: what its IKE_SA_INIT offers ("off": no ML-KEM-768;
+#: "optional": offered, NONE also; "required": offered alone, a GCKS that does not choose it
+#: is refused)
+MEMBER_MLKEM = ("off", "optional", "required")
+
+
 @dataclass(frozen=True, slots=True)
 class GroupPolicy:
     """A group as its key server sees it."""
@@ -555,6 +570,8 @@ class GroupPolicy:
     deactivation_delay_s: int = DEFAULT_DEACTIVATION_DELAY
     #: the registration protocols the key server serves this group with (PROTOCOLS)
     protocols: tuple[str, ...] = ("gdoi",)
+    #: G-IKEv2: whether a member's IKE SA must have had ML-KEM-768 (GROUP_MLKEM)
+    mlkem: str = "optional"
 
     def __post_init__(self) -> None:
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
@@ -562,6 +579,8 @@ class GroupPolicy:
         problem = protocols_problem(self.protocols)
         if problem is not None:
             raise ValueError(problem)
+        if self.mlkem not in GROUP_MLKEM:
+            raise ValueError(f"mlkem {self.mlkem!r} is not one of {', '.join(GROUP_MLKEM)}")
         if not self.teks:
             raise ValueError("a group needs at least one TEK")
         problem = gap_delay_problem(self.activation_delay_s, self.deactivation_delay_s,
@@ -706,6 +725,14 @@ class KeyServerSettings:
     phase1: Phase1Suites = field(default_factory=Phase1Suites)
     #: certificate revocation lists (policy.revocation), signed by the trust anchors
     crl_files: tuple[Path, ...] = ()
+    #: G-IKEv2's UDP port when it is not ``port`` (e.g. 500): its own sockets, GDOI stays on
+    #: ``port``; None: G-IKEv2 shares ``port`` with GDOI (the header version tells them apart)
+    g_ikev2_port: int | None = None
+
+    @property
+    def ike_port(self) -> int:
+        """The UDP port G-IKEv2 members register on."""
+        return self.port if self.g_ikev2_port is None else self.g_ikev2_port
 
     def __post_init__(self) -> None:
         auth = self.phase1.auth
@@ -716,6 +743,9 @@ class KeyServerSettings:
                 raise ValueError("phase 1 auth 'certificate' without a certificate")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not in 1..65535")
+        if self.g_ikev2_port is not None and (isinstance(self.g_ikev2_port, bool) or not 1 <= self.g_ikev2_port <= 65535
+                                              or self.g_ikev2_port == NATT_PORT):
+            raise ValueError(f"g_ikev2_port {self.g_ikev2_port} is not in 1..65535 or is {NATT_PORT} (NAT-T)")
         ids = [g.group_id for g in self.groups]
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate key server group id")
@@ -731,7 +761,7 @@ class KeyServerSettings:
             f"KeyServerSettings(listen={self.listen!r}, port={self.port}, psks={self.psks!r}, "
             f"certificate={self.certificate!r}, groups={self.groups!r}, "
             f"identity={self.identity!r}, phase1={self.phase1!r}, "
-            f"crl_files={self.crl_files!r})"
+            f"crl_files={self.crl_files!r}, g_ikev2_port={self.g_ikev2_port})"
         )
 
 
@@ -781,10 +811,14 @@ class MemberGroup:
     #: G-IKEv2 only: ask to send (GROUP_SENDER, RFC 9838 §2.3.3) and install the TEKs both
     #: ways; otherwise inbound only.  The key server refuses a sender its policy does not allow.
     sender: bool = False
+    #: G-IKEv2 only: whether IKE_SA_INIT offers ML-KEM-768 (MEMBER_MLKEM)
+    mlkem: str = "optional"
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if self.mlkem not in MEMBER_MLKEM:
+            raise ValueError(f"mlkem {self.mlkem!r} is not one of {', '.join(MEMBER_MLKEM)}")
         if self.phase1.auth is not None:
             raise ValueError("a member's phase 1 authentication follows its credentials (no auth list)")
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:

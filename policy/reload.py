@@ -62,6 +62,11 @@ def advisories(config: m.DaemonConfig) -> list[Advisory]:
                         f"{gp}.authorize.addresses",
                         f"{rule.network} admits every peer that completes phase 1 with any "
                         f"configured PSK or any certificate under the trust anchors"))
+            if g.mlkem == "required" and "gdoi" in g.protocols:
+                out.append(Advisory(
+                    f"{gp}.mlkem",
+                    "ML-KEM-768 is required of G-IKEv2 members, but the group also serves GDOI, "
+                    "whose members get the same keys over IKEv1 without post-quantum protection"))
             for j, t in enumerate(g.teks):
                 if t.suite.counter_mode and t.multi_sender:
                     out.append(Advisory(
@@ -98,8 +103,10 @@ class GroupChange:
 
     @property
     def needs_reregistration(self) -> bool:
-        """Member: key servers, credentials or the protocol changed; register again with the new ones."""
-        return bool({"key_servers", "credentials", "key_server_authorization", "phase1", "protocol", "sender"}
+        """Member: key servers, credentials or the protocol (or what its IKE SA offers) changed;
+        register again with the new ones."""
+        return bool({"key_servers", "credentials", "key_server_authorization", "phase1", "protocol", "sender",
+                     "mlkem"}
                     & set(self.fields))
 
 

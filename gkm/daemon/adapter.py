@@ -67,8 +67,10 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     #: datagrams fed to the engine before its output is pulled (one loop turn)
     burst = 256
 
-    def __init__(self, shell: "EngineShell") -> None:
+    def __init__(self, shell: "EngineShell", accept: Callable[[bytes], bool] | None = None) -> None:
         self.shell = shell
+        #: which datagrams this socket passes to the engine (None: all); the others are dropped
+        self.accept = accept
         self.transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
 
@@ -81,7 +83,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         shell = self.shell
         transport = self.transport
         now = shell.clock()
-        shell.feed(data, addr, transport, now)
+        accept = self.accept
+        if accept is None or accept(data):
+            shell.feed(data, addr, transport, now)
         sock = self._sock
         if sock is not None and not shell.closed:
             recvfrom = sock.recvfrom
@@ -94,7 +98,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 except OSError as exc:  # e.g. an ICMP error queued on the socket
                     self.error_received(exc)
                     break
-                feed(data, addr, transport, now)
+                if accept is None or accept(data):
+                    feed(data, addr, transport, now)
         shell.transmit()
 
     def move_to(self, shell: "EngineShell") -> None:

@@ -61,6 +61,29 @@ def _bind(addr, port: int) -> socket.socket:
     return s
 
 
+def _is_ikev2(data: bytes) -> bool:
+    """IKEv2 header: major version 2 in the version octet (offset 17, as gkm.ikev2.gcks)."""
+    return len(data) > 17 and data[17] >> 4 == 2
+
+
+def _not_ikev2(data: bytes) -> bool:
+    return not _is_ikev2(data)
+
+
+def _listen_keys(settings: pm.KeyServerSettings) -> dict[ListenKey, tuple[Any, Any]]:
+    """(address, port) -> (address, which datagrams it takes: None for all).  With a
+    ``g_ikev2_port`` of its own and some group serving G-IKEv2, every listen address gets a
+    second socket on it that takes IKEv2 only, and the GDOI socket takes the rest."""
+    from gkm.ikev2.gcks import serves_g_ikev2
+    own = settings.g_ikev2_port is not None and any(serves_g_ikev2(g) for g in settings.groups)
+    keys: dict[ListenKey, tuple[Any, Any]] = {}
+    for a in settings.listen:
+        keys.setdefault((str(a), settings.port), (a, _not_ikev2 if own else None))
+        if own:
+            keys.setdefault((str(a), settings.g_ikev2_port), (a, _is_ikev2))
+    return keys
+
+
 def _rekey_options(settings: pm.KeyServerSettings) -> set[MulticastOptions]:
     return {MulticastOptions.of(g.kek) for g in settings.groups if g.kek is not None}
 
@@ -147,19 +170,18 @@ class KeyServerRole:
                                                admit=self._admit)
         shell = EngineShell(engine, name="keyserver", on_event=self._on_event,
                             loop=loop, clock=self.daemon.clock)
-        old_keys = {(str(a), self.settings.port) for a in self.settings.listen} \
-            if self.shell is not None else set()
-        keys = list(dict.fromkeys((str(a), settings.port) for a in settings.listen))
+        old_keys = set(_listen_keys(self.settings)) if self.shell is not None else set()
+        wanted = _listen_keys(settings)
+        keys = list(wanted)
         fresh: dict[ListenKey, socket.socket] = {}
         errors: list[tuple[ListenKey, str]] = []
         transport = RekeyTransport(loop, on_datagram=self.groups.ack_received)
         try:
-            for a in dict.fromkeys(settings.listen):
-                k = (str(a), settings.port)
+            for k, (a, _accept) in wanted.items():
                 if k in self.endpoints:
                     continue
                 try:
-                    fresh[k] = _bind(a, settings.port)
+                    fresh[k] = _bind(a, k[1])
                 except OSError as e:
                     errors.append((k, e.strerror or str(e)))
             serving = [k for k in keys if k in self.endpoints or k in fresh]
@@ -174,7 +196,7 @@ class KeyServerRole:
             new_endpoints: dict[ListenKey, UdpEndpoint] = {}
             for k in keys:
                 if k in fresh:
-                    ep = UdpEndpoint(shell)
+                    ep = UdpEndpoint(shell, wanted[k][1])
                     await loop.create_datagram_endpoint(lambda ep=ep: ep, sock=fresh.pop(k))
                     new_endpoints[k] = ep
         except BaseException:
@@ -188,6 +210,7 @@ class KeyServerRole:
             if k in self.endpoints:
                 ep = self.endpoints.pop(k)
                 ep.move_to(shell)
+                ep.accept = wanted[k][1]
                 new_endpoints[k] = ep
         endpoints = {k: new_endpoints[k] for k in keys if k in new_endpoints}
         old_shell, old_transport = self.shell, self.rekey_transport
@@ -320,7 +343,8 @@ class KeyServerRole:
         teks_cfg = [{"name": t.name, "src": str(t.selector.src), "dst": str(t.selector.dst),
                      "cipher": t.suite.name, "mode": t.mode.value if hasattr(t.mode, "value")
                      else str(t.mode), "lifetime_s": t.lifetime_s} for t in g.teks]
-        info["policy"] = {"teks": teks_cfg, "kek": g.kek is not None, "protocols": list(g.protocols)}
+        info["policy"] = {"teks": teks_cfg, "kek": g.kek is not None, "protocols": list(g.protocols),
+                          "mlkem": g.mlkem}
         if self.store is not None:
             info["members"] = self.store.member_count(g.group_id)
             info["evicted"] = len(self.store.denied(g.group_id))

@@ -178,6 +178,7 @@ class MemberSession:
         return {
             "id": self.group_id, "name": self.group.name, "role": "member", "state": self.state,
             "protocol": self.group.protocol,
+            "mlkem": self.group.mlkem,
             "key_servers": [str(k) for k in self.group.key_servers],
             "key_server": e.key_server, "registered_at": self._wall(e.registered_at),
             "registrations": e.registrations, "adopted": self.adopted,

@@ -68,6 +68,7 @@ class MemberRefused(KeyServerEvent):
     cause: str = "not_authorized"
 
 
-#: why a key server refused a registration, in few words (``MemberRefused.cause``)
+#: why a key server refused a registration, in few words (``MemberRefused.cause``);
+#: ``mlkem_required``: G-IKEv2, the group requires ML-KEM-768 and the IKE SA was made without it
 REFUSAL_CAUSES = ("bad_group_id", "unknown_group", "identity_unusable", "not_authorized",
-                  "not_admitted")
+                  "not_admitted", "mlkem_required")

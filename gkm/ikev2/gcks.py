@@ -24,7 +24,9 @@ Decisions:
 17 in both: RFC 2408 §3.1, RFC 7296 §3.1): major version 2 to the G-IKEv2 engine, anything
 else to the GDOI engine exactly as before.  msecd puts it in front of GDOI's engine only when
 some group lists ``g-ikev2`` (``gkm.daemon.engines``): a key server that did not opt in
-answers no IKEv2 exchange (no key exchange work for anyone), as before.
+answers no IKEv2 exchange (no key exchange work for anyone), as before.  With ``[keyserver]
+g_ikev2_port`` msecd gives G-IKEv2 sockets of its own, which pass only IKEv2 datagrams (and the
+GDOI sockets only the others) before the demultiplexer (``gkm.daemon.keyserver``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ Decisions:
 * Retransmission as GDOI's GROUPKEY-PULL does it: the outstanding request again after 1 s,
   doubling, at most :data:`MAX_RETRANSMITS` times; the whole registration fails after
   :data:`EXCHANGE_TIMEOUT` seconds (the member engine then tries the next key server).
+* ML-KEM-768 (RFC 9370, over IKE_INTERMEDIATE) as the member group's ``mlkem`` says:
+  ``optional`` (default) offers it with NONE, ``required`` offers it alone (a GCKS that does not
+  choose it fails the registration), ``off`` does not offer it (a group whose key server
+  requires it then refuses the member at GSA_AUTH with NO_PROPOSAL_CHOSEN).
 * GROUP_SENDER is sent when the member's configuration says ``sender = true``: the TEKs are then
   installed both ways (the key server refuses a sender its policy does not let send), otherwise
   inbound only.  A sender of a group with a counter-mode TEK gets its Sender-IDs from the key
@@ -43,6 +47,8 @@ __all__ = ["GikeRegistration", "RETRANSMIT_TIMEOUT", "MAX_RETRANSMITS", "EXCHANG
 RETRANSMIT_TIMEOUT = 1.0
 MAX_RETRANSMITS = 5
 EXCHANGE_TIMEOUT = 30.0
+#: a member group's ``mlkem`` setting -> what its IKE_SA_INIT offers (SaInitConfig.mlkem)
+_MLKEM = {"off": "no", "optional": "optional", "required": "required"}
 
 
 class GikeRegistration:
@@ -52,7 +58,7 @@ class GikeRegistration:
         self.group_id = group.group_id
         self.ks_addr = key_server
         self._auth_config = member_auth_config(group, sender=group.sender, wall_time_offset=wall_time_offset)
-        self.sa_init = SaInitInitiator(sa_init_config(), key_server)
+        self.sa_init = SaInitInitiator(sa_init_config(_MLKEM[group.mlkem]), key_server)
         self.gsa_auth: GsaAuthInitiator | None = None
         self.gsa: GsaRegistered | None = None  # the result, for a GSA_REKEY receiver
         self.state = "idle"

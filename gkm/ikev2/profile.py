@@ -3,9 +3,12 @@ peers always agree: AES-GCM-16/256 with PRF HMAC-SHA2-256, ECDH P-256 (X25519 al
 ML-KEM-768 as the RFC 9370 additional key exchange when both offer it, and the key wrap
 algorithms KW_5649_256 / KW_5649_128 (RFC 9838 §4.4.3).
 
-Decision: no policy knob yet; a group policy that requires ML-KEM (issue 10) and a configurable
-proposal are follow-ups.  The member offers ML-KEM-768 (``optional``), so between msec peers
-the IKE SA is post-quantum hybrid by default.
+Decisions: the GCKS always uses this profile with ML-KEM-768 ``optional`` (it cannot know the
+group before GSA_AUTH names it); a key server group with ``mlkem = "required"`` refuses, at
+GSA_AUTH, a member whose IKE SA was made without it (:mod:`.registration`).  The member offers
+ML-KEM-768 as its group's ``mlkem`` says (``optional`` by default, so between msec peers the
+IKE SA is post-quantum hybrid; ``required``; ``off`` for peers without it:
+:mod:`.member_registration`).  A configurable proposal (suites, groups) is a follow-up.
 """
 
 from __future__ import annotations

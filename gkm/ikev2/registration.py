@@ -19,7 +19,9 @@ the GCKS's identity with its ``accepts_key_server`` (``MemberGroup.accepts_key_s
 
 Failures end the exchange on both sides with a reason: the GCKS answers AUTHENTICATION_FAILED
 (alone, RFC 7296 §2.21.2), INVALID_GROUP_ID, AUTHORIZATION_FAILED (also a GROUP_SENDER
-request from an identity no TEK lets send), INVALID_SYNTAX, or TEMPORARY_FAILURE (the keys
+request from an identity no TEK lets send), NO_PROPOSAL_CHOSEN (the group's ``mlkem =
+"required"`` and the IKE SA was made without ML-KEM-768: RFC 9838 §2.3.1, a member that cannot
+support the group's security policy; ``docs/decisions/g-ikev2-registration.md``), INVALID_SYNTAX, or TEMPORARY_FAILURE (the keys
 could not be read or recorded: RFC 9838's REGISTRATION_FAILED has no number in the RFC text,
 :mod:`.constants`).  The member that cannot accept the GCKS (AUTH, identity) or the group's
 policy tells it in an INFORMATIONAL request (AUTHENTICATION_FAILED, NO_PROPOSAL_CHOSEN; RFC
@@ -53,7 +55,7 @@ from policy import model
 from policy.model import GroupPolicy, Identity
 
 from . import auth as A
-from .constants import AuthMethod, CertEncoding, ExchangeType, HeaderFlags, IdType, NotifyType
+from .constants import AuthMethod, CertEncoding, ExchangeType, HeaderFlags, IdType, KeyExchangeMethod, NotifyType
 from .errors import WireError
 from .events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, Ikev2Event, SaInitEstablished
 from .gsa import GroupSa, KeyDownload
@@ -104,6 +106,16 @@ def _address(addr: Any):
         return ipaddress.ip_address(_host(addr))
     except ValueError:
         return None
+
+
+def _has_mlkem(sa: SaInitEstablished) -> bool:
+    """The IKE SA's keys include the RFC 9370 ML-KEM-768 additional key exchange."""
+    return KeyExchangeMethod.ML_KEM_768 in sa.methods
+
+
+def _methods(sa: SaInitEstablished) -> str:
+    return " + ".join(KeyExchangeMethod(m).name if m in KeyExchangeMethod._value2member_map_ else str(m)
+                      for m in sa.methods) or "none"
 
 
 def describe_id(p) -> str:
@@ -244,7 +256,12 @@ class GsaAuthInitiator(_Engine):
         if not decision.allowed:
             return self._fail(decision.reason, tell=NotifyType.AUTHENTICATION_FAILED)
         if errors:
-            return self._fail(f"GCKS {gcks} refused: {_name(errors[0].type)}", int(errors[0].type))
+            why = f"GCKS {gcks} refused: {_name(errors[0].type)}"
+            if errors[0].type == NotifyType.NO_PROPOSAL_CHOSEN and not _has_mlkem(sa):
+                # no SAg was sent: the one policy the GCKS can find lacking is this IKE SA's
+                why += (": the group requires the ML-KEM-768 key exchange (RFC 9370) and this IKE SA "
+                        f"was made without it ({_methods(sa)})")
+            return self._fail(why, int(errors[0].type))
         gsa, kd = msg.get(GroupSa), msg.get(KeyDownload)
         if gsa is None or kd is None:
             return self._fail("GSA_AUTH response without GSA or KD", tell=NotifyType.INVALID_SYNTAX)
@@ -359,11 +376,12 @@ class GsaAuthResponder(_Engine):
         s.request, s.response = request, protect(h, payloads, SkCipher.for_message(est.keys, h))
         self._out.append((s.response, est.peer))
 
-    def _refuse(self, s: _Sa, request: bytes, payloads: tuple, gid: int, identity: Identity | None, reason: str, notify: int) -> None:
+    def _refuse(self, s: _Sa, request: bytes, payloads: tuple, gid: int, identity: Identity | None, reason: str, notify: int,
+                cause: str = "not_authorized") -> None:
         self.stats["refused"] += 1
         log.warning("g-ikev2 gcks: refused %s from %r for group %s: %s (%s)", identity, s.est.peer, gid, reason, _name(notify))
         self._respond(s, request, payloads + (Notify(0, notify),))
-        self._events.append(MemberRefused(gid, identity, s.est.peer, reason, int(notify)))
+        self._events.append(MemberRefused(gid, identity, s.est.peer, reason, int(notify), cause))
 
     def _on_request(self, s: _Sa, msg, data: bytes, addr: Any, now: float) -> None:
         c, est = self.config, s.est
@@ -397,6 +415,12 @@ class GsaAuthResponder(_Engine):
         sender = any(n.type == NotifyType.GROUP_SENDER for n in msg.all(Notify))
         if sender and not may_send(group, identity):
             return self._refuse(s, data, mine, gid, identity, f"group {group.label}: {identity} may not send", NotifyType.AUTHORIZATION_FAILED)
+        if group.mlkem == "required" and not _has_mlkem(est):
+            # RFC 9838 §2.3.1: a member that cannot support the group's security policy gets
+            # NO_PROPOSAL_CHOSEN (RFC 9370 §2.2.2: the notify for key exchanges local policy refuses)
+            return self._refuse(s, data, mine, gid, identity,
+                                f"group {group.label} requires the ML-KEM-768 key exchange (RFC 9370): the member's "
+                                f"IKE SA was made without it ({_methods(est)})", NotifyType.NO_PROPOSAL_CHOSEN, "mlkem_required")
         wall = int(now + c.wall_time_offset)
         try:
             transport = transport_mode(group)

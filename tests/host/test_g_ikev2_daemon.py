@@ -4,7 +4,8 @@ A GDOI member and two G-IKEv2 members of 1001 register and hold the same TEKs; a
 member of 1002 is refused (AUTHORIZATION_FAILED), with a log line on both sides saying why.
 Then ``msecctl rekey`` reaches all three (GROUPKEY-PUSH and its GSA_REKEY twin), and
 ``msecctl evict`` of one G-IKEv2 member (LKH) leaves it out while the other two follow the new
-KEK and TEKs."""
+KEK and TEKs.  A group with ``mlkem = "required"`` admits a member that offers ML-KEM-768
+and refuses one configured without it."""
 
 from __future__ import annotations
 
@@ -147,3 +148,68 @@ def test_reload_turns_g_ikev2_on(netlab_factory, tmp_path):
     finally:
         gike.stop()
         ks.stop()
+
+
+def test_group_that_requires_mlkem(netlab_factory, tmp_path):
+    """``mlkem = "required"``: a G-IKEv2 member that offers ML-KEM-768 (the default) registers,
+    one configured ``mlkem = "off"`` is refused (NO_PROPOSAL_CHOSEN) with the reason logged on
+    both sides and is not recorded; ``msecctl group show --json`` shows the settings."""
+    lab = netlab_factory(3)
+    h1, h2, h3 = lab.hosts
+    cfg = _ks_config(tmp_path, h1.ip4)
+    cfg.write_text(cfg.read_text().replace('protocols = ["gdoi", "g-ikev2"]\n',
+                                           'protocols = ["g-ikev2"]\nmlkem = "required"\n'))
+    off = _member_config(tmp_path, "gm4", 1001, "g-ikev2", h1.ip4)
+    off.write_text(off.read_text().replace('protocol = "g-ikev2"\n', 'protocol = "g-ikev2"\nmlkem = "off"\n'))
+    ks = Msecd(cfg, host=h1)
+    pq = Msecd(_member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4), host=h2, args=["--no-kernel"])
+    classic = Msecd(off, host=h3, args=["--no-kernel"])
+    daemons = [ks, pq, classic]
+    try:
+        for d in daemons:
+            d.start()
+        pq.wait_log("registered with key server", timeout=60)
+        policy = ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]
+        assert policy["protocols"] == ["g-ikev2"] and policy["mlkem"] == "required"
+        assert pq.ctl_json("group", "show", "1001")["roles"][0]["mlkem"] == "optional"
+        assert classic.ctl_json("group", "show", "1001")["roles"][0]["mlkem"] == "off"
+        ks_log = ks.wait_log("requires the ML-KEM-768 key exchange", timeout=60)
+        line = next(x for x in ks_log.splitlines() if "requires the ML-KEM-768" in x and "refused" in x
+                    and "gcks" not in x)
+        assert "gm4" in line and "IKE SA was made without it (ECP256)" in line, line
+        gm_log = classic.wait_log("failed: G-IKEv2:", timeout=60)
+        line = next(x for x in gm_log.splitlines() if " WARNING group 1001: registration with" in x)
+        assert "refused: NO_PROPOSAL_CHOSEN: the group requires the ML-KEM-768 key exchange" in line, line
+        assert classic.ctl_json("group", "show", "1001")["roles"][0]["state"] != "registered"
+        members = {m["identity"] for m in ks.ctl_json("members", "1001")["members"]}
+        assert members == {"key-id:gm2"}
+    finally:
+        for d in reversed(daemons):
+            d.stop()
+
+
+def test_g_ikev2_on_a_port_of_its_own(netlab_factory, tmp_path):
+    """``[keyserver] g_ikev2_port = 500``: G-IKEv2 members register on 500 (``key_servers =
+    ["ks:500"]``), GDOI members still on 848 (which socket takes which protocol:
+    test_ikev2_daemon_engines.test_listen_sockets_of_a_g_ikev2_port_of_its_own)."""
+    lab = netlab_factory(3)
+    h1, h2, h3 = lab.hosts
+    cfg = _ks_config(tmp_path, h1.ip4)
+    cfg.write_text(cfg.read_text().replace("port = 848\n", "port = 848\ng_ikev2_port = 500\n", 1))
+    gike_cfg = _member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4)
+    gike_cfg.write_text(gike_cfg.read_text().replace(f'"{h1.ip4}:848"', f'"{h1.ip4}:500"'))
+    ks = Msecd(cfg, host=h1)
+    gdoi = Msecd(_member_config(tmp_path, "gm1", 1001, "gdoi", h1.ip4), host=h2, args=["--no-kernel"])
+    gike = Msecd(gike_cfg, host=h3, args=["--no-kernel"])
+    daemons = [ks, gdoi, gike]
+    try:
+        for d in daemons:
+            d.start()
+        assert sorted(ks.ctl_json("status")["keyserver"]["listen"]) == sorted([f"{h1.ip4}:848", f"{h1.ip4}:500"])
+        for d in (gdoi, gike):
+            d.wait_log("registered with key server", timeout=60)
+        assert f"{h1.ip4}:500" in gike.ctl_json("group", "show", "1001")["roles"][0]["key_server"]
+        assert _spis(gdoi, 1001) == _spis(gike, 1001) == _spis(ks, 1001)
+    finally:
+        for d in reversed(daemons):
+            d.stop()

@@ -150,3 +150,32 @@ def test_real_udp_roundtrip():
 
 def test_normalize_addr():
     assert normalize_addr(("::1", 848, 0, 0)) == ("::1", 848)
+
+
+def test_udp_endpoint_accept_filters_what_reaches_the_engine():
+    """A key server socket that serves one protocol only (``[keyserver] g_ikev2_port``): the
+    datagrams ``accept`` refuses are dropped before the engine, the others pass and are answered."""
+    async def run():
+        loop = asyncio.get_running_loop()
+        eng = ScriptedEngine()
+        shell = EngineShell(eng, name="t", on_event=lambda e: None)
+        tr, ep = await loop.create_datagram_endpoint(
+            lambda: UdpEndpoint(shell, accept=lambda d: d.startswith(b"ok")), local_addr=("127.0.0.1", 0))
+        port = tr.get_extra_info("sockname")[1]
+        got = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                got.set_result(data)
+        ctr, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+        ctr.sendto(b"no thanks")
+        ctr.sendto(b"ok then")
+        assert await asyncio.wait_for(got, 30) == b"echo:ok then"
+        assert [d for d, _a in eng.received] == [b"ok then"] and shell.received == 1
+        ep.accept = None  # a reload may change the filter of a socket it keeps
+        got = loop.create_future()
+        ctr.sendto(b"anything")
+        assert await asyncio.wait_for(got, 30) == b"echo:anything"
+        ctr.close()
+        shell.close()
+    asyncio.run(run())

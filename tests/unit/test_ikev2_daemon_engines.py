@@ -14,7 +14,7 @@ from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered, Registr
 from gkm.ikev2 import NotifyType
 from gkm.ikev2.gcks import ProtocolDemux
 from gkm.ikev2.events import GikeRegistered
-from gkm.ikev2.member_registration import EXCHANGE_TIMEOUT, GikeRegistration
+from gkm.ikev2.member_registration import GikeRegistration
 from gkm.ikev2.member_rekey import GikePushReceiver
 from gkm.store import KeyStore
 from tests.unit.test_gdoi_support import GID, KS, NOW, group_policy, ks_settings, member_group
@@ -322,3 +322,124 @@ def test_g_ikev2_senders_get_their_own_sender_ids_and_counter_mode_teks_in_rekey
         [rk] = [e for e in evs if isinstance(e, Rekeyed)]
         assert sorted(t.spi for t in rk.teks) == sorted(result.tek_spis), key
         assert not [e for e in evs if isinstance(e, PushRejected)], (key, evs)
+
+
+# ---------------------------------------------------------------- ML-KEM-768 group policy
+
+
+def mlkem_groups(tmp_path, mlkem="required"):
+    return [dataclasses.replace(g, mlkem=mlkem) if g.group_id == GID else g for g in both_groups(tmp_path)]
+
+
+def g_ikev2_member(tmp_path, who="gm1", mlkem="optional"):
+    return dataclasses.replace(member_group(tmp_path, who), protocol="g-ikev2", mlkem=mlkem)
+
+
+def test_group_requiring_mlkem_admits_members_that_offer_it(tmp_path):
+    """``mlkem = "required"``: a member offering ML-KEM-768 (optional, the default, or required)
+    registers; its IKE SA had the RFC 9370 additional key exchange."""
+    from gkm.ikev2 import KeyExchangeMethod
+    f, ks = key_server(tmp_path, mlkem_groups(tmp_path))
+    for i, mlkem in enumerate(("optional", "required")):
+        gi = f.member(g_ikev2_member(tmp_path, "gm1" if i == 0 else "gm3", mlkem), KS, NOW)
+        em, eg = run(ks, gi, addr=(f"192.0.2.{40 + i}", 848))
+        assert [type(e) for e in em] == [GikeRegistered], em
+        assert gi.gsa_auth.sa.methods == (KeyExchangeMethod.ECP256, KeyExchangeMethod.ML_KEM_768)
+        assert len([e for e in eg if isinstance(e, MemberRegistered)]) == 1
+    assert f.provider.store.member_count(GID) == 2
+
+
+def test_group_requiring_mlkem_refuses_a_member_without_it(tmp_path, caplog):
+    """A member that does not offer ML-KEM-768 (``mlkem = "off"``) gets its IKE SA (the group
+    is named only in GSA_AUTH) and is then refused with NO_PROPOSAL_CHOSEN, a reason on both
+    sides, and nothing recorded in the store."""
+    from tests.unit.test_gdoi_support import store_snapshot
+    f, ks = key_server(tmp_path, mlkem_groups(tmp_path))
+    before = store_snapshot(f.provider.store)
+    gi = f.member(g_ikev2_member(tmp_path, mlkem="off"), KS, NOW)
+    with caplog.at_level("WARNING", logger="gkm.ikev2"):
+        em, eg = run(ks, gi)
+    assert gi.gsa_auth.sa.methods == (19,)  # ECDH alone: no IKE_INTERMEDIATE
+    assert [type(e) for e in em] == [RegistrationFailed]
+    assert em[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert "refused: NO_PROPOSAL_CHOSEN: the group requires the ML-KEM-768 key exchange" in em[0].reason
+    assert "made without it (ECP256)" in em[0].reason
+    [refused] = [e for e in eg if isinstance(e, MemberRefused)]
+    assert refused.cause == "mlkem_required" and refused.notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert refused.identity.value == "gm1" and refused.group_id == GID
+    assert refused.reason == ("group test (1234) requires the ML-KEM-768 key exchange (RFC 9370): the "
+                              "member's IKE SA was made without it (ECP256)")
+    assert not any(isinstance(e, MemberRegistered) for e in eg)
+    assert any("refused" in r.message and "requires the ML-KEM-768" in r.message and "NO_PROPOSAL_CHOSEN" in r.message
+               for r in caplog.records if r.name == "gkm.ikev2" and "gcks" in r.message)
+    assert f.provider.store.member_count(GID) == 0
+    assert store_snapshot(f.provider.store) == before
+    assert ks.half_open == 0  # answered: not half-open any more
+
+
+def test_group_not_requiring_mlkem_admits_members_with_and_without_it(tmp_path):
+    from gkm.ikev2 import KeyExchangeMethod
+    f, ks = key_server(tmp_path, both_groups(tmp_path))
+    assert ks.g_ikev2.auth.groups[GID].mlkem == "optional"
+    for i, (mlkem, methods) in enumerate((("off", (KeyExchangeMethod.ECP256,)),
+                                          ("optional", (KeyExchangeMethod.ECP256, KeyExchangeMethod.ML_KEM_768)))):
+        gi = f.member(g_ikev2_member(tmp_path, ("gm1", "gm3")[i], mlkem), KS, NOW)
+        em, _eg = run(ks, gi, addr=(f"192.0.2.{50 + i}", 848))
+        assert [type(e) for e in em] == [GikeRegistered], em
+        assert gi.gsa_auth.sa.methods == methods
+    assert f.provider.store.member_count(GID) == 2
+
+
+def test_reload_that_requires_mlkem_applies_to_later_registrations(tmp_path):
+    """The requirement is read at each GSA_AUTH: a reload (update_keyserver_groups, the same
+    engine) turns it on for the next registrations; members already registered stay."""
+    f, ks = key_server(tmp_path, both_groups(tmp_path))
+    em, _ = run(ks, f.member(g_ikev2_member(tmp_path, "gm1", "off"), KS, NOW))
+    assert [type(e) for e in em] == [GikeRegistered]
+    assert f.update_keyserver_groups(ks, mlkem_groups(tmp_path))
+    em, eg = run(ks, f.member(g_ikev2_member(tmp_path, "gm3", "off"), KS, NOW), addr=("192.0.2.61", 848))
+    assert [type(e) for e in em] == [RegistrationFailed] and em[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert [e.cause for e in eg if isinstance(e, MemberRefused)] == ["mlkem_required"]
+    assert f.provider.store.member_count(GID) == 1
+    assert f.update_keyserver_groups(ks, both_groups(tmp_path))
+    em, _ = run(ks, f.member(g_ikev2_member(tmp_path, "gm3", "off"), KS, NOW), addr=("192.0.2.62", 848))
+    assert [type(e) for e in em] == [GikeRegistered]
+
+
+def test_member_requiring_mlkem_refuses_a_gcks_that_does_not_choose_it(tmp_path):
+    """``mlkem = "required"`` on the member: ML-KEM-768 offered alone (no NONE); a GCKS that
+    does not choose it ends the registration before any GSA_AUTH."""
+    from gkm.ikev2 import profile
+    from gkm.ikev2.registration import gcks_auth_config
+    from gkm.ikev2.gcks import GcksEngine
+    f, _ = key_server(tmp_path, both_groups(tmp_path))
+    groups = both_groups(tmp_path)
+    classic = GcksEngine(profile.sa_init_config(mlkem="no"), gcks_auth_config(ks_settings(tmp_path, groups)),
+                         groups, f.provider)
+    em, eg = run(classic, f.member(g_ikev2_member(tmp_path, mlkem="required"), KS, NOW))
+    assert [type(e) for e in em] == [RegistrationFailed], em
+    assert "NO_PROPOSAL_CHOSEN" in em[0].reason  # the GCKS found no proposal without ML-KEM
+    assert f.provider.store.member_count(GID) == 0
+    em, _ = run(classic, f.member(g_ikev2_member(tmp_path, mlkem="off"), KS, NOW), addr=("192.0.2.70", 848))
+    assert [type(e) for e in em] == [GikeRegistered]
+
+
+def test_listen_sockets_of_a_g_ikev2_port_of_its_own(tmp_path):
+    """``g_ikev2_port``: every listen address gets a second socket that takes IKEv2 datagrams
+    only, and the GDOI socket the others; without a group serving G-IKEv2 (or without the
+    setting) one socket per address takes everything, as before."""
+    from gkm.daemon.keyserver import _listen_keys
+    groups = both_groups(tmp_path)
+    gi = GdoiFactory(kernel=False).member(g_ikev2_member(tmp_path), KS, NOW)
+    [(ike, _)] = gi.datagrams_to_send()
+    gd = GdoiFactory(kernel=False).member(member_group(tmp_path, "gm2"), KS, NOW)
+    [(f_msg, _)] = gd.datagrams_to_send()
+    settings = dataclasses.replace(ks_settings(tmp_path, groups), g_ikev2_port=500)
+    keys = _listen_keys(settings)
+    assert list(keys) == [(KS[0], 848), (KS[0], 500)]
+    gdoi_only, ikev2_only = keys[(KS[0], 848)][1], keys[(KS[0], 500)][1]
+    assert gdoi_only(f_msg) and not gdoi_only(ike)
+    assert ikev2_only(ike) and not ikev2_only(f_msg) and not ikev2_only(b"")
+    for s in (ks_settings(tmp_path, groups),
+              dataclasses.replace(ks_settings(tmp_path, both_groups(tmp_path, protocols=("gdoi",))), g_ikev2_port=500)):
+        assert {k: v[1] for k, v in _listen_keys(s).items()} == {(KS[0], 848): None}

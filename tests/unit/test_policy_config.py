@@ -795,3 +795,127 @@ def test_reload_of_protocols(files):
     assert m_change.fields == ("protocol",) and m_change.needs_reregistration
     (ks_change,) = d.keyserver_changed
     assert ks_change.fields == ("protocols",) and not ks_change.needs_rekey
+
+
+# ---------------------------------------------------------------- ML-KEM-768 (G-IKEv2)
+
+
+def test_mlkem_defaults_to_optional(files):
+    cfg = load(base(), files)
+    assert [g.mlkem for g in cfg.keyserver.groups] == ["optional", "optional"]
+    assert cfg.member.groups[0].mlkem == "optional"
+
+
+def test_mlkem_required_by_a_g_ikev2_group_and_off_for_a_member(files):
+    doc = base()
+    doc["keyserver"]["group"][0].update(protocols=["g-ikev2"], mlkem="required")
+    doc["keyserver"]["group"][1].update(protocols=["gdoi", "g-ikev2"], mlkem="optional")
+    doc["member"]["group"][0].update(protocol="g-ikev2", mlkem="off")
+    cfg = load(doc, files)
+    assert [g.mlkem for g in cfg.keyserver.groups] == ["required", "optional"]
+    assert cfg.member.groups[0].mlkem == "off"
+    doc["member"]["group"][0]["mlkem"] = "required"
+    assert load(doc, files).member.groups[0].mlkem == "required"
+    assert "keyserver.group[0].mlkem" not in {a.path for a in advisories(cfg)}  # G-IKEv2 only
+
+
+@pytest.mark.parametrize("change, path, why", [
+    (lambda d: d["keyserver"]["group"][0].update(protocols=["g-ikev2"], mlkem="yes"),
+     "keyserver.group[0].mlkem", "unknown value 'yes' (optional or required)"),
+    (lambda d: d["keyserver"]["group"][0].update(protocols=["g-ikev2"], mlkem="off"),
+     "keyserver.group[0].mlkem", "unknown value 'off'"),
+    (lambda d: d["keyserver"]["group"][0].update(protocols=["g-ikev2"], mlkem=True),
+     "keyserver.group[0].mlkem", "got a boolean"),
+    (lambda d: d["keyserver"]["group"][1].update(mlkem="required"),
+     "keyserver.group[1].mlkem", "applies to G-IKEv2 members: list \"g-ikev2\" in protocols"),
+    (lambda d: d["member"]["group"][0].update(protocol="g-ikev2", mlkem="ecdh"),
+     "member.group[0].mlkem", "unknown value 'ecdh' (off, optional or required)"),
+    (lambda d: d["member"]["group"][0].update(mlkem="off"),
+     "member.group[0].mlkem", "applies to G-IKEv2 members (protocol = \"g-ikev2\")"),
+    (lambda d: d["member"]["group"][0].update(mlkem="required"),
+     "member.group[0].mlkem", "GDOI's IKEv1 phase 1 has no ML-KEM"),
+])
+def test_mlkem_refused(files, change, path, why):
+    doc = base()
+    change(doc)
+    p = only(doc, files)
+    assert p.path == path and why in p.reason, str(p)
+
+
+def test_model_checks_mlkem(files):
+    cfg = load(base(), files)
+    with pytest.raises(ValueError, match="mlkem 'off' is not one of optional, required"):
+        dataclasses.replace(cfg.keyserver.groups[0], mlkem="off")
+    with pytest.raises(ValueError, match="mlkem 'no' is not one of off, optional, required"):
+        dataclasses.replace(cfg.member.groups[0], mlkem="no")
+
+
+def test_mlkem_required_with_gdoi_is_an_advisory(files):
+    doc = base()
+    doc["keyserver"]["group"][0].update(protocols=["gdoi", "g-ikev2"], mlkem="required")
+    notes = {a.path: a.reason for a in advisories(load(doc, files))}
+    assert "without post-quantum protection" in notes["keyserver.group[0].mlkem"]
+
+
+def test_reload_of_mlkem(files):
+    """A key server group's requirement changes no keys (it applies to later registrations); a
+    member's registers again (its next IKE SA offers what the setting says)."""
+    doc = base()
+    doc["keyserver"]["group"][0]["protocols"] = ["gdoi", "g-ikev2"]
+    doc["member"]["group"][0]["protocol"] = "g-ikev2"
+    old = load(doc, files)
+    doc["keyserver"]["group"][0]["mlkem"] = "required"
+    doc["member"]["group"][0]["mlkem"] = "off"
+    d = diff(old, load(doc, files))
+    (ks_change,) = d.keyserver_changed
+    assert ks_change.fields == ("mlkem",) and not ks_change.needs_rekey and not ks_change.needs_reauthorization
+    (m_change,) = d.member_changed
+    assert m_change.fields == ("mlkem",) and m_change.needs_reregistration
+
+
+# ---------------------------------------------------------------- G-IKEv2 port
+
+
+def test_g_ikev2_port_defaults_to_the_gdoi_port(files):
+    ks = load(base(), files).keyserver
+    assert ks.port == 848 and ks.g_ikev2_port is None and ks.ike_port == 848
+
+
+def test_g_ikev2_port_of_its_own(files):
+    doc = base()
+    doc["keyserver"]["g_ikev2_port"] = 500
+    ks = load(doc, files).keyserver
+    assert ks.g_ikev2_port == 500 and ks.ike_port == 500 and ks.port == 848
+    doc["keyserver"]["g_ikev2_port"] = 848  # the GDOI port: one socket, as without it
+    assert load(doc, files).keyserver.g_ikev2_port is None
+    doc["member"]["group"][0].update(protocol="g-ikev2", key_servers=["192.0.2.1:500"])
+    assert load(doc, files).member.groups[0].key_servers[0].port == 500
+
+
+@pytest.mark.parametrize("value, why", [
+    (4500, "4500 is the NAT-T port: IKE messages there carry the 4-byte non-ESP marker"),
+    (0, "0 is not in 1..65535"),
+    (65536, "65536 is not in 1..65535"),
+    ("500", "expected"),
+])
+def test_g_ikev2_port_refused(files, value, why):
+    doc = base()
+    doc["keyserver"]["g_ikev2_port"] = value
+    p = only(doc, files)
+    assert p.path == "keyserver.g_ikev2_port" and why in p.reason, str(p)
+
+
+def test_g_ikev2_member_refuses_the_nat_t_port(files):
+    doc = base()
+    doc["member"]["group"][0].update(protocol="g-ikev2", key_servers=["192.0.2.1", "192.0.2.2:4500"])
+    p = only(doc, files)
+    assert p.path == "member.group[0].key_servers[1]" and "non-ESP marker" in p.reason
+    doc["member"]["group"][0]["protocol"] = "gdoi"  # a GDOI key server may listen anywhere
+    assert load(doc, files).member.groups[0].key_servers[1].port == 4500
+
+
+def test_reload_of_g_ikev2_port(files):
+    old = load(base(), files)
+    doc = base()
+    doc["keyserver"]["g_ikev2_port"] = 500
+    assert diff(old, load(doc, files)).settings_changed == ("keyserver.g_ikev2_port",)
