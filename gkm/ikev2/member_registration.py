@@ -35,7 +35,7 @@ from policy.model import MemberGroup
 from .events import GikeRegistered, GsaRegistered, GsaRegistrationFailed, SaInitEstablished, SaInitFailed
 from .profile import sa_init_config
 from .registration import GsaAuthInitiator, member_auth_config
-from .sa_init import SaInitInitiator
+from .sa_init import SaInitConfig, SaInitInitiator
 
 log = logging.getLogger("gkm.ikev2")
 
@@ -49,11 +49,14 @@ EXCHANGE_TIMEOUT = 30.0
 class GikeRegistration:
     """One G-IKEv2 registration of ``group`` with the key server at ``key_server``."""
 
-    def __init__(self, group: MemberGroup, key_server: tuple[str, int], *, wall_time_offset: float = 0.0) -> None:
+    def __init__(self, group: MemberGroup, key_server: tuple[str, int], *, wall_time_offset: float = 0.0,
+                 sa_init: SaInitConfig | None = None) -> None:
+        """``sa_init``: what IKE_SA_INIT offers, default :func:`~.profile.sa_init_config` (the
+        one profile; ``sa_init_config("no")`` offers no ML-KEM, e.g. for benchmarks)."""
         self.group_id = group.group_id
         self.ks_addr = key_server
         self._auth_config = member_auth_config(group, sender=group.sender, wall_time_offset=wall_time_offset)
-        self.sa_init = SaInitInitiator(sa_init_config(), key_server)
+        self.sa_init = SaInitInitiator(sa_init if sa_init is not None else sa_init_config(), key_server)
         self.gsa_auth: GsaAuthInitiator | None = None
         self.gsa: GsaRegistered | None = None  # the result, for a GSA_REKEY receiver
         self.state = "idle"

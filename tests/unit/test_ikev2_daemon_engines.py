@@ -14,7 +14,7 @@ from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered, Registr
 from gkm.ikev2 import NotifyType
 from gkm.ikev2.gcks import ProtocolDemux
 from gkm.ikev2.events import GikeRegistered
-from gkm.ikev2.member_registration import EXCHANGE_TIMEOUT, GikeRegistration
+from gkm.ikev2.member_registration import GikeRegistration
 from gkm.ikev2.member_rekey import GikePushReceiver
 from gkm.store import KeyStore
 from tests.unit.test_gdoi_support import GID, KS, NOW, group_policy, ks_settings, member_group
@@ -288,3 +288,32 @@ def test_g_ikev2_sender_installs_both_ways_and_a_non_sender_inbound_only(tmp_pat
         em, _eg = run(ks, f.member(mg, KS, NOW), addr=(f"192.0.2.{30 + i}", 848))
         [reg] = em
         assert isinstance(reg, GikeRegistered) and {t.direction for t in reg.teks} == {want}, who
+
+
+@pytest.mark.parametrize("mlkem, methods, exchanges", [
+    ("optional", (19, 36), 3),  # the default profile: ECDH P-256 then ML-KEM-768 over IKE_INTERMEDIATE
+    ("no", (19,), 2),  # sa_init_config("no"): ECDH only, no IKE_INTERMEDIATE
+])
+def test_member_registration_takes_an_sa_init_config(tmp_path, mlkem, methods, exchanges):
+    from gkm.ikev2.constants import ExchangeType, KeyExchangeMethod
+    from gkm.ikev2.profile import sa_init_config
+
+    _f, ks = key_server(tmp_path, both_groups(tmp_path))
+    group = dataclasses.replace(member_group(tmp_path, "gm1"), protocol="g-ikev2")
+    gi = GikeRegistration(group, KS, sa_init=sa_init_config(mlkem) if mlkem != "optional" else None)
+    requests = []
+    gi.start(NOW)
+    for _ in range(6):
+        out = gi.datagrams_to_send()
+        if not out:
+            break
+        for d, _a in out:
+            requests.append(d[18])  # the exchange type
+            ks.receive_datagram(d, GM, NOW)
+        for d, _a in ks.datagrams_to_send():
+            gi.receive_datagram(d, KS, NOW)
+    em = drain(gi)
+    assert [type(e) for e in em] == [GikeRegistered]
+    assert gi.gsa_auth.sa.methods == methods
+    assert len(requests) == exchanges and (KeyExchangeMethod.ML_KEM_768 in methods) == (ExchangeType.IKE_INTERMEDIATE in requests)
+    assert any(isinstance(e, MemberRegistered) for e in drain(ks))
