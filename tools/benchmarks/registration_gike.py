@@ -157,7 +157,8 @@ def _drive(mode: str, n: int, burst: int, workdir: Path, state: Path, name: str,
                 for d, a in out:
                     if a == (HOST, 20000) and first and not first[-1][2]:
                         first[-1][2] = bytes(d)
-                    members[a].receive_datagram(d, ks_addr, time.time())
+                    if a in members:  # not a finished member of an earlier round
+                        members[a].receive_datagram(d, ks_addr, time.time())
             for m in members.values():
                 while (ev := m.next_event()) is not None:
                     pass
