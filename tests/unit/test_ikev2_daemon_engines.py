@@ -443,3 +443,31 @@ def test_listen_sockets_of_a_g_ikev2_port_of_its_own(tmp_path):
     for s in (ks_settings(tmp_path, groups),
               dataclasses.replace(ks_settings(tmp_path, both_groups(tmp_path, protocols=("gdoi",))), g_ikev2_port=500)):
         assert {k: v[1] for k, v in _listen_keys(s).items()} == {(KS[0], 848): None}
+
+
+@pytest.mark.parametrize("mlkem, methods, exchanges", [
+    ("optional", (19, 36), 3),  # the default profile: ECDH P-256 then ML-KEM-768 over IKE_INTERMEDIATE
+    ("off", (19,), 2),  # ECDH only, no IKE_INTERMEDIATE
+])
+def test_member_registration_offers_what_its_mlkem_setting_says(tmp_path, mlkem, methods, exchanges):
+    from gkm.ikev2.constants import ExchangeType, KeyExchangeMethod
+
+    _f, ks = key_server(tmp_path, both_groups(tmp_path))
+    group = dataclasses.replace(member_group(tmp_path, "gm1"), protocol="g-ikev2", mlkem=mlkem)
+    gi = GikeRegistration(group, KS)
+    requests = []
+    gi.start(NOW)
+    for _ in range(6):
+        out = gi.datagrams_to_send()
+        if not out:
+            break
+        for d, _a in out:
+            requests.append(d[18])  # the exchange type
+            ks.receive_datagram(d, GM, NOW)
+        for d, _a in ks.datagrams_to_send():
+            gi.receive_datagram(d, KS, NOW)
+    em = drain(gi)
+    assert [type(e) for e in em] == [GikeRegistered]
+    assert gi.gsa_auth.sa.methods == methods
+    assert len(requests) == exchanges and (KeyExchangeMethod.ML_KEM_768 in methods) == (ExchangeType.IKE_INTERMEDIATE in requests)
+    assert any(isinstance(e, MemberRegistered) for e in drain(ks))
