@@ -236,8 +236,14 @@ class EngineShell:
 
     # -- outputs
     def transmit(self) -> None:
+        """The durable step the engine has pending (``commit``: one store commit for the
+        registrations of the burst just fed), then its datagrams and events."""
         if self.closed:
             return
+        try:
+            self.engine.commit(self.clock())
+        except Exception:  # an engine bug must not take the daemon down
+            log.exception("%s: engine failed to commit", self.name)
         for data, addr in self.engine.datagrams_to_send():
             peer = (addr[0], addr[1])
             t = self._transport_for(peer)

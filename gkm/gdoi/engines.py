@@ -287,6 +287,14 @@ class KeyServerEngine:
         except Exception:  # pragma: no cover
             log.exception("gdoi ks: timer error")
 
+    def commit(self, now: float) -> None:
+        """The durable step the shell performs after feeding a burst of datagrams, before it
+        takes the outputs: the registrations completed since, in one store commit."""
+        try:
+            self.pull.commit()
+        except Exception:  # pragma: no cover - the responder contains store errors itself
+            log.exception("gdoi ks: commit error")
+
     # -- outputs
 
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:

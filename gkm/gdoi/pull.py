@@ -545,14 +545,10 @@ class PullResponder:
     # -- outputs
 
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
-        """Also where verified messages 3 are enrolled (one commit for all of them): a shell
-        that reads every datagram waiting on its socket before calling this gets group commit."""
-        self._flush()
         out, self._out = self._out, []
         return out
 
     def next_event(self):
-        self._flush()
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
@@ -700,9 +696,16 @@ class PullResponder:
             del self._per_sa[key[0]]
         self._enroll.append((key, p, data, addr, now, iv))
 
-    def _flush(self) -> None:
-        """Enroll the members whose message 3 arrived, in one durable commit, then build their
-        messages 4 (group commit: nothing is sent before the commit returned)."""
+    @property
+    def commit_pending(self) -> int:
+        """Verified messages 3 waiting for :meth:`commit`."""
+        return len(self._enroll)
+
+    def commit(self) -> None:
+        """The durable step, which the shell performs explicitly: enroll the members whose
+        message 3 arrived, in one commit, then build their messages 4 (group commit: a shell
+        that feeds every datagram waiting on its socket and then commits answers them all
+        after one fsync; nothing is sent before the commit returned).  Outputs never commit."""
         queue, self._enroll = self._enroll, []
         if not queue:
             return

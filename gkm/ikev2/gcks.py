@@ -128,6 +128,11 @@ class GcksEngine:
             self.sa_init.rotate_cookie_secret()
             self._rotated_at = now
 
+    def commit(self, now: float) -> None:
+        """The shell's durable step after a burst of datagrams: nothing waits for it here yet.
+        A G-IKEv2 member is enrolled in a commit of its own while its GSA_AUTH is handled, so
+        registrations are not group-committed as GDOI's are (one fsync'ed commit each)."""
+
     # -- outputs
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
         out, self._out = self._out, []
@@ -171,6 +176,10 @@ class ProtocolDemux:
             t = e.get_timer()
             if t is not None and t <= now:
                 e.handle_timer(now)
+
+    def commit(self, now: float) -> None:
+        self.gdoi.commit(now)
+        self.g_ikev2.commit(now)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
         return self.gdoi.datagrams_to_send() + self.g_ikev2.datagrams_to_send()

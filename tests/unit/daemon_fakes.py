@@ -112,6 +112,9 @@ class FakeKeyServer:
     def handle_timer(self, now):
         pass
 
+    def commit(self, now):
+        pass  # it records its members at once
+
     def datagrams_to_send(self):
         out, self._out = self._out, []
         return out

@@ -14,8 +14,10 @@ class ScriptedEngine:
         self.events = []
         self.received = []
         self.timer_calls = []
+        self.log = []  # inputs, commits and output pulls, in order
 
     def receive_datagram(self, data, addr, now):
+        self.log.append("datagram")
         self.received.append((data, addr))
         self.out.append((b"echo:" + data, addr))
         self.events.append(("got", data))
@@ -24,7 +26,11 @@ class ScriptedEngine:
         self.timer_calls.append(now)
         self.timer = None
 
+    def commit(self, now):
+        self.log.append("commit")
+
     def datagrams_to_send(self):
+        self.log.append("output")
         out, self.out = self.out, []
         return out
 
@@ -64,6 +70,23 @@ def test_datagrams_sent_and_events_delivered():
         assert eng.received == [(b"hi", ("192.0.2.1", 848))]  # IPv6-style 4-tuples normalized
         assert tr.sent == [(b"echo:hi", ("192.0.2.1", 848))]
         assert events == [("got", b"hi")]
+        shell.close()
+    asyncio.run(run())
+
+
+def test_a_burst_is_committed_once_before_its_outputs_are_taken():
+    """The engine's durable step is the shell's explicit call (group commit of a burst), never a
+    side effect of taking the outputs."""
+    async def run():
+        eng = ScriptedEngine()
+        shell = EngineShell(eng, name="t", on_event=lambda e: None)
+        tr = FakeTransport()
+        shell.attach(tr)
+        for i in range(3):
+            shell.feed(b"m%d" % i, ("192.0.2.1", 848), tr, 0.0)
+        shell.transmit()
+        assert eng.log == ["datagram"] * 3 + ["commit", "output"]
+        assert len(tr.sent) == 3
         shell.close()
     asyncio.run(run())
 

@@ -288,7 +288,9 @@ def test_group_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "transaction", counting)
     for addr, data in zip(ms, held):
         ks.receive_datagram(data, addr, NOW)
-    assert outermost == [] and store.group(GID) is None  # nothing before the output is pulled
+    assert outermost == [] and store.group(GID) is None  # nothing before the commit
+    assert ks.datagrams_to_send() == [] and outermost == []  # taking the output commits nothing
+    ks.commit(NOW)  # the shell's explicit durable step: one commit for the three
     out = ks.datagrams_to_send()
     assert len(out) == 3 and outermost.count(True) == 1
     assert len(store.members(GID)) == 3

@@ -130,6 +130,7 @@ def pump(ks: KeyServerEngine, members: dict, now: float = NOW, *, limit: int = 5
                     data = tamper("up", n, data)
                 ks.receive_datagram(data, addr, now)
                 moved = True
+        ks.commit(now)  # the shell's durable step, before it takes the outputs
         for data, to in ks.datagrams_to_send():
             n = count["down"]
             count["down"] += 1

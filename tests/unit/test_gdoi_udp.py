@@ -18,9 +18,10 @@ from tests.unit.test_gdoi_support import GID, PSKS, group_policy, ks_settings
 
 
 class EngineProtocol(asyncio.DatagramProtocol):
-    def __init__(self, engine, on_event) -> None:
+    def __init__(self, engine, on_event, commit=None) -> None:
         self.engine = engine
         self.on_event = on_event
+        self.commit = commit  # the key server's durable step, before its outputs are taken
         self.transport = None
         self._timer = None
         self._deadline = None
@@ -38,6 +39,8 @@ class EngineProtocol(asyncio.DatagramProtocol):
         self.transmit()
 
     def transmit(self) -> None:
+        if self.commit is not None:
+            self.commit(asyncio.get_running_loop().time())
         for data, addr in self.engine.datagrams_to_send():
             self.transport.sendto(data, addr)
         while (ev := self.engine.next_event()) is not None:
@@ -59,7 +62,7 @@ async def _scenario(tmp_path, n_members: int):
     engine = KeyServerEngine(groups, StoreKeysProvider(store), phase1_config(settings, local_address="127.0.0.1", wall_time_offset=wall),
                              rekey_source=("127.0.0.1", 848))
     ks_events = []
-    ks_transport, _ = await loop.create_datagram_endpoint(lambda: EngineProtocol(engine, ks_events.append), local_addr=("127.0.0.1", 0))
+    ks_transport, _ = await loop.create_datagram_endpoint(lambda: EngineProtocol(engine, ks_events.append, engine.commit), local_addr=("127.0.0.1", 0))
     ks_addr = ks_transport.get_extra_info("sockname")
     done = {}
     transports = [ks_transport]

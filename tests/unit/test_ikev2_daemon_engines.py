@@ -48,6 +48,7 @@ def run(ks, member, addr=GM, now=NOW, rounds=12, drop=None):
             assert a == KS
             ks.receive_datagram(d, addr, now)
             moved = True
+        ks.commit(now)  # the shell's durable step (GDOI group commit)
         for d, a in ks.datagrams_to_send():
             assert a == addr
             moved = True

@@ -523,6 +523,7 @@ def breakdown(mode: str, n: int, burst: int, workdir: Path, state_parent: Path) 
                 ks.receive_datagram(d, a, now)
                 t["pull" if d[18] == 32 else "phase1"] += clock() - t0
             t0 = clock()
+            ks.commit(now)
             out = ks.datagrams_to_send()
             while (ev := ks.next_event()) is not None:
                 registered += isinstance(ev, MemberRegistered)

@@ -155,6 +155,7 @@ def _drive(mode: str, n: int, burst: int, workdir: Path, state: Path, name: str,
                         ks.receive_datagram(d, a, now)
                     if a == (HOST, 20000):
                         first.append([d[18], bytes(d), b""])
+                ks.commit(now)
                 out = ks.datagrams_to_send()
                 while (ev := ks.next_event()) is not None:
                     registered += isinstance(ev, MemberRegistered)
