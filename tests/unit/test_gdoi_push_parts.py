@@ -287,7 +287,13 @@ def test_fixed_push_bound_covers_every_part_overhead(tmp_path, sig, addr, source
     g = dataclasses.replace(g, kek=dataclasses.replace(g.kek, signature=suite,
                                                        rekey_address=ipaddress.ip_address(addr)))
     old = KekKeys(os.urandom(16), "aes-cbc-256", os.urandom(48), WALL + 60, pub)
-    new = KekKeys(os.urandom(16), "aes-cbc-256", os.urandom(48), WALL + 0xFFFFFFF, pub)
-    budget = lkh_part_budget(g, kek=old, new_kek=new, signing_key=key, now=WALL, rekey_source=source)
-    fixed = g.kek.max_push_size - budget - len(pub) - signature_length(suite, key.public_key())
-    assert 0 < fixed <= FIXED_PUSH_BOUND
+    # the new KEK's public key is sent unless it is the signing key's (then members hold it):
+    # both cases, the one that sends it with a key as large as the signing key
+    other = (rsa.generate_private_key(65537, 4096) if suite.key_type == "rsa"
+             else ec.generate_private_key(key.curve)).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for new_pub, sent in ((pub, 0), (other, len(other))):
+        new = KekKeys(os.urandom(16), "aes-cbc-256", os.urandom(48), WALL + 0xFFFFFFF, new_pub)
+        budget = lkh_part_budget(g, kek=old, new_kek=new, signing_key=key, now=WALL, rekey_source=source)
+        fixed = g.kek.max_push_size - budget - sent - signature_length(suite, key.public_key())
+        assert 0 < fixed <= FIXED_PUSH_BOUND
