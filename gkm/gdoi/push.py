@@ -81,7 +81,10 @@ Decisions (ambiguities; docs/decisions/wire.md):
   run out.  Only the last part may carry TEKs; parts before it carry no Delete.
 * GAP (RFC 6407 sections 4, 5.4.1): every PUSH that carries an SA carries the group's GAP
   (ATD, DTD) between the SA KEK and the SA TEKs, so members apply the key server's current
-  delays to this rekey; :class:`Rekeyed` hands them on (``gap``).
+  delays to this rekey; :class:`Rekeyed` hands them on (``gap``).  Except an LKH update PUSH
+  without TEKs or Deletes (an eviction's parts): ATD and DTD concern TEKs, and it has none; the
+  TEK PUSH under the new KEK that follows carries them, and a member without a GAP keeps the
+  values it holds.
 * GROUPKEY-PUSH-ACK (RFC 8263, :mod:`gkm.gdoi.push_ack`): when the most recent SA KEK asks
   for one (KEK_ACK_REQUESTED of a type we can answer) and the shell told the receiver its own
   address (:meth:`PushReceiver.acknowledge_as`, the source of its last GROUPKEY-PULL), every
@@ -455,8 +458,10 @@ def _push_payloads(group, kek, seq, new_teks, new_kek, lkh_update, lkh_key_type,
     if new_kek is not None:
         pub = new_kek.public_key
         kids.append(pw.sa_kek(group.kek, new_kek.spi, rekey_source, new_kek.expires - now, pw.signature_key_bits(pub)))
-    if new_kek is not None or new_teks:
-        kids.append(pw.gap(group))  # SA KEK, GAP, SA TEKs (RFC 6407 section 5.2.1)
+    # SA KEK, GAP, SA TEKs (RFC 6407 section 5.2.1); no GAP in an LKH update without TEKs or
+    # Deletes (an eviction's parts): the delays apply to TEKs, and it has none
+    if new_teks or (new_kek is not None and (lkh_update is None or tek_dels)):
+        kids.append(pw.gap(group))
     policies = {tp.name: tp for tp in group.teks}
     for tk in new_teks:
         tp = policies.get(tk.name)
