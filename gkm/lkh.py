@@ -237,6 +237,21 @@ class LkhUpdate:
                 wrap = new
         return cls(epoch, tuple(entries))
 
+    @classmethod
+    def with_chains(cls, epoch: int, entries: tuple[LkhEntry, ...], chains: Sequence[Sequence[LkhEntry]],
+                    wire_size: int) -> "LkhUpdate":
+        """An update whose :meth:`chains` and :meth:`wire_size` the caller computed already, as
+        those would (:mod:`gkm.lkh_parts` does while it sizes each part of a split)."""
+        u = cls(epoch, entries)
+        object.__setattr__(u, "_chains", tuple(map(tuple, chains)))
+        object.__setattr__(u, "_wire_size", wire_size)
+        return u
+
+    def min_wire_size(self) -> int:
+        """A lower bound of :meth:`wire_size` without grouping the entries (one array, empty
+        keys): enough to tell that a 20,000-entry update does not fit one datagram."""
+        return _ATTR_HDR + _UPDATE_ARRAY_HDR + _LKH_KEY_HDR * len(self.entries)
+
     def wire_size(self) -> int:
         """Bytes of the KD payload's LKH key packet: one TLV LKH_UPDATE_ARRAY per chain.
         Kept on the (immutable) update: the key server asks more than once per eviction."""

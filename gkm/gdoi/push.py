@@ -532,7 +532,8 @@ def lkh_update_parts(group: GroupPolicy, update: LkhUpdate, *, kek: KekKeys, new
         raise ValueError(f"group {group.group_id} has no KEK policy: no GROUPKEY-PUSH")
     limit = group.kek.max_push_size if max_size is None else max_size
     sig_len = signature_length(group.kek.signature, signing_key)
-    if update.wire_size() + len(new_kek.public_key) + sig_len + FIXED_PUSH_BOUND <= limit:
+    spare = limit - len(new_kek.public_key) - sig_len - FIXED_PUSH_BOUND
+    if update.min_wire_size() <= spare and update.wire_size() <= spare:
         return [update]  # fits with room to spare: no need to measure the budget exactly
     budget = lkh_part_budget(group, kek=kek, new_kek=new_kek, signing_key=signing_key, now=now,
                              max_size=max_size, rekey_source=rekey_source,
