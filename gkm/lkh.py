@@ -624,7 +624,8 @@ class LkhTree:
             lv, below = levels[level], levels[level - 1]
             keys, handles = lv.keys, lv.handles
             b_keys, b_handles, b_counts = below.keys, below.handles, below.counts
-            n_below = len(b_counts)
+            n_below, b_level = len(b_counts), level - 1
+            dirty.update({(level, index // CHUNK_NODES) for index in indices})
             for index in indices:
                 new_key = fresh[pos:pos + k]
                 pos += k
@@ -632,13 +633,14 @@ class LkhTree:
                 handles[index] = handle
                 new_id = new(KeyId, (level, index, handle))
                 handle += 1
-                dirty.add((level, index // CHUNK_NODES))
                 # wrapped under each child's current key: the new one if the child was
                 # renewed at the level below (already written), never an evicted leaf's
-                for child in range(index * d, min(index * d + d, n_below)):
+                lo = index * d
+                for child in range(lo, lo + d if lo + d <= n_below else n_below):
                     if b_counts[child]:
-                        append(new(LkhEntry, (new(KeyId, (level - 1, child, b_handles[child])), new_id,
-                                              wrap(b_keys[child * k:(child + 1) * k], new_key))))
+                        at = child * k
+                        append(new(LkhEntry, (new(KeyId, (b_level, child, b_handles[child])), new_id,
+                                              wrap(b_keys[at:at + k], new_key))))
         self.epoch += 1
         return LkhUpdate(self.epoch, tuple(entries))
 

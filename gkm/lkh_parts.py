@@ -59,8 +59,9 @@ class _Sizer:
         c = _LKH_KEY_HDR + len(e.wrapped)
         return c if e.wrap.handle in self._tail_of else c + _ATTR_HDR + _UPDATE_ARRAY_HDR
 
-    def add(self, e: LkhEntry) -> None:
-        self.size += self.cost(e)
+    def add(self, e: LkhEntry, cost: int | None = None) -> None:
+        """Append ``e``; ``cost``: :meth:`cost` of ``e``, if the caller has it."""
+        self.size += self.cost(e) if cost is None else cost
         chain = self._tail_of.pop(e.wrap.handle, None)
         if chain is None:
             chain = []
@@ -108,12 +109,14 @@ def split_lkh_update(update: LkhUpdate, budget_bytes: int) -> list[LkhUpdate]:
                 # keep the group key's entries together, last
                 parts.append(sizer.part(update.epoch, entries[start:n]))
                 start, sizer = n, _Sizer()
-        if sizer.size + sizer.cost(e) > budget_bytes:
+        cost = sizer.cost(e)
+        if sizer.size + cost > budget_bytes:
             if n == start:
-                raise LkhError(f"entry {n} alone needs {sizer.cost(e)} bytes, over the {budget_bytes} byte budget")
+                raise LkhError(f"entry {n} alone needs {cost} bytes, over the {budget_bytes} byte budget")
             parts.append(sizer.part(update.epoch, entries[start:n]))
             start, sizer = n, _Sizer()
-        sizer.add(e)
+            cost = sizer.cost(e)
+        sizer.add(e, cost)
     if not parts:
         return [update]
     parts.append(sizer.part(update.epoch, entries[start:]))
