@@ -663,17 +663,22 @@ class LkhTree:
         ``dirty_only``, only the chunks changed since :meth:`mark_clean`."""
         k = self.key_len
         if dirty_only:
-            wanted = sorted(self._dirty)
+            wanted: dict[int, list[int]] = {}
+            for level, chunk in sorted(self._dirty):
+                wanted.setdefault(level, []).append(chunk)
         else:
-            wanted = [(lv, c) for lv in range(len(self._levels)) for c in range(_ceil_div(len(self._levels[lv]), CHUNK_NODES))]
-        for level, chunk in wanted:
+            wanted = {lv: list(range(_ceil_div(len(self._levels[lv]), CHUNK_NODES))) for lv in range(len(self._levels))}
+        for level, chunks in wanted.items():
             lv = self._levels[level]
-            lo, hi = chunk * CHUNK_NODES, min((chunk + 1) * CHUNK_NODES, len(lv))
+            n = len(lv)
             # one copy per chunk (slicing the buffers themselves would copy twice); the views
-            # are released before the yield, so the caller may grow the tree meanwhile
+            # live only while one level is copied, never across a yield: the caller may grow
+            # the tree meanwhile
             with memoryview(lv.handles) as handles, memoryview(lv.keys) as keys:
-                out = level, chunk, handles[lo:hi].tobytes(), keys[lo * k:hi * k].tobytes()
-            yield out
+                out = [(level, c, handles[c * CHUNK_NODES:min(n, (c + 1) * CHUNK_NODES)].tobytes(),
+                        keys[c * CHUNK_NODES * k:min(n, (c + 1) * CHUNK_NODES) * k].tobytes())
+                       for c in chunks]
+            yield from out
 
     def mark_clean(self) -> None:
         self._dirty.clear()
