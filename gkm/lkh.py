@@ -130,6 +130,9 @@ _UPDATE_ARRAY_HDR = 12
 _LKH_KEY_HDR = 16
 
 assert array("I").itemsize == 4
+# KeyId and LkhEntry are NamedTuples: tuple.__new__ builds them without the Python-level
+# __new__ (an eviction of 1,000 members makes ~60,000 of them)
+_tnew = tuple.__new__
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,10 +189,14 @@ class LkhUpdate:
     def __repr__(self) -> str:
         return f"LkhUpdate(epoch={self.epoch}, entries={len(self.entries)}, bytes={self.wire_size()})"
 
-    def chains(self) -> list[list[LkhEntry]]:
+    def chains(self) -> tuple[tuple[LkhEntry, ...], ...]:
         """Entries grouped as RFC 6407 LKH_UPDATE_ARRAYs: in each chain, the first entry is
         wrapped under a key the receivers already hold (named in the array header) and every
-        following entry is wrapped under the new key of the entry before it."""
+        following entry is wrapped under the new key of the entry before it.  Computed once
+        and kept on the (immutable) update: the key server sizes, splits and encodes it."""
+        done = self.__dict__.get("_chains")
+        if done is not None:
+            return done
         chains: list[list[LkhEntry]] = []
         tail_of: dict[int, list[LkhEntry]] = {}
         for e in self.entries:
@@ -203,7 +210,9 @@ class LkhUpdate:
             other = tail_of.get(e.new.handle)
             if other is None or len(other) < len(chain):
                 tail_of[e.new.handle] = chain
-        return chains
+        done = tuple(map(tuple, chains))
+        object.__setattr__(self, "_chains", done)
+        return done
 
     def to_arrays(self) -> list[tuple[tuple[int, int], list[tuple[int, int, bytes]]]]:
         """The RFC 6407 LKH_UPDATE_ARRAY field values, one per chain:
@@ -228,15 +237,29 @@ class LkhUpdate:
                 wrap = new
         return cls(epoch, tuple(entries))
 
+    @classmethod
+    def with_chains(cls, epoch: int, entries: tuple[LkhEntry, ...], chains: Sequence[Sequence[LkhEntry]],
+                    wire_size: int) -> "LkhUpdate":
+        """An update whose :meth:`chains` and :meth:`wire_size` the caller computed already, as
+        those would (:mod:`gkm.lkh_parts` does while it sizes each part of a split)."""
+        u = cls(epoch, entries)
+        object.__setattr__(u, "_chains", tuple(map(tuple, chains)))
+        object.__setattr__(u, "_wire_size", wire_size)
+        return u
+
+    def min_wire_size(self) -> int:
+        """A lower bound of :meth:`wire_size` without grouping the entries (one array, empty
+        keys): enough to tell that a 20,000-entry update does not fit one datagram."""
+        return _ATTR_HDR + _UPDATE_ARRAY_HDR + _LKH_KEY_HDR * len(self.entries)
+
     def wire_size(self) -> int:
         """Bytes of the KD payload's LKH key packet: one TLV LKH_UPDATE_ARRAY per chain.
         Kept on the (immutable) update: the key server asks more than once per eviction."""
         size = self.__dict__.get("_wire_size")
         if size is None:
-            size = sum(
-                _ATTR_HDR + _UPDATE_ARRAY_HDR + sum(_LKH_KEY_HDR + len(e.wrapped) for e in chain)
-                for chain in self.chains()
-            )
+            # per chain a TLV header and an array header, per entry an LKH Key header and data
+            size = (len(self.chains()) * (_ATTR_HDR + _UPDATE_ARRAY_HDR)
+                    + sum(_LKH_KEY_HDR + len(e.wrapped) for e in self.entries))
             object.__setattr__(self, "_wire_size", size)
         return size
 
@@ -556,33 +579,68 @@ class LkhTree:
         if len(set(ids)) != len(ids):
             raise LkhError("duplicate member IDs in eviction batch")
         leaves = [self.leaf_of(m) for m in ids]  # validate all before changing anything
-        self._reserve(len(leaves) * self.depth)
+        levels = self._levels
+        depth = len(levels) - 1
+        self._reserve(len(leaves) * depth)
         d, k = self.degree, self.key_len
-        leaf_level = self._levels[0]
-        affected: set[int] = set()
+        leaf_level = levels[0]
+        dead = bytes(k)
+        dirty = self._dirty
+        counts = [lv.counts for lv in levels]
         for m, leaf in zip(ids, leaves):
             del self._leaf_of[m]
             self._member_at[leaf] = None
-            leaf_level.keys[leaf * k:(leaf + 1) * k] = bytes(k)  # the leaf key is dead
-            self._dirty.add((0, leaf // CHUNK_NODES))
+            leaf_level.keys[leaf * k:(leaf + 1) * k] = dead  # the leaf key is dead
+            dirty.add((0, leaf // CHUNK_NODES))
             heapq.heappush(self._vacant, leaf)
             index = leaf
-            for level in range(self.depth + 1):
-                self._levels[level].counts[index] -= 1
+            for c in counts:
+                c[index] -= 1
                 index //= d
-            affected.add(leaf // d)
+        # The nodes to renew, level by level, each level's in index order: the order of the
+        # entries (bottom-up, as gkm.lkh_parts needs) and of the new handles.  Knowing them
+        # all first lets one call draw every new key and one allocation give every handle.
+        plan: list[list[int]] = []
+        renew = sorted({leaf // d for leaf in leaves})
+        for _level in range(1, depth + 1):
+            plan.append(renew)
+            # sorted input, non-decreasing parents: dropping repeats keeps them sorted
+            parents = [renew[0] // d]
+            for index in renew:
+                p = index // d
+                if p != parents[-1]:
+                    parents.append(p)
+            renew = parents
+        total = sum(map(len, plan))
+        fresh = self._random(total * k)
+        if len(fresh) != total * k:
+            raise LkhError(f"random source gave {len(fresh)} bytes, asked for {total * k}")
+        handle = self._alloc_handles(total)
         entries: list[LkhEntry] = []
-        for level in range(1, self.depth + 1):
-            below = self._levels[level - 1]
-            nxt: set[int] = set()
-            for index in sorted(affected):
-                new_key = self._renew(level, index)
-                new_id = self.key_id(level, index)
-                for child in range(index * d, min(index * d + d, len(below))):
-                    if below.counts[child]:
-                        entries.append(self._wrap(self.key_id(level - 1, child), new_id, new_key))
-                nxt.add(index // d)
-            affected = nxt
+        append = entries.append
+        new, wrap = _tnew, aes_key_wrap
+        pos = 0
+        for level, indices in enumerate(plan, 1):
+            lv, below = levels[level], levels[level - 1]
+            keys, handles = lv.keys, lv.handles
+            b_keys, b_handles, b_counts = below.keys, below.handles, below.counts
+            n_below, b_level = len(b_counts), level - 1
+            dirty.update({(level, index // CHUNK_NODES) for index in indices})
+            for index in indices:
+                new_key = fresh[pos:pos + k]
+                pos += k
+                keys[index * k:(index + 1) * k] = new_key
+                handles[index] = handle
+                new_id = new(KeyId, (level, index, handle))
+                handle += 1
+                # wrapped under each child's current key: the new one if the child was
+                # renewed at the level below (already written), never an evicted leaf's
+                lo = index * d
+                for child in range(lo, lo + d if lo + d <= n_below else n_below):
+                    if b_counts[child]:
+                        at = child * k
+                        append(new(LkhEntry, (new(KeyId, (b_level, child, b_handles[child])), new_id,
+                                              wrap(b_keys[at:at + k], new_key))))
         self.epoch += 1
         return LkhUpdate(self.epoch, tuple(entries))
 
@@ -605,13 +663,22 @@ class LkhTree:
         ``dirty_only``, only the chunks changed since :meth:`mark_clean`."""
         k = self.key_len
         if dirty_only:
-            wanted = sorted(self._dirty)
+            wanted: dict[int, list[int]] = {}
+            for level, chunk in sorted(self._dirty):
+                wanted.setdefault(level, []).append(chunk)
         else:
-            wanted = [(lv, c) for lv in range(len(self._levels)) for c in range(_ceil_div(len(self._levels[lv]), CHUNK_NODES))]
-        for level, chunk in wanted:
+            wanted = {lv: list(range(_ceil_div(len(self._levels[lv]), CHUNK_NODES))) for lv in range(len(self._levels))}
+        for level, chunks in wanted.items():
             lv = self._levels[level]
-            lo, hi = chunk * CHUNK_NODES, min((chunk + 1) * CHUNK_NODES, len(lv))
-            yield level, chunk, lv.handles[lo:hi].tobytes(), bytes(lv.keys[lo * k:hi * k])
+            n = len(lv)
+            # one copy per chunk (slicing the buffers themselves would copy twice); the views
+            # live only while one level is copied, never across a yield: the caller may grow
+            # the tree meanwhile
+            with memoryview(lv.handles) as handles, memoryview(lv.keys) as keys:
+                out = [(level, c, handles[c * CHUNK_NODES:min(n, (c + 1) * CHUNK_NODES)].tobytes(),
+                        keys[c * CHUNK_NODES * k:min(n, (c + 1) * CHUNK_NODES) * k].tobytes())
+                       for c in chunks]
+            yield from out
 
     def mark_clean(self) -> None:
         self._dirty.clear()

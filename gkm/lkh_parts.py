@@ -38,34 +38,43 @@ class LkhPartOutOfOrder(LkhUpdateError):
 
 
 class _Sizer:
-    """Bytes of one part as :meth:`LkhUpdate.wire_size` counts them, entry by entry (the chain
-    grouping of :meth:`LkhUpdate.chains`, replayed incrementally)."""
+    """One part's chains (the grouping of :meth:`LkhUpdate.chains`, replayed entry by entry)
+    and its bytes as :meth:`LkhUpdate.wire_size` counts them."""
 
-    __slots__ = ("size", "_tail_of")
+    __slots__ = ("size", "chains", "_tail_of")
 
     def __init__(self) -> None:
         self.size = 0
-        self._tail_of: dict[int, list[int]] = {}  # new key handle -> [chain length]
+        self.chains: list[list[LkhEntry]] = []
+        self._tail_of: dict[int, list[LkhEntry]] = {}  # new key handle -> chain it may continue
 
     def copy(self) -> "_Sizer":
+        """For sizing only (its ``chains`` stay empty): shares no chain with this one."""
         c = _Sizer()
         c.size = self.size
-        c._tail_of = {h: [n[0]] for h, n in self._tail_of.items()}  # shares no chain counter
+        c._tail_of = {h: chain.copy() for h, chain in self._tail_of.items()}
         return c
 
     def cost(self, e: LkhEntry) -> int:
         c = _LKH_KEY_HDR + len(e.wrapped)
         return c if e.wrap.handle in self._tail_of else c + _ATTR_HDR + _UPDATE_ARRAY_HDR
 
-    def add(self, e: LkhEntry) -> None:
-        self.size += self.cost(e)
+    def add(self, e: LkhEntry, cost: int | None = None) -> None:
+        """Append ``e``; ``cost``: :meth:`cost` of ``e``, if the caller has it."""
+        self.size += self.cost(e) if cost is None else cost
         chain = self._tail_of.pop(e.wrap.handle, None)
         if chain is None:
-            chain = [0]
-        chain[0] += 1
+            chain = []
+            self.chains.append(chain)
+        chain.append(e)
         other = self._tail_of.get(e.new.handle)
-        if other is None or other[0] < chain[0]:
+        if other is None or len(other) < len(chain):
             self._tail_of[e.new.handle] = chain
+
+    def part(self, epoch: int, entries: tuple[LkhEntry, ...]) -> LkhUpdate:
+        """The part of these entries, its chains and size as computed here (what
+        :meth:`LkhUpdate.chains` and :meth:`~LkhUpdate.wire_size` would compute again)."""
+        return LkhUpdate.with_chains(epoch, entries, self.chains, self.size)
 
 
 def split_lkh_update(update: LkhUpdate, budget_bytes: int) -> list[LkhUpdate]:
@@ -76,19 +85,19 @@ def split_lkh_update(update: LkhUpdate, budget_bytes: int) -> list[LkhUpdate]:
     entries = update.entries
     if budget_bytes < _ATTR_HDR + _UPDATE_ARRAY_HDR + _LKH_KEY_HDR:
         raise LkhError(f"LKH part budget of {budget_bytes} bytes cannot hold one entry")
-    if not entries or update.wire_size() <= budget_bytes:
+    if not entries or (update.min_wire_size() <= budget_bytes and update.wire_size() <= budget_bytes):
         return [update]
-    level = -1
+    level, first_top = -1, 0  # the top level's first entry
     for n, e in enumerate(entries):
-        if e.new.level < level:
-            raise LkhError(f"entry {n}: level {e.new.level} after level {level}: entries not bottom-up")
-        level = e.new.level
-    top = level
-    first_top = next(n for n, e in enumerate(entries) if e.new.level == top)
+        lv = e.new.level
+        if lv < level:
+            raise LkhError(f"entry {n}: level {lv} after level {level}: entries not bottom-up")
+        if lv > level:
+            level, first_top = lv, n
     top_sizer = _Sizer()
     for e in entries[first_top:]:
         top_sizer.add(e)
-    parts: list[tuple[LkhEntry, ...]] = []
+    parts: list[LkhUpdate] = []
     start = 0
     sizer = _Sizer()
     for n, e in enumerate(entries):
@@ -97,18 +106,21 @@ def split_lkh_update(update: LkhUpdate, budget_bytes: int) -> list[LkhUpdate]:
             for r in entries[n:]:
                 rest.add(r)
             if rest.size > budget_bytes:
-                parts.append(entries[start:n])  # keep the group key's entries together, last
+                # keep the group key's entries together, last
+                parts.append(sizer.part(update.epoch, entries[start:n]))
                 start, sizer = n, _Sizer()
-        if sizer.size + sizer.cost(e) > budget_bytes:
+        cost = sizer.cost(e)
+        if sizer.size + cost > budget_bytes:
             if n == start:
-                raise LkhError(f"entry {n} alone needs {sizer.cost(e)} bytes, over the {budget_bytes} byte budget")
-            parts.append(entries[start:n])
+                raise LkhError(f"entry {n} alone needs {cost} bytes, over the {budget_bytes} byte budget")
+            parts.append(sizer.part(update.epoch, entries[start:n]))
             start, sizer = n, _Sizer()
-        sizer.add(e)
-    parts.append(entries[start:])
-    if len(parts) == 1:
+            cost = sizer.cost(e)
+        sizer.add(e, cost)
+    if not parts:
         return [update]
-    return [LkhUpdate(update.epoch, p) for p in parts]
+    parts.append(sizer.part(update.epoch, entries[start:]))
+    return parts
 
 
 @dataclass(frozen=True)

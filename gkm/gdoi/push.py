@@ -45,9 +45,12 @@ Decisions (ambiguities; docs/decisions/wire.md):
   accepted after the switch.
 * LKH (RFC 6407 sections 4.3, 4.4, 5.6.3): an eviction PUSH carries an SA KEK (new SPI) and a KD
   with an LKH key packet of LKH_UPDATE_ARRAYs (:meth:`gkm.lkh.LkhUpdate.to_arrays`, Key Type
-  :data:`gkm.lkh.KEY_TYPE_AES_KEYWRAP`) plus a KEK key packet with the signing public key
-  only.  The new KEK_ALGORITHM_KEY is *not* sent: the evicted members can decrypt the PUSH
-  (they hold the current KEK).  "The final decryption yields the new group KEK" (section 4.4):
+  :data:`gkm.lkh.KEY_TYPE_AES_KEYWRAP`) plus a KEK key packet with at most the signing public
+  key (SIG_ALGORITHM_KEY): none when it is the key this PUSH is signed with, since a member
+  that accepts the PUSH verified it with the key it holds and keeps that key for the new KEK
+  when the attribute is absent (``PushReceiver``; 95 bytes per datagram for P-256).  The new
+  KEK_ALGORITHM_KEY is *not* sent: the evicted members can decrypt the PUSH (they hold the
+  current KEK).  "The final decryption yields the new group KEK" (section 4.4):
   the new KEK_ALGORITHM_KEY (IV || key) = HKDF-Expand-SHA-256(new LKH root key, "msec GDOI LKH
   KEK" || new KEK SPI) (:func:`lkh_kek_keymat`; our choice: the RFC does not say how the
   root key maps onto a KEK with its IV).  A member whose keys cannot unwrap the new root is
@@ -78,7 +81,10 @@ Decisions (ambiguities; docs/decisions/wire.md):
   run out.  Only the last part may carry TEKs; parts before it carry no Delete.
 * GAP (RFC 6407 sections 4, 5.4.1): every PUSH that carries an SA carries the group's GAP
   (ATD, DTD) between the SA KEK and the SA TEKs, so members apply the key server's current
-  delays to this rekey; :class:`Rekeyed` hands them on (``gap``).
+  delays to this rekey; :class:`Rekeyed` hands them on (``gap``).  Except an LKH update PUSH
+  without TEKs or Deletes (an eviction's parts): ATD and DTD concern TEKs, and it has none; the
+  TEK PUSH under the new KEK that follows carries them, and a member without a GAP keeps the
+  values it holds.
 * GROUPKEY-PUSH-ACK (RFC 8263, :mod:`gkm.gdoi.push_ack`): when the most recent SA KEK asks
   for one (KEK_ACK_REQUESTED of a type we can answer) and the shell told the receiver its own
   address (:meth:`PushReceiver.acknowledge_as`, the source of its last GROUPKEY-PULL), every
@@ -111,11 +117,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
 from gkm.events import MemberEvent
 from gkm import wire
-from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LkhError, LkhEvicted, LkhMemberView, LkhUpdate
+from gkm.lkh import KEY_TYPE_AES_KEYWRAP, LKH_VERSION, LkhError, LkhEvicted, LkhMemberView, LkhUpdate
 from gkm.lkh_parts import LkhPartial, apply_part, split_lkh_update
 from gkm.wire import (
     Attribute, Delete, GdoiSa, Header, KeyDownload, KeyPacket, Sequence, Signature, attr_bytes,
@@ -146,6 +152,12 @@ RECENT_PUSHES = 16
 _LKH_KEK_INFO = b"msec GDOI LKH KEK"
 _KEYWRAP_OVERHEAD = 8
 _PART = struct.Struct("!HH")
+# RFC 6407 section 5.6.3.2: LKH_UPDATE_ARRAY (Version, #Keys, RESERVED, then LKH ID, RESERVED2,
+# Key Handle of the key wrapping the first LKH Key) and LKH Key (LKH ID, Key Type, RESERVED,
+# Key Creation Date, Key Expiration Date, Key Handle; Key Data follows)
+_LKH_ARRAY_HDR = struct.Struct("!BHBHHI")
+_LKH_KEY_HDR = struct.Struct("!HBBIII")
+_tnew = tuple.__new__  # Attribute is a NamedTuple: skip its Python-level __new__
 _LENGTH = struct.Struct("!I")  # the ISAKMP header's Length field (octets 24-27)
 MAX_LKH_PARTS = 0xFFFF
 
@@ -267,6 +279,8 @@ def _coord_bytes(curve: ec.EllipticCurve) -> int:
 
 
 def signature_length(suite: SignatureSuite, public_key: Any) -> int:
+    """Bytes of the SIG data; ``public_key`` may be the private key too (both carry the curve
+    and the size, and deriving the public key costs more than the rest of this)."""
     if suite.key_type == "ec":
         return 2 * _coord_bytes(public_key.curve)
     return (public_key.key_size + 7) // 8
@@ -327,6 +341,7 @@ def build_push(
     *,
     kek: KekKeys,
     signing_key: Any,
+    signing_public_key: bytes | None = None,
     seq: int,
     new_teks: Seq[TekKeys] = (),
     new_kek: KekKeys | None = None,
@@ -349,7 +364,9 @@ def build_push(
     :func:`lkh_kek_keymat` of the root key.  ``lkh_part=(index, count)``: ``lkh_update`` is part
     ``index`` of ``count`` of a larger update (:func:`lkh_update_parts`; the parts go out with
     consecutive SEQs, only the last may carry TEKs).  ``deletes``: TEK SPIs to delete (``[0]`` =
-    all).  ``signing_key``: the group's PUSH private key (``KekPolicy.signing_key`` loaded).
+    all).  ``signing_key``: the group's PUSH private key (``KekPolicy.signing_key`` loaded);
+    ``signing_public_key``: its public key (DER SubjectPublicKeyInfo) when the caller holds it
+    (:class:`gkm.group.Signer` does), else derived when needed (an LKH update).
     ``now``: wall seconds (remaining lifetimes).  Raises ValueError on inconsistent input.
     """
     if not 1 <= seq <= 0xFFFFFFFF:
@@ -359,12 +376,13 @@ def build_push(
             raise ValueError("an LKH update needs the new KEK and the new root key")
         if not hmac.compare_digest(new_kek.keymat, lkh_kek_keymat(lkh_root_key, new_kek.spi, new_kek.cipher)):
             raise ValueError("new KEK keymat is not derived from the LKH root key (lkh_kek_keymat)")
+    # the one key members verify this PUSH with: an LKH PUSH's new KEK need not repeat it
+    signer_der = _signer_der(signing_key, signing_public_key) if lkh_update is not None else None
     header, payloads = _push_payloads(group, kek, seq, new_teks, new_kek, lkh_update, lkh_key_type,
-                                      lkh_part, deletes, delete_kek, now, rekey_source)
+                                      lkh_part, deletes, delete_kek, now, rekey_source, signer_der)
     suite = group.kek.signature
     cipher = KEK_CIPHERS[kek.cipher]
-    priv_pub = signing_key.public_key()
-    sig_len = signature_length(suite, priv_pub)
+    sig_len = signature_length(suite, signing_key)
     # HDR as signed: Length = 28 + payloads incl. SIG (4 + sig_len), no padding (gdoid)
     signed_msg = wire.encode_message(header, (*payloads, Signature(bytes(sig_len))))
     sig_start = len(signed_msg) - 4 - sig_len
@@ -382,9 +400,41 @@ def build_push(
     return plain[:HEADER_LEN] + _cbc(key, iv, plain[HEADER_LEN:], True)
 
 
+def _signer_der(signing_key: Any, given: bytes | None) -> bytes:
+    """DER SubjectPublicKeyInfo of the signing key: ``given`` (the caller's, e.g. the group's
+    :class:`gkm.group.Signer`), else derived."""
+    if given is not None:
+        return bytes(given)
+    return signing_key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _lkh_update_attributes(update: LkhUpdate, key_type: int) -> list[Attribute]:
+    """One LKH_UPDATE_ARRAY attribute per chain (:meth:`LkhUpdate.chains`): the bytes
+    :func:`wire.encode_lkh_array` gives for :meth:`LkhUpdate.to_arrays` (a test holds them
+    equal), packed from the entries in one pass: a batch eviction sends ~20,000 keys."""
+    array_hdr, key_hdr = _LKH_ARRAY_HDR.pack, _LKH_KEY_HDR.pack
+    out = []
+    try:
+        for chain in update.chains():
+            w = chain[0].wrap
+            parts = [array_hdr(LKH_VERSION, len(chain), 0, w.level, 0, w.handle)]
+            size = len(chain[0].wrapped)
+            for e in chain:
+                if len(e.wrapped) != size:  # no length on the wire: one size per array
+                    raise ValueError("LKH update: wrapped keys of different sizes in one array")
+                n = e.new
+                parts.append(key_hdr(n.level, key_type, 0, 0, 0, n.handle))
+                parts.append(e.wrapped)
+            out.append(_tnew(Attribute, (LkhKeyAttr.LKH_UPDATE_ARRAY, b"".join(parts))))
+    except struct.error as e:
+        raise ValueError(f"LKH update does not fit RFC 6407 LKH arrays: {e}") from None
+    return out
+
+
 def _push_payloads(group, kek, seq, new_teks, new_kek, lkh_update, lkh_key_type, lkh_part,
-                   deletes, delete_kek, now, rekey_source):
-    """HDR and the payloads before SIG of a PUSH (:func:`build_push`, :func:`lkh_part_budget`)."""
+                   deletes, delete_kek, now, rekey_source, signer_der=None):
+    """HDR and the payloads before SIG of a PUSH (:func:`build_push`, :func:`lkh_part_budget`).
+    ``signer_der``: the public key (DER) of the key signing this PUSH, if known."""
     if group.kek is None:
         raise ValueError(f"group {group.group_id} has no KEK policy: no GROUPKEY-PUSH")
     if len(kek.spi) != 16:
@@ -411,8 +461,10 @@ def _push_payloads(group, kek, seq, new_teks, new_kek, lkh_update, lkh_key_type,
     if new_kek is not None:
         pub = new_kek.public_key
         kids.append(pw.sa_kek(group.kek, new_kek.spi, rekey_source, new_kek.expires - now, pw.signature_key_bits(pub)))
-    if new_kek is not None or new_teks:
-        kids.append(pw.gap(group))  # SA KEK, GAP, SA TEKs (RFC 6407 section 5.2.1)
+    # SA KEK, GAP, SA TEKs (RFC 6407 section 5.2.1); no GAP in an LKH update without TEKs or
+    # Deletes (an eviction's parts): the delays apply to TEKs, and it has none
+    if new_teks or (new_kek is not None and (lkh_update is None or tek_dels)):
+        kids.append(pw.gap(group))
     policies = {tp.name: tp for tp in group.teks}
     for tk in new_teks:
         tp = policies.get(tk.name)
@@ -424,14 +476,16 @@ def _push_payloads(group, kek, seq, new_teks, new_kek, lkh_update, lkh_key_type,
         if lkh_update is None:
             packets.append(pw.kek_packet(new_kek.spi, new_kek.keymat, new_kek.public_key))
         else:
-            packets.append(KeyPacket(KdType.KEK, bytes(new_kek.spi), (Attribute(KekKeyAttr.SIG_ALGORITHM_KEY, bytes(new_kek.public_key)),)))
+            # The KEK packet says only which key verifies PUSHes under the new KEK; when that
+            # is the key this PUSH is signed with, a member that accepts the PUSH holds it
+            # already (it verified the signature with it) and keeps it: nothing to send.
+            kek_attrs = () if signer_der == new_kek.public_key else \
+                (Attribute(KekKeyAttr.SIG_ALGORITHM_KEY, bytes(new_kek.public_key)),)
+            packets.append(KeyPacket(KdType.KEK, bytes(new_kek.spi), kek_attrs))
             attrs = []
             if lkh_part is not None:
                 attrs.append(Attribute(LkhKeyAttr.LKH_UPDATE_PART, _PART.pack(*lkh_part)))
-            for (lkh_id, handle), keys in lkh_update.to_arrays():
-                value = wire.encode_lkh_array([(lvl, lkh_key_type, 0, 0, h, data) for lvl, h, data in keys],
-                                              (lkh_id, handle))
-                attrs.append(Attribute(LkhKeyAttr.LKH_UPDATE_ARRAY, value))
+            attrs += _lkh_update_attributes(lkh_update, lkh_key_type)
             packets.append(KeyPacket(KdType.LKH, bytes(new_kek.spi), tuple(attrs)))
     if kids:
         payloads.append(GdoiSa(tuple(kids)))
@@ -450,24 +504,28 @@ FIXED_PUSH_BOUND = 512
 
 def lkh_part_budget(group: GroupPolicy, *, kek: KekKeys, new_kek: KekKeys, signing_key: Any,
                     now: int, max_size: int | None = None,
-                    rekey_source: tuple[str, int] | None = None) -> int:
+                    rekey_source: tuple[str, int] | None = None,
+                    signing_public_key: bytes | None = None) -> int:
     """Bytes of LKH_UPDATE_ARRAYs (:meth:`LkhUpdate.wire_size`) that fit one LKH part PUSH
     (:func:`build_push` with ``lkh_part``, no TEKs) of at most ``max_size`` bytes (default: the
     group's ``kek.max_push_size``): the datagram minus its HDR, SEQ, SA KEK, KEK packet, LKH
-    packet header, part attribute, SIG and the worst case of CBC padding.  No signing."""
+    packet header, part attribute, SIG and the worst case of CBC padding.  No signing.
+    ``signing_public_key``: as for :func:`build_push` (pass the same)."""
     if group.kek is None:
         raise ValueError(f"group {group.group_id} has no KEK policy: no GROUPKEY-PUSH")
     limit = group.kek.max_push_size if max_size is None else max_size
     header, payloads = _push_payloads(group, kek, 1, (), new_kek, LkhUpdate(0, ()), KEY_TYPE_AES_KEYWRAP,
-                                      (1, 2), (), False, now, rekey_source)
-    sig_len = signature_length(group.kek.signature, signing_key.public_key())
+                                      (1, 2), (), False, now, rekey_source,
+                                      _signer_der(signing_key, signing_public_key))
+    sig_len = signature_length(group.kek.signature, signing_key)
     fixed = len(wire.encode_message(header, (*payloads, Signature(bytes(sig_len)))))
     return limit - fixed - (KEK_CIPHERS[kek.cipher].block_bytes - 1)
 
 
 def lkh_update_parts(group: GroupPolicy, update: LkhUpdate, *, kek: KekKeys, new_kek: KekKeys,
                      signing_key: Any, now: int, max_size: int | None = None,
-                     rekey_source: tuple[str, int] | None = None) -> list[LkhUpdate]:
+                     rekey_source: tuple[str, int] | None = None,
+                     signing_public_key: bytes | None = None) -> list[LkhUpdate]:
     """``update`` as the parts to send, part ``i`` of ``n`` in a PUSH built with
     ``build_push(..., lkh_update=parts[i - 1], lkh_part=(i, n))`` under ``kek``, SEQs
     consecutive (reserve ``n`` with ``store.next_seq`` first), so that no datagram exceeds
@@ -476,11 +534,13 @@ def lkh_update_parts(group: GroupPolicy, update: LkhUpdate, *, kek: KekKeys, new
     if group.kek is None:
         raise ValueError(f"group {group.group_id} has no KEK policy: no GROUPKEY-PUSH")
     limit = group.kek.max_push_size if max_size is None else max_size
-    sig_len = signature_length(group.kek.signature, signing_key.public_key())
-    if update.wire_size() + len(new_kek.public_key) + sig_len + FIXED_PUSH_BOUND <= limit:
+    sig_len = signature_length(group.kek.signature, signing_key)
+    spare = limit - len(new_kek.public_key) - sig_len - FIXED_PUSH_BOUND
+    if update.min_wire_size() <= spare and update.wire_size() <= spare:
         return [update]  # fits with room to spare: no need to measure the budget exactly
     budget = lkh_part_budget(group, kek=kek, new_kek=new_kek, signing_key=signing_key, now=now,
-                             max_size=max_size, rekey_source=rekey_source)
+                             max_size=max_size, rekey_source=rekey_source,
+                             signing_public_key=signing_public_key)
     try:
         parts = split_lkh_update(update, budget)
     except LkhError as e:

@@ -684,10 +684,12 @@ class GroupController:
             gike_first, gike_teks = self._gike_lkh(old_kk, kek.seq + 1, t, new_kk, tree, update)
             teks = self._new_teks(list(pol.teks), t)
             parts = lkh_update_parts(pol, update, kek=old_kk, new_kek=new_kk,
-                                     signing_key=self._signer.private_key, now=t)
+                                     signing_key=self._signer.private_key,
+                                     signing_public_key=self._signer.public_key, now=t)
             seqs = self._seqs(kek, len(parts))
             pushes = [Push(seq, kek.spi, build_push(
-                pol, kek=old_kk, signing_key=self._signer.private_key, seq=seq,
+                pol, kek=old_kk, signing_key=self._signer.private_key,
+                signing_public_key=self._signer.public_key, seq=seq,
                 new_kek=new_kk, lkh_update=part, lkh_root_key=root_key,
                 lkh_part=(i, len(parts)), now=t), gike_first if i == 1 else None)
                 for i, (seq, part) in enumerate(zip(seqs, parts), 1)]

@@ -16,6 +16,7 @@ from gkm import wire
 from gkm.gdoi import Registered
 from gkm.gdoi.keys import new_tek_keymat
 from gkm.gdoi.provider import KekKeys, TekKeys, load_signing_public_key
+from gkm.lkh import LkhMemberView
 from gkm.gdoi.push import (
     _cbc, REKEY_PREFIX, Evicted, KekDeleted, PushReceiver, PushRejected, Rekeyed, TeksDeleted, build_push, lkh_kek_keymat,
     sign_push, verify_push_signature,
@@ -100,7 +101,7 @@ def test_push_after_pull_delivers_new_teks(tmp_path):
 def test_every_push_with_an_sa_carries_the_groups_gap(tmp_path):
     """build_push puts the group's ATD/DTD between SA KEK and SA TEKs (RFC 6407 section
     5.2.1), in a TEK rekey and in a KEK-only one; the member hands them on in Rekeyed; a
-    Delete-only PUSH has no SA, so no GAP."""
+    Delete-only PUSH has no SA, so no GAP (nor has an LKH update without TEKs: below)."""
     s = Setup(tmp_path)
     s.group = dataclasses.replace(s.group, activation_delay_s=9, deactivation_delay_s=30)
     r = s.receiver()
@@ -123,6 +124,42 @@ def test_every_push_with_an_sa_carries_the_groups_gap(tmp_path):
     assert not any(type(p) is wire.GdoiSa for p in wire.decode_message(plain, block_size=16).payloads)
     r.receive_datagram(data, ("192.0.2.1", 848), NOW)
     assert isinstance(_one(r), TeksDeleted)
+
+
+def test_lkh_update_without_teks_carries_no_gap(tmp_path):
+    """An eviction's LKH PUSH (SA KEK, no TEKs, no Deletes) carries no GAP: ATD and DTD concern
+    TEKs.  The member hands on no delays (it keeps its own); the TEK PUSH under the new KEK
+    that follows carries the group's, and with TEKs the LKH PUSH carries them too."""
+    s = Setup(tmp_path, who=("gm1", "gm2", "gm3"), lkh=True)
+    s.group = dataclasses.replace(s.group, activation_delay_s=9, deactivation_delay_s=30)
+    tree = s.store.load_lkh(GID)
+    old = s.kek()
+
+    def sa_kinds(data, kek):
+        plain = data[:28] + _cbc(kek.keymat[16:], kek.keymat[:16], data[28:], False)
+        sa = next(p for p in wire.decode_message(plain, block_size=16).payloads if type(p) is wire.GdoiSa)
+        return [type(p) for p in sa.payloads]
+
+    for gone, teks, kinds in (("key-id:gm3", [], [wire.SaKek]),
+                              ("key-id:gm2", [s.new_tek()], [wire.SaKek, wire.Gap, wire.SaTek])):
+        r = s.receiver()
+        r.lkh_view = LkhMemberView(tree.path("key-id:gm1"), epoch=tree.epoch)
+        update = tree.evict([gone])
+        (_kid, root) = tree.group_key()
+        spi = os.urandom(16)
+        new = KekKeys(spi, old.cipher, lkh_kek_keymat(root, spi, old.cipher), WALL + 7200, s.pub)
+        data = s.push(kek=old, new_kek=new, lkh_update=update, lkh_root_key=root, new_teks=teks)
+        assert sa_kinds(data, old) == kinds
+        r.receive_datagram(data, None, NOW)
+        ev = _one(r)
+        assert isinstance(ev, Rekeyed) and ev.new_kek
+        assert (ev.gap is None) == (not teks)
+        if not teks:
+            follow = s.push(seq=1, kek=new, new_teks=[s.new_tek()], deletes=[0])
+            assert sa_kinds(follow, new) == [wire.Gap, wire.SaTek]
+            r.receive_datagram(follow, None, NOW)
+            ev = next(e for e in events(r) if isinstance(e, Rekeyed))
+            assert (ev.gap.activation_s, ev.gap.deactivation_s) == (9, 30)
 
 
 def test_restricted_sender_keeps_its_direction(tmp_path):
@@ -285,6 +322,35 @@ def test_lkh_eviction_one_of_three(tmp_path):
     # the remaining members continue under the new KEK
     rs["gm1"].receive_datagram(s.push(seq=1, kek=new, new_teks=[s.new_tek()]), None, NOW)
     assert isinstance(_one(rs["gm1"]), Rekeyed)
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_lkh_push_sends_the_signing_key_only_when_it_changes(tmp_path, given):
+    """The KEK packet of an LKH PUSH names the key that verifies PUSHes under the new KEK.
+    When that is the key signing this PUSH (an eviction), the members hold it already: no
+    SIG_ALGORITHM_KEY, and they keep it for the new KEK.  A new key is sent, and taken."""
+    s = Setup(tmp_path, who=("gm1", "gm2", "gm3"), lkh=True)
+    tree = s.store.load_lkh(GID)
+    old = s.kek()
+    other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for pub, sent, gone in ((s.pub, False, "key-id:gm2"), (other, True, "key-id:gm3")):
+        r = s.receiver()  # gm1 as registered, its LKH keys as the tree holds them now
+        r.lkh_view = LkhMemberView(tree.path("key-id:gm1"), epoch=tree.epoch)
+        update = tree.evict([gone])
+        (_kid, root) = tree.group_key()
+        spi = os.urandom(16)
+        new = KekKeys(spi, old.cipher, lkh_kek_keymat(root, spi, old.cipher), WALL + 7200, pub)
+        extra = {"signing_public_key": s.pub} if given else {}
+        data = s.push(kek=old, new_kek=new, lkh_update=update, lkh_root_key=root, **extra)
+        plain = data[:28] + _cbc(old.keymat[16:], old.keymat[:16], data[28:], False)
+        kd = next(p for p in wire.decode_message(plain, block_size=16).payloads if type(p) is wire.KeyDownload)
+        (kek_pkt,) = [p for p in kd.packets if p.kd_type == wire.KdType.KEK]
+        assert [v for _t, v in kek_pkt.attributes] == ([pub] if sent else [])
+        r.receive_datagram(data, None, NOW)
+        ev = _one(r)
+        assert isinstance(ev, Rekeyed) and ev.new_kek and ev.kek.spi == spi
+        assert ev.kek.signing_public_key == pub
 
 
 def test_lkh_update_needs_derived_kek(tmp_path):

@@ -102,6 +102,29 @@ def test_thousand_evictions_split_within_max_push_size(batch):
     assert any(e.new.level == top for e in batch.parts[-1].entries)
 
 
+def test_lkh_arrays_on_the_wire_are_the_codecs(batch):
+    """Each part's LKH key packet carries exactly what the generic codec makes of the part's
+    to_arrays(): wire.encode_lkh_array per chain, AES key wrap key type, dates zero."""
+    for i, (part, data) in enumerate(zip(batch.parts, batch.datagrams), 1):
+        kd = next(p for p in batch.decrypted(data).payloads if isinstance(p, wire.KeyDownload))
+        (lkh,) = [p for p in kd.packets if p.kd_type == wire.KdType.LKH]
+        sent = [v for t, v in lkh.attributes if t == LkhKeyAttr.LKH_UPDATE_ARRAY]
+        want = [wire.encode_lkh_array([(lvl, KEY_TYPE_AES_KEYWRAP, 0, 0, h, key) for lvl, h, key in keys],
+                                      header)
+                for header, keys in part.to_arrays()]
+        assert sent == want, f"part {i}"
+
+
+def test_lkh_array_of_mixed_key_sizes_refused(batch):
+    """LKH keys carry no length: an array whose wrapped keys differ in size could not be read
+    back, so build_push refuses it (ValueError) instead of sending it."""
+    a, b = batch.update.chains()[0][:2]
+    bad = LkhUpdate(batch.update.epoch, (a, b._replace(wrapped=b.wrapped + bytes(8))))
+    with pytest.raises(ValueError, match="different sizes"):
+        build_push(batch.group, kek=batch.old, signing_key=batch.s.signing_key, seq=99,
+                   new_kek=batch.new, lkh_update=bad, lkh_root_key=batch.root, now=WALL)
+
+
 def test_every_remaining_member_gets_the_group_key_no_evicted_one_does(batch):
     """All 10,000 member views apply the parts as decoded from the datagrams."""
     decoded = [_lkh_from_wire(batch.decrypted(d), batch.update.epoch) for d in batch.datagrams]
@@ -264,7 +287,13 @@ def test_fixed_push_bound_covers_every_part_overhead(tmp_path, sig, addr, source
     g = dataclasses.replace(g, kek=dataclasses.replace(g.kek, signature=suite,
                                                        rekey_address=ipaddress.ip_address(addr)))
     old = KekKeys(os.urandom(16), "aes-cbc-256", os.urandom(48), WALL + 60, pub)
-    new = KekKeys(os.urandom(16), "aes-cbc-256", os.urandom(48), WALL + 0xFFFFFFF, pub)
-    budget = lkh_part_budget(g, kek=old, new_kek=new, signing_key=key, now=WALL, rekey_source=source)
-    fixed = g.kek.max_push_size - budget - len(pub) - signature_length(suite, key.public_key())
-    assert 0 < fixed <= FIXED_PUSH_BOUND
+    # the new KEK's public key is sent unless it is the signing key's (then members hold it):
+    # both cases, the one that sends it with a key as large as the signing key
+    other = (rsa.generate_private_key(65537, 4096) if suite.key_type == "rsa"
+             else ec.generate_private_key(key.curve)).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for new_pub, sent in ((pub, 0), (other, len(other))):
+        new = KekKeys(os.urandom(16), "aes-cbc-256", os.urandom(48), WALL + 0xFFFFFFF, new_pub)
+        budget = lkh_part_budget(g, kek=old, new_kek=new, signing_key=key, now=WALL, rekey_source=source)
+        fixed = g.kek.max_push_size - budget - sent - signature_length(suite, key.public_key())
+        assert 0 < fixed <= FIXED_PUSH_BOUND

@@ -177,6 +177,49 @@ def test_restore_round_trip_and_dirty_chunks():
     assert again2.group_key() == tree.group_key()
 
 
+@pytest.mark.parametrize("degree,batch", [(2, [5]), (2, [0, 1, 77, 200]), (3, [4, 5, 6, 130])])
+def test_eviction_renews_exactly_the_evicted_paths(degree, batch):
+    """Every ancestor of an evicted leaf gets a new key and a new (larger) handle, also the
+    nodes no member is left under; every other node keeps its key; the vacated leaves are
+    zeroed; the new keys differ from one another."""
+    tree = LkhTree.build(range(300), degree=degree)
+    before = {(level, i): (tree.key_id(level, i).handle, tree._key(level, i))
+              for level, lv in enumerate(tree._levels) for i in range(len(lv))}
+    first_new = tree.next_handle
+    on_path = set()
+    for leaf in batch:
+        index = leaf
+        for level in range(1, tree.depth + 1):
+            index //= degree
+            on_path.add((level, index))
+    tree.evict(batch)
+    new_keys = set()
+    for (level, i), (handle, key) in before.items():
+        now_handle, now_key = tree.key_id(level, i).handle, tree._key(level, i)
+        if (level, i) in on_path:
+            assert now_handle >= first_new and now_key != key, (level, i)
+            new_keys.add(now_key)
+        elif level == 0 and i in batch:
+            assert now_key == bytes(tree.key_len)
+        else:
+            assert (now_handle, now_key) == (handle, key), (level, i)
+    assert len(new_keys) == len(on_path)
+    assert tree.next_handle == first_new + len(on_path)
+
+
+def test_exported_chunks_are_copies():
+    """A change record holds the chunks as they were: later changes to the tree (evictions,
+    a join growing a level's buffer) leave an export already taken as it was."""
+    tree = LkhTree.build(range(2 * CHUNK_NODES), degree=2)
+    taken = list(tree.export_chunks())
+    frozen = [(lv, c, bytes(h), bytes(k)) for lv, c, h, k in taken]
+    tree.evict([3, CHUNK_NODES + 1])
+    tree.join("grows")  # appends to the level buffers (no export may hold them)
+    tree.join("grows-2")
+    assert [(lv, c, bytes(h), bytes(k)) for lv, c, h, k in taken] == frozen
+    assert all(type(h) is bytes and type(k) is bytes for _lv, _c, h, k in taken)
+
+
 def test_restore_refuses_inconsistent_state():
     tree = LkhTree.build(range(10))
     chunks = list(tree.export_chunks())

@@ -25,6 +25,20 @@ def test_parts_fit_the_budget_and_keep_order():
     assert split_lkh_update(update, update.wire_size()) == [update]
 
 
+@pytest.mark.parametrize("degree", [2, 3])
+def test_parts_carry_the_chains_and_sizes_they_would_compute(degree):
+    """The splitter hands each part the chains and size it worked out while sizing it; they
+    are what LkhUpdate computes for the same entries from scratch (what goes on the wire)."""
+    tree = LkhTree.build(range(700), degree=degree)
+    update = tree.evict(list(range(0, 700, 5)))
+    assert update.min_wire_size() <= update.wire_size()
+    for budget in (200, 1500, 8000):
+        for p in split_lkh_update(update, budget):
+            fresh = LkhUpdate(p.epoch, p.entries)
+            assert p.chains() == fresh.chains() and p.wire_size() == fresh.wire_size() <= budget
+            assert fresh.min_wire_size() <= fresh.wire_size()
+
+
 def test_budget_too_small_or_entries_not_bottom_up():
     _tree_, _views, update = _tree()
     with pytest.raises(LkhError, match="cannot hold one entry"):
