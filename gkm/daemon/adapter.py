@@ -18,8 +18,9 @@ socket of the peer's address family.
 Bursts (group commit): asyncio hands a :class:`UdpEndpoint` one datagram per event-loop turn.
 The endpoint then reads every further datagram already waiting on that socket (up to
 :attr:`UdpEndpoint.burst`, through a duplicate of the socket's descriptor, non-blocking) and
-feeds them all to the engine before the shell pulls its output once: a key server enrolls all
-the verified messages 3 of a burst in one durable store commit, and the loop's per-datagram
+feeds them all to the engine, then performs the engine's durable step (``engine.commit(now)``:
+a key server enrolls all the verified messages 3 of the burst in one durable store commit), and
+only then pulls its output (outputs never commit anything), so the loop's per-datagram
 overhead (a poll and a callback) is paid once per burst.  Replies are written straight to the
 socket; only when its send buffer is full do they go through the transport (which queues).
 """
