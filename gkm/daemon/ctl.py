@@ -89,10 +89,18 @@ def request(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, 
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
             raise NotRunning(path) from None
-        s.sendall(json.dumps(req).encode() + b"\n")
+        try:
+            s.sendall(json.dumps(req).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            # msecd may answer and close before reading (a refused peer, too many
+            # connections): its answer is still waiting to be read
+            pass
         buf = b""
         while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
             if not chunk:
                 break
             buf += chunk

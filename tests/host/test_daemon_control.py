@@ -7,16 +7,16 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 from gkm.daemon.control import ControlServer
+from gkm.daemon.ctl import request
 
 
 def _ask_as(uid: int, path: str) -> int:
-    """Fork a child that drops to `uid`, sends a status request and writes the answer to a
-    pipe; returns the pipe's read end."""
+    """Fork a child that drops to `uid`, sends a status request (with msecctl's client) and
+    writes the answer to a pipe; returns the pipe's read end."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -26,16 +26,8 @@ def _ask_as(uid: int, path: str) -> int:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(path)
-            s.sendall(b'{"cmd": "status"}\n')
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                buf += chunk
-            os.write(w, buf)
+            # msecctl's own client: the refusal may come before the request is written
+            os.write(w, json.dumps(request(path, {"cmd": "status"}, timeout=30)).encode())
         except BaseException as e:  # report, never return into pytest
             os.write(w, repr(e).encode())
             code = 1

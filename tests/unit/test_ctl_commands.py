@@ -158,3 +158,31 @@ def test_completion_is_valid_bash_and_completes():
     assert "--tek" in _complete("msecctl", "-s", "/x", "group", "create", "1001", "--")
     assert _complete("msecctl", "join", "5", "--key-server", "ks", "--psk-f") == ["--psk-file"]
     assert _complete("msecctl", "completion", "")[0] == "bash"
+
+
+def test_request_reads_an_answer_sent_before_the_request_was_read(tmp_path):
+    """msecd answers a refused peer at once and closes without reading its request: msecctl
+    must show that answer, not the broken pipe of its own write."""
+    import socket
+    import threading
+
+    from gkm.daemon.ctl import request
+
+    path = str(tmp_path / "c.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def refuse():
+        c, _ = srv.accept()
+        c.sendall(b'{"ok": false, "error": "permission denied"}\n')
+        c.close()  # unread: the client's write fails with EPIPE
+    t = threading.Thread(target=refuse)
+    t.start()
+    try:
+        # a request larger than the socket buffers, so the write is still going on at the close
+        assert request(path, {"cmd": "status", "pad": "x" * (8 << 20)}, timeout=10) == \
+            {"ok": False, "error": "permission denied"}
+    finally:
+        t.join(10)
+        srv.close()
