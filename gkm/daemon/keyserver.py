@@ -26,6 +26,7 @@ from gkm.gdoi.events import MemberRefused, MemberRegistered
 from gkm.ike.events import Phase1Established, Phase1Failed
 from gkm.ikev2.events import GsaPeerRefused, SaInitFailed
 from gkm.store import KeyState
+from gkm.wire.header import is_ikev2
 from policy import model as pm
 from policy.revocation import RevocationList, load_crls
 
@@ -61,13 +62,8 @@ def _bind(addr, port: int) -> socket.socket:
     return s
 
 
-def _is_ikev2(data: bytes) -> bool:
-    """IKEv2 header: major version 2 in the version octet (offset 17, as gkm.ikev2.gcks)."""
-    return len(data) > 17 and data[17] >> 4 == 2
-
-
 def _not_ikev2(data: bytes) -> bool:
-    return not _is_ikev2(data)
+    return not is_ikev2(data)
 
 
 def _listen_keys(settings: pm.KeyServerSettings) -> dict[ListenKey, tuple[Any, Any]]:
@@ -80,7 +76,7 @@ def _listen_keys(settings: pm.KeyServerSettings) -> dict[ListenKey, tuple[Any, A
     for a in settings.listen:
         keys.setdefault((str(a), settings.port), (a, _not_ikev2 if own else None))
         if own:
-            keys.setdefault((str(a), settings.g_ikev2_port), (a, _is_ikev2))
+            keys.setdefault((str(a), settings.g_ikev2_port), (a, is_ikev2))
     return keys
 
 

@@ -127,6 +127,7 @@ from gkm.wire import (
     Attribute, Delete, GdoiSa, Header, KeyDownload, KeyPacket, Sequence, Signature, attr_bytes,
 )
 from gkm.wire.constants import Doi, ExchangeType, Flags, KdType, KekKeyAttr, LkhKeyAttr, TekProtocol
+from gkm.wire.header import is_ikev2
 from policy.model import GroupPolicy, SaDirection
 from policy.suites import KEK_CIPHERS, SIGNATURE_SUITES, KekCipher, SignatureSuite
 
@@ -240,9 +241,6 @@ class PushRejected(MemberEvent):
 #: PUSH whose content cannot be used, a copy of the last PUSH, an internal error
 PUSH_REJECT_CAUSES = ("not_member", "malformed", "wrong_kek", "wrong_source", "replay",
                       "signature", "content", "duplicate", "internal")
-
-
-_VERSION_OFFSET = 17  # the header's version octet (RFC 2408 section 3.1, RFC 7296 section 3.1)
 
 
 class _Reject(Exception):
@@ -625,7 +623,7 @@ class PushReceiver:
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         data = bytes(data)
-        if len(data) > _VERSION_OFFSET and data[_VERSION_OFFSET] >> 4 == 2:
+        if is_ikev2(data):
             self.stats["other_protocol"] += 1  # a GSA_REKEY for the group's G-IKEv2 members
             return
         digest = hashlib.sha256(data).digest()

@@ -35,6 +35,7 @@ import logging
 from typing import Any, Callable, Iterable
 
 from gkm.gdoi.provider import GroupKeysProvider
+from gkm.wire.header import is_ikev2
 from policy.model import GroupPolicy, Identity
 
 from .constants import ExchangeType
@@ -49,7 +50,7 @@ __all__ = ["GcksEngine", "ProtocolDemux", "PROTOCOL", "serves_g_ikev2", "HOUSEKE
 PROTOCOL = "g-ikev2"
 HOUSEKEEPING_S = 5.0
 COOKIE_ROTATION_S = 300.0
-_VERSION_OFFSET, _EXCHANGE_OFFSET = 17, 18
+_EXCHANGE_OFFSET = 18
 
 
 def serves_g_ikev2(group: GroupPolicy) -> bool:
@@ -165,8 +166,7 @@ class ProtocolDemux:
         return self.gdoi.half_open + self.g_ikev2.half_open
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
-        version = data[_VERSION_OFFSET] >> 4 if len(data) > _VERSION_OFFSET else 0
-        if version == 2:
+        if is_ikev2(data):
             self.g_ikev2.receive_datagram(data, addr, now)
         else:  # IKEv1 and anything else: GDOI's decoders decide (and count) as before
             self.gdoi.receive_datagram(data, addr, now)

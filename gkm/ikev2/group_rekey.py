@@ -41,7 +41,7 @@ from gkm.lkh import LkhTree, LkhUpdate
 from policy.model import GroupPolicy
 
 from .constants import GcAuth, ProtocolId
-from .gsa_map import group_tek_of, rekey_kwa, rekey_sa_of
+from .gsa_map import SIGNATURE_BY_CURVE, group_tek_of, rekey_kwa, rekey_sa_of
 from .lkh_map import wrap_update
 from .payloads import Delete
 from .rekey import RekeySender
@@ -49,14 +49,13 @@ from .rekey_auth import SIGNATURE_ALGORITHMS, SignatureAlgorithm
 
 __all__ = ["gsa_rekey", "signature_for", "message_id_of"]
 
-_BY_CURVE = {"secp256r1": "ecdsa-p256-sha256", "secp384r1": "ecdsa-p384-sha384"}
 
 
 def signature_for(private_key: Any) -> SignatureAlgorithm | None:
     """The GSA_REKEY signature algorithm of the group's PUSH signing key, None if it has none."""
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        name = _BY_CURVE.get(private_key.curve.name)
-        return SIGNATURE_ALGORITHMS[name] if name else None
+        names = SIGNATURE_BY_CURVE.get(private_key.curve.name)
+        return SIGNATURE_ALGORITHMS[names[0]] if names else None
     return None
 
 

@@ -52,7 +52,6 @@ Decisions:
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -80,7 +79,7 @@ __all__ = [
     "MappingError", "GroupKeysReceived", "unicast_gsk_w", "unicast_kwa", "rekey_kwa", "rekey_sa_keys", "rekey_sa_for",
     "rekey_sa_of", "group_tek_of",
     "registration_kwa", "group_payloads", "read_group", "may_send", "needs_sender_ids", "transport_mode", "REKEY_INTEG",
-    "KEY_WRAP_LABEL", "SENDER_ID_BITS",
+    "KEY_WRAP_LABEL", "SENDER_ID_BITS", "SIGNATURE_BY_CURVE",
 ]
 
 #: GWP_SENDER_ID_BITS: 2^24 Sender-IDs per group, leaving 40 bits of a GCM IV's 64 per sender
@@ -90,7 +89,7 @@ REKEY_LABEL = b"msec G-IKEv2 Rekey SA"
 REKEY_INTEG = Integ.HMAC_SHA2_256_128
 _KWA_FOR = {16: KeyWrap.KW_5649_128, 24: KeyWrap.KW_5649_192, 32: KeyWrap.KW_5649_256}
 #: AUTH_KEY curve -> (GSA_REKEY signature algorithm, policy.suites.SIGNATURE_SUITES name for GroupKek)
-_BY_CURVE = {"secp256r1": ("ecdsa-p256-sha256", "ecdsa-p256"), "secp384r1": ("ecdsa-p384-sha384", "ecdsa-p384")}
+SIGNATURE_BY_CURVE = {"secp256r1": ("ecdsa-p256-sha256", "ecdsa-p256"), "secp384r1": ("ecdsa-p384-sha384", "ecdsa-p384")}
 
 
 class MappingError(ValueError):
@@ -378,7 +377,7 @@ def read_group(group_id: int, gsa: GroupSa, kd: KeyDownload, ike_keys: IkeKeys, 
             pub = load_der_public_key(auth_keys[0])
         except Exception as e:  # malformed DER, or a well-formed key of a type cryptography does not know
             raise MappingError(f"{where}: AUTH_KEY is not a usable DER public key: {e}") from None
-        names = _BY_CURVE.get(pub.curve.name) if isinstance(pub, ec.EllipticCurvePublicKey) else None
+        names = SIGNATURE_BY_CURVE.get(pub.curve.name) if isinstance(pub, ec.EllipticCurvePublicKey) else None
         if names is None:
             raise MappingError(f"{where}: AUTH_KEY is not an ECDSA P-256/P-384 key")
         signature = SIGNATURE_ALGORITHMS[names[0]]

@@ -34,6 +34,7 @@ from typing import Any
 from gkm.gdoi.keys import GroupKek
 from gkm.gdoi.policy_wire import GapDelays
 from gkm.gdoi.push import Evicted, KekDeleted, PushRejected, Rekeyed, TeksDeleted
+from gkm.wire.header import is_ikev2
 from policy.model import AddressPreservation, MemberGroup, Mode, SaDirection
 
 from .constants import GcAuth
@@ -43,15 +44,7 @@ from .rekey_sa import RekeySa
 
 log = logging.getLogger("gkm.ikev2")
 
-__all__ = ["GikePushReceiver", "is_ikev2_datagram"]
-
-_VERSION_OFFSET = 17
-
-
-def is_ikev2_datagram(data: bytes) -> bool:
-    """Major version 2 in the ISAKMP/IKE header (RFC 7296 §3.1; GDOI's is 1, RFC 2408 §3.1)."""
-    return len(data) > _VERSION_OFFSET and data[_VERSION_OFFSET] >> 4 == 2
-
+__all__ = ["GikePushReceiver"]
 
 class GikePushReceiver:
     """GSA_REKEY for one group, with the PushReceiver interface (module docstring)."""
@@ -86,7 +79,7 @@ class GikePushReceiver:
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         data = bytes(data)
-        if not is_ikev2_datagram(data):
+        if not is_ikev2(data):
             self.stats["other_protocol"] += 1
             return
         ended = self._rx.excluded or self._rx.rekey_sa is None

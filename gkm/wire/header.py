@@ -97,3 +97,10 @@ def encode_header(header: Header, next_payload: int, length: int) -> bytes:
         )
     except struct.error as e:
         raise WireError("header", -1, str(e)) from None
+
+
+def is_ikev2(data: bytes) -> bool:
+    """Major version 2 in the header's version octet (offset 17 in both RFC 2408 §3.1's and RFC
+    7296 §3.1's header): the one test that tells a G-IKEv2 datagram from a GDOI one on a port or
+    rekey address both protocols share.  Nothing else is decoded."""
+    return len(data) > 17 and data[17] >> 4 == 2

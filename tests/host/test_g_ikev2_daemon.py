@@ -9,6 +9,7 @@ and refuses one configured without it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -46,6 +47,18 @@ def _member_config(tmp_path, name: str, gid: int, protocol: str, ks: str):
     return _write(d / "msecd.toml", text)
 
 
+@contextlib.contextmanager
+def _running(*daemons: Msecd):
+    """The daemons started in order, stopped in reverse order whatever happens."""
+    try:
+        for d in daemons:
+            d.start()
+        yield daemons
+    finally:
+        for d in reversed(daemons):
+            d.stop()
+
+
 def _write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -65,10 +78,7 @@ def test_gdoi_and_g_ikev2_members_of_one_group(netlab_factory, tmp_path):
     gike = Msecd(_member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4), host=h3, args=["--no-kernel"])
     refused = Msecd(_member_config(tmp_path, "gm3", 1002, "g-ikev2", h1.ip4), host=h4, args=["--no-kernel"])
     gike2 = Msecd(_member_config(tmp_path, "gm4", 1001, "g-ikev2", h1.ip4), host=h5, args=["--no-kernel"])
-    daemons = [ks, gdoi, gike, refused, gike2]
-    try:
-        for d in daemons:
-            d.start()
+    with _running(ks, gdoi, gike, refused, gike2):
         for d in (gdoi, gike, gike2):
             d.wait_log("registered with key server", timeout=60)
         ks.wait_log("registered (TEK SPI", count=3, timeout=60)
@@ -119,9 +129,6 @@ def test_gdoi_and_g_ikev2_members_of_one_group(netlab_factory, tmp_path):
         assert "failed: G-IKEv2:" in line and "refused: AUTHORIZATION_FAILED" in line, line
         assert refused.ctl_json("group", "show", "1002")["roles"][0]["state"] != "registered"
         assert ks.ctl_json("members", "1002")["members"] == []
-    finally:
-        for d in reversed(daemons):
-            d.stop()
 
 
 def test_reload_turns_g_ikev2_on(netlab_factory, tmp_path):
@@ -164,10 +171,7 @@ def test_group_that_requires_mlkem(netlab_factory, tmp_path):
     ks = Msecd(cfg, host=h1)
     pq = Msecd(_member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4), host=h2, args=["--no-kernel"])
     classic = Msecd(off, host=h3, args=["--no-kernel"])
-    daemons = [ks, pq, classic]
-    try:
-        for d in daemons:
-            d.start()
+    with _running(ks, pq, classic):
         pq.wait_log("registered with key server", timeout=60)
         policy = ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]
         assert policy["protocols"] == ["g-ikev2"] and policy["mlkem"] == "required"
@@ -183,9 +187,6 @@ def test_group_that_requires_mlkem(netlab_factory, tmp_path):
         assert classic.ctl_json("group", "show", "1001")["roles"][0]["state"] != "registered"
         members = {m["identity"] for m in ks.ctl_json("members", "1001")["members"]}
         assert members == {"key-id:gm2"}
-    finally:
-        for d in reversed(daemons):
-            d.stop()
 
 
 def test_g_ikev2_on_a_port_of_its_own(netlab_factory, tmp_path):
@@ -201,15 +202,9 @@ def test_g_ikev2_on_a_port_of_its_own(netlab_factory, tmp_path):
     ks = Msecd(cfg, host=h1)
     gdoi = Msecd(_member_config(tmp_path, "gm1", 1001, "gdoi", h1.ip4), host=h2, args=["--no-kernel"])
     gike = Msecd(gike_cfg, host=h3, args=["--no-kernel"])
-    daemons = [ks, gdoi, gike]
-    try:
-        for d in daemons:
-            d.start()
+    with _running(ks, gdoi, gike):
         assert sorted(ks.ctl_json("status")["keyserver"]["listen"]) == sorted([f"{h1.ip4}:848", f"{h1.ip4}:500"])
         for d in (gdoi, gike):
             d.wait_log("registered with key server", timeout=60)
         assert f"{h1.ip4}:500" in gike.ctl_json("group", "show", "1001")["roles"][0]["key_server"]
         assert _spis(gdoi, 1001) == _spis(gike, 1001) == _spis(ks, 1001)
-    finally:
-        for d in reversed(daemons):
-            d.stop()

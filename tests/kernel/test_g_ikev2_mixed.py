@@ -14,58 +14,34 @@ switch to it: the TEK would be withheld and gm2 would register again).
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 
 import pytest
 
 from tests.host.daemon_proc import Msecd
+from tests.kernel.test_evict import ks_config as evict_ks_config
 from tests.kernel.test_evict import no_states
 from tests.kernel.test_registration import GROUP, MARKER, PORT, PSKS, SPI_LOG, states, traffic
+from tests.kernel.test_registration import gm_config as registration_gm_config
 
 pytestmark = pytest.mark.kernel
 
 AFTER = b"MSEC-AFTER-G-IKEV2-EVICTION"
-CIPHER = "aes-gcm-128"
-
-
-def _write(path, text):
-    path.write_text(text)
-    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-    return path
-
-
 def ks_config(d, ks_ip):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    pem = d / "push.pem"
-    pem.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    os.chmod(pem, 0o600)
-    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
-            f'[keyserver]\nlisten = ["{ks_ip}"]\nport = 848\n')
-    for ident in ("gm1", "gm2", "gm3"):
-        text += f'[[keyserver.psk]]\nidentity = "{ident}"\nsecret = "{PSKS[ident]}"\n'
-    text += ('[[keyserver.group]]\nid = 1001\nname = "video"\nprotocols = ["gdoi", "g-ikev2"]\n'
-             'authorize = { psk_identities = ["gm1", "gm2", "gm3"] }\n'
-             '[[keyserver.group.tek]]\nname = "rtp"\nsrc = "10.77.0.0/24"\n'
-             f'dst = "{GROUP}"\nprotocol = "udp"\ndst_port = {PORT}\nmode = "tunnel"\n'
-             f'cipher = "{CIPHER}"\nlifetime = "1h"\n'
-             '[keyserver.group.kek]\ncipher = "aes-cbc-128"\nsignature = "ecdsa-p256"\n'
-             f'signing_key = "{pem}"\nrekey_address = "239.192.0.1"\nrekey_port = 848\n'
-             'lifetime = "1d"\n')
-    return _write(d / "msecd.toml", text)
+    """test_evict's key server (gm1..gm3, AES-GCM-128 TEK, LKH KEK), serving G-IKEv2 too."""
+    p = evict_ks_config(d, ks_ip)
+    text = p.read_text()
+    assert text.count('name = "video"\n') == 1
+    p.write_text(text.replace('name = "video"\n', 'name = "video"\nprotocols = ["gdoi", "g-ikev2"]\n'))
+    return p
 
 
 def gm_config(d, ks_ip, ident, protocol):
-    extra = 'protocol = "g-ikev2"\nsender = true\n' if protocol == "g-ikev2" else ""
-    text = (f'[daemon]\nstate_dir = "{d}/state"\ncontrol_socket = "{d}/run/control.sock"\n'
-            f'[[member.group]]\nid = 1001\nname = "video"\nkey_servers = ["{ks_ip}"]\n{extra}'
-            f'credentials = {{ psk_identity = "{ident}", psk = "{PSKS[ident]}" }}\n')
-    return _write(d / "msecd.toml", text)
+    """test_registration's member, over G-IKEv2 as a sender when ``protocol`` says so."""
+    p = registration_gm_config(d, ks_ip, ident, PSKS[ident])
+    if protocol == "g-ikev2":  # keys of the [[member.group]] table, the file's last one
+        p.write_text(p.read_text() + 'protocol = "g-ikev2"\nsender = true\n')
+    return p
 
 
 def group_spis(host) -> set[int]:

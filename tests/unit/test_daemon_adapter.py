@@ -149,6 +149,17 @@ def test_engine_exception_does_not_kill_shell(caplog):
     assert "engine failed" in caplog.text
 
 
+async def _udp_client(loop, port):
+    """A UDP client of a shell's socket on 127.0.0.1:``port``; the answers it gets queue up."""
+    replies: asyncio.Queue = asyncio.Queue()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            replies.put_nowait(data)
+    ctr, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+    return ctr, replies
+
+
 def test_real_udp_roundtrip():
     async def run():
         loop = asyncio.get_running_loop()
@@ -156,15 +167,9 @@ def test_real_udp_roundtrip():
         shell = EngineShell(eng, name="t", on_event=lambda e: None)
         tr, _ = await loop.create_datagram_endpoint(lambda: UdpEndpoint(shell),
                                                     local_addr=("127.0.0.1", 0))
-        port = tr.get_extra_info("sockname")[1]
-        got = loop.create_future()
-
-        class Client(asyncio.DatagramProtocol):
-            def datagram_received(self, data, addr):
-                got.set_result(data)
-        ctr, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+        ctr, replies = await _udp_client(loop, tr.get_extra_info("sockname")[1])
         ctr.sendto(b"ping")
-        assert await asyncio.wait_for(got, 30) == b"echo:ping"
+        assert await asyncio.wait_for(replies.get(), 30) == b"echo:ping"
         assert shell.sent == 1 and shell.received == 1
         ctr.close()
         shell.close()
@@ -184,21 +189,14 @@ def test_udp_endpoint_accept_filters_what_reaches_the_engine():
         shell = EngineShell(eng, name="t", on_event=lambda e: None)
         tr, ep = await loop.create_datagram_endpoint(
             lambda: UdpEndpoint(shell, accept=lambda d: d.startswith(b"ok")), local_addr=("127.0.0.1", 0))
-        port = tr.get_extra_info("sockname")[1]
-        got = loop.create_future()
-
-        class Client(asyncio.DatagramProtocol):
-            def datagram_received(self, data, addr):
-                got.set_result(data)
-        ctr, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+        ctr, replies = await _udp_client(loop, tr.get_extra_info("sockname")[1])
         ctr.sendto(b"no thanks")
         ctr.sendto(b"ok then")
-        assert await asyncio.wait_for(got, 30) == b"echo:ok then"
+        assert await asyncio.wait_for(replies.get(), 30) == b"echo:ok then"
         assert [d for d, _a in eng.received] == [b"ok then"] and shell.received == 1
         ep.accept = None  # a reload may change the filter of a socket it keeps
-        got = loop.create_future()
         ctr.sendto(b"anything")
-        assert await asyncio.wait_for(got, 30) == b"echo:anything"
+        assert await asyncio.wait_for(replies.get(), 30) == b"echo:anything"
         ctr.close()
         shell.close()
     asyncio.run(run())
