@@ -537,17 +537,13 @@ class GroupController:
                            new_kek.spi if new_kek is not None else None)
 
     # -- internals: G-IKEv2 (gkm.ikev2.group_rekey) ------------------------------------------
-    def _serves_gike(self, signer: Signer | None = None) -> bool:
-        signer = signer or self._signer
-        return (serves_g_ikev2(self.policy) and signer is not None
-                and signature_for(signer.private_key) is not None)
-
     def _gike(self, kek: KekKeys, seq: int, t: int, *, signer: Signer | None = None,
               **rekey) -> bytes | None:
         """The GSA_REKEY twin of the PUSH with ``seq`` under ``kek``, None when the group has
         no G-IKEv2 members to send it to (not served, or a signing key they cannot verify)."""
         signer = signer or self._signer
-        if not self._serves_gike(signer):
+        if (not serves_g_ikev2(self.policy) or signer is None
+                or signature_for(signer.private_key) is None):
             return None
         tree = self._state.tree
         return gsa_rekey(self.policy, kek=kek, seq=seq, signing_key=signer.private_key, now=t,
