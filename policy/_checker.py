@@ -609,7 +609,7 @@ class Checker:
     def ks_group(self, raw: Any, path: str) -> m.GroupPolicy | None:
         n0 = len(self.problems)
         tbl = self.table(raw, path, {"id", "name", "authorize", "tek", "kek", "activation_delay",
-                                     "deactivation_delay", "protocols", "mlkem"},
+                                     "deactivation_delay", "protocols", "mlkem", "g_ikev2_rekey"},
                          required=("id", "authorize", "tek"))
         if tbl is None:
             return None
@@ -661,11 +661,20 @@ class Checker:
         elif mlkem == "required" and protocols is not BAD and "g-ikev2" not in protocols:
             self.problem(_join(path, "mlkem"), "applies to G-IKEv2 members: list \"g-ikev2\" in "
                          "protocols (GDOI's IKEv1 phase 1 has no ML-KEM)")
+        g_rekey = self.value(tbl, path, "g_ikev2_rekey", str, "gsa_rekey")
+        if isinstance(g_rekey, str) and g_rekey not in m.G_IKEV2_REKEY:
+            self.problem(_join(path, "g_ikev2_rekey"), f"unknown value {g_rekey!r} (gsa_rekey or inband)")
+        elif g_rekey == "inband" and protocols is not BAD and "g-ikev2" not in protocols:
+            self.problem(_join(path, "g_ikev2_rekey"), "applies to G-IKEv2 members: list \"g-ikev2\" in protocols")
+        elif g_rekey == "inband" and "kek" not in tbl:
+            self.problem(_join(path, "g_ikev2_rekey"), "in-band rekeys follow the group's rekeys (rotation, "
+                         "eviction), which need [keyserver.group.kek]")
         if len(self.problems) > n0:
             return None
         return self.build(path, m.GroupPolicy, group_id=gid, teks=tuple(teks),
                           authorization=auth, kek=kek, name=name, activation_delay_s=atd,
-                          deactivation_delay_s=dtd, protocols=tuple(protocols), mlkem=mlkem)
+                          deactivation_delay_s=dtd, protocols=tuple(protocols), mlkem=mlkem,
+                          g_ikev2_rekey=g_rekey)
 
     def psk_entry(self, raw: Any, path: str) -> m.PskCredential | None:
         n0 = len(self.problems)

@@ -67,6 +67,10 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
                                               # refuses (NO_PROPOSAL_CHOSEN, at GSA_AUTH) a
                                               # member whose IKE SA had no ML-KEM-768 key
                                               # exchange (RFC 9370); needs g-ikev2 in protocols
+    g_ikev2_rekey = "inband"                  # default "gsa_rekey" (multicast GSA_REKEY, LKH);
+                                              # "inband": each G-IKEv2 member gets every rekey
+                                              # as an acknowledged GSA_INBAND_REKEY over the
+                                              # IKE SA its registration kept (small groups)
     activation_delay = "2s"                   # default; GAP ATD: senders switch to a rekey's
                                               # new TEKs this long after it arrives
     deactivation_delay = "6s"                 # default; GAP DTD: the TEKs it supersedes go

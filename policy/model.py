@@ -553,6 +553,10 @@ GROUP_MLKEM = ("optional", "required")
 #: "optional": offered, NONE also; "required": offered alone, a GCKS that does not choose it
 #: is refused)
 MEMBER_MLKEM = ("off", "optional", "required")
+#: a key server group's ``g_ikev2_rekey``: how its G-IKEv2 members get rekeys (RFC 9838 §2.4):
+#: "gsa_rekey" (the multicast GSA_REKEY with a Rekey SA, LKH) or "inband" (GSA_INBAND_REKEY, one
+#: acknowledged exchange per member over the IKE SA its registration kept; small groups)
+G_IKEV2_REKEY = ("gsa_rekey", "inband")
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,6 +576,8 @@ class GroupPolicy:
     protocols: tuple[str, ...] = ("gdoi",)
     #: G-IKEv2: whether a member's IKE SA must have had ML-KEM-768 (GROUP_MLKEM)
     mlkem: str = "optional"
+    #: G-IKEv2: how its members get rekeys (G_IKEV2_REKEY)
+    g_ikev2_rekey: str = "gsa_rekey"
 
     def __post_init__(self) -> None:
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
@@ -581,6 +587,8 @@ class GroupPolicy:
             raise ValueError(problem)
         if self.mlkem not in GROUP_MLKEM:
             raise ValueError(f"mlkem {self.mlkem!r} is not one of {', '.join(GROUP_MLKEM)}")
+        if self.g_ikev2_rekey not in G_IKEV2_REKEY:
+            raise ValueError(f"g_ikev2_rekey {self.g_ikev2_rekey!r} is not one of {', '.join(G_IKEV2_REKEY)}")
         if not self.teks:
             raise ValueError("a group needs at least one TEK")
         problem = gap_delay_problem(self.activation_delay_s, self.deactivation_delay_s,
@@ -598,6 +606,11 @@ class GroupPolicy:
     @property
     def label(self) -> str:
         return f"{self.name} ({self.group_id})" if self.name else str(self.group_id)
+
+    @property
+    def inband_rekey(self) -> bool:
+        """G-IKEv2 members get this group's rekeys as GSA_INBAND_REKEY (``g_ikev2_rekey``)."""
+        return self.g_ikev2_rekey == "inband" and "g-ikev2" in self.protocols
 
     @property
     def id_payload_data(self) -> bytes:

@@ -301,9 +301,13 @@ class GdoiFactory:
             self.provider.invalidate(group_id)
 
     def push_receiver(self, group, registered):
-        """GROUPKEY-PUSH for a GDOI registration, GSA_REKEY for a G-IKEv2 one (same interface)."""
+        """GROUPKEY-PUSH for a GDOI registration, GSA_REKEY for a G-IKEv2 one, GSA_INBAND_REKEY
+        for a G-IKEv2 one without a Rekey SA (same interface)."""
         from gkm.ikev2.events import GikeRegistered
         if isinstance(registered, GikeRegistered):
+            if registered.gsa.ike is not None:  # no Rekey SA: GSA_INBAND_REKEY on its IKE SA
+                from gkm.ikev2.member_inband import InbandReceiver
+                return InbandReceiver(group, registered.gsa)
             from gkm.ikev2.member_rekey import GikePushReceiver
             return GikePushReceiver(group, registered.gsa)
         gdoi = self._gdoi()

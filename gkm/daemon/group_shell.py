@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from gkm.events import Event
-from gkm.ikev2.gcks import serves_g_ikev2
+from gkm.ikev2.gcks import ProtocolDemux, serves_g_ikev2
 from gkm.group import (AckRefused, ControllerRefused, ControllerState, EvictionScheduled,
                        GroupDissolved, GroupRekeyed, KeysAnnounced, KeysPurged, KeysRotated,
                        MemberLost, MembersEvicted, RekeyAcknowledged, RekeyDelivery,
@@ -231,6 +231,8 @@ class GroupShell:
         pushes = ctl.datagrams_to_send()
         if pushes and g.kek is not None:
             sent, failed = self._deliver(g, ctl, pushes)
+            if g.inband_rekey:
+                sent += self._inband(g)
         while (ev := ctl.next_event()) is not None:
             self._log_event(g, ev, sent)
         self._arm(g, ctl)
@@ -252,10 +254,25 @@ class GroupShell:
             keks, block = ctl.group_state.keks, g.kek.cipher.block_bytes
             keys = {p.kek_spi: keks[p.kek_spi].key[block:] for p in pushes if p.kek_spi in keks}
         members = [(m.identity, host_of(m.address) or "", m.protocol)
-                   for m in self.role.store.members(g.group_id)]
+                   for m in self.role.store.members(g.group_id)
+                   if not (g.inband_rekey and m.protocol == "g-ikev2")]  # those: _inband
         dests = d.submit(pushes, members, keys, self.role.daemon.loop.time())
         failed = self._pump_delivery(g.group_id)
         return [fmt_addr(x) for x in dests], failed
+
+    def _inband(self, g: pm.GroupPolicy) -> list[str]:
+        """GSA_INBAND_REKEY to the group's G-IKEv2 members (``g_ikev2_rekey = "inband"``),
+        by the key server engine that holds their IKE SAs; its datagrams leave at the next turn
+        of the loop (this may run inside that engine's own event handling)."""
+        shell = self.role.shell
+        engine = shell.engine if shell is not None else None
+        if not isinstance(engine, ProtocolDemux):
+            return []
+        roster = [m.identity for m in self.role.store.members(g.group_id)]
+        n = engine.g_ikev2.inband_rekey(g.group_id, roster, shell.clock())
+        if n:
+            self.role.daemon.loop.call_soon(shell.kick)
+        return [f"{n} G-IKEv2 member(s) in band"] if n else []
 
     def _pump_delivery(self, gid: int) -> list[str]:
         """Send what the delivery has due, log its events, arm its timer."""
@@ -339,7 +356,8 @@ class GroupShell:
         self.role.daemon.activity.group_event(g.group_id, ev, sent)
         to = ", ".join(sent) or "nobody"
         # a group that serves G-IKEv2 sends each PUSH's GSA_REKEY twin along with it
-        push = "GROUPKEY-PUSH and GSA_REKEY" if serves_g_ikev2(g) else "GROUPKEY-PUSH"
+        push = ("GROUPKEY-PUSH and GSA_INBAND_REKEY" if g.inband_rekey
+                else "GROUPKEY-PUSH and GSA_REKEY" if serves_g_ikev2(g) else "GROUPKEY-PUSH")
         match ev:
             case GroupRekeyed(cause="operator"):
                 log.info("group %s: rekeyed: SEQ %s, new TEK SPI %s; %s sent to %s",

@@ -24,7 +24,7 @@ from gkm.events import Event
 from gkm.gdoi.pull import member_key
 from gkm.gdoi.events import MemberRefused, MemberRegistered
 from gkm.ike.events import Phase1Established, Phase1Failed
-from gkm.ikev2.events import GsaPeerRefused, SaInitFailed
+from gkm.ikev2.events import GsaPeerRefused, InbandRekeyAcknowledged, InbandRekeyFailed, SaInitFailed
 from gkm.store import KeyState
 from gkm.wire.header import is_ikev2
 from policy import model as pm
@@ -327,6 +327,14 @@ class KeyServerRole:
                 self.phase1_failures += 1
                 log.warning("key server: G-IKEv2 IKE_SA_INIT with %s failed: %s",
                             fmt_addr(ev.peer), ev.reason)
+            case InbandRekeyAcknowledged():
+                log.info("group %s: member %s acknowledged the in-band rekey (GSA_INBAND_REKEY "
+                         "Message ID %d)%s", self._label(ev.group_id), ev.member, ev.message_id,
+                         f": it holds TEK SPI {', '.join(f'0x{x:08x}' for x in ev.tek_spis)}"
+                         if ev.tek_spis else ": its exclusion")
+            case InbandRekeyFailed():
+                log.warning("group %s: in-band rekey of member %s failed: %s; it gets the keys "
+                            "when it registers again", self._label(ev.group_id), ev.member, ev.reason)
             case GsaPeerRefused():
                 log.warning("key server: G-IKEv2 member at %s refused our GSA_AUTH answer: %s",
                             fmt_addr(ev.peer), ev.reason)
@@ -340,7 +348,7 @@ class KeyServerRole:
                      "cipher": t.suite.name, "mode": t.mode.value if hasattr(t.mode, "value")
                      else str(t.mode), "lifetime_s": t.lifetime_s} for t in g.teks]
         info["policy"] = {"teks": teks_cfg, "kek": g.kek is not None, "protocols": list(g.protocols),
-                          "mlkem": g.mlkem}
+                          "mlkem": g.mlkem, "g_ikev2_rekey": g.g_ikev2_rekey}
         if self.store is not None:
             info["members"] = self.store.member_count(g.group_id)
             info["evicted"] = len(self.store.denied(g.group_id))

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from gkm.events import MemberEvent
 from gkm.gdoi.member import (
-    ActivateOutbound, CloseRegistration, GroupRekeyed, InstallSas, Joined, LeftGroup,
+    ActivateOutbound, CloseRegistration, HoldRegistration, GroupRekeyed, InstallSas, Joined, LeftGroup,
     ForgetState, ListenForPush, MemberEngine, MemberState, OpenRegistration, OutboundSwitched,
     Phase1Up, PushListenFailed, RegistrationAttemptFailed, RemoveSas, ResyncScheduled,
     SaActionFailed, SasRemoved, SaveState, StateDiscarded, StateRestored, StateSaveFailed,
@@ -190,7 +190,10 @@ class MemberSession:
             "restored": e.restored, "state_error": e.state_error,
             # GROUPKEY-PUSH datagrams accepted, refused, copies dropped, ACKs sent (this KEK)
             "push": dict(e.push.stats) if e.push is not None else None,
-            "acks_requested": bool(e.push is not None and e.push.kek.ack_requested),
+            "acks_requested": bool(e.push is not None and e.push.kek is not None
+                                   and e.push.kek.ack_requested),
+            # G-IKEv2 GSA_INBAND_REKEY: rekeys come over the registration's kept IKE SA
+            "inband_rekeys": e.inband,
         }
 
     # -- life cycle
@@ -310,6 +313,9 @@ class MemberSession:
                 self._reg_task = self.daemon.loop.create_task(self._open(act.key_server))
             case CloseRegistration():
                 self._close_registration()
+            case HoldRegistration():  # in-band rekeys come on this socket: others may register
+                self._release()
+                log.info("group %s: keeping the registration's IKE SA for in-band rekeys", self.label)
             case ListenForPush():
                 try:
                     self.daemon.rekey_sockets.join(self, act.address, act.port, act.interface)

@@ -22,7 +22,9 @@ __all__ = ["Registered", "RegistrationFailed", "MemberRegistered", "MemberRefuse
 class Registered(MemberEvent):
     """Member: GROUPKEY-PULL completed.  Hand ``teks`` to the group SA installer, keep ``kek``,
     ``seq`` (reject PUSH with SEQ <= it for ``kek.spi``) and ``lkh`` for GROUPKEY-PUSH;
-    ``gap``: the group's activation/deactivation delays (None: the key server sent no GAP)."""
+    ``gap``: the group's activation/deactivation delays (None: the key server sent no GAP);
+    ``inband``: rekeys come over the registration's own SA (G-IKEv2 GSA_INBAND_REKEY, no KEK):
+    the member keeps that socket open and answers them."""
 
     group_id: int
     teks: tuple[GroupTek, ...]
@@ -33,6 +35,7 @@ class Registered(MemberEvent):
     key_server_id: Identity | None = None
     phase1_spi: bytes = b""
     gap: GapDelays | None = None
+    inband: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,11 +65,12 @@ from policy.model import MemberGroup, TrafficSelector
 from .events import Registered, RegistrationFailed
 from .keys import GroupKek, GroupTek, LkhKeys
 from .member_state import MemberSnapshot, SavedTek
-from .push import Evicted, KekDeleted, LkhPartReceived, PushRejected, PushReceiver, Rekeyed, TeksDeleted
+from .push import (Evicted, KekDeleted, LkhPartReceived, PushRejected, PushReceiver, Rekeyed, TeksDeleted,
+                   TeksRefreshed)
 
 __all__ = [
     "MemberEngine", "MemberState", "RefusedInput", "HeldTek",
-    "MemberAction", "OpenRegistration", "CloseRegistration", "ListenForPush", "StopListening",
+    "MemberAction", "OpenRegistration", "CloseRegistration", "HoldRegistration", "ListenForPush", "StopListening",
     "InstallSas", "ActivateOutbound", "RemoveSas", "SaveState", "ForgetState",
     "Joined", "StateRestored", "StateDiscarded", "StateSaveFailed", "ResyncScheduled",
     "RegistrationAttemptFailed", "GroupRekeyed", "OutboundSwitched", "SasRemoved",
@@ -110,6 +111,13 @@ class OpenRegistration(MemberAction):
 @dataclass(frozen=True, slots=True)
 class CloseRegistration(MemberAction):
     """Close the registration socket (and release what OpenRegistration took)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRegistration(MemberAction):
+    """Keep the registration socket open after the registration (release the per key server
+    lock only): the key server rekeys this group over the registration's SA (G-IKEv2
+    GSA_INBAND_REKEY); datagrams on it still go to ``receive_registration``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,12 +393,17 @@ class MemberEngine:
         #: our GROUPKEY-PUSH-ACKs (RFC 8263 section 3.4)
         self.local_address: str | None = None
         self._push_out: list[tuple[bytes, Any]] = []
+        #: the registration socket stays open for in-band rekeys (HoldRegistration); their
+        #: answers leave by it
+        self._held = False
+        self._held_out: list[tuple[bytes, Any]] = []
 
     # -- outputs ------------------------------------------------------------------------------
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
+        out, self._held_out = self._held_out, []
         if self.registration is None:
-            return []
-        return self.registration.datagrams_to_send()
+            return out
+        return out + self.registration.datagrams_to_send()
 
     def push_datagrams_to_send(self) -> list[tuple[bytes, Any]]:
         out, self._push_out = self._push_out, []
@@ -415,6 +428,11 @@ class MemberEngine:
                 t += [h.activate_at, h.retire_at, h.expires_at]
         t = [x for x in t if x is not None]
         return min(t) if t else None
+
+    @property
+    def inband(self) -> bool:
+        """Rekeys come over the registration's own SA, kept open (G-IKEv2 GSA_INBAND_REKEY)."""
+        return self._held
 
     @property
     def kek_spi(self) -> bytes | None:
@@ -643,12 +661,20 @@ class MemberEngine:
 
     # -- datagrams and kernel events ----------------------------------------------------------
     def receive_registration(self, data: bytes, addr: Any, now: float) -> None:
+        if self._held and self.state is MemberState.REGISTERED and self.push is not None:
+            self._receive_rekey(data, addr, now, self._held_out)  # an in-band rekey
+            return
         if self.state is not MemberState.REGISTERING or self.registration is None:
             return  # a late reply to a closed attempt
         self.registration.receive_datagram(data, addr, now)
         self._pump_registration(now)
 
     def receive_push(self, data: bytes, addr: Any, now: float) -> None:
+        if self._held:
+            return  # rekeys come over the registration's SA, not to the rekey port
+        self._receive_rekey(data, addr, now, self._push_out)
+
+    def _receive_rekey(self, data: bytes, addr: Any, now: float, out: list) -> None:
         if self.push is None or self.state is MemberState.STOPPED:
             return
         receiver = self.push  # KekDeleted/Evicted drop it, its last events still count
@@ -656,18 +682,21 @@ class MemberEngine:
         changed = False
         receiver.receive_datagram(data, addr, now)
         # ACKs first: RFC 8263 section 4 sends one even for a PUSH deleting its KEK
-        self._push_out += receiver.datagrams_to_send()
+        out += receiver.datagrams_to_send()
         events = []
         while (ev := receiver.next_event()) is not None:
             events.append(ev)
         # one PUSH's new TEKs first, then its deletes: a TEK deleted in the PUSH that brings
         # its successor retires after the deactivation delay (make before break)
-        events.sort(key=lambda ev: 0 if isinstance(ev, Rekeyed) else 1)
+        events.sort(key=lambda ev: 0 if isinstance(ev, (Rekeyed, TeksRefreshed)) else 1)
         for ev in events:
             match ev:
                 case Rekeyed():
                     changed = True
                     self._rekeyed(ev, now)
+                case TeksRefreshed():
+                    changed = True
+                    self._refreshed(ev, now)
                 case TeksDeleted():
                     changed = True
                     self._teks_deleted(ev, now)
@@ -741,6 +770,8 @@ class MemberEngine:
 
     # -- registration -------------------------------------------------------------------------
     def _connect(self, now: float) -> None:
+        if self._held:  # the in-band rekeys' socket: a new registration gets a new one
+            self._close_registration()
         ks = self.group.key_servers[self.ks_index % len(self.group.key_servers)]
         self.key_server = str(ks)
         self.state = MemberState.CONNECTING
@@ -749,11 +780,12 @@ class MemberEngine:
         self._actions.append(OpenRegistration(ks))
 
     def _close_registration(self) -> None:
-        if self.registration is not None or self._open_pending \
+        if self.registration is not None or self._open_pending or self._held \
                 or self.state in (MemberState.CONNECTING, MemberState.REGISTERING):
             self._actions.append(CloseRegistration())
         self.registration = None
         self._open_pending = False
+        self._held = False
 
     def _pump_registration(self, now: float) -> None:
         reg = self.registration
@@ -810,7 +842,10 @@ class MemberEngine:
     def _registered(self, ev: Registered, now: float) -> None:
         refresh = self.refreshing
         self.restored = False
-        self._close_registration()
+        if ev.inband and ev.kek is None:
+            self.registration, self._open_pending = None, False  # the socket stays open
+        else:
+            self._close_registration()
         mark = len(self._actions)  # the saved state goes before the SA actions
         self.registrations += 1
         self.failures = 0
@@ -839,7 +874,19 @@ class MemberEngine:
             if self._kek is not None:
                 self._forget(mark)
             self._kek = None
+            if ev.inband:
+                self._hold_registration(ev)
         self._plan_reregistration(now)
+
+    def _hold_registration(self, ev: Registered) -> None:
+        try:
+            self.push = self._new_push_receiver(self.group, ev)
+        except Exception as e:
+            self.listen_error = f"cannot receive in-band rekeys: {e}"
+            self._actions.append(CloseRegistration())
+            return
+        self._held = True
+        self._actions.append(HoldRegistration())
 
     def _listen_for_push(self, ev: Registered) -> None:
         try:
@@ -922,6 +969,18 @@ class MemberEngine:
         if self.state is MemberState.REGISTERED:
             self._plan_reregistration(now)
 
+    def _refreshed(self, ev: TeksRefreshed, now: float) -> None:
+        """In-band: the group's current TEKs; the new ones as a PUSH's (activation delay)."""
+        self.rekeys += 1
+        self.last_seq = ev.seq
+        self._take_gap(ev.gap)
+        activate_at = now + self.activation_delay
+        new = self._take_teks(ev.teks, now, switch=False, activate_at=activate_at)
+        self._events.append(GroupRekeyed(self.group_id, ev.seq, tuple(t.spi for t in ev.teks),
+                                         False, activate_at if new else None))
+        if self.state is MemberState.REGISTERED:
+            self._plan_reregistration(now)
+
     def _teks_deleted(self, ev: TeksDeleted, now: float) -> None:
         """Deleted TEKs with a newer TEK of the same policy held retire on their deactivation
         schedule (the successor's arrival set it); the others go at once."""
@@ -945,6 +1004,8 @@ class MemberEngine:
     def _evicted(self, now: float) -> None:
         self.push = None
         self._stop_listening()
+        if self._held:
+            self._close_registration()
         gone = [h for h in self.held if not h.removing]
         if gone:
             self._remove(gone, "evicted from the group")

@@ -140,7 +140,7 @@ from .push_ack import ACK_TYPES, ack_key, build_push_ack
 log = logging.getLogger("gkm.gdoi")
 
 __all__ = [
-    "build_push", "PushReceiver", "Rekeyed", "TeksDeleted", "KekDeleted", "Evicted", "PushRejected",
+    "build_push", "PushReceiver", "Rekeyed", "TeksRefreshed", "TeksDeleted", "KekDeleted", "Evicted", "PushRejected",
     "LkhPartReceived", "lkh_update_parts", "lkh_part_budget",
     "lkh_kek_keymat", "sign_push", "verify_push_signature", "REKEY_PREFIX",
 ]
@@ -179,6 +179,18 @@ class Rekeyed(MemberEvent):
     seq: int
     lkh: LkhKeys | None = None
     new_kek: bool = False
+    gap: pw.GapDelays | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TeksRefreshed(MemberEvent):
+    """Member: the key server gave the group's current TEKs over the registration's own SA
+    (G-IKEv2 GSA_INBAND_REKEY, no KEK): install the new ones as after a PUSH; ``seq``: the
+    exchange's Message ID + 1 (the member's count of rekeys)."""
+
+    group_id: int
+    teks: tuple[GroupTek, ...]
+    seq: int
     gap: pw.GapDelays | None = None
 
 

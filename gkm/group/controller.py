@@ -540,9 +540,10 @@ class GroupController:
     def _gike(self, kek: KekKeys, seq: int, t: int, *, signer: Signer | None = None,
               **rekey) -> bytes | None:
         """The GSA_REKEY twin of the PUSH with ``seq`` under ``kek``, None when the group has
-        no G-IKEv2 members to send it to (not served, or a signing key they cannot verify)."""
+        no G-IKEv2 members to send it to (not served, rekeyed in band instead, or a signing
+        key they cannot verify)."""
         signer = signer or self._signer
-        if (not serves_g_ikev2(self.policy) or signer is None
+        if (not serves_g_ikev2(self.policy) or self.policy.inband_rekey or signer is None
                 or signature_for(signer.private_key) is None):
             return None
         tree = self._state.tree

@@ -76,6 +76,9 @@ class GsaRegistered(Ikev2Event):
     key_path: WorkingKeyPath = field(default_factory=WorkingKeyPath, repr=False)
     #: GM_SENDER_ID values for this sender (RFC 9838 §2.5.1), empty for a receiver
     sender_ids: tuple[int, ...] = ()
+    #: the IKE SA it registered on, kept for GSA_INBAND_REKEY when the GCKS gave no Rekey SA
+    ike: SaInitEstablished | None = field(default=None, repr=False)
+    transport: bool = False  # USE_TRANSPORT_MODE was in the answer
 
     @property
     def group_id(self) -> int:
@@ -109,4 +112,25 @@ class GsaPeerRefused(Ikev2Event):
     peer: tuple
     spi_i: bytes
     notify: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InbandRekeyAcknowledged(Ikev2Event):
+    """GCKS: a member answered a GSA_INBAND_REKEY (RFC 9838 §2.4.2): it holds ``tek_spis``
+    (empty: it acknowledged its exclusion)."""
+
+    group_id: int
+    member: str
+    message_id: int
+    tek_spis: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InbandRekeyFailed(Ikev2Event):
+    """GCKS: a member's in-band rekey failed (no answer after the retransmissions, or refused);
+    its IKE SA is forgotten and it gets no in-band rekey until it registers again."""
+
+    group_id: int
+    member: str
     reason: str

@@ -17,6 +17,9 @@ Decisions:
 * An IKE SA stops counting as half-open (``SaInitResponder.established``) once the GCKS has
   answered its GSA_AUTH; until then a retransmitted IKE_SA_INIT request still gets its
   response.  The GSA_AUTH responder keeps the SA ``sa_lifetime`` seconds for retransmissions.
+* A group with ``g_ikev2_rekey = "inband"`` keeps its members' IKE SAs after GSA_AUTH
+  (:class:`~.inband.InbandRekeyer`): their answers to GSA_INBAND_REKEY go there, and the shell
+  calls :meth:`GcksEngine.inband_rekey` after each committed rekey of the group.
 * Housekeeping runs every :data:`HOUSEKEEPING_S` seconds while any state is held: expiry of
   half-open and finished SAs, and the cookie secret's rotation every :data:`COOKIE_ROTATION_S`.
 
@@ -38,8 +41,9 @@ from gkm.gdoi.provider import GroupKeysProvider
 from gkm.wire.header import is_ikev2
 from policy.model import GroupPolicy, Identity
 
-from .constants import ExchangeType
+from .constants import ExchangeType, HeaderFlags
 from .events import SaInitEstablished
+from .inband import InbandRekeyer
 from .registration import GcksAuthConfig, GsaAuthResponder
 from .sa_init import SaInitConfig, SaInitResponder
 
@@ -51,6 +55,7 @@ PROTOCOL = "g-ikev2"
 HOUSEKEEPING_S = 5.0
 COOKIE_ROTATION_S = 300.0
 _EXCHANGE_OFFSET = 18
+_FLAGS_OFFSET = 19
 
 
 def serves_g_ikev2(group: GroupPolicy) -> bool:
@@ -66,6 +71,8 @@ class GcksEngine:
                  cookie_threshold: int = 64, max_half_open: int = 4096) -> None:
         self.sa_init = SaInitResponder(sa_init, cookie_threshold=cookie_threshold, max_half_open=max_half_open)
         self.auth = GsaAuthResponder(auth, {g.group_id: g for g in groups}, keys, admit=self._admit)
+        self.inband = InbandRekeyer(self.auth.groups.get, keys, wall_time_offset=auth.wall_time_offset,
+                                    max_sas=auth.max_sas)
         self._admit_hook = admit
         self._out: list[tuple[bytes, Any]] = []
         self._events: list = []
@@ -81,6 +88,16 @@ class GcksEngine:
 
     def update_groups(self, groups: Iterable[GroupPolicy]) -> None:
         self.auth.groups = {g.group_id: g for g in groups}
+        self.inband._group = self.auth.groups.get
+
+    def inband_rekey(self, group_id: int, roster: Iterable[str], now: float) -> int:
+        """The group's keys or members changed (committed): GSA_INBAND_REKEY to each member of
+        an in-band group whose IKE SA is kept (:mod:`.inband`); ``roster``: the store's member
+        keys.  Returns the number of members rekeyed (or excluded)."""
+        self._tick(now)
+        n = self.inband.rekey(group_id, roster, now)
+        self._take_inband()
+        return n
 
     @property
     def half_open(self) -> int:
@@ -104,12 +121,23 @@ class GcksEngine:
                     self.auth.add_sa(ev, now)
                 self._events.append(ev)
             return
+        if data[_FLAGS_OFFSET] & HeaderFlags.RESPONSE and self.inband.holds(data[:8], data[8:16]):
+            self.inband.receive_datagram(data, addr, now)  # a member's answer to a GSA_INBAND_REKEY
+            self._take_inband()
+            return
         self.auth.receive_datagram(data, addr, now)
         out = self.auth.datagrams_to_send()
         if out:  # answered: the IKE SA is no longer half-open
             self.sa_init.established(bytes(data[:8]), addr)
             self._out += out
         while (ev := self.auth.next_event()) is not None:
+            self._events.append(ev)
+        while self.auth.kept:
+            self.inband.keep(self.auth.kept.pop(0))
+
+    def _take_inband(self) -> None:
+        self._out += self.inband.datagrams_to_send()
+        while (ev := self.inband.next_event()) is not None:
             self._events.append(ev)
 
     def _tick(self, now: float) -> None:
@@ -120,6 +148,10 @@ class GcksEngine:
 
     def handle_timer(self, now: float) -> None:
         self._tick(now)
+        t = self.inband.get_timer()
+        if t is not None and t <= now:
+            self.inband.handle_timer(now)
+            self._take_inband()
         if now < self._next:
             return
         self._next = now + HOUSEKEEPING_S
@@ -143,9 +175,10 @@ class GcksEngine:
         return self._events.pop(0) if self._events else None
 
     def get_timer(self) -> float | None:
+        t = self.inband.get_timer()
         if self._next is None or not (self.sa_init.half_open or self.auth.sa_count):
-            return None
-        return self._next
+            return t
+        return self._next if t is None else min(t, self._next)
 
 
 class ProtocolDemux:

@@ -134,7 +134,8 @@ class GikeRegistration:
                         self.gsa = ev
                         r = ev.registered
                         self._events.append(GikeRegistered(r.group_id, r.teks, r.kek, r.seq, None, r.key_server,
-                                                           r.key_server_id, r.phase1_spi, r.gap, ev))
+                                                           r.key_server_id, r.phase1_spi, r.gap,
+                                                           inband=ev.ike is not None, gsa=ev))
                     case GsaRegistrationFailed():
                         self._fail(ev.reason, ev.notify)
 

@@ -47,7 +47,7 @@ from cryptography import x509
 
 from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered
 from gkm.gdoi.phase1 import ike_identity, load_certificate
-from gkm.gdoi.provider import GroupKeysProvider, StaleKeys
+from gkm.gdoi.provider import Enrollment, GroupKeysProvider, StaleKeys
 from gkm.gdoi.pull import member_key
 from gkm.ike.config import Identity as WireId
 from policy.identity import Decision
@@ -64,6 +64,7 @@ from .gsa_map import (
     transport_mode, unicast_gsk_w,
     unicast_kwa,
 )
+from .inband import KeptSa, inband_kwa
 from .intauth import intauth_for
 from .message import Header, decode_message
 from .payloads import Authentication, Certificate, IdGroup, IdInitiator, IdResponder, Notify
@@ -276,8 +277,9 @@ class GsaAuthInitiator(_Engine):
                          sa.spi_i + sa.spi_r, got.gap)
         log.info("g-ikev2 member group %s: registered with %s at %r: %d TEK(s)%s", c.group_id, gcks, sa.peer,
                  len(got.teks), ", Rekey SA" if got.kek else "")
+        # no Rekey SA: the GCKS rekeys this member in band, over this IKE SA (RFC 9838 §2.4.2)
         self._events.append(GsaRegistered(reg, sa.spi_i, sa.spi_r, got.rekey_sa, got.signature, got.auth_key, got.key_path,
-                                          got.sender_ids))
+                                          got.sender_ids, ike=sa if got.kek is None else None, transport=transport))
 
 
 # ------------------------------------------------------------------------------------ GCKS
@@ -324,6 +326,9 @@ class GsaAuthResponder(_Engine):
         self.rekey_message_id = rekey_message_id
         self._sas: OrderedDict[tuple[bytes, bytes], _Sa] = OrderedDict()
         self.stats: Counter[str] = Counter()
+        #: IKE SAs of members of in-band groups registered since the engine last took them
+        #: (:class:`~.inband.InbandRekeyer`)
+        self.kept: list[KeptSa] = []
 
     def add_sa(self, est: SaInitEstablished, now: float) -> None:
         while len(self._sas) >= self.config.max_sas:
@@ -431,8 +436,11 @@ class GsaAuthResponder(_Engine):
                     # this IKE SA cannot carry included) undoes the enrollment
                     with self.keys.batch():
                         enr = self.keys.enroll(group, keys, member_key(identity), _host(addr), wall, "g-ikev2")
-                        kwa = registration_kwa(group, enr, est.kwa)
-                        rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall, enr.seq)
+                        if group.inband_rekey:  # no Rekey SA: rekeys over this IKE SA (.inband)
+                            kwa, rekey_sa, enr = inband_kwa(est.kwa), None, Enrollment(None)
+                        else:
+                            kwa = registration_kwa(group, enr, est.kwa)
+                            rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall, enr.seq)
                         # §2.5.1: one new Sender-ID per sender registration, durable with it
                         sids = self.keys.allocate_sender_ids(group, 1, 1 << SENDER_ID_BITS) \
                             if sender and needs_sender_ids(group) else ()
@@ -451,6 +459,8 @@ class GsaAuthResponder(_Engine):
             return self._refuse(s, data, mine, gid, identity, f"keys unavailable: {e}", NotifyType.TEMPORARY_FAILURE)
         extra = (Notify(0, NotifyType.USE_TRANSPORT_MODE),) if transport else ()
         self._respond(s, data, mine + (gsa, kd) + extra)
+        if group.inband_rekey:
+            self.kept.append(KeptSa(est, gid, member_key(identity), identity, frozenset(t.spi for t in keys.teks)))
         self.stats["registered"] += 1
         log.info("g-ikev2 gcks: %s from %r registered in group %s", identity, addr, gid)
         self._events.append(MemberRegistered(gid, identity, addr, tuple(t.spi for t in keys.teks), enr.lkh_update))
