@@ -475,6 +475,26 @@ def target_ikev2_rekey():
     return c.datagrams + c.chains + c.signed_chains, run
 
 
+def target_ikev2_inband():
+    import tempfile
+    from pathlib import Path
+
+    from tests.unit.test_ikev2_inband_fuzz import Corpus, run_one, seal
+
+    c = Corpus(Path(tempfile.mkdtemp(prefix="msec-fuzz-inband-")))
+    count = [0]
+
+    def run(data: bytes) -> bool:
+        failures: list = []
+        count[0] += 1
+        # odd inputs as datagrams, even ones as SK content sealed under the IKE SA
+        ok = run_one(c.receiver(), seal(c.sa, data) if count[0] % 2 and data else data, failures)
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return c.datagrams + c.chains, run
+
+
 def target_push_ack():
     from tests.unit.test_push_ack_fuzz import _delivery, check, seeds
 
@@ -500,7 +520,7 @@ TARGETS: dict[str, Callable] = {
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
     "member_state": target_member_state, "ikev2_rekey": target_ikev2_rekey,
-    "push_ack": target_push_ack,
+    "push_ack": target_push_ack, "ikev2_inband": target_ikev2_inband,
 }
 
 
