@@ -24,7 +24,8 @@ from gkm.events import Event
 from gkm.gdoi.pull import member_key
 from gkm.gdoi.events import MemberRefused, MemberRegistered
 from gkm.ike.events import Phase1Established, Phase1Failed
-from gkm.ikev2.events import GsaPeerRefused, InbandRekeyAcknowledged, InbandRekeyFailed, SaInitFailed
+from gkm.ikev2.events import (GsaMemberLeft, GsaPeerRefused, InbandRekeyAcknowledged, InbandRekeyFailed,
+                              SaInitFailed)
 from gkm.store import KeyState
 from gkm.wire.header import is_ikev2
 from policy import model as pm
@@ -335,6 +336,8 @@ class KeyServerRole:
             case InbandRekeyFailed():
                 log.warning("group %s: in-band rekey of member %s failed: %s; it gets the keys "
                             "when it registers again", self._label(ev.group_id), ev.member, ev.reason)
+            case GsaMemberLeft():
+                self._member_left(ev)
             case GsaPeerRefused():
                 log.warning("key server: G-IKEv2 member at %s refused our GSA_AUTH answer: %s",
                             fmt_addr(ev.peer), ev.reason)
@@ -408,6 +411,19 @@ class KeyServerRole:
             return {"ok": True, "seq": None, "sent_to": [], "members": [], "push_error": str(e)}
         return {"ok": True, "seq": ev.seq, "sent_to": sent, "failed": failed,
                 "members": list(ev.members)}
+
+    def _member_left(self, ev: GsaMemberLeft) -> None:
+        """RFC 9838 §2.3.2: a member that says in GSA_REGISTRATION it cannot use a group's
+        policy, or leaves, is removed from the group: evicted (it holds the keys, so the group
+        is rekeyed without it) and taken off the deny list again, so it may register later."""
+        g = self.settings.group(ev.group_id)
+        if g is None or self.store is None or self.store.member(ev.group_id, ev.member) is None:
+            log.info("key server: %s left group %s, of which it is not a registered member",
+                     ev.member, ev.group_id)
+            return
+        r = self.evict(ev.group_id, [ev.member], ev.reason)
+        if r.get("ok"):
+            self.lift_deny(ev.group_id, [ev.member])
 
     # -- eviction and the deny list
     def evict(self, group_id: int, identities: list[str], reason: str) -> dict[str, Any]:

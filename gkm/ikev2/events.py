@@ -134,3 +134,16 @@ class InbandRekeyFailed(Ikev2Event):
     group_id: int
     member: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GsaMemberLeft(Ikev2Event):
+    """GCKS: a member told us in GSA_REGISTRATION (IDg and an error notification: it cannot
+    use the group's policy, or leaves) that it is not in group ``group_id`` any more; RFC 9838
+    §2.3.2: the GCKS MUST remove it from the group."""
+
+    group_id: int
+    member: str  # the store's key (gkm.gdoi.pull.member_key)
+    identity: object
+    notify: int
+    reason: str

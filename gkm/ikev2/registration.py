@@ -57,7 +57,8 @@ from policy.model import GroupPolicy, Identity
 from . import auth as A
 from .constants import AuthMethod, CertEncoding, ExchangeType, HeaderFlags, IdType, KeyExchangeMethod, NotifyType
 from .errors import WireError
-from .events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, Ikev2Event, SaInitEstablished
+from .events import (GsaMemberLeft, GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, Ikev2Event,
+                     SaInitEstablished)
 from .gsa import GroupSa, KeyDownload
 from .gsa_map import (
     SENDER_ID_BITS, MappingError, group_payloads, may_send, needs_sender_ids, read_group, registration_kwa, rekey_sa_for,
@@ -73,7 +74,7 @@ from .sk import SkCipher, protect, unprotect
 
 log = logging.getLogger("gkm.ikev2")
 
-__all__ = ["MemberAuthConfig", "GcksAuthConfig", "GsaAuthInitiator", "GsaAuthResponder", "member_auth_config", "gcks_auth_config"]
+__all__ = ["MemberAuthConfig", "GcksAuthConfig", "GsaAuthInitiator", "GsaRegistrationInitiator", "GsaAuthResponder", "member_auth_config", "gcks_auth_config"]
 
 Credential = A.PskAuth | A.CertAuth
 
@@ -179,6 +180,8 @@ class MemberAuthConfig:
 class GsaAuthInitiator(_Engine):
     """The member's GSA_AUTH on one established IKE SA."""
 
+    exchange = ExchangeType.GSA_AUTH
+
     def __init__(self, config: MemberAuthConfig, sa: SaInitEstablished) -> None:
         super().__init__()
         self.config = config
@@ -187,28 +190,41 @@ class GsaAuthInitiator(_Engine):
         self._intauth = intauth_for(sa.intermediate, sa.intermediate_keys).octets(self.mid)
         self._state = "idle"
         self._request = b""
+        #: the GCKS's identity once authenticated (GSA_REGISTRATION on this SA starts from it)
+        self.gcks: Identity | None = None
 
     @property
     def state(self) -> str:
         return self._state
 
+    @property
+    def next_mid(self) -> int:
+        """The Message ID of this member's next request on the IKE SA."""
+        return self.mid + 1
+
     def _header(self, exchange: int, mid: int, response: bool = False) -> Header:
         flags = HeaderFlags.INITIATOR | (HeaderFlags.RESPONSE if response else 0)
         return Header(self.sa.spi_i, self.sa.spi_r, exchange, flags, mid)
+
+    def _idg(self) -> list:
+        c = self.config
+        payloads = [IdGroup(IdType.KEY_ID, c.group_id.to_bytes(4, "big"))]
+        if c.sender:
+            payloads.append(Notify(0, NotifyType.GROUP_SENDER))
+        return payloads
+
+    def _send(self, payloads) -> None:
+        h = self._header(self.exchange, self.mid)
+        self._request = protect(h, tuple(payloads), SkCipher.for_message(self.sa.keys, h))
+        self._state = "sent"
+        self._out.append((self._request, self.sa.peer))
 
     def start(self, now: float) -> None:
         c, sa = self.config, self.sa
         ident = c.credential.id if isinstance(c.credential, A.CertAuth) else c.credential.identity
         idi = _ids(ident, IdInitiator)
         octets = A.signed_octets(sa.message1, sa.nr, sa.keys, True, idi.encode(), self._intauth)
-        payloads = [idi, *_certs(c.credential), _make_auth(c.credential, sa.keys.suite.prf, octets),
-                    IdGroup(IdType.KEY_ID, c.group_id.to_bytes(4, "big"))]
-        if c.sender:
-            payloads.append(Notify(0, NotifyType.GROUP_SENDER))
-        h = self._header(ExchangeType.GSA_AUTH, self.mid)
-        self._request = protect(h, tuple(payloads), SkCipher.for_message(sa.keys, h))
-        self._state = "sent"
-        self._out.append((self._request, sa.peer))
+        self._send([idi, *_certs(c.credential), _make_auth(c.credential, sa.keys.suite.prf, octets), *self._idg()])
 
     def retransmit(self) -> None:
         if self._state == "sent":
@@ -216,8 +232,14 @@ class GsaAuthInitiator(_Engine):
 
     def _fail(self, reason: str, notify: int | None = None, tell: int | None = None) -> None:
         self._state = "failed"
-        if tell is not None:  # INFORMATIONAL request telling the GCKS why (RFC 7296 §2.21.2)
-            h = self._header(ExchangeType.INFORMATIONAL, self.mid + 1)
+        if tell == NotifyType.NO_PROPOSAL_CHOSEN:
+            # RFC 9838 §2.3.1: a policy the member cannot use is told in GSA_REGISTRATION with
+            # IDg (the GCKS removes the member from the group)
+            h = self._header(ExchangeType.GSA_REGISTRATION, self.next_mid)
+            payloads = (IdGroup(IdType.KEY_ID, self.config.group_id.to_bytes(4, "big")), Notify(0, tell))
+            self._out.append((protect(h, payloads, SkCipher.for_message(self.sa.keys, h)), self.sa.peer))
+        elif tell is not None:  # INFORMATIONAL request telling the GCKS why (RFC 7296 §2.21.2)
+            h = self._header(ExchangeType.INFORMATIONAL, self.next_mid)
             self._out.append((protect(h, (Notify(0, tell),), SkCipher.for_message(self.sa.keys, h)), self.sa.peer))
         log.warning("g-ikev2 member group %s: registration with %r failed: %s", self.config.group_id, self.sa.peer, reason)
         self._events.append(GsaRegistrationFailed(self.config.group_id, self.sa.peer, reason, notify if notify is not None else tell))
@@ -227,7 +249,7 @@ class GsaAuthInitiator(_Engine):
             return
         try:
             h = decode_message(data).header
-            if (h.exchange != ExchangeType.GSA_AUTH or not h.response or h.initiator or h.message_id != self.mid
+            if (h.exchange != self.exchange or not h.response or h.initiator or h.message_id != self.mid
                     or (h.spi_i, h.spi_r) != (self.sa.spi_i, self.sa.spi_r)):
                 return
             msg = unprotect(data, SkCipher.for_sender(self.sa.keys, initiator=False))
@@ -256,6 +278,12 @@ class GsaAuthInitiator(_Engine):
         decision = c.accepts_key_server(gcks)
         if not decision.allowed:
             return self._fail(decision.reason, tell=NotifyType.AUTHENTICATION_FAILED)
+        self.gcks = gcks
+        self._take_group(msg, errors)
+
+    def _take_group(self, msg, errors) -> None:
+        """The group part of the answer (GSA_AUTH after the GCKS authenticated, GSA_REGISTRATION)."""
+        c, sa, gcks = self.config, self.sa, self.gcks
         if errors:
             why = f"GCKS {gcks} refused: {_name(errors[0].type)}"
             if errors[0].type == NotifyType.NO_PROPOSAL_CHOSEN and not _has_mlkem(sa):
@@ -265,7 +293,7 @@ class GsaAuthInitiator(_Engine):
             return self._fail(why, int(errors[0].type))
         gsa, kd = msg.get(GroupSa), msg.get(KeyDownload)
         if gsa is None or kd is None:
-            return self._fail("GSA_AUTH response without GSA or KD", tell=NotifyType.INVALID_SYNTAX)
+            return self._fail(f"{self.exchange.name} response without GSA or KD", tell=NotifyType.INVALID_SYNTAX)
         transport = any(n.type == NotifyType.USE_TRANSPORT_MODE for n in msg.all(Notify))
         try:
             got = read_group(c.group_id, gsa, kd, sa.keys, sender=c.sender, transport=transport, negotiated_kwa=sa.kwa)
@@ -275,11 +303,31 @@ class GsaAuthInitiator(_Engine):
         first = got.rekey_sa.initial_message_id if got.rekey_sa is not None else 0
         reg = Registered(c.group_id, got.teks, got.kek, first if got.kek is not None else None, None, sa.peer, gcks,
                          sa.spi_i + sa.spi_r, got.gap)
-        log.info("g-ikev2 member group %s: registered with %s at %r: %d TEK(s)%s", c.group_id, gcks, sa.peer,
-                 len(got.teks), ", Rekey SA" if got.kek else "")
+        log.info("g-ikev2 member group %s: registered with %s at %r (%s): %d TEK(s)%s", c.group_id, gcks, sa.peer,
+                 self.exchange.name, len(got.teks), ", Rekey SA" if got.kek else ", rekeys in band")
         # no Rekey SA: the GCKS rekeys this member in band, over this IKE SA (RFC 9838 §2.4.2)
         self._events.append(GsaRegistered(reg, sa.spi_i, sa.spi_r, got.rekey_sa, got.signature, got.auth_key, got.key_path,
                                           got.sender_ids, ike=sa if got.kek is None else None, transport=transport))
+
+
+class GsaRegistrationInitiator(GsaAuthInitiator):
+    """The member's GSA_REGISTRATION (RFC 9838 §2.3.2): ``config``'s group over an IKE SA on
+    which an earlier GSA_AUTH (or GSA_REGISTRATION) authenticated the GCKS ``gcks``; ``mid``:
+    this member's next request's Message ID on it.  Same events as :class:`GsaAuthInitiator`."""
+
+    exchange = ExchangeType.GSA_REGISTRATION
+
+    def __init__(self, config: MemberAuthConfig, sa: SaInitEstablished, mid: int, gcks: Identity) -> None:
+        _Engine.__init__(self)
+        self.config, self.sa, self.mid, self.gcks = config, sa, mid, gcks
+        self._state = "idle"
+        self._request = b""
+
+    def start(self, now: float) -> None:
+        self._send(self._idg())
+
+    def _on_response(self, msg, data: bytes, now: float) -> None:
+        self._take_group(msg, [n for n in msg.all(Notify) if n.is_error])
 
 
 # ------------------------------------------------------------------------------------ GCKS
@@ -304,7 +352,13 @@ class _Sa:
     intauth: bytes
     request: bytes = b""
     response: bytes = b""
-    informational: tuple[bytes, bytes] = (b"", b"")
+    #: after GSA_AUTH: the member's next request's Message ID, its last request and our answer
+    next_mid: int = 0
+    last: tuple[bytes, bytes] = (b"", b"")
+    #: the identity GSA_AUTH authenticated (None: it did not), its certificate
+    identity: Identity | None = None
+    cert: x509.Certificate | None = None
+    inband_group: int | None = None  # the in-band group this IKE SA takes rekeys of
 
 
 class GsaAuthResponder(_Engine):
@@ -369,17 +423,46 @@ class GsaAuthResponder(_Engine):
             except WireError:
                 self.stats["dropped"] += 1
                 return
+            s.next_mid = s.mid + 1
             self._on_request(s, msg, data, addr, now)
-        elif h.exchange == ExchangeType.INFORMATIONAL and h.message_id == s.mid + 1 and s.request:
-            self._on_informational(s, data, addr)
+        elif h.exchange in (ExchangeType.INFORMATIONAL, ExchangeType.GSA_REGISTRATION) and s.request:
+            # later requests on the IKE SA (RFC 7296 §2.1: one at a time, a copy of the last
+            # one gets the last answer)
+            if h.message_id == s.next_mid - 1 and s.last[0]:
+                if A.compare(s.last[0], data):
+                    self._out.append((s.last[1], addr))
+                    self.stats["retransmitted"] += 1
+                else:
+                    self.stats["dropped"] += 1
+                return
+            if h.message_id != s.next_mid:
+                self.stats["dropped"] += 1
+                return
+            try:
+                msg = unprotect(data, SkCipher.for_sender(s.est.keys, initiator=True))
+            except WireError:
+                self.stats["dropped"] += 1
+                return
+            s.next_mid += 1
+            if h.exchange == ExchangeType.INFORMATIONAL:
+                self._on_informational(s, msg, data, addr)
+            else:
+                self._on_registration(s, msg, data, addr, now)
         else:
             self.stats["dropped"] += 1
 
     def _respond(self, s: _Sa, request: bytes, payloads: tuple) -> None:
+        """Answer ``request``: the GSA_AUTH (Message ID ``s.mid``) or, after it, the later
+        request with Message ID ``s.next_mid - 1``, in that exchange."""
         est = s.est
-        h = Header(est.spi_i, est.spi_r, ExchangeType.GSA_AUTH, HeaderFlags.RESPONSE, s.mid)
-        s.request, s.response = request, protect(h, payloads, SkCipher.for_message(est.keys, h))
-        self._out.append((s.response, est.peer))
+        h0 = decode_message(request).header
+        h = Header(est.spi_i, est.spi_r, h0.exchange, HeaderFlags.RESPONSE, h0.message_id)
+        response = protect(h, payloads, SkCipher.for_message(est.keys, h))
+        if h0.exchange == ExchangeType.GSA_AUTH:
+            s.request, s.response = request, response
+        else:
+            s.last = (request, response)
+        self._out.append((response, est.peer))
 
     def _refuse(self, s: _Sa, request: bytes, payloads: tuple, gid: int, identity: Identity | None, reason: str, notify: int,
                 cause: str = "not_authorized") -> None:
@@ -407,6 +490,33 @@ class GsaAuthResponder(_Engine):
         idr = _ids(ident, IdResponder)
         r_octets = A.signed_octets(est.message2, est.ni, est.keys, False, idr.encode(), s.intauth)
         mine = (idr, *_certs(c.credential), _make_auth(c.credential, est.keys.suite.prf, r_octets, psk))
+        s.identity, s.cert = identity, cert
+        self._join(s, msg, data, addr, now, gid, idg, mine)
+
+    def _on_registration(self, s: _Sa, msg, data: bytes, addr: Any, now: float) -> None:
+        """GSA_REGISTRATION (RFC 9838 §2.3.2): another group (or the same again) for the
+        identity GSA_AUTH authenticated on this IKE SA; or, with an error notification, the
+        member telling us it cannot use a group's policy or leaves it."""
+        idg = msg.get(IdGroup)
+        if s.identity is None:  # GSA_AUTH did not authenticate it: nothing to register
+            return self._refuse(s, data, (), 0, None, "GSA_REGISTRATION on an IKE SA whose GSA_AUTH failed",
+                                NotifyType.AUTHENTICATION_FAILED)
+        if idg is None:
+            return self._refuse(s, data, (), 0, s.identity, "GSA_REGISTRATION without IDg", NotifyType.INVALID_SYNTAX)
+        gid = int.from_bytes(idg.data, "big") if idg.id_type == IdType.KEY_ID and len(idg.data) == 4 else 0
+        errors = [n for n in msg.all(Notify) if n.is_error]
+        if errors:
+            self._respond(s, data, ())
+            reason = f"the member left group {gid} (GSA_REGISTRATION with {_name(errors[0].type)})"
+            log.warning("g-ikev2 gcks: %s at %r: %s", s.identity, addr, reason)
+            self._events.append(GsaMemberLeft(gid, member_key(s.identity), s.identity, int(errors[0].type), reason))
+            return
+        self._join(s, msg, data, addr, now, gid, idg, ())
+
+    def _join(self, s: _Sa, msg, data: bytes, addr: Any, now: float, gid: int, idg, mine: tuple) -> None:
+        """The group part of a registration (GSA_AUTH after its AUTH verified, with ``mine``
+        = our IDr, CERT, AUTH; GSA_REGISTRATION with nothing before GSA and KD)."""
+        c, est, identity, cert = self.config, s.est, s.identity, s.cert
         group = self.groups.get(gid)
         if group is None:
             why = f"unknown group {gid}" if gid else f"IDg of type {int(idg.id_type)} with {len(idg.data)} bytes (need ID_KEY_ID, 4-octet group number)"
@@ -426,6 +536,12 @@ class GsaAuthResponder(_Engine):
             return self._refuse(s, data, mine, gid, identity,
                                 f"group {group.label} requires the ML-KEM-768 key exchange (RFC 9370): the member's "
                                 f"IKE SA was made without it ({_methods(est)})", NotifyType.NO_PROPOSAL_CHOSEN, "mlkem_required")
+        if group.inband_rekey and s.inband_group not in (None, gid):
+            # GSA_INBAND_REKEY names no group: one IKE SA takes the in-band rekeys of one group
+            return self._refuse(s, data, mine, gid, identity,
+                                f"group {group.label} is rekeyed in band and this IKE SA already takes group "
+                                f"{s.inband_group}'s in-band rekeys: register it on an IKE SA of its own",
+                                NotifyType.TEMPORARY_FAILURE, "not_admitted")
         wall = int(now + c.wall_time_offset)
         try:
             transport = transport_mode(group)
@@ -461,6 +577,7 @@ class GsaAuthResponder(_Engine):
         self._respond(s, data, mine + (gsa, kd) + extra)
         if group.inband_rekey:
             self.kept.append(KeptSa(est, gid, member_key(identity), identity, frozenset(t.spi for t in keys.teks)))
+            s.inband_group = gid
         self.stats["registered"] += 1
         log.info("g-ikev2 gcks: %s from %r registered in group %s", identity, addr, gid)
         self._events.append(MemberRegistered(gid, identity, addr, tuple(t.spi for t in keys.teks), enr.lkh_update))
@@ -471,26 +588,13 @@ class GsaAuthResponder(_Engine):
         first = self.rekey_message_id(group, bytes(keys.kek.spi)) if self.rekey_message_id is not None else int(seq or 0)
         return rekey_sa_for(group, keys, kwa, wall, self.config.rekey_source, first)
 
-    def _on_informational(self, s: _Sa, data: bytes, addr: Any) -> None:
-        est = s.est
-        if s.informational[0]:
-            if A.compare(s.informational[0], data):
-                self._out.append((s.informational[1], addr))
-            return
-        try:
-            msg = unprotect(data, SkCipher.for_sender(est.keys, initiator=True))
-        except WireError:
-            self.stats["dropped"] += 1
-            return
-        h = Header(est.spi_i, est.spi_r, ExchangeType.INFORMATIONAL, HeaderFlags.RESPONSE, s.mid + 1)
-        response = protect(h, (), SkCipher.for_message(est.keys, h))
-        s.informational = (data, response)
-        self._out.append((response, addr))
+    def _on_informational(self, s: _Sa, msg, data: bytes, addr: Any) -> None:
+        self._respond(s, data, ())
         for n in msg.all(Notify):
             if n.is_error:
                 reason = f"the member refused our GSA_AUTH answer: {_name(n.type)}"
                 log.warning("g-ikev2 gcks: %r: %s", addr, reason)
-                self._events.append(GsaPeerRefused(addr, est.spi_i, int(n.type), reason))
+                self._events.append(GsaPeerRefused(addr, s.est.spi_i, int(n.type), reason))
 
 
 # ------------------------------------------------------------------------------------ from policy
