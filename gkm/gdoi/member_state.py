@@ -270,7 +270,8 @@ def decode(data: bytes, wall_offset: float = 0.0) -> MemberSnapshot:
         raise MemberStateError("not JSON: nested too deeply") from None
     doc = _fields(doc, "file", {"state", "sha256"})
     body = _fields(doc["state"], "state", _BODY_FIELDS)
-    if type(doc["sha256"]) is not str or not hmac.compare_digest(doc["sha256"], _digest(body)):
+    if (type(doc["sha256"]) is not str or not doc["sha256"].isascii()
+            or not hmac.compare_digest(doc["sha256"], _digest(body))):
         raise MemberStateError("sha256: does not match the state (torn or altered file)")
     if body["format"] != FORMAT:
         raise MemberStateError(f"format: not {FORMAT!r}")

@@ -99,6 +99,13 @@ def test_garbage_is_refused(data):
         member_state.decode(data)
 
 
+def test_a_digest_that_is_not_ascii_is_refused():
+    doc = json.loads(member_state.encode(snap()))
+    doc["sha256"] = "\u00e9" * 64
+    with pytest.raises(MemberStateError, match="sha256: does not match"):
+        member_state.decode(json.dumps(doc).encode())
+
+
 def test_a_flipped_byte_fails_the_digest():
     data = bytearray(member_state.encode(snap()))
     i = data.index(b'"seq": 7') + len(b'"seq": ')
