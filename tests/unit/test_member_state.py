@@ -73,7 +73,7 @@ def _tamper(data: bytes, change) -> bytes:
 @pytest.mark.parametrize("change, message", [
     (lambda b: b.pop("seq"), "state: missing ['seq']"),
     (lambda b: b.update(extra=1), "state: unknown ['extra']"),
-    (lambda b: b.update(version=2), "version: 2, this msecd reads 1"),
+    (lambda b: b.update(version=3), "version: 3, this msecd reads 1 and 2"),
     (lambda b: b.update(seq=-1), "seq: not an integer"),
     (lambda b: b.update(seq=True), "seq: not an integer"),
     (lambda b: b["kek"].update(spi="00" * 8), "kek.spi: not 16 bytes"),
