@@ -3,13 +3,15 @@ killed with SIGKILL after a rekey, the member resumes from its saved state (0600
 GSA_REKEY receiver's part included) and does not register again (the key server's log and
 ``msecctl members`` say so); the next ``msecctl rekey`` reaches it, and so does an LKH
 eviction of the other G-IKEv2 member (a new Rekey SA through its saved Key Path) and the rekey
-after it.  The helpers are test_g_ikev2_daemon's and test_member_recovery's."""
+after it.  A damaged G-IKEv2 part of the file is a log line naming the field and a fresh
+registration.  The helpers are test_g_ikev2_daemon's and test_member_recovery's."""
 
 from __future__ import annotations
 
 import json
 import stat
 
+from gkm.gdoi import member_state
 from tests.host.daemon_proc import Msecd
 from tests.host.test_g_ikev2_daemon import _ks_config, _member_config, _running, _spis
 from tests.host.test_member_recovery import _kill9
@@ -78,4 +80,16 @@ def test_g_ikev2_member_killed_resumes_and_takes_the_next_rekey(netlab_factory, 
         # it never registered again
         assert _registrations(ks, "gm2") == 1 and _registered_at(ks, "gm2") == first
         assert gm.log().count("registering with key server") == 1
+
+        # a damaged G-IKEv2 part (digest made right: the field check answers): a log line
+        # naming the field, and a fresh registration
+        _kill9(gm)
+        doc = json.loads(state.read_bytes())
+        doc["state"]["gike"]["key_path"] = [[0, "00" * 16]]
+        doc["sha256"] = member_state._digest(doc["state"])
+        state.write_text(json.dumps(doc))
+        gm.start()
+        gm.wait_log("unusable (gike.key_path[0].id: not an integer", timeout=60)
+        gm.wait_log("registered with key server", timeout=60, count=2)
+        assert gm.log().count("registering with key server") == 2
         assert "Traceback" not in gm.log() + ks.log()

@@ -377,3 +377,24 @@ def test_a_version_1_gdoi_file_still_loads_and_gdoi_is_still_written_as_version_
     s = member_state.decode(data, wall_offset=5000.0)
     assert s.protocol == "gdoi" and s.gike is None and s.seq == 7 and s.lkh is not None
     assert member_state.encode(s, wall_offset=5000.0) == data
+
+
+def test_a_gdoi_snapshot_in_version_2_form_loads_too():
+    """Version 2 may carry a GDOI state (protocol "gdoi", gike null), though msecd writes
+    GDOI as version 1."""
+    def v2(b):
+        b.update(version=2, protocol="gdoi", gike=None)
+    data = (DATA / "gdoi-v1.state").read_bytes()
+    assert member_state.decode(_tamper(data, v2), 5000.0) == member_state.decode(data, 5000.0)
+
+
+def test_msecds_factory_rebuilds_a_gdoi_receiver_for_a_gdoi_resume(tmp_path):
+    """``ResumedRegistration`` without ``gike``: GDOI's PushReceiver from the saved KEK, SEQ
+    and LKH path, as before version 2."""
+    from gkm.daemon.engines import GdoiFactory
+    from gkm.gdoi.member import ResumedRegistration
+    from gkm.gdoi.push import PushReceiver
+    s = member_state.decode((DATA / "gdoi-v1.state").read_bytes(), 5000.0)
+    reg = ResumedRegistration(s.group_id, tuple(t.tek for t in s.teks), s.kek, s.seq, s.lkh, None)
+    rx = GdoiFactory(kernel=False).push_receiver(member_group(tmp_path), reg)
+    assert type(rx) is PushReceiver and rx.kek == s.kek and rx.receiver_state() is None
