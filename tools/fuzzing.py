@@ -262,7 +262,7 @@ def target_push():
     from gkm import wire
     from gkm.gdoi.push import REKEY_PREFIX, PushRejected, _cbc, sign_push
     from gkm.wire import Header
-    from gkm.wire.constants import ExchangeType, Flags, PayloadType
+    from gkm.wire.constants import ExchangeType, Flags
     from tests.unit import test_gdoi_push as p
 
     s = p.Setup(Path(tempfile.mkdtemp(prefix="msec-fuzz-push-")))
@@ -429,9 +429,10 @@ def target_member_state():
     import json
 
     from gkm.gdoi import member_state as ms
+    from tests.unit.test_ikev2_member_state import gike_snap
     from tests.unit.test_member_state import snap
 
-    seeds = [ms.encode(snap()), ms.encode(snap(lkh=None, teks=(), gap=(None, None)))]
+    seeds = [ms.encode(snap()), ms.encode(snap(lkh=None, teks=(), gap=(None, None))), ms.encode(gike_snap())]
 
     def run(data: bytes) -> bool:
         ok = False

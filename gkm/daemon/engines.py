@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -302,14 +301,20 @@ class GdoiFactory:
 
     def push_receiver(self, group, registered):
         """GROUPKEY-PUSH for a GDOI registration, GSA_REKEY for a G-IKEv2 one, GSA_INBAND_REKEY
-        for a G-IKEv2 one without a Rekey SA (same interface)."""
+        for a G-IKEv2 one without a Rekey SA (same interface); GDOI's or GSA_REKEY's from a
+        saved state for a resumed member (``ResumedRegistration``)."""
+        from gkm.gdoi.member import ResumedRegistration
+        from gkm.gdoi.member_state import GikeRekeyState
         from gkm.ikev2.events import GikeRegistered
-        if isinstance(registered, GikeRegistered):
-            if registered.gsa.ike is not None:  # no Rekey SA: GSA_INBAND_REKEY on its IKE SA
-                from gkm.ikev2.member_inband import InbandReceiver
+        from gkm.ikev2.member_inband import InbandReceiver
+        from gkm.ikev2.member_rekey import GikePushReceiver
+        match registered:
+            case GikeRegistered() if registered.gsa.ike is not None:  # no Rekey SA: in band
                 return InbandReceiver(group, registered.gsa)
-            from gkm.ikev2.member_rekey import GikePushReceiver
-            return GikePushReceiver(group, registered.gsa)
+            case GikeRegistered():
+                return GikePushReceiver(group, registered.gsa)
+            case ResumedRegistration(gike=GikeRekeyState() as saved):  # a restarted G-IKEv2 member
+                return GikePushReceiver.resumed(group, registered.kek, saved)
         gdoi = self._gdoi()
         return gdoi.PushReceiver(group.group_id, registered.kek, registered.lkh,
                                  registered.seq or 0, teks=registered.teks)

@@ -415,8 +415,9 @@ class MemberSession:
                 log.info("group %s: removed SA(s) SPI %s: %s", label, _spis(ev.spis), ev.reason)
             case StateRestored():
                 log.info("group %s: resumed from the saved member state (key server %s, SEQ "
-                         "%d, SPI %s; still in the kernel: %s): not registering again", label,
-                         ev.key_server, ev.seq, _spis(ev.spis), _spis(ev.adopted))
+                         "%d, SPI %s; still in the kernel: %s; protocol %s): not registering "
+                         "again", label, ev.key_server, ev.seq, _spis(ev.spis),
+                         _spis(ev.adopted), ev.protocol)
             case StateDiscarded():
                 log.warning("group %s: saved member state discarded (%s): registering afresh",
                             label, ev.reason)

@@ -48,6 +48,15 @@ again; ``Evicted`` removes every SA of the group at once (an evicted member keep
 use), stops PUSH reception and registers again after a backoff (the key server refuses it
 unless its eviction was lifted).  A soft expiry of a current TEK with no successor means a
 PUSH was missed: register again now.
+
+Saved state (:mod:`.member_state`): after a registration and after each PUSH that changed
+keys the engine asks for a :class:`SaveState` (before that input's SA actions); ``resume``
+starts from one instead of registering.  GDOI and G-IKEv2 members take the same path: the
+snapshot holds the KEK (or the Rekey SA as a ``GroupKek``), SEQ, LKH path and TEKs, plus what
+the PUSH receiver itself gives (``receiver_state()``: None for GROUPKEY-PUSH, the GSA_REKEY
+receiver's :class:`~.member_state.GikeRekeyState` for G-IKEv2), and ``resume`` hands the
+factory a :class:`ResumedRegistration` carrying it back.  A snapshot saved under another
+protocol than the group's is discarded (the member registers).
 """
 
 from __future__ import annotations
@@ -64,7 +73,7 @@ from policy.model import MemberGroup, TrafficSelector
 
 from .events import Registered, RegistrationFailed
 from .keys import GroupKek, GroupTek, LkhKeys
-from .member_state import MemberSnapshot, SavedTek
+from .member_state import GikeRekeyState, MemberSnapshot, SavedTek
 from .push import (Evicted, KekDeleted, LkhPartReceived, PushRejected, PushReceiver, Rekeyed, TeksDeleted,
                    TeksRefreshed)
 
@@ -74,7 +83,7 @@ __all__ = [
     "InstallSas", "ActivateOutbound", "RemoveSas", "SaveState", "ForgetState",
     "Joined", "StateRestored", "StateDiscarded", "StateSaveFailed", "ResyncScheduled",
     "RegistrationAttemptFailed", "GroupRekeyed", "OutboundSwitched", "SasRemoved",
-    "SaActionFailed", "PushListenFailed", "LeftGroup", "Phase1Up",
+    "SaActionFailed", "PushListenFailed", "LeftGroup", "Phase1Up", "ResumedRegistration",
 ]
 
 
@@ -176,6 +185,15 @@ class SaveState(MemberAction):
 
 
 @dataclass(frozen=True, slots=True)
+class ResumedRegistration(Registered):
+    """What ``resume`` hands ``new_push_receiver``: the saved state as the registration it
+    stands for (the TEKs still in use, the KEK, SEQ, LKH path) and, for a G-IKEv2 member, its
+    GSA_REKEY receiver's saved state (``gike``; None: GDOI)."""
+
+    gike: GikeRekeyState | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ForgetState(MemberAction):
     """Delete this group's saved state (evicted, KEK deleted: a restart must register)."""
 
@@ -210,6 +228,7 @@ class StateRestored(MemberEvent):
     seq: int
     spis: tuple[int, ...]
     adopted: tuple[int, ...]  # of these, the SPIs the kernel still held
+    protocol: str = "gdoi"  # the registration protocol the state was saved under
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,14 +527,17 @@ class MemberEngine:
                      for t in kept)
         self._sa_action(lambda ref: InstallSas(ref, teks, False))
         self._events.append(StateRestored(self.group_id, saved.key_server, saved.seq,
-                                          tuple(sorted(spis)), in_kernel))
-        self._listen_for_push(Registered(self.group_id, tuple(t.tek for t in kept), saved.kek,
-                                         saved.seq, saved.lkh, None))
+                                          tuple(sorted(spis)), in_kernel, saved.protocol))
+        self._listen_for_push(ResumedRegistration(self.group_id, tuple(t.tek for t in kept),
+                                                  saved.kek, saved.seq, saved.lkh, None,
+                                                  gike=saved.gike))
         self._plan_reregistration(now)
 
     def _unusable(self, saved: MemberSnapshot, now: float) -> str | None:
         if saved.group_id != self.group_id:
             return f"saved state of group {saved.group_id}"
+        if saved.protocol != self.group.protocol:
+            return f"saved by a {saved.protocol} member, the group is {self.group.protocol} now"
         if saved.key_server not in {str(k) for k in self.group.key_servers}:
             return f"key server {saved.key_server} is not configured any more"
         if saved.kek_expires_at <= now:
@@ -909,15 +931,16 @@ class MemberEngine:
     # -- the saved state ----------------------------------------------------------------------
     def snapshot(self, now: float) -> MemberSnapshot | None:
         """What a restarted member needs (None: nothing worth keeping, no Rekey SA, or a
-        receiver the saved state cannot rebuild: a G-IKEv2 member registers again)."""
+        G-IKEv2 member whose GSA_REKEY receiver is gone)."""
         if self._kek is None or self.kek_expires_at is None or self.key_server is None:
             return None
-        if self.push is not None and not self.push.resumable:
+        gike = self.push.receiver_state() if self.push is not None else None
+        if gike is None and self.group.protocol != "gdoi":
             return None
         teks = tuple(SavedTek(h.tek, h.expires_at, h.outbound, h.activate_at, h.retire_at)
                      for h in self.held if not h.removing)
         return MemberSnapshot(self.group_id, self.key_server, self._kek, self.kek_expires_at,
-                              self._push_seq, self._lkh, self.gap_delays, teks, now)
+                              self._push_seq, self._lkh, self.gap_delays, teks, now, gike)
 
     def _save(self, now: float, at: int) -> None:
         snap = self.snapshot(now)

@@ -580,8 +580,11 @@ class PushReceiver:
     ``other_protocol`` (:mod:`gkm.ikev2.member_rekey` does the converse).
     """
 
-    #: the member's saved state (gkm.gdoi.member_state) can rebuild this receiver
-    resumable = True
+    def receiver_state(self) -> None:
+        """What the member's saved state (:mod:`gkm.gdoi.member_state`) needs of this receiver
+        beyond the member engine's KEK, SEQ and LKH path: nothing (G-IKEv2's receiver gives
+        a :class:`~gkm.gdoi.member_state.GikeRekeyState`)."""
+        return None
 
     def __init__(
         self,

@@ -46,7 +46,6 @@ __all__ = ["InbandReceiver"]
 class InbandReceiver:
     """GSA_INBAND_REKEY for one group on the registration's IKE SA (module docstring)."""
 
-    resumable = False
     kek = None  # no Rekey SA: the exchange's answer is the acknowledgement
 
     def __init__(self, group: MemberGroup, gsa: GsaRegistered) -> None:
@@ -63,6 +62,10 @@ class InbandReceiver:
         self._events: list = []
 
     # -- the PushReceiver interface
+    def receiver_state(self) -> None:
+        """Nothing to save: the IKE SA is not kept across a restart (the member registers again)."""
+        return None
+
     def acknowledge_as(self, address: str) -> None:
         """The answer of the exchange is the acknowledgement; no address goes into it."""
 

@@ -22,8 +22,15 @@ Decisions:
   before anything else, counted as ``other_protocol``, with no event: in a group serving both
   protocols every member receives both, and neither is an attack.
 * No ACKs: GSA_REKEY is one-way (RFC 9838 §2.4).  :meth:`acknowledge_as` does nothing.
-* Not resumable (:attr:`resumable`): a restarted G-IKEv2 member registers again instead of
-  reading a saved Rekey SA and Key Path (the member's saved state holds GDOI's).
+* Resumable: :meth:`receiver_state` gives what the member's saved state keeps of the receiver
+  (:class:`~gkm.gdoi.member_state.GikeRekeyState`: the Rekey SA in force, the next Message ID
+  and the digest of the last GSA_REKEY applied, AUTH_KEY, the Key Path, the Sender-IDs) and
+  :meth:`GikePushReceiver.resumed` rebuilds an equal receiver from it, so a restarted member
+  takes the next GSA_REKEY (an LKH eviction included) and refuses replays as the one before
+  the restart would have.
+* A GSA_REKEY that changes only AUTH_KEY is a :class:`~gkm.gdoi.push.Rekeyed` without TEKs (the
+  Rekey SA in force, as the member engine sees it, has a new signing key), so the member engine
+  saves its state again: a restarted member then checks signatures with the new key.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import logging
 from typing import Any
 
 from gkm.gdoi.keys import GroupKek
+from gkm.gdoi.member_state import GikeRekeyState
 from gkm.gdoi.policy_wire import GapDelays
 from gkm.gdoi.push import Evicted, KekDeleted, PushRejected, Rekeyed, TeksDeleted
 from gkm.wire.header import is_ikev2
@@ -49,8 +57,6 @@ __all__ = ["GikePushReceiver"]
 class GikePushReceiver:
     """GSA_REKEY for one group, with the PushReceiver interface (module docstring)."""
 
-    resumable = False
-
     def __init__(self, group: MemberGroup, gsa: GsaRegistered) -> None:
         reg = gsa.registered
         if gsa.rekey_sa is None or reg.kek is None:
@@ -59,13 +65,41 @@ class GikePushReceiver:
         mode = tek.mode if tek is not None else Mode.TUNNEL
         preservation = tek.address_preservation if tek is not None else AddressPreservation.SOURCE_AND_DESTINATION
         direction = tek.direction if tek is not None else SaDirection.RECEIVER_ONLY
+        self._start(group, reg.kek, RekeyReceiver(
+            MemberConfig(group.group_id, mode, preservation, direction, gsa.sender_ids), gsa.rekey_sa,
+            gcauth=GcAuth.DIGITAL_SIGNATURE, signature=gsa.signature, auth_key=gsa.auth_key, key_path=gsa.key_path))
+
+    @classmethod
+    def resumed(cls, group: MemberGroup, kek: GroupKek, state: GikeRekeyState) -> "GikePushReceiver":
+        """The receiver a restarted member goes on with: ``state`` from its saved state, ``kek``
+        the saved member engine's view of the Rekey SA (its addresses and ports)."""
+        if kek.spi != state.rekey_sa.spi:
+            raise ValueError("the saved KEK is not the saved Rekey SA")
+        self = cls.__new__(cls)
+        config = MemberConfig(group.group_id, state.mode, state.address_preservation, state.direction,
+                              state.sender_ids)
+        self._start(group, _group_kek(kek, state.rekey_sa, state.auth_key), RekeyReceiver(
+            config, state.rekey_sa, gcauth=GcAuth.DIGITAL_SIGNATURE, signature=state.signature,
+            auth_key=state.auth_key, key_path=state.key_path, expected_message_id=state.expected_message_id,
+            last_digest=state.last_digest))
+        return self
+
+    def _start(self, group: MemberGroup, kek: GroupKek, rx: RekeyReceiver) -> None:
         self.group_id = group.group_id
-        self._rx = RekeyReceiver(MemberConfig(group.group_id, mode, preservation, direction, gsa.sender_ids), gsa.rekey_sa,
-                                 gcauth=GcAuth.DIGITAL_SIGNATURE, signature=gsa.signature, auth_key=gsa.auth_key,
-                                 key_path=gsa.key_path)
-        self.kek: GroupKek = reg.kek
+        self._rx = rx
+        self.kek: GroupKek = kek
         self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "acks": 0, "other_protocol": 0}
         self._events: list = []
+
+    def receiver_state(self) -> GikeRekeyState | None:
+        """What the member's saved state keeps of this receiver (None once it has no Rekey SA:
+        excluded or deleted, the member registers again)."""
+        rx = self._rx
+        if rx.excluded or rx.rekey_sa is None:
+            return None
+        c = rx.config
+        return GikeRekeyState(rx.rekey_sa, rx.expected_message_id, rx.last_digest, rx.signature, rx.auth_key,
+                              rx.key_path, c.sender_ids, c.mode, c.address_preservation, c.direction)
 
     # -- the PushReceiver interface the member engine uses
     def acknowledge_as(self, address: str) -> None:
@@ -123,7 +157,7 @@ class GikePushReceiver:
         if sa is not None and (ev.rekey_sa is not None or ev.auth_key_changed):
             self.kek = _group_kek(self.kek, sa, self._rx.auth_key)
         gap = GapDelays(ev.atd_s, ev.dtd_s) if (ev.atd_s, ev.dtd_s) != (None, None) else None
-        if ev.teks or ev.rekey_sa is not None or gap is not None:
+        if ev.teks or ev.rekey_sa is not None or gap is not None or ev.auth_key_changed:
             self._events.append(Rekeyed(gid, ev.teks, self.kek, seq, None, ev.rekey_sa is not None, gap))
         if ev.deleted_spis or ev.delete_all_teks:
             self._events.append(TeksDeleted(gid, tuple(ev.deleted_spis), ev.delete_all_teks))

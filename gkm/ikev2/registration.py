@@ -23,10 +23,18 @@ request from an identity no TEK lets send), NO_PROPOSAL_CHOSEN (the group's ``ml
 "required"`` and the IKE SA was made without ML-KEM-768: RFC 9838 §2.3.1, a member that cannot
 support the group's security policy; ``docs/decisions/g-ikev2-registration.md``), INVALID_SYNTAX, or TEMPORARY_FAILURE (the keys
 could not be read or recorded: RFC 9838's REGISTRATION_FAILED has no number in the RFC text,
-:mod:`.constants`).  The member that cannot accept the GCKS (AUTH, identity) or the group's
-policy tells it in an INFORMATIONAL request (AUTHENTICATION_FAILED, NO_PROPOSAL_CHOSEN; RFC
-9838 suggests a GSA_REGISTRATION for the latter, which msec does not speak yet), which the
-GCKS answers and reports (:class:`~.events.GsaPeerRefused`).
+:mod:`.constants`).  The member that cannot accept the GCKS (AUTH, identity) tells it in an
+INFORMATIONAL request (AUTHENTICATION_FAILED), which the GCKS answers and reports
+(:class:`~.events.GsaPeerRefused`); one that cannot use the group's policy tells it in
+GSA_REGISTRATION with IDg and NO_PROPOSAL_CHOSEN (RFC 9838 §2.3.1), and the GCKS reports that
+the member left (:class:`~.events.GsaMemberLeft`: it must remove it from the group).
+
+GSA_REGISTRATION (§2.3.2), both roles: another group (or the same again) over an IKE SA whose
+GSA_AUTH authenticated the member, for that identity, checked as GSA_AUTH checks it
+(:class:`GsaRegistrationInitiator`; the GCKS side in :class:`GsaAuthResponder`)::
+
+    GM   HDR, SK{IDg, [N(GROUP_SENDER)]}  -->   <--  HDR, SK{GSA, KD, [N]}  or  HDR, SK{N(error)}
+    GM   HDR, SK{IDg, N(error)}           -->   <--  HDR, SK{}              (the member leaves)
 
 Unauthenticated input (no such IKE SA, SK integrity failure) is dropped without a trace; a
 byte-identical retransmitted request gets the stored response (no second enrollment).  The

@@ -256,19 +256,30 @@ class RekeyReceiver:
 
     def __init__(self, config: MemberConfig, rekey_sa: RekeySa, *, gcauth: GcAuth,
                  signature: SignatureAlgorithm | None = None, auth_key: bytes | None = None,
-                 key_path: WorkingKeyPath = WorkingKeyPath()) -> None:
+                 key_path: WorkingKeyPath = WorkingKeyPath(), expected_message_id: int | None = None,
+                 last_digest: bytes | None = None) -> None:
+        """``expected_message_id`` and ``last_digest`` (see :attr:`last_digest`): a receiver
+        resumed from a saved state (:mod:`gkm.gdoi.member_state`); a new one starts at the Rekey
+        SA's initial Message ID with no message applied."""
         if (gcauth == GcAuth.DIGITAL_SIGNATURE) != (signature is not None and auth_key is not None):
             raise ValueError("digital signature needs an algorithm and AUTH_KEY; implicit needs neither")
+        if last_digest is not None and len(last_digest) != hashlib.sha256().digest_size:
+            raise ValueError("last_digest must be a SHA-256")
         self.config = config
         self.rekey_sa: RekeySa | None = rekey_sa
-        self.expected_message_id = rekey_sa.initial_message_id
+        self.expected_message_id = rekey_sa.initial_message_id if expected_message_id is None else expected_message_id
         self.gcauth = gcauth
         self.signature = signature
         self.auth_key = auth_key
         self.key_path = key_path
         self.excluded = False
         self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "internal_error": 0}
-        self._last_digest: bytes | None = None  # SHA-256 of the last datagram applied
+        self._last_digest: bytes | None = last_digest  # SHA-256 of the last datagram applied
+
+    @property
+    def last_digest(self) -> bytes | None:
+        """SHA-256 of the datagram last applied (its copies are duplicates), None before one."""
+        return self._last_digest
 
     def state(self) -> tuple:
         """Everything a datagram can change (a refused one must leave it equal)."""
@@ -298,7 +309,6 @@ class RekeyReceiver:
         return (event,)
 
     def _receive(self, data: bytes) -> Ikev2Event:
-        gid = self.config.group_id
         cur = self.rekey_sa
         if self.excluded or cur is None:
             raise _Refused("no Rekey SA (excluded or deleted): re-register")

@@ -75,7 +75,8 @@ def signed_data(header: Header, first_payload: int, chain: bytes) -> bytes:
     return a + chain
 
 
-def _check_key(alg: SignatureAlgorithm, key) -> None:
+def check_key(alg: SignatureAlgorithm, key) -> None:
+    """Raises :class:`RekeyAuthError` unless ``key`` (a loaded key) is of ``alg``'s type."""
     if alg.curve is None:
         ok = isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey))
     else:
@@ -87,7 +88,7 @@ def _check_key(alg: SignatureAlgorithm, key) -> None:
 def sign_chain(alg: SignatureAlgorithm, private_key, header: Header, inner: tuple, encode) -> Authentication:
     """The AUTH payload for ``inner`` (payloads before AUTH; AUTH goes last).  ``encode`` is
     :func:`~.message.encode_payloads`."""
-    _check_key(alg, private_key)
+    check_key(alg, private_key)
     size = alg.size
     for _ in range(64):
         placeholder = Authentication(AuthMethod.DIGITAL_SIGNATURE, _auth_data(alg, bytes(size)))
@@ -138,7 +139,7 @@ def verify_chain(alg: SignatureAlgorithm, public_key_der: bytes, header: Header,
         key = load_der_public_key(public_key_der)
     except ValueError:
         raise RekeyAuthError("AUTH_KEY is not a DER SubjectPublicKeyInfo") from None
-    _check_key(alg, key)
+    check_key(alg, key)
     try:
         if alg.curve is None:
             key.verify(sig, data)
@@ -148,4 +149,4 @@ def verify_chain(alg: SignatureAlgorithm, public_key_der: bytes, header: Header,
         raise RekeyAuthError("signature does not verify") from None
 
 
-__all__ = ["FOR_SIGNATURE_SUITE", "RekeyAuthError", "SignatureAlgorithm", "SIGNATURE_ALGORITHMS", "sign_chain", "verify_chain", "signed_data"]
+__all__ = ["FOR_SIGNATURE_SUITE", "RekeyAuthError", "SignatureAlgorithm", "SIGNATURE_ALGORITHMS", "check_key", "sign_chain", "verify_chain", "signed_data"]

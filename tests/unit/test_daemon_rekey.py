@@ -22,7 +22,8 @@ from tests.unit.test_daemon_core import _ctl, _daemon, _run, _until
 class FakePushReceiver:
     """b"PUSH <seq> <spi>" -> Rekeyed if seq > last_seq, else PushRejected."""
 
-    resumable = True  # the saved state can rebuild it, as GDOI's PushReceiver
+    def receiver_state(self):
+        return None  # the engine's KEK, SEQ and LKH path rebuild it, as GDOI's PushReceiver
 
     def __init__(self, group_id, last_seq):
         self.group_id = group_id

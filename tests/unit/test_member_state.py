@@ -73,7 +73,7 @@ def _tamper(data: bytes, change) -> bytes:
 @pytest.mark.parametrize("change, message", [
     (lambda b: b.pop("seq"), "state: missing ['seq']"),
     (lambda b: b.update(extra=1), "state: unknown ['extra']"),
-    (lambda b: b.update(version=2), "version: 2, this msecd reads 1"),
+    (lambda b: b.update(version=3), "version: 3, this msecd reads 1 and 2"),
     (lambda b: b.update(seq=-1), "seq: not an integer"),
     (lambda b: b.update(seq=True), "seq: not an integer"),
     (lambda b: b["kek"].update(spi="00" * 8), "kek.spi: not 16 bytes"),
@@ -97,6 +97,13 @@ def test_decode_is_strict_and_names_the_field(change, message):
 def test_garbage_is_refused(data):
     with pytest.raises(MemberStateError):
         member_state.decode(data)
+
+
+def test_a_digest_that_is_not_ascii_is_refused():
+    doc = json.loads(member_state.encode(snap()))
+    doc["sha256"] = "\u00e9" * 64
+    with pytest.raises(MemberStateError, match="sha256: does not match"):
+        member_state.decode(json.dumps(doc).encode())
 
 
 def test_a_flipped_byte_fails_the_digest():
