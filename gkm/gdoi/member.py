@@ -416,6 +416,7 @@ class MemberEngine:
         #: answers leave by it
         self._held = False
         self._held_out: list[tuple[bytes, Any]] = []
+        self._again = False  # the registration under way is over the held SA
 
     # -- outputs ------------------------------------------------------------------------------
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
@@ -792,7 +793,17 @@ class MemberEngine:
 
     # -- registration -------------------------------------------------------------------------
     def _connect(self, now: float) -> None:
-        if self._held:  # the in-band rekeys' socket: a new registration gets a new one
+        if self._held:
+            # in band: register again over the kept IKE SA (G-IKEv2 GSA_REGISTRATION), on
+            # its socket; else, or if that fails (_pump_registration), on a new one
+            again = self.push.reregistration(self.group) if self.push is not None else None
+            if again is not None:
+                self.state = MemberState.REGISTERING
+                self.next_attempt = None
+                self.registration, self._again = again, True
+                again.start(now)
+                self._pump_registration(now)
+                return
             self._close_registration()
         ks = self.group.key_servers[self.ks_index % len(self.group.key_servers)]
         self.key_server = str(ks)
@@ -817,6 +828,16 @@ class MemberEngine:
                     self._events.append(Phase1Up(self.group_id, ev.sa))
                 case Registered():
                     self._registered(ev, now)
+                    return
+                case RegistrationFailed() if self._again:
+                    # GSA_REGISTRATION over the kept IKE SA failed (the key server forgot it,
+                    # restarted...): at once on a new IKE SA, with the same key server
+                    self._again = False
+                    self._close_registration()
+                    self._events.append(RegistrationAttemptFailed(
+                        self.group_id, self.key_server or "?",
+                        f"{ev.reason}; registering on a new IKE SA", 0.0))
+                    self._connect(now)
                     return
                 case RegistrationFailed():
                     self._close_registration()
@@ -864,6 +885,7 @@ class MemberEngine:
     def _registered(self, ev: Registered, now: float) -> None:
         refresh = self.refreshing
         self.restored = False
+        self._again = False
         if ev.inband and ev.kek is None:
             self.registration, self._open_pending = None, False  # the socket stays open
         else:

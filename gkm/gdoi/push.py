@@ -580,6 +580,11 @@ class PushReceiver:
     ``other_protocol`` (:mod:`gkm.ikev2.member_rekey` does the converse).
     """
 
+    def reregistration(self, group, wall_time_offset: float = 0.0) -> None:
+        """A registration over what this receiver holds (G-IKEv2 in band: GSA_REGISTRATION over
+        the kept IKE SA); None: a new registration (GDOI: GROUPKEY-PULL after phase 1)."""
+        return None
+
     def receiver_state(self) -> None:
         """What the member's saved state (:mod:`gkm.gdoi.member_state`) needs of this receiver
         beyond the member engine's KEK, SEQ and LKH path: nothing (G-IKEv2's receiver gives

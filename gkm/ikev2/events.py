@@ -79,6 +79,10 @@ class GsaRegistered(Ikev2Event):
     #: the IKE SA it registered on, kept for GSA_INBAND_REKEY when the GCKS gave no Rekey SA
     ike: SaInitEstablished | None = field(default=None, repr=False)
     transport: bool = False  # USE_TRANSPORT_MODE was in the answer
+    #: Message IDs on that IKE SA: the member's next request's, and the GCKS's next request's
+    #: (its GSA_INBAND_REKEYs; 0 after GSA_AUTH, carried on by a GSA_REGISTRATION)
+    next_mid: int = 0
+    peer_mid: int = 0
 
     @property
     def group_id(self) -> int:

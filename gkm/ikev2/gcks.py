@@ -156,7 +156,7 @@ class GcksEngine:
             return
         self._next = now + HOUSEKEEPING_S
         self.sa_init.expire(now)
-        self.auth.expire(now)
+        self.auth.expire(now, keep=self.inband.holds)
         if now - self._rotated_at >= COOKIE_ROTATION_S:
             self.sa_init.rotate_cookie_secret()
             self._rotated_at = now

@@ -110,6 +110,13 @@ class InbandRekeyer:
     def keep(self, sa: KeptSa) -> None:
         """A member of an in-band group registered on ``sa`` (its previous IKE SA, if any, is
         forgotten: the member replaced everything it had, RFC 9838 §2.3.3)."""
+        key = (sa.est.spi_i, sa.est.spi_r)
+        same = self._sas.get(key)
+        if same is not None and (same.group_id, same.member) == (sa.group_id, sa.member):
+            # registered again over the same IKE SA (GSA_REGISTRATION): its Message IDs and any
+            # outstanding request go on
+            same.given, same.excluded = sa.given, False
+            return
         old = self._by_member.pop((sa.group_id, sa.member), None)
         if old is not None:
             self._sas.pop(old, None)
@@ -117,7 +124,6 @@ class InbandRekeyer:
             _k, gone = self._sas.popitem(last=False)
             self._by_member.pop((gone.group_id, gone.member), None)
             self.stats["evicted"] += 1
-        key = (sa.est.spi_i, sa.est.spi_r)
         self._sas[key] = sa
         self._by_member[(sa.group_id, sa.member)] = key
 

@@ -55,7 +55,8 @@ class InbandReceiver:
         self.sa = gsa.ike
         self.sender = group.sender
         self.transport = gsa.transport
-        self._expect = 0  # the GCKS's next request's Message ID (RFC 7296 §2.2)
+        self.gsa = gsa
+        self._expect = gsa.peer_mid  # the GCKS's next request's Message ID (RFC 7296 §2.2)
         self._last: tuple[bytes, bytes] = (b"", b"")  # the last request and our answer
         self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "acks": 0, "other_protocol": 0}
         self._out: list[tuple[bytes, Any]] = []
@@ -65,6 +66,12 @@ class InbandReceiver:
     def receiver_state(self) -> None:
         """Nothing to save: the IKE SA is not kept across a restart (the member registers again)."""
         return None
+
+    def reregistration(self, group: MemberGroup, wall_time_offset: float = 0.0):
+        """Registering again: GSA_REGISTRATION over this IKE SA (RFC 9838 §2.4.3: "the group
+        member may use the GSA_REGISTRATION exchange to re-register")."""
+        from .member_registration import GikeRegistration
+        return GikeRegistration.over(group, self.gsa, self._expect, wall_time_offset=wall_time_offset)
 
     def acknowledge_as(self, address: str) -> None:
         """The answer of the exchange is the acknowledgement; no address goes into it."""

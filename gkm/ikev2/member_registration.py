@@ -37,7 +37,7 @@ from policy.model import MemberGroup
 
 from .events import GikeRegistered, GsaRegistered, GsaRegistrationFailed, SaInitEstablished, SaInitFailed
 from .profile import sa_init_config
-from .registration import GsaAuthInitiator, member_auth_config
+from .registration import GsaAuthInitiator, GsaRegistrationInitiator, member_auth_config
 from .sa_init import SaInitInitiator
 
 log = logging.getLogger("gkm.ikev2")
@@ -69,13 +69,30 @@ class GikeRegistration:
         self._retx_n = 0
         self._retx_gap = RETRANSMIT_TIMEOUT
 
+    @classmethod
+    def over(cls, group: MemberGroup, gsa: GsaRegistered, peer_mid: int, *,
+             wall_time_offset: float = 0.0) -> "GikeRegistration":
+        """``group``'s registration again by GSA_REGISTRATION over the IKE SA an in-band
+        registration kept (``gsa``; ``peer_mid``: the GCKS's next request's Message ID on it):
+        no IKE_SA_INIT, no AUTH; the same events, retransmission and timeout."""
+        if gsa.ike is None or gsa.registered.key_server_id is None:
+            raise ValueError("the registration kept no IKE SA")
+        self = cls(group, gsa.ike.peer, wall_time_offset=wall_time_offset)
+        self.gsa_auth = GsaRegistrationInitiator(self._auth_config, gsa.ike, gsa.next_mid,
+                                                 gsa.registered.key_server_id, peer_mid)
+        return self
+
     def _current(self):
         return self.gsa_auth if self.gsa_auth is not None else self.sa_init
 
     def start(self, now: float) -> None:
-        self.state = "sa_init"
         self._deadline = now + EXCHANGE_TIMEOUT
-        self.sa_init.start(now)
+        if self.gsa_auth is not None:  # over a kept IKE SA (over)
+            self.state = "gsa_auth"
+            self.gsa_auth.start(now)
+        else:
+            self.state = "sa_init"
+            self.sa_init.start(now)
         self._collect()
         self._sent(now)
 

@@ -91,6 +91,10 @@ class GikePushReceiver:
         self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "acks": 0, "other_protocol": 0}
         self._events: list = []
 
+    def reregistration(self, group: MemberGroup, wall_time_offset: float = 0.0) -> None:
+        """No IKE SA is kept to register again over: a new registration."""
+        return None
+
     def receiver_state(self) -> GikeRekeyState | None:
         """What the member's saved state keeps of this receiver (None once it has no Rekey SA:
         excluded or deleted, the member registers again)."""

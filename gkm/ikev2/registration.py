@@ -200,6 +200,7 @@ class GsaAuthInitiator(_Engine):
         self._request = b""
         #: the GCKS's identity once authenticated (GSA_REGISTRATION on this SA starts from it)
         self.gcks: Identity | None = None
+        self.peer_mid = 0  # the GCKS's next request's Message ID on the IKE SA
 
     @property
     def state(self) -> str:
@@ -315,7 +316,8 @@ class GsaAuthInitiator(_Engine):
                  self.exchange.name, len(got.teks), ", Rekey SA" if got.kek else ", rekeys in band")
         # no Rekey SA: the GCKS rekeys this member in band, over this IKE SA (RFC 9838 §2.4.2)
         self._events.append(GsaRegistered(reg, sa.spi_i, sa.spi_r, got.rekey_sa, got.signature, got.auth_key, got.key_path,
-                                          got.sender_ids, ike=sa if got.kek is None else None, transport=transport))
+                                          got.sender_ids, ike=sa if got.kek is None else None, transport=transport,
+                                          next_mid=self.mid + 1, peer_mid=self.peer_mid))
 
 
 class GsaRegistrationInitiator(GsaAuthInitiator):
@@ -325,9 +327,10 @@ class GsaRegistrationInitiator(GsaAuthInitiator):
 
     exchange = ExchangeType.GSA_REGISTRATION
 
-    def __init__(self, config: MemberAuthConfig, sa: SaInitEstablished, mid: int, gcks: Identity) -> None:
+    def __init__(self, config: MemberAuthConfig, sa: SaInitEstablished, mid: int, gcks: Identity,
+                 peer_mid: int = 0) -> None:
         _Engine.__init__(self)
-        self.config, self.sa, self.mid, self.gcks = config, sa, mid, gcks
+        self.config, self.sa, self.mid, self.gcks, self.peer_mid = config, sa, mid, gcks, peer_mid
         self._state = "idle"
         self._request = b""
 
@@ -399,8 +402,11 @@ class GsaAuthResponder(_Engine):
         mid = 1 + len(est.intermediate) // 2
         self._sas[(est.spi_i, est.spi_r)] = _Sa(est, now, mid, intauth_for(est.intermediate, est.intermediate_keys).octets(mid))
 
-    def expire(self, now: float) -> None:
-        for k in [k for k, s in self._sas.items() if now - s.created > self.config.sa_lifetime]:
+    def expire(self, now: float, keep: Callable[[bytes, bytes], bool] | None = None) -> None:
+        """Forget IKE SAs older than ``sa_lifetime``, except those ``keep`` names (an in-band
+        group's: GSA_REGISTRATION over them stays possible while they are kept)."""
+        for k in [k for k, s in self._sas.items() if now - s.created > self.config.sa_lifetime
+                  and not (keep is not None and s.inband_group is not None and keep(*k))]:
             del self._sas[k]
 
     @property

@@ -15,7 +15,7 @@ from gkm.group.storage import load_state
 from gkm.ikev2.events import GikeRegistered, InbandRekeyAcknowledged, InbandRekeyFailed
 from gkm.ikev2.inband import MAX_RETRANSMITS
 from gkm.ikev2.member_inband import InbandReceiver
-from tests.unit.test_gdoi_support import GID, KS, NOW, member_group
+from tests.unit.test_gdoi_support import GID, KS, NOW, ks_settings, member_group
 from tests.unit.test_ikev2_daemon_engines import _controller_step, both_groups, drain, key_server, run
 
 ADDR = {"gm1": ("192.0.2.41", 848), "gm2": ("192.0.2.42", 848), "gm3": ("192.0.2.43", 848)}
@@ -135,7 +135,7 @@ def test_lost_requests_are_retransmitted_then_the_member_is_given_up(tmp_path):
     assert [type(e) for e in drain(ks)] == [InbandRekeyAcknowledged]
     # gm3 never answers: given up after the retransmissions, its IKE SA forgotten
     n, events = 2, []  # the first transmission and the copy above
-    while (t := ks.get_timer()) is not None:
+    while (t := ks.g_ikev2.inband.get_timer()) is not None:  # (housekeeping goes on: SAs kept)
         ks.handle_timer(t)
         n += len(ks.datagrams_to_send())
         events += drain(ks)
@@ -194,3 +194,65 @@ def test_gcks_drops_answers_that_are_not_authentic(tmp_path):
     assert drain(ks) == [] and ks.g_ikev2.inband.pending(GID) == 2
     ks.receive_datagram(answer, ADDR["gm1"], NOW)
     assert [type(e) for e in drain(ks)] == [InbandRekeyAcknowledged]
+
+
+def test_member_engine_rekeyed_in_band_registers_again_over_its_ike_sa(tmp_path):
+    """The real member engine: an in-band registration keeps its socket (HoldRegistration, no
+    rekey socket), takes in-band rekeys from it, and registers again by GSA_REGISTRATION over
+    the same IKE SA (no new socket, no IKE_SA_INIT), even after the GCKS expired the IKE SAs it
+    does not keep; in-band rekeys then go on with the next Message ID."""
+    from gkm.gdoi.member import CloseRegistration, HoldRegistration, InstallSas, ListenForPush, OpenRegistration
+    from gkm.gdoi.events import MemberRegistered
+    from tests.unit.test_ikev2_member_state import Member
+    f, ks = key_server(tmp_path, inband_groups(tmp_path))
+    m = Member(f, ks, tmp_path, "gm1", ADDR["gm1"]).register()
+    assert m.e.inband and [type(a) for a in m.actions].count(HoldRegistration) == 1
+    assert not any(isinstance(a, (ListenForPush, CloseRegistration)) for a in m.actions)
+    g = inband_groups(tmp_path)[0]
+    ctl = f.group_controller(g, load_state(f.provider.store, GID), NOW, signer=f.push_signer(g))
+
+    def rekey_in_band() -> set[int]:
+        r, _p = _controller_step(f, ctl, lambda: ctl.rekey(NOW))
+        ks.g_ikev2.inband_rekey(GID, roster(f), NOW)
+        start = len(m.actions)
+        for d, _a in ks.datagrams_to_send():
+            m.e.receive_registration(d, KS, NOW)
+        m.drain()  # its answer goes back to the key server
+        assert len([e for e in drain(ks) if isinstance(e, InbandRekeyAcknowledged)]) == 1
+        installed = {t.spi for a in m.actions[start:] if isinstance(a, InstallSas) for t in a.teks}
+        assert set(r.tek_spis) <= installed
+        return installed
+
+    rekey_in_band()
+    ks.handle_timer(NOW + 600)  # housekeeping: the IKE SAs not kept are forgotten, this one stays
+    opened = [type(a) for a in m.actions].count(OpenRegistration)
+    m.e.handle_timer(m.e.next_attempt)
+    m.drain()
+    assert m.e.registrations == 2 and m.e.inband
+    assert [type(a) for a in m.actions].count(OpenRegistration) == opened  # the same socket
+    assert ks.half_open == 0 and ks.g_ikev2.inband.sa_count == 1
+    assert any(isinstance(e, MemberRegistered) for e in drain(ks))
+    rekey_in_band()  # the GCKS's Message IDs go on on the same IKE SA: accepted
+
+
+def test_registering_again_falls_back_to_a_new_ike_sa_when_the_gcks_forgot_it(tmp_path):
+    """After a key server restart no IKE SA is kept: the GSA_REGISTRATION goes unanswered and
+    the member registers at once on a new IKE SA with the same key server (no backoff)."""
+    from gkm.gdoi.member import OpenRegistration, RegistrationAttemptFailed
+    from gkm.ikev2.member_registration import EXCHANGE_TIMEOUT
+    from tests.unit.test_ikev2_member_state import Member
+    f, ks = key_server(tmp_path, inband_groups(tmp_path))
+    m = Member(f, ks, tmp_path, "gm1", ADDR["gm1"]).register()
+    store = f.provider.store
+    m.ks = ks2 = f.keyserver(ks_settings(tmp_path, inband_groups(tmp_path)), store, NOW)  # restarted
+    t = m.e.next_attempt
+    m.e.handle_timer(t)
+    for d, _a in m.e.datagrams_to_send():
+        ks2.receive_datagram(d, ADDR["gm1"], t)
+    assert ks2.datagrams_to_send() == []  # an IKE SA it does not know: dropped
+    opened = [type(a) for a in m.actions].count(OpenRegistration)
+    m.e.handle_timer(t + EXCHANGE_TIMEOUT + 1)
+    m.drain()
+    assert [type(a) for a in m.actions].count(OpenRegistration) == opened + 1
+    assert any(isinstance(e, RegistrationAttemptFailed) and "new IKE SA" in e.reason for e in m.events)
+    assert m.e.registrations == 2 and m.e.inband
