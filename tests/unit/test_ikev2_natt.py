@@ -1,21 +1,32 @@
 """NAT traversal (RFC 7296 §2.23): the NAT_DETECTION hashes (computed here independently with
 hashlib), the UDP 4500 non-ESP marker both ways, the IKE_SA_INIT engines with addresses that do
-and do not match."""
+and do not match, a member's float from 500 to 4500 through a simulated NAT, and msecd's UDP
+4500 socket (marker stripped and added, ESP counted, keepalives quiet)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import ipaddress
 import struct
 
 import pytest
 
+from gkm.daemon.adapter import EngineShell, UdpEndpoint
+from gkm.daemon.engines import GdoiFactory
+from gkm.gdoi.events import MemberRegistered
 from gkm.ikev2 import NotifyType, decode_message
 from gkm.ikev2.errors import WireError
-from gkm.ikev2.events import SaInitEstablished
+from gkm.ikev2.events import GikeRegistered, SaInitEstablished
+from gkm.ikev2.member_registration import GikeRegistration
 from gkm.ikev2.natt import Kind, NatStatus, frame, nat_hash, unframe
 from gkm.ikev2.payloads import Notify
 from gkm.ikev2.sa_init import SaInitConfig, SaInitInitiator, SaInitResponder
+from gkm.store import KeyStore
+from tests.unit.test_daemon_adapter import ScriptedEngine, _udp_client
+from tests.unit.test_gdoi_support import GID, NOW, ks_settings, member_group
+from tests.unit.test_ikev2_daemon_engines import both_groups
 from tests.unit.test_ikev2_sa_init import GCM
 
 SPI_I, SPI_R = bytes.fromhex("0102030405060708"), bytes.fromhex("a1a2a3a4a5a6a7a8")
@@ -173,3 +184,180 @@ def test_sa_init_request_with_a_bad_nat_notify_is_dropped():
         decode_message(bytes(bad))
     resp.receive_datagram(bytes(bad), I_LOCAL, 0.0, R_PUB)
     assert resp.datagrams_to_send() == [] and resp.next_event() is None and resp.half_open == 0
+
+
+# ------------------------------------------------------------------------------- the float
+
+KS_IP = "192.0.2.1"
+
+
+class Nat:
+    """A NAT in front of the member: each destination (port) gets its own mapping, as a
+    symmetric NAT does, so the float shows up at the key server as another source port."""
+
+    def __init__(self, public="203.0.113.9"):
+        self.public, self.maps = public, {}
+
+    def out(self, dest):
+        return self.maps.setdefault(dest, (self.public, 61000 + len(self.maps)))
+
+
+def run_through(ks, gi, nat: Nat | None, *, rounds=14):
+    """Shuttle datagrams between a member registration and a key server engine, as msecd's
+    sockets would: UDP 4500 datagrams are unframed before the engine and framed after it.
+    Returns (member events, key server events, what went to which key server port)."""
+    seen = []
+    back = {}
+    for _ in range(rounds):
+        moved = False
+        for d, a in gi.datagrams_to_send():
+            moved = True
+            seen.append((a[1], d))
+            src = nat.out(a) if nat is not None else ("10.0.0.2", 40000)
+            back[src] = a
+            if a[1] == 4500:
+                got = unframe(d)
+                assert got.kind is Kind.IKE
+                d = got.message
+            ks.receive_datagram(d, src, NOW, (KS_IP, a[1]))
+        ks.commit(NOW)
+        for d, peer in ks.datagrams_to_send():
+            moved = True
+            ks_addr = back[peer]
+            gi.receive_datagram(frame(d) if ks_addr[1] == 4500 else d, ks_addr, NOW)
+        if not moved:
+            break
+    evs = []
+    while (e := gi.next_event()) is not None:
+        evs.append(e)
+    kevs = []
+    while (e := ks.next_event()) is not None:
+        kevs.append(e)
+    return evs, kevs, seen
+
+
+def gike(tmp_path, port):
+    return GikeRegistration(dataclasses.replace(member_group(tmp_path, "gm1"), protocol="g-ikev2"), (KS_IP, port),
+                            local=("10.0.0.2", 40000))
+
+
+def key_server(tmp_path):
+    f = GdoiFactory(kernel=False)
+    return f.keyserver(ks_settings(tmp_path, both_groups(tmp_path)), KeyStore(tmp_path / "state"), NOW)
+
+
+def test_member_behind_a_nat_floats_to_4500_for_gsa_auth(tmp_path):
+    ks, gi = key_server(tmp_path), gike(tmp_path, 500)
+    gi.start(NOW)
+    em, ek, seen = run_through(ks, gi, Nat())
+    assert [type(e) for e in em] == [GikeRegistered] and em[0].group_id == GID
+    assert gi.floated and gi.nat == NatStatus(initiator_behind_nat=True) and gi.ks_addr == (KS_IP, 4500)
+    ports = [p for p, _d in seen]
+    assert ports[:2] == [500, 500]  # IKE_SA_INIT, IKE_INTERMEDIATE (ML-KEM-768)
+    assert set(ports[2:]) == {4500}  # GSA_AUTH and after: port 4500, with the marker
+    assert all(d[:4] == bytes(4) for p, d in seen if p == 4500)
+    assert all(d[:4] != bytes(4) for p, d in seen if p == 500)  # SPIi first: no marker on 500
+    [reg] = [e for e in ek if isinstance(e, MemberRegistered)]
+    assert reg.addr == ("203.0.113.9", 61001)  # the 4500 mapping: the SA moved there
+    assert ks.half_open == 0  # the half-open SA was found under IKE_SA_INIT's address
+
+
+def test_member_without_a_nat_stays_on_500(tmp_path):
+    ks, gi = key_server(tmp_path), gike(tmp_path, 500)
+    gi.start(NOW)
+    em, ek, seen = run_through(ks, gi, None)
+    assert [type(e) for e in em] == [GikeRegistered]
+    assert not gi.floated and gi.nat == NatStatus() and {p for p, _d in seen} == {500}
+
+
+def test_member_configured_on_4500_uses_the_marker_from_the_start(tmp_path):
+    ks, gi = key_server(tmp_path), gike(tmp_path, 4500)
+    gi.start(NOW)
+    em, ek, seen = run_through(ks, gi, Nat())
+    assert [type(e) for e in em] == [GikeRegistered]
+    assert {p for p, _d in seen} == {4500} and all(d[:4] == bytes(4) for _p, d in seen)
+    assert gi.nat.initiator_behind_nat and not gi.floated
+
+
+def test_no_float_from_848(tmp_path):
+    """G-IKEv2 on the GDOI port: no marker there, so no float even behind a NAT."""
+    ks, gi = key_server(tmp_path), gike(tmp_path, 848)
+    gi.start(NOW)
+    em, ek, seen = run_through(ks, gi, Nat())
+    assert [type(e) for e in em] == [GikeRegistered]
+    assert gi.nat.initiator_behind_nat and not gi.floated and {p for p, _d in seen} == {848}
+
+
+def test_member_drops_what_is_not_ike_on_4500(tmp_path):
+    gi = gike(tmp_path, 4500)
+    gi.start(NOW)
+    gi.datagrams_to_send()
+    for junk in (b"\xff", b"\x01\x02\x03\x04" + bytes(20), b"", bytes(3), bytes(10)):
+        gi.receive_datagram(junk, (KS_IP, 4500), NOW)
+    assert gi.state == "sa_init" and gi.next_event() is None and gi.dropped == 4  # the keepalive quietly
+
+
+def test_gcks_takes_gsa_auth_from_another_address_only_when_it_verifies(tmp_path):
+    ks, gi = key_server(tmp_path), gike(tmp_path, 500)
+    gi.start(NOW)
+    nat = Nat()
+    # IKE_SA_INIT + IKE_INTERMEDIATE through the NAT, then hold GSA_AUTH back
+    for _ in range(2):
+        for d, a in gi.datagrams_to_send():
+            ks.receive_datagram(d, nat.out(a), NOW, (KS_IP, 500))
+        for d, _peer in ks.datagrams_to_send():
+            gi.receive_datagram(d, (KS_IP, 500), NOW)
+    [(auth, a)] = gi.datagrams_to_send()
+    assert a == (KS_IP, 4500)
+    msg = unframe(auth).message
+    tampered = msg[:-1] + bytes([msg[-1] ^ 1])
+    ks.receive_datagram(tampered, ("198.51.100.66", 4444), NOW, (KS_IP, 4500))  # not verified: dropped
+    assert ks.datagrams_to_send() == []
+    ks.receive_datagram(msg, ("203.0.113.9", 62000), NOW, (KS_IP, 4500))
+    ks.commit(NOW)
+    [(answer, peer)] = ks.datagrams_to_send()
+    assert peer == ("203.0.113.9", 62000)
+    gi.receive_datagram(frame(answer), (KS_IP, 4500), NOW)
+    assert isinstance(gi.next_event(), GikeRegistered)
+
+
+# ------------------------------------------------------------------------------- msecd's socket
+
+class LocalEngine(ScriptedEngine):
+    def receive_datagram(self, data, addr, now, local=None):
+        self.locals = getattr(self, "locals", []) + [local]
+        super().receive_datagram(data, addr, now)
+
+
+def test_udp_4500_endpoint_strips_and_adds_the_marker():
+    async def run():
+        loop = asyncio.get_running_loop()
+        eng = LocalEngine()
+        shell = EngineShell(eng, name="t", on_event=lambda e: None)
+        tr, ep = await loop.create_datagram_endpoint(
+            lambda: UdpEndpoint(shell, natt=True, local=("127.0.0.1", 4500)), local_addr=("127.0.0.1", 0))
+        ctr, replies = await _udp_client(loop, tr.get_extra_info("sockname")[1])
+        ike = bytes(4) + b"I" * 28
+        for d in (b"\xff", b"\x01\x02\x03\x04" + bytes(30), bytes(2), ike):
+            ctr.sendto(d)
+        assert await asyncio.wait_for(replies.get(), 30) == bytes(4) + b"echo:" + b"I" * 28
+        assert [d for d, _a in eng.received] == [b"I" * 28] and eng.locals == [("127.0.0.1", 4500)]
+        assert ep.dropped == {"esp": 1, "malformed": 1}  # the keepalive is not counted
+        ctr.close()
+        shell.close()
+    asyncio.run(run())
+
+
+def test_key_server_sockets_for_g_ikev2_on_500(tmp_path):
+    from gkm.daemon.keyserver import _listen_keys
+    groups = both_groups(tmp_path)
+    s = dataclasses.replace(ks_settings(tmp_path, groups), g_ikev2_port=500)
+    keys = _listen_keys(s)
+    assert list(keys) == [(KS_IP, 848), (KS_IP, 500), (KS_IP, 4500)]
+    assert [(k.natt, k.local) for k in keys.values()] == [(False, True), (False, True), (True, True)]
+    # the default (848 shared with GDOI): no 4500; a GDOI-only key server is told no address
+    assert list(_listen_keys(ks_settings(tmp_path, groups))) == [(KS_IP, 848)]
+    gdoi = dataclasses.replace(ks_settings(tmp_path, both_groups(tmp_path, protocols=("gdoi",))), g_ikev2_port=500)
+    assert [(k, v.natt, v.local) for k, v in _listen_keys(gdoi).items()] == [((KS_IP, 848), False, False)]
+    shared = dataclasses.replace(ks_settings(tmp_path, groups), port=500)  # G-IKEv2 on GDOI's 500
+    assert list(_listen_keys(shared)) == [(KS_IP, 500), (KS_IP, 4500)]
