@@ -361,3 +361,29 @@ def test_key_server_sockets_for_g_ikev2_on_500(tmp_path):
     assert [(k, v.natt, v.local) for k, v in _listen_keys(gdoi).items()] == [((KS_IP, 848), False, False)]
     shared = dataclasses.replace(ks_settings(tmp_path, groups), port=500)  # G-IKEv2 on GDOI's 500
     assert list(_listen_keys(shared)) == [(KS_IP, 500), (KS_IP, 4500)]
+
+
+def test_wildcard_socket_learns_its_local_address_from_the_route():
+    """A key server socket bound to 0.0.0.0 tells the engine the route's source address toward
+    the peer, for IKE_SA_INIT requests only (NAT detection needs nothing else)."""
+    from gkm.ikev2.constants import ExchangeType, HeaderFlags
+    from gkm.ikev2.message import Header, encode_message
+
+    init = encode_message(Header(SPI_I, bytes(8), ExchangeType.IKE_SA_INIT, HeaderFlags.INITIATOR, 0), [])
+    auth = encode_message(Header(SPI_I, SPI_R, ExchangeType.GSA_AUTH, HeaderFlags.INITIATOR, 1), [])
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        eng = LocalEngine()
+        shell = EngineShell(eng, name="t", on_event=lambda e: None)
+        tr, ep = await loop.create_datagram_endpoint(lambda: UdpEndpoint(shell), local_addr=("0.0.0.0", 0))
+        port = tr.get_extra_info("sockname")[1]
+        ep.local = ("0.0.0.0", port)
+        ctr, replies = await _udp_client(loop, port)
+        for d in (init, auth):
+            ctr.sendto(d)
+            await asyncio.wait_for(replies.get(), 30)
+        assert eng.locals == [("127.0.0.1", port), None]
+        ctr.close()
+        shell.close()
+    asyncio.run(run())
