@@ -31,7 +31,8 @@ in :attr:`UdpEndpoint.dropped`, NAT-keepalives dropped quietly.  An endpoint wit
 tells the engine the (address, port) each datagram arrived on (``receive_datagram(data, addr,
 now, local)``, for NAT detection): its bound address, or for a wildcard bind (0.0.0.0, ::) the
 address the kernel's route toward the peer leaves from (a connected UDP socket's name, nothing
-sent), looked up for IKE_SA_INIT requests only.
+sent), looked up for IKE_SA_INIT requests only and remembered per peer address (at most
+4096; a stale one makes a member believe the key server is behind a NAT: it floats, harmless).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.local = local
         #: datagrams dropped before the engine: "esp" and "malformed" on a NAT-T socket
         self.dropped: Counter[str] = Counter()
+        self._sources: dict[str, str | None] = {}  # wildcard bind: peer -> our route's source
         self.transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
 
@@ -118,7 +120,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             return
         local = self.local
         if local is not None and _wildcard(local[0]):
-            local = _local_of(data, addr, local[1])
+            local = _local_of(data, addr, local[1], self._sources)
         self.shell.feed(data, addr, transport, now, local)
 
     def datagram_received(self, data: bytes, addr) -> None:
@@ -166,18 +168,26 @@ def _wildcard(host: str) -> bool:
 _IKE_SA_INIT_REQUEST = 34  # exchange type at offset 18 of the IKE header
 
 
-def _local_of(data: bytes, addr, port: int) -> tuple[str, int] | None:
+_SOURCES_MAX = 4096  # route lookups remembered per socket (a flood costs one lookup per peer)
+
+
+def _local_of(data: bytes, addr, port: int, cache: dict[str, str | None]) -> tuple[str, int] | None:
     """For a socket bound to a wildcard address: our address toward ``addr`` (module
     docstring), for IKE_SA_INIT requests only (None for anything else, or no route)."""
     if len(data) <= 18 or data[18] != _IKE_SA_INIT_REQUEST or not is_ikev2(data):
         return None
     host = addr[0]
-    try:
-        with socket.socket(socket.AF_INET6 if _family(host) == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((host, addr[1]))
-            return (s.getsockname()[0].split("%", 1)[0], port)
-    except OSError:
-        return None
+    if host not in cache:
+        if len(cache) >= _SOURCES_MAX:
+            cache.clear()
+        try:
+            with socket.socket(socket.AF_INET6 if _family(host) == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((host, addr[1]))
+                cache[host] = s.getsockname()[0].split("%", 1)[0]
+        except OSError:
+            cache[host] = None
+    source = cache[host]
+    return (source, port) if source is not None else None
 
 
 def _dup_socket(transport) -> socket.socket | None:
