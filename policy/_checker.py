@@ -49,8 +49,8 @@ PROTOCOLS = {
 _DURATION_RE = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL_RE = re.compile(r"\s*(\d+)\s*(ms|s)\s*")
-_NATT_REASON = ("4500 is the NAT-T port: IKE messages there carry the 4-byte non-ESP marker "
-                "(RFC 7296 §2.23, RFC 3948), which msec does not handle yet; use 848 (default) or 500")
+_NATT_REASON = ("4500 is the NAT-T port, never asked for: set g_ikev2_port = 500, which binds UDP 4500 "
+                "too (IKE with the non-ESP marker, for members behind a NAT, RFC 7296 §2.23)")
 _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}\.?$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
 )
@@ -736,6 +736,9 @@ class Checker:
             ike_port = self.problem(_join(path, "g_ikev2_port"), _NATT_REASON)
         elif ike_port is not None and ike_port is not BAD and ike_port == port:
             ike_port = None  # the same socket as GDOI: as if not given
+        if port == m.NATT_PORT and ike_port == 500:
+            self.problem(_join(path, "port"), "4500 is the NAT-T port, where G-IKEv2 on 500 listens with the "
+                         "non-ESP marker (RFC 7296 §2.23); use 848 (default)")
         identity = self.value(tbl, path, "identity", str, None)
         if isinstance(identity, str):
             identity = self.local_identity(identity, _join(path, "identity"))
@@ -1040,10 +1043,6 @@ class Checker:
         if sender is True and protocol != "g-ikev2":
             self.problem(_join(path, "sender"), "applies to G-IKEv2 members (protocol = "
                          "\"g-ikev2\"): a GDOI member's SA directions come from the key server")
-        if protocol == "g-ikev2" and servers is not BAD:
-            for i, ks in enumerate(servers):
-                if isinstance(ks, m.KeyServerAddress) and ks.port == m.NATT_PORT:
-                    self.problem(f"{_join(path, 'key_servers')}[{i}]", _NATT_REASON)
         mlkem = self.value(tbl, path, "mlkem", str, "optional")
         if isinstance(mlkem, str) and mlkem not in m.MEMBER_MLKEM:
             self.problem(_join(path, "mlkem"), f"unknown value {mlkem!r} (off, optional or required)")

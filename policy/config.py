@@ -29,7 +29,9 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     g_ikev2_port = 500                        # optional; default: G-IKEv2 shares `port` with
                                               # GDOI (848: next to strongSwan's 500/4500);
                                               # else G-IKEv2 gets its own sockets on it (GDOI
-                                              # stays on `port`); 4500 (NAT-T) is refused
+                                              # stays on `port`); 500 also binds 4500 (NAT
+                                              # traversal: IKE with the non-ESP marker);
+                                              # 4500 itself is refused
     identity = "fqdn:ks.example.org"          # optional phase 1 ID with PSKs: key-id:, fqdn:,
                                               # address:; default: the address asked
     crl = ["ca.crl"]                          # optional: CRLs (PEM/DER), each signed by a
@@ -137,7 +139,9 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     key_servers = ["192.0.2.1", "[2001:db8::1]:848", "ks.example.org:1848"]
     interface = "eth0"                        # optional
     protocol = "gdoi"                         # default; or "g-ikev2" (the key server's group
-                                              # must list it in protocols)
+                                              # must list it in protocols); G-IKEv2 to a
+                                              # key server on :500 floats to :4500 behind a
+                                              # NAT; ":4500" uses the non-ESP marker at once
     # sender = true                           # G-IKEv2 only, default false: ask to send
                                               # (GROUP_SENDER) and install the TEKs both ways
     # mlkem = "off"                           # G-IKEv2 only, default "optional": offer

@@ -126,8 +126,8 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 GDOI_PORT = 848  # RFC 6407 section 5: UDP port 848
-#: RFC 7296 §2.23 / RFC 3948: IKE over UDP 4500 carries a 4-byte non-ESP marker that msec does
-#: not add or strip yet, so G-IKEv2 is not served or asked for on this port
+#: RFC 7296 §2.23 / RFC 3948: IKE over UDP 4500 carries a 4-byte non-ESP marker; a key server
+#: whose G-IKEv2 is on 500 also listens here (never configured by itself: ``g_ikev2_port``)
 NATT_PORT = 4500
 MIN_GROUP_ID = 1
 MAX_GROUP_ID = 2**32 - 1

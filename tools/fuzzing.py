@@ -13,7 +13,8 @@ under ``.fuzz/`` and the run exits 1.  One line per target, then a last line of 
 
 Targets: ``wire`` (ISAKMP/GDOI decoder, gkm.wire), ``ikev2`` (IKEv2/G-IKEv2 decoder,
 gkm.ikev2), ``ikev2_sa_init`` (the IKE_SA_INIT/IKE_INTERMEDIATE engines, mutated datagrams),
-``ikev2_gsa_auth`` (the GSA_AUTH engines of both roles: mutated content under the real SK keys), ``mainmode`` (IKEv1 Main Mode, a real
+``ikev2_gsa_auth`` (the GSA_AUTH engines of both roles: mutated content under the real SK keys),
+``natt`` (UDP 4500's non-ESP marker framing, gkm.ikev2.natt.unframe), ``mainmode`` (IKEv1 Main Mode, a real
 exchange with one message mutated in flight, both roles), ``pull`` (GROUPKEY-PULL at the key
 server and the member, mutated content under valid phase 1 encryption and HASH),
 ``push`` (the member's PushReceiver: mutated datagrams, and mutated content validly
@@ -158,6 +159,18 @@ def target_ikev2_sa_init():
             raise Crash(str(failures[0])[:300])
         return ok
     return list(seq), run
+
+
+def target_natt():
+    from tests.unit.test_ikev2_natt_fuzz import check, seeds
+
+    def run(data: bytes) -> bool:
+        failures: list = []
+        ok = check(data, failures)
+        if failures:
+            raise Crash(str(failures[0])[:300])
+        return ok
+    return seeds(), run
 
 
 def target_ikev2_gsa_auth():
@@ -517,7 +530,7 @@ def target_push_ack():
 
 TARGETS: dict[str, Callable] = {
     "wire": target_wire, "ikev2": target_ikev2, "ikev2_sa_init": target_ikev2_sa_init,
-    "ikev2_gsa_auth": target_ikev2_gsa_auth,
+    "ikev2_gsa_auth": target_ikev2_gsa_auth, "natt": target_natt,
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
     "member_state": target_member_state, "ikev2_rekey": target_ikev2_rekey,

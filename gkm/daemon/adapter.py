@@ -23,6 +23,16 @@ a key server enrolls all the verified messages 3 of the burst in one durable sto
 only then pulls its output (outputs never commit anything), so the loop's per-datagram
 overhead (a poll and a callback) is paid once per burst.  Replies are written straight to the
 socket; only when its send buffer is full do they go through the transport (which queues).
+
+UDP 4500 (NAT traversal, RFC 7296 §2.23, :mod:`gkm.ikev2.natt`): an endpoint made with
+``natt=True`` strips the non-ESP marker from what it receives and the shell puts it before
+every datagram it sends through that socket; ESP (no marker) and junk are dropped and counted
+in :attr:`UdpEndpoint.dropped`, NAT-keepalives dropped quietly.  An endpoint with ``local``
+tells the engine the (address, port) each datagram arrived on (``receive_datagram(data, addr,
+now, local)``, for NAT detection): its bound address, or for a wildcard bind (0.0.0.0, ::) the
+address the kernel's route toward the peer leaves from (a connected UDP socket's name, nothing
+sent), looked up for IKE_SA_INIT requests only and remembered per peer address (at most
+4096; a stale one makes a member believe the key server is behind a NAT: it floats, harmless).
 """
 
 from __future__ import annotations
@@ -33,7 +43,12 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from typing import Any, Callable, Protocol
+
+from gkm.ikev2.natt import NON_ESP_MARKER, Kind, unframe
+from gkm.wire.errors import WireError
+from gkm.wire.header import is_ikev2
 
 log = logging.getLogger("msecd")
 
@@ -68,29 +83,55 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     #: datagrams fed to the engine before its output is pulled (one loop turn)
     burst = 256
 
-    def __init__(self, shell: "EngineShell", accept: Callable[[bytes], bool] | None = None) -> None:
+    def __init__(self, shell: "EngineShell", accept: Callable[[bytes], bool] | None = None, *,
+                 natt: bool = False, local: tuple[str, int] | None = None) -> None:
         self.shell = shell
         #: which datagrams this socket passes to the engine (None: all); the others are dropped
         self.accept = accept
+        #: UDP 4500 framing (module docstring)
+        self.natt = natt
+        #: the socket's (address, port), given to the engine with each datagram (None: not)
+        self.local = local
+        #: datagrams dropped before the engine: "esp" and "malformed" on a NAT-T socket
+        self.dropped: Counter[str] = Counter()
+        self._sources: dict[str, str | None] = {}  # wildcard bind: peer -> our route's source
         self.transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self._sock = _dup_socket(transport)
-        self.shell.attach(transport, self._sock)
+        self.shell.attach(transport, self._sock, natt=self.natt)
+
+    def _take(self, data: bytes, addr, transport, now: float) -> None:
+        if self.natt:
+            try:
+                got = unframe(data)
+            except WireError:
+                self.dropped["malformed"] += 1
+                return
+            if got.kind is not Kind.IKE:
+                if got.kind is Kind.ESP:  # msec has no ESP-in-UDP
+                    self.dropped["esp"] += 1
+                return  # a NAT-keepalive: quietly
+            data = got.message
+        accept = self.accept
+        if accept is not None and not accept(data):
+            return
+        local = self.local
+        if local is not None and _wildcard(local[0]):
+            local = _local_of(data, addr, local[1], self._sources)
+        self.shell.feed(data, addr, transport, now, local)
 
     def datagram_received(self, data: bytes, addr) -> None:
         shell = self.shell
         transport = self.transport
         now = shell.clock()
-        accept = self.accept
-        if accept is None or accept(data):
-            shell.feed(data, addr, transport, now)
+        take = self._take
+        take(data, addr, transport, now)
         sock = self._sock
         if sock is not None and not shell.closed:
             recvfrom = sock.recvfrom
-            feed = shell.feed
             for _ in range(self.burst - 1):
                 try:
                     data, addr = recvfrom(65535)
@@ -99,8 +140,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 except OSError as exc:  # e.g. an ICMP error queued on the socket
                     self.error_received(exc)
                     break
-                if accept is None or accept(data):
-                    feed(data, addr, transport, now)
+                take(data, addr, transport, now)
         shell.transmit()
 
     def move_to(self, shell: "EngineShell") -> None:
@@ -108,7 +148,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         the addresses it still listens on instead of closing and binding them again)."""
         if self.transport is not None:
             self.shell.detach(self.transport)
-            shell.attach(self.transport, self._sock)
+            shell.attach(self.transport, self._sock, natt=self.natt)
         self.shell = shell
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and the like
@@ -119,6 +159,35 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::")
+
+
+_IKE_SA_INIT_REQUEST = 34  # exchange type at offset 18 of the IKE header
+
+
+_SOURCES_MAX = 4096  # route lookups remembered per socket (a flood costs one lookup per peer)
+
+
+def _local_of(data: bytes, addr, port: int, cache: dict[str, str | None]) -> tuple[str, int] | None:
+    """For a socket bound to a wildcard address: our address toward ``addr`` (module
+    docstring), for IKE_SA_INIT requests only (None for anything else, or no route)."""
+    if len(data) <= 18 or data[18] != _IKE_SA_INIT_REQUEST or not is_ikev2(data):
+        return None
+    host = addr[0]
+    if host not in cache:
+        if len(cache) >= _SOURCES_MAX:
+            cache.clear()
+        try:
+            with socket.socket(socket.AF_INET6 if _family(host) == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((host, addr[1]))
+                cache[host] = s.getsockname()[0].split("%", 1)[0]
+        except OSError:
+            cache[host] = None
+    source = cache[host]
+    return (source, port) if source is not None else None
 
 
 def _dup_socket(transport) -> socket.socket | None:
@@ -156,6 +225,7 @@ class EngineShell:
         self._transports: list[asyncio.DatagramTransport] = []
         self._raw: dict[asyncio.DatagramTransport, socket.socket] = {}
         self._route: dict[tuple[str, int], asyncio.DatagramTransport] = {}
+        self._natt: set[asyncio.DatagramTransport] = set()  # UDP 4500: the non-ESP marker
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.closed = False
@@ -163,16 +233,21 @@ class EngineShell:
         self.received = 0
 
     # -- sockets
-    def attach(self, transport: asyncio.DatagramTransport, sock: socket.socket | None = None) -> None:
-        """``sock``: the same UDP socket, written to directly (see the module docstring)."""
+    def attach(self, transport: asyncio.DatagramTransport, sock: socket.socket | None = None, *,
+               natt: bool = False) -> None:
+        """``sock``: the same UDP socket, written to directly; ``natt``: a UDP 4500 socket
+        (see the module docstring)."""
         self._transports.append(transport)
         if sock is not None:
             self._raw[transport] = sock
+        if natt:
+            self._natt.add(transport)
 
     def detach(self, transport) -> None:
         if transport in self._transports:
             self._transports.remove(transport)
         self._raw.pop(transport, None)
+        self._natt.discard(transport)
         for k in [k for k, t in self._route.items() if t is transport]:
             del self._route[k]
 
@@ -203,9 +278,10 @@ class EngineShell:
         self.feed(data, addr, transport, self.clock())
         self.transmit()
 
-    def feed(self, data: bytes, addr, transport, now: float) -> None:
+    def feed(self, data: bytes, addr, transport, now: float, local: tuple[str, int] | None = None) -> None:
         """Give the engine one datagram without pulling its output (a burst is fed first, then
-        :meth:`transmit` once)."""
+        :meth:`transmit` once).  ``local``: where it arrived, passed on when known (only
+        engines that take it are given sockets that know it)."""
         if self.closed:
             return
         peer = (addr[0], addr[1])
@@ -216,7 +292,10 @@ class EngineShell:
             route[peer] = transport
         self.received += 1
         try:
-            self.engine.receive_datagram(data, peer, now)
+            if local is None:
+                self.engine.receive_datagram(data, peer, now)
+            else:
+                self.engine.receive_datagram(data, peer, now, local)
         except Exception:  # an engine bug must not take the daemon down
             log.exception("%s: engine failed on a datagram from %s", self.name, peer[0])
 
@@ -251,6 +330,8 @@ class EngineShell:
             if t is None:
                 log.warning("%s: no socket to send to %s", self.name, peer[0])
                 continue
+            if t in self._natt:
+                data = NON_ESP_MARKER + data
             raw = self._raw.get(t)
             if raw is None:
                 t.sendto(data, peer)
@@ -297,4 +378,5 @@ class EngineShell:
             t.close()
         self._transports.clear()
         self._raw.clear()
+        self._natt.clear()
         self._route.clear()

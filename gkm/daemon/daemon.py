@@ -423,7 +423,8 @@ class Daemon:
                                 "state_dir": str(self.config.daemon.state_dir),
                                 "registrations": self.keyserver.registrations,
                                 "refusals": self.keyserver.refusals,
-                                "phase1_failures": self.keyserver.phase1_failures}
+                                "phase1_failures": self.keyserver.phase1_failures,
+                                "natt_dropped": self.keyserver.natt_dropped}
         if self.sessions:
             out["member"] = {
                 "groups": len(self.sessions),

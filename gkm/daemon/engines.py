@@ -59,7 +59,7 @@ class EngineFactory(Protocol):
     def keyserver(self, settings: Any, store: Any, now: float, admit: Any = None) -> Any: ...
     def update_keyserver_groups(self, engine: Any, groups: Any) -> bool: ...
     def member(self, group: Any, key_server: tuple[str, int], now: float, *,
-               wall_time_offset: float = 0.0) -> Any: ...
+               wall_time_offset: float = 0.0, local: tuple[str, int] | None = None) -> Any: ...
     def push_signer(self, group: Any) -> Any: ...
     def group_controller(self, group: Any, state: Any, now: float, *, signer: Any = None,
                          signer_error: str | None = None) -> Any: ...
@@ -252,13 +252,15 @@ class GdoiFactory:
         return True
 
     def member(self, group, key_server: tuple[str, int], now: float, *,
-               wall_time_offset: float = 0.0, report_phase1: bool = False):
+               wall_time_offset: float = 0.0, report_phase1: bool = False,
+               local: tuple[str, int] | None = None):
         """``now`` on the member engine's (monotonic) clock; ``wall_time_offset`` turns it into
         Unix time for certificate validity; ``report_phase1``: the engine passes the phase 1 SA
-        on as an event (for the key log)."""
+        on as an event (for the key log); ``local``: a G-IKEv2 member's address and port
+        toward the key server (NAT detection)."""
         if group.protocol == "g-ikev2":
             from gkm.ikev2.member_registration import GikeRegistration
-            engine = GikeRegistration(group, key_server, wall_time_offset=wall_time_offset)
+            engine = GikeRegistration(group, key_server, wall_time_offset=wall_time_offset, local=local)
             engine.start(now)
             return engine
         gdoi = self._gdoi()

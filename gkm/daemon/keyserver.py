@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gkm.events import Event
 from gkm.gdoi.pull import member_key
@@ -50,6 +50,17 @@ RUNNING_MARKER = "gcks.running"
 ListenKey = tuple[str, int]  # (address, port) as configured
 
 
+class _Listen(NamedTuple):
+    """One socket of the key server: its address, which datagrams it takes (None: all),
+    whether it is G-IKEv2's UDP 4500 (non-ESP marker), whether the engine is told the local
+    address (an engine that serves G-IKEv2: NAT detection)."""
+
+    address: Any
+    accept: Any
+    natt: bool = False
+    local: bool = False
+
+
 def _bind(addr, port: int) -> socket.socket:
     fam = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_DGRAM)
@@ -67,17 +78,24 @@ def _not_ikev2(data: bytes) -> bool:
     return not is_ikev2(data)
 
 
-def _listen_keys(settings: pm.KeyServerSettings) -> dict[ListenKey, tuple[Any, Any]]:
-    """(address, port) -> (address, which datagrams it takes: None for all).  With a
-    ``g_ikev2_port`` of its own and some group serving G-IKEv2, every listen address gets a
-    second socket on it that takes IKEv2 only, and the GDOI socket takes the rest."""
+def _listen_keys(settings: pm.KeyServerSettings) -> dict[ListenKey, _Listen]:
+    """(address, port) -> :class:`_Listen`.  With a ``g_ikev2_port`` of its own and some group
+    serving G-IKEv2, every listen address gets a second socket on it that takes IKEv2 only, and
+    the GDOI socket takes the rest.  G-IKEv2 served on UDP 500 (its own port or GDOI's) also
+    gets UDP 4500 on every listen address, IKEv2 only, with the non-ESP marker (RFC 7296 §2.23:
+    members behind a NAT float there; an IKEv2 responder on 500 listens on 4500 too)."""
     from gkm.ikev2.gcks import serves_g_ikev2
-    own = settings.g_ikev2_port is not None and any(serves_g_ikev2(g) for g in settings.groups)
-    keys: dict[ListenKey, tuple[Any, Any]] = {}
+    from gkm.ikev2.natt import IKE_PORT, NATT_PORT
+    serving = any(serves_g_ikev2(g) for g in settings.groups)
+    own = settings.g_ikev2_port is not None and serving
+    natt = serving and settings.ike_port == IKE_PORT
+    keys: dict[ListenKey, _Listen] = {}
     for a in settings.listen:
-        keys.setdefault((str(a), settings.port), (a, _not_ikev2 if own else None))
+        keys.setdefault((str(a), settings.port), _Listen(a, _not_ikev2 if own else None, local=serving))
         if own:
-            keys.setdefault((str(a), settings.g_ikev2_port), (a, is_ikev2))
+            keys.setdefault((str(a), settings.g_ikev2_port), _Listen(a, is_ikev2, local=True))
+        if natt:
+            keys.setdefault((str(a), NATT_PORT), _Listen(a, is_ikev2, natt=True, local=True))
     return keys
 
 
@@ -109,6 +127,16 @@ class KeyServerRole:
     @property
     def listen(self) -> list[str]:
         return [fmt_addr(k) for k in self.endpoints]
+
+    @property
+    def natt_dropped(self) -> dict[str, int]:
+        """Datagrams the UDP 4500 sockets dropped: ESP (msec has no ESP-in-UDP) and
+        malformed ones (neither marker, ESP nor NAT-keepalive)."""
+        out = {"esp": 0, "malformed": 0}
+        for ep in self.endpoints.values():
+            for k in out:
+                out[k] += ep.dropped[k]
+        return out
 
     async def start(self, strict: bool = False) -> None:
         """``strict``: every listen address must be bound (a role a reload adds)."""
@@ -174,11 +202,11 @@ class KeyServerRole:
         errors: list[tuple[ListenKey, str]] = []
         transport = RekeyTransport(loop, on_datagram=self.groups.ack_received)
         try:
-            for k, (a, _accept) in wanted.items():
+            for k, want in wanted.items():
                 if k in self.endpoints:
                     continue
                 try:
-                    fresh[k] = _bind(a, k[1])
+                    fresh[k] = _bind(want.address, k[1])
                 except OSError as e:
                     errors.append((k, e.strerror or str(e)))
             serving = [k for k in keys if k in self.endpoints or k in fresh]
@@ -193,7 +221,8 @@ class KeyServerRole:
             new_endpoints: dict[ListenKey, UdpEndpoint] = {}
             for k in keys:
                 if k in fresh:
-                    ep = UdpEndpoint(shell, wanted[k][1])
+                    want = wanted[k]
+                    ep = UdpEndpoint(shell, want.accept, natt=want.natt, local=k if want.local else None)
                     await loop.create_datagram_endpoint(lambda ep=ep: ep, sock=fresh.pop(k))
                     new_endpoints[k] = ep
         except BaseException:
@@ -207,7 +236,7 @@ class KeyServerRole:
             if k in self.endpoints:
                 ep = self.endpoints.pop(k)
                 ep.move_to(shell)
-                ep.accept = wanted[k][1]
+                ep.accept, ep.local = wanted[k].accept, (k if wanted[k].local else None)
                 new_endpoints[k] = ep
         endpoints = {k: new_endpoints[k] for k in keys if k in new_endpoints}
         old_shell, old_transport = self.shell, self.rekey_transport

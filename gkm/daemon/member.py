@@ -259,9 +259,26 @@ class MemberSession:
         self._pump()
 
     def _new_registration(self, group: pm.MemberGroup, addr, now: float):
+        kw = {}
+        if group.protocol == "g-ikev2":  # NAT detection needs our address and port
+            local = self._registration_local()
+            if local is not None:
+                kw["local"] = local
         return self.daemon.factory.member(group, addr, now,
                                           wall_time_offset=self.daemon.clock() - time.monotonic(),
-                                          report_phase1=self.daemon.keylog is not None)
+                                          report_phase1=self.daemon.keylog is not None, **kw)
+
+    def _registration_local(self) -> tuple[str, int] | None:
+        """The registration socket's (address, port) toward the key server: the source
+        address the route takes (``registration_opened``'s ``local_address``) and the socket's
+        ephemeral port."""
+        sock, host = self._reg_sock, self.engine.local_address
+        if sock is None or host is None or sock.fileno() < 0:
+            return None
+        try:
+            return (host, sock.getsockname()[1])
+        except OSError:
+            return None
 
     # -- outputs
     def _pump(self) -> None:

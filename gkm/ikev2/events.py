@@ -12,6 +12,7 @@ from .gsa_keys import WorkingKeyPath
 from .rekey_auth import SignatureAlgorithm
 from .rekey_sa import RekeySa
 from .keys import IkeKeys
+from .natt import NatStatus
 
 
 class Ikev2Event(Event):
@@ -41,6 +42,9 @@ class SaInitEstablished(Ikev2Event):
     intermediate: tuple[bytes, ...] = field(default=(), repr=False)
     intermediate_keys: IkeKeys | None = field(default=None, repr=False)
     kwa: int = 0  # the key wrap algorithm negotiated (RFC 9838 §4.4.3), 0: none
+    #: NAT detection's result (RFC 7296 §2.23, :mod:`.natt`); None: not done (no local
+    #: address given, or the peer sent no NAT_DETECTION notifications)
+    nat: NatStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,12 +109,13 @@ class GcksEngine:
         return any(serves_g_ikev2(g) for g in self.auth.groups.values())
 
     # -- inputs
-    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: Any, now: float, local: Any = None) -> None:
+        """``local``: the (address, port) the datagram arrived on (NAT detection, :mod:`.sa_init`)."""
         self._tick(now)
         if len(data) <= _EXCHANGE_OFFSET:
             return
         if data[_EXCHANGE_OFFSET] in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_INTERMEDIATE):
-            self.sa_init.receive_datagram(data, addr, now)
+            self.sa_init.receive_datagram(data, addr, now, local)
             self._out += self.sa_init.datagrams_to_send()
             while (ev := self.sa_init.next_event()) is not None:
                 if isinstance(ev, SaInitEstablished):
@@ -127,8 +128,8 @@ class GcksEngine:
             return
         self.auth.receive_datagram(data, addr, now)
         out = self.auth.datagrams_to_send()
-        if out:  # answered: the IKE SA is no longer half-open
-            self.sa_init.established(bytes(data[:8]), addr)
+        if out:  # answered: the IKE SA is no longer half-open (keyed by IKE_SA_INIT's address)
+            self.sa_init.established(bytes(data[:8]), self.auth.sa_peer(data[:8], data[8:16]) or addr)
             self._out += out
         while (ev := self.auth.next_event()) is not None:
             self._events.append(ev)
@@ -198,9 +199,9 @@ class ProtocolDemux:
     def half_open(self) -> int:
         return self.gdoi.half_open + self.g_ikev2.half_open
 
-    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: Any, now: float, local: Any = None) -> None:
         if is_ikev2(data):
-            self.g_ikev2.receive_datagram(data, addr, now)
+            self.g_ikev2.receive_datagram(data, addr, now, local)
         else:  # IKEv1 and anything else: GDOI's decoders decide (and count) as before
             self.gdoi.receive_datagram(data, addr, now)
 

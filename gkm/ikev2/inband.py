@@ -87,10 +87,11 @@ class KeptSa:
     deadline: float | None = None
     stale: bool = False  # the group's keys changed after the outstanding request was built
     excluded: bool = False
+    address: Any = None  # the member's, if its GSA_AUTH came from elsewhere than IKE_SA_INIT (NAT-T)
 
     @property
     def peer(self) -> tuple:
-        return self.est.peer
+        return self.address if self.address is not None else self.est.peer
 
 
 class InbandRekeyer:

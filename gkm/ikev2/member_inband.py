@@ -35,6 +35,7 @@ from .events import GsaRegistered
 from .gsa import GroupSa, KeyDownload
 from .gsa_map import MappingError, read_group
 from .message import Header, decode_message
+from .natt import NATT_PORT, Kind, frame, unframe
 from .payloads import Delete, Notify
 from .sk import SkCipher, protect, unprotect
 
@@ -89,6 +90,11 @@ class InbandReceiver:
         if addr != sa.peer:
             return
         try:
+            if sa.peer[1] == NATT_PORT:  # the registration floated: the non-ESP marker (RFC 7296 §2.23)
+                got = unframe(data)
+                if got.kind is not Kind.IKE:
+                    return
+                data = got.message
             h = decode_message(data).header
         except WireError:
             return
@@ -125,6 +131,8 @@ class InbandReceiver:
         h = Header(self.sa.spi_i, self.sa.spi_r, ExchangeType.GSA_INBAND_REKEY,
                    HeaderFlags.INITIATOR | HeaderFlags.RESPONSE, mid)
         response = protect(h, payloads, SkCipher.for_message(self.sa.keys, h))
+        if self.sa.peer[1] == NATT_PORT:
+            response = frame(response)
         self._last = (request, response)
         self._out.append((response, self.sa.peer))
 

@@ -25,17 +25,28 @@ Decisions:
   :class:`~.events.GsaRegistered` (Rekey SA, AUTH_KEY, Key Path), from which msecd's factory
   builds the GSA_REKEY receiver (:class:`~.member_rekey.GikePushReceiver`).  ``lkh`` is None:
   a G-IKEv2 member's LKH path is its Key Path, inside the receiver.
+* NAT traversal (RFC 7296 §2.23, :mod:`.natt`): with ``local`` (our address and port toward
+  the key server, from the shell) IKE_SA_INIT does NAT detection.  A key server on UDP 4500
+  is spoken to with the non-ESP marker from the first message; one on UDP 500 behind which
+  (or in front of which) a NAT was detected is left for UDP 4500 after IKE_SA_INIT (the
+  float): GSA_AUTH and what follows go to port 4500 with the marker.  Datagrams from port 4500
+  without the marker (ESP, keepalives, junk) are dropped.  Only the destination port changes:
+  msecd's registration socket keeps its ephemeral source port (a member host's 500 and 4500
+  are strongSwan's).  A key server on any other port (848) is not floated: no marker there.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from gkm.gdoi.events import RegistrationFailed
 from policy.model import MemberGroup
 
+from .errors import WireError
 from .events import GikeRegistered, GsaRegistered, GsaRegistrationFailed, SaInitEstablished, SaInitFailed
+from .natt import IKE_PORT, NATT_PORT, Kind, frame, unframe
 from .profile import sa_init_config
 from .registration import GsaAuthInitiator, GsaRegistrationInitiator, member_auth_config
 from .sa_init import SaInitInitiator
@@ -54,11 +65,17 @@ _MLKEM = {"off": "no", "optional": "optional", "required": "required"}
 class GikeRegistration:
     """One G-IKEv2 registration of ``group`` with the key server at ``key_server``."""
 
-    def __init__(self, group: MemberGroup, key_server: tuple[str, int], *, wall_time_offset: float = 0.0) -> None:
+    def __init__(self, group: MemberGroup, key_server: tuple[str, int], *, wall_time_offset: float = 0.0,
+                 local: tuple[str, int] | None = None) -> None:
         self.group_id = group.group_id
-        self.ks_addr = key_server
+        #: where our requests go: the configured key server, or its port 4500 after the float
+        self.ks_addr = (key_server[0], key_server[1])
         self._auth_config = member_auth_config(group, sender=group.sender, wall_time_offset=wall_time_offset)
-        self.sa_init = SaInitInitiator(sa_init_config(_MLKEM[group.mlkem]), key_server)
+        self.sa_init = SaInitInitiator(sa_init_config(_MLKEM[group.mlkem]), self.ks_addr, local)
+        #: NAT detection's result once IKE_SA_INIT is done (None: not done or no local address)
+        self.nat = None
+        self.floated = False
+        self.dropped = 0  # datagrams from the key server's port 4500 that were not IKE
         self.gsa_auth: GsaAuthInitiator | None = None
         self.gsa: GsaRegistered | None = None  # the result, for a GSA_REKEY receiver
         self.state = "idle"
@@ -104,6 +121,16 @@ class GikeRegistration:
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         if self.state not in ("sa_init", "gsa_auth") or addr != self.ks_addr:
             return
+        if addr[1] == NATT_PORT:
+            try:
+                got = unframe(data)
+            except WireError:
+                got = None
+            if got is None or got.kind is not Kind.IKE:
+                if got is None or got.kind is Kind.ESP:
+                    self.dropped += 1
+                return
+            data = got.message
         self._current().receive_datagram(data, addr, now)
         self._pump(now)
         if self._collect():  # a new request (COOKIE, IKE_INTERMEDIATE, GSA_AUTH) went out
@@ -113,7 +140,7 @@ class GikeRegistration:
         out = self.sa_init.datagrams_to_send()
         if self.gsa_auth is not None:
             out += self.gsa_auth.datagrams_to_send()
-        self._out += out
+        self._out += [(frame(d) if a[1] == NATT_PORT else d, a) for d, a in out]
         return len(out)
 
     def handle_timer(self, now: float) -> None:
@@ -138,6 +165,14 @@ class GikeRegistration:
                 match ev:
                     case SaInitEstablished():
                         self.state = "gsa_auth"
+                        self.nat = ev.nat
+                        if ev.nat is not None and ev.nat.detected and self.ks_addr[1] == IKE_PORT:
+                            # RFC 7296 §2.23: the float, before GSA_AUTH
+                            self.ks_addr = (self.ks_addr[0], NATT_PORT)
+                            self.floated = True
+                            log.info("g-ikev2 member group %s: %s: GSA_AUTH to %r with the non-ESP marker",
+                                     self.group_id, ev.nat.describe(), self.ks_addr)
+                            ev = replace(ev, peer=self.ks_addr)
                         self.gsa_auth = GsaAuthInitiator(self._auth_config, ev)
                         self.gsa_auth.start(now)
                         break

@@ -304,6 +304,10 @@ class VendorId:
     decode = classmethod(Nonce.decode.__func__)
 
 
+_SHA1_SIZE = 20
+_NAT_DETECTION = frozenset((NotifyType.NAT_DETECTION_SOURCE_IP, NotifyType.NAT_DETECTION_DESTINATION_IP))
+
+
 @dataclass(frozen=True, slots=True)
 class Notify:
     """§3.10.  ``protocol`` 0 and empty ``spi`` for notifications about the IKE SA."""
@@ -330,6 +334,9 @@ class Notify:
         if pos + 4 + spi_size > end:
             raise WireError("N", pos + 1, f"SPI size {spi_size} exceeds the payload")
         s = pos + 4 + spi_size
+        if ntype in _NAT_DETECTION and end - s != _SHA1_SIZE:
+            raise WireError("N", s, f"{_NOTIFY[ntype].name} data of {end - s} bytes, a SHA-1 digest has {_SHA1_SIZE} "
+                            "(RFC 7296 §2.23)")
         return cls(_PROTO.get(proto, proto), _NOTIFY.get(ntype, ntype), buf[pos + 4 : s], buf[s:end])
 
 

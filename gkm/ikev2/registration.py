@@ -37,7 +37,13 @@ GSA_AUTH authenticated the member, for that identity, checked as GSA_AUTH checks
     GM   HDR, SK{IDg, N(error)}           -->   <--  HDR, SK{}              (the member leaves)
 
 Unauthenticated input (no such IKE SA, SK integrity failure) is dropped without a trace; a
-byte-identical retransmitted request gets the stored response (no second enrollment).  The
+byte-identical retransmitted request gets the stored response (no second enrollment).
+
+Addresses (RFC 7296 §2.23, §2.11): the GCKS takes a member's GSA_AUTH request from another
+address or port than its IKE_SA_INIT (a member that floated to UDP 4500, a NAT that changed
+its mapping) once the request's integrity verified, and the SA's peer is from then on that
+address; a retransmission of it is answered where it came from.  Other requests (the
+INFORMATIONAL after it) come from the SA's peer.  The
 GCKS enrolls a member (:meth:`~gkm.gdoi.provider.GroupKeysProvider.enroll`, one durable
 commit) before it answers; nothing changes before the member's AUTH verified.
 """
@@ -370,6 +376,7 @@ class _Sa:
     identity: Identity | None = None
     cert: x509.Certificate | None = None
     inband_group: int | None = None  # the in-band group this IKE SA takes rekeys of
+    peer: Any = None  # where the member is: IKE_SA_INIT's address until its GSA_AUTH verified
 
 
 class GsaAuthResponder(_Engine):
@@ -400,7 +407,13 @@ class GsaAuthResponder(_Engine):
             self._sas.popitem(last=False)
             self.stats["evicted"] += 1
         mid = 1 + len(est.intermediate) // 2
-        self._sas[(est.spi_i, est.spi_r)] = _Sa(est, now, mid, intauth_for(est.intermediate, est.intermediate_keys).octets(mid))
+        self._sas[(est.spi_i, est.spi_r)] = _Sa(est, now, mid, intauth_for(est.intermediate, est.intermediate_keys).octets(mid),
+                                                peer=est.peer)
+
+    def sa_peer(self, spi_i: bytes, spi_r: bytes) -> Any:
+        """The address the IKE SA's IKE_SA_INIT came from (None: no such SA)."""
+        s = self._sas.get((bytes(spi_i), bytes(spi_r)))
+        return s.est.peer if s is not None else None
 
     def expire(self, now: float, keep: Callable[[bytes, bytes], bool] | None = None) -> None:
         """Forget IKE SAs older than ``sa_lifetime``, except those ``keep`` names (an in-band
@@ -420,11 +433,11 @@ class GsaAuthResponder(_Engine):
             self.stats["dropped"] += 1
             return
         s = self._sas.get((h.spi_i, h.spi_r))
-        if s is None or addr != s.est.peer or h.response or not h.initiator:
+        if s is None or h.response or not h.initiator:
             self.stats["dropped"] += 1
             return
         data = bytes(data)
-        if h.exchange == ExchangeType.GSA_AUTH and h.message_id == s.mid:
+        if h.exchange == ExchangeType.GSA_AUTH and h.message_id == s.mid:  # from anywhere (docstring)
             if s.request:
                 if A.compare(s.request, data):
                     self._out.append((s.response, addr))  # retransmission: the same answer
@@ -437,8 +450,15 @@ class GsaAuthResponder(_Engine):
             except WireError:
                 self.stats["dropped"] += 1
                 return
+            if addr != s.peer:
+                self.stats["moved"] += 1
+                log.info("g-ikev2 gcks: IKE SA %s: the member's GSA_AUTH came from %r (IKE_SA_INIT from %r)",
+                         s.est.spi_i.hex(), addr, s.peer)
+                s.peer = addr
             s.next_mid = s.mid + 1
             self._on_request(s, msg, data, addr, now)
+        elif addr != s.peer:
+            self.stats["dropped"] += 1
         elif h.exchange in (ExchangeType.INFORMATIONAL, ExchangeType.GSA_REGISTRATION) and s.request:
             # later requests on the IKE SA (RFC 7296 §2.1: one at a time, a copy of the last
             # one gets the last answer)
@@ -476,14 +496,14 @@ class GsaAuthResponder(_Engine):
             s.request, s.response = request, response
         else:
             s.last = (request, response)
-        self._out.append((response, est.peer))
+        self._out.append((response, s.peer))
 
     def _refuse(self, s: _Sa, request: bytes, payloads: tuple, gid: int, identity: Identity | None, reason: str, notify: int,
                 cause: str = "not_authorized") -> None:
         self.stats["refused"] += 1
-        log.warning("g-ikev2 gcks: refused %s from %r for group %s: %s (%s)", identity, s.est.peer, gid, reason, _name(notify))
+        log.warning("g-ikev2 gcks: refused %s from %r for group %s: %s (%s)", identity, s.peer, gid, reason, _name(notify))
         self._respond(s, request, payloads + (Notify(0, notify),))
-        self._events.append(MemberRefused(gid, identity, s.est.peer, reason, int(notify), cause))
+        self._events.append(MemberRefused(gid, identity, s.peer, reason, int(notify), cause))
 
     def _on_request(self, s: _Sa, msg, data: bytes, addr: Any, now: float) -> None:
         c, est = self.config, s.est
@@ -590,7 +610,8 @@ class GsaAuthResponder(_Engine):
         extra = (Notify(0, NotifyType.USE_TRANSPORT_MODE),) if transport else ()
         self._respond(s, data, mine + (gsa, kd) + extra)
         if group.inband_rekey:
-            self.kept.append(KeptSa(est, gid, member_key(identity), identity, frozenset(t.spi for t in keys.teks)))
+            self.kept.append(KeptSa(est, gid, member_key(identity), identity, frozenset(t.spi for t in keys.teks),
+                                    address=s.peer))
             s.inband_group = gid
         self.stats["registered"] += 1
         log.info("g-ikev2 gcks: %s from %r registered in group %s", identity, addr, gid)

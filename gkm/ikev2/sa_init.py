@@ -25,6 +25,15 @@ Decisions: the AUTH payloads of the next exchange must also cover the IKE_INTERM
 messages and the IKE_INTERMEDIATE datagrams with the keys that protected them, and computing
 IntAuth is the GSA_AUTH engine's job (:mod:`.intauth`, :mod:`.registration`).  Retransmission timers on the initiator side are the shell's job
 for now (``retransmit()``).
+
+NAT detection (RFC 7296 §2.23, :mod:`.natt`): the engines are told their own address of the
+exchange (``local``: the initiator's ``SaInitInitiator(..., local=)``, the responder's
+``receive_datagram(..., local=)`` per datagram: the address and port the request arrived on).
+With it, both IKE_SA_INIT messages carry NAT_DETECTION_SOURCE_IP / _DESTINATION_IP (the
+responder only when the request had them), and :class:`~.events.SaInitEstablished` says in
+``nat`` which side is behind a NAT (None: no local address, or the peer sent no NAT detection).
+Without ``local`` there is no NAT detection.  What to do about a NAT (the initiator's float to
+UDP 4500) is the caller's decision (:mod:`.member_registration`).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from .events import CookieDemanded, Ikev2Event, SaInitEstablished, SaInitFailed
 from .kex import KeyShare, respond
 from .keys import IkeKeys, Suite, derive_ike_keys, update_ike_keys
 from .message import Header, decode_header, decode_message, encode_message
+from .natt import NatStatus, detect, nat_notifies
 from .payloads import KeyExchange, Nonce, Notify, Proposal, SecurityAssociation, Transform
 from .sk import SkCipher, protect, unprotect
 from gkm.wire.attributes import Attribute
@@ -167,10 +177,13 @@ class _Engine:
 class SaInitInitiator(_Engine):
     """One IKE SA's IKE_SA_INIT (+ IKE_INTERMEDIATE) as initiator."""
 
-    def __init__(self, config: SaInitConfig, peer: tuple) -> None:
+    def __init__(self, config: SaInitConfig, peer: tuple, local: tuple | None = None) -> None:
         super().__init__()
         self.config = config
         self.peer = peer
+        #: our (address, port) toward ``peer``, for NAT detection (None: none)
+        self.local = local
+        self._nat: NatStatus | None = None
         self.spi_i = os.urandom(8)
         self.ni = os.urandom(NONCE_SIZE)
         self._group = config.groups[0]
@@ -197,6 +210,8 @@ class SaInitInitiator(_Engine):
         if self.config.mlkem != "no":
             payloads.append(Notify(0, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
         payloads += self.config.hash_notify()
+        if self.local is not None:
+            payloads += nat_notifies(self.spi_i, ZERO_SPI, self.local, self.peer)
         if self._cookie is not None:
             payloads.insert(0, Notify(0, NotifyType.COOKIE, b"", self._cookie))  # first (§2.6)
         self._request = encode_message(Header(self.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlags.INITIATOR, 0), payloads)
@@ -255,6 +270,8 @@ class SaInitInitiator(_Engine):
         self._kwa = _kwa_of(sa)
         if self.config.mlkem == "required" and add != KeyExchangeMethod.ML_KEM_768:
             return self._fail("responder did not choose the required ML-KEM-768")
+        if self.local is not None:
+            self._nat = detect(msg.all(Notify), self.spi_i, h.spi_r, self.local, self.peer, initiator=True)
         self._keys = derive_ike_keys(self.config.suite, self.ni, nr.data, self._share.shared_secret(ke.data), self.spi_i, h.spi_r)
         self._share = None  # the ephemeral key is no longer needed
         self._ctx = (h.spi_r, nr.data, self._request, bytes(data))
@@ -288,7 +305,7 @@ class SaInitInitiator(_Engine):
         self._state = "done"
         inter, inter_keys = self._intermediate
         self._events.append(SaInitEstablished(self.peer, self.spi_i, spi_r, self.ni, nr, m1, m2, self._keys, methods,
-                                              inter, inter_keys, self._kwa))
+                                              inter, inter_keys, self._kwa, self._nat))
 
 
 # ------------------------------------------------------------------------------------ responder
@@ -307,6 +324,7 @@ class _HalfOpen:
     mlkem: bool
     created: float
     kwa: int = 0
+    nat: NatStatus | None = None
     intermediate_request: bytes = b""
     intermediate_response: bytes = b""
 
@@ -353,7 +371,8 @@ class SaInitResponder(_Engine):
         """The next exchange finished (or failed): the SA is no longer half-open."""
         self._half.pop((spi_i, peer), None)
 
-    def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: tuple, now: float, local: tuple | None = None) -> None:
+        """``local``: the (address, port) the datagram arrived on, for NAT detection."""
         try:
             msg = decode_message(data)
         except UnsupportedCriticalPayload as e:
@@ -365,7 +384,7 @@ class SaInitResponder(_Engine):
         if h.response or not h.initiator:
             return
         if h.exchange == ExchangeType.IKE_SA_INIT and h.message_id == 0 and h.spi_r == ZERO_SPI:
-            self._on_init(msg, bytes(data), addr, now)
+            self._on_init(msg, bytes(data), addr, now, local)
         elif h.exchange == ExchangeType.IKE_INTERMEDIATE and h.message_id == 1:
             self._on_intermediate(msg, bytes(data), addr)
 
@@ -383,7 +402,7 @@ class SaInitResponder(_Engine):
         self._out.append((out, addr))
         return out
 
-    def _on_init(self, msg, data: bytes, addr: tuple, now: float) -> None:
+    def _on_init(self, msg, data: bytes, addr: tuple, now: float, local: tuple | None) -> None:
         h = msg.header
         ni, ke, sa = msg.get(Nonce), msg.get(KeyExchange), msg.get(SecurityAssociation)
         if ni is None or ke is None or sa is None or not 16 <= len(ni.data) <= 256:
@@ -423,13 +442,18 @@ class SaInitResponder(_Engine):
         if add:
             payloads.append(Notify(0, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
         payloads += self.config.hash_notify()
+        nat = None
+        if local is not None:
+            nat = detect(msg.all(Notify), h.spi_i, ZERO_SPI, local, addr, initiator=False)
+            if nat is not None:  # RFC 7296 §2.23: answered in kind
+                payloads += nat_notifies(h.spi_i, spi_r, local, addr)
         response = encode_message(Header(h.spi_i, spi_r, ExchangeType.IKE_SA_INIT, HeaderFlags.RESPONSE, 0), payloads)
         self._out.append((response, addr))
-        half = _HalfOpen(addr, spi_r, ni.data, nr, data, response, keys, int(group), bool(add), now, _kwa_of(chosen_sa))
+        half = _HalfOpen(addr, spi_r, ni.data, nr, data, response, keys, int(group), bool(add), now, _kwa_of(chosen_sa), nat)
         self._half[(h.spi_i, addr)] = half
         if not add:
             self._events.append(SaInitEstablished(addr, h.spi_i, spi_r, ni.data, nr, data, response, keys, (int(group),),
-                                                  kwa=half.kwa))
+                                                  kwa=half.kwa, nat=nat))
 
     def _on_intermediate(self, msg, data: bytes, addr: tuple) -> None:
         h = msg.header
@@ -459,7 +483,7 @@ class SaInitResponder(_Engine):
         self._out.append((response, addr))
         self._events.append(SaInitEstablished(addr, h.spi_i, half.spi_r, half.ni, half.nr, half.request, half.response,
                                               half.keys, (half.group, int(KeyExchangeMethod.ML_KEM_768)),
-                                              (data, response), before, half.kwa))
+                                              (data, response), before, half.kwa, half.nat))
 
     def _refuse_intermediate(self, half: _HalfOpen, h: Header, addr: tuple, reason: str) -> None:
         out_h = Header(h.spi_i, half.spi_r, ExchangeType.IKE_INTERMEDIATE, HeaderFlags.RESPONSE, 1)

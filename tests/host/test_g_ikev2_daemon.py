@@ -192,7 +192,8 @@ def test_group_that_requires_mlkem(netlab_factory, tmp_path):
 def test_g_ikev2_on_a_port_of_its_own(netlab_factory, tmp_path):
     """``[keyserver] g_ikev2_port = 500``: G-IKEv2 members register on 500 (``key_servers =
     ["ks:500"]``), GDOI members still on 848 (which socket takes which protocol:
-    test_ikev2_daemon_engines.test_listen_sockets_of_a_g_ikev2_port_of_its_own)."""
+    test_ikev2_daemon_engines.test_listen_sockets_of_a_g_ikev2_port_of_its_own); 500 brings
+    4500 (NAT traversal: test_g_ikev2_natt)."""
     lab = netlab_factory(3)
     h1, h2, h3 = lab.hosts
     cfg = _ks_config(tmp_path, h1.ip4)
@@ -203,7 +204,8 @@ def test_g_ikev2_on_a_port_of_its_own(netlab_factory, tmp_path):
     gdoi = Msecd(_member_config(tmp_path, "gm1", 1001, "gdoi", h1.ip4), host=h2, args=["--no-kernel"])
     gike = Msecd(gike_cfg, host=h3, args=["--no-kernel"])
     with _running(ks, gdoi, gike):
-        assert sorted(ks.ctl_json("status")["keyserver"]["listen"]) == sorted([f"{h1.ip4}:848", f"{h1.ip4}:500"])
+        assert sorted(ks.ctl_json("status")["keyserver"]["listen"]) == sorted([f"{h1.ip4}:848", f"{h1.ip4}:500",
+                                                                              f"{h1.ip4}:4500"])
         for d in (gdoi, gike):
             d.wait_log("registered with key server", timeout=60)
         assert f"{h1.ip4}:500" in gike.ctl_json("group", "show", "1001")["roles"][0]["key_server"]

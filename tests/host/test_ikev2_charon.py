@@ -15,7 +15,12 @@ verifies under SK_pr.  One case per SK algorithm family and PRF size.
 Second test: charon initiates (``swanctl --initiate --ike``) to gkm.ikev2's SaInitResponder
 engine, with and without a COOKIE demand (RFC 7296 §2.6: charon must come back with the cookie).
 Passes when the engine's keys equal charon's and charon's SK-protected IKE_AUTH request
-unprotects with them and carries a PSK AUTH that verifies under SK_pi.  (Debian's strongSwan
+unprotects with them and carries a PSK AUTH that verifies under SK_pi.  NAT detection (RFC 7296
+§2.23) both ways: the engine, told its true address, finds no NAT in charon's
+NAT_DETECTION_*_IP hashes and charon none in the engine's; told another address, the engine's
+NAT_DETECTION_SOURCE_IP makes charon say "remote host is behind NAT".  Either way charon, having
+seen NAT detection answered, sends IKE_AUTH to UDP 4500 with the non-ESP marker (strongSwan
+floats whenever the peer does NAT detection), which :func:`gkm.ikev2.natt.unframe` opens.  (Debian's strongSwan
 5.9 has no ML-KEM, so the IKE_INTERMEDIATE exchange is checked in memory only.)
 """
 
@@ -40,6 +45,7 @@ from gkm.ikev2 import (
 from gkm.ikev2.constants import Encr, Integ, Prf
 from gkm.ikev2.events import CookieDemanded, SaInitEstablished
 from gkm.ikev2.keys import Suite, derive_ike_keys, prf
+from gkm.ikev2.natt import Kind, NatStatus, unframe
 from gkm.ikev2.sa_init import SaInitConfig, SaInitResponder
 from gkm.ikev2.sk import SkCipher, protect, unprotect
 from gkm.wire.attributes import Attribute
@@ -230,30 +236,41 @@ def charon_keys(c: ch.Charon, keys, ni: bytes, nr: bytes, shared: bytes | None) 
         assert ours[k] == theirs[k], f"{k} differs between msec and charon"
 
 
-@pytest.mark.parametrize("cookie", [False, True], ids=["plain", "cookie"])
+@pytest.mark.parametrize("cookie, nat", [(False, False), (True, False), (False, True)], ids=["plain", "cookie", "nat"])
 @pytest.mark.parametrize("name", ["gcm256-sha256-p256", "cbc128-sha256-x25519"])
-def test_charon_initiates_to_msec_responder(netlab_factory, tmp_path, name, cookie):
+def test_charon_initiates_to_msec_responder(netlab_factory, tmp_path, name, cookie, nat):
     case = CASES[name]
     lab = netlab_factory(2)
     h1, h2 = lab.hosts
     c = start_charon(lab, tmp_path, case, remote_port=MSEC_PORT)
     with h2.inside():
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        natt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((h2.ip4, MSEC_PORT))
+    natt.bind((h2.ip4, 4500))
     responder = SaInitResponder(SaInitConfig(case.suite, (case.group,), "no"), cookie_threshold=0 if cookie else 64)
     initiation = c.initiate_ike("msec")
     try:
         end = time.monotonic() + DEADLINE
         done, demanded, auth_request = None, [], None
         while time.monotonic() < end and auth_request is None:
-            ready, _, _ = select.select([sock], [], [], 0.5)
+            ready, _, _ = select.select([sock, natt], [], [], 0.5)
             if not ready:
                 continue
+            if natt in ready:  # charon floated: IKE_AUTH behind the non-ESP marker
+                framed, _addr = natt.recvfrom(65535)
+                got = unframe(framed)
+                assert got.kind is Kind.IKE, framed.hex()
+                assert done is not None and decode_message(got.message).header.exchange == ExchangeType.IKE_AUTH
+                auth_request = got.message
+                break
             data, addr = sock.recvfrom(65535)
             if done is not None and decode_message(data).header.exchange == ExchangeType.IKE_AUTH:
                 auth_request = data
                 break
-            responder.receive_datagram(data, addr, time.monotonic())
+            # our address as the engine is told it: the true one, or one a NAT would hide
+            local = ("192.0.2.99", MSEC_PORT) if nat else (h2.ip4, MSEC_PORT)
+            responder.receive_datagram(data, addr, time.monotonic(), local)
             for out, to in responder.datagrams_to_send():
                 sock.sendto(out, to)
             while (ev := responder.next_event()) is not None:
@@ -265,6 +282,13 @@ def test_charon_initiates_to_msec_responder(netlab_factory, tmp_path, name, cook
                     raise AssertionError(f"msec responder: {ev!r}\n{c.log()}")
         assert done is not None and auth_request is not None, c.log()
         assert len(demanded) == (1 if cookie else 0)
+        # charon's hashes as the engine checks them: no NAT on charon's side; ours (behind the
+        # made-up address) as charon checks them
+        assert done.nat == NatStatus(initiator_behind_nat=False, responder_behind_nat=nat), done
+        if nat:
+            c.wait_log(r"remote host is behind NAT", timeout=DEADLINE)
+        else:
+            assert "behind NAT" not in c.log()
         if cookie:
             c.wait_log(r"generating IKE_SA_INIT request 0 \[ N\(COOKIE\) SA KE No ", timeout=DEADLINE)
         # charon's IKE_AUTH request opens with the responder's keys and its PSK AUTH verifies
@@ -281,3 +305,4 @@ def test_charon_initiates_to_msec_responder(netlab_factory, tmp_path, name, cook
             initiation.wait()
         c.stop()
         sock.close()
+        natt.close()

@@ -1,7 +1,9 @@
 """Fuzzing the IKE_SA_INIT engines: mutated requests (responder) and mutated responses,
 including IKE_INTERMEDIATE (initiator) never raise, never create state for a refused input
 beyond one half-open SA per accepted request, and never establish from a tampered
-IKE_INTERMEDIATE.  MSEC_FUZZ_ITERATIONS/10 inputs per role (key exchanges are costly)."""
+IKE_INTERMEDIATE.  Both engines know their addresses, so the messages carry NAT detection
+(NAT_DETECTION_*_IP, :mod:`gkm.ikev2.natt`) and its checks are fuzzed too.
+MSEC_FUZZ_ITERATIONS/10 inputs per role (key exchanges are costly)."""
 
 from __future__ import annotations
 
@@ -23,12 +25,12 @@ R, I = ("192.0.2.1", 848), ("192.0.2.2", 848)
 
 def transcript():
     """A real exchange: (request, response, intermediate request, intermediate response)."""
-    ini, resp = SaInitInitiator(CFG, R), SaInitResponder(CFG)
+    ini, resp = SaInitInitiator(CFG, R, I), SaInitResponder(CFG)
     ini.start(0.0)
     out = []
     for _ in range(2):
         [(a, _)] = ini.datagrams_to_send()
-        resp.receive_datagram(a, I, 0.0)
+        resp.receive_datagram(a, I, 0.0, R)
         [(b, _)] = resp.datagrams_to_send()
         ini.receive_datagram(b, R, 0.0)
         out += [a, b]
@@ -45,7 +47,7 @@ def drain(engine):
 def responder_run(data: bytes, responder: SaInitResponder, failures: list) -> bool:
     before = responder.half_open
     try:
-        responder.receive_datagram(data, I, 0.0)
+        responder.receive_datagram(data, I, 0.0, R)
     except Exception as e:  # noqa: BLE001 - what we hunt
         failures.append((data.hex(), repr(e)))
         return False
@@ -63,7 +65,7 @@ def initiator_run(seq: list[bytes], mutated_index: int, data: bytes, failures: l
     The fresh initiator takes the transcript's SPIi so mutated responses get past the SPI check
     into the engine's logic (its own key share differs, so a mutated IKE_INTERMEDIATE response
     can only be refused); the engine must never crash."""
-    ini = SaInitInitiator(CFG, R)
+    ini = SaInitInitiator(CFG, R, I)
     ini.spi_i = seq[0][:8]
     ini.start(0.0)
     ini.datagrams_to_send()

@@ -893,7 +893,7 @@ def test_g_ikev2_port_of_its_own(files):
 
 
 @pytest.mark.parametrize("value, why", [
-    (4500, "4500 is the NAT-T port: IKE messages there carry the 4-byte non-ESP marker"),
+    (4500, "4500 is the NAT-T port, never asked for: set g_ikev2_port = 500, which binds UDP 4500 too"),
     (0, "0 is not in 1..65535"),
     (65536, "65536 is not in 1..65535"),
     ("500", "expected"),
@@ -905,13 +905,23 @@ def test_g_ikev2_port_refused(files, value, why):
     assert p.path == "keyserver.g_ikev2_port" and why in p.reason, str(p)
 
 
-def test_g_ikev2_member_refuses_the_nat_t_port(files):
+def test_g_ikev2_member_may_name_the_nat_t_port(files):
+    """A G-IKEv2 member may register on a key server's UDP 4500 (the non-ESP marker from the
+    first message); a GDOI one too (GDOI has no marker: a GDOI key server may listen anywhere)."""
     doc = base()
     doc["member"]["group"][0].update(protocol="g-ikev2", key_servers=["192.0.2.1", "192.0.2.2:4500"])
-    p = only(doc, files)
-    assert p.path == "member.group[0].key_servers[1]" and "non-ESP marker" in p.reason
-    doc["member"]["group"][0]["protocol"] = "gdoi"  # a GDOI key server may listen anywhere
     assert load(doc, files).member.groups[0].key_servers[1].port == 4500
+    doc["member"]["group"][0]["protocol"] = "gdoi"
+    assert load(doc, files).member.groups[0].key_servers[1].port == 4500
+
+
+def test_gdoi_port_may_not_take_the_nat_t_socket_of_g_ikev2_on_500(files):
+    doc = base()
+    doc["keyserver"].update(port=4500, g_ikev2_port=500)
+    p = only(doc, files)
+    assert p.path == "keyserver.port" and "where G-IKEv2 on 500 listens with the non-ESP marker" in p.reason
+    doc["keyserver"]["g_ikev2_port"] = 848  # G-IKEv2 on 848: no NAT-T socket, GDOI may have 4500
+    assert load(doc, files).keyserver.port == 4500
 
 
 def test_reload_of_g_ikev2_port(files):
