@@ -10,6 +10,10 @@ under an SPI it has no SA for (XfrmInNoStates rises) and its application gets no
 The TEK is AES-GCM: each G-IKEv2 sender got its own Sender-ID (RFC 9838 section 2.5.1), so its
 GSA_REKEY receiver installs the eviction's counter-mode TEK for sending (else gm2 would not
 switch to it: the TEK would be withheld and gm2 would register again).
+
+The same again with ``g_ikev2_rekey = "inband"``: the G-IKEv2 members register without a Rekey
+SA and the eviction reaches gm2 as GSA_INBAND_REKEY over the IKE SA its registration kept
+(acknowledged) and gm3 as its exclusion, while gm1 gets the GROUPKEY-PUSH as before.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from tests.kernel.test_registration import gm_config as registration_gm_config
 pytestmark = pytest.mark.kernel
 
 AFTER = b"MSEC-AFTER-G-IKEV2-EVICTION"
-def ks_config(d, ks_ip):
+def ks_config(d, ks_ip, g_ikev2_rekey="gsa_rekey"):
     """test_evict's key server (gm1..gm3, AES-GCM-128 TEK, LKH KEK), serving G-IKEv2 too."""
     p = evict_ks_config(d, ks_ip)
     text = p.read_text()
     assert text.count('name = "video"\n') == 1
-    p.write_text(text.replace('name = "video"\n', 'name = "video"\nprotocols = ["gdoi", "g-ikev2"]\n'))
+    p.write_text(text.replace('name = "video"\n', 'name = "video"\nprotocols = ["gdoi", "g-ikev2"]\n'
+                              f'g_ikev2_rekey = "{g_ikev2_rekey}"\n'))
     return p
 
 
@@ -62,13 +67,15 @@ def after_eviction(lab, sender, receiver, evicted, n=20):
     return got, lost, cap.packets(), raw
 
 
-def test_gdoi_and_g_ikev2_members_share_traffic_and_an_eviction(netlab_factory, tmp_path):
+@pytest.mark.parametrize("g_ikev2_rekey", ["gsa_rekey", "inband"])
+def test_gdoi_and_g_ikev2_members_share_traffic_and_an_eviction(netlab_factory, tmp_path, g_ikev2_rekey):
+    inband = g_ikev2_rekey == "inband"
     lab = netlab_factory(4)
     h1, h2, h3, h4 = lab.hosts
     dirs = {n: tmp_path / n for n in ("ks", "gm1", "gm2", "gm3")}
     for p in dirs.values():
         p.mkdir()
-    ks = Msecd(ks_config(dirs["ks"], h1.ip4), host=h1)
+    ks = Msecd(ks_config(dirs["ks"], h1.ip4, g_ikev2_rekey), host=h1)
     members = {"gm1": Msecd(gm_config(dirs["gm1"], h1.ip4, "gm1", "gdoi"), host=h2),
                "gm2": Msecd(gm_config(dirs["gm2"], h1.ip4, "gm2", "g-ikev2"), host=h3),
                "gm3": Msecd(gm_config(dirs["gm3"], h1.ip4, "gm3", "g-ikev2"), host=h4)}
@@ -79,8 +86,9 @@ def test_gdoi_and_g_ikev2_members_share_traffic_and_an_eviction(netlab_factory, 
             d.start(timeout=120)
         for name, d in members.items():
             d.wait_log(SPI_LOG, timeout=120)
-            d.wait_log("listening for GSA_REKEY" if name != "gm1" else "listening for GROUPKEY-PUSH",
-                       timeout=120)
+            d.wait_log("listening for GROUPKEY-PUSH" if name == "gm1" else
+                       "keeping the registration's IKE SA for in-band rekeys" if inband else
+                       "listening for GSA_REKEY", timeout=120)
         assert "g-ikev2 gcks: key-id 'gm2'" in ks.log() and "gdoi ks: key-id 'gm1'" in ks.log()
         registrations = ks.log().count("registered (TEK SPI")
         tek = {int(t["spi"], 16) for t in ks.ctl_json("group", "show", "1001")["roles"][0]["teks"]}
@@ -101,12 +109,17 @@ def test_gdoi_and_g_ikev2_members_share_traffic_and_an_eviction(netlab_factory, 
         new = {int(x, 16) for x in r["teks"]}
         members["gm3"].wait_log("evicted from the group", timeout=60)
         for name in ("gm1", "gm2"):
-            members[name].wait_log(f"rekeyed: SEQ {r['seq']}, new TEK SPIs", timeout=60)
+            seq = 1 if inband and name == "gm2" else r["seq"]  # in band: the exchange's Message ID + 1
+            members[name].wait_log(f"rekeyed: SEQ {seq}, new TEK SPIs", timeout=60)
             members[name].wait_log(f"sending on SPI 0x{min(new):08x}", timeout=60)
             assert new <= group_spis(hosts[name]), (name, states(hosts[name]))
         assert not new & group_spis(h4)
-        # gm2 switched on the GSA_REKEY's TEK itself: it did not register again for it
+        # gm2 switched on the rekey's TEK itself: it did not register again for it
         assert ks.log().count("registered (TEK SPI") == registrations
+        if inband:  # both G-IKEv2 members answered: gm2 holding the new TEK, gm3 its exclusion
+            ks.wait_log("key-id:gm2 acknowledged the in-band rekey", timeout=30)
+            ks.wait_log("key-id:gm3 acknowledged the in-band rekey (GSA_INBAND_REKEY Message ID 0): its "
+                        "exclusion", timeout=30)
 
         before = no_states(h4)
         for sender, receiver in ((h2, h3), (h3, h2)):
