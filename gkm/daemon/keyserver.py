@@ -393,6 +393,11 @@ class KeyServerRole:
                 info["delivery"] = {"mode": g.kek.rekey_delivery,
                                     "queued": d.queued if d is not None else 0,
                                     **(d.stats if d is not None else {})}
+            gcks = self._gcks()
+            if g.inband_rekey and gcks is not None:  # G-IKEv2 members rekeyed in band
+                kept = gcks.inband.members(g.group_id)
+                info["inband"] = {"ike_sas": len(kept),
+                                  "pending": sum(1 for v in kept.values() if v["inband_pending"])}
             ctl = self.groups.controllers.get(g.group_id)
             if ctl is not None:
                 info["controller"] = ctl.state.value
@@ -402,6 +407,12 @@ class KeyServerRole:
                              "state": t.state.value, "created": t.created,
                              "expires": t.expires} for t in self.store.teks(g.group_id)]
         return info
+
+    def _gcks(self):
+        """The G-IKEv2 engine, if this key server runs one."""
+        from gkm.ikev2.gcks import ProtocolDemux
+        engine = self.shell.engine if self.shell is not None else None
+        return engine.g_ikev2 if isinstance(engine, ProtocolDemux) else None
 
     def send_datagram(self, g: pm.GroupPolicy, data: bytes, dest: tuple[str, int]) -> None:
         """One GROUPKEY-PUSH datagram through the rekey transport (the group shell's delivery
@@ -524,6 +535,14 @@ class KeyServerRole:
                 row.update(d)
                 if d["lost"]:
                     row["state"] = "lost"
+        gcks = self._gcks()
+        if g is not None and g.inband_rekey and gcks is not None:
+            # G-IKEv2 in band: whether its IKE SA is kept, the last rekey it acknowledged
+            kept = gcks.inband.members(group_id)
+            for identity, row in out.items():
+                if row["protocol"] == "g-ikev2":
+                    row.update(kept.get(identity, {"inband_acknowledged": None, "inband_pending": False,
+                                                   "inband_attempts": 0}), inband_ike_sa=identity in kept)
         for d in self.store.denied(group_id):
             # still registered: evicted, its rekey not sent yet (batch window)
             state = "evicting" if d.identity in out else "evicted"

@@ -87,6 +87,7 @@ class KeptSa:
     deadline: float | None = None
     stale: bool = False  # the group's keys changed after the outstanding request was built
     excluded: bool = False
+    acknowledged: int | None = None  # the Message ID of the last request it answered
     address: Any = None  # the member's, if its GSA_AUTH came from elsewhere than IKE_SA_INIT (NAT-T)
 
     @property
@@ -171,6 +172,7 @@ class InbandRekeyer:
             self.stats["dropped"] += 1
             return
         mid, sa.next_mid, sa.request, sa.deadline, sa.attempts = sa.next_mid, sa.next_mid + 1, b"", None, 0
+        sa.acknowledged = mid
         errors = [n for n in msg.all(Notify) if n.is_error]
         if errors:
             name = NotifyType(errors[0].type).name if errors[0].type in NotifyType._value2member_map_ else str(errors[0].type)
@@ -210,6 +212,12 @@ class InbandRekeyer:
     @property
     def sa_count(self) -> int:
         return len(self._sas)
+
+    def members(self, group_id: int) -> dict[str, dict]:
+        """Per member of the group with a kept IKE SA: what ``msecctl members`` shows."""
+        return {s.member: {"inband_acknowledged": s.acknowledged, "inband_pending": bool(s.request),
+                           "inband_attempts": s.attempts if s.request else 0}
+                for s in self._sas.values() if s.group_id == group_id and not s.excluded}
 
     def pending(self, group_id: int) -> int:
         """In-band rekeys of the group not answered yet."""

@@ -37,6 +37,11 @@ def test_inband_rekey_and_eviction(netlab_factory, tmp_path):
         for d in (gdoi, gike, gike2):
             assert new <= _spis(d, 1001), d.log()[-3000:]
         ks.wait_log("acknowledged the in-band rekey", count=2, timeout=30)
+        rows = {m["identity"]: m for m in ks.ctl_json("members", "1001")["members"]}
+        for who in ("key-id:gm2", "key-id:gm4"):
+            assert rows[who]["inband_ike_sa"] and rows[who]["inband_acknowledged"] == 0, rows[who]
+        assert "inband_ike_sa" not in rows["key-id:gm1"]  # GDOI
+        assert ks.ctl_json("group", "show", "1001")["roles"][0]["inband"] == {"ike_sas": 2, "pending": 0}
         assert "GSA_INBAND_REKEY sent to 2 G-IKEv2 member(s) in band" in ks.log() or \
             "2 G-IKEv2 member(s) in band" in ks.log(), ks.log()[-3000:]
 
