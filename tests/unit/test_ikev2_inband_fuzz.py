@@ -144,3 +144,64 @@ def test_fuzz_answers_at_the_gcks(tmp_path):
         if any(not isinstance(e, (InbandRekeyAcknowledged, InbandRekeyFailed)) for e in evs):
             failures.append((data.hex(), f"events {evs!r}"))
     assert not failures, failures[:3]
+
+
+def test_fuzz_gsa_registration_at_the_gcks(tmp_path):
+    """Mutated GSA_REGISTRATION requests validly sealed under a registered member's IKE SA (so
+    they reach the IDg/notify/authorization checks): the GCKS never raises, answers each with
+    at most one datagram, emits only registration events, and records a member only for a
+    registration it answered with keys."""
+    from gkm.gdoi.events import MemberRefused, MemberRegistered
+    from gkm.ikev2.constants import IdType
+    from gkm.ikev2.events import GsaMemberLeft
+    from gkm.ikev2.message import encode_payloads
+    from gkm.ikev2.payloads import IdGroup, Notify
+    from .test_ikev2_gsa_registration import groups, registered
+
+    rng = random.Random(SEED + 3)
+    f, ks, auth = registered(tmp_path, groups(tmp_path))
+    sa = auth.sa
+    state = ks.g_ikev2.auth._sas[(sa.spi_i, sa.spi_r)]
+    seeds = []
+    for payloads in ((IdGroup(IdType.KEY_ID, (GID + 1).to_bytes(4, "big")),),
+                     (IdGroup(IdType.KEY_ID, (GID + 1).to_bytes(4, "big")), Notify(0, 16394)),  # GROUP_SENDER
+                     (IdGroup(IdType.KEY_ID, GID.to_bytes(4, "big")), Notify(0, 14))):  # NO_PROPOSAL_CHOSEN
+        first, chain = encode_payloads(payloads)
+        seeds.append(bytes([first]) + chain)
+    lengths = [chain_lengths(x) for x in seeds]
+    failures: list = []
+    reached = 0
+    for _ in range(ITERATIONS // 20):
+        data = mutate(rng, seeds, lengths)
+        if not data:
+            continue
+        mid = state.next_mid
+        before = f.provider.store.member_count(GID + 1)
+        try:
+            ks.receive_datagram(seal_request(sa, data, mid), ("192.0.2.50", 848), NOW)
+            ks.commit(NOW)
+            out = ks.datagrams_to_send()
+            evs = drain(ks)
+        except Exception as e:  # noqa: BLE001 - what we hunt
+            failures.append((data.hex(), repr(e)))
+            continue
+        reached += bool(evs)
+        if len(out) > 1 or any(not isinstance(e, (MemberRegistered, MemberRefused, GsaMemberLeft)) for e in evs):
+            failures.append((data.hex(), f"{len(out)} answers, events {evs!r}"))
+        if not any(isinstance(e, MemberRegistered) for e in evs) and f.provider.store.member_count(GID + 1) > before:
+            failures.append((data.hex(), "a member recorded without a registration"))
+    assert not failures, failures[:3]
+    assert reached > ITERATIONS // 200  # the content really reached the registration checks
+
+
+def seal_request(sa, first_and_chain: bytes, message_id: int) -> bytes:
+    """A member's GSA_REGISTRATION request whose SK holds ``chain`` as is."""
+    first, chain = first_and_chain[0], first_and_chain[1:]
+    cipher = SkCipher.for_sender(sa.keys, initiator=True)
+    iv, plain = os.urandom(8), chain + b"\x00"
+    sk_len = 4 + 8 + len(plain) + 16
+    head = Header(sa.spi_i, sa.spi_r, ExchangeType.GSA_REGISTRATION, 0x08, message_id).encode(
+        PayloadType.SK, HEADER_LENGTH + sk_len)
+    head += struct.pack("!BBH", first, 0, sk_len)
+    key, salt = cipher.enc_key[:-4], cipher.enc_key[-4:]
+    return head + iv + AESGCM(key).encrypt(salt + iv, plain, head)
