@@ -371,7 +371,7 @@ class Checker:
 
     def daemon(self, raw: Any, path: str) -> m.DaemonSettings | None:
         tbl = self.table(raw, path, {"state_dir", "control_socket", "state_anchor",
-                                     "keylog_file", "metrics_listen"})
+                                     "keylog_file", "metrics_listen", "nat_keepalive"})
         if tbl is None:
             return None
         d = m.DaemonSettings()
@@ -380,9 +380,10 @@ class Checker:
         anchor = self.value(tbl, path, "state_anchor", str, None)
         keylog = self.value(tbl, path, "keylog_file", str, None)
         metrics = self.value(tbl, path, "metrics_listen", str, None)
+        keepalive = self.duration(tbl, path, "nat_keepalive", *m.NAT_KEEPALIVE_RANGE, m.DEFAULT_NAT_KEEPALIVE)
         if metrics not in (None, BAD):
             metrics = self.listen_address(metrics, _join(path, "metrics_listen"))
-        if BAD in (state, sock, anchor, keylog, metrics):
+        if BAD in (state, sock, anchor, keylog, metrics, keepalive):
             return None
         if keylog and not self.path(keylog).parent.is_dir():
             self.problem(_join(path, "keylog_file"),
@@ -394,6 +395,7 @@ class Checker:
             state_anchor=self.path(anchor) if anchor else None,
             keylog_file=self.path(keylog) if keylog else None,
             metrics_listen=metrics,
+            nat_keepalive_s=keepalive,
         )
 
     def listen_address(self, text: str, p: str) -> Any:

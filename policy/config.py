@@ -22,6 +22,9 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
     keylog_file = "/root/msec-keys.log"        # optional, off by default: phase 1 and group
                                               # ESP keys for Wireshark (gkm.daemon.keylog),
                                               # created 0600; for debugging only
+    nat_keepalive = "20s"                     # default; 0: off. A G-IKEv2 member behind a
+                                              # NAT that keeps its IKE SA for in-band rekeys
+                                              # sends a NAT-keepalive this often (RFC 3948)
 
     [keyserver]                               # this daemon is GCKS for the groups below
     listen = ["0.0.0.0", "::"]                # default; IP literals

@@ -673,6 +673,10 @@ Credentials = Union[PskCredential, CertCredential]
 # --------------------------------------------------------------------------- daemon
 
 
+DEFAULT_NAT_KEEPALIVE = 20  # strongSwan's default too
+NAT_KEEPALIVE_RANGE = (0, 3600)
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
     state_dir: Path = Path("/var/lib/msec")
@@ -683,6 +687,9 @@ class DaemonSettings:
     metrics_listen: tuple[IPAddress, int] | None = None
     #: opt-in key log for Wireshark (gkm.daemon.keylog): None (the default) writes no keys
     keylog_file: Path | None = None
+    #: seconds between NAT-keepalives (RFC 3948 §2.3) a G-IKEv2 member behind a NAT sends on an
+    #: IKE SA it keeps for in-band rekeys, so the NAT keeps its mapping; 0: none
+    nat_keepalive_s: int = DEFAULT_NAT_KEEPALIVE
 
 
 MAX_PHASE1_TRANSFORMS = 64

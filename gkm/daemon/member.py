@@ -97,6 +97,8 @@ class MemberSession:
         self._reg_sock: socket.socket | None = None  # the transport's, for its error queue
         self._reg_task: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self.keepalives = 0  # NAT-keepalives sent on the held registration socket
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._listening: str | None = None  # "addr:port" of the rekey socket
@@ -193,7 +195,7 @@ class MemberSession:
             "acks_requested": bool(e.push is not None and e.push.kek is not None
                                    and e.push.kek.ack_requested),
             # G-IKEv2 GSA_INBAND_REKEY: rekeys come over the registration's kept IKE SA
-            "inband_rekeys": e.inband,
+            "inband_rekeys": e.inband, "nat_keepalives": self.keepalives,
         }
 
     # -- life cycle
@@ -332,7 +334,9 @@ class MemberSession:
                 self._close_registration()
             case HoldRegistration():  # in-band rekeys come on this socket: others may register
                 self._release()
-                log.info("group %s: keeping the registration's IKE SA for in-band rekeys", self.label)
+                log.info("group %s: keeping the registration's IKE SA for in-band rekeys%s", self.label,
+                         f" (NAT-keepalives to {fmt_addr(act.keepalive)})" if act.keepalive else "")
+                self._keepalive(act.keepalive)
             case ListenForPush():
                 try:
                     self.daemon.rekey_sockets.join(self, act.address, act.port, act.interface)
@@ -526,11 +530,33 @@ class MemberSession:
             self._reg_transport = None
         self._reg_sock = None
         self._release()
+        self._keepalive(None)
 
     def _release(self) -> None:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _keepalive(self, dest) -> None:
+        """NAT-keepalives (one 0xFF octet, RFC 3948 §2.3) to ``dest`` every ``[daemon]
+        nat_keepalive`` seconds while the registration socket is held open, so the NAT in
+        front of us keeps the mapping the key server's in-band rekeys come back through."""
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+        period = self.daemon.config.daemon.nat_keepalive_s
+        if dest is None or not period:
+            return
+
+        def tick() -> None:
+            t = self._reg_transport
+            if t is None or t.is_closing():
+                self._keepalive_timer = None
+                return
+            t.sendto(b"\xff", (dest[0], dest[1]))
+            self.keepalives += 1
+            self._keepalive_timer = self.daemon.loop.call_later(period, tick)
+        self._keepalive_timer = self.daemon.loop.call_later(period, tick)
 
 
 class _RekeySocket:

@@ -24,7 +24,8 @@ class Registered(MemberEvent):
     ``seq`` (reject PUSH with SEQ <= it for ``kek.spi``) and ``lkh`` for GROUPKEY-PUSH;
     ``gap``: the group's activation/deactivation delays (None: the key server sent no GAP);
     ``inband``: rekeys come over the registration's own SA (G-IKEv2 GSA_INBAND_REKEY, no KEK):
-    the member keeps that socket open and answers them."""
+    the member keeps that socket open and answers them; ``nat_keepalive``: where to send
+    NAT-keepalives while it does (G-IKEv2 behind a NAT, on UDP 4500; None: none)."""
 
     group_id: int
     teks: tuple[GroupTek, ...]
@@ -36,6 +37,7 @@ class Registered(MemberEvent):
     phase1_spi: bytes = b""
     gap: GapDelays | None = None
     inband: bool = False
+    nat_keepalive: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,10 @@ class CloseRegistration(MemberAction):
 class HoldRegistration(MemberAction):
     """Keep the registration socket open after the registration (release the per key server
     lock only): the key server rekeys this group over the registration's SA (G-IKEv2
-    GSA_INBAND_REKEY); datagrams on it still go to ``receive_registration``."""
+    GSA_INBAND_REKEY); datagrams on it still go to ``receive_registration``.  ``keepalive``:
+    send NAT-keepalives (one 0xFF octet, RFC 3948 §2.3) there periodically (None: none)."""
+
+    keepalive: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -930,7 +933,7 @@ class MemberEngine:
             self._actions.append(CloseRegistration())
             return
         self._held = True
-        self._actions.append(HoldRegistration())
+        self._actions.append(HoldRegistration(ev.nat_keepalive))
 
     def _listen_for_push(self, ev: Registered) -> None:
         try:

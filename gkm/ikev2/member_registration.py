@@ -187,9 +187,19 @@ class GikeRegistration:
                         r = ev.registered
                         self._events.append(GikeRegistered(r.group_id, r.teks, r.kek, r.seq, None, r.key_server,
                                                            r.key_server_id, r.phase1_spi, r.gap,
-                                                           inband=ev.ike is not None, gsa=ev))
+                                                           inband=ev.ike is not None, gsa=ev,
+                                                           nat_keepalive=self._keepalive_to(ev)))
                     case GsaRegistrationFailed():
                         self._fail(ev.reason, ev.notify)
+
+    def _keepalive_to(self, ev: GsaRegistered):
+        """Where NAT-keepalives go while an in-band registration keeps its IKE SA: the key
+        server's UDP 4500, when a NAT is in front of us (RFC 3948 §2.3: the host behind it
+        sends them; 0xFF means nothing on other ports)."""
+        sa = ev.ike
+        if sa is None or sa.peer[1] != NATT_PORT or sa.nat is None or not sa.nat.initiator_behind_nat:
+            return None
+        return sa.peer
 
     def _fail(self, reason: str, notify: int | None = None) -> None:
         if self.state in ("registered", "failed"):

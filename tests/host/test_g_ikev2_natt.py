@@ -112,3 +112,44 @@ def test_member_behind_a_nat_floats_to_4500(netlab_factory, tmp_path):
         assert not [p for src, _sp, d, p in udp if src == LAN[1]]  # the member's own address never on the bridge
     finally:
         delete_netns(gm_host.ns)
+
+
+def test_member_behind_a_nat_is_rekeyed_in_band(netlab_factory, tmp_path):
+    """A multicast or unicast GSA_REKEY does not pass the member's NAT; in band it does: the
+    rekey goes to the address and port its GSA_AUTH came from (the router's 4500 mapping),
+    with the marker, and the member keeps that mapping open with NAT-keepalives (0xFF on 4500,
+    here every second: ``[daemon] nat_keepalive = "1s"``), which the key server drops quietly."""
+    lab = netlab_factory(2)
+    h1, router = lab.hosts
+    gm_host = _nat_lab(lab, router)
+    try:
+        cfg = _ks_config(tmp_path, h1.ip4)
+        text = cfg.read_text().replace("port = 848\n", "port = 848\ng_ikev2_port = 500\n", 1)
+        cfg.write_text(text.replace('protocols = ["gdoi", "g-ikev2"]\n',
+                                    'protocols = ["gdoi", "g-ikev2"]\ng_ikev2_rekey = "inband"\n'))
+        gm_cfg = _member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4)
+        gm_cfg.write_text(gm_cfg.read_text().replace(f'"{h1.ip4}:848"', f'"{h1.ip4}:500"')
+                          .replace("[daemon]\n", '[daemon]\nnat_keepalive = "1s"\n', 1))
+        ks = Msecd(cfg, host=h1)
+        gm = Msecd(gm_cfg, host=gm_host, args=["--no-kernel"])
+        cap = lab.capture(bpf="udp").start()
+        with _running(ks, gm):
+            gm.wait_log("keeping the registration's IKE SA for in-band rekeys (NAT-keepalives to 10.77.0.1:4500)",
+                        timeout=60)
+            time.sleep(2.5)
+            r = ks.ctl_json("rekey", "1001")
+            assert r["ok"], r
+            gm.wait_log("rekeyed: SEQ 1, new TEK SPIs", timeout=30)
+            assert set(r["teks"]) <= _spis(gm, 1001)
+            ks.wait_log("key-id:gm2 acknowledged the in-band rekey", timeout=30)
+            assert gm.ctl_json("group", "show", "1001")["roles"][0]["nat_keepalives"] >= 2
+            assert ks.ctl_json("status")["keyserver"]["natt_dropped"] == {"esp": 0, "malformed": 0}
+        cap.stop()
+        udp = _udp_payloads(cap.path)
+        keepalives = [1 for src, _sp, d, p in udp if src == router.ip4 and d == 4500 and p == b"\xff"]
+        assert len(keepalives) >= 2
+        inband = [p for src, sport, _d, p in udp if src == h1.ip4 and sport == 4500 and len(p) > 32
+                  and p[:4] == bytes(4) and p[4 + 18] == ExchangeType.GSA_INBAND_REKEY]
+        assert inband  # to the router's mapping, with the marker
+    finally:
+        delete_netns(gm_host.ns)
