@@ -112,7 +112,7 @@ class GcksEngine:
     def receive_datagram(self, data: bytes, addr: Any, now: float, local: Any = None) -> None:
         """``local``: the (address, port) the datagram arrived on (NAT detection, :mod:`.sa_init`)."""
         self._tick(now)
-        if len(data) <= _EXCHANGE_OFFSET:
+        if len(data) <= _FLAGS_OFFSET:  # up to the flags octet: not an IKE header (28 octets)
             return
         if data[_EXCHANGE_OFFSET] in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_INTERMEDIATE):
             self.sa_init.receive_datagram(data, addr, now, local)

@@ -149,7 +149,8 @@ def test_silent_key_server_times_out(tmp_path):
     assert gi.state == "failed"
 
 
-@pytest.mark.parametrize("junk", [b"", b"\x00" * 17, b"\x00" * 17 + b"\x20" + b"\x00" * 10])
+@pytest.mark.parametrize("junk", [b"", b"\x00" * 17, b"\x00" * 17 + b"\x20" + b"\x00" * 10,
+                                  b"\x00" * 17 + b"\x20\x2a"])  # 19 octets: up to the exchange type
 def test_demux_drops_short_or_broken_ikev2(tmp_path, junk):
     _f, ks = key_server(tmp_path, both_groups(tmp_path))
     ks.receive_datagram(junk, GM, NOW)
