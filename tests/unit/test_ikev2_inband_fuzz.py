@@ -6,6 +6,7 @@ and a refused input neither answers nor moves the expected Message ID."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import struct
@@ -205,3 +206,39 @@ def seal_request(sa, first_and_chain: bytes, message_id: int) -> bytes:
     head += struct.pack("!BBH", first, 0, sk_len)
     key, salt = cipher.enc_key[:-4], cipher.enc_key[-4:]
     return head + iv + AESGCM(key).encrypt(salt + iv, plain, head)
+
+
+def test_fuzz_the_key_server_engine_whole(tmp_path, caplog):
+    """Mutated datagrams of every kind a G-IKEv2 key server sees (IKE_SA_INIT, GSA_AUTH, a
+    member's in-band answer, short and odd lengths) into the engine msecd runs (the protocol
+    demultiplexer in front of GDOI's and G-IKEv2's engines): nothing escapes it and nothing is
+    logged at error level."""
+    import logging
+
+    rng = random.Random(SEED + 4)
+    f, ks, ctl, regs, rx = setup(tmp_path)
+    _controller_step(f, ctl, lambda: ctl.rekey(NOW))
+    ks.g_ikev2.inband_rekey(GID, roster(f), NOW)
+    seeds = []
+    for d, a in ks.datagrams_to_send():
+        who = next(w for w, x in ADDR.items() if x == a)
+        rx[who].receive_datagram(d, KS, NOW)
+        seeds += [x for x, _to in rx[who].datagrams_to_send()]
+    gi = f.member(dataclasses.replace(member_group(tmp_path, "gm2"), protocol="g-ikev2"), KS, NOW)
+    gi.start(NOW)
+    seeds += [d for d, _a in gi.datagrams_to_send()]
+    seeds += [b"\x00" * 17 + b"\x20" + bytes(n) for n in range(0, 12)]
+    lengths = [_length_fields(d) for d in seeds]
+    failures: list = []
+    with caplog.at_level(logging.ERROR):
+        for i in range(ITERATIONS // 20):
+            data = mutate(rng, seeds, lengths)
+            try:
+                ks.receive_datagram(data, ADDR["gm1"] if i % 2 else ("192.0.2.77", 848), NOW)
+                ks.commit(NOW)
+                ks.datagrams_to_send()
+                drain(ks)
+            except Exception as e:  # noqa: BLE001 - what we hunt
+                failures.append((data.hex(), repr(e)))
+    assert not failures, failures[:3]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records[:3]
