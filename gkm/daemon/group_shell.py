@@ -231,8 +231,9 @@ class GroupShell:
         pushes = ctl.datagrams_to_send()
         if pushes and g.kek is not None:
             sent, failed = self._deliver(g, ctl, pushes)
-            if g.inband_rekey:
-                sent += self._inband(g)
+            # in band; also after a reload that ended it, so the members it kept are told
+            # (they register again and get a Rekey SA)
+            sent += self._inband(g)
         while (ev := ctl.next_event()) is not None:
             self._log_event(g, ev, sent)
         self._arm(g, ctl)
@@ -266,7 +267,8 @@ class GroupShell:
         of the loop (this may run inside that engine's own event handling)."""
         shell = self.role.shell
         engine = shell.engine if shell is not None else None
-        if not isinstance(engine, ProtocolDemux):
+        if not isinstance(engine, ProtocolDemux) or not (
+                g.inband_rekey or engine.g_ikev2.inband.members(g.group_id)):
             return []
         roster = [m.identity for m in self.role.store.members(g.group_id)]
         n = engine.g_ikev2.inband_rekey(g.group_id, roster, shell.clock())

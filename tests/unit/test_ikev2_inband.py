@@ -256,3 +256,15 @@ def test_registering_again_falls_back_to_a_new_ike_sa_when_the_gcks_forgot_it(tm
     assert [type(a) for a in m.actions].count(OpenRegistration) == opened + 1
     assert any(isinstance(e, RegistrationAttemptFailed) and "new IKE SA" in e.reason for e in m.events)
     assert m.e.registrations == 2 and m.e.inband
+
+
+def test_a_group_no_longer_in_band_tells_its_kept_members_they_are_excluded(tmp_path):
+    """A reload to ``g_ikev2_rekey = "gsa_rekey"``: the members rekeyed in band so far are
+    told (excluded), so they register again and get a Rekey SA; their IKE SAs are forgotten."""
+    f, ks, ctl, _regs, rx = setup(tmp_path)
+    g, other = inband_groups(tmp_path)
+    ks.update_groups([dataclasses.replace(g, g_ikev2_rekey="gsa_rekey"), other])
+    assert ks.g_ikev2.inband_rekey(GID, roster(f), NOW) == 2
+    got, ks_events = exchange(ks, {w: rx[w] for w in ("gm1", "gm3")})
+    assert [type(e) for e in got["gm1"]] == [Evicted] == [type(e) for e in got["gm3"]]
+    assert ks.g_ikev2.inband.sa_count == 0
