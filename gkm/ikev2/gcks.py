@@ -127,10 +127,13 @@ class GcksEngine:
             self._take_inband()
             return
         self.auth.receive_datagram(data, addr, now)
-        out = self.auth.datagrams_to_send()
-        if out:  # answered: the IKE SA is no longer half-open (keyed by IKE_SA_INIT's address)
-            self.sa_init.established(bytes(data[:8]), self.auth.sa_peer(data[:8], data[8:16]) or addr)
-            self._out += out
+        self._take_auth()
+
+    def _take_auth(self) -> None:
+        for spi_i, peer in self.auth.answered:  # the IKE SA is no longer half-open (keyed by IKE_SA_INIT's address)
+            self.sa_init.established(spi_i, peer)
+        self.auth.answered.clear()
+        self._out += self.auth.datagrams_to_send()
         while (ev := self.auth.next_event()) is not None:
             self._events.append(ev)
         while self.auth.kept:
@@ -163,9 +166,12 @@ class GcksEngine:
             self._rotated_at = now
 
     def commit(self, now: float) -> None:
-        """The shell's durable step after a burst of datagrams: nothing waits for it here yet.
-        A G-IKEv2 member is enrolled in a commit of its own while its GSA_AUTH is handled, so
-        registrations are not group-committed as GDOI's are (one fsync'ed commit each)."""
+        """The shell's durable step after a burst of datagrams, before it takes the outputs:
+        the registrations (GSA_AUTH, GSA_REGISTRATION) checked since are enrolled in one store
+        commit and only then answered (group commit, as GDOI's: :meth:`.GsaAuthResponder.commit`)."""
+        self._tick(now)
+        self.auth.commit(now)
+        self._take_auth()
 
     # -- outputs
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:

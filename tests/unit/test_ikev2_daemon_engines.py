@@ -465,6 +465,7 @@ def test_member_registration_offers_what_its_mlkem_setting_says(tmp_path, mlkem,
         for d, _a in out:
             requests.append(d[18])  # the exchange type
             ks.receive_datagram(d, GM, NOW)
+        ks.commit(NOW)  # the shell's durable step, before it takes the answers
         for d, _a in ks.datagrams_to_send():
             gi.receive_datagram(d, KS, NOW)
     em = drain(gi)
