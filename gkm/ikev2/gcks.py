@@ -5,7 +5,9 @@ one UDP socket (848) serve GDOI and G-IKEv2 members of the same groups.
 IKE_INTERMEDIATE, cookies, bounded half-open state) feeding one
 :class:`~.registration.GsaAuthResponder` (GSA_AUTH for every IKE SA, keyed by its SPIs, bounded
 by ``GcksAuthConfig.max_sas``), with the engine interface msecd's ``EngineShell`` drives
-(``receive_datagram``, ``handle_timer``, ``datagrams_to_send``, ``next_event``, ``get_timer``).
+(``receive_datagram``, ``handle_timer``, ``commit``, ``datagrams_to_send``, ``next_event``,
+``get_timer``).  Registrations are group-committed as GDOI's are: those of a burst are
+enrolled in one durable store commit at ``commit(now)`` and answered after it.
 Its events are GDOI's ``MemberRegistered`` / ``MemberRefused`` (the key server shell records a
 G-IKEv2 member as it records a GDOI one) and the IKEv2 events of :mod:`.events`.
 
@@ -15,7 +17,7 @@ Decisions:
   authenticated, with AUTHORIZATION_FAILED (RFC 9838 §2.3.1 lists it for "not authorized to
   join the group"); an unauthenticated peer learns nothing about the group.
 * An IKE SA stops counting as half-open (``SaInitResponder.established``) once the GCKS has
-  answered its GSA_AUTH; until then a retransmitted IKE_SA_INIT request still gets its
+  answered its GSA_AUTH (a registration: after the commit); until then a retransmitted IKE_SA_INIT request still gets its
   response.  The GSA_AUTH responder keeps the SA ``sa_lifetime`` seconds for retransmissions.
 * A group with ``g_ikev2_rekey = "inband"`` keeps its members' IKE SAs after GSA_AUTH
   (:class:`~.inband.InbandRekeyer`): their answers to GSA_INBAND_REKEY go there, and the shell

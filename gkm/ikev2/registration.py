@@ -43,9 +43,17 @@ Addresses (RFC 7296 §2.23, §2.11): the GCKS takes a member's GSA_AUTH request 
 address or port than its IKE_SA_INIT (a member that floated to UDP 4500, a NAT that changed
 its mapping) once the request's integrity verified, and the SA's peer is from then on that
 address; a retransmission of it is answered where it came from.  Other requests (the
-INFORMATIONAL after it) come from the SA's peer.  The
-GCKS enrolls a member (:meth:`~gkm.gdoi.provider.GroupKeysProvider.enroll`, one durable
-commit) before it answers; nothing changes before the member's AUTH verified.
+INFORMATIONAL after it) come from the SA's peer.
+
+Group commit (as GDOI's GROUPKEY-PULL): nothing changes before the member's AUTH verified, and
+a registration that passed its checks (group, authorization, ``admit``, sender, ML-KEM) waits
+for :meth:`GsaAuthResponder.commit`, which the shell calls after feeding a burst of datagrams:
+it enrolls every waiting member (:meth:`~gkm.gdoi.provider.GroupKeysProvider.enroll`, its
+Sender-IDs, GSA and KD) in one durable store commit (``keys.batch()``) and only then answers
+them, in the order they came, so no key is on the wire before it is durable.  An exception
+inside the batch undoes all of it; the waiting registrations are then enrolled one commit each,
+so one that fails (a group this IKE SA cannot carry, the store) is refused alone
+(TEMPORARY_FAILURE).  A copy of a request that waits is answered with it after the commit.
 """
 
 from __future__ import annotations
@@ -408,7 +416,8 @@ class _Enrolled:
 
 class GsaAuthResponder(_Engine):
     """The GCKS side of every member's GSA_AUTH.  Feed it the IKE SAs its
-    :class:`~.sa_init.SaInitResponder` established (:meth:`add_sa`), then datagrams."""
+    :class:`~.sa_init.SaInitResponder` established (:meth:`add_sa`), then datagrams, then
+    :meth:`commit` before taking the outputs (registrations are answered there)."""
 
     def __init__(self, config: GcksAuthConfig, groups: Mapping[int, GroupPolicy], keys: GroupKeysProvider, *,
                  admit: Callable[[GroupPolicy, Identity, x509.Certificate | None], str | None] | None = None,
