@@ -310,11 +310,17 @@ class StoreKeysProvider:
         outer = self._checked is None
         if outer:
             self._checked = {}
+        tentative = dict(self._tentative)
         try:
             with self.store.transaction():
                 yield self
         except BaseException:
             self._trees.clear()  # trees may hold joins that were rolled back: reload from the store
+            if outer:
+                # keys read or persisted inside the batch are not in the store: the tentative
+                # keys it persisted are tentative again (the next enrollment persists them)
+                self._cache.clear()
+                self._tentative = tentative
             raise
         finally:
             if outer:

@@ -5,7 +5,9 @@ one UDP socket (848) serve GDOI and G-IKEv2 members of the same groups.
 IKE_INTERMEDIATE, cookies, bounded half-open state) feeding one
 :class:`~.registration.GsaAuthResponder` (GSA_AUTH for every IKE SA, keyed by its SPIs, bounded
 by ``GcksAuthConfig.max_sas``), with the engine interface msecd's ``EngineShell`` drives
-(``receive_datagram``, ``handle_timer``, ``datagrams_to_send``, ``next_event``, ``get_timer``).
+(``receive_datagram``, ``handle_timer``, ``commit``, ``datagrams_to_send``, ``next_event``,
+``get_timer``).  Registrations are group-committed as GDOI's are: those of a burst are
+enrolled in one durable store commit at ``commit(now)`` and answered after it.
 Its events are GDOI's ``MemberRegistered`` / ``MemberRefused`` (the key server shell records a
 G-IKEv2 member as it records a GDOI one) and the IKEv2 events of :mod:`.events`.
 
@@ -15,7 +17,7 @@ Decisions:
   authenticated, with AUTHORIZATION_FAILED (RFC 9838 §2.3.1 lists it for "not authorized to
   join the group"); an unauthenticated peer learns nothing about the group.
 * An IKE SA stops counting as half-open (``SaInitResponder.established``) once the GCKS has
-  answered its GSA_AUTH; until then a retransmitted IKE_SA_INIT request still gets its
+  answered its GSA_AUTH (a registration: after the commit); until then a retransmitted IKE_SA_INIT request still gets its
   response.  The GSA_AUTH responder keeps the SA ``sa_lifetime`` seconds for retransmissions.
 * A group with ``g_ikev2_rekey = "inband"`` keeps its members' IKE SAs after GSA_AUTH
   (:class:`~.inband.InbandRekeyer`): their answers to GSA_INBAND_REKEY go there, and the shell
@@ -127,10 +129,13 @@ class GcksEngine:
             self._take_inband()
             return
         self.auth.receive_datagram(data, addr, now)
-        out = self.auth.datagrams_to_send()
-        if out:  # answered: the IKE SA is no longer half-open (keyed by IKE_SA_INIT's address)
-            self.sa_init.established(bytes(data[:8]), self.auth.sa_peer(data[:8], data[8:16]) or addr)
-            self._out += out
+        self._take_auth()
+
+    def _take_auth(self) -> None:
+        for spi_i, peer in self.auth.answered:  # the IKE SA is no longer half-open (keyed by IKE_SA_INIT's address)
+            self.sa_init.established(spi_i, peer)
+        self.auth.answered.clear()
+        self._out += self.auth.datagrams_to_send()
         while (ev := self.auth.next_event()) is not None:
             self._events.append(ev)
         while self.auth.kept:
@@ -163,9 +168,12 @@ class GcksEngine:
             self._rotated_at = now
 
     def commit(self, now: float) -> None:
-        """The shell's durable step after a burst of datagrams: nothing waits for it here yet.
-        A G-IKEv2 member is enrolled in a commit of its own while its GSA_AUTH is handled, so
-        registrations are not group-committed as GDOI's are (one fsync'ed commit each)."""
+        """The shell's durable step after a burst of datagrams, before it takes the outputs:
+        the registrations (GSA_AUTH, GSA_REGISTRATION) checked since are enrolled in one store
+        commit and only then answered (group commit, as GDOI's: :meth:`.GsaAuthResponder.commit`)."""
+        self._tick(now)
+        self.auth.commit(now)
+        self._take_auth()
 
     # -- outputs
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:

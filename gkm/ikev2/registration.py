@@ -43,9 +43,17 @@ Addresses (RFC 7296 §2.23, §2.11): the GCKS takes a member's GSA_AUTH request 
 address or port than its IKE_SA_INIT (a member that floated to UDP 4500, a NAT that changed
 its mapping) once the request's integrity verified, and the SA's peer is from then on that
 address; a retransmission of it is answered where it came from.  Other requests (the
-INFORMATIONAL after it) come from the SA's peer.  The
-GCKS enrolls a member (:meth:`~gkm.gdoi.provider.GroupKeysProvider.enroll`, one durable
-commit) before it answers; nothing changes before the member's AUTH verified.
+INFORMATIONAL after it) come from the SA's peer.
+
+Group commit (as GDOI's GROUPKEY-PULL): nothing changes before the member's AUTH verified, and
+a registration that passed its checks (group, authorization, ``admit``, sender, ML-KEM) waits
+for :meth:`GsaAuthResponder.commit`, which the shell calls after feeding a burst of datagrams:
+it enrolls every waiting member (:meth:`~gkm.gdoi.provider.GroupKeysProvider.enroll`, its
+Sender-IDs, GSA and KD) in one durable store commit (``keys.batch()``) and only then answers
+them, in the order they came, so no key is on the wire before it is durable.  An exception
+inside the batch undoes all of it; the waiting registrations are then enrolled one commit each,
+so one that fails (a group this IKE SA cannot carry, the store) is refused alone
+(TEMPORARY_FAILURE).  A copy of a request that waits is answered with it after the commit.
 """
 
 from __future__ import annotations
@@ -377,11 +385,39 @@ class _Sa:
     cert: x509.Certificate | None = None
     inband_group: int | None = None  # the in-band group this IKE SA takes rekeys of
     peer: Any = None  # where the member is: IKE_SA_INIT's address until its GSA_AUTH verified
+    #: the request whose registration waits for :meth:`GsaAuthResponder.commit` (b"": none)
+    queued: bytes = b""
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A registration whose checks passed, waiting for :meth:`GsaAuthResponder.commit`: the
+    store's part (enrollment, Sender-IDs, GSA and KD) and the answer come there."""
+
+    s: _Sa
+    data: bytes  # the request
+    addr: Any
+    now: float
+    group: GroupPolicy
+    identity: Identity
+    sender: bool
+    mine: tuple  # GSA_AUTH: our IDr, CERT, AUTH
+    copies: list = field(default_factory=list)  # where copies of the request came from meanwhile
+
+
+@dataclass(slots=True)
+class _Enrolled:
+    keys: Any  # GroupKeys
+    enr: Enrollment
+    gsa: GroupSa
+    kd: KeyDownload
+    transport: bool
 
 
 class GsaAuthResponder(_Engine):
     """The GCKS side of every member's GSA_AUTH.  Feed it the IKE SAs its
-    :class:`~.sa_init.SaInitResponder` established (:meth:`add_sa`), then datagrams."""
+    :class:`~.sa_init.SaInitResponder` established (:meth:`add_sa`), then datagrams, then
+    :meth:`commit` before taking the outputs (registrations are answered there)."""
 
     def __init__(self, config: GcksAuthConfig, groups: Mapping[int, GroupPolicy], keys: GroupKeysProvider, *,
                  admit: Callable[[GroupPolicy, Identity, x509.Certificate | None], str | None] | None = None,
@@ -401,6 +437,10 @@ class GsaAuthResponder(_Engine):
         #: IKE SAs of members of in-band groups registered since the engine last took them
         #: (:class:`~.inband.InbandRekeyer`)
         self.kept: list[KeptSa] = []
+        #: (SPIi, IKE_SA_INIT's address) of the IKE SAs whose GSA_AUTH was answered since the
+        #: engine last took them (no longer half-open: ``SaInitResponder.established``)
+        self.answered: list[tuple[bytes, Any]] = []
+        self._queue: list[_Queued] = []  # registrations waiting for commit()
 
     def add_sa(self, est: SaInitEstablished, now: float) -> None:
         while len(self._sas) >= self.config.max_sas:
@@ -438,6 +478,9 @@ class GsaAuthResponder(_Engine):
             return
         data = bytes(data)
         if h.exchange == ExchangeType.GSA_AUTH and h.message_id == s.mid:  # from anywhere (docstring)
+            if s.queued:
+                self._queued_copy(s, data, addr)
+                return
             if s.request:
                 if A.compare(s.request, data):
                     self._out.append((s.response, addr))  # retransmission: the same answer
@@ -462,6 +505,9 @@ class GsaAuthResponder(_Engine):
         elif h.exchange in (ExchangeType.INFORMATIONAL, ExchangeType.GSA_REGISTRATION) and s.request:
             # later requests on the IKE SA (RFC 7296 §2.1: one at a time, a copy of the last
             # one gets the last answer)
+            if s.queued:
+                self._queued_copy(s, data, addr)
+                return
             if h.message_id == s.next_mid - 1 and s.last[0]:
                 if A.compare(s.last[0], data):
                     self._out.append((s.last[1], addr))
@@ -494,6 +540,7 @@ class GsaAuthResponder(_Engine):
         response = protect(h, payloads, SkCipher.for_message(est.keys, h))
         if h0.exchange == ExchangeType.GSA_AUTH:
             s.request, s.response = request, response
+            self.answered.append((est.spi_i, est.peer))
         else:
             s.last = (request, response)
         self._out.append((response, s.peer))
@@ -550,7 +597,7 @@ class GsaAuthResponder(_Engine):
     def _join(self, s: _Sa, msg, data: bytes, addr: Any, now: float, gid: int, idg, mine: tuple) -> None:
         """The group part of a registration (GSA_AUTH after its AUTH verified, with ``mine``
         = our IDr, CERT, AUTH; GSA_REGISTRATION with nothing before GSA and KD)."""
-        c, est, identity, cert = self.config, s.est, s.identity, s.cert
+        est, identity, cert = s.est, s.identity, s.cert
         group = self.groups.get(gid)
         if group is None:
             why = f"unknown group {gid}" if gid else f"IDg of type {int(idg.id_type)} with {len(idg.data)} bytes (need ID_KEY_ID, 4-octet group number)"
@@ -576,46 +623,112 @@ class GsaAuthResponder(_Engine):
                                 f"group {group.label} is rekeyed in band and this IKE SA already takes group "
                                 f"{s.inband_group}'s in-band rekeys: register it on an IKE SA of its own",
                                 NotifyType.TEMPORARY_FAILURE, "not_admitted")
-        wall = int(now + c.wall_time_offset)
+        # the store's part waits for commit(): one durable commit for the burst (group commit)
+        s.queued = data
+        self._queue.append(_Queued(s, data, addr, now, group, identity, sender, mine))
+
+    def _queued_copy(self, s: _Sa, data: bytes, addr: Any) -> None:
+        """A request on ``s`` while its registration waits for :meth:`commit`: a copy of it is
+        answered after the commit (where it came from), anything else dropped."""
+        q = next((q for q in self._queue if q.s is s), None) if A.compare(s.queued, data) else None
+        if q is not None:
+            q.copies.append(addr)
+        else:
+            self.stats["dropped"] += 1
+
+    @property
+    def commit_pending(self) -> int:
+        """Registrations waiting for :meth:`commit`."""
+        return len(self._queue)
+
+    def commit(self, now: float) -> None:
+        """The durable step the shell performs after feeding a burst of datagrams: enroll the
+        members whose registration was checked since, in one store commit
+        (:meth:`~gkm.gdoi.provider.GroupKeysProvider.batch`), then answer them and report them,
+        in the order their requests came (nothing is on the wire before it is durable).  Any
+        exception inside the batch undoes all of it: then each registration is enrolled in a
+        commit of its own, so that only the one that fails (a group this IKE SA cannot carry,
+        keys that changed twice, the store) is refused, with TEMPORARY_FAILURE."""
+        queue, self._queue = self._queue, []
+        if not queue:
+            return
+        self.stats["commits"] += 1
+        results: list[_Enrolled | Exception]
         try:
-            transport = transport_mode(group)
-            for attempt in (1, 2):
-                keys = self.keys.peek(group, wall)
-                try:
-                    # one durable commit at the end of the block; any exception in it (a group
-                    # this IKE SA cannot carry included) undoes the enrollment
-                    with self.keys.batch():
-                        enr = self.keys.enroll(group, keys, member_key(identity), _host(addr), wall, "g-ikev2")
-                        if group.inband_rekey:  # no Rekey SA: rekeys over this IKE SA (.inband)
-                            kwa, rekey_sa, enr = inband_kwa(est.kwa), None, Enrollment(None)
-                        else:
-                            kwa = registration_kwa(group, enr, est.kwa)
-                            rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall, enr.seq)
-                        # §2.5.1: one new Sender-ID per sender registration, durable with it
-                        sids = self.keys.allocate_sender_ids(group, 1, 1 << SENDER_ID_BITS) \
-                            if sender and needs_sender_ids(group) else ()
-                        gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa, sids)
-                    break
-                except StaleKeys:
-                    if attempt == 2:
-                        raise
-        except MappingError as e:  # the group cannot be sent over this IKE SA (configuration)
-            self.stats["keys_unavailable"] += 1
+            with self.keys.batch():
+                results = [self._enroll(q) for q in queue]
+        except Exception as e:
+            if len(queue) == 1:
+                results = [e]
+            else:
+                self.stats["batches_undone"] += 1
+                log.warning("g-ikev2 gcks: a commit of %d registrations was undone (%r): enrolling them one by one",
+                            len(queue), e)
+                results = [self._enroll_alone(q) for q in queue]
+        for q, r in zip(queue, results):
+            q.s.queued = b""
+            if isinstance(r, _Enrolled):
+                self._answer(q, r)
+            else:
+                self._not_enrolled(q, r)
+            response = q.s.response if q.s.request == q.data else q.s.last[1]  # GSA_AUTH's or a later one's
+            for addr in q.copies:  # a copy of the request that came meanwhile: the same answer
+                self._out.append((response, addr))
+                self.stats["retransmitted"] += 1
+
+    def _enroll_alone(self, q: _Queued) -> _Enrolled | Exception:
+        try:
+            with self.keys.batch():
+                return self._enroll(q)
+        except Exception as e:
+            return e
+
+    def _enroll(self, q: _Queued) -> _Enrolled:
+        """The store's part of one registration, inside the caller's ``keys.batch()`` (an
+        exception here, a group this IKE SA cannot carry included, undoes the batch)."""
+        group, est, sender = q.group, q.s.est, q.sender
+        wall = int(q.now + self.config.wall_time_offset)
+        transport = transport_mode(group)
+        for attempt in (1, 2):
+            keys = self.keys.peek(group, wall)
+            try:  # StaleKeys: raised before enroll changed anything
+                enr = self.keys.enroll(group, keys, member_key(q.identity), _host(q.addr), wall, "g-ikev2")
+                break
+            except StaleKeys:
+                if attempt == 2:
+                    raise
+        if group.inband_rekey:  # no Rekey SA: rekeys over this IKE SA (.inband)
+            kwa, rekey_sa, enr = inband_kwa(est.kwa), None, Enrollment(None)
+        else:
+            kwa = registration_kwa(group, enr, est.kwa)
+            rekey_sa = self._rekey_sa(group, keys, unicast_kwa(group, enr), wall, enr.seq)
+        # §2.5.1: one new Sender-ID per sender registration, durable with it
+        sids = self.keys.allocate_sender_ids(group, 1, 1 << SENDER_ID_BITS) if sender and needs_sender_ids(group) else ()
+        gsa, kd = group_payloads(group, keys, enr, unicast_gsk_w(est.keys, kwa), kwa, wall, rekey_sa, sids)
+        return _Enrolled(keys, enr, gsa, kd, transport)
+
+    def _not_enrolled(self, q: _Queued, e: Exception) -> None:
+        s, group, identity = q.s, q.group, q.identity
+        self.stats["keys_unavailable"] += 1
+        if isinstance(e, MappingError):  # the group cannot be sent over this IKE SA (configuration)
             log.warning("g-ikev2 gcks: group %s: %s, %s refused", group.group_id, e, identity)
-            return self._refuse(s, data, mine, gid, identity, f"group not expressible here: {e}", NotifyType.TEMPORARY_FAILURE)
-        except Exception as e:  # store, signing key trouble: ours, not the member's
-            self.stats["keys_unavailable"] += 1
+            why = f"group not expressible here: {e}"
+        else:  # store, signing key trouble: ours, not the member's
             log.error("g-ikev2 gcks: group %s: keys unavailable, %s refused: %r", group.group_id, identity, e)
-            return self._refuse(s, data, mine, gid, identity, f"keys unavailable: {e}", NotifyType.TEMPORARY_FAILURE)
-        extra = (Notify(0, NotifyType.USE_TRANSPORT_MODE),) if transport else ()
-        self._respond(s, data, mine + (gsa, kd) + extra)
+            why = f"keys unavailable: {e}"
+        self._refuse(s, q.data, q.mine, group.group_id, identity, why, NotifyType.TEMPORARY_FAILURE)
+
+    def _answer(self, q: _Queued, r: _Enrolled) -> None:
+        s, group, identity, gid = q.s, q.group, q.identity, q.group.group_id
+        extra = (Notify(0, NotifyType.USE_TRANSPORT_MODE),) if r.transport else ()
+        self._respond(s, q.data, q.mine + (r.gsa, r.kd) + extra)
         if group.inband_rekey:
-            self.kept.append(KeptSa(est, gid, member_key(identity), identity, frozenset(t.spi for t in keys.teks),
+            self.kept.append(KeptSa(s.est, gid, member_key(identity), identity, frozenset(t.spi for t in r.keys.teks),
                                     address=s.peer))
             s.inband_group = gid
         self.stats["registered"] += 1
-        log.info("g-ikev2 gcks: %s from %r registered in group %s", identity, addr, gid)
-        self._events.append(MemberRegistered(gid, identity, addr, tuple(t.spi for t in keys.teks), enr.lkh_update))
+        log.info("g-ikev2 gcks: %s from %r registered in group %s", identity, q.addr, gid)
+        self._events.append(MemberRegistered(gid, identity, q.addr, tuple(t.spi for t in r.keys.teks), r.enr.lkh_update))
 
     def _rekey_sa(self, group: GroupPolicy, keys, kwa: int, wall: int, seq: int | None) -> RekeySa | None:
         if group.kek is None or keys.kek is None:

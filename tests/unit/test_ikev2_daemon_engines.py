@@ -466,6 +466,7 @@ def test_member_registration_offers_what_its_mlkem_setting_says(tmp_path, mlkem,
         for d, _a in out:
             requests.append(d[18])  # the exchange type
             ks.receive_datagram(d, GM, NOW)
+        ks.commit(NOW)  # the shell's durable step, before it takes the answers
         for d, _a in ks.datagrams_to_send():
             gi.receive_datagram(d, KS, NOW)
     em = drain(gi)
@@ -473,3 +474,38 @@ def test_member_registration_offers_what_its_mlkem_setting_says(tmp_path, mlkem,
     assert gi.gsa_auth.sa.methods == methods
     assert len(requests) == exchanges and (KeyExchangeMethod.ML_KEM_768 in methods) == (ExchangeType.IKE_INTERMEDIATE in requests)
     assert any(isinstance(e, MemberRegistered) for e in drain(ks))
+
+
+def test_gsa_auths_read_together_are_enrolled_in_one_commit_and_answered_after_it(tmp_path):
+    """Group commit through msecd's engine (ProtocolDemux -> GcksEngine): members in lockstep,
+    the shell's burst then ``commit``; their GSA_AUTHs share one store commit, nothing is
+    answered before it, and the IKE SAs stop being half-open once answered."""
+    from tests.unit.test_ikev2_registration import _count_transactions
+    f, ks = key_server(tmp_path, both_groups(tmp_path))
+    who = ("gm1", "gm2", "gm3")
+    members = {("192.0.2.%d" % (20 + i), 848): f.member(g_ikev2_member(tmp_path, w), KS, NOW) for i, w in enumerate(who)}
+    commits = _count_transactions(f.provider.store)
+    seen, events = [], []
+    for _ in range(6):
+        inbox = [(d, a) for a, m in members.items() for d, _to in m.datagrams_to_send()]
+        if not inbox:
+            break
+        gsa_auth = {d[18] for d, _a in inbox} == {39}  # the round of the three GSA_AUTHs
+        for d, a in inbox:
+            ks.receive_datagram(d, a, NOW)
+        events += drain(ks)
+        if gsa_auth:
+            assert ks.datagrams_to_send() == [] and ks.half_open == 3
+            assert not any(isinstance(e, MemberRegistered) for e in events)
+        before = commits[0]
+        ks.commit(NOW)
+        if gsa_auth:
+            seen.append(commits[0] - before)
+            assert ks.half_open == 0
+        for d, a in ks.datagrams_to_send():
+            members[a].receive_datagram(d, KS, NOW)
+    assert seen == [1]  # one round of GSA_AUTHs, one store commit
+    assert all(isinstance(e, GikeRegistered) for m in members.values() for e in drain(m))
+    events += drain(ks)
+    assert [e.identity.value for e in events if isinstance(e, MemberRegistered)] == list(who)
+    assert f.provider.store.member_count(GID) == 3

@@ -78,6 +78,24 @@ def test_a_copy_of_the_request_gets_the_same_answer_and_enrolls_once(tmp_path):
     assert [type(e) for e in drain(r)] == [GsaRegistered]
 
 
+def test_a_copy_of_a_request_waiting_for_the_commit_is_answered_after_it_and_enrolls_once(tmp_path):
+    f, ks, auth = registered(tmp_path, groups(tmp_path))
+    mg = dataclasses.replace(member_group(tmp_path, "gm1", gid=GID + 1), protocol="g-ikev2")
+    r = GsaRegistrationInitiator(member_auth_config(mg), auth.sa, auth.next_mid, auth.gcks)
+    r.start(NOW)
+    [(req, _to)] = r.datagrams_to_send()
+    ks.receive_datagram(req, GM, NOW)
+    ks.receive_datagram(req, GM, NOW)  # retransmitted before the key server committed
+    assert ks.datagrams_to_send() == [] and f.provider.store.member_count(GID + 1) == 0
+    ks.commit(NOW)
+    [(answer, a1), (copy, a2)] = ks.datagrams_to_send()
+    assert answer == copy and a1 == a2 == GM
+    assert len([e for e in drain(ks) if isinstance(e, MemberRegistered)]) == 1
+    assert f.provider.store.member_count(GID + 1) == 1
+    r.receive_datagram(answer, KS, NOW)
+    assert [type(e) for e in drain(r)] == [GsaRegistered]
+
+
 def test_refusals_come_as_a_notification_alone(tmp_path):
     gs = groups(tmp_path, authorization=Authorization((PskIdMatch("gm2"),)))
     f, ks, auth = registered(tmp_path, gs)

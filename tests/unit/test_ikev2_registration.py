@@ -6,6 +6,7 @@ group, GCKS not accepted, ML-KEM required but not offered, tampered and replayed
 from __future__ import annotations
 
 import ipaddress
+from contextlib import contextmanager
 
 import pytest
 
@@ -106,6 +107,7 @@ class World:
                     continue
                 self.gcks.receive_datagram(tamper("up", n, d) if tamper else d, GM, NOW)
                 n += 1
+            self.gcks.commit(NOW)  # the shell's durable step: registrations are enrolled and answered
             for d, a in self.gcks.datagrams_to_send():
                 assert a == GM
                 self.log.append(("down", d))
@@ -387,3 +389,120 @@ def test_negotiated_key_wrap_algorithm(tmp_path, lkh, kwa, ok):
         _f, r = _refused(em, eg, NotifyType.TEMPORARY_FAILURE)
         assert "does not fit" in r.reason
         assert w.store.group(GID) is None or not w.store.members(GID)  # the enrollment was undone
+
+
+# ------------------------------------------------------------------------------------ group commit
+
+
+def _count_transactions(store: KeyStore) -> list:
+    """Wrap the real store's ``transaction`` (it still does all the work) to count the outermost
+    ones that committed: one durable commit each (WAL and anchor fsync'ed)."""
+    real, depth, committed = store.transaction, [0], [0]
+
+    @contextmanager
+    def counted():
+        depth[0] += 1
+        try:
+            with real() as st:
+                yield st
+        finally:
+            depth[0] -= 1
+        if depth[0] == 0:
+            committed[0] += 1
+
+    store.transaction = counted
+    return committed
+
+
+def _burst(w: World, members, configs=None):
+    """One GSA_AUTH request of each member (``configs``: its IKE_SA_INIT's), each on an IKE SA
+    of its own, fed to the GCKS before any commit; returns the member engines and requests."""
+    engines = []
+    for i, cfg in enumerate(members):
+        if configs is not None:
+            w.i_cfg = configs[i]
+        est, _ = w.establish()
+        m = GsaAuthInitiator(cfg, est)
+        m.start(NOW)
+        [(req, _a)] = m.datagrams_to_send()
+        engines.append((m, req))
+    for _m, req in engines:
+        w.gcks.receive_datagram(req, GM, NOW)
+    return engines
+
+
+def _deliver(w: World, engines) -> dict:
+    """The GCKS's answers to the members (by IKE SA), their events."""
+    by_spi = {m.sa.spi_i: m for m, _req in engines}
+    for d, a in w.gcks.datagrams_to_send():
+        assert a == GM
+        by_spi[d[:8]].receive_datagram(d, KS, NOW)
+    return {id(m): drain(m) for m, _req in engines}
+
+
+@pytest.mark.parametrize("lkh", [False, True], ids=["plain", "lkh"])
+def test_a_burst_of_gsa_auths_is_enrolled_in_one_commit_and_answered_after_it(tmp_path, lkh):
+    w = World(tmp_path, lkh=lkh)
+    commits = _count_transactions(w.store)
+    generation = w.store.generation
+    who = ["gm1", "gm2", "gm3", "gm1"]  # gm1 again on another IKE SA (a member that started over)
+    engines = _burst(w, [psk_member(x, sender=x == "gm1") for x in who])
+    # nothing on the wire, reported or durable before the commit
+    assert w.gcks.datagrams_to_send() == [] and drain(w.gcks) == []
+    assert w.store.group(GID) is None and commits[0] == 0 and w.gcks.commit_pending == 4
+    w.gcks.commit(NOW)
+    assert commits[0] == 1 and w.gcks.commit_pending == 0
+    assert w.store.generation == generation + 1  # the keys (and LKH tree) written in that one commit
+    got = _deliver(w, engines)
+    eg = drain(w.gcks)
+    assert [type(e) for e in eg] == [MemberRegistered] * 4
+    assert [e.identity.value for e in eg] == who  # in the order the requests came
+    assert all(len(got[id(m)]) == 1 and isinstance(got[id(m)][0], GsaRegistered) for m, _r in engines)
+    assert len({tuple(t.spi for t in got[id(m)][0].registered.teks) for m, _r in engines}) == 1  # the same keys
+    assert sorted(m.identity for m in w.store.members(GID)) == ["key-id:gm1", "key-id:gm2", "key-id:gm3"]
+    # the two sender registrations of gm1 got a Sender-ID each, never the same one
+    sids = [got[id(m)][0].sender_ids for (m, _r), x in zip(engines, who) if x == "gm1"]
+    assert all(sids) and not set(sids[0]) & set(sids[1])
+    assert w.gcks.stats["registered"] == 4 and w.gcks.stats["commits"] == 1 and w.gcks.stats["batches_undone"] == 0
+    w.gcks.commit(NOW)  # nothing queued: no store commit
+    assert commits[0] == 1
+
+
+def test_one_registration_that_fails_at_mapping_does_not_refuse_the_others_of_its_commit(tmp_path):
+    """An LKH group over an IKE SA whose only key wrap algorithm is AES-128 KW cannot carry the
+    LKH path (test_negotiated_key_wrap_algorithm): that one is refused, the others of the same
+    burst enrolled, each in a commit of its own after the group commit was undone."""
+    w = World(tmp_path, lkh=True)
+    commits = _count_transactions(w.store)
+    ok, bad = SaInitConfig(GCM, (KEM.ECP256,), "no", kwa=KWA), SaInitConfig(GCM, (KEM.ECP256,), "no", kwa=(KeyWrap.KW_5649_128,))
+    engines = _burst(w, [psk_member("gm1"), psk_member("gm2"), psk_member("gm3")], [ok, bad, ok])
+    assert w.gcks.datagrams_to_send() == []
+    w.gcks.commit(NOW)
+    assert w.gcks.stats["batches_undone"] == 1 and commits[0] == 2  # the batch rolled back, then one each
+    got = _deliver(w, engines)
+    eg = drain(w.gcks)
+    assert [type(e) for e in eg] == [MemberRegistered, MemberRefused, MemberRegistered]
+    assert [e.identity.value for e in eg] == ["gm1", "gm2", "gm3"]
+    assert eg[1].notify == NotifyType.TEMPORARY_FAILURE and "does not fit" in eg[1].reason
+    (m1, _), (m2, _), (m3, _) = engines
+    assert isinstance(got[id(m1)][0], GsaRegistered) and isinstance(got[id(m3)][0], GsaRegistered)
+    [failed] = got[id(m2)]
+    assert isinstance(failed, GsaRegistrationFailed) and failed.notify == NotifyType.TEMPORARY_FAILURE
+    assert sorted(m.identity for m in w.store.members(GID)) == ["key-id:gm1", "key-id:gm3"]
+    # the LKH tree holds the two enrolled members only (the undone batch's joins reloaded away)
+    assert sorted(m for m, _leaf in w.store.load_lkh(GID).members()) == ["key-id:gm1", "key-id:gm3"]
+    assert got[id(m1)][0].key_path.ids[0] == got[id(m3)][0].key_path.ids[0]
+
+
+def test_a_copy_of_a_queued_gsa_auth_is_answered_after_the_commit_and_enrolled_once(tmp_path):
+    w = World(tmp_path)
+    [(m, req)] = _burst(w, [psk_member()])
+    w.gcks.receive_datagram(req, GM, NOW)  # the member retransmitted before the commit
+    w.gcks.receive_datagram(req, ("192.0.2.77", 4500), NOW)  # and once more from elsewhere
+    assert w.gcks.datagrams_to_send() == [] and w.gcks.commit_pending == 1
+    w.gcks.commit(NOW)
+    [(answer, a1), (copy1, a2), (copy2, a3)] = w.gcks.datagrams_to_send()
+    assert answer == copy1 == copy2 and (a1, a2, a3) == (GM, GM, ("192.0.2.77", 4500))
+    assert [type(e) for e in drain(w.gcks)] == [MemberRegistered] and len(w.store.members(GID)) == 1
+    m.receive_datagram(answer, KS, NOW)
+    assert [type(e) for e in drain(m)] == [GsaRegistered]

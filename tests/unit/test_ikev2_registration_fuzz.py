@@ -36,6 +36,7 @@ class Transcript:
         m.start(NOW)
         [(req, _)] = m.datagrams_to_send()
         self.world.gcks.receive_datagram(req, GM, NOW)
+        self.world.gcks.commit(NOW)
         [(resp, _)] = self.world.gcks.datagrams_to_send()
         m.receive_datagram(resp, KS, NOW)
         assert isinstance(m.next_event(), GsaRegistered)
@@ -68,6 +69,7 @@ class Transcript:
         gcks.add_sa(self.est_r, NOW)  # a fresh IKE SA state for every input
         try:
             gcks.receive_datagram(data, GM, NOW)
+            gcks.commit(NOW)
         except Exception as e:  # noqa: BLE001 - what we hunt
             failures.append((plain.hex(), repr(e)))
             return False

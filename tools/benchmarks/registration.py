@@ -64,7 +64,7 @@ engine runs in this process (no msecd, no sockets) for N more registrations per 
 lockstep rounds of ``--breakdown-burst`` (one store commit per round), timed by component:
 phase 1 (Main Mode datagrams), GROUPKEY-PULL messages 1 and 3, and enrollment + store commit +
 messages 4 (G-IKEv2: IKE_SA_INIT, IKE_INTERMEDIATE, GSA_AUTH, and inside it enrollment + GSA/KD
-+ the store commit, one per registration).  msecd's CPU per registration minus that sum is what the daemon adds (asyncio,
++ the store commit, one per round as GDOI's).  msecd's CPU per registration minus that sum is what the daemon adds (asyncio,
 sockets, events, logging, smaller commits at lighter load, and running next to the load
 generators on shared cores).
 
@@ -643,7 +643,7 @@ def _print_gike(mode: str, r: dict, fl: dict, args, breakdowns: dict) -> None:
         b = breakdowns[mode]
         engine = sum(v for k, v in b.items() if k != "registered")
         inter = f"IKE_INTERMEDIATE {b['ike_intermediate']:.3f} ms, " if b["ike_intermediate"] else ""
-        print(f"{'':22s} breakdown (engine in process, {args.breakdown_burst} in lockstep, one commit each): "
+        print(f"{'':22s} breakdown (engine in process, {args.breakdown_burst} per commit): "
               f"IKE_SA_INIT {b['ike_sa_init']:.3f} ms, {inter}GSA_AUTH {b['gsa_auth']:.3f} ms + enrollment, "
               f"GSA/KD and commit {b['enroll_and_commit']:.3f} ms (floor {1e3 / r['floor_per_s']:.3f}); "
               f"msecd beyond the engine: {r['ks_cpu_s'] / max(1, r['ok']) * 1e3 - engine:.3f} ms")

@@ -45,10 +45,11 @@ the store's durable commit, asyncio, sockets, logging.
 **Breakdown** (:func:`breakdown`): the same configuration's key server engine (built as msecd
 builds it, :class:`gkm.daemon.engines.GdoiFactory`) driven in this process by N members in
 lockstep rounds, ``thread_time`` around each request by exchange: IKE_SA_INIT,
-IKE_INTERMEDIATE, GSA_AUTH; and, inside GSA_AUTH, the keys provider's batch (enrollment, the
-GSA/KD with its key wraps, and the store's durable commit: G-IKEv2's GCKS commits once per
-registration, SQLite's WAL and the store's anchor file with its directory fsync'ed each time;
-there is no group commit as in GDOI's GROUPKEY-PULL).  The key server's time beyond the
+IKE_INTERMEDIATE, GSA_AUTH (with the engine's ``commit``, which answers it); and, inside
+GSA_AUTH, the keys provider's batch (enrollment, the GSA/KD with its key wraps, and the store's
+durable commit: G-IKEv2's GCKS enrolls the registrations of a round in one commit, as GDOI's
+GROUPKEY-PULL does, SQLite's WAL and the store's anchor file with its directory fsync'ed once
+per round).  The key server's time beyond the
 engine ("msecd beyond the engine") can come out negative: the breakdown runs later, in this
 process, and on a loaded host its fsyncs' CPU varies more than the daemon's shell costs.
 """
@@ -124,7 +125,8 @@ def _wrapped_wraps(record: list):
         gsa_map.wrap = real
 
 
-def _drive(mode: str, n: int, burst: int, workdir: Path, state: Path, name: str, on_request=None, provider_hook=None):
+def _drive(mode: str, n: int, burst: int, workdir: Path, state: Path, name: str, on_request=None, provider_hook=None,
+           on_commit=None):
     """``n`` G-IKEv2 members against the engine in lockstep rounds of ``burst``; returns
     (registered, [(exchange, request, response)] of the first member)."""
     from gkm.gdoi import MemberRegistered
@@ -155,7 +157,10 @@ def _drive(mode: str, n: int, burst: int, workdir: Path, state: Path, name: str,
                         ks.receive_datagram(d, a, now)
                     if a == (HOST, 20000):
                         first.append([d[18], bytes(d), b""])
-                ks.commit(now)
+                if on_commit is not None:
+                    on_commit(lambda: ks.commit(now))
+                else:
+                    ks.commit(now)
                 out = ks.datagrams_to_send()
                 while (ev := ks.next_event()) is not None:
                     registered += isinstance(ev, MemberRegistered)
@@ -293,8 +298,11 @@ def breakdown(mode: str, n: int, burst: int, workdir: Path, state_parent: Path) 
 
         provider.batch = batch
 
+    def on_commit(call) -> None:  # the GSA_AUTHs' enrollment and answers (group commit)
+        on_request(GSA_AUTH, call)
+
     registered, _ = _drive(mode, n, burst, workdir, state_parent / f"breakdown-{mode}-state", f"breakdown-{mode}",
-                           on_request=on_request, provider_hook=hook)
+                           on_request=on_request, provider_hook=hook, on_commit=on_commit)
     if registered != n:
         raise SystemExit(f"breakdown {mode}: {registered} of {n} members registered")
     t["gsa_auth"] -= t["enroll_and_commit"]  # GSA_AUTH's own work: decrypt, AUTH, GSA/KD response
