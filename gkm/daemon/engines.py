@@ -228,7 +228,7 @@ class GdoiFactory:
     def _dual(gdoi_engine, settings, provider, phase1, admit, source):
         """The GDOI engine and a G-IKEv2 GCKS over the same keys provider behind one socket."""
         from gkm.ikev2 import gcks, profile
-        from gkm.ikev2.registration import gcks_auth_config
+        from gkm.ikev2.gcks_registration import gcks_auth_config
 
         auth = gcks_auth_config(settings, rekey_source=source,
                                 wall_time_offset=phase1.wall_time_offset)

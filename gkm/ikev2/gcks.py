@@ -3,7 +3,7 @@ one UDP socket (848) serve GDOI and G-IKEv2 members of the same groups.
 
 :class:`GcksEngine` is one :class:`~.sa_init.SaInitResponder` (IKE_SA_INIT + the ML-KEM-768
 IKE_INTERMEDIATE, cookies, bounded half-open state) feeding one
-:class:`~.registration.GsaAuthResponder` (GSA_AUTH for every IKE SA, keyed by its SPIs, bounded
+:class:`~.gcks_registration.GsaAuthResponder` (GSA_AUTH for every IKE SA, keyed by its SPIs, bounded
 by ``GcksAuthConfig.max_sas``), with the engine interface msecd's ``EngineShell`` drives
 (``receive_datagram``, ``handle_timer``, ``commit``, ``datagrams_to_send``, ``next_event``,
 ``get_timer``).  Registrations are group-committed as GDOI's are: those of a burst are
@@ -46,7 +46,7 @@ from policy.model import GroupPolicy, Identity
 from .constants import ExchangeType, HeaderFlags
 from .events import SaInitEstablished
 from .inband import InbandRekeyer
-from .registration import GcksAuthConfig, GsaAuthResponder
+from .gcks_registration import GcksAuthConfig, GsaAuthResponder
 from .sa_init import SaInitConfig, SaInitResponder
 
 log = logging.getLogger("gkm.ikev2")

@@ -9,7 +9,7 @@ over the IKE SA its registration kept.
     HDR, SK{}             -->
 
 :class:`InbandRekeyer` holds those IKE SAs (:class:`KeptSa`, handed over by
-:class:`~.registration.GsaAuthResponder` after a successful registration of such a group) and,
+:class:`~.gcks_registration.GsaAuthResponder` after a successful registration of such a group) and,
 when the shell says the group's keys changed (:meth:`InbandRekeyer.rekey`, after the group
 controller's change records are committed), sends each member its group's current policy and
 keys "built in the same manner as in a registration exchange" (§2.4.2.1).

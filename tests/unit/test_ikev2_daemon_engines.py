@@ -412,7 +412,7 @@ def test_member_requiring_mlkem_refuses_a_gcks_that_does_not_choose_it(tmp_path)
     """``mlkem = "required"`` on the member: ML-KEM-768 offered alone (no NONE); a GCKS that
     does not choose it ends the registration before any GSA_AUTH."""
     from gkm.ikev2 import profile
-    from gkm.ikev2.registration import gcks_auth_config
+    from gkm.ikev2.gcks_registration import gcks_auth_config
     from gkm.ikev2.gcks import GcksEngine
     f, _ = key_server(tmp_path, both_groups(tmp_path))
     groups = both_groups(tmp_path)

@@ -18,7 +18,8 @@ from gkm.ikev2.constants import Encr, KeyWrap, Prf
 from gkm.ikev2.events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed, SaInitEstablished, SaInitFailed
 from gkm.ikev2.gsa_map import rekey_sa_keys
 from gkm.ikev2.keys import Suite
-from gkm.ikev2.registration import GcksAuthConfig, GsaAuthInitiator, GsaAuthResponder, MemberAuthConfig
+from gkm.ikev2.gcks_registration import GcksAuthConfig, GsaAuthResponder
+from gkm.ikev2.registration import GsaAuthInitiator, MemberAuthConfig
 from gkm.ikev2.sa_init import SaInitConfig, SaInitInitiator, SaInitResponder
 from gkm.store import KeyStore
 from policy.model import Authorization, KeyServerAddress, MemberGroup, PskCredential, Secret, SubjectMatch
@@ -333,7 +334,8 @@ def test_group_sender_from_a_member_no_tek_lets_send(tmp_path):
 @pytest.mark.parametrize("cert", [False, True], ids=["psk", "ecdsa"])
 def test_configs_from_policy(tmp_path, cert):
     """The same policy files the GDOI key server and member use configure GSA_AUTH."""
-    from gkm.ikev2.registration import gcks_auth_config, member_auth_config
+    from gkm.ikev2.gcks_registration import gcks_auth_config
+    from gkm.ikev2.registration import member_auth_config
     from tests.unit.test_gdoi_support import ks_settings, member_group
     w = World(tmp_path)
     w.gcks.config = gcks_auth_config(ks_settings(tmp_path, list(w.groups.values()), cert=cert), rekey_source=KS)
