@@ -55,6 +55,8 @@ class Transcript:
             msg = decode_message(plain)
         except WireError:
             return None  # the decoder's own fuzz target covers these
+        if msg.encrypted is not None:
+            return None  # an SK payload inside the SK payload: refused by unprotect, dropped
         h = decode_message(self.requests[0] if initiator else self.responses[0]).header
         try:
             return protect(h, msg.payloads, SkCipher.for_sender(self.est_i.keys, initiator))
