@@ -148,11 +148,6 @@ class InbandRekeyer:
                 self._send(sa, now)
         return n
 
-    def forget_group(self, group_id: int) -> None:
-        for key in [k for k, s in self._sas.items() if s.group_id == group_id]:
-            sa = self._sas.pop(key)
-            self._by_member.pop((sa.group_id, sa.member), None)
-
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         try:
             h = decode_message(data).header
