@@ -381,7 +381,7 @@ class KeyServerRole:
                      "cipher": t.suite.name, "mode": t.mode.value if hasattr(t.mode, "value")
                      else str(t.mode), "lifetime_s": t.lifetime_s} for t in g.teks]
         info["policy"] = {"teks": teks_cfg, "kek": g.kek is not None, "protocols": list(g.protocols),
-                          "mlkem": g.mlkem, "g_ikev2_rekey": g.g_ikev2_rekey}
+                          "mlkem": g.mlkem, "g_ikev2_rekey": g.g_ikev2_rekey, "ppk": g.ppk}
         if self.store is not None:
             info["members"] = self.store.member_count(g.group_id)
             info["evicted"] = len(self.store.denied(g.group_id))

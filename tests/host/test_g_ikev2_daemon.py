@@ -241,6 +241,9 @@ def test_post_quantum_preshared_key(netlab_factory, tmp_path):
         assert "with the post-quantum preshared key 'gm2-ppk'" in ks.log()
         assert "post-quantum preshared key 'gm2-ppk'" in gm2.log()
         assert _spis(gm2, 1001) == _spis(ks, 1001)
+        assert ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]["ppk"] == "required"
+        assert gm2.ctl_json("group", "show", "1001")["roles"][0]["ppk"] == {"id": "gm2-ppk", "required": True}
+        assert gm4.ctl_json("group", "show", "1001")["roles"][0]["ppk"] is None
         gm2.wait_log("keeping the registration's IKE SA for in-band rekeys", timeout=30)
         r = ks.ctl_json("rekey", "1001")
         assert r["ok"], r

@@ -95,3 +95,16 @@ def test_model_checks_ppk(files):
         dataclasses.replace(cfg.member.groups[0], protocol="gdoi")
     with pytest.raises(ValueError, match="shorter than 32"):
         dataclasses.replace(cfg.member.groups[0].ppk, secret=type(cfg.member.groups[0].ppk.secret)(b"x" * 31))
+
+
+def test_a_member_ppk_change_registers_again_and_a_key_server_one_is_a_setting(files):
+    from policy.reload import diff
+    old = load(ppk_doc(files, member=False, ks=False), files)
+    new = load(ppk_doc(files), files)
+    d = diff(old, new)
+    (change,) = d.member_changed
+    assert change.fields == ("ppk",) and change.needs_reregistration
+    assert "keyserver.ppks" in d.settings_changed  # a new G-IKEv2 engine (N(USE_PPK) in IKE_SA_INIT)
+    g = load(ppk_doc(files, group_ppk="required"), files)
+    (ks_change,) = diff(new, g).keyserver_changed
+    assert ks_change.fields == ("ppk",)  # read at each GSA_AUTH: applies to later registrations
