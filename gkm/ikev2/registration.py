@@ -10,7 +10,11 @@ It continues from :class:`~.events.SaInitEstablished` (IKE_SA_INIT [+ IKE_INTERM
                            <--  HDR, SK{N(AUTHENTICATION_FAILED)}        the GM did not authenticate
 
 AUTH (:mod:`.auth`): PSK (method 2) or RFC 7427 signatures (method 14), both covering IntAuth
-(:mod:`.intauth`).  Message ID: 1, or 1 + the number of IKE_INTERMEDIATE exchanges.
+(:mod:`.intauth`).  RFC 8784 post-quantum preshared keys (:mod:`.ppk`): with USE_PPK both ways
+and a member PPK, AUTH uses SK_pi'/SK_pr', the request carries N(PPK_IDENTITY) [+ N(NO_PPK_AUTH)]
+and the answer N(PPK_IDENTITY) when the GCKS used it; then both sides' IKE SA keys are the
+updated ones; a group with ``ppk = "required"`` refuses a member without one
+(AUTHENTICATION_FAILED alone).  Message ID: 1, or 1 + the number of IKE_INTERMEDIATE exchanges.
 
 Identities, as GDOI does it (:func:`gkm.gdoi.pull.peer_identity`): the identity the GCKS
 authorizes is the one bound to the key that authenticated the member (the verified
