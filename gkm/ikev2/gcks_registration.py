@@ -335,7 +335,8 @@ class GsaAuthResponder(_Engine):
         if group.ppk == "required" and s.ppk is None:
             # RFC 8784 §3: a responder whose PPK is mandatory and was not used answers
             # AUTHENTICATION_FAILED (alone: no IDr / AUTH, RFC 7296 §2.21.2)
-            s.identity = None  # nothing else may be registered over this IKE SA either
+            if mine:  # GSA_AUTH: the IKE SA did not authenticate, nothing may be registered over it
+                s.identity = None
             return self._refuse(s, data, (), gid, identity,
                                 f"group {group.label} requires a post-quantum preshared key (RFC 8784) and the "
                                 "member's GSA_AUTH used none", NotifyType.AUTHENTICATION_FAILED, "ppk_required")
