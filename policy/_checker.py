@@ -337,6 +337,39 @@ class Checker:
             return self.problem(p, f"PSK is shorter than {m.MIN_PSK_BYTES} bytes")
         return (m.Secret(data), source)
 
+    def ppk_entry(self, raw: Any, path: str, *, member: bool) -> m.PpkCredential | None:
+        """A G-IKEv2 PPK (RFC 8784): ``id`` and ``secret_file`` (mode 0600, at least
+        MIN_PPK_BYTES octets, trailing newlines stripped as for PSK files); a member's may say
+        ``required``."""
+        n0 = len(self.problems)
+        tbl = self.table(raw, path, {"id", "secret_file"} | ({"required"} if member else set()),
+                         required=("id", "secret_file"))
+        if tbl is None:
+            return None
+        ident = self.value(tbl, path, "id", str)
+        if ident == "":
+            ident = self.problem(_join(path, "id"), "must not be empty")
+        elif isinstance(ident, str) and len(ident.encode()) > 255:
+            ident = self.problem(_join(path, "id"), "longer than 255 octets (a PPK_ID's limit)")
+        required = self.value(tbl, path, "required", bool, False)
+        fp = self.file(tbl, path, "secret_file", private=True)
+        secret = None
+        if fp is not BAD and self.check_files:
+            p = _join(path, "secret_file")
+            try:
+                data = fp.read_bytes().rstrip(b"\r\n")
+            except OSError as e:
+                self.problem(p, f"{str(fp)!r} cannot be read: {e.strerror}")
+            else:
+                if len(data) < m.MIN_PPK_BYTES:
+                    self.problem(p, f"PPK is shorter than {m.MIN_PPK_BYTES} bytes")
+                secret = m.Secret(data)
+        if len(self.problems) > n0:
+            return None
+        if secret is None:
+            secret = m.Secret(bytes(m.MIN_PPK_BYTES))  # files not checked: a stand-in
+        return self.build(path, m.PpkCredential, id=ident, secret=secret, source=fp, required=required)
+
     def signing_key_matches(self, keyfile: Path, sig: SignatureSuite, p: str) -> None:
         """The PEM private key loads unencrypted and fits the signature algorithm."""
         if not self.check_files:
@@ -611,7 +644,7 @@ class Checker:
     def ks_group(self, raw: Any, path: str) -> m.GroupPolicy | None:
         n0 = len(self.problems)
         tbl = self.table(raw, path, {"id", "name", "authorize", "tek", "kek", "activation_delay",
-                                     "deactivation_delay", "protocols", "mlkem", "g_ikev2_rekey"},
+                                     "deactivation_delay", "protocols", "mlkem", "g_ikev2_rekey", "ppk"},
                          required=("id", "authorize", "tek"))
         if tbl is None:
             return None
@@ -663,6 +696,11 @@ class Checker:
         elif mlkem == "required" and protocols is not BAD and "g-ikev2" not in protocols:
             self.problem(_join(path, "mlkem"), "applies to G-IKEv2 members: list \"g-ikev2\" in "
                          "protocols (GDOI's IKEv1 phase 1 has no ML-KEM)")
+        ppk = self.value(tbl, path, "ppk", str, "optional")
+        if isinstance(ppk, str) and ppk not in m.GROUP_PPK:
+            self.problem(_join(path, "ppk"), f"unknown value {ppk!r} (optional or required)")
+        elif ppk == "required" and protocols is not BAD and "g-ikev2" not in protocols:
+            self.problem(_join(path, "ppk"), "applies to G-IKEv2 members (RFC 8784): list \"g-ikev2\" in protocols")
         g_rekey = self.value(tbl, path, "g_ikev2_rekey", str, "gsa_rekey")
         if isinstance(g_rekey, str) and g_rekey not in m.G_IKEV2_REKEY:
             self.problem(_join(path, "g_ikev2_rekey"), f"unknown value {g_rekey!r} (gsa_rekey or inband)")
@@ -676,7 +714,7 @@ class Checker:
         return self.build(path, m.GroupPolicy, group_id=gid, teks=tuple(teks),
                           authorization=auth, kek=kek, name=name, activation_delay_s=atd,
                           deactivation_delay_s=dtd, protocols=tuple(protocols), mlkem=mlkem,
-                          g_ikev2_rekey=g_rekey)
+                          g_ikev2_rekey=g_rekey, ppk=ppk)
 
     def psk_entry(self, raw: Any, path: str) -> m.PskCredential | None:
         n0 = len(self.problems)
@@ -723,7 +761,7 @@ class Checker:
     def keyserver(self, raw: Any, path: str) -> m.KeyServerSettings | None:
         n0 = len(self.problems)
         tbl = self.table(raw, path, {"listen", "port", "identity", "psk", "certificate", "group",
-                                     "phase1", "crl", "g_ikev2_port"})
+                                     "phase1", "crl", "g_ikev2_port", "ppk"})
         if tbl is None:
             return None
         listen = self.string_list(tbl, path, "listen", ["0.0.0.0", "::"])
@@ -764,6 +802,17 @@ class Checker:
                                  f"{a} already has a PSK (psk[{owner[a]}]); Main Mode picks the "
                                  f"key by address, so it must be unique")
                 owner.setdefault(a, i)
+        ppks: list[m.PpkCredential | None] = []
+        raw_ppks = self.table_array(tbl, path, "ppk")
+        if raw_ppks is not BAD:
+            for i, rp in enumerate(raw_ppks):
+                ppks.append(self.ppk_entry(rp, f"{_join(path, 'ppk')}[{i}]", member=False))
+        seen_ppk: dict[str, int] = {}
+        for i, p in enumerate(ppks):
+            if p is not None:
+                if p.id in seen_ppk:
+                    self.problem(f"{_join(path, 'ppk')}[{i}].id", f"duplicate PPK id {p.id!r} (also ppk[{seen_ppk[p.id]}])")
+                seen_ppk.setdefault(p.id, i)
         cert = None
         if "certificate" in tbl:
             cert = self.certificate(tbl["certificate"], _join(path, "certificate"))
@@ -778,6 +827,11 @@ class Checker:
                 self._check_auth_credentials(g, rg, gp, tbl, raw_psks)
         self._duplicate_ids(groups, _join(path, "group"))
         self._duplicate_selectors(groups, _join(path, "group"))
+        if "ppk" not in tbl:
+            for i, g in enumerate(groups):
+                if g is not None and g.ppk == "required":
+                    self.problem(f"{_join(path, 'group')}[{i}].ppk", "admits nobody: add [[keyserver.ppk]] entries "
+                                 "(id, secret_file) for its members' PPKs")
         if isinstance(raw_groups, list) and raw_groups and "psk" not in tbl and "certificate" not in tbl:
             self.problem(path, "no credentials: add [[keyserver.psk]] entries or "
                                "[keyserver.certificate]")
@@ -802,7 +856,8 @@ class Checker:
             return None
         return self.build(path, m.KeyServerSettings, listen=tuple(listen), port=port,
                           psks=tuple(psks), certificate=cert, groups=tuple(groups),
-                          identity=identity, phase1=phase1, crl_files=crls, g_ikev2_port=ike_port)
+                          identity=identity, phase1=phase1, crl_files=crls, g_ikev2_port=ike_port,
+                          ppks=tuple(ppks))
 
     def phase1(self, raw: Any, path: str, *, member: bool) -> m.Phase1Suites | None:
         """[keyserver.phase1] (accepted suites) or a member group's phase1 (offered suites)."""
@@ -1006,7 +1061,7 @@ class Checker:
 
     def member_group(self, raw: Any, path: str) -> m.MemberGroup | None:
         keys = {"id", "name", "key_servers", "credentials", "interface", "key_server_identity",
-                "phase1", "protocol", "sender", "mlkem"}
+                "phase1", "protocol", "sender", "mlkem", "ppk"}
         n0 = len(self.problems)
         tbl = self.table(raw, path, keys, required=("id", "key_servers", "credentials"))
         if tbl is None:
@@ -1051,12 +1106,19 @@ class Checker:
         elif mlkem in ("off", "required") and protocol != "g-ikev2":
             self.problem(_join(path, "mlkem"), "applies to G-IKEv2 members (protocol = \"g-ikev2\"): "
                          "GDOI's IKEv1 phase 1 has no ML-KEM")
+        ppk = None
+        if "ppk" in tbl:
+            if protocol != "g-ikev2":
+                self.problem(_join(path, "ppk"), "applies to G-IKEv2 members (protocol = \"g-ikev2\"): "
+                             "post-quantum preshared keys are RFC 8784's, for IKEv2")
+            else:
+                ppk = self.ppk_entry(tbl["ppk"], _join(path, "ppk"), member=True)
         if len(self.problems) > n0:
             return None
         return self.build(path, m.MemberGroup, group_id=gid, key_servers=tuple(servers),
                           credentials=creds, name=name, interface=iface,
                           key_server_authorization=ks_auth, phase1=phase1, protocol=protocol,
-                          sender=sender, mlkem=mlkem)
+                          sender=sender, mlkem=mlkem, ppk=ppk)
 
     def member(self, raw: Any, path: str) -> m.MemberSettings | None:
         n0 = len(self.problems)

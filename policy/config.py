@@ -48,6 +48,9 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
                                               # the config file itself must be mode 0600)
     addresses = ["192.0.2.10"]                # optional: Main Mode finds the PSK by source
                                               # address (else by bounded trial decryption)
+    [[keyserver.ppk]]                         # optional: G-IKEv2 post-quantum preshared
+    id = "gm1-ppk"                            # keys (RFC 8784), by the PPK_ID members send
+    secret_file = "secrets/gm1.ppk"           # mode 0600, at least 32 octets (file only)
     [keyserver.certificate]                   # optional: certificate authentication
     cert_file = "ks.crt"
     key_file = "ks.key"                       # mode 0600
@@ -72,6 +75,9 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
                                               # refuses (NO_PROPOSAL_CHOSEN, at GSA_AUTH) a
                                               # member whose IKE SA had no ML-KEM-768 key
                                               # exchange (RFC 9370); needs g-ikev2 in protocols
+    ppk = "optional"                          # default; G-IKEv2: "required" refuses
+                                              # (AUTHENTICATION_FAILED) a member whose GSA_AUTH
+                                              # used no [[keyserver.ppk]] (RFC 8784)
     g_ikev2_rekey = "inband"                  # default "gsa_rekey" (multicast GSA_REKEY, LKH);
                                               # "inband": each G-IKEv2 member gets every rekey
                                               # as an acknowledged GSA_INBAND_REKEY over the
@@ -151,6 +157,12 @@ Schema (see also examples/keyserver.toml and examples/member.toml)::
                                               # ML-KEM-768 (RFC 9370) after ECDH; "required":
                                               # refuse a key server that does not choose it;
                                               # "off": do not offer it
+    # ppk = { id = "gm1-ppk", secret_file = "gm1.ppk", required = false }
+                                              # G-IKEv2 only: a post-quantum preshared key
+                                              # (RFC 8784) mixed into the IKE SA's keys at
+                                              # GSA_AUTH (file mode 0600, >= 32 octets, the
+                                              # key server's [[keyserver.ppk]] has the same);
+                                              # required = true: no registration without it
     credentials = { psk_identity = "gm1", psk_file = "gm1.psk" }
     # or credentials = { cert_file = "gm.crt", key_file = "gm.key", trust_anchors = ["ca.crt"] }
     # or an inline psk = "..." (then the config file must be mode 0600)

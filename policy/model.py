@@ -90,6 +90,7 @@ __all__ = [
     "Authorization",
     "GroupPolicy",
     "PskCredential",
+    "PpkCredential",
     "CertCredential",
     "Credentials",
     "DaemonSettings",
@@ -115,6 +116,8 @@ __all__ = [
     "MAX_REPLAY_WINDOW",
     "DEFAULT_REPLAY_WINDOW",
     "MIN_PSK_BYTES",
+    "MIN_PPK_BYTES",
+    "GROUP_PPK",
     "PORT_PROTOCOLS",
     "parse_dn",
     "gap_delay_problem",
@@ -167,6 +170,7 @@ DEFAULT_DEACTIVATION_DELAY = 6
 DEFAULT_REPLAY_WINDOW = 64  # configuration default for a TEK with exactly one sender
 MAX_REPLAY_WINDOW = 4096  # XFRM bitmap replay state (xfrm_replay_state_esn without ESN)
 MIN_PSK_BYTES = 16
+MIN_PPK_BYTES = 32  # RFC 8784 §3: a PPK with at least 256 bits of entropy
 PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # TCP, UDP, DCCP, SCTP, UDP-Lite
 
 
@@ -557,6 +561,9 @@ MEMBER_MLKEM = ("off", "optional", "required")
 #: "gsa_rekey" (the multicast GSA_REKEY with a Rekey SA, LKH) or "inband" (GSA_INBAND_REKEY, one
 #: acknowledged exchange per member over the IKE SA its registration kept; small groups)
 G_IKEV2_REKEY = ("gsa_rekey", "inband")
+#: a key server group's ``ppk``: whether a G-IKEv2 member's GSA_AUTH must have mixed in a
+#: post-quantum preshared key (RFC 8784; "required": the others get AUTHENTICATION_FAILED)
+GROUP_PPK = ("optional", "required")
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +585,8 @@ class GroupPolicy:
     mlkem: str = "optional"
     #: G-IKEv2: how its members get rekeys (G_IKEV2_REKEY)
     g_ikev2_rekey: str = "gsa_rekey"
+    #: G-IKEv2: whether a member's GSA_AUTH must have used a PPK (GROUP_PPK)
+    ppk: str = "optional"
 
     def __post_init__(self) -> None:
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
@@ -587,6 +596,8 @@ class GroupPolicy:
             raise ValueError(problem)
         if self.mlkem not in GROUP_MLKEM:
             raise ValueError(f"mlkem {self.mlkem!r} is not one of {', '.join(GROUP_MLKEM)}")
+        if self.ppk not in GROUP_PPK:
+            raise ValueError(f"ppk {self.ppk!r} is not one of {', '.join(GROUP_PPK)}")
         if self.g_ikev2_rekey not in G_IKEV2_REKEY:
             raise ValueError(f"g_ikev2_rekey {self.g_ikev2_rekey!r} is not one of {', '.join(G_IKEV2_REKEY)}")
         if not self.teks:
@@ -650,6 +661,29 @@ class PskCredential:
         src = f", source={str(self.source)!r}" if self.source else ""
         at = f", addresses={self.addresses!r}" if self.addresses else ""
         return f"PskCredential(identity={self.identity!r}, secret=<redacted>{src}{at})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PpkCredential:
+    """A G-IKEv2 post-quantum preshared key (RFC 8784): its PPK_ID ``id`` (sent as text) and
+    secret; ``required`` (member only): no registration without it."""
+
+    id: str
+    secret: Secret
+    source: Path | None = None  # the file it was read from
+    required: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.id or len(self.id.encode()) > 255:
+            raise ValueError("PPK id must have 1..255 octets")
+        if len(self.secret) < MIN_PPK_BYTES:
+            raise ValueError(f"PPK is shorter than {MIN_PPK_BYTES} bytes")
+
+    def __repr__(self) -> str:
+        src = f", source={str(self.source)!r}" if self.source else ""
+        return f"PpkCredential(id={self.id!r}, secret=<redacted>{src}, required={self.required})"
 
     __str__ = __repr__
 
@@ -748,6 +782,8 @@ class KeyServerSettings:
     #: G-IKEv2's UDP port when it is not ``port`` (e.g. 500): its own sockets, GDOI stays on
     #: ``port``; None: G-IKEv2 shares ``port`` with GDOI (the header version tells them apart)
     g_ikev2_port: int | None = None
+    #: G-IKEv2 post-quantum preshared keys (RFC 8784), looked up by the member's PPK_ID
+    ppks: tuple[PpkCredential, ...] = ()
 
     @property
     def ike_port(self) -> int:
@@ -781,7 +817,7 @@ class KeyServerSettings:
             f"KeyServerSettings(listen={self.listen!r}, port={self.port}, psks={self.psks!r}, "
             f"certificate={self.certificate!r}, groups={self.groups!r}, "
             f"identity={self.identity!r}, phase1={self.phase1!r}, "
-            f"crl_files={self.crl_files!r}, g_ikev2_port={self.g_ikev2_port})"
+            f"crl_files={self.crl_files!r}, g_ikev2_port={self.g_ikev2_port}, ppks={self.ppks!r})"
         )
 
 
@@ -833,12 +869,16 @@ class MemberGroup:
     sender: bool = False
     #: G-IKEv2 only: whether IKE_SA_INIT offers ML-KEM-768 (MEMBER_MLKEM)
     mlkem: str = "optional"
+    #: G-IKEv2 only: the post-quantum preshared key GSA_AUTH mixes in (RFC 8784); None: none
+    ppk: PpkCredential | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
         if self.mlkem not in MEMBER_MLKEM:
             raise ValueError(f"mlkem {self.mlkem!r} is not one of {', '.join(MEMBER_MLKEM)}")
+        if self.ppk is not None and self.protocol != "g-ikev2":
+            raise ValueError("a PPK applies to G-IKEv2 members (RFC 8784)")
         if self.phase1.auth is not None:
             raise ValueError("a member's phase 1 authentication follows its credentials (no auth list)")
         if isinstance(self.group_id, bool) or not MIN_GROUP_ID <= self.group_id <= MAX_GROUP_ID:
@@ -872,7 +912,8 @@ class MemberGroup:
             f"MemberGroup(group_id={self.group_id}, name={self.name!r}, "
             f"key_servers={self.key_servers!r}, credentials={self.credentials!r}, "
             f"interface={self.interface!r}, "
-            f"key_server_authorization={self.key_server_authorization!r}, phase1={self.phase1!r})"
+            f"key_server_authorization={self.key_server_authorization!r}, phase1={self.phase1!r}, "
+            f"ppk={self.ppk!r})"
         )
 
 

@@ -103,10 +103,10 @@ class GroupChange:
 
     @property
     def needs_reregistration(self) -> bool:
-        """Member: key servers, credentials or the protocol (or what its IKE SA offers) changed;
-        register again with the new ones."""
+        """Member: key servers, credentials or the protocol (or what its IKE SA offers, its
+        PPK) changed; register again with the new ones."""
         return bool({"key_servers", "credentials", "key_server_authorization", "phase1", "protocol", "sender",
-                     "mlkem"}
+                     "mlkem", "ppk"}
                     & set(self.fields))
 
 

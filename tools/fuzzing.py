@@ -14,6 +14,7 @@ under ``.fuzz/`` and the run exits 1.  One line per target, then a last line of 
 Targets: ``wire`` (ISAKMP/GDOI decoder, gkm.wire), ``ikev2`` (IKEv2/G-IKEv2 decoder,
 gkm.ikev2), ``ikev2_sa_init`` (the IKE_SA_INIT/IKE_INTERMEDIATE engines, mutated datagrams),
 ``ikev2_gsa_auth`` (the GSA_AUTH engines of both roles: mutated content under the real SK keys),
+``ikev2_gsa_auth_ppk`` (the same with an RFC 8784 PPK: PPK_IDENTITY, NO_PPK_AUTH),
 ``natt`` (UDP 4500's non-ESP marker framing, gkm.ikev2.natt.unframe), ``mainmode`` (IKEv1 Main Mode, a real
 exchange with one message mutated in flight, both roles), ``pull`` (GROUPKEY-PULL at the key
 server and the member, mutated content under valid phase 1 encryption and HASH),
@@ -173,13 +174,13 @@ def target_natt():
     return seeds(), run
 
 
-def target_ikev2_gsa_auth():
+def target_ikev2_gsa_auth(ppk: bool = False):
     import tempfile
     from pathlib import Path
 
     from tests.unit.test_ikev2_registration_fuzz import Transcript
 
-    t = Transcript(Path(tempfile.mkdtemp(prefix="msec-fuzz-gsa-")))
+    t = Transcript(Path(tempfile.mkdtemp(prefix="msec-fuzz-gsa-")), ppk)
 
     def run(data: bytes) -> bool:
         failures: list = []
@@ -531,6 +532,7 @@ def target_push_ack():
 TARGETS: dict[str, Callable] = {
     "wire": target_wire, "ikev2": target_ikev2, "ikev2_sa_init": target_ikev2_sa_init,
     "ikev2_gsa_auth": target_ikev2_gsa_auth, "natt": target_natt,
+    "ikev2_gsa_auth_ppk": lambda: target_ikev2_gsa_auth(ppk=True),
     "mainmode": target_mainmode, "pull": target_pull, "push": target_push,
     "control": target_control, "policy": target_policy, "xfrm": target_xfrm,
     "member_state": target_member_state, "ikev2_rekey": target_ikev2_rekey,

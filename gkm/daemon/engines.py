@@ -238,7 +238,8 @@ class GdoiFactory:
             # reload's new CRL then evicts its owner), as for a GDOI member's phase 1 SA
             return admit(group, identity, _GikePeer(certificate)) if admit is not None else None
 
-        g_ikev2 = gcks.GcksEngine(profile.sa_init_config(), auth, settings.groups, provider,
+        # N(USE_PPK) when the key server has PPKs (RFC 8784): the group is only known at GSA_AUTH
+        g_ikev2 = gcks.GcksEngine(profile.sa_init_config(ppk=bool(settings.ppks)), auth, settings.groups, provider,
                                   admit=admit_ikev2)
         return gcks.ProtocolDemux(gdoi_engine, g_ikev2)
 

@@ -339,8 +339,9 @@ class KeyServerRole:
                                        host_of(ev.addr[0]) if ev.addr else None)
                 spis = (" (TEK SPI " + ", ".join(f"0x{x:08x}" for x in ev.tek_spis) + ")"
                         if ev.tek_spis else "")
-                log.info("group %s: member %s (%s) registered%s", self._label(ev.group_id),
-                         ev.identity, fmt_addr(ev.addr), spis)
+                log.info("group %s: member %s (%s) registered%s%s", self._label(ev.group_id),
+                         ev.identity, fmt_addr(ev.addr), spis,
+                         " with a post-quantum preshared key (RFC 8784)" if ev.ppk else "")
             case MemberRefused():
                 self.refusals += 1
                 log.warning("group %s: member %s (%s) refused: %s", self._label(ev.group_id),
@@ -380,7 +381,7 @@ class KeyServerRole:
                      "cipher": t.suite.name, "mode": t.mode.value if hasattr(t.mode, "value")
                      else str(t.mode), "lifetime_s": t.lifetime_s} for t in g.teks]
         info["policy"] = {"teks": teks_cfg, "kek": g.kek is not None, "protocols": list(g.protocols),
-                          "mlkem": g.mlkem, "g_ikev2_rekey": g.g_ikev2_rekey}
+                          "mlkem": g.mlkem, "g_ikev2_rekey": g.g_ikev2_rekey, "ppk": g.ppk}
         if self.store is not None:
             info["members"] = self.store.member_count(g.group_id)
             info["evicted"] = len(self.store.denied(g.group_id))

@@ -181,6 +181,9 @@ class MemberSession:
             "id": self.group_id, "name": self.group.name, "role": "member", "state": self.state,
             "protocol": self.group.protocol,
             "mlkem": self.group.mlkem,
+            # the PPK's identifier and whether it is required, never its secret (RFC 8784)
+            "ppk": ({"id": self.group.ppk.id, "required": self.group.ppk.required}
+                    if self.group.ppk is not None else None),
             "key_servers": [str(k) for k in self.group.key_servers],
             "key_server": e.key_server, "registered_at": self._wall(e.registered_at),
             "registrations": e.registrations, "adopted": self.adopted,

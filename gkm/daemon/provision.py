@@ -6,6 +6,9 @@ What an operator needs before a first ``msecd --check`` passes, made the way str
 * **PSK files** (``[[keyserver.psk]] secret_file``, a member's ``psk_file``): 32 random bytes
   (``secrets``), written as 64 hex digits, so that the file can be copied to the other host by
   any means, even pasted.
+* **PPK files** (G-IKEv2 post-quantum preshared keys, RFC 8784: ``[[keyserver.ppk]]
+  secret_file``, a member group's ``ppk.secret_file``): made as PSK files (32 random bytes as
+  64 hex digits, mode 0600).
 * **PUSH signing keys** (``[keyserver.group.kek] signing_key``): a key fitting the group's
   ``signature`` suite (the suite's curve, or RSA of at least its minimum size, 3072 bits).
 * **Trust anchors** (``trust_anchors``): a self-signed CA, ECDSA P-256, valid 10 years; its
@@ -88,6 +91,7 @@ class Plan:
     """What the configurations name, by resolved path and kind (one kind per path)."""
 
     psks: dict[Path, set[str]] = field(default_factory=dict)  # PSK file -> roles naming it
+    ppks: dict[Path, set[str]] = field(default_factory=dict)  # PPK file -> roles naming it
     signing_keys: dict[Path, pm.SignatureSuite] = field(default_factory=dict)
     cas: set[Path] = field(default_factory=set)
     certs: dict[Path, _Cert] = field(default_factory=dict)
@@ -142,6 +146,9 @@ def plan(configs: list[pm.DaemonConfig]) -> Plan:
             for psk in ks.psks:
                 if psk.source is not None:
                     p.psks.setdefault(p.claim(psk.source, "PSK file"), set()).add("keyserver")
+            for ppk in ks.ppks:
+                if ppk.source is not None:
+                    p.ppks.setdefault(p.claim(ppk.source, "PPK file"), set()).add("keyserver")
             for g in ks.groups:
                 if g.kek is not None:
                     k = p.claim(g.kek.signing_key, "signing key")
@@ -155,6 +162,8 @@ def plan(configs: list[pm.DaemonConfig]) -> Plan:
                 for crl in ks.crl_files:
                     p.crls[p.claim(crl, "CRL")] = ks.certificate.trust_anchors[0].resolve()
         for g in (c.member.groups if c.member else ()):
+            if g.ppk is not None and g.ppk.source is not None:
+                p.ppks.setdefault(p.claim(g.ppk.source, "PPK file"), set()).add("member")
             match g.credentials:
                 case pm.PskCredential(source=src) if src is not None:
                     p.psks.setdefault(p.claim(src, "PSK file"), set()).add("member")
@@ -328,6 +337,12 @@ def provision(p: Plan) -> tuple[list[str], list[str]]:
                      "member": "; the key server's [[keyserver.psk]] needs the same bytes"}
             hint = other[next(iter(roles))] if len(roles) == 1 else ""
             _write(psk, secrets.token_hex(PSK_BYTES).encode() + b"\n", f"PSK{hint}", created)
+    for ppk, roles in sorted(p.ppks.items()):
+        if not ppk.exists():
+            other = {"keyserver": "; give the members that use it a copy",
+                     "member": "; the key server's [[keyserver.ppk]] needs the same bytes"}
+            hint = other[next(iter(roles))] if len(roles) == 1 else ""
+            _write(ppk, secrets.token_hex(PSK_BYTES).encode() + b"\n", f"PPK{hint}", created)
     for k, suite in sorted(p.signing_keys.items()):
         if not k.exists():
             _new_signing_key(k, suite, created)

@@ -58,6 +58,8 @@ class MemberRegistered(KeyServerEvent):
     addr: Address
     tek_spis: tuple[int, ...] = ()
     lkh_update: LkhUpdate | None = field(default=None, repr=False)  # to PUSH to the other members
+    #: G-IKEv2: GSA_AUTH mixed a post-quantum preshared key into the IKE SA's keys (RFC 8784)
+    ppk: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,4 +78,4 @@ class MemberRefused(KeyServerEvent):
 #: why a key server refused a registration, in few words (``MemberRefused.cause``);
 #: ``mlkem_required``: G-IKEv2, the group requires ML-KEM-768 and the IKE SA was made without it
 REFUSAL_CAUSES = ("bad_group_id", "unknown_group", "identity_unusable", "not_authorized",
-                  "not_admitted", "mlkem_required")
+                  "not_admitted", "mlkem_required", "ppk_required")

@@ -186,7 +186,7 @@ class CertEncoding(IntEnum):
 
 class NotifyType(IntEnum):
     """Error types (1..16383) and status types (16384..) used by msec (RFC 7296 §3.10.1,
-    RFC 9242, RFC 9370, RFC 9838 §7)."""
+    RFC 8784, RFC 9242, RFC 9370, RFC 9838 §7)."""
 
     UNSUPPORTED_CRITICAL_PAYLOAD = 1
     INVALID_IKE_SPI = 4
@@ -211,8 +211,18 @@ class NotifyType(IntEnum):
     GROUP_SENDER = 16429  # RFC 9838 (was SENDER_REQUEST_ID)
     IKEV2_FRAGMENTATION_SUPPORTED = 16430
     SIGNATURE_HASH_ALGORITHMS = 16431
+    USE_PPK = 16435  # RFC 8784: post-quantum preshared keys
+    PPK_IDENTITY = 16436
+    NO_PPK_AUTH = 16437
     INTERMEDIATE_EXCHANGE_SUPPORTED = 16438  # RFC 9242
     ADDITIONAL_KEY_EXCHANGE = 16441  # RFC 9370
+
+
+class PpkIdType(IntEnum):
+    """The first octet of a PPK_ID (RFC 8784 §3)."""
+
+    PPK_ID_OPAQUE = 1
+    PPK_ID_FIXED = 2
 
 
 class TsType(IntEnum):

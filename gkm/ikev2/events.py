@@ -45,6 +45,9 @@ class SaInitEstablished(Ikev2Event):
     #: NAT detection's result (RFC 7296 §2.23, :mod:`.natt`); None: not done (no local
     #: address given, or the peer sent no NAT_DETECTION notifications)
     nat: NatStatus | None = None
+    #: both IKE_SA_INIT messages carried N(USE_PPK) (RFC 8784 §3): GSA_AUTH may mix in a PPK
+    #: (then ``keys`` is replaced by the updated ones, :func:`.keys.ppk_update`)
+    ppk: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,9 @@ class GsaRegistered(Ikev2Event):
     #: (its GSA_INBAND_REKEYs; 0 after GSA_AUTH, carried on by a GSA_REGISTRATION)
     next_mid: int = 0
     peer_mid: int = 0
+    #: GSA_AUTH mixed a post-quantum preshared key into the IKE SA's keys (RFC 8784): ``ike``
+    #: holds the updated keys, and the KD's keys were wrapped under them
+    ppk: bool = False
 
     @property
     def group_id(self) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
@@ -32,10 +32,12 @@ from .gsa_map import (
 )
 from .inband import KeptSa, inband_kwa
 from .intauth import intauth_for
+from .keys import ppk_update
 from .message import Header, decode_message
 from .payloads import Authentication, IdGroup, IdInitiator, IdResponder, Notify
+from .ppk import decode_ppk_id
 from .registration import (Credential, _Engine, _check_peer_auth, _certs, _has_mlkem, _host, _ids, _make_auth,
-                           _methods, _name, describe_id)
+                           _methods, _name, _notify_of, describe_id)
 from .rekey_sa import RekeySa
 from .sk import SkCipher, protect, unprotect
 
@@ -53,6 +55,8 @@ class GcksAuthConfig:
     wall_time_offset: float = 0.0
     max_sas: int = 4096
     sa_lifetime: float = 60.0  # an established IKE SA waits this long for its GSA_AUTH
+    #: post-quantum preshared keys (RFC 8784) by PPK_ID (the octets after its type) -> secret
+    ppks: Mapping[bytes, bytes] = field(default_factory=dict, repr=False)
 
 
 @dataclass(slots=True)
@@ -73,6 +77,8 @@ class _Sa:
     peer: Any = None  # where the member is: IKE_SA_INIT's address until its GSA_AUTH verified
     #: the request whose registration waits for :meth:`GsaAuthResponder.commit` (b"": none)
     queued: bytes = b""
+    #: GSA_AUTH mixed this PPK_ID's PPK into ``est.keys`` (RFC 8784; None: no PPK)
+    ppk: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -244,19 +250,42 @@ class GsaAuthResponder(_Engine):
         if idi is None or au is None or idg is None:
             return self._refuse(s, data, (), 0, None, "GSA_AUTH request without IDi, AUTH or IDg", NotifyType.INVALID_SYNTAX)
         gid = int.from_bytes(idg.data, "big") if idg.id_type == IdType.KEY_ID and len(idg.data) == 4 else 0
-        octets = A.signed_octets(est.message1, est.nr, est.keys, True, idi.encode(), s.intauth)
+        keys, ppk_id, used = est.keys, None, None
+        ppk_n, no_ppk = _notify_of(msg, NotifyType.PPK_IDENTITY), _notify_of(msg, NotifyType.NO_PPK_AUTH)
+        if est.ppk and ppk_n is not None:  # RFC 8784 §3 (without USE_PPK both ways the notifications mean nothing)
+            try:
+                ppk_id = decode_ppk_id(ppk_n.data)
+            except WireError as e:
+                return self._refuse(s, data, (), gid, None, f"member {describe_id(idi)}: {e}", NotifyType.INVALID_SYNTAX)
+            secret = c.ppks.get(ppk_id)
+            if secret is not None:  # ours: the AUTH must verify with it, no fallback to NO_PPK_AUTH
+                keys, used = ppk_update(est.keys, secret), ppk_id
+            elif no_ppk is not None:
+                au = Authentication(au.method, no_ppk.data)  # the AUTH made without the PPK
+            else:
+                return self._refuse(s, data, (), gid, None,
+                                    f"member {describe_id(idi)} not authenticated: unknown PPK_ID "
+                                    f"{ppk_id.decode('utf-8', 'backslashreplace')!r} and no NO_PPK_AUTH (RFC 8784 §3)",
+                                    NotifyType.AUTHENTICATION_FAILED, "ppk_required")
+        octets = A.signed_octets(est.message1, est.nr, keys, True, idi.encode(), s.intauth)
         psk = c.psks.get(WireId(int(idi.id_type), bytes(idi.data))) if au.method == AuthMethod.PSK else None
         when = datetime.fromtimestamp(now + c.wall_time_offset, timezone.utc)
         try:
-            identity, cert = _check_peer_auth(msg, idi, est.keys.suite.prf, octets, psk=psk, anchors=c.trust_anchors,
-                                              when=when, addr=addr)
+            identity, cert = _check_peer_auth(msg, idi, keys.suite.prf, octets, psk=psk, anchors=c.trust_anchors,
+                                              when=when, addr=addr, au=au)
         except A.AuthFailed as e:  # RFC 7296 §2.21.2: the notification alone, no IDr / AUTH
-            return self._refuse(s, data, (), gid, None, f"member {describe_id(idi)} not authenticated: {e.reason}",
+            how = f" (with the PPK {ppk_id.decode('utf-8', 'backslashreplace')!r})" if used is not None else ""
+            return self._refuse(s, data, (), gid, None, f"member {describe_id(idi)} not authenticated{how}: {e.reason}",
                                 NotifyType.AUTHENTICATION_FAILED)
         ident = c.credential.id if isinstance(c.credential, A.CertAuth) else c.credential.identity
         idr = _ids(ident, IdResponder)
-        r_octets = A.signed_octets(est.message2, est.ni, est.keys, False, idr.encode(), s.intauth)
-        mine = (idr, *_certs(c.credential), _make_auth(c.credential, est.keys.suite.prf, r_octets, psk))
+        r_octets = A.signed_octets(est.message2, est.ni, keys, False, idr.encode(), s.intauth)
+        mine = (idr, *_certs(c.credential), _make_auth(c.credential, keys.suite.prf, r_octets, psk))
+        if used is not None:
+            # RFC 8784 §3: PPK_IDENTITY (no data) says the PPK was used; the IKE SA's keys are
+            # the updated ones from now on (GSK_w for KD, GSA_REGISTRATION, in-band rekeys)
+            mine += (Notify(0, NotifyType.PPK_IDENTITY),)
+            s.est, s.ppk = replace(est, keys=keys), used
         s.identity, s.cert = identity, cert
         self._join(s, msg, data, addr, now, gid, idg, mine)
 
@@ -303,6 +332,14 @@ class GsaAuthResponder(_Engine):
             return self._refuse(s, data, mine, gid, identity,
                                 f"group {group.label} requires the ML-KEM-768 key exchange (RFC 9370): the member's "
                                 f"IKE SA was made without it ({_methods(est)})", NotifyType.NO_PROPOSAL_CHOSEN, "mlkem_required")
+        if group.ppk == "required" and s.ppk is None:
+            # RFC 8784 §3: a responder whose PPK is mandatory and was not used answers
+            # AUTHENTICATION_FAILED (alone: no IDr / AUTH, RFC 7296 §2.21.2)
+            if mine:  # GSA_AUTH: the IKE SA did not authenticate, nothing may be registered over it
+                s.identity = None
+            return self._refuse(s, data, (), gid, identity,
+                                f"group {group.label} requires a post-quantum preshared key (RFC 8784) and the "
+                                "member's GSA_AUTH used none", NotifyType.AUTHENTICATION_FAILED, "ppk_required")
         if group.inband_rekey and s.inband_group not in (None, gid):
             # GSA_INBAND_REKEY names no group: one IKE SA takes the in-band rekeys of one group
             return self._refuse(s, data, mine, gid, identity,
@@ -413,8 +450,11 @@ class GsaAuthResponder(_Engine):
                                     address=s.peer))
             s.inband_group = gid
         self.stats["registered"] += 1
-        log.info("g-ikev2 gcks: %s from %r registered in group %s", identity, q.addr, gid)
-        self._events.append(MemberRegistered(gid, identity, q.addr, tuple(t.spi for t in r.keys.teks), r.enr.lkh_update))
+        ppk = s.ppk is not None
+        log.info("g-ikev2 gcks: %s from %r registered in group %s%s", identity, q.addr, gid,
+                 f" with the post-quantum preshared key {s.ppk.decode('utf-8', 'backslashreplace')!r}" if ppk else "")
+        self._events.append(MemberRegistered(gid, identity, q.addr, tuple(t.spi for t in r.keys.teks), r.enr.lkh_update,
+                                             ppk=ppk))
 
     def _rekey_sa(self, group: GroupPolicy, keys, kwa: int, wall: int, seq: int | None) -> RekeySa | None:
         if group.kek is None or keys.kek is None:
@@ -434,8 +474,9 @@ class GsaAuthResponder(_Engine):
 def gcks_auth_config(settings: model.KeyServerSettings, **kw: Any) -> GcksAuthConfig:
     """The GCKS's GSA_AUTH configuration from the key server's policy: its certificate if it has
     one (else it answers PSK members under ``settings.identity`` or its first listen address),
-    the members' PSKs by their ID_KEY_ID."""
+    the members' PSKs by their ID_KEY_ID, the post-quantum preshared keys by their PPK_ID."""
     psks = {WireId.key_id(p.identity.encode()): p.secret.reveal() for p in settings.psks}
+    kw.setdefault("ppks", {p.id.encode(): p.secret.reveal() for p in settings.ppks})
     anchors: tuple = ()
     if settings.certificate is not None:
         credential, anchors = load_certificate(settings.certificate)

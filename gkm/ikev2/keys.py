@@ -7,6 +7,7 @@ additional key exchange (IKE_INTERMEDIATE, e.g. ML-KEM-768 after ECDH).
     {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr)
     SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni | Nr)          # RFC 9370, after key exchange n
     {SK_d(n) | ...} = prf+(SKEYSEED(n), Ni | Nr | SPIi | SPIr)
+    SK_d' = prf+(PPK, SK_d), SK_pi' = prf+(PPK, SK_pi), SK_pr' = prf+(PPK, SK_pr)  # RFC 8784 §3
 
 PRFs are the HMAC ones (RFC 2104 / RFC 4868): the whole ``Ni | Nr`` is the key (§2.14 halves
 nonces only for fixed-key-size PRFs, which msec does not offer).  Key sizes: SK_d/SK_pi/SK_pr
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .constants import Encr, Integ, Prf
 
@@ -143,3 +144,13 @@ def update_ike_keys(keys: IkeKeys, shared_secret: bytes, ni: bytes, nr: bytes, s
     are the IKE_SA_INIT nonces, ``shared_secret`` SK(n) (the ML-KEM shared key)."""
     seed = additional_skeyseed(keys.suite.prf, keys.sk_d, shared_secret, ni, nr)
     return _split(keys.suite, seed, ni, nr, spi_i, spi_r)
+
+
+def ppk_update(keys: IkeKeys, ppk: bytes) -> IkeKeys:
+    """The keys after mixing in a post-quantum preshared key (RFC 8784 §3): SK_d, SK_pi and
+    SK_pr become ``prf+(PPK, SK_x)`` of the PRF's preferred key size; SK_e and SK_a (what
+    protected IKE_SA_INIT's followers already) are unchanged."""
+    n = prf_size(keys.suite.prf)
+    return replace(keys, sk_d=prf_plus(keys.suite.prf, ppk, keys.sk_d, n),
+                   sk_pi=prf_plus(keys.suite.prf, ppk, keys.sk_pi, n),
+                   sk_pr=prf_plus(keys.suite.prf, ppk, keys.sk_pr, n))

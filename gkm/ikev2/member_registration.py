@@ -71,7 +71,7 @@ class GikeRegistration:
         #: where our requests go: the configured key server, or its port 4500 after the float
         self.ks_addr = (key_server[0], key_server[1])
         self._auth_config = member_auth_config(group, sender=group.sender, wall_time_offset=wall_time_offset)
-        self.sa_init = SaInitInitiator(sa_init_config(_MLKEM[group.mlkem]), self.ks_addr, local)
+        self.sa_init = SaInitInitiator(sa_init_config(_MLKEM[group.mlkem], ppk=group.ppk is not None), self.ks_addr, local)
         #: NAT detection's result once IKE_SA_INIT is done (None: not done or no local address)
         self.nat = None
         self.floated = False
@@ -96,7 +96,7 @@ class GikeRegistration:
             raise ValueError("the registration kept no IKE SA")
         self = cls(group, gsa.ike.peer, wall_time_offset=wall_time_offset)
         self.gsa_auth = GsaRegistrationInitiator(self._auth_config, gsa.ike, gsa.next_mid,
-                                                 gsa.registered.key_server_id, peer_mid)
+                                                 gsa.registered.key_server_id, peer_mid, ppk=gsa.ppk)
         return self
 
     def _current(self):

@@ -23,5 +23,6 @@ SUITE = Suite(Prf.HMAC_SHA2_256, Encr.AES_GCM_16, 256)
 KWA = (KeyWrap.KW_5649_256, KeyWrap.KW_5649_128)
 
 
-def sa_init_config(mlkem: str = "optional") -> SaInitConfig:
-    return SaInitConfig(SUITE, (KeyExchangeMethod.ECP256, KeyExchangeMethod.CURVE25519), mlkem, kwa=KWA)
+def sa_init_config(mlkem: str = "optional", ppk: bool = False) -> SaInitConfig:
+    """``ppk``: announce N(USE_PPK) (RFC 8784; the member has a PPK, the GCKS has PPKs)."""
+    return SaInitConfig(SUITE, (KeyExchangeMethod.ECP256, KeyExchangeMethod.CURVE25519), mlkem, kwa=KWA, ppk=ppk)

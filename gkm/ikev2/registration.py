@@ -10,7 +10,11 @@ It continues from :class:`~.events.SaInitEstablished` (IKE_SA_INIT [+ IKE_INTERM
                            <--  HDR, SK{N(AUTHENTICATION_FAILED)}        the GM did not authenticate
 
 AUTH (:mod:`.auth`): PSK (method 2) or RFC 7427 signatures (method 14), both covering IntAuth
-(:mod:`.intauth`).  Message ID: 1, or 1 + the number of IKE_INTERMEDIATE exchanges.
+(:mod:`.intauth`).  RFC 8784 post-quantum preshared keys (:mod:`.ppk`): with USE_PPK both ways
+and a member PPK, AUTH uses SK_pi'/SK_pr', the request carries N(PPK_IDENTITY) [+ N(NO_PPK_AUTH)]
+and the answer N(PPK_IDENTITY) when the GCKS used it; then both sides' IKE SA keys are the
+updated ones; a group with ``ppk = "required"`` refuses a member without one
+(AUTHENTICATION_FAILED alone).  Message ID: 1, or 1 + the number of IKE_INTERMEDIATE exchanges.
 
 Identities, as GDOI does it (:func:`gkm.gdoi.pull.peer_identity`): the identity the GCKS
 authorizes is the one bound to the key that authenticated the member (the verified
@@ -61,7 +65,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -81,8 +85,10 @@ from .events import GsaRegistered, GsaRegistrationFailed, Ikev2Event, SaInitEsta
 from .gsa import GroupSa, KeyDownload
 from .gsa_map import MappingError, read_group
 from .intauth import intauth_for
+from .keys import IkeKeys, ppk_update
 from .message import Header, decode_message
 from .payloads import Authentication, Certificate, IdGroup, IdInitiator, IdResponder, Notify
+from .ppk import Ppk, decode_ppk_id, encode_ppk_id
 from .sk import SkCipher, protect, unprotect
 
 log = logging.getLogger("gkm.ikev2")
@@ -137,11 +143,16 @@ def describe_id(p) -> str:
     return A.describe(WireId(int(p.id_type), bytes(p.data)))
 
 
+def _notify_of(msg, ntype: int) -> Notify | None:
+    return next((n for n in msg.all(Notify) if n.type == ntype), None)
+
+
 def _check_peer_auth(msg, id_payload, prf_id: int, octets: bytes, *, psk: bytes | None,
-                     anchors: tuple, when: datetime, addr: Any) -> tuple[Identity, x509.Certificate | None]:
-    """Verify the peer's AUTH; returns the identity bound to the key that made it, and the
-    certificate that key came in (None with a PSK)."""
-    au = msg.get(Authentication)
+                     anchors: tuple, when: datetime, addr: Any,
+                     au: Authentication | None = None) -> tuple[Identity, x509.Certificate | None]:
+    """Verify the peer's AUTH (or ``au`` instead: NO_PPK_AUTH's); returns the identity bound to
+    the key that made it, and the certificate that key came in (None with a PSK)."""
+    au = au if au is not None else msg.get(Authentication)
     wire_id = WireId(int(id_payload.id_type), bytes(id_payload.data))
     if au.method == AuthMethod.PSK:
         if psk is None:
@@ -188,12 +199,22 @@ class MemberAuthConfig:
     trust_anchors: tuple[x509.Certificate, ...] = ()
     sender: bool = False  # send GROUP_SENDER: install the TEKs outbound too
     wall_time_offset: float = 0.0
+    #: the group's post-quantum preshared key (RFC 8784, :mod:`.ppk`); None: none
+    ppk: Ppk | None = None
 
 
 class GsaAuthInitiator(_Engine):
-    """The member's GSA_AUTH on one established IKE SA."""
+    """The member's GSA_AUTH on one established IKE SA.  With a PPK (``config.ppk``) and both
+    IKE_SA_INIT messages carrying N(USE_PPK), the AUTH is made with SK_pi' (RFC 8784 §3) and
+    the request carries N(PPK_IDENTITY) and, unless the PPK is required, N(NO_PPK_AUTH) (the
+    AUTH data made with SK_pi); an answer with PPK_IDENTITY is checked with SK_pr' and from
+    then on ``sa`` holds the updated keys (``ppk_used``)."""
 
     exchange = ExchangeType.GSA_AUTH
+    #: the keys with the PPK mixed in, while the request that offered it waits for its answer
+    _ppk_keys: IkeKeys | None = None
+    #: the IKE SA's keys have the PPK in them (GSA_AUTH's answer used it)
+    ppk_used = False
 
     def __init__(self, config: MemberAuthConfig, sa: SaInitEstablished) -> None:
         super().__init__()
@@ -237,8 +258,22 @@ class GsaAuthInitiator(_Engine):
         c, sa = self.config, self.sa
         ident = c.credential.id if isinstance(c.credential, A.CertAuth) else c.credential.identity
         idi = _ids(ident, IdInitiator)
+        prf_id = sa.keys.suite.prf
         octets = A.signed_octets(sa.message1, sa.nr, sa.keys, True, idi.encode(), self._intauth)
-        self._send([idi, *_certs(c.credential), _make_auth(c.credential, sa.keys.suite.prf, octets), *self._idg()])
+        extra: list = []
+        if c.ppk is not None and not sa.ppk and c.ppk.required:
+            return self._fail(f"the GCKS did not answer N(USE_PPK) (RFC 8784): it has no post-quantum preshared "
+                              f"keys, and this group's PPK {c.ppk.label!r} is required")
+        if c.ppk is not None and sa.ppk:
+            self._ppk_keys = ppk_update(sa.keys, c.ppk.secret)
+            auth = _make_auth(c.credential, prf_id, A.signed_octets(sa.message1, sa.nr, self._ppk_keys, True, idi.encode(),
+                                                                    self._intauth))
+            extra.append(Notify(0, NotifyType.PPK_IDENTITY, b"", encode_ppk_id(c.ppk.ppk_id)))
+            if not c.ppk.required:  # a GCKS without this PPK may still authenticate us without it
+                extra.append(Notify(0, NotifyType.NO_PPK_AUTH, b"", _make_auth(c.credential, prf_id, octets).data))
+        else:
+            auth = _make_auth(c.credential, prf_id, octets)
+        self._send([idi, *_certs(c.credential), auth, *self._idg(), *extra])
 
     def retransmit(self) -> None:
         if self._state == "sent":
@@ -277,9 +312,30 @@ class GsaAuthInitiator(_Engine):
         idr, au = msg.get(IdResponder), msg.get(Authentication)
         if idr is None or au is None:
             if errors:
-                return self._fail(f"GCKS refused: {_name(errors[0].type)}", int(errors[0].type))
+                why = f"GCKS refused: {_name(errors[0].type)}"
+                if self._ppk_keys is not None and errors[0].type == NotifyType.AUTHENTICATION_FAILED:
+                    why += (f" (this member offered its post-quantum preshared key {c.ppk.label!r}"
+                            + (", required, without NO_PPK_AUTH: the GCKS may not have it)" if c.ppk.required else ")"))
+                return self._fail(why, int(errors[0].type))
             return self._fail("GSA_AUTH response without IDr or AUTH", tell=NotifyType.INVALID_SYNTAX)
-        octets = A.signed_octets(sa.message2, sa.ni, sa.keys, False, idr.encode(), self._intauth)
+        keys = sa.keys
+        used = _notify_of(msg, NotifyType.PPK_IDENTITY)
+        if used is not None:  # RFC 8784 §3: the GCKS used our PPK (no data; an echo of our PPK_ID is taken too)
+            if self._ppk_keys is None:
+                return self._fail("the GCKS answered with PPK_IDENTITY, and no PPK was offered",
+                                  tell=NotifyType.AUTHENTICATION_FAILED)
+            try:
+                other = used.data and decode_ppk_id(used.data) != c.ppk.ppk_id
+            except WireError as e:
+                return self._fail(f"malformed PPK_IDENTITY in the GCKS's answer: {e}", tell=NotifyType.AUTHENTICATION_FAILED)
+            if other:
+                return self._fail(f"the GCKS's PPK_IDENTITY names another PPK than {c.ppk.label!r}",
+                                  tell=NotifyType.AUTHENTICATION_FAILED)
+            keys = self._ppk_keys
+        elif self._ppk_keys is not None and c.ppk.required:
+            return self._fail(f"the GCKS did not use this group's required post-quantum preshared key {c.ppk.label!r} "
+                              "(no PPK_IDENTITY in its answer)", tell=NotifyType.AUTHENTICATION_FAILED)
+        octets = A.signed_octets(sa.message2, sa.ni, keys, False, idr.encode(), self._intauth)
         psk = c.credential.secret if isinstance(c.credential, A.PskAuth) else None
         when = datetime.fromtimestamp(now + c.wall_time_offset, timezone.utc)
         try:
@@ -293,6 +349,9 @@ class GsaAuthInitiator(_Engine):
         if not decision.allowed:
             return self._fail(decision.reason, tell=NotifyType.AUTHENTICATION_FAILED)
         self.gcks = gcks
+        self._ppk_keys = None
+        if used is not None:  # the IKE SA's keys from now on (KD's GSK_w, later exchanges): RFC 8784 §3
+            self.sa, self.ppk_used = replace(sa, keys=keys), True
         self._take_group(msg, errors)
 
     def _take_group(self, msg, errors) -> None:
@@ -317,25 +376,28 @@ class GsaAuthInitiator(_Engine):
         first = got.rekey_sa.initial_message_id if got.rekey_sa is not None else 0
         reg = Registered(c.group_id, got.teks, got.kek, first if got.kek is not None else None, None, sa.peer, gcks,
                          sa.spi_i + sa.spi_r, got.gap)
-        log.info("g-ikev2 member group %s: registered with %s at %r (%s): %d TEK(s)%s", c.group_id, gcks, sa.peer,
-                 self.exchange.name, len(got.teks), ", Rekey SA" if got.kek else ", rekeys in band")
+        log.info("g-ikev2 member group %s: registered with %s at %r (%s): %d TEK(s)%s%s", c.group_id, gcks, sa.peer,
+                 self.exchange.name, len(got.teks), ", Rekey SA" if got.kek else ", rekeys in band",
+                 f", post-quantum preshared key {c.ppk.label!r}" if self.ppk_used else "")
         # no Rekey SA: the GCKS rekeys this member in band, over this IKE SA (RFC 9838 §2.4.2)
         self._events.append(GsaRegistered(reg, sa.spi_i, sa.spi_r, got.rekey_sa, got.signature, got.auth_key, got.key_path,
                                           got.sender_ids, ike=sa if got.kek is None else None, transport=transport,
-                                          next_mid=self.mid + 1, peer_mid=self.peer_mid))
+                                          next_mid=self.mid + 1, peer_mid=self.peer_mid, ppk=self.ppk_used))
 
 
 class GsaRegistrationInitiator(GsaAuthInitiator):
     """The member's GSA_REGISTRATION (RFC 9838 §2.3.2): ``config``'s group over an IKE SA on
-    which an earlier GSA_AUTH (or GSA_REGISTRATION) authenticated the GCKS ``gcks``; ``mid``:
+    which an earlier GSA_AUTH (or GSA_REGISTRATION) authenticated the GCKS ``gcks`` (``sa``
+    with the keys that GSA_AUTH left, its PPK mixed in: ``ppk``); ``mid``:
     this member's next request's Message ID on it.  Same events as :class:`GsaAuthInitiator`."""
 
     exchange = ExchangeType.GSA_REGISTRATION
 
     def __init__(self, config: MemberAuthConfig, sa: SaInitEstablished, mid: int, gcks: Identity,
-                 peer_mid: int = 0) -> None:
+                 peer_mid: int = 0, ppk: bool = False) -> None:
         _Engine.__init__(self)
         self.config, self.sa, self.mid, self.gcks, self.peer_mid = config, sa, mid, gcks, peer_mid
+        self.ppk_used = ppk  # ``sa``'s keys have the PPK in them (GsaRegistered.ppk)
         self._state = "idle"
         self._request = b""
 
@@ -358,4 +420,6 @@ def member_auth_config(group: model.MemberGroup, *, sender: bool = False, **kw: 
     else:
         credential, anchors = load_certificate(cred)
         auth = A.CertAuth(credential)
+    if group.ppk is not None:
+        kw.setdefault("ppk", Ppk(group.ppk.id.encode(), group.ppk.secret.reveal(), group.ppk.required))
     return MemberAuthConfig(group.group_id, auth, group.accepts_key_server, anchors, sender, **kw)

@@ -32,7 +32,11 @@ exchange (``local``: the initiator's ``SaInitInitiator(..., local=)``, the respo
 With it, both IKE_SA_INIT messages carry NAT_DETECTION_SOURCE_IP / _DESTINATION_IP (the
 responder only when the request had them), and :class:`~.events.SaInitEstablished` says in
 ``nat`` which side is behind a NAT (None: no local address, or the peer sent no NAT detection).
-Without ``local`` there is no NAT detection.  What to do about a NAT (the initiator's float to
+Without ``local`` there is no NAT detection.
+
+Post-quantum preshared keys (RFC 8784 §3, :mod:`.ppk`): ``SaInitConfig.ppk`` adds N(USE_PPK)
+to the request, and the responder's answer has it when both are configured;
+``SaInitEstablished.ppk`` says both sent it (the PPK itself is mixed in at GSA_AUTH).  What to do about a NAT (the initiator's float to
 UDP 4500) is the caller's decision (:mod:`.member_registration`).
 """
 
@@ -73,6 +77,9 @@ class SaInitConfig:
     #: G-IKEv2 key wrap algorithms (RFC 9838 §4.4.3: negotiated in IKE_SA_INIT), preferred
     #: first; empty: none offered and a proposal with a KWA transform is not acceptable
     kwa: tuple[int, ...] = ()
+    #: announce N(USE_PPK) (RFC 8784 §3: this side has post-quantum preshared keys); the
+    #: responder answers it only to an initiator that sent it
+    ppk: bool = False
 
     def __post_init__(self) -> None:
         if self.mlkem not in ("no", "optional", "required") or not self.groups:
@@ -196,6 +203,7 @@ class SaInitInitiator(_Engine):
         self._ctx: tuple = ()
         self._intermediate: tuple = ((), None)
         self._kwa = 0
+        self._ppk = False
 
     def start(self, now: float) -> None:
         self._send_init()
@@ -210,6 +218,8 @@ class SaInitInitiator(_Engine):
         if self.config.mlkem != "no":
             payloads.append(Notify(0, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
         payloads += self.config.hash_notify()
+        if self.config.ppk:
+            payloads.append(Notify(0, NotifyType.USE_PPK))
         if self.local is not None:
             payloads += nat_notifies(self.spi_i, ZERO_SPI, self.local, self.peer)
         if self._cookie is not None:
@@ -268,6 +278,7 @@ class SaInitInitiator(_Engine):
             return self._fail(f"responder nonce of {len(nr.data)} bytes (RFC 7296 §2.10)")
         add = next((t.id for t in sa.proposals[0].transforms if t.type == TransformType.ADDKE1), 0)
         self._kwa = _kwa_of(sa)
+        self._ppk = self.config.ppk and _notify(msg, NotifyType.USE_PPK) is not None
         if self.config.mlkem == "required" and add != KeyExchangeMethod.ML_KEM_768:
             return self._fail("responder did not choose the required ML-KEM-768")
         if self.local is not None:
@@ -305,7 +316,7 @@ class SaInitInitiator(_Engine):
         self._state = "done"
         inter, inter_keys = self._intermediate
         self._events.append(SaInitEstablished(self.peer, self.spi_i, spi_r, self.ni, nr, m1, m2, self._keys, methods,
-                                              inter, inter_keys, self._kwa, self._nat))
+                                              inter, inter_keys, self._kwa, self._nat, self._ppk))
 
 
 # ------------------------------------------------------------------------------------ responder
@@ -327,6 +338,7 @@ class _HalfOpen:
     nat: NatStatus | None = None
     intermediate_request: bytes = b""
     intermediate_response: bytes = b""
+    ppk: bool = False  # both sent N(USE_PPK)
 
 
 class SaInitResponder(_Engine):
@@ -442,6 +454,9 @@ class SaInitResponder(_Engine):
         if add:
             payloads.append(Notify(0, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
         payloads += self.config.hash_notify()
+        ppk = self.config.ppk and _notify(msg, NotifyType.USE_PPK) is not None
+        if ppk:  # RFC 8784 §3: only in answer to the initiator's
+            payloads.append(Notify(0, NotifyType.USE_PPK))
         nat = None
         if local is not None:
             nat = detect(msg.all(Notify), h.spi_i, ZERO_SPI, local, addr, initiator=False)
@@ -449,11 +464,12 @@ class SaInitResponder(_Engine):
                 payloads += nat_notifies(h.spi_i, spi_r, local, addr)
         response = encode_message(Header(h.spi_i, spi_r, ExchangeType.IKE_SA_INIT, HeaderFlags.RESPONSE, 0), payloads)
         self._out.append((response, addr))
-        half = _HalfOpen(addr, spi_r, ni.data, nr, data, response, keys, int(group), bool(add), now, _kwa_of(chosen_sa), nat)
+        half = _HalfOpen(addr, spi_r, ni.data, nr, data, response, keys, int(group), bool(add), now, _kwa_of(chosen_sa), nat,
+                         ppk=ppk)
         self._half[(h.spi_i, addr)] = half
         if not add:
             self._events.append(SaInitEstablished(addr, h.spi_i, spi_r, ni.data, nr, data, response, keys, (int(group),),
-                                                  kwa=half.kwa, nat=nat))
+                                                  kwa=half.kwa, nat=nat, ppk=ppk))
 
     def _on_intermediate(self, msg, data: bytes, addr: tuple) -> None:
         h = msg.header
@@ -483,7 +499,7 @@ class SaInitResponder(_Engine):
         self._out.append((response, addr))
         self._events.append(SaInitEstablished(addr, h.spi_i, half.spi_r, half.ni, half.nr, half.request, half.response,
                                               half.keys, (half.group, int(KeyExchangeMethod.ML_KEM_768)),
-                                              (data, response), before, half.kwa, half.nat))
+                                              (data, response), before, half.kwa, half.nat, half.ppk))
 
     def _refuse_intermediate(self, half: _HalfOpen, h: Header, addr: tuple, reason: str) -> None:
         out_h = Header(h.spi_i, half.spi_r, ExchangeType.IKE_INTERMEDIATE, HeaderFlags.RESPONSE, 1)

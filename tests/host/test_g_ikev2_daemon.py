@@ -210,3 +210,51 @@ def test_g_ikev2_on_a_port_of_its_own(netlab_factory, tmp_path):
             d.wait_log("registered with key server", timeout=60)
         assert f"{h1.ip4}:500" in gike.ctl_json("group", "show", "1001")["roles"][0]["key_server"]
         assert _spis(gdoi, 1001) == _spis(gike, 1001) == _spis(ks, 1001)
+
+
+def test_post_quantum_preshared_key(netlab_factory, tmp_path):
+    """RFC 8784 PPKs: a group with ``ppk = "required"`` and in-band rekeys (so the IKE SA's
+    PPK-updated keys carry the rekey too); member gm2 with the key server's PPK registers, the
+    key server's log says the PPK was used, ``msecctl rekey`` reaches it in band; gm4, without a
+    PPK, is refused AUTHENTICATION_FAILED and not recorded.  No PPK secret in any log."""
+    lab = netlab_factory(3)
+    h1, h2, h3 = lab.hosts
+    secret = "5a" * 32
+    ks_ppk = _write(tmp_path / "ks" / "gm2.ppk", secret + "\n")
+    gm_ppk = _write(tmp_path / "gm2.ppk", secret + "\n")
+    cfg = _ks_config(tmp_path, h1.ip4)
+    text = cfg.read_text().replace('protocols = ["gdoi", "g-ikev2"]\n',
+                                   'protocols = ["g-ikev2"]\nppk = "required"\ng_ikev2_rekey = "inband"\n')
+    cfg.write_text(text.replace("[[keyserver.group]]", f'[[keyserver.ppk]]\nid = "gm2-ppk"\nsecret_file = "{ks_ppk}"\n'
+                                "[[keyserver.group]]", 1))
+    with_ppk = _member_config(tmp_path, "gm2", 1001, "g-ikev2", h1.ip4)
+    with_ppk.write_text(with_ppk.read_text() + f'ppk = {{ id = "gm2-ppk", secret_file = "{gm_ppk}", required = true }}\n')
+    ks = Msecd(cfg, host=h1)
+    gm2 = Msecd(with_ppk, host=h2, args=["--no-kernel"])
+    gm4 = Msecd(_member_config(tmp_path, "gm4", 1001, "g-ikev2", h1.ip4), host=h3, args=["--no-kernel"])
+    with _running(ks, gm2, gm4):
+        gm2.wait_log("registered with key server", timeout=60)
+        ks_log = ks.wait_log("with a post-quantum preshared key", timeout=30)
+        line = next(x for x in ks_log.splitlines() if "registered" in x and "post-quantum preshared key" in x
+                    and "gcks" not in x)
+        assert "gm2" in line, line
+        assert "with the post-quantum preshared key 'gm2-ppk'" in ks.log()
+        assert "post-quantum preshared key 'gm2-ppk'" in gm2.log()
+        assert _spis(gm2, 1001) == _spis(ks, 1001)
+        assert ks.ctl_json("group", "show", "1001")["roles"][0]["policy"]["ppk"] == "required"
+        assert gm2.ctl_json("group", "show", "1001")["roles"][0]["ppk"] == {"id": "gm2-ppk", "required": True}
+        assert gm4.ctl_json("group", "show", "1001")["roles"][0]["ppk"] is None
+        gm2.wait_log("keeping the registration's IKE SA for in-band rekeys", timeout=30)
+        r = ks.ctl_json("rekey", "1001")
+        assert r["ok"], r
+        gm2.wait_log("rekeyed: SEQ 1, new TEK SPIs", timeout=30)
+        assert set(r["teks"]) <= _spis(gm2, 1001)
+        ks.wait_log("acknowledged the in-band rekey", timeout=30)
+        ks_log = ks.wait_log("requires a post-quantum preshared key", timeout=60)
+        line = next(x for x in ks_log.splitlines() if "requires a post-quantum preshared key" in x and "gcks" not in x)
+        assert "gm4" in line, line
+        gm_log = gm4.wait_log("failed: G-IKEv2:", timeout=60)
+        assert "refused: AUTHENTICATION_FAILED" in gm_log
+        assert {m["identity"] for m in ks.ctl_json("members", "1001")["members"]} == {"key-id:gm2"}
+        for d in (ks, gm2, gm4):
+            assert secret not in d.log()

@@ -169,3 +169,21 @@ def test_member_refusing_the_policy_tells_the_gcks_in_gsa_registration(tmp_path,
     assert gi.state == "failed"
     [left] = [e for e in eg if isinstance(e, GsaMemberLeft)]
     assert left.group_id == GID and left.notify == NotifyType.NO_PROPOSAL_CHOSEN
+
+
+def test_a_group_requiring_a_ppk_over_an_ike_sa_without_one_is_refused(tmp_path):
+    """RFC 8784: the second group's ``ppk = "required"`` is checked on GSA_REGISTRATION too,
+    against the PPK the IKE SA's GSA_AUTH used (none here)."""
+    f, ks, auth = registered(tmp_path, groups(tmp_path, ppk="required"))
+    assert not auth.ppk_used
+    _r, (em, eg) = register_again(tmp_path, ks, auth, GID + 1)
+    [refused] = [e for e in eg if isinstance(e, MemberRefused)]
+    assert refused.notify == NotifyType.AUTHENTICATION_FAILED and refused.cause == "ppk_required"
+    assert not [e for e in em if isinstance(e, GsaRegistered)]
+    assert f.provider.store.member_count(GID + 1) == 0
+    # the IKE SA still takes the groups that do not require one
+    mg = dataclasses.replace(member_group(tmp_path, "gm1", gid=GID), protocol="g-ikev2")
+    again = GsaRegistrationInitiator(member_auth_config(mg), auth.sa, _r.next_mid, auth.gcks)
+    again.start(NOW)
+    em2, _eg2 = run(ks, again, addr=GM)
+    assert [type(e) for e in em2] == [GsaRegistered]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
+
 from gkm.gdoi import MemberRefused, MemberRegistered
 from gkm.ikev2 import WireError, decode_message, encode_message
 from gkm.ikev2.events import GsaPeerRefused, GsaRegistered, GsaRegistrationFailed
@@ -26,11 +28,16 @@ SEED = int(os.environ.get("MSEC_FUZZ_SEED", "9838"))
 
 
 class Transcript:
-    """One real PSK registration; the plaintext request and response as unprotected messages."""
+    """One real PSK registration; the plaintext request and response as unprotected messages.
+    ``ppk``: with a post-quantum preshared key (RFC 8784: PPK_IDENTITY, NO_PPK_AUTH, the AUTH
+    under SK_pi'/SK_pr')."""
 
-    def __init__(self, tmp_path) -> None:
-        self.world = World(tmp_path, lkh=True)
-        self.cfg = psk_member(sender=True)
+    def __init__(self, tmp_path, ppk: bool = False) -> None:
+        if ppk:
+            from .test_ikev2_ppk import PpkWorld, member
+            self.world, self.cfg = PpkWorld(tmp_path, lkh=True), member(sender=True)
+        else:
+            self.world, self.cfg = World(tmp_path, lkh=True), psk_member(sender=True)
         self.est_i, self.est_r = self.world.establish()
         m = GsaAuthInitiator(self.cfg, self.est_i)
         m.start(NOW)
@@ -103,9 +110,10 @@ class Transcript:
         return isinstance(evs[0], GsaRegistered) if evs else False
 
 
-def test_fuzz_gsa_auth_engines(tmp_path):
+@pytest.mark.parametrize("ppk", [False, True], ids=["psk", "psk+ppk"])
+def test_fuzz_gsa_auth_engines(tmp_path, ppk):
     rng = random.Random(SEED)
-    t = Transcript(tmp_path)
+    t = Transcript(tmp_path, ppk)
     failures: list = []
     reached = registered = 0
     lengths_q, lengths_r = [_length_fields(s) for s in t.requests], [_length_fields(s) for s in t.responses]

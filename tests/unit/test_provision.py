@@ -160,3 +160,22 @@ def test_a_psk_made_for_one_side_says_the_other_needs_it(tmp_path, capsys):
     assert provision.main([str(mb)]) == 0
     out = capsys.readouterr().out
     assert "gm1.psk (PSK; the key server's [[keyserver.psk]] needs the same bytes)" in out
+
+
+def test_ppk_files_are_made_like_psk_files(tmp_path, capsys):
+    """G-IKEv2 PPKs (RFC 8784): the key server's [[keyserver.ppk]] and a member group's ppk
+    name one file: made once, 0600, 256 random bits in hex (64 octets, over the 32 minimum)."""
+    ks, mb = _examples(tmp_path)
+    ks.write_text(ks.read_text().replace("[[keyserver.psk]]", '[[keyserver.ppk]]\nid = "gm1-ppk"\n'
+                                         'secret_file = "secrets/gm1.ppk"\n\n[[keyserver.psk]]', 1))
+    text = mb.read_text()
+    mb.write_text(text.replace("[[member.group]]\n", '[[member.group]]\nprotocol = "g-ikev2"\n'
+                               'ppk = { id = "gm1-ppk", secret_file = "secrets/gm1.ppk" }\n', 1))
+    assert provision.main([str(ks), str(mb)]) == 0
+    ppk = ks.parent / "secrets/gm1.ppk"
+    assert _mode(ppk) == 0o600 and len(ppk.read_text().strip()) == 64 and int(ppk.read_text(), 16)
+    assert "gm1.ppk (PPK)" in capsys.readouterr().out
+    for cfg in (ks, mb):
+        c = load_config(cfg)
+        got = c.keyserver.ppks[0] if c.keyserver else c.member.groups[0].ppk
+        assert got.secret.reveal() == ppk.read_bytes().strip()
