@@ -43,6 +43,7 @@ from gkm.gdoi.provider import GroupKeysProvider
 from gkm.wire.header import is_ikev2
 from policy.model import GroupPolicy, Identity
 
+from .outputs import Outputs
 from .constants import ExchangeType, HeaderFlags
 from .events import SaInitEstablished
 from .inband import InbandRekeyer
@@ -64,7 +65,7 @@ def serves_g_ikev2(group: GroupPolicy) -> bool:
     return PROTOCOL in group.protocols
 
 
-class GcksEngine:
+class GcksEngine(Outputs):
     """IKE_SA_INIT then GSA_AUTH for every G-IKEv2 member (module docstring)."""
 
     def __init__(self, sa_init: SaInitConfig, auth: GcksAuthConfig, groups: Iterable[GroupPolicy],
@@ -76,8 +77,7 @@ class GcksEngine:
         self.inband = InbandRekeyer(self.auth.groups.get, keys, wall_time_offset=auth.wall_time_offset,
                                     max_sas=auth.max_sas)
         self._admit_hook = admit
-        self._out: list[tuple[bytes, Any]] = []
-        self._events: list = []
+        super().__init__()
         self._next: float | None = None  # the next housekeeping: fixed, not pushed by traffic
         self._rotated_at: float | None = None
 
@@ -176,13 +176,6 @@ class GcksEngine:
         self._take_auth()
 
     # -- outputs
-    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self):
-        return self._events.pop(0) if self._events else None
-
     def get_timer(self) -> float | None:
         t = self.inband.get_timer()
         if self._next is None or not (self.sa_init.half_open or self.auth.sa_count):

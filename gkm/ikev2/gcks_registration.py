@@ -36,7 +36,8 @@ from .keys import ppk_update
 from .message import Header, decode_message
 from .payloads import Authentication, IdGroup, IdInitiator, IdResponder, Notify
 from .ppk import decode_ppk_id
-from .registration import (Credential, _Engine, _check_peer_auth, _certs, _has_mlkem, _host, _ids, _make_auth,
+from .outputs import Outputs
+from .registration import (Credential, _check_peer_auth, _certs, _has_mlkem, _host, _ids, _make_auth,
                            _methods, _name, _notify_of, describe_id)
 from .rekey_sa import RekeySa
 from .sk import SkCipher, protect, unprotect
@@ -106,7 +107,7 @@ class _Enrolled:
     transport: bool
 
 
-class GsaAuthResponder(_Engine):
+class GsaAuthResponder(Outputs):
     """The GCKS side of every member's GSA_AUTH.  Feed it the IKE SAs its
     :class:`~.sa_init.SaInitResponder` established (:meth:`add_sa`), then datagrams, then
     :meth:`commit` before taking the outputs (registrations are answered there)."""

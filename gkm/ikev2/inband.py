@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable
 from gkm.gdoi.provider import Enrollment, GroupKeysProvider
 from policy.model import GroupPolicy, Identity
 
+from .outputs import Outputs
 from .constants import ExchangeType, KeyWrap, NotifyType, ProtocolId
 from .errors import WireError
 from .events import InbandRekeyAcknowledged, InbandRekeyFailed, SaInitEstablished
@@ -95,7 +96,7 @@ class KeptSa:
         return self.address if self.address is not None else self.est.peer
 
 
-class InbandRekeyer:
+class InbandRekeyer(Outputs):
     def __init__(self, groups: Callable[[int], GroupPolicy | None], keys: GroupKeysProvider, *,
                  wall_time_offset: float = 0.0, max_sas: int = 4096) -> None:
         self._group = groups
@@ -104,8 +105,7 @@ class InbandRekeyer:
         self.max_sas = max_sas
         self._sas: OrderedDict[tuple[bytes, bytes], KeptSa] = OrderedDict()
         self._by_member: dict[tuple[int, str], tuple[bytes, bytes]] = {}
-        self._out: list[tuple[bytes, Any]] = []
-        self._events: list = []
+        super().__init__()
         self.stats: Counter[str] = Counter()
 
     # -- inputs
@@ -192,14 +192,7 @@ class InbandRekeyer:
             self.stats["retransmitted"] += 1
             self._out.append((sa.request, sa.peer))
 
-    # -- outputs
-    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self):
-        return self._events.pop(0) if self._events else None
-
+    # -- outputs (and Outputs')
     def get_timer(self) -> float | None:
         t = [s.deadline for s in self._sas.values() if s.deadline is not None]
         return min(t) if t else None

@@ -29,6 +29,7 @@ from typing import Any
 from gkm.gdoi.push import Evicted, PushRejected, TeksDeleted, TeksRefreshed
 from policy.model import MemberGroup
 
+from .outputs import Outputs
 from .constants import ExchangeType, HeaderFlags, NotifyType, ProtocolId
 from .errors import WireError
 from .events import GsaRegistered
@@ -44,7 +45,7 @@ log = logging.getLogger("gkm.ikev2")
 __all__ = ["InbandReceiver"]
 
 
-class InbandReceiver:
+class InbandReceiver(Outputs):
     """GSA_INBAND_REKEY for one group on the registration's IKE SA (module docstring)."""
 
     kek = None  # no Rekey SA: the exchange's answer is the acknowledgement
@@ -60,8 +61,7 @@ class InbandReceiver:
         self._expect = gsa.peer_mid  # the GCKS's next request's Message ID (RFC 7296 §2.2)
         self._last: tuple[bytes, bytes] = (b"", b"")  # the last request and our answer
         self.stats = {"accepted": 0, "rejected": 0, "duplicates": 0, "acks": 0, "other_protocol": 0}
-        self._out: list[tuple[bytes, Any]] = []
-        self._events: list = []
+        super().__init__()
 
     # -- the PushReceiver interface
     def receiver_state(self) -> None:
@@ -76,13 +76,6 @@ class InbandReceiver:
 
     def acknowledge_as(self, address: str) -> None:
         """The answer of the exchange is the acknowledgement; no address goes into it."""
-
-    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self):
-        return self._events.pop(0) if self._events else None
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         data = bytes(data)

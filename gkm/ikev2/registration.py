@@ -71,7 +71,7 @@ from typing import Any, Callable
 
 from cryptography import x509
 
-from gkm.gdoi.events import MemberRefused, MemberRegistered, Registered
+from gkm.gdoi.events import Registered
 from gkm.gdoi.phase1 import load_certificate
 from gkm.ike.config import Identity as WireId
 from policy.identity import Decision
@@ -79,9 +79,10 @@ from policy import model
 from policy.model import Identity
 
 from . import auth as A
+from .outputs import Outputs
 from .constants import AuthMethod, CertEncoding, ExchangeType, HeaderFlags, IdType, KeyExchangeMethod, NotifyType
 from .errors import WireError
-from .events import GsaRegistered, GsaRegistrationFailed, Ikev2Event, SaInitEstablished
+from .events import GsaRegistered, GsaRegistrationFailed, SaInitEstablished
 from .gsa import GroupSa, KeyDownload
 from .gsa_map import MappingError, read_group
 from .intauth import intauth_for
@@ -175,19 +176,6 @@ def _check_peer_auth(msg, id_payload, prf_id: int, octets: bytes, *, psk: bytes 
     raise A.AuthFailed(f"AUTH method {int(au.method)} is not supported (PSK or RFC 7427 signatures)")
 
 
-class _Engine:
-    def __init__(self) -> None:
-        self._out: list[tuple[bytes, Any]] = []
-        self._events: list[Ikev2Event | MemberRegistered | MemberRefused] = []
-
-    def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self):
-        return self._events.pop(0) if self._events else None
-
-
 # ------------------------------------------------------------------------------------ member
 
 
@@ -203,7 +191,7 @@ class MemberAuthConfig:
     ppk: Ppk | None = None
 
 
-class GsaAuthInitiator(_Engine):
+class GsaAuthInitiator(Outputs):
     """The member's GSA_AUTH on one established IKE SA.  With a PPK (``config.ppk``) and both
     IKE_SA_INIT messages carrying N(USE_PPK), the AUTH is made with SK_pi' (RFC 8784 §3) and
     the request carries N(PPK_IDENTITY) and, unless the PPK is required, N(NO_PPK_AUTH) (the
@@ -395,7 +383,7 @@ class GsaRegistrationInitiator(GsaAuthInitiator):
 
     def __init__(self, config: MemberAuthConfig, sa: SaInitEstablished, mid: int, gcks: Identity,
                  peer_mid: int = 0, ppk: bool = False) -> None:
-        _Engine.__init__(self)
+        Outputs.__init__(self)
         self.config, self.sa, self.mid, self.gcks, self.peer_mid = config, sa, mid, gcks, peer_mid
         self.ppk_used = ppk  # ``sa``'s keys have the PPK in them (GsaRegistered.ppk)
         self._state = "idle"

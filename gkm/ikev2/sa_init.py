@@ -46,11 +46,12 @@ import hmac
 import os
 from dataclasses import dataclass
 
+from .outputs import Outputs
 from .constants import (
     ExchangeType, HeaderFlags, KeyExchangeMethod, NotifyType, ProtocolId, TransformAttr, TransformType,
 )
 from .errors import UnsupportedCriticalPayload, WireError
-from .events import CookieDemanded, Ikev2Event, SaInitEstablished, SaInitFailed
+from .events import CookieDemanded, SaInitEstablished, SaInitFailed
 from .kex import KeyShare, respond
 from .keys import IkeKeys, Suite, derive_ike_keys, update_ike_keys
 from .message import Header, decode_header, decode_message, encode_message
@@ -165,23 +166,10 @@ def _notify(msg, ntype) -> Notify | None:
     return None
 
 
-class _Engine:
-    def __init__(self) -> None:
-        self._out: list[tuple[bytes, tuple]] = []
-        self._events: list[Ikev2Event] = []
-
-    def datagrams_to_send(self) -> list[tuple[bytes, tuple]]:
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self) -> Ikev2Event | None:
-        return self._events.pop(0) if self._events else None
-
-
 # ------------------------------------------------------------------------------------ initiator
 
 
-class SaInitInitiator(_Engine):
+class SaInitInitiator(Outputs):
     """One IKE SA's IKE_SA_INIT (+ IKE_INTERMEDIATE) as initiator."""
 
     def __init__(self, config: SaInitConfig, peer: tuple, local: tuple | None = None) -> None:
@@ -341,7 +329,7 @@ class _HalfOpen:
     ppk: bool = False  # both sent N(USE_PPK)
 
 
-class SaInitResponder(_Engine):
+class SaInitResponder(Outputs):
     """IKE_SA_INIT responder for every peer, with stateless cookies under load."""
 
     def __init__(self, config: SaInitConfig, *, cookie_threshold: int = 64, max_half_open: int = 4096,
