@@ -171,20 +171,10 @@ class GsaAuthResponder(Outputs):
             return
         data = bytes(data)
         if h.exchange == ExchangeType.GSA_AUTH and h.message_id == s.mid:  # from anywhere (docstring)
-            if s.queued:
-                self._queued_copy(s, data, addr)
+            if self._answered_again(s, s.request, s.response, data, addr):
                 return
-            if s.request:
-                if A.compare(s.request, data):
-                    self._out.append((s.response, addr))  # retransmission: the same answer
-                    self.stats["retransmitted"] += 1
-                else:
-                    self.stats["dropped"] += 1
-                return
-            try:
-                msg = unprotect(data, SkCipher.for_sender(s.est.keys, initiator=True))
-            except WireError:
-                self.stats["dropped"] += 1
+            msg = self._open(s, data)
+            if msg is None:
                 return
             if addr != s.peer:
                 self.stats["moved"] += 1
@@ -198,23 +188,14 @@ class GsaAuthResponder(Outputs):
         elif h.exchange in (ExchangeType.INFORMATIONAL, ExchangeType.GSA_REGISTRATION) and s.request:
             # later requests on the IKE SA (RFC 7296 §2.1: one at a time, a copy of the last
             # one gets the last answer)
-            if s.queued:
-                self._queued_copy(s, data, addr)
-                return
-            if h.message_id == s.next_mid - 1 and s.last[0]:
-                if A.compare(s.last[0], data):
-                    self._out.append((s.last[1], addr))
-                    self.stats["retransmitted"] += 1
-                else:
-                    self.stats["dropped"] += 1
+            if (s.queued or h.message_id == s.next_mid - 1) and \
+                    self._answered_again(s, s.last[0], s.last[1], data, addr):
                 return
             if h.message_id != s.next_mid:
                 self.stats["dropped"] += 1
                 return
-            try:
-                msg = unprotect(data, SkCipher.for_sender(s.est.keys, initiator=True))
-            except WireError:
-                self.stats["dropped"] += 1
+            msg = self._open(s, data)
+            if msg is None:
                 return
             s.next_mid += 1
             if h.exchange == ExchangeType.INFORMATIONAL:
@@ -223,6 +204,30 @@ class GsaAuthResponder(Outputs):
                 self._on_registration(s, msg, data, addr, now)
         else:
             self.stats["dropped"] += 1
+
+    def _answered_again(self, s: _Sa, request: bytes, response: bytes, data: bytes, addr: Any) -> bool:
+        """``data`` is a request already taken on ``s``: waiting for the commit (answered after
+        it), answered (``request``: the same answer again, where it came from) or, with the same
+        Message ID, not a copy (dropped).  False: a new request."""
+        if s.queued:
+            self._queued_copy(s, data, addr)
+            return True
+        if not request:
+            return False
+        if A.compare(request, data):
+            self._out.append((response, addr))
+            self.stats["retransmitted"] += 1
+        else:
+            self.stats["dropped"] += 1
+        return True
+
+    def _open(self, s: _Sa, data: bytes):
+        """The request decrypted and checked, or None (dropped: not from the holder of the keys)."""
+        try:
+            return unprotect(data, SkCipher.for_sender(s.est.keys, initiator=True))
+        except WireError:
+            self.stats["dropped"] += 1
+            return None
 
     def _respond(self, s: _Sa, request: bytes, payloads: tuple) -> None:
         """Answer ``request``: the GSA_AUTH (Message ID ``s.mid``) or, after it, the later
