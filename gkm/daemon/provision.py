@@ -330,19 +330,14 @@ def provision(p: Plan) -> tuple[list[str], list[str]]:
     for ca in sorted(p.cas):
         if not ca.exists():
             _new_ca(ca, created)
-    for psk, roles in sorted(p.psks.items()):
-        if not psk.exists():
-            # one side only: the other side must get these bytes, not make its own
-            other = {"keyserver": "; give the members that use it a copy",
-                     "member": "; the key server's [[keyserver.psk]] needs the same bytes"}
-            hint = other[next(iter(roles))] if len(roles) == 1 else ""
-            _write(psk, secrets.token_hex(PSK_BYTES).encode() + b"\n", f"PSK{hint}", created)
-    for ppk, roles in sorted(p.ppks.items()):
-        if not ppk.exists():
-            other = {"keyserver": "; give the members that use it a copy",
-                     "member": "; the key server's [[keyserver.ppk]] needs the same bytes"}
-            hint = other[next(iter(roles))] if len(roles) == 1 else ""
-            _write(ppk, secrets.token_hex(PSK_BYTES).encode() + b"\n", f"PPK{hint}", created)
+    for kind, files in (("PSK", p.psks), ("PPK", p.ppks)):
+        for path, roles in sorted(files.items()):
+            if not path.exists():
+                # one side only: the other side must get these bytes, not make its own
+                other = {"keyserver": "; give the members that use it a copy",
+                         "member": f"; the key server's [[keyserver.{kind.lower()}]] needs the same bytes"}
+                hint = other[next(iter(roles))] if len(roles) == 1 else ""
+                _write(path, secrets.token_hex(PSK_BYTES).encode() + b"\n", f"{kind}{hint}", created)
     for k, suite in sorted(p.signing_keys.items()):
         if not k.exists():
             _new_signing_key(k, suite, created)
