@@ -46,6 +46,15 @@ def register_again(tmp_path, ks, auth, gid, who="gm1", sender=False):
     return r, run(ks, r, addr=GM)
 
 
+def second_group_request(tmp_path, auth, gid=GID + 1):
+    """gm1's GSA_REGISTRATION of group ``gid`` over ``auth``'s IKE SA: (initiator, request)."""
+    mg = dataclasses.replace(member_group(tmp_path, "gm1", gid=gid), protocol="g-ikev2")
+    r = GsaRegistrationInitiator(member_auth_config(mg), auth.sa, auth.next_mid, auth.gcks)
+    r.start(NOW)
+    [(req, _to)] = r.datagrams_to_send()
+    return r, req
+
+
 def test_another_group_over_the_same_ike_sa(tmp_path):
     gs = groups(tmp_path)
     f, ks, auth = registered(tmp_path, gs)
@@ -64,10 +73,7 @@ def test_another_group_over_the_same_ike_sa(tmp_path):
 
 def test_a_copy_of_the_request_gets_the_same_answer_and_enrolls_once(tmp_path):
     f, ks, auth = registered(tmp_path, groups(tmp_path))
-    mg = dataclasses.replace(member_group(tmp_path, "gm1", gid=GID + 1), protocol="g-ikev2")
-    r = GsaRegistrationInitiator(member_auth_config(mg), auth.sa, auth.next_mid, auth.gcks)
-    r.start(NOW)
-    [(req, _to)] = r.datagrams_to_send()
+    r, req = second_group_request(tmp_path, auth)
     ks.receive_datagram(req, GM, NOW)
     ks.commit(NOW)
     [(answer, _a)] = ks.datagrams_to_send()
@@ -80,10 +86,7 @@ def test_a_copy_of_the_request_gets_the_same_answer_and_enrolls_once(tmp_path):
 
 def test_a_copy_of_a_request_waiting_for_the_commit_is_answered_after_it_and_enrolls_once(tmp_path):
     f, ks, auth = registered(tmp_path, groups(tmp_path))
-    mg = dataclasses.replace(member_group(tmp_path, "gm1", gid=GID + 1), protocol="g-ikev2")
-    r = GsaRegistrationInitiator(member_auth_config(mg), auth.sa, auth.next_mid, auth.gcks)
-    r.start(NOW)
-    [(req, _to)] = r.datagrams_to_send()
+    r, req = second_group_request(tmp_path, auth)
     ks.receive_datagram(req, GM, NOW)
     ks.receive_datagram(req, GM, NOW)  # retransmitted before the key server committed
     assert ks.datagrams_to_send() == [] and f.provider.store.member_count(GID + 1) == 0

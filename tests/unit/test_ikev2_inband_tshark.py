@@ -6,32 +6,21 @@ sets them, and the same inner payloads we sent.  tshark is required (tools/setup
 
 from __future__ import annotations
 
-import dataclasses
-import subprocess
-import xml.etree.ElementTree as ET
 
 from gkm.ikev2.constants import ExchangeType
-from gkm.ikev2.registration import GsaRegistrationInitiator, member_auth_config
 
-from .test_gdoi_support import GID, KS, NOW, member_group
+from .test_gdoi_support import GID, KS, NOW
 from .test_ikev2_daemon_engines import _controller_step, drain
 from .test_ikev2_gsa_auth_tshark import GCM, _dissect, _ours
-from .test_ikev2_gsa_registration import groups, registered
+from .test_ikev2_gsa_registration import groups, registered, second_group_request
 from .test_ikev2_inband import ADDR, roster, setup
-from .test_wire_tshark import TSHARK, _require_tshark, write_pcap
+from .test_ikev2_tshark import dissect
 
 
 def _headers(tmp_path, datagrams) -> list[tuple[str, str]]:
     """(exchange type, flags) of each datagram as tshark reads them (hex octets)."""
-    _require_tshark()
-    pcap = tmp_path / "hdr.pcap"
-    write_pcap(pcap, datagrams, 500)
-    res = subprocess.run([TSHARK, "-n", "-r", str(pcap), "-T", "pdml"], capture_output=True, check=True, timeout=120)
-    out = []
-    for pkt in ET.fromstring(res.stdout).iter("packet"):
-        f = {el.get("name"): el.get("value") for el in pkt.iter("field")}
-        out.append((f.get("isakmp.exchangetype"), f.get("isakmp.flags")))
-    return out
+    return [(dict(fields)["isakmp.exchangetype"], dict(fields)["isakmp.flags"])
+            for fields, _problems in dissect(tmp_path, datagrams)]
 
 
 def test_tshark_decrypts_gsa_inband_rekey(tmp_path):
@@ -57,10 +46,7 @@ def test_tshark_decrypts_gsa_inband_rekey(tmp_path):
 
 def test_tshark_decrypts_gsa_registration(tmp_path):
     f, ks, auth = registered(tmp_path, groups(tmp_path))
-    mg = dataclasses.replace(member_group(tmp_path, "gm1", gid=GID + 1), protocol="g-ikev2")
-    again = GsaRegistrationInitiator(member_auth_config(mg), auth.sa, auth.next_mid, auth.gcks)
-    again.start(NOW)
-    [(request, _a)] = again.datagrams_to_send()
+    _r, request = second_group_request(tmp_path, auth)
     ks.receive_datagram(request, ("192.0.2.50", 848), NOW)
     ks.commit(NOW)
     [(answer, _b)] = ks.datagrams_to_send()
