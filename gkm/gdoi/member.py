@@ -419,7 +419,6 @@ class MemberEngine:
         #: answers leave by it
         self._held = False
         self._held_out: list[tuple[bytes, Any]] = []
-        self._again = False  # the registration under way is over the held SA
 
     # -- outputs ------------------------------------------------------------------------------
     def datagrams_to_send(self) -> list[tuple[bytes, Any]]:
@@ -717,12 +716,9 @@ class MemberEngine:
         events.sort(key=lambda ev: 0 if isinstance(ev, (Rekeyed, TeksRefreshed)) else 1)
         for ev in events:
             match ev:
-                case Rekeyed():
+                case Rekeyed() | TeksRefreshed():
                     changed = True
                     self._rekeyed(ev, now)
-                case TeksRefreshed():
-                    changed = True
-                    self._refreshed(ev, now)
                 case TeksDeleted():
                     changed = True
                     self._teks_deleted(ev, now)
@@ -803,7 +799,7 @@ class MemberEngine:
             if again is not None:
                 self.state = MemberState.REGISTERING
                 self.next_attempt = None
-                self.registration, self._again = again, True
+                self.registration = again  # held and registering: over the held SA
                 again.start(now)
                 self._pump_registration(now)
                 return
@@ -832,10 +828,9 @@ class MemberEngine:
                 case Registered():
                     self._registered(ev, now)
                     return
-                case RegistrationFailed() if self._again:
+                case RegistrationFailed() if self._held:
                     # GSA_REGISTRATION over the kept IKE SA failed (the key server forgot it,
                     # restarted...): at once on a new IKE SA, with the same key server
-                    self._again = False
                     self._close_registration()
                     self._events.append(RegistrationAttemptFailed(
                         self.group_id, self.key_server or "?",
@@ -888,7 +883,6 @@ class MemberEngine:
     def _registered(self, ev: Registered, now: float) -> None:
         refresh = self.refreshing
         self.restored = False
-        self._again = False
         if ev.inband and ev.kek is None:
             self.registration, self._open_pending = None, False  # the socket stays open
         else:
@@ -1000,32 +994,25 @@ class MemberEngine:
         self._listen_pending = False
 
     # -- PUSH ---------------------------------------------------------------------------------
-    def _rekeyed(self, ev: Rekeyed, now: float) -> None:
+    def _rekeyed(self, ev: Rekeyed | TeksRefreshed, now: float) -> None:
+        """A PUSH (or GSA_REKEY) accepted, or an in-band rekey (``TeksRefreshed``: the group's
+        current TEKs, no KEK): the new TEKs come in on the activation delay."""
         self.rekeys += 1
         self.last_seq = ev.seq
-        # the receiver's: SEQ restarts under a new KEK (RFC 6407 sections 4, 4.3)
-        self._kek, self._push_seq = ev.kek, 0 if ev.new_kek else ev.seq
-        if ev.lkh is not None:
-            self._lkh = ev.lkh
-        if ev.new_kek:
-            self.kek_expires_at = now + ev.kek.lifetime_s
+        new_kek = False
+        if isinstance(ev, Rekeyed):
+            new_kek = ev.new_kek
+            # the receiver's: SEQ restarts under a new KEK (RFC 6407 sections 4, 4.3)
+            self._kek, self._push_seq = ev.kek, 0 if new_kek else ev.seq
+            if ev.lkh is not None:
+                self._lkh = ev.lkh
+            if new_kek:
+                self.kek_expires_at = now + ev.kek.lifetime_s
         self._take_gap(ev.gap)
         activate_at = now + self.activation_delay
         new = self._take_teks(ev.teks, now, switch=False, activate_at=activate_at)
         self._events.append(GroupRekeyed(self.group_id, ev.seq, tuple(t.spi for t in ev.teks),
-                                         ev.new_kek, activate_at if new else None))
-        if self.state is MemberState.REGISTERED:
-            self._plan_reregistration(now)
-
-    def _refreshed(self, ev: TeksRefreshed, now: float) -> None:
-        """In-band: the group's current TEKs; the new ones as a PUSH's (activation delay)."""
-        self.rekeys += 1
-        self.last_seq = ev.seq
-        self._take_gap(ev.gap)
-        activate_at = now + self.activation_delay
-        new = self._take_teks(ev.teks, now, switch=False, activate_at=activate_at)
-        self._events.append(GroupRekeyed(self.group_id, ev.seq, tuple(t.spi for t in ev.teks),
-                                         False, activate_at if new else None))
+                                         new_kek, activate_at if new else None))
         if self.state is MemberState.REGISTERED:
             self._plan_reregistration(now)
 
